@@ -1,0 +1,38 @@
+# The two commands a new user needs:  `make run`  and  `make test`.
+# Both set up everything first (a virtualenv in .venv with the pinned packages,
+# the Kafka jars from Maven Central on first use) and are safe to repeat.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat settings.ini setup.py | cksum | cut -d' ' -f1)
+
+.PHONY: help setup run test test-fast check-export export clean-nbs docs lab bench
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
+
+$(STAMP): settings.ini setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name sales-prediction-kafka --display-name 'Python (sales-prediction-kafka)' >/dev/null
+	rm -f $(VENV)/.installed-*; touch $@
+
+setup: $(STAMP)  ## create .venv and install the project with its dev tools
+
+run: setup  ## generate nothing by hand: train, evaluate and stream on the embedded sample and a local Kafka
+	$(BIN)/sales-kafka run
+
+check-export: setup  ## the library must equal the notebooks
+	$(BIN)/nbdev_export
+	@git diff --exit-code -- sales_prediction_kafka || (echo 'sales_prediction_kafka/ differs from nbs/: run nbdev_export and commit' >&2; exit 1)
+	@test -z "$$(git status --porcelain -- sales_prediction_kafka)" || (git status --porcelain -- sales_prediction_kafka; echo 'untracked exported files: run nbdev_export and commit' >&2; exit 1)
+
+test: setup check-export  ## run every notebook's examples and the pytest suite against a real local broker
+	$(BIN)/nbdev_test --flags 'kafka slow'
+	$(BIN)/pytest
+
+export: setup  ## export the library from the notebooks and clean them
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+	$(BIN)/nbdev_clean --fname nbs/pipelines

@@ -36,3 +36,6 @@ export: setup  ## export the library from the notebooks and clean them
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
 	$(BIN)/nbdev_clean --fname nbs/pipelines
+
+readme: setup  ## write README.md from nbs/index.ipynb (nbdev_readme needs Quarto, which cannot be installed here)
+	$(BIN)/jupyter nbconvert --to markdown --stdout nbs/index.ipynb 2>/dev/null > README.md

@@ -5,13 +5,14 @@
 # %% auto #0
 __all__ = ['main', 'walk_commands']
 
-# %% ../nbs/11_cli.ipynb #6989ef62
+# %% ../nbs/11_cli.ipynb #cadded5c
 import logging
 import click
 from . import __version__
+from .data import generate_data
 from .pipeline import run_command
 
-# %% ../nbs/11_cli.ipynb #8470f750
+# %% ../nbs/11_cli.ipynb #d9ad2135
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="sales-kafka")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
@@ -22,11 +23,11 @@ def main(verbose, quiet):
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("kafka", "papermill", "traitlets", "blib2to3"): logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
-# %% ../nbs/11_cli.ipynb #aedfc67c
-for command in (run_command,):
+# %% ../nbs/11_cli.ipynb #dd8a7913
+for command in (generate_data, run_command):
     main.add_command(command)
 
-# %% ../nbs/11_cli.ipynb #e0033a4e
+# %% ../nbs/11_cli.ipynb #b28813b4
 def walk_commands(group=main, prefix=("sales-kafka",)):
     "Yield (path, command) for `group` and every command beneath it."
     yield prefix, group

@@ -1,0 +1,204 @@
+"The docs site: built from the notebooks by tools/build_docs.py, checked in real headless Chromium and by a link checker."
+import functools, http.server, importlib, importlib.util, re, subprocess, sys, threading
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+def _load_builder():
+    spec = importlib.util.spec_from_file_location("build_docs", ROOT / "tools" / "build_docs.py")
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+build_docs = _load_builder()
+
+class Page(HTMLParser):
+    "The ids, links and resource references of one HTML file."
+    def __init__(self, text):
+        super().__init__(); self.ids, self.refs = set(), []  # refs: (tag, attr, value, rel)
+        self.feed(text)
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for k in ("id", "name") if tag == "a" else ("id",):
+            if a.get(k): self.ids.add(a[k])
+        for k in ("href", "src"):
+            if a.get(k) is not None: self.refs.append((tag, k, a[k], a.get("rel") or ""))
+
+@functools.cache
+def parse(path:Path) -> Page: return Page(path.read_text(errors="replace"))
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    "The site, built into a temporary folder exactly as `make docs` builds it."
+    tmp = tmp_path_factory.mktemp("docs")
+    r = subprocess.run([sys.executable, "tools/build_docs.py", "--out", str(tmp / "site"), "--work", str(tmp / "work")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return tmp / "site"
+
+@pytest.fixture(scope="module")
+def server(site):
+    "A local HTTP server for the site; yields its base URL."
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args): pass
+    handler = functools.partial(Quiet, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown(); httpd.server_close()
+
+@pytest.fixture(scope="module")
+def browser():
+    "Debian's headless Chromium driven by playwright (installed by tools/install_browser.sh if missing)."
+    subprocess.run(["sh", str(ROOT / "tools" / "install_browser.sh")], check=True, timeout=600)
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+@pytest.fixture
+def page(browser, server, site):
+    "A fresh page that records console errors, page errors, failed requests and requests to other hosts."
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    pg.problems = []
+    pg.on("console", lambda m: m.type == "error" and pg.problems.append(f"console: {m.text}"))
+    pg.on("pageerror", lambda e: pg.problems.append(f"page error: {e}"))
+    pg.on("requestfailed", lambda r: "ERR_ABORTED" not in (r.failure or "") and pg.problems.append(f"failed: {r.url} {r.failure}"))
+    pg.on("response", lambda r: r.status >= 400 and pg.problems.append(f"HTTP {r.status}: {r.url}"))
+    def route(r):
+        if r.request.url.startswith((server, site.as_uri(), "data:", "blob:", "about:")): return r.continue_()
+        pg.problems.append(f"external request: {r.request.url}"); r.abort()
+    pg.route("**/*", route)
+    yield pg
+    ctx.close()
+
+def nav_pages(site:Path) -> list[str]:
+    "Every page in the site's navigation, from the home page's sidebar."
+    hrefs = [v for tag, k, v, rel in parse(site / "index.html").refs if tag == "a" and k == "href"]
+    pages = {h.split("#")[0] for h in hrefs if h.endswith(".html") or ".html#" in h}
+    return sorted(p for p in pages if "://" not in p and not p.startswith("run/"))
+
+def test_site_has_every_notebook(site):
+    guides, chapters = build_docs.notebooks(ROOT / "nbs")
+    names = ["index.md"] + [build_docs.page_name(p) for p in guides + chapters]
+    for n in names: assert (site / n.replace(".md", ".html")).exists(), n
+    assert set(n.replace(".md", ".html") for n in names) <= set(nav_pages(site))
+    for n in ("schemas.html", "cli_reference.html", "example_run.html"): assert n in nav_pages(site)
+
+def test_no_external_resources(site):
+    "Offline: no script, stylesheet, font, image or frame from another host (links to other sites are fine)."
+    bad = [(f.name, v) for f in site.rglob("*.html") for tag, k, v, rel in parse(f).refs
+           if (tag != "a") and re.match(r"^(https?:)?//", v)]
+    assert not bad, bad
+    css = [f for f in site.rglob("*.css") if re.search(r"url\(\s*['\"]?(https?:)?//", f.read_text(errors="replace"))]
+    assert not css, css
+
+def resolve(site:Path, page:Path, ref:str) -> tuple[Path, str]:
+    "The file and anchor that a relative `ref` on `page` points to."
+    u = urlsplit(ref)
+    base = site if u.path.startswith("/") else page.parent  # root-relative links: the site is served at its root
+    target = (base / unquote(u.path).lstrip("/")).resolve() if u.path else page
+    if target.is_dir(): target = target / "index.html"
+    return target, unquote(u.fragment)
+
+def broken_links(site:Path) -> list[str]:
+    "Every internal href/src in the site's HTML whose file, or anchor, does not exist."
+    bad = []
+    for f in sorted(site.rglob("*.html")):
+        for tag, k, v, rel in parse(f).refs:
+            if not v or re.match(r"^([a-z][\w+.-]*:|//)", v, re.I): continue  # other schemes and hosts
+            target, anchor = resolve(site, f, v)
+            where = f"{f.relative_to(site)}: {tag} {k}={v!r}"
+            if not target.exists(): bad.append(f"{where}: no file {target}")
+            elif anchor and target.suffix == ".html" and anchor not in parse(target).ids: bad.append(f"{where}: no anchor #{anchor}")
+    return bad
+
+def test_link_checker_finds_broken_links(tmp_path):
+    "The checker itself: a missing file and a missing anchor are both reported, good links are not."
+    (tmp_path / "a.html").write_text('<a href="b.html#x">ok</a><a href="b.html#nope">bad anchor</a><img src="gone.png">'
+                                     '<a href="https://example.invalid/">outside</a><a href="#top" id="top">self</a>')
+    (tmp_path / "b.html").write_text('<h2 id="x">x</h2>')
+    bad = broken_links(tmp_path)
+    assert len(bad) == 2 and "no anchor #nope" in bad[0] and "gone.png" in bad[1], bad
+
+def test_no_broken_internal_links(site):
+    bad = broken_links(site)
+    assert not bad, "\n".join(bad[:30])
+
+def test_api_entries_present(site):
+    "Every public function and class in nbdev's index has its show_doc entry on its chapter's page."
+    modidx = importlib.import_module("sales_prediction_kafka._modidx").d["syms"]
+    public = [(qual[len(mod) + 1:], doc.split(".html")[0] + ".html") for mod, syms in modidx.items()
+              for qual, (doc, _) in syms.items() if re.fullmatch(r"[A-Za-z]\w*", qual[len(mod) + 1:])]
+    assert len(public) > 5
+    missing = [(n, pg) for n, pg in public if build_docs.slugify(n, "-") not in parse(site / pg).ids]
+    assert not missing, missing
+
+def test_schema_page(site):
+    text = (site / "schemas.html").read_text()
+    for field in ("prediction_index", "predicted_sales", "actual_sales", "error"): assert field in text
+
+def test_cli_reference_has_every_command(site):
+    ids = parse(site / "cli_reference.html").ids
+    cmds = build_docs.cli_commands()
+    assert len(cmds) >= 2
+    for path, cmd, ctx in cmds:
+        assert build_docs._anchor(path) in ids, path
+        assert "--help" in (site / "cli_reference.html").read_text()
+
+def test_example_run_page(site):
+    run = build_docs.newest_run(ROOT / "outputs")
+    text = (site / "example_run.html").read_text()
+    if run is None: assert "No run yet" in text
+    else:
+        assert (site / "run" / "report.html").exists() and 'href="run/report.html"' in text
+        assert (site / "run" / "report.html").read_bytes() == (run / "report.html").read_bytes()
+
+def test_pages_load_without_errors(site, server, page, tmp_path_factory):
+    "Home, every chapter and every reference page load in Chromium without console errors or outside requests."
+    pages = nav_pages(site)
+    assert "config.html" in pages and "index.html" in pages
+    for name in pages:
+        page.goto(server + name, wait_until="load")
+        assert page.locator("h1").first.inner_text().strip(), name
+        assert not page.problems, (name, page.problems)
+    page.goto(server + "index.html", wait_until="load")
+    shot = tmp_path_factory.mktemp("screens") / "home.png"
+    page.screenshot(path=str(shot), full_page=False)
+    assert shot.stat().st_size > 10_000
+    print(f"home page screenshot: {shot}")
+
+def test_api_entry_in_browser(server, page):
+    page.goto(server + "config.html", wait_until="load")
+    entry = page.locator("h3#kafka_settings")
+    assert entry.is_visible() and "kafka_settings" in entry.inner_text()
+    assert "def kafka_settings(" in page.locator("#kafka_settings ~ div pre").first.inner_text()
+    assert not page.problems, page.problems
+
+def test_navigation(server, page):
+    "Clicking a chapter in the sidebar and a symbol link lands on the right page and entry."
+    page.goto(server + "index.html", wait_until="load")
+    page.locator("nav.md-nav--primary a.md-nav__link", has_text="Configuration").first.click()
+    page.wait_for_url("**/config.html")
+    assert page.locator("h1").first.inner_text().strip("¶ \n") == "Configuration"
+    page.locator("nav.md-nav--primary a.md-nav__link", has_text="CLI reference").first.click()
+    page.wait_for_url("**/cli_reference.html")
+    assert "sales-kafka" in page.locator("h1 ~ *").first.inner_text() + page.content()
+    assert not page.problems, page.problems
+
+def test_search_works_offline(site, page):
+    "Opened from disk (file://), Material's search still finds a function: its index is inlined, its worker shimmed."
+    page.goto((site / "index.html").as_uri(), wait_until="load")
+    page.locator("label.md-search__icon, .md-search__input").first.click()
+    page.locator("input.md-search__input").press_sequentially("kafka_settings", delay=20)
+    hit = page.locator(".md-search-result a[href*='config.html'][href*='#kafka_settings']").first
+    hit.wait_for(timeout=15_000)
+    assert not page.problems, page.problems

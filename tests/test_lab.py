@@ -1,0 +1,80 @@
+"JupyterLab as `make lab` starts it: it serves, offers the project's kernel, and that kernel runs a chapter on the editable library."
+import json, os, secrets, signal, socket, subprocess, sys, time, urllib.request
+from importlib.metadata import distribution
+from pathlib import Path
+
+import nbformat, pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNEL = "sales-prediction-kafka"
+BIN = Path(sys.executable).parent
+
+def free_port() -> int:
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+def get(url:str, token:str, timeout:float=5):
+    req = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, r.read().decode()
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    "A headless JupyterLab on a free loopback port with a random token; yields (base url, token); stops it after."
+    port, token = free_port(), secrets.token_hex(16)
+    log = tmp_path_factory.mktemp("lab") / "lab.log"
+    cmd = [str(BIN / "jupyter"), "lab", "--no-browser", f"--port={port}", f"--IdentityProvider.token={token}", "--allow-root",
+           "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={ROOT}", "--ServerApp.port_retries=0",
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if get(f"{base}/api/status", token, 2)[0] == 200: break
+            except OSError: pass
+            assert proc.poll() is None, f"jupyter lab exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"jupyter lab did not answer in 90 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield base, token
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and anything it started, in the session we gave it
+        try: proc.wait(15)
+        except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+
+def test_lab_serves(lab):
+    base, token = lab
+    status, body = get(f"{base}/api/status", token)
+    assert status == 200 and "started" in json.loads(body)
+    status, page = get(f"{base}/lab", token)
+    assert status == 200 and "JupyterLab" in page
+
+def test_lab_refuses_without_token(lab):
+    base, _ = lab
+    with pytest.raises(urllib.error.HTTPError) as e: get(f"{base}/api/kernelspecs", "wrong")
+    assert e.value.code == 403
+
+def test_project_kernel_offered(lab):
+    base, token = lab
+    specs = json.loads(get(f"{base}/api/kernelspecs", token)[1])["kernelspecs"]
+    assert KERNEL in specs, sorted(specs)
+    spec = specs[KERNEL]["spec"]
+    assert spec["language"] == "python" and "sales-prediction-kafka" in spec["display_name"]
+
+def test_chapter_runs_in_project_kernel():
+    "nbs/00_config.ipynb runs top to bottom in the project kernel, which imports the library from this checkout."
+    nb = nbformat.read(ROOT / "nbs" / "00_config.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("import sys, sales_prediction_kafka\nprint(sys.executable)\nprint(sales_prediction_kafka.__file__)"))
+    NotebookClient(nb, kernel_name=KERNEL, timeout=120, resources={"metadata": {"path": str(ROOT / "nbs")}}).execute()
+    executable, lib = nb.cells[-1].outputs[0]["text"].split()
+    assert Path(executable).parent == BIN, executable  # the kernel is the project's venv
+    assert Path(lib).is_relative_to(ROOT / "sales_prediction_kafka"), lib
+
+def test_library_is_editable(tmp_path):
+    "Imported from elsewhere, the library is this checkout's folder (an edit + nbdev_export shows at the next import)."
+    out = subprocess.run([sys.executable, "-c", "import sales_prediction_kafka as m; print(m.__file__)"],
+                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(out).is_relative_to(ROOT), out
+    direct = json.loads(distribution("sales-prediction-kafka").read_text("direct_url.json") or "{}")
+    assert direct.get("dir_info", {}).get("editable") is True, direct

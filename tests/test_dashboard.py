@@ -1,0 +1,95 @@
+"The dashboard in real headless Chromium: it loads offline, updates live without a reload, and shows the right offsets."
+import json, os, signal, socket, subprocess, sys, time, urllib.request, uuid
+from pathlib import Path
+import numpy as np
+import pytest
+from playwright.sync_api import sync_playwright
+from sales_prediction_kafka.stream import prediction_records, stream_predictions
+
+pytestmark = pytest.mark.timeout(300)
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+INSTALL = Path(__file__).parents[1]/"tools"/"install_browser.sh"
+
+def predictions(lo:int, hi:int, shift:float=0.0) -> list[dict]:
+    "Predictions lo..hi-1 with errors ~ N(0, 12), plus `shift`."
+    rng = np.random.default_rng(lo)
+    predicted = rng.normal(1000, 200, hi - lo)
+    return prediction_records(range(lo, hi), (predicted + rng.normal(0, 12, hi - lo) + shift).round(2), predicted.round(2))
+
+@pytest.fixture(scope="module")
+def chromium():
+    "Debian's Chromium, installed by tools/install_browser.sh if missing."
+    if not os.access(CHROMIUM, os.X_OK): subprocess.run(["sh", str(INSTALL)], check=True)
+    return CHROMIUM
+
+@pytest.fixture
+def dashboard(broker_settings):
+    "A `dashboard` command in its own process on a free loopback port, watching a new topic; stopped with Ctrl-C after the test."
+    topic = f"dash_{uuid.uuid4().hex[:8]}"
+    stream_predictions(predictions(0, 100), broker_settings, topic=topic, partitions=1, progress=False)
+    code = "from sales_prediction_kafka.monitor import dashboard_command; dashboard_command()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--port", "0", "--bootstrap-servers", broker_settings.bootstrap_servers,
+                             "--topic", topic, "--from-beginning", "--window", "30", "--baseline", "10", "--rows", "10",
+                             "--alerts-topic", f"{topic}_alerts"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("dashboard at http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() is not None else "")
+    yield line.split(" at ", 1)[1].strip(), topic
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0, proc.stderr.read()
+
+def state(url:str) -> dict:
+    return json.loads(urllib.request.urlopen(url + "state", timeout=10).read())
+
+def offsets(page) -> list[int]:
+    "The offsets in the messages table, top to bottom."
+    return [int(t) for t in page.locator("#records tbody td.offset").all_inner_texts()]
+
+def test_dashboard_live_in_chromium(chromium, dashboard, broker_settings, tmp_path):
+    url, topic = dashboard
+    deadline = time.monotonic() + 60
+    while (st := state(url))["snapshot"] is None or st["snapshot"]["seen"] < 100:
+        assert time.monotonic() < deadline, st; time.sleep(0.2)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1500})
+            requests = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+            page.wait_for_function("document.querySelectorAll('#records tbody tr').length === 10", timeout=30_000)
+            assert offsets(page) == list(range(99, 89, -1))
+            assert page.locator("#status").inner_text() == "live"
+            assert page.evaluate("document.getElementById('pva').data[0].x.length") == 100
+            page.evaluate("window.loadedOnce = true")  # lost on a reload
+
+            stream_predictions(predictions(100, 160, shift=60.0), broker_settings, topic=topic, partitions=1, progress=False)
+            page.wait_for_function("document.querySelector('#records tbody td.offset').textContent === '159'", timeout=30_000)
+            assert page.evaluate("window.loadedOnce") is True
+            assert offsets(page) == list(range(159, 149, -1))
+            page.wait_for_function("document.getElementById('pva').data[0].x.length === 160", timeout=10_000)
+            assert page.locator("#partitions tbody td.offset").all_inner_texts() == ["159"]
+            assert page.locator("#partitions tbody td.lag").all_inner_texts() == ["0"]
+            assert page.locator("#seen").inner_text() == "160"
+            page.wait_for_selector("#alerts li", timeout=10_000)
+            assert page.locator("#alerts li").count() == 1 and "mae" in page.locator("#alerts li").inner_text()
+            keys = page.locator("#records tbody td.key").all_inner_texts()
+            assert keys == [str(i) for i in range(159, 149, -1)]  # the key is the prediction_index
+            page.screenshot(path=tmp_path/"dashboard.png", full_page=True)
+            assert (tmp_path/"dashboard.png").stat().st_size > 10_000
+            assert requests and all(r.startswith(url) for r in requests), [r for r in requests if not r.startswith(url)]
+        finally: browser.close()
+
+def other_addresses() -> list[str]:
+    "This machine's IPv4 addresses outside loopback."
+    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    return [l.split()[3].split("/")[0] for l in out.splitlines() if not l.split()[3].startswith("127.")]
+
+def test_dashboard_binds_to_loopback_by_default(dashboard):
+    url, _ = dashboard
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    assert url.startswith("http://127.0.0.1:") and state(url)["topic"]
+    for addr in other_addresses():
+        with pytest.raises(OSError): socket.create_connection((addr, port), timeout=2).close()

@@ -67,7 +67,8 @@ EXTRA_CSS = """
 .nb-output pre, .nb-output code { background: var(--md-default-bg-color); }
 .nb-output { border-left: 3px solid var(--md-default-fg-color--lightest); padding-left: .6em; margin: -.6em 0 1em; }
 .nb-output img { max-width: 100%; }
-.nb-output table { font-size: .7rem; }
+.nb-output table { font-size: .7rem; border-collapse: collapse; }
+.nb-html th, .nb-html td { padding: .2em .6em; border: 1px solid var(--md-default-fg-color--lightest); }
 .lead { font-size: 1.05em; color: var(--md-default-fg-color--light); }
 iframe.report { width: 100%; height: 80vh; border: 1px solid var(--md-default-fg-color--lightest); }
 """
@@ -241,16 +242,18 @@ def fields_markdown(name:str, names:tuple, module:str) -> str:
     return "\n\n".join([f"## `{module}.{name}`", "| field |\n|---|" + "".join(f"\n| `{n}` |" for n in names)])
 
 def headers_markdown(name:str, headers:dict, module:str) -> str:
-    "Kafka record headers (`*_HEADERS`: header name -> meaning)."
-    return "\n\n".join([f"## Headers: `{module}.{name}`",
-                         "| header | meaning |\n|---|---|" + "".join(f"\n| `{k}` | {v} |" for k, v in headers.items())])
+    "A name -> meaning table: Kafka record headers (`*_HEADERS`) or dead-letter reasons (`REASONS`)."
+    what = "Dead-letter reasons" if name == "REASONS" else "Headers"
+    return "\n\n".join([f"## {what}: `{module}.{name}`",
+                         "| name | meaning |\n|---|---|" + "".join(f"\n| `{k}` | {v} |" for k, v in headers.items())])
 
 def schema_sections(mod) -> list[str]:
-    "Markdown for a module's `*_SCHEMA` JSON Schemas and `*_HEADERS`; its `FIELDS` tuple if it has no schema."
+    "Markdown for a module's `*_SCHEMA` JSON Schemas, `*_HEADERS` and `REASONS`; its `FIELDS` tuple if it has no schema."
     items = vars(mod).items()
     res = [schema_markdown(k, v, mod.__name__) for k, v in items if k.endswith("_SCHEMA") and isinstance(v, dict)]
     if not res: res = [fields_markdown(k, v, mod.__name__) for k, v in items if k.endswith("FIELDS") and isinstance(v, tuple)]
-    return res + [headers_markdown(k, v, mod.__name__) for k, v in items if k.endswith("_HEADERS") and isinstance(v, dict)]
+    return res + [headers_markdown(k, v, mod.__name__) for k, v in items
+                  if (k.endswith("_HEADERS") or k == "REASONS") and isinstance(v, dict)]
 
 def schema_page() -> str:
     "The message and event schemas, generated from the modules that define them (`SCHEMA_MODULES`)."
@@ -325,7 +328,7 @@ def build(out:Path=ROOT / "_docs", work:Path=ROOT / "_proc" / "docs", strict:boo
     if clash: raise SystemExit(f"notebook pages {sorted(clash)} clash with generated pages; rename the notebook")
     link = linker(symbol_index({n: md for n, _, md in nbpages}))
     for name, _, md in nbpages + generated: (docs / name).write_text(link(md))
-    nav = [{t: n} for n, t, _ in nbpages[:1 + len(guides)]]
+    nav = [{"Home": home} for home, _, _ in nbpages[:1]] + [{t: n} for n, t, _ in nbpages[1:1 + len(guides)]]
     nav += [{"Library": [{t: n} for n, t, _ in nbpages[1 + len(guides):]]}, {"Reference": [{t: n} for n, t, _ in generated]}]
     (docs / "extra.css").write_text(EXTRA_CSS)
     (docs / "js").mkdir(); shutil.copy(ROOT / "tools/vendor/iframe-worker-shim.js", docs / "js")

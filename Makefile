@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat settings.ini setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: help setup run test test-fast check-export export clean-nbs docs lab bench
+.PHONY: help setup browser run test check-export export readme docs lab bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -28,7 +28,10 @@ check-export: setup  ## the library must equal the notebooks
 	@git diff --exit-code -- sales_prediction_kafka || (echo 'sales_prediction_kafka/ differs from nbs/: run nbdev_export and commit' >&2; exit 1)
 	@test -z "$$(git status --porcelain -- sales_prediction_kafka)" || (git status --porcelain -- sales_prediction_kafka; echo 'untracked exported files: run nbdev_export and commit' >&2; exit 1)
 
-test: setup check-export  ## run every notebook's examples and the pytest suite against a real local broker
+browser:  ## install Debian's chromium for the browser tests (apt; skipped when present)
+	sh tools/install_browser.sh
+
+test: setup browser check-export  ## run every notebook's examples and the pytest suite against a real local broker
 	$(BIN)/nbdev_test --flags 'kafka slow'
 	$(BIN)/pytest
 
@@ -39,3 +42,9 @@ export: setup  ## export the library from the notebooks and clean them
 
 readme: setup  ## write README.md from nbs/index.ipynb (nbdev_readme needs Quarto, which cannot be installed here)
 	$(BIN)/jupyter nbconvert --to markdown --stdout nbs/index.ipynb 2>/dev/null > README.md
+
+docs: setup  ## render the docs site into _docs/ (open _docs/index.html; works offline)
+	$(BIN)/python tools/build_docs.py
+
+lab: setup  ## JupyterLab with the project's kernel; the library is installed editable
+	$(BIN)/jupyter lab --allow-root --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate

@@ -1,0 +1,134 @@
+"The scoring service on a real broker: worker processes in a group, SIGKILL and restart, dead letters, replay."
+import json, signal, subprocess, sys, threading, time, uuid
+from collections import Counter
+from pathlib import Path
+import pytest
+from click.testing import CliRunner
+from kafka import KafkaConsumer, TopicPartition
+from kafka.serializer import DefaultSerializer
+from sales_prediction_kafka.data import generate_sales
+from sales_prediction_kafka.models import SalesModel, save_model, load_model
+from sales_prediction_kafka.serve import REASONS, event_schema, example_events, replay, replay_command, serve_command, table_events
+from sales_prediction_kafka.stream import ensure_topic, producer
+
+N_EVENTS = 10_000
+SERVE = "import logging; logging.basicConfig(level=logging.INFO); from sales_prediction_kafka.serve import serve_command; serve_command()"
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    "A quick linear SalesModel trained on generated data, saved to a temporary folder."
+    return save_model(SalesModel("linear").fit(generate_sales(400, seed=5).dropna()), tmp_path_factory.mktemp("model"))
+
+def topics(tag:str) -> dict:
+    "Fresh topic names and group id, so tests never see each other's records."
+    u = f"{tag}-{uuid.uuid4().hex[:6]}"
+    return {"events": f"ev-{u}", "predictions": f"pred-{u}", "dlq": f"dlq-{u}", "group": f"g-{u}"}
+
+def read_all(settings, topic:str, isolation:str="read_committed", until=None, timeout:float=60) -> list:
+    "Every record of `topic` up to its end now (or until `until(records)` holds), read as `isolation`."
+    c = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, isolation_level=isolation, enable_auto_commit=False)
+    try:
+        deadline, out = time.monotonic() + timeout, []
+        while not (parts := c.partitions_for_topic(topic)) and time.monotonic() < deadline: time.sleep(0.2)
+        tps = [TopicPartition(topic, p) for p in sorted(parts or [])]
+        c.assign(tps); c.seek_to_beginning(*tps)
+        while time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=500).values(): out += recs
+            if until is not None:
+                if until(out): return out
+            elif all(c.position(tp) >= o for tp, o in c.end_offsets(tps).items()): return out
+        raise AssertionError(f"timed out reading {topic}: {len(out)} records so far")
+    finally: c.close()
+
+def start_worker(tmp:Path, model_dir:Path, settings, t:dict, worker:str, exactly_once:bool) -> subprocess.Popen:
+    "A `serve` worker process; its logs go to <tmp>/<worker>.log, its metrics to <tmp>/<worker>.json."
+    args = ["--model", str(model_dir), "--bootstrap-servers", settings.bootstrap_servers, "--group-id", t["group"],
+            "--worker-id", worker, "--events-topic", t["events"], "--predictions-topic", t["predictions"],
+            "--dead-letter-topic", t["dlq"], "--partitions", "6", "--max-records", "200", "--session-timeout", "6",
+            "--metrics-file", str(tmp/f"{worker}.json"), "--metrics-every", "0.2"] + (["--exactly-once"] if exactly_once else [])
+    log = open(tmp/f"{worker}.log", "ab")
+    return subprocess.Popen([sys.executable, "-c", SERVE, *args], stdout=subprocess.PIPE, stderr=log)
+
+def wait_for(cond, timeout:float, what:str):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline: raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+def metrics(tmp:Path, worker:str) -> dict:
+    try: return json.loads((tmp/f"{worker}.json").read_text())
+    except (OSError, ValueError): return {}
+
+def scored(tmp:Path, worker:str) -> int: return metrics(tmp, worker).get("scored", 0)
+
+@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
+def test_workers_survive_sigkill(kafka_broker, broker_settings, model_dir, tmp_path, exactly_once):
+    "3 workers on 6 partitions score 10,000 events; one is SIGKILLed mid-stream and restarted."
+    t0, settings, t = time.monotonic(), broker_settings, topics("kill")
+    ensure_topic(settings, t["events"], partitions=6)
+    df = generate_sales(N_EVENTS, seed=11, missing=0.0)
+    workers = {w: start_worker(tmp_path, model_dir, settings, t, w, exactly_once) for w in ("w0", "w1", "w2")}
+    try:
+        wait_for(lambda: all(len(metrics(tmp_path, w).get("partitions", [])) == 2 for w in workers), 90, "the group to share the partitions")
+        feeder = threading.Thread(target=replay, args=(table_events(df), settings, t["events"], 2500.0), kwargs={"progress": False})
+        feeder.start()  # 4 s of events at 2,500/s: the kill below lands mid-stream
+        wait_for(lambda: scored(tmp_path, "w1") > 0, 60, "w1 to score its first batch")
+        workers["w1"].send_signal(signal.SIGKILL); workers["w1"].wait()
+        killed_after = scored(tmp_path, "w1")
+        workers["w1"] = start_worker(tmp_path, model_dir, settings, t, "w1", exactly_once)  # same id: fences its predecessor
+        feeder.join()
+        ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
+        read_all(settings, t["predictions"], "read_committed", until=lambda recs: len(ids(recs)) >= N_EVENTS, timeout=120)
+    finally:
+        for p in workers.values(): p.send_signal(signal.SIGTERM)
+        codes = {w: p.wait(timeout=60) for w, p in workers.items()}
+    test_eq = lambda a, b: (a == b) or pytest.fail(f"{a!r} != {b!r}")
+    test_eq(codes, {"w0": 0, "w1": 0, "w2": 0})  # SIGTERM: the batch in flight finished, committed, group left
+    summaries = [json.loads(p.stdout.read().decode().strip().splitlines()[-1]) for p in workers.values()]
+    recs = read_all(settings, t["predictions"], "read_committed")
+    counts = Counter(json.loads(r.value)["prediction_index"] for r in recs)
+    assert set(counts) == set(range(N_EVENTS)), "every event is scored"
+    dupes = sum(c - 1 for c in counts.values())
+    if exactly_once: assert dupes == 0, f"{dupes} duplicate predictions in exactly-once mode"
+    expected = load_model(model_dir).predict_records(list(table_events(df)))
+    for r in recs:
+        v = json.loads(r.value)
+        assert abs(v["predicted_sales"] - expected[v["prediction_index"]]) <= 1e-6 * abs(expected[v["prediction_index"]])
+        assert abs(v["error"] - (v["actual_sales"] - v["predicted_sales"])) <= 1e-6 * max(1.0, abs(v["error"]))
+    assert sum(s["scored"] for s in summaries) >= N_EVENTS - killed_after
+    print(f"\n{'exactly' if exactly_once else 'at-least'}-once: {len(recs)} predictions for {N_EVENTS} events, "
+          f"{dupes} duplicates, w1 killed after scoring {killed_after}, {time.monotonic() - t0:.1f} s")
+
+def test_dead_letters_and_replay(broker_settings, model_dir, tmp_path):
+    "Each kind of bad event goes to the dead-letter topic with its reason; the good ones around it are scored."
+    settings, t = broker_settings, topics("dlq")
+    df = generate_sales(40, seed=2, missing=0.0)
+    csv = tmp_path/"events.csv"; df.to_csv(csv, index=False)
+    t0 = time.monotonic()
+    r = CliRunner().invoke(replay_command, [str(csv), "--bootstrap-servers", settings.bootstrap_servers, "--topic", t["events"],
+                                            "--rate", "100", "--first-id", "5000", "--limit", "20"])
+    assert r.exit_code == 0, r.output
+    assert time.monotonic() - t0 >= 0.19, "20 events at 100/s take at least 0.19 s"
+    bad = {k: v for k, v in example_events(event_schema(load_model(model_dir)), event_id=9999).items() if k != "good"}
+    assert set(bad) == set(REASONS) - {"prediction_failed"}
+    p = producer(settings, value_serializer=DefaultSerializer())
+    for kind, value in bad.items(): p.send(t["events"], key=kind, value=value, headers=[("kind", kind.encode())])
+    p.flush(); p.close()
+    replay(table_events(df.tail(20), first_id=5020), settings, t["events"], progress=False)  # good events after the bad ones
+    r = CliRunner().invoke(serve_command, ["--model", str(model_dir), "--bootstrap-servers", settings.bootstrap_servers,
+                                           "--group-id", t["group"], "--events-topic", t["events"], "--predictions-topic", t["predictions"],
+                                           "--dead-letter-topic", t["dlq"], "--idle-exit", "2", "--max-records", "7"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output.strip().splitlines()[-1])
+    assert (summary["scored"], summary["dead_lettered"]) == (40, len(bad)), summary
+    preds = read_all(settings, t["predictions"], "read_uncommitted")
+    assert sorted(json.loads(m.value)["prediction_index"] for m in preds) == list(range(5000, 5040))
+    dead = read_all(settings, t["dlq"], "read_uncommitted")
+    got = {dict(m.headers)["kind"].decode(): m for m in dead}
+    assert set(got) == set(bad)
+    for kind, m in got.items():
+        h = {k: v.decode() for k, v in m.headers}
+        assert h["dlq.reason"] == kind and h["dlq.detail"] and h["dlq.topic"] == t["events"], h
+        assert m.value == bad[kind], f"{kind}: the original bytes are kept"
+    assert {k: dict(got[k].headers).get("dlq.field", b"").decode() for k in ("missing_field", "unknown_category")} == \
+           {"missing_field": "Marketing_Spend", "unknown_category": "Seasonality"}

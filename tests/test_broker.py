@@ -73,3 +73,16 @@ def test_missing_maven_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(BrokerError, match="apt-get install maven.*KAFKA_BOOTSTRAP_SERVERS"):
         kafka_jars(cache=tmp_path)
+
+def test_sasl_plain_listener(home):
+    from sales_prediction_kafka.config import KafkaSettings
+    from sales_prediction_kafka.stream import AuthenticationFailed, prediction_records, stream_predictions
+    b = LocalBroker(home, sasl_users={"admin": "admin-pw", "app": "app-pw"}).start()
+    assert b.status()["security_protocol"] == "SASL_PLAINTEXT"
+    creds = dict(bootstrap_servers=b.bootstrap_servers, security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_plain_username="app")
+    recs = prediction_records(range(3), [1., 2., 3.], [1., 2., 2.])
+    assert stream_predictions(recs, KafkaSettings(**creds, sasl_plain_password="app-pw"), progress=False).total == 3
+    with pytest.raises(AuthenticationFailed, match="refused user 'app'.*Invalid username or password"):
+        stream_predictions(recs, KafkaSettings(**creds, sasl_plain_password="wrong"), progress=False)
+    with pytest.raises(Exception):  # plaintext clients are not let in
+        KafkaProducer(bootstrap_servers=b.bootstrap_servers, bootstrap_timeout_ms=3000)

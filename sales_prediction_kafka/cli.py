@@ -12,6 +12,7 @@ from . import __version__
 from .data import generate_data
 from .pipeline import run_command
 from .monitor import monitor_command, dashboard_command
+from .serve import serve_command, replay_command
 
 # %% ../nbs/11_cli.ipynb #d9ad2135
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -25,7 +26,7 @@ def main(verbose, quiet):
     for noisy in ("kafka", "papermill", "traitlets", "blib2to3"): logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 # %% ../nbs/11_cli.ipynb #dd8a7913
-for command in (generate_data, run_command, monitor_command, dashboard_command):
+for command in (generate_data, run_command, replay_command, serve_command, monitor_command, dashboard_command):
     main.add_command(command)
 
 # %% ../nbs/11_cli.ipynb #b28813b4

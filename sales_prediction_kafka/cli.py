@@ -23,7 +23,8 @@ def main(verbose, quiet):
     "Train a sales model, stream its predictions through Apache Kafka, and score live events."
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("kafka", "papermill", "traitlets", "blib2to3"): logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    for noisy in ("kafka", "papermill", "blib2to3"): logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert's notes on image alt text
 
 # %% ../nbs/11_cli.ipynb #dd8a7913
 for command in (generate_data, run_command, replay_command, serve_command, monitor_command, dashboard_command):

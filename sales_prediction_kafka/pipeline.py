@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_pipeline.ipynb #8df667d2
 from __future__ import annotations
-import ast, hashlib, json, logging, re, secrets, sys
+import ast, hashlib, json, logging, os, re, secrets, sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -151,6 +151,7 @@ def run_pipeline(params:dict|None=None, # parameter overrides; defaults come fro
         check_columns(data_path, params.get("target", spec["target"][0]), params.get("features", spec["features"][0]))
     run = new_run_dir(out_dir)
     log.info("run folder %s", run)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the kernel inherits it: no CUDA/oneDNN chatter on the console
     try:
         pm.execute_notebook(str(notebook), str(run/"report.ipynb"), parameters={**params, "run_dir": str(run.resolve())},
                             progress_bar=progress, cwd=str(run), kernel_name="python3")

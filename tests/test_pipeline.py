@@ -26,8 +26,8 @@ def test_run_folder_holds_everything(runs):
         assert (run/name).stat().st_size > 0, name
     plots = {p.stem for p in (run/"plots").glob("*.png")}
     assert EDA_PLOTS | REPORT_PLOTS <= plots, sorted(plots)
-    model = run/"model"
-    assert (model/"model.json").exists() and any(model.glob("*.keras")) or any(model.glob("*.joblib"))
+    assert (run/"model"/"model.json").exists() and {p.suffix for p in (run/"model").iterdir()} & {".keras", ".joblib"}
+    assert (run/"seed_net"/"model.keras").exists() and (run/"seed_net"/"model.h5").exists(), "the seed's net, for its users"
     html = (run/"report.html").read_text()
     for heading in ("Cleaning", "Model comparison", "Error report", "Streaming"):
         assert heading in html, heading

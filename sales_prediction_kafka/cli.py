@@ -10,6 +10,8 @@ import logging
 import click
 from . import __version__
 from .data import generate_data
+from .broker import broker_cli
+from .stream import consume_cli
 from .pipeline import run_command
 from .monitor import monitor_command, dashboard_command
 from .serve import serve_command, replay_command
@@ -27,7 +29,7 @@ def main(verbose, quiet):
     logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert's notes on image alt text
 
 # %% ../nbs/11_cli.ipynb #dd8a7913
-for command in (generate_data, run_command, replay_command, serve_command, monitor_command, dashboard_command):
+for command in (generate_data, run_command, broker_cli, consume_cli, replay_command, serve_command, monitor_command, dashboard_command):
     main.add_command(command)
 
 # %% ../nbs/11_cli.ipynb #b28813b4

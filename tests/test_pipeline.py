@@ -52,7 +52,7 @@ def test_metrics_are_sane(runs):
 def test_same_seed_same_numbers(runs):
     a, b = (json.loads((r/"metrics.json").read_text()) for r in runs)
     assert runs[0] != runs[1]
-    for key in ("mae", "rmse", "mape", "r2", "bias"):
+    for key in ("mae", "rmse", "mape_pct", "r2", "bias"):
         assert abs(a["test"][key] - b["test"][key]) <= 1e-6, key
     for ra, rb in zip(a["comparison"], b["comparison"]):
         assert abs(ra["rmse_mean"] - rb["rmse_mean"]) <= 1e-6, ra["model"]

@@ -1,0 +1,1 @@
+"Benchmarks of sales-prediction-kafka against the best reference on the same machine, reported as ratios."

@@ -1,0 +1,74 @@
+"The benchmarks in quick mode against the real broker: every one runs and writes sane JSON. No timing assertions."
+import json, math, subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).parent.parent
+MACHINE = ("cores", "cpu", "python", "numpy", "tensorflow", "kafka-python", "java", "loadavg")
+
+
+@pytest.fixture(scope="module")
+def results(kafka_broker, tmp_path_factory) -> dict:
+    "Run `python -m bench --quick` once on the test broker; the JSON documents by benchmark name."
+    out = tmp_path_factory.mktemp("bench")
+    res = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--bootstrap-servers", kafka_broker.bootstrap_servers],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    docs = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    docs["_stdout"] = res.stdout
+    return docs
+
+
+def positive(*xs) -> bool:
+    return all(isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in xs)
+
+
+def test_every_benchmark_writes_json_with_machine_info(results):
+    assert {"streaming", "scoring", "live", "scale"} <= set(results)
+    for name in ("streaming", "scoring", "live", "scale"):
+        doc = results[name]
+        assert doc["benchmark"] == name and doc["quick"] is True
+        assert set(MACHINE) <= set(doc["machine"]), doc["machine"]
+        assert doc["machine"]["cores"] >= 1 and doc["machine"]["cpu"] != "unknown"
+        assert len(doc["load_before"]) == 3 and isinstance(doc["targets"], dict) and doc["targets"]
+    for title in ("Streaming throughput", "Batch scoring", "Live scoring", "Scale"):
+        assert f"## {title}" in results["_stdout"]
+
+
+def test_streaming_three_sides(results):
+    s = results["streaming"]
+    assert s["records"] == 2000 and s["acks"] == "all" and s["idempotence"] is True
+    assert positive(*s["rates_per_s"].values(), *s["ratios"].values())
+    assert {"project_call", "bare_send_ack", "java"} <= set(s["rates_per_s"])
+    assert all(r["records"] == 2000 for r in s["runs"]["java"])
+    assert 50 < s["payload"]["value_bytes_mean"] < 200
+
+
+def test_scoring_rates_and_predictions_match_keras(results):
+    s = results["scoring"]
+    assert s["sizes"] == [1, 81, 1000]
+    sides = {r["side"] for r in s["rows"]}
+    assert {"project forward(layers, X)", "bare numpy forward", "keras model.predict", "keras model(x)"} <= sides
+    assert all(positive(r["rows_per_s"], r["median_s"]) and r["calls"] >= 3 for r in s["rows"])
+    for c in s["checks"]:  # the project's inference path equals model.predict
+        assert c["max_abs_diff_net_output"] <= 1e-5 and c["max_rel_diff_predict"] <= 1e-5, c
+        assert c["max_rel_diff_predict_records"] <= 1e-5, c
+    assert s["targets"]["predictions match model.predict to 1e-5"] is True
+
+
+def test_live_latency_and_throughput(results):
+    s = results["live"]
+    assert {r["mode"] for r in s["rows"]} == {"model", "passthrough"}
+    for r in s["rows"]:
+        assert r["delivered"] == r["events"], r  # every event came out of the worker
+        assert positive(r["throughput_per_s"], r["replay_per_s"]) and 0 <= r["p50_ms"] <= r["p99_ms"] <= r["max_ms"], r
+    assert positive(*s["capacity_per_s"].values(), *s["ratios"].values())
+
+
+def test_scale_sizes_time_and_memory(results):
+    s = results["scale"]
+    assert [r["rows"] for r in s["rows"]] == [1000, 10000]
+    for r in s["rows"]:
+        assert positive(r["load_s"], r["clean_s"], r["train_1_epoch_s"], r["score_s"], r["total_s"], r["peak_mib"])
+        assert r["peak_mib"] >= r["base_mib"] > 50 and 0 < r["rows_clean"] <= r["rows"]
+    assert math.isfinite(s["loglog_slope_all"])

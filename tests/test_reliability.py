@@ -1,0 +1,202 @@
+"""Faults inflicted on the real broker and the real processes: a broker SIGKILLed mid-stream, a scorer SIGKILLed mid-replay,
+a broker that answers late or never. Each test prints a `RELIABILITY` line with its counts and times (see RELIABILITY.md)."""
+import json, os, signal, socket, subprocess, sys, threading, time
+from collections import Counter
+from pathlib import Path
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from sales_prediction_kafka.broker import LocalBroker, free_port
+from sales_prediction_kafka.config import KafkaSettings
+from sales_prediction_kafka.data import SAMPLE_CSV, generate_sales
+from sales_prediction_kafka.serve import replay, table_events
+from sales_prediction_kafka.stream import ensure_topic, messages
+from test_serve import metrics, model_dir, read_all, scored, start_worker, topics, wait_for  # noqa: F401 (model_dir is a fixture)
+
+SALES_KAFKA = str(Path(sys.executable).parent/"sales-kafka")
+
+def report(scenario:str, **figures):
+    "Print one line of measured figures; `pytest -s` shows them, RELIABILITY.md records them."
+    print(f"\nRELIABILITY {scenario}: " + ", ".join(f"{k}={round(v, 1) if isinstance(v, float) else v}" for k, v in figures.items()))
+
+def landed(servers:str, topic:str, partitions:int) -> int:
+    "The number of records in `topic` now (sum of its end offsets)."
+    c = KafkaConsumer(bootstrap_servers=servers, request_timeout_ms=5000)
+    try: return sum(c.end_offsets([TopicPartition(topic, p) for p in range(partitions)]).values())
+    finally: c.close()
+
+def kill_broker(b:LocalBroker):
+    "SIGKILL the broker's process group, as a crash would."
+    os.killpg(b.pid(), signal.SIGKILL); b._proc.wait(10)
+
+# --- 1. broker crash mid-stream -------------------------------------------------------------------------------------------
+
+N_PREDICTIONS = 100_000
+STREAM = """
+import json, sys
+from sales_prediction_kafka.config import KafkaSettings
+from sales_prediction_kafka.stream import prediction_records, stream_predictions
+n, servers, topic = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+recs = prediction_records(range(n), [float(i) for i in range(n)], [i + 0.25 for i in range(n)])
+print(json.dumps(stream_predictions(recs, KafkaSettings(bootstrap_servers=servers), topic=topic, progress=False).as_dict()))
+"""
+
+@pytest.fixture
+def crash_broker(tmp_path):
+    "A dedicated broker (the shared one is never killed) in its own home."
+    b = LocalBroker(tmp_path/"broker").start(timeout=120)
+    yield b
+    LocalBroker(tmp_path/"broker").stop(timeout=10)
+
+def test_broker_sigkill_mid_stream_loses_and_duplicates_nothing(crash_broker):
+    "100,000 predictions streamed while the broker is SIGKILLed and restarted on the same data and ports: each index once."
+    b, topic = crash_broker, "crash_predictions"
+    ensure_topic(KafkaSettings(bootstrap_servers=b.bootstrap_servers), topic, 3)
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", STREAM, str(N_PREDICTIONS), b.bootstrap_servers, topic],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: landed(b.bootstrap_servers, topic, 3) >= N_PREDICTIONS // 10, 120, "a tenth of the stream to land")
+        at_kill = landed(b.bootstrap_servers, topic, 3)
+        kill_broker(b)
+        t_kill = time.monotonic()
+        assert at_kill < N_PREDICTIONS and proc.poll() is None, f"{at_kill} records had landed: the kill came after the stream"
+        restarted = LocalBroker(b.home).start(timeout=120)
+        assert restarted.bootstrap_servers == b.bootstrap_servers, "the restart keeps the address"
+        outage = time.monotonic() - t_kill
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None: proc.kill(); proc.wait()
+    assert proc.returncode == 0, f"the producer gave up during the outage:\n{err[-3000:]}"
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["total"] == N_PREDICTIONS
+    elapsed = time.monotonic() - t0
+    counts = Counter(m["value"]["prediction_index"] for m in messages(KafkaSettings(bootstrap_servers=b.bootstrap_servers), topic, idle_timeout=30))
+    lost = N_PREDICTIONS - len(set(counts) & set(range(N_PREDICTIONS)))
+    dupes = sum(c - 1 for c in counts.values())
+    report("broker-crash", sent=N_PREDICTIONS, landed_before_kill=at_kill, received=sum(counts.values()), lost=lost, duplicated=dupes,
+           outage_s=outage, stream_s=summary["elapsed"], total_s=elapsed)
+    assert set(counts) == set(range(N_PREDICTIONS)), f"{lost} prediction indexes lost"
+    assert dupes == 0, f"{dupes} duplicated records"
+
+# --- 2. scorer crash ------------------------------------------------------------------------------------------------------
+
+N_EVENTS = 20_000
+
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_scorer_sigkill_mid_replay(broker_settings, model_dir, tmp_path, exactly_once):
+    "One `serve` worker is SIGKILLed while it scores a replay of 20,000 events, then restarted: nothing unscored."
+    t0, settings, t = time.monotonic(), broker_settings, topics("rel")
+    ensure_topic(settings, t["events"], partitions=6)
+    df = generate_sales(N_EVENTS, seed=23, missing=0.0)
+    w = start_worker(tmp_path, model_dir, settings, t, "w", exactly_once)
+    try:
+        wait_for(lambda: len(metrics(tmp_path, "w").get("partitions", [])) == 6, 90, "the worker to get all 6 partitions")
+        feeder = threading.Thread(target=replay, args=(table_events(df), settings, t["events"], 4000.0), kwargs={"progress": False})
+        feeder.start()  # 5 s of events
+        wait_for(lambda: scored(tmp_path, "w") >= 2000, 90, "the worker to score 2,000 events")
+        w.send_signal(signal.SIGKILL); w.wait()
+        killed_after, t_kill = scored(tmp_path, "w"), time.monotonic()
+        assert killed_after < N_EVENTS, "the kill must land mid-replay"
+        w = start_worker(tmp_path, model_dir, settings, t, "w", exactly_once)  # same id: an exactly-once worker fences its predecessor
+        feeder.join()
+        ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
+        read_all(settings, t["predictions"], "read_committed", until=lambda recs: len(ids(recs)) >= N_EVENTS, timeout=180)
+        recovery = time.monotonic() - t_kill
+    finally:
+        w.send_signal(signal.SIGTERM)
+        assert w.wait(timeout=60) == 0
+    committed = Counter(json.loads(r.value)["prediction_index"] for r in read_all(settings, t["predictions"], "read_committed"))
+    uncommitted = len(read_all(settings, t["predictions"], "read_uncommitted"))
+    unscored = len(set(range(N_EVENTS)) - set(committed))
+    dupes = sum(c - 1 for c in committed.values())
+    report(f"scorer-crash {'exactly' if exactly_once else 'at-least'}-once", sent=N_EVENTS, received=sum(committed.values()),
+           lost=unscored, duplicated=dupes, in_log_uncommitted=uncommitted, killed_after_scoring=killed_after,
+           recovery_s=recovery, total_s=time.monotonic() - t0)
+    assert unscored == 0, f"{unscored} events never scored"
+    assert set(committed) == set(range(N_EVENTS)), "only the replayed events are scored"
+    if exactly_once: assert dupes == 0, f"{dupes} duplicates seen by a read_committed reader"
+
+# --- 3. a broker that answers late, or never ------------------------------------------------------------------------------
+
+class LateProxy:
+    "A TCP forwarder to `target` that starts listening on its own port only after `delay` seconds: a slow-starting broker."
+    def __init__(self, target:str, delay:float):
+        self.target, self.delay, self.port = target, delay, free_port()
+        self.stop, self.sock = threading.Event(), None
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _pump(self, a, b):
+        try:
+            while data := a.recv(65536): b.sendall(data)
+        except OSError: pass
+        finally: a.close(); b.close()
+
+    def _serve(self):
+        if self.stop.wait(self.delay): return
+        self.sock = socket.create_server(("127.0.0.1", self.port))
+        self.sock.settimeout(0.2)
+        host, port = self.target.rsplit(":", 1)
+        while not self.stop.is_set():
+            try: client, _ = self.sock.accept()
+            except OSError: continue
+            upstream = socket.create_connection((host, int(port)))
+            for a, b in ((client, upstream), (upstream, client)): threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+        self.sock.close()
+
+def run_cli(*args, timeout:float=300, env:dict|None=None, cwd=None) -> tuple[subprocess.CompletedProcess, float]:
+    "Run `sales-kafka args` and time it."
+    t0 = time.monotonic()
+    r = subprocess.run([SALES_KAFKA, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    return r, time.monotonic() - t0
+
+def assert_clean_failure(r, address:str, limit:float, took:float):
+    "A non-zero exit with one clear message naming `address`, no traceback, within `limit` seconds."
+    assert r.returncode != 0, f"exit code 0 without a broker:\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr[-3000:]
+    assert f"no Kafka broker answered at {address}" in r.stderr, r.stderr[-3000:]
+    assert took < limit, f"took {took:.0f} s, limit {limit:.0f} s"
+
+@pytest.fixture(scope="module")
+def absent() -> str:
+    "An address where no broker listens."
+    return f"127.0.0.1:{free_port()}"
+
+def test_serve_without_broker_fails_cleanly(model_dir, absent):
+    r, took = run_cli("serve", "--model", model_dir, "--bootstrap-servers", absent, "--idle-exit", "1")
+    report("absent-broker serve", exit_code=r.returncode, seconds=took)
+    assert_clean_failure(r, absent, 60, took)
+    assert r.returncode == 1
+
+def test_replay_without_broker_fails_cleanly(absent):
+    r, took = run_cli("replay", SAMPLE_CSV, "--bootstrap-servers", absent, "--limit", "10")
+    report("absent-broker replay", exit_code=r.returncode, seconds=took)
+    assert_clean_failure(r, absent, 60, took)
+    assert r.returncode == 1
+
+def test_run_without_broker_fails_cleanly(absent, tmp_path):
+    "The main job against a closed port: a clear error and a non-zero exit, not a traceback or a hang."
+    r, took = run_cli("run", "--bootstrap-servers", absent, "-p", "epochs", "2", "-p", "cv_folds", "2", "--out", tmp_path, timeout=600)
+    report("absent-broker run", exit_code=r.returncode, seconds=took)
+    assert_clean_failure(r, absent, 240, took)
+
+def test_slow_broker_is_waited_for(broker_settings, model_dir, tmp_path):
+    "A broker that opens its port 4 s after `replay` and `serve` start is waited for: both then do their work."
+    t = topics("slow")
+    ensure_topic(broker_settings, t["events"], partitions=6)
+    proxy = LateProxy(broker_settings.bootstrap_servers, delay=4)
+    try:
+        r, took_replay = run_cli("replay", SAMPLE_CSV, "--bootstrap-servers", f"127.0.0.1:{proxy.port}", "--topic", t["events"], "--limit", "50")
+    finally: proxy.stop.set()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert took_replay >= 4 and "50 records" in r.stdout, (took_replay, r.stdout)
+    proxy = LateProxy(broker_settings.bootstrap_servers, delay=4)
+    try:
+        r, took_serve = run_cli("serve", "--model", model_dir, "--bootstrap-servers", f"127.0.0.1:{proxy.port}", "--group-id", t["group"],
+                                "--events-topic", t["events"], "--predictions-topic", t["predictions"], "--dead-letter-topic", t["dlq"],
+                                "--idle-exit", "2")
+    finally: proxy.stop.set()
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["scored"] + summary["dead_lettered"] == 50 and summary["scored"] > 25, summary  # the sample has gaps: dead letters
+    report("slow-broker (port opens after 4 s)", replay_s=took_replay, serve_s=took_serve, events=50, scored=summary["scored"],
+           dead_lettered=summary["dead_lettered"])

@@ -77,8 +77,8 @@ class Worker:
         self.err.close()
 
 
-def stats(ids:range, ev:dict, out:dict) -> dict:
-    "Latency percentiles (ms) and rates of the events `ids`."
+def stats(ids:range, ev:dict, out:dict, polled:dict|None=None) -> dict:
+    "Latency percentiles (ms) and rates of the events `ids`; with `polled`, split into waiting and working."
     got = [i for i in ids if i in out and i in ev]
     if not got: return {"events": len(ids), "delivered": 0}
     lat = np.array([out[i] - ev[i] for i in got], np.float64)
@@ -86,7 +86,16 @@ def stats(ids:range, ev:dict, out:dict) -> dict:
     span_in, span = (t_in.max() - t_in.min()) / 1000, (t_out.max() - t_in.min()) / 1000
     return {"events": len(ids), "delivered": len(got), "offered_per_s": len(got) / span_in if span_in else None,
             "throughput_per_s": len(got) / span if span else None, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max())}
+            "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()), **split(got, ev, out, polled or {})}
+
+
+def split(got:list, ev:dict, out:dict, polled:dict) -> dict:
+    "p50/p99 of produce -> polled by the worker (waiting) and polled -> output produced (working), in ms."
+    both = [i for i in got if i in polled]
+    if not both: return {}
+    wait = np.array([polled[i] - ev[i] for i in both]); work = np.array([out[i] - polled[i] for i in both])
+    return {"wait_p50_ms": float(np.percentile(wait, 50)), "wait_p99_ms": float(np.percentile(wait, 99)),
+            "work_p50_ms": float(np.percentile(work, 50)), "work_p99_ms": float(np.percentile(work, 99))}
 
 
 def run_mode(mode:str, settings, model_dir:Path, df, plan:list, backlog_n:int, tmp:Path) -> dict:
@@ -98,7 +107,7 @@ def run_mode(mode:str, settings, model_dir:Path, df, plan:list, backlog_n:int, t
     replay(table_events(df.head(backlog_n), first_id=10**9), settings, t["backlog"], progress=False)
     w = Worker(["--mode", mode, "--model", str(model_dir), "--bootstrap-servers", settings.bootstrap_servers,
                 "--group", tag(f"bench-{mode}"), "--backlog-topic", t["backlog"], "--backlog-out", t["backlog_out"],
-                "--backlog-n", str(backlog_n), "--events-topic", t["events"], "--out-topic", t["out"], "--dlq-topic", t["dlq"]],
+                "--backlog-n", str(backlog_n), "--events-topic", t["events"], "--out-topic", t["out"], "--dlq-topic", t["dlq"], "--polled-file", str(tmp/f"polled-{mode}.json")],
                tmp/f"worker-{mode}.log")
     try:
         drained = json.loads(w.expect("DRAIN", 300))
@@ -117,7 +126,9 @@ def run_mode(mode:str, settings, model_dir:Path, df, plan:list, backlog_n:int, t
     finally: w.stop()
     metrics = json.loads(w.expect("DONE", 10)) if w.proc.returncode == 0 else None
     ev, out = read_timestamps(settings, t["events"]), read_timestamps(settings, t["out"])
-    rows = [{"mode": mode, "phase": r["phase"], "replay_per_s": r["replay_per_s"], **stats(r["ids"], ev, out)} for r in res]
+    polled_file = tmp/f"polled-{mode}.json"
+    polled = {int(k): v for k, v in json.loads(polled_file.read_text()).items()} if polled_file.exists() else {}
+    rows = [{"mode": mode, "phase": r["phase"], "replay_per_s": r["replay_per_s"], **stats(r["ids"], ev, out, polled)} for r in res]
     return {"drain": {**drained, "per_s": drained["events"] / drained["seconds"]}, "phases": rows,
             "worker_metrics": metrics}
 
@@ -141,14 +152,16 @@ def run(quick:bool=False, bootstrap_servers:str|None=None, out:Path|None=None, *
     result = {"quick": quick, "plan": [{"phase": l, "rate": r, "events": n} for l, r, n in plan], "backlog_events": backlog_n,
               "notes": ["latency = prediction record timestamp - event record timestamp (both CreateTime, set at send())",
                         "one worker process per mode (max_records 500, linger_ms 5, flush + commit per batch); replay in the benchmark process",
-                        "capacity = backlog drained by the worker, first polled record to last commit"],
+                        "capacity = backlog drained by the worker, first polled record to last commit",
+                        "wait = event produce time -> the worker's poll returned it (wall clock); work = that -> output record timestamp (ms resolution, so 0 is possible)"],
               "rows": rows, "capacity_per_s": cap, "ratios": ratios,
               "targets": {"p99 < 25 ms at 2000/s": p99_2k is not None and p99_2k < 25,
                           "drain throughput >= 0.5 pass-through": ratios["drain_model_vs_passthrough"] >= 0.5},
               "worker_metrics": {m: modes[m]["worker_metrics"] for m in MODES}, "load_before": load_before, "load_after": load()}
     path = write_result(NAME, result, out)
     print("\n## Live scoring (one worker; latency = prediction produce time - event produce time)\n")
-    print(table(rows, ["mode", "phase", "events", "delivered", "replay_per_s", "throughput_per_s", "p50_ms", "p99_ms", "max_ms"]))
+    print(table(rows, ["mode", "phase", "events", "delivered", "replay_per_s", "throughput_per_s", "p50_ms", "p99_ms", "max_ms",
+                      "wait_p50_ms", "wait_p99_ms", "work_p50_ms", "work_p99_ms"]))
     print(f"\ncapacity (drain {backlog_n:,} backlog): model {cap['model']:,.0f}/s, pass-through {cap['passthrough']:,.0f}/s, "
           f"ratio {ratios['drain_model_vs_passthrough']:.2f} (target >= 0.5); max-phase ratio {max_ratio:.2f}")
     print("targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in result["targets"].items()) + f"   -> {path}")

@@ -3,9 +3,11 @@ taken out (a pass-through consumer->producer with the same clients, batches, flu
 
 It first drains a pre-filled backlog topic (capacity, timed from the first record to the last commit), prints
 `DRAIN {json}`, then serves the live topic, prints `READY` once it owns partitions, and runs until SIGTERM, when it
-prints `DONE {metrics json}`."""
+prints `DONE {metrics json}`. With `--polled-file` it also writes {event key: wall-clock ms when poll returned it}
+for the live topic, so the benchmark can split latency into waiting (produce -> polled) and working (polled -> output)."""
 from __future__ import annotations
 import argparse, json, logging, sys, time
+from pathlib import Path
 from collections import Counter
 
 
@@ -22,6 +24,17 @@ def passthrough_class():
             self.metrics.add(counts, time.monotonic() - t0)
             return counts
     return PassThrough
+
+
+def polled_recorder(cls, seen:dict):
+    "`cls` whose `poll` notes the wall-clock time (ms) at which each record was handed to the worker."
+    class Recorded(cls):
+        def poll(self, timeout:float=0.5) -> list:
+            records = super().poll(timeout)
+            now = time.time() * 1000
+            for r in records: seen[int(r.key)] = now
+            return records
+    return Recorded
 
 
 def drain(cls, model, settings, n:int, **kw) -> dict:
@@ -48,6 +61,7 @@ def main(argv=None):
     ap.add_argument("--events-topic", required=True, help="live events")
     ap.add_argument("--out-topic", required=True, help="live outputs (predictions or forwarded events)")
     ap.add_argument("--dlq-topic", required=True, help="dead letters")
+    ap.add_argument("--polled-file", help="write {key: ms when polled} of the live events here (JSON)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     from sales_prediction_kafka.config import KafkaSettings
@@ -58,13 +72,15 @@ def main(argv=None):
     d = drain(cls, model, settings, a.backlog_n, group_id=f"{a.group}-drain", worker_id="drain", events_topic=a.backlog_topic,
               predictions_topic=a.backlog_out, dead_letter_topic=a.dlq_topic)
     print("DRAIN " + json.dumps(d), flush=True)
-    w = cls(model, settings, group_id=f"{a.group}-live", worker_id="live", events_topic=a.events_topic,
+    seen = {}
+    w = polled_recorder(cls, seen)(model, settings, group_id=f"{a.group}-live", worker_id="live", events_topic=a.events_topic,
             predictions_topic=a.out_topic, dead_letter_topic=a.dlq_topic)
     with stop_on_signals(w.stopping), w:
         while not w.consumer.assignment() and not w.stopping.is_set():
             if records := w.poll(0.2): w.process(records)
         print("READY", flush=True)
         m = w.run()
+    if a.polled_file: Path(a.polled_file).write_text(json.dumps(seen))
     print("DONE " + json.dumps(m), flush=True)
 
 

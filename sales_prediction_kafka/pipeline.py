@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from .data import SAMPLE_CSV
+
 log = logging.getLogger(__name__)
 
 # %% auto #0
@@ -145,10 +147,9 @@ def run_pipeline(params:dict|None=None, # parameter overrides; defaults come fro
     import papermill as pm
     spec = pipeline_parameters(notebook)
     params = validate_params(params or {}, spec)
-    data_path = params.get("data_path", spec["data_path"][0])
-    if data_path is not None:
-        if not Path(data_path).is_file(): raise ParameterError(f"data_path: no such file {data_path}")
-        check_columns(data_path, params.get("target", spec["target"][0]), params.get("features", spec["features"][0]))
+    data_path = params.get("data_path", spec["data_path"][0]) or SAMPLE_CSV
+    if not Path(data_path).is_file(): raise ParameterError(f"data_path: no such file {data_path}")
+    check_columns(data_path, params.get("target", spec["target"][0]), params.get("features", spec["features"][0]))
     run = new_run_dir(out_dir)
     log.info("run folder %s", run)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the kernel inherits it: no CUDA/oneDNN chatter on the console

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'PIPELINE_NOTEBOOK', 'VERSIONED', 'ParameterError', 'PipelineError', 'pipeline_parameters', 'parse_value',
            'validate_params', 'check_columns', 'new_run_dir', 'package_versions', 'file_sha256', 'write_json',
-           'start_run', 'export_html', 'run_pipeline', 'run_command']
+           'start_run', 'report_figures', 'export_html', 'run_pipeline', 'run_command']
 
 # %% ../nbs/10_pipeline.ipynb #9ae0090d
 import sales_prediction_kafka
@@ -125,13 +125,29 @@ def start_run(run_dir, params:dict, data_path) -> Path:
     write_json(run/"params.json", {"run_id": run.name, "parameters": params, "data": {"path": str(data_path), "sha256": file_sha256(data_path)}, "versions": package_versions()})
     return run
 
+# %% ../nbs/10_pipeline.ipynb #f439aaed
+def report_figures(figs:dict, # {name: Figure}
+                   folder) -> list[Path]:
+    "Save `figs` as `folder/<name>.png`, show each in the notebook, and return the paths."
+    from IPython.display import Image, display
+    from sales_prediction_kafka.eda import save_figures
+    paths = save_figures(figs, folder)
+    for p in paths: display(Image(filename=str(p)))
+    return paths
+
 # %% ../nbs/10_pipeline.ipynb #703d76f6
+_NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\).*|[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*)\n?", re.M)
+
 def export_html(notebook_path, html_path=None) -> Path:
-    "Write a self-contained HTML copy of an executed notebook, with no CDN links."
+    "Write a self-contained HTML report of an executed notebook: outputs only, no CDN links, no native TF log lines."
     import nbformat
     from nbconvert import HTMLExporter
     nb = nbformat.read(notebook_path, as_version=4)
-    exporter = HTMLExporter(mathjax_url="", require_js_url="", mermaid_js_url="", embed_images=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("name") == "stderr": out["text"] = _NATIVE_LOG.sub("", out["text"])
+        cell["outputs"] = [o for o in cell.get("outputs", []) if o.get("name") != "stderr" or o["text"].strip()]
+    exporter = HTMLExporter(mathjax_url="", require_js_url="", mermaid_js_url="", embed_images=True, exclude_input=True)
     body, _ = exporter.from_notebook_node(nb)
     body = re.sub(r'<script src=""></script>\s*', "", body)
     html_path = Path(html_path or Path(notebook_path).with_suffix(".html"))

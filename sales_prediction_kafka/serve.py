@@ -513,7 +513,7 @@ def table_events(df:pd.DataFrame, # one row per event: feature columns and, opti
         yield ev | {c: p for c, v in zip(cols, row) if (p := _plain(v)) is not None}
 
 # %% ../nbs/08_serve.ipynb #1814929a
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from .stream import StreamError, StreamSummary, _summarise, check_topic
 
 def replay(events, # event dicts, e.g. from `table_events`

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat settings.ini setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: help setup browser run test check-export export readme docs lab bench
+.PHONY: help setup browser run test check-export export readme docs lab bench example
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -48,3 +48,8 @@ docs: setup  ## render the docs site into _docs/ (open _docs/index.html; works o
 
 lab: setup  ## JupyterLab with the project's kernel; the library is installed editable
 	$(BIN)/jupyter lab --allow-root --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate
+
+example: setup  ## refresh the committed example run in outputs/example (a default run, streamed to the local broker)
+	rm -rf outputs/tmp outputs/example
+	$(BIN)/sales-kafka run --out outputs/tmp
+	mv outputs/tmp/* outputs/example && rmdir outputs/tmp

@@ -75,3 +75,26 @@ def test_bad_parameter_fails_before_running(tmp_path):
 def test_cli_reports_bad_parameter_without_traceback():
     r = subprocess.run([str(Path(sys.executable).parent/"sales-kafka"), "run", "-p", "epochs", "-5"], capture_output=True, text=True)
     assert r.returncode == 2 and "'epochs' must be an integer >= 1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_any_tabular_csv_runs_end_to_end(tmp_path, kafka_broker):
+    "Other column names: a different target, a many-level categorical, an ID column and a constant column."
+    import numpy as np, pandas as pd
+    rng = np.random.default_rng(3)
+    n = 240
+    region = rng.choice([f"R{i:02d}" for i in range(30)], n)
+    units = rng.integers(1, 50, n).astype(float)
+    price = rng.normal(20, 4, n)
+    revenue = units * price + 5 * (pd.Series(region).str[1:].astype(int).to_numpy() % 3) + rng.normal(0, 20, n)
+    csv = tmp_path/"stores.csv"
+    pd.DataFrame({"Store_ID": np.arange(1000, 1000 + n), "Region": region, "Units": units, "Price": price,
+                  "Currency": "EUR", "Revenue": revenue}).to_csv(csv, index=False)
+    run = run_pipeline({"data_path": str(csv), "target": "Revenue", "epochs": 5, "cv_folds": 2,
+                        "bootstrap_servers": kafka_broker.bootstrap_servers, "topic": "other_csv"}, out_dir=tmp_path/"runs", progress=False)
+    m = json.loads((run/"metrics.json").read_text())
+    notes = " ".join(m["feature_notes"])
+    assert "Store_ID" in notes and "Currency" in notes, notes
+    assert "Store_ID" not in m["features"] and "Currency" not in m["features"] and "Region" in m["features"]
+    assert {r["model"] for r in m["comparison"]} == {"net", "linear", "trees"}, "no seed net without its two columns"
+    assert m["test"]["r2"] > 0.5 and m["stream"]["verified"] is True
+    assert "Revenue" in (run/"report.html").read_text()

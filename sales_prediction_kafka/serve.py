@@ -13,11 +13,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'MAX_EVENT_ID', 'REASONS', 'RUNS_DIR', 'event_schema', 'schema_markdown',
-           'Rejection', 'check_field', 'parse_event', 'validate_event', 'example_events', 'score_events',
-           'prediction_message', 'dead_letter_headers', 'Outgoing', 'plan_batch', 'Metrics', 'ServeError',
-           'next_offsets', 'first_offsets', 'ScoringWorker', 'AssignmentReporter', 'find_model', 'stop_on_signals',
-           'serve', 'table_events', 'replay', 'serve_command', 'replay_command']
+__all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'MAX_EVENT_ID', 'REASONS', 'DEAD_LETTER_HEADERS', 'RUNS_DIR',
+           'event_schema', 'Rejection', 'check_field', 'parse_event', 'validate_event', 'example_events',
+           'score_events', 'prediction_message', 'dead_letter_headers', 'Outgoing', 'plan_batch', 'Metrics',
+           'ServeError', 'next_offsets', 'first_offsets', 'ScoringWorker', 'AssignmentReporter', 'find_model',
+           'stop_on_signals', 'serve', 'table_events', 'replay', 'serve_command', 'replay_command']
 
 # %% ../nbs/08_serve.ipynb #2b0f77b4
 SCHEMA_VERSION = 1  # the version of the event schema this worker reads
@@ -41,24 +41,6 @@ def event_schema(model) -> dict:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sales event",
             "type": "object", "properties": props, "required": ["event_id", "schema_version", *model.features],
             "additionalProperties": True, "x-target": model.target, "x-model": {"kind": model.kind, "version": model.version}}
-
-# %% ../nbs/08_serve.ipynb #f175538c
-def _type_text(p:dict) -> str:
-    t = p.get("type", "")
-    return " or ".join(t) if isinstance(t, list) else t
-
-def _allowed_text(p:dict) -> str:
-    if "const" in p: return f"`{p['const']}`"
-    if "enum" in p: return ", ".join(f"`{json.dumps(v)}`" for v in p["enum"])
-    if "minimum" in p: return f"{p['minimum']} to {p['maximum']}" if "maximum" in p else f">= {p['minimum']}"
-    return "finite" if "number" in _type_text(p) else ""
-
-def schema_markdown(schema:dict) -> str:
-    "A markdown table of the fields of event `schema`."
-    rows = ["| field | type | required | allowed | meaning |", "|---|---|---|---|---|"]
-    for name, p in schema["properties"].items():
-        rows.append(f"| `{name}` | {_type_text(p)} | {'yes' if name in schema['required'] else 'no'} | {_allowed_text(p)} | {p.get('description', '')} |")
-    return "\n".join(rows)
 
 # %% ../nbs/08_serve.ipynb #40cad5b6
 REASONS = {
@@ -185,6 +167,17 @@ def prediction_message(event:dict, # a validated event
     return prediction_record(event["event_id"], float(actual), predicted)
 
 # %% ../nbs/08_serve.ipynb #e8405982
+DEAD_LETTER_HEADERS = {  # headers a dead letter gets besides its original ones (UTF-8 text); absent when they do not apply
+    "dlq.reason": "why the event was set aside: a key of `REASONS`",
+    "dlq.detail": "a sentence naming what is wrong and where",
+    "dlq.field": "the offending field, when one is to blame",
+    "dlq.value": "the offending value, shortened, when there is one",
+    "dlq.topic": "topic of the original message",
+    "dlq.partition": "partition of the original message",
+    "dlq.offset": "offset of the original message",
+    "dlq.worker": "id of the worker that set it aside",
+}
+
 def dead_letter_headers(record, # the consumed message (kafka-python ConsumerRecord)
                         rejection:Rejection,
                         worker:str|None=None # the worker's id

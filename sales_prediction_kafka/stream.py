@@ -19,13 +19,37 @@ from .broker import ensure_broker
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'FIELDS', 'CONNECT_TIMEOUT', 'PARTITIONS', 'REPLICATION', 'StreamError', 'prediction_record', 'check_records',
+__all__ = ['log', 'PREDICTION_SCHEMA', 'FIELDS', 'PREDICTION_HEADERS', 'CONNECT_TIMEOUT', 'PARTITIONS', 'REPLICATION',
+           'StreamError', 'prediction_record', 'schema_markdown', 'names_markdown', 'check_records',
            'prediction_records', 'check_topic', 'BrokerUnreachable', 'AuthenticationFailed', 'admin_client', 'producer',
            'consumer', 'ensure_topic', 'StreamSummary', 'stream_predictions', 'messages', 'read_back', 'verify_stream',
            'consume_cli']
 
 # %% ../nbs/07_stream.ipynb #ce4272c1
-FIELDS = ("prediction_index", "predicted_sales", "actual_sales", "error")  # the seed's schema, in its order
+PREDICTION_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "prediction message",
+    "description": "The JSON value of each record on the predictions topic: the seed's four fields, in this order.",
+    "type": "object",
+    "properties": {
+        "prediction_index": {"type": "integer", "description": "id of the prediction: the test row's index (pipeline) or the event's event_id (serve); also the record's key"},
+        "predicted_sales": {"type": "number", "description": "the model's prediction"},
+        "actual_sales": {"type": ["number", "null"], "description": "the actual sales; null when the scored event had none"},
+        "error": {"type": ["number", "null"], "description": "actual_sales - predicted_sales; null when actual_sales is null"},
+    },
+    "required": ["prediction_index", "predicted_sales", "actual_sales", "error"],
+    "additionalProperties": False,
+    "examples": [{"prediction_index": 3, "predicted_sales": 7.5, "actual_sales": 10.0, "error": 2.5}],
+}
+FIELDS = tuple(PREDICTION_SCHEMA["properties"])  # the seed's fields, in its order
+
+PREDICTION_HEADERS = {  # Kafka record headers of a prediction (UTF-8 text); absent when they do not apply
+    "run_id": "the pipeline run that streamed the batch (`stream_predictions`)",
+    "model_version": "version of the model that made the prediction",
+    "produced_at": "when the batch was sent, UTC, ISO 8601 (`stream_predictions`)",
+    "worker": "id of the scoring worker that made it (`sales-kafka serve`)",
+    "actual": "`missing` when the event had no actual, so actual_sales and error are null (`sales-kafka serve`)",
+}
 
 class StreamError(ValueError):
     "Predictions could not be validated, sent or confirmed."
@@ -33,6 +57,30 @@ class StreamError(ValueError):
 def prediction_record(index:int, actual:float, predicted:float) -> dict:
     "One prediction message: the seed's four fields."
     return {"prediction_index": index, "predicted_sales": predicted, "actual_sales": actual, "error": actual - predicted}
+
+# %% ../nbs/07_stream.ipynb #52f9cfd4
+def _type_text(p:dict) -> str:
+    t = p.get("type", "")
+    return " or ".join(t) if isinstance(t, list) else t
+
+def _allowed_text(p:dict) -> str:
+    if "const" in p: return f"`{p['const']}`"
+    if "enum" in p: return ", ".join(f"`{json.dumps(v)}`" for v in p["enum"])
+    if "minimum" in p: return f"{p['minimum']} to {p['maximum']}" if "maximum" in p else f">= {p['minimum']}"
+    return "finite" if "number" in _type_text(p) else ""
+
+def schema_markdown(schema:dict) -> str:
+    "A Markdown table of the fields of JSON Schema `schema`: type, required, allowed values, meaning."
+    rows = ["| field | type | required | allowed | meaning |", "|---|---|---|---|---|"]
+    for name, p in schema["properties"].items():
+        rows.append(f"| `{name}` | {_type_text(p)} | {'yes' if name in schema.get('required', []) else 'no'} | {_allowed_text(p)} | {p.get('description', '')} |")
+    return "\n".join(rows)
+
+def names_markdown(names:dict, # name -> meaning, e.g. `PREDICTION_HEADERS`
+                   head:str="name" # the first column's heading
+                  ) -> str:
+    "A Markdown table of names and their meanings."
+    return "\n".join([f"| {head} | meaning |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in names.items())])
 
 # %% ../nbs/07_stream.ipynb #b4865fdf
 def _check(i:int, r:dict):

@@ -143,8 +143,30 @@ def test_api_entries_present(site):
     assert not missing, missing
 
 def test_schema_page(site):
+    "The prediction message, its headers, the example model's event schema and the dead letters, all from the library's dicts."
+    from sales_prediction_kafka.serve import DEAD_LETTER_HEADERS, REASONS, event_schema
+    from sales_prediction_kafka.stream import FIELDS, PREDICTION_HEADERS
+    from sales_prediction_kafka.models import load_model
     text = (site / "schemas.html").read_text()
-    for field in ("prediction_index", "predicted_sales", "actual_sales", "error"): assert field in text
+    run = build_docs.documented_run(ROOT / "outputs")
+    assert run is not None, "the committed example run is missing"
+    event = event_schema(load_model(run / "model"))["properties"]
+    names = [*FIELDS, *PREDICTION_HEADERS, *event, *DEAD_LETTER_HEADERS, *REASONS]
+    missing = [n for n in names if f"<code>{n}</code>" not in text]
+    assert not missing, missing
+    assert "the example run" in text and "whichever model it serves" in text
+    for level in event["Seasonality"]["enum"]: assert f"<code>\"{level}\"</code>" in text
+    assert not hasattr(build_docs, "schema_markdown"), "one schema renderer: stream.schema_markdown"
+
+def test_documented_run(tmp_path):
+    "The committed example is shown unless a run is named; a named folder without a report is refused."
+    (tmp_path / "example").mkdir(); (tmp_path / "example" / "report.html").write_text("x")
+    newer = tmp_path / "runs" / "20991231-000000-aaaaaa"; newer.mkdir(parents=True); (newer / "report.html").write_text("y")
+    assert build_docs.documented_run(tmp_path) == tmp_path / "example"
+    assert build_docs.documented_run(tmp_path, newer) == newer
+    with pytest.raises(SystemExit, match="no report.html"): build_docs.documented_run(tmp_path, tmp_path / "runs")
+    (tmp_path / "example" / "report.html").unlink()
+    assert build_docs.documented_run(tmp_path) == newer
 
 def test_cli_reference_has_every_command(site):
     ids = parse(site / "cli_reference.html").ids
@@ -155,12 +177,21 @@ def test_cli_reference_has_every_command(site):
         assert "--help" in (site / "cli_reference.html").read_text()
 
 def test_example_run_page(site):
-    run = build_docs.newest_run(ROOT / "outputs")
+    run = build_docs.documented_run(ROOT / "outputs")
+    assert run == ROOT / "outputs" / "example", run
     text = (site / "example_run.html").read_text()
-    if run is None: assert "No run yet" in text
-    else:
-        assert (site / "run" / "report.html").exists() and 'href="run/report.html"' in text
-        assert (site / "run" / "report.html").read_bytes() == (run / "report.html").read_bytes()
+    assert 'href="run/report.html"' in text and "Chosen model" in text
+    for name in ("report.html", "report.ipynb", "metrics.json", "params.json", "model/model.json"):
+        assert (site / "run" / name).read_bytes() == (run / name).read_bytes(), name
+        assert f'href="run/{name}"' in text, name
+
+def test_example_report_in_browser(server, page):
+    "The report shows inside the Example run page's frame, with its figures, without console errors or outside requests."
+    page.goto(server + "example_run.html", wait_until="load")
+    report = page.frame_locator("iframe.report")
+    report.locator("h1#Sales-prediction-pipeline").wait_for(timeout=15_000)
+    assert report.locator("img").count() >= 5
+    assert not page.problems, page.problems
 
 def test_pages_load_without_errors(site, server, page, tmp_path_factory):
     "Home, every chapter and every reference page load in Chromium without console errors or outside requests."

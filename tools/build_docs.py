@@ -3,6 +3,7 @@
 
     python tools/build_docs.py                  # writes the site into _docs/ (open _docs/index.html, works offline)
     python tools/build_docs.py --out /tmp/site  # somewhere else
+    python tools/build_docs.py --run outputs/runs/<run>  # show that run instead of the committed example
 
 nbdev normally renders through Quarto, which cannot be installed here. This keeps nbdev's notebook processing
 (front matter, `#| hide`, `#| export` -> `show_doc`, directive stripping, magics, ANSI) and replaces Quarto by
@@ -30,7 +31,6 @@ from nbdev.processors import (populate_language, add_show_docs, insert_warning, 
 log = logging.getLogger("build_docs")
 ROOT = Path(__file__).resolve().parent.parent
 LIB = "sales_prediction_kafka"
-SCHEMA_MODULES = (f"{LIB}.stream", f"{LIB}.serve")  # their module-level `*_SCHEMA` (JSON Schema) and `*_HEADERS` are documented
 CLI_GROUP = f"{LIB}.cli:main"  # the `sales-kafka` click group
 CLI_NAME = "sales-kafka"
 
@@ -221,55 +221,69 @@ def cli_page() -> str:
     for path, cmd, ctx in cmds: md += [f"## {path}", fence(cmd.get_help(ctx))]
     return "\n\n".join(md) + "\n"
 
-def _schema_type(p:dict) -> str:
-    t = p.get("type", p.get("$ref", "any"))
-    return " or ".join(t) if isinstance(t, list) else str(t)
+def json_details(obj, summary:str) -> str:
+    "`obj` as pretty JSON in a collapsed block."
+    return f'<details><summary>{summary}</summary>\n\n{fence(json.dumps(obj, indent=2), "json")}\n\n</details>'
 
-def schema_markdown(name:str, schema:dict, module:str) -> str:
-    "A JSON Schema as a field table, with its own example when it has one."
-    title = schema.get("title", name)
-    req = set(schema.get("required", []))
-    md = [f"## {title}", f"`{module}.{name}`" + (f": {schema['description']}" if schema.get("description") else ""),
-          "| field | type | required | meaning |\n|---|---|---|---|"]
-    md[-1] += "".join(f"\n| `{k}` | {_schema_type(p)} | {'yes' if k in req else 'no'} | {p.get('description', '')} |"
-                      for k, p in schema.get("properties", {}).items())
-    for ex in schema.get("examples", [])[:1]: md += ["Example:", fence(json.dumps(ex, indent=2), "json")]
-    md.append(fence(json.dumps(schema, indent=2), "json").join(['<details><summary>JSON Schema</summary>\n\n', "\n\n</details>"]))
-    return "\n\n".join(md)
+def schema_section(title:str, source:str, schema:dict, example:dict|None=None) -> list[str]:
+    "A JSON Schema's section: where it comes from, its field table (the library's renderer), an example, the schema itself."
+    from sales_prediction_kafka.stream import schema_markdown
+    example = example or next(iter(schema.get("examples", [])), None)
+    md = [f"## {title}", source, schema_markdown(schema)]
+    if example is not None: md += ["Example:", fence(json.dumps(example, indent=2), "json")]
+    return md + [json_details(schema, "JSON Schema")]
 
-def fields_markdown(name:str, names:tuple, module:str) -> str:
-    "A bare tuple of field names (a module's `FIELDS`), until the module defines a JSON Schema."
-    return "\n\n".join([f"## `{module}.{name}`", "| field |\n|---|" + "".join(f"\n| `{n}` |" for n in names)])
+def names_section(title:str, source:str, names:dict, head:str) -> list[str]:
+    "A name -> meaning table (headers, dead-letter reasons) under its own heading."
+    from sales_prediction_kafka.stream import names_markdown
+    return [f"### {title}", source, names_markdown(names, head)]
 
-def headers_markdown(name:str, headers:dict, module:str) -> str:
-    "A name -> meaning table: Kafka record headers (`*_HEADERS`) or dead-letter reasons (`REASONS`)."
-    what = "Dead-letter reasons" if name == "REASONS" else "Headers"
-    return "\n\n".join([f"## {what}: `{module}.{name}`",
-                         "| name | meaning |\n|---|---|" + "".join(f"\n| `{k}` | {v} |" for k, v in headers.items())])
+def event_section(run:Path|None) -> list[str]:
+    "The sales event: `serve.event_schema` of the documented run's model, with an example event."
+    from sales_prediction_kafka.serve import event_schema, example_events
+    from sales_prediction_kafka.models import load_model
+    intro = ("The event schema depends on the model: its feature columns, their types and the categories it learned. "
+             "`sales-kafka serve` derives it with `serve.event_schema` from whichever model it serves, and checks "
+             "every event against it.")
+    folder = run / "model" if run is not None else None
+    if folder is None or not folder.is_dir():
+        return ["## Sales event", intro, "No example run with a model is available here: `make example` writes one to `outputs/example/`."]
+    model = load_model(folder)
+    schema = event_schema(model)
+    where = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+    intro += (f" Below is the schema of the example run's model (`{where}`: a {model.kind} model, version `{model.version}`, "
+              f"target `{model.target}`).")
+    return schema_section("Sales event", intro, schema, json.loads(example_events(schema)["good"]))
 
-def schema_sections(mod) -> list[str]:
-    "Markdown for a module's `*_SCHEMA` JSON Schemas, `*_HEADERS` and `REASONS`; its `FIELDS` tuple if it has no schema."
-    items = vars(mod).items()
-    res = [schema_markdown(k, v, mod.__name__) for k, v in items if k.endswith("_SCHEMA") and isinstance(v, dict)]
-    if not res: res = [fields_markdown(k, v, mod.__name__) for k, v in items if k.endswith("FIELDS") and isinstance(v, tuple)]
-    return res + [headers_markdown(k, v, mod.__name__) for k, v in items
-                  if (k.endswith("_HEADERS") or k == "REASONS") and isinstance(v, dict)]
-
-def schema_page() -> str:
-    "The message and event schemas, generated from the modules that define them (`SCHEMA_MODULES`)."
-    md = ["# Message schemas", '<p class="lead">What travels on the Kafka topics, generated from the schemas the code '
-          "checks messages with.</p>"]
-    for mod_name in SCHEMA_MODULES:
-        try: md += schema_sections(importlib.import_module(mod_name))
-        except ImportError as e: log.warning("no schemas from %s: %s", mod_name, e)
-    if len(md) == 2: md.append("No schema is defined yet: `" + "`, `".join(SCHEMA_MODULES) + "` define no `*_SCHEMA`.")
+def schema_page(run:Path|None) -> str:
+    "The message and event schemas, from the dicts the code validates and writes messages with."
+    from sales_prediction_kafka import config, serve, stream
+    md = ["# Message schemas", '<p class="lead">What travels on the Kafka topics, generated from the schemas and header '
+          "lists the code checks and writes messages with.</p>",
+          "| topic | key | value | headers |\n|---|---|---|---|\n"
+          f"| `{config.PREDICTIONS_TOPIC}` | prediction_index | [prediction message](#prediction-message) | [prediction headers](#prediction-headers) |\n"
+          f"| `{config.EVENTS_TOPIC}` | event_id | [sales event](#sales-event) | any (kept on dead letters) |\n"
+          f"| `{config.DEAD_LETTER_TOPIC}` | the event's key | the event's bytes, unchanged | the event's, plus [dead-letter headers](#dead-letter-headers) |"]
+    md += schema_section("Prediction message", f"`stream.PREDICTION_SCHEMA`: {stream.PREDICTION_SCHEMA['description']}",
+                         stream.PREDICTION_SCHEMA)
+    md += names_section("Prediction headers", "`stream.PREDICTION_HEADERS`: run metadata travels in Kafka headers, so the "
+                        "value stays the seed's four fields.", stream.PREDICTION_HEADERS, "header")
+    md += event_section(run)
+    md += ["## Dead letters", f"An event that cannot be scored goes to `{config.DEAD_LETTER_TOPIC}` with its key, value and "
+           "headers unchanged, plus the headers below."]
+    md += names_section("Dead-letter headers", "`serve.DEAD_LETTER_HEADERS`:", serve.DEAD_LETTER_HEADERS, "header")
+    md += names_section("Dead-letter reasons", "`serve.REASONS`: the values of `dlq.reason`, checked in this order; an "
+                        "event gets the first that applies.", serve.REASONS, "reason")
     return "\n\n".join(md) + "\n"
 
-def newest_run(outputs:Path) -> Path | None:
-    "The newest run folder with a report under `outputs/runs`, else the committed example run, else None."
-    runs = sorted((p.parent for p in outputs.glob("runs/*/report.html")), key=lambda p: (p.stat().st_mtime, p.name))
-    if runs: return runs[-1]
-    return outputs / "example" if (outputs / "example" / "report.html").exists() else None
+def documented_run(outputs:Path, run:Path|None=None) -> Path | None:
+    "The run the docs show: `run` if given, else the committed example (`outputs/example`), else the newest under `outputs/runs`."
+    if run is not None:
+        if not (run / "report.html").is_file(): raise SystemExit(f"--run {run}: no report.html there; give a run folder")
+        return run
+    if (outputs / "example" / "report.html").is_file(): return outputs / "example"
+    runs = sorted((p.parent for p in outputs.glob("runs/*/report.html")), key=lambda p: p.name)
+    return runs[-1] if runs else None
 
 class _Refs(HTMLParser):
     "Relative `src`/`href` targets of an HTML file."
@@ -279,9 +293,9 @@ class _Refs(HTMLParser):
             if k in ("src", "href") and v and not re.match(r"^([a-z][\w+.-]*:|#|//)", v): self.refs.add(v.split("#")[0].split("?")[0])
 
 def copy_run(run:Path, dest:Path) -> list[str]:
-    "Copy a run's report, the files it references, its executed notebook and metrics into `dest`; returns their names."
+    "Copy a run's report, the files it references, its executed notebook, metrics, parameters and model card into `dest`."
     refs = _Refs(); refs.feed((run / "report.html").read_text(errors="replace"))
-    names = ["report.html", *sorted(refs.refs), "report.ipynb", "metrics.json", "params.json"]
+    names = ["report.html", *sorted(refs.refs), "report.ipynb", "metrics.json", "params.json", "model/model.json"]
     copied = []
     for n in dict.fromkeys(names):
         src = (run / n).resolve()
@@ -289,17 +303,40 @@ def copy_run(run:Path, dest:Path) -> list[str]:
             (dest / n).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(src, dest / n); copied.append(n)
     return copied
 
-def run_page(outputs:Path, docs:Path) -> str:
-    "The example executed pipeline run: its HTML report copied into the site, linked and shown."
-    md = ["# Example run", '<p class="lead">An executed pipeline report, as <code>make run</code> writes it to '
-          "<code>outputs/runs/&lt;run&gt;/</code>.</p>"]
-    run = newest_run(outputs)
-    if run is None: return "\n\n".join(md + ["No run yet: `make run` writes one to `outputs/runs/`."]) + "\n"
+def _num(x) -> str: return f"{x:,.2f}" if isinstance(x, (int, float)) else ""
+
+def metrics_markdown(m:dict) -> list[str]:
+    "The run's headline numbers from its metrics.json: the chosen model, test errors, the cross-validated comparison."
+    md = []
+    if m.get("selected"): md.append(f"**Chosen model: `{m['selected']}`.** {m.get('selection_reason', '')}")
+    if tests := m.get("test_by_model"):
+        md += ["## On the held-out test set", "| model | RMSE | MAE | MAPE % | R² |\n|---|---|---|---|---|"
+               + "".join(f"\n| `{k}` | {_num(v.get('rmse'))} | {_num(v.get('mae'))} | {_num(v.get('mape_pct'))} | {_num(v.get('r2'))} |"
+                         for k, v in tests.items())]
+    if comp := m.get("comparison"):
+        md += [f"## Cross-validated comparison ({comp[0].get('folds', '?')} folds, mean ± std)",
+               "| model | RMSE | MAE | R² |\n|---|---|---|---|"
+               + "".join(f"\n| `{c['model']}` | {_num(c.get('rmse_mean'))} ± {_num(c.get('rmse_std'))} | "
+                         f"{_num(c.get('mae_mean'))} ± {_num(c.get('mae_std'))} | {_num(c.get('r2_mean'))} ± {_num(c.get('r2_std'))} |"
+                         for c in comp)]
+    if s := m.get("stream"):
+        md.append(f"The test predictions were streamed to `{s.get('topic')}`: {s.get('total')} records, "
+                  + ("each read back and verified." if s.get("verified") else "not verified."))
+    return md
+
+def run_page(run:Path|None, docs:Path) -> str:
+    "The documented pipeline run: its headline numbers, its files, and its HTML report copied into the site and shown."
+    md = ["# Example run", '<p class="lead">An executed pipeline run, committed in <code>outputs/example/</code> '
+          "(<code>make example</code> refreshes it); <code>make run</code> writes new ones to <code>outputs/runs/&lt;run&gt;/</code>.</p>"]
+    if run is None: return "\n\n".join(md + ["No run yet: `make example` writes one to `outputs/example/`."]) + "\n"
     copied = copy_run(run, docs / "run")
-    md.append(f"Run `{run.name}` ({run.relative_to(outputs.parent) if run.is_relative_to(outputs.parent) else run}): "
-              "[open the report](run/report.html)"
-              + (" · [executed notebook](run/report.ipynb)" if "report.ipynb" in copied else ""))
-    if "metrics.json" in copied: md += ["## Metrics", fence((docs / "run/metrics.json").read_text(), "json")]
+    metrics = json.loads((run / "metrics.json").read_text()) if "metrics.json" in copied else {}
+    where = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
+    files = {"report.html": "the report", "report.ipynb": "executed notebook", "metrics.json": "metrics",
+             "params.json": "parameters", "model/model.json": "model card"}
+    md.append(f"Run `{metrics.get('run_id', run.name)}`, from `{where}`: "
+              + " · ".join(f"[{what}](run/{n})" for n, what in files.items() if n in copied))
+    md += metrics_markdown(metrics)
     md += ["## Report", '<iframe class="report" src="run/report.html" title="pipeline report"></iframe>']
     return "\n\n".join(md) + "\n"
 
@@ -312,8 +349,8 @@ def notebooks(nbs:Path) -> tuple[list[Path], list[Path]]:
         (chapters if re.search(r"^\s*#\|\s*default_exp\s", code, re.M) else guides).append(p)
     return guides, chapters
 
-def build(out:Path=ROOT / "_docs", work:Path=ROOT / "_proc" / "docs", strict:bool=True) -> Path:
-    "Render the site into `out` from the notebooks; the intermediate Markdown goes to `work`."
+def build(out:Path=ROOT / "_docs", work:Path=ROOT / "_proc" / "docs", strict:bool=True, run:Path|None=None) -> Path:
+    "Render the site into `out` from the notebooks; the intermediate Markdown goes to `work`; `run`: the run to show (default: the committed example)."
     t0 = time.time()
     cfg = get_config(cfg_name="settings.ini", path=ROOT)
     nbs = ROOT / cfg.get("nbs_path", "nbs")
@@ -322,8 +359,10 @@ def build(out:Path=ROOT / "_docs", work:Path=ROOT / "_proc" / "docs", strict:boo
     guides, chapters = notebooks(nbs)
     with tqdm([nbs / "index.ipynb", *guides, *chapters], desc="notebooks", unit="nb", leave=False) as bar:
         nbpages = [notebook_page(p, docs) for p in bar]
-    generated = [("schemas.md", "Message schemas", schema_page()), ("cli_reference.md", "CLI reference", cli_page()),
-                 ("example_run.md", "Example run", run_page(ROOT / "outputs", docs))]
+    run = documented_run(ROOT / "outputs", run)
+    log.info("documenting run %s", run)
+    generated = [("schemas.md", "Message schemas", schema_page(run)), ("cli_reference.md", "CLI reference", cli_page()),
+                 ("example_run.md", "Example run", run_page(run, docs))]
     clash = {n for n, _, _ in nbpages} & {n for n, _, _ in generated}
     if clash: raise SystemExit(f"notebook pages {sorted(clash)} clash with generated pages; rename the notebook")
     link = linker(symbol_index({n: md for n, _, md in nbpages}))
@@ -347,8 +386,10 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=ROOT / "_docs", help="folder that receives the site (default: _docs)")
     ap.add_argument("--work", type=Path, default=ROOT / "_proc" / "docs", help="folder for the generated Markdown")
     ap.add_argument("--no-strict", dest="strict", action="store_false", help="do not fail on mkdocs warnings (broken links)")
+    ap.add_argument("--run", type=Path, default=None, help="run folder shown on the Example run page and whose model's event "
+                    "schema is documented (default: the committed outputs/example)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    build(args.out, args.work, args.strict)
+    build(args.out, args.work, args.strict, args.run)
 
 if __name__ == "__main__": main()

@@ -9,10 +9,11 @@ nbdev normally renders through Quarto, which cannot be installed here. This keep
 (front matter, `#| hide`, `#| export` -> `show_doc`, directive stripping, magics, ANSI) and replaces Quarto by
 mkdocs-material. Notebooks are NOT executed: pages show the committed outputs; only the `show_doc` cells (and the
 exported definitions and imports they need) run, in-process, exactly as nbdev_docs runs them. Three pages are
-generated from the code's single sources: the message schemas, the CLI reference and the example pipeline run.
+generated from the code's single sources: the message schemas (the library's own dicts and renderer), the CLI reference and
+the committed example pipeline run (`--run DIR` shows another).
 """
 from __future__ import annotations
-import argparse, ast, base64, functools, importlib, inspect, json, logging, os, pkgutil, re, shutil, subprocess, sys, time, warnings
+import argparse, ast, base64, functools, importlib, json, logging, os, pkgutil, re, shutil, subprocess, sys, time, warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -71,6 +72,7 @@ EXTRA_CSS = """
 .nb-html th, .nb-html td { padding: .2em .6em; border: 1px solid var(--md-default-fg-color--lightest); }
 .lead { font-size: 1.05em; color: var(--md-default-fg-color--light); }
 iframe.report { width: 100%; height: 80vh; border: 1px solid var(--md-default-fg-color--lightest); }
+.md-typeset td code { word-break: normal; overflow-wrap: normal; white-space: nowrap; }  /* field names whole, not split mid-word */
 """
 
 # ---------------------------------------------------------------- notebooks -> processed notebooks -> Markdown
@@ -352,6 +354,8 @@ def notebooks(nbs:Path) -> tuple[list[Path], list[Path]]:
 def build(out:Path=ROOT / "_docs", work:Path=ROOT / "_proc" / "docs", strict:bool=True, run:Path|None=None) -> Path:
     "Render the site into `out` from the notebooks; the intermediate Markdown goes to `work`; `run`: the run to show (default: the committed example)."
     t0 = time.time()
+    run = documented_run(ROOT / "outputs", run)  # first: a wrong --run fails before any work
+    log.info("documenting run %s", run)
     cfg = get_config(cfg_name="settings.ini", path=ROOT)
     nbs = ROOT / cfg.get("nbs_path", "nbs")
     docs = work / "docs"
@@ -359,8 +363,6 @@ def build(out:Path=ROOT / "_docs", work:Path=ROOT / "_proc" / "docs", strict:boo
     guides, chapters = notebooks(nbs)
     with tqdm([nbs / "index.ipynb", *guides, *chapters], desc="notebooks", unit="nb", leave=False) as bar:
         nbpages = [notebook_page(p, docs) for p in bar]
-    run = documented_run(ROOT / "outputs", run)
-    log.info("documenting run %s", run)
     generated = [("schemas.md", "Message schemas", schema_page(run)), ("cli_reference.md", "CLI reference", cli_page()),
                  ("example_run.md", "Example run", run_page(run, docs))]
     clash = {n for n, _, _ in nbpages} & {n for n, _, _ in generated}

@@ -59,7 +59,7 @@ def test_right_credentials_from_environment_stream(sasl_broker):
 def test_wrong_credentials_are_a_clear_authentication_error(sasl_broker, user, password):
     r, took = sales_kafka("replay", SAMPLE_CSV, "--limit", "5", env=sasl_env(sasl_broker, user, password))
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert re.search(rf"refused user '{user}' \(SASL_PLAINTEXT/PLAIN\).*Invalid username or password", r.stderr), r.stderr[-3000:]
+    assert re.search(rf"refused user '{user}' \(SASL_PLAINTEXT/PLAIN\).*[Uu]sername or password", r.stderr), r.stderr[-3000:]
     assert password not in r.stderr + r.stdout, "the error must not echo the password"
     assert took < 30, f"an authentication failure took {took:.0f} s"
     print(f"\nRELIABILITY sasl-{user}: exit_code={r.returncode}, seconds={took:.1f}")

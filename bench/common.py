@@ -88,14 +88,25 @@ def kafka(bootstrap_servers:str|None=None):
         finally: broker.stop()
 
 
-def best_rate(f, rows:int, min_time:float=0.3, min_reps:int=3, max_reps:int=10_000) -> dict:
-    "Call `f()` repeatedly (at least `min_reps` times and `min_time` s); rows/s of the median and of the best call."
-    times, t_end = [], time.perf_counter() + min_time
-    while len(times) < min_reps or (time.perf_counter() < t_end and len(times) < max_reps):
-        t0 = time.perf_counter(); f(); times.append(time.perf_counter() - t0)
-    times.sort()
-    med = times[len(times) // 2]
-    return {"calls": len(times), "median_s": med, "best_s": times[0], "rows_per_s": rows / med}
+def interleaved_rates(sides:dict, rows:int, min_time:float=0.3, min_rounds:int=7, max_rounds:int=200) -> dict:
+    "Time every callable of `sides` in rounds (each side once per round, ~20 ms of calls) so load bursts hit all sides alike; rows/s of each side's median call."
+    reps = {}
+    for name, f in sides.items():
+        t0 = time.perf_counter(); f(); reps[name] = max(1, int(0.02 / max(time.perf_counter() - t0, 1e-7)))  # warm-up + calibration
+    times, t_end, r = {k: [] for k in sides}, time.perf_counter() + min_time * len(sides), 0
+    while r < min_rounds or (time.perf_counter() < t_end and r < max_rounds):
+        order = list(sides)[r % len(sides):] + list(sides)[:r % len(sides)]
+        for name in order:
+            f, k = sides[name], reps[name]
+            t0 = time.perf_counter()
+            for _ in range(k): f()
+            times[name].append((time.perf_counter() - t0) / k)
+        r += 1
+    out = {}
+    for name, ts in times.items():
+        ts.sort(); med = ts[len(ts) // 2]
+        out[name] = {"rounds": len(ts), "calls_per_round": reps[name], "median_s": med, "best_s": ts[0], "rows_per_s": rows / med}
+    return out
 
 
 def loglog_slope(x:list, y:list) -> float:

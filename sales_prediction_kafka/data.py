@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #5c9ff2a6
 from __future__ import annotations
-import csv, logging
+import csv, logging, warnings
 from collections import Counter
 from dataclasses import dataclass
 from importlib.resources import files
@@ -161,6 +161,16 @@ def _parse_column(raw:pd.Series, is_target:bool) -> tuple[pd.Series, str|None]:
     return num, f"column {name!r} has {bad.sum()} value(s) that are not finite numbers: {_bad_cells(raw, bad)}"
 
 # %% ../nbs/01_data.ipynb #57c1c281
+def _long_row(path:Path, sep:str) -> str|None:
+    "An error naming the first line that has more fields than the header, if there is one."
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = csv.reader(f, delimiter=sep)
+        n = len(next(rows, []))
+        for row in rows:
+            if len(row) > n: return f"{path}: line {rows.line_num} has {len(row)} fields, the header has {n}"
+    return None
+
+# %% ../nbs/01_data.ipynb #1a956d6f
 def load_table(path, # CSV file
                target:str=TARGET, # the column to predict; must be numeric
                features:list|None=None, # feature columns; None means every other named column
@@ -169,8 +179,10 @@ def load_table(path, # CSV file
     "The target and feature columns of the CSV at `path`, parsed and checked."
     path = Path(path)
     features = _check_header(path, _header(path, sep), target, features)
-    try: raw = pd.read_csv(path, sep=sep, dtype=str, encoding="utf-8-sig", skip_blank_lines=False, skipinitialspace=True)
-    except pd.errors.ParserError as e: raise DataError(f"{path}: {e}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)  # pandas drops the extra fields of a long first row with only a warning
+        try: raw = pd.read_csv(path, sep=sep, dtype=str, encoding="utf-8-sig", skip_blank_lines=False, skipinitialspace=True, index_col=False)
+        except (pd.errors.ParserError, pd.errors.ParserWarning) as e: raise DataError(_long_row(path, sep) or f"{path}: {e}") from None
     raw.columns = [c.strip() for c in raw.columns]
     raw = raw[raw.notna().any(axis=1)]  # blank lines; the index still counts them, so line = index + 2
     if raw.empty: raise DataError(f"{path}: the header has no data rows under it")

@@ -9,14 +9,16 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from .data import SAMPLE_CSV
+from .config import kafka_settings
+from .data import SAMPLE_CSV, DataError, load_table
+from .stream import require_broker
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'PIPELINE_NOTEBOOK', 'VERSIONED', 'ParameterError', 'PipelineError', 'pipeline_parameters', 'parse_value',
-           'validate_params', 'check_columns', 'new_run_dir', 'package_versions', 'file_sha256', 'write_json',
-           'start_run', 'report_figures', 'export_html', 'run_pipeline', 'run_command']
+           'validate_params', 'new_run_dir', 'package_versions', 'file_sha256', 'write_json', 'start_run',
+           'report_figures', 'export_html', 'run_pipeline', 'run_command']
 
 # %% ../nbs/10_pipeline.ipynb #9ae0090d
 import sales_prediction_kafka
@@ -72,14 +74,6 @@ def validate_params(given:dict, spec:dict|None=None) -> dict:
         if check and not check(v): problems.append(f"parameter {n!r} must be {must}, got {v!r}")
     if problems: raise ParameterError("; ".join(problems))
     return params
-
-# %% ../nbs/10_pipeline.ipynb #ba29b68f
-def check_columns(path, target:str, features:list|None):
-    "Raise `ParameterError` if `target` or a feature is not a column of the CSV at `path`."
-    import pandas as pd
-    header = list(pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns)
-    missing = [c for c in [target, *(features or [])] if c not in header]
-    if missing: raise ParameterError(f"{path}: no column(s) {', '.join(map(repr, missing))}; the columns are {', '.join(header)}")
 
 # %% ../nbs/10_pipeline.ipynb #b4ecc43b
 def new_run_dir(base="outputs/runs", now:datetime|None=None) -> Path:
@@ -163,9 +157,12 @@ def run_pipeline(params:dict|None=None, # parameter overrides; defaults come fro
     import papermill as pm
     spec = pipeline_parameters(notebook)
     params = validate_params(params or {}, spec)
-    data_path = params.get("data_path", spec["data_path"][0]) or SAMPLE_CSV
-    if not Path(data_path).is_file(): raise ParameterError(f"data_path: no such file {data_path}")
-    check_columns(data_path, params.get("target", spec["target"][0]), params.get("features", spec["features"][0]))
+    value = lambda name: params.get(name, spec[name][0])
+    data_path = Path(value("data_path") or SAMPLE_CSV).resolve()  # the notebook runs inside the run folder
+    if value("data_path"): params["data_path"] = str(data_path)
+    try: load_table(data_path, value("target"), value("features"))
+    except DataError as e: raise ParameterError(str(e)) from None
+    if value("stream"): require_broker(kafka_settings(bootstrap_servers=value("bootstrap_servers")))
     run = new_run_dir(out_dir)
     log.info("run folder %s", run)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the kernel inherits it: no CUDA/oneDNN chatter on the console

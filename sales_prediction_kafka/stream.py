@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'PREDICTION_SCHEMA', 'FIELDS', 'PREDICTION_HEADERS', 'CONNECT_TIMEOUT', 'PARTITIONS', 'REPLICATION',
            'StreamError', 'prediction_record', 'schema_markdown', 'names_markdown', 'check_records',
            'prediction_records', 'check_topic', 'BrokerUnreachable', 'AuthenticationFailed', 'admin_client', 'producer',
-           'consumer', 'ensure_topic', 'StreamSummary', 'stream_predictions', 'messages', 'read_back', 'verify_stream',
-           'consume_cli']
+           'consumer', 'require_broker', 'ensure_topic', 'StreamSummary', 'stream_predictions', 'messages', 'read_back',
+           'verify_stream', 'consume_cli']
 
 # %% ../nbs/07_stream.ipynb #ce4272c1
 PREDICTION_SCHEMA = {
@@ -141,14 +141,19 @@ class _Errors(logging.Handler):
         auth = [m for m in self.seen if "Authentication" in m]
         rest = [m for m in self.seen if not m.startswith("Bootstrap failed")]
         return (auth or rest or [default])[-1]
+    def closed_by_broker(self) -> bool:
+        "The broker accepted connections and then dropped them (how a SASL listener refuses a login), never refused one."
+        return any("disconnected" in m for m in self.seen) and not any("refused" in m.lower() for m in self.seen)
 
 def _client(cls, settings:KafkaSettings, timeout:float, **kw):
     kafka_log, seen = logging.getLogger("kafka"), _Errors()
     kafka_log.addHandler(seen)
-    try: return cls(**client_kwargs(settings), bootstrap_timeout_ms=int(timeout*1000), **kw)
+    try: return cls(**client_kwargs(settings), bootstrap_timeout_ms=int(timeout*1000), reconnect_backoff_max_ms=1000, **kw)
     except (KafkaTimeoutError, KafkaConnectionError) as e:
         why = seen.why(type(e).__name__)
-        if "Authentication" in why:
+        if settings.security_protocol.startswith("SASL") and seen.closed_by_broker():
+            why = "the broker closed the connection during SASL authentication (wrong username or password?)"
+        if "Authentication" in why or "SASL authentication" in why:
             raise AuthenticationFailed(f"Kafka at {settings.bootstrap_servers} refused user {settings.sasl_plain_username!r} "
                                        f"({settings.security_protocol}/{settings.sasl_mechanism}): {why}") from None
         raise BrokerUnreachable(f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f} s "
@@ -168,6 +173,13 @@ def producer(settings:KafkaSettings, timeout:float=CONNECT_TIMEOUT, **kw) -> Kaf
 def consumer(settings:KafkaSettings, timeout:float=CONNECT_TIMEOUT, **kw) -> KafkaConsumer:
     "A connected consumer (bytes in, bytes out), or `BrokerUnreachable` after `timeout` seconds."
     return _client(KafkaConsumer, settings, timeout, **kw)
+
+# %% ../nbs/07_stream.ipynb #9fa681d2
+def require_broker(settings:KafkaSettings|None=None, timeout:float=CONNECT_TIMEOUT) -> KafkaSettings:
+    "`settings` of a cluster that answers (the local broker, started if none is named), else `BrokerUnreachable`."
+    settings = ensure_broker(settings)
+    admin_client(settings, timeout).close()
+    return settings
 
 # %% ../nbs/07_stream.ipynb #e951280d
 PARTITIONS = 3  # partitions of a topic this project creates

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .config import kafka_settings
 from .data import SAMPLE_CSV, DataError, load_table
-from .stream import require_broker
+from .broker import BrokerError
+from .stream import StreamError, require_broker
 
 log = logging.getLogger(__name__)
 
@@ -202,5 +203,5 @@ def run_command(extra, out, list_params, no_stream, **options):
     if no_stream: given["stream"] = False
     try: run = run_pipeline(given, out_dir=out)
     except ParameterError as e: raise click.UsageError(str(e))
-    except PipelineError as e: raise click.ClickException(str(e))
+    except (PipelineError, StreamError, BrokerError) as e: raise click.ClickException(str(e))  # no broker, refused login, no Java
     click.echo(f"report: {run/'report.html'}")

@@ -53,3 +53,6 @@ example: setup  ## refresh the committed example run in outputs/example (a defau
 	rm -rf outputs/tmp outputs/example
 	$(BIN)/sales-kafka run --out outputs/tmp
 	mv outputs/tmp/* outputs/example && rmdir outputs/tmp
+
+bench: setup  ## run the benchmarks (ratios side by side in one run; results in bench/results/, table in BENCHMARKS.md)
+	$(BIN)/python -m bench

@@ -29,7 +29,7 @@ from tornado.queues import Queue, QueueFull
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'BANDS', 'DASHBOARD_HTML', 'Record', 'record_from_message', 'figures', 'Window', 'RollingMetrics',
+__all__ = ['log', 'BANDS', 'DASHBOARD_HTML', 'Record', 'NoActual', 'record_from_message', 'figures', 'Window', 'RollingMetrics',
            'baseline_from_run', 'latest_run', 'resolve_baseline', 'DriftDetector', 'alert_message', 'describe_alert',
            'consumer_lag', 'AlertSink', 'Update', 'monitor', 'status_line', 'monitor_options', 'monitor_kwargs',
            'monitor_command', 'sse', 'DashboardHub', 'plotly_js', 'dashboard_app', 'run_dashboard', 'dashboard_command',
@@ -48,13 +48,18 @@ class Record(NamedTuple):
     error: float  # actual - predicted
 
 # %% ../nbs/09_monitor.ipynb #2dc3e9fa
+class NoActual(ValueError):
+    "A prediction whose actual is not known yet: there is no error to measure."
+
 def record_from_message(msg) -> Record:
     "A `Record` from a consumed message whose value is the four-field JSON object."
     try:
         v = json.loads(msg.value)
+        if v.get("actual_sales", 0) is None: raise NoActual(f"{msg.topic}[{msg.partition}]@{msg.offset}: prediction {v.get('prediction_index')} has no actual yet")
         p, a = float(v["predicted_sales"]), float(v["actual_sales"])
         idx = int(v["prediction_index"])
-    except (ValueError, TypeError, KeyError) as e:
+    except NoActual: raise
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise ValueError(f"{msg.topic}[{msg.partition}]@{msg.offset}: not a prediction message ({type(e).__name__}: {e})") from None
     key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else msg.key
     return Record(msg.partition, msg.offset, msg.timestamp / 1000, key, idx, p, a, a - p)
@@ -313,7 +318,7 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
                  auto_offset_reset="earliest" if from_beginning else "latest")
     sink, parts = AlertSink(settings, alerts_topic), _Partitions(c, topic, from_beginning)
     if group_id: c.subscribe([topic])
-    new, rolling, alerts, n, bad = [], [], [], 0, 0
+    new, rolling, alerts, n, bad, no_actual = [], [], [], 0, 0, 0
     last_record = last_update = time.monotonic()
     def report(done=False):
         nonlocal new, rolling, alerts, last_update
@@ -328,6 +333,8 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
             else: polled = c.poll(timeout_ms=200, max_records=None if max_records is None else max_records - n)
             for msg in (m for ms in polled.values() for m in ms):
                 try: r = record_from_message(msg)
+                except NoActual as e:
+                    no_actual += 1; log.debug("not measured: %s", e); continue
                 except ValueError as e:
                     bad += 1; log.warning("skipped: %s", e); continue
                 new.append(r); metrics.update(r); n += 1
@@ -342,7 +349,8 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
         report(done=True)
     finally:
         c.close(); sink.close()
-    log.info("monitor read %d records from %s (%d skipped), raised %d alerts", n, topic, bad, detector.alerts if detector else 0)
+    log.info("monitor read %d records from %s (%d without an actual yet, %d not prediction messages), raised %d alerts",
+             n, topic, no_actual, bad, detector.alerts if detector else 0)
     return metrics
 
 # %% ../nbs/09_monitor.ipynb #e236752f

@@ -286,7 +286,7 @@ class AlertSink:
         except Exception as e: log.error("could not write the alert to %s at %s: %s", self.topic, self.settings.bootstrap_servers, e)
 
     def close(self):
-        if self._p is not None: self._p.close()
+        if self._p is not None: self._p.close(timeout=5)  # bounded: an unreachable cluster must not hold up shutdown
 
 # %% ../nbs/09_monitor.ipynb #65fd9009
 @dataclass
@@ -652,7 +652,8 @@ async def _serve(hub:DashboardHub, host:str, port:int, stop:threading.Event, on_
     finally:
         stop.set(); server.stop()
         for q in list(hub.queues): hub.drop(q)
-        await server.close_all_connections()
+        try: await asyncio.wait_for(server.close_all_connections(), 5)  # every wait is bounded, so Ctrl-C always ends the process
+        except asyncio.TimeoutError: log.warning("some browser connections did not close in 5 s")
         await asyncio.get_running_loop().run_in_executor(None, worker.join, 10)
 
 def run_dashboard(host:str="127.0.0.1", # address to bind; loopback unless told otherwise

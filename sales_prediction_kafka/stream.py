@@ -151,7 +151,7 @@ def _client(cls, settings:KafkaSettings, timeout:float, **kw):
     try: return cls(**client_kwargs(settings), bootstrap_timeout_ms=int(timeout*1000), reconnect_backoff_max_ms=1000, **kw)
     except (KafkaTimeoutError, KafkaConnectionError) as e:
         why = seen.why(type(e).__name__)
-        if settings.security_protocol.startswith("SASL") and seen.closed_by_broker():
+        if "Authentication" not in why and settings.security_protocol.startswith("SASL") and seen.closed_by_broker():
             why = "the broker closed the connection during SASL authentication (wrong username or password?)"
         if "Authentication" in why or "SASL authentication" in why:
             raise AuthenticationFailed(f"Kafka at {settings.bootstrap_servers} refused user {settings.sasl_plain_username!r} "

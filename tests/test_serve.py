@@ -95,7 +95,6 @@ def test_workers_survive_sigkill(kafka_broker, broker_settings, model_dir, tmp_p
         v = json.loads(r.value)
         assert abs(v["predicted_sales"] - expected[v["prediction_index"]]) <= 1e-6 * abs(expected[v["prediction_index"]])
         assert abs(v["error"] - (v["actual_sales"] - v["predicted_sales"])) <= 1e-6 * max(1.0, abs(v["error"]))
-    assert sum(s["scored"] for s in summaries) >= N_EVENTS - killed_after
     print(f"\n{'exactly' if exactly_once else 'at-least'}-once: {len(recs)} predictions for {N_EVENTS} events, "
           f"{dupes} duplicates, w1 killed after scoring {killed_after}, {time.monotonic() - t0:.1f} s")
 

@@ -64,9 +64,9 @@ def main(argv=None):
     ap.add_argument("--polled-file", help="write {key: ms when polled} of the live events here (JSON)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from sales_prediction_kafka.config import KafkaSettings
+    from sales_prediction_kafka.config import KafkaSettings, stop_on_signals
     from sales_prediction_kafka.models import load_model
-    from sales_prediction_kafka.serve import ScoringWorker, stop_on_signals
+    from sales_prediction_kafka.serve import ScoringWorker
     settings, model = KafkaSettings(bootstrap_servers=a.bootstrap_servers), load_model(a.model)
     cls = ScoringWorker if a.mode == "model" else passthrough_class()
     d = drain(cls, model, settings, a.backlog_n, group_id=f"{a.group}-drain", worker_id="drain", events_topic=a.backlog_topic,

@@ -4,13 +4,16 @@
 
 # %% ../nbs/00_config.ipynb #d67f3d7c
 from __future__ import annotations
-import os, random
-from dataclasses import dataclass, field, fields, asdict, replace
+import logging, os, random, signal, threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 # %% auto #0
-__all__ = ['PREDICTIONS_TOPIC', 'EVENTS_TOPIC', 'DEAD_LETTER_TOPIC', 'ALERTS_TOPIC', 'KafkaSettings', 'env_name',
-           'kafka_settings', 'client_kwargs', 'redacted', 'set_seed', 'cache_home']
+__all__ = ['log', 'PREDICTIONS_TOPIC', 'EVENTS_TOPIC', 'DEAD_LETTER_TOPIC', 'ALERTS_TOPIC', 'KafkaSettings', 'env_name',
+           'kafka_settings', 'client_kwargs', 'redacted', 'set_seed', 'cache_home', 'stop_on_signals']
 
 # %% ../nbs/00_config.ipynb #5611052f
 PREDICTIONS_TOPIC = "sales_predictions"  # the seed's topic: four-field prediction records
@@ -82,3 +85,15 @@ def cache_home(env:dict|None=None) -> Path:
     env = os.environ if env is None else env
     home = env.get("SALES_KAFKA_HOME") or Path(env.get("XDG_CACHE_HOME") or Path.home()/".cache")/"sales-prediction-kafka"
     return Path(home)
+
+# %% ../nbs/00_config.ipynb #2a72f69e
+@contextmanager
+def stop_on_signals(event:threading.Event, signals=(signal.SIGTERM, signal.SIGINT)):
+    "Set `event` on `signals` while the block runs (main thread only), then restore the old handlers."
+    def handler(signum, frame):
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        event.set()
+    old = {s: signal.signal(s, handler) for s in signals}
+    try: yield event
+    finally:
+        for s, h in old.items(): signal.signal(s, h)

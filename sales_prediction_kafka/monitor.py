@@ -15,7 +15,7 @@ from fastcore.basics import patch
 import numpy as np
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
-from .config import ALERTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, kafka_settings
+from .config import ALERTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, kafka_settings, stop_on_signals
 from .evaluate import error_report
 from .stream import StreamError, consumer, ensure_topic, producer
 from .broker import ensure_broker
@@ -411,8 +411,8 @@ def monitor_command(every, **options):
     "Print rolling error figures of the prediction stream, and raise drift alerts."
     def show(u:Update):
         if u.records or u.alerts or u.done: click.echo(status_line(u))
-    try: monitor(callback=show, every=every, **monitor_kwargs(**options))
-    except KeyboardInterrupt: pass
+    try:
+        with stop_on_signals(threading.Event()) as stop: monitor(callback=show, every=every, stop=stop, **monitor_kwargs(**options))
     except StreamError as e: raise click.ClickException(str(e))
 
 # %% ../nbs/09_monitor.ipynb #fc92e872
@@ -678,9 +678,9 @@ def run_dashboard(host:str="127.0.0.1", # address to bind; loopback unless told 
 @monitor_options
 def dashboard_command(host, port, rows, points, **options):
     "Serve a live dashboard of the prediction stream: predictions, rolling errors, offsets, lag and alerts."
-    stop = threading.Event()
-    try: run_dashboard(host, port, rows, points, stop=stop, on_ready=lambda url: click.echo(f"dashboard at {url}"), **monitor_kwargs(**options))
-    except KeyboardInterrupt: stop.set()
+    try:
+        with stop_on_signals(threading.Event()) as stop:  # SIGTERM or Ctrl-C, even when started in the background
+            run_dashboard(host, port, rows, points, stop=stop, on_ready=lambda url: click.echo(f"dashboard at {url}"), **monitor_kwargs(**options))
     except OSError as e: raise click.ClickException(f"cannot listen on {host}:{port}: {e}")
 
 # %% ../nbs/09_monitor.ipynb #d8d983b7

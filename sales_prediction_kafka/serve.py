@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_serve.ipynb #6c388e30
 from __future__ import annotations
-import gc, json, logging, math, os, signal, socket, threading, time
+import gc, json, logging, math, os, socket, threading, time
 from collections import Counter, deque
 from dataclasses import dataclass
 from fastcore.basics import patch
@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'MAX_EVENT_ID', 'REASONS', 'DEAD_LETTER_HEADERS', 'RUNS_DIR',
            'event_schema', 'Rejection', 'check_field', 'parse_event', 'validate_event', 'example_events',
            'score_events', 'prediction_message', 'dead_letter_headers', 'Outgoing', 'plan_batch', 'Metrics',
-           'ServeError', 'next_offsets', 'first_offsets', 'ScoringWorker', 'AssignmentReporter', 'find_model',
-           'stop_on_signals', 'serve', 'table_events', 'replay', 'serve_command', 'replay_command']
+           'ServeError', 'next_offsets', 'first_offsets', 'ScoringWorker', 'AssignmentReporter', 'find_model', 'serve',
+           'table_events', 'replay', 'serve_command', 'replay_command']
 
 # %% ../nbs/08_serve.ipynb #2b0f77b4
 SCHEMA_VERSION = 1  # the version of the event schema this worker reads
@@ -452,20 +452,9 @@ def find_model(path:Path|str|None=None, # a model folder or a run folder; None: 
     raise ServeError(f"{p} is neither a model folder (with model.json) nor a run folder with a model/ in it")
 
 # %% ../nbs/08_serve.ipynb #ca97d434
-from contextlib import contextmanager
+from .config import stop_on_signals
 from .broker import ensure_broker
 from .stream import ensure_topic, PARTITIONS
-
-@contextmanager
-def stop_on_signals(event:threading.Event, signals=(signal.SIGTERM, signal.SIGINT)):
-    "Set `event` on `signals` while the block runs (main thread only), then restore the old handlers."
-    def handler(signum, frame):
-        log.info("received %s: finishing the batch in flight, then stopping", signal.Signals(signum).name)
-        event.set()
-    old = {s: signal.signal(s, handler) for s in signals}
-    try: yield event
-    finally:
-        for s, h in old.items(): signal.signal(s, h)
 
 # %% ../nbs/08_serve.ipynb #7f83d1ab
 def serve(model:Path|str|None=None, # model folder or run folder; None: the newest run under `runs`

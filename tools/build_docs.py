@@ -143,7 +143,7 @@ def page_header(fm:dict) -> str:
     meta = {k: fm[k] for k in ("title", "description") if fm.get(k)}
     head = f"---\n{yaml.safe_dump(meta, allow_unicode=True)}---\n\n" if meta else ""
     if fm.get("title"): head += f"# {fm['title']}\n\n"
-    if fm.get("description"): head += f'<p class="lead">{fm["description"]}</p>\n\n'
+    if fm.get("description"): head += f'<p class="lead" markdown="span">{fm["description"]}</p>\n\n'
     return head
 
 def notebook_page(nb_path:Path, docs:Path) -> tuple[str, str, str]:

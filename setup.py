@@ -22,7 +22,7 @@ setuptools.setup(
     keywords=cfg['keywords'],
     packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
     include_package_data=True,
-    package_data={cfg['lib_name']: ['resources/*', 'data/*']},
+    package_data={cfg['lib_name']: ['data/*']},  # the embedded sample CSV
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
     python_requires='>=' + cfg['min_python'],

@@ -51,18 +51,21 @@ class Record(NamedTuple):
 class NoActual(ValueError):
     "A prediction whose actual is not known yet: there is no error to measure."
 
+def _record(partition:int, offset:int, timestamp_ms:int, key, v:dict) -> Record:
+    "A `Record` from a message's place and its decoded four-field value; the error is recomputed as actual - predicted."
+    p, a = float(v["predicted_sales"]), float(v["actual_sales"])
+    return Record(partition, offset, timestamp_ms / 1000, key, int(v["prediction_index"]), p, a, a - p)
+
 def record_from_message(msg) -> Record:
     "A `Record` from a consumed message whose value is the four-field JSON object."
+    key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else msg.key
     try:
         v = json.loads(msg.value)
         if v.get("actual_sales", 0) is None: raise NoActual(f"{msg.topic}[{msg.partition}]@{msg.offset}: prediction {v.get('prediction_index')} has no actual yet")
-        p, a = float(v["predicted_sales"]), float(v["actual_sales"])
-        idx = int(v["prediction_index"])
+        return _record(msg.partition, msg.offset, msg.timestamp, key, v)
     except NoActual: raise
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise ValueError(f"{msg.topic}[{msg.partition}]@{msg.offset}: not a prediction message ({type(e).__name__}: {e})") from None
-    key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else msg.key
-    return Record(msg.partition, msg.offset, msg.timestamp / 1000, key, idx, p, a, a - p)
 
 # %% ../nbs/09_monitor.ipynb #d8518b7d
 BANDS = (10, 25, 50)  # accuracy bands: |error| within this percentage of |actual|
@@ -687,9 +690,7 @@ def dashboard_command(host, port, rows, points, **options):
 def as_record(m) -> Record:
     "A `Record` from a `Record` or a message dict of `stream.messages`."
     if isinstance(m, Record): return m
-    v = m["value"]
-    return Record(m["partition"], m["offset"], m.get("timestamp", 0) / 1000, m.get("key"), int(v["prediction_index"]),
-                  float(v["predicted_sales"]), float(v["actual_sales"]), float(v["actual_sales"]) - float(v["predicted_sales"]))
+    return _record(m["partition"], m["offset"], m.get("timestamp", 0), m.get("key"), m["value"])
 
 def plot_error_by_offset(records:list, # `Record`s or message dicts, e.g. `read_back(summary, settings)`
                          window:int=50, # records in the rolling MAE

@@ -497,7 +497,7 @@ def table_events(df:pd.DataFrame, # one row per event: feature columns and, opti
 
 # %% ../nbs/08_serve.ipynb #1814929a
 from tqdm import tqdm
-from .stream import StreamError, StreamSummary, _summarise, check_topic
+from .stream import StreamError, StreamSummary, summarise_sends, check_topic
 
 def replay(events, # event dicts, e.g. from `table_events`
            settings:KafkaSettings|None=None, # the cluster; None: from the environment, else the local broker
@@ -519,7 +519,7 @@ def replay(events, # event dicts, e.g. from `table_events`
             futures.append(p.send(topic, key=str(ev["event_id"]), value=ev))
         p.flush(timeout)
     finally: p.close()
-    summary = _summarise(futures, topic, settings.bootstrap_servers, time.monotonic() - t0)
+    summary = summarise_sends(futures, topic, settings.bootstrap_servers, time.monotonic() - t0)
     log.info("replayed %s", summary)
     return summary
 

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'PREDICTION_SCHEMA', 'FIELDS', 'PREDICTION_HEADERS', 'CONNECT_TIMEOUT', 'PARTITIONS', 'REPLICATION',
            'StreamError', 'prediction_record', 'schema_markdown', 'names_markdown', 'check_records',
            'prediction_records', 'check_topic', 'BrokerUnreachable', 'AuthenticationFailed', 'admin_client', 'producer',
-           'consumer', 'require_broker', 'ensure_topic', 'StreamSummary', 'stream_predictions', 'messages', 'read_back',
-           'verify_stream', 'consume_cli']
+           'consumer', 'require_broker', 'ensure_topic', 'StreamSummary', 'summarise_sends', 'stream_predictions',
+           'messages', 'read_back', 'verify_stream', 'consume_cli']
 
 # %% ../nbs/07_stream.ipynb #ce4272c1
 PREDICTION_SCHEMA = {
@@ -227,7 +227,8 @@ def _headers(run_id, model_version) -> list[tuple[str, bytes]]:
     meta = {"run_id": run_id, "model_version": model_version, "produced_at": datetime.now(timezone.utc).isoformat()}
     return [(k, str(v).encode()) for k, v in meta.items() if v is not None]
 
-def _summarise(futures:list, topic:str, servers:str, elapsed:float, **meta) -> StreamSummary:
+def summarise_sends(futures:list, topic:str, servers:str, elapsed:float, **meta) -> StreamSummary:
+    "A summary of sent records from their futures, or `StreamError` counting those not acknowledged."
     failed = [f.exception or "no acknowledgement in time" for f in futures if not f.succeeded()]
     if failed: raise StreamError(f"{len(failed)} of {len(futures)} records to {topic} at {servers} were not acknowledged; first error: {failed[0]!r}")
     offsets = {}
@@ -261,7 +262,7 @@ def stream_predictions(records:list[dict], # prediction messages, e.g. from `pre
         except KafkaTimeoutError: pass  # the unacknowledged records are reported below
         elapsed = time.monotonic() - t0
     finally: p.close()
-    summary = _summarise(futures, topic, settings.bootstrap_servers, elapsed, run_id=run_id, model_version=model_version)
+    summary = summarise_sends(futures, topic, settings.bootstrap_servers, elapsed, run_id=run_id, model_version=model_version)
     log.info("streamed %s", summary)
     return summary
 

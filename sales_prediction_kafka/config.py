@@ -8,12 +8,14 @@ import logging, os, random, signal, threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
+import click
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PREDICTIONS_TOPIC', 'EVENTS_TOPIC', 'DEAD_LETTER_TOPIC', 'ALERTS_TOPIC', 'KafkaSettings', 'env_name',
-           'kafka_settings', 'client_kwargs', 'redacted', 'set_seed', 'cache_home', 'stop_on_signals']
+__all__ = ['log', 'PREDICTIONS_TOPIC', 'EVENTS_TOPIC', 'DEAD_LETTER_TOPIC', 'ALERTS_TOPIC', 'BOOTSTRAP_SERVERS_HELP',
+           'KafkaSettings', 'env_name', 'kafka_settings', 'client_kwargs', 'redacted', 'kafka_options', 'set_seed',
+           'cache_home', 'stop_on_signals']
 
 # %% ../nbs/00_config.ipynb #5611052f
 PREDICTIONS_TOPIC = "sales_predictions"  # the seed's topic: four-field prediction records
@@ -64,6 +66,20 @@ def client_kwargs(s:KafkaSettings) -> dict:
 def redacted(s:KafkaSettings) -> dict:
     "The settings as a dict that is safe to write out: secrets are masked."
     return {k: ("***" if k in _SECRET and v else v) for k, v in asdict(s).items()}
+
+# %% ../nbs/00_config.ipynb #69b6a820
+BOOTSTRAP_SERVERS_HELP = "Kafka cluster, host:port[,host:port] (default: $KAFKA_BOOTSTRAP_SERVERS, else the local broker, started if needed)."
+
+def kafka_options(max_records:str|None=None, # help of a `--max-records` option; None: the command has none
+                  max_records_default:int|None=None): # its default; None: no limit
+    "A click decorator adding the Kafka options commands share: `--bootstrap-servers`, and `--max-records` if asked."
+    opts = [click.option("--bootstrap-servers", default=None, help=BOOTSTRAP_SERVERS_HELP)]
+    if max_records: opts.append(click.option("--max-records", type=click.IntRange(1), default=max_records_default,
+                                             show_default=max_records_default is not None, help=max_records))
+    def decorate(f):
+        for o in reversed(opts): f = o(f)
+        return f
+    return decorate
 
 # %% ../nbs/00_config.ipynb #27beafc2
 def set_seed(seed:int=42) -> int:

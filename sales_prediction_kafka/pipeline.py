@@ -188,7 +188,7 @@ _OPTION_PARAMS = ("data_path", "target", "features", "epochs", "seed", "model_ov
 @click.option("--epochs", help="Training epochs cap for the nets (default: 50).")
 @click.option("--seed", help="Random seed for splits, folds and weights (default: 42).")
 @click.option("--model", "model_override", help="Use this model instead of the best by CV RMSE (seed_net, net, linear or trees).")
-@click.option("--bootstrap-servers", help="Kafka cluster to stream to (default: $KAFKA_BOOTSTRAP_SERVERS, else a local broker started for you).")
+@sales_prediction_kafka.config.kafka_options()  # the --bootstrap-servers every command shares
 @click.option("--topic", help="Topic for the prediction records (default: sales_predictions).")
 @click.option("--no-stream", is_flag=True, help="Train and report only; do not stream to Kafka.")
 @click.option("-p", "--param", "extra", nargs=2, multiple=True, metavar="NAME VALUE", help="Any pipeline parameter (see --list-params); repeatable.")

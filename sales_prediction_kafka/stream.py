@@ -329,12 +329,13 @@ def verify_stream(summary:StreamSummary, records:list[dict], settings:KafkaSetti
     return len(records)
 
 # %% ../nbs/07_stream.ipynb #a5542ebc
+from .config import kafka_options
+
 @click.command("consume")
 @click.option("--topic", default=PREDICTIONS_TOPIC, show_default=True, help="Topic to read.")
-@click.option("--bootstrap-servers", default=None, help="Kafka cluster; default: KAFKA_BOOTSTRAP_SERVERS, else the local broker.")
+@kafka_options("Stop after this many records.")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record instead of the end.")
 @click.option("--follow", is_flag=True, help="Keep printing new records (implied without --from-beginning).")
-@click.option("--max-records", type=int, default=None, help="Stop after this many records.")
 @click.option("--timeout", type=float, default=None, help="Stop after this many seconds without a record; default: 10 s unless following.")
 def consume_cli(topic, bootstrap_servers, from_beginning, follow, max_records, timeout):
     "Print records from a topic as JSON lines."

@@ -100,7 +100,7 @@ def split(got:list, ev:dict, out:dict, polled:dict) -> dict:
 
 def run_mode(mode:str, settings, model_dir:Path, df, plan:list, backlog_n:int, tmp:Path) -> dict:
     "Drain a backlog, then replay each phase, through one worker of `mode`; its results."
-    from sales_prediction_kafka.serve import replay, table_events
+    from sales_prediction_kafka.replay import replay, table_events
     from sales_prediction_kafka.stream import ensure_topic
     t = {k: tag(f"bench-live-{mode}-{k}") for k in ("backlog", "backlog_out", "events", "out", "dlq")}
     for topic in t.values(): ensure_topic(settings, topic)

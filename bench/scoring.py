@@ -27,7 +27,7 @@ def fit_model(rows:int=4000, seed:int=7):
 def inputs(model, n:int, seed:int=11):
     "A table of `n` complete rows, its model matrix and its rows as event dicts."
     from sales_prediction_kafka.data import generate_sales
-    from sales_prediction_kafka.serve import table_events
+    from sales_prediction_kafka.replay import table_events
     df = generate_sales(int(n * 1.3) + 10, seed).dropna().head(n).reset_index(drop=True)
     return df, model.prep.transform(df)
 
@@ -35,7 +35,7 @@ def inputs(model, n:int, seed:int=11):
 def run(quick:bool=False, out:Path|None=None, sizes:list|None=None, **_) -> dict:
     "Run the batch-scoring benchmark; write scoring.json; return its results."
     from sales_prediction_kafka.models import forward
-    from sales_prediction_kafka.serve import table_events
+    from sales_prediction_kafka.replay import table_events
     sizes = sizes or ([1, 81, 1000] if quick else [1, 81, 10_000, 1_000_000])
     min_time = 0.05 if quick else 0.4
     load_before = load()

@@ -13,8 +13,10 @@ from .data import generate_data
 from .broker import broker_cli
 from .stream import consume_cli
 from .pipeline import run_command
-from .monitor import monitor_command, dashboard_command
-from .serve import serve_command, replay_command
+from .monitor import monitor_command
+from .dashboard import dashboard_command
+from .serve import serve_command
+from .replay import replay_command
 
 # %% ../nbs/11_cli.ipynb #d9ad2135
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

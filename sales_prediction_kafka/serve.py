@@ -7,39 +7,59 @@ from __future__ import annotations
 import gc, json, logging, math, os, socket, threading, time
 from collections import Counter, deque
 from dataclasses import dataclass
-from fastcore.basics import patch
 from pathlib import Path
+import click
+from jsonschema import Draft202012Validator
+from jsonschema.validators import extend
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.serializer import DefaultSerializer
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from .config import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, kafka_options,
+                                           kafka_settings, stop_on_signals)
+from .broker import ensure_broker
+from .models import MODEL_JSON, load_model
+from .stream import PARTITIONS, StreamError, consumer, ensure_topic, prediction_record, producer
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'MAX_EVENT_ID', 'REASONS', 'DEAD_LETTER_HEADERS', 'RUNS_DIR',
-           'event_schema', 'Rejection', 'check_field', 'parse_event', 'validate_event', 'example_events',
-           'score_events', 'prediction_message', 'dead_letter_headers', 'Outgoing', 'plan_batch', 'Metrics',
-           'ServeError', 'next_offsets', 'first_offsets', 'ScoringWorker', 'AssignmentReporter', 'find_model', 'serve',
-           'table_events', 'replay', 'serve_command', 'replay_command']
+__all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'MAX_EVENT_ID', 'REASONS', 'JsonValidator', 'DEAD_LETTER_HEADERS',
+           'RUNS_DIR', 'event_schema', 'Rejection', 'parse_event', 'event_rejection', 'EventValidator',
+           'example_events', 'score_events', 'prediction_message', 'dead_letter_headers', 'Outgoing', 'plan_batch',
+           'Metrics', 'ServeError', 'next_offsets', 'first_offsets', 'AssignmentReporter', 'ScoringWorker',
+           'find_model', 'serve', 'serve_command']
 
-# %% ../nbs/08_serve.ipynb #2b0f77b4
+# %% ../nbs/08_serve.ipynb #89466d76
 SCHEMA_VERSION = 1  # the version of the event schema this worker reads
 MAX_EVENT_BYTES = 64 * 1024  # default limit on one event's size
 MAX_EVENT_ID = 2**63 - 1  # event ids must fit a signed 64-bit integer
 
-def _feature_property(name:str, levels:list|None) -> dict:
-    "The schema of a feature: one of its `levels` if it is categorical, else a finite number."
-    if levels is None: return {"type": "number", "description": "feature; a finite number"}
-    kind = "string" if all(isinstance(v, str) for v in levels) else "number"
-    return {"type": kind, "enum": list(levels), "description": "feature; one of the categories seen in training"}
+def _plain(v):
+    "A NumPy scalar as the plain Python value JSON needs."
+    return v.item() if hasattr(v, "item") else v
+
+def _feature_property(levels:list|None, # the categories of a categorical feature; None: numeric
+                      fill=None # the model's fill value; None: the field is required
+                     ) -> dict:
+    "The schema of a feature: one of its `levels` if it is categorical, else a finite number; nullable if it has a fill value."
+    kind = "number" if levels is None or not all(isinstance(v, str) for v in levels) else "string"
+    what = "a finite number" if levels is None else "one of the categories seen in training"
+    p = {"type": kind, "description": f"feature; {what}"} | ({} if levels is None else {"enum": list(levels)})
+    if fill is None: return p
+    return p | {"type": [kind, "null"], "default": _plain(fill), "description": f"feature; {what}; absent or null: filled with {json.dumps(_plain(fill))}"} \
+             | ({} if levels is None else {"enum": [*levels, None]})
 
 def event_schema(model) -> dict:
     "The JSON Schema of the events `model` (a `SalesModel`) can score."
-    cats = model.prep.categories
+    cats, fills = model.prep.categories, model.fill_values
     props = {"event_id": {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_ID,
                           "description": "unique id of the event; becomes the prediction's prediction_index"},
              "schema_version": {"type": "integer", "const": SCHEMA_VERSION, "description": "version of this schema"}}
-    props |= {f: _feature_property(f, cats.get(f)) for f in model.features}
+    props |= {f: _feature_property(cats.get(f), fills.get(f)) for f in model.features}
     props[model.target] = {"type": ["number", "null"], "description": "the actual sales, when known (optional)"}
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sales event",
-            "type": "object", "properties": props, "required": ["event_id", "schema_version", *model.features],
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sales event", "type": "object",
+            "properties": props, "required": ["event_id", "schema_version", *(f for f in model.features if f not in fills)],
             "additionalProperties": True, "x-target": model.target, "x-model": {"kind": model.kind, "version": model.version}}
 
 # %% ../nbs/08_serve.ipynb #40cad5b6
@@ -65,7 +85,7 @@ class Rejection:
     field: str|None = None  # the offending field, if one is to blame
     value: str|None = None  # the offending value, shortened, if there is one
 
-# %% ../nbs/08_serve.ipynb #a28ea1b0
+# %% ../nbs/08_serve.ipynb #433f2a6e
 def _json_type(v) -> str:
     "The JSON type name of parsed value `v`."
     if v is None: return "null"
@@ -75,26 +95,10 @@ def _json_type(v) -> str:
     return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
 
 def _short(v, n:int=80) -> str:
+    "`v` as text, cut to `n` characters."
     s = json.dumps(v) if not isinstance(v, str) else v
     return s if len(s) <= n else s[:n] + "..."
 
-def check_field(name:str, value, prop:dict) -> Rejection|None:
-    "Why `value` does not fit field `name` of the schema, or None."
-    allowed = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
-    got = _json_type(value)
-    fits = got in allowed or (got == "integer" and "number" in allowed)
-    if not fits: return Rejection("wrong_type", f"field {name!r} must be {' or '.join(allowed)}, got {got} {_short(value)}", name, _short(value))
-    if got == "number" and not math.isfinite(value): return Rejection("not_finite", f"field {name!r} is {value}", name, str(value))
-    if "const" in prop and value != prop["const"]:
-        return Rejection("schema_version" if name == "schema_version" else "wrong_type",
-                         f"field {name!r} is {_short(value)}, this worker reads {prop['const']}", name, _short(value))
-    if got in ("integer", "number") and not prop.get("minimum", -math.inf) <= value <= prop.get("maximum", math.inf):
-        return Rejection("out_of_range", f"field {name!r} is {value}, outside {prop['minimum']} to {prop['maximum']}", name, str(value))
-    if "enum" in prop and value not in prop["enum"]:
-        return Rejection("unknown_category", f"field {name!r} has unknown category {_short(value)}; known: {', '.join(map(_short, prop['enum']))}", name, _short(value))
-    return None
-
-# %% ../nbs/08_serve.ipynb #6b8590af
 def parse_event(value:bytes|None, # the message value as consumed
                 max_bytes:int=MAX_EVENT_BYTES # larger messages are rejected unparsed
                ) -> dict|Rejection:
@@ -107,34 +111,95 @@ def parse_event(value:bytes|None, # the message value as consumed
     if not isinstance(event, dict): return Rejection("not_an_object", f"the JSON is {_json_type(event)}, not an object")
     return event
 
-def validate_event(value:bytes|None, # the message value as consumed
-                   schema:dict, # from `event_schema`
-                   max_bytes:int=MAX_EVENT_BYTES # larger messages are rejected unparsed
-                  ) -> dict|Rejection:
-    "The event in `value` if it fits `schema`, else why not."
-    event = parse_event(value, max_bytes)
-    if isinstance(event, Rejection): return event
-    props = schema["properties"]
-    for name in ["schema_version", *props]:
-        v = event.get(name)
-        if v is None:
-            if name in schema["required"]: return Rejection("missing_field", f"required field {name!r} is {'null' if name in event else 'absent'}", name)
-            continue
-        if bad := check_field(name, v, props[name]): return bad
-    return event
+# %% ../nbs/08_serve.ipynb #17f77713
+_is_number = lambda checker, v: isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(v, int) or math.isfinite(v))
+JsonValidator = extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine("number", _is_number))
 
-# %% ../nbs/08_serve.ipynb #49a43c89
+def _rejection(e, schema:dict) -> Rejection:
+    "The dead-letter `Rejection` for jsonschema error `e` about a top-level field."
+    if e.validator == "required":
+        name = next(f for f in e.validator_value if f not in e.instance)
+        return Rejection("missing_field", f"required field {name!r} is absent", name)
+    name, v, kw = e.path[0], e.instance, e.validator
+    if v is None and name in schema["required"]: return Rejection("missing_field", f"required field {name!r} is null", name)
+    if kw == "type" and isinstance(v, float) and not math.isfinite(v): return Rejection("not_finite", f"field {name!r} is {v}", name, str(v))
+    if kw == "type":
+        allowed = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
+        return Rejection("wrong_type", f"field {name!r} must be {' or '.join(allowed)}, got {_json_type(v)} {_short(v)}", name, _short(v))
+    if kw == "const" and name == "schema_version":
+        return Rejection("schema_version", f"field {name!r} is {_short(v)}, this worker reads {e.validator_value}", name, _short(v))
+    if kw in ("minimum", "maximum"):
+        p = schema["properties"][name]
+        return Rejection("out_of_range", f"field {name!r} is {v}, outside {p.get('minimum')} to {p.get('maximum')}", name, str(v))
+    if kw == "enum":
+        known = ", ".join(_short(c) for c in e.validator_value if c is not None)
+        return Rejection("unknown_category", f"field {name!r} has unknown category {_short(v)}; known: {known}", name, _short(v))
+    return Rejection("wrong_type", f"field {name!r}: {e.message}", name, _short(v))
+
+def event_rejection(event:dict, # a parsed JSON object
+                    schema:dict, # from `event_schema`
+                    validator:JsonValidator|None=None # a validator of `schema`, made once; None: made here
+                   ) -> Rejection|None:
+    "Why `event` does not fit `schema` (the first reason of `REASONS` that applies), or None."
+    order, reasons = ["schema_version", *schema["properties"]], list(REASONS)
+    found = [_rejection(e, schema) for e in (validator or JsonValidator(schema)).iter_errors(event)]
+    rank = lambda r: (reasons.index(r.reason), order.index(r.field) if r.field in order else len(order))
+    return min(found, key=rank, default=None)
+
+# %% ../nbs/08_serve.ipynb #0422e8a2
+_QUICK_KEYWORDS = {"type", "enum", "const", "minimum", "maximum", "default", "description"}
+_SIMPLE = {int: ("integer", "number"), float: ("number",), str: ("string",)}
+
+def _quick_plan(schema:dict) -> list|None:
+    "Per field: (name, types, enum, const, minimum, maximum, required); None if a keyword is beyond the quick check."
+    props, req = schema["properties"], set(schema["required"])
+    if any(set(p) - _QUICK_KEYWORDS for p in props.values()) or req - set(props): return None
+    types = lambda p: set(p["type"]) if isinstance(p["type"], list) else {p["type"]}
+    return [(n, types(p), p.get("enum"), p.get("const", ...), p.get("minimum"), p.get("maximum"), n in req) for n, p in props.items()]
+
+def _quick_field(v, types:set, enum, const, lo, hi) -> bool:
+    "Whether present, non-null `v` certainly fits: a JSON type of `types`, in `enum`, equal to `const`, within `lo`..`hi`."
+    kinds = _SIMPLE.get(type(v))
+    if kinds is None or not types.intersection(kinds[-1:] if type(v) is float else kinds): return False
+    if type(v) is float and not math.isfinite(v): return False
+    return (enum is None or v in enum) and (const is ... or v == const) and (lo is None or v >= lo) and (hi is None or v <= hi)
+
+class EventValidator:
+    "Validates events against `schema`: a quick check lets the usual good event through; jsonschema judges the rest."
+    def __init__(self, schema:dict): # from `event_schema`
+        self.schema, self.jsonschema, self.plan = schema, JsonValidator(schema), _quick_plan(schema)
+
+    def quick_ok(self, event:dict) -> bool:
+        "True if `event` certainly fits the schema; False means: ask jsonschema."
+        if self.plan is None: return False
+        for name, types, enum, const, lo, hi, required in self.plan:
+            v = event.get(name)
+            if v is None:
+                if (name in event and "null" not in types) or (name not in event and required): return False
+            elif not _quick_field(v, types, enum, const, lo, hi): return False
+        return True
+
+    def __call__(self, value:bytes|None, # the message value as consumed
+                 max_bytes:int=MAX_EVENT_BYTES # larger messages are rejected unparsed
+                ) -> dict|Rejection:
+        "The event in `value` if it fits the schema, else why not."
+        event = parse_event(value, max_bytes)
+        if isinstance(event, Rejection) or self.quick_ok(event): return event
+        return event_rejection(event, self.schema, self.jsonschema) or event | {"event_id": int(event["event_id"])}
+
+# %% ../nbs/08_serve.ipynb #77c8f7aa
 def example_events(schema:dict, event_id:int=7) -> dict:
     "A good event and one bad message per rejection reason a message can earn, as {name: bytes}."
-    props = schema["properties"]
+    props, target = schema["properties"], schema["x-target"]
     good = {"event_id": event_id, "schema_version": SCHEMA_VERSION}
-    good |= {n: p["enum"][0] if "enum" in p else 1.5 for n, p in props.items() if n in schema["required"] and n not in good}
-    num = next(n for n in schema["required"] if props[n]["type"] == "number")
+    good |= {n: p["enum"][0] if "enum" in p else 1.5 for n, p in props.items() if n not in good and n != target}
+    num = next(n for n, p in props.items() if "number" in p["type"] and n != target)
     cat = next((n for n, p in props.items() if "enum" in p), None)
+    needed = next((n for n in schema["required"] if n not in ("event_id", "schema_version")), "event_id")
     enc = lambda **kw: json.dumps(good | kw).encode()
     bad = {"empty": b"", "oversized": b" " * (MAX_EVENT_BYTES + 1) + enc(), "invalid_json": b'{"event_id": 7,',
            "not_an_object": b"[1, 2]", "schema_version": enc(schema_version=SCHEMA_VERSION + 1),
-           "missing_field": json.dumps({k: v for k, v in good.items() if k != num}).encode(),
+           "missing_field": json.dumps({k: v for k, v in good.items() if k != needed}).encode(),
            "wrong_type": enc(**{num: "lots"}), "not_finite": enc(**{num: float("nan")}), "out_of_range": enc(event_id=-3)}
     if cat: bad["unknown_category"] = enc(**{cat: "Monsoon"})
     return {"good": enc(), **bad}
@@ -188,7 +253,7 @@ def dead_letter_headers(record, # the consumed message (kafka-python ConsumerRec
              "dlq.offset": record.offset, "dlq.worker": worker}
     return list(record.headers or []) + [(k, str(v).encode()) for k, v in extra.items() if v is not None]
 
-# %% ../nbs/08_serve.ipynb #bd9bc096
+# %% ../nbs/08_serve.ipynb #f3056adf
 @dataclass(frozen=True)
 class Outgoing:
     "One message to produce."
@@ -197,32 +262,42 @@ class Outgoing:
     value: bytes|None
     headers: list
 
+def _prediction_headers(version:bytes, worker, msg:dict, imputed:list[str]) -> list[tuple[str, bytes]]:
+    "The headers of prediction `msg`: model version, worker, and `actual`/`imputed` when they apply."
+    return ([("model_version", version), ("worker", str(worker).encode())] + ([("actual", b"missing")] if msg["actual_sales"] is None else [])
+            + ([("imputed", ",".join(imputed).encode())] if imputed else []))
+
 def plan_batch(records:list, # consumed messages, in order
-               model, # a `SalesModel` (features, target, predict_records)
-               schema:dict, # from `event_schema(model)`
-               predictions_topic:str="sales_predictions",
-               dead_letter_topic:str="sales_events.dlq",
+               model, # a `SalesModel` (features, target, fill_values, impute_records, predict_records)
+               validate:EventValidator, # of `event_schema(model)`
+               predictions_topic:str=PREDICTIONS_TOPIC,
+               dead_letter_topic:str=DEAD_LETTER_TOPIC,
                max_bytes:int=MAX_EVENT_BYTES, # larger events are dead letters
                worker:str|None=None # the worker's id, for headers
               ) -> tuple[list[Outgoing], Counter]:
     "The predictions and dead letters for `records`, and a count of outcomes ('scored' and each dead-letter reason)."
-    checked = [(r, validate_event(r.value, schema, max_bytes)) for r in records]
+    checked = [(r, validate(r.value, max_bytes)) for r in records]
     good = [(r, ev) for r, ev in checked if not isinstance(ev, Rejection)]
-    scores = dict(zip((id(r) for r, _ in good), score_events(model, [ev for _, ev in good])))
+    filled, imputed = model.impute_records([ev for _, ev in good]) if good else ([], [])
+    scores = dict(zip((id(r) for r, _ in good), zip(score_events(model, filled), imputed)))
     version = str(getattr(model, "version", "")).encode()
     out, counts = [], Counter()
     for r, ev in checked:
-        res = scores.get(id(r), ev)
+        res, names = scores.get(id(r), (ev, []))
         if isinstance(res, Rejection):
             out.append(Outgoing(dead_letter_topic, r.key, r.value, dead_letter_headers(r, res, worker))); counts[res.reason] += 1
             continue
-        msg = prediction_message(ev, res, schema["x-target"])
-        headers = [("model_version", version), ("worker", str(worker).encode())] + ([("actual", b"missing")] if msg["actual_sales"] is None else [])
-        out.append(Outgoing(predictions_topic, str(ev["event_id"]).encode(), json.dumps(msg, allow_nan=False).encode(), headers))
+        msg = prediction_message(ev, res, validate.schema["x-target"])
+        out.append(Outgoing(predictions_topic, str(ev["event_id"]).encode(), json.dumps(msg, allow_nan=False).encode(),
+                            _prediction_headers(version, worker, msg, names)))
         counts["scored"] += 1
     return out, counts
 
-# %% ../nbs/08_serve.ipynb #72e4a036
+# %% ../nbs/08_serve.ipynb #c414d589
+def _ms(xs:list, q:float) -> float|None:
+    "The `q` quantile of `xs` seconds, in milliseconds."
+    return round(1000 * sorted(xs)[min(len(xs) - 1, int(q * len(xs)))], 2) if xs else None
+
 class Metrics:
     "Counts, rates and batch latencies of one worker, logged and written to a JSON file periodically."
     def __init__(self, path:Path|str|None=None, # JSON file to rewrite; None: log only
@@ -241,51 +316,37 @@ class Metrics:
         self.counts.update(counts); self.batches += 1; self.latencies.append(seconds)
         if time.monotonic() - self._last_t >= self.every: self.report()
 
-# %% ../nbs/08_serve.ipynb #42c82161
-def _ms(xs:list, q:float) -> float|None:
-    return round(1000 * sorted(xs)[min(len(xs) - 1, int(q * len(xs)))], 2) if xs else None
+    def snapshot(self) -> dict:
+        "The metrics now, as a JSON-ready dict."
+        now, lat = time.monotonic(), list(self.latencies)
+        up = now - self.started
+        return self.info | {"partitions": self.partitions, "uptime_s": round(up, 2), "batches": self.batches, "events": self.events,
+                            "scored": self.counts["scored"], "dead_lettered": self.events - self.counts["scored"],
+                            "dead_letter_reasons": {k: v for k, v in sorted(self.counts.items()) if k != "scored"},
+                            "events_per_s": round(self.events / up, 1) if up else 0.0,
+                            "recent_events_per_s": round((self.events - self._last_n) / max(now - self._last_t, 1e-9), 1),
+                            "batch_latency_ms": {"p50": _ms(lat, .5), "p95": _ms(lat, .95), "max": _ms(lat, 1.0)},
+                            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
-@patch
-def snapshot(self:Metrics) -> dict:
-    "The metrics now, as a JSON-ready dict."
-    now, lat = time.monotonic(), list(self.latencies)
-    up = now - self.started
-    return self.info | {"partitions": self.partitions, "uptime_s": round(up, 2), "batches": self.batches, "events": self.events,
-                        "scored": self.counts["scored"], "dead_lettered": self.events - self.counts["scored"],
-                        "dead_letter_reasons": {k: v for k, v in sorted(self.counts.items()) if k != "scored"},
-                        "events_per_s": round(self.events / up, 1) if up else 0.0,
-                        "recent_events_per_s": round((self.events - self._last_n) / max(now - self._last_t, 1e-9), 1),
-                        "batch_latency_ms": {"p50": _ms(lat, .5), "p95": _ms(lat, .95), "max": _ms(lat, 1.0)},
-                        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    def report(self) -> dict:
+        "Log the metrics and rewrite the file; start a new interval."
+        s = self.snapshot()
+        log.info("scored %d, dead-lettered %d, %.1f events/s (recent %.1f), batch p50 %s ms, p95 %s ms", s["scored"], s["dead_lettered"],
+                 s["events_per_s"], s["recent_events_per_s"], s["batch_latency_ms"]["p50"], s["batch_latency_ms"]["p95"])
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(s, indent=1)); tmp.replace(self.path)
+        self._last_t, self._last_n = time.monotonic(), self.events
+        return s
 
-@patch
-def report(self:Metrics) -> dict:
-    "Log the metrics and rewrite the file; start a new interval."
-    s = self.snapshot()
-    log.info("scored %d, dead-lettered %d, %.1f events/s (recent %.1f), batch p50 %s ms, p95 %s ms", s["scored"], s["dead_lettered"],
-             s["events_per_s"], s["recent_events_per_s"], s["batch_latency_ms"]["p50"], s["batch_latency_ms"]["p95"])
-    if self.path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(s, indent=1)); tmp.replace(self.path)
-    self._last_t, self._last_n = time.monotonic(), self.events
-    return s
-
-# %% ../nbs/08_serve.ipynb #1f7ad00e
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.serializer import DefaultSerializer
-from kafka.structs import OffsetAndMetadata
-from .config import EVENTS_TOPIC, PREDICTIONS_TOPIC, DEAD_LETTER_TOPIC, KafkaSettings
-from .stream import consumer, producer
-
+# %% ../nbs/08_serve.ipynb #4c21fd92
 class ServeError(RuntimeError):
     "The scoring worker cannot go on (a model that will not load, records the broker did not acknowledge)."
 
 def next_offsets(records:list) -> dict:
     "The offsets to commit after `records`: one past the last message of each partition."
-    out = {}
-    for r in records: out[TopicPartition(r.topic, r.partition)] = OffsetAndMetadata(r.offset + 1, "", -1)
-    return out
+    return {TopicPartition(r.topic, r.partition): OffsetAndMetadata(r.offset + 1, "", -1) for r in records}
 
 def first_offsets(records:list) -> dict:
     "The offset of the first of `records` in each partition."
@@ -293,11 +354,19 @@ def first_offsets(records:list) -> dict:
     for r in records: out.setdefault(TopicPartition(r.topic, r.partition), r.offset)
     return out
 
-# %% ../nbs/08_serve.ipynb #da4cb509
-from kafka.structs import TopicPartition
+# %% ../nbs/08_serve.ipynb #86e67a01
+class AssignmentReporter(ConsumerRebalanceListener):
+    "Log and report the partitions a worker owns after each rebalance."
+    def __init__(self, worker): self.worker = worker
+    def on_partitions_revoked(self, revoked): pass  # nothing is pending: batches are committed before the next poll
+    def on_partitions_assigned(self, assigned):
+        self.worker.metrics.partitions = sorted(tp.partition for tp in assigned)
+        log.info("%r now owns partitions %s", self.worker, self.worker.metrics.partitions)
+        self.worker.metrics.report()
 
+# %% ../nbs/08_serve.ipynb #c687693d
 class ScoringWorker:
-    "One scoring worker in consumer group `group_id`: poll, validate, predict, produce, commit."
+    "One scoring worker in consumer group `group_id`: poll, validate, impute, predict, produce, commit."
     def __init__(self, model, # a `SalesModel`
                  settings:KafkaSettings, # the cluster (bootstrap_servers set)
                  group_id:str="sales-scorers", # workers with the same group id share the partitions
@@ -314,7 +383,7 @@ class ScoringWorker:
         self.topics = (events_topic, predictions_topic, dead_letter_topic)
         self.max_records, self.max_event_bytes = max_records, max_event_bytes
         self.session_timeout_ms, self.transaction_timeout_ms = session_timeout_ms, transaction_timeout_ms
-        self.schema = event_schema(model)
+        self.validate = EventValidator(event_schema(model))
         self.metrics = metrics or Metrics(worker=self.worker_id, group=group_id, mode=self.mode)
         self.stopping = threading.Event()
         self.consumer = self.producer = None
@@ -324,120 +393,95 @@ class ScoringWorker:
 
     def __repr__(self): return f"ScoringWorker({self.worker_id!r}, group={self.group_id!r}, {self.mode})"
 
-# %% ../nbs/08_serve.ipynb #0dd31a5a
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+    def open(self) -> ScoringWorker:
+        "Connect: subscribe the consumer to the events topic and ready the producer."
+        iso = "read_committed" if self.exactly_once else "read_uncommitted"
+        self.consumer = consumer(self.settings, group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+                                 max_poll_records=self.max_records, isolation_level=iso, session_timeout_ms=self.session_timeout_ms,
+                                 heartbeat_interval_ms=max(500, self.session_timeout_ms // 3))
+        self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
+        txn = {"transactional_id": f"{self.group_id}-{self.worker_id}", "transaction_timeout_ms": self.transaction_timeout_ms} if self.exactly_once else {}
+        self.producer = producer(self.settings, value_serializer=DefaultSerializer(), linger_ms=5, **txn)
+        if self.exactly_once: self.producer.init_transactions()
+        log.info("%r consuming %s at %s", self, self.topics[0], self.settings.bootstrap_servers)
+        return self
 
-class AssignmentReporter(ConsumerRebalanceListener):
-    "Log and report the partitions a worker owns after each rebalance."
-    def __init__(self, worker): self.worker = worker
-    def on_partitions_revoked(self, revoked): pass  # nothing is pending: batches are committed before the next poll
-    def on_partitions_assigned(self, assigned):
-        self.worker.metrics.partitions = sorted(tp.partition for tp in assigned)
-        log.info("%r now owns partitions %s", self.worker, self.worker.metrics.partitions)
-        self.worker.metrics.report()
+    def close(self):
+        "Leave the group and close the clients (offsets were committed batch by batch)."
+        if self.consumer is not None: self.consumer.close(autocommit=False); self.consumer = None
+        if self.producer is not None: self.producer.close(); self.producer = None
+        log.info("%r closed", self)
 
-# %% ../nbs/08_serve.ipynb #850df2e7
-@patch
-def open(self:ScoringWorker) -> ScoringWorker:
-    "Connect: subscribe the consumer to the events topic and ready the producer."
-    iso = "read_committed" if self.exactly_once else "read_uncommitted"
-    self.consumer = consumer(self.settings, group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-                             max_poll_records=self.max_records, isolation_level=iso, session_timeout_ms=self.session_timeout_ms,
-                             heartbeat_interval_ms=max(500, self.session_timeout_ms // 3))
-    self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
-    txn = {"transactional_id": f"{self.group_id}-{self.worker_id}", "transaction_timeout_ms": self.transaction_timeout_ms} if self.exactly_once else {}
-    self.producer = producer(self.settings, value_serializer=DefaultSerializer(), linger_ms=5, **txn)
-    if self.exactly_once: self.producer.init_transactions()
-    log.info("%r consuming %s at %s", self, self.topics[0], self.settings.bootstrap_servers)
-    return self
+    def __enter__(self): return self.open()
+    def __exit__(self, *exc): self.close()
 
-@patch
-def close(self:ScoringWorker):
-    "Leave the group and close the clients (offsets were committed batch by batch)."
-    if self.consumer is not None: self.consumer.close(autocommit=False); self.consumer = None
-    if self.producer is not None: self.producer.close(); self.producer = None
-    log.info("%r closed", self)
+    def _send(self, out:list[Outgoing]) -> list:
+        "Send `out`; the futures."
+        return [self.producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in out]
 
-@patch
-def __enter__(self:ScoringWorker): return self.open()
-@patch
-def __exit__(self:ScoringWorker, *exc): self.close()
-
-# %% ../nbs/08_serve.ipynb #7365a6cb
-@patch
-def _send(self:ScoringWorker, out:list[Outgoing]) -> list:
-    return [self.producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in out]
-
-@patch
-def _deliver_at_least_once(self:ScoringWorker, out:list[Outgoing], records:list) -> bool:
-    futures = self._send(out)
-    self.producer.flush()
-    failed = [f.exception for f in futures if f.failed()]
-    if failed: raise ServeError(f"{len(failed)} of {len(futures)} records were not acknowledged (first: {failed[0]!r}); offsets not committed")
-    try: self.consumer.commit(next_offsets(records))
-    except CommitFailedError as e:
-        log.warning("%r: commit failed after a rebalance (%s); the partitions' new owner scores these %d events again", self, e, len(records))
-    return True
-
-@patch
-def _rewind(self:ScoringWorker, records:list):
-    "Seek back to the start of `records` in each partition this worker still owns."
-    owned = self.consumer.assignment()
-    for tp, o in first_offsets(records).items():
-        if tp in owned: self.consumer.seek(tp, o)
-
-@patch
-def _deliver_exactly_once(self:ScoringWorker, out:list[Outgoing], records:list) -> bool:
-    self.producer.begin_transaction()
-    try:
-        self._send(out)
-        self.producer.send_offsets_to_transaction(next_offsets(records), self.consumer.group_metadata())
-        self.producer.commit_transaction()
+    def _deliver_at_least_once(self, out:list[Outgoing], records:list) -> bool:
+        "Send, flush, check every acknowledgement, then commit."
+        futures = self._send(out)
+        self.producer.flush()
+        failed = [f.exception for f in futures if f.failed()]
+        if failed: raise ServeError(f"{len(failed)} of {len(futures)} records were not acknowledged (first: {failed[0]!r}); offsets not committed")
+        try: self.consumer.commit(next_offsets(records))
+        except CommitFailedError as e:
+            log.warning("%r: commit failed after a rebalance (%s); the partitions' new owner scores these %d events again", self, e, len(records))
         return True
-    except KafkaError as e:
-        log.warning("%r: transaction of %d events failed (%r); aborting it and reading them again", self, len(records), e)
-        self.producer.abort_transaction()
-        self._rewind(records)
-        return False
 
-# %% ../nbs/08_serve.ipynb #20c6f090
-@patch
-def process(self:ScoringWorker, records:list) -> Counter:
-    "Score, dead-letter and commit one batch; the outcome counts (empty if the transaction was aborted)."
-    t0 = time.monotonic()
-    ev, pred, dlq = self.topics
-    out, counts = plan_batch(records, self.model, self.schema, pred, dlq, self.max_event_bytes, self.worker_id)
-    done = (self._deliver_exactly_once if self.exactly_once else self._deliver_at_least_once)(out, records)
-    if not done: return Counter()
-    self.metrics.add(counts, time.monotonic() - t0)
-    return counts
+    def _rewind(self, records:list):
+        "Seek back to the start of `records` in each partition this worker still owns."
+        owned = self.consumer.assignment()
+        for tp, o in first_offsets(records).items():
+            if tp in owned: self.consumer.seek(tp, o)
 
-@patch
-def poll(self:ScoringWorker, timeout:float=0.5) -> list:
-    "The next micro-batch of messages (at most `max_records`), in partition order."
-    batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=self.max_records)
-    return [r for tp in sorted(batch, key=lambda tp: tp.partition) for r in batch[tp]]
+    def _deliver_exactly_once(self, out:list[Outgoing], records:list) -> bool:
+        "Send and commit the offsets in one transaction; on failure abort and rewind."
+        self.producer.begin_transaction()
+        try:
+            self._send(out)
+            self.producer.send_offsets_to_transaction(next_offsets(records), self.consumer.group_metadata())
+            self.producer.commit_transaction()
+            return True
+        except KafkaError as e:
+            log.warning("%r: transaction of %d events failed (%r); aborting it and reading them again", self, len(records), e)
+            self.producer.abort_transaction()
+            self._rewind(records)
+            return False
 
-@patch
-def run(self:ScoringWorker, idle_exit:float|None=None, # stop after this many seconds without events; None: never
-        poll_timeout:float=0.5 # seconds one poll waits for messages
-       ) -> dict:
-    "Score batches until `stopping` is set (or, with partitions assigned, idle for `idle_exit` s); the final metrics."
-    last = time.monotonic()
-    while not self.stopping.is_set():
-        records, now = self.poll(poll_timeout), time.monotonic()
-        if records: self.process(records); last = time.monotonic()
-        elif not self.consumer.assignment(): last = now  # idle time counts from the first assignment
-        elif idle_exit is not None and now - last > idle_exit:
-            log.info("%r: no events for %.0f s; stopping", self, idle_exit); break
-    return self.metrics.report()
+    def process(self, records:list) -> Counter:
+        "Score, dead-letter and commit one batch; the outcome counts (empty if the transaction was aborted)."
+        t0 = time.monotonic()
+        _, pred, dlq = self.topics
+        out, counts = plan_batch(records, self.model, self.validate, pred, dlq, self.max_event_bytes, self.worker_id)
+        done = (self._deliver_exactly_once if self.exactly_once else self._deliver_at_least_once)(out, records)
+        if not done: return Counter()
+        self.metrics.add(counts, time.monotonic() - t0)
+        return counts
 
-# %% ../nbs/08_serve.ipynb #7f9a990b
+    def poll(self, timeout:float=0.5) -> list:
+        "The next micro-batch of messages (at most `max_records`), in partition order."
+        batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=self.max_records)
+        return [r for tp in sorted(batch, key=lambda tp: tp.partition) for r in batch[tp]]
+
+    def run(self, idle_exit:float|None=None, # stop after this many seconds without events; None: never
+            poll_timeout:float=0.5 # seconds one poll waits for messages
+           ) -> dict:
+        "Score batches until `stopping` is set (or, with partitions assigned, idle for `idle_exit` s); the final metrics."
+        last = time.monotonic()
+        while not self.stopping.is_set():
+            records, now = self.poll(poll_timeout), time.monotonic()
+            if records: self.process(records); last = time.monotonic()
+            elif not self.consumer.assignment(): last = now  # idle time counts from the first assignment
+            elif idle_exit is not None and now - last > idle_exit:
+                log.info("%r: no events for %.0f s; stopping", self, idle_exit); break
+        return self.metrics.report()
+
+# %% ../nbs/08_serve.ipynb #cf7519e1
 RUNS_DIR = Path("outputs/runs")  # where `sales-kafka run` puts its run folders
 
-def _is_model_dir(p:Path) -> bool:
-    from sales_prediction_kafka.models import MODEL_JSON  # imported late: replay and validation need no model stack
-    return (p/MODEL_JSON).is_file()
+def _is_model_dir(p:Path) -> bool: return (p/MODEL_JSON).is_file()
 
 def find_model(path:Path|str|None=None, # a model folder or a run folder; None: the newest run in `runs`
                runs:Path|str=RUNS_DIR) -> Path:
@@ -451,12 +495,7 @@ def find_model(path:Path|str|None=None, # a model folder or a run folder; None: 
         if _is_model_dir(cand): return cand
     raise ServeError(f"{p} is neither a model folder (with model.json) nor a run folder with a model/ in it")
 
-# %% ../nbs/08_serve.ipynb #ca97d434
-from .config import stop_on_signals
-from .broker import ensure_broker
-from .stream import ensure_topic, PARTITIONS
-
-# %% ../nbs/08_serve.ipynb #7f83d1ab
+# %% ../nbs/08_serve.ipynb #f69e146b
 def serve(model:Path|str|None=None, # model folder or run folder; None: the newest run under `runs`
           settings:KafkaSettings|None=None, # the cluster; None: from the environment, else the local broker
           runs:Path|str=RUNS_DIR, # where to look for the newest run
@@ -467,7 +506,6 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the newe
           **worker) -> dict: # more `ScoringWorker` arguments: group_id, worker_id, exactly_once, max_records, ...
     "Run a scoring worker until SIGTERM/Ctrl-C (or idle); its final metrics."
     folder = find_model(model, runs)
-    from sales_prediction_kafka.models import load_model
     m = load_model(folder)
     log.info("loaded %s model %s from %s", getattr(m, "kind", "?"), getattr(m, "version", "?"), folder)
     gc.collect(); gc.freeze()  # the model's long-lived objects leave the collector's view: no ~170 ms full-collection pauses while scoring
@@ -477,72 +515,19 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the newe
     w.metrics = Metrics(metrics_path, metrics_every, worker=w.worker_id, group=w.group_id, mode=w.mode, model=str(folder))
     with stop_on_signals(w.stopping), w: return w.run(idle_exit)
 
-# %% ../nbs/08_serve.ipynb #e77a5978
-import numpy as np
-import pandas as pd
-
-def _plain(v):
-    "`v` as a plain Python value for JSON (None when missing)."
-    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)): return None
-    return v.item() if isinstance(v, np.generic) else v
-
-def table_events(df:pd.DataFrame, # one row per event: feature columns and, optionally, the target
-                 first_id:int=0, # the first event id; the others count up from it
-                 schema_version:int=SCHEMA_VERSION):
-    "Yield one event dict per row of `df`."
-    cols = list(df.columns)
-    for i, row in enumerate(df.itertuples(index=False, name=None)):
-        ev = {"event_id": first_id + i, "schema_version": schema_version}
-        yield ev | {c: p for c, v in zip(cols, row) if (p := _plain(v)) is not None}
-
-# %% ../nbs/08_serve.ipynb #1814929a
-from tqdm import tqdm
-from .stream import StreamError, StreamSummary, summarise_sends, check_topic
-
-def replay(events, # event dicts, e.g. from `table_events`
-           settings:KafkaSettings|None=None, # the cluster; None: from the environment, else the local broker
-           topic:str=EVENTS_TOPIC,
-           rate:float|None=None, # events per second; None: as fast as possible
-           partitions:int=PARTITIONS, # used if the topic must be created
-           total:int|None=None, # the number of events, for the progress bar
-           progress:bool=True, # show a progress bar
-           timeout:float=120 # seconds to wait for the last acknowledgements
-          ) -> StreamSummary:
-    "Send `events` to `topic`, keyed by event id, paced to `rate`; where they landed."
-    settings = ensure_broker(settings)
-    ensure_topic(settings, check_topic(topic), partitions)
-    p = producer(settings, linger_ms=5 if rate is None else 0)
-    futures, t0 = [], time.monotonic()
-    try:
-        for i, ev in enumerate(tqdm(events, total=total, desc=f"replaying to {topic}", unit="ev", disable=not progress, mininterval=0.5)):
-            if rate and (ahead := t0 + i / rate - time.monotonic()) > 0: time.sleep(ahead)
-            futures.append(p.send(topic, key=str(ev["event_id"]), value=ev))
-        p.flush(timeout)
-    finally: p.close()
-    summary = summarise_sends(futures, topic, settings.bootstrap_servers, time.monotonic() - t0)
-    log.info("replayed %s", summary)
-    return summary
-
-# %% ../nbs/08_serve.ipynb #9328bb8c
-import click
-from .config import kafka_settings
-
-_servers = click.option("--bootstrap-servers", help="Kafka cluster (default: $KAFKA_BOOTSTRAP_SERVERS, else the local broker, started if needed).")
-_partitions = click.option("--partitions", type=int, default=PARTITIONS, show_default=True, help="Partitions of topics this command creates.")
-
+# %% ../nbs/08_serve.ipynb #82de7b56
 @click.command("serve")
 @click.option("--model", "model", type=click.Path(exists=True, file_okay=False), help="Model folder or run folder (default: the newest run under --runs).")
 @click.option("--runs", type=click.Path(file_okay=False), default=str(RUNS_DIR), show_default=True, help="Folder of run folders, searched when --model is not given.")
-@_servers
+@kafka_options("Most events in one micro-batch.", 500)
 @click.option("--group-id", default="sales-scorers", show_default=True, help="Consumer group; workers with the same group share the partitions.")
 @click.option("--worker-id", help="Stable id of this worker (default: <host>-<pid>); give it again on restart so an exactly-once worker fences its dead predecessor at once.")
 @click.option("--exactly-once", is_flag=True, help="Consume-transform-produce in Kafka transactions (readers must use read_committed).")
-@click.option("--max-records", type=click.IntRange(1), default=500, show_default=True, help="Most events in one micro-batch.")
 @click.option("--max-event-bytes", type=click.IntRange(1), default=MAX_EVENT_BYTES, show_default=True, help="Larger events are dead-lettered as oversized.")
 @click.option("--events-topic", default=EVENTS_TOPIC, show_default=True, help="Topic of the sales events.")
 @click.option("--predictions-topic", default=PREDICTIONS_TOPIC, show_default=True, help="Topic of the prediction records.")
 @click.option("--dead-letter-topic", default=DEAD_LETTER_TOPIC, show_default=True, help="Topic of the events that could not be scored.")
-@_partitions
+@click.option("--partitions", type=int, default=PARTITIONS, show_default=True, help="Partitions of topics this command creates.")
 @click.option("--session-timeout", type=click.IntRange(1), default=10, show_default=True, help="Seconds after which a silent worker is dropped from the group.")
 @click.option("--transaction-timeout", type=click.IntRange(1), default=30, show_default=True, help="Seconds after which a dead worker's open transaction is aborted.")
 @click.option("--metrics-file", type=click.Path(dir_okay=False), help="JSON file rewritten with the worker's metrics.")
@@ -555,25 +540,3 @@ def serve_command(model, runs, bootstrap_servers, partitions, session_timeout, t
                   session_timeout_ms=session_timeout * 1000, transaction_timeout_ms=transaction_timeout * 1000, **worker)
     except (ServeError, StreamError) as e: raise click.ClickException(str(e))
     click.echo(json.dumps({k: m[k] for k in ("worker", "scored", "dead_lettered", "events_per_s")}))
-
-# %% ../nbs/08_serve.ipynb #5ad2bf5e
-@click.command("replay")
-@click.argument("csv", type=click.Path(exists=True, dir_okay=False))
-@_servers
-@click.option("--topic", default=EVENTS_TOPIC, show_default=True, help="Topic to send the events to.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Events per second (default: as fast as possible).")
-@click.option("--first-id", type=click.IntRange(0), default=0, show_default=True, help="Event id of the first row; the others count up.")
-@click.option("--limit", type=click.IntRange(1), help="Send only the first N rows.")
-@click.option("--repeat", type=click.IntRange(1), default=1, show_default=True, help="Send the table this many times (ids keep counting up).")
-@click.option("--target", default="Sales", show_default=True, help="The actual-sales column (sent when present).")
-@click.option("--sep", default=",", show_default=True, help="Field delimiter of the CSV.")
-@_partitions
-def replay_command(csv, bootstrap_servers, topic, rate, first_id, limit, repeat, target, sep, partitions):
-    "Send the rows of a sales CSV as events (the load generator for demos, tests and benchmarks)."
-    from sales_prediction_kafka.data import load_table, DataError
-    try: df = load_table(csv, target=target, sep=sep)
-    except DataError as e: raise click.ClickException(str(e))
-    df = pd.concat([df] * repeat, ignore_index=True).head(limit)
-    try: s = replay(table_events(df, first_id), kafka_settings(bootstrap_servers=bootstrap_servers), topic, rate, partitions, total=len(df))
-    except StreamError as e: raise click.ClickException(str(e))
-    click.echo(str(s))

@@ -49,6 +49,7 @@ PREDICTION_HEADERS = {  # Kafka record headers of a prediction (UTF-8 text); abs
     "produced_at": "when the batch was sent, UTC, ISO 8601 (`stream_predictions`)",
     "worker": "id of the scoring worker that made it (`sales-kafka serve`)",
     "actual": "`missing` when the event had no actual, so actual_sales and error are null (`sales-kafka serve`)",
+    "imputed": "the feature fields that were absent or null in the event and got the model's fill value, comma-separated (`sales-kafka serve`)",
 }
 
 class StreamError(ValueError):

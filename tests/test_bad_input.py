@@ -8,7 +8,8 @@ from kafka.serializer import DefaultSerializer
 from sales_prediction_kafka.data import SAMPLE_CSV, DataError, generate_sales, load_table
 from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.pipeline import run_command
-from sales_prediction_kafka.serve import MAX_EVENT_BYTES, table_events
+from sales_prediction_kafka.replay import table_events
+from sales_prediction_kafka.serve import MAX_EVENT_BYTES
 from sales_prediction_kafka.stream import ensure_topic, producer
 from test_serve import model_dir, read_all, topics  # noqa: F401 (model_dir is a fixture)
 

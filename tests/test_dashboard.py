@@ -29,7 +29,7 @@ def dashboard(broker_settings):
     "A `dashboard` command in its own process on a free loopback port, watching a new topic; stopped with Ctrl-C after the test."
     topic = f"dash_{uuid.uuid4().hex[:8]}"
     stream_predictions(predictions(0, 100), broker_settings, topic=topic, partitions=1, progress=False)
-    code = "from sales_prediction_kafka.monitor import dashboard_command; dashboard_command()"
+    code = "from sales_prediction_kafka.dashboard import dashboard_command; dashboard_command()"
     proc = subprocess.Popen([sys.executable, "-c", code, "--port", "0", "--bootstrap-servers", broker_settings.bootstrap_servers,
                              "--topic", topic, "--from-beginning", "--window", "30", "--baseline", "10", "--rows", "10",
                              "--alerts-topic", f"{topic}_alerts"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -3,7 +3,7 @@ import json, subprocess, sys, time, uuid
 import numpy as np
 import pytest
 from sales_prediction_kafka.config import ALERTS_TOPIC
-from sales_prediction_kafka.monitor import DriftDetector, RollingMetrics, as_record, figures, monitor
+from sales_prediction_kafka.monitor import DriftDetector, RollingMetrics, as_record, error_stats, monitor
 from sales_prediction_kafka.stream import messages, prediction_records, stream_predictions
 
 pytestmark = pytest.mark.timeout(300)
@@ -44,11 +44,11 @@ def test_rolling_figures_equal_offline_and_alert_fires_once(broker_settings, dri
     assert [r.prediction_index for r in arrived] == list(range(500))
     ts = [r.timestamp for r in arrived]
     assert ts == sorted(ts)
-    assert_same(got.last.figures(), figures(arrived[-50:]))
-    assert_same(got.recent.figures(), figures([r for r in arrived if r.timestamp > ts[-1] - 1.0]))
-    assert 0 < got.recent.figures()["n"] <= 300  # the first burst is more than 1 s older than the last record
+    assert_same(got.last.error_stats(), error_stats(arrived[-50:]))
+    assert_same(got.recent.error_stats(), error_stats([r for r in arrived if r.timestamp > ts[-1] - 1.0]))
+    assert 0 < got.recent.error_stats()["n"] <= 300  # the first burst is more than 1 s older than the last record
     for i, (mae, rmse, bias) in enumerate(x for u in updates for x in u.rolling):  # after every record
-        want = figures(arrived[max(0, i - 49):i + 1])
+        want = error_stats(arrived[max(0, i - 49):i + 1])
         assert (mae, rmse, bias) == pytest.approx((want["mae"], want["rmse"], want["bias"]), rel=1e-9, abs=1e-9)
     final = updates[-1]
     assert final.done and final.snapshot["partitions"] == {"0": {"offset": 499, "lag": 0}} and final.snapshot["lag"] == 0
@@ -70,7 +70,7 @@ def test_partitions_and_arrival_order(broker_settings):
     got = monitor(broker_settings, topic, RollingMetrics(window=40), callback=updates.append, from_beginning=True, max_records=300)
     arrived = [r for u in updates for r in u.records]
     assert sorted((r.partition, r.offset) for r in arrived) == sorted((p, o) for p, (a, b) in summary.offsets.items() for o in range(a, b + 1))
-    assert_same(got.last.figures(), figures(arrived[-40:]))
+    assert_same(got.last.error_stats(), error_stats(arrived[-40:]))
     assert {int(p): v["offset"] for p, v in updates[-1].snapshot["partitions"].items()} == {p: b for p, (a, b) in summary.offsets.items()}
 
 def test_monitor_command_prints_the_offline_figures(broker_settings, drift_topic):
@@ -79,7 +79,7 @@ def test_monitor_command_prints_the_offline_figures(broker_settings, drift_topic
                           "--window", "50", "--seconds", "1", "--baseline", "10", "--from-beginning", "--max-records", "500",
                           "--alerts-topic", f"{drift_topic}_alerts"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    want = figures([as_record(m) for m in list(messages(broker_settings, drift_topic, idle_timeout=5))[-50:]])
+    want = error_stats([as_record(m) for m in list(messages(broker_settings, drift_topic, idle_timeout=5))[-50:]])
     line = res.stdout.strip().splitlines()[-1]
     assert line.startswith(f"seen 500 | last 50: MAE {want['mae']:.2f} RMSE {want['rmse']:.2f} bias {want['bias']:+.2f}"), line
     assert "| lag 0" in line and "ALERT mae" in res.stdout

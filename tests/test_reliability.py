@@ -8,7 +8,7 @@ from kafka import KafkaConsumer, TopicPartition
 from sales_prediction_kafka.broker import LocalBroker, free_port
 from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import SAMPLE_CSV, generate_sales
-from sales_prediction_kafka.serve import replay, table_events
+from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.stream import ensure_topic, messages
 from test_serve import metrics, model_dir, read_all, scored, start_worker, topics, wait_for  # noqa: F401 (model_dir is a fixture)
 

@@ -8,7 +8,8 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.serializer import DefaultSerializer
 from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.models import SalesModel, save_model, load_model
-from sales_prediction_kafka.serve import REASONS, event_schema, example_events, replay, replay_command, serve_command, table_events
+from sales_prediction_kafka.replay import replay, replay_command, table_events
+from sales_prediction_kafka.serve import REASONS, event_schema, example_events, serve_command
 from sales_prediction_kafka.stream import ensure_topic, producer
 
 N_EVENTS = 10_000
@@ -129,5 +130,27 @@ def test_dead_letters_and_replay(broker_settings, model_dir, tmp_path):
         h = {k: v.decode() for k, v in m.headers}
         assert h["dlq.reason"] == kind and h["dlq.detail"] and h["dlq.topic"] == t["events"], h
         assert m.value == bad[kind], f"{kind}: the original bytes are kept"
+    absent = (set(json.loads(bad["wrong_type"])) - set(json.loads(bad["missing_field"]))).pop()  # no fill value: required
     assert {k: dict(got[k].headers).get("dlq.field", b"").decode() for k in ("missing_field", "unknown_category")} == \
-           {"missing_field": "Marketing_Spend", "unknown_category": "Seasonality"}
+           {"missing_field": absent, "unknown_category": "Seasonality"}
+
+def test_sample_gaps_are_imputed_not_dead_lettered(broker_settings, model_dir, tmp_path):
+    "The sample replayed twice (1,000 events): the gaps the batch cleaning imputed are filled and scored, each named in a header."
+    from sales_prediction_kafka.data import SAMPLE_CSV, load_table
+    settings, t, model = broker_settings, topics("impute"), load_model(model_dir)
+    assert model.fill_values, "the model keeps the fill values of its training rows"
+    r = CliRunner().invoke(replay_command, [str(SAMPLE_CSV), "--bootstrap-servers", settings.bootstrap_servers, "--topic", t["events"],
+                                            "--repeat", "2"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(serve_command, ["--model", str(model_dir), "--bootstrap-servers", settings.bootstrap_servers,
+                                           "--group-id", t["group"], "--events-topic", t["events"], "--predictions-topic", t["predictions"],
+                                           "--dead-letter-topic", t["dlq"], "--idle-exit", "2"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output.strip().splitlines()[-1])
+    df = load_table(SAMPLE_CSV)
+    assert (summary["scored"], summary["dead_lettered"]) == (2 * len(df), 0), summary
+    gaps = {i: {f for f in model.features if f in df and df[f].isna().iloc[i % len(df)]} for i in range(2 * len(df))}
+    assert sum(bool(g) for g in gaps.values()) > 100, "the sample has gaps to fill"
+    preds = read_all(settings, t["predictions"], "read_uncommitted")
+    got = {json.loads(m.value)["prediction_index"]: dict(m.headers).get("imputed", b"").decode() for m in preds}
+    assert {i: set(filter(None, h.split(","))) for i, h in got.items()} == gaps

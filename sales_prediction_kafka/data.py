@@ -176,7 +176,7 @@ def load_table(path, # CSV file
                features:list|None=None, # feature columns; None means every other named column
                sep:str=",", # field delimiter
               ) -> pd.DataFrame:
-    "The target and feature columns of the CSV at `path`, parsed and checked."
+    "The target and feature columns of the CSV at `path`, parsed and checked, indexed by their line in the file."
     path = Path(path)
     features = _check_header(path, _header(path, sep), target, features)
     with warnings.catch_warnings():
@@ -190,7 +190,9 @@ def load_table(path, # CSV file
     problems = [p for _, p in parsed.values() if p]
     if problems: raise DataError(f"{path}: " + "; ".join(problems))
     log.info("loaded %s: %d rows, target %s, %d features", path, len(raw), target, len(features))
-    return pd.DataFrame({c: s for c, (s, _) in parsed.items()}).reset_index(drop=True)
+    table = pd.DataFrame({c: s for c, (s, _) in parsed.items()})
+    table.index = pd.Index(table.index + 2, name="line")  # each row keeps its line in the file
+    return table
 
 # %% ../nbs/01_data.ipynb #2564e30a
 def generate_transactions(n:int=2000, # transactions

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 # %% auto #0
 __all__ = ['mape', 'scores', 'describe', 'error_report', 'stats_table', 'error_table', 'accuracy_table', 'extremes_table',
-           'plot_predicted_vs_actual', 'plot_residuals']
+           'compare_reports', 'prediction_frame', 'plot_predicted_vs_actual', 'plot_residuals']
 
 # %% ../nbs/05_evaluate.ipynb #4d1d9263
 def _pair(actual, predicted) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +103,26 @@ def extremes_table(report:dict) -> pd.DataFrame:
     "The best and worst predictions by absolute error."
     rows = [{"rank": f"{kind} {i + 1}", **row} for kind in ("best", "worst") for i, row in enumerate(report[kind])]
     return pd.DataFrame(rows).set_index("rank")
+
+# %% ../nbs/05_evaluate.ipynb #dda1004b
+_HEADLINE = {"rows": ("n", "{:,.0f}"), "bias": ("bias", "{:,.2f}"), "MAE": ("mae", "{:,.2f}"), "RMSE": ("rmse", "{:,.2f}"),
+             "MAPE (%)": ("mape_pct", "{:,.1f}"), "R²": ("r2", "{:.3f}")}
+
+def compare_reports(reports:dict # {label: error_report output}
+                   ) -> pd.DataFrame:
+    "The main figures of several error reports side by side, one column per report, formatted for reading."
+    rows = {name: [fmt.format(r[key]) for r in reports.values()] for name, (key, fmt) in _HEADLINE.items()}
+    bands = next(iter(reports.values()))["within"]
+    rows |= {f"within {b} %": [f"{r['within'][b]['pct']:.1f} %" for r in reports.values()] for b in bands}
+    return pd.DataFrame(rows, index=list(reports)).T
+
+def prediction_frame(rows, # each prediction's row in the source (e.g. its CSV line)
+                     actual, predicted,
+                     typical # True where the row lies inside the training bounds
+                    ) -> pd.DataFrame:
+    "One line per held-out row: `row`, `actual`, `predicted`, `error` (actual - predicted) and `typical`."
+    a, p = _pair(actual, predicted)
+    return pd.DataFrame({"row": list(rows), "actual": a, "predicted": p, "error": a - p, "typical": np.asarray(typical, bool)})
 
 # %% ../nbs/05_evaluate.ipynb #dfa8f8b6
 def plot_predicted_vs_actual(actual, predicted,

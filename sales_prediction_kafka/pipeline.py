@@ -8,6 +8,9 @@ import ast, hashlib, json, logging, os, re, secrets, sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
+
+import click
 
 from .config import kafka_settings
 from .data import SAMPLE_CSV, DataError, load_table
@@ -17,13 +20,14 @@ from .stream import StreamError, require_broker
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PIPELINE_NOTEBOOK', 'VERSIONED', 'ParameterError', 'PipelineError', 'pipeline_parameters', 'parse_value',
-           'validate_params', 'new_run_dir', 'package_versions', 'file_sha256', 'write_json', 'start_run',
-           'report_figures', 'export_html', 'run_pipeline', 'run_command']
+__all__ = ['log', 'PIPELINE_NOTEBOOK', 'VERSIONED', 'ParameterError', 'PipelineError', 'Parameter', 'pipeline_parameters',
+           'parse_value', 'validate_params', 'new_run_dir', 'package_versions', 'file_sha256', 'write_json',
+           'start_run', 'report_figures', 'export_html', 'run_pipeline', 'resume_run', 'run_command']
 
 # %% ../nbs/10_pipeline.ipynb #9ae0090d
 import sales_prediction_kafka
-PIPELINE_NOTEBOOK = Path(sales_prediction_kafka.__file__).resolve().parent.parent/"nbs"/"pipelines"/"sales_pipeline.ipynb"
+# package data, so an installed wheel has it too: tools/sync_pipelines.py copies it from nbs/pipelines/ (edit it there)
+PIPELINE_NOTEBOOK = Path(sales_prediction_kafka.__file__).resolve().parent/"pipelines"/"sales_pipeline.ipynb"
 
 class ParameterError(ValueError):
     "A pipeline parameter that is unknown or out of range."
@@ -32,47 +36,63 @@ class PipelineError(RuntimeError):
     "A pipeline run that stopped in one of its cells."
 
 # %% ../nbs/10_pipeline.ipynb #1f851af8
+class Parameter(NamedTuple):
+    "One pipeline parameter, as its notebook declares it."
+    default: object
+    type: str  # the annotation: 'int', 'float', 'bool', 'str' or 'list'
+    help: str
+
 def pipeline_parameters(notebook:Path=PIPELINE_NOTEBOOK) -> dict:
-    "The pipeline's parameters as {name: (default, help)}, read from its `parameters` cell."
+    "The pipeline's parameters as {name: Parameter}, read from its `parameters` cell."
     import papermill as pm
     spec = pm.inspect_notebook(str(notebook))
-    return {n: (ast.literal_eval(p["default"]), p["help"]) for n, p in spec.items()}
+    return {n: Parameter(ast.literal_eval(p["default"]), p["inferred_type_name"], p["help"]) for n, p in spec.items()}
 
 # %% ../nbs/10_pipeline.ipynb #ef206ba4
-def parse_value(text:str, default):
-    "A command-line `text` as the type of `default` (literals, or comma lists where a list is expected)."
+_CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "bool": click.BOOL, "str": click.STRING}
+
+def _items(text:str) -> list:
+    "The items of a comma-separated list, or of a Python list literal."
+    if text.strip().startswith("["): return [str(v) for v in ast.literal_eval(text)]
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+def parse_value(text, param:Parameter):
+    "A command-line `text` as `param`'s type, converted by click; 'none' (or nothing) means None."
     if not isinstance(text, str): return text
-    try: value = ast.literal_eval(text)
-    except (ValueError, SyntaxError): value = text
-    if text.lower() in ("none", "null", ""): return None
-    if isinstance(default, list) or (default is None and isinstance(value, str) and "," in text):
-        return value if isinstance(value, (list, tuple)) and not isinstance(value, str) else [v.strip() for v in text.split(",") if v.strip()]
-    if isinstance(default, bool): return text.lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
-    return value
+    if text.strip().lower() in ("none", "null", ""): return None
+    if param.type != "list": return _CLICK_TYPES.get(param.type, click.STRING).convert(text, None, None)
+    of_ints = bool(param.default) and all(isinstance(v, int) for v in param.default)
+    return [click.INT.convert(v, None, None) if of_ints else v for v in _items(text)]
 
 # %% ../nbs/10_pipeline.ipynb #ed8c8b3a
-_RULES = {  # name: (check, what it must be)
-    "epochs": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-    "batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-    "cv_folds": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
-    "test_size": (lambda v: isinstance(v, (int, float)) and 0 < v < 1, "a fraction between 0 and 1"),
-    "iqr_k": (lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0"),
-    "learning_rate": (lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0"),
-    "seed": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-    "hidden_units": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(u, int) and u > 0 for u in v), "a non-empty list of positive integers"),
-    "partitions": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-    "replication_factor": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+_RULES = {  # name: (check, what it must be); types are already right, these are the ranges
+    "epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "cv_folds": (lambda v: v >= 2, "an integer >= 2"),
+    "test_size": (lambda v: 0 < v < 1, "a fraction between 0 and 1"),
+    "iqr_k": (lambda v: v > 0, "a number > 0"),
+    "learning_rate": (lambda v: v > 0, "a number > 0"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "hidden_units": (lambda v: len(v) > 0 and all(u > 0 for u in v), "a non-empty list of positive integers"),
+    "partitions": (lambda v: v >= 1, "an integer >= 1"),
+    "replication_factor": (lambda v: v >= 1, "an integer >= 1"),
+    "outliers": (lambda v: v in ("auto", "keep", "remove"), "'auto', 'keep' or 'remove'"),
 }
+
+def _parse(name:str, value, param:Parameter, problems:list):
+    "`value` parsed as `param`, or None with the problem noted."
+    try: return parse_value(value, param)
+    except (click.BadParameter, ValueError, SyntaxError) as e:
+        problems.append(f"parameter {name!r}: {getattr(e, 'message', e)}")
 
 def validate_params(given:dict, spec:dict|None=None) -> dict:
     "`given` parsed and checked against the pipeline's parameters; all problems are reported at once."
     spec = pipeline_parameters() if spec is None else spec
-    unknown = sorted(set(given) - set(spec))
-    problems = [f"unknown parameter {n!r}; known parameters: {', '.join(spec)}" for n in unknown]
-    params = {n: parse_value(v, spec[n][0]) for n, v in given.items() if n in spec}
+    problems = [f"unknown parameter {n!r}; known parameters: {', '.join(spec)}" for n in sorted(set(given) - set(spec))]
+    params = {n: _parse(n, v, spec[n], problems) for n, v in given.items() if n in spec}
     for n, v in params.items():
         check, must = _RULES.get(n, (None, None))
-        if check and not check(v): problems.append(f"parameter {n!r} must be {must}, got {v!r}")
+        if check and v is not None and not check(v): problems.append(f"parameter {n!r} must be {must}, got {v!r}")
     if problems: raise ParameterError("; ".join(problems))
     return params
 
@@ -176,28 +196,60 @@ def run_pipeline(params:dict|None=None, # parameter overrides; defaults come fro
         if (run/"report.ipynb").exists(): export_html(run/"report.ipynb")
     return run
 
+# %% ../nbs/10_pipeline.ipynb #5e7a3c21
+import csv
+from .config import PREDICTIONS_TOPIC, redacted
+from .stream import PARTITIONS, prediction_records, stream_predictions, verify_run
+
+def resume_run(run_dir, # a run folder whose stream did not finish
+               bootstrap_servers:str|None=None # the cluster; default: the run's, else $KAFKA_BOOTSTRAP_SERVERS, else the local Kafka
+              ) -> dict:
+    "Finish the stream of `run_dir`: send only its predictions not yet on the topic, verify each landed once, update metrics.json."
+    run = Path(run_dir)
+    saved = json.loads((run/"params.json").read_text())
+    p, run_id = saved["parameters"], saved["run_id"]
+    with open(run/"test_predictions.csv", newline="") as f: rows = list(csv.DictReader(f))
+    records = prediction_records([int(r["row"]) for r in rows], [r["actual"] for r in rows], [r["predicted"] for r in rows])
+    model = run/"model"/"model.json"
+    version = json.loads(model.read_text()).get("version") if model.exists() else None
+    settings = require_broker(kafka_settings(bootstrap_servers=bootstrap_servers or p.get("bootstrap_servers")))
+    topic = p.get("topic") or PREDICTIONS_TOPIC
+    summary = stream_predictions(records, settings, topic, run_id=run_id, model_version=version, partitions=p.get("partitions") or PARTITIONS,
+                                 replication=p.get("replication_factor"), progress=False, resume=True)
+    verified = verify_run(records, settings, topic, run_id)
+    metrics = json.loads((run/"metrics.json").read_text()) if (run/"metrics.json").exists() else {"run_id": run_id}
+    metrics["stream"] = summary.as_dict() | {"verified": verified == len(records), "resumed": True, "settings": redacted(settings)}
+    write_json(run/"metrics.json", metrics)
+    log.info("run %s: %d records sent now, %d were on %s already; all %d verified", run_id, summary.total, summary.skipped, topic, verified)
+    return metrics["stream"]
+
 # %% ../nbs/10_pipeline.ipynb #61e2ae60
-import click
-
-_OPTION_PARAMS = ("data_path", "target", "features", "epochs", "seed", "model_override", "bootstrap_servers", "topic")
-
 @click.command("run")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), help="CSV to learn from (default: the embedded 500-row sample).")
 @click.option("--target", help="Column to predict (default: Sales).")
 @click.option("--features", help="Comma-separated feature columns (default: all other columns).")
-@click.option("--epochs", help="Training epochs cap for the nets (default: 50).")
-@click.option("--seed", help="Random seed for splits, folds and weights (default: 42).")
-@click.option("--model", "model_override", help="Use this model instead of the best by CV RMSE (seed_net, net, linear or trees).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Training epochs cap for the nets (default: 50).")
+@click.option("--seed", type=click.IntRange(min=0), help="Random seed for splits, folds and weights (default: 42).")
+@click.option("--model", "model_override", help="Use this model instead of the best by CV RMSE (original_net, net, linear or trees).")
+@click.option("--outliers", type=click.Choice(["auto", "keep", "remove"]), help="Training rows outside the IQR bounds: chosen by CV (auto, the default), kept, or removed as the original notebook did.")
+@click.option("--categorical", help="Comma-separated columns always one-hot encoded.")
+@click.option("--numeric", help="Comma-separated columns always numeric (e.g. ordinal codes with few levels).")
 @sales_prediction_kafka.config.kafka_options()  # the --bootstrap-servers every command shares
 @click.option("--topic", help="Topic for the prediction records (default: sales_predictions).")
 @click.option("--no-stream", is_flag=True, help="Train and report only; do not stream to Kafka.")
 @click.option("-p", "--param", "extra", nargs=2, multiple=True, metavar="NAME VALUE", help="Any pipeline parameter (see --list-params); repeatable.")
 @click.option("--out", default="outputs/runs", show_default=True, type=click.Path(file_okay=False), help="Folder that receives the run folder.")
 @click.option("--list-params", is_flag=True, help="List every pipeline parameter with its default and meaning, then exit.")
-def run_command(extra, out, list_params, no_stream, **options):
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR",
+              help="Finish the stream of an earlier run: send only its predictions not yet on the topic.")
+def run_command(extra, out, list_params, no_stream, resume_dir, **options):
     "Train, evaluate and stream: execute the pipeline notebook into a new run folder."
     if list_params:
-        for name, (default, help) in pipeline_parameters().items(): click.echo(f"{name:22} {default!r:30} {help}")
+        for name, p in pipeline_parameters().items(): click.echo(f"{name:22} {p.type:6} {p.default!r:30} {p.help}")
+        return
+    if resume_dir:
+        try: click.echo(json.dumps(resume_run(resume_dir, options.get("bootstrap_servers"))))
+        except (StreamError, BrokerError) as e: raise click.ClickException(str(e))
         return
     given = {**{k: v for k, v in options.items() if v is not None}, **dict(extra)}
     if no_stream: given["stream"] = False

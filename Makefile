@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat settings.ini setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: help setup browser run test check-export export readme docs lab bench example
+.PHONY: help setup browser run test test-fast check-export export readme docs lab bench example
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -23,22 +23,28 @@ setup: $(STAMP)  ## create .venv and install the project with its dev tools
 run: setup  ## generate nothing by hand: train, evaluate and stream on the embedded sample and a local Kafka
 	$(BIN)/sales-kafka run
 
-check-export: setup  ## the library must equal the notebooks
+check-export: setup  ## the library (and its copy of nbs/pipelines/) must equal the notebooks
 	$(BIN)/nbdev_export
-	@git diff --exit-code -- sales_prediction_kafka || (echo 'sales_prediction_kafka/ differs from nbs/: run nbdev_export and commit' >&2; exit 1)
-	@test -z "$$(git status --porcelain -- sales_prediction_kafka)" || (git status --porcelain -- sales_prediction_kafka; echo 'untracked exported files: run nbdev_export and commit' >&2; exit 1)
+	$(BIN)/python tools/sync_pipelines.py
+	@git diff --exit-code -- sales_prediction_kafka || (echo 'sales_prediction_kafka/ differs from nbs/: run make export and commit' >&2; exit 1)
+	@test -z "$$(git status --porcelain -- sales_prediction_kafka)" || (git status --porcelain -- sales_prediction_kafka; echo 'untracked exported files: run make export and commit' >&2; exit 1)
 
 browser:  ## install Debian's chromium for the browser tests (apt; skipped when present)
 	sh tools/install_browser.sh
 
-test: setup browser check-export  ## run every notebook's examples and the pytest suite against a real local broker
+test: setup browser check-export  ## everything (CI): every notebook cell and every test tier, against a real local broker
 	$(BIN)/nbdev_test --flags 'kafka slow'
 	$(BIN)/pytest
 
-export: setup  ## export the library from the notebooks and clean them
+test-fast: setup  ## about 2 minutes, no broker, browser or JupyterLab: notebook cells without kafka/slow flags, unmarked tests
+	$(BIN)/nbdev_test
+	$(BIN)/pytest -m 'not kafka and not browser and not lab and not slow'
+
+export: setup  ## export the library from the notebooks, clean them, copy nbs/pipelines/ into the package
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
 	$(BIN)/nbdev_clean --fname nbs/pipelines
+	$(BIN)/python tools/sync_pipelines.py  # the package's copy of nbs/pipelines/, for installed wheels
 
 readme: setup  ## write README.md from nbs/index.ipynb (nbdev_readme needs Quarto, which cannot be installed here)
 	$(BIN)/jupyter nbconvert --to markdown --stdout nbs/index.ipynb 2>/dev/null > README.md

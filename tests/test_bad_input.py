@@ -1,6 +1,6 @@
 """A catalogue of bad input: CSV files, pipeline parameters, events and command-line arguments. Each is refused with an error
 that names what and where (or becomes a dead letter with its reason), and the good data around it is untouched."""
-import json, math, re, shutil, subprocess, sys, time
+import json, math, re, subprocess, time
 from pathlib import Path
 import pytest
 from click.testing import CliRunner
@@ -11,9 +11,7 @@ from sales_prediction_kafka.pipeline import run_command
 from sales_prediction_kafka.replay import table_events
 from sales_prediction_kafka.serve import MAX_EVENT_BYTES
 from sales_prediction_kafka.stream import ensure_topic, producer
-from test_serve import model_dir, read_all, topics  # noqa: F401 (model_dir is a fixture)
-
-SALES_KAFKA = str(Path(sys.executable).parent/"sales-kafka")
+from helpers import SALES_KAFKA, read_all, topics
 
 # --- CSV files ------------------------------------------------------------------------------------------------------------
 
@@ -67,6 +65,7 @@ def test_utf8_bom_loads_like_plain_utf8(tmp_path):
     assert list(b.columns) == ["Sales", "Marketing_Spend", "Seasonality"]
     assert a.equals(b)
 
+@pytest.mark.slow
 def test_run_on_bom_file_by_relative_path(tmp_path):
     "The main job on the 500-row sample saved with a BOM, named by a path relative to the working folder: it runs and reads every row."
     (tmp_path/"bom.csv").write_bytes(b"\xef\xbb\xbf" + SAMPLE_CSV.read_bytes())
@@ -96,6 +95,7 @@ CLI_CASES = {  # kind: (arguments, exit code, what stderr must say)
                               r"invalid topic name 'sales events!'"),
 }
 
+@pytest.mark.slow  # 14 `sales-kafka` processes, ~5 s each
 @pytest.mark.parametrize("kind", CLI_CASES)
 def test_bad_cli_input_is_a_clear_error(kind, tmp_path):
     args, code, what = CLI_CASES[kind]
@@ -157,6 +157,7 @@ def served(broker_settings, model_dir, tmp_path_factory) -> dict:
     return {"summary": json.loads(r.stdout.strip().splitlines()[-1]), "good": good, "dead": dead,
             "predictions": read_all(settings, t["predictions"], "read_uncommitted")}
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("kind", EVENT_CASES)
 def test_bad_event_is_a_dead_letter_with_its_reason(served, kind):
     value, reason, field = EVENT_CASES[kind]
@@ -168,6 +169,7 @@ def test_bad_event_is_a_dead_letter_with_its_reason(served, kind):
     if field: assert repr(field) in h["dlq.detail"], f"the detail names the field: {h['dlq.detail']}"
     assert m.value == value, "the original bytes are kept for inspection and replay"
 
+@pytest.mark.kafka
 def test_good_events_among_bad_ones_are_scored_untouched(served, model_dir):
     s = served
     assert (s["summary"]["scored"], s["summary"]["dead_lettered"]) == (N_GOOD, len(EVENT_CASES)), s["summary"]

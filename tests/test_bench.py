@@ -1,9 +1,10 @@
 "The benchmarks in quick mode against the real broker: every one runs and writes sane JSON. No timing assertions."
 import json, math, subprocess, sys
-from pathlib import Path
 import pytest
 
-ROOT = Path(__file__).parent.parent
+from helpers import ROOT
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 MACHINE = ("cores", "cpu", "python", "numpy", "tensorflow", "kafka-python", "java", "loadavg")
 
 

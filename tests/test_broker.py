@@ -1,9 +1,11 @@
 "The local broker across process boundaries: CLI start/status/stop, restarts on the same data, exact stop, persistence."
-import json, os, signal, subprocess, sys, time
+import json, os, signal, subprocess, sys
 import pytest
 from click.testing import CliRunner
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from sales_prediction_kafka.broker import BrokerError, LocalBroker, broker_cli, kafka_jars
+from sales_prediction_kafka.config import KafkaSettings
+from helpers import read_all
 
 def cli(*args):
     return CliRunner().invoke(broker_cli, [str(a) for a in args])
@@ -13,17 +15,16 @@ def produce(servers, topic, values):
     for v in values: p.send(topic, v).get(timeout=30)
     p.close()
 
-def read_all(servers, topic):
-    c = KafkaConsumer(bootstrap_servers=servers, consumer_timeout_ms=5000)
-    c.assign([TopicPartition(topic, 0)]); c.seek_to_beginning()
-    try: return [m.value for m in c]
-    finally: c.close()
+def values(servers, topic):
+    "The values of every record of `topic` up to its end now."
+    return [r.value for r in read_all(KafkaSettings(bootstrap_servers=servers), topic)]
 
 @pytest.fixture
 def home(tmp_path):
     yield tmp_path / "broker"
     LocalBroker(tmp_path / "broker").stop(timeout=10)  # never leave a broker behind
 
+@pytest.mark.kafka
 def test_cli_start_status_stop_and_data_survive_restart(home):
     r = cli("start", "--home", home)
     assert r.exit_code == 0, r.output
@@ -38,8 +39,9 @@ def test_cli_start_status_stop_and_data_survive_restart(home):
     assert r.exit_code == 1 and not json.loads(r.output)["running"]
     assert cli("start", "--home", home).exit_code == 0
     assert json.loads(cli("status", "--home", home).output)["bootstrap_servers"] == servers  # same address
-    assert read_all(servers, "kept") == [b"a", b"b"]
+    assert values(servers, "kept") == [b"a", b"b"]
 
+@pytest.mark.kafka
 def test_restart_after_sigkill(home):
     b = LocalBroker(home).start()
     produce(b.bootstrap_servers, "crash", [b"x"])
@@ -48,8 +50,9 @@ def test_restart_after_sigkill(home):
     assert not b.status()["running"]
     b2 = LocalBroker(home).start()
     assert b2.bootstrap_servers == b.bootstrap_servers
-    assert read_all(b2.bootstrap_servers, "crash") == [b"x"]
+    assert values(b2.bootstrap_servers, "crash") == [b"x"]
 
+@pytest.mark.kafka
 def test_stop_touches_only_our_broker(home):
     home.mkdir(parents=True)
     other = subprocess.Popen(["sleep", "60"])
@@ -59,6 +62,7 @@ def test_stop_touches_only_our_broker(home):
         assert other.poll() is None
     finally: other.kill(); other.wait()
 
+@pytest.mark.kafka
 def test_default_broker_outlives_the_process_that_started_it(home):
     code = "import logging, sys; logging.basicConfig(level=logging.INFO); from pathlib import Path; from sales_prediction_kafka.broker import ensure_broker; print(ensure_broker(home=Path(sys.argv[1])).bootstrap_servers)"
     r = subprocess.run([sys.executable, "-c", code, str(home)], capture_output=True, text=True, timeout=180)
@@ -74,8 +78,8 @@ def test_missing_maven_says_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(BrokerError, match="apt-get install maven.*KAFKA_BOOTSTRAP_SERVERS"):
         kafka_jars(cache=tmp_path)
 
+@pytest.mark.kafka
 def test_sasl_plain_listener(home):
-    from sales_prediction_kafka.config import KafkaSettings
     from sales_prediction_kafka.stream import AuthenticationFailed, prediction_records, stream_predictions
     b = LocalBroker(home, sasl_users={"admin": "admin-pw", "app": "app-pw"}).start()
     assert b.status()["security_protocol"] == "SASL_PLAINTEXT"

@@ -6,10 +6,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from helpers import CHROMIUM_ARGS, ROOT
 
 def _load_builder():
     spec = importlib.util.spec_from_file_location("build_docs", ROOT / "tools" / "build_docs.py")
@@ -54,12 +51,11 @@ def server(site):
     httpd.shutdown(); httpd.server_close()
 
 @pytest.fixture(scope="module")
-def browser():
-    "Debian's headless Chromium driven by playwright (installed by tools/install_browser.sh if missing)."
-    subprocess.run(["sh", str(ROOT / "tools" / "install_browser.sh")], check=True, timeout=600)
+def browser(chromium):
+    "Debian's headless Chromium (the `chromium` fixture installs it if missing) driven by playwright."
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         yield b
         b.close()
 
@@ -86,6 +82,7 @@ def nav_pages(site:Path) -> list[str]:
     pages = {h.split("#")[0] for h in hrefs if h.endswith(".html") or ".html#" in h}
     return sorted(p for p in pages if "://" not in p and not p.startswith("run/"))
 
+@pytest.mark.slow
 def test_site_has_every_notebook(site):
     guides, chapters = build_docs.notebooks(ROOT / "nbs")
     names = ["index.md"] + [build_docs.page_name(p) for p in guides + chapters]
@@ -93,6 +90,7 @@ def test_site_has_every_notebook(site):
     assert set(n.replace(".md", ".html") for n in names) <= set(nav_pages(site))
     for n in ("schemas.html", "cli_reference.html", "example_run.html"): assert n in nav_pages(site)
 
+@pytest.mark.slow
 def test_no_external_resources(site):
     "Offline: no script, stylesheet, font, image or frame from another host (links to other sites are fine)."
     bad = [(f.name, v) for f in site.rglob("*.html") for tag, k, v, rel in parse(f).refs
@@ -129,10 +127,12 @@ def test_link_checker_finds_broken_links(tmp_path):
     bad = broken_links(tmp_path)
     assert len(bad) == 2 and "no anchor #nope" in bad[0] and "gone.png" in bad[1], bad
 
+@pytest.mark.slow
 def test_no_broken_internal_links(site):
     bad = broken_links(site)
     assert not bad, "\n".join(bad[:30])
 
+@pytest.mark.slow
 def test_api_entries_present(site):
     "Every public function and class in nbdev's index has its show_doc entry on its chapter's page."
     modidx = importlib.import_module("sales_prediction_kafka._modidx").d["syms"]
@@ -142,6 +142,7 @@ def test_api_entries_present(site):
     missing = [(n, pg) for n, pg in public if build_docs.slugify(n, "-") not in parse(site / pg).ids]
     assert not missing, missing
 
+@pytest.mark.slow
 def test_schema_page(site):
     "The prediction message, its headers, the example model's event schema and the dead letters, all from the library's dicts."
     from sales_prediction_kafka.serve import DEAD_LETTER_HEADERS, REASONS, event_schema
@@ -168,6 +169,7 @@ def test_documented_run(tmp_path):
     (tmp_path / "example" / "report.html").unlink()
     assert build_docs.documented_run(tmp_path) == newer
 
+@pytest.mark.slow
 def test_cli_reference_has_every_command(site):
     ids = parse(site / "cli_reference.html").ids
     cmds = build_docs.cli_commands()
@@ -176,6 +178,7 @@ def test_cli_reference_has_every_command(site):
         assert build_docs._anchor(path) in ids, path
         assert "--help" in (site / "cli_reference.html").read_text()
 
+@pytest.mark.slow
 def test_example_run_page(site):
     run = build_docs.documented_run(ROOT / "outputs")
     assert run == ROOT / "outputs" / "example", run
@@ -185,6 +188,8 @@ def test_example_run_page(site):
         assert (site / "run" / name).read_bytes() == (run / name).read_bytes(), name
         assert f'href="run/{name}"' in text, name
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_example_report_in_browser(server, page):
     "The report shows inside the Example run page's frame, with its figures, without console errors or outside requests."
     page.goto(server + "example_run.html", wait_until="load")
@@ -193,6 +198,8 @@ def test_example_report_in_browser(server, page):
     assert report.locator("img").count() >= 5
     assert not page.problems, page.problems
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_pages_load_without_errors(site, server, page, tmp_path_factory):
     "Home, every chapter and every reference page load in Chromium without console errors or outside requests."
     pages = nav_pages(site)
@@ -207,6 +214,8 @@ def test_pages_load_without_errors(site, server, page, tmp_path_factory):
     assert shot.stat().st_size > 10_000
     print(f"home page screenshot: {shot}")
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_api_entry_in_browser(server, page):
     page.goto(server + "config.html", wait_until="load")
     entry = page.locator("h3#kafka_settings")
@@ -214,6 +223,8 @@ def test_api_entry_in_browser(server, page):
     assert "def kafka_settings(" in page.locator("#kafka_settings ~ div pre").first.inner_text()
     assert not page.problems, page.problems
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_navigation(server, page):
     "Clicking a chapter in the sidebar and a symbol link lands on the right page and entry."
     page.goto(server + "index.html", wait_until="load")
@@ -225,6 +236,8 @@ def test_navigation(server, page):
     assert "sales-kafka" in page.locator("h1 ~ *").first.inner_text() + page.content()
     assert not page.problems, page.problems
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_search_works_offline(site, page):
     "Opened from disk (file://), Material's search still finds a function: its index is inlined, its worker shimmed."
     page.goto((site / "index.html").as_uri(), wait_until="load")

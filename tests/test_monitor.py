@@ -6,7 +6,7 @@ from sales_prediction_kafka.config import ALERTS_TOPIC
 from sales_prediction_kafka.monitor import DriftDetector, RollingMetrics, as_record, error_stats, monitor
 from sales_prediction_kafka.stream import messages, prediction_records, stream_predictions
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.kafka]
 
 def drifting(n=500, start=200, stop=280, shift=40.0, seed=0) -> list[dict]:
     "Prediction messages with errors ~ N(0, 12) (MAE near 9.6), and `shift` added to the actuals in [start, stop)."

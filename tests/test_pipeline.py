@@ -20,6 +20,8 @@ def runs(tmp_path_factory, kafka_broker):
     return [run_pipeline(params, out_dir=out, progress=False) for _ in range(2)]
 
 
+@pytest.mark.kafka
+@pytest.mark.slow
 def test_run_folder_holds_everything(runs):
     run = runs[0]
     for name in ("report.ipynb", "report.html", "params.json", "metrics.json"):
@@ -34,6 +36,8 @@ def test_run_folder_holds_everything(runs):
     assert 'src="http' not in html, "the report must open offline"
 
 
+@pytest.mark.kafka
+@pytest.mark.slow
 def test_metrics_are_sane(runs):
     m = json.loads((runs[0]/"metrics.json").read_text())
     c = m["cleaning"]
@@ -49,6 +53,8 @@ def test_metrics_are_sane(runs):
     assert s["total"] == test["n"] and s["verified"] is True
 
 
+@pytest.mark.kafka
+@pytest.mark.slow
 def test_same_seed_same_numbers(runs):
     a, b = (json.loads((r/"metrics.json").read_text()) for r in runs)
     assert runs[0] != runs[1]
@@ -58,6 +64,8 @@ def test_same_seed_same_numbers(runs):
         assert abs(ra["rmse_mean"] - rb["rmse_mean"]) <= 1e-6, ra["model"]
 
 
+@pytest.mark.kafka
+@pytest.mark.slow
 def test_params_json_records_inputs(runs):
     p = json.loads((runs[0]/"params.json").read_text())
     assert p["parameters"]["epochs"] == FAST["epochs"] and len(p["data"]["sha256"]) == 64
@@ -77,6 +85,8 @@ def test_cli_reports_bad_parameter_without_traceback():
     assert r.returncode == 2 and "'epochs' must be an integer >= 1" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.kafka
+@pytest.mark.slow
 def test_any_tabular_csv_runs_end_to_end(tmp_path, kafka_broker):
     "Other column names: a different target, a many-level categorical, an ID column and a constant column."
     import numpy as np, pandas as pd

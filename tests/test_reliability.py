@@ -2,7 +2,6 @@
 a broker that answers late or never. Each test prints a `RELIABILITY` line with its counts and times (see RELIABILITY.md)."""
 import json, os, signal, socket, subprocess, sys, threading, time
 from collections import Counter
-from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from sales_prediction_kafka.broker import LocalBroker, free_port
@@ -10,9 +9,7 @@ from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import SAMPLE_CSV, generate_sales
 from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.stream import ensure_topic, messages
-from test_serve import metrics, model_dir, read_all, scored, start_worker, topics, wait_for  # noqa: F401 (model_dir is a fixture)
-
-SALES_KAFKA = str(Path(sys.executable).parent/"sales-kafka")
+from helpers import SALES_KAFKA, metrics, read_all, scored, start_worker, topics, wait_for
 
 def report(scenario:str, **figures):
     "Print one line of measured figures; `pytest -s` shows them, RELIABILITY.md records them."
@@ -47,6 +44,8 @@ def crash_broker(tmp_path):
     yield b
     LocalBroker(tmp_path/"broker").stop(timeout=10)
 
+@pytest.mark.kafka
+@pytest.mark.slow
 def test_broker_sigkill_mid_stream_loses_and_duplicates_nothing(crash_broker):
     "100,000 predictions streamed while the broker is SIGKILLed and restarted on the same data and ports: each index once."
     b, topic = crash_broker, "crash_predictions"
@@ -82,6 +81,8 @@ def test_broker_sigkill_mid_stream_loses_and_duplicates_nothing(crash_broker):
 
 N_EVENTS = 20_000
 
+@pytest.mark.kafka
+@pytest.mark.slow
 @pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
 def test_scorer_sigkill_mid_replay(broker_settings, model_dir, tmp_path, exactly_once):
     "One `serve` worker is SIGKILLed while it scores a replay of 20,000 events, then restarted: nothing unscored."
@@ -161,24 +162,28 @@ def absent() -> str:
     "An address where no broker listens."
     return f"127.0.0.1:{free_port()}"
 
+@pytest.mark.slow  # each absent-broker case waits out the connect window: 15-20 s
 def test_serve_without_broker_fails_cleanly(model_dir, absent):
     r, took = run_cli("serve", "--model", model_dir, "--bootstrap-servers", absent, "--idle-exit", "1")
     report("absent-broker serve", exit_code=r.returncode, seconds=took)
     assert_clean_failure(r, absent, 60, took)
     assert r.returncode == 1
 
+@pytest.mark.slow
 def test_replay_without_broker_fails_cleanly(absent):
     r, took = run_cli("replay", SAMPLE_CSV, "--bootstrap-servers", absent, "--limit", "10")
     report("absent-broker replay", exit_code=r.returncode, seconds=took)
     assert_clean_failure(r, absent, 60, took)
     assert r.returncode == 1
 
+@pytest.mark.slow
 def test_run_without_broker_fails_cleanly(absent, tmp_path):
     "The main job against a closed port: a clear error and a non-zero exit, not a traceback or a hang."
     r, took = run_cli("run", "--bootstrap-servers", absent, "-p", "epochs", "2", "-p", "cv_folds", "2", "--out", tmp_path, timeout=600)
     report("absent-broker run", exit_code=r.returncode, seconds=took)
     assert_clean_failure(r, absent, 30, took)  # the cluster is checked before training
 
+@pytest.mark.kafka
 def test_slow_broker_is_waited_for(broker_settings, model_dir, tmp_path):
     "A broker that opens its port 4 s after `replay` and `serve` start is waited for: both then do their work."
     t = topics("slow")

@@ -1,14 +1,14 @@
 """Security on the real broker: SASL/PLAIN credentials from the environment, a clear error for wrong ones, passwords never
 written anywhere, and every listening socket on loopback unless told otherwise."""
-import ipaddress, json, os, re, secrets, signal, socket, subprocess, sys, time, uuid
+import ipaddress, json, os, re, secrets, signal, subprocess, time, uuid
 from pathlib import Path
 import pytest
 from sales_prediction_kafka.broker import LocalBroker
-from sales_prediction_kafka.config import KafkaSettings, kafka_settings, redacted
+from sales_prediction_kafka.config import kafka_settings, redacted
 from sales_prediction_kafka.data import SAMPLE_CSV
 from sales_prediction_kafka.stream import messages, prediction_records, stream_predictions
+from helpers import SALES_KAFKA, kafka_warnings
 
-SALES_KAFKA = str(Path(sys.executable).parent/"sales-kafka")
 PASSWORD = "pw-" + secrets.token_urlsafe(12)  # random: if it shows up anywhere, this run wrote it
 ADMIN_PASSWORD = "adm-" + secrets.token_urlsafe(12)
 
@@ -45,6 +45,7 @@ def test_security_settings_come_from_arguments_then_environment(tmp_path):
 
 # --- SASL/PLAIN on the real broker -----------------------------------------------------------------------------------------
 
+@pytest.mark.kafka
 def test_right_credentials_from_environment_stream(sasl_broker):
     "`sales-kafka replay` with nothing but KAFKA_* variables: the events arrive, readable with the same credentials."
     topic = f"sasl-{uuid.uuid4().hex[:6]}"
@@ -55,6 +56,7 @@ def test_right_credentials_from_environment_stream(sasl_broker):
     assert sorted(m["value"]["event_id"] for m in got) == list(range(40))
     print(f"\nRELIABILITY sasl-right-credentials: sent=40, received={len(got)}, seconds={took:.1f}")
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("user,password", [("app", "not-the-password"), ("mallory", PASSWORD)], ids=["wrong-password", "unknown-user"])
 def test_wrong_credentials_are_a_clear_authentication_error(sasl_broker, user, password):
     r, took = sales_kafka("replay", SAMPLE_CSV, "--limit", "5", env=sasl_env(sasl_broker, user, password))
@@ -64,6 +66,7 @@ def test_wrong_credentials_are_a_clear_authentication_error(sasl_broker, user, p
     assert took < 30, f"an authentication failure took {took:.0f} s"
     print(f"\nRELIABILITY sasl-{user}: exit_code={r.returncode}, seconds={took:.1f}")
 
+@pytest.mark.kafka
 def test_plaintext_client_is_refused_clearly(sasl_broker):
     "A client that speaks PLAINTEXT to a SASL listener fails within the connect timeout, without a traceback."
     env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": sasl_broker.bootstrap_servers}
@@ -71,6 +74,21 @@ def test_plaintext_client_is_refused_clearly(sasl_broker):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert sasl_broker.bootstrap_servers in r.stderr and took < 30, (took, r.stderr[-2000:])
 
+
+@pytest.mark.kafka
+def test_kafka_python_still_logs_what_stream_reads(sasl_broker):
+    """`stream._Errors` tells a refused login from a dropped connection by the text kafka-python 3.0 logs while it retries
+    ('... Authentication failed: Invalid username or password', '... socket disconnected'). A kafka-python upgrade that changes
+    that text fails here, not silently in a user's error message."""
+    base = dict(bootstrap_servers=sasl_broker.bootstrap_servers, security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN")
+    wrong = kafka_warnings(**base, sasl_plain_username="app", sasl_plain_password="not-the-password")
+    assert any("Authentication failed: Invalid username or password" in m for m in wrong.seen), wrong.seen
+    assert "Authentication" in wrong.why("nothing logged"), wrong.seen
+    plain = kafka_warnings(bootstrap_servers=sasl_broker.bootstrap_servers)  # a PLAINTEXT client: the SASL listener drops it
+    assert plain.closed_by_broker() and "Authentication" not in plain.why("nothing logged"), plain.seen
+
+@pytest.mark.kafka
+@pytest.mark.slow
 def test_pipeline_never_writes_the_password(sasl_broker, tmp_path):
     "The main job streams to the SASL broker with the password in the environment only; no file of the run and no log line holds it."
     r, took = sales_kafka("-v", "run", "-p", "epochs", "2", "-p", "cv_folds", "2", "--topic", "sasl_predictions", "--out", tmp_path/"runs",
@@ -116,12 +134,14 @@ def is_loopback(addr:str) -> bool:
     a = ipaddress.ip_address(addr)
     return a.is_loopback or (getattr(a, "ipv4_mapped", None) is not None and a.ipv4_mapped.is_loopback)
 
+@pytest.mark.kafka
 def test_broker_listens_on_loopback_only(sasl_broker, kafka_broker):
     for b in (sasl_broker, kafka_broker):
         socks = listening(b.pid())
         assert {p for _, p in socks} >= {b.port, b.controller_port}, socks
         assert all(is_loopback(a) for a, _ in socks), f"{b} listens beyond loopback: {socks}"
 
+@pytest.mark.kafka
 def test_dashboard_listens_on_loopback_only_by_default(broker_settings):
     "Extends test_dashboard's connection check: every socket the dashboard process listens on is a loopback one."
     topic = f"sec_{uuid.uuid4().hex[:6]}"
@@ -139,6 +159,7 @@ def test_dashboard_listens_on_loopback_only_by_default(broker_settings):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
 
+@pytest.mark.kafka
 def test_serve_worker_listens_on_nothing(broker_settings, tmp_path):
     "A scoring worker only connects out: it opens no listening socket (its metrics go to a file, not an endpoint)."
     from sales_prediction_kafka.data import generate_sales

@@ -1,66 +1,18 @@
 "The scoring service on a real broker: worker processes in a group, SIGKILL and restart, dead letters, replay."
-import json, signal, subprocess, sys, threading, time, uuid
+import json, signal, threading, time
 from collections import Counter
-from pathlib import Path
 import pytest
 from click.testing import CliRunner
-from kafka import KafkaConsumer, TopicPartition
 from kafka.serializer import DefaultSerializer
 from sales_prediction_kafka.data import generate_sales
-from sales_prediction_kafka.models import SalesModel, save_model, load_model
+from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.replay import replay, replay_command, table_events
 from sales_prediction_kafka.serve import REASONS, event_schema, example_events, serve_command
 from sales_prediction_kafka.stream import ensure_topic, producer
+from helpers import metrics, read_all, scored, start_worker, topics, wait_for
 
+pytestmark = pytest.mark.kafka
 N_EVENTS = 10_000
-SERVE = "import logging; logging.basicConfig(level=logging.INFO); from sales_prediction_kafka.serve import serve_command; serve_command()"
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    "A quick linear SalesModel trained on generated data, saved to a temporary folder."
-    return save_model(SalesModel("linear").fit(generate_sales(400, seed=5).dropna()), tmp_path_factory.mktemp("model"))
-
-def topics(tag:str) -> dict:
-    "Fresh topic names and group id, so tests never see each other's records."
-    u = f"{tag}-{uuid.uuid4().hex[:6]}"
-    return {"events": f"ev-{u}", "predictions": f"pred-{u}", "dlq": f"dlq-{u}", "group": f"g-{u}"}
-
-def read_all(settings, topic:str, isolation:str="read_committed", until=None, timeout:float=60) -> list:
-    "Every record of `topic` up to its end now (or until `until(records)` holds), read as `isolation`."
-    c = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, isolation_level=isolation, enable_auto_commit=False)
-    try:
-        deadline, out = time.monotonic() + timeout, []
-        while not (parts := c.partitions_for_topic(topic)) and time.monotonic() < deadline: time.sleep(0.2)
-        tps = [TopicPartition(topic, p) for p in sorted(parts or [])]
-        c.assign(tps); c.seek_to_beginning(*tps)
-        while time.monotonic() < deadline:
-            for recs in c.poll(timeout_ms=500).values(): out += recs
-            if until is not None:
-                if until(out): return out
-            elif all(c.position(tp) >= o for tp, o in c.end_offsets(tps).items()): return out
-        raise AssertionError(f"timed out reading {topic}: {len(out)} records so far")
-    finally: c.close()
-
-def start_worker(tmp:Path, model_dir:Path, settings, t:dict, worker:str, exactly_once:bool) -> subprocess.Popen:
-    "A `serve` worker process; its logs go to <tmp>/<worker>.log, its metrics to <tmp>/<worker>.json."
-    args = ["--model", str(model_dir), "--bootstrap-servers", settings.bootstrap_servers, "--group-id", t["group"],
-            "--worker-id", worker, "--events-topic", t["events"], "--predictions-topic", t["predictions"],
-            "--dead-letter-topic", t["dlq"], "--partitions", "6", "--max-records", "200", "--session-timeout", "6",
-            "--metrics-file", str(tmp/f"{worker}.json"), "--metrics-every", "0.2"] + (["--exactly-once"] if exactly_once else [])
-    log = open(tmp/f"{worker}.log", "ab")
-    return subprocess.Popen([sys.executable, "-c", SERVE, *args], stdout=subprocess.PIPE, stderr=log)
-
-def wait_for(cond, timeout:float, what:str):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline: raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-def metrics(tmp:Path, worker:str) -> dict:
-    try: return json.loads((tmp/f"{worker}.json").read_text())
-    except (OSError, ValueError): return {}
-
-def scored(tmp:Path, worker:str) -> int: return metrics(tmp, worker).get("scored", 0)
 
 @pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
 def test_workers_survive_sigkill(kafka_broker, broker_settings, model_dir, tmp_path, exactly_once):

@@ -9,6 +9,8 @@ from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.stream import (BrokerUnreachable, StreamError, consume_cli, prediction_records,
                                            stream_predictions, verify_stream)
 
+pytestmark = pytest.mark.kafka  # all but one use the broker; that one waits out the 10 s connect timeout
+
 def topic(): return f"test_{uuid.uuid4().hex[:8]}"
 
 def predictions(n=81, seed=0):

@@ -1,0 +1,70 @@
+"Plain helpers shared by the test files (`from helpers import ...`); fixtures live in conftest.py."
+import json, subprocess, sys, time, uuid
+from pathlib import Path
+from kafka import KafkaConsumer, TopicPartition
+from sales_prediction_kafka.broker import free_port  # noqa: F401 (one free_port for library and tests)
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
+SALES_KAFKA = str(Path(sys.executable).parent/"sales-kafka")  # the command of the virtualenv running the tests
+CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by tools/install_browser.sh
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SERVE = "import logging; logging.basicConfig(level=logging.INFO); from sales_prediction_kafka.serve import serve_command; serve_command()"
+
+def topics(tag:str) -> dict:
+    "Fresh topic names and group id, so tests never see each other's records."
+    u = f"{tag}-{uuid.uuid4().hex[:6]}"
+    return {"events": f"ev-{u}", "predictions": f"pred-{u}", "dlq": f"dlq-{u}", "group": f"g-{u}"}
+
+def read_all(settings, topic:str, isolation:str="read_committed", until=None, timeout:float=60) -> list:
+    "Every record of `topic` up to its end now (or until `until(records)` holds), read as `isolation`."
+    c = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, isolation_level=isolation, enable_auto_commit=False)
+    try:
+        deadline, out = time.monotonic() + timeout, []
+        while not (parts := c.partitions_for_topic(topic)) and time.monotonic() < deadline: time.sleep(0.2)
+        tps = [TopicPartition(topic, p) for p in sorted(parts or [])]
+        c.assign(tps); c.seek_to_beginning(*tps)
+        while time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=500).values(): out += recs
+            if until is not None:
+                if until(out): return out
+            elif all(c.position(tp) >= o for tp, o in c.end_offsets(tps).items()): return out
+        raise AssertionError(f"timed out reading {topic}: {len(out)} records so far")
+    finally: c.close()
+
+def start_worker(tmp:Path, model_dir:Path, settings, t:dict, worker:str, exactly_once:bool) -> subprocess.Popen:
+    "A `serve` worker process; its logs go to <tmp>/<worker>.log, its metrics to <tmp>/<worker>.json."
+    args = ["--model", str(model_dir), "--bootstrap-servers", settings.bootstrap_servers, "--group-id", t["group"],
+            "--worker-id", worker, "--events-topic", t["events"], "--predictions-topic", t["predictions"],
+            "--dead-letter-topic", t["dlq"], "--partitions", "6", "--max-records", "200", "--session-timeout", "6",
+            "--metrics-file", str(tmp/f"{worker}.json"), "--metrics-every", "0.2"] + (["--exactly-once"] if exactly_once else [])
+    log = open(tmp/f"{worker}.log", "ab")
+    return subprocess.Popen([sys.executable, "-c", SERVE, *args], stdout=subprocess.PIPE, stderr=log)
+
+def wait_for(cond, timeout:float, what:str):
+    "Poll `cond()` every 0.1 s; fail naming `what` after `timeout` seconds."
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline: raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+def metrics(tmp:Path, worker:str) -> dict:
+    "The metrics file a worker started by `start_worker` writes ({} until it has written one)."
+    try: return json.loads((tmp/f"{worker}.json").read_text())
+    except (OSError, ValueError): return {}
+
+def scored(tmp:Path, worker:str) -> int: return metrics(tmp, worker).get("scored", 0)
+
+def kafka_warnings(**client):
+    "What kafka-python logs (WARNING and up, collected by `stream._Errors`) while a producer with `client` settings fails to connect."
+    import logging, pytest
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+    from sales_prediction_kafka.stream import _Errors
+    seen, log = _Errors(), logging.getLogger("kafka")
+    log.addHandler(seen)
+    try:
+        with pytest.raises((KafkaTimeoutError, KafkaConnectionError)):  # what stream._client catches
+            KafkaProducer(bootstrap_timeout_ms=4000, reconnect_backoff_max_ms=1000, **client).close()
+    finally: log.removeHandler(seen)
+    return seen

@@ -21,8 +21,13 @@ setuptools.setup(
     license='Apache-2.0',
     keywords=cfg['keywords'],
     packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
-    include_package_data=True,
-    package_data={cfg['lib_name']: ['data/*']},  # the embedded sample CSV
+    # data/, pipelines/ and static/ are folders of files, not packages: name them here and nowhere else (include_package_data
+    # would also pick up whatever MANIFEST.in puts in the sdist, and newer setuptools warns that such folders are missing packages).
+    # tests/test_wheel.py checks that every file of the package folder is in the wheel.
+    include_package_data=False,
+    package_data={cfg['lib_name']: ['data/*.csv',  # the embedded sample
+                                    'pipelines/*.ipynb',  # the papermill notebooks, copied from nbs/pipelines by tools/sync_pipelines.py
+                                    'static/*']},  # the dashboard page
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
     python_requires='>=' + cfg['min_python'],

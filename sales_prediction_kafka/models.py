@@ -31,12 +31,12 @@ from .evaluate import scores
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'KINDS', 'MODEL_JSON', 'ORIGINAL_FEATURES', 'CANDIDATES', 'CANDIDATE_ALIASES', 'split', 'is_categorical',
-           'is_id_like', 'FeaturePlan', 'plan_features', 'FeatureError', 'UnknownCategory', 'Preprocessor', 'build_net',
-           'net_layers', 'forward', 'SalesModel', 'plot_training', 'save_model', 'load_model', 'original_baseline_r2',
-           'candidate_name', 'make_model', 'default_candidates', 'outlier_policies', 'cv_scores', 'summarise_cv',
-           'compare_models', 'select_model', 'selection_reason', 'Selection', 'choose_model', 'permutation_importance',
-           'plot_importance']
+__all__ = ['log', 'KINDS', 'MODEL_JSON', 'ORIGINAL_FEATURES', 'CANDIDATES', 'CANDIDATE_ALIASES', 'SIMPLICITY', 'split',
+           'is_categorical', 'is_id_like', 'FeaturePlan', 'plan_features', 'FeatureError', 'UnknownCategory',
+           'Preprocessor', 'build_net', 'net_layers', 'forward', 'SalesModel', 'plot_training', 'save_model',
+           'load_model', 'original_baseline_r2', 'candidate_name', 'make_model', 'default_candidates',
+           'outlier_policies', 'cv_scores', 'summarise_cv', 'compare_models', 'select_model', 'selection_reason',
+           'Selection', 'choose_model', 'permutation_importance', 'plot_importance']
 
 # %% ../nbs/04_models.ipynb #4557a8de
 def split(df:pd.DataFrame,
@@ -594,16 +594,21 @@ def compare_models(train_df:pd.DataFrame, **kwargs) -> pd.DataFrame:
     return summarise_cv(cv_scores(train_df, **kwargs))
 
 # %% ../nbs/04_models.ipynb #c7af5238
+SIMPLICITY = ("linear", "trees", "net", "original_net")  # simplest first: a near-tie in CV goes to the simpler model
+
 def select_model(table:pd.DataFrame,
                  override:str|None=None # a model name to use instead of the best
                 ) -> tuple[str, str]:
-    "The (candidate, outlier policy) with the lowest CV RMSE, among `override`'s rows if given."
+    "The simplest (candidate, outlier policy) within one standard error of the lowest CV RMSE, among `override`'s rows if given."
     if override is not None:
         names = table.index.get_level_values("model")
         override = candidate_name(override)
         if override not in names: raise ValueError(f"model {override!r} was not compared; compared: {list(dict.fromkeys(names))}")
         table = table[names == override]
-    return tuple(table["rmse_mean"].idxmin())
+    best = table.loc[table["rmse_mean"].idxmin()]
+    limit = best["rmse_mean"] + best["rmse_std"] / math.sqrt(best["folds"])
+    close = table.index[table["rmse_mean"] <= limit]
+    return tuple(min(close, key=lambda i: (SIMPLICITY.index(i[0]), OUTLIER_POLICIES.index(i[1]))))
 
 _KEPT = {"keep": "outliers kept", "remove": "outliers removed"}
 
@@ -611,7 +616,11 @@ def selection_reason(table:pd.DataFrame, choice:tuple, override:str|None=None) -
     "Which model and outlier policy were chosen and why, with the other policy's figure when both were tried."
     (name, policy), r = choice, table.loc[choice]
     cv = f"CV RMSE {r['rmse_mean']:,.2f} ± {r['rmse_std']:,.2f} over {int(r['folds'])} folds"
-    if override: why = f"{name} ({_KEPT[policy]}) was chosen by override ({cv}; the best by CV RMSE was {' with '.join(select_model(table))})."
+    best = table["rmse_mean"].idxmin()
+    if override: why = f"{name} ({_KEPT[policy]}) was chosen by override ({cv}; the rule's choice was {' with '.join(select_model(table))})."
+    elif choice != best:
+        why = (f"{name} ({_KEPT[policy]}) was chosen: its {cv} is within one standard error of the lowest, "
+               f"{best[0]} ({_KEPT[best[1]]}, {table.loc[best, 'rmse_mean']:,.2f}), and it is the simpler model.")
     else:
         runner = next((i for i in table.index if i[0] != name), None)
         vs = f", ahead of {runner[0]} ({table.loc[runner, 'rmse_mean']:,.2f})" if runner else ""

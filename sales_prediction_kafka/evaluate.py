@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 
 # %% auto #0
 __all__ = ['mape', 'scores', 'describe', 'error_report', 'stats_table', 'error_table', 'accuracy_table', 'extremes_table',
-           'compare_reports', 'prediction_frame', 'plot_predicted_vs_actual', 'plot_residuals']
+           'compare_reports', 'prediction_frame', 'fmt_num', 'fmt_pct', 'fmt_pm', 'readable', 'readable_comparison',
+           'plot_predicted_vs_actual', 'plot_residuals']
 
 # %% ../nbs/05_evaluate.ipynb #4d1d9263
 def _pair(actual, predicted) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +124,39 @@ def prediction_frame(rows, # each prediction's row in the source (e.g. its CSV l
     "One line per held-out row: `row`, `actual`, `predicted`, `error` (actual - predicted) and `typical`."
     a, p = _pair(actual, predicted)
     return pd.DataFrame({"row": list(rows), "actual": a, "predicted": p, "error": a - p, "typical": np.asarray(typical, bool)})
+
+# %% ../nbs/05_evaluate.ipynb #411b1a7c
+def fmt_num(x, # a number, or None
+            decimals:int=2, unit:str="") -> str:
+    "`x` with thousands separators, `decimals` decimals and `unit`; '-' when missing or not finite."
+    if x is None or isinstance(x, str) or not np.isfinite(x): return "-" if not isinstance(x, str) else x
+    return f"{x:,.{decimals}f}{unit}"
+
+def fmt_pct(x, decimals:int=1) -> str:
+    "`x` percent, e.g. '14.4 %'."
+    return fmt_num(x, decimals, " %")
+
+def fmt_pm(mean, std, # a figure and its spread
+           decimals:int=2, unit:str="") -> str:
+    "'mean ± std', each formatted."
+    return f"{fmt_num(mean, decimals, unit)} ± {fmt_num(std, decimals, unit)}"
+
+# %% ../nbs/05_evaluate.ipynb #4c33add1
+def readable(df:pd.DataFrame, decimals:int=2):
+    "`df` for display: every float cell formatted by `fmt_num`."
+    return df.style.format(lambda v: fmt_num(v, decimals) if isinstance(v, float) else v)
+
+# %% ../nbs/05_evaluate.ipynb #985c635e
+_CV = {"rmse": ("CV RMSE", 2, ""), "mae": ("CV MAE", 2, ""), "mape_pct": ("CV MAPE", 1, " %"), "r2": ("CV R²", 3, "")}
+
+def readable_comparison(table:pd.DataFrame # one row per model; columns <figure>_mean and <figure>_std
+                       ) -> pd.DataFrame:
+    "The comparison with 'mean ± std' columns named for people; other columns are kept."
+    out = pd.DataFrame(index=table.index)
+    for key, (name, d, unit) in _CV.items():
+        if f"{key}_mean" in table: out[name] = [fmt_pm(m, s, d, unit) for m, s in zip(table[f"{key}_mean"], table[f"{key}_std"])]
+    rest = [c for c in table.columns if not any(c in (f"{k}_mean", f"{k}_std") for k in _CV)]
+    return out.join(table[rest])
 
 # %% ../nbs/05_evaluate.ipynb #dfa8f8b6
 def plot_predicted_vs_actual(actual, predicted,

@@ -4,8 +4,9 @@
 
 # %% ../nbs/10_pipeline.ipynb #8df667d2
 from __future__ import annotations
-import ast, hashlib, json, logging, os, re, secrets, sys
+import ast, hashlib, itertools, json, logging, os, re, secrets, sys
 from datetime import datetime, timezone
+from html import escape
 from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'PIPELINE_NOTEBOOK', 'VERSIONED', 'ParameterError', 'PipelineError', 'Parameter', 'pipeline_parameters',
            'parse_value', 'validate_params', 'new_run_dir', 'package_versions', 'file_sha256', 'write_json',
-           'start_run', 'report_figures', 'export_html', 'run_pipeline', 'resume_run', 'run_command']
+           'start_run', 'report_figures', 'export_html', 'report_headline', 'quiet_kernel', 'run_pipeline',
+           'grid_params', 'resume_run', 'run_command']
 
 # %% ../nbs/10_pipeline.ipynb #9ae0090d
 import sales_prediction_kafka
@@ -134,7 +136,7 @@ def write_json(path, obj) -> Path:
 # %% ../nbs/10_pipeline.ipynb #8167f94a
 def start_run(run_dir, params:dict, data_path) -> Path:
     "Make the run folder (a new one if `run_dir` is None) and write its `params.json`."
-    run = Path(run_dir) if run_dir else new_run_dir()
+    run = Path(run_dir).resolve() if run_dir else new_run_dir()  # resolved: run_dir "." still has the run's name
     run.mkdir(parents=True, exist_ok=True)
     (run/"plots").mkdir(exist_ok=True)
     write_json(run/"params.json", {"run_id": run.name, "parameters": params, "data": {"path": str(data_path), "sha256": file_sha256(data_path)}, "versions": package_versions()})
@@ -169,32 +171,72 @@ def export_html(notebook_path, html_path=None) -> Path:
     html_path.write_text(body, encoding="utf-8")
     return html_path
 
+# %% ../nbs/10_pipeline.ipynb #7483b757
+def report_headline(metrics:dict) -> str:
+    "The HTML box at the top of a report, from the run's `metrics.json` content."
+    from sales_prediction_kafka.evaluate import fmt_num, fmt_pct
+    d, t, c, s = (metrics.get(k) or {} for k in ("data", "test", "cleaning", "stream"))
+    rows = [("data", f"{Path(str(d.get('path', '-'))).name}: {fmt_num(d.get('rows'), 0)} rows"),
+            ("training rows", f"{fmt_num(d.get('train_rows'), 0)}; cleaning kept {fmt_num(c.get('rows_after'), 0)}"
+                              f" of {fmt_num(c.get('rows_before'), 0)}" if c else fmt_num(d.get("train_rows"), 0)),
+            ("chosen model", f"{metrics.get('selected', '-')} (outliers {(metrics.get('outliers') or {}).get('chosen', '-')})"),
+            (f"test, every held-out row ({fmt_num(t.get('n'), 0)})", f"MAE {fmt_num(t.get('mae'))} · RMSE {fmt_num(t.get('rmse'))}"
+                              f" · MAPE {fmt_pct(t.get('mape_pct'))} · R² {fmt_num(t.get('r2'), 3)}"),
+            ("records streamed", "not streamed" if not s else f"{fmt_num(s.get('total'), 0)} to {s.get('topic')}"
+                                 + (", each verified by reading it back" if s.get("verified") else ", NOT verified"))]
+    cells = "".join(f"<tr><th style='text-align:left;padding:2px 12px 2px 0'>{escape(k)}</th><td style='text-align:left'>"
+                    f"{escape(v)}</td></tr>" for k, v in rows)
+    return (f"<div class='headline' style='border:1px solid #9ca3af;border-radius:6px;padding:8px 14px;background:#f9fafb;"
+            f"margin:8px 0'><b>Run {escape(str(metrics.get('run_id', '')))}</b><table>{cells}</table></div>")
+
+# %% ../nbs/10_pipeline.ipynb #1b490e21
+def quiet_kernel(log_path:Path) -> type:
+    "A jupyter_client kernel manager class whose kernels write their own stderr to `log_path`, not to the console."
+    from jupyter_client.manager import AsyncKernelManager
+    class QuietKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd:list[str], **kw):
+            with open(log_path, "ab") as err: return await super()._async_launch_kernel(kernel_cmd, **kw | {"stderr": err})
+    return QuietKernelManager
+
 # %% ../nbs/10_pipeline.ipynb #db123418
 def run_pipeline(params:dict|None=None, # parameter overrides; defaults come from the notebook
                  out_dir="outputs/runs", # runs are created inside this folder
                  progress:bool=True, # show papermill's cell progress bar
                  notebook:Path=PIPELINE_NOTEBOOK) -> Path:
-    "Execute the pipeline notebook into a new run folder and return the folder."
+    "Execute the pipeline notebook into a new run folder, rewrite the folder's runs index, and return the run folder."
     import papermill as pm
+    from sales_prediction_kafka.runs import write_index  # runs reads what this chapter writes
     spec = pipeline_parameters(notebook)
     params = validate_params(params or {}, spec)
     value = lambda name: params.get(name, spec[name][0])
-    data_path = Path(value("data_path") or SAMPLE_CSV).resolve()  # the notebook runs inside the run folder
-    if value("data_path"): params["data_path"] = str(data_path)
+    data_path = Path(value("data_path") or SAMPLE_CSV).resolve()
     try: load_table(data_path, value("target"), value("features"))
     except DataError as e: raise ParameterError(str(e)) from None
     if value("stream"): require_broker(kafka_settings(bootstrap_servers=value("bootstrap_servers")))
     run = new_run_dir(out_dir)
     log.info("run folder %s", run)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the kernel inherits it: no CUDA/oneDNN chatter on the console
+    if value("data_path"): params["data_path"] = os.path.relpath(data_path, run.resolve())  # the notebook runs inside the run folder
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        pm.execute_notebook(str(notebook), str(run/"report.ipynb"), parameters={**params, "run_dir": str(run.resolve())},
-                            progress_bar=progress, cwd=str(run), kernel_name="python3")
+        pm.execute_notebook(str(notebook), str(run/"report.ipynb"), parameters={**params, "run_dir": "."}, progress_bar=progress,
+                            cwd=str(run), kernel_name="python3", kernel_manager_class=quiet_kernel(run/"kernel.log"))
     except pm.PapermillExecutionError as e:
         raise PipelineError(f"the pipeline stopped in cell {e.exec_count}: {e.ename}: {e.evalue}; the partial report is {run/'report.html'}") from None
     finally:
         if (run/"report.ipynb").exists(): export_html(run/"report.ipynb")
+        write_index(out_dir)
     return run
+
+# %% ../nbs/10_pipeline.ipynb #9611ff02
+def grid_params(given:dict, # {name: value}; with a grid, text values are comma-separated lists of values to try
+                spec:dict|None=None) -> list[dict]:
+    "One parameter dict per combination of the listed values (';' separates the values of a list parameter), each checked."
+    spec = pipeline_parameters() if spec is None else spec
+    sep = lambda n: ";" if n in spec and spec[n].type == "list" else ","
+    axes = {n: [x.strip() for x in v.split(sep(n))] if isinstance(v, str) else [v] for n, v in given.items()}
+    combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    for c in combos: validate_params(c, spec)
+    return combos
 
 # %% ../nbs/10_pipeline.ipynb #5e7a3c21
 import csv
@@ -239,10 +281,11 @@ def resume_run(run_dir, # a run folder whose stream did not finish
 @click.option("--no-stream", is_flag=True, help="Train and report only; do not stream to Kafka.")
 @click.option("-p", "--param", "extra", nargs=2, multiple=True, metavar="NAME VALUE", help="Any pipeline parameter (see --list-params); repeatable.")
 @click.option("--out", default="outputs/runs", show_default=True, type=click.Path(file_okay=False), help="Folder that receives the run folder.")
+@click.option("--grid", is_flag=True, help="Each -p value is a comma-separated list (';' between values of a list parameter): run every combination as its own run, then print the comparison.")
 @click.option("--list-params", is_flag=True, help="List every pipeline parameter with its default and meaning, then exit.")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR",
               help="Finish the stream of an earlier run: send only its predictions not yet on the topic.")
-def run_command(extra, out, list_params, no_stream, resume_dir, **options):
+def run_command(extra, out, grid, list_params, no_stream, resume_dir, **options):
     "Train, evaluate and stream: execute the pipeline notebook into a new run folder."
     if list_params:
         for name, p in pipeline_parameters().items(): click.echo(f"{name:22} {p.type:6} {p.default!r:30} {p.help}")
@@ -251,9 +294,16 @@ def run_command(extra, out, list_params, no_stream, resume_dir, **options):
         try: click.echo(json.dumps(resume_run(resume_dir, options.get("bootstrap_servers"))))
         except (StreamError, BrokerError) as e: raise click.ClickException(str(e))
         return
+    from sales_prediction_kafka.runs import run_summary, runs_table, runs_text  # the runs chapter reads what this one writes
     given = {**{k: v for k, v in options.items() if v is not None}, **dict(extra)}
     if no_stream: given["stream"] = False
-    try: run = run_pipeline(given, out_dir=out)
+    try:
+        todo = grid_params(given) if grid else [given]
+        if grid: log.info("grid of %d runs: %s", len(todo), "; ".join(", ".join(f"{k}={v}" for k, v in g.items()) for g in todo))
+        runs = [run_pipeline(g, out_dir=out) for g in todo]
     except ParameterError as e: raise click.UsageError(str(e))
     except (PipelineError, StreamError, BrokerError) as e: raise click.ClickException(str(e))  # no broker, refused login, no Java
-    click.echo(f"report: {run/'report.html'}")
+    if not grid: return click.echo(run_summary(runs[0]))
+    names = {r.name for r in runs}
+    click.echo(runs_text([r for r in runs_table(out) if r["run"] in names]))
+    click.echo(f"overview of every run: {Path(out)/'index.html'}")

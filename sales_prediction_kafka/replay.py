@@ -58,7 +58,7 @@ def replay(events, # event dicts, e.g. from `table_events`
         p.flush(timeout)
     finally: p.close()
     summary = summarise_sends(futures, topic, settings.bootstrap_servers, time.monotonic() - t0)
-    log.info("replayed %s", summary)
+    log.debug("replayed %s", summary)  # the caller shows it: `sales-kafka replay` prints it once
     return summary
 
 # %% ../nbs/08a_replay.ipynb #77b90481

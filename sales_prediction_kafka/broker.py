@@ -5,7 +5,7 @@
 # %% ../nbs/06_broker.ipynb #b85f468f
 from __future__ import annotations
 import fcntl, json, logging, os, shutil, signal, socket, subprocess, time, uuid, base64
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 import click
@@ -16,9 +16,9 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'KAFKA_VERSION', 'LOG4J_VERSION', 'SLF4J_VERSION', 'LOG4J2', 'BrokerError', 'require_tool', 'pom_xml',
-           'file_lock', 'kafka_jars', 'free_port', 'broker_properties', 'write_properties', 'read_properties',
-           'LocalBroker', 'broker_answers', 'ensure_broker', 'broker_cli', 'broker_start', 'broker_stop',
-           'broker_status']
+           'file_lock', 'kafka_jars', 'free_port', 'replication', 'broker_properties', 'write_properties',
+           'read_properties', 'LocalBroker', 'broker_answers', 'LocalCluster', 'local_kafka', 'ensure_broker',
+           'broker_cli', 'broker_start', 'broker_stop', 'broker_status']
 
 # %% ../nbs/06_broker.ipynb #8d7eef3a
 KAFKA_VERSION = "4.3.1"  # org.apache.kafka:kafka_2.13 and kafka-tools
@@ -102,25 +102,34 @@ def _jaas(users:dict) -> str:
     entries = " ".join(f'user_{u}="{p}"' for u, p in users.items())
     return f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{user}" password="{password}" {entries};'
 
+def replication(nodes:int) -> tuple[int, int]:
+    "The replication factor and min.insync.replicas for a cluster of `nodes`: (1, 1) alone, (3, 2) from three nodes on."
+    rf = min(nodes, 3)
+    return rf, max(1, rf - 1)
+
 def broker_properties(data_dir:Path, # log.dirs: where the records live
                       port:int, # the client listener's port
                       controller_port:int, # the KRaft controller's port
                       host:str="127.0.0.1", # listeners bind here
                       sasl_users:dict|None=None, # {user: password}: SASL/PLAIN on the client listener
-                      extra:dict|None=None # more server properties, overriding these
+                      extra:dict|None=None, # more server properties, overriding these
+                      node_id:int=1, # this node's id
+                      voters:dict|None=None # {node id: controller port} of the whole quorum; this node alone by default
                      ) -> dict:
-    "Server properties for a single-node KRaft broker."
+    "Server properties for a KRaft node that is broker and controller; replication follows the quorum's size."
     proto = "SASL_PLAINTEXT" if sasl_users else "PLAINTEXT"
-    props = {"process.roles": "broker,controller", "node.id": "1",
-             "controller.quorum.voters": f"1@{host}:{controller_port}",
+    voters = voters or {node_id: controller_port}
+    rf, isr = map(str, replication(len(voters)))
+    props = {"process.roles": "broker,controller", "node.id": str(node_id),
+             "controller.quorum.voters": ",".join(f"{i}@{host}:{p}" for i, p in sorted(voters.items())),
              "listeners": f"{proto}://{host}:{port},CONTROLLER://{host}:{controller_port}",
              "advertised.listeners": f"{proto}://{host}:{port}",
              "controller.listener.names": "CONTROLLER", "inter.broker.listener.name": proto,
              "listener.security.protocol.map": f"{proto}:{proto},CONTROLLER:PLAINTEXT",
-             "log.dirs": str(data_dir), "num.partitions": "1",
-             "offsets.topic.replication.factor": "1", "transaction.state.log.replication.factor": "1",
-             "transaction.state.log.min.isr": "1", "min.insync.replicas": "1",
-             "share.coordinator.state.topic.replication.factor": "1", "share.coordinator.state.topic.min.isr": "1",
+             "log.dirs": str(data_dir), "num.partitions": "1", "default.replication.factor": rf, "min.insync.replicas": isr,
+             "offsets.topic.replication.factor": rf, "transaction.state.log.replication.factor": rf,
+             "transaction.state.log.min.isr": isr, "share.coordinator.state.topic.replication.factor": rf,
+             "share.coordinator.state.topic.min.isr": isr,
              "group.initial.rebalance.delay.ms": "0", "auto.create.topics.enable": "true",
              # a killed broker's registration lingers for the session timeout (9 s by default) and blocks its restart
              "broker.session.timeout.ms": "4000", "broker.heartbeat.interval.ms": "1000"}
@@ -151,14 +160,15 @@ logger.state.level=WARN
 
 # %% ../nbs/06_broker.ipynb #b379d3da
 class LocalBroker:
-    "A single-node Apache Kafka broker (KRaft) whose files live in `home`."
+    "An Apache Kafka node (KRaft, broker and controller) whose files live in `home`; alone, or one of a `LocalCluster`."
     def __init__(self, home:Path|str|None=None, # folder for config, logs and data; `cache_home()/'broker'` by default
                  port:int|None=None, # client port; a free one when the home is new
                  host:str="127.0.0.1", # listeners bind here (loopback unless told otherwise)
                  sasl_users:dict|None=None, # {user: password} enables SASL/PLAIN on the client listener
                  heap:str="512m", # the JVM's -Xmx
                  cache:Path|None=None, # where the jars are cached; `cache_home()` by default
-                 extra:dict|None=None): # more server properties, e.g. `{"log.retention.hours": 1}`
+                 extra:dict|None=None, # more server properties, e.g. `{"log.retention.hours": 1}`
+                 node_id:int=1): # the node's id in its cluster
         self.home = Path(home or cache_home()/"broker").absolute()
         self.host, self.sasl_users, self.heap, self.cache, self.extra = host, sasl_users, heap, cache, extra
         self.props_file, self.log_file, self.pid_file = self.home/"server.properties", self.home/"server.log", self.home/"broker.pid"
@@ -166,6 +176,7 @@ class LocalBroker:
         saved = self._saved_ports()
         self.port = port or (saved[0] if saved else free_port(host))
         self.controller_port = saved[1] if saved else free_port(host)
+        self.node_id, self.voters, self.cluster_id = node_id, None, None  # a LocalCluster sets the quorum and the cluster id
         self._proc, self._fixed_port = None, port is not None
 
     def _saved_ports(self) -> list[int]:
@@ -224,19 +235,21 @@ def _java(self:LocalBroker, main:str, *args):
 @patch
 def _format(self:LocalBroker):
     if (self.data_dir/"meta.properties").exists(): return
-    res = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(self.props_file)),
+    res = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id or _cluster_id(), "-c", str(self.props_file)),
                          capture_output=True, text=True)
     if res.returncode: raise BrokerError(f"formatting {self.data_dir} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
 
 # %% ../nbs/06_broker.ipynb #bf0b806e
-def broker_answers(bootstrap_servers:str, timeout:float=2.0, **client) -> bool:
-    "True when a Kafka broker at `bootstrap_servers` returns cluster metadata with a broker in it."
+def broker_answers(bootstrap_servers:str, timeout:float=2.0,
+                   brokers:int=1, # how many brokers the cluster's metadata must list
+                   **client) -> bool:
+    "True when a Kafka broker at `bootstrap_servers` returns cluster metadata listing at least `brokers` brokers."
     from kafka import KafkaAdminClient
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, bootstrap_timeout_ms=int(timeout*1000),
                                  request_timeout_ms=int(timeout*1000), **client)
     except Exception: return False
-    try: return bool(admin.describe_cluster()["brokers"])
+    try: return len(admin.describe_cluster()["brokers"]) >= brokers
     except Exception: return False
     finally: admin.close()
 
@@ -249,6 +262,32 @@ def _client(self:LocalBroker) -> dict:
             "sasl_plain_username": user, "sasl_plain_password": password}
 
 @patch
+def _launch(self:LocalBroker):
+    "Write the configuration, format a new data directory and start the JVM, detached (hold the home's lock)."
+    write_properties(self.props_file, broker_properties(self.data_dir, self.port, self.controller_port, self.host,
+                                                        self.sasl_users, self.extra, self.node_id, self.voters))
+    (self.home/"log4j2.properties").write_text(LOG4J2)
+    self._format()
+    with open(self.log_file, "ab") as out:
+        self._proc = subprocess.Popen(self._java("kafka.Kafka", str(self.props_file)), stdout=out, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home)
+    self.pid_file.write_text(str(self._proc.pid))
+
+@patch
+def _wait(self:LocalBroker, t0:float, # when the launch began
+          timeout:float, brokers:int=1): # the cluster's metadata must list this many brokers
+    "Wait until the launched node answers; `BrokerError` with the log's tail if its JVM exits or `timeout` passes."
+    while not broker_answers(self.bootstrap_servers, brokers=brokers, **self._client()):
+        if self._proc.poll() is not None:
+            raise BrokerError(f"Kafka exited with code {self._proc.returncode}; see {self.log_file}:\n{_tail(self.log_file)}")
+        if time.monotonic() - t0 > timeout:
+            self.stop()
+            raise BrokerError(f"Kafka did not answer at {self.bootstrap_servers} within {timeout:.0f} s; see {self.log_file}:\n{_tail(self.log_file)}")
+        time.sleep(0.2)
+    log.info("Kafka %s answers at %s after %.1f s (data %s, log %s)", KAFKA_VERSION, self.bootstrap_servers,
+             time.monotonic() - t0, self.data_dir, self.log_file)
+
+@patch
 def start(self:LocalBroker, timeout:float=60) -> LocalBroker:
     "Start the broker (or reuse the running one) and wait until it answers."
     self.home.mkdir(parents=True, exist_ok=True)
@@ -257,37 +296,36 @@ def start(self:LocalBroker, timeout:float=60) -> LocalBroker:
         if saved and (self.pid() or not self._fixed_port): self.port, self.controller_port = saved
         if self.pid(): return self
         t0 = time.monotonic()
-        write_properties(self.props_file, broker_properties(self.data_dir, self.port, self.controller_port, self.host,
-                                                            self.sasl_users, self.extra))
-        (self.home/"log4j2.properties").write_text(LOG4J2)
-        self._format()
-        with open(self.log_file, "ab") as out:
-            self._proc = subprocess.Popen(self._java("kafka.Kafka", str(self.props_file)), stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home)
-        self.pid_file.write_text(str(self._proc.pid))
-        while not broker_answers(self.bootstrap_servers, **self._client()):
-            if self._proc.poll() is not None:
-                raise BrokerError(f"Kafka exited with code {self._proc.returncode}; see {self.log_file}:\n{_tail(self.log_file)}")
-            if time.monotonic() - t0 > timeout:
-                self.stop()
-                raise BrokerError(f"Kafka did not answer at {self.bootstrap_servers} within {timeout:.0f} s; see {self.log_file}:\n{_tail(self.log_file)}")
-            time.sleep(0.2)
-        log.info("Kafka %s answers at %s after %.1f s (data %s, log %s)", KAFKA_VERSION, self.bootstrap_servers,
-                 time.monotonic() - t0, self.data_dir, self.log_file)
+        self._launch()
+        self._wait(t0, timeout)
     return self
 
 # %% ../nbs/06_broker.ipynb #88fc9cbb
+@patch
+def _exited(self:LocalBroker, pid:int, timeout:float) -> bool:
+    "Wait up to `timeout` seconds for process `pid` to exit (reaping it if it is our child); True if it did."
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        if self._proc is not None: self._proc.poll()
+        time.sleep(0.1)
+    return not _alive(pid)
+
+@patch
+def kill(self:LocalBroker, sig:int=signal.SIGKILL) -> bool:
+    "Send `sig` to the broker's process group (SIGKILL, as a crash would, also waits until it is gone); True if one ran."
+    pid = self.pid()
+    if pid is None: return False
+    os.killpg(pid, sig)
+    if sig == signal.SIGKILL: self._exited(pid, 10)
+    return True
+
 @patch
 def stop(self:LocalBroker, timeout:float=30) -> bool:
     "Stop this home's broker; True if one was running."
     pid = self.pid()
     if pid is None: return False
     os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        if self._proc is not None: self._proc.poll()  # reap our own child
-        time.sleep(0.1)
-    if _alive(pid):
+    if not self._exited(pid, timeout):
         log.warning("Kafka (pid %d) ignored SIGTERM for %.0f s; killing it", pid, timeout)
         os.killpg(pid, signal.SIGKILL)
     if self._proc is not None: self._proc.wait(timeout=10)
@@ -301,47 +339,139 @@ def __enter__(self:LocalBroker): return self.start()
 @patch
 def __exit__(self:LocalBroker, *exc): self.stop()
 
+# %% ../nbs/06_broker.ipynb #f9d031de
+class LocalCluster:
+    "`nodes` Kafka nodes on loopback, each broker and controller (one quorum of `nodes`), in `home/node-<id>`."
+    def __init__(self, home:Path|str|None=None, # the nodes' parent folder; `cache_home()/'broker'` by default
+                 nodes:int|None=None, # how many; those already in `home`, else 3
+                 host:str="127.0.0.1", # listeners bind here
+                 heap:str="256m", # each JVM's -Xmx: three of them share the machine
+                 cache:Path|None=None, # where the jars are cached; `cache_home()` by default
+                 extra:dict|None=None): # more server properties for every node
+        self.home = Path(home or cache_home()/"broker").absolute()
+        found = len(list(self.home.glob("node-*")))
+        if found and nodes and nodes != found: raise BrokerError(f"{self.home} holds a cluster of {found} nodes, not {nodes}")
+        self.nodes = [LocalBroker(self.home/f"node-{i}", host=host, heap=heap, cache=cache, extra=extra, node_id=i)
+                      for i in range(1, (nodes or found or 3) + 1)]
+        voters = {b.node_id: b.controller_port for b in self.nodes}
+        metas = [read_properties(m) for b in self.nodes if (m := b.data_dir/"meta.properties").exists()]
+        cluster_id = metas[0]["cluster.id"] if metas else _cluster_id()
+        for b in self.nodes: b.voters, b.cluster_id = voters, cluster_id
+
+    @property
+    def bootstrap_servers(self) -> str:
+        "Every node's host:port, comma-separated."
+        return ",".join(b.bootstrap_servers for b in self.nodes)
+
+    def node(self, node_id:int) -> LocalBroker:
+        "The node with id `node_id` (1, 2, ...)."
+        return self.nodes[node_id - 1]
+
+    def __repr__(self): return f"LocalCluster({self.bootstrap_servers}, home={self.home})"
+
+# %% ../nbs/06_broker.ipynb #bc187027
+@patch
+def start(self:LocalCluster, timeout:float=120) -> LocalCluster:
+    "Start every node that is not running and wait until each answers with all the nodes in its metadata."
+    if (self.home/"server.properties").exists(): raise BrokerError(f"{self.home} holds a single broker; give the cluster another home")
+    with ExitStack() as locks:
+        for b in self.nodes:
+            b.home.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(file_lock(b.home/".lock"))
+        t0, down = time.monotonic(), [b for b in self.nodes if not b.pid()]
+        for b in down: b._launch()
+        try:
+            for b in down: b._wait(t0, timeout, brokers=len(self.nodes))
+        except BrokerError: self.stop(); raise
+    return self
+
+@patch
+def stop(self:LocalCluster, timeout:float=30) -> bool:
+    "Stop every node; True if any was running."
+    running = [b for b in self.nodes if b.kill(signal.SIGTERM)]
+    for b in running: b.stop(timeout)
+    return bool(running)
+
+@patch
+def status(self:LocalCluster) -> dict:
+    "Whether every node runs, the cluster's address, and each node's status."
+    nodes = [b.status() | {"node_id": b.node_id} for b in self.nodes]
+    return {"running": all(n["running"] for n in nodes), "nodes_running": sum(n["running"] for n in nodes),
+            "bootstrap_servers": self.bootstrap_servers, "home": str(self.home), "nodes": nodes}
+
+@patch
+def leaders(self:LocalCluster, topic:str, timeout:float=30) -> dict:
+    "{partition: the node id of its leader (-1 if none)} of `topic`, asked of the running nodes."
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=[b.bootstrap_servers for b in self.nodes if b.pid()])
+            try: (t,) = admin.describe_topics([topic])
+            finally: admin.close()
+            return {p["partition_index"]: p["leader_id"] for p in t["partitions"]}
+        except KafkaError:  # the metadata request went to a node that just died: ask again
+            if time.monotonic() > deadline: raise
+            time.sleep(0.5)
+
+@patch
+def __enter__(self:LocalCluster): return self.start()
+
+@patch
+def __exit__(self:LocalCluster, *exc): self.stop()
+
 # %% ../nbs/06_broker.ipynb #2d16d522
-def ensure_broker(settings:KafkaSettings|None=None, # settings; bootstrap_servers None means the local broker
-                  home:Path|None=None # the local broker's home; `cache_home()/'broker'` by default
+def local_kafka(home:Path|None=None # the local Kafka's home; `cache_home()/'broker'` by default
+               ) -> LocalBroker|LocalCluster:
+    "The local Kafka in `home`: the `LocalCluster` that `broker start --nodes N` made there, else a `LocalBroker`."
+    home = Path(home or cache_home()/"broker")
+    return LocalCluster(home) if (home/"node-1").is_dir() else LocalBroker(home)
+
+def ensure_broker(settings:KafkaSettings|None=None, # settings; bootstrap_servers None means the local Kafka
+                  home:Path|None=None # the local Kafka's home; `cache_home()/'broker'` by default
                  ) -> KafkaSettings:
-    "`settings` unchanged if they name a cluster, else the local broker's address (started if needed)."
+    "`settings` unchanged if they name a cluster, else the local Kafka's address (started if needed)."
     settings = settings or kafka_settings()
     if settings.bootstrap_servers: return settings
-    broker = LocalBroker(home)
-    if not broker.pid(): log.info("starting local Kafka at %s (home %s)", broker.bootstrap_servers, broker.home)
-    return replace(settings, bootstrap_servers=broker.start().bootstrap_servers)
+    kafka = local_kafka(home)
+    if not kafka.status()["running"]: log.info("starting local Kafka at %s (home %s)", kafka.bootstrap_servers, kafka.home)
+    return replace(settings, bootstrap_servers=kafka.start().bootstrap_servers)
 
 # %% ../nbs/06_broker.ipynb #ec2b3482
 _home = click.option("--home", type=click.Path(path_type=Path), default=None,
-                     help="The broker's folder (config, data, log); default: <cache>/broker.")
+                     help="The broker's or cluster's folder (config, data, log); default: <cache>/broker.")
 
 @click.group("broker")
 def broker_cli():
-    "Start, stop or inspect the local Apache Kafka broker."
+    "Start, stop or inspect the local Apache Kafka broker or cluster."
 
 @broker_cli.command("start")
 @_home
-@click.option("--port", type=int, default=None, help="Client port for a new home; default: a free port.")
-@click.option("--timeout", type=float, default=60, show_default=True, help="Seconds to wait until the broker answers.")
-def broker_start(home, port, timeout):
-    "Start the local broker (or report the running one) and print its address."
-    try: b = LocalBroker(home, port=port).start(timeout)
+@click.option("--nodes", type=click.IntRange(1), default=None,
+              help="Nodes of a new local cluster (3: replication factor 3, min.insync.replicas 2); default: what --home holds, else 1.")
+@click.option("--port", type=int, default=None, help="Client port for a new single-broker home; default: a free port.")
+@click.option("--timeout", type=float, default=120, show_default=True, help="Seconds to wait until every node answers.")
+def broker_start(home, nodes, port, timeout):
+    "Start the local broker or cluster (or report the running one) and print its status."
+    try:
+        kafka = LocalCluster(home, nodes) if nodes and nodes > 1 else LocalBroker(home, port=port) if port else local_kafka(home)
+        kafka.start(timeout)
     except BrokerError as e: raise click.ClickException(str(e))
-    click.echo(json.dumps(b.status()))
+    click.echo(json.dumps(kafka.status()))
 
 @broker_cli.command("stop")
 @_home
 @click.option("--timeout", type=float, default=30, show_default=True, help="Seconds to wait after SIGTERM before SIGKILL.")
 def broker_stop(home, timeout):
-    "Stop the local broker started from this home."
-    b = LocalBroker(home)
-    click.echo(f"stopped Kafka at {b.bootstrap_servers}" if b.stop(timeout) else f"no Kafka running from {b.home}")
+    "Stop the local broker, or every node of the local cluster, started from this home."
+    kafka = local_kafka(home)
+    click.echo(f"stopped Kafka at {kafka.bootstrap_servers}" if kafka.stop(timeout) else f"no Kafka running from {kafka.home}")
 
 @broker_cli.command("status")
 @_home
 def broker_status(home):
-    "Print the broker's status as JSON; exit code 1 when it is not running."
-    st = LocalBroker(home).status()
+    "Print the status (every node's, for a cluster) as JSON; exit code 1 unless everything runs."
+    st = local_kafka(home).status()
     click.echo(json.dumps(st))
     if not st["running"]: raise SystemExit(1)

@@ -5,13 +5,14 @@
 # %% ../nbs/07_stream.ipynb #ecd6ad36
 from __future__ import annotations
 import json, logging, math, numbers, re, time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, asdict
 from datetime import datetime, timezone
 import click
 from tqdm import tqdm
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import InvalidReplicationFactorError, KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.serializer import DefaultSerializer, JsonSerializer
 from .config import PREDICTIONS_TOPIC, KafkaSettings, client_kwargs, kafka_settings
 from .broker import ensure_broker
@@ -22,8 +23,9 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'PREDICTION_SCHEMA', 'FIELDS', 'PREDICTION_HEADERS', 'CONNECT_TIMEOUT', 'PARTITIONS', 'REPLICATION',
            'StreamError', 'prediction_record', 'schema_markdown', 'names_markdown', 'check_records',
            'prediction_records', 'check_topic', 'BrokerUnreachable', 'AuthenticationFailed', 'admin_client', 'producer',
-           'consumer', 'require_broker', 'ensure_topic', 'StreamSummary', 'summarise_sends', 'stream_predictions',
-           'messages', 'read_back', 'verify_stream', 'consume_cli']
+           'consumer', 'require_broker', 'ensure_topic', 'StreamSummary', 'StreamIncomplete', 'retry_reasons',
+           'summarise_sends', 'close_producer', 'stream_predictions', 'messages', 'read_back', 'verify_stream',
+           'run_values', 'verify_run', 'consume_cli']
 
 # %% ../nbs/07_stream.ipynb #ce4272c1
 PREDICTION_SCHEMA = {
@@ -184,16 +186,25 @@ def require_broker(settings:KafkaSettings|None=None, timeout:float=CONNECT_TIMEO
 
 # %% ../nbs/07_stream.ipynb #e951280d
 PARTITIONS = 3  # partitions of a topic this project creates
-REPLICATION = 1  # its replication factor (1 for the local broker)
+REPLICATION = None  # its replication factor; None: the cluster's default.replication.factor (3 on a LocalCluster)
 
-def ensure_topic(settings:KafkaSettings, topic:str, partitions:int=PARTITIONS, replication:int=REPLICATION) -> bool:
+def _replication_error(e:Exception, topic:str, replication:int|None, admin, servers:str) -> StreamError:
+    asked = replication or (m.group(1) if (m := re.search(r"replication factor of (\d+)", str(e))) else "default.replication.factor")
+    brokers = len(admin.describe_cluster()["brokers"])
+    return StreamError(f"cannot create topic {topic!r} with replication factor {asked}: the cluster at {servers} "
+                       f"has {brokers} broker(s) available; ask for at most {brokers} replicas or start more brokers")
+
+def ensure_topic(settings:KafkaSettings, topic:str, partitions:int=PARTITIONS,
+                 replication:int|None=REPLICATION # replicas per partition; None: the cluster's default
+                ) -> bool:
     "Create `topic` if it is missing; True if it was created."
     admin = admin_client(settings)
     try:
         if check_topic(topic) in admin.list_topics(): return False
-        try: admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": replication}}, wait_for_metadata=True)
+        try: admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": replication or -1}}, wait_for_metadata=True)
         except TopicAlreadyExistsError: return False
-        log.info("created topic %s (%d partitions, replication %d)", topic, partitions, replication)
+        except InvalidReplicationFactorError as e: raise _replication_error(e, topic, replication, admin, settings.bootstrap_servers) from None
+        log.info("created topic %s (%d partitions, replication %s)", topic, partitions, replication or "the cluster's default")
         return True
     finally: admin.close()
 
@@ -208,6 +219,7 @@ class StreamSummary:
     elapsed: float = 0.0  # seconds from the first send to the last acknowledgement
     run_id: str | None = None
     model_version: str | None = None
+    skipped: int = 0  # records of the run already on the topic, not sent again (`resume`)
 
     @property
     def rate(self) -> float:
@@ -221,17 +233,43 @@ class StreamSummary:
     def __str__(self):
         ranges = ", ".join(f"p{p}: {a}-{b}" for p, (a, b) in sorted(self.offsets.items()))
         return (f"{self.total} records to {self.topic} at {self.bootstrap_servers} in {self.elapsed:.2f} s "
-                f"({self.rate:,.0f}/s); offsets {ranges}")
+                f"({self.rate:,.0f}/s); offsets {ranges}" + (f"; {self.skipped} already there" if self.skipped else ""))
 
 # %% ../nbs/07_stream.ipynb #4db6c806
 def _headers(run_id, model_version) -> list[tuple[str, bytes]]:
     meta = {"run_id": run_id, "model_version": model_version, "produced_at": datetime.now(timezone.utc).isoformat()}
     return [(k, str(v).encode()) for k, v in meta.items() if v is not None]
 
-def summarise_sends(futures:list, topic:str, servers:str, elapsed:float, **meta) -> StreamSummary:
-    "A summary of sent records from their futures, or `StreamError` counting those not acknowledged."
-    failed = [f.exception or "no acknowledgement in time" for f in futures if not f.succeeded()]
-    if failed: raise StreamError(f"{len(failed)} of {len(futures)} records to {topic} at {servers} were not acknowledged; first error: {failed[0]!r}")
+class StreamIncomplete(StreamError):
+    "Some records of a stream were not acknowledged; `unacknowledged` holds their keys."
+    def __init__(self, message:str, unacknowledged:list):
+        super().__init__(message)
+        self.unacknowledged = unacknowledged
+
+_MEANING = {"NotEnoughReplicasError": "fewer in-sync replicas than min.insync.replicas",
+            "NotEnoughReplicasAfterAppendError": "fewer in-sync replicas than min.insync.replicas",
+            "RequestTimedOutError": "the leader got no confirmation from enough replicas in time",
+            "KafkaConnectionError": "a broker could not be reached",
+            "NotLeaderForPartitionError": "a partition's leader had moved or was gone"}
+
+def retry_reasons(warnings:list[str]) -> str:
+    "The errors kafka-python retried on, from its log `warnings`, most frequent first, each with what it means."
+    errors = Counter(m.group(1) for w in warnings if (m := re.search(r"retrying \(.*?\): (\w+)", w)))
+    return ", ".join(f"{e} x{n}" + (f" ({_MEANING[e]})" if e in _MEANING else "") for e, n in errors.most_common())
+
+def summarise_sends(futures:list, topic:str, servers:str, elapsed:float,
+                    keys:list|None=None, # each future's record key, to name the unacknowledged ones
+                    why:str="", # what the cluster answered while the producer retried (`retry_reasons`)
+                    hint:str="", # what to do about unacknowledged records
+                    **meta) -> StreamSummary:
+    "A summary of sent records from their futures, or `StreamIncomplete` counting and naming those not acknowledged."
+    failed = [i for i, f in enumerate(futures) if not f.succeeded()]
+    if failed:
+        first = futures[failed[0]].exception or "no acknowledgement in time"
+        raise StreamIncomplete(f"{len(failed)} of {len(futures)} records to {topic} at {servers} were not acknowledged "
+                               f"({len(futures) - len(failed)} were); first error: {first!r}"
+                               + (f"; the producer retried on {why}" if why else "") + (f"; {hint}" if hint else ""),
+                               [keys[i] for i in failed] if keys else [])
     offsets = {}
     for f in futures:
         md = f.value
@@ -239,31 +277,52 @@ def summarise_sends(futures:list, topic:str, servers:str, elapsed:float, **meta)
         offsets[md.partition] = [min(lo, md.offset), max(hi, md.offset)]
     return StreamSummary(topic, servers, len(futures), offsets, elapsed, **meta)
 
+def close_producer(p:KafkaProducer, timeout:float=5):
+    "Close `p`, abandoning records it could not send (kafka-python's `close` raises then and leaves its sender running)."
+    try: p.close(timeout)
+    except KafkaTimeoutError:
+        p._sender.force_close()  # no public way to fail the stuck batches, so that the sender thread ends
+        p.close(timeout)
+
 def stream_predictions(records:list[dict], # prediction messages, e.g. from `prediction_records`
                        settings:KafkaSettings|None=None, # the cluster; None: from the environment, else the local broker
                        topic:str=PREDICTIONS_TOPIC,
                        run_id:str|None=None, # sent in the `run_id` header
                        model_version:str|None=None, # sent in the `model_version` header
                        partitions:int=PARTITIONS, # used if the topic must be created
-                       replication:int=REPLICATION,
+                       replication:int|None=REPLICATION, # used if the topic must be created; None: the cluster's default
                        progress:bool=True, # show a progress bar
-                       timeout:float=120 # seconds to wait for all acknowledgements
+                       timeout:float=120, # seconds each record may take to be acknowledged, retries included
+                       resume:bool=False # send only the records of `run_id` not yet on the topic
                       ) -> StreamSummary:
     "Send `records` keyed by prediction_index, wait until every one is acknowledged, and say where they landed."
     check_records(records); check_topic(topic)
+    if resume and run_id is None: raise StreamError("resume=True needs the run_id whose records to complete")
     settings = ensure_broker(settings)
-    ensure_topic(settings, topic, partitions, replication)
-    headers = _headers(run_id, model_version)
-    p = producer(settings)
+    created, skipped = ensure_topic(settings, topic, partitions, replication), 0
+    if resume:
+        there = set() if created else set(run_values(settings, topic, run_id))
+        todo = [r for r in records if r["prediction_index"] not in there]
+        skipped, records = len(records) - len(todo), todo
+        log.info("resuming run %s: %d records already on %s, %d to send", run_id, skipped, topic, len(records))
+    headers, ms = _headers(run_id, model_version), int(timeout * 1000)
+    p = producer(settings, delivery_timeout_ms=ms, request_timeout_ms=min(30_000, ms // 2))
+    kafka_log, seen = logging.getLogger("kafka"), _Errors()
+    kafka_log.addHandler(seen)
     try:
         t0 = time.monotonic()
         futures = [p.send(topic, key=str(r["prediction_index"]), value=r, headers=headers)
                    for r in tqdm(records, desc=f"streaming to {topic}", unit="rec", disable=not progress, mininterval=0.5)]
-        try: p.flush(timeout)
+        try: p.flush(timeout + 10)  # kafka-python may not expire a batch whose leader is gone: never wait longer
         except KafkaTimeoutError: pass  # the unacknowledged records are reported below
         elapsed = time.monotonic() - t0
-    finally: p.close()
-    summary = summarise_sends(futures, topic, settings.bootstrap_servers, elapsed, run_id=run_id, model_version=model_version)
+    finally:
+        close_producer(p)
+        kafka_log.removeHandler(seen)
+    summary = summarise_sends(futures, topic, settings.bootstrap_servers, elapsed, [r["prediction_index"] for r in records],
+                              retry_reasons(seen.seen), "running the same stream again with resume=True sends only those "
+                              "(for a pipeline run: `sales-kafka run --resume RUN_DIR`)",
+                              run_id=run_id, model_version=model_version, skipped=skipped)
     log.info("streamed %s", summary)
     return summary
 
@@ -327,6 +386,27 @@ def verify_stream(summary:StreamSummary, records:list[dict], settings:KafkaSetti
     changed = [r["prediction_index"] for r in records if r["prediction_index"] in by_index and by_index[r["prediction_index"]] != r]
     if missing or changed or len(got) != len(records):
         raise StreamError(f"{summary.topic}: read {len(got)} of {len(records)} records; missing indexes {missing[:10]}, changed {changed[:10]}")
+    return len(records)
+
+# %% ../nbs/07_stream.ipynb #bb769e16
+def run_values(settings:KafkaSettings, topic:str, run_id:str, timeout:float=30) -> dict:
+    "{prediction_index: [value, ...]} of the records on `topic` that run `run_id` streamed (one value each, normally)."
+    got = {}
+    for m in messages(settings, topic, idle_timeout=timeout):
+        v = m["value"]
+        if m["headers"].get("run_id") == run_id and isinstance(v, dict) and m["key"] == str(v.get("prediction_index")):
+            got.setdefault(v["prediction_index"], []).append(v)
+    return got
+
+def verify_run(records:list[dict], settings:KafkaSettings, topic:str, run_id:str, timeout:float=30) -> int:
+    "The number of `records` on `topic` for run `run_id`, each exactly once and unchanged; else a `StreamError` counting."
+    got = run_values(settings, topic, run_id, timeout)
+    lost = [r["prediction_index"] for r in records if r["prediction_index"] not in got]
+    changed = [r["prediction_index"] for r in records if any(v != r for v in got.get(r["prediction_index"], []))]
+    dupes, extra = sum(len(v) - 1 for v in got.values()), len(set(got) - {r["prediction_index"] for r in records})
+    if lost or changed or dupes or extra:
+        raise StreamError(f"{topic}, run {run_id}: {len(lost)} lost {lost[:10]}, {dupes} duplicated, "
+                          f"{len(changed)} changed {changed[:10]}, {extra} not in the run's records")
     return len(records)
 
 # %% ../nbs/07_stream.ipynb #a5542ebc

@@ -8,7 +8,7 @@ from sales_prediction_kafka.broker import LocalBroker, free_port
 from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import SAMPLE_CSV, generate_sales
 from sales_prediction_kafka.replay import replay, table_events
-from sales_prediction_kafka.stream import ensure_topic, messages
+from sales_prediction_kafka.stream import StreamError, ensure_topic, messages
 from helpers import SALES_KAFKA, metrics, read_all, scored, start_worker, topics, wait_for
 
 def report(scenario:str, **figures):
@@ -205,3 +205,91 @@ def test_slow_broker_is_waited_for(broker_settings, model_dir, tmp_path):
     assert summary["scored"] + summary["dead_lettered"] == 50 and summary["scored"] > 25, summary  # the sample has gaps: dead letters
     report("slow-broker (port opens after 4 s)", replay_s=took_replay, serve_s=took_serve, events=50, scored=summary["scored"],
            dead_lettered=summary["dead_lettered"])
+
+# --- 4. an outage longer than the delivery timeout, resumed ---------------------------------------------------------------
+
+RESUMABLE_STREAM = """
+import json, sys
+from sales_prediction_kafka.config import KafkaSettings
+from sales_prediction_kafka.stream import StreamIncomplete, prediction_records, stream_predictions
+n, servers, topic, run_id, timeout = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+recs = prediction_records(range(n), [float(i) for i in range(n)], [i + 0.25 for i in range(n)])
+try: s = stream_predictions(recs, KafkaSettings(bootstrap_servers=servers), topic, run_id=run_id, progress=False, timeout=timeout)
+except StreamIncomplete as e: print(json.dumps({"error": str(e), "unacknowledged": len(e.unacknowledged)})); sys.exit(3)
+print(json.dumps(s.as_dict()))
+"""
+
+def start_stream(n:int, servers:str, topic:str, run_id:str, timeout:float=120) -> subprocess.Popen:
+    "`stream_predictions` of n records (index i: actual i, predicted i + 0.25) in its own process, as run `run_id`."
+    return subprocess.Popen([sys.executable, "-c", RESUMABLE_STREAM, str(n), servers, topic, run_id, str(timeout)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+def run_folder(path, n:int, servers:str, topic:str):
+    "A run folder as the pipeline leaves it when its stream failed: params.json, test_predictions.csv, model/model.json."
+    (path/"model").mkdir(parents=True)
+    (path/"params.json").write_text(json.dumps({"run_id": path.name, "parameters": {
+        "topic": topic, "bootstrap_servers": servers, "partitions": 3, "replication_factor": None}}))
+    rows = "".join(f"{i},{float(i)!r},{i + 0.25!r},-0.25,True\n" for i in range(n))
+    (path/"test_predictions.csv").write_text("row,actual,predicted,error,typical\n" + rows)
+    (path/"model"/"model.json").write_text(json.dumps({"version": "linear-resume-test"}))
+    return path
+
+N_RESUMED, DELIVERY_TIMEOUT = 50_000, 10
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_outage_longer_than_delivery_timeout_is_resumed(crash_broker, tmp_path):
+    """The broker is down longer than a 10 s delivery timeout: `stream_predictions` counts the unacknowledged records,
+    `sales-kafka run --resume RUN_DIR` sends only those, and the topic then holds each record of the run once."""
+    b, topic, t0 = crash_broker, "resumed_predictions", time.monotonic()
+    run = run_folder(tmp_path/"20261129-120000-abc123", N_RESUMED, b.bootstrap_servers, topic)
+    ensure_topic(KafkaSettings(bootstrap_servers=b.bootstrap_servers), topic, 3)
+    proc = start_stream(N_RESUMED, b.bootstrap_servers, topic, run.name, timeout=DELIVERY_TIMEOUT)
+    try:
+        wait_for(lambda: landed(b.bootstrap_servers, topic, 3) >= N_RESUMED // 10, 120, "a tenth of the stream to land")
+        at_kill = landed(b.bootstrap_servers, topic, 3)
+        kill_broker(b)
+        t_kill = time.monotonic()
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None: proc.kill(); proc.wait()
+    failed_after = time.monotonic() - t_kill
+    assert proc.returncode == 3, f"the stream should have failed:\n{out[-2000:]}{err[-3000:]}"
+    failure = json.loads(out.strip().splitlines()[-1])
+    print("\n" + failure["error"][:500])
+    assert f"of {N_RESUMED} records to {topic}" in failure["error"] and "sales-kafka run --resume RUN_DIR" in failure["error"]
+    LocalBroker(b.home).start(timeout=120)
+    outage = time.monotonic() - t_kill
+    assert outage > DELIVERY_TIMEOUT
+    r, took = run_cli("run", "--resume", run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    stream = json.loads(r.stdout.strip().splitlines()[-1])
+    assert stream == json.loads((run/"metrics.json").read_text())["stream"] and stream["verified"] and stream["resumed"]
+    ours = [m for m in messages(KafkaSettings(bootstrap_servers=b.bootstrap_servers), topic, idle_timeout=30)
+            if m["headers"].get("run_id") == run.name]
+    counts = Counter(m["value"]["prediction_index"] for m in ours)
+    lost, dupes = len(set(range(N_RESUMED)) - set(counts)), sum(c - 1 for c in counts.values())
+    report("outage longer than the delivery timeout, resumed", sent=N_RESUMED, landed_before_kill=at_kill,
+           unacknowledged=failure["unacknowledged"], already_there=stream["skipped"], resent=stream["total"],
+           received=sum(counts.values()), lost=lost, duplicated=dupes, delivery_timeout_s=DELIVERY_TIMEOUT,
+           failed_after_s=failed_after, outage_s=outage, resume_s=took, total_s=time.monotonic() - t0)
+    assert stream["skipped"] + stream["total"] == N_RESUMED and stream["total"] <= failure["unacknowledged"]
+    assert lost == 0, f"{lost} prediction indexes lost"
+    assert dupes == 0, f"{dupes} duplicated records"
+    assert sum(m["headers"].get("model_version") == "linear-resume-test" for m in ours) == stream["total"]  # the resumed ones
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_replay_counts_the_events_a_dead_broker_never_acknowledged(crash_broker):
+    "`replay` into a broker SIGKILLed after 2,000 events: a `StreamError` counting the unacknowledged, not a bare timeout."
+    b, topic, n = crash_broker, "replay_outage", 20_000
+    settings = KafkaSettings(bootstrap_servers=b.bootstrap_servers)
+    ensure_topic(settings, topic, 3)
+    def events():
+        for i, ev in enumerate(table_events(generate_sales(n, seed=3, missing=0.0))):
+            if i == 2000: kill_broker(b)
+            yield ev
+    t0 = time.monotonic()
+    with pytest.raises(StreamError, match=rf"(\d+) of {n} records to {topic} at {b.bootstrap_servers} were not acknowledged") as e:
+        replay(events(), settings, topic, progress=False, timeout=5)
+    report("replay into a dead broker", sent=n, unacknowledged=int(str(e.value).split()[0]), failed_after_s=time.monotonic() - t0)

@@ -17,6 +17,7 @@ from tornado.netutil import bind_sockets
 from tornado.queues import Queue, QueueFull
 from .config import PREDICTIONS_TOPIC, stop_on_signals
 from .monitor import Record, Update, monitor, monitor_kwargs, monitor_options
+from .stream import StreamError
 
 log = logging.getLogger(__name__)
 
@@ -193,3 +194,4 @@ def dashboard_command(host, port, rows, points, **options):
         with stop_on_signals(threading.Event()) as stop:  # SIGTERM or Ctrl-C, even when started in the background
             run_dashboard(host, port, rows, points, stop=stop, on_ready=lambda url: click.echo(f"dashboard at {url}"), **monitor_kwargs(**options))
     except OSError as e: raise click.ClickException(f"cannot listen on {host}:{port}: {e}")
+    except StreamError as e: raise click.ClickException(str(e))  # no broker: one line, not a traceback

@@ -5,7 +5,7 @@
 # %% ../nbs/09_monitor.ipynb #89f9dc06
 from __future__ import annotations
 import json, logging, math, threading, time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,18 +15,20 @@ import numpy as np
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from kafka import TopicPartition
-from .config import ALERTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, kafka_options, kafka_settings, stop_on_signals
+from .config import (ALERTS_TOPIC, DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings,
+                                            kafka_options, kafka_settings, stop_on_signals)
 from .evaluate import error_report
 from .stream import StreamError, consumer, ensure_topic, producer
 from .broker import ensure_broker
+from .browse import NoMatchingRun, matching_run, newest_events
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'BANDS', 'Record', 'NoActual', 'record_from_message', 'error_stats', 'Window', 'RollingMetrics',
            'baseline_from_run', 'latest_run', 'resolve_baseline', 'DriftDetector', 'alert_message', 'describe_alert',
-           'consumer_lag', 'AlertSink', 'Update', 'monitor', 'status_line', 'monitor_options', 'monitor_kwargs',
-           'monitor_command', 'as_record', 'plot_error_by_offset']
+           'consumer_lag', 'DeadLetterCount', 'AlertSink', 'Update', 'monitor', 'status_line', 'monitor_options',
+           'baseline_run', 'monitor_kwargs', 'monitor_command', 'as_record', 'plot_error_by_offset']
 
 # %% ../nbs/09_monitor.ipynb #00da3bc2
 class Record(NamedTuple):
@@ -243,7 +245,7 @@ class _Partitions:
 
     def refresh(self):
         "Assign the partitions that appeared since the last call."
-        new = {TopicPartition(self.topic, p) for p in self.c.partitions_for_topic(self.topic)} - self.known
+        new = {TopicPartition(self.topic, p) for p in self.c.partitions_for_topic(self.topic) or ()} - self.known
         if not new: return
         self.c.assign(sorted(self.known | new))
         (self.c.seek_to_beginning if self.from_beginning or self.known else self.c.seek_to_end)(*new)
@@ -257,6 +259,23 @@ def consumer_lag(c) -> dict[int, int]:
     if not tps: return {}
     ends = c.end_offsets(tps)
     return {tp.partition: max(ends[tp] - c.position(tp), 0) for tp in tps}
+
+# %% ../nbs/09_monitor.ipynb #71f17034
+class DeadLetterCount:
+    "Counts the dead letters on `topic` by their `dlq.reason` header, from the topic's first message on."
+    def __init__(self, settings:KafkaSettings, topic:str=DEAD_LETTER_TOPIC):
+        self.c = consumer(settings, enable_auto_commit=False)
+        self.parts, self.reasons = _Partitions(self.c, topic, from_beginning=True), Counter()
+
+    def poll(self, top:int=3) -> dict:
+        "Count what arrived since the last call; {'total': n, 'top': {reason: count}} of the `top` commonest reasons."
+        self.parts.refresh()
+        if self.parts.known:
+            for ms in self.c.poll(timeout_ms=0).values():
+                self.reasons.update(dict(m.headers or []).get("dlq.reason", b"unknown").decode("utf-8", "replace") for m in ms)
+        return {"total": sum(self.reasons.values()), "top": dict(self.reasons.most_common(top))}
+
+    def close(self): self.c.close()
 
 # %% ../nbs/09_monitor.ipynb #f2e62910
 class AlertSink:
@@ -299,6 +318,7 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
             max_records:int|None=None, # stop after this many records
             timeout:float|None=None, # stop after this many seconds without a record
             alerts_topic:str=ALERTS_TOPIC, # where alerts are written
+            dead_letter_topic:str|None=DEAD_LETTER_TOPIC, # counted into each update's snapshot; None: not counted
             stop:threading.Event|None=None # set it to end the loop from another thread
            ) -> RollingMetrics:
     "Feed the records of `topic` to `metrics` and `detector`, reporting to `callback`, until told to stop."
@@ -306,13 +326,15 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
     c = consumer(settings, group_id=group_id, enable_auto_commit=group_id is not None, allow_auto_create_topics=False,
                  auto_offset_reset="earliest" if from_beginning else "latest")
     sink, parts = AlertSink(settings, alerts_topic), _Partitions(c, topic, from_beginning)
+    dead = DeadLetterCount(settings, dead_letter_topic) if dead_letter_topic else None
     if group_id: c.subscribe([topic])
     new, rolling, alerts, n, bad, no_actual = [], [], [], 0, 0, 0
     last_record = last_update = time.monotonic()
     def report(done=False):
         nonlocal new, rolling, alerts, last_update
         if not group_id: parts.refresh()
-        if callback: callback(Update(new, metrics.snapshot(consumer_lag(c)), alerts, done, rolling))
+        snap = metrics.snapshot(consumer_lag(c)) | ({"dead_letters": dead.poll()} if dead else {})
+        if callback: callback(Update(new, snap, alerts, done, rolling))
         new, rolling, alerts, last_update = [], [], [], time.monotonic()
     try:
         report()
@@ -338,29 +360,30 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
         report(done=True)
     finally:
         c.close(); sink.close()
-    log.info("monitor read %d records from %s (%d without an actual yet, %d not prediction messages), raised %d alerts",
-             n, topic, no_actual, bad, detector.alerts if detector else 0)
+        if dead: dead.close()
+    log.info("monitor read %d records from %s (%d without an actual yet, %d not prediction messages), raised %s",
+             n, topic, no_actual, bad, _count(detector.alerts if detector else 0, "alert"))
     return metrics
 
 # %% ../nbs/09_monitor.ipynb #e236752f
-def _f(x, fmt:str=".2f") -> str:
-    "`x` formatted, or '-' when missing."
-    return "-" if x is None else format(x, fmt)
+def _count(n:int, noun:str) -> str:
+    "'1 alert', '2 alerts'."
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
-def _window_text(f:dict, label:str) -> str:
-    w = "/".join(_f(v, ".0f") for v in f["within"].values())
-    return (f"{label}: MAE {_f(f['mae'])} RMSE {_f(f['rmse'])} bias {_f(f['bias'], '+.2f')} MAPE {_f(f['mape_pct'], '.1f')}% "
-            f"within {'/'.join(f['within'])}% {w}")
+def _f(x, decimals:int=2, sign:str="") -> str:
+    "`x` with thousands separators, or '-' when missing."
+    return "-" if x is None else format(x, f"{sign},.{decimals}f")
 
 def status_line(u:Update) -> str:
-    "One line of rolling statistics for the terminal."
+    "One short line for the terminal: the count window's figures, the rate, lag, dead letters and alerts (the page shows more)."
     s = u.snapshot
-    last, recent = s["last"], s["recent"]
-    alert = f" | ALERT {', '.join(a['reasons'][0] for a in u.alerts)}" if u.alerts else ""
-    spans = (f"last {last['n']}", f"{s['seconds']:g} s ({recent['n']})")
-    return (f"seen {s['seen']} | {_window_text(last, spans[0])} | {_window_text(recent, spans[1])} "
-            f"{_f(recent['throughput'], '.0f')} rec/s | "
-            f"lag {_f(s['lag'], 'd')}{alert}")
+    last, recent, dead = s["last"], s["recent"], s.get("dead_letters")  # the time window's rate
+    parts = [f"seen {s['seen']}",
+             f"last {last['n']}: MAE {_f(last['mae'])} RMSE {_f(last['rmse'])} bias {_f(last['bias'], sign='+')} MAPE {_f(last['mape_pct'], 1)} %",
+             f"{_f(recent['throughput'], 0)} rec/s", f"lag {_f(s['lag'], 0)}"]
+    if dead: parts.append(f"dead letters {dead['total']}" + (f" ({', '.join(f'{r} {n}' for r, n in dead['top'].items())})" if dead["top"] else ""))
+    if u.alerts: parts.append(f"ALERT {', '.join(a['reasons'][0] for a in u.alerts)}")
+    return " | ".join(parts)
 
 # %% ../nbs/09_monitor.ipynb #8b3f5c86
 def monitor_options(f):
@@ -376,17 +399,30 @@ def monitor_options(f):
             click.option("--from-beginning", is_flag=True, help="Start at the oldest record instead of the end."),
             click.option("--group-id", default=None, help="Consumer group to join; default: none (read alone, commit nothing)."),
             click.option("--alerts-topic", default=ALERTS_TOPIC, show_default=True, help="Topic that receives drift alerts."),
-            click.option("--timeout", type=float, default=None, help="Stop after this many seconds without a record.")]
+            click.option("--timeout", type=float, default=None, help="Stop after this many seconds without a record."),
+            click.option("--dead-letter-topic", default=DEAD_LETTER_TOPIC, show_default=True, help="Dead letters counted by reason."),
+            click.option("--events-topic", default=EVENTS_TOPIC, show_default=True,
+                         help="Events whose fields pick the run of the default baseline (the newest run whose model fits them).")]
     for o in reversed(opts): f = o(f)
     return f
 
+def baseline_run(settings:KafkaSettings, events_topic:str=EVENTS_TOPIC, runs:Path|str="outputs/runs") -> str|None:
+    "The newest run whose model fits the newest events (logged), for the baseline MAE; None if there is no run at all."
+    if latest_run(runs) is None: return None
+    try: run, why = matching_run(runs, newest_events(ensure_broker(settings), events_topic))
+    except NoMatchingRun as e: raise click.UsageError(f"{e}; or give --baseline") from None
+    log.info("baseline MAE from %s", why)
+    return str(run)
+
 def monitor_kwargs(bootstrap_servers, topic, window, seconds, baseline, factor, band, min_records, from_beginning,
-                   group_id, alerts_topic, max_records, timeout) -> dict:
+                   group_id, alerts_topic, max_records, timeout, dead_letter_topic=DEAD_LETTER_TOPIC, events_topic=EVENTS_TOPIC) -> dict:
     "Keyword arguments for `monitor` from the command line's options."
+    settings = kafka_settings(bootstrap_servers=bootstrap_servers)
+    if baseline is None: baseline = baseline_run(settings, events_topic)
     try: mae = resolve_baseline(baseline)
     except (OSError, KeyError, ValueError) as e: raise click.BadParameter(str(e), param_hint="--baseline")
     if mae is None: log.info("no baseline MAE (no --baseline and no run under outputs/runs): drift alerts are off")
-    return dict(settings=kafka_settings(bootstrap_servers=bootstrap_servers), topic=topic,
+    return dict(settings=settings, topic=topic, dead_letter_topic=dead_letter_topic,
                 metrics=RollingMetrics(window, seconds), from_beginning=from_beginning, group_id=group_id,
                 detector=DriftDetector(mae, factor, band, min_records or window) if mae else None,
                 alerts_topic=alerts_topic, max_records=max_records, timeout=timeout)

@@ -306,7 +306,7 @@ class Metrics:
         self.path, self.every, self.info = Path(path) if path else None, every, info
         self.counts, self.batches, self.latencies, self.partitions = Counter(), 0, deque(maxlen=1000), []
         self.started = self._last_t = time.monotonic()
-        self._last_n = 0
+        self._last_n, self._last_counts = 0, Counter()
 
     @property
     def events(self) -> int: return sum(self.counts.values())
@@ -314,6 +314,10 @@ class Metrics:
     def add(self, counts:Counter, seconds:float):
         "Record one batch's outcomes and its latency."
         self.counts.update(counts); self.batches += 1; self.latencies.append(seconds)
+        self.tick()
+
+    def tick(self):
+        "Report if the interval is over: after a batch, and between polls while idle, so the progress line stays current."
         if time.monotonic() - self._last_t >= self.every: self.report()
 
     def snapshot(self) -> dict:
@@ -330,15 +334,25 @@ class Metrics:
 
     def report(self) -> dict:
         "Log the metrics and rewrite the file; start a new interval."
-        s = self.snapshot()
-        log.info("scored %d, dead-lettered %d, %.1f events/s (recent %.1f), batch p50 %s ms, p95 %s ms", s["scored"], s["dead_lettered"],
-                 s["events_per_s"], s["recent_events_per_s"], s["batch_latency_ms"]["p50"], s["batch_latency_ms"]["p95"])
+        s, lat = self.snapshot(), self.snapshot()["batch_latency_ms"]
+        log.info("scored %d, dead-lettered %d, %.1f events/s (now %.1f), batch p50 %s, p95 %s", s["scored"], s["dead_lettered"],
+                 s["events_per_s"], s["recent_events_per_s"], *(f"{v:.1f} ms" if v is not None else "- (no batch yet)" for v in (lat["p50"], lat["p95"])))
+        self.warn_rejections()
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text(json.dumps(s, indent=1)); tmp.replace(self.path)
-        self._last_t, self._last_n = time.monotonic(), self.events
+        self._last_t, self._last_n, self._last_counts = time.monotonic(), self.events, self.counts.copy()
         return s
+
+    def warn_rejections(self, share:float=0.1, at_least:int=20):
+        "Warn when more than `share` of this interval's events (at least `at_least` of them) were dead-lettered."
+        new = self.counts - self._last_counts
+        n, bad = sum(new.values()), sum(new.values()) - new["scored"]
+        if n < at_least or bad <= share * n: return
+        top = ", ".join(f"{r} {c}" for r, c in Counter({k: v for k, v in new.items() if k != "scored"}).most_common(3))
+        log.warning("%d of the last %d events (%.0f %%) were dead-lettered (%s): is the model right for these events? "
+                    "See `sales-kafka dlq list`", bad, n, 100 * bad / n, top)
 
 # %% ../nbs/08_serve.ipynb #4c21fd92
 class ServeError(RuntimeError):
@@ -472,6 +486,7 @@ class ScoringWorker:
         last = time.monotonic()
         while not self.stopping.is_set():
             records, now = self.poll(poll_timeout), time.monotonic()
+            self.metrics.tick()
             if records: self.process(records); last = time.monotonic()
             elif not self.consumer.assignment(): last = now  # idle time counts from the first assignment
             elif idle_exit is not None and now - last > idle_exit:
@@ -483,13 +498,17 @@ RUNS_DIR = Path("outputs/runs")  # where `sales-kafka run` puts its run folders
 
 def _is_model_dir(p:Path) -> bool: return (p/MODEL_JSON).is_file()
 
-def find_model(path:Path|str|None=None, # a model folder or a run folder; None: the newest run in `runs`
-               runs:Path|str=RUNS_DIR) -> Path:
-    "The model folder that `path` names, or the newest run's."
+def find_model(path:Path|str|None=None, # a model folder or a run folder; None: the newest run in `runs` that fits the events
+               runs:Path|str=RUNS_DIR,
+               settings:KafkaSettings|None=None, # the cluster whose events the model must fit; None: the newest run
+               events_topic:str=EVENTS_TOPIC) -> Path:
+    "The model folder that `path` names, or that of the newest run whose features the newest events carry (logged)."
     if path is None:
-        found = sorted((r/"model" for r in Path(runs).glob("*") if _is_model_dir(r/"model")), key=lambda p: p.parent.name)
-        if not found: raise ServeError(f"no run with a model in {Path(runs).absolute()}; train one with `sales-kafka run` or pass --model")
-        return found[-1]
+        from sales_prediction_kafka.browse import NoMatchingRun, matching_run, newest_events
+        try: run, why = matching_run(runs, newest_events(settings, events_topic) if settings else [])
+        except NoMatchingRun as e: raise ServeError(str(e)) from None
+        log.info("model from %s", why)
+        return run/"model"
     p = Path(path)
     for cand in (p, p/"model"):
         if _is_model_dir(cand): return cand
@@ -505,11 +524,11 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the newe
           metrics_every:float=5.0, # seconds between metric reports
           **worker) -> dict: # more `ScoringWorker` arguments: group_id, worker_id, exactly_once, max_records, ...
     "Run a scoring worker until SIGTERM/Ctrl-C (or idle); its final metrics."
-    folder = find_model(model, runs)
+    settings = ensure_broker(settings)
+    folder = find_model(model, runs, settings, worker.get("events_topic", EVENTS_TOPIC))
     m = load_model(folder)
     log.info("loaded %s model %s from %s", getattr(m, "kind", "?"), getattr(m, "version", "?"), folder)
     gc.collect(); gc.freeze()  # the model's long-lived objects leave the collector's view: no ~170 ms full-collection pauses while scoring
-    settings = ensure_broker(settings)
     w = ScoringWorker(m, settings, **worker)
     for t in w.topics: ensure_topic(settings, t, partitions)
     w.metrics = Metrics(metrics_path, metrics_every, worker=w.worker_id, group=w.group_id, mode=w.mode, model=str(folder))

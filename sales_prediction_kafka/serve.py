@@ -19,6 +19,7 @@ from .config import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSe
                                            kafka_settings, stop_on_signals)
 from .broker import ensure_broker
 from .models import MODEL_JSON, load_model
+from .registry import MODELS_TOPIC, ChampionFollower, record_model
 from .stream import PARTITIONS, StreamError, consumer, ensure_topic, prediction_record, producer
 
 log = logging.getLogger(__name__)
@@ -391,14 +392,15 @@ class ScoringWorker:
                  max_event_bytes:int=MAX_EVENT_BYTES, # larger events are dead letters
                  session_timeout_ms:int=10_000, # a silent worker leaves the group after this
                  transaction_timeout_ms:int=30_000, # an open transaction of a dead worker is aborted after this
-                 metrics:Metrics|None=None):
-        self.model, self.settings, self.group_id, self.exactly_once = model, settings, group_id, exactly_once
+                 metrics:Metrics|None=None,
+                 follower:ChampionFollower|None=None): # swaps in each new champion between micro-batches; None: one model for good
+        self.settings, self.group_id, self.exactly_once, self.follower, self.swaps = settings, group_id, exactly_once, follower, 0
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.topics = (events_topic, predictions_topic, dead_letter_topic)
         self.max_records, self.max_event_bytes = max_records, max_event_bytes
         self.session_timeout_ms, self.transaction_timeout_ms = session_timeout_ms, transaction_timeout_ms
-        self.validate = EventValidator(event_schema(model))
         self.metrics = metrics or Metrics(worker=self.worker_id, group=group_id, mode=self.mode)
+        self.use(model)
         self.stopping = threading.Event()
         self.consumer = self.producer = None
 
@@ -425,6 +427,20 @@ class ScoringWorker:
         if self.consumer is not None: self.consumer.close(autocommit=False); self.consumer = None
         if self.producer is not None: self.producer.close(); self.producer = None
         log.info("%r closed", self)
+
+    def use(self, model):
+        "Score with `model` (a `SalesModel`) from the next micro-batch on."
+        self.model, self.validate = model, EventValidator(event_schema(model))
+        self.metrics.info |= {"model_version": model.version, "swaps": self.swaps}
+
+    def swap(self) -> bool:
+        "Switch to a newly promoted champion, if one is ready; called between micro-batches, so between transactions."
+        got = self.follower.take() if self.follower else None
+        if got is None: return False
+        old, self.swaps = self.model.version, self.swaps + 1
+        self.use(got[1]); gc.freeze()
+        log.info("%r swapped model %s for the champion %s", self, old, self.model.version)
+        return True
 
     def __enter__(self): return self.open()
     def __exit__(self, *exc): self.close()
@@ -485,6 +501,7 @@ class ScoringWorker:
         "Score batches until `stopping` is set (or, with partitions assigned, idle for `idle_exit` s); the final metrics."
         last = time.monotonic()
         while not self.stopping.is_set():
+            self.swap()
             records, now = self.poll(poll_timeout), time.monotonic()
             self.metrics.tick()
             if records: self.process(records); last = time.monotonic()
@@ -515,28 +532,40 @@ def find_model(path:Path|str|None=None, # a model folder or a run folder; None: 
     raise ServeError(f"{p} is neither a model folder (with model.json) nor a run folder with a model/ in it")
 
 # %% ../nbs/08_serve.ipynb #f69e146b
-def serve(model:Path|str|None=None, # model folder or run folder; None: the newest run under `runs`
+def serve(model:Path|str|None=None, # model folder or run folder; None: the registry's champion, else the newest run under `runs`
           settings:KafkaSettings|None=None, # the cluster; None: from the environment, else the local broker
           runs:Path|str=RUNS_DIR, # where to look for the newest run
           partitions:int=PARTITIONS, # partitions of topics created here
           idle_exit:float|None=None, # stop after this many seconds without events; None: run until signalled
           metrics_path:Path|str|None=None, # JSON file the metrics are written to
           metrics_every:float=5.0, # seconds between metric reports
+          models_topic:str=MODELS_TOPIC, # the registry to follow
+          follow:bool=True, # swap in each champion promoted while running; False: keep the first model
           **worker) -> dict: # more `ScoringWorker` arguments: group_id, worker_id, exactly_once, max_records, ...
     "Run a scoring worker until SIGTERM/Ctrl-C (or idle); its final metrics."
+    folder = find_model(model, runs) if model is not None or not follow else None  # a bad path fails before the broker is asked
     settings = ensure_broker(settings)
-    folder = find_model(model, runs, settings, worker.get("events_topic", EVENTS_TOPIC))
-    m = load_model(folder)
-    log.info("loaded %s model %s from %s", getattr(m, "kind", "?"), getattr(m, "version", "?"), folder)
+    follower = ChampionFollower(settings, models_topic).start() if follow else None
+    champion = follower.champion if follower and model is None else None
+    if champion: m, source = record_model(champion), f"{models_topic} (champion)"
+    else:
+        folder = folder or find_model(model, runs, settings, worker.get("events_topic", EVENTS_TOPIC))
+        m, source = load_model(folder), str(folder)
+    log.info("loaded %s model %s from %s", getattr(m, "kind", "?"), getattr(m, "version", "?"), source)
     gc.collect(); gc.freeze()  # the model's long-lived objects leave the collector's view: no ~170 ms full-collection pauses while scoring
-    w = ScoringWorker(m, settings, **worker)
+    if follower: follower.current = m.version
+    w = ScoringWorker(m, settings, follower=follower, **worker)
     for t in w.topics: ensure_topic(settings, t, partitions)
-    w.metrics = Metrics(metrics_path, metrics_every, worker=w.worker_id, group=w.group_id, mode=w.mode, model=str(folder))
-    with stop_on_signals(w.stopping), w: return w.run(idle_exit)
+    w.metrics = Metrics(metrics_path, metrics_every, worker=w.worker_id, group=w.group_id, mode=w.mode, model=source)
+    w.use(m)
+    try:
+        with stop_on_signals(w.stopping), w: return w.run(idle_exit)
+    finally:
+        if follower: follower.stop()
 
 # %% ../nbs/08_serve.ipynb #82de7b56
 @click.command("serve")
-@click.option("--model", "model", type=click.Path(exists=True, file_okay=False), help="Model folder or run folder (default: the newest run under --runs).")
+@click.option("--model", "model", type=click.Path(exists=True, file_okay=False), help="Model folder or run folder (default: the registry's champion, else the newest run under --runs).")
 @click.option("--runs", type=click.Path(file_okay=False), default=str(RUNS_DIR), show_default=True, help="Folder of run folders, searched when --model is not given.")
 @kafka_options("Most events in one micro-batch.", 500)
 @click.option("--group-id", default="sales-scorers", show_default=True, help="Consumer group; workers with the same group share the partitions.")
@@ -552,10 +581,13 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the newe
 @click.option("--metrics-file", type=click.Path(dir_okay=False), help="JSON file rewritten with the worker's metrics.")
 @click.option("--metrics-every", type=float, default=5.0, show_default=True, help="Seconds between metric reports (log line and file).")
 @click.option("--idle-exit", type=float, help="Stop after this many seconds without events (default: run until SIGTERM or Ctrl-C).")
-def serve_command(model, runs, bootstrap_servers, partitions, session_timeout, transaction_timeout, metrics_file, metrics_every, idle_exit, **worker):
+@click.option("--models-topic", default=MODELS_TOPIC, show_default=True, help="The model registry whose champion is followed.")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="Swap in each champion promoted while running, between micro-batches.")
+def serve_command(model, runs, bootstrap_servers, partitions, session_timeout, transaction_timeout, metrics_file, metrics_every, idle_exit,
+                  models_topic, follow, **worker):
     "Score live sales events as a worker in a consumer group; predictions to the predictions topic, bad events to the dead-letter topic."
     try:
         m = serve(model, kafka_settings(bootstrap_servers=bootstrap_servers), runs, partitions, idle_exit, metrics_file, metrics_every,
-                  session_timeout_ms=session_timeout * 1000, transaction_timeout_ms=transaction_timeout * 1000, **worker)
+                  models_topic, follow, session_timeout_ms=session_timeout * 1000, transaction_timeout_ms=transaction_timeout * 1000, **worker)
     except (ServeError, StreamError) as e: raise click.ClickException(str(e))
     click.echo(json.dumps({k: m[k] for k in ("worker", "scored", "dead_lettered", "events_per_s")}))

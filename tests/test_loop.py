@@ -1,0 +1,74 @@
+"The continual-learning loop on a real broker: the registry, hot swaps in serve workers, training from a topic, the learner."
+import json, signal, subprocess, sys, threading, time
+from collections import Counter
+from pathlib import Path
+import pytest
+from sales_prediction_kafka.data import generate_sales
+from sales_prediction_kafka.models import SalesModel, load_model, save_model
+from sales_prediction_kafka.registry import ensure_models_topic, model_record, promote, publish
+from sales_prediction_kafka.replay import replay, table_events
+from sales_prediction_kafka.stream import ensure_topic
+from helpers import SERVE, metrics, read_all, topics, wait_for
+
+pytestmark = pytest.mark.kafka
+
+def start_follower_worker(tmp:Path, settings, t:dict, worker:str, models_topic:str, group:str|None=None) -> subprocess.Popen:
+    "An exactly-once `serve` worker told no model path: it loads the registry's champion and follows it."
+    args = ["--runs", str(tmp/"no-runs"), "--models-topic", models_topic, "--bootstrap-servers", settings.bootstrap_servers,
+            "--group-id", group or t["group"], "--worker-id", worker, "--events-topic", t["events"], "--predictions-topic", t["predictions"],
+            "--dead-letter-topic", t["dlq"], "--partitions", "4", "--max-records", "100", "--session-timeout", "6", "--exactly-once",
+            "--metrics-file", str(tmp/f"{worker}.json"), "--metrics-every", "0.2"]
+    return subprocess.Popen([sys.executable, "-c", SERVE, *args], stdout=subprocess.PIPE, stderr=open(tmp/f"{worker}.log", "ab"))
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    "Two saved models that score differently: a linear one and a trees one, trained on different customers."
+    d = tmp_path_factory.mktemp("models")
+    return [save_model(SalesModel(kind).fit(generate_sales(400, seed=s).dropna()), d/kind) for kind, s in (("linear", 5), ("trees", 8))]
+
+def test_hot_swap_exactly_once_with_sigkill(broker_settings, two_models, tmp_path):
+    "2 exactly-once workers load the champion from the registry; a promotion swaps them mid-stream while one is SIGKILLed and restarted."
+    settings, t, reg = broker_settings, topics("swap"), f"models-{topics('r')['group']}"
+    n = 6000
+    ensure_topic(settings, t["events"], partitions=4); ensure_models_topic(settings, reg)
+    a, b = (publish(settings, model_record(m), reg) for m in two_models)
+    promote(settings, a["version"], topic=reg)
+    workers = {w: start_follower_worker(tmp_path, settings, t, w, reg) for w in ("w0", "w1")}
+    try:
+        wait_for(lambda: all(len(metrics(tmp_path, w).get("partitions", [])) == 2 for w in workers), 90, "the group to share the partitions")
+        assert {metrics(tmp_path, w)["model_version"] for w in workers} == {a["version"]}, "a worker told no path scores with the champion"
+        feeder = threading.Thread(target=replay, args=(table_events(generate_sales(n, seed=12, missing=0.0)), settings, t["events"], 1500.0),
+                                  kwargs={"progress": False})
+        feeder.start()
+        wait_for(lambda: all(metrics(tmp_path, w).get("scored", 0) > 200 for w in workers), 60, "both workers to score")
+        promote(settings, b["version"], "test", reg)
+        time.sleep(0.05)
+        workers["w1"].send_signal(signal.SIGKILL); workers["w1"].wait()  # during the swap
+        workers["w1"] = start_follower_worker(tmp_path, settings, t, "w1", reg)  # told no path: loads the new champion
+        wait_for(lambda: metrics(tmp_path, "w0").get("swaps") == 1, 30, "w0 to swap")
+        feeder.join()
+        ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
+        read_all(settings, t["predictions"], "read_committed", until=lambda recs: len(ids(recs)) >= n, timeout=120)
+        late = start_follower_worker(tmp_path, settings, t, "late", reg, group=t["group"] + "-late")  # a new group, started after
+        workers["late"] = late
+        wait_for(lambda: metrics(tmp_path, "late").get("scored", 0) >= n, 90, "the late worker to score every event")
+    finally:
+        for p in workers.values(): p.send_signal(signal.SIGTERM)
+        codes = {w: p.wait(timeout=60) for w, p in workers.items()}
+    assert codes == {"w0": 0, "w1": 0, "late": 0}, codes
+    recs = read_all(settings, t["predictions"], "read_committed")
+    by_worker = Counter(dict(r.headers)["worker"].decode() for r in recs)
+    mine = [r for r in recs if dict(r.headers)["worker"] != b"late"]
+    counts = Counter(json.loads(r.value)["prediction_index"] for r in mine)
+    assert set(counts) == set(range(n)) and max(counts.values()) == 1, "every event id: exactly one prediction across the swap"
+    versions = Counter(dict(r.headers)["model_version"].decode() for r in mine)
+    assert versions[a["version"]] > 0 and versions[b["version"]] > 0 and sum(versions.values()) == n, versions
+    assert metrics(tmp_path, "w1")["model_version"] == b["version"] and metrics(tmp_path, "w0")["model_version"] == b["version"]
+    assert {dict(r.headers)["model_version"].decode() for r in recs if dict(r.headers)["worker"] == b"late"} == {b["version"]}
+    scorers = {a["version"]: load_model(two_models[0]), b["version"]: load_model(two_models[1])}
+    events = list(table_events(generate_sales(n, seed=12, missing=0.0)))
+    for r in mine[::7]:  # the header names the model that scored it
+        v = json.loads(r.value)
+        y = scorers[dict(r.headers)["model_version"].decode()].predict_records([events[v["prediction_index"]]])[0]
+        assert abs(v["predicted_sales"] - y) <= 1e-6 * abs(y)
+    print(f"\n{n} events, versions {dict(versions)}, by worker {dict(by_worker)}")

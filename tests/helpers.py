@@ -68,3 +68,7 @@ def kafka_warnings(**client):
             KafkaProducer(bootstrap_timeout_ms=4000, reconnect_backoff_max_ms=1000, **client).close()
     finally: log.removeHandler(seen)
     return seen
+
+def run_folder(stdout:str) -> Path:
+    "The run folder that `sales-kafka run` names on its last line (`report: <folder>/report.html`)."
+    return Path(stdout.strip().splitlines()[-1].removeprefix("report: ")).parent

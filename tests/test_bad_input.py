@@ -11,7 +11,7 @@ from sales_prediction_kafka.pipeline import run_command
 from sales_prediction_kafka.replay import table_events
 from sales_prediction_kafka.serve import MAX_EVENT_BYTES
 from sales_prediction_kafka.stream import ensure_topic, producer
-from helpers import SALES_KAFKA, read_all, topics
+from helpers import SALES_KAFKA, read_all, topics, run_folder
 
 # --- CSV files ------------------------------------------------------------------------------------------------------------
 
@@ -69,11 +69,12 @@ def test_utf8_bom_loads_like_plain_utf8(tmp_path):
 def test_run_on_bom_file_by_relative_path(tmp_path):
     "The main job on the 500-row sample saved with a BOM, named by a path relative to the working folder: it runs and reads every row."
     (tmp_path/"bom.csv").write_bytes(b"\xef\xbb\xbf" + SAMPLE_CSV.read_bytes())
-    r = subprocess.run([SALES_KAFKA, "run", "--data", "bom.csv", "--no-stream", "-p", "epochs", "2", "-p", "cv_folds", "2", "--out", "runs"],
+    r = subprocess.run([SALES_KAFKA, "run", "--data", "bom.csv", "--no-stream", "-p", "epochs", "2", "-p", "cv_folds", "2",
+                        "-p", "outliers", "keep", "--out", "runs"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    run, = (tmp_path/"runs").iterdir()
-    assert json.loads((run/"metrics.json").read_text())["cleaning"]["rows_before"] == 500
+    run = tmp_path/run_folder(r.stdout)
+    assert json.loads((run/"metrics.json").read_text())["data"]["rows"] == 500
 
 # --- pipeline parameters and command-line arguments (each through the real `sales-kafka` command) ------------------------
 
@@ -81,7 +82,9 @@ CLI_CASES = {  # kind: (arguments, exit code, what stderr must say)
     "unknown_feature": (["run", "--features", "Marketing_Spend,Nope"], 2, r"no column(\(s\))? 'Nope'; the columns are Sales, "),
     "unknown_target": (["run", "--target", "Revenue"], 2, r"no column(\(s\))? 'Revenue'"),
     "negative_epochs": (["run", "-p", "epochs", "-5"], 2, r"parameter 'epochs' must be an integer >= 1, got -5"),
-    "epochs_not_a_number": (["run", "--epochs", "ten"], 2, r"parameter 'epochs' must be an integer >= 1, got 'ten'"),
+    "epochs_not_a_number": (["run", "--epochs", "ten"], 2, r"Invalid value for '--epochs': 'ten' is not a valid integer"),
+    "param_not_a_number": (["run", "-p", "epochs", "ten"], 2, r"parameter 'epochs': 'ten' is not a valid integer"),
+    "outliers_unknown": (["run", "--outliers", "drop"], 2, r"Invalid value for '--outliers': 'drop' is not one of 'auto', 'keep', 'remove'"),
     "test_size_out_of_range": (["run", "-p", "test_size", "1.5"], 2, r"parameter 'test_size' must be a fraction between 0 and 1, got 1.5"),
     "unknown_parameter": (["run", "-p", "epoch", "5"], 2, r"unknown parameter 'epoch'; known parameters: data_path"),
     "two_bad_parameters_at_once": (["run", "-p", "epochs", "0", "-p", "cv_folds", "1"], 2, r"'epochs' must be .*; parameter 'cv_folds' must be an integer >= 2"),

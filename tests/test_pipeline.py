@@ -1,15 +1,22 @@
 "The real pipeline, executed by papermill on the shipped sample, into real run folders."
-import json, math, subprocess, sys
+import json, subprocess
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from helpers import SALES_KAFKA, run_folder
+from sales_prediction_kafka.data import SAMPLE_CSV, generate_sales, load_table
+from sales_prediction_kafka.evaluate import error_report
+from sales_prediction_kafka.models import split
 from sales_prediction_kafka.pipeline import run_pipeline, ParameterError
 
 FAST = {"epochs": 8, "cv_folds": 3}  # few epochs keep the suite quick; the code path is the full one
 
 EDA_PLOTS = {"sales_distribution", "sales_by_season", "correlations", "churn_by_gender", "credit_by_default"}
-REPORT_PLOTS = {"predicted_vs_actual", "residuals", "training_curve", "feature_importance", "error_by_offset"}
+REPORT_PLOTS = {"predicted_vs_actual", "residuals", "training_curve_original_net", "feature_importance", "error_by_offset"}
+FIGURES = ("n", "bias", "mae", "rmse", "mape_pct", "r2")
 
 
 @pytest.fixture(scope="module")
@@ -20,43 +27,73 @@ def runs(tmp_path_factory, kafka_broker):
     return [run_pipeline(params, out_dir=out, progress=False) for _ in range(2)]
 
 
+def metrics(run:Path) -> dict: return json.loads((run/"metrics.json").read_text())
+
+def load_features(run:Path) -> list: return json.loads((run/"model"/"model.json").read_text())["features"]
+
+def assert_recomputes(run:Path, m:dict):
+    "The report's figures on every held-out row, and on the typical ones, equal those recomputed from test_predictions.csv."
+    rows = pd.read_csv(run/"test_predictions.csv")
+    assert list(rows.columns) == ["row", "actual", "predicted", "error", "typical"]
+    np.testing.assert_allclose(rows.error, rows.actual - rows.predicted, rtol=0, atol=1e-9)
+    for key, part in (("test", rows), ("test_typical", rows[rows.typical])):
+        again = error_report(part.actual, part.predicted, index=part.row)
+        for f in FIGURES: assert again[f] == pytest.approx(m[key][f], rel=1e-12, abs=1e-9), (key, f)
+        assert again["within"] == m[key]["within"] and again["worst"] == m[key]["worst"], key
+    return rows
+
+
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_run_folder_holds_everything(runs):
     run = runs[0]
-    for name in ("report.ipynb", "report.html", "params.json", "metrics.json"):
+    for name in ("report.ipynb", "report.html", "params.json", "metrics.json", "test_predictions.csv"):
         assert (run/name).stat().st_size > 0, name
     plots = {p.stem for p in (run/"plots").glob("*.png")}
     assert EDA_PLOTS | REPORT_PLOTS <= plots, sorted(plots)
     assert (run/"model"/"model.json").exists() and {p.suffix for p in (run/"model").iterdir()} & {".keras", ".joblib"}
-    assert (run/"seed_net"/"model.keras").exists() and (run/"seed_net"/"model.h5").exists(), "the seed's net, for its users"
+    assert (run/"original_net"/"model.keras").exists() and (run/"original_net"/"model.h5").exists(), "the original net, for its users"
     html = (run/"report.html").read_text()
-    for heading in ("Cleaning", "Model comparison", "Error report", "Streaming"):
+    for heading in ("Data and the held-out rows", "Columns and cleaning", "Model comparison", "Error report", "Streaming",
+                    "every held-out row", "typical rows only"):
         assert heading in html, heading
     assert 'src="http' not in html, "the report must open offline"
 
 
 @pytest.mark.kafka
 @pytest.mark.slow
-def test_metrics_are_sane(runs):
-    m = json.loads((runs[0]/"metrics.json").read_text())
-    c = m["cleaning"]
-    assert c["rows_before"] == 500 and 300 < c["rows_after"] < 500
-    test = m["test"]
-    assert test["n"] == math.ceil(c["rows_after"] * 0.2) or abs(test["n"] - c["rows_after"] * 0.2) <= 1
-    assert 0 < test["mae"] <= test["rmse"] and test["r2"] > 0.3
-    assert m["selected"] in {row["model"] for row in m["comparison"]}
-    assert {row["model"] for row in m["comparison"]} >= {"seed_net", "net", "linear", "trees"}
-    assert all(row["folds"] == FAST["cv_folds"] for row in m["comparison"])
-    assert test["rmse"] < m["seed_net_test"]["rmse"], "the selected model must beat the seed's two-feature net"
-    s = m["stream"]
-    assert s["total"] == test["n"] and s["verified"] is True
+def test_every_held_out_row_is_scored(runs):
+    m = metrics(runs[0])
+    assert (runs[0]/m["data"]["path"]).resolve() == SAMPLE_CSV.resolve(), "paths in a run are relative to its folder"
+    assert m["data"] | {"path": None} == {"path": None, "rows": 500, "rows_without_target": 0, "train_rows": 400, "test_rows": 100}
+    assert m["test"]["n"] == 100, "no held-out row may be removed"
+    assert m["cleaning"]["rows_before"] == 400, "cleaning learns from the training rows only"
+    assert m["test_typical"]["n"] < 100 and m["test"]["rmse"] > m["test_typical"]["rmse"], "the atypical rows are the hard ones"
+    assert sum(m["cleaning"]["test_cells_imputed"].values()) > 0, "held-out gaps are filled with training values"
+    rows = assert_recomputes(runs[0], m)
+    raw = load_table(SAMPLE_CSV)
+    np.testing.assert_array_equal(raw.loc[rows.row, "Sales"].to_numpy(), rows.actual.to_numpy())  # `row` is the CSV line
+    assert set(rows.row).isdisjoint(split(raw, 0.2, 42)[0].index), "test rows are the split's held-out lines"
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_comparison_tries_both_outlier_policies(runs):
+    m = metrics(runs[0])
+    tried = {(r["model"], r["outliers"]) for r in m["comparison"]}
+    assert tried == {(c, p) for c in ("original_net", "net", "linear", "trees") for p in ("keep", "remove")}
+    assert m["outliers"]["parameter"] == "auto" and m["outliers"]["chosen"] in ("keep", "remove")
+    other = "remove" if m["outliers"]["chosen"] == "keep" else "keep"
+    assert f"outliers {'kept' if other == 'keep' else 'removed'} from training, {m['selected']} scored CV RMSE" in m["selection_reason"]
+    assert all(r["folds"] == FAST["cv_folds"] for r in m["comparison"])
+    assert m["test"]["rmse"] < m["original_net_test"]["rmse"], "the selected model must beat the original two-feature net"
+    assert m["stream"]["total"] == 100 and m["stream"]["verified"] is True
 
 
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_same_seed_same_numbers(runs):
-    a, b = (json.loads((r/"metrics.json").read_text()) for r in runs)
+    a, b = (metrics(r) for r in runs)
     assert runs[0] != runs[1]
     for key in ("mae", "rmse", "mape_pct", "r2", "bias"):
         assert abs(a["test"][key] - b["test"][key]) <= 1e-6, key
@@ -72,16 +109,57 @@ def test_params_json_records_inputs(runs):
     assert p["versions"]["tensorflow"] and p["versions"]["kafka-python"]
 
 
+@pytest.mark.slow
+def test_original_notebook_path_still_runs(tmp_path):
+    "The original recipe: IQR removal on the training rows and the two-feature net, by name (its earlier name too)."
+    r = subprocess.run([SALES_KAFKA, "run", "--no-stream", "--out", str(tmp_path), "-p", "outliers", "remove",
+                        "-p", "model_override", "seed_net", "-p", "epochs", "8", "-p", "cv_folds", "3"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = run_folder(r.stdout)
+    m = metrics(run)
+    assert m["selected"] == "original_net" and m["outliers"] == {"parameter": "remove", "chosen": "remove"}
+    assert {r["outliers"] for r in m["comparison"]} == {"remove"}
+    c = m["cleaning"]
+    assert c["policy"] == "remove" and c["rows_after"] == c["rows_before"] - c["atypical"] < 400
+    assert load_features(run) == ["Marketing_Spend", "Seasonality"]
+    assert m["test"]["n"] == 100 and "chosen by override" in m["selection_reason"]
+    assert_recomputes(run, m)
+
+
+@pytest.mark.slow
+def test_planted_extremes_in_the_test_rows_are_counted(tmp_path):
+    "Extreme rows planted among the held-out lines stay in the test and dominate its worst predictions."
+    csv = tmp_path/"planted.csv"
+    generate_sales(300, seed=7).to_csv(csv, index=False)
+    held_out = split(load_table(csv), 0.2, 42)[1].index[:4]  # the lines the pipeline will hold out
+    table = pd.read_csv(csv)
+    table.loc[held_out - 2, "Sales"] *= 20  # line = position + 2
+    table.to_csv(csv, index=False)
+    r = subprocess.run([SALES_KAFKA, "run", "--no-stream", "--data", str(csv), "--out", str(tmp_path/"runs"),
+                        "-p", "candidates", "linear,trees", "-p", "cv_folds", "3"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = run_folder(r.stdout)
+    m = metrics(run)
+    rows = assert_recomputes(run, m)
+    planted = rows[rows.row.isin(held_out)]
+    assert len(planted) == 4 and not planted.typical.any(), "planted rows are scored and marked atypical"
+    assert {w["index"] for w in m["test"]["worst"]} <= set(held_out), "the worst predictions are the planted rows"
+    assert m["test"]["rmse"] > 3 * m["test_typical"]["rmse"]
+
+
 def test_bad_parameter_fails_before_running(tmp_path):
     with pytest.raises(ParameterError, match="'epochs' must be an integer >= 1"):
         run_pipeline({"epochs": -1}, out_dir=tmp_path)
     with pytest.raises(ParameterError, match="no column.*'Nope'"):
         run_pipeline({"features": "Marketing_Spend,Nope"}, out_dir=tmp_path)
+    with pytest.raises(ParameterError, match="'outliers' must be 'auto', 'keep' or 'remove', got 'drop'"):
+        run_pipeline({"outliers": "drop"}, out_dir=tmp_path)
     assert not any(tmp_path.iterdir()), "no run folder for a run that never started"
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_parameter_without_traceback():
-    r = subprocess.run([str(Path(sys.executable).parent/"sales-kafka"), "run", "-p", "epochs", "-5"], capture_output=True, text=True)
+    r = subprocess.run([SALES_KAFKA, "run", "-p", "epochs", "-5"], capture_output=True, text=True)
     assert r.returncode == 2 and "'epochs' must be an integer >= 1" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -89,7 +167,6 @@ def test_cli_reports_bad_parameter_without_traceback():
 @pytest.mark.slow
 def test_any_tabular_csv_runs_end_to_end(tmp_path, kafka_broker):
     "Other column names: a different target, a many-level categorical, an ID column and a constant column."
-    import numpy as np, pandas as pd
     rng = np.random.default_rng(3)
     n = 240
     region = rng.choice([f"R{i:02d}" for i in range(30)], n)
@@ -99,12 +176,14 @@ def test_any_tabular_csv_runs_end_to_end(tmp_path, kafka_broker):
     csv = tmp_path/"stores.csv"
     pd.DataFrame({"Store_ID": np.arange(1000, 1000 + n), "Region": region, "Units": units, "Price": price,
                   "Currency": "EUR", "Revenue": revenue}).to_csv(csv, index=False)
-    run = run_pipeline({"data_path": str(csv), "target": "Revenue", "epochs": 5, "cv_folds": 2,
-                        "bootstrap_servers": kafka_broker.bootstrap_servers, "topic": "other_csv"}, out_dir=tmp_path/"runs", progress=False)
-    m = json.loads((run/"metrics.json").read_text())
+    run = run_pipeline({"data_path": str(csv), "target": "Revenue", "epochs": 5, "cv_folds": 2, "outliers": "keep",
+                        "numeric": "Units", "bootstrap_servers": kafka_broker.bootstrap_servers, "topic": "other_csv"},
+                       out_dir=tmp_path/"runs", progress=False)
+    m = metrics(run)
     notes = " ".join(m["feature_notes"])
     assert "Store_ID" in notes and "Currency" in notes, notes
     assert "Store_ID" not in m["features"] and "Currency" not in m["features"] and "Region" in m["features"]
-    assert {r["model"] for r in m["comparison"]} == {"net", "linear", "trees"}, "no seed net without its two columns"
+    assert m["treatment"]["Units"] == "numeric (standardised), as asked" and m["treatment"]["Revenue"] == "target"
+    assert {r["model"] for r in m["comparison"]} == {"net", "linear", "trees"}, "no original net without its two columns"
     assert m["test"]["r2"] > 0.5 and m["stream"]["verified"] is True
     assert "Revenue" in (run/"report.html").read_text()

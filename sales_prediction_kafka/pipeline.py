@@ -268,6 +268,9 @@ def resume_run(run_dir, # a run folder whose stream did not finish
 # %% ../nbs/10_pipeline.ipynb #61e2ae60
 @click.command("run")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), help="CSV to learn from (default: the embedded 500-row sample).")
+@click.option("--from-topic", help="Learn from the labelled events (those with the target) on this Kafka topic instead of a CSV.")
+@click.option("--from-last", type=click.IntRange(min=1), help="With --from-topic: only the last N labelled events.")
+@click.option("--from-since", help="With --from-topic: only events written since this time (ISO 8601, UTC if no zone).")
 @click.option("--target", help="Column to predict (default: Sales).")
 @click.option("--features", help="Comma-separated feature columns (default: all other columns).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Training epochs cap for the nets (default: 50).")

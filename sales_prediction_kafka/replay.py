@@ -4,7 +4,9 @@
 
 # %% ../nbs/08a_replay.ipynb #5c45a123
 from __future__ import annotations
-import logging, math, time
+import json, logging, math, time
+from pathlib import Path
+from kafka import TopicPartition
 import click
 import numpy as np
 import pandas as pd
@@ -14,13 +16,14 @@ from .broker import ensure_broker
 from .data import DataError, load_table
 from .serve import SCHEMA_VERSION
 from kafka.errors import KafkaTimeoutError
-from .stream import (PARTITIONS, StreamError, StreamSummary, check_topic, close_producer, ensure_topic,
-                                           producer, summarise_sends)
+from .stream import (PARTITIONS, StreamError, StreamSummary, check_topic, close_producer, consumer,
+                                           ensure_topic, producer, summarise_sends)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'table_events', 'replay', 'replay_command']
+__all__ = ['log', 'table_events', 'shift_events', 'replay', 'replay_command', 'labelled_events', 'events_table',
+           'topic_training_data', 'record_source']
 
 # %% ../nbs/08a_replay.ipynb #798a38ae
 def _plain(v):
@@ -36,6 +39,21 @@ def table_events(df:pd.DataFrame, # one row per event: feature columns and, opti
     for i, row in enumerate(df.itertuples(index=False, name=None)):
         ev = {"event_id": first_id + i, "schema_version": schema_version}
         yield ev | {c: p for c, v in zip(cols, row) if (p := _plain(v)) is not None}
+
+# %% ../nbs/08a_replay.ipynb #5c744728
+def shift_events(events, # event dicts, e.g. from `table_events`
+                 after:int, # events with a smaller position in `events` are left alone
+                 spend_factor:float=2.0, # Marketing_Spend is multiplied by this
+                 score_effect:float=300.0, # sales gain this many $ per point of Spending_Score
+                 target:str="Sales"):
+    "Yield `events`, changed from position `after` on: more marketing spend, and sales that depend more on the spending score."
+    for i, ev in enumerate(events):
+        if i >= after:
+            ev = dict(ev)
+            if ev.get("Marketing_Spend") is not None: ev["Marketing_Spend"] = round(ev["Marketing_Spend"] * spend_factor, 2)
+            if ev.get(target) is not None and ev.get("Spending_Score") is not None:
+                ev[target] = round(ev[target] + score_effect * ev["Spending_Score"], 2)
+        yield ev
 
 # %% ../nbs/08a_replay.ipynb #8632ff73
 def replay(events, # event dicts, e.g. from `table_events`
@@ -75,11 +93,75 @@ def replay(events, # event dicts, e.g. from `table_events`
 @click.option("--target", default="Sales", show_default=True, help="The actual-sales column (sent when present).")
 @click.option("--sep", default=",", show_default=True, help="Field delimiter of the CSV.")
 @click.option("--partitions", type=int, default=PARTITIONS, show_default=True, help="Partitions of the topic, if this command creates it.")
-def replay_command(csv, bootstrap_servers, topic, rate, first_id, limit, repeat, target, sep, partitions):
+@click.option("--shift-after", type=click.IntRange(0), help="From the K-th event on, double the marketing spend and add $300 per spending-score point to sales (the continual-learning demo).")
+def replay_command(csv, bootstrap_servers, topic, rate, first_id, limit, repeat, target, sep, partitions, shift_after):
     "Send the rows of a sales CSV as events (the load generator for demos, tests and benchmarks)."
     try: df = load_table(csv, target=target, sep=sep)
     except DataError as e: raise click.ClickException(str(e))
     df = pd.concat([df] * repeat, ignore_index=True).head(limit)
-    try: s = replay(table_events(df, first_id), kafka_settings(bootstrap_servers=bootstrap_servers), topic, rate, partitions, total=len(df))
+    events = table_events(df, first_id)
+    if shift_after is not None: events = shift_events(events, shift_after, target=target)
+    try: s = replay(events, kafka_settings(bootstrap_servers=bootstrap_servers), topic, rate, partitions, total=len(df))
     except StreamError as e: raise click.ClickException(str(e))
     click.echo(str(s))
+
+# %% ../nbs/08a_replay.ipynb #abc7df03
+def _start_offsets(c, tps:list, ends:dict, last:int|None, since:str|None) -> dict:
+    "Where to start reading each partition: `last` before its end, the first offset at `since`, else its beginning."
+    firsts = c.beginning_offsets(tps)
+    if since is not None:
+        at = c.offsets_for_times({tp: int(pd.Timestamp(since, tz="UTC").timestamp() * 1000) for tp in tps})
+        return {tp: at[tp].offset if at[tp] else ends[tp] for tp in tps}
+    if last is not None: return {tp: max(firsts[tp], ends[tp] - last) for tp in tps}
+    return firsts
+
+def labelled_events(settings:KafkaSettings, topic:str=EVENTS_TOPIC,
+                    target:str="Sales", # events with this field (not null) are labelled
+                    last:int|None=None, # only the last N labelled events; None: all
+                    since:str|None=None, # only events written since this time (ISO 8601, UTC if no zone)
+                    timeout:float=60) -> tuple[list[dict], dict]:
+    "The labelled events of `topic` in the window, and where they came from: topic, offset range per partition, count."
+    c = consumer(settings, enable_auto_commit=False, isolation_level="read_committed")
+    try:
+        parts = c.partitions_for_topic(check_topic(topic))
+        if not parts: raise StreamError(f"topic {topic!r} does not exist at {settings.bootstrap_servers}")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        c.assign(tps)
+        ends = c.end_offsets(tps)
+        for tp, o in _start_offsets(c, tps, ends, last, since).items(): c.seek(tp, o)
+        got, deadline = [], time.monotonic() + timeout
+        while any(c.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline: raise StreamError(f"timed out reading {topic} at {settings.bootstrap_servers}")
+            got += [m for ms in c.poll(timeout_ms=200).values() for m in ms if m.offset < ends[TopicPartition(m.topic, m.partition)]]
+    finally: c.close()
+    decoded = [(m, json.loads(m.value)) for m in sorted(got, key=lambda m: (m.timestamp, m.partition, m.offset))]
+    kept = [(m, ev) for m, ev in decoded if isinstance(ev, dict) and ev.get(target) is not None][-last if last else None:]
+    ranges = {}
+    for m, _ in kept: ranges.setdefault(m.partition, [m.offset, m.offset + 1])[1] = m.offset + 1
+    for m, _ in kept: ranges[m.partition][0] = min(ranges[m.partition][0], m.offset)
+    source = {"topic": topic, "partitions": {str(p): r for p, r in sorted(ranges.items())}, "events": len(kept), "last": last, "since": since}
+    return [ev for _, ev in kept], source
+
+def events_table(events:list[dict]) -> pd.DataFrame:
+    "The events as a table in event-id order, without their `event_id` and `schema_version`."
+    fullest = max(events, key=len)  # its fields in the order they were sent: an event with a gap has one fewer
+    df = pd.DataFrame(sorted(events, key=lambda e: e["event_id"]))
+    df = df[[*fullest, *(c for c in df if c not in fullest)]]
+    return df.drop(columns=[c for c in ("event_id", "schema_version") if c in df]).reset_index(drop=True)
+
+def topic_training_data(settings:KafkaSettings, topic:str, path:Path|str, # where the table is written as CSV
+                        target:str="Sales", last:int|None=None, since:str|None=None) -> tuple[Path, dict]:
+    "Write the labelled events of the window as a CSV at `path`; the path and the events' source."
+    events, source = labelled_events(settings, topic, target, last, since)
+    if not events: raise StreamError(f"no labelled events (with {target!r}) on {topic} in the window asked for")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    events_table(events).to_csv(path, index=False)
+    log.info("%d labelled events from %s, offsets %s", len(events), topic, source["partitions"])
+    return Path(path), source
+
+def record_source(run:Path|str, source:dict):
+    "Add where the training events came from to the run's params.json, so the run can be reproduced."
+    p = Path(run)/"params.json"
+    saved = json.loads(p.read_text())
+    saved["data"]["source"] = source
+    p.write_text(json.dumps(saved, indent=2) + "\n")

@@ -2,6 +2,7 @@
 import json, signal, subprocess, sys, threading, time
 from collections import Counter
 from pathlib import Path
+import pandas as pd
 import pytest
 from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.models import SalesModel, load_model, save_model
@@ -72,3 +73,26 @@ def test_hot_swap_exactly_once_with_sigkill(broker_settings, two_models, tmp_pat
         y = scorers[dict(r.headers)["model_version"].decode()].predict_records([events[v["prediction_index"]]])[0]
         assert abs(v["predicted_sales"] - y) <= 1e-6 * abs(y)
     print(f"\n{n} events, versions {dict(versions)}, by worker {dict(by_worker)}")
+
+@pytest.mark.slow
+def test_training_from_a_topic(broker_settings, tmp_path):
+    "`sales-kafka run --from-topic` learns from the last N labelled events; params.json records topic, partitions and offsets."
+    from helpers import SALES_KAFKA
+    from sales_prediction_kafka.registry import training_rows
+    settings, topic = broker_settings, f"labelled-{topics('t')['group']}"
+    df = generate_sales(500, seed=21)
+    df.loc[df.index % 5 == 0, "Sales"] = None  # unlabelled events are left out
+    replay(table_events(df), settings, topic, progress=False)
+    r = subprocess.run([SALES_KAFKA, "-q", "run", "--from-topic", topic, "--from-last", "300", "--no-stream", "--bootstrap-servers",
+                        settings.bootstrap_servers, "-p", "candidates", "linear,trees", "-p", "cv_folds", "3", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    run = next(p for p in tmp_path.iterdir() if (p/"params.json").exists() and (p/"model").exists())
+    saved = json.loads((run/"params.json").read_text())
+    src = saved["data"]["source"]
+    assert (saved["parameters"]["from_topic"], saved["parameters"]["from_last"], src["topic"], src["events"]) == (topic, 300, topic, 300)
+    assert sum(b - a for a, b in src["partitions"].values()) >= 300
+    table = json.loads((run/"metrics.json").read_text())["data"]
+    assert table["rows"] == 300, table
+    assert len(training_rows(run)) == 240  # 80 % of the window: the registry profiles exactly these
+    assert set(pd.read_csv(run/saved["data"]["path"])["Sales"]) <= set(df["Sales"].dropna())  # labelled events only

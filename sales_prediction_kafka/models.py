@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
-from fastcore.basics import patch
 from fastcore.meta import delegates
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LinearRegression
@@ -23,7 +22,7 @@ from sklearn.model_selection import KFold, train_test_split
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from .clean import Cleaner, CleaningReport, OUTLIER_POLICIES
+from .clean import Cleaner, CleaningReport, OUTLIER_POLICIES, plain
 from .config import set_seed
 from .data import TARGET
 from .evaluate import scores
@@ -140,13 +139,9 @@ class UnknownCategory(FeatureError):
         self.value = value
 
 # %% ../nbs/04_models.ipynb #57780d2a
-def _py(v):
-    "A numpy scalar as the plain Python value (JSON-ready)."
-    return v.item() if hasattr(v, "item") else v
-
 def _levels(s:pd.Series) -> list:
     "Sorted distinct values of `s` as plain Python values."
-    v = [_py(x) for x in s.dropna().unique()]
+    v = [plain(x) for x in s.dropna().unique()]
     try: return sorted(v)
     except TypeError: return sorted(v, key=str)
 
@@ -174,16 +169,61 @@ class Preprocessor:
     @property
     def names(self) -> list: return self.numeric + [f"{c}={v}" for c in self.categorical for v in self.categories[c]]
 
-# %% ../nbs/04_models.ipynb #a21c23c1
-@patch
-def fit(self:Preprocessor, df:pd.DataFrame) -> Preprocessor:
-    "Learn the categories and the scaling from the training rows `df`."
-    self.categories = {c: _levels(df[c]) for c in self.categorical}
-    if self.numeric:
-        sc = StandardScaler().fit(_numeric(df, self.numeric))
-        self.mean, self.scale = sc.mean_, sc.scale_
-    self._index()
-    return self
+    def fit(self, df:pd.DataFrame) -> Preprocessor:
+        "Learn the categories and the scaling from the training rows `df`."
+        self.categories = {c: _levels(df[c]) for c in self.categorical}
+        if self.numeric:
+            sc = StandardScaler().fit(_numeric(df, self.numeric))
+            self.mean, self.scale = sc.mean_, sc.scale_
+        self._index()
+        return self
+
+    def transform(self, df:pd.DataFrame,
+                  unknown:str="error" # 'error' raises `UnknownCategory`; 'ignore' encodes an unseen level as all zeros
+                 ) -> np.ndarray:
+        "The model matrix for the rows of `df`."
+        missing = [c for c in self.columns if c not in df.columns]
+        if missing: raise FeatureError(f"feature column(s) {missing} missing", missing[0])
+        X = np.zeros((len(df), self.width))
+        if self.numeric: X[:, :len(self.numeric)] = (_numeric(df, self.numeric) - self.mean) / self.scale
+        rows = np.arange(len(df))
+        for c in self.categorical:
+            s = df[c]
+            if s.isna().any(): raise FeatureError(f"column {c!r} has {int(s.isna().sum())} missing values", c, plain(s.index[s.isna().argmax()]))
+            codes = pd.Index(self.categories[c]).get_indexer(s)
+            bad = codes < 0
+            if bad.any() and unknown == "error": raise UnknownCategory(c, plain(s.iloc[bad.argmax()]), plain(s.index[bad.argmax()]))
+            X[rows[~bad], self.offsets[c] + codes[~bad]] = 1
+        return X
+
+    def transform_records(self, records:list) -> np.ndarray:
+        "The model matrix for a list of dicts; a `FeatureError` names the first bad record's position."
+        n, k = len(records), len(self.numeric)
+        X = np.zeros((n, self.width))
+        try:
+            for j, c in enumerate(self.numeric): X[:, j] = [r[c] for r in records]
+            for c in self.categorical:
+                lk = self.lookup[c]
+                X[np.arange(n), np.fromiter((self.offsets[c] + lk[r[c]] for r in records), np.intp, n)] = 1
+            ok = np.isfinite(X[:, :k]).all()
+        except (KeyError, TypeError, ValueError): ok = False
+        if not ok:
+            problems = ((i, p) for i, r in enumerate(records) if (p := _why_unusable(self, r)))
+            i, (c, why) = next(problems, (None, ("", "records cannot be encoded")))
+            raise FeatureError(why, c, i)
+        X[:, :k] -= self.mean
+        X[:, :k] /= self.scale
+        return X
+
+    def to_dict(self) -> dict:
+        "The fitted preprocessing as JSON-ready data."
+        return {"numeric": self.numeric, "categorical": self.categorical, "categories": self.categories,
+                "mean": self.mean.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, d:dict) -> Preprocessor:
+        "A preprocessor from `to_dict` output."
+        return cls(d["numeric"], d["categorical"], d["categories"], d["mean"], d["scale"])
 
 # %% ../nbs/04_models.ipynb #2fd15f93
 def _numeric(df:pd.DataFrame, cols:list) -> np.ndarray:
@@ -193,26 +233,7 @@ def _numeric(df:pd.DataFrame, cols:list) -> np.ndarray:
         try: X[:, j] = df[c].to_numpy(dtype=np.float64, na_value=np.nan)
         except (TypeError, ValueError): raise FeatureError(f"column {c!r} is not numeric ({df[c].dtype})", c) from None
         bad = ~np.isfinite(X[:, j])
-        if bad.any(): raise FeatureError(f"column {c!r} has {int(bad.sum())} missing or infinite values", c, _py(df.index[bad.argmax()]))
-    return X
-
-@patch
-def transform(self:Preprocessor, df:pd.DataFrame,
-              unknown:str="error" # 'error' raises `UnknownCategory`; 'ignore' encodes an unseen level as all zeros
-             ) -> np.ndarray:
-    "The model matrix for the rows of `df`."
-    missing = [c for c in self.columns if c not in df.columns]
-    if missing: raise FeatureError(f"feature column(s) {missing} missing", missing[0])
-    X = np.zeros((len(df), self.width))
-    if self.numeric: X[:, :len(self.numeric)] = (_numeric(df, self.numeric) - self.mean) / self.scale
-    rows = np.arange(len(df))
-    for c in self.categorical:
-        s = df[c]
-        if s.isna().any(): raise FeatureError(f"column {c!r} has {int(s.isna().sum())} missing values", c, _py(s.index[s.isna().argmax()]))
-        codes = pd.Index(self.categories[c]).get_indexer(s)
-        bad = codes < 0
-        if bad.any() and unknown == "error": raise UnknownCategory(c, _py(s.iloc[bad.argmax()]), _py(s.index[bad.argmax()]))
-        X[rows[~bad], self.offsets[c] + codes[~bad]] = 1
+        if bad.any(): raise FeatureError(f"column {c!r} has {int(bad.sum())} missing or infinite values", c, plain(df.index[bad.argmax()]))
     return X
 
 # %% ../nbs/04_models.ipynb #ec5a0005
@@ -229,38 +250,6 @@ def _why_unusable(self:Preprocessor, r:dict) -> tuple[str, str]|None:
         v = r[c]
         if not isinstance(v, (str, int, float, bool)) or v not in self.lookup[c]: return c, str(UnknownCategory(c, v))
     return None
-
-@patch
-def transform_records(self:Preprocessor, records:list) -> np.ndarray:
-    "The model matrix for a list of dicts; a `FeatureError` names the first bad record's position."
-    n, k = len(records), len(self.numeric)
-    X = np.zeros((n, self.width))
-    try:
-        for j, c in enumerate(self.numeric): X[:, j] = [r[c] for r in records]
-        for c in self.categorical:
-            lk = self.lookup[c]
-            X[np.arange(n), np.fromiter((self.offsets[c] + lk[r[c]] for r in records), np.intp, n)] = 1
-        ok = np.isfinite(X[:, :k]).all()
-    except (KeyError, TypeError, ValueError): ok = False
-    if not ok:
-        problems = ((i, p) for i, r in enumerate(records) if (p := _why_unusable(self, r)))
-        i, (c, why) = next(problems, (None, ("", "records cannot be encoded")))
-        raise FeatureError(why, c, i)
-    X[:, :k] -= self.mean
-    X[:, :k] /= self.scale
-    return X
-
-# %% ../nbs/04_models.ipynb #b8319cae
-@patch
-def to_dict(self:Preprocessor) -> dict:
-    "The fitted preprocessing as JSON-ready data."
-    return {"numeric": self.numeric, "categorical": self.categorical, "categories": self.categories,
-            "mean": self.mean.tolist(), "scale": self.scale.tolist()}
-
-@patch(cls_method=True)
-def from_dict(cls:Preprocessor, d:dict) -> Preprocessor:
-    "A preprocessor from `to_dict` output."
-    return cls(d["numeric"], d["categorical"], d["categories"], d["mean"], d["scale"])
 
 # %% ../nbs/04_models.ipynb #0eada506
 def _keras():
@@ -346,110 +335,109 @@ class SalesModel:
         return (f"SalesModel({self.name!r}, kind={self.kind!r}, target={self.target!r}, features={self.features}, "
                 f"outliers={self.params['outliers']!r}, version={self.version})")
 
-# %% ../nbs/04_models.ipynb #ea6b9755
-@patch
-def _fit_net(self:SalesModel, X:np.ndarray, y:np.ndarray):
-    "Train the Keras net on standardised `y`, with early stopping on seeded validation rows."
-    keras, p = _keras(), self.params
-    set_seed(self.seed)
-    self.y_mean, self.y_scale = float(y.mean()), float(y.std()) or 1.0
-    ys = ((y - self.y_mean) / self.y_scale).astype(np.float32)
-    order = np.random.default_rng(self.seed).permutation(len(y))
-    n_val = int(round(len(y) * p["val_fraction"])) if p["patience"] and len(y) >= 10 else 0
-    val, tr = order[:n_val], order[n_val:]
-    self.net = build_net(X.shape[1], p["hidden_units"], p["learning_rate"])
-    stop = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=p["patience"], restore_best_weights=True)] if n_val else []
-    h = self.net.fit(X[tr].astype(np.float32), ys[tr], validation_data=(X[val].astype(np.float32), ys[val]) if n_val else None,
-                     epochs=p["epochs"], batch_size=p["batch_size"], shuffle=True, verbose=0, callbacks=stop)
-    self.history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
-    self.best_epoch = int(stop[0].best_epoch) + 1 if n_val else len(self.history["loss"])
-    self.layers = net_layers(self.net)
+    def _fit_net(self, X:np.ndarray, y:np.ndarray):
+        "Train the Keras net on standardised `y`, with early stopping on seeded validation rows."
+        keras, p = _keras(), self.params
+        set_seed(self.seed)
+        self.y_mean, self.y_scale = float(y.mean()), float(y.std()) or 1.0
+        ys = ((y - self.y_mean) / self.y_scale).astype(np.float32)
+        order = np.random.default_rng(self.seed).permutation(len(y))
+        n_val = int(round(len(y) * p["val_fraction"])) if p["patience"] and len(y) >= 10 else 0
+        val, tr = order[:n_val], order[n_val:]
+        self.net = build_net(X.shape[1], p["hidden_units"], p["learning_rate"])
+        stop = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=p["patience"], restore_best_weights=True)] if n_val else []
+        h = self.net.fit(X[tr].astype(np.float32), ys[tr], validation_data=(X[val].astype(np.float32), ys[val]) if n_val else None,
+                         epochs=p["epochs"], batch_size=p["batch_size"], shuffle=True, verbose=0, callbacks=stop)
+        self.history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
+        self.best_epoch = int(stop[0].best_epoch) + 1 if n_val else len(self.history["loss"])
+        self.layers = net_layers(self.net)
 
-@patch
-def _fit_sklearn(self:SalesModel, X:np.ndarray, y:np.ndarray):
-    "Fit the linear model or the tree ensemble."
-    est = LinearRegression() if self.kind == "linear" else HistGradientBoostingRegressor(random_state=self.seed)
-    self.estimator = est.fit(X, y)
+    def _fit_sklearn(self, X:np.ndarray, y:np.ndarray):
+        "Fit the linear model or the tree ensemble."
+        est = LinearRegression() if self.kind == "linear" else HistGradientBoostingRegressor(random_state=self.seed)
+        self.estimator = est.fit(X, y)
 
-# %% ../nbs/04_models.ipynb #13ef5811
-@patch
-def predict_matrix(self:SalesModel, X:np.ndarray) -> np.ndarray:
-    "Predictions for an already preprocessed model matrix (`self.prep.transform` output), as float64."
-    if self.kind == "net": return forward(self.layers, X).astype(np.float64) * self.y_scale + self.y_mean
-    return np.asarray(self.estimator.predict(X), np.float64)
+    def predict_matrix(self, X:np.ndarray) -> np.ndarray:
+        "Predictions for an already preprocessed model matrix (`self.prep.transform` output), as float64."
+        if self.kind == "net": return forward(self.layers, X).astype(np.float64) * self.y_scale + self.y_mean
+        return np.asarray(self.estimator.predict(X), np.float64)
 
-@patch
-def fit(self:SalesModel, df:pd.DataFrame) -> SalesModel:
-    "Plan features, then learn cleaning, preprocessing and the estimator from the training rows `df` only."
-    p = self.params
-    plan = plan_features(df, self.target, self.requested, p["max_levels"], p["categorical"], p["numeric"])
-    self.notes, self.treatment = plan.notes, plan.treatment
-    self.cleaner = Cleaner(self.target, plan.numeric, plan.categorical, p["iqr_k"]).fit(df)
-    rows, self.cleaning = self.cleaner.apply(df, p["outliers"])
-    self.prep = Preprocessor(plan.numeric, plan.categorical).fit(rows)
-    X, y = self.prep.transform(rows), _numeric(rows, [self.target])[:, 0]
-    self._fit_net(X, y) if self.kind == "net" else self._fit_sklearn(X, y)
-    self.train_mae = float(np.mean(np.abs(y - self.predict_matrix(X))))
-    self.version = self._hash()
-    log.info("fitted %s on %d of %d rows: training MAE %.2f, version %s", self.name, len(rows), len(df), self.train_mae, self.version)
-    return self
+    def fit(self, df:pd.DataFrame) -> SalesModel:
+        "Plan features, then learn cleaning, preprocessing and the estimator from the training rows `df` only."
+        p = self.params
+        plan = plan_features(df, self.target, self.requested, p["max_levels"], p["categorical"], p["numeric"])
+        self.notes, self.treatment = plan.notes, plan.treatment
+        self.cleaner = Cleaner(self.target, plan.numeric, plan.categorical, p["iqr_k"]).fit(df)
+        rows, self.cleaning = self.cleaner.apply(df, p["outliers"])
+        self.prep = Preprocessor(plan.numeric, plan.categorical).fit(rows)
+        X, y = self.prep.transform(rows), _numeric(rows, [self.target])[:, 0]
+        self._fit_net(X, y) if self.kind == "net" else self._fit_sklearn(X, y)
+        self.train_mae = float(np.mean(np.abs(y - self.predict_matrix(X))))
+        self.version = self._hash()
+        log.info("fitted %s on %d of %d rows: training MAE %.2f, version %s", self.name, len(rows), len(df), self.train_mae, self.version)
+        return self
+
+    def predict(self, df:pd.DataFrame,
+                unknown:str="error" # 'error' raises `UnknownCategory` for an unseen level; 'ignore' encodes it as all zeros
+               ) -> np.ndarray:
+        "Predicted target for the rows of `df`, gaps filled with the training values, as float64."
+        if self.prep is None: raise RuntimeError(f"model {self.name!r} is not fitted")
+        return self.predict_matrix(self.prep.transform(self.cleaner.impute(df), unknown))
+
+    def impute_records(self, records:list) -> tuple[list, list]:
+        "Copies of `records` with absent or null features filled by the training values, and the fields filled in each."
+        fill, out, filled = self.fill_values, [], []
+        for r in records:
+            gaps = [c for c in fill if _missing(r.get(c))] if isinstance(r, dict) else []
+            out.append({**r, **{c: fill[c] for c in gaps}} if gaps else r)
+            filled.append(gaps)
+        return out, filled
+
+    def predict_records(self, records:list) -> np.ndarray:
+        "Predicted target for a list of dicts (e.g. decoded events), gaps filled with the training values, as float64."
+        if self.prep is None: raise RuntimeError(f"model {self.name!r} is not fitted")
+        return self.predict_matrix(self.prep.transform_records(self.impute_records(records)[0]))
+
+    def typical(self, df:pd.DataFrame) -> pd.Series:
+        "True for the rows of `df` inside every outlier bound learned from the training rows."
+        return self.cleaner.typical(df)
+
+    def _state_bytes(self) -> bytes:
+        "The net's weights, or a scikit-learn model's predictions on a fixed probe matrix (pickles vary), as bytes."
+        if self.kind == "net": return b"".join(w.tobytes() for layer in self.layers for w in layer)
+        probe = np.random.default_rng(0).normal(size=(64, self.prep.width))
+        return np.asarray(self.estimator.predict(probe), np.float64).tobytes()
+
+    def _hash(self) -> str:
+        "A short hash of what decides the predictions."
+        meta = {k: v for k, v in self.meta().items() if k not in ("version", "train_mae", "history", "best_epoch", "cleaning")}
+        return hashlib.sha256(json.dumps(meta, sort_keys=True).encode() + self._state_bytes()).hexdigest()[:12]
+
+    def meta(self) -> dict:
+        "Everything about the fitted model except its weights, JSON-ready."
+        return {"format": 2, "name": self.name, "kind": self.kind, "target": self.target, "features": self.features,
+                "seed": self.seed, "params": self.params, "cleaner": self.cleaner.to_dict(), "cleaning": self.cleaning and self.cleaning.to_dict(),
+                "preprocessing": self.prep.to_dict(), "notes": self.notes, "treatment": self.treatment,
+                "y_mean": self.y_mean, "y_scale": self.y_scale, "train_mae": self.train_mae, "version": self.version,
+                "history": self.history, "best_epoch": self.best_epoch}
+
+    def save(self, folder) -> Path:
+        "Write the model to `folder` (created if needed)."
+        if self.prep is None: raise RuntimeError(f"model {self.name!r} is not fitted")
+        folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+        if self.kind == "net":
+            self.net.save(folder / "model.keras")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _quiet_absl(lambda: self.net.save(folder / "model.h5"))
+        else: joblib.dump(self.estimator, folder / "estimator.joblib")
+        (folder / MODEL_JSON).write_text(json.dumps(self.meta(), indent=1))
+        return folder
 
 # %% ../nbs/04_models.ipynb #7d03ee4b
-@patch
-def predict(self:SalesModel, df:pd.DataFrame,
-            unknown:str="error" # 'error' raises `UnknownCategory` for an unseen level; 'ignore' encodes it as all zeros
-           ) -> np.ndarray:
-    "Predicted target for the rows of `df`, gaps filled with the training values, as float64."
-    if self.prep is None: raise RuntimeError(f"model {self.name!r} is not fitted")
-    return self.predict_matrix(self.prep.transform(self.cleaner.impute(df), unknown))
-
 def _missing(v) -> bool:
     "Is `v` absent from a record: None or a float NaN?"
     return v is None or (isinstance(v, float) and v != v)
-
-@patch
-def impute_records(self:SalesModel, records:list) -> tuple[list, list]:
-    "Copies of `records` with absent or null features filled by the training values, and the fields filled in each."
-    fill, out, filled = self.fill_values, [], []
-    for r in records:
-        gaps = [c for c in fill if _missing(r.get(c))] if isinstance(r, dict) else []
-        out.append({**r, **{c: fill[c] for c in gaps}} if gaps else r)
-        filled.append(gaps)
-    return out, filled
-
-@patch
-def predict_records(self:SalesModel, records:list) -> np.ndarray:
-    "Predicted target for a list of dicts (e.g. decoded events), gaps filled with the training values, as float64."
-    if self.prep is None: raise RuntimeError(f"model {self.name!r} is not fitted")
-    return self.predict_matrix(self.prep.transform_records(self.impute_records(records)[0]))
-
-@patch
-def typical(self:SalesModel, df:pd.DataFrame) -> pd.Series:
-    "True for the rows of `df` inside every outlier bound learned from the training rows."
-    return self.cleaner.typical(df)
-
-# %% ../nbs/04_models.ipynb #ac567358
-@patch
-def _state_bytes(self:SalesModel) -> bytes:
-    "The net's weights, or a scikit-learn model's predictions on a fixed probe matrix (pickles vary), as bytes."
-    if self.kind == "net": return b"".join(w.tobytes() for layer in self.layers for w in layer)
-    probe = np.random.default_rng(0).normal(size=(64, self.prep.width))
-    return np.asarray(self.estimator.predict(probe), np.float64).tobytes()
-
-@patch
-def _hash(self:SalesModel) -> str:
-    "A short hash of what decides the predictions."
-    meta = {k: v for k, v in self.meta().items() if k not in ("version", "train_mae", "history", "best_epoch", "cleaning")}
-    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode() + self._state_bytes()).hexdigest()[:12]
-
-@patch
-def meta(self:SalesModel) -> dict:
-    "Everything about the fitted model except its weights, JSON-ready."
-    return {"format": 2, "name": self.name, "kind": self.kind, "target": self.target, "features": self.features,
-            "seed": self.seed, "params": self.params, "cleaner": self.cleaner.to_dict(), "cleaning": self.cleaning and self.cleaning.to_dict(),
-            "preprocessing": self.prep.to_dict(), "notes": self.notes, "treatment": self.treatment,
-            "y_mean": self.y_mean, "y_scale": self.y_scale, "train_mae": self.train_mae, "version": self.version,
-            "history": self.history, "best_epoch": self.best_epoch}
 
 # %% ../nbs/04_models.ipynb #e398f029
 def plot_training(model:SalesModel) -> Figure:
@@ -465,20 +453,6 @@ def plot_training(model:SalesModel) -> Figure:
 
 # %% ../nbs/04_models.ipynb #6f6a8c76
 MODEL_JSON = "model.json"
-
-@patch
-def save(self:SalesModel, folder) -> Path:
-    "Write the model to `folder` (created if needed)."
-    if self.prep is None: raise RuntimeError(f"model {self.name!r} is not fitted")
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    if self.kind == "net":
-        self.net.save(folder / "model.keras")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _quiet_absl(lambda: self.net.save(folder / "model.h5"))
-    else: joblib.dump(self.estimator, folder / "estimator.joblib")
-    (folder / MODEL_JSON).write_text(json.dumps(self.meta(), indent=1))
-    return folder
 
 def _quiet_absl(f):
     "Run `f` with absl's warnings (Keras' legacy-format notice) silenced."
@@ -503,7 +477,7 @@ def load_model(folder,
     m = SalesModel(d["kind"], d["target"], d["features"], d["seed"], name=d["name"], **d["params"])
     m.prep = Preprocessor.from_dict(d["preprocessing"])
     # format 1 (before cleaning moved into the model) has no fill values: such a model fills no gaps
-    m.cleaner = Cleaner.from_dict(d["cleaner"]) if "cleaner" in d else Cleaner(m.target, m.prep.numeric, m.prep.categorical)
+    m.cleaner = Cleaner(**d["cleaner"]) if "cleaner" in d else Cleaner(m.target, m.prep.numeric, m.prep.categorical)
     m.cleaning = CleaningReport(**d["cleaning"]) if d.get("cleaning") else None
     for k in ("notes", "y_mean", "y_scale", "train_mae", "version", "history", "best_epoch"): setattr(m, k, d[k])
     m.treatment = d.get("treatment", {})

@@ -20,15 +20,17 @@ from .config import (ALERTS_TOPIC, DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_
 from .evaluate import error_report
 from .stream import StreamError, consumer, ensure_topic, producer
 from .broker import ensure_broker
+from .registry import MODELS_TOPIC, ChampionFollower, input_psi
 from .browse import NoMatchingRun, matching_run, newest_events
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'BANDS', 'Record', 'NoActual', 'record_from_message', 'error_stats', 'Window', 'RollingMetrics',
-           'baseline_from_run', 'latest_run', 'resolve_baseline', 'DriftDetector', 'alert_message', 'describe_alert',
-           'consumer_lag', 'DeadLetterCount', 'AlertSink', 'Update', 'monitor', 'status_line', 'monitor_options',
-           'baseline_run', 'monitor_kwargs', 'monitor_command', 'as_record', 'plot_error_by_offset']
+           'baseline_from_run', 'latest_run', 'resolve_baseline', 'DriftDetector', 'InputDrift', 'input_alert',
+           'alert_message', 'describe_alert', 'consumer_lag', 'DeadLetterCount', 'AlertSink', 'InputWatch', 'Update',
+           'monitor', 'status_line', 'monitor_options', 'baseline_run', 'monitor_kwargs', 'monitor_command',
+           'as_record', 'plot_error_by_offset']
 
 # %% ../nbs/09_monitor.ipynb #00da3bc2
 class Record(NamedTuple):
@@ -192,9 +194,10 @@ class DriftDetector:
     def __init__(self, baseline_mae:float, # the model's MAE on its test set
                  factor:float=1.5, # alert when the rolling MAE exceeds factor × baseline
                  band:float=1.0, # alert when |rolling bias| exceeds band × baseline
-                 min_records:int=50): # the window must hold this many records first
+                 min_records:int=50, # the window must hold this many records first
+                 rearm:float=0.8): # an episode ends only when every figure falls below rearm × its limit
         if not baseline_mae > 0: raise ValueError(f"baseline MAE must be positive, got {baseline_mae}")
-        self.baseline_mae, self.factor, self.band, self.min_records = baseline_mae, factor, band, min_records
+        self.baseline_mae, self.factor, self.band, self.min_records, self.rearm = baseline_mae, factor, band, min_records, rearm
         self.active = False  # inside an episode: alerts are held back until it ends
         self.alerts = 0
 
@@ -204,22 +207,58 @@ class DriftDetector:
         return {"baseline_mae": self.baseline_mae, "mae_above": self.factor * self.baseline_mae,
                 "bias_beyond": self.band * self.baseline_mae, "factor": self.factor, "band": self.band}
 
-    def reasons(self, f:dict # a window's statistics
+    def reasons(self, f:dict, # a window's statistics
+                scale:float=1.0 # of the limits: `rearm` tells whether an episode is over
                ) -> list[str]:
-        "Which statistics of `f` are out of bounds."
+        "Which statistics of `f` are beyond `scale` × their limits."
         if f["n"] < self.min_records: return []
-        return [name for name, bad in (("mae", f["mae"] > self.factor * self.baseline_mae),
-                                       ("bias", abs(f["bias"]) > self.band * self.baseline_mae)) if bad]
+        return [name for name, bad in (("mae", f["mae"] > scale * self.factor * self.baseline_mae),
+                                       ("bias", abs(f["bias"]) > scale * self.band * self.baseline_mae)) if bad]
 
     def check(self, f:dict) -> list[str]|None:
-        "The reasons if `f` starts a new episode of drift, else None."
-        reasons = self.reasons(f)
-        if not reasons:
-            self.active = False
+        "The reasons if `f` starts a new episode of drift, else None; an episode ends when the figures fall clearly back."
+        if self.active:
+            self.active = bool(self.reasons(f, self.rearm))
             return None
-        if self.active: return None
+        reasons = self.reasons(f)
+        if not reasons: return None
         self.active = True; self.alerts += 1
         return reasons
+
+# %% ../nbs/09_monitor.ipynb #b590c1be
+class InputDrift:
+    "PSI of each feature over the last `window` events against a training profile; one alert per episode (hysteresis)."
+    def __init__(self, profile:dict, # from `registry.feature_profile`
+                 window:int=300, # events in the window
+                 limit:float=0.25, # alert when a feature's PSI exceeds this
+                 rearm:float=0.1, # the episode ends when every PSI is below this
+                 every:int=25): # events between computations
+        self.window, self.limit, self.rearm, self.every, self.alerts = window, limit, rearm, every, 0
+        self.reset(profile)
+
+    def reset(self, profile:dict):
+        "Compare with `profile` from now on (a new champion): an empty window, no episode."
+        self.profile, self.events, self.active, self.n, self.last = profile, deque(maxlen=self.window), False, 0, {}
+
+    def add(self, event:dict) -> dict|None:
+        "Take one event; the features above the limit and their PSI if they start an episode, else None."
+        self.events.append(event); self.n += 1
+        if len(self.events) < self.window or self.n % self.every or not self.profile: return None
+        self.last = input_psi(self.profile, list(self.events))
+        if self.active:
+            self.active = max(self.last.values(), default=0.0) >= self.rearm
+            return None
+        high = {f: round(v, 4) for f, v in self.last.items() if v > self.limit}
+        if not high: return None
+        self.active, self.alerts = True, self.alerts + 1
+        return high
+
+def input_alert(high:dict, drift:InputDrift, topic:str, partition:int, offset:int, model_version:str|None=None) -> dict:
+    "The JSON-ready input-drift alert: the features, their PSI, the limits and where it fired."
+    return {"alert": "input_drift", "reasons": sorted(high, key=high.get, reverse=True), "features": high,
+            "psi": {f: round(v, 4) for f, v in drift.last.items()}, "limit": drift.limit, "rearm": drift.rearm,
+            "window": drift.window, "model_version": model_version, "topic": topic, "partition": partition, "offset": offset,
+            "raised_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
 
 # %% ../nbs/09_monitor.ipynb #b7c4c98f
 def alert_message(reasons:list[str], # what is out of bounds: "mae", "bias"
@@ -233,6 +272,9 @@ def alert_message(reasons:list[str], # what is out of bounds: "mae", "bias"
 
 def describe_alert(a:dict) -> str:
     "One line for the log."
+    if a["alert"] == "input_drift":
+        return (f"input drift alert at {a['topic']}[{a['partition']}]@{a['offset']}: "
+                + ", ".join(f"{f} PSI {v:.2f}" for f, v in a["features"].items()) + f" > {a['limit']} (last {a['window']} events)")
     return (f"drift alert ({' and '.join(a['reasons'])}) at {a['topic']}[{a['partition']}]@{a['offset']}: rolling MAE "
             f"{a['last']['mae']:.2f} vs limit {a['mae_above']:.2f}, bias {a['last']['bias']:+.2f} vs ±{a['bias_beyond']:.2f} "
             f"(last {a['last']['n']} records)")
@@ -296,6 +338,33 @@ class AlertSink:
     def close(self):
         if self._p is not None: self._p.close(timeout=5)  # bounded: an unreachable cluster must not hold up shutdown
 
+# %% ../nbs/09_monitor.ipynb #ce1374b3
+class InputWatch:
+    "Input drift of the events topic against the registry's champion, polled by `monitor`."
+    def __init__(self, settings:KafkaSettings, events_topic:str=EVENTS_TOPIC, models_topic:str=MODELS_TOPIC,
+                 **drift): # `InputDrift` arguments: window, limit, rearm, every
+        self.follower = ChampionFollower(settings, models_topic, load=False).start()
+        champ = self.follower.champion
+        self.drift, self.version, self.topic = InputDrift(champ["profile"] if champ else {}, **drift), champ and champ["version"], events_topic
+        ensure_topic(settings, events_topic)
+        self.c = consumer(settings, enable_auto_commit=False)
+        _Partitions(self.c, events_topic, from_beginning=False).refresh()
+
+    def poll(self) -> list[dict]:
+        "The input-drift alerts raised by the events that arrived since the last call."
+        if got := self.follower.take():
+            self.drift.reset(got[0]["profile"]); self.version = got[0]["version"]
+            log.info("input drift now measured against champion %s", self.version)
+        alerts = []
+        for m in (m for ms in self.c.poll(timeout_ms=0).values() for m in ms):
+            try: ev = json.loads(m.value)
+            except ValueError: continue
+            if isinstance(ev, dict) and (high := self.drift.add(ev)):
+                alerts.append(input_alert(high, self.drift, self.topic, m.partition, m.offset, self.version))
+        return alerts
+
+    def close(self): self.c.close(); self.follower.stop()
+
 # %% ../nbs/09_monitor.ipynb #65fd9009
 @dataclass
 class Update:
@@ -319,7 +388,8 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
             timeout:float|None=None, # stop after this many seconds without a record
             alerts_topic:str=ALERTS_TOPIC, # where alerts are written
             dead_letter_topic:str|None=DEAD_LETTER_TOPIC, # counted into each update's snapshot; None: not counted
-            stop:threading.Event|None=None # set it to end the loop from another thread
+            stop:threading.Event|None=None, # set it to end the loop from another thread
+            inputs:InputWatch|None=None # input drift of the events against the champion; None: not watched
            ) -> RollingMetrics:
     "Feed the records of `topic` to `metrics` and `detector`, reporting to `callback`, until told to stop."
     settings, metrics = ensure_broker(settings), metrics or RollingMetrics()
@@ -353,6 +423,7 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
                 rolling.append((f["mae"], f["rmse"], f["bias"]))
                 if detector and (reasons := detector.check(f)):
                     alerts.append(alert := alert_message(reasons, detector, metrics.snapshot(), r, topic)); sink(alert)
+            for alert in inputs.poll() if inputs else []: alerts.append(alert); sink(alert)
             now = time.monotonic()
             if polled: last_record = now
             elif timeout is not None and now - last_record > timeout: break
@@ -360,6 +431,7 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
         report(done=True)
     finally:
         c.close(); sink.close()
+        if inputs: inputs.close()
         if dead: dead.close()
     log.info("monitor read %d records from %s (%d without an actual yet, %d not prediction messages), raised %s",
              n, topic, no_actual, bad, _count(detector.alerts if detector else 0, "alert"))
@@ -401,6 +473,10 @@ def monitor_options(f):
             click.option("--alerts-topic", default=ALERTS_TOPIC, show_default=True, help="Topic that receives drift alerts."),
             click.option("--timeout", type=float, default=None, help="Stop after this many seconds without a record."),
             click.option("--dead-letter-topic", default=DEAD_LETTER_TOPIC, show_default=True, help="Dead letters counted by reason."),
+            click.option("--rearm", type=click.FloatRange(0, 1), default=0.8, show_default=True, help="An error-drift episode ends when MAE and bias fall below rearm x their limits."),
+            click.option("--input-drift", is_flag=True, help="Also alert on input drift: each feature's PSI on the events topic against the registry champion's training rows."),
+            click.option("--psi-limit", type=click.FloatRange(0, min_open=True), default=0.25, show_default=True, help="Input-drift alert when a feature's PSI exceeds this."),
+            click.option("--models-topic", default=MODELS_TOPIC, show_default=True, help="The model registry (for --input-drift)."),
             click.option("--events-topic", default=EVENTS_TOPIC, show_default=True,
                          help="Events whose fields pick the run of the default baseline (the newest run whose model fits them).")]
     for o in reversed(opts): f = o(f)
@@ -415,7 +491,8 @@ def baseline_run(settings:KafkaSettings, events_topic:str=EVENTS_TOPIC, runs:Pat
     return str(run)
 
 def monitor_kwargs(bootstrap_servers, topic, window, seconds, baseline, factor, band, min_records, from_beginning,
-                   group_id, alerts_topic, max_records, timeout, dead_letter_topic=DEAD_LETTER_TOPIC, events_topic=EVENTS_TOPIC) -> dict:
+                   group_id, alerts_topic, max_records, timeout, dead_letter_topic=DEAD_LETTER_TOPIC, events_topic=EVENTS_TOPIC,
+                   rearm=0.8, input_drift=False, psi_limit=0.25, models_topic=MODELS_TOPIC) -> dict:
     "Keyword arguments for `monitor` from the command line's options."
     settings = kafka_settings(bootstrap_servers=bootstrap_servers)
     if baseline is None: baseline = baseline_run(settings, events_topic)
@@ -424,7 +501,8 @@ def monitor_kwargs(bootstrap_servers, topic, window, seconds, baseline, factor, 
     if mae is None: log.info("no baseline MAE (no --baseline and no run under outputs/runs): drift alerts are off")
     return dict(settings=settings, topic=topic, dead_letter_topic=dead_letter_topic,
                 metrics=RollingMetrics(window, seconds), from_beginning=from_beginning, group_id=group_id,
-                detector=DriftDetector(mae, factor, band, min_records or window) if mae else None,
+                detector=DriftDetector(mae, factor, band, min_records or window, rearm) if mae else None,
+                inputs=InputWatch(ensure_broker(settings), events_topic, models_topic, limit=psi_limit) if input_drift else None,
                 alerts_topic=alerts_topic, max_records=max_records, timeout=timeout)
 
 # %% ../nbs/09_monitor.ipynb #0a368029

@@ -96,3 +96,26 @@ def test_training_from_a_topic(broker_settings, tmp_path):
     assert table["rows"] == 300, table
     assert len(training_rows(run)) == 240  # 80 % of the window: the registry profiles exactly these
     assert set(pd.read_csv(run/saved["data"]["path"])["Sales"]) <= set(df["Sales"].dropna())  # labelled events only
+
+def test_input_drift_alerts_once_per_shift(broker_settings):
+    "The monitor measures each feature's PSI on the events against the champion's training rows: one shift, one alert naming it."
+    from sales_prediction_kafka.monitor import InputWatch, monitor
+    from sales_prediction_kafka.registry import feature_profile
+    from sales_prediction_kafka.replay import shift_events
+    from sales_prediction_kafka.stream import messages
+    settings, t = broker_settings, topics("drift")
+    reg, alerts_topic = f"models-{t['group']}", f"alerts-{t['group']}"
+    train = generate_sales(500, seed=5).dropna()
+    model = SalesModel("linear").fit(train)
+    with __import__("tempfile").TemporaryDirectory() as d:
+        rec = publish(settings, model_record(save_model(model, Path(d)/"m"), profile=feature_profile(train, model)), reg)
+    promote(settings, rec["version"], topic=reg)
+    watch = InputWatch(settings, t["events"], reg)
+    done = threading.Thread(target=monitor, args=(settings, t["predictions"]), daemon=True,
+                            kwargs={"inputs": watch, "alerts_topic": alerts_topic, "timeout": 12, "dead_letter_topic": None})
+    done.start()
+    replay(shift_events(table_events(generate_sales(1800, seed=6)), after=600), settings, t["events"], rate=600.0, progress=False)
+    done.join(timeout=60)
+    got = [m["value"] for m in messages(settings, alerts_topic, idle_timeout=5)]
+    assert [(a["alert"], a["reasons"][0], a["model_version"]) for a in got] == [("input_drift", "Marketing_Spend", rec["version"])], got
+    assert got[0]["features"]["Marketing_Spend"] > 0.25 and got[0]["offset"] >= 0

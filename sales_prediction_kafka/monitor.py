@@ -375,6 +375,11 @@ class Update:
     done: bool = False  # True for the last update
     rolling: list = field(default_factory=list)  # (MAE, RMSE, bias) of the count window after each new record
 
+# %% ../nbs/09_monitor.ipynb #c402fd73
+def _count(n:int, noun:str) -> str:
+    "'1 alert', '2 alerts'."
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
 # %% ../nbs/09_monitor.ipynb #daafac9c
 def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the environment, else the local broker
             topic:str=PREDICTIONS_TOPIC, # the prediction topic to watch
@@ -438,10 +443,6 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
     return metrics
 
 # %% ../nbs/09_monitor.ipynb #e236752f
-def _count(n:int, noun:str) -> str:
-    "'1 alert', '2 alerts'."
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
 def _f(x, decimals:int=2, sign:str="") -> str:
     "`x` with thousands separators, or '-' when missing."
     return "-" if x is None else format(x, f"{sign},.{decimals}f")

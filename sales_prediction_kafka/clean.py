@@ -29,8 +29,11 @@ def fill_values(df:pd.DataFrame,
                ) -> dict:
     "The mean of each numeric column of `kinds` and the mode of every other one, from the rows of `df`."
     empty = [c for c in kinds if df[c].isna().all()]
-    if empty: raise DataError(f"column(s) {', '.join(map(repr, empty))} are entirely empty: nothing to impute from")
-    return plain({c: float(df[c].mean()) if k == "numeric" else df[c].mode().iloc[0] for c, k in kinds.items()})
+    if empty:
+        raise DataError(f"column(s) {', '.join(map(repr, empty))} are entirely empty: nothing to impute from")
+    return plain(
+        {c: float(df[c].mean()) if k == "numeric" else df[c].mode().iloc[0] for c, k in kinds.items()}
+    )
 
 def impute(df:pd.DataFrame, values:dict) -> pd.DataFrame:
     "A copy of `df` with the missing cells of each column in `values` set to its value."
@@ -77,20 +80,29 @@ class CleaningReport:
         "One row per column: cells imputed, the fill value, the IQR bounds and the rows outside them."
         cols = list(dict.fromkeys([*self.fill_values, *self.bounds]))
         no = [None, None]
-        return pd.DataFrame({"imputed": [self.imputed.get(c, 0) for c in cols],
-                             "fill_value": [self.fill_values.get(c) for c in cols],
-                             "low": [self.bounds.get(c, no)[0] for c in cols],
-                             "high": [self.bounds.get(c, no)[1] for c in cols],
-                             "outside": [self.outside.get(c, 0) for c in cols]}, index=pd.Index(cols, name="column"))
+        return pd.DataFrame(
+            {
+                "imputed": [self.imputed.get(c, 0) for c in cols],
+                "fill_value": [self.fill_values.get(c) for c in cols],
+                "low": [self.bounds.get(c, no)[0] for c in cols],
+                "high": [self.bounds.get(c, no)[1] for c in cols],
+                "outside": [self.outside.get(c, 0) for c in cols],
+            },
+            index=pd.Index(cols, name="column"),
+        )
 
     def __str__(self):
         verb = "removed" if self.policy == "remove" else "kept"
-        return (f"{self.rows_before} training rows -> {self.rows_after}: {sum(self.imputed.values())} cells imputed, "
-                f"{self.missing_target} rows without a target dropped, "
-                f"{self.atypical} atypical rows (IQR, k={self.k}) {verb}")
+        return (
+            f"{self.rows_before} training rows -> {self.rows_after}: {sum(self.imputed.values())} cells imputed, "
+            f"{self.missing_target} rows without a target dropped, "
+            f"{self.atypical} atypical rows (IQR, k={self.k}) {verb}"
+        )
 
     def _repr_html_(self):
-        return f"<p><b>Cleaning:</b> {self}</p>" + self.to_frame().to_html(float_format="{:,.2f}".format, na_rep="")
+        return f"<p><b>Cleaning:</b> {self}</p>" + self.to_frame().to_html(
+            float_format="{:,.2f}".format, na_rep=""
+        )
 
 # %% ../nbs/02_clean.ipynb #b7a5b8bf
 @dataclass
@@ -106,7 +118,10 @@ class Cleaner:
     def fit(self, df:pd.DataFrame) -> Cleaner:
         "Learn fill values and the bounds of the target and numeric features from the training rows `df`."
         if self.k < 0: raise ValueError(f"k must be >= 0, got {self.k}")
-        if self.target not in df: raise DataError(f"no target column {self.target!r}; the columns are {', '.join(map(str, df.columns))}")
+        if self.target not in df:
+            raise DataError(
+                f"no target column {self.target!r}; the columns are {', '.join(map(str, df.columns))}"
+            )
         rows = df[df[self.target].notna()]
         kinds = {**{c: "numeric" for c in self.numeric}, **{c: "categorical" for c in self.categorical}}
         self.fill = fill_values(rows, kinds)
@@ -123,15 +138,25 @@ class Cleaner:
 
     def apply(self, df:pd.DataFrame, policy:str="keep") -> tuple[pd.DataFrame, CleaningReport]:
         "The training rows `df` ready to learn from under `policy` ('keep' or 'remove'), and a report."
-        if policy not in OUTLIER_POLICIES: raise ValueError(f"outlier policy must be one of {OUTLIER_POLICIES}, got {policy!r}")
+        if policy not in OUTLIER_POLICIES:
+            raise ValueError(f"outlier policy must be one of {OUTLIER_POLICIES}, got {policy!r}")
         rows = df[df[self.target].notna()]
         full = self.impute(rows)
         out = outside(full, self.bounds)
         atypical = out.any(axis=1)
         result = full[~atypical] if policy == "remove" else full
-        report = CleaningReport(len(df), len(result), policy, self.k, len(df) - len(rows),
-                                {c: int(rows[c].isna().sum()) for c in self.fill}, dict(self.fill), dict(self.bounds),
-                                {c: int(n) for c, n in out.sum().items()}, int(atypical.sum()))
+        report = CleaningReport(
+            len(df),
+            len(result),
+            policy,
+            self.k,
+            len(df) - len(rows),
+            {c: int(rows[c].isna().sum()) for c in self.fill},
+            dict(self.fill),
+            dict(self.bounds),
+            {c: int(n) for c, n in out.sum().items()},
+            int(atypical.sum()),
+        )
         log.info("cleaning: %s", report)
         return result, report
 

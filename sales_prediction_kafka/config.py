@@ -52,7 +52,10 @@ def kafka_settings(env:dict|None=None, # environment to read; `os.environ` by de
     env = os.environ if env is None else env
     names = {f.name for f in fields(KafkaSettings)}
     unknown = set(overrides) - names
-    if unknown: raise TypeError(f"unknown Kafka setting(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
+    if unknown:
+        raise TypeError(
+            f"unknown Kafka setting(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}"
+        )
     values = {n: env[env_name(n)] for n in names if env.get(env_name(n))}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return KafkaSettings(**values)
@@ -99,7 +102,10 @@ def set_seed(seed:int=42) -> int:
 def cache_home(env:dict|None=None) -> Path:
     "The folder for cached jars and the local broker's data."
     env = os.environ if env is None else env
-    home = env.get("SALES_KAFKA_HOME") or Path(env.get("XDG_CACHE_HOME") or Path.home()/".cache")/"sales-prediction-kafka"
+    home = (
+        env.get("SALES_KAFKA_HOME")
+        or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sales-prediction-kafka"
+    )
     return Path(home)
 
 # %% ../nbs/00_config.ipynb #2a72f69e

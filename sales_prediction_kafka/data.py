@@ -58,7 +58,14 @@ def column_kinds(df:pd.DataFrame) -> dict:
 
 # %% ../nbs/01_data.ipynb #3945eef6
 SEASON_EFFECT = np.array([9000.0, -2000.0, 3000.0, -5000.0])  # $ added to sales in Winter, Spring, Summer, Autumn
-MISSING_COLUMNS = ("Marketing_Spend", "Seasonality", "Spending_Score", "Gender", "Customer_Churn", "Credit_Score")
+MISSING_COLUMNS = (
+    "Marketing_Spend",
+    "Seasonality",
+    "Spending_Score",
+    "Gender",
+    "Customer_Churn",
+    "Credit_Score",
+)
 
 def _credit_scores(r, defaulted):
     "Credit scores, lower for defaulters, with 2.5% thin-file customers scoring 300-480."
@@ -124,23 +131,37 @@ def _header(path:Path, sep:str) -> list[str]:
     "The header of `path`, or a `DataError` if the file is missing, empty or mis-delimited."
     if not path.is_file(): raise DataError(f"{path}: no such file")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f: header = next(csv.reader(f, delimiter=sep), None)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f, delimiter=sep), None)
     except UnicodeDecodeError as e: raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
-    if not header or not "".join(header).strip(): raise DataError(f"{path}: the file is empty (no header line)")
+    if not header or not "".join(header).strip():
+        raise DataError(f"{path}: the file is empty (no header line)")
     header = [h.strip() for h in header]
     other = [d for d in DELIMITERS if d != sep and d in header[0]]
-    if len(header) == 1 and other: raise DataError(f"{path}: the header has a single column {header[0]!r}; it looks {other[0]!r}-delimited, pass sep={other[0]!r}")
+    if len(header) == 1 and other:
+        raise DataError(
+            f"{path}: the header has a single column {header[0]!r}; it looks {other[0]!r}-delimited, pass sep={other[0]!r}"
+        )
     return header
 
 # %% ../nbs/01_data.ipynb #02b10e85
 def _check_header(path:Path, header:list, target:str, features:list|None) -> list:
     "The feature columns, after checking for duplicated and missing columns."
-    dups = {h: [i + 1 for i, x in enumerate(header) if x == h] for h, k in Counter(header).items() if k > 1 and h}
-    if dups: raise DataError(f"{path}: duplicated column name(s) in the header: " + "; ".join(f"{h!r} in columns {', '.join(map(str, i))}" for h, i in dups.items()))
+    dups = {
+        h: [i + 1 for i, x in enumerate(header) if x == h] for h, k in Counter(header).items() if k > 1 and h
+    }
+    if dups:
+        raise DataError(
+            f"{path}: duplicated column name(s) in the header: "
+            + "; ".join(f"{h!r} in columns {', '.join(map(str, i))}" for h, i in dups.items())
+        )
     if features is None: features = [h for h in header if h and h != target]
     if target in features: raise DataError(f"{path}: the target {target!r} cannot also be a feature")
     missing = [c for c in [target, *features] if c not in header]
-    if missing: raise DataError(f"{path}: no column {', '.join(map(repr, missing))}; the columns are {', '.join(header)}")
+    if missing:
+        raise DataError(
+            f"{path}: no column {', '.join(map(repr, missing))}; the columns are {', '.join(header)}"
+        )
     return list(features)
 
 # %% ../nbs/01_data.ipynb #b5c9dd14
@@ -158,7 +179,10 @@ def _parse_column(raw:pd.Series, is_target:bool) -> tuple[pd.Series, str|None]:
     if not is_target and num[given].notna().mean() <= 0.5: return raw.str.strip().astype("category"), None
     bad = given & ~np.isfinite(num)  # words parse as NaN, infinity as inf
     if not bad.any(): return num, None
-    return num, f"column {name!r} has {bad.sum()} value(s) that are not finite numbers: {_bad_cells(raw, bad)}"
+    return (
+        num,
+        f"column {name!r} has {bad.sum()} value(s) that are not finite numbers: {_bad_cells(raw, bad)}",
+    )
 
 # %% ../nbs/01_data.ipynb #57c1c281
 def _long_row(path:Path, sep:str) -> str|None:
@@ -202,16 +226,31 @@ def generate_transactions(n:int=2000, # transactions
                           seed:int=42) -> pd.DataFrame:
     "A seeded transaction table: Date, Customer_ID, Amount, Marketing_Spend, Seasonality, Spending_Score, Gender."
     r = np.random.default_rng(seed)
-    score, gender = np.clip(np.rint(r.beta(1.2, 1.2, customers) * 99 + 1), 1, 100), r.integers(0, 2, customers)
+    score, gender = np.clip(np.rint(r.beta(1.2, 1.2, customers) * 99 + 1), 1, 100), r.integers(
+        0, 2, customers
+    )
     budget = np.round(r.lognormal(np.log(20000), 0.4, months), 2)
     cust = r.choice(customers, n, p=score / score.sum())
     month = r.integers(0, months, n)
     date = pd.to_datetime(start) + pd.to_timedelta(month * 30.44 + r.uniform(0, 30, n), unit="D")
     season = (date.month.to_numpy() % 12) // 3  # Dec-Feb Winter, Mar-May Spring ...
-    amount = r.lognormal(np.log(40), 0.5, n) * (0.5 + score[cust] / 50) * np.sqrt(budget[month] / 20000) * (1 + 0.3 * (season == 0))
-    return pd.DataFrame({"Date": date.normalize(), "Customer_ID": pd.Series(cust + 1).map("C{:04d}".format),
-        "Amount": np.round(amount, 2), "Marketing_Spend": budget[month], "Seasonality": pd.Categorical.from_codes(season, SEASONS),
-        "Spending_Score": score[cust].astype(np.int64), "Gender": pd.Categorical.from_codes(gender[cust], GENDERS)}).sort_values("Date", ignore_index=True)
+    amount = (
+        r.lognormal(np.log(40), 0.5, n)
+        * (0.5 + score[cust] / 50)
+        * np.sqrt(budget[month] / 20000)
+        * (1 + 0.3 * (season == 0))
+    )
+    return pd.DataFrame(
+        {
+            "Date": date.normalize(),
+            "Customer_ID": pd.Series(cust + 1).map("C{:04d}".format),
+            "Amount": np.round(amount, 2),
+            "Marketing_Spend": budget[month],
+            "Seasonality": pd.Categorical.from_codes(season, SEASONS),
+            "Spending_Score": score[cust].astype(np.int64),
+            "Gender": pd.Categorical.from_codes(gender[cust], GENDERS),
+        }
+    ).sort_values("Date", ignore_index=True)
 
 # %% ../nbs/01_data.ipynb #82ae7e44
 def _mode(s:pd.Series):
@@ -228,15 +267,27 @@ def aggregate_transactions(df:pd.DataFrame, # one row per transaction
     "Monthly or customer-level totals: `target` = summed amount, `Transactions` = count, features averaged or their mode."
     if by not in ("month", "customer"): raise ValueError(f"by must be 'month' or 'customer', got {by!r}")
     missing = [c for c in (date_col, customer_col, amount_col) if c not in df.columns]
-    if missing: raise DataError(f"no column {', '.join(map(repr, missing))} in the transactions; the columns are {', '.join(map(str, df.columns))}")
+    if missing:
+        raise DataError(
+            f"no column {', '.join(map(repr, missing))} in the transactions; the columns are {', '.join(map(str, df.columns))}"
+        )
     dates = pd.to_datetime(df[date_col], errors="coerce")
     bad = dates.isna()
-    if bad.any(): raise DataError(f"column {date_col!r} has {bad.sum()} value(s) that are not dates: " + ", ".join(f"row {i} {v!r}" for i, v in df.loc[bad, date_col].head(SHOW_CELLS).items()))
+    if bad.any():
+        raise DataError(
+            f"column {date_col!r} has {bad.sum()} value(s) that are not dates: "
+            + ", ".join(f"row {i} {v!r}" for i, v in df.loc[bad, date_col].head(SHOW_CELLS).items())
+        )
     key = dates.dt.strftime("%Y-%m").rename("Month") if by == "month" else df[customer_col]
     feats = df.drop(columns=[date_col, customer_col, amount_col])
     kinds = column_kinds(feats)
     g = feats.groupby(key.to_numpy(), sort=True, observed=True)
-    out = pd.DataFrame({target: df[amount_col].groupby(key.to_numpy()).sum().round(2), "Transactions": key.groupby(key.to_numpy()).size()})
+    out = pd.DataFrame(
+        {
+            target: df[amount_col].groupby(key.to_numpy()).sum().round(2),
+            "Transactions": key.groupby(key.to_numpy()).size(),
+        }
+    )
     for c, k in kinds.items(): out[c] = g[c].mean() if k != "categorical" else g[c].agg(_mode)
     return out.rename_axis(key.name).reset_index()
 
@@ -249,5 +300,9 @@ def aggregate_transactions(df:pd.DataFrame, # one row per transaction
 @click.option("--customers", default=100, show_default=True, type=click.IntRange(min=1), help="Distinct customers, with --transactions.")
 def generate_data(rows, seed, out, transactions, customers):
     "Generate a seeded sales table with the sample's schema, missing values and outliers."
-    df = generate_transactions(rows, customers=customers, seed=seed) if transactions else generate_sales(rows, seed)
+    df = (
+        generate_transactions(rows, customers=customers, seed=seed)
+        if transactions
+        else generate_sales(rows, seed)
+    )
     click.echo(write_table(df, out))

@@ -32,7 +32,10 @@ def _axes(width:float=7, height:float=4.5):
 def _need(df:pd.DataFrame, *cols):
     "Raise KeyError naming the columns of `cols` that `df` lacks."
     missing = [c for c in cols if c not in df]
-    if missing: raise KeyError(f"no column {', '.join(map(repr, missing))} for this plot; the columns are {', '.join(map(str, df.columns))}")
+    if missing:
+        raise KeyError(
+            f"no column {', '.join(map(repr, missing))} for this plot; the columns are {', '.join(map(str, df.columns))}"
+        )
 
 # %% ../nbs/03_eda.ipynb #cbe70db0
 def sales_distribution(df:pd.DataFrame, target:str=TARGET) -> Figure:
@@ -55,9 +58,22 @@ def sales_by_season(df:pd.DataFrame, target:str=TARGET, season:str="Seasonality"
     labels = df[season].dropna().astype(str)
     order = [s for s in SEASONS if s in set(labels)] if set(labels) <= set(SEASONS) else sorted(set(labels))
     fig, ax = _axes()
-    sns.boxplot(x=labels, y=df.loc[labels.index, target], order=order, hue=labels, hue_order=order, palette="Set2", legend=False, ax=ax)
+    sns.boxplot(
+        x=labels,
+        y=df.loc[labels.index, target],
+        order=order,
+        hue=labels,
+        hue_order=order,
+        palette="Set2",
+        legend=False,
+        ax=ax,
+    )
     medians = df.loc[labels.index, target].groupby(labels).median()
-    ax.set(title=f"{target} by {season}\nmedians: " + ", ".join(f"{s} {medians[s]:,.0f}" for s in order), xlabel=season, ylabel=target)
+    ax.set(
+        title=f"{target} by {season}\nmedians: " + ", ".join(f"{s} {medians[s]:,.0f}" for s in order),
+        xlabel=season,
+        ylabel=target,
+    )
     ax.yaxis.set_major_formatter("{x:,.0f}")
     return fig
 
@@ -67,14 +83,30 @@ CALLOUTS = (("Sales", "Marketing_Spend"), ("Credit_Score", "Defaulted"))  # pair
 def correlations(df:pd.DataFrame, callouts=CALLOUTS) -> Figure:
     "Heatmap of the correlations between numeric and binary columns, with `callouts` framed."
     cols = [c for c, k in column_kinds(df).items() if k != "categorical"]
-    if len(cols) < 2: raise KeyError(f"fewer than two numeric columns to correlate; the columns are {', '.join(map(str, df.columns))}")
+    if len(cols) < 2:
+        raise KeyError(
+            f"fewer than two numeric columns to correlate; the columns are {', '.join(map(str, df.columns))}"
+        )
     corr = df[cols].astype(float).corr()
     fig, ax = _axes(1.1 * len(cols) + 2, 0.9 * len(cols) + 1.5)
-    sns.heatmap(corr, annot=True, fmt=".2f", cmap="vlag", vmin=-1, vmax=1, square=True, cbar_kws={"shrink": 0.7}, ax=ax)
+    sns.heatmap(
+        corr,
+        annot=True,
+        fmt=".2f",
+        cmap="vlag",
+        vmin=-1,
+        vmax=1,
+        square=True,
+        cbar_kws={"shrink": 0.7},
+        ax=ax,
+    )
     shown = [(a, b) for a, b in callouts if a in cols and b in cols]
     for a, b in shown:
-        for r, c in ((a, b), (b, a)): ax.add_patch(Rectangle((cols.index(c), cols.index(r)), 1, 1, fill=False, ec="black", lw=2.5))
-    ax.set_title("Correlations" + "".join(f"\n{a} vs {b}: r = {corr.loc[a, b]:+.2f}" for a, b in shown), fontsize=10)
+        for r, c in ((a, b), (b, a)):
+            ax.add_patch(Rectangle((cols.index(c), cols.index(r)), 1, 1, fill=False, ec="black", lw=2.5))
+    ax.set_title(
+        "Correlations" + "".join(f"\n{a} vs {b}: r = {corr.loc[a, b]:+.2f}" for a, b in shown), fontsize=10
+    )
     return fig
 
 # %% ../nbs/03_eda.ipynb #4fcaa1c5
@@ -86,7 +118,12 @@ def churn_by_gender(df:pd.DataFrame, churn:str="Customer_Churn", gender:str="Gen
     fig, ax = _axes(6, 4.5)
     bars = ax.bar(g.index, g["mean"], color=sns.color_palette("Set2", len(g)))
     ax.bar_label(bars, labels=[f"{m:.1%}\n(n={n})" for m, n in zip(g["mean"], g["size"])], padding=3)
-    ax.set(title=f"Churn rate by {gender}", xlabel=gender, ylabel="churn rate", ylim=(0, min(1, g["mean"].max() * 1.35 + 0.02)))
+    ax.set(
+        title=f"Churn rate by {gender}",
+        xlabel=gender,
+        ylabel="churn rate",
+        ylim=(0, min(1, g["mean"].max() * 1.35 + 0.02)),
+    )
     ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
     return fig
 
@@ -97,9 +134,22 @@ def credit_by_default(df:pd.DataFrame, credit:str="Credit_Score", default:str="D
     label = df[default].map({0: "No (0)", 1: "Yes (1)"}).fillna(df[default].astype(str))
     order = sorted(label.dropna().unique())
     fig, ax = _axes(6, 4.5)
-    sns.boxplot(x=label, y=df[credit], order=order, hue=label, hue_order=order, palette=["#55a868", "#c44e52"][:len(order)], legend=False, ax=ax)
+    sns.boxplot(
+        x=label,
+        y=df[credit],
+        order=order,
+        hue=label,
+        hue_order=order,
+        palette=["#55a868", "#c44e52"][: len(order)],
+        legend=False,
+        ax=ax,
+    )
     medians = df[credit].groupby(label).median()
-    ax.set(title=f"{credit} by {default}\nmedians: " + ", ".join(f"{o} {medians[o]:.0f}" for o in order), xlabel=default, ylabel=credit)
+    ax.set(
+        title=f"{credit} by {default}\nmedians: " + ", ".join(f"{o} {medians[o]:.0f}" for o in order),
+        xlabel=default,
+        ylabel=credit,
+    )
     return fig
 
 # %% ../nbs/03_eda.ipynb #fe22a075
@@ -115,14 +165,19 @@ def missing_for_eda(df:pd.DataFrame, target:str=TARGET) -> dict:
     "`{plot name: [what is missing]}` for the plots `df` cannot make."
     need = {n: [c.format(target=target) for c in cols] for n, (_, cols) in EDA_PLOTS.items()}
     out = {n: m for n, cols in need.items() if (m := [repr(c) for c in cols if c not in df])}
-    if sum(k != "categorical" for k in column_kinds(df).values()) < 2: out["correlations"] = ["two numeric columns"]
+    if sum(k != "categorical" for k in column_kinds(df).values()) < 2:
+        out["correlations"] = ["two numeric columns"]
     return out
 
 def eda_figures(df:pd.DataFrame, target:str=TARGET) -> dict:
     "`{name: Figure}` for each of the five EDA plots that `df`'s columns allow."
     skip = missing_for_eda(df, target)
     for n, what in skip.items(): log.warning("EDA: skipped %s: it needs %s", n, ", ".join(what))
-    return {n: f(df, target=target) if "{target}" in cols else f(df) for n, (f, cols) in EDA_PLOTS.items() if n not in skip}
+    return {
+        n: f(df, target=target) if "{target}" in cols else f(df)
+        for n, (f, cols) in EDA_PLOTS.items()
+        if n not in skip
+    }
 
 # %% ../nbs/03_eda.ipynb #60afef25
 def save_figures(figs:dict, # {name: Figure}, as from `eda_figures`

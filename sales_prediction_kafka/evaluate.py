@@ -21,7 +21,8 @@ def _pair(actual, predicted) -> tuple[np.ndarray, np.ndarray]:
     if len(a) != len(p): raise ValueError(f"actual has {len(a)} values but predicted has {len(p)}")
     if not len(a): raise ValueError("no values to evaluate")
     for name, v in (("actual", a), ("predicted", p)):
-        if not np.isfinite(v).all(): raise ValueError(f"{name} has {int((~np.isfinite(v)).sum())} missing or infinite values")
+        if not np.isfinite(v).all():
+            raise ValueError(f"{name} has {int((~np.isfinite(v)).sum())} missing or infinite values")
     return a, p
 
 # %% ../nbs/05_evaluate.ipynb #7c4db563
@@ -54,7 +55,10 @@ def _count(mask:np.ndarray) -> dict:
 
 def _rows(idx:np.ndarray, a:np.ndarray, p:np.ndarray, index:list) -> list[dict]:
     "The rows at positions `idx` as records."
-    return [{"index": index[i], "actual": float(a[i]), "predicted": float(p[i]), "error": float(a[i] - p[i])} for i in idx]
+    return [
+        {"index": index[i], "actual": float(a[i]), "predicted": float(p[i]), "error": float(a[i] - p[i])}
+        for i in idx
+    ]
 
 # %% ../nbs/05_evaluate.ipynb #3105951f
 def error_report(actual, # true values (e.g. test Sales)
@@ -79,15 +83,27 @@ def error_report(actual, # true values (e.g. test Sales)
 def stats_table(report:dict) -> pd.DataFrame:
     "Predicted vs actual: range, mean, median and standard deviation."
     rows = {"Min": "min", "Max": "max", "Mean": "mean", "Median": "median", "Std Dev": "std"}
-    return pd.DataFrame({"Predicted": [report["predicted"][k] for k in rows.values()],
-                         "Actual": [report["actual"][k] for k in rows.values()]}, index=pd.Index(list(rows), name="Metric"))
+    return pd.DataFrame(
+        {
+            "Predicted": [report["predicted"][k] for k in rows.values()],
+            "Actual": [report["actual"][k] for k in rows.values()],
+        },
+        index=pd.Index(list(rows), name="Metric"),
+    )
 
 # %% ../nbs/05_evaluate.ipynb #5ecbcec7
 def error_table(report:dict) -> pd.DataFrame:
     "Bias, MAE, RMSE, MAPE and R²."
-    rows = {"Mean Error (Bias)": "bias", "Mean Absolute Error (MAE)": "mae", "Root Mean Square Error (RMSE)": "rmse",
-            "Mean Absolute Percentage Error (%)": "mape_pct", "R²": "r2"}
-    return pd.DataFrame({"Value": [report[k] for k in rows.values()]}, index=pd.Index(list(rows), name="Metric"))
+    rows = {
+        "Mean Error (Bias)": "bias",
+        "Mean Absolute Error (MAE)": "mae",
+        "Root Mean Square Error (RMSE)": "rmse",
+        "Mean Absolute Percentage Error (%)": "mape_pct",
+        "R²": "r2",
+    }
+    return pd.DataFrame(
+        {"Value": [report[k] for k in rows.values()]}, index=pd.Index(list(rows), name="Metric")
+    )
 
 # %% ../nbs/05_evaluate.ipynb #c6e8704a
 def accuracy_table(report:dict) -> pd.DataFrame:
@@ -96,18 +112,31 @@ def accuracy_table(report:dict) -> pd.DataFrame:
     rows = {f"Within {b}% of actual": c for b, c in report["within"].items()}
     rows.update({"Over-predicted": report["over_predicted"], "Under-predicted": report["under_predicted"]})
     if report["exact"]["count"]: rows["Exact"] = report["exact"]
-    return pd.DataFrame({"Records": [f"{c['count']}/{n}" for c in rows.values()], "Percentage": [c["pct"] for c in rows.values()]},
-                        index=pd.Index(list(rows), name="Threshold"))
+    return pd.DataFrame(
+        {
+            "Records": [f"{c['count']}/{n}" for c in rows.values()],
+            "Percentage": [c["pct"] for c in rows.values()],
+        },
+        index=pd.Index(list(rows), name="Threshold"),
+    )
 
 # %% ../nbs/05_evaluate.ipynb #418ea0f7
 def extremes_table(report:dict) -> pd.DataFrame:
     "The best and worst predictions by absolute error."
-    rows = [{"rank": f"{kind} {i + 1}", **row} for kind in ("best", "worst") for i, row in enumerate(report[kind])]
+    rows = [
+        {"rank": f"{kind} {i + 1}", **row} for kind in ("best", "worst") for i, row in enumerate(report[kind])
+    ]
     return pd.DataFrame(rows).set_index("rank")
 
 # %% ../nbs/05_evaluate.ipynb #dda1004b
-_HEADLINE = {"rows": ("n", "{:,.0f}"), "bias": ("bias", "{:,.2f}"), "MAE": ("mae", "{:,.2f}"), "RMSE": ("rmse", "{:,.2f}"),
-             "MAPE (%)": ("mape_pct", "{:,.1f}"), "R²": ("r2", "{:.3f}")}
+_HEADLINE = {
+    "rows": ("n", "{:,.0f}"),
+    "bias": ("bias", "{:,.2f}"),
+    "MAE": ("mae", "{:,.2f}"),
+    "RMSE": ("rmse", "{:,.2f}"),
+    "MAPE (%)": ("mape_pct", "{:,.1f}"),
+    "R²": ("r2", "{:.3f}"),
+}
 
 def compare_reports(reports:dict # {label: error_report output}
                    ) -> pd.DataFrame:
@@ -123,7 +152,9 @@ def prediction_frame(rows, # each prediction's row in the source (e.g. its CSV l
                     ) -> pd.DataFrame:
     "One line per held-out row: `row`, `actual`, `predicted`, `error` (actual - predicted) and `typical`."
     a, p = _pair(actual, predicted)
-    return pd.DataFrame({"row": list(rows), "actual": a, "predicted": p, "error": a - p, "typical": np.asarray(typical, bool)})
+    return pd.DataFrame(
+        {"row": list(rows), "actual": a, "predicted": p, "error": a - p, "typical": np.asarray(typical, bool)}
+    )
 
 # %% ../nbs/05_evaluate.ipynb #411b1a7c
 def fmt_num(x, # a number, or None
@@ -147,14 +178,20 @@ def readable(df:pd.DataFrame, decimals:int=2):
     return df.style.format(lambda v: fmt_num(v, decimals) if isinstance(v, float) else v)
 
 # %% ../nbs/05_evaluate.ipynb #985c635e
-_CV = {"rmse": ("CV RMSE", 2, ""), "mae": ("CV MAE", 2, ""), "mape_pct": ("CV MAPE", 1, " %"), "r2": ("CV R²", 3, "")}
+_CV = {
+    "rmse": ("CV RMSE", 2, ""),
+    "mae": ("CV MAE", 2, ""),
+    "mape_pct": ("CV MAPE", 1, " %"),
+    "r2": ("CV R²", 3, ""),
+}
 
 def readable_comparison(table:pd.DataFrame # one row per model; columns <figure>_mean and <figure>_std
                        ) -> pd.DataFrame:
     "The comparison with 'mean ± std' columns named for people; other columns are kept."
     out = pd.DataFrame(index=table.index)
     for key, (name, d, unit) in _CV.items():
-        if f"{key}_mean" in table: out[name] = [fmt_pm(m, s, d, unit) for m, s in zip(table[f"{key}_mean"], table[f"{key}_std"])]
+        if f"{key}_mean" in table:
+            out[name] = [fmt_pm(m, s, d, unit) for m, s in zip(table[f"{key}_mean"], table[f"{key}_std"])]
     rest = [c for c in table.columns if not any(c in (f"{k}_mean", f"{k}_std") for k in _CV)]
     return out.join(table[rest])
 

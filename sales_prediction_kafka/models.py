@@ -84,7 +84,10 @@ def _check_overrides(features:list, categorical:list, numeric:list):
     both = sorted(set(categorical) & set(numeric))
     if both: raise ValueError(f"column(s) {both} cannot be both categorical and numeric")
     stray = [c for c in categorical + numeric if c not in features]
-    if stray: raise ValueError(f"column(s) {stray} given as categorical or numeric are not features; features: {features}")
+    if stray:
+        raise ValueError(
+            f"column(s) {stray} given as categorical or numeric are not features; features: {features}"
+        )
 
 def _treat(plan:FeaturePlan, c:str, s:pd.Series, max_levels:int, categorical:list, numeric:list):
     "Put feature `c` in `plan`: numeric, categorical or skipped, with its treatment and any note."
@@ -99,7 +102,11 @@ def _treat(plan:FeaturePlan, c:str, s:pd.Series, max_levels:int, categorical:lis
     elif is_categorical(s, max_levels):
         plan.categorical.append(c)
         whole = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
-        plan.treatment[c] = f"whole numbers with {n} levels, one-hot encoded as categorical" if whole else f"categorical ({n} levels, one-hot)"
+        plan.treatment[c] = (
+            f"whole numbers with {n} levels, one-hot encoded as categorical"
+            if whole
+            else f"categorical ({n} levels, one-hot)"
+        )
     else: plan.numeric.append(c); plan.treatment[c] = "numeric (standardised)"
     if not plan.treatment[c].startswith(("numeric (standardised)", "categorical (")) or plan.treatment[c].endswith("as asked"):
         plan.notes.append(f"{c}: {plan.treatment[c]}")
@@ -153,7 +160,9 @@ class Preprocessor:
                  mean:list|None=None, scale:list|None=None): # standardisation, learned by `fit`
         self.numeric, self.categorical = list(numeric), list(categorical)
         self.categories = categories or {}
-        self.mean, self.scale = np.asarray(mean if mean is not None else [], np.float64), np.asarray(scale if scale is not None else [], np.float64)
+        self.mean, self.scale = np.asarray(mean if mean is not None else [], np.float64), np.asarray(
+            scale if scale is not None else [], np.float64
+        )
         self._index()
 
     def _index(self):
@@ -189,10 +198,16 @@ class Preprocessor:
         rows = np.arange(len(df))
         for c in self.categorical:
             s = df[c]
-            if s.isna().any(): raise FeatureError(f"column {c!r} has {int(s.isna().sum())} missing values", c, plain(s.index[s.isna().argmax()]))
+            if s.isna().any():
+                raise FeatureError(
+                    f"column {c!r} has {int(s.isna().sum())} missing values",
+                    c,
+                    plain(s.index[s.isna().argmax()]),
+                )
             codes = pd.Index(self.categories[c]).get_indexer(s)
             bad = codes < 0
-            if bad.any() and unknown == "error": raise UnknownCategory(c, plain(s.iloc[bad.argmax()]), plain(s.index[bad.argmax()]))
+            if bad.any() and unknown == "error":
+                raise UnknownCategory(c, plain(s.iloc[bad.argmax()]), plain(s.index[bad.argmax()]))
             X[rows[~bad], self.offsets[c] + codes[~bad]] = 1
         return X
 
@@ -233,7 +248,12 @@ def _numeric(df:pd.DataFrame, cols:list) -> np.ndarray:
         try: X[:, j] = df[c].to_numpy(dtype=np.float64, na_value=np.nan)
         except (TypeError, ValueError): raise FeatureError(f"column {c!r} is not numeric ({df[c].dtype})", c) from None
         bad = ~np.isfinite(X[:, j])
-        if bad.any(): raise FeatureError(f"column {c!r} has {int(bad.sum())} missing or infinite values", c, plain(df.index[bad.argmax()]))
+        if bad.any():
+            raise FeatureError(
+                f"column {c!r} has {int(bad.sum())} missing or infinite values",
+                c,
+                plain(df.index[bad.argmax()]),
+            )
     return X
 
 # %% ../nbs/04_models.ipynb #ec5a0005
@@ -243,12 +263,14 @@ def _why_unusable(self:Preprocessor, r:dict) -> tuple[str, str]|None:
     for c in self.numeric:
         if c not in r: return c, f"missing field {c!r}"
         v = r[c]
-        if isinstance(v, bool) or not isinstance(v, (int, float)): return c, f"field {c!r} must be a number, got {type(v).__name__}"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return c, f"field {c!r} must be a number, got {type(v).__name__}"
         if not math.isfinite(v): return c, f"field {c!r} is not finite ({v})"
     for c in self.categorical:
         if c not in r: return c, f"missing field {c!r}"
         v = r[c]
-        if not isinstance(v, (str, int, float, bool)) or v not in self.lookup[c]: return c, str(UnknownCategory(c, v))
+        if not isinstance(v, (str, int, float, bool)) or v not in self.lookup[c]:
+            return c, str(UnknownCategory(c, v))
     return None
 
 # %% ../nbs/04_models.ipynb #0eada506
@@ -272,7 +294,13 @@ def build_net(n_inputs:int,
              ):
     "The seed's dense regression net, compiled."
     keras = _keras()
-    net = keras.Sequential([keras.Input((n_inputs,)), *[keras.layers.Dense(h, activation="relu") for h in hidden_units], keras.layers.Dense(1)])
+    net = keras.Sequential(
+        [
+            keras.Input((n_inputs,)),
+            *[keras.layers.Dense(h, activation="relu") for h in hidden_units],
+            keras.layers.Dense(1),
+        ]
+    )
     net.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mean_squared_error")
     return net
 
@@ -310,14 +338,23 @@ class SalesModel:
                  iqr_k:float=1.5, # IQR multiplier of the outlier bounds
                  name:str|None=None): # label in comparisons; defaults to `kind`
         if kind not in KINDS: raise ValueError(f"unknown model kind {kind!r}; choose from {KINDS}")
-        if outliers not in OUTLIER_POLICIES: raise ValueError(f"outliers must be one of {OUTLIER_POLICIES}, got {outliers!r}")
-        self.kind, self.target, self.requested, self.seed, self.name = kind, target, features, seed, name or kind
+        if outliers not in OUTLIER_POLICIES:
+            raise ValueError(f"outliers must be one of {OUTLIER_POLICIES}, got {outliers!r}")
+        self.kind, self.target, self.requested, self.seed, self.name = (
+            kind,
+            target,
+            features,
+            seed,
+            name or kind,
+        )
         self.params = dict(epochs=int(epochs), batch_size=int(batch_size), learning_rate=float(learning_rate),
                            hidden_units=[int(h) for h in hidden_units], patience=int(patience),
                            val_fraction=float(val_fraction), max_levels=int(max_levels),
                            categorical=list(categorical or []), numeric=list(numeric or []),
                            outliers=outliers, iqr_k=float(iqr_k))
-        self.prep = self.estimator = self.net = self.layers = self.history = self.version = self.train_mae = None
+        self.prep = self.estimator = self.net = self.layers = self.history = self.version = self.train_mae = (
+            None
+        )
         self.cleaner = self.cleaning = None
         self.y_mean, self.y_scale, self.notes, self.treatment, self.best_epoch = 0.0, 1.0, [], {}, None
 
@@ -332,8 +369,10 @@ class SalesModel:
         return self.cleaner.fill if self.cleaner else {}
 
     def __repr__(self):
-        return (f"SalesModel({self.name!r}, kind={self.kind!r}, target={self.target!r}, features={self.features}, "
-                f"outliers={self.params['outliers']!r}, version={self.version})")
+        return (
+            f"SalesModel({self.name!r}, kind={self.kind!r}, target={self.target!r}, features={self.features}, "
+            f"outliers={self.params['outliers']!r}, version={self.version})"
+        )
 
     def _fit_net(self, X:np.ndarray, y:np.ndarray):
         "Train the Keras net on standardised `y`, with early stopping on seeded validation rows."
@@ -345,16 +384,36 @@ class SalesModel:
         n_val = int(round(len(y) * p["val_fraction"])) if p["patience"] and len(y) >= 10 else 0
         val, tr = order[:n_val], order[n_val:]
         self.net = build_net(X.shape[1], p["hidden_units"], p["learning_rate"])
-        stop = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=p["patience"], restore_best_weights=True)] if n_val else []
-        h = self.net.fit(X[tr].astype(np.float32), ys[tr], validation_data=(X[val].astype(np.float32), ys[val]) if n_val else None,
-                         epochs=p["epochs"], batch_size=p["batch_size"], shuffle=True, verbose=0, callbacks=stop)
+        stop = (
+            [
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=p["patience"], restore_best_weights=True
+                )
+            ]
+            if n_val
+            else []
+        )
+        h = self.net.fit(
+            X[tr].astype(np.float32),
+            ys[tr],
+            validation_data=(X[val].astype(np.float32), ys[val]) if n_val else None,
+            epochs=p["epochs"],
+            batch_size=p["batch_size"],
+            shuffle=True,
+            verbose=0,
+            callbacks=stop,
+        )
         self.history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
         self.best_epoch = int(stop[0].best_epoch) + 1 if n_val else len(self.history["loss"])
         self.layers = net_layers(self.net)
 
     def _fit_sklearn(self, X:np.ndarray, y:np.ndarray):
         "Fit the linear model or the tree ensemble."
-        est = LinearRegression() if self.kind == "linear" else HistGradientBoostingRegressor(random_state=self.seed)
+        est = (
+            LinearRegression()
+            if self.kind == "linear"
+            else HistGradientBoostingRegressor(random_state=self.seed)
+        )
         self.estimator = est.fit(X, y)
 
     def predict_matrix(self, X:np.ndarray) -> np.ndarray:
@@ -374,7 +433,14 @@ class SalesModel:
         self._fit_net(X, y) if self.kind == "net" else self._fit_sklearn(X, y)
         self.train_mae = float(np.mean(np.abs(y - self.predict_matrix(X))))
         self.version = self._hash()
-        log.info("fitted %s on %d of %d rows: training MAE %.2f, version %s", self.name, len(rows), len(df), self.train_mae, self.version)
+        log.info(
+            "fitted %s on %d of %d rows: training MAE %.2f, version %s",
+            self.name,
+            len(rows),
+            len(df),
+            self.train_mae,
+            self.version,
+        )
         return self
 
     def predict(self, df:pd.DataFrame,
@@ -410,16 +476,37 @@ class SalesModel:
 
     def _hash(self) -> str:
         "A short hash of what decides the predictions."
-        meta = {k: v for k, v in self.meta().items() if k not in ("version", "train_mae", "history", "best_epoch", "cleaning")}
-        return hashlib.sha256(json.dumps(meta, sort_keys=True).encode() + self._state_bytes()).hexdigest()[:12]
+        meta = {
+            k: v
+            for k, v in self.meta().items()
+            if k not in ("version", "train_mae", "history", "best_epoch", "cleaning")
+        }
+        return hashlib.sha256(json.dumps(meta, sort_keys=True).encode() + self._state_bytes()).hexdigest()[
+            :12
+        ]
 
     def meta(self) -> dict:
         "Everything about the fitted model except its weights, JSON-ready."
-        return {"format": 2, "name": self.name, "kind": self.kind, "target": self.target, "features": self.features,
-                "seed": self.seed, "params": self.params, "cleaner": self.cleaner.to_dict(), "cleaning": self.cleaning and self.cleaning.to_dict(),
-                "preprocessing": self.prep.to_dict(), "notes": self.notes, "treatment": self.treatment,
-                "y_mean": self.y_mean, "y_scale": self.y_scale, "train_mae": self.train_mae, "version": self.version,
-                "history": self.history, "best_epoch": self.best_epoch}
+        return {
+            "format": 2,
+            "name": self.name,
+            "kind": self.kind,
+            "target": self.target,
+            "features": self.features,
+            "seed": self.seed,
+            "params": self.params,
+            "cleaner": self.cleaner.to_dict(),
+            "cleaning": self.cleaning and self.cleaning.to_dict(),
+            "preprocessing": self.prep.to_dict(),
+            "notes": self.notes,
+            "treatment": self.treatment,
+            "y_mean": self.y_mean,
+            "y_scale": self.y_scale,
+            "train_mae": self.train_mae,
+            "version": self.version,
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+        }
 
     def save(self, folder) -> Path:
         "Write the model to `folder` (created if needed)."
@@ -442,11 +529,18 @@ def _missing(v) -> bool:
 # %% ../nbs/04_models.ipynb #e398f029
 def plot_training(model:SalesModel) -> Figure:
     "Training and validation loss by epoch of a net."
-    if not model.history: raise ValueError(f"model {model.name!r} ({model.kind}) has no training history; only nets have one")
+    if not model.history:
+        raise ValueError(f"model {model.name!r} ({model.kind}) has no training history; only nets have one")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for k, v in model.history.items(): ax.plot(range(1, len(v) + 1), v, label=k)
-    if model.best_epoch: ax.axvline(model.best_epoch, color="grey", ls=":", label=f"kept: epoch {model.best_epoch}")
-    ax.set(xlabel="epoch", ylabel="mean squared error (standardised)", title=f"Training curve: {model.name}", yscale="log")
+    if model.best_epoch:
+        ax.axvline(model.best_epoch, color="grey", ls=":", label=f"kept: epoch {model.best_epoch}")
+    ax.set(
+        xlabel="epoch",
+        ylabel="mean squared error (standardised)",
+        title=f"Training curve: {model.name}",
+        yscale="log",
+    )
     ax.legend()
     fig.tight_layout()
     return fig
@@ -472,17 +566,22 @@ def load_model(folder,
               ) -> SalesModel:
     "The model saved in `folder`."
     folder = Path(folder)
-    if not (folder / MODEL_JSON).exists(): raise FileNotFoundError(f"no {MODEL_JSON} in {folder}: not a saved model folder")
+    if not (folder / MODEL_JSON).exists():
+        raise FileNotFoundError(f"no {MODEL_JSON} in {folder}: not a saved model folder")
     d = json.loads((folder / MODEL_JSON).read_text())
     m = SalesModel(d["kind"], d["target"], d["features"], d["seed"], name=d["name"], **d["params"])
     m.prep = Preprocessor.from_dict(d["preprocessing"])
     # format 1 (before cleaning moved into the model) has no fill values: such a model fills no gaps
-    m.cleaner = Cleaner(**d["cleaner"]) if "cleaner" in d else Cleaner(m.target, m.prep.numeric, m.prep.categorical)
+    m.cleaner = (
+        Cleaner(**d["cleaner"]) if "cleaner" in d else Cleaner(m.target, m.prep.numeric, m.prep.categorical)
+    )
     m.cleaning = CleaningReport(**d["cleaning"]) if d.get("cleaning") else None
-    for k in ("notes", "y_mean", "y_scale", "train_mae", "version", "history", "best_epoch"): setattr(m, k, d[k])
+    for k in ("notes", "y_mean", "y_scale", "train_mae", "version", "history", "best_epoch"):
+        setattr(m, k, d[k])
     m.treatment = d.get("treatment", {})
     if m.kind == "net":
-        if weights not in ("keras", "h5"): raise ValueError(f"weights must be 'keras' or 'h5', got {weights!r}")
+        if weights not in ("keras", "h5"):
+            raise ValueError(f"weights must be 'keras' or 'h5', got {weights!r}")
         m.net = _keras().models.load_model(folder / f"model.{weights}", compile=False)
         m.layers = net_layers(m.net)
     else: m.estimator = joblib.load(folder / "estimator.joblib")
@@ -517,8 +616,14 @@ def make_model(name:str, # a key of `CANDIDATES`
                **params) -> SalesModel: # `SalesModel` settings: epochs, outliers, categorical ...
     "An unfitted candidate model by name."
     name = candidate_name(name)
-    return SalesModel(CANDIDATES[name], target, original_features if name == "original_net" else features, seed,
-                      name=name, **params)
+    return SalesModel(
+        CANDIDATES[name],
+        target,
+        original_features if name == "original_net" else features,
+        seed,
+        name=name,
+        **params
+    )
 
 def default_candidates(df:pd.DataFrame, original_features:list=ORIGINAL_FEATURES) -> list:
     "All candidates, without 'original_net' when `df` lacks its features."
@@ -528,7 +633,8 @@ def default_candidates(df:pd.DataFrame, original_features:list=ORIGINAL_FEATURES
 def outlier_policies(outliers:str) -> list:
     "The policies to try: both for 'auto', else the one given."
     if outliers == "auto": return list(OUTLIER_POLICIES)
-    if outliers not in OUTLIER_POLICIES: raise ValueError(f"outliers must be 'auto' or one of {OUTLIER_POLICIES}, got {outliers!r}")
+    if outliers not in OUTLIER_POLICIES:
+        raise ValueError(f"outliers must be 'auto' or one of {OUTLIER_POLICIES}, got {outliers!r}")
     return [outliers]
 
 def cv_scores(df:pd.DataFrame, # the training split
@@ -541,7 +647,11 @@ def cv_scores(df:pd.DataFrame, # the training split
     "RMSE, MAE, MAPE and R² of every candidate and outlier policy on every one of the same `k` folds."
     target, seed = model_args.get("target", TARGET), model_args.get("seed", 42)
     df = df[df[target].notna()]
-    candidates = default_candidates(df, model_args.get("original_features", ORIGINAL_FEATURES)) if candidates is None else list(candidates)
+    candidates = (
+        default_candidates(df, model_args.get("original_features", ORIGINAL_FEATURES))
+        if candidates is None
+        else list(candidates)
+    )
     if not 2 <= k <= len(df): raise ValueError(f"k must be between 2 and the {len(df)} rows, got {k}")
     folds, policies = list(KFold(k, shuffle=True, random_state=seed).split(df)), outlier_policies(outliers)
     rows = []
@@ -551,7 +661,9 @@ def cv_scores(df:pd.DataFrame, # the training split
                 bar.set_postfix_str(f"{name} ({policy}) fold {i + 1}/{k}")
                 m = make_model(name, outliers=policy, **model_args).fit(df.iloc[tr])
                 pred = m.predict(df.iloc[va], unknown="ignore")
-                rows.append({"model": name, "outliers": policy, "fold": i + 1, **scores(df[target].iloc[va], pred)})
+                rows.append(
+                    {"model": name, "outliers": policy, "fold": i + 1, **scores(df[target].iloc[va], pred)}
+                )
                 bar.update()
     return pd.DataFrame(rows)
 
@@ -577,7 +689,8 @@ def select_model(table:pd.DataFrame,
     if override is not None:
         names = table.index.get_level_values("model")
         override = candidate_name(override)
-        if override not in names: raise ValueError(f"model {override!r} was not compared; compared: {list(dict.fromkeys(names))}")
+        if override not in names:
+            raise ValueError(f"model {override!r} was not compared; compared: {list(dict.fromkeys(names))}")
         table = table[names == override]
     best = table.loc[table["rmse_mean"].idxmin()]
     limit = best["rmse_mean"] + best["rmse_std"] / math.sqrt(best["folds"])
@@ -593,14 +706,17 @@ def selection_reason(table:pd.DataFrame, choice:tuple, override:str|None=None) -
     best = table["rmse_mean"].idxmin()
     if override: why = f"{name} ({_KEPT[policy]}) was chosen by override ({cv}; the rule's choice was {' with '.join(select_model(table))})."
     elif choice != best:
-        why = (f"{name} ({_KEPT[policy]}) was chosen: its {cv} is within one standard error of the lowest, "
-               f"{best[0]} ({_KEPT[best[1]]}, {table.loc[best, 'rmse_mean']:,.2f}), and it is the simpler model.")
+        why = (
+            f"{name} ({_KEPT[policy]}) was chosen: its {cv} is within one standard error of the lowest, "
+            f"{best[0]} ({_KEPT[best[1]]}, {table.loc[best, 'rmse_mean']:,.2f}), and it is the simpler model."
+        )
     else:
         runner = next((i for i in table.index if i[0] != name), None)
         vs = f", ahead of {runner[0]} ({table.loc[runner, 'rmse_mean']:,.2f})" if runner else ""
         why = f"{name} ({_KEPT[policy]}) was chosen for the lowest {cv}{vs}."
     other = next((p for p in OUTLIER_POLICIES if p != policy and (name, p) in table.index), None)
-    if other: why += f" With {_KEPT[other]} from training, {name} scored CV RMSE {table.loc[(name, other), 'rmse_mean']:,.2f}."
+    if other:
+        why += f" With {_KEPT[other]} from training, {name} scored CV RMSE {table.loc[(name, other), 'rmse_mean']:,.2f}."
     return why
 
 # %% ../nbs/04_models.ipynb #d4685f06
@@ -628,8 +744,14 @@ def choose_model(train:pd.DataFrame, test:pd.DataFrame,
     choice = select_model(table, override)
     model = fit(choice)
     compared = "original_net" in table.index.get_level_values("model")
-    ref = (model if choice[0] == "original_net" else fit(select_model(table, "original_net"))) if compared else None
-    test_scores = {m.name: scores(test[target], m.predict(test, unknown="ignore")) for m in (model, ref) if m is not None}
+    ref = (
+        (model if choice[0] == "original_net" else fit(select_model(table, "original_net")))
+        if compared
+        else None
+    )
+    test_scores = {
+        m.name: scores(test[target], m.predict(test, unknown="ignore")) for m in (model, ref) if m is not None
+    }
     return Selection(table, *choice, selection_reason(table, choice, override), model, test_scores, ref)
 
 # %% ../nbs/04_models.ipynb #9568124a

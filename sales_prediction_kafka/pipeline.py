@@ -48,7 +48,10 @@ def pipeline_parameters(notebook:Path=PIPELINE_NOTEBOOK) -> dict:
     "The pipeline's parameters as {name: Parameter}, read from its `parameters` cell."
     import papermill as pm
     spec = pm.inspect_notebook(str(notebook))
-    return {n: Parameter(ast.literal_eval(p["default"]), p["inferred_type_name"], p["help"]) for n, p in spec.items()}
+    return {
+        n: Parameter(ast.literal_eval(p["default"]), p["inferred_type_name"], p["help"])
+        for n, p in spec.items()
+    }
 
 # %% ../nbs/10_pipeline.ipynb #ef206ba4
 _CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "bool": click.BOOL, "str": click.STRING}
@@ -90,11 +93,15 @@ def _parse(name:str, value, param:Parameter, problems:list):
 def validate_params(given:dict, spec:dict|None=None) -> dict:
     "`given` parsed and checked against the pipeline's parameters; all problems are reported at once."
     spec = pipeline_parameters() if spec is None else spec
-    problems = [f"unknown parameter {n!r}; known parameters: {', '.join(spec)}" for n in sorted(set(given) - set(spec))]
+    problems = [
+        f"unknown parameter {n!r}; known parameters: {', '.join(spec)}"
+        for n in sorted(set(given) - set(spec))
+    ]
     params = {n: _parse(n, v, spec[n], problems) for n, v in given.items() if n in spec}
     for n, v in params.items():
         check, must = _RULES.get(n, (None, None))
-        if check and v is not None and not check(v): problems.append(f"parameter {n!r} must be {must}, got {v!r}")
+        if check and v is not None and not check(v):
+            problems.append(f"parameter {n!r} must be {must}, got {v!r}")
     if problems: raise ParameterError("; ".join(problems))
     return params
 
@@ -107,7 +114,17 @@ def new_run_dir(base="outputs/runs", now:datetime|None=None) -> Path:
     return d
 
 # %% ../nbs/10_pipeline.ipynb #4472df0e
-VERSIONED = ("sales-prediction-kafka", "numpy", "pandas", "scikit-learn", "tensorflow", "keras", "kafka-python", "papermill", "nbdev")
+VERSIONED = (
+    "sales-prediction-kafka",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "tensorflow",
+    "keras",
+    "kafka-python",
+    "papermill",
+    "nbdev",
+)
 
 def package_versions(names=VERSIONED) -> dict:
     "Installed versions of `names`, plus Python's."
@@ -139,7 +156,15 @@ def start_run(run_dir, params:dict, data_path) -> Path:
     run = Path(run_dir).resolve() if run_dir else new_run_dir()  # resolved: run_dir "." still has the run's name
     run.mkdir(parents=True, exist_ok=True)
     (run/"plots").mkdir(exist_ok=True)
-    write_json(run/"params.json", {"run_id": run.name, "parameters": params, "data": {"path": str(data_path), "sha256": file_sha256(data_path)}, "versions": package_versions()})
+    write_json(
+        run / "params.json",
+        {
+            "run_id": run.name,
+            "parameters": params,
+            "data": {"path": str(data_path), "sha256": file_sha256(data_path)},
+            "versions": package_versions(),
+        },
+    )
     return run
 
 # %% ../nbs/10_pipeline.ipynb #f439aaed
@@ -153,7 +178,10 @@ def report_figures(figs:dict, # {name: Figure}
     return paths
 
 # %% ../nbs/10_pipeline.ipynb #703d76f6
-_NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\).*|[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*)\n?", re.M)
+_NATIVE_LOG = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\).*|[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*)\n?",
+    re.M,
+)
 
 def export_html(notebook_path, html_path=None) -> Path:
     "Write a self-contained HTML report of an executed notebook: outputs only, no CDN links, no native TF log lines."
@@ -163,8 +191,12 @@ def export_html(notebook_path, html_path=None) -> Path:
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             if out.get("name") == "stderr": out["text"] = _NATIVE_LOG.sub("", out["text"])
-        cell["outputs"] = [o for o in cell.get("outputs", []) if o.get("name") != "stderr" or o["text"].strip()]
-    exporter = HTMLExporter(mathjax_url="", require_js_url="", mermaid_js_url="", embed_images=True, exclude_input=True)
+        cell["outputs"] = [
+            o for o in cell.get("outputs", []) if o.get("name") != "stderr" or o["text"].strip()
+        ]
+    exporter = HTMLExporter(
+        mathjax_url="", require_js_url="", mermaid_js_url="", embed_images=True, exclude_input=True
+    )
     body, _ = exporter.from_notebook_node(nb)
     body = re.sub(r'<script src=""></script>\s*', "", body)
     html_path = Path(html_path or Path(notebook_path).with_suffix(".html"))
@@ -176,18 +208,45 @@ def report_headline(metrics:dict) -> str:
     "The HTML box at the top of a report, from the run's `metrics.json` content."
     from sales_prediction_kafka.evaluate import fmt_num, fmt_pct
     d, t, c, s = (metrics.get(k) or {} for k in ("data", "test", "cleaning", "stream"))
-    rows = [("data", f"{Path(str(d.get('path', '-'))).name}: {fmt_num(d.get('rows'), 0)} rows"),
-            ("training rows", f"{fmt_num(d.get('train_rows'), 0)}; cleaning kept {fmt_num(c.get('rows_after'), 0)}"
-                              f" of {fmt_num(c.get('rows_before'), 0)}" if c else fmt_num(d.get("train_rows"), 0)),
-            ("chosen model", f"{metrics.get('selected', '-')} (outliers {(metrics.get('outliers') or {}).get('chosen', '-')})"),
-            (f"test, every held-out row ({fmt_num(t.get('n'), 0)})", f"MAE {fmt_num(t.get('mae'))} · RMSE {fmt_num(t.get('rmse'))}"
-                              f" · MAPE {fmt_pct(t.get('mape_pct'))} · R² {fmt_num(t.get('r2'), 3)}"),
-            ("records streamed", "not streamed" if not s else f"{fmt_num(s.get('total'), 0)} to {s.get('topic')}"
-                                 + (", each verified by reading it back" if s.get("verified") else ", NOT verified"))]
-    cells = "".join(f"<tr><th style='text-align:left;padding:2px 12px 2px 0'>{escape(k)}</th><td style='text-align:left'>"
-                    f"{escape(v)}</td></tr>" for k, v in rows)
-    return (f"<div class='headline' style='border:1px solid #9ca3af;border-radius:6px;padding:8px 14px;background:#f9fafb;"
-            f"margin:8px 0'><b>Run {escape(str(metrics.get('run_id', '')))}</b><table>{cells}</table></div>")
+    rows = [
+        ("data", f"{Path(str(d.get('path', '-'))).name}: {fmt_num(d.get('rows'), 0)} rows"),
+        (
+            "training rows",
+            (
+                f"{fmt_num(d.get('train_rows'), 0)}; cleaning kept {fmt_num(c.get('rows_after'), 0)}"
+                f" of {fmt_num(c.get('rows_before'), 0)}"
+                if c
+                else fmt_num(d.get("train_rows"), 0)
+            ),
+        ),
+        (
+            "chosen model",
+            f"{metrics.get('selected', '-')} (outliers {(metrics.get('outliers') or {}).get('chosen', '-')})",
+        ),
+        (
+            f"test, every held-out row ({fmt_num(t.get('n'), 0)})",
+            f"MAE {fmt_num(t.get('mae'))} · RMSE {fmt_num(t.get('rmse'))}"
+            f" · MAPE {fmt_pct(t.get('mape_pct'))} · R² {fmt_num(t.get('r2'), 3)}",
+        ),
+        (
+            "records streamed",
+            (
+                "not streamed"
+                if not s
+                else f"{fmt_num(s.get('total'), 0)} to {s.get('topic')}"
+                + (", each verified by reading it back" if s.get("verified") else ", NOT verified")
+            ),
+        ),
+    ]
+    cells = "".join(
+        f"<tr><th style='text-align:left;padding:2px 12px 2px 0'>{escape(k)}</th><td style='text-align:left'>"
+        f"{escape(v)}</td></tr>"
+        for k, v in rows
+    )
+    return (
+        f"<div class='headline' style='border:1px solid #9ca3af;border-radius:6px;padding:8px 14px;background:#f9fafb;"
+        f"margin:8px 0'><b>Run {escape(str(metrics.get('run_id', '')))}</b><table>{cells}</table></div>"
+    )
 
 # %% ../nbs/10_pipeline.ipynb #1b490e21
 def quiet_kernel(log_path:Path) -> type:
@@ -195,7 +254,8 @@ def quiet_kernel(log_path:Path) -> type:
     from jupyter_client.manager import AsyncKernelManager
     class QuietKernelManager(AsyncKernelManager):
         async def _async_launch_kernel(self, kernel_cmd:list[str], **kw):
-            with open(log_path, "ab") as err: return await super()._async_launch_kernel(kernel_cmd, **kw | {"stderr": err})
+            with open(log_path, "ab") as err:
+                return await super()._async_launch_kernel(kernel_cmd, **kw | {"stderr": err})
     return QuietKernelManager
 
 # %% ../nbs/10_pipeline.ipynb #db123418
@@ -218,10 +278,19 @@ def run_pipeline(params:dict|None=None, # parameter overrides; defaults come fro
     if value("data_path"): params["data_path"] = os.path.relpath(data_path, run.resolve())  # the notebook runs inside the run folder
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        pm.execute_notebook(str(notebook), str(run/"report.ipynb"), parameters={**params, "run_dir": "."}, progress_bar=progress,
-                            cwd=str(run), kernel_name="python3", kernel_manager_class=quiet_kernel(run/"kernel.log"))
+        pm.execute_notebook(
+            str(notebook),
+            str(run / "report.ipynb"),
+            parameters={**params, "run_dir": "."},
+            progress_bar=progress,
+            cwd=str(run),
+            kernel_name="python3",
+            kernel_manager_class=quiet_kernel(run.resolve() / "kernel.log"),
+        )
     except pm.PapermillExecutionError as e:
-        raise PipelineError(f"the pipeline stopped in cell {e.exec_count}: {e.ename}: {e.evalue}; the partial report is {run/'report.html'}") from None
+        raise PipelineError(
+            f"the pipeline stopped in cell {e.exec_count}: {e.ename}: {e.evalue}; the partial report is {run/'report.html'}"
+        ) from None
     finally:
         if (run/"report.ipynb").exists(): export_html(run/"report.ipynb")
         write_index(out_dir)
@@ -251,18 +320,46 @@ def resume_run(run_dir, # a run folder whose stream did not finish
     saved = json.loads((run/"params.json").read_text())
     p, run_id = saved["parameters"], saved["run_id"]
     with open(run/"test_predictions.csv", newline="") as f: rows = list(csv.DictReader(f))
-    records = prediction_records([int(r["row"]) for r in rows], [r["actual"] for r in rows], [r["predicted"] for r in rows])
+    records = prediction_records(
+        [int(r["row"]) for r in rows], [r["actual"] for r in rows], [r["predicted"] for r in rows]
+    )
     model = run/"model"/"model.json"
     version = json.loads(model.read_text()).get("version") if model.exists() else None
-    settings = require_broker(kafka_settings(bootstrap_servers=bootstrap_servers or p.get("bootstrap_servers")))
+    settings = require_broker(
+        kafka_settings(bootstrap_servers=bootstrap_servers or p.get("bootstrap_servers"))
+    )
     topic = p.get("topic") or PREDICTIONS_TOPIC
-    summary = stream_predictions(records, settings, topic, run_id=run_id, model_version=version, partitions=p.get("partitions") or PARTITIONS,
-                                 replication=p.get("replication_factor"), progress=False, resume=True)
+    summary = stream_predictions(
+        records,
+        settings,
+        topic,
+        run_id=run_id,
+        model_version=version,
+        partitions=p.get("partitions") or PARTITIONS,
+        replication=p.get("replication_factor"),
+        progress=False,
+        resume=True,
+    )
     verified = verify_run(records, settings, topic, run_id)
-    metrics = json.loads((run/"metrics.json").read_text()) if (run/"metrics.json").exists() else {"run_id": run_id}
-    metrics["stream"] = summary.as_dict() | {"verified": verified == len(records), "resumed": True, "settings": redacted(settings)}
+    metrics = (
+        json.loads((run / "metrics.json").read_text())
+        if (run / "metrics.json").exists()
+        else {"run_id": run_id}
+    )
+    metrics["stream"] = summary.as_dict() | {
+        "verified": verified == len(records),
+        "resumed": True,
+        "settings": redacted(settings),
+    }
     write_json(run/"metrics.json", metrics)
-    log.info("run %s: %d records sent now, %d were on %s already; all %d verified", run_id, summary.total, summary.skipped, topic, verified)
+    log.info(
+        "run %s: %d records sent now, %d were on %s already; all %d verified",
+        run_id,
+        summary.total,
+        summary.skipped,
+        topic,
+        verified,
+    )
     return metrics["stream"]
 
 # %% ../nbs/10_pipeline.ipynb #61e2ae60
@@ -291,7 +388,8 @@ def resume_run(run_dir, # a run folder whose stream did not finish
 def run_command(extra, out, grid, list_params, no_stream, resume_dir, **options):
     "Train, evaluate and stream: execute the pipeline notebook into a new run folder."
     if list_params:
-        for name, p in pipeline_parameters().items(): click.echo(f"{name:22} {p.type:6} {p.default!r:30} {p.help}")
+        for name, p in pipeline_parameters().items():
+            click.echo(f"{name:22} {p.type:6} {p.default!r:30} {p.help}")
         return
     if resume_dir:
         try: click.echo(json.dumps(resume_run(resume_dir, options.get("bootstrap_servers"))))
@@ -302,7 +400,12 @@ def run_command(extra, out, grid, list_params, no_stream, resume_dir, **options)
     if no_stream: given["stream"] = False
     try:
         todo = grid_params(given) if grid else [given]
-        if grid: log.info("grid of %d runs: %s", len(todo), "; ".join(", ".join(f"{k}={v}" for k, v in g.items()) for g in todo))
+        if grid:
+            log.info(
+                "grid of %d runs: %s",
+                len(todo),
+                "; ".join(", ".join(f"{k}={v}" for k, v in g.items()) for g in todo),
+            )
         runs = [run_pipeline(g, out_dir=out) for g in todo]
     except ParameterError as e: raise click.UsageError(str(e))
     except (PipelineError, StreamError, BrokerError) as e: raise click.ClickException(str(e))  # no broker, refused login, no Java

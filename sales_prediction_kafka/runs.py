@@ -35,11 +35,21 @@ def run_row(run:Path, # a run folder
     given = p.get("parameters", {})
     try: when = datetime.strptime(run.name[:15], "%Y%m%d-%H%M%S").strftime("%Y-%m-%d %H:%M")
     except ValueError: when = "-"
-    return {"run": run.name, "time": when, "data": Path(str(_at(m, "data", "path") or "-")).name, "rows": _at(m, "data", "rows"),
-            "model": m.get("selected"), "mape_pct": _at(m, "test", "mape_pct"), "rmse": _at(m, "test", "rmse"),
-            "r2": _at(m, "test", "r2"), "streamed": _at(m, "stream", "total"),
-            "changed": {k: v for k, v in given.items() if k in defaults and k not in _OWN_COLUMN and v != defaults[k]},
-            "report": f"{run.name}/report.html" if (run/"report.html").exists() else None}
+    return {
+        "run": run.name,
+        "time": when,
+        "data": Path(str(_at(m, "data", "path") or "-")).name,
+        "rows": _at(m, "data", "rows"),
+        "model": m.get("selected"),
+        "mape_pct": _at(m, "test", "mape_pct"),
+        "rmse": _at(m, "test", "rmse"),
+        "r2": _at(m, "test", "r2"),
+        "streamed": _at(m, "stream", "total"),
+        "changed": {
+            k: v for k, v in given.items() if k in defaults and k not in _OWN_COLUMN and v != defaults[k]
+        },
+        "report": f"{run.name}/report.html" if (run / "report.html").exists() else None,
+    }
 
 def runs_table(base:Path|str=RUNS_BASE, # the folder of run folders
                defaults:dict|None=None # {parameter: default}; None: the pipeline notebook's
@@ -96,13 +106,18 @@ _NUMERIC = ("rows", "mape_pct", "rmse", "r2", "streamed")
 
 def _cell(key:str, row:dict, text:str) -> str:
     "One table cell: numbers carry their raw value for sorting; the time links to the run's report."
-    if key in _NUMERIC: return f'<td class="n" data-v="{"" if row[key] is None else row[key]}">{html.escape(text)}</td>'
-    if key == "time" and row["report"]: return f'<td><a href="{html.escape(row["report"])}">{html.escape(text)}</a></td>'
+    if key in _NUMERIC:
+        return f'<td class="n" data-v="{"" if row[key] is None else row[key]}">{html.escape(text)}</td>'
+    if key == "time" and row["report"]:
+        return f'<td><a href="{html.escape(row["report"])}">{html.escape(text)}</a></td>'
     return f"<td>{html.escape(text)}</td>"
 
 def runs_html(rows:list[dict], base:str="outputs/runs") -> str:
     "The runs overview page, newest run first."
-    body = ["<tr>" + "".join(_cell(k, r, t) for k, t in zip(COLUMNS, shown(r).values())) + "</tr>" for r in reversed(rows)]
+    body = [
+        "<tr>" + "".join(_cell(k, r, t) for k, t in zip(COLUMNS, shown(r).values())) + "</tr>"
+        for r in reversed(rows)
+    ]
     heads = "".join(f"<th>{html.escape(h)}</th>" for h, _ in COLUMNS.values())
     return _PAGE.format(count=len(rows), base=html.escape(str(base)), heads=heads, rows="\n".join(body))
 
@@ -124,9 +139,15 @@ def run_summary(run:Path|str) -> str:
              f"test on every held-out row: MAE {fmt_num(t.get('mae'))}, RMSE {fmt_num(t.get('rmse'))}, "
              f"MAPE {fmt_pct(t.get('mape_pct'))}, R² {fmt_num(t.get('r2'), 3)}"]
     if c.get("rows_before") is not None:
-        lines.append(f"cleaning kept {fmt_num(c.get('rows_after'), 0)} of {fmt_num(c.get('rows_before'), 0)} training rows")
-    lines.append("streamed: not asked (--no-stream)" if not s else f"streamed {fmt_num(s.get('total'), 0)} records to {s.get('topic')}"
-                 f" ({'every one verified by reading it back' if s.get('verified') else 'NOT verified'})")
+        lines.append(
+            f"cleaning kept {fmt_num(c.get('rows_after'), 0)} of {fmt_num(c.get('rows_before'), 0)} training rows"
+        )
+    lines.append(
+        "streamed: not asked (--no-stream)"
+        if not s
+        else f"streamed {fmt_num(s.get('total'), 0)} records to {s.get('topic')}"
+        f" ({'every one verified by reading it back' if s.get('verified') else 'NOT verified'})"
+    )
     return "\n".join(lines + [f"report: {run/'report.html'}"])
 
 # %% ../nbs/10a_runs.ipynb #9d6c1fd1

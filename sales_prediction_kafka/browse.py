@@ -14,7 +14,7 @@ from .stream import admin_client, consumer
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'message_view', 'topic_overview', 'group_overview', 'read_messages', 'dead_letters', 'newest_events',
+__all__ = ['log', 'message_view', 'topic_overview', 'group_overview', 'records', 'read_messages', 'dead_letters', 'newest_events',
            'NoMatchingRun', 'matching_run']
 
 # %% ../nbs/08b_browse.ipynb #5ab5beed
@@ -77,6 +77,28 @@ def group_overview(settings:KafkaSettings) -> list[dict]:
                     "lag": sum(o["lag"] for o in offsets)})
     return out
 
+# %% ../nbs/08b_browse.ipynb #ff3f1586
+def _between(c, start:dict, stop:dict) -> list:
+    "The records of each partition from `start` up to `stop` (offsets by `TopicPartition`), read with consumer `c`."
+    c.assign(list(start))
+    for tp, o in start.items(): c.seek(tp, o)
+    got, todo = [], {tp for tp in start if start[tp] < stop[tp]}
+    while todo:
+        batch = c.poll(timeout_ms=1000)
+        if not batch: break
+        for tp, ms in batch.items():
+            got += [m for m in ms if m.offset < stop[tp]]
+            if c.position(tp) >= stop[tp]: todo.discard(tp)
+    return got
+
+def records(settings:KafkaSettings, topic:str, isolation:str="read_committed") -> list:
+    "Every record of `topic` up to its end now, with its original bytes (kafka-python `ConsumerRecord`s)."
+    c = consumer(settings, enable_auto_commit=False, isolation_level=isolation)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+        return _between(c, c.beginning_offsets(tps), c.end_offsets(tps)) if tps else []
+    finally: c.close()
+
 # %% ../nbs/08b_browse.ipynb #b87d037f
 def read_messages(settings:KafkaSettings, topic:str,
                   partition:int|None=None, # None: every partition
@@ -96,15 +118,7 @@ def read_messages(settings:KafkaSettings, topic:str,
         if since_ms is not None:
             at = c.offsets_for_times({tp: since_ms for tp in tps})
             start = {tp: max(start[tp], at[tp].offset if at.get(tp) else stop[tp]) for tp in tps}
-        c.assign(tps)
-        for tp in tps: c.seek(tp, start[tp])
-        got, todo = [], {tp for tp in tps if start[tp] < stop[tp]}
-        while todo:
-            batch = c.poll(timeout_ms=1000)
-            if not batch: break
-            for tp, ms in batch.items():
-                got += [m for m in ms if m.offset < stop[tp]]
-                if c.position(tp) >= stop[tp]: todo.discard(tp)
+        got = _between(c, start, stop)
     finally: c.close()
     got.sort(key=lambda m: (m.timestamp, m.offset), reverse=True)
     return [message_view(m) for m in got[:limit]]

@@ -23,6 +23,7 @@ COMMANDS = {  # name: (module, function) of each command; imported only when it 
     "monitor": ("monitor", "monitor_command"), "dashboard": ("dashboard", "dashboard_command"),
     "runs": ("runs", "runs_command"),
     "models": ("registry", "models_cli"),
+    "dlq": ("dlq", "dlq_cli"),
 }
 
 def source_docstring(module:str, # a module of this package, e.g. "serve"

@@ -85,3 +85,50 @@ def test_dashboard_binds_to_loopback_by_default(dashboard):
     socket.create_connection(("127.0.0.1", port), timeout=2).close()  # it does answer where it says
     for addr in other_addresses():
         with pytest.raises(OSError): socket.create_connection((addr, port), timeout=2).close()
+
+def version_record(version:str, mae:float) -> dict:
+    "A registry version record with test figures (no model bytes: the page shows only the figures)."
+    return {"type": "version", "version": version, "run": f"run-{version}", "kind": "linear", "name": "linear", "features": [],
+            "created_at": "2026-11-20T10:00:00.000+00:00", "figures": {"n": 80, "mae": mae, "rmse": mae * 1.3, "r2": 0.9, "bias": 0.5},
+            "profile": {}, "bytes": 0, "sha256": "", "model": ""}
+
+@pytest.mark.browser
+def test_model_swaps_and_versions_in_chromium(chromium, broker_settings):
+    "Predictions scored by v1, then v2 (a swap), then v1 again (a rollback): the charts mark both swaps where they happened."
+    from sales_prediction_kafka.registry import promote, publish
+    topic, models = f"swap_{uuid.uuid4().hex[:8]}", f"models_{uuid.uuid4().hex[:8]}"
+    for version, mae in (("v1-aaaa", 12.5), ("v2-bbbb", 9.25)): publish(broker_settings, version_record(version, mae), models)
+    promote(broker_settings, "v2", topic=models)
+    send = lambda lo, hi, v: stream_predictions(predictions(lo, hi), broker_settings, topic=topic, model_version=v, partitions=1, progress=False)
+    send(0, 60, "v1-aaaa"); send(60, 120, "v2-bbbb")
+    code = "from sales_prediction_kafka.dashboard import dashboard_command; dashboard_command()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--port", "0", "--bootstrap-servers", broker_settings.bootstrap_servers,
+                             "--topic", topic, "--from-beginning", "--baseline", "10", "--models-topic", models,
+                             "--alerts-topic", f"{topic}_alerts"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = proc.stdout.readline().split(" at ", 1)[1].strip()
+    marks = "document.getElementById('pva').layout.shapes.map(s => s.x0)"
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 1800})
+            errors = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(url)
+            page.wait_for_function("document.querySelectorAll('#models tbody tr').length === 2", timeout=30_000)
+            page.wait_for_function(f"{marks}.length === 1", timeout=30_000)
+            assert page.evaluate(marks) == [61]  # record 61 (offset 60) is the first v2 scored
+            assert page.evaluate("document.getElementById('err').layout.shapes.filter(s => s.xref === 'x').map(s => s.x0)") == [61]
+            assert page.evaluate("document.getElementById('pva').layout.annotations.map(a => a.text)") == ["model v2-bbbb"]
+            assert page.locator("#version").inner_text() == "v2-bbbb"
+            rows = page.locator("#models tbody tr")
+            assert rows.nth(0).locator("td").all_inner_texts() == ["v2-bbbb", "linear", "run-v2-bbbb", "2026-11-20 10:00:00", "80", "9.25",
+                                                                 "12.03", "0.900", "0.50", "champion", ""]
+            assert rows.nth(0).get_attribute("class") == "scoring" and rows.nth(1).locator("td.mae").inner_text() == "12.50"
+            send(120, 150, "v1-aaaa")  # a rollback, live
+            page.wait_for_function(f"{marks}.length === 2", timeout=30_000)
+            assert page.evaluate(marks) == [61, 121] and page.locator("#version").inner_text() == "v1-aaaa"
+            assert errors == [], errors
+            browser.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()

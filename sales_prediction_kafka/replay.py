@@ -106,9 +106,10 @@ def replay_command(csv, bootstrap_servers, topic, rate, first_id, limit, repeat,
     click.echo(str(s))
 
 # %% ../nbs/08a_replay.ipynb #abc7df03
-def _start_offsets(c, tps:list, ends:dict, last:int|None, since:str|None) -> dict:
-    "Where to start reading each partition: `last` before its end, the first offset at `since`, else its beginning."
+def _start_offsets(c, tps:list, ends:dict, last:int|None, since:str|None, after:dict|None=None) -> dict:
+    "Where to start reading each partition: at `after`, the first offset at `since`, `last` before its end, else its beginning."
     firsts = c.beginning_offsets(tps)
+    if after is not None: return {tp: max(firsts[tp], after.get(str(tp.partition), firsts[tp])) for tp in tps}
     if since is not None:
         at = c.offsets_for_times({tp: int(pd.Timestamp(since, tz="UTC").timestamp() * 1000) for tp in tps})
         return {tp: at[tp].offset if at[tp] else ends[tp] for tp in tps}
@@ -119,8 +120,10 @@ def labelled_events(settings:KafkaSettings, topic:str=EVENTS_TOPIC,
                     target:str="Sales", # events with this field (not null) are labelled
                     last:int|None=None, # only the last N labelled events; None: all
                     since:str|None=None, # only events written since this time (ISO 8601, UTC if no zone)
-                    timeout:float=60) -> tuple[list[dict], dict]:
-    "The labelled events of `topic` in the window, and where they came from: topic, offset range per partition, count."
+                    timeout:float=60,
+                    after:dict|None=None # only events from these offsets on ({partition: offset}, e.g. an earlier read's `ends`)
+                   ) -> tuple[list[dict], dict]:
+    "The labelled events of `topic` in the window, and where they came from: topic, offset ranges, the ends read to, count."
     c = consumer(settings, enable_auto_commit=False, isolation_level="read_committed")
     try:
         parts = c.partitions_for_topic(check_topic(topic))
@@ -128,7 +131,7 @@ def labelled_events(settings:KafkaSettings, topic:str=EVENTS_TOPIC,
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         c.assign(tps)
         ends = c.end_offsets(tps)
-        for tp, o in _start_offsets(c, tps, ends, last, since).items(): c.seek(tp, o)
+        for tp, o in _start_offsets(c, tps, ends, last, since, after).items(): c.seek(tp, o)
         got, deadline = [], time.monotonic() + timeout
         while any(c.position(tp) < ends[tp] for tp in tps):
             if time.monotonic() > deadline: raise StreamError(f"timed out reading {topic} at {settings.bootstrap_servers}")
@@ -139,7 +142,8 @@ def labelled_events(settings:KafkaSettings, topic:str=EVENTS_TOPIC,
     ranges = {}
     for m, _ in kept: ranges.setdefault(m.partition, [m.offset, m.offset + 1])[1] = m.offset + 1
     for m, _ in kept: ranges[m.partition][0] = min(ranges[m.partition][0], m.offset)
-    source = {"topic": topic, "partitions": {str(p): r for p, r in sorted(ranges.items())}, "events": len(kept), "last": last, "since": since}
+    source = {"topic": topic, "partitions": {str(p): r for p, r in sorted(ranges.items())}, "events": len(kept), "last": last,
+              "since": since, "ends": {str(tp.partition): ends[tp] for tp in tps}}
     return [ev for _, ev in kept], source
 
 def events_table(events:list[dict]) -> pd.DataFrame:

@@ -23,6 +23,7 @@ COMMANDS = {  # name: (module, function) of each command; imported only when it 
     "monitor": ("monitor", "monitor_command"), "dashboard": ("dashboard", "dashboard_command"),
     "runs": ("runs", "runs_command"),
     "models": ("registry", "models_cli"),
+    "learn": ("learn", "learn_command"),
     "dlq": ("dlq", "dlq_cli"),
 }
 

@@ -9,7 +9,10 @@ from sales_prediction_kafka.models import SalesModel, load_model, save_model
 from sales_prediction_kafka.registry import ensure_models_topic, model_record, promote, publish
 from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.stream import ensure_topic
-from helpers import SERVE, metrics, read_all, topics, wait_for
+from helpers import ROOT, SERVE, metrics, read_all, topics, wait_for
+
+sys.path.insert(0, str(ROOT))  # the shift scenario is the loop benchmark's, run here for its outcome rather than its timings
+from bench.loop import champion_before_shift, loop_figures, sales_kafka, shift_scenario, stoppable
 
 pytestmark = pytest.mark.kafka
 
@@ -119,3 +122,53 @@ def test_input_drift_alerts_once_per_shift(broker_settings):
     got = [m["value"] for m in messages(settings, alerts_topic, idle_timeout=5)]
     assert [(a["alert"], a["reasons"][0], a["model_version"]) for a in got] == [("input_drift", "Marketing_Spend", rec["version"])], got
     assert got[0]["features"]["Marketing_Spend"] > 0.25 and got[0]["offset"] >= 0
+
+@pytest.mark.slow
+def test_shift_scenario_retrains_promotes_and_swaps(broker_settings, tmp_path):
+    "`replay` a shifted stream while 2 exactly-once workers, the monitor and `learn` run: detected, retrained, promoted, swapped."
+    o = shift_scenario(broker_settings, tmp_path)
+    f, reg = loop_figures(o), o["registry"]
+    print(f"\n{o['sent']} events at {o['rate']}/s, shift after {o['shift_after']}: " + ", ".join(f"{k} {v:.4g}" for k, v in f.items() if v))
+    assert o["codes"] == {"w0": 0, "w1": 0, "monitor": 0, "learn": 0}, o["codes"]
+    drift = [a for a in o["alerts"] if a["alert"] in ("drift", "input_drift")]
+    assert drift and drift[0]["ts"] >= o["events"][o["shift_after"]], "drift is detected after the shift"
+    assert [d["decision"] for d in reg.decisions] == ["promoted"], reg.decisions
+    d = reg.decisions[0]
+    assert reg.champion_version == d["challenger"] != o["champion"] and d["champion"] == o["champion"]
+    assert d["challenger_mae"] < (1 - d["margin"]) * d["champion_mae"] and d["events"] == 300
+    src = json.loads((tmp_path/"runs"/d["run"]/"params.json").read_text())["data"]["source"]
+    assert pd.Timestamp(src["since"]).value // 10**6 >= o["events"][o["shift_after"]], "trained on post-shift events only"
+    assert [a["decision"] for a in o["alerts"] if a["alert"] == "model_decision"] == ["promoted"]
+    counts = Counter(p["prediction_index"] for p in o["predictions"])
+    assert set(counts) == set(range(o["sent"])) and max(counts.values()) == 1, "every event id: exactly one prediction across the swap"
+    assert {p["model_version"] for p in o["predictions"] if p["ts"] > f["promotion_to_all_swapped_s"] * 1e3 + max(
+        ts for rec, ts in o["champion_records"] if rec["version"] == d["challenger"])} == {d["challenger"]}
+    assert f["mae_after_shift_old_model"] > 1.3 * f["mae_before_shift"], f  # the shift hurts the old model
+    assert f["mae_after_swap"] <= 1.15 * f["mae_before_shift"], f  # the new one is as good as the old one was before
+
+@pytest.mark.slow
+def test_a_worse_challenger_is_not_promoted(broker_settings, tmp_path):
+    "A challenger trained on 200 events is worse than a champion trained on 2000: rejected, and the rejection is recorded."
+    from sales_prediction_kafka.registry import read_registry
+    from sales_prediction_kafka.stream import messages
+    settings, t = broker_settings, topics("reject")
+    reg, alerts = f"models-{t['group']}", f"alerts-{t['group']}"
+    ensure_topic(settings, t["events"], 4)
+    champion, _ = champion_before_shift(settings, reg)
+    learn = sales_kafka(tmp_path, "learn", "learn", "--bootstrap-servers", settings.bootstrap_servers, "--events-topic", t["events"],
+                        "--alerts-topic", alerts, "--models-topic", reg, "--runs", str(tmp_path/"runs"), "--every-events", "300",
+                        "--window", "200", "--holdout", "300", "--max-retrains", "1", "-p", "candidates", "linear,trees", "-p", "cv_folds", "3")
+    stop, sent = threading.Event(), [0]
+    events = stoppable(table_events(generate_sales(100_000, seed=31, missing=0.0)), stop, sent)
+    feeder = threading.Thread(target=replay, args=(events, settings, t["events"], 100.0), kwargs={"progress": False}, daemon=True)
+    feeder.start()
+    try: assert learn.wait(timeout=300) == 0, (tmp_path/"learn.log").read_text()[-3000:]
+    finally: stop.set(); feeder.join(timeout=60)
+    state = read_registry(settings, reg)
+    assert state.champion_version == champion["version"], "the champion stays"
+    [d] = state.decisions
+    assert d["decision"] == "rejected" and d["challenger_mae"] > d["champion_mae"] and d["challenger"] in state.versions, d
+    said = [m["value"] for m in messages(settings, alerts, idle_timeout=5)]
+    assert [(a["alert"], a["decision"], a["challenger_mae"], a["champion_mae"]) for a in said] == [
+        ("model_decision", "rejected", d["challenger_mae"], d["champion_mae"])]
+    assert "rejected" in (tmp_path/"learn.out").read_text()

@@ -56,9 +56,9 @@ lab: setup  ## JupyterLab with the project's kernel; the library is installed ed
 	$(BIN)/jupyter lab --allow-root --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate
 
 example: setup  ## refresh the committed example run in outputs/example (a default run, streamed to the local broker)
-	rm -rf outputs/tmp outputs/example
-	$(BIN)/sales-kafka run --out outputs/tmp
-	mv outputs/tmp/* outputs/example && rmdir outputs/tmp
+	rm -rf outputs/example
+	$(BIN)/sales-kafka run --out outputs  # a run folder beside outputs/example, so its relative paths stay right after the move
+	mv outputs/2*/ outputs/example && rm -f outputs/index.html
 
 bench: setup  ## run the benchmarks (ratios side by side in one run; results in bench/results/, table in BENCHMARKS.md)
 	$(BIN)/python -m bench

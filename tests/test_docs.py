@@ -246,3 +246,42 @@ def test_search_works_offline(site, page):
     hit = page.locator(".md-search-result a[href*='config.html'][href*='#kafka_settings']").first
     hit.wait_for(timeout=15_000)
     assert not page.problems, page.problems
+
+def test_signatures_and_limits_read_as_people_write_them():
+    "A class without its own __init__ is not `def X(*args, **kwargs)`, and 2**63 - 1 is not written out in a schema table."
+    from typing import NamedTuple
+    class Point(NamedTuple):
+        x: int
+        y: float = 0.0
+    class Missing(LookupError): "A lookup failed."
+    test = build_docs.class_signature
+    assert (test(Point), test(Missing), test(len)) == ("class Point(x: int, y: float = 0.0)", "class Missing(LookupError)", None)
+    md = "| event_id | integer | yes | 0 to 9223372036854775807 | id |\n```\n9223372036854775807\n```\n| n | 1234567890 |"
+    assert build_docs.readable_numbers(md).split("\n") == [
+        "| event_id | integer | yes | 0 to 2<sup>63</sup> − 1 | id |", "```", "9223372036854775807", "```", "| n | 1234567890 |"]
+    shown = "---\n\n### Missing\n\n```python\ndef Missing(\n    *args, **kwargs\n):\n```\n\n*A lookup failed.*"
+    assert build_docs.GENERIC_SIGNATURE.sub("X", shown) == "---\n\n### Missing\n\nX\n\n*A lookup failed.*"
+
+@pytest.mark.slow
+def test_no_generic_signatures_or_long_limits(site):
+    "In the site's Markdown (built beside it): no `def X(*args, **kwargs)` signature and no 19-digit limit in a table."
+    pages = list((site.parent / "work" / "docs").glob("*.md"))
+    assert len(pages) > 10
+    generic = [p.name for p in pages if build_docs.GENERIC_SIGNATURE.search(p.read_text())]
+    long = [p.name for p in pages for l in p.read_text().split("\n") if l.startswith("|") and "9223372036854775807" in l]
+    assert (generic, long) == ([], [])
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_wide_tables_stay_in_the_content_column(site, server, page):
+    "At 1280 px every table (or the box it scrolls in) ends left of the table of contents."
+    page.set_viewport_size({"width": 1280, "height": 900})
+    for name in ("index.html", "data.html", "models.html"):
+        page.goto(server + name)
+        over = page.evaluate("""() => { const toc = document.querySelector('.md-sidebar--secondary');
+            const edge = toc ? toc.getBoundingClientRect().left : document.querySelector('.md-content').getBoundingClientRect().right;
+            return [...document.querySelectorAll('.md-content table')].filter(t => {
+                let box = t; while (box && !(box.scrollWidth > box.clientWidth + 1 && getComputedStyle(box).overflowX !== 'visible')
+                                     && box.tagName !== 'ARTICLE') box = box.parentElement;
+                return Math.min(t.getBoundingClientRect().right, box.getBoundingClientRect().right) > edge + 1; }).length; }""")
+        assert over == 0, (name, over)

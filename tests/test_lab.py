@@ -77,3 +77,12 @@ def test_library_is_this_checkout(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import sales_prediction_kafka as m; print(m.__file__)"],
                          cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(out).is_relative_to(ROOT/"sales_prediction_kafka"), out
+
+def test_kernelspec_survives_cleaning(tmp_path):
+    "A notebook saved on the project's kernel keeps it through nbdev_clean (settings.ini allowed_metadata_keys), so Lab opens it there."
+    nb = nbformat.read(ROOT / "nbs" / "08c_dlq.ipynb", as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == KERNEL
+    nb.metadata["kernelspec"]["display_name"] = "Python (sales-prediction-kafka)"
+    nbformat.write(nb, tmp_path / "x.ipynb")
+    subprocess.run([str(BIN / "nbdev_clean"), "--fname", str(tmp_path / "x.ipynb")], cwd=ROOT, check=True, capture_output=True)
+    assert nbformat.read(tmp_path / "x.ipynb", as_version=4).metadata["kernelspec"]["name"] == KERNEL

@@ -13,7 +13,7 @@ generated from the code's single sources: the message schemas (the library's own
 the committed example pipeline run (`--run DIR` shows another).
 """
 from __future__ import annotations
-import argparse, ast, base64, functools, importlib, json, logging, os, pkgutil, re, shutil, subprocess, sys, time, warnings
+import argparse, ast, base64, functools, importlib, inspect, json, logging, os, pkgutil, re, shutil, subprocess, sys, time, warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -47,8 +47,30 @@ class exec_docs(exec_show_docs):
         if cell.directives_.keys() & _doc_dirs or _show_docs(trees) or len(imports) == len(trees): self.k.cell(cell)
         else: self.k.run("\n".join(ast.unparse(t) for t in imports))
         if self.k.exc: raise RuntimeError(f"{self.nb.path_}: cell {cell.idx_} failed while preparing show_doc:\n{cell.source}") from self.k.exc
-        if (m := re.search(r"^show_doc\((\w+)\)", cell.source, re.M)) and (md := command_doc(m.group(1), self.k.user_ns.get(m.group(1)))):
-            cell.outputs = [{"output_type": "display_data", "metadata": {}, "data": {"text/markdown": md}}]
+        if not (m := re.search(r"^show_doc\((\w+)\)", cell.source, re.M)): return
+        obj = self.k.user_ns.get(m.group(1))
+        if md := command_doc(m.group(1), obj): cell.outputs = [{"output_type": "display_data", "metadata": {}, "data": {"text/markdown": md}}]
+        elif sig := class_signature(obj):
+            for d in (o.get("data", {}) for o in cell.outputs):
+                if "text/markdown" in d: d["text/markdown"] = GENERIC_SIGNATURE.sub(lambda _: f"```python\n{sig}\n```", _text(d["text/markdown"]))
+
+GENERIC_SIGNATURE = re.compile(r"```python\ndef \w+\(\n\s*\*args, \*\*kwargs\n\):\n```")  # what show_doc gives a class without __init__
+
+def class_signature(obj) -> str | None:
+    "A class as a person writes it: `class Record(partition: int, ...)` (its fields), or `class Error(LookupError)` (its bases)."
+    if not inspect.isclass(obj): return None
+    try: params = list(inspect.signature(obj).parameters.values())
+    except (TypeError, ValueError): params = []
+    if params and {p.kind for p in params} != {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD}:
+        return f"class {obj.__name__}({', '.join(map(str, params))})"
+    return f"class {obj.__name__}({', '.join(b.__name__ for b in obj.__bases__ if b is not object)})"
+
+def readable_numbers(md:str) -> str:
+    "Integer limits such as 9223372036854775807 in table rows written as people write them (2<sup>63</sup> − 1)."
+    def sub(m):
+        n = int(m.group(0))
+        return f"2<sup>{n.bit_length()}</sup> − 1" if n >= 2**31 - 1 and (n + 1) & n == 0 else m.group(0)
+    return "\n".join(re.sub(r"(?<![\w.])\d{10,}(?![\w.])", sub, l) if l.startswith("|") else l for l in md.split("\n"))
 
 def command_doc(name:str, obj) -> str | None:
     "A click command's API entry: its `--help` under its full `sales-kafka ...` name (show_doc only sees `Command.__call__`)."
@@ -69,6 +91,7 @@ EXTRA_CSS = """
 .nb-output { border-left: 3px solid var(--md-default-fg-color--lightest); padding-left: .6em; margin: -.6em 0 1em; }
 .nb-output img { max-width: 100%; }
 .nb-output table { font-size: .7rem; border-collapse: collapse; }
+.nb-output, .nb-html { max-width: 100%; overflow-x: auto; }  /* wide tables scroll inside the content column, not under the TOC */
 .nb-html th, .nb-html td { padding: .2em .6em; border: 1px solid var(--md-default-fg-color--lightest); }
 .lead { font-size: 1.05em; color: var(--md-default-fg-color--light); }
 iframe.report { width: 100%; height: 80vh; border: 1px solid var(--md-default-fg-color--lightest); }
@@ -368,7 +391,7 @@ def build(out:Path=ROOT / "_docs", work:Path=ROOT / "_proc" / "docs", strict:boo
     clash = {n for n, _, _ in nbpages} & {n for n, _, _ in generated}
     if clash: raise SystemExit(f"notebook pages {sorted(clash)} clash with generated pages; rename the notebook")
     link = linker(symbol_index({n: md for n, _, md in nbpages}))
-    for name, _, md in nbpages + generated: (docs / name).write_text(link(md))
+    for name, _, md in nbpages + generated: (docs / name).write_text(readable_numbers(link(md)))
     nav = [{"Home": home} for home, _, _ in nbpages[:1]] + [{t: n} for n, t, _ in nbpages[1:1 + len(guides)]]
     nav += [{"Library": [{t: n} for n, t, _ in nbpages[1 + len(guides):]]}, {"Reference": [{t: n} for n, t, _ in generated]}]
     (docs / "extra.css").write_text(EXTRA_CSS)

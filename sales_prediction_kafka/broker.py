@@ -373,7 +373,8 @@ class LocalCluster:
 @patch
 def start(self:LocalCluster, timeout:float=120) -> LocalCluster:
     "Start every node that is not running and wait until each answers with all the nodes in its metadata."
-    if (self.home/"server.properties").exists(): raise BrokerError(f"{self.home} holds a single broker; give the cluster another home")
+    if (self.home/"server.properties").exists():
+        raise BrokerError(f"{self.home} holds a single broker: stop it and remove the folder, or give the cluster another --home")
     with ExitStack() as locks:
         for b in self.nodes:
             b.home.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ __all__ = ['log', 'PREDICTION_SCHEMA', 'FIELDS', 'PREDICTION_HEADERS', 'CONNECT_
            'prediction_records', 'check_topic', 'BrokerUnreachable', 'AuthenticationFailed', 'admin_client', 'producer',
            'consumer', 'require_broker', 'ensure_topic', 'StreamSummary', 'StreamIncomplete', 'retry_reasons',
            'summarise_sends', 'close_producer', 'stream_predictions', 'messages', 'read_back', 'verify_stream',
-           'run_values', 'verify_run', 'consume_cli']
+           'run_values', 'wait_in_sync', 'verify_run', 'consume_cli']
 
 # %% ../nbs/07_stream.ipynb #ce4272c1
 PREDICTION_SCHEMA = {
@@ -248,7 +248,7 @@ class StreamIncomplete(StreamError):
 
 _MEANING = {"NotEnoughReplicasError": "fewer in-sync replicas than min.insync.replicas",
             "NotEnoughReplicasAfterAppendError": "fewer in-sync replicas than min.insync.replicas",
-            "RequestTimedOutError": "the leader got no confirmation from enough replicas in time",
+            "RequestTimedOutError": "the leader's in-sync replicas did not confirm in time, as acks=all needs",
             "KafkaConnectionError": "a broker could not be reached",
             "NotLeaderForPartitionError": "a partition's leader had moved or was gone"}
 
@@ -301,6 +301,7 @@ def stream_predictions(records:list[dict], # prediction messages, e.g. from `pre
     settings = ensure_broker(settings)
     created, skipped = ensure_topic(settings, topic, partitions, replication), 0
     if resume:
+        if not created: wait_in_sync(settings, topic)
         there = set() if created else set(run_values(settings, topic, run_id))
         todo = [r for r in records if r["prediction_index"] not in there]
         skipped, records = len(records) - len(todo), todo
@@ -397,6 +398,18 @@ def run_values(settings:KafkaSettings, topic:str, run_id:str, timeout:float=30) 
         if m["headers"].get("run_id") == run_id and isinstance(v, dict) and m["key"] == str(v.get("prediction_index")):
             got.setdefault(v["prediction_index"], []).append(v)
     return got
+
+def wait_in_sync(settings:KafkaSettings, topic:str, timeout:float=60):
+    "Wait until every replica of `topic` is in sync, so that no record hides above a high watermark; else `StreamError`."
+    admin, deadline = admin_client(settings), time.monotonic() + timeout
+    try:
+        while behind := [p["partition_index"] for p in admin.describe_topics([topic])[0]["partitions"]
+                         if set(p["isr_nodes"]) != set(p["replica_nodes"])]:
+            if time.monotonic() > deadline:
+                raise StreamError(f"{topic}: partitions {behind} still have replicas out of sync after {timeout:.0f} s; resume when "
+                                  "the cluster has recovered (records above a partition's high watermark cannot be checked yet)")
+            time.sleep(0.5)
+    finally: admin.close()
 
 def verify_run(records:list[dict], settings:KafkaSettings, topic:str, run_id:str, timeout:float=30) -> int:
     "The number of `records` on `topic` for run `run_id`, each exactly once and unchanged; else a `StreamError` counting."

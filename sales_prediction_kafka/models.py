@@ -316,6 +316,14 @@ def forward(layers:list, X:np.ndarray) -> np.ndarray:
     W, b = layers[-1]
     return (h @ W + b)[:, 0]
 
+# %% ../nbs/04_models.ipynb #bbb6523e
+def _numpy_val_loss(keras, net, X:np.ndarray, y:np.ndarray):
+    "A Keras callback that puts the validation MSE, computed by `forward`, into each epoch's logs as `val_loss`."
+    X = np.asarray(X, np.float32)
+    class NumpyValLoss(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None): logs["val_loss"] = float(np.mean((forward(net_layers(net), X) - y) ** 2))
+    return NumpyValLoss()
+
 # %% ../nbs/04_models.ipynb #a0b1d29b
 KINDS = ("linear", "net", "trees")
 
@@ -384,27 +392,12 @@ class SalesModel:
         n_val = int(round(len(y) * p["val_fraction"])) if p["patience"] and len(y) >= 10 else 0
         val, tr = order[:n_val], order[n_val:]
         self.net = build_net(X.shape[1], p["hidden_units"], p["learning_rate"])
-        stop = (
-            [
-                keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=p["patience"], restore_best_weights=True
-                )
-            ]
-            if n_val
-            else []
-        )
-        h = self.net.fit(
-            X[tr].astype(np.float32),
-            ys[tr],
-            validation_data=(X[val].astype(np.float32), ys[val]) if n_val else None,
-            epochs=p["epochs"],
-            batch_size=p["batch_size"],
-            shuffle=True,
-            verbose=0,
-            callbacks=stop,
-        )
+        stop = [_numpy_val_loss(keras, self.net, X[val], ys[val]),  # before EarlyStopping reads val_loss
+                keras.callbacks.EarlyStopping(monitor="val_loss", patience=p["patience"], restore_best_weights=True)]
+        h = self.net.fit(X[tr].astype(np.float32), ys[tr], epochs=p["epochs"], batch_size=p["batch_size"], shuffle=True,
+                         verbose=0, callbacks=stop if n_val else [])
         self.history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
-        self.best_epoch = int(stop[0].best_epoch) + 1 if n_val else len(self.history["loss"])
+        self.best_epoch = int(stop[1].best_epoch) + 1 if n_val else len(self.history["loss"])
         self.layers = net_layers(self.net)
 
     def _fit_sklearn(self, X:np.ndarray, y:np.ndarray):

@@ -30,9 +30,17 @@ def message_view(m) -> dict:
     value = _text(m.value)
     try: shown, is_json = json.dumps(json.loads(m.value), indent=2, ensure_ascii=False), True
     except (TypeError, ValueError): shown, is_json = value, False
-    return {"topic": m.topic, "partition": m.partition, "offset": m.offset, "timestamp": m.timestamp, "key": _text(m.key),
-            "headers": [[k, _text(v)] for k, v in (m.headers or [])], "value": shown, "json": is_json,
-            "raw": None if m.value is None else base64.b64encode(m.value).decode()}
+    return {
+        "topic": m.topic,
+        "partition": m.partition,
+        "offset": m.offset,
+        "timestamp": m.timestamp,
+        "key": _text(m.key),
+        "headers": [[k, _text(v)] for k, v in (m.headers or [])],
+        "value": shown,
+        "json": is_json,
+        "raw": None if m.value is None else base64.b64encode(m.value).decode(),
+    }
 
 # %% ../nbs/08b_browse.ipynb #48fa3ce3
 def topic_overview(settings:KafkaSettings, internal:bool=False # include Kafka's own topics (__consumer_offsets ...)
@@ -46,12 +54,27 @@ def topic_overview(settings:KafkaSettings, internal:bool=False # include Kafka's
     finally: admin.close(); c.close()
     out = []
     for t in sorted(topics, key=lambda t: t["name"]):
-        parts = [{"partition": p["partition_index"], "leader": p["leader_id"], "replicas": p["replica_nodes"], "isr": p["isr_nodes"],
-                  "first": first[tp], "last": end[tp] - 1, "messages": end[tp] - first[tp]}
-                 for p in sorted(t["partitions"], key=lambda p: p["partition_index"])
-                 for tp in [TopicPartition(t["name"], p["partition_index"])]]
-        out.append({"topic": t["name"], "partitions": parts, "replication": len(parts[0]["replicas"]) if parts else 0,
-                    "messages": sum(p["messages"] for p in parts)})
+        parts = [
+            {
+                "partition": p["partition_index"],
+                "leader": p["leader_id"],
+                "replicas": p["replica_nodes"],
+                "isr": p["isr_nodes"],
+                "first": first[tp],
+                "last": end[tp] - 1,
+                "messages": end[tp] - first[tp],
+            }
+            for p in sorted(t["partitions"], key=lambda p: p["partition_index"])
+            for tp in [TopicPartition(t["name"], p["partition_index"])]
+        ]
+        out.append(
+            {
+                "topic": t["name"],
+                "partitions": parts,
+                "replication": len(parts[0]["replicas"]) if parts else 0,
+                "messages": sum(p["messages"] for p in parts),
+            }
+        )
     return out
 
 # %% ../nbs/08b_browse.ipynb #a1cbef31
@@ -68,11 +91,28 @@ def group_overview(settings:KafkaSettings) -> list[dict]:
     out = []
     for g in ids:
         d = described.get(g, {})
-        members = [{"client_id": m["client_id"], "host": m["client_host"].lstrip("/"),
-                    "assigned": [f"{a['topic']}[{p}]" for a in (m.get("member_assignment") or {}).get("assigned_partitions", [])
-                                 for p in a["partitions"]]} for m in d.get("members", [])]
-        offsets = [{"topic": tp.topic, "partition": tp.partition, "committed": om.offset, "end": end[tp], "lag": max(end[tp] - om.offset, 0)}
-                   for tp, om in sorted(committed.get(g, {}).items())]
+        members = [
+            {
+                "client_id": m["client_id"],
+                "host": m["client_host"].lstrip("/"),
+                "assigned": [
+                    f"{a['topic']}[{p}]"
+                    for a in (m.get("member_assignment") or {}).get("assigned_partitions", [])
+                    for p in a["partitions"]
+                ],
+            }
+            for m in d.get("members", [])
+        ]
+        offsets = [
+            {
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "committed": om.offset,
+                "end": end[tp],
+                "lag": max(end[tp] - om.offset, 0),
+            }
+            for tp, om in sorted(committed.get(g, {}).items())
+        ]
         out.append({"group": g, "state": d.get("group_state"), "members": members, "offsets": offsets,
                     "lag": sum(o["lag"] for o in offsets)})
     return out
@@ -131,13 +171,23 @@ def dead_letters(settings:KafkaSettings, topic:str=DEAD_LETTER_TOPIC, limit:int=
     "The last `limit` dead letters grouped by reason, most frequent first: {reason, count, messages}."
     msgs = read_messages(settings, topic, limit=limit)
     counts = Counter(_header(m, "dlq.reason") or "unknown" for m in msgs)
-    return [{"reason": r, "count": n, "messages": [m for m in msgs if (_header(m, "dlq.reason") or "unknown") == r]}
-            for r, n in counts.most_common()]
+    return [
+        {
+            "reason": r,
+            "count": n,
+            "messages": [m for m in msgs if (_header(m, "dlq.reason") or "unknown") == r],
+        }
+        for r, n in counts.most_common()
+    ]
 
 # %% ../nbs/08b_browse.ipynb #808a1609
 def newest_events(settings:KafkaSettings, topic:str=EVENTS_TOPIC, n:int=20) -> list[dict]:
     "The newest `n` events of `topic` that are JSON objects (none if the topic is missing or empty)."
-    return [e for m in read_messages(settings, topic, limit=n) if m["json"] and isinstance(e := json.loads(m["value"]), dict)]
+    return [
+        e
+        for m in read_messages(settings, topic, limit=n)
+        if m["json"] and isinstance(e := json.loads(m["value"]), dict)
+    ]
 
 def _model_info(run:Path) -> dict|None:
     try: return json.loads((run/"model"/"model.json").read_text())
@@ -152,12 +202,22 @@ def matching_run(runs:Path|str, # the folder of run folders
     "The newest run whose model's features are all in `events`, and a sentence saying which and why."
     found = sorted((r for r in Path(runs).glob("*") if _model_info(r)), key=lambda r: r.name, reverse=True)
     if not found: raise NoMatchingRun(f"no run with a model in {runs}; train one with `sales-kafka run`")
-    data = lambda r: Path(str((json.loads((r/"params.json").read_text()) if (r/"params.json").exists() else {}).get("data", {}).get("path", "?"))).name
-    if not events: return found[0], f"run {found[0].name} (data {data(found[0])}): the newest; no events yet to match"
+    data = lambda r: Path(
+        str(
+            (json.loads((r / "params.json").read_text()) if (r / "params.json").exists() else {})
+            .get("data", {})
+            .get("path", "?")
+        )
+    ).name
+    if not events:
+        return found[0], f"run {found[0].name} (data {data(found[0])}): the newest; no events yet to match"
     fields = set().union(*events)
     for r in found:
-        if set(_model_info(r)["features"]) <= fields: return r, f"run {r.name} (data {data(r)}): the newest whose features the events carry"
+        if set(_model_info(r)["features"]) <= fields:
+            return r, f"run {r.name} (data {data(r)}): the newest whose features the events carry"
     need = ", ".join(sorted(_model_info(found[0])["features"]))
-    raise NoMatchingRun(f"none of the {len(found)} runs in {runs} has a model for these events: they carry {', '.join(sorted(fields))}; "
-                        f"the newest run ({found[0].name}, data {data(found[0])}) needs {need}. Train on the events' table with "
-                        "`sales-kafka run --data <csv>`, or pass --model")
+    raise NoMatchingRun(
+        f"none of the {len(found)} runs in {runs} has a model for these events: they carry {', '.join(sorted(fields))}; "
+        f"the newest run ({found[0].name}, data {data(found[0])}) needs {need}. Train on the events' table with "
+        "`sales-kafka run --data <csv>`, or pass --model"
+    )

@@ -51,7 +51,11 @@ class LazyGroup(click.Group):
     def format_commands(self, ctx, formatter):
         "The command list of `--help`, with each lazy command's help read from its source."
         limit = formatter.width - 6 - max(map(len, self.list_commands(ctx)))
-        short = lambda n: (click.Command(n, help=source_docstring(*self.lazy[n])) if n not in self.commands else self.commands[n])
+        short = lambda n: (
+            click.Command(n, help=source_docstring(*self.lazy[n]))
+            if n not in self.commands
+            else self.commands[n]
+        )
         rows = [(n, short(n).get_short_help_str(limit)) for n in self.list_commands(ctx)]
         with formatter.section("Commands"): formatter.write_dl(rows)
 
@@ -65,7 +69,8 @@ def main(verbose, quiet):
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     if not verbose:
         for h in logging.getLogger().handlers: h.addFilter(KafkaClientNoise())
-    for noisy in ("kafka", "papermill", "blib2to3"): logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    for noisy in ("kafka", "papermill", "blib2to3"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert's notes on image alt text
 
 # %% ../nbs/11_cli.ipynb #b28813b4

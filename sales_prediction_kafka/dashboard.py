@@ -40,8 +40,15 @@ def _finite(x) -> float|None:
 
 def _row(r:Record) -> dict:
     "A table row of the dashboard."
-    return {"partition": r.partition, "offset": r.offset, "key": r.key, "prediction_index": r.prediction_index,
-            "predicted_sales": r.predicted_sales, "actual_sales": r.actual_sales, "error": r.error}
+    return {
+        "partition": r.partition,
+        "offset": r.offset,
+        "key": r.key,
+        "prediction_index": r.prediction_index,
+        "predicted_sales": r.predicted_sales,
+        "actual_sales": r.actual_sales,
+        "error": r.error,
+    }
 
 def _points(u:Update) -> dict:
     "The new chart points of `u`, column by column; x counts records in arrival order."
@@ -72,15 +79,30 @@ class DashboardHub:
 
     def state(self) -> dict:
         "Everything a newly opened page shows."
-        return {"topic": self.topic, "limits": self.limits, "max_rows": self.max_rows, "max_points": self.max_points,
-                "rows": list(self.rows), "points": {k: list(v) for k, v in self.points.items()},
-                "snapshot": self.snapshot, "alerts": list(self.alerts), "error": self.error,
-                "marks": list(self.marks), "models": self.models, "version": self.version}
+        return {
+            "topic": self.topic,
+            "limits": self.limits,
+            "max_rows": self.max_rows,
+            "max_points": self.max_points,
+            "rows": list(self.rows),
+            "points": {k: list(v) for k, v in self.points.items()},
+            "snapshot": self.snapshot,
+            "alerts": list(self.alerts),
+            "error": self.error,
+            "marks": list(self.marks),
+            "models": self.models,
+            "version": self.version,
+        }
 
     def publish(self, u:Update):
         "Take in `u` and queue it for every connected page."
-        msg = {"rows": [_row(r) for r in u.records[-self.max_rows:]], "points": _points(u), "snapshot": u.snapshot,
-               "alerts": u.alerts, "done": u.done}
+        msg = {
+            "rows": [_row(r) for r in u.records[-self.max_rows :]],
+            "points": _points(u),
+            "snapshot": u.snapshot,
+            "alerts": u.alerts,
+            "done": u.done,
+        }
         self.rows.extend(msg["rows"]); self.alerts.extend(u.alerts); self.snapshot = u.snapshot
         for k, v in msg["points"].items(): self.points[k].extend(v[-self.max_points:])
         self.placed.extend((r.partition, r.offset, x) for r, x in zip(u.records, msg["points"]["x"]))
@@ -97,11 +119,15 @@ class DashboardHub:
         placed = []
         for p, o, v, prev in list(self.pending):
             x = next((x for pp, oo, x in self.placed if pp == p and oo >= o), None)
-            if x is not None: placed.append({"x": x, "version": v, "previous": prev}); self.pending.remove((p, o, v, prev))
+            if x is not None:
+                placed.append({"x": x, "version": v, "previous": prev})
+                self.pending.remove((p, o, v, prev))
         self.marks.extend(placed)
         if models is not None: self.models = models
         if placed or changes or models is not None:
-            self._send(sse("models", {"marks": list(self.marks), "models": self.models, "version": self.version}))
+            self._send(
+                sse("models", {"marks": list(self.marks), "models": self.models, "version": self.version})
+            )
 
     def fail(self, error:str):
         "Tell the pages that the monitor stopped with `error`."
@@ -136,7 +162,11 @@ def _assign(c, topic:str, beginning:bool=True) -> bool:
 class VersionWatch:
     "Where the `model_version` header of `topic`'s records changes, partition by partition."
     def __init__(self, settings:KafkaSettings, topic:str=PREDICTIONS_TOPIC, from_beginning:bool=False):
-        self.c, self.topic, self.from_beginning = consumer(settings, enable_auto_commit=False, allow_auto_create_topics=False), topic, from_beginning
+        self.c, self.topic, self.from_beginning = (
+            consumer(settings, enable_auto_commit=False, allow_auto_create_topics=False),
+            topic,
+            from_beginning,
+        )
         self.assigned, self.last = False, {}  # partition -> the version of its latest record
 
     def poll(self) -> list[tuple]:
@@ -144,7 +174,9 @@ class VersionWatch:
         self.assigned = self.assigned or _assign(self.c, self.topic, self.from_beginning)
         out = []
         for m in (m for ms in (self.c.poll(timeout_ms=200).values() if self.assigned else []) for m in ms):
-            v = next((v.decode("utf-8", "replace") for k, v in (m.headers or []) if k == "model_version"), None)
+            v = next(
+                (v.decode("utf-8", "replace") for k, v in (m.headers or []) if k == "model_version"), None
+            )
             if v is not None and v != self.last.get(m.partition):
                 out.append((m.partition, m.offset, v, self.last.get(m.partition))); self.last[m.partition] = v
         return out
@@ -166,7 +198,8 @@ class RegistryWatch:
         "The versions' rows if registry records arrived since the last call, else None."
         self.assigned = self.assigned or _assign(self.c, self.topic)
         polled = [m for ms in (self.c.poll(timeout_ms=200).values() if self.assigned else []) for m in ms]
-        for m in polled: self.reg.apply(m.key.decode() if m.key else "", json.loads(m.value) if m.value else None)
+        for m in polled:
+            self.reg.apply(m.key.decode() if m.key else "", json.loads(m.value) if m.value else None)
         return model_rows(self.reg) if polled else None
 
     def close(self): self.c.close()
@@ -204,8 +237,14 @@ def browse_data(settings:KafkaSettings, page:str, # one of `BROWSE_PAGES`
         return {"topic": topic, "reasons": dead_letters(settings, topic, _int(args, "limit", 1000, 1)),
                 "replayed": sorted(replayed(settings, topic))}
     if not args.get("topic"): raise ValueError("say which topic: messages?topic=...")
-    return read_messages(settings, args["topic"], _int(args, "partition"), _int(args, "before"), _int(args, "since_ms"),
-                         min(_int(args, "limit", 50, 1), 1000))
+    return read_messages(
+        settings,
+        args["topic"],
+        _int(args, "partition"),
+        _int(args, "before"),
+        _int(args, "since_ms"),
+        min(_int(args, "limit", 50, 1), 1000),
+    )
 
 # %% ../nbs/09a_dashboard.ipynb #ea57fffc
 TOKEN_ENV = "SALES_KAFKA_DASHBOARD_TOKEN"  # the token the pages ask for, when set
@@ -215,10 +254,13 @@ _COOKIE = "sales_kafka_token"
 def access_token(host:str, env:dict|None=None) -> str|None:
     "The token requests must bear (from `env`, default `os.environ`); refuses a non-loopback `host` without a good one."
     token = (os.environ if env is None else env).get(TOKEN_ENV) or None
-    if token is not None and len(token) < 16: raise ValueError(f"{TOKEN_ENV} is too short to guess hard: use 16 characters or more")
+    if token is not None and len(token) < 16:
+        raise ValueError(f"{TOKEN_ENV} is too short to guess hard: use 16 characters or more")
     if token is None and host not in LOOPBACK:
-        raise ValueError(f"listening on {host} shows message values to anyone who reaches it: set {TOKEN_ENV} to a secret token "
-                         "(e.g. `export " + TOKEN_ENV + "=$(python -c 'import secrets; print(secrets.token_urlsafe())')`)")
+        raise ValueError(
+            f"listening on {host} shows message values to anyone who reaches it: set {TOKEN_ENV} to a secret token "
+            "(e.g. `export " + TOKEN_ENV + "=$(python -c 'import secrets; print(secrets.token_urlsafe())')`)"
+        )
     return token
 
 def _log_request(handler:web.RequestHandler):
@@ -231,7 +273,11 @@ class _Guarded(web.RequestHandler):
         token = self.settings.get("token")
         if token is None: return
         query = self.get_query_argument("token", "")
-        given = query or self.get_cookie(_COOKIE, "") or self.request.headers.get("Authorization", "").removeprefix("Bearer ")
+        given = (
+            query
+            or self.get_cookie(_COOKIE, "")
+            or self.request.headers.get("Authorization", "").removeprefix("Bearer ")
+        )
         if not hmac.compare_digest(given.encode(), token.encode()):
             self.set_status(401); self.set_header("WWW-Authenticate", "Bearer"); self.finish(); return
         if query:  # into a cookie, and out of the address bar
@@ -304,10 +350,18 @@ def dashboard_app(hub:DashboardHub, settings:KafkaSettings|None=None, # the clus
                   dead_letter_topic:str=DEAD_LETTER_TOPIC) -> web.Application:
     "The dashboard's tornado application: the live page, the browse pages and their data."
     pages = "|".join(BROWSE_PAGES)
-    return web.Application([(r"/", _Page), (rf"/({pages})", _BrowsePage), (r"/static/plotly.min.js", _PlotlyJS),
-                            (r"/events", _Events, {"hub": hub}), (r"/state", _State, {"hub": hub}),
-                            (rf"/api/({pages})", _Api, {"settings": settings, "dead_letter_topic": dead_letter_topic})],
-                           token=token, log_function=_log_request)
+    return web.Application(
+        [
+            (r"/", _Page),
+            (rf"/({pages})", _BrowsePage),
+            (r"/static/plotly.min.js", _PlotlyJS),
+            (r"/events", _Events, {"hub": hub}),
+            (r"/state", _State, {"hub": hub}),
+            (rf"/api/({pages})", _Api, {"settings": settings, "dead_letter_topic": dead_letter_topic}),
+        ],
+        token=token,
+        log_function=_log_request,
+    )
 
 # %% ../nbs/09a_dashboard.ipynb #9fc57f48
 def _feed(hub:DashboardHub, loop, stop:threading.Event, kw:dict):
@@ -324,8 +378,12 @@ async def _serve(hub:DashboardHub, host:str, port:int, stop:threading.Event, on_
     server = HTTPServer(app); server.add_sockets(sockets)
     url = f"http://{host}:{sockets[0].getsockname()[1]}/"
     worker = threading.Thread(target=_feed, args=(hub, loop, stop, kw), name="monitor", daemon=True)
-    watcher = threading.Thread(target=_watch, args=(hub, loop, stop, settings, hub.topic, kw.get("from_beginning", False), models_topic),
-                               name="versions", daemon=True)
+    watcher = threading.Thread(
+        target=_watch,
+        args=(hub, loop, stop, settings, hub.topic, kw.get("from_beginning", False), models_topic),
+        name="versions",
+        daemon=True,
+    )
     worker.start(); watcher.start()
     log.info("dashboard at %s%s", url, " (pages ask for the token)" if token else "")
     if on_ready: on_ready(url)
@@ -348,7 +406,8 @@ def run_dashboard(host:str="127.0.0.1", # address to bind; loopback unless told 
                   models_topic:str=MODELS_TOPIC, # the registry shown in the models panel
                   **kw): # `monitor`'s arguments
     "Serve the live dashboard, fed by `monitor(**kw)`, and the browse pages until `stop` is set."
-    if token is None and host not in LOOPBACK: raise ValueError(f"listening on {host} needs a token (see {TOKEN_ENV})")
+    if token is None and host not in LOOPBACK:
+        raise ValueError(f"listening on {host} needs a token (see {TOKEN_ENV})")
     d, kw = kw.get("detector"), kw | {"settings": ensure_broker(kw.get("settings"))}
     hub = DashboardHub(kw.get("topic", PREDICTIONS_TOPIC), d.limits if d else None, rows, points)
     asyncio.run(_serve(hub, host, port, stop or threading.Event(), on_ready, token, models_topic, kw))
@@ -366,7 +425,16 @@ def dashboard_command(host, port, rows, points, **options):
     except ValueError as e: raise click.UsageError(str(e))
     try:
         with stop_on_signals(threading.Event()) as stop:  # SIGTERM or Ctrl-C, even when started in the background
-            run_dashboard(host, port, rows, points, stop=stop, on_ready=lambda url: click.echo(f"dashboard at {url}"), token=token,
-                          models_topic=options["models_topic"], **monitor_kwargs(**options))
+            run_dashboard(
+                host,
+                port,
+                rows,
+                points,
+                stop=stop,
+                on_ready=lambda url: click.echo(f"dashboard at {url}"),
+                token=token,
+                models_topic=options["models_topic"],
+                **monitor_kwargs(**options),
+            )
     except OSError as e: raise click.ClickException(f"cannot listen on {host}:{port}: {e}")
     except StreamError as e: raise click.ClickException(str(e))  # no broker: one line, not a traceback

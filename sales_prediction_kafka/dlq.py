@@ -31,7 +31,9 @@ def reason(m) -> str:
 
 def resent_headers(m) -> list[tuple[str, bytes]]:
     "The headers of the event sent back: the original ones, and where it was a dead letter."
-    return [(k, v) for k, v in (m.headers or []) if not k.startswith("dlq.")] + [("replayed_from", letter_id(m).encode())]
+    return [(k, v) for k, v in (m.headers or []) if not k.startswith("dlq.")] + [
+        ("replayed_from", letter_id(m).encode())
+    ]
 
 # %% ../nbs/08c_dlq.ipynb #4c475c26
 def ledger_topic(dead_letter_topic:str=DEAD_LETTER_TOPIC) -> str:
@@ -52,7 +54,11 @@ def ensure_ledger(settings:KafkaSettings, topic:str) -> bool:
 
 def replayed(settings:KafkaSettings, dead_letter_topic:str=DEAD_LETTER_TOPIC) -> dict[str, dict]:
     "The dead letters replayed so far, by `letter_id`: when, and to which topic (committed ledger records only)."
-    return {m.key.decode(): json.loads(m.value) for m in records(settings, ledger_topic(dead_letter_topic)) if m.value}
+    return {
+        m.key.decode(): json.loads(m.value)
+        for m in records(settings, ledger_topic(dead_letter_topic))
+        if m.value
+    }
 
 # %% ../nbs/08c_dlq.ipynb #272686a3
 REPLAY_ID = "sales-kafka-dlq-replay"  # the transactional id of every replay: one at a time
@@ -65,7 +71,12 @@ def replay(settings:KafkaSettings,
     "Send the dead letters (of `reason_is`) not replayed before back to `to_topic`, exactly once; how many per reason."
     ledger = ledger_topic(dead_letter_topic)
     ensure_ledger(settings, ledger)
-    p = producer(settings, transactional_id=f"{REPLAY_ID}-{dead_letter_topic}", key_serializer=None, value_serializer=None)
+    p = producer(
+        settings,
+        transactional_id=f"{REPLAY_ID}-{dead_letter_topic}",
+        key_serializer=None,
+        value_serializer=None,
+    )
     try:
         p.init_transactions()  # first: it fences an unfinished replay, so the ledger read next is complete
         done = replayed(settings, dead_letter_topic)
@@ -77,19 +88,32 @@ def replay(settings:KafkaSettings,
         try:
             for m in todo:
                 p.send(to_topic, key=m.key, value=m.value, headers=resent_headers(m))
-                p.send(ledger, key=letter_id(m).encode(), value=json.dumps({"to": to_topic, "at": at, "reason": reason(m)}).encode())
+                p.send(
+                    ledger,
+                    key=letter_id(m).encode(),
+                    value=json.dumps({"to": to_topic, "at": at, "reason": reason(m)}).encode(),
+                )
             p.commit_transaction()
         except BaseException:
             p.abort_transaction(); raise
     finally: p.close()
     sent = Counter(reason(m) for m in todo)
-    log.info("replayed %d dead letters to %s: %s", len(todo), to_topic, ", ".join(f"{r} {n}" for r, n in sent.most_common()))
+    log.info(
+        "replayed %d dead letters to %s: %s",
+        len(todo),
+        to_topic,
+        ", ".join(f"{r} {n}" for r, n in sent.most_common()),
+    )
     return sent
 
 # %% ../nbs/08c_dlq.ipynb #0e352661
 def _options(f):
-    f = click.option("--to-topic", default=EVENTS_TOPIC, show_default=True, help="Where replayed events go.")(f)
-    f = click.option("--topic", default=DEAD_LETTER_TOPIC, show_default=True, help="The dead-letter topic.")(f)
+    f = click.option("--to-topic", default=EVENTS_TOPIC, show_default=True, help="Where replayed events go.")(
+        f
+    )
+    f = click.option("--topic", default=DEAD_LETTER_TOPIC, show_default=True, help="The dead-letter topic.")(
+        f
+    )
     return kafka_options()(f)
 
 def _settings(bootstrap_servers) -> KafkaSettings: return ensure_broker(kafka_settings(bootstrap_servers=bootstrap_servers))
@@ -130,5 +154,7 @@ def dlq_replay_command(bootstrap_servers, topic, to_topic, reason):
     "Send dead letters back to the events topic, each once: a second replay sends nothing again."
     try: sent = replay(_settings(bootstrap_servers), reason, topic, to_topic)
     except StreamError as e: raise click.ClickException(str(e))
-    click.echo(f"replayed {sum(sent.values())} dead letters to {to_topic}" +
-               (": " + ", ".join(f"{r} {n}" for r, n in sent.most_common()) if sent else " (none left to replay)"))
+    click.echo(
+        f"replayed {sum(sent.values())} dead letters to {to_topic}"
+        + (": " + ", ".join(f"{r} {n}" for r, n in sent.most_common()) if sent else " (none left to replay)")
+    )

@@ -52,10 +52,21 @@ class Triggers:
                  every_events:int|None=None, # retrain after this many new labelled events; None: not on a count
                  every_seconds:float|None=None, # retrain this often; None: not on a schedule
                  target:str="Sales"): # events with this field are labelled
-        self.alerts_topic, self.every_events, self.every_seconds, self.target = alerts_topic, every_events, every_seconds, target
+        self.alerts_topic, self.every_events, self.every_seconds, self.target = (
+            alerts_topic,
+            every_events,
+            every_seconds,
+            target,
+        )
         ensure_topic(settings, alerts_topic, partitions=1); ensure_topic(settings, events_topic, PARTITIONS)
         self.c = consumer(settings, enable_auto_commit=False, isolation_level="read_committed")
-        self.c.assign([TopicPartition(t, p) for t in (alerts_topic, events_topic) for p in sorted(self.c.partitions_for_topic(t))])
+        self.c.assign(
+            [
+                TopicPartition(t, p)
+                for t in (alerts_topic, events_topic)
+                for p in sorted(self.c.partitions_for_topic(t))
+            ]
+        )
         self.restart()
 
     def restart(self):
@@ -90,10 +101,27 @@ def train_command(settings:KafkaSettings, events_topic:str, trigger:Trigger,
                   params:dict # pipeline parameters, e.g. {"candidates": "linear,trees"}
                  ) -> list[str]:
     "The command line of one retrain: `sales-kafka run` on the window's labelled events, without streaming."
-    cmd = [sys.executable, "-c", "from sales_prediction_kafka.cli import main; main(prog_name='sales-kafka')", "-q", "run",
-           "--no-stream", "--bootstrap-servers", settings.bootstrap_servers, "--from-topic", events_topic,
-           "--from-last", str(window), "--out", str(out)]
-    return cmd + (["--from-since", trigger.since] if trigger.since else []) + [a for k, v in params.items() for a in ("-p", k, str(v))]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from sales_prediction_kafka.cli import main; main(prog_name='sales-kafka')",
+        "-q",
+        "run",
+        "--no-stream",
+        "--bootstrap-servers",
+        settings.bootstrap_servers,
+        "--from-topic",
+        events_topic,
+        "--from-last",
+        str(window),
+        "--out",
+        str(out),
+    ]
+    return (
+        cmd
+        + (["--from-since", trigger.since] if trigger.since else [])
+        + [a for k, v in params.items() for a in ("-p", k, str(v))]
+    )
 
 def train(cmd:list[str], log_file:Path, stop:threading.Event) -> Path|None:
     "Run a retrain in a process of its own; its run folder, or None if `stop` was set first."
@@ -102,7 +130,8 @@ def train(cmd:list[str], log_file:Path, stop:threading.Event) -> Path|None:
         while p.poll() is None:
             if stop.wait(0.5): p.terminate(); p.wait(30); return None
         out.seek(0); lines = out.read().strip().splitlines()
-    if p.returncode or not lines: raise LearnError(f"the retrain failed (exit {p.returncode}); its log: {log_file}")
+    if p.returncode or not lines:
+        raise LearnError(f"the retrain failed (exit {p.returncode}); its log: {log_file}")
     return Path(lines[-1].removeprefix("report: ")).parent
 
 # %% ../nbs/09b_learn.ipynb #4eb86a00
@@ -126,15 +155,28 @@ def judge(champion:SalesModel|None, challenger:SalesModel, events:list[dict], # 
     mae = lambda m: round(float(np.mean(np.abs(y - m.predict_records(events)))), 4)
     ch, cc = mae(challenger), mae(champion) if champion else None
     won = cc is None or ch < (1 - margin) * cc
-    return {"decision": "promoted" if won else "rejected", "challenger_mae": ch, "champion_mae": cc, "margin": margin, "events": len(events)}
+    return {
+        "decision": "promoted" if won else "rejected",
+        "challenger_mae": ch,
+        "champion_mae": cc,
+        "margin": margin,
+        "events": len(events),
+    }
 
 # %% ../nbs/09b_learn.ipynb #907fa298
 def describe_decision(d:dict) -> str:
     "One line for the log."
-    if d.get("challenger_mae") is None: return f"challenger {d['challenger']} (run {d['run']}) {d['decision']}: {d['reason']}"
-    champ = "no champion" if d["champion_mae"] is None else f"champion {d['champion']} MAE {d['champion_mae']:,.2f}"
-    return (f"challenger {d['challenger']} (run {d['run']}) MAE {d['challenger_mae']:,.2f} vs {champ} on {d['events']:,} fresh "
-            f"labelled events: {d['decision']} (margin {d['margin']:.0%})")
+    if d.get("challenger_mae") is None:
+        return f"challenger {d['challenger']} (run {d['run']}) {d['decision']}: {d['reason']}"
+    champ = (
+        "no champion"
+        if d["champion_mae"] is None
+        else f"champion {d['champion']} MAE {d['champion_mae']:,.2f}"
+    )
+    return (
+        f"challenger {d['challenger']} (run {d['run']}) MAE {d['challenger_mae']:,.2f} vs {champ} on {d['events']:,} fresh "
+        f"labelled events: {d['decision']} (margin {d['margin']:.0%})"
+    )
 
 class Learner:
     "Retrains on labelled events in a process of its own, judges the challenger, promotes it only if it is clearly better."
@@ -148,38 +190,74 @@ class Learner:
                  wait:float=300, # seconds to wait for the events above
                  params:dict|None=None, # pipeline parameters of every retrain
                  target:str="Sales"):
-        self.settings, self.events_topic, self.alerts_topic, self.models_topic = settings, events_topic, alerts_topic, models_topic
+        self.settings, self.events_topic, self.alerts_topic, self.models_topic = (
+            settings,
+            events_topic,
+            alerts_topic,
+            models_topic,
+        )
         self.runs, self.window, self.min_events, self.holdout = Path(runs), window, min_events, holdout
-        self.margin, self.wait, self.params, self.target, self.stop = margin, wait, params or {}, target, threading.Event()
+        self.margin, self.wait, self.params, self.target, self.stop = (
+            margin,
+            wait,
+            params or {},
+            target,
+            threading.Event(),
+        )
 
     def enough_since(self, since:str) -> bool:
         "Wait until `min_events` labelled events were written since `since`; False if they did not come in time."
         deadline, said = time.monotonic() + self.wait, 0.0
         while (n := len(labelled_events(self.settings, self.events_topic, self.target, since=since)[0])) < self.min_events:
             if time.monotonic() > deadline or self.stop.wait(1.0): return False
-            if time.monotonic() - said > 10: log.info("%d of %d labelled events since the alert", n, self.min_events); said = time.monotonic()
+            if time.monotonic() - said > 10:
+                log.info("%d of %d labelled events since the alert", n, self.min_events)
+                said = time.monotonic()
         return True
 
     def retrain(self, trigger:Trigger) -> dict|None:
         "One round for `trigger`: train, publish, judge, record, maybe promote, announce; the decision (None if none was made)."
         if trigger.since and not self.enough_since(trigger.since):
-            log.warning("not retraining: fewer than %d labelled events since %s", self.min_events, trigger.since); return None
+            log.warning(
+                "not retraining: fewer than %d labelled events since %s", self.min_events, trigger.since
+            )
+            return None
         log.info("retraining (%s: %s) in a child process", trigger.why, trigger.detail)
         self.runs.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         cmd = train_command(self.settings, self.events_topic, trigger, self.window, self.runs, self.params)
         if (run := train(cmd, self.runs/"learn.log", self.stop)) is None: return None
         rec, took = publish(self.settings, version_record(run), self.models_topic), time.monotonic() - t0
-        log.info("trained %s in %.0f s (run %s); judging it on %d fresh labelled events", rec["version"], took, run.name, self.holdout)
+        log.info(
+            "trained %s in %.0f s (run %s); judging it on %d fresh labelled events",
+            rec["version"],
+            took,
+            run.name,
+            self.holdout,
+        )
         events, where = fresh_events(self.settings, run, self.holdout, self.wait, self.stop)
         reg = read_registry(self.settings, self.models_topic)
         champ = reg.versions.get(reg.champion_version) if reg.champion_version else None
-        verdict = (judge(champ and record_model(champ), load_model(run/"model"), events, self.margin, self.target) if events else
-                   {"decision": "rejected", "reason": "no labelled events after its training window to judge it on"})
-        d = {"challenger": rec["version"], "champion": reg.champion_version, "run": run.name, "trigger": trigger.why,
-             "detail": trigger.detail, "train_seconds": round(took, 1), "judged_on": where["partitions"]} | verdict
+        verdict = (
+            judge(champ and record_model(champ), load_model(run / "model"), events, self.margin, self.target)
+            if events
+            else {
+                "decision": "rejected",
+                "reason": "no labelled events after its training window to judge it on",
+            }
+        )
+        d = {
+            "challenger": rec["version"],
+            "champion": reg.champion_version,
+            "run": run.name,
+            "trigger": trigger.why,
+            "detail": trigger.detail,
+            "train_seconds": round(took, 1),
+            "judged_on": where["partitions"],
+        } | verdict
         record_decision(self.settings, d, self.models_topic)
-        if d["decision"] == "promoted": promote(self.settings, rec["version"], describe_decision(d), self.models_topic)
+        if d["decision"] == "promoted":
+            promote(self.settings, rec["version"], describe_decision(d), self.models_topic)
         self.announce(d)
         log.info(describe_decision(d))
         return d
@@ -228,10 +306,28 @@ def learn_command(bootstrap_servers, events_topic, alerts_topic, models_topic, r
     except ParameterError as e: raise click.BadParameter(str(e), param_hint="-p")
     try:
         settings = ensure_broker(kafka_settings(bootstrap_servers=bootstrap_servers))
-        learner = Learner(settings, events_topic, alerts_topic, models_topic, runs, window, min_events, holdout, margin, wait, dict(params))
+        learner = Learner(
+            settings,
+            events_topic,
+            alerts_topic,
+            models_topic,
+            runs,
+            window,
+            min_events,
+            holdout,
+            margin,
+            wait,
+            dict(params),
+        )
         triggers = Triggers(settings, events_topic, alerts_topic, every_events, every_seconds)
-        log.info("learning from %s at %s: retrain on drift alerts on %s%s%s", events_topic, settings.bootstrap_servers, alerts_topic,
-                 f", every {every_events:,} labelled events" if every_events else "", f", every {every_seconds:g} s" if every_seconds else "")
+        log.info(
+            "learning from %s at %s: retrain on drift alerts on %s%s%s",
+            events_topic,
+            settings.bootstrap_servers,
+            alerts_topic,
+            f", every {every_events:,} labelled events" if every_events else "",
+            f", every {every_seconds:g} s" if every_seconds else "",
+        )
         with stop_on_signals(learner.stop): decisions = learner.run(triggers, max_retrains)
         triggers.close()
     except StreamError as e: raise click.ClickException(str(e))

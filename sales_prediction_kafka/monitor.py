@@ -58,11 +58,16 @@ def record_from_message(msg) -> Record:
     key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else msg.key
     try:
         v = json.loads(msg.value)
-        if v.get("actual_sales", 0) is None: raise NoActual(f"{msg.topic}[{msg.partition}]@{msg.offset}: prediction {v.get('prediction_index')} has no actual yet")
+        if v.get("actual_sales", 0) is None:
+            raise NoActual(
+                f"{msg.topic}[{msg.partition}]@{msg.offset}: prediction {v.get('prediction_index')} has no actual yet"
+            )
         return _record(msg.partition, msg.offset, msg.timestamp, key, v)
     except NoActual: raise
     except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ValueError(f"{msg.topic}[{msg.partition}]@{msg.offset}: not a prediction message ({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"{msg.topic}[{msg.partition}]@{msg.offset}: not a prediction message ({type(e).__name__}: {e})"
+        ) from None
 
 # %% ../nbs/09_monitor.ipynb #d8518b7d
 BANDS = (10, 25, 50)  # accuracy bands: |error| within this percentage of |actual|
@@ -80,9 +85,15 @@ def error_stats(records:list[Record]) -> dict:
     if not records: return {"n": 0, "mae": None, "rmse": None, "bias": None, "mape_pct": None,
                             "within": {str(b): None for b in BANDS}, "throughput": None}
     r = error_report([x.actual_sales for x in records], [x.predicted_sales for x in records], bands=BANDS)
-    return {"n": r["n"], "mae": r["mae"], "rmse": r["rmse"], "bias": r["bias"], "mape_pct": _num(r["mape_pct"]),
-            "within": {b: c["pct"] for b, c in r["within"].items()},
-            "throughput": _rate(len(records), records[0].timestamp, records[-1].timestamp)}
+    return {
+        "n": r["n"],
+        "mae": r["mae"],
+        "rmse": r["rmse"],
+        "bias": r["bias"],
+        "mape_pct": _num(r["mape_pct"]),
+        "within": {b: c["pct"] for b, c in r["within"].items()},
+        "throughput": _rate(len(records), records[0].timestamp, records[-1].timestamp),
+    }
 
 # %% ../nbs/09_monitor.ipynb #ff8660d6
 def _parts(r:Record) -> tuple:
@@ -120,7 +131,9 @@ class Window:
         self._sums = [s - p for s, p in zip(self._sums, self._parts.popleft())]
         self._dropped += 1
         if self._dropped >= max(len(self._parts), 1):
-            self._sums = [math.fsum(col) for col in zip(*self._parts)] if self._parts else [0.0] * len(self._sums)
+            self._sums = (
+                [math.fsum(col) for col in zip(*self._parts)] if self._parts else [0.0] * len(self._sums)
+            )
             self._dropped = 0
 
     def error_stats(self) -> dict:
@@ -154,10 +167,15 @@ class RollingMetrics:
                 ) -> dict:
         "Both windows' statistics, the offsets and the lag, as plain JSON-ready values."
         lag = lag or {}
-        return {"seen": self.seen, "window": self.last.size, "seconds": self.recent.seconds,
-                "last": self.last.error_stats(), "recent": self.recent.error_stats(),
-                "partitions": {str(p): {"offset": o, "lag": lag.get(p)} for p, o in sorted(self.offsets.items())},
-                "lag": sum(lag.values()) if lag else None}
+        return {
+            "seen": self.seen,
+            "window": self.last.size,
+            "seconds": self.recent.seconds,
+            "last": self.last.error_stats(),
+            "recent": self.recent.error_stats(),
+            "partitions": {str(p): {"offset": o, "lag": lag.get(p)} for p, o in sorted(self.offsets.items())},
+            "lag": sum(lag.values()) if lag else None,
+        }
 
 # %% ../nbs/09_monitor.ipynb #38bebe9c
 def baseline_from_run(run_dir:Path|str, # a run folder holding metrics.json
@@ -197,7 +215,13 @@ class DriftDetector:
                  min_records:int=50, # the window must hold this many records first
                  rearm:float=0.8): # an episode ends only when every figure falls below rearm × its limit
         if not baseline_mae > 0: raise ValueError(f"baseline MAE must be positive, got {baseline_mae}")
-        self.baseline_mae, self.factor, self.band, self.min_records, self.rearm = baseline_mae, factor, band, min_records, rearm
+        self.baseline_mae, self.factor, self.band, self.min_records, self.rearm = (
+            baseline_mae,
+            factor,
+            band,
+            min_records,
+            rearm,
+        )
         self.active = False  # inside an episode: alerts are held back until it ends
         self.alerts = 0
 
@@ -212,8 +236,14 @@ class DriftDetector:
                ) -> list[str]:
         "Which statistics of `f` are beyond `scale` × their limits."
         if f["n"] < self.min_records: return []
-        return [name for name, bad in (("mae", f["mae"] > scale * self.factor * self.baseline_mae),
-                                       ("bias", abs(f["bias"]) > scale * self.band * self.baseline_mae)) if bad]
+        return [
+            name
+            for name, bad in (
+                ("mae", f["mae"] > scale * self.factor * self.baseline_mae),
+                ("bias", abs(f["bias"]) > scale * self.band * self.baseline_mae),
+            )
+            if bad
+        ]
 
     def check(self, f:dict) -> list[str]|None:
         "The reasons if `f` starts a new episode of drift, else None; an episode ends when the figures fall clearly back."
@@ -238,7 +268,13 @@ class InputDrift:
 
     def reset(self, profile:dict):
         "Compare with `profile` from now on (a new champion): an empty window, no episode."
-        self.profile, self.events, self.active, self.n, self.last = profile, deque(maxlen=self.window), False, 0, {}
+        self.profile, self.events, self.active, self.n, self.last = (
+            profile,
+            deque(maxlen=self.window),
+            False,
+            0,
+            {},
+        )
 
     def add(self, event:dict) -> dict|None:
         "Take one event; the features above the limit and their PSI if they start an episode, else None."
@@ -255,10 +291,20 @@ class InputDrift:
 
 def input_alert(high:dict, drift:InputDrift, topic:str, partition:int, offset:int, model_version:str|None=None) -> dict:
     "The JSON-ready input-drift alert: the features, their PSI, the limits and where it fired."
-    return {"alert": "input_drift", "reasons": sorted(high, key=high.get, reverse=True), "features": high,
-            "psi": {f: round(v, 4) for f, v in drift.last.items()}, "limit": drift.limit, "rearm": drift.rearm,
-            "window": drift.window, "model_version": model_version, "topic": topic, "partition": partition, "offset": offset,
-            "raised_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+    return {
+        "alert": "input_drift",
+        "reasons": sorted(high, key=high.get, reverse=True),
+        "features": high,
+        "psi": {f: round(v, 4) for f, v in drift.last.items()},
+        "limit": drift.limit,
+        "rearm": drift.rearm,
+        "window": drift.window,
+        "model_version": model_version,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "raised_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+    }
 
 # %% ../nbs/09_monitor.ipynb #b7c4c98f
 def alert_message(reasons:list[str], # what is out of bounds: "mae", "bias"
@@ -266,18 +312,33 @@ def alert_message(reasons:list[str], # what is out of bounds: "mae", "bias"
                   r:Record, # the record that tipped it
                   topic:str=PREDICTIONS_TOPIC) -> dict:
     "The JSON-ready alert: reasons, limits, window statistics and the record that raised it."
-    return {"alert": "drift", "reasons": reasons, "raised_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "topic": topic, "partition": r.partition, "offset": r.offset, "prediction_index": r.prediction_index,
-            **detector.limits, "last": snapshot["last"], "recent": snapshot["recent"], "seen": snapshot["seen"]}
+    return {
+        "alert": "drift",
+        "reasons": reasons,
+        "raised_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "topic": topic,
+        "partition": r.partition,
+        "offset": r.offset,
+        "prediction_index": r.prediction_index,
+        **detector.limits,
+        "last": snapshot["last"],
+        "recent": snapshot["recent"],
+        "seen": snapshot["seen"],
+    }
 
 def describe_alert(a:dict) -> str:
     "One line for the log."
     if a["alert"] == "input_drift":
-        return (f"input drift alert at {a['topic']}[{a['partition']}]@{a['offset']}: "
-                + ", ".join(f"{f} PSI {v:.2f}" for f, v in a["features"].items()) + f" > {a['limit']} (last {a['window']} events)")
-    return (f"drift alert ({' and '.join(a['reasons'])}) at {a['topic']}[{a['partition']}]@{a['offset']}: rolling MAE "
-            f"{a['last']['mae']:.2f} vs limit {a['mae_above']:.2f}, bias {a['last']['bias']:+.2f} vs ±{a['bias_beyond']:.2f} "
-            f"(last {a['last']['n']} records)")
+        return (
+            f"input drift alert at {a['topic']}[{a['partition']}]@{a['offset']}: "
+            + ", ".join(f"{f} PSI {v:.2f}" for f, v in a["features"].items())
+            + f" > {a['limit']} (last {a['window']} events)"
+        )
+    return (
+        f"drift alert ({' and '.join(a['reasons'])}) at {a['topic']}[{a['partition']}]@{a['offset']}: rolling MAE "
+        f"{a['last']['mae']:.2f} vs limit {a['mae_above']:.2f}, bias {a['last']['bias']:+.2f} vs ±{a['bias_beyond']:.2f} "
+        f"(last {a['last']['n']} records)"
+    )
 
 # %% ../nbs/09_monitor.ipynb #aeec28f1
 class _Partitions:
@@ -287,11 +348,14 @@ class _Partitions:
 
     def refresh(self):
         "Assign the partitions that appeared since the last call."
-        new = {TopicPartition(self.topic, p) for p in self.c.partitions_for_topic(self.topic) or ()} - self.known
+        new = {
+            TopicPartition(self.topic, p) for p in self.c.partitions_for_topic(self.topic) or ()
+        } - self.known
         if not new: return
         self.c.assign(sorted(self.known | new))
         (self.c.seek_to_beginning if self.from_beginning or self.known else self.c.seek_to_end)(*new)
-        if self.known: log.info("monitoring new partitions %s of %s", sorted(tp.partition for tp in new), self.topic)
+        if self.known:
+            log.info("monitoring new partitions %s of %s", sorted(tp.partition for tp in new), self.topic)
         self.known |= new
 
 # %% ../nbs/09_monitor.ipynb #52862113
@@ -314,7 +378,9 @@ class DeadLetterCount:
         self.parts.refresh()
         if self.parts.known:
             for ms in self.c.poll(timeout_ms=0).values():
-                self.reasons.update(dict(m.headers or []).get("dlq.reason", b"unknown").decode("utf-8", "replace") for m in ms)
+                self.reasons.update(
+                    dict(m.headers or []).get("dlq.reason", b"unknown").decode("utf-8", "replace") for m in ms
+                )
         return {"total": sum(self.reasons.values()), "top": dict(self.reasons.most_common(top))}
 
     def close(self): self.c.close()
@@ -345,7 +411,11 @@ class InputWatch:
                  **drift): # `InputDrift` arguments: window, limit, rearm, every
         self.follower = ChampionFollower(settings, models_topic, load=False).start()
         champ = self.follower.champion
-        self.drift, self.version, self.topic = InputDrift(champ["profile"] if champ else {}, **drift), champ and champ["version"], events_topic
+        self.drift, self.version, self.topic = (
+            InputDrift(champ["profile"] if champ else {}, **drift),
+            champ and champ["version"],
+            events_topic,
+        )
         ensure_topic(settings, events_topic)
         self.c = consumer(settings, enable_auto_commit=False)
         _Partitions(self.c, events_topic, from_beginning=False).refresh()
@@ -398,8 +468,13 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
            ) -> RollingMetrics:
     "Feed the records of `topic` to `metrics` and `detector`, reporting to `callback`, until told to stop."
     settings, metrics = ensure_broker(settings), metrics or RollingMetrics()
-    c = consumer(settings, group_id=group_id, enable_auto_commit=group_id is not None, allow_auto_create_topics=False,
-                 auto_offset_reset="earliest" if from_beginning else "latest")
+    c = consumer(
+        settings,
+        group_id=group_id,
+        enable_auto_commit=group_id is not None,
+        allow_auto_create_topics=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
     sink, parts = AlertSink(settings, alerts_topic), _Partitions(c, topic, from_beginning)
     dead = DeadLetterCount(settings, dead_letter_topic) if dead_letter_topic else None
     if group_id: c.subscribe([topic])
@@ -427,7 +502,8 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
                 f = metrics.last.error_stats()
                 rolling.append((f["mae"], f["rmse"], f["bias"]))
                 if detector and (reasons := detector.check(f)):
-                    alerts.append(alert := alert_message(reasons, detector, metrics.snapshot(), r, topic)); sink(alert)
+                    alerts.append(alert := alert_message(reasons, detector, metrics.snapshot(), r, topic))
+                    sink(alert)
             for alert in inputs.poll() if inputs else []: alerts.append(alert); sink(alert)
             now = time.monotonic()
             if polled: last_record = now
@@ -438,8 +514,14 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
         c.close(); sink.close()
         if inputs: inputs.close()
         if dead: dead.close()
-    log.info("monitor read %d records from %s (%d without an actual yet, %d not prediction messages), raised %s",
-             n, topic, no_actual, bad, _count(detector.alerts if detector else 0, "alert"))
+    log.info(
+        "monitor read %d records from %s (%d without an actual yet, %d not prediction messages), raised %s",
+        n,
+        topic,
+        no_actual,
+        bad,
+        _count(detector.alerts if detector else 0, "alert"),
+    )
     return metrics
 
 # %% ../nbs/09_monitor.ipynb #e236752f
@@ -454,7 +536,11 @@ def status_line(u:Update) -> str:
     parts = [f"seen {s['seen']}",
              f"last {last['n']}: MAE {_f(last['mae'])} RMSE {_f(last['rmse'])} bias {_f(last['bias'], sign='+')} MAPE {_f(last['mape_pct'], 1)} %",
              f"{_f(recent['throughput'], 0)} rec/s", f"lag {_f(s['lag'], 0)}"]
-    if dead: parts.append(f"dead letters {dead['total']}" + (f" ({', '.join(f'{r} {n}' for r, n in dead['top'].items())})" if dead["top"] else ""))
+    if dead:
+        parts.append(
+            f"dead letters {dead['total']}"
+            + (f" ({', '.join(f'{r} {n}' for r, n in dead['top'].items())})" if dead["top"] else "")
+        )
     if u.alerts: parts.append(f"ALERT {', '.join(a['reasons'][0] for a in u.alerts)}")
     return " | ".join(parts)
 
@@ -499,12 +585,25 @@ def monitor_kwargs(bootstrap_servers, topic, window, seconds, baseline, factor, 
     if baseline is None: baseline = baseline_run(settings, events_topic)
     try: mae = resolve_baseline(baseline)
     except (OSError, KeyError, ValueError) as e: raise click.BadParameter(str(e), param_hint="--baseline")
-    if mae is None: log.info("no baseline MAE (no --baseline and no run under outputs/runs): drift alerts are off")
-    return dict(settings=settings, topic=topic, dead_letter_topic=dead_letter_topic,
-                metrics=RollingMetrics(window, seconds), from_beginning=from_beginning, group_id=group_id,
-                detector=DriftDetector(mae, factor, band, min_records or window, rearm) if mae else None,
-                inputs=InputWatch(ensure_broker(settings), events_topic, models_topic, limit=psi_limit) if input_drift else None,
-                alerts_topic=alerts_topic, max_records=max_records, timeout=timeout)
+    if mae is None:
+        log.info("no baseline MAE (no --baseline and no run under outputs/runs): drift alerts are off")
+    return dict(
+        settings=settings,
+        topic=topic,
+        dead_letter_topic=dead_letter_topic,
+        metrics=RollingMetrics(window, seconds),
+        from_beginning=from_beginning,
+        group_id=group_id,
+        detector=DriftDetector(mae, factor, band, min_records or window, rearm) if mae else None,
+        inputs=(
+            InputWatch(ensure_broker(settings), events_topic, models_topic, limit=psi_limit)
+            if input_drift
+            else None
+        ),
+        alerts_topic=alerts_topic,
+        max_records=max_records,
+        timeout=timeout,
+    )
 
 # %% ../nbs/09_monitor.ipynb #0a368029
 @click.command("monitor")
@@ -515,7 +614,8 @@ def monitor_command(every, **options):
     def show(u:Update):
         if u.records or u.alerts or u.done: click.echo(status_line(u))
     try:
-        with stop_on_signals(threading.Event()) as stop: monitor(callback=show, every=every, stop=stop, **monitor_kwargs(**options))
+        with stop_on_signals(threading.Event()) as stop:
+            monitor(callback=show, every=every, stop=stop, **monitor_kwargs(**options))
     except StreamError as e: raise click.ClickException(str(e))
 
 # %% ../nbs/09_monitor.ipynb #d8d983b7
@@ -537,8 +637,13 @@ def plot_error_by_offset(records:list, # `Record`s or message dicts, e.g. `read_
         x, e = np.array([r.offset for r in part]), np.array([r.error for r in part])
         dots = ax.scatter(x, e, s=8, alpha=0.5, label=f"partition {p}")
         k = min(window, len(e))
-        ax.plot(x[k - 1:], np.convolve(np.abs(e), np.ones(k) / k, "valid"), color=dots.get_facecolor()[0][:3], lw=1.5,
-                label=f"partition {p}: MAE of last {k}")
+        ax.plot(
+            x[k - 1 :],
+            np.convolve(np.abs(e), np.ones(k) / k, "valid"),
+            color=dots.get_facecolor()[0][:3],
+            lw=1.5,
+            label=f"partition {p}: MAE of last {k}",
+        )
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xlabel="offset", ylabel="error (actual - predicted)", title=title)
     ax.legend(loc="upper left", fontsize=8, ncol=2)

@@ -61,7 +61,11 @@ def feature_profile(df:pd.DataFrame, # the training rows
         out[f] = {"kind": "numeric", "edges": edges, "shares": numeric_shares(edges, v).tolist()}
     for f in model.prep.categorical:
         levels = list(model.prep.categories[f])
-        out[f] = {"kind": "categorical", "levels": levels, "shares": categorical_shares(levels, df[f].dropna().tolist()).tolist()}
+        out[f] = {
+            "kind": "categorical",
+            "levels": levels,
+            "shares": categorical_shares(levels, df[f].dropna().tolist()).tolist(),
+        }
     return out
 
 def numeric_shares(edges:list, values) -> np.ndarray:
@@ -89,7 +93,11 @@ def input_psi(profile:dict, # from `feature_profile`
     for f, p in profile.items():
         vals = [v for e in events if (v := e.get(f)) is not None and v == v]  # v != v: NaN
         if not vals: continue
-        shares = numeric_shares(p["edges"], vals) if p["kind"] == "numeric" else categorical_shares(p["levels"], vals)
+        shares = (
+            numeric_shares(p["edges"], vals)
+            if p["kind"] == "numeric"
+            else categorical_shares(p["levels"], vals)
+        )
         out[f] = psi(p["shares"], shares)
     return out
 
@@ -114,22 +122,40 @@ def model_record(folder:Path|str, # a saved model folder
                 ) -> dict:
     "The registry record of the model saved in `folder`, its bytes included."
     model, data = load_model(folder), model_bytes(folder)
-    return {"type": "version", "version": model.version, "run": run, "kind": model.kind, "name": model.name,
-            "features": model.features, "created_at": _now(), "figures": figures or {}, "source": source, "profile": profile or {},
-            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "model": base64.b64encode(data).decode()}
+    return {
+        "type": "version",
+        "version": model.version,
+        "run": run,
+        "kind": model.kind,
+        "name": model.name,
+        "features": model.features,
+        "created_at": _now(),
+        "figures": figures or {},
+        "source": source,
+        "profile": profile or {},
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "model": base64.b64encode(data).decode(),
+    }
 
 def version_record(run:Path|str) -> dict:
     "The registry record of the model in run folder `run`: its test figures, data source and training profile too."
     run = Path(run)
     test = json.loads((run/"metrics.json").read_text()).get("test") or {}
     data = json.loads((run/"params.json").read_text()).get("data", {})
-    return model_record(run/"model", run.name, {k: test[k] for k in FIGURES if k in test}, feature_profile(training_rows(run), load_model(run/"model")),
-                        data.get("source") or {"path": data.get("path")})
+    return model_record(
+        run / "model",
+        run.name,
+        {k: test[k] for k in FIGURES if k in test},
+        feature_profile(training_rows(run), load_model(run / "model")),
+        data.get("source") or {"path": data.get("path")},
+    )
 
 def record_model(record:dict) -> SalesModel:
     "The model packed in version `record`."
     data = base64.b64decode(record["model"])
-    if hashlib.sha256(data).hexdigest() != record["sha256"]: raise RegistryError(f"version {record['version']}: the model bytes are corrupt")
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise RegistryError(f"version {record['version']}: the model bytes are corrupt")
     with tempfile.TemporaryDirectory() as d: return load_model(unpack_model(data, d))
 
 class RegistryError(RuntimeError):
@@ -166,9 +192,18 @@ class Registry:
     def rows(self) -> list[dict]:
         "One row per version, oldest first: id, kind, run, test MAE, whether it is the champion, the learner's verdict."
         verdict = {d["challenger"]: d for d in self.decisions}
-        return [{"version": v, "kind": r["kind"], "run": r["run"], "created_at": r["created_at"], "mae": r["figures"].get("mae"),
-                 "champion": v == self.champion_version,
-                 "decision": verdict[v]["decision"] if v in verdict else None} for v, r in self.versions.items()]
+        return [
+            {
+                "version": v,
+                "kind": r["kind"],
+                "run": r["run"],
+                "created_at": r["created_at"],
+                "mae": r["figures"].get("mae"),
+                "champion": v == self.champion_version,
+                "decision": verdict[v]["decision"] if v in verdict else None,
+            }
+            for v, r in self.versions.items()
+        ]
 
 # %% ../nbs/07a_registry.ipynb #56dd6c28
 def ensure_models_topic(settings:KafkaSettings, topic:str=MODELS_TOPIC) -> bool:
@@ -185,7 +220,12 @@ def ensure_models_topic(settings:KafkaSettings, topic:str=MODELS_TOPIC) -> bool:
 
 def _registry_consumer(settings:KafkaSettings, topic:str):
     "A group-less consumer of the registry's partition, at its beginning."
-    c = consumer(settings, enable_auto_commit=False, max_partition_fetch_bytes=MAX_MODEL_BYTES, fetch_max_bytes=MAX_MODEL_BYTES)
+    c = consumer(
+        settings,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=MAX_MODEL_BYTES,
+        fetch_max_bytes=MAX_MODEL_BYTES,
+    )
     tp = TopicPartition(topic, 0)
     c.assign([tp]); c.seek_to_beginning(tp)
     return c, tp
@@ -207,7 +247,8 @@ def read_registry(settings:KafkaSettings|None=None, topic:str=MODELS_TOPIC, time
     try:
         end, reg, deadline = c.end_offsets([tp])[tp], Registry(), time.monotonic() + timeout
         while c.position(tp) < end:
-            if time.monotonic() > deadline: raise StreamError(f"timed out reading the registry {topic} at {settings.bootstrap_servers}")
+            if time.monotonic() > deadline:
+                raise StreamError(f"timed out reading the registry {topic} at {settings.bootstrap_servers}")
             _apply_polled(reg, c.poll(timeout_ms=200))
         return reg
     finally: c.close()
@@ -225,7 +266,14 @@ def publish(settings:KafkaSettings, rec:dict, # from `version_record` or `model_
             topic:str=MODELS_TOPIC) -> dict:
     "Add a model version to the registry; its record."
     _write(settings, topic, f"version/{rec['version']}", rec)
-    log.info("published version %s (%s, run %s, test MAE %s, %d bytes)", rec["version"], rec["kind"], rec["run"], rec["figures"].get("mae"), rec["bytes"])
+    log.info(
+        "published version %s (%s, run %s, test MAE %s, %d bytes)",
+        rec["version"],
+        rec["kind"],
+        rec["run"],
+        rec["figures"].get("mae"),
+        rec["bytes"],
+    )
     return rec
 
 def promote(settings:KafkaSettings, version:str, reason:str="promoted by hand", topic:str=MODELS_TOPIC) -> dict:
@@ -234,22 +282,35 @@ def promote(settings:KafkaSettings, version:str, reason:str="promoted by hand", 
     v, old = reg.get(version)["version"], reg.champion
     if v == reg.champion_version: raise RegistryError(f"version {v} is the champion already")
     previous = ([*old["previous"], old["version"]] if old else [])[-20:]
-    rec = _write(settings, topic, CHAMPION, {"type": "champion", "version": v, "previous": previous, "reason": reason, "at": _now()})
+    rec = _write(
+        settings,
+        topic,
+        CHAMPION,
+        {"type": "champion", "version": v, "previous": previous, "reason": reason, "at": _now()},
+    )
     log.info("version %s is the champion (%s)", v, reason)
     return rec
 
 def rollback(settings:KafkaSettings, reason:str="rolled back by hand", topic:str=MODELS_TOPIC) -> dict:
     "Make the champion before the current one the champion again; the champion record."
     reg = read_registry(settings, topic)
-    if not (reg.champion and reg.champion["previous"]): raise RegistryError("there is no earlier champion to roll back to")
+    if not (reg.champion and reg.champion["previous"]):
+        raise RegistryError("there is no earlier champion to roll back to")
     *rest, back = reg.champion["previous"]
-    rec = _write(settings, topic, CHAMPION, {"type": "champion", "version": back, "previous": rest, "reason": reason, "at": _now()})
+    rec = _write(
+        settings,
+        topic,
+        CHAMPION,
+        {"type": "champion", "version": back, "previous": rest, "reason": reason, "at": _now()},
+    )
     log.info("rolled back from %s to %s (%s)", reg.champion_version, back, reason)
     return rec
 
 def record_decision(settings:KafkaSettings, decision:dict, topic:str=MODELS_TOPIC) -> dict:
     "Write the learner's verdict on a challenger (a dict with at least `challenger` and `decision`)."
-    return _write(settings, topic, f"decision/{decision['challenger']}", {"type": "decision", "at": _now()} | decision)
+    return _write(
+        settings, topic, f"decision/{decision['challenger']}", {"type": "decision", "at": _now()} | decision
+    )
 
 # %% ../nbs/07a_registry.ipynb #bb9213fd
 class ChampionFollower:
@@ -282,7 +343,8 @@ class ChampionFollower:
         try:
             c.seek(tp, c.end_offsets([tp])[tp])
             while not self.stopping.is_set():
-                if CHAMPION in _apply_polled(self.registry, c.poll(timeout_ms=int(self.poll_timeout * 1000))): self._offer()
+                if CHAMPION in _apply_polled(self.registry, c.poll(timeout_ms=int(self.poll_timeout * 1000))):
+                    self._offer()
         except Exception as e: log.error("stopped following the registry %s: %s", self.topic, e)
         finally: c.close()
 
@@ -312,7 +374,10 @@ def _settings(bootstrap_servers) -> KafkaSettings: return ensure_broker(kafka_se
 
 def _newest_run(runs:Path) -> Path:
     found = sorted(p.parent for p in Path(runs).glob("*/model/model.json"))
-    if not found: raise click.ClickException(f"no run with a model in {Path(runs).absolute()}; train one with `sales-kafka run`")
+    if not found:
+        raise click.ClickException(
+            f"no run with a model in {Path(runs).absolute()}; train one with `sales-kafka run`"
+        )
     return found[-1].parent
 
 def _registry_options(f):
@@ -334,9 +399,12 @@ def list_command(bootstrap_servers, topic, as_json):
     for r in reg.rows():
         if as_json: click.echo(json.dumps(r)); continue
         mae = "-" if r["mae"] is None else f"{r['mae']:.1f}"
-        click.echo(f"{'*' if r['champion'] else ' '} {r['version']}  {r['kind']:7} MAE {mae:>9}  {r['created_at']}  run {r['run']}"
-                   + (f"  ({r['decision']})" if r["decision"] else ""))
-    if not reg.versions: click.echo(f"no versions in {topic} yet: publish one with `sales-kafka models publish`", err=True)
+        click.echo(
+            f"{'*' if r['champion'] else ' '} {r['version']}  {r['kind']:7} MAE {mae:>9}  {r['created_at']}  run {r['run']}"
+            + (f"  ({r['decision']})" if r["decision"] else "")
+        )
+    if not reg.versions:
+        click.echo(f"no versions in {topic} yet: publish one with `sales-kafka models publish`", err=True)
 
 @models_cli.command("publish")
 @click.argument("run", required=False, type=click.Path(exists=True, file_okay=False))
@@ -348,7 +416,8 @@ def publish_command(run, bootstrap_servers, topic, runs, and_promote):
     try:
         s = _settings(bootstrap_servers)
         rec = publish(s, version_record(Path(run) if run else _newest_run(runs)), topic)
-        if and_promote and read_registry(s, topic).champion_version != rec["version"]: promote(s, rec["version"], "published and promoted", topic)
+        if and_promote and read_registry(s, topic).champion_version != rec["version"]:
+            promote(s, rec["version"], "published and promoted", topic)
     except (StreamError, RegistryError, OSError) as e: raise click.ClickException(str(e))
     click.echo(rec["version"])
 

@@ -50,7 +50,8 @@ def shift_events(events, # event dicts, e.g. from `table_events`
     for i, ev in enumerate(events):
         if i >= after:
             ev = dict(ev)
-            if ev.get("Marketing_Spend") is not None: ev["Marketing_Spend"] = round(ev["Marketing_Spend"] * spend_factor, 2)
+            if ev.get("Marketing_Spend") is not None:
+                ev["Marketing_Spend"] = round(ev["Marketing_Spend"] * spend_factor, 2)
             if ev.get(target) is not None and ev.get("Spending_Score") is not None:
                 ev[target] = round(ev[target] + score_effect * ev["Spending_Score"], 2)
         yield ev
@@ -134,16 +135,32 @@ def labelled_events(settings:KafkaSettings, topic:str=EVENTS_TOPIC,
         for tp, o in _start_offsets(c, tps, ends, last, since, after).items(): c.seek(tp, o)
         got, deadline = [], time.monotonic() + timeout
         while any(c.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline: raise StreamError(f"timed out reading {topic} at {settings.bootstrap_servers}")
-            got += [m for ms in c.poll(timeout_ms=200).values() for m in ms if m.offset < ends[TopicPartition(m.topic, m.partition)]]
+            if time.monotonic() > deadline:
+                raise StreamError(f"timed out reading {topic} at {settings.bootstrap_servers}")
+            got += [
+                m
+                for ms in c.poll(timeout_ms=200).values()
+                for m in ms
+                if m.offset < ends[TopicPartition(m.topic, m.partition)]
+            ]
     finally: c.close()
-    decoded = [(m, json.loads(m.value)) for m in sorted(got, key=lambda m: (m.timestamp, m.partition, m.offset))]
-    kept = [(m, ev) for m, ev in decoded if isinstance(ev, dict) and ev.get(target) is not None][-last if last else None:]
+    decoded = [
+        (m, json.loads(m.value)) for m in sorted(got, key=lambda m: (m.timestamp, m.partition, m.offset))
+    ]
+    kept = [(m, ev) for m, ev in decoded if isinstance(ev, dict) and ev.get(target) is not None][
+        -last if last else None :
+    ]
     ranges = {}
     for m, _ in kept: ranges.setdefault(m.partition, [m.offset, m.offset + 1])[1] = m.offset + 1
     for m, _ in kept: ranges[m.partition][0] = min(ranges[m.partition][0], m.offset)
-    source = {"topic": topic, "partitions": {str(p): r for p, r in sorted(ranges.items())}, "events": len(kept), "last": last,
-              "since": since, "ends": {str(tp.partition): ends[tp] for tp in tps}}
+    source = {
+        "topic": topic,
+        "partitions": {str(p): r for p, r in sorted(ranges.items())},
+        "events": len(kept),
+        "last": last,
+        "since": since,
+        "ends": {str(tp.partition): ends[tp] for tp in tps},
+    }
     return [ev for _, ev in kept], source
 
 def events_table(events:list[dict]) -> pd.DataFrame:
@@ -157,7 +174,8 @@ def topic_training_data(settings:KafkaSettings, topic:str, path:Path|str, # wher
                         target:str="Sales", last:int|None=None, since:str|None=None) -> tuple[Path, dict]:
     "Write the labelled events of the window as a CSV at `path`; the path and the events' source."
     events, source = labelled_events(settings, topic, target, last, since)
-    if not events: raise StreamError(f"no labelled events (with {target!r}) on {topic} in the window asked for")
+    if not events:
+        raise StreamError(f"no labelled events (with {target!r}) on {topic} in the window asked for")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     events_table(events).to_csv(path, index=False)
     log.info("%d labelled events from %s, offsets %s", len(events), topic, source["partitions"])

@@ -48,20 +48,47 @@ def _feature_property(levels:list|None, # the categories of a categorical featur
     what = "a finite number" if levels is None else "one of the categories seen in training"
     p = {"type": kind, "description": f"feature; {what}"} | ({} if levels is None else {"enum": list(levels)})
     if fill is None: return p
-    return p | {"type": [kind, "null"], "default": _plain(fill), "description": f"feature; {what}; absent or null: filled with {json.dumps(_plain(fill))}"} \
-             | ({} if levels is None else {"enum": [*levels, None]})
+    return (
+        p
+        | {
+            "type": [kind, "null"],
+            "default": _plain(fill),
+            "description": f"feature; {what}; absent or null: filled with {json.dumps(_plain(fill))}",
+        }
+        | ({} if levels is None else {"enum": [*levels, None]})
+    )
 
 def event_schema(model) -> dict:
     "The JSON Schema of the events `model` (a `SalesModel`) can score."
     cats, fills = model.prep.categories, model.fill_values
-    props = {"event_id": {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_ID,
-                          "description": "unique id of the event; becomes the prediction's prediction_index"},
-             "schema_version": {"type": "integer", "const": SCHEMA_VERSION, "description": "version of this schema"}}
+    props = {
+        "event_id": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_EVENT_ID,
+            "description": "unique id of the event; becomes the prediction's prediction_index",
+        },
+        "schema_version": {
+            "type": "integer",
+            "const": SCHEMA_VERSION,
+            "description": "version of this schema",
+        },
+    }
     props |= {f: _feature_property(cats.get(f), fills.get(f)) for f in model.features}
-    props[model.target] = {"type": ["number", "null"], "description": "the actual sales, when known (optional)"}
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sales event", "type": "object",
-            "properties": props, "required": ["event_id", "schema_version", *(f for f in model.features if f not in fills)],
-            "additionalProperties": True, "x-target": model.target, "x-model": {"kind": model.kind, "version": model.version}}
+    props[model.target] = {
+        "type": ["number", "null"],
+        "description": "the actual sales, when known (optional)",
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "sales event",
+        "type": "object",
+        "properties": props,
+        "required": ["event_id", "schema_version", *(f for f in model.features if f not in fills)],
+        "additionalProperties": True,
+        "x-target": model.target,
+        "x-model": {"kind": model.kind, "version": model.version},
+    }
 
 # %% ../nbs/08_serve.ipynb #40cad5b6
 REASONS = {
@@ -104,17 +131,28 @@ def parse_event(value:bytes|None, # the message value as consumed
                 max_bytes:int=MAX_EVENT_BYTES # larger messages are rejected unparsed
                ) -> dict|Rejection:
     "The JSON object in `value`, or why there is none."
-    if value is None or not value.strip(): return Rejection("empty", "the message value is empty" if value is not None else "the message has no value")
-    if len(value) > max_bytes: return Rejection("oversized", f"the message has {len(value)} bytes, the limit is {max_bytes}")
+    if value is None or not value.strip():
+        return Rejection(
+            "empty", "the message value is empty" if value is not None else "the message has no value"
+        )
+    if len(value) > max_bytes:
+        return Rejection("oversized", f"the message has {len(value)} bytes, the limit is {max_bytes}")
     try: event = json.loads(value.decode("utf-8"))
     except UnicodeDecodeError as e: return Rejection("invalid_json", f"the value is not UTF-8: {e}")
     except json.JSONDecodeError as e: return Rejection("invalid_json", f"the value is not JSON: {e}")
-    if not isinstance(event, dict): return Rejection("not_an_object", f"the JSON is {_json_type(event)}, not an object")
+    if not isinstance(event, dict):
+        return Rejection("not_an_object", f"the JSON is {_json_type(event)}, not an object")
     return event
 
 # %% ../nbs/08_serve.ipynb #17f77713
-_is_number = lambda checker, v: isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(v, int) or math.isfinite(v))
-JsonValidator = extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine("number", _is_number))
+_is_number = (
+    lambda checker, v: isinstance(v, (int, float))
+    and not isinstance(v, bool)
+    and (isinstance(v, int) or math.isfinite(v))
+)
+JsonValidator = extend(
+    Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine("number", _is_number)
+)
 
 def _rejection(e, schema:dict) -> Rejection:
     "The dead-letter `Rejection` for jsonschema error `e` about a top-level field."
@@ -122,19 +160,41 @@ def _rejection(e, schema:dict) -> Rejection:
         name = next(f for f in e.validator_value if f not in e.instance)
         return Rejection("missing_field", f"required field {name!r} is absent", name)
     name, v, kw = e.path[0], e.instance, e.validator
-    if v is None and name in schema["required"]: return Rejection("missing_field", f"required field {name!r} is null", name)
-    if kw == "type" and isinstance(v, float) and not math.isfinite(v): return Rejection("not_finite", f"field {name!r} is {v}", name, str(v))
+    if v is None and name in schema["required"]:
+        return Rejection("missing_field", f"required field {name!r} is null", name)
+    if kw == "type" and isinstance(v, float) and not math.isfinite(v):
+        return Rejection("not_finite", f"field {name!r} is {v}", name, str(v))
     if kw == "type":
         allowed = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
-        return Rejection("wrong_type", f"field {name!r} must be {' or '.join(allowed)}, got {_json_type(v)} {_short(v)}", name, _short(v))
+        return Rejection(
+            "wrong_type",
+            f"field {name!r} must be {' or '.join(allowed)}, got {_json_type(v)} {_short(v)}",
+            name,
+            _short(v),
+        )
     if kw == "const" and name == "schema_version":
-        return Rejection("schema_version", f"field {name!r} is {_short(v)}, this worker reads {e.validator_value}", name, _short(v))
+        return Rejection(
+            "schema_version",
+            f"field {name!r} is {_short(v)}, this worker reads {e.validator_value}",
+            name,
+            _short(v),
+        )
     if kw in ("minimum", "maximum"):
         p = schema["properties"][name]
-        return Rejection("out_of_range", f"field {name!r} is {v}, outside {p.get('minimum')} to {p.get('maximum')}", name, str(v))
+        return Rejection(
+            "out_of_range",
+            f"field {name!r} is {v}, outside {p.get('minimum')} to {p.get('maximum')}",
+            name,
+            str(v),
+        )
     if kw == "enum":
         known = ", ".join(_short(c) for c in e.validator_value if c is not None)
-        return Rejection("unknown_category", f"field {name!r} has unknown category {_short(v)}; known: {known}", name, _short(v))
+        return Rejection(
+            "unknown_category",
+            f"field {name!r} has unknown category {_short(v)}; known: {known}",
+            name,
+            _short(v),
+        )
     return Rejection("wrong_type", f"field {name!r}: {e.message}", name, _short(v))
 
 def event_rejection(event:dict, # a parsed JSON object
@@ -156,14 +216,22 @@ def _quick_plan(schema:dict) -> list|None:
     props, req = schema["properties"], set(schema["required"])
     if any(set(p) - _QUICK_KEYWORDS for p in props.values()) or req - set(props): return None
     types = lambda p: set(p["type"]) if isinstance(p["type"], list) else {p["type"]}
-    return [(n, types(p), p.get("enum"), p.get("const", ...), p.get("minimum"), p.get("maximum"), n in req) for n, p in props.items()]
+    return [
+        (n, types(p), p.get("enum"), p.get("const", ...), p.get("minimum"), p.get("maximum"), n in req)
+        for n, p in props.items()
+    ]
 
 def _quick_field(v, types:set, enum, const, lo, hi) -> bool:
     "Whether present, non-null `v` certainly fits: a JSON type of `types`, in `enum`, equal to `const`, within `lo`..`hi`."
     kinds = _SIMPLE.get(type(v))
     if kinds is None or not types.intersection(kinds[-1:] if type(v) is float else kinds): return False
     if type(v) is float and not math.isfinite(v): return False
-    return (enum is None or v in enum) and (const is ... or v == const) and (lo is None or v >= lo) and (hi is None or v <= hi)
+    return (
+        (enum is None or v in enum)
+        and (const is ... or v == const)
+        and (lo is None or v >= lo)
+        and (hi is None or v <= hi)
+    )
 
 class EventValidator:
     "Validates events against `schema`: a quick check lets the usual good event through; jsonschema judges the rest."
@@ -186,22 +254,33 @@ class EventValidator:
         "The event in `value` if it fits the schema, else why not."
         event = parse_event(value, max_bytes)
         if isinstance(event, Rejection) or self.quick_ok(event): return event
-        return event_rejection(event, self.schema, self.jsonschema) or event | {"event_id": int(event["event_id"])}
+        return event_rejection(event, self.schema, self.jsonschema) or event | {
+            "event_id": int(event["event_id"])
+        }
 
 # %% ../nbs/08_serve.ipynb #77c8f7aa
 def example_events(schema:dict, event_id:int=7) -> dict:
     "A good event and one bad message per rejection reason a message can earn, as {name: bytes}."
     props, target = schema["properties"], schema["x-target"]
     good = {"event_id": event_id, "schema_version": SCHEMA_VERSION}
-    good |= {n: p["enum"][0] if "enum" in p else 1.5 for n, p in props.items() if n not in good and n != target}
+    good |= {
+        n: p["enum"][0] if "enum" in p else 1.5 for n, p in props.items() if n not in good and n != target
+    }
     num = next(n for n, p in props.items() if "number" in p["type"] and n != target)
     cat = next((n for n, p in props.items() if "enum" in p), None)
     needed = next((n for n in schema["required"] if n not in ("event_id", "schema_version")), "event_id")
     enc = lambda **kw: json.dumps(good | kw).encode()
-    bad = {"empty": b"", "oversized": b" " * (MAX_EVENT_BYTES + 1) + enc(), "invalid_json": b'{"event_id": 7,',
-           "not_an_object": b"[1, 2]", "schema_version": enc(schema_version=SCHEMA_VERSION + 1),
-           "missing_field": json.dumps({k: v for k, v in good.items() if k != needed}).encode(),
-           "wrong_type": enc(**{num: "lots"}), "not_finite": enc(**{num: float("nan")}), "out_of_range": enc(event_id=-3)}
+    bad = {
+        "empty": b"",
+        "oversized": b" " * (MAX_EVENT_BYTES + 1) + enc(),
+        "invalid_json": b'{"event_id": 7,',
+        "not_an_object": b"[1, 2]",
+        "schema_version": enc(schema_version=SCHEMA_VERSION + 1),
+        "missing_field": json.dumps({k: v for k, v in good.items() if k != needed}).encode(),
+        "wrong_type": enc(**{num: "lots"}),
+        "not_finite": enc(**{num: float("nan")}),
+        "out_of_range": enc(event_id=-3),
+    }
     if cat: bad["unknown_category"] = enc(**{cat: "Monsoon"})
     return {"good": enc(), **bad}
 
@@ -216,7 +295,12 @@ def score_events(model, events:list[dict]) -> list[float|Rejection]:
     if not events: return []
     try: ys = [float(y) for y in model.predict_records(events)]
     except Exception as e:
-        log.warning("batch of %d events failed to score (%s: %s); scoring them one by one", len(events), type(e).__name__, e)
+        log.warning(
+            "batch of %d events failed to score (%s: %s); scoring them one by one",
+            len(events),
+            type(e).__name__,
+            e,
+        )
         return [_score_one(model, ev) for ev in events]
     return [y if math.isfinite(y) else _score_one(model, ev) for y, ev in zip(ys, events)]
 
@@ -229,7 +313,13 @@ def prediction_message(event:dict, # a validated event
                       ) -> dict:
     "The four-field prediction record for `event`; `actual_sales` and `error` are None when it has no actual."
     actual = event.get(target)
-    if actual is None: return {"prediction_index": event["event_id"], "predicted_sales": predicted, "actual_sales": None, "error": None}
+    if actual is None:
+        return {
+            "prediction_index": event["event_id"],
+            "predicted_sales": predicted,
+            "actual_sales": None,
+            "error": None,
+        }
     return prediction_record(event["event_id"], float(actual), predicted)
 
 # %% ../nbs/08_serve.ipynb #e8405982
@@ -265,8 +355,11 @@ class Outgoing:
 
 def _prediction_headers(version:bytes, worker, msg:dict, imputed:list[str]) -> list[tuple[str, bytes]]:
     "The headers of prediction `msg`: model version, worker, and `actual`/`imputed` when they apply."
-    return ([("model_version", version), ("worker", str(worker).encode())] + ([("actual", b"missing")] if msg["actual_sales"] is None else [])
-            + ([("imputed", ",".join(imputed).encode())] if imputed else []))
+    return (
+        [("model_version", version), ("worker", str(worker).encode())]
+        + ([("actual", b"missing")] if msg["actual_sales"] is None else [])
+        + ([("imputed", ",".join(imputed).encode())] if imputed else [])
+    )
 
 def plan_batch(records:list, # consumed messages, in order
                model, # a `SalesModel` (features, target, fill_values, impute_records, predict_records)
@@ -286,11 +379,18 @@ def plan_batch(records:list, # consumed messages, in order
     for r, ev in checked:
         res, names = scores.get(id(r), (ev, []))
         if isinstance(res, Rejection):
-            out.append(Outgoing(dead_letter_topic, r.key, r.value, dead_letter_headers(r, res, worker))); counts[res.reason] += 1
+            out.append(Outgoing(dead_letter_topic, r.key, r.value, dead_letter_headers(r, res, worker)))
+            counts[res.reason] += 1
             continue
         msg = prediction_message(ev, res, validate.schema["x-target"])
-        out.append(Outgoing(predictions_topic, str(ev["event_id"]).encode(), json.dumps(msg, allow_nan=False).encode(),
-                            _prediction_headers(version, worker, msg, names)))
+        out.append(
+            Outgoing(
+                predictions_topic,
+                str(ev["event_id"]).encode(),
+                json.dumps(msg, allow_nan=False).encode(),
+                _prediction_headers(version, worker, msg, names),
+            )
+        )
         counts["scored"] += 1
     return out, counts
 
@@ -325,19 +425,31 @@ class Metrics:
         "The metrics now, as a JSON-ready dict."
         now, lat = time.monotonic(), list(self.latencies)
         up = now - self.started
-        return self.info | {"partitions": self.partitions, "uptime_s": round(up, 2), "batches": self.batches, "events": self.events,
-                            "scored": self.counts["scored"], "dead_lettered": self.events - self.counts["scored"],
-                            "dead_letter_reasons": {k: v for k, v in sorted(self.counts.items()) if k != "scored"},
-                            "events_per_s": round(self.events / up, 1) if up else 0.0,
-                            "recent_events_per_s": round((self.events - self._last_n) / max(now - self._last_t, 1e-9), 1),
-                            "batch_latency_ms": {"p50": _ms(lat, .5), "p95": _ms(lat, .95), "max": _ms(lat, 1.0)},
-                            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return self.info | {
+            "partitions": self.partitions,
+            "uptime_s": round(up, 2),
+            "batches": self.batches,
+            "events": self.events,
+            "scored": self.counts["scored"],
+            "dead_lettered": self.events - self.counts["scored"],
+            "dead_letter_reasons": {k: v for k, v in sorted(self.counts.items()) if k != "scored"},
+            "events_per_s": round(self.events / up, 1) if up else 0.0,
+            "recent_events_per_s": round((self.events - self._last_n) / max(now - self._last_t, 1e-9), 1),
+            "batch_latency_ms": {"p50": _ms(lat, 0.5), "p95": _ms(lat, 0.95), "max": _ms(lat, 1.0)},
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
 
     def report(self) -> dict:
         "Log the metrics and rewrite the file; start a new interval."
         s, lat = self.snapshot(), self.snapshot()["batch_latency_ms"]
-        log.info("scored %d, dead-lettered %d, %.1f events/s (now %.1f), batch p50 %s, p95 %s", s["scored"], s["dead_lettered"],
-                 s["events_per_s"], s["recent_events_per_s"], *(f"{v:.1f} ms" if v is not None else "- (no batch yet)" for v in (lat["p50"], lat["p95"])))
+        log.info(
+            "scored %d, dead-lettered %d, %.1f events/s (now %.1f), batch p50 %s, p95 %s",
+            s["scored"],
+            s["dead_lettered"],
+            s["events_per_s"],
+            s["recent_events_per_s"],
+            *(f"{v:.1f} ms" if v is not None else "- (no batch yet)" for v in (lat["p50"], lat["p95"])),
+        )
         self.warn_rejections()
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -351,9 +463,17 @@ class Metrics:
         new = self.counts - self._last_counts
         n, bad = sum(new.values()), sum(new.values()) - new["scored"]
         if n < at_least or bad <= share * n: return
-        top = ", ".join(f"{r} {c}" for r, c in Counter({k: v for k, v in new.items() if k != "scored"}).most_common(3))
-        log.warning("%d of the last %d events (%.0f %%) were dead-lettered (%s): is the model right for these events? "
-                    "See `sales-kafka dlq list`", bad, n, 100 * bad / n, top)
+        top = ", ".join(
+            f"{r} {c}" for r, c in Counter({k: v for k, v in new.items() if k != "scored"}).most_common(3)
+        )
+        log.warning(
+            "%d of the last %d events (%.0f %%) were dead-lettered (%s): is the model right for these events? "
+            "See `sales-kafka dlq list`",
+            bad,
+            n,
+            100 * bad / n,
+            top,
+        )
 
 # %% ../nbs/08_serve.ipynb #4c21fd92
 class ServeError(RuntimeError):
@@ -394,7 +514,13 @@ class ScoringWorker:
                  transaction_timeout_ms:int=30_000, # an open transaction of a dead worker is aborted after this
                  metrics:Metrics|None=None,
                  follower:ChampionFollower|None=None): # swaps in each new champion between micro-batches; None: one model for good
-        self.settings, self.group_id, self.exactly_once, self.follower, self.swaps = settings, group_id, exactly_once, follower, 0
+        self.settings, self.group_id, self.exactly_once, self.follower, self.swaps = (
+            settings,
+            group_id,
+            exactly_once,
+            follower,
+            0,
+        )
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.topics = (events_topic, predictions_topic, dead_letter_topic)
         self.max_records, self.max_event_bytes = max_records, max_event_bytes
@@ -412,11 +538,25 @@ class ScoringWorker:
     def open(self) -> ScoringWorker:
         "Connect: subscribe the consumer to the events topic and ready the producer."
         iso = "read_committed" if self.exactly_once else "read_uncommitted"
-        self.consumer = consumer(self.settings, group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-                                 max_poll_records=self.max_records, isolation_level=iso, session_timeout_ms=self.session_timeout_ms,
-                                 heartbeat_interval_ms=max(500, self.session_timeout_ms // 3))
+        self.consumer = consumer(
+            self.settings,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_records,
+            isolation_level=iso,
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=max(500, self.session_timeout_ms // 3),
+        )
         self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
-        txn = {"transactional_id": f"{self.group_id}-{self.worker_id}", "transaction_timeout_ms": self.transaction_timeout_ms} if self.exactly_once else {}
+        txn = (
+            {
+                "transactional_id": f"{self.group_id}-{self.worker_id}",
+                "transaction_timeout_ms": self.transaction_timeout_ms,
+            }
+            if self.exactly_once
+            else {}
+        )
         self.producer = producer(self.settings, value_serializer=DefaultSerializer(), linger_ms=5, **txn)
         if self.exactly_once: self.producer.init_transactions()
         log.info("%r consuming %s at %s", self, self.topics[0], self.settings.bootstrap_servers)
@@ -454,10 +594,18 @@ class ScoringWorker:
         futures = self._send(out)
         self.producer.flush()
         failed = [f.exception for f in futures if f.failed()]
-        if failed: raise ServeError(f"{len(failed)} of {len(futures)} records were not acknowledged (first: {failed[0]!r}); offsets not committed")
+        if failed:
+            raise ServeError(
+                f"{len(failed)} of {len(futures)} records were not acknowledged (first: {failed[0]!r}); offsets not committed"
+            )
         try: self.consumer.commit(next_offsets(records))
         except CommitFailedError as e:
-            log.warning("%r: commit failed after a rebalance (%s); the partitions' new owner scores these %d events again", self, e, len(records))
+            log.warning(
+                "%r: commit failed after a rebalance (%s); the partitions' new owner scores these %d events again",
+                self,
+                e,
+                len(records),
+            )
         return True
 
     def _rewind(self, records:list):
@@ -475,7 +623,12 @@ class ScoringWorker:
             self.producer.commit_transaction()
             return True
         except KafkaError as e:
-            log.warning("%r: transaction of %d events failed (%r); aborting it and reading them again", self, len(records), e)
+            log.warning(
+                "%r: transaction of %d events failed (%r); aborting it and reading them again",
+                self,
+                len(records),
+                e,
+            )
             self.producer.abort_transaction()
             self._rewind(records)
             return False
@@ -484,8 +637,12 @@ class ScoringWorker:
         "Score, dead-letter and commit one batch; the outcome counts (empty if the transaction was aborted)."
         t0 = time.monotonic()
         _, pred, dlq = self.topics
-        out, counts = plan_batch(records, self.model, self.validate, pred, dlq, self.max_event_bytes, self.worker_id)
-        done = (self._deliver_exactly_once if self.exactly_once else self._deliver_at_least_once)(out, records)
+        out, counts = plan_batch(
+            records, self.model, self.validate, pred, dlq, self.max_event_bytes, self.worker_id
+        )
+        done = (self._deliver_exactly_once if self.exactly_once else self._deliver_at_least_once)(
+            out, records
+        )
         if not done: return Counter()
         self.metrics.add(counts, time.monotonic() - t0)
         return counts
@@ -556,7 +713,9 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the regi
     if follower: follower.current = m.version
     w = ScoringWorker(m, settings, follower=follower, **worker)
     for t in w.topics: ensure_topic(settings, t, partitions)
-    w.metrics = Metrics(metrics_path, metrics_every, worker=w.worker_id, group=w.group_id, mode=w.mode, model=source)
+    w.metrics = Metrics(
+        metrics_path, metrics_every, worker=w.worker_id, group=w.group_id, mode=w.mode, model=source
+    )
     w.use(m)
     try:
         with stop_on_signals(w.stopping), w: return w.run(idle_exit)
@@ -587,7 +746,19 @@ def serve_command(model, runs, bootstrap_servers, partitions, session_timeout, t
                   models_topic, follow, **worker):
     "Score live sales events as a worker in a consumer group; predictions to the predictions topic, bad events to the dead-letter topic."
     try:
-        m = serve(model, kafka_settings(bootstrap_servers=bootstrap_servers), runs, partitions, idle_exit, metrics_file, metrics_every,
-                  models_topic, follow, session_timeout_ms=session_timeout * 1000, transaction_timeout_ms=transaction_timeout * 1000, **worker)
+        m = serve(
+            model,
+            kafka_settings(bootstrap_servers=bootstrap_servers),
+            runs,
+            partitions,
+            idle_exit,
+            metrics_file,
+            metrics_every,
+            models_topic,
+            follow,
+            session_timeout_ms=session_timeout * 1000,
+            transaction_timeout_ms=transaction_timeout * 1000,
+            **worker
+        )
     except (ServeError, StreamError) as e: raise click.ClickException(str(e))
     click.echo(json.dumps({k: m[k] for k in ("worker", "scored", "dead_lettered", "events_per_s")}))

@@ -72,3 +72,29 @@ def kafka_warnings(**client):
 def run_folder(stdout:str) -> Path:
     "The run folder that `sales-kafka run` names on its last line (`report: <folder>/report.html`)."
     return Path(stdout.strip().splitlines()[-1].removeprefix("report: ")).parent
+
+def report(scenario:str, **figures):
+    "Print one line of measured figures; `pytest -s` shows them, RELIABILITY.md records them."
+    print(f"\nRELIABILITY {scenario}: " + ", ".join(f"{k}={round(v, 1) if isinstance(v, float) else v}" for k, v in figures.items()))
+
+def landed(servers:str, topic:str, partitions:int) -> int:
+    "The number of records in `topic` now (sum of its end offsets)."
+    c = KafkaConsumer(bootstrap_servers=servers, request_timeout_ms=5000)
+    try: return sum(c.end_offsets([TopicPartition(topic, p) for p in range(partitions)]).values())
+    finally: c.close()
+
+RESUMABLE_STREAM = """
+import json, sys
+from sales_prediction_kafka.config import KafkaSettings
+from sales_prediction_kafka.stream import StreamIncomplete, prediction_records, stream_predictions
+n, servers, topic, run_id, timeout = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+recs = prediction_records(range(n), [float(i) for i in range(n)], [i + 0.25 for i in range(n)])
+try: s = stream_predictions(recs, KafkaSettings(bootstrap_servers=servers), topic, run_id=run_id, progress=False, timeout=timeout)
+except StreamIncomplete as e: print(json.dumps({"error": str(e), "unacknowledged": len(e.unacknowledged)})); sys.exit(3)
+print(json.dumps(s.as_dict()))
+"""
+
+def start_stream(n:int, servers:str, topic:str, run_id:str, timeout:float=120) -> subprocess.Popen:
+    "`stream_predictions` of n records (index i: actual i, predicted i + 0.25) in its own process, as run `run_id`."
+    return subprocess.Popen([sys.executable, "-c", RESUMABLE_STREAM, str(n), servers, topic, run_id, str(timeout)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

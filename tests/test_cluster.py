@@ -12,8 +12,7 @@ from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.stream import (StreamError, ensure_topic, messages, prediction_records, run_values,
                                            stream_predictions, verify_run)
-from helpers import SALES_KAFKA, metrics, read_all, scored, start_worker, topics, wait_for
-from test_reliability import landed, report, start_stream
+from helpers import SALES_KAFKA, landed, metrics, read_all, report, scored, start_stream, start_worker, topics, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

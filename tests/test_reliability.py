@@ -9,17 +9,7 @@ from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import SAMPLE_CSV, generate_sales
 from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.stream import StreamError, ensure_topic, messages
-from helpers import SALES_KAFKA, metrics, read_all, scored, start_worker, topics, wait_for
-
-def report(scenario:str, **figures):
-    "Print one line of measured figures; `pytest -s` shows them, RELIABILITY.md records them."
-    print(f"\nRELIABILITY {scenario}: " + ", ".join(f"{k}={round(v, 1) if isinstance(v, float) else v}" for k, v in figures.items()))
-
-def landed(servers:str, topic:str, partitions:int) -> int:
-    "The number of records in `topic` now (sum of its end offsets)."
-    c = KafkaConsumer(bootstrap_servers=servers, request_timeout_ms=5000)
-    try: return sum(c.end_offsets([TopicPartition(topic, p) for p in range(partitions)]).values())
-    finally: c.close()
+from helpers import SALES_KAFKA, landed, metrics, read_all, report, scored, start_stream, start_worker, topics, wait_for
 
 def kill_broker(b:LocalBroker):
     "SIGKILL the broker's process group, as a crash would."
@@ -208,23 +198,7 @@ def test_slow_broker_is_waited_for(broker_settings, model_dir, tmp_path):
 
 # --- 4. an outage longer than the delivery timeout, resumed ---------------------------------------------------------------
 
-RESUMABLE_STREAM = """
-import json, sys
-from sales_prediction_kafka.config import KafkaSettings
-from sales_prediction_kafka.stream import StreamIncomplete, prediction_records, stream_predictions
-n, servers, topic, run_id, timeout = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
-recs = prediction_records(range(n), [float(i) for i in range(n)], [i + 0.25 for i in range(n)])
-try: s = stream_predictions(recs, KafkaSettings(bootstrap_servers=servers), topic, run_id=run_id, progress=False, timeout=timeout)
-except StreamIncomplete as e: print(json.dumps({"error": str(e), "unacknowledged": len(e.unacknowledged)})); sys.exit(3)
-print(json.dumps(s.as_dict()))
-"""
-
-def start_stream(n:int, servers:str, topic:str, run_id:str, timeout:float=120) -> subprocess.Popen:
-    "`stream_predictions` of n records (index i: actual i, predicted i + 0.25) in its own process, as run `run_id`."
-    return subprocess.Popen([sys.executable, "-c", RESUMABLE_STREAM, str(n), servers, topic, run_id, str(timeout)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-def run_folder(path, n:int, servers:str, topic:str):
+def failed_run_folder(path, n:int, servers:str, topic:str):
     "A run folder as the pipeline leaves it when its stream failed: params.json, test_predictions.csv, model/model.json."
     (path/"model").mkdir(parents=True)
     (path/"params.json").write_text(json.dumps({"run_id": path.name, "parameters": {
@@ -242,7 +216,7 @@ def test_outage_longer_than_delivery_timeout_is_resumed(crash_broker, tmp_path):
     """The broker is down longer than a 10 s delivery timeout: `stream_predictions` counts the unacknowledged records,
     `sales-kafka run --resume RUN_DIR` sends only those, and the topic then holds each record of the run once."""
     b, topic, t0 = crash_broker, "resumed_predictions", time.monotonic()
-    run = run_folder(tmp_path/"20261129-120000-abc123", N_RESUMED, b.bootstrap_servers, topic)
+    run = failed_run_folder(tmp_path/"20261129-120000-abc123", N_RESUMED, b.bootstrap_servers, topic)
     ensure_topic(KafkaSettings(bootstrap_servers=b.bootstrap_servers), topic, 3)
     proc = start_stream(N_RESUMED, b.bootstrap_servers, topic, run.name, timeout=DELIVERY_TIMEOUT)
     try:

@@ -9,7 +9,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 import click
-from fastcore.basics import patch
 from .config import KafkaSettings, cache_home, kafka_settings
 
 log = logging.getLogger(__name__)
@@ -191,6 +190,107 @@ class LocalBroker:
 
     def __repr__(self): return f"LocalBroker({self.bootstrap_servers}, home={self.home})"
 
+    def pid(self) -> int|None:
+        "The pid of this home's running broker, or None."
+        try: pid = int(self.pid_file.read_text())
+        except (OSError, ValueError): return None
+        cmd = _cmdline(pid)
+        return pid if "kafka.Kafka" in cmd and str(self.props_file) in cmd and _alive(pid) else None
+
+    def status(self) -> dict:
+        "Whether the broker runs, and where its address, data and log are."
+        pid = self.pid()
+        return {"running": pid is not None, "pid": pid, "bootstrap_servers": self.bootstrap_servers,
+                "security_protocol": "SASL_PLAINTEXT" if self.sasl_users else "PLAINTEXT",
+                "home": str(self.home), "data_dir": str(self.data_dir), "log_file": str(self.log_file)}
+
+    def _java(self, main:str, *args):
+        cp = ":".join(map(str, kafka_jars(self.cache)))
+        return [require_tool("java"), f"-Xmx{self.heap}", f"-Dlog4j2.configurationFile={self.home/'log4j2.properties'}",
+                "-cp", cp, main, *args]
+
+    def _format(self):
+        if (self.data_dir/"meta.properties").exists(): return
+        res = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id or _cluster_id(), "-c", str(self.props_file)),
+                             capture_output=True, text=True)
+        if res.returncode: raise BrokerError(f"formatting {self.data_dir} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+
+    def client_settings(self) -> dict:
+        "Kafka client settings that log in to this broker (its first SASL user), or none for a plain one."
+        if not self.sasl_users: return {}
+        (user, password), *_ = self.sasl_users.items()
+        return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+                "sasl_plain_username": user, "sasl_plain_password": password}
+
+    def _launch(self):
+        "Write the configuration, format a new data directory and start the JVM, detached (hold the home's lock)."
+        write_properties(self.props_file, broker_properties(self.data_dir, self.port, self.controller_port, self.host,
+                                                            self.sasl_users, self.extra, self.node_id, self.voters))
+        (self.home/"log4j2.properties").write_text(LOG4J2)
+        self._format()
+        with open(self.log_file, "ab") as out:
+            self._proc = subprocess.Popen(self._java("kafka.Kafka", str(self.props_file)), stdout=out, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home)
+        self.pid_file.write_text(str(self._proc.pid))
+
+    def _wait(self, t0:float, # when the launch began
+              timeout:float, brokers:int=1): # the cluster's metadata must list this many brokers
+        "Wait until the launched node answers; `BrokerError` with the log's tail if its JVM exits or `timeout` passes."
+        while not broker_answers(self.bootstrap_servers, brokers=brokers, **self.client_settings()):
+            if self._proc.poll() is not None:
+                raise BrokerError(f"Kafka exited with code {self._proc.returncode}; see {self.log_file}:\n{_tail(self.log_file)}")
+            if time.monotonic() - t0 > timeout:
+                self.stop()
+                raise BrokerError(f"Kafka did not answer at {self.bootstrap_servers} within {timeout:.0f} s; see {self.log_file}:\n{_tail(self.log_file)}")
+            time.sleep(0.2)
+        log.info("Kafka %s answers at %s after %.1f s (data %s, log %s)", KAFKA_VERSION, self.bootstrap_servers,
+                 time.monotonic() - t0, self.data_dir, self.log_file)
+
+    def start(self, timeout:float=60) -> LocalBroker:
+        "Start the broker (or reuse the running one) and wait until it answers."
+        self.home.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.home/".lock"):
+            saved = self._saved_ports()  # another process may have set this home up since __init__
+            if saved and (self.pid() or not self._fixed_port): self.port, self.controller_port = saved
+            if self.pid(): return self
+            t0 = time.monotonic()
+            self._launch()
+            self._wait(t0, timeout)
+        return self
+
+    def _exited(self, pid:int, timeout:float) -> bool:
+        "Wait up to `timeout` seconds for process `pid` to exit (reaping it if it is our child); True if it did."
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            if self._proc is not None: self._proc.poll()
+            time.sleep(0.1)
+        return not _alive(pid)
+
+    def kill(self, sig:int=signal.SIGKILL) -> bool:
+        "Send `sig` to the broker's process group (SIGKILL, as a crash would, also waits until it is gone); True if one ran."
+        pid = self.pid()
+        if pid is None: return False
+        os.killpg(pid, sig)
+        if sig == signal.SIGKILL: self._exited(pid, 10)
+        return True
+
+    def stop(self, timeout:float=30) -> bool:
+        "Stop this home's broker; True if one was running."
+        pid = self.pid()
+        if pid is None: return False
+        os.killpg(pid, signal.SIGTERM)
+        if not self._exited(pid, timeout):
+            log.warning("Kafka (pid %d) ignored SIGTERM for %.0f s; killing it", pid, timeout)
+            os.killpg(pid, signal.SIGKILL)
+        if self._proc is not None: self._proc.wait(timeout=10)
+        self.pid_file.unlink(missing_ok=True)
+        log.info("stopped Kafka at %s (pid %d)", self.bootstrap_servers, pid)
+        return True
+
+    def __enter__(self): return self.start()
+
+    def __exit__(self, *exc): self.stop()
+
 # %% ../nbs/06_broker.ipynb #889f7c82
 def _cmdline(pid:int) -> list[str]:
     try: return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
@@ -199,22 +299,6 @@ def _cmdline(pid:int) -> list[str]:
 def _alive(pid:int) -> bool:
     try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError): return False
-
-@patch
-def pid(self:LocalBroker) -> int|None:
-    "The pid of this home's running broker, or None."
-    try: pid = int(self.pid_file.read_text())
-    except (OSError, ValueError): return None
-    cmd = _cmdline(pid)
-    return pid if "kafka.Kafka" in cmd and str(self.props_file) in cmd and _alive(pid) else None
-
-@patch
-def status(self:LocalBroker) -> dict:
-    "Whether the broker runs, and where its address, data and log are."
-    pid = self.pid()
-    return {"running": pid is not None, "pid": pid, "bootstrap_servers": self.bootstrap_servers,
-            "security_protocol": "SASL_PLAINTEXT" if self.sasl_users else "PLAINTEXT",
-            "home": str(self.home), "data_dir": str(self.data_dir), "log_file": str(self.log_file)}
 
 # %% ../nbs/06_broker.ipynb #b335194c
 def _cluster_id() -> str:
@@ -225,19 +309,6 @@ def _cluster_id() -> str:
 def _tail(path:Path, n:int=15) -> str:
     try: return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
     except OSError: return ""
-
-@patch
-def _java(self:LocalBroker, main:str, *args):
-    cp = ":".join(map(str, kafka_jars(self.cache)))
-    return [require_tool("java"), f"-Xmx{self.heap}", f"-Dlog4j2.configurationFile={self.home/'log4j2.properties'}",
-            "-cp", cp, main, *args]
-
-@patch
-def _format(self:LocalBroker):
-    if (self.data_dir/"meta.properties").exists(): return
-    res = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id or _cluster_id(), "-c", str(self.props_file)),
-                         capture_output=True, text=True)
-    if res.returncode: raise BrokerError(f"formatting {self.data_dir} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
 
 # %% ../nbs/06_broker.ipynb #bf0b806e
 def broker_answers(bootstrap_servers:str, timeout:float=2.0,
@@ -252,92 +323,6 @@ def broker_answers(bootstrap_servers:str, timeout:float=2.0,
     try: return len(admin.describe_cluster()["brokers"]) >= brokers
     except Exception: return False
     finally: admin.close()
-
-# %% ../nbs/06_broker.ipynb #1b65a073
-@patch
-def _client(self:LocalBroker) -> dict:
-    if not self.sasl_users: return {}
-    (user, password), *_ = self.sasl_users.items()
-    return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
-            "sasl_plain_username": user, "sasl_plain_password": password}
-
-@patch
-def _launch(self:LocalBroker):
-    "Write the configuration, format a new data directory and start the JVM, detached (hold the home's lock)."
-    write_properties(self.props_file, broker_properties(self.data_dir, self.port, self.controller_port, self.host,
-                                                        self.sasl_users, self.extra, self.node_id, self.voters))
-    (self.home/"log4j2.properties").write_text(LOG4J2)
-    self._format()
-    with open(self.log_file, "ab") as out:
-        self._proc = subprocess.Popen(self._java("kafka.Kafka", str(self.props_file)), stdout=out, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home)
-    self.pid_file.write_text(str(self._proc.pid))
-
-@patch
-def _wait(self:LocalBroker, t0:float, # when the launch began
-          timeout:float, brokers:int=1): # the cluster's metadata must list this many brokers
-    "Wait until the launched node answers; `BrokerError` with the log's tail if its JVM exits or `timeout` passes."
-    while not broker_answers(self.bootstrap_servers, brokers=brokers, **self._client()):
-        if self._proc.poll() is not None:
-            raise BrokerError(f"Kafka exited with code {self._proc.returncode}; see {self.log_file}:\n{_tail(self.log_file)}")
-        if time.monotonic() - t0 > timeout:
-            self.stop()
-            raise BrokerError(f"Kafka did not answer at {self.bootstrap_servers} within {timeout:.0f} s; see {self.log_file}:\n{_tail(self.log_file)}")
-        time.sleep(0.2)
-    log.info("Kafka %s answers at %s after %.1f s (data %s, log %s)", KAFKA_VERSION, self.bootstrap_servers,
-             time.monotonic() - t0, self.data_dir, self.log_file)
-
-@patch
-def start(self:LocalBroker, timeout:float=60) -> LocalBroker:
-    "Start the broker (or reuse the running one) and wait until it answers."
-    self.home.mkdir(parents=True, exist_ok=True)
-    with file_lock(self.home/".lock"):
-        saved = self._saved_ports()  # another process may have set this home up since __init__
-        if saved and (self.pid() or not self._fixed_port): self.port, self.controller_port = saved
-        if self.pid(): return self
-        t0 = time.monotonic()
-        self._launch()
-        self._wait(t0, timeout)
-    return self
-
-# %% ../nbs/06_broker.ipynb #88fc9cbb
-@patch
-def _exited(self:LocalBroker, pid:int, timeout:float) -> bool:
-    "Wait up to `timeout` seconds for process `pid` to exit (reaping it if it is our child); True if it did."
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        if self._proc is not None: self._proc.poll()
-        time.sleep(0.1)
-    return not _alive(pid)
-
-@patch
-def kill(self:LocalBroker, sig:int=signal.SIGKILL) -> bool:
-    "Send `sig` to the broker's process group (SIGKILL, as a crash would, also waits until it is gone); True if one ran."
-    pid = self.pid()
-    if pid is None: return False
-    os.killpg(pid, sig)
-    if sig == signal.SIGKILL: self._exited(pid, 10)
-    return True
-
-@patch
-def stop(self:LocalBroker, timeout:float=30) -> bool:
-    "Stop this home's broker; True if one was running."
-    pid = self.pid()
-    if pid is None: return False
-    os.killpg(pid, signal.SIGTERM)
-    if not self._exited(pid, timeout):
-        log.warning("Kafka (pid %d) ignored SIGTERM for %.0f s; killing it", pid, timeout)
-        os.killpg(pid, signal.SIGKILL)
-    if self._proc is not None: self._proc.wait(timeout=10)
-    self.pid_file.unlink(missing_ok=True)
-    log.info("stopped Kafka at %s (pid %d)", self.bootstrap_servers, pid)
-    return True
-
-@patch
-def __enter__(self:LocalBroker): return self.start()
-
-@patch
-def __exit__(self:LocalBroker, *exc): self.stop()
 
 # %% ../nbs/06_broker.ipynb #f9d031de
 class LocalCluster:
@@ -369,58 +354,51 @@ class LocalCluster:
 
     def __repr__(self): return f"LocalCluster({self.bootstrap_servers}, home={self.home})"
 
-# %% ../nbs/06_broker.ipynb #bc187027
-@patch
-def start(self:LocalCluster, timeout:float=120) -> LocalCluster:
-    "Start every node that is not running and wait until each answers with all the nodes in its metadata."
-    if (self.home/"server.properties").exists():
-        raise BrokerError(f"{self.home} holds a single broker: stop it and remove the folder, or give the cluster another --home")
-    with ExitStack() as locks:
-        for b in self.nodes:
-            b.home.mkdir(parents=True, exist_ok=True)
-            locks.enter_context(file_lock(b.home/".lock"))
-        t0, down = time.monotonic(), [b for b in self.nodes if not b.pid()]
-        for b in down: b._launch()
-        try:
-            for b in down: b._wait(t0, timeout, brokers=len(self.nodes))
-        except BrokerError: self.stop(); raise
-    return self
+    def start(self, timeout:float=120) -> LocalCluster:
+        "Start every node that is not running and wait until each answers with all the nodes in its metadata."
+        if (self.home/"server.properties").exists():
+            raise BrokerError(f"{self.home} holds a single broker: stop it and remove the folder, or give the cluster another --home")
+        with ExitStack() as locks:
+            for b in self.nodes:
+                b.home.mkdir(parents=True, exist_ok=True)
+                locks.enter_context(file_lock(b.home/".lock"))
+            t0, down = time.monotonic(), [b for b in self.nodes if not b.pid()]
+            for b in down: b._launch()
+            try:
+                for b in down: b._wait(t0, timeout, brokers=len(self.nodes))
+            except BrokerError: self.stop(); raise
+        return self
 
-@patch
-def stop(self:LocalCluster, timeout:float=30) -> bool:
-    "Stop every node; True if any was running."
-    running = [b for b in self.nodes if b.kill(signal.SIGTERM)]
-    for b in running: b.stop(timeout)
-    return bool(running)
+    def stop(self, timeout:float=30) -> bool:
+        "Stop every node; True if any was running."
+        running = [b for b in self.nodes if b.kill(signal.SIGTERM)]
+        for b in running: b.stop(timeout)
+        return bool(running)
 
-@patch
-def status(self:LocalCluster) -> dict:
-    "Whether every node runs, the cluster's address, and each node's status."
-    nodes = [b.status() | {"node_id": b.node_id} for b in self.nodes]
-    return {"running": all(n["running"] for n in nodes), "nodes_running": sum(n["running"] for n in nodes),
-            "bootstrap_servers": self.bootstrap_servers, "home": str(self.home), "nodes": nodes}
+    def status(self) -> dict:
+        "Whether every node runs, the cluster's address, and each node's status."
+        nodes = [b.status() | {"node_id": b.node_id} for b in self.nodes]
+        return {"running": all(n["running"] for n in nodes), "nodes_running": sum(n["running"] for n in nodes),
+                "bootstrap_servers": self.bootstrap_servers, "home": str(self.home), "nodes": nodes}
 
-@patch
-def leaders(self:LocalCluster, topic:str, timeout:float=30) -> dict:
-    "{partition: the node id of its leader (-1 if none)} of `topic`, asked of the running nodes."
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=[b.bootstrap_servers for b in self.nodes if b.pid()])
-            try: (t,) = admin.describe_topics([topic])
-            finally: admin.close()
-            return {p["partition_index"]: p["leader_id"] for p in t["partitions"]}
-        except KafkaError:  # the metadata request went to a node that just died: ask again
-            if time.monotonic() > deadline: raise
-            time.sleep(0.5)
+    def leaders(self, topic:str, timeout:float=30) -> dict:
+        "{partition: the node id of its leader (-1 if none)} of `topic`, asked of the running nodes."
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=[b.bootstrap_servers for b in self.nodes if b.pid()])
+                try: (t,) = admin.describe_topics([topic])
+                finally: admin.close()
+                return {p["partition_index"]: p["leader_id"] for p in t["partitions"]}
+            except KafkaError:  # the metadata request went to a node that just died: ask again
+                if time.monotonic() > deadline: raise
+                time.sleep(0.5)
 
-@patch
-def __enter__(self:LocalCluster): return self.start()
+    def __enter__(self): return self.start()
 
-@patch
-def __exit__(self:LocalCluster, *exc): self.stop()
+    def __exit__(self, *exc): self.stop()
 
 # %% ../nbs/06_broker.ipynb #2d16d522
 def local_kafka(home:Path|None=None # the local Kafka's home; `cache_home()/'broker'` by default

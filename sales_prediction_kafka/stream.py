@@ -87,6 +87,7 @@ def names_markdown(names:dict, # name -> meaning, e.g. `PREDICTION_HEADERS`
 
 # %% ../nbs/07_stream.ipynb #b4865fdf
 def _check(i:int, r:dict):
+    "Raise a `StreamError` naming record `i` unless `r` is a prediction message with finite numbers and a consistent error."
     if not isinstance(r, dict) or tuple(r) != FIELDS:
         raise StreamError(f"record {i}: expected the fields {', '.join(FIELDS)}, got {r!r}")
     idx = r["prediction_index"]
@@ -148,7 +149,8 @@ class _Errors(logging.Handler):
         "The broker accepted connections and then dropped them (how a SASL listener refuses a login), never refused one."
         return any("disconnected" in m for m in self.seen) and not any("refused" in m.lower() for m in self.seen)
 
-def _client(cls, settings:KafkaSettings, timeout:float, **kw):
+def _connect(cls, settings:KafkaSettings, timeout:float, **kw):
+    "A kafka-python client of class `cls`, or a one-line error saying why the cluster did not answer."
     kafka_log, seen = logging.getLogger("kafka"), _Errors()
     kafka_log.addHandler(seen)
     try: return cls(**client_kwargs(settings), bootstrap_timeout_ms=int(timeout*1000), reconnect_backoff_max_ms=1000, **kw)
@@ -165,17 +167,17 @@ def _client(cls, settings:KafkaSettings, timeout:float, **kw):
 
 def admin_client(settings:KafkaSettings, timeout:float=CONNECT_TIMEOUT, **kw) -> KafkaAdminClient:
     "A connected admin client, or `BrokerUnreachable` after `timeout` seconds."
-    return _client(KafkaAdminClient, settings, timeout, **kw)
+    return _connect(KafkaAdminClient, settings, timeout, **kw)
 
 def producer(settings:KafkaSettings, timeout:float=CONNECT_TIMEOUT, **kw) -> KafkaProducer:
     "A connected producer with acks=all and idempotence, string keys and JSON values unless `kw` says otherwise."
     kw = {"acks": "all", "enable_idempotence": True, "key_serializer": DefaultSerializer(),
           "value_serializer": JsonSerializer()} | kw
-    return _client(KafkaProducer, settings, timeout, **kw)
+    return _connect(KafkaProducer, settings, timeout, **kw)
 
 def consumer(settings:KafkaSettings, timeout:float=CONNECT_TIMEOUT, **kw) -> KafkaConsumer:
     "A connected consumer (bytes in, bytes out), or `BrokerUnreachable` after `timeout` seconds."
-    return _client(KafkaConsumer, settings, timeout, **kw)
+    return _connect(KafkaConsumer, settings, timeout, **kw)
 
 # %% ../nbs/07_stream.ipynb #9fa681d2
 def require_broker(settings:KafkaSettings|None=None, timeout:float=CONNECT_TIMEOUT) -> KafkaSettings:

@@ -10,20 +10,15 @@ from dataclasses import dataclass, asdict, field
 import numpy as np
 import pandas as pd
 
+from .config import plain
 from .data import DataError
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'OUTLIER_POLICIES', 'plain', 'fill_values', 'impute', 'iqr_bounds', 'outside', 'CleaningReport', 'Cleaner']
+__all__ = ['log', 'OUTLIER_POLICIES', 'fill_values', 'impute', 'iqr_bounds', 'outside', 'CleaningReport', 'Cleaner']
 
 # %% ../nbs/02_clean.ipynb #51fdb047
-def plain(x):
-    "`x` with numpy scalars turned into Python ones, recursively (JSON-ready)."
-    if isinstance(x, dict): return {k: plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [plain(v) for v in x]
-    return x.item() if isinstance(x, np.generic) else x
-
 def fill_values(df:pd.DataFrame,
                 kinds:dict # column -> 'numeric' (mean) or any other kind (mode)
                ) -> dict:

@@ -9,13 +9,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 import click
+import numpy as np
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'PREDICTIONS_TOPIC', 'EVENTS_TOPIC', 'DEAD_LETTER_TOPIC', 'ALERTS_TOPIC', 'BOOTSTRAP_SERVERS_HELP',
            'KafkaSettings', 'env_name', 'kafka_settings', 'client_kwargs', 'redacted', 'kafka_options', 'set_seed',
-           'cache_home', 'stop_on_signals']
+           'cache_home', 'stop_on_signals', 'plain']
 
 # %% ../nbs/00_config.ipynb #5611052f
 PREDICTIONS_TOPIC = "sales_predictions"  # the seed's topic: four-field prediction records
@@ -119,3 +120,11 @@ def stop_on_signals(event:threading.Event, signals=(signal.SIGTERM, signal.SIGIN
     try: yield event
     finally:
         for s, h in old.items(): signal.signal(s, h)
+
+# %% ../nbs/00_config.ipynb #b4ecd561
+def plain(x):
+    "`x` with NumPy scalars and arrays turned into Python values, recursively through dicts, lists and tuples."
+    if isinstance(x, dict): return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [plain(v) for v in x]
+    if isinstance(x, np.ndarray): return plain(x.tolist())
+    return x.item() if isinstance(x, np.generic) else x

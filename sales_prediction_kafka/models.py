@@ -22,8 +22,8 @@ from sklearn.model_selection import KFold, train_test_split
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from .clean import Cleaner, CleaningReport, OUTLIER_POLICIES, plain
-from .config import set_seed
+from .clean import Cleaner, CleaningReport, OUTLIER_POLICIES
+from .config import plain, set_seed
 from .data import TARGET
 from .evaluate import scores
 

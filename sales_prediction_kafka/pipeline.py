@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_pipeline.ipynb #8df667d2
 from __future__ import annotations
-import ast, hashlib, itertools, json, logging, os, re, secrets, sys
+import ast, csv, hashlib, itertools, json, logging, os, re, secrets, sys
 from datetime import datetime, timezone
 from html import escape
 from importlib import metadata
@@ -13,10 +13,11 @@ from typing import NamedTuple
 
 import click
 
-from .config import kafka_settings
+from .config import PREDICTIONS_TOPIC, kafka_settings, plain, redacted
 from .data import SAMPLE_CSV, DataError, load_table
 from .broker import BrokerError
-from .stream import StreamError, require_broker
+from .stream import (PARTITIONS, StreamError, prediction_records, require_broker, stream_predictions,
+                                           verify_run)
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +143,8 @@ def file_sha256(path) -> str:
 
 # %% ../nbs/10_pipeline.ipynb #2b517532
 def write_json(path, obj) -> Path:
-    "Write `obj` as indented JSON (NumPy scalars become plain numbers)."
-    def plain(o):
-        if hasattr(o, "item"): return o.item()
-        if hasattr(o, "tolist"): return o.tolist()
-        return str(o)
-    Path(path).write_text(json.dumps(obj, indent=2, default=plain) + "\n")
+    "Write `obj` as indented JSON (NumPy values become plain numbers, anything else unknown its text)."
+    Path(path).write_text(json.dumps(plain(obj), indent=2, default=str) + "\n")
     return Path(path)
 
 # %% ../nbs/10_pipeline.ipynb #8167f94a
@@ -308,10 +305,6 @@ def grid_params(given:dict, # {name: value}; with a grid, text values are comma-
     return combos
 
 # %% ../nbs/10_pipeline.ipynb #5e7a3c21
-import csv
-from .config import PREDICTIONS_TOPIC, redacted
-from .stream import PARTITIONS, prediction_records, stream_predictions, verify_run
-
 def resume_run(run_dir, # a run folder whose stream did not finish
                bootstrap_servers:str|None=None # the cluster; default: the run's, else $KAFKA_BOOTSTRAP_SERVERS, else the local Kafka
               ) -> dict:

@@ -11,7 +11,7 @@ import click
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
-from .config import EVENTS_TOPIC, KafkaSettings, kafka_options, kafka_settings
+from .config import EVENTS_TOPIC, KafkaSettings, kafka_options, kafka_settings, plain
 from .broker import ensure_broker
 from .data import DataError, load_table
 from .serve import SCHEMA_VERSION
@@ -26,10 +26,9 @@ __all__ = ['log', 'table_events', 'shift_events', 'replay', 'replay_command', 'l
            'topic_training_data', 'record_source']
 
 # %% ../nbs/08a_replay.ipynb #798a38ae
-def _plain(v):
-    "`v` as a plain Python value for JSON (None when missing)."
-    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)): return None
-    return v.item() if isinstance(v, np.generic) else v
+def _field_value(v):
+    "A table cell as an event field's value: None when missing, else plain Python."
+    return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else plain(v)
 
 def table_events(df:pd.DataFrame, # one row per event: feature columns and, optionally, the target
                  first_id:int=0, # the first event id; the others count up from it
@@ -38,7 +37,7 @@ def table_events(df:pd.DataFrame, # one row per event: feature columns and, opti
     cols = list(df.columns)
     for i, row in enumerate(df.itertuples(index=False, name=None)):
         ev = {"event_id": first_id + i, "schema_version": schema_version}
-        yield ev | {c: p for c, v in zip(cols, row) if (p := _plain(v)) is not None}
+        yield ev | {c: p for c, v in zip(cols, row) if (p := _field_value(v)) is not None}
 
 # %% ../nbs/08a_replay.ipynb #5c744728
 def shift_events(events, # event dicts, e.g. from `table_events`

@@ -16,7 +16,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.serializer import DefaultSerializer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from .config import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, kafka_options,
-                                           kafka_settings, stop_on_signals)
+                                           kafka_settings, plain, stop_on_signals)
 from .broker import ensure_broker
 from .models import MODEL_JSON, load_model
 from .registry import MODELS_TOPIC, ChampionFollower, record_model
@@ -36,10 +36,6 @@ SCHEMA_VERSION = 1  # the version of the event schema this worker reads
 MAX_EVENT_BYTES = 64 * 1024  # default limit on one event's size
 MAX_EVENT_ID = 2**63 - 1  # event ids must fit a signed 64-bit integer
 
-def _plain(v):
-    "A NumPy scalar as the plain Python value JSON needs."
-    return v.item() if hasattr(v, "item") else v
-
 def _feature_property(levels:list|None, # the categories of a categorical feature; None: numeric
                       fill=None # the model's fill value; None: the field is required
                      ) -> dict:
@@ -52,8 +48,8 @@ def _feature_property(levels:list|None, # the categories of a categorical featur
         p
         | {
             "type": [kind, "null"],
-            "default": _plain(fill),
-            "description": f"feature; {what}; absent or null: filled with {json.dumps(_plain(fill))}",
+            "default": plain(fill),
+            "description": f"feature; {what}; absent or null: filled with {json.dumps(plain(fill))}",
         }
         | ({} if levels is None else {"enum": [*levels, None]})
     )
@@ -305,8 +301,6 @@ def score_events(model, events:list[dict]) -> list[float|Rejection]:
     return [y if math.isfinite(y) else _score_one(model, ev) for y, ev in zip(ys, events)]
 
 # %% ../nbs/08_serve.ipynb #1b0b7d79
-from .stream import prediction_record
-
 def prediction_message(event:dict, # a validated event
                        predicted:float, # the model's prediction for it
                        target:str # the actual's field name, e.g. "Sales"

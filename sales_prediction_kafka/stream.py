@@ -14,7 +14,7 @@ from tqdm import tqdm
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import InvalidReplicationFactorError, KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.serializer import DefaultSerializer, JsonSerializer
-from .config import PREDICTIONS_TOPIC, KafkaSettings, client_kwargs, kafka_settings
+from .config import PREDICTIONS_TOPIC, KafkaSettings, client_kwargs, kafka_options, kafka_settings
 from .broker import ensure_broker
 
 log = logging.getLogger(__name__)
@@ -425,8 +425,6 @@ def verify_run(records:list[dict], settings:KafkaSettings, topic:str, run_id:str
     return len(records)
 
 # %% ../nbs/07_stream.ipynb #a5542ebc
-from .config import kafka_options
-
 @click.command("consume")
 @click.option("--topic", default=PREDICTIONS_TOPIC, show_default=True, help="Topic to read.")
 @kafka_options("Stop after this many records.")

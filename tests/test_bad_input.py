@@ -121,8 +121,8 @@ enc = lambda **kw: json.dumps(BASE | kw).encode()
 EVENT_CASES = {  # kind: (message value, dead-letter reason, field to blame or None)
     "invalid_json": (b'{"event_id": 10000, "schema_version": 1,', "invalid_json", None),
     "not_utf8": (b'{"event_id": 1, "Gender": "\xff"}', "invalid_json", None),
-    "missing_field": (json.dumps({k: v for k, v in BASE.items() if k != "Credit_Score"}).encode(), "missing_field", "Credit_Score"),
-    "null_field": (enc(Spending_Score=None), "missing_field", "Spending_Score"),
+    "missing_field": (json.dumps({k: v for k, v in BASE.items() if k != "event_id"}).encode(), "missing_field", "event_id"),
+    "null_field": (enc(schema_version=None), "missing_field", "schema_version"),
     "wrong_type": (enc(Marketing_Spend="lots"), "wrong_type", "Marketing_Spend"),
     "event_id_as_string": (enc(event_id="10000"), "wrong_type", "event_id"),
     "boolean_as_number": (enc(Credit_Score=True), "wrong_type", "Credit_Score"),
@@ -134,6 +134,10 @@ EVENT_CASES = {  # kind: (message value, dead-letter reason, field to blame or N
     "json_array": (b"[1, 2, 3]", "not_an_object", None),
     "negative_event_id": (enc(event_id=-1), "out_of_range", "event_id"),
     "unknown_category": (enc(Seasonality="Monsoon"), "unknown_category", "Seasonality"),
+}
+GAPS = {  # a feature with a fill value that is absent or null: imputed with the training value and scored, not dead-lettered
+    "absent_feature": ({k: v for k, v in BASE.items() if k != "Credit_Score"} | {"event_id": 20_000}, "Credit_Score"),
+    "null_feature": (BASE | {"event_id": 20_001, "Spending_Score": None}, "Spending_Score"),
 }
 N_GOOD = 60
 
@@ -151,6 +155,7 @@ def served(broker_settings, model_dir, tmp_path_factory) -> dict:
             kind = kinds.pop()
             p.send(t["events"], key=kind, value=EVENT_CASES[kind][0], headers=[("kind", kind.encode())])
     assert not kinds
+    for kind, (ev, _) in GAPS.items(): p.send(t["events"], key=kind, value=json.dumps(ev).encode())
     p.flush(); p.close()
     r = subprocess.run([SALES_KAFKA, "serve", "--model", model_dir, "--bootstrap-servers", settings.bootstrap_servers, "--group-id", t["group"],
                         "--events-topic", t["events"], "--predictions-topic", t["predictions"], "--dead-letter-topic", t["dlq"],
@@ -175,9 +180,20 @@ def test_bad_event_is_a_dead_letter_with_its_reason(served, kind):
 @pytest.mark.kafka
 def test_good_events_among_bad_ones_are_scored_untouched(served, model_dir):
     s = served
-    assert (s["summary"]["scored"], s["summary"]["dead_lettered"]) == (N_GOOD, len(EVENT_CASES)), s["summary"]
+    assert (s["summary"]["scored"], s["summary"]["dead_lettered"]) == (N_GOOD + len(GAPS), len(EVENT_CASES)), s["summary"]
     got = {json.loads(m.value)["prediction_index"]: json.loads(m.value) for m in s["predictions"]}
-    assert len(s["predictions"]) == N_GOOD and sorted(got) == list(range(N_GOOD))
+    assert len(s["predictions"]) == N_GOOD + len(GAPS) and sorted(got)[:N_GOOD] == list(range(N_GOOD))
     expected = load_model(model_dir).predict_records(s["good"])
-    for i, v in got.items():
-        assert math.isclose(v["predicted_sales"], expected[i], rel_tol=1e-6), (i, v, expected[i])
+    for i in range(N_GOOD):
+        assert math.isclose(got[i]["predicted_sales"], expected[i], rel_tol=1e-6), (i, got[i], expected[i])
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("kind", GAPS)
+def test_gap_in_a_feature_is_imputed_and_marked(served, model_dir, kind):
+    "An absent or null feature gets the model's training fill value, as in the batch report, and the header names it."
+    event, field = GAPS[kind]
+    m = next(m for m in served["predictions"] if json.loads(m.value)["prediction_index"] == event["event_id"])
+    assert dict(m.headers)["imputed"].decode() == field
+    model = load_model(model_dir)
+    expected = model.predict_records([{**event, field: model.fill_values[field]}])[0]
+    assert math.isclose(json.loads(m.value)["predicted_sales"], expected, rel_tol=1e-9)

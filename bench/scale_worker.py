@@ -39,7 +39,8 @@ def measure(path:str):
     plan = plan_features(df, "Sales")
     cleaned, _ = step("clean", lambda: Cleaner("Sales", plan.numeric, plan.categorical).fit(df).apply(df, "remove"))
     del df
-    model = step("train_1_epoch", lambda: SalesModel("net", epochs=1, patience=0, batch_size=32, seed=42).fit(cleaned)  # its own cleaning finds nothing left to do)
+    # the model's own cleaning finds nothing left to do on the cleaned rows
+    model = step("train_1_epoch", lambda: SalesModel("net", epochs=1, patience=0, batch_size=32, seed=42).fit(cleaned))
     y = step("score", lambda: model.predict(cleaned))
     if not np.all(np.isfinite(y)) or len(y) != len(cleaned): raise RuntimeError("scoring produced bad predictions")
     r |= {"rows_clean": len(cleaned), "total_s": sum(r["seconds"].values()), "maxrss_mib": peak_mib()}

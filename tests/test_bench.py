@@ -5,6 +5,8 @@ import pytest
 from helpers import ROOT
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+# every benchmark but `loop`, whose shift scenario (with a real retrain, minutes) tests/test_loop.py runs through bench.loop
+QUICK = ("streaming", "scoring", "validation", "live", "scale")
 MACHINE = ("cores", "cpu", "python", "numpy", "tensorflow", "kafka-python", "java", "loadavg")
 
 
@@ -12,8 +14,9 @@ MACHINE = ("cores", "cpu", "python", "numpy", "tensorflow", "kafka-python", "jav
 def results(kafka_broker, tmp_path_factory) -> dict:
     "Run `python -m bench --quick` once on the test broker; the JSON documents by benchmark name."
     out = tmp_path_factory.mktemp("bench")
-    res = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--bootstrap-servers", kafka_broker.bootstrap_servers],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    only = [a for name in QUICK for a in ("--only", name)]
+    res = subprocess.run([sys.executable, "-m", "bench", "--quick", *only, "--out", str(out),
+                          "--bootstrap-servers", kafka_broker.bootstrap_servers], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
     docs = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
     docs["_stdout"] = res.stdout
@@ -34,6 +37,13 @@ def test_every_benchmark_writes_json_with_machine_info(results):
         assert len(doc["load_before"]) == 3 and isinstance(doc["targets"], dict) and doc["targets"]
     for title in ("Streaming throughput", "Batch scoring", "Live scoring", "Scale"):
         assert f"## {title}" in results["_stdout"]
+
+
+def test_validation_quick_checks_agree_and_are_timed(results):
+    v = results["validation"]
+    sides = {r["side"]: r["us_per_event"] for r in v["rows"]}
+    assert positive(*sides.values()) and len(sides) == 8, sides
+    assert set(v["ratios"]) == {"quick/jsonschema is_valid", "EventValidator good/bad", "check_records/jsonschema (prediction records)"}
 
 
 def test_streaming_three_sides(results):

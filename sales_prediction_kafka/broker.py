@@ -36,7 +36,11 @@ def require_tool(name:str, # `java` or `mvn`
                 ) -> str:
     "The full path of command `name`, or a `BrokerError` that says what to install."
     home = os.environ.get("JAVA_HOME") if name == "java" and path is None else None
-    found = str(Path(home)/"bin"/"java") if home and (Path(home)/"bin"/"java").exists() else shutil.which(name, path=path)
+    found = (
+        str(Path(home) / "bin" / "java")
+        if home and (Path(home) / "bin" / "java").exists()
+        else shutil.which(name, path=path)
+    )
     if found: return found
     raise BrokerError(f"`{name}` not found: the local Kafka broker needs {_INSTALL.get(name, name)}. "
                       "Or use a running cluster instead: set KAFKA_BOOTSTRAP_SERVERS=host:port")
@@ -47,8 +51,10 @@ def pom_xml(kafka:str=KAFKA_VERSION, log4j:str=LOG4J_VERSION, slf4j:str=SLF4J_VE
     deps = [("org.apache.kafka", "kafka_2.13", kafka), ("org.apache.kafka", "kafka-tools", kafka),
             ("org.slf4j", "slf4j-api", slf4j), ("org.apache.logging.log4j", "log4j-core", log4j),
             ("org.apache.logging.log4j", "log4j-slf4j2-impl", log4j)]
-    xml = "\n".join(f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>"
-                    for g, a, v in deps)
+    xml = "\n".join(
+        f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>"
+        for g, a, v in deps
+    )
     return f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>local.sales-prediction-kafka</groupId><artifactId>kafka-runtime</artifactId>
@@ -84,7 +90,10 @@ def kafka_jars(cache:Path|None=None, # folder for the jars; `cache_home()` by de
             res = subprocess.run([require_tool("mvn"), "-q", "-B", "-f", str(root/"pom.xml"),
                                   "dependency:copy-dependencies", f"-DoutputDirectory={tmp}"],
                                  capture_output=True, text=True)
-            if res.returncode: raise BrokerError(f"Maven could not fetch Kafka {version} (pom: {root/'pom.xml'}):\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+            if res.returncode:
+                raise BrokerError(
+                    f"Maven could not fetch Kafka {version} (pom: {root/'pom.xml'}):\n{res.stdout[-2000:]}{res.stderr[-2000:]}"
+                )
             tmp.rename(jars)
             log.info("fetched %d jars in %.1f s", len(list(jars.glob('*.jar'))), time.monotonic() - t0)
     return sorted(jars.glob("*.jar"))
@@ -170,7 +179,11 @@ class LocalBroker:
                  node_id:int=1): # the node's id in its cluster
         self.home = Path(home or cache_home()/"broker").absolute()
         self.host, self.sasl_users, self.heap, self.cache, self.extra = host, sasl_users, heap, cache, extra
-        self.props_file, self.log_file, self.pid_file = self.home/"server.properties", self.home/"server.log", self.home/"broker.pid"
+        self.props_file, self.log_file, self.pid_file = (
+            self.home / "server.properties",
+            self.home / "server.log",
+            self.home / "broker.pid",
+        )
         self.data_dir = self.home/"data"
         saved = self._saved_ports()
         self.port = port or (saved[0] if saved else free_port(host))
@@ -206,14 +219,32 @@ class LocalBroker:
 
     def _java(self, main:str, *args):
         cp = ":".join(map(str, kafka_jars(self.cache)))
-        return [require_tool("java"), f"-Xmx{self.heap}", f"-Dlog4j2.configurationFile={self.home/'log4j2.properties'}",
-                "-cp", cp, main, *args]
+        return [
+            require_tool("java"),
+            f"-Xmx{self.heap}",
+            f"-Dlog4j2.configurationFile={self.home/'log4j2.properties'}",
+            "-cp",
+            cp,
+            main,
+            *args,
+        ]
 
     def _format(self):
         if (self.data_dir/"meta.properties").exists(): return
-        res = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id or _cluster_id(), "-c", str(self.props_file)),
-                             capture_output=True, text=True)
-        if res.returncode: raise BrokerError(f"formatting {self.data_dir} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+        res = subprocess.run(
+            self._java(
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                self.cluster_id or _cluster_id(),
+                "-c",
+                str(self.props_file),
+            ),
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode:
+            raise BrokerError(f"formatting {self.data_dir} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
 
     def client_settings(self) -> dict:
         "Kafka client settings that log in to this broker (its first SASL user), or none for a plain one."
@@ -224,13 +255,30 @@ class LocalBroker:
 
     def _launch(self):
         "Write the configuration, format a new data directory and start the JVM, detached (hold the home's lock)."
-        write_properties(self.props_file, broker_properties(self.data_dir, self.port, self.controller_port, self.host,
-                                                            self.sasl_users, self.extra, self.node_id, self.voters))
+        write_properties(
+            self.props_file,
+            broker_properties(
+                self.data_dir,
+                self.port,
+                self.controller_port,
+                self.host,
+                self.sasl_users,
+                self.extra,
+                self.node_id,
+                self.voters,
+            ),
+        )
         (self.home/"log4j2.properties").write_text(LOG4J2)
         self._format()
         with open(self.log_file, "ab") as out:
-            self._proc = subprocess.Popen(self._java("kafka.Kafka", str(self.props_file)), stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home)
+            self._proc = subprocess.Popen(
+                self._java("kafka.Kafka", str(self.props_file)),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.home,
+            )
         self.pid_file.write_text(str(self._proc.pid))
 
     def _wait(self, t0:float, # when the launch began
@@ -238,13 +286,21 @@ class LocalBroker:
         "Wait until the launched node answers; `BrokerError` with the log's tail if its JVM exits or `timeout` passes."
         while not broker_answers(self.bootstrap_servers, brokers=brokers, **self.client_settings()):
             if self._proc.poll() is not None:
-                raise BrokerError(f"Kafka exited with code {self._proc.returncode}; see {self.log_file}:\n{_tail(self.log_file)}")
+                raise BrokerError(
+                    f"Kafka exited with code {self._proc.returncode}; see {self.log_file}:\n{_tail(self.log_file)}"
+                )
             if time.monotonic() - t0 > timeout:
                 self.stop()
                 raise BrokerError(f"Kafka did not answer at {self.bootstrap_servers} within {timeout:.0f} s; see {self.log_file}:\n{_tail(self.log_file)}")
             time.sleep(0.2)
-        log.info("Kafka %s answers at %s after %.1f s (data %s, log %s)", KAFKA_VERSION, self.bootstrap_servers,
-                 time.monotonic() - t0, self.data_dir, self.log_file)
+        log.info(
+            "Kafka %s answers at %s after %.1f s (data %s, log %s)",
+            KAFKA_VERSION,
+            self.bootstrap_servers,
+            time.monotonic() - t0,
+            self.data_dir,
+            self.log_file,
+        )
 
     def start(self, timeout:float=60) -> LocalBroker:
         "Start the broker (or reuse the running one) and wait until it answers."
@@ -335,9 +391,12 @@ class LocalCluster:
                  extra:dict|None=None): # more server properties for every node
         self.home = Path(home or cache_home()/"broker").absolute()
         found = len(list(self.home.glob("node-*")))
-        if found and nodes and nodes != found: raise BrokerError(f"{self.home} holds a cluster of {found} nodes, not {nodes}")
-        self.nodes = [LocalBroker(self.home/f"node-{i}", host=host, heap=heap, cache=cache, extra=extra, node_id=i)
-                      for i in range(1, (nodes or found or 3) + 1)]
+        if found and nodes and nodes != found:
+            raise BrokerError(f"{self.home} holds a cluster of {found} nodes, not {nodes}")
+        self.nodes = [
+            LocalBroker(self.home / f"node-{i}", host=host, heap=heap, cache=cache, extra=extra, node_id=i)
+            for i in range(1, (nodes or found or 3) + 1)
+        ]
         voters = {b.node_id: b.controller_port for b in self.nodes}
         metas = [read_properties(m) for b in self.nodes if (m := b.data_dir/"meta.properties").exists()]
         cluster_id = metas[0]["cluster.id"] if metas else _cluster_id()
@@ -357,7 +416,9 @@ class LocalCluster:
     def start(self, timeout:float=120) -> LocalCluster:
         "Start every node that is not running and wait until each answers with all the nodes in its metadata."
         if (self.home/"server.properties").exists():
-            raise BrokerError(f"{self.home} holds a single broker: stop it and remove the folder, or give the cluster another --home")
+            raise BrokerError(
+                f"{self.home} holds a single broker: stop it and remove the folder, or give the cluster another --home"
+            )
         with ExitStack() as locks:
             for b in self.nodes:
                 b.home.mkdir(parents=True, exist_ok=True)
@@ -378,8 +439,13 @@ class LocalCluster:
     def status(self) -> dict:
         "Whether every node runs, the cluster's address, and each node's status."
         nodes = [b.status() | {"node_id": b.node_id} for b in self.nodes]
-        return {"running": all(n["running"] for n in nodes), "nodes_running": sum(n["running"] for n in nodes),
-                "bootstrap_servers": self.bootstrap_servers, "home": str(self.home), "nodes": nodes}
+        return {
+            "running": all(n["running"] for n in nodes),
+            "nodes_running": sum(n["running"] for n in nodes),
+            "bootstrap_servers": self.bootstrap_servers,
+            "home": str(self.home),
+            "nodes": nodes,
+        }
 
     def leaders(self, topic:str, timeout:float=30) -> dict:
         "{partition: the node id of its leader (-1 if none)} of `topic`, asked of the running nodes."
@@ -388,7 +454,9 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                admin = KafkaAdminClient(bootstrap_servers=[b.bootstrap_servers for b in self.nodes if b.pid()])
+                admin = KafkaAdminClient(
+                    bootstrap_servers=[b.bootstrap_servers for b in self.nodes if b.pid()]
+                )
                 try: (t,) = admin.describe_topics([topic])
                 finally: admin.close()
                 return {p["partition_index"]: p["leader_id"] for p in t["partitions"]}
@@ -414,7 +482,8 @@ def ensure_broker(settings:KafkaSettings|None=None, # settings; bootstrap_server
     settings = settings or kafka_settings()
     if settings.bootstrap_servers: return settings
     kafka = local_kafka(home)
-    if not kafka.status()["running"]: log.info("starting local Kafka at %s (home %s)", kafka.bootstrap_servers, kafka.home)
+    if not kafka.status()["running"]:
+        log.info("starting local Kafka at %s (home %s)", kafka.bootstrap_servers, kafka.home)
     return replace(settings, bootstrap_servers=kafka.start().bootstrap_servers)
 
 # %% ../nbs/06_broker.ipynb #ec2b3482
@@ -427,25 +496,47 @@ def broker_cli():
 
 @broker_cli.command("start")
 @_home
-@click.option("--nodes", type=click.IntRange(1), default=None,
-              help="Nodes of a new local cluster (3: replication factor 3, min.insync.replicas 2); default: what --home holds, else 1.")
-@click.option("--port", type=int, default=None, help="Client port for a new single-broker home; default: a free port.")
-@click.option("--timeout", type=float, default=120, show_default=True, help="Seconds to wait until every node answers.")
+@click.option(
+    "--nodes",
+    type=click.IntRange(1),
+    default=None,
+    help="Nodes of a new local cluster (3: replication factor 3, min.insync.replicas 2); default: what --home holds, else 1.",
+)
+@click.option(
+    "--port", type=int, default=None, help="Client port for a new single-broker home; default: a free port."
+)
+@click.option(
+    "--timeout", type=float, default=120, show_default=True, help="Seconds to wait until every node answers."
+)
 def broker_start(home, nodes, port, timeout):
     "Start the local broker or cluster (or report the running one) and print its status."
     try:
-        kafka = LocalCluster(home, nodes) if nodes and nodes > 1 else LocalBroker(home, port=port) if port else local_kafka(home)
+        kafka = (
+            LocalCluster(home, nodes)
+            if nodes and nodes > 1
+            else LocalBroker(home, port=port) if port else local_kafka(home)
+        )
         kafka.start(timeout)
     except BrokerError as e: raise click.ClickException(str(e))
     click.echo(json.dumps(kafka.status()))
 
 @broker_cli.command("stop")
 @_home
-@click.option("--timeout", type=float, default=30, show_default=True, help="Seconds to wait after SIGTERM before SIGKILL.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=30,
+    show_default=True,
+    help="Seconds to wait after SIGTERM before SIGKILL.",
+)
 def broker_stop(home, timeout):
     "Stop the local broker, or every node of the local cluster, started from this home."
     kafka = local_kafka(home)
-    click.echo(f"stopped Kafka at {kafka.bootstrap_servers}" if kafka.stop(timeout) else f"no Kafka running from {kafka.home}")
+    click.echo(
+        f"stopped Kafka at {kafka.bootstrap_servers}"
+        if kafka.stop(timeout)
+        else f"no Kafka running from {kafka.home}"
+    )
 
 @broker_cli.command("status")
 @_home

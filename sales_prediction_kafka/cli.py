@@ -59,7 +59,11 @@ class LazyGroup(click.Group):
         rows = [(n, short(n).get_short_help_str(limit)) for n in self.list_commands(ctx)]
         with formatter.section("Commands"): formatter.write_dl(rows)
 
-@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="sales-kafka")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs, kafka-python's too.")
 @click.option("-q", "--quiet", is_flag=True, help="Show warnings and errors only.")

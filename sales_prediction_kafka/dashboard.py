@@ -414,10 +414,29 @@ def run_dashboard(host:str="127.0.0.1", # address to bind; loopback unless told 
 
 # %% ../nbs/09a_dashboard.ipynb #093020b4
 @click.command("dashboard")
-@click.option("--host", default="127.0.0.1", show_default=True, help=f"Address to bind; any but loopback needs ${TOKEN_ENV}.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8050, show_default=True, help="Port to listen on; 0 picks a free one.")
-@click.option("--rows", type=click.IntRange(1), default=20, show_default=True, help="Latest messages shown in the table.")
-@click.option("--points", type=click.IntRange(10), default=2000, show_default=True, help="Points kept per chart line.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help=f"Address to bind; any but loopback needs ${TOKEN_ENV}.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8050,
+    show_default=True,
+    help="Port to listen on; 0 picks a free one.",
+)
+@click.option(
+    "--rows",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="Latest messages shown in the table.",
+)
+@click.option(
+    "--points", type=click.IntRange(10), default=2000, show_default=True, help="Points kept per chart line."
+)
 @monitor_options
 def dashboard_command(host, port, rows, points, **options):
     "Serve a live dashboard of the prediction stream, and pages browsing topics, groups, messages and dead letters."

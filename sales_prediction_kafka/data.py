@@ -293,11 +293,37 @@ def aggregate_transactions(df:pd.DataFrame, # one row per transaction
 
 # %% ../nbs/01_data.ipynb #ef2b6b49
 @click.command("generate-data")
-@click.option("--rows", "-n", default=500, show_default=True, type=click.IntRange(min=1), help="Rows to generate (transactions with --transactions).")
-@click.option("--seed", default=42, show_default=True, type=int, help="Random seed; the same seed gives the same file.")
-@click.option("--out", "-o", default="sales.csv", show_default=True, type=click.Path(dir_okay=False), help="CSV file to write.")
-@click.option("--transactions", is_flag=True, help="Write a transaction-level table (Date, Customer_ID, Amount, features) instead of customer rows.")
-@click.option("--customers", default=100, show_default=True, type=click.IntRange(min=1), help="Distinct customers, with --transactions.")
+@click.option(
+    "--rows",
+    "-n",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows to generate (transactions with --transactions).",
+)
+@click.option(
+    "--seed", default=42, show_default=True, type=int, help="Random seed; the same seed gives the same file."
+)
+@click.option(
+    "--out",
+    "-o",
+    default="sales.csv",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="CSV file to write.",
+)
+@click.option(
+    "--transactions",
+    is_flag=True,
+    help="Write a transaction-level table (Date, Customer_ID, Amount, features) instead of customer rows.",
+)
+@click.option(
+    "--customers",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Distinct customers, with --transactions.",
+)
 def generate_data(rows, seed, out, transactions, customers):
     "Generate a seeded sales table with the sample's schema, missing values and outliers."
     df = (

@@ -137,7 +137,9 @@ def dlq_cli():
 
 @dlq_cli.command("list")
 @_options
-@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True, help="Newest dead letters read.")
+@click.option(
+    "--limit", type=click.IntRange(1), default=1000, show_default=True, help="Newest dead letters read."
+)
 def dlq_list_command(bootstrap_servers, topic, to_topic, limit):
     "List the dead letters grouped by reason, most frequent first."
     try:
@@ -149,7 +151,11 @@ def dlq_list_command(bootstrap_servers, topic, to_topic, limit):
 
 @dlq_cli.command("replay")
 @_options
-@click.option("--reason", default=None, help="Only dead letters with this reason (see `dlq list`); default: every reason.")
+@click.option(
+    "--reason",
+    default=None,
+    help="Only dead letters with this reason (see `dlq list`); default: every reason.",
+)
 def dlq_replay_command(bootstrap_servers, topic, to_topic, reason):
     "Send dead letters back to the events topic, each once: a second replay sends nothing again."
     try: sent = replay(_settings(bootstrap_servers), reason, topic, to_topic)

@@ -286,19 +286,90 @@ class Learner:
 # %% ../nbs/09b_learn.ipynb #52bfada3
 @click.command("learn")
 @kafka_options()
-@click.option("--events-topic", default=EVENTS_TOPIC, show_default=True, help="The labelled events to learn from, counted for --every-events.")
-@click.option("--alerts-topic", default=ALERTS_TOPIC, show_default=True, help="Drift alerts start a retrain; decisions are written here too.")
-@click.option("--models-topic", default=MODELS_TOPIC, show_default=True, help="The model registry: challengers, decisions, the champion.")
-@click.option("--runs", type=click.Path(file_okay=False), default="outputs/runs", show_default=True, help="Folder of the retrains' run folders.")
-@click.option("--every-events", type=click.IntRange(1), help="Also retrain after this many new labelled events (default: not on a count).")
-@click.option("--every-seconds", type=click.FloatRange(0, min_open=True), help="Also retrain this often (default: not on a schedule).")
-@click.option("--window", type=click.IntRange(1), default=1000, show_default=True, help="Train on at most this many labelled events, the newest.")
-@click.option("--min-events", type=click.IntRange(1), default=300, show_default=True, help="After a drift alert, train once this many labelled events arrived since it.")
-@click.option("--holdout", type=click.IntRange(1), default=300, show_default=True, help="Judge challenger and champion on this many labelled events newer than the training window.")
-@click.option("--margin", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True, help="Promote only if the challenger's MAE is below (1 - margin) x the champion's.")
-@click.option("--wait", type=click.FloatRange(0), default=300, show_default=True, help="Seconds to wait for the events of --min-events and --holdout.")
-@click.option("-p", "--param", "params", nargs=2, multiple=True, metavar="NAME VALUE", help="A pipeline parameter of every retrain, e.g. -p candidates linear,trees -p epochs 10; repeatable.")
-@click.option("--max-retrains", type=click.IntRange(1), help="Stop after this many decisions (default: run until stopped).")
+@click.option(
+    "--events-topic",
+    default=EVENTS_TOPIC,
+    show_default=True,
+    help="The labelled events to learn from, counted for --every-events.",
+)
+@click.option(
+    "--alerts-topic",
+    default=ALERTS_TOPIC,
+    show_default=True,
+    help="Drift alerts start a retrain; decisions are written here too.",
+)
+@click.option(
+    "--models-topic",
+    default=MODELS_TOPIC,
+    show_default=True,
+    help="The model registry: challengers, decisions, the champion.",
+)
+@click.option(
+    "--runs",
+    type=click.Path(file_okay=False),
+    default="outputs/runs",
+    show_default=True,
+    help="Folder of the retrains' run folders.",
+)
+@click.option(
+    "--every-events",
+    type=click.IntRange(1),
+    help="Also retrain after this many new labelled events (default: not on a count).",
+)
+@click.option(
+    "--every-seconds",
+    type=click.FloatRange(0, min_open=True),
+    help="Also retrain this often (default: not on a schedule).",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Train on at most this many labelled events, the newest.",
+)
+@click.option(
+    "--min-events",
+    type=click.IntRange(1),
+    default=300,
+    show_default=True,
+    help="After a drift alert, train once this many labelled events arrived since it.",
+)
+@click.option(
+    "--holdout",
+    type=click.IntRange(1),
+    default=300,
+    show_default=True,
+    help="Judge challenger and champion on this many labelled events newer than the training window.",
+)
+@click.option(
+    "--margin",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.05,
+    show_default=True,
+    help="Promote only if the challenger's MAE is below (1 - margin) x the champion's.",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(0),
+    default=300,
+    show_default=True,
+    help="Seconds to wait for the events of --min-events and --holdout.",
+)
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="A pipeline parameter of every retrain, e.g. -p candidates linear,trees -p epochs 10; repeatable.",
+)
+@click.option(
+    "--max-retrains",
+    type=click.IntRange(1),
+    help="Stop after this many decisions (default: run until stopped).",
+)
 def learn_command(bootstrap_servers, events_topic, alerts_topic, models_topic, runs, every_events, every_seconds, window,
                   min_events, holdout, margin, wait, params, max_retrains):
     "Retrain on labelled events when drift is seen, N arrive or a schedule says so; promote a challenger only if it is better."

@@ -394,8 +394,15 @@ class SalesModel:
         self.net = build_net(X.shape[1], p["hidden_units"], p["learning_rate"])
         stop = [_numpy_val_loss(keras, self.net, X[val], ys[val]),  # before EarlyStopping reads val_loss
                 keras.callbacks.EarlyStopping(monitor="val_loss", patience=p["patience"], restore_best_weights=True)]
-        h = self.net.fit(X[tr].astype(np.float32), ys[tr], epochs=p["epochs"], batch_size=p["batch_size"], shuffle=True,
-                         verbose=0, callbacks=stop if n_val else [])
+        h = self.net.fit(
+            X[tr].astype(np.float32),
+            ys[tr],
+            epochs=p["epochs"],
+            batch_size=p["batch_size"],
+            shuffle=True,
+            verbose=0,
+            callbacks=stop if n_val else [],
+        )
         self.history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
         self.best_epoch = int(stop[1].best_epoch) + 1 if n_val else len(self.history["loss"])
         self.layers = net_layers(self.net)

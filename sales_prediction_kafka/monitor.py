@@ -608,7 +608,9 @@ def monitor_kwargs(bootstrap_servers, topic, window, seconds, baseline, factor, 
 # %% ../nbs/09_monitor.ipynb #0a368029
 @click.command("monitor")
 @monitor_options
-@click.option("--every", type=click.FloatRange(0.05), default=1.0, show_default=True, help="Seconds between lines.")
+@click.option(
+    "--every", type=click.FloatRange(0.05), default=1.0, show_default=True, help="Seconds between lines."
+)
 def monitor_command(every, **options):
     "Print rolling error statistics of the prediction stream, and raise drift alerts."
     def show(u:Update):

@@ -357,25 +357,67 @@ def resume_run(run_dir, # a run folder whose stream did not finish
 
 # %% ../nbs/10_pipeline.ipynb #61e2ae60
 @click.command("run")
-@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="CSV to learn from (default: the embedded 500-row sample).")
-@click.option("--from-topic", help="Learn from the labelled events (those with the target) on this Kafka topic instead of a CSV.")
-@click.option("--from-last", type=click.IntRange(min=1), help="With --from-topic: only the last N labelled events.")
-@click.option("--from-since", help="With --from-topic: only events written since this time (ISO 8601, UTC if no zone).")
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(dir_okay=False),
+    help="CSV to learn from (default: the embedded 500-row sample).",
+)
+@click.option(
+    "--from-topic",
+    help="Learn from the labelled events (those with the target) on this Kafka topic instead of a CSV.",
+)
+@click.option(
+    "--from-last", type=click.IntRange(min=1), help="With --from-topic: only the last N labelled events."
+)
+@click.option(
+    "--from-since", help="With --from-topic: only events written since this time (ISO 8601, UTC if no zone)."
+)
 @click.option("--target", help="Column to predict (default: Sales).")
 @click.option("--features", help="Comma-separated feature columns (default: all other columns).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Training epochs cap for the nets (default: 50).")
-@click.option("--seed", type=click.IntRange(min=0), help="Random seed for splits, folds and weights (default: 42).")
-@click.option("--model", "model_override", help="Use this model instead of the best by CV RMSE (original_net, net, linear or trees).")
-@click.option("--outliers", type=click.Choice(["auto", "keep", "remove"]), help="Training rows outside the IQR bounds: chosen by CV (auto, the default), kept, or removed as the original notebook did.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), help="Random seed for splits, folds and weights (default: 42)."
+)
+@click.option(
+    "--model",
+    "model_override",
+    help="Use this model instead of the best by CV RMSE (original_net, net, linear or trees).",
+)
+@click.option(
+    "--outliers",
+    type=click.Choice(["auto", "keep", "remove"]),
+    help="Training rows outside the IQR bounds: chosen by CV (auto, the default), kept, or removed as the original notebook did.",
+)
 @click.option("--categorical", help="Comma-separated columns always one-hot encoded.")
-@click.option("--numeric", help="Comma-separated columns always numeric (e.g. ordinal codes with few levels).")
+@click.option(
+    "--numeric", help="Comma-separated columns always numeric (e.g. ordinal codes with few levels)."
+)
 @sales_prediction_kafka.config.kafka_options()  # the --bootstrap-servers every command shares
 @click.option("--topic", help="Topic for the prediction records (default: sales_predictions).")
 @click.option("--no-stream", is_flag=True, help="Train and report only; do not stream to Kafka.")
-@click.option("-p", "--param", "extra", nargs=2, multiple=True, metavar="NAME VALUE", help="Any pipeline parameter (see --list-params); repeatable.")
-@click.option("--out", default="outputs/runs", show_default=True, type=click.Path(file_okay=False), help="Folder that receives the run folder.")
+@click.option(
+    "-p",
+    "--param",
+    "extra",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="Any pipeline parameter (see --list-params); repeatable.",
+)
+@click.option(
+    "--out",
+    default="outputs/runs",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder that receives the run folder.",
+)
 @click.option("--grid", is_flag=True, help="Each -p value is a comma-separated list (';' between values of a list parameter): run every combination as its own run, then print the comparison.")
-@click.option("--list-params", is_flag=True, help="List every pipeline parameter with its default and meaning, then exit.")
+@click.option(
+    "--list-params",
+    is_flag=True,
+    help="List every pipeline parameter with its default and meaning, then exit.",
+)
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR",
               help="Finish the stream of an earlier run: send only its predictions not yet on the topic.")
 def run_command(extra, out, grid, list_params, no_stream, resume_dir, **options):

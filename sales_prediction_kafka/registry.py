@@ -409,7 +409,13 @@ def list_command(bootstrap_servers, topic, as_json):
 @models_cli.command("publish")
 @click.argument("run", required=False, type=click.Path(exists=True, file_okay=False))
 @_registry_options
-@click.option("--runs", type=click.Path(file_okay=False), default="outputs/runs", show_default=True, help="Where the newest run is looked for.")
+@click.option(
+    "--runs",
+    type=click.Path(file_okay=False),
+    default="outputs/runs",
+    show_default=True,
+    help="Where the newest run is looked for.",
+)
 @click.option("--promote", "and_promote", is_flag=True, help="Make it the champion too.")
 def publish_command(run, bootstrap_servers, topic, runs, and_promote):
     "Add the model of RUN (a run folder; default: the newest under --runs) to the registry."

@@ -86,13 +86,37 @@ def replay(events, # event dicts, e.g. from `table_events`
 @click.argument("csv", type=click.Path(exists=True, dir_okay=False))
 @kafka_options()
 @click.option("--topic", default=EVENTS_TOPIC, show_default=True, help="Topic to send the events to.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Events per second (default: as fast as possible).")
-@click.option("--first-id", type=click.IntRange(0), default=0, show_default=True, help="Event id of the first row; the others count up.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Events per second (default: as fast as possible).",
+)
+@click.option(
+    "--first-id",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Event id of the first row; the others count up.",
+)
 @click.option("--limit", type=click.IntRange(1), help="Send only the first N rows.")
-@click.option("--repeat", type=click.IntRange(1), default=1, show_default=True, help="Send the table this many times (ids keep counting up).")
-@click.option("--target", default="Sales", show_default=True, help="The actual-sales column (sent when present).")
+@click.option(
+    "--repeat",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Send the table this many times (ids keep counting up).",
+)
+@click.option(
+    "--target", default="Sales", show_default=True, help="The actual-sales column (sent when present)."
+)
 @click.option("--sep", default=",", show_default=True, help="Field delimiter of the CSV.")
-@click.option("--partitions", type=int, default=PARTITIONS, show_default=True, help="Partitions of the topic, if this command creates it.")
+@click.option(
+    "--partitions",
+    type=int,
+    default=PARTITIONS,
+    show_default=True,
+    help="Partitions of the topic, if this command creates it.",
+)
 @click.option("--shift-after", type=click.IntRange(0), help="From the K-th event on, double the marketing spend and add $300 per spending-score point to sales (the continual-learning demo).")
 def replay_command(csv, bootstrap_servers, topic, rate, first_id, limit, repeat, target, sep, partitions, shift_after):
     "Send the rows of a sales CSV as events (the load generator for demos, tests and benchmarks)."

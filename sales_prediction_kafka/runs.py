@@ -152,7 +152,13 @@ def run_summary(run:Path|str) -> str:
 
 # %% ../nbs/10a_runs.ipynb #9d6c1fd1
 @click.command("runs")
-@click.option("--out", default=str(RUNS_BASE), show_default=True, type=click.Path(file_okay=False), help="Folder of run folders.")
+@click.option(
+    "--out",
+    default=str(RUNS_BASE),
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder of run folders.",
+)
 @click.option("--html", "write", is_flag=True, help="Also rewrite <out>/index.html.")
 def runs_command(out, write):
     "One line per pipeline run: time, data, rows, chosen model, test MAPE/RMSE/R², records streamed, changed parameters."

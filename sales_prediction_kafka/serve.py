@@ -718,24 +718,100 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the regi
 
 # %% ../nbs/08_serve.ipynb #82de7b56
 @click.command("serve")
-@click.option("--model", "model", type=click.Path(exists=True, file_okay=False), help="Model folder or run folder (default: the registry's champion, else the newest run under --runs).")
-@click.option("--runs", type=click.Path(file_okay=False), default=str(RUNS_DIR), show_default=True, help="Folder of run folders, searched when --model is not given.")
+@click.option(
+    "--model",
+    "model",
+    type=click.Path(exists=True, file_okay=False),
+    help="Model folder or run folder (default: the registry's champion, else the newest run under --runs).",
+)
+@click.option(
+    "--runs",
+    type=click.Path(file_okay=False),
+    default=str(RUNS_DIR),
+    show_default=True,
+    help="Folder of run folders, searched when --model is not given.",
+)
 @kafka_options("Most events in one micro-batch.", 500)
-@click.option("--group-id", default="sales-scorers", show_default=True, help="Consumer group; workers with the same group share the partitions.")
+@click.option(
+    "--group-id",
+    default="sales-scorers",
+    show_default=True,
+    help="Consumer group; workers with the same group share the partitions.",
+)
 @click.option("--worker-id", help="Stable id of this worker (default: <host>-<pid>); give it again on restart so an exactly-once worker fences its dead predecessor at once.")
-@click.option("--exactly-once", is_flag=True, help="Consume-transform-produce in Kafka transactions (readers must use read_committed).")
-@click.option("--max-event-bytes", type=click.IntRange(1), default=MAX_EVENT_BYTES, show_default=True, help="Larger events are dead-lettered as oversized.")
+@click.option(
+    "--exactly-once",
+    is_flag=True,
+    help="Consume-transform-produce in Kafka transactions (readers must use read_committed).",
+)
+@click.option(
+    "--max-event-bytes",
+    type=click.IntRange(1),
+    default=MAX_EVENT_BYTES,
+    show_default=True,
+    help="Larger events are dead-lettered as oversized.",
+)
 @click.option("--events-topic", default=EVENTS_TOPIC, show_default=True, help="Topic of the sales events.")
-@click.option("--predictions-topic", default=PREDICTIONS_TOPIC, show_default=True, help="Topic of the prediction records.")
-@click.option("--dead-letter-topic", default=DEAD_LETTER_TOPIC, show_default=True, help="Topic of the events that could not be scored.")
-@click.option("--partitions", type=int, default=PARTITIONS, show_default=True, help="Partitions of topics this command creates.")
-@click.option("--session-timeout", type=click.IntRange(1), default=10, show_default=True, help="Seconds after which a silent worker is dropped from the group.")
-@click.option("--transaction-timeout", type=click.IntRange(1), default=30, show_default=True, help="Seconds after which a dead worker's open transaction is aborted.")
-@click.option("--metrics-file", type=click.Path(dir_okay=False), help="JSON file rewritten with the worker's metrics.")
-@click.option("--metrics-every", type=float, default=5.0, show_default=True, help="Seconds between metric reports (log line and file).")
-@click.option("--idle-exit", type=float, help="Stop after this many seconds without events (default: run until SIGTERM or Ctrl-C).")
-@click.option("--models-topic", default=MODELS_TOPIC, show_default=True, help="The model registry whose champion is followed.")
-@click.option("--follow/--no-follow", default=True, show_default=True, help="Swap in each champion promoted while running, between micro-batches.")
+@click.option(
+    "--predictions-topic",
+    default=PREDICTIONS_TOPIC,
+    show_default=True,
+    help="Topic of the prediction records.",
+)
+@click.option(
+    "--dead-letter-topic",
+    default=DEAD_LETTER_TOPIC,
+    show_default=True,
+    help="Topic of the events that could not be scored.",
+)
+@click.option(
+    "--partitions",
+    type=int,
+    default=PARTITIONS,
+    show_default=True,
+    help="Partitions of topics this command creates.",
+)
+@click.option(
+    "--session-timeout",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Seconds after which a silent worker is dropped from the group.",
+)
+@click.option(
+    "--transaction-timeout",
+    type=click.IntRange(1),
+    default=30,
+    show_default=True,
+    help="Seconds after which a dead worker's open transaction is aborted.",
+)
+@click.option(
+    "--metrics-file", type=click.Path(dir_okay=False), help="JSON file rewritten with the worker's metrics."
+)
+@click.option(
+    "--metrics-every",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds between metric reports (log line and file).",
+)
+@click.option(
+    "--idle-exit",
+    type=float,
+    help="Stop after this many seconds without events (default: run until SIGTERM or Ctrl-C).",
+)
+@click.option(
+    "--models-topic",
+    default=MODELS_TOPIC,
+    show_default=True,
+    help="The model registry whose champion is followed.",
+)
+@click.option(
+    "--follow/--no-follow",
+    default=True,
+    show_default=True,
+    help="Swap in each champion promoted while running, between micro-batches.",
+)
 def serve_command(model, runs, bootstrap_servers, partitions, session_timeout, transaction_timeout, metrics_file, metrics_every, idle_exit,
                   models_topic, follow, **worker):
     "Score live sales events as a worker in a consumer group; predictions to the predictions topic, bad events to the dead-letter topic."

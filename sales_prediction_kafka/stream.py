@@ -59,7 +59,12 @@ class StreamError(ValueError):
 
 def prediction_record(index:int, actual:float, predicted:float) -> dict:
     "One prediction message: the seed's four fields."
-    return {"prediction_index": index, "predicted_sales": predicted, "actual_sales": actual, "error": actual - predicted}
+    return {
+        "prediction_index": index,
+        "predicted_sales": predicted,
+        "actual_sales": actual,
+        "error": actual - predicted,
+    }
 
 # %% ../nbs/07_stream.ipynb #52f9cfd4
 def _type_text(p:dict) -> str:
@@ -98,14 +103,17 @@ def _check(i:int, r:dict):
         if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
             raise StreamError(f"record {i} (prediction_index={idx}): {k} is {v!r}, not a finite number")
     if not math.isclose(r["error"], r["actual_sales"] - r["predicted_sales"], rel_tol=1e-9, abs_tol=1e-9):
-        raise StreamError(f"record {i} (prediction_index={idx}): error {r['error']} != actual_sales - predicted_sales")
+        raise StreamError(
+            f"record {i} (prediction_index={idx}): error {r['error']} != actual_sales - predicted_sales"
+        )
 
 def check_records(records:list[dict]) -> list[dict]:
     "`records` if every one is a valid prediction message with a unique index, else a `StreamError` naming the first bad one."
     seen = set()
     for i, r in enumerate(records):
         _check(i, r)
-        if r["prediction_index"] in seen: raise StreamError(f"record {i}: prediction_index {r['prediction_index']} appears twice")
+        if r["prediction_index"] in seen:
+            raise StreamError(f"record {i}: prediction_index {r['prediction_index']} appears twice")
         seen.add(r["prediction_index"])
     return records
 
@@ -116,15 +124,23 @@ def prediction_records(index:Iterable[int], # one id per prediction (e.g. the te
     "Validated prediction messages from three equally long sequences (lists, arrays or Series)."
     index, actual, predicted = list(index), list(actual), list(predicted)
     if not len(index) == len(actual) == len(predicted):
-        raise StreamError(f"index, actual and predicted differ in length: {len(index)}, {len(actual)}, {len(predicted)}")
-    return check_records([prediction_record(int(i) if isinstance(i, numbers.Integral) else i, float(a), float(p))
-                          for i, a, p in zip(index, actual, predicted)])
+        raise StreamError(
+            f"index, actual and predicted differ in length: {len(index)}, {len(actual)}, {len(predicted)}"
+        )
+    return check_records(
+        [
+            prediction_record(int(i) if isinstance(i, numbers.Integral) else i, float(a), float(p))
+            for i, a, p in zip(index, actual, predicted)
+        ]
+    )
 
 # %% ../nbs/07_stream.ipynb #e13a95a9
 def check_topic(topic:str) -> str:
     "`topic` if Kafka accepts it as a topic name, else a `StreamError` that says why."
     if not isinstance(topic, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic) or topic in (".", ".."):
-        raise StreamError(f"invalid topic name {topic!r}: use 1-249 characters from letters, digits, '.', '_' and '-' (not '.' or '..')")
+        raise StreamError(
+            f"invalid topic name {topic!r}: use 1-249 characters from letters, digits, '.', '_' and '-' (not '.' or '..')"
+        )
     return topic
 
 # %% ../nbs/07_stream.ipynb #07b4abde
@@ -147,7 +163,9 @@ class _Errors(logging.Handler):
         return (auth or rest or [default])[-1]
     def closed_by_broker(self) -> bool:
         "The broker accepted connections and then dropped them (how a SASL listener refuses a login), never refused one."
-        return any("disconnected" in m for m in self.seen) and not any("refused" in m.lower() for m in self.seen)
+        return any("disconnected" in m for m in self.seen) and not any(
+            "refused" in m.lower() for m in self.seen
+        )
 
 def _connect(cls, settings:KafkaSettings, timeout:float, **kw):
     "A kafka-python client of class `cls`, or a one-line error saying why the cluster did not answer."
@@ -159,10 +177,14 @@ def _connect(cls, settings:KafkaSettings, timeout:float, **kw):
         if "Authentication" not in why and settings.security_protocol.startswith("SASL") and seen.closed_by_broker():
             why = "the broker closed the connection during SASL authentication (wrong username or password?)"
         if "Authentication" in why or "SASL authentication" in why:
-            raise AuthenticationFailed(f"Kafka at {settings.bootstrap_servers} refused user {settings.sasl_plain_username!r} "
-                                       f"({settings.security_protocol}/{settings.sasl_mechanism}): {why}") from None
-        raise BrokerUnreachable(f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f} s "
-                                f"({why}); start one with `sales-kafka broker start` or set KAFKA_BOOTSTRAP_SERVERS") from None
+            raise AuthenticationFailed(
+                f"Kafka at {settings.bootstrap_servers} refused user {settings.sasl_plain_username!r} "
+                f"({settings.security_protocol}/{settings.sasl_mechanism}): {why}"
+            ) from None
+        raise BrokerUnreachable(
+            f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f} s "
+            f"({why}); start one with `sales-kafka broker start` or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from None
     finally: kafka_log.removeHandler(seen)
 
 def admin_client(settings:KafkaSettings, timeout:float=CONNECT_TIMEOUT, **kw) -> KafkaAdminClient:
@@ -191,10 +213,16 @@ PARTITIONS = 3  # partitions of a topic this project creates
 REPLICATION = None  # its replication factor; None: the cluster's default.replication.factor (3 on a LocalCluster)
 
 def _replication_error(e:Exception, topic:str, replication:int|None, admin, servers:str) -> StreamError:
-    asked = replication or (m.group(1) if (m := re.search(r"replication factor of (\d+)", str(e))) else "default.replication.factor")
+    asked = replication or (
+        m.group(1)
+        if (m := re.search(r"replication factor of (\d+)", str(e)))
+        else "default.replication.factor"
+    )
     brokers = len(admin.describe_cluster()["brokers"])
-    return StreamError(f"cannot create topic {topic!r} with replication factor {asked}: the cluster at {servers} "
-                       f"has {brokers} broker(s) available; ask for at most {brokers} replicas or start more brokers")
+    return StreamError(
+        f"cannot create topic {topic!r} with replication factor {asked}: the cluster at {servers} "
+        f"has {brokers} broker(s) available; ask for at most {brokers} replicas or start more brokers"
+    )
 
 def ensure_topic(settings:KafkaSettings, topic:str, partitions:int=PARTITIONS,
                  replication:int|None=REPLICATION # replicas per partition; None: the cluster's default
@@ -206,7 +234,12 @@ def ensure_topic(settings:KafkaSettings, topic:str, partitions:int=PARTITIONS,
         try: admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": replication or -1}}, wait_for_metadata=True)
         except TopicAlreadyExistsError: return False
         except InvalidReplicationFactorError as e: raise _replication_error(e, topic, replication, admin, settings.bootstrap_servers) from None
-        log.info("created topic %s (%d partitions, replication %s)", topic, partitions, replication or "the cluster's default")
+        log.info(
+            "created topic %s (%d partitions, replication %s)",
+            topic,
+            partitions,
+            replication or "the cluster's default",
+        )
         return True
     finally: admin.close()
 
@@ -230,16 +263,26 @@ class StreamSummary:
 
     def as_dict(self) -> dict:
         "A JSON-ready dict (partitions as string keys), with the rate."
-        return asdict(self) | {"offsets": {str(p): o for p, o in sorted(self.offsets.items())}, "rate": round(self.rate, 1)}
+        return asdict(self) | {
+            "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
+            "rate": round(self.rate, 1),
+        }
 
     def __str__(self):
         ranges = ", ".join(f"p{p}: {a}-{b}" for p, (a, b) in sorted(self.offsets.items()))
-        return (f"{self.total} records to {self.topic} at {self.bootstrap_servers} in {self.elapsed:.2f} s "
-                f"({self.rate:,.0f}/s); offsets {ranges}" + (f"; {self.skipped} already there" if self.skipped else ""))
+        return (
+            f"{self.total} records to {self.topic} at {self.bootstrap_servers} in {self.elapsed:.2f} s "
+            f"({self.rate:,.0f}/s); offsets {ranges}"
+            + (f"; {self.skipped} already there" if self.skipped else "")
+        )
 
 # %% ../nbs/07_stream.ipynb #4db6c806
 def _headers(run_id, model_version) -> list[tuple[str, bytes]]:
-    meta = {"run_id": run_id, "model_version": model_version, "produced_at": datetime.now(timezone.utc).isoformat()}
+    meta = {
+        "run_id": run_id,
+        "model_version": model_version,
+        "produced_at": datetime.now(timezone.utc).isoformat(),
+    }
     return [(k, str(v).encode()) for k, v in meta.items() if v is not None]
 
 class StreamIncomplete(StreamError):
@@ -248,16 +291,20 @@ class StreamIncomplete(StreamError):
         super().__init__(message)
         self.unacknowledged = unacknowledged
 
-_MEANING = {"NotEnoughReplicasError": "fewer in-sync replicas than min.insync.replicas",
-            "NotEnoughReplicasAfterAppendError": "fewer in-sync replicas than min.insync.replicas",
-            "RequestTimedOutError": "the leader's in-sync replicas did not confirm in time, as acks=all needs",
-            "KafkaConnectionError": "a broker could not be reached",
-            "NotLeaderForPartitionError": "a partition's leader had moved or was gone"}
+_MEANING = {
+    "NotEnoughReplicasError": "fewer in-sync replicas than min.insync.replicas",
+    "NotEnoughReplicasAfterAppendError": "fewer in-sync replicas than min.insync.replicas",
+    "RequestTimedOutError": "the leader's in-sync replicas did not confirm in time, as acks=all needs",
+    "KafkaConnectionError": "a broker could not be reached",
+    "NotLeaderForPartitionError": "a partition's leader had moved or was gone",
+}
 
 def retry_reasons(warnings:list[str]) -> str:
     "The errors kafka-python retried on, from its log `warnings`, most frequent first, each with what it means."
     errors = Counter(m.group(1) for w in warnings if (m := re.search(r"retrying \(.*?\): (\w+)", w)))
-    return ", ".join(f"{e} x{n}" + (f" ({_MEANING[e]})" if e in _MEANING else "") for e, n in errors.most_common())
+    return ", ".join(
+        f"{e} x{n}" + (f" ({_MEANING[e]})" if e in _MEANING else "") for e, n in errors.most_common()
+    )
 
 def summarise_sends(futures:list, topic:str, servers:str, elapsed:float,
                     keys:list|None=None, # each future's record key, to name the unacknowledged ones
@@ -268,10 +315,13 @@ def summarise_sends(futures:list, topic:str, servers:str, elapsed:float,
     failed = [i for i, f in enumerate(futures) if not f.succeeded()]
     if failed:
         first = futures[failed[0]].exception or "no acknowledgement in time"
-        raise StreamIncomplete(f"{len(failed)} of {len(futures)} records to {topic} at {servers} were not acknowledged "
-                               f"({len(futures) - len(failed)} were); first error: {first!r}"
-                               + (f"; the producer retried on {why}" if why else "") + (f"; {hint}" if hint else ""),
-                               [keys[i] for i in failed] if keys else [])
+        raise StreamIncomplete(
+            f"{len(failed)} of {len(futures)} records to {topic} at {servers} were not acknowledged "
+            f"({len(futures) - len(failed)} were); first error: {first!r}"
+            + (f"; the producer retried on {why}" if why else "")
+            + (f"; {hint}" if hint else ""),
+            [keys[i] for i in failed] if keys else [],
+        )
     offsets = {}
     for f in futures:
         md = f.value
@@ -307,25 +357,40 @@ def stream_predictions(records:list[dict], # prediction messages, e.g. from `pre
         there = set() if created else set(run_values(settings, topic, run_id))
         todo = [r for r in records if r["prediction_index"] not in there]
         skipped, records = len(records) - len(todo), todo
-        log.info("resuming run %s: %d records already on %s, %d to send", run_id, skipped, topic, len(records))
+        log.info(
+            "resuming run %s: %d records already on %s, %d to send", run_id, skipped, topic, len(records)
+        )
     headers, ms = _headers(run_id, model_version), int(timeout * 1000)
     p = producer(settings, delivery_timeout_ms=ms, request_timeout_ms=min(30_000, ms // 2))
     kafka_log, seen = logging.getLogger("kafka"), _Errors()
     kafka_log.addHandler(seen)
     try:
         t0 = time.monotonic()
-        futures = [p.send(topic, key=str(r["prediction_index"]), value=r, headers=headers)
-                   for r in tqdm(records, desc=f"streaming to {topic}", unit="rec", disable=not progress, mininterval=0.5)]
+        futures = [
+            p.send(topic, key=str(r["prediction_index"]), value=r, headers=headers)
+            for r in tqdm(
+                records, desc=f"streaming to {topic}", unit="rec", disable=not progress, mininterval=0.5
+            )
+        ]
         try: p.flush(timeout + 10)  # kafka-python may not expire a batch whose leader is gone: never wait longer
         except KafkaTimeoutError: pass  # the unacknowledged records are reported below
         elapsed = time.monotonic() - t0
     finally:
         close_producer(p)
         kafka_log.removeHandler(seen)
-    summary = summarise_sends(futures, topic, settings.bootstrap_servers, elapsed, [r["prediction_index"] for r in records],
-                              retry_reasons(seen.seen), "running the same stream again with resume=True sends only those "
-                              "(for a pipeline run: `sales-kafka run --resume RUN_DIR`)",
-                              run_id=run_id, model_version=model_version, skipped=skipped)
+    summary = summarise_sends(
+        futures,
+        topic,
+        settings.bootstrap_servers,
+        elapsed,
+        [r["prediction_index"] for r in records],
+        retry_reasons(seen.seen),
+        "running the same stream again with resume=True sends only those "
+        "(for a pipeline run: `sales-kafka run --resume RUN_DIR`)",
+        run_id=run_id,
+        model_version=model_version,
+        skipped=skipped,
+    )
     log.info("streamed %s", summary)
     return summary
 
@@ -336,9 +401,15 @@ def _decode(b:bytes|None):
     except ValueError: return b.decode("utf-8", errors="replace")
 
 def _message(m) -> dict:
-    return {"topic": m.topic, "partition": m.partition, "offset": m.offset, "key": m.key.decode() if m.key is not None else None,
-            "value": _decode(m.value), "headers": {k: v.decode(errors="replace") for k, v in (m.headers or [])},
-            "timestamp": m.timestamp}
+    return {
+        "topic": m.topic,
+        "partition": m.partition,
+        "offset": m.offset,
+        "key": m.key.decode() if m.key is not None else None,
+        "value": _decode(m.value),
+        "headers": {k: v.decode(errors="replace") for k, v in (m.headers or [])},
+        "timestamp": m.timestamp,
+    }
 
 def messages(settings:KafkaSettings, topic:str=PREDICTIONS_TOPIC,
              start:dict|str="beginning", # partition -> first offset, or "beginning" or "end"
@@ -352,7 +423,11 @@ def messages(settings:KafkaSettings, topic:str=PREDICTIONS_TOPIC,
         if not parts: raise StreamError(f"topic {topic!r} does not exist at {settings.bootstrap_servers}")
         tps = [TopicPartition(topic, p) for p in sorted(parts) if isinstance(start, str) or p in start]
         c.assign(tps)
-        firsts = c.beginning_offsets(tps) if start == "beginning" else c.end_offsets(tps) if start == "end" else {tp: start[tp.partition] for tp in tps}
+        firsts = (
+            c.beginning_offsets(tps)
+            if start == "beginning"
+            else c.end_offsets(tps) if start == "end" else {tp: start[tp.partition] for tp in tps}
+        )
         ends = c.end_offsets(tps) if stop == "end" else stop and {tp: stop.get(tp.partition, 0) for tp in tps}
         for tp, o in firsts.items(): c.seek(tp, o)
         n, last = 0, time.monotonic()
@@ -383,12 +458,20 @@ def verify_stream(summary:StreamSummary, records:list[dict], settings:KafkaSetti
     for m in got:
         v = m["value"]
         if not isinstance(v, dict) or m["key"] != str(v.get("prediction_index")) or v.get("prediction_index") in by_index:
-            raise StreamError(f"unexpected message at {summary.topic} p{m['partition']} offset {m['offset']}: key {m['key']!r}, value {v!r}")
+            raise StreamError(
+                f"unexpected message at {summary.topic} p{m['partition']} offset {m['offset']}: key {m['key']!r}, value {v!r}"
+            )
         by_index[v["prediction_index"]] = v
     missing = [r["prediction_index"] for r in records if r["prediction_index"] not in by_index]
-    changed = [r["prediction_index"] for r in records if r["prediction_index"] in by_index and by_index[r["prediction_index"]] != r]
+    changed = [
+        r["prediction_index"]
+        for r in records
+        if r["prediction_index"] in by_index and by_index[r["prediction_index"]] != r
+    ]
     if missing or changed or len(got) != len(records):
-        raise StreamError(f"{summary.topic}: read {len(got)} of {len(records)} records; missing indexes {missing[:10]}, changed {changed[:10]}")
+        raise StreamError(
+            f"{summary.topic}: read {len(got)} of {len(records)} records; missing indexes {missing[:10]}, changed {changed[:10]}"
+        )
     return len(records)
 
 # %% ../nbs/07_stream.ipynb #bb769e16
@@ -408,8 +491,10 @@ def wait_in_sync(settings:KafkaSettings, topic:str, timeout:float=60):
         while behind := [p["partition_index"] for p in admin.describe_topics([topic])[0]["partitions"]
                          if set(p["isr_nodes"]) != set(p["replica_nodes"])]:
             if time.monotonic() > deadline:
-                raise StreamError(f"{topic}: partitions {behind} still have replicas out of sync after {timeout:.0f} s; resume when "
-                                  "the cluster has recovered (records above a partition's high watermark cannot be checked yet)")
+                raise StreamError(
+                    f"{topic}: partitions {behind} still have replicas out of sync after {timeout:.0f} s; resume when "
+                    "the cluster has recovered (records above a partition's high watermark cannot be checked yet)"
+                )
             time.sleep(0.5)
     finally: admin.close()
 
@@ -417,8 +502,12 @@ def verify_run(records:list[dict], settings:KafkaSettings, topic:str, run_id:str
     "The number of `records` on `topic` for run `run_id`, each exactly once and unchanged; else a `StreamError` counting."
     got = run_values(settings, topic, run_id, timeout)
     lost = [r["prediction_index"] for r in records if r["prediction_index"] not in got]
-    changed = [r["prediction_index"] for r in records if any(v != r for v in got.get(r["prediction_index"], []))]
-    dupes, extra = sum(len(v) - 1 for v in got.values()), len(set(got) - {r["prediction_index"] for r in records})
+    changed = [
+        r["prediction_index"] for r in records if any(v != r for v in got.get(r["prediction_index"], []))
+    ]
+    dupes, extra = sum(len(v) - 1 for v in got.values()), len(
+        set(got) - {r["prediction_index"] for r in records}
+    )
     if lost or changed or dupes or extra:
         raise StreamError(f"{topic}, run {run_id}: {len(lost)} lost {lost[:10]}, {dupes} duplicated, "
                           f"{len(changed)} changed {changed[:10]}, {extra} not in the run's records")
@@ -430,7 +519,12 @@ def verify_run(records:list[dict], settings:KafkaSettings, topic:str, run_id:str
 @kafka_options("Stop after this many records.")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record instead of the end.")
 @click.option("--follow", is_flag=True, help="Keep printing new records (implied without --from-beginning).")
-@click.option("--timeout", type=float, default=None, help="Stop after this many seconds without a record; default: 10 s unless following.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Stop after this many seconds without a record; default: 10 s unless following.",
+)
 def consume_cli(topic, bootstrap_servers, from_beginning, follow, max_records, timeout):
     "Print records from a topic as JSON lines."
     follow = follow or not from_beginning

@@ -7,7 +7,7 @@ from sales_prediction_kafka.broker import LocalBroker
 from sales_prediction_kafka.config import kafka_settings, redacted
 from sales_prediction_kafka.data import SAMPLE_CSV
 from sales_prediction_kafka.stream import messages, prediction_records, stream_predictions
-from helpers import SALES_KAFKA, kafka_warnings
+from helpers import SALES_KAFKA, kafka_warnings, run_folder
 
 PASSWORD = "pw-" + secrets.token_urlsafe(12)  # random: if it shows up anywhere, this run wrote it
 ADMIN_PASSWORD = "adm-" + secrets.token_urlsafe(12)
@@ -94,7 +94,7 @@ def test_pipeline_never_writes_the_password(sasl_broker, tmp_path):
     r, took = sales_kafka("-v", "run", "-p", "epochs", "2", "-p", "cv_folds", "2", "--topic", "sasl_predictions", "--out", tmp_path/"runs",
                           env=sasl_env(sasl_broker), cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    run, = (tmp_path/"runs").iterdir()
+    run = tmp_path/run_folder(r.stdout)  # (the runs folder also holds its index.html)
     stream = json.loads((run/"metrics.json").read_text())["stream"]
     assert stream["total"] > 0 and stream["verified"] is True, stream  # it really streamed through SASL
     files = [p for p in tmp_path.rglob("*") if p.is_file()]

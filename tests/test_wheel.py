@@ -4,7 +4,7 @@ import json, os, subprocess, sys, tarfile, time, zipfile
 from importlib.metadata import distributions
 from pathlib import Path
 import pytest
-from helpers import ROOT
+from helpers import ROOT, run_folder
 
 SOURCE = ROOT/"nbs"/"pipelines"/"sales_pipeline.ipynb"
 QUICK = ["-p", "epochs", "2", "-p", "cv_folds", "2"]  # the full code path, few epochs
@@ -74,11 +74,11 @@ def test_installed_library_is_not_the_checkout(installed):
 @pytest.mark.slow
 def test_installed_sales_kafka_run(installed):
     "`sales-kafka run --no-stream` from a folder outside the checkout: a run folder with the report and metrics.json."
-    run(installed, "sales-kafka", "run", "--no-stream", *QUICK, "--out", "runs")
-    folder, = (installed["work"]/"runs").iterdir()
+    r = run(installed, "sales-kafka", "run", "--no-stream", *QUICK, "--out", "runs")
+    folder = installed["work"]/run_folder(r.stdout)
     assert {"report.html", "report.ipynb", "metrics.json", "params.json"} <= {p.name for p in folder.iterdir()}
     m = json.loads((folder/"metrics.json").read_text())
-    assert m["cleaning"]["rows_before"] == 500 and m["test"]["n"] > 0 and "stream" not in m, sorted(m)  # the embedded sample, not streamed
+    assert m["data"]["rows"] == 500 and m["test"]["n"] > 0 and "stream" not in m, sorted(m)  # the embedded sample, not streamed
 
 @pytest.mark.slow
 def test_installed_notebook_runs_in_papermill(installed):

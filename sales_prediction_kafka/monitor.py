@@ -213,7 +213,7 @@ class DriftDetector:
                  factor:float=1.5, # alert when the rolling MAE exceeds factor × baseline
                  band:float=1.0, # alert when |rolling bias| exceeds band × baseline
                  min_records:int=50, # the window must hold this many records first
-                 rearm:float=0.8): # an episode ends only when every figure falls below rearm × its limit
+                 rearm:float=0.8): # an episode ends when every figure stays below rearm × its limit for min_records checks
         if not baseline_mae > 0: raise ValueError(f"baseline MAE must be positive, got {baseline_mae}")
         self.baseline_mae, self.factor, self.band, self.min_records, self.rearm = (
             baseline_mae,
@@ -223,6 +223,7 @@ class DriftDetector:
             rearm,
         )
         self.active = False  # inside an episode: alerts are held back until it ends
+        self.calm = 0  # checks in a row, inside an episode, with every figure below rearm × its limit
         self.alerts = 0
 
     @property
@@ -248,7 +249,8 @@ class DriftDetector:
     def check(self, f:dict) -> list[str]|None:
         "The reasons if `f` starts a new episode of drift, else None; an episode ends when the figures fall clearly back."
         if self.active:
-            self.active = bool(self.reasons(f, self.rearm))
+            self.calm = 0 if self.reasons(f, self.rearm) else self.calm + 1
+            self.active = self.calm < self.min_records  # a whole window of calm, not one lucky one
             return None
         reasons = self.reasons(f)
         if not reasons: return None

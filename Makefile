@@ -4,18 +4,19 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat settings.ini setup.py | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat settings.ini setup.py tools/lab/overrides.json | cksum | cut -d' ' -f1)
 
 .PHONY: help setup browser run test test-fast check-export export readme docs lab bench example
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
-$(STAMP): settings.ini setup.py
+$(STAMP): settings.ini setup.py tools/lab/overrides.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name sales-prediction-kafka --display-name 'Python (sales-prediction-kafka)' >/dev/null
+	mkdir -p $(VENV)/share/jupyter/lab/settings && cp tools/lab/overrides.json $(VENV)/share/jupyter/lab/settings/  # no news prompt
 	rm -f $(VENV)/.installed-*; touch $@
 
 setup: $(STAMP)  ## create .venv and install the project with its dev tools

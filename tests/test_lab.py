@@ -62,6 +62,19 @@ def test_project_kernel_offered(lab):
     assert spec["language"] == "python" and "sales-prediction-kafka" in spec["display_name"]
 
 @pytest.mark.lab
+def test_no_news_prompt(lab):
+    "The project's Lab settings answer Jupyter's news question (never fetch), so Lab opens without asking it."
+    base, token = lab
+    got = json.loads(get(f"{base}/lab/api/settings/@jupyterlab/apputils-extension:notification", token)[1])
+    defaults = {k: got["schema"]["properties"][k]["default"] for k in ("fetchNews", "checkForUpdates")}  # overrides.json
+    assert defaults == {"fetchNews": "false", "checkForUpdates": False}, defaults
+
+def test_every_chapter_opens_on_the_project_kernel():
+    "No chapter asks 'Select Kernel' in Lab: each names the project's kernel."
+    names = {p.name: nbformat.read(p, as_version=4).metadata.get("kernelspec", {}).get("name") for p in (ROOT/"nbs").glob("*.ipynb")}
+    assert set(names.values()) == {KERNEL}, names
+
+@pytest.mark.lab
 def test_chapter_runs_in_project_kernel():
     "nbs/00_config.ipynb runs top to bottom in the project kernel, which imports the library from this checkout."
     nb = nbformat.read(ROOT / "nbs" / "00_config.ipynb", as_version=4)

@@ -34,8 +34,8 @@ __all__ = ['log', 'KINDS', 'MODEL_JSON', 'ORIGINAL_FEATURES', 'CANDIDATES', 'CAN
            'is_categorical', 'is_id_like', 'FeaturePlan', 'plan_features', 'FeatureError', 'UnknownCategory',
            'Preprocessor', 'build_net', 'net_layers', 'forward', 'SalesModel', 'plot_training', 'save_model',
            'load_model', 'original_baseline_r2', 'candidate_name', 'make_model', 'default_candidates',
-           'outlier_policies', 'cv_scores', 'summarise_cv', 'compare_models', 'select_model', 'selection_reason',
-           'Selection', 'choose_model', 'permutation_importance', 'plot_importance']
+           'outlier_policies', 'cv_scores', 'summarise_cv', 'compare_models', 'plot_cv_training', 'select_model',
+           'selection_reason', 'Selection', 'choose_model', 'permutation_importance', 'plot_importance']
 
 # %% ../nbs/04_models.ipynb #4557a8de
 def split(df:pd.DataFrame,
@@ -644,7 +644,7 @@ def cv_scores(df:pd.DataFrame, # the training split
               k:int=5, # folds
               progress:bool=True, # show a progress bar over models and folds
               **model_args) -> pd.DataFrame: # `make_model` arguments: target, features, seed, epochs ...
-    "RMSE, MAE, MAPE and R² of every candidate and outlier policy on every one of the same `k` folds."
+    "RMSE, MAE, MAPE and R² of every candidate and outlier policy on each of the same `k` folds; nets' loss curves."
     target, seed = model_args.get("target", TARGET), model_args.get("seed", 42)
     df = df[df[target].notna()]
     candidates = (
@@ -661,9 +661,8 @@ def cv_scores(df:pd.DataFrame, # the training split
                 bar.set_postfix_str(f"{name} ({policy}) fold {i + 1}/{k}")
                 m = make_model(name, outliers=policy, **model_args).fit(df.iloc[tr])
                 pred = m.predict(df.iloc[va], unknown="ignore")
-                rows.append(
-                    {"model": name, "outliers": policy, "fold": i + 1, **scores(df[target].iloc[va], pred)}
-                )
+                rows.append({"model": name, "outliers": policy, "fold": i + 1, **scores(df[target].iloc[va], pred),
+                             "history": m.history})
                 bar.update()
     return pd.DataFrame(rows)
 
@@ -678,6 +677,22 @@ def summarise_cv(folds:pd.DataFrame) -> pd.DataFrame:
 def compare_models(train_df:pd.DataFrame, **kwargs) -> pd.DataFrame:
     "The cross-validated comparison table: one row per candidate and outlier policy, best CV RMSE first."
     return summarise_cv(cv_scores(train_df, **kwargs))
+
+# %% ../nbs/04_models.ipynb #e7ef9866
+def plot_cv_training(folds:pd.DataFrame # `cv_scores` output
+                    ) -> Figure:
+    "Validation loss by epoch of every net fold of a comparison: one panel per net and outlier policy."
+    nets = folds[folds["history"].notna()].groupby(["model", "outliers"], sort=False)["history"].apply(list)
+    if nets.empty: raise ValueError("no net was trained in this comparison")
+    fig, axes = plt.subplots(1, len(nets), figsize=(3.6 * len(nets), 3.2), sharey=True, squeeze=False)
+    for ax, ((name, policy), histories) in zip(axes[0], nets.items()):
+        for i, h in enumerate(histories):
+            ax.plot(range(1, len(h["val_loss"]) + 1), h["val_loss"], lw=1, label=f"fold {i + 1}")
+        ax.set(title=f"{name} ({policy})", xlabel="epoch", yscale="log")
+    axes[0][0].set_ylabel("validation MSE (standardised)")
+    axes[0][-1].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/04_models.ipynb #c7af5238
 SIMPLICITY = ("linear", "trees", "net", "original_net")  # simplest first: a near-tie in CV goes to the simpler model

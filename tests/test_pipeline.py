@@ -15,7 +15,8 @@ from sales_prediction_kafka.pipeline import run_pipeline, ParameterError
 FAST = {"epochs": 8, "cv_folds": 3}  # few epochs keep the suite quick; the code path is the full one
 
 EDA_PLOTS = {"sales_distribution", "sales_by_season", "correlations", "churn_by_gender", "credit_by_default"}
-REPORT_PLOTS = {"predicted_vs_actual", "residuals", "training_curve_original_net", "feature_importance", "error_by_offset"}
+REPORT_PLOTS = {"predicted_vs_actual", "residuals", "training_curve_original_net", "cv_training_curves", "feature_importance",
+                "error_by_offset"}
 FIGURES = ("n", "bias", "mae", "rmse", "mape_pct", "r2")
 
 

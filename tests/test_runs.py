@@ -1,7 +1,7 @@
 "Runs side by side: a `sales-kafka run --grid` of two papermill runs, their reports, the quiet console, `runs` and index.html."
 import json, re, subprocess
 import pytest
-from helpers import ROOT, SALES_KAFKA
+from helpers import CHROMIUM_ARGS, ROOT, SALES_KAFKA
 
 pytestmark = [pytest.mark.slow]
 
@@ -53,3 +53,24 @@ def test_index_and_runs_command(grid):
     assert page.count("/report.html") == 2 and "http" not in page
     r = subprocess.run([SALES_KAFKA, "runs", "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 3, r.stdout + r.stderr
+
+
+@pytest.mark.browser
+def test_index_sorts_in_chromium(grid, chromium):
+    "The runs index opens offline in headless Chromium without errors, and a click on a heading sorts the runs by it."
+    from playwright.sync_api import sync_playwright
+    out, _ = grid
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page, problems = browser.new_page(), []
+        page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto((out/"index.html").as_uri())
+        rmse = lambda: [float(v) for v in page.eval_on_selector_all("#runs tbody tr td:nth-child(6)", "tds => tds.map(t => t.dataset.v)")]
+        assert len(rmse()) == 2
+        page.click("#runs th:nth-child(6)")
+        assert rmse() == sorted(rmse()) and page.get_attribute("#runs th:nth-child(6)", "aria-sort") == "ascending"
+        page.click("#runs th:nth-child(6)")
+        assert rmse() == sorted(rmse(), reverse=True) and page.get_attribute("#runs th:nth-child(6)", "aria-sort") == "descending"
+        browser.close()
+    assert not problems, problems

@@ -97,8 +97,8 @@ def shift_scenario(settings, tmp:Path,
                                    "--topic", t["predictions"], "--events-topic", t["events"], "--models-topic", t["models"],
                                    "--alerts-topic", t["alerts"], "--dead-letter-topic", t["dlq"], "--every", "5")
     procs["learn"] = sales_kafka(tmp, "learn", "learn", *bs, "--events-topic", t["events"], "--alerts-topic", t["alerts"],
-                                 "--models-topic", t["models"], "--runs", str(tmp/"runs"), "--max-retrains", "1", "--min-events", "500",
-                                 "--holdout", "300", "--window", "1000", "-p", "candidates", "linear,trees", "-p", "cv_folds", "3",
+                                 "--models-topic", t["models"], "--runs", str(tmp/"runs"), "--max-retrains", "1", "--min-events", "2000",
+                                 "--holdout", "300", "--window", "2000", "-p", "candidates", "linear,trees", "-p", "cv_folds", "3",
                                  "-p", "epochs", "5", *learn_args)
     stop, sent, fed = threading.Event(), [0], []
     events = stoppable(shift_events(table_events(generate_sales(200_000, seed=12, missing=0.0)), shift_after), stop, sent)

@@ -19,7 +19,7 @@ __all__ = ['log', 'PREDICTIONS_TOPIC', 'EVENTS_TOPIC', 'DEAD_LETTER_TOPIC', 'ALE
            'cache_home', 'stop_on_signals', 'plain']
 
 # %% ../nbs/00_config.ipynb #5611052f
-PREDICTIONS_TOPIC = "sales_predictions"  # the seed's topic: four-field prediction records
+PREDICTIONS_TOPIC = "sales_predictions"  # the original notebook's topic: four-field prediction records
 EVENTS_TOPIC = "sales_events"  # live sales events to be scored
 DEAD_LETTER_TOPIC = "sales_events.dlq"  # events that could not be scored, with the reason in a header
 ALERTS_TOPIC = "sales_alerts"  # drift alerts raised by the monitor

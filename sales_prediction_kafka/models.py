@@ -292,7 +292,7 @@ def build_net(n_inputs:int,
               hidden_units=(32, 16), # sizes of the relu layers
               learning_rate:float=1e-3 # Adam's step size
              ):
-    "The seed's dense regression net, compiled."
+    "The original notebook's dense regression net, compiled."
     keras = _keras()
     net = keras.Sequential(
         [

@@ -31,7 +31,7 @@ __all__ = ['log', 'PREDICTION_SCHEMA', 'FIELDS', 'PREDICTION_HEADERS', 'CONNECT_
 PREDICTION_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "prediction message",
-    "description": "The JSON value of each record on the predictions topic: the seed's four fields, in this order.",
+    "description": "The JSON value of each record on the predictions topic: the original notebook's four fields, in this order.",
     "type": "object",
     "properties": {
         "prediction_index": {"type": "integer", "description": "id of the prediction: the test row's index (pipeline) or the event's event_id (serve); also the record's key"},
@@ -43,7 +43,7 @@ PREDICTION_SCHEMA = {
     "additionalProperties": False,
     "examples": [{"prediction_index": 3, "predicted_sales": 7.5, "actual_sales": 10.0, "error": 2.5}],
 }
-FIELDS = tuple(PREDICTION_SCHEMA["properties"])  # the seed's fields, in its order
+FIELDS = tuple(PREDICTION_SCHEMA["properties"])  # the original notebook's fields, in its order
 
 PREDICTION_HEADERS = {  # Kafka record headers of a prediction (UTF-8 text); absent when they do not apply
     "run_id": "the pipeline run that streamed the batch (`stream_predictions`)",
@@ -58,7 +58,7 @@ class StreamError(ValueError):
     "Predictions could not be validated, sent or confirmed."
 
 def prediction_record(index:int, actual:float, predicted:float) -> dict:
-    "One prediction message: the seed's four fields."
+    "One prediction message: the original notebook's four fields."
     return {
         "prediction_index": index,
         "predicted_sales": predicted,

@@ -292,7 +292,7 @@ def schema_page(run:Path|None) -> str:
     md += schema_section("Prediction message", f"`stream.PREDICTION_SCHEMA`: {stream.PREDICTION_SCHEMA['description']}",
                          stream.PREDICTION_SCHEMA)
     md += names_section("Prediction headers", "`stream.PREDICTION_HEADERS`: run metadata travels in Kafka headers, so the "
-                        "value stays the seed's four fields.", stream.PREDICTION_HEADERS, "header")
+                        "value stays the original notebook's four fields.", stream.PREDICTION_HEADERS, "header")
     md += event_section(run)
     md += ["## Dead letters", f"An event that cannot be scored goes to `{config.DEAD_LETTER_TOPIC}` with its key, value and "
            "headers unchanged, plus the headers below."]

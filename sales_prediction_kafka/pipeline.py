@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'PIPELINE_NOTEBOOK', 'VERSIONED', 'ParameterError', 'PipelineError', 'Parameter', 'pipeline_parameters',
            'parse_value', 'validate_params', 'new_run_dir', 'package_versions', 'file_sha256', 'write_json',
-           'start_run', 'report_figures', 'export_html', 'report_headline', 'quiet_kernel', 'run_pipeline',
-           'grid_params', 'resume_run', 'run_command']
+           'start_run', 'report_figures', 'export_html', 'report_headline', 'quiet_kernel', 'portable_paths',
+           'run_pipeline', 'grid_params', 'resume_run', 'run_command']
 
 # %% ../nbs/10_pipeline.ipynb #9ae0090d
 import sales_prediction_kafka
@@ -255,6 +255,23 @@ def quiet_kernel(log_path:Path) -> type:
                 return await super()._async_launch_kernel(kernel_cmd, **kw | {"stderr": err})
     return QuietKernelManager
 
+# %% ../nbs/10_pipeline.ipynb #1ef55b6c
+def portable_paths(report, # an executed notebook written by papermill
+                   source:Path=PIPELINE_NOTEBOOK # the notebook papermill executed
+                  ) -> dict:
+    "Rewrite the report's papermill input and output paths without the machine's folders; the new paths."
+    import nbformat
+    nb = nbformat.read(report, as_version=4)
+    package = Path(sales_prediction_kafka.__file__).resolve().parent.parent
+    source = Path(source).resolve()
+    paths = {
+        "input_path": str(source.relative_to(package)) if source.is_relative_to(package) else source.name,
+        "output_path": Path(report).name,
+    }
+    nb.metadata.setdefault("papermill", {}).update(paths)
+    nbformat.write(nb, report)
+    return paths
+
 # %% ../nbs/10_pipeline.ipynb #db123418
 def run_pipeline(params:dict|None=None, # parameter overrides; defaults come from the notebook
                  out_dir="outputs/runs", # runs are created inside this folder
@@ -289,7 +306,9 @@ def run_pipeline(params:dict|None=None, # parameter overrides; defaults come fro
             f"the pipeline stopped in cell {e.exec_count}: {e.ename}: {e.evalue}; the partial report is {run/'report.html'}"
         ) from None
     finally:
-        if (run/"report.ipynb").exists(): export_html(run/"report.ipynb")
+        if (run/"report.ipynb").exists():
+            portable_paths(run/"report.ipynb", notebook)
+            export_html(run/"report.ipynb")
         write_index(out_dir)
     return run
 

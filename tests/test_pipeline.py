@@ -59,6 +59,9 @@ def test_run_folder_holds_everything(runs):
                     "every held-out row", "typical rows only"):
         assert heading in html, heading
     assert 'src="http' not in html, "the report must open offline"
+    where = json.loads((run/"report.ipynb").read_text())["metadata"]["papermill"]
+    assert (where["input_path"], where["output_path"]) == ("sales_prediction_kafka/pipelines/sales_pipeline.ipynb", "report.ipynb")
+    assert str(run.parent) not in (run/"report.ipynb").read_text(), "a shared report keeps no machine's folders"
 
 
 @pytest.mark.kafka

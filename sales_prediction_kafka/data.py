@@ -6,7 +6,9 @@
 from __future__ import annotations
 import csv, logging, warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from importlib.resources import files
 from pathlib import Path
 
@@ -19,8 +21,9 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'SEASONS', 'GENDERS', 'TARGET', 'SALES_COLUMNS', 'SEASON_EFFECT', 'MISSING_COLUMNS', 'SAMPLE_CSV', 'DELIMITERS',
-           'SHOW_CELLS', 'Column', 'column_kind', 'column_kinds', 'generate_sales', 'write_table', 'write_sample',
-           'DataError', 'load_table', 'generate_transactions', 'aggregate_transactions', 'generate_data']
+           'SHOW_CELLS', 'KIND_ROWS', 'CHUNK_ROWS', 'Column', 'column_kind', 'column_kinds', 'generate_sales',
+           'write_table', 'write_sample', 'DataError', 'load_table', 'generate_transactions', 'aggregate_transactions',
+           'generate_data', 'aggregate_command']
 
 # %% ../nbs/01_data.ipynb #909005de
 @dataclass(frozen=True)
@@ -165,9 +168,11 @@ def _check_header(path:Path, header:list, target:str, features:list|None) -> lis
     return list(features)
 
 # %% ../nbs/01_data.ipynb #b5c9dd14
-def _bad_cells(raw:pd.Series, bad:pd.Series) -> str:
-    "The first few bad cells of `raw` as `line N 'value'`, plus how many more."
-    cells = [f"line {i + 2} {v!r}" for i, v in raw[bad].head(SHOW_CELLS).items()]
+def _bad_cells(raw:pd.Series, bad, # the cells to show, a boolean mask
+               lines:bool=True, # `raw` is indexed by data row of a file (its line - 2); else name cells by row label
+              ) -> str:
+    "The first few bad cells of `raw` as `line N 'value'` (or `row N 'value'`), plus how many more."
+    cells = [f"line {i + 2} {v!r}" if lines else f"row {i} {v!r}" for i, v in raw[bad].head(SHOW_CELLS).items()]
     more = bad.sum() - len(cells)
     return ", ".join(cells) + (f" and {more} more" if more else "")
 
@@ -252,44 +257,172 @@ def generate_transactions(n:int=2000, # transactions
         }
     ).sort_values("Date", ignore_index=True)
 
-# %% ../nbs/01_data.ipynb #82ae7e44
-def _mode(s:pd.Series):
-    "The most frequent value of `s` (the first in sorted order on a tie), or NaN."
-    m = s.mode()
-    return m.iloc[0] if len(m) else np.nan
+# %% ../nbs/01_data.ipynb #f4b8a9d3
+class _Codes:
+    "Integer codes for the values met in any number of chunks: a value keeps its code from chunk to chunk."
+    def __init__(self): self.code, self.values, self.dtype = {}, [], None
 
-def aggregate_transactions(df:pd.DataFrame, # one row per transaction
+    def __call__(self, s:pd.Series|np.ndarray) -> np.ndarray:
+        "The code of each value of `s`, -1 where it is missing."
+        codes, uniques = pd.factorize(s)
+        if self.dtype is None: self.dtype = uniques.dtype
+        new = [u for u in uniques if u not in self.code]
+        self.code.update((u, len(self.values) + i) for i, u in enumerate(new)); self.values += new
+        ids = np.array([self.code[u] for u in uniques] + [-1], dtype=np.int64)
+        return ids[codes]  # code -1 (missing) picks the -1 at the end
+
+    def labels(self) -> pd.Series:
+        "The values by code, with the dtype they came in (so a categorical keeps its order)."
+        return pd.Series(self.values, dtype=self.dtype)
+
+def _plus(a:np.ndarray|None, b:np.ndarray) -> np.ndarray:
+    "`a + b` for count arrays by code, the shorter padded with zeros (new codes appear chunk by chunk)."
+    if a is None: return b
+    n = max(len(a), len(b))
+    return np.pad(a, (0, n - len(a))) + np.pad(b, (0, n - len(b)))
+
+# %% ../nbs/01_data.ipynb #4e375fa0
+_EXP = 4096  # binary exponents of float64 (frexp: -1073 to 1024), shifted by 1100, fit below this
+
+def _exact_parts(x:np.ndarray, # finite floats
+                 g:np.ndarray, # the group code of each value, >= 0
+                ) -> pd.DataFrame:
+    "Integer sums of the mantissas of `x` by group and binary exponent (index `g * _EXP + exponent + 1100`), exact in any order."
+    m, e = np.frexp(x)
+    mant = np.ldexp(m, 53).astype(np.int64)  # x == mant * 2**(e - 53), exactly
+    hi = mant >> 26  # halves of 27 and 26 bits: int64 sums cannot overflow below 2**36 values a group
+    return pd.DataFrame({"hi": hi, "lo": mant - (hi << 26)}).groupby(g * _EXP + e + 1100).sum()
+
+def _exact_sums(parts:pd.DataFrame) -> dict:
+    "The exact sum of each group of `_exact_parts` (added up over any number of chunks), as {group code: `Fraction`}."
+    if parts.empty: return {}
+    g, e = np.divmod(parts.index.to_numpy(), _EXP); e = e - 1100; low = int(e.min())
+    sums = {}
+    for k, shift, hi, lo in zip(g.tolist(), (e - low).tolist(), parts["hi"].tolist(), parts["lo"].tolist()):
+        sums[k] = sums.get(k, 0) + (((hi << 26) + lo) << shift)
+    return {k: Fraction(v) * Fraction(2) ** (low - 53) for k, v in sums.items()}
+
+# %% ../nbs/01_data.ipynb #57c012d3
+def _numbers(s:pd.Series, lines:bool) -> np.ndarray:
+    "The cells of `s` as floats (NaN where empty); a `DataError` names the cells that are not finite numbers."
+    x = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    bad = s.notna().to_numpy() & ~np.isfinite(x)
+    if bad.any():
+        raise DataError(f"column {s.name!r} has {bad.sum()} value(s) that are not finite numbers: " + _bad_cells(s, bad, lines))
+    return x
+
+def _modes(counts:pd.DataFrame) -> pd.Series:
+    "The most frequent value of each group (the first in sorted order on a tie), from counts `n` of (`key`, `value`)."
+    d = counts.sort_values(["key", "n", "value"], ascending=[True, False, True], kind="stable")
+    return d.drop_duplicates("key").set_index("key")["value"]
+
+class _Totals:
+    "Running totals of transactions by month or customer, chunk after chunk: counts, exact sums, value counts for modes."
+    def __init__(self, by:str, # 'month' or 'customer'
+                 kinds:dict, # {feature: kind}, from `column_kinds`
+                 date_col:str, customer_col:str, amount_col:str,
+                 lines:bool): # chunks are indexed by data row of a file, so errors name its lines
+        self.by, self.lines = by, lines
+        self.date_col, self.customer_col, self.amount_col = date_col, customer_col, amount_col
+        self.features, self.numeric = list(kinds), [amount_col, *(c for c, k in kinds.items() if k != "categorical")]
+        self.categorical = [c for c, k in kinds.items() if k == "categorical"]
+        self.keys, self.values = _Codes(), {c: _Codes() for c in self.categorical}
+        self.rows, self.given, self.parts, self.counts = None, {}, {}, {}
+
+    def _key(self, chunk:pd.DataFrame) -> np.ndarray:
+        "The group code of each row (of its month or customer), after checking the dates."
+        dates = pd.to_datetime(chunk[self.date_col], errors="coerce")
+        bad = dates.isna().to_numpy()
+        if bad.any():
+            raise DataError(f"column {self.date_col!r} has {bad.sum()} value(s) that are not dates: "
+                            + _bad_cells(chunk[self.date_col], bad, self.lines))
+        return self.keys(chunk[self.customer_col] if self.by == "customer" else dates.dt.year * 12 + dates.dt.month - 1)
+
+    def add(self, chunk:pd.DataFrame):
+        "Add the transactions of `chunk` to the totals."
+        g = self._key(chunk); ok = g >= 0  # rows without a customer belong to no group
+        self.rows = _plus(self.rows, np.bincount(g[ok]))
+        for c in self.numeric:
+            x = _numbers(chunk[c], self.lines); given = ok & ~np.isnan(x)
+            self.given[c] = _plus(self.given.get(c), np.bincount(g[given]))
+            part = _exact_parts(x[given], g[given])
+            self.parts[c] = part if c not in self.parts else pd.concat([self.parts[c], part]).groupby(level=0).sum()
+        for c in self.categorical:
+            v = self.values[c](chunk[c]); both = ok & (v >= 0)
+            part = pd.Series(g[both] * 2**32 + v[both]).value_counts()
+            self.counts[c] = part if c not in self.counts else pd.concat([self.counts[c], part]).groupby(level=0).sum()
+
+    def _mode(self, c:str) -> pd.Series:
+        "The mode of categorical feature `c` by group code."
+        g, v = np.divmod(self.counts[c].index.to_numpy(), 2**32)
+        values = self.values[c].labels().iloc[v].reset_index(drop=True)
+        return _modes(pd.DataFrame({"key": g, "value": values, "n": self.counts[c].to_numpy()}))
+
+    def table(self, target:str) -> pd.DataFrame:
+        "One row per group: `target` = summed amount, `Transactions` = count, features averaged or their mode."
+        rows = _plus(self.rows, np.zeros(0, dtype=np.int64)); codes = range(len(rows))
+        total = lambda c: _exact_sums(self.parts[c]) if c in self.parts else {}
+        amount = total(self.amount_col)
+        out = pd.DataFrame({target: np.array([float(amount.get(k, 0)) for k in codes], dtype=float).round(2),
+                            "Transactions": rows})
+        for c in self.features:
+            if c in self.categorical: out[c] = self._mode(c).reindex(codes) if c in self.counts else np.nan; continue
+            s, n = total(c), _plus(self.given.get(c), np.zeros(len(rows), dtype=np.int64))
+            out[c] = np.array([float(s[k] / int(n[k])) if n[k] else np.nan for k in codes], dtype=float)
+        key = self.keys.labels()
+        if self.by == "month": key = key.map(lambda k: f"{k // 12:04d}-{k % 12 + 1:02d}")
+        out.insert(0, "Month" if self.by == "month" else self.customer_col, key)
+        return out.sort_values(out.columns[0], kind="stable", ignore_index=True)
+
+# %% ../nbs/01_data.ipynb #82ae7e44
+KIND_ROWS = 10_000  # the first rows of a transactions file decide whether a feature is averaged (numeric) or takes its mode
+CHUNK_ROWS = 500_000  # rows of a transactions file in memory at a time: about 200 MiB at the peak
+
+def _transaction_columns(columns:list, date_col:str, customer_col:str, amount_col:str) -> list:
+    "The feature columns, after checking the date, customer and amount columns are there."
+    missing = [c for c in (date_col, customer_col, amount_col) if c not in columns]
+    if missing:
+        raise DataError(f"no column {', '.join(map(repr, missing))} in the transactions; "
+                        f"the columns are {', '.join(map(str, columns))}")
+    return [c for c in columns if c not in (date_col, customer_col, amount_col) and c != ""]
+
+def _csv_chunks(path:Path, sep:str, chunksize:int, date_col:str, text:list) -> Iterator[pd.DataFrame]:
+    "The rows of the CSV at `path`, `chunksize` at a time, `text` columns as text, indexed by line - 2, blank lines dropped."
+    read = dict(sep=sep, encoding="utf-8-sig", skip_blank_lines=False, skipinitialspace=True, index_col=False)
+    with pd.read_csv(path, dtype=dict.fromkeys(text, str), chunksize=chunksize, **read) as chunks:
+        for chunk in tqdm(chunks, desc=f"aggregating {path.name}", unit="chunk", disable=path.stat().st_size < 2**28):
+            chunk.columns = [c.strip() for c in chunk.columns]
+            no_date = chunk[date_col].isna().to_numpy()  # only those rows can be blank lines
+            if no_date.any(): chunk = chunk[~no_date | chunk.notna().any(axis=1).to_numpy()]
+            yield chunk
+
+def aggregate_transactions(data:pd.DataFrame|str|Path, # one row per transaction: a DataFrame, or a CSV file read in chunks
                            by:str="month", # 'month' or 'customer'
                            date_col:str="Date", # transaction date (parsed if text)
-                           customer_col:str="Customer_ID",
+                           customer_col:str="Customer_ID", # read as text from a file
                            amount_col:str="Amount", # summed into `target`
-                           target:str=TARGET) -> pd.DataFrame:
+                           target:str=TARGET,
+                           chunksize:int=CHUNK_ROWS, # rows of a file in memory at a time
+                           sep:str=",") -> pd.DataFrame:
     "Monthly or customer-level totals: `target` = summed amount, `Transactions` = count, features averaged or their mode."
     if by not in ("month", "customer"): raise ValueError(f"by must be 'month' or 'customer', got {by!r}")
-    missing = [c for c in (date_col, customer_col, amount_col) if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"no column {', '.join(map(repr, missing))} in the transactions; the columns are {', '.join(map(str, df.columns))}"
-        )
-    dates = pd.to_datetime(df[date_col], errors="coerce")
-    bad = dates.isna()
-    if bad.any():
-        raise DataError(
-            f"column {date_col!r} has {bad.sum()} value(s) that are not dates: "
-            + ", ".join(f"row {i} {v!r}" for i, v in df.loc[bad, date_col].head(SHOW_CELLS).items())
-        )
-    key = dates.dt.strftime("%Y-%m").rename("Month") if by == "month" else df[customer_col]
-    feats = df.drop(columns=[date_col, customer_col, amount_col])
-    kinds = column_kinds(feats)
-    g = feats.groupby(key.to_numpy(), sort=True, observed=True)
-    out = pd.DataFrame(
-        {
-            target: df[amount_col].groupby(key.to_numpy()).sum().round(2),
-            "Transactions": key.groupby(key.to_numpy()).size(),
-        }
-    )
-    for c, k in kinds.items(): out[c] = g[c].mean() if k != "categorical" else g[c].agg(_mode)
-    return out.rename_axis(key.name).reset_index()
+    cols = dict(date_col=date_col, customer_col=customer_col, amount_col=amount_col)
+    if isinstance(data, pd.DataFrame):
+        totals = _Totals(by, column_kinds(data[_transaction_columns(list(data.columns), **cols)]), **cols, lines=False)
+        totals.add(data)
+        return totals.table(target)
+    path = Path(data); header = _header(path, sep)
+    try:
+        feats = _transaction_columns(header, **cols)
+        first = pd.read_csv(path, sep=sep, nrows=KIND_ROWS, usecols=feats, encoding="utf-8-sig", skipinitialspace=True)
+        kinds = column_kinds(first)
+        totals = _Totals(by, kinds, **cols, lines=True)
+        text = [date_col, customer_col, *(c for c, k in kinds.items() if k == "categorical")]
+        for chunk in _csv_chunks(path, sep, chunksize, date_col, text): totals.add(chunk)
+    except DataError as e: raise DataError(f"{path}: {e}") from None
+    except pd.errors.ParserError as e: raise DataError(f"{path}: {e}") from None
+    log.info("aggregated %s by %s in chunks of %d rows", path, by, chunksize)
+    return totals.table(target)
 
 # %% ../nbs/01_data.ipynb #ef2b6b49
 @click.command("generate-data")
@@ -332,3 +465,19 @@ def generate_data(rows, seed, out, transactions, customers):
         else generate_sales(rows, seed)
     )
     click.echo(write_table(df, out))
+
+# %% ../nbs/01_data.ipynb #c8fb1f2b
+@click.command("aggregate")
+@click.argument("transactions", type=click.Path(dir_okay=False))
+@click.option("--by", type=click.Choice(["month", "customer"]), default="month", show_default=True,
+              help="One row per month or per customer.")
+@click.option("--out", "-o", default="sales.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="CSV file to write.")
+@click.option("--chunksize", default=CHUNK_ROWS, show_default=True, type=click.IntRange(min=1),
+              help="Rows of the file in memory at a time.")
+@click.option("--sep", default=",", show_default=True, help="Field delimiter.")
+def aggregate_command(transactions, by, out, chunksize, sep):
+    "Aggregate a transactions CSV (Date, Customer_ID, Amount, features) to monthly or customer totals, in bounded memory."
+    try: table = aggregate_transactions(transactions, by=by, chunksize=chunksize, sep=sep)
+    except DataError as e: raise click.ClickException(str(e)) from None
+    click.echo(write_table(table, out))

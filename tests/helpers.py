@@ -98,3 +98,20 @@ def start_stream(n:int, servers:str, topic:str, run_id:str, timeout:float=120) -
     "`stream_predictions` of n records (index i: actual i, predicted i + 0.25) in its own process, as run `run_id`."
     return subprocess.Popen([sys.executable, "-c", RESUMABLE_STREAM, str(n), servers, topic, run_id, str(timeout)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+def failed_stream(n:int, servers:str, topic:str, run_id:str, timeout:float, at:int, kill) -> tuple[dict, int, float]:
+    "Stream n records in a process and call `kill()` once `at` have landed; the stream's failure, records landed at the kill, seconds from the kill to the failure."
+    proc = start_stream(n, servers, topic, run_id, timeout)
+    try:
+        wait_for(lambda: landed(servers, topic, 3) >= at, 120, f"{at} records of the stream to land")
+        at_kill = landed(servers, topic, 3)
+        kill()
+        t_kill = time.monotonic()
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None: proc.kill(); proc.wait()
+    assert proc.returncode == 3, f"the stream should have failed:\n{out[-2000:]}{err[-3000:]}"
+    failure = json.loads(out.strip().splitlines()[-1])
+    print("\n" + failure["error"][:600])
+    assert f"of {n} records to {topic}" in failure["error"] and "were not acknowledged" in failure["error"]
+    return failure, at_kill, time.monotonic() - t_kill

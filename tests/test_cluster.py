@@ -12,7 +12,7 @@ from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.stream import (StreamError, ensure_topic, messages, prediction_records, run_values,
                                            stream_predictions, verify_run)
-from helpers import SALES_KAFKA, landed, metrics, read_all, report, scored, start_stream, start_worker, topics, wait_for
+from helpers import SALES_KAFKA, failed_stream, landed, metrics, read_all, report, scored, start_stream, start_worker, topics, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -187,20 +187,12 @@ def test_writes_refused_while_two_brokers_are_down_then_resumed(cluster, setting
     the resumed stream completes with each record once."""
     topic, run, servers, t0 = "under_replicated", "run-under", settings.bootstrap_servers, time.monotonic()
     ensure_topic(settings, topic, partitions=3)
-    proc = start_stream(N_REFUSED, servers, topic, run, timeout=15)
-    try:
-        wait_for(lambda: landed(servers, topic, 3) >= N_REFUSED // 5, 120, "a fifth of the stream to land")
-        victims = [b.node_id for b in cluster.nodes if b.node_id != cluster.leaders(topic)[0]]
-        t_kill = time.monotonic()
-        for v in victims: cluster.node(v).kill()
-        out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None: proc.kill(); proc.wait()
-    failed_after = time.monotonic() - t_kill
-    assert proc.returncode == 3, f"the stream should have failed:\n{out[-2000:]}{err[-3000:]}"
-    failure = json.loads(out.strip().splitlines()[-1])
-    print("\n" + failure["error"][:600])
-    assert f"of {N_REFUSED} records to {topic}" in failure["error"] and "were not acknowledged" in failure["error"]
+    def kill():
+        "SIGKILL every node but the first partition's leader."
+        leader = cluster.leaders(topic)[0]
+        for b in cluster.nodes:
+            if b.node_id != leader: cluster.node(b.node_id).kill()
+    failure, _, failed_after = failed_stream(N_REFUSED, servers, topic, run, 15, N_REFUSED // 5, kill)
     assert "the producer retried on" in failure["error"] and "resume" in failure["error"]
     t1 = time.monotonic()
     cluster.start()

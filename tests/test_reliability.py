@@ -9,7 +9,7 @@ from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import SAMPLE_CSV, generate_sales
 from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.stream import StreamError, ensure_topic, messages
-from helpers import SALES_KAFKA, landed, metrics, read_all, report, scored, start_stream, start_worker, topics, wait_for
+from helpers import SALES_KAFKA, failed_stream, landed, metrics, read_all, report, scored, start_stream, start_worker, topics, wait_for
 
 def kill_broker(b:LocalBroker):
     "SIGKILL the broker's process group, as a crash would."
@@ -218,20 +218,10 @@ def test_outage_longer_than_delivery_timeout_is_resumed(crash_broker, tmp_path):
     b, topic, t0 = crash_broker, "resumed_predictions", time.monotonic()
     run = failed_run_folder(tmp_path/"20261129-120000-abc123", N_RESUMED, b.bootstrap_servers, topic)
     ensure_topic(KafkaSettings(bootstrap_servers=b.bootstrap_servers), topic, 3)
-    proc = start_stream(N_RESUMED, b.bootstrap_servers, topic, run.name, timeout=DELIVERY_TIMEOUT)
-    try:
-        wait_for(lambda: landed(b.bootstrap_servers, topic, 3) >= N_RESUMED // 10, 120, "a tenth of the stream to land")
-        at_kill = landed(b.bootstrap_servers, topic, 3)
-        kill_broker(b)
-        t_kill = time.monotonic()
-        out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None: proc.kill(); proc.wait()
-    failed_after = time.monotonic() - t_kill
-    assert proc.returncode == 3, f"the stream should have failed:\n{out[-2000:]}{err[-3000:]}"
-    failure = json.loads(out.strip().splitlines()[-1])
-    print("\n" + failure["error"][:500])
-    assert f"of {N_RESUMED} records to {topic}" in failure["error"] and "sales-kafka run --resume RUN_DIR" in failure["error"]
+    failure, at_kill, failed_after = failed_stream(N_RESUMED, b.bootstrap_servers, topic, run.name, DELIVERY_TIMEOUT,
+                                                   N_RESUMED // 10, lambda: kill_broker(b))
+    t_kill = time.monotonic() - failed_after
+    assert "sales-kafka run --resume RUN_DIR" in failure["error"]
     LocalBroker(b.home).start(timeout=120)
     outage = time.monotonic() - t_kill
     assert outage > DELIVERY_TIMEOUT

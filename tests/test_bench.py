@@ -74,6 +74,10 @@ def test_live_latency_and_throughput(results):
         assert r["delivered"] == r["events"], r  # every event came out of the worker
         assert positive(r["throughput_per_s"], r["replay_per_s"]) and 0 <= r["p50_ms"] <= r["p99_ms"] <= r["max_ms"], r
     assert positive(*s["capacity_per_s"].values(), *s["ratios"].values())
+    j = s["java_floor"]  # Kafka's EndToEndLatency, once per round, on the same broker with records of the events' size
+    assert len(j["runs"]) == s["plan"]["rounds"] and all(x["records"] == s["plan"]["java_records"] for x in j["runs"])
+    assert 150 < j["record_size"] < 300 and 0 <= j["p50_ms"] <= j["p99_ms"], j
+    assert {f"p99_model_vs_{side}_{rate}/s" for side in ("passthrough", "java") for rate in (500, 2000)} <= set(s["ratios"])
 
 
 def test_scale_sizes_time_and_memory(results):
@@ -83,3 +87,21 @@ def test_scale_sizes_time_and_memory(results):
         assert positive(r["load_s"], r["clean_s"], r["train_1_epoch_s"], r["score_s"], r["total_s"], r["peak_mib"])
         assert r["peak_mib"] >= r["base_mib"] > 50 and 0 < r["rows_clean"] <= r["rows"]
     assert math.isfinite(s["loglog_slope_all"])
+
+
+def test_transactions_quick_chunked_equals_in_memory(tmp_path):
+    "The transactions benchmark in quick mode (it needs no broker): chunked aggregation equals the in-memory one exactly."
+    res = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "transactions", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    doc = json.loads((tmp_path/"transactions.json").read_text())
+    assert doc["benchmark"] == "transactions" and doc["quick"] is True and set(MACHINE) <= set(doc["machine"])
+    assert doc["check"]["rows"] == 5000 and doc["check"]["chunksize"] < doc["check"]["rows"]  # the check really cuts chunks
+    assert {k: v for k, v in doc["check"]["equal"].items() if "==" in k} == {
+        f"{by}: chunked == {other}": True for by in ("month", "customer") for other in ("one chunk", "DataFrame")}
+    assert {(r["rows"], r["by"], r["how"]) for r in doc["rows"]} == {
+        (5000, by, how) for by in ("month", "customer") for how in ("chunked", "in-memory")} | {(20000, "month", "chunked"), (20000, "customer", "chunked")}
+    for r in doc["rows"]:
+        assert positive(r["seconds"], r["rows_per_s"], r["peak_mib"]), r
+        assert r["groups"] == 12 if r["by"] == "month" else r["groups"] > 100, r  # 12 months; customers (10,000 of them)
+    assert len(doc["targets"]) == 2 and "## Transactions larger than memory" in res.stdout

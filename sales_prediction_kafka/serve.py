@@ -12,7 +12,7 @@ import click
 from jsonschema import Draft202012Validator
 from jsonschema.validators import extend
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import KafkaError
 from kafka.serializer import DefaultSerializer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from .config import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, kafka_options,
@@ -487,7 +487,7 @@ def first_offsets(records:list) -> dict:
 class AssignmentReporter(ConsumerRebalanceListener):
     "Log and report the partitions a worker owns after each rebalance."
     def __init__(self, worker): self.worker = worker
-    def on_partitions_revoked(self, revoked): pass  # nothing is pending: batches are committed before the next poll
+    def on_partitions_revoked(self, revoked): pass  # batches are delivered before the next poll; a commit in flight may be lost: redelivery
     def on_partitions_assigned(self, assigned):
         self.worker.metrics.partitions = sorted(tp.partition for tp in assigned)
         log.info("%r now owns partitions %s", self.worker, self.worker.metrics.partitions)
@@ -530,7 +530,7 @@ class ScoringWorker:
     def __repr__(self): return f"ScoringWorker({self.worker_id!r}, group={self.group_id!r}, {self.mode})"
 
     def open(self) -> ScoringWorker:
-        "Connect: subscribe the consumer to the events topic and ready the producer."
+        "Connect: subscribe the consumer to the events topic and ready the producer; freeze the heap (see below)."
         iso = "read_committed" if self.exactly_once else "read_uncommitted"
         self.consumer = consumer(
             self.settings,
@@ -553,6 +553,7 @@ class ScoringWorker:
         )
         self.producer = producer(self.settings, value_serializer=DefaultSerializer(), linger_ms=5, **txn)
         if self.exactly_once: self.producer.init_transactions()
+        gc.collect(); gc.freeze()  # the model's and the clients' long-lived objects leave the collector's view
         log.info("%r consuming %s at %s", self, self.topics[0], self.settings.bootstrap_servers)
         return self
 
@@ -583,8 +584,14 @@ class ScoringWorker:
         "Send `out`; the futures."
         return [self.producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in out]
 
+    def _committed(self, offsets:dict, result):
+        "Log a failed asynchronous commit: the partitions' next owner scores those events again."
+        if isinstance(result, Exception):
+            log.warning("%r: commit of %s failed (%s); those events will be scored again", self,
+                        {f"{tp.topic}-{tp.partition}": o.offset for tp, o in offsets.items()}, result)
+
     def _deliver_at_least_once(self, out:list[Outgoing], records:list) -> bool:
-        "Send, flush, check every acknowledgement, then commit."
+        "Send, flush, check every acknowledgement, then commit without waiting."
         futures = self._send(out)
         self.producer.flush()
         failed = [f.exception for f in futures if f.failed()]
@@ -592,14 +599,7 @@ class ScoringWorker:
             raise ServeError(
                 f"{len(failed)} of {len(futures)} records were not acknowledged (first: {failed[0]!r}); offsets not committed"
             )
-        try: self.consumer.commit(next_offsets(records))
-        except CommitFailedError as e:
-            log.warning(
-                "%r: commit failed after a rebalance (%s); the partitions' new owner scores these %d events again",
-                self,
-                e,
-                len(records),
-            )
+        self.consumer.commit_async(next_offsets(records), callback=self._committed)
         return True
 
     def _rewind(self, records:list):
@@ -703,7 +703,6 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the regi
         folder = folder or find_model(model, runs, settings, worker.get("events_topic", EVENTS_TOPIC))
         m, source = load_model(folder), str(folder)
     log.info("loaded %s model %s from %s", getattr(m, "kind", "?"), getattr(m, "version", "?"), source)
-    gc.collect(); gc.freeze()  # the model's long-lived objects leave the collector's view: no ~170 ms full-collection pauses while scoring
     if follower: follower.current = m.version
     w = ScoringWorker(m, settings, follower=follower, **worker)
     for t in w.topics: ensure_topic(settings, t, partitions)

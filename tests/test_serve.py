@@ -3,6 +3,7 @@ import json, signal, threading, time
 from collections import Counter
 import pytest
 from click.testing import CliRunner
+from kafka import KafkaConsumer, TopicPartition
 from kafka.serializer import DefaultSerializer
 from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.models import load_model
@@ -28,15 +29,21 @@ def test_workers_survive_sigkill(kafka_broker, broker_settings, model_dir, tmp_p
         wait_for(lambda: scored(tmp_path, "w1") > 0, 60, "w1 to score its first batch")
         workers["w1"].send_signal(signal.SIGKILL); workers["w1"].wait()
         killed_after = scored(tmp_path, "w1")
+        (tmp_path/"w1.json").unlink()  # the restarted w1 writes it anew once it runs (and handles SIGTERM)
         workers["w1"] = start_worker(tmp_path, model_dir, settings, t, "w1", exactly_once)  # same id: fences its predecessor
         feeder.join()
         ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
         read_all(settings, t["predictions"], "read_committed", until=lambda recs: len(ids(recs)) >= N_EVENTS, timeout=120)
+        wait_for(lambda: (tmp_path/"w1.json").exists(), 120, "the restarted w1 to run")  # w0 and w2 may finish first
     finally:
         for p in workers.values(): p.send_signal(signal.SIGTERM)
         codes = {w: p.wait(timeout=60) for w, p in workers.items()}
     test_eq = lambda a, b: (a == b) or pytest.fail(f"{a!r} != {b!r}")
     test_eq(codes, {"w0": 0, "w1": 0, "w2": 0})  # SIGTERM: the batch in flight finished, committed, group left
+    c = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=t["group"], enable_auto_commit=False)
+    tps = [TopicPartition(t["events"], p) for p in range(6)]
+    test_eq({tp: c.committed(tp) for tp in tps}, c.end_offsets(tps))  # every last commit landed (asynchronous ones too)
+    c.close()
     summaries = [json.loads(p.stdout.read().decode().strip().splitlines()[-1]) for p in workers.values()]
     recs = read_all(settings, t["predictions"], "read_committed")
     counts = Counter(json.loads(r.value)["prediction_index"] for r in recs)

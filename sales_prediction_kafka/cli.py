@@ -19,6 +19,7 @@ class KafkaClientNoise(logging.Filter):
 # %% ../nbs/11_cli.ipynb #d9ad2135
 COMMANDS = {  # name: (module, function) of each command; imported only when it runs or shows its own help
     "generate-data": ("data", "generate_data"), "run": ("pipeline", "run_command"), "broker": ("broker", "broker_cli"),
+    "aggregate": ("data", "aggregate_command"),
     "consume": ("stream", "consume_cli"), "replay": ("replay", "replay_command"), "serve": ("serve", "serve_command"),
     "monitor": ("monitor", "monitor_command"), "dashboard": ("dashboard", "dashboard_command"),
     "runs": ("runs", "runs_command"),

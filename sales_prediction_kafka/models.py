@@ -9,33 +9,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is impor
 import hashlib, json, logging, math, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import joblib
 import numpy as np
 import pandas as pd
-import matplotlib.pyplot as plt
-from matplotlib.figure import Figure
 from fastcore.meta import delegates
-from sklearn.ensemble import HistGradientBoostingRegressor
-from sklearn.linear_model import LinearRegression
-from sklearn.model_selection import KFold, train_test_split
-from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from .clean import Cleaner, CleaningReport, OUTLIER_POLICIES
 from .config import plain, set_seed
 from .data import TARGET
-from .evaluate import scores
+if TYPE_CHECKING: from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'KINDS', 'MODEL_JSON', 'ORIGINAL_FEATURES', 'CANDIDATES', 'CANDIDATE_ALIASES', 'SIMPLICITY', 'split',
-           'is_categorical', 'is_id_like', 'FeaturePlan', 'plan_features', 'FeatureError', 'UnknownCategory',
-           'Preprocessor', 'build_net', 'net_layers', 'forward', 'SalesModel', 'plot_training', 'save_model',
-           'load_model', 'original_baseline_r2', 'candidate_name', 'make_model', 'default_candidates',
-           'outlier_policies', 'cv_scores', 'summarise_cv', 'compare_models', 'plot_cv_training', 'select_model',
-           'selection_reason', 'Selection', 'choose_model', 'permutation_importance', 'plot_importance']
+__all__ = ['log', 'STEPS_PER_CALL', 'KINDS', 'MODEL_JSON', 'NET_NPZ', 'ORIGINAL_FEATURES', 'CANDIDATES', 'CANDIDATE_ALIASES',
+           'SIMPLICITY', 'split', 'is_categorical', 'is_id_like', 'FeaturePlan', 'plan_features', 'FeatureError',
+           'UnknownCategory', 'Preprocessor', 'build_net', 'net_layers', 'keras_net', 'forward', 'SalesModel',
+           'plot_training', 'save_model', 'load_model', 'original_baseline_r2', 'candidate_name', 'make_model',
+           'default_candidates', 'outlier_policies', 'cv_scores', 'summarise_cv', 'compare_models', 'plot_cv_training',
+           'select_model', 'selection_reason', 'Selection', 'choose_model', 'permutation_importance', 'plot_importance']
 
 # %% ../nbs/04_models.ipynb #4557a8de
 def split(df:pd.DataFrame,
@@ -43,6 +37,7 @@ def split(df:pd.DataFrame,
           seed:int=42 # the same seed gives the same split
          ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Shuffle and split `df` into train and test parts."
+    from sklearn.model_selection import train_test_split
     if not 0 < test_size < 1: raise ValueError(f"test_size must be between 0 and 1, got {test_size}")
     return tuple(train_test_split(df, test_size=test_size, random_state=seed))
 
@@ -182,6 +177,7 @@ class Preprocessor:
         "Learn the categories and the scaling from the training rows `df`."
         self.categories = {c: _levels(df[c]) for c in self.categorical}
         if self.numeric:
+            from sklearn.preprocessing import StandardScaler
             sc = StandardScaler().fit(_numeric(df, self.numeric))
             self.mean, self.scale = sc.mean_, sc.scale_
         self._index()
@@ -288,6 +284,8 @@ def _keras():
     return keras
 
 # %% ../nbs/04_models.ipynb #bfde8733
+STEPS_PER_CALL = 32  # training steps per call of the compiled training function (an epoch of the sample is 8-10 steps)
+
 def build_net(n_inputs:int,
               hidden_units=(32, 16), # sizes of the relu layers
               learning_rate:float=1e-3 # Adam's step size
@@ -301,13 +299,19 @@ def build_net(n_inputs:int,
             keras.layers.Dense(1),
         ]
     )
-    net.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mean_squared_error")
+    net.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mean_squared_error", steps_per_execution=STEPS_PER_CALL)
     return net
 
 # %% ../nbs/04_models.ipynb #69999f76
 def net_layers(net) -> list:
     "The Dense layers' (kernel, bias) as float32 numpy arrays."
     return [tuple(np.asarray(w, np.float32) for w in l.get_weights()) for l in net.layers]
+
+def keras_net(layers:list, learning_rate:float=1e-3):
+    "A compiled Keras net holding `layers` (`net_layers` output): the way back from numpy weights."
+    net = build_net(layers[0][0].shape[0], [W.shape[1] for W, _ in layers[:-1]], learning_rate)
+    net.set_weights([w for layer in layers for w in layer])
+    return net
 
 def forward(layers:list, X:np.ndarray) -> np.ndarray:
     "The net's output for `X`: relu on every layer but the last, which is linear."
@@ -323,6 +327,23 @@ def _numpy_val_loss(keras, net, X:np.ndarray, y:np.ndarray):
     class NumpyValLoss(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None): logs["val_loss"] = float(np.mean((forward(net_layers(net), X) - y) ** 2))
     return NumpyValLoss()
+
+# %% ../nbs/04_models.ipynb #7b2e4c02
+_TRAINERS = {}  # (inputs, hidden units, learning rate) -> (compiled net, its optimizer's variables as built)
+
+def _trainer(n_inputs:int, hidden_units, learning_rate:float,
+             weights:list # the initial weights, `get_weights()` of a fresh `build_net`
+            ):
+    "The one compiled net of this shape, set to `weights` with a fresh optimizer: its training function is traced once."
+    key = (n_inputs, tuple(hidden_units), learning_rate)
+    if key not in _TRAINERS:
+        net = build_net(n_inputs, hidden_units, learning_rate)
+        net.optimizer.build(net.trainable_variables)
+        _TRAINERS[key] = net, [v.numpy() for v in net.optimizer.variables]
+    net, fresh = _TRAINERS[key]
+    net.set_weights(weights)
+    for v, x in zip(net.optimizer.variables, fresh): v.assign(x)
+    return net
 
 # %% ../nbs/04_models.ipynb #a0b1d29b
 KINDS = ("linear", "net", "trees")
@@ -391,24 +412,29 @@ class SalesModel:
         order = np.random.default_rng(self.seed).permutation(len(y))
         n_val = int(round(len(y) * p["val_fraction"])) if p["patience"] and len(y) >= 10 else 0
         val, tr = order[:n_val], order[n_val:]
-        self.net = build_net(X.shape[1], p["hidden_units"], p["learning_rate"])
-        stop = [_numpy_val_loss(keras, self.net, X[val], ys[val]),  # before EarlyStopping reads val_loss
+        self.net = build_net(X.shape[1], p["hidden_units"], p["learning_rate"])  # the seeded initial weights
+        net = _trainer(X.shape[1], p["hidden_units"], p["learning_rate"], self.net.get_weights())
+        stop = [_numpy_val_loss(keras, net, X[val], ys[val]),  # before EarlyStopping reads val_loss
                 keras.callbacks.EarlyStopping(monitor="val_loss", patience=p["patience"], restore_best_weights=True)]
-        h = self.net.fit(
+        h = net.fit(
             X[tr].astype(np.float32),
             ys[tr],
             epochs=p["epochs"],
             batch_size=p["batch_size"],
+            steps_per_epoch=math.ceil(len(tr) / p["batch_size"]),  # every batch, as without it, but one data iterator per epoch, not two
             shuffle=True,
             verbose=0,
             callbacks=stop if n_val else [],
         )
         self.history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
         self.best_epoch = int(stop[1].best_epoch) + 1 if n_val else len(self.history["loss"])
+        self.net.set_weights(net.get_weights())  # the model keeps its own net; the trainer goes on to the next fit
         self.layers = net_layers(self.net)
 
     def _fit_sklearn(self, X:np.ndarray, y:np.ndarray):
         "Fit the linear model or the tree ensemble."
+        from sklearn.ensemble import HistGradientBoostingRegressor
+        from sklearn.linear_model import LinearRegression
         est = (
             LinearRegression()
             if self.kind == "linear"
@@ -513,11 +539,15 @@ class SalesModel:
         if self.prep is None: raise RuntimeError(f"model {self.name!r} is not fitted")
         folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
         if self.kind == "net":
-            self.net.save(folder / "model.keras")
+            np.savez(folder / NET_NPZ, *(w for layer in self.layers for w in layer))
+            net = keras_net(self.layers, self.params["learning_rate"]) if self.net is None else self.net  # loaded from model.npz
+            net.save(folder / "model.keras")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                _quiet_absl(lambda: self.net.save(folder / "model.h5"))
-        else: joblib.dump(self.estimator, folder / "estimator.joblib")
+                _quiet_absl(lambda: net.save(folder / "model.h5"))
+        else:
+            import joblib
+            joblib.dump(self.estimator, folder / "estimator.joblib")
         (folder / MODEL_JSON).write_text(json.dumps(self.meta(), indent=1))
         return folder
 
@@ -529,6 +559,7 @@ def _missing(v) -> bool:
 # %% ../nbs/04_models.ipynb #e398f029
 def plot_training(model:SalesModel) -> Figure:
     "Training and validation loss by epoch of a net."
+    import matplotlib.pyplot as plt
     if not model.history:
         raise ValueError(f"model {model.name!r} ({model.kind}) has no training history; only nets have one")
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -547,6 +578,7 @@ def plot_training(model:SalesModel) -> Figure:
 
 # %% ../nbs/04_models.ipynb #6f6a8c76
 MODEL_JSON = "model.json"
+NET_NPZ = "model.npz"  # a net's (kernel, bias) arrays in layer order: what `forward` needs, read without TensorFlow
 
 def _quiet_absl(f):
     "Run `f` with absl's warnings (Keras' legacy-format notice) silenced."
@@ -561,8 +593,13 @@ def save_model(model:SalesModel, folder) -> Path:
     return model.save(folder)
 
 # %% ../nbs/04_models.ipynb #4644c34e
+def _read_layers(path:Path) -> list:
+    "The (kernel, bias) pairs saved in `path` by `SalesModel.save`."
+    with np.load(path) as z: ws = [z[f"arr_{i}"] for i in range(len(z.files))]
+    return list(zip(ws[::2], ws[1::2]))
+
 def load_model(folder,
-               weights:str="keras" # a net's weights file: 'keras' (model.keras) or 'h5' (model.h5)
+               weights:str="numpy" # a net's weights: 'numpy' (model.npz without TensorFlow; model.keras in a folder saved before it), 'keras' or 'h5' (model.keras or model.h5, as a Keras net)
               ) -> SalesModel:
     "The model saved in `folder`."
     folder = Path(folder)
@@ -580,18 +617,25 @@ def load_model(folder,
         setattr(m, k, d[k])
     m.treatment = d.get("treatment", {})
     if m.kind == "net":
-        if weights not in ("keras", "h5"):
-            raise ValueError(f"weights must be 'keras' or 'h5', got {weights!r}")
-        m.net = _keras().models.load_model(folder / f"model.{weights}", compile=False)
-        m.layers = net_layers(m.net)
-    else: m.estimator = joblib.load(folder / "estimator.joblib")
+        if weights not in ("numpy", "keras", "h5"):
+            raise ValueError(f"weights must be 'numpy', 'keras' or 'h5', got {weights!r}")
+        if weights == "numpy" and (folder / NET_NPZ).exists(): m.layers = _read_layers(folder / NET_NPZ)
+        else:
+            m.net = _keras().models.load_model(folder / f"model.{'keras' if weights == 'numpy' else weights}", compile=False)
+            m.layers = net_layers(m.net)
+    else:
+        import joblib
+        m.estimator = joblib.load(folder / "estimator.joblib")
     return m
+
 
 # %% ../nbs/04_models.ipynb #738fccb0
 def original_baseline_r2(df:pd.DataFrame,
                          x:str="Sales", y:str="Spending_Score", # the original notebook's feature and target
                          test_size:float=0.2, seed:int=42) -> float:
     "Test R² of the original notebook's linear regression of `y` on `x`, on the rows that have both."
+    from sklearn.linear_model import LinearRegression
+    from sales_prediction_kafka.evaluate import scores
     tr, te = split(df[[x, y]].dropna(), test_size, seed)
     lr = LinearRegression().fit(tr[[x]], tr[y])
     return scores(te[y], lr.predict(te[[x]]))["r2"]
@@ -645,6 +689,8 @@ def cv_scores(df:pd.DataFrame, # the training split
               progress:bool=True, # show a progress bar over models and folds
               **model_args) -> pd.DataFrame: # `make_model` arguments: target, features, seed, epochs ...
     "RMSE, MAE, MAPE and R² of every candidate and outlier policy on each of the same `k` folds; nets' loss curves."
+    from sklearn.model_selection import KFold
+    from sales_prediction_kafka.evaluate import scores
     target, seed = model_args.get("target", TARGET), model_args.get("seed", 42)
     df = df[df[target].notna()]
     candidates = (
@@ -682,6 +728,7 @@ def compare_models(train_df:pd.DataFrame, **kwargs) -> pd.DataFrame:
 def plot_cv_training(folds:pd.DataFrame # `cv_scores` output
                     ) -> Figure:
     "Validation loss by epoch of every net fold of a comparison: one panel per net and outlier policy."
+    import matplotlib.pyplot as plt
     nets = folds[folds["history"].notna()].groupby(["model", "outliers"], sort=False)["history"].apply(list)
     if nets.empty: raise ValueError("no net was trained in this comparison")
     fig, axes = plt.subplots(1, len(nets), figsize=(3.6 * len(nets), 3.2), sharey=True, squeeze=False)
@@ -752,6 +799,7 @@ def choose_model(train:pd.DataFrame, test:pd.DataFrame,
                  table:pd.DataFrame|None=None, # a `compare_models` table made with the same settings, to skip the CV
                  **kwargs) -> Selection:
     "Compare candidates by k-fold CV on `train`, refit the chosen one on `train` and score it on every `test` row."
+    from sales_prediction_kafka.evaluate import scores
     if table is None: table = compare_models(train, **kwargs)
     model_args = {k: v for k, v in kwargs.items() if k not in ("candidates", "outliers", "k", "progress")}
     target = model_args.get("target", TARGET)
@@ -773,6 +821,7 @@ def choose_model(train:pd.DataFrame, test:pd.DataFrame,
 def permutation_importance(model:SalesModel, df:pd.DataFrame, # rows to score on: the test split
                            n_repeats:int=5, seed:int=42) -> pd.DataFrame:
     "Mean and std of the rise in RMSE when each feature is shuffled, largest first."
+    from sales_prediction_kafka.evaluate import scores
     y, rng = df[model.target], np.random.default_rng(seed)
     base = scores(y, model.predict(df, unknown="ignore"))["rmse"]
     rows = []
@@ -787,6 +836,7 @@ def permutation_importance(model:SalesModel, df:pd.DataFrame, # rows to score on
 
 def plot_importance(imp:pd.DataFrame, title:str="Permutation importance (test split)") -> Figure:
     "Horizontal bars of `permutation_importance` output, largest on top."
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(imp) + 1.2))
     ax.barh(imp["feature"][::-1], imp["rmse_increase"][::-1], xerr=imp["std"][::-1], color="tab:blue")
     ax.set(xlabel="increase in RMSE when shuffled", title=title)

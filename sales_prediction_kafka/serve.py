@@ -530,7 +530,8 @@ class ScoringWorker:
     def __repr__(self): return f"ScoringWorker({self.worker_id!r}, group={self.group_id!r}, {self.mode})"
 
     def open(self) -> ScoringWorker:
-        "Connect: subscribe the consumer to the events topic and ready the producer; freeze the heap (see below)."
+        "Freeze the heap (see below); connect: subscribe the consumer to the events topic and ready the producer."
+        gc.collect(); gc.freeze()  # the model's long-lived objects leave the collector's view
         iso = "read_committed" if self.exactly_once else "read_uncommitted"
         self.consumer = consumer(
             self.settings,
@@ -542,6 +543,7 @@ class ScoringWorker:
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=max(500, self.session_timeout_ms // 3),
         )
+        self.consumer.partitions_for_topic(self.topics[0])  # known before the first join, else it assigns nothing until the next metadata refresh (5 min)
         self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
         txn = (
             {
@@ -553,7 +555,6 @@ class ScoringWorker:
         )
         self.producer = producer(self.settings, value_serializer=DefaultSerializer(), linger_ms=5, **txn)
         if self.exactly_once: self.producer.init_transactions()
-        gc.collect(); gc.freeze()  # the model's and the clients' long-lived objects leave the collector's view
         log.info("%r consuming %s at %s", self, self.topics[0], self.settings.bootstrap_servers)
         return self
 

@@ -11,7 +11,8 @@ import click
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
-from .config import EVENTS_TOPIC, KafkaSettings, kafka_options, kafka_settings, plain
+from .config import (EVENTS_TOPIC, KafkaSettings, ProducerSettings, kafka_options, kafka_settings, plain,
+                                          producer_options, producer_settings)
 from .broker import ensure_broker
 from .data import DataError, load_table
 from .serve import SCHEMA_VERSION
@@ -22,8 +23,8 @@ from .stream import (PARTITIONS, StreamError, StreamSummary, check_topic, close_
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'table_events', 'shift_events', 'replay', 'replay_command', 'labelled_events', 'events_table',
-           'topic_training_data', 'record_source']
+__all__ = ['log', 'PACED', 'table_events', 'shift_events', 'replay_tuning', 'replay', 'replay_command', 'labelled_events',
+           'events_table', 'topic_training_data', 'record_source']
 
 # %% ../nbs/08a_replay.ipynb #798a38ae
 def _field_value(v):
@@ -55,6 +56,14 @@ def shift_events(events, # event dicts, e.g. from `table_events`
                 ev[target] = round(ev[target] + score_effect * ev["Spending_Score"], 2)
         yield ev
 
+# %% ../nbs/08a_replay.ipynb #70f35900
+PACED = ProducerSettings(linger_ms=0)  # a paced replay's defaults: each event leaves at once
+
+def replay_tuning(rate:float|None, # events per second; None: as fast as possible
+                  **overrides) -> ProducerSettings:
+    "A replay's producer settings: `overrides`, then `KAFKA_*`, then `PACED` when paced, else the throughput defaults."
+    return producer_settings(base=PACED if rate else None, **overrides)
+
 # %% ../nbs/08a_replay.ipynb #8632ff73
 def replay(events, # event dicts, e.g. from `table_events`
            settings:KafkaSettings|None=None, # the cluster; None: from the environment, else the local broker
@@ -63,12 +72,13 @@ def replay(events, # event dicts, e.g. from `table_events`
            partitions:int=PARTITIONS, # used if the topic must be created
            total:int|None=None, # the number of events, for the progress bar
            progress:bool=True, # show a progress bar
-           timeout:float=120 # seconds to wait for the last acknowledgements
+           timeout:float=120, # seconds to wait for the last acknowledgements
+           tuning:ProducerSettings|None=None # batching and compression; None: `replay_tuning(rate)`
           ) -> StreamSummary:
     "Send `events` to `topic`, keyed by event id, paced to `rate`; where they landed."
     settings = ensure_broker(settings)
     ensure_topic(settings, check_topic(topic), partitions)
-    p = producer(settings, linger_ms=5 if rate is None else 0)
+    p = producer(settings, tuning=tuning or replay_tuning(rate))
     futures, t0 = [], time.monotonic()
     try:
         for i, ev in enumerate(tqdm(events, total=total, desc=f"replaying to {topic}", unit="ev", disable=not progress, mininterval=0.5)):
@@ -117,15 +127,18 @@ def replay(events, # event dicts, e.g. from `table_events`
     show_default=True,
     help="Partitions of the topic, if this command creates it.",
 )
+@producer_options
 @click.option("--shift-after", type=click.IntRange(0), help="From the K-th event on, double the marketing spend and add $300 per spending-score point to sales (the continual-learning demo).")
-def replay_command(csv, bootstrap_servers, topic, rate, first_id, limit, repeat, target, sep, partitions, shift_after):
+def replay_command(csv, bootstrap_servers, topic, rate, first_id, limit, repeat, target, sep, partitions, shift_after,
+                   **tuning):
     "Send the rows of a sales CSV as events (the load generator for demos, tests and benchmarks)."
     try: df = load_table(csv, target=target, sep=sep)
     except DataError as e: raise click.ClickException(str(e))
     df = pd.concat([df] * repeat, ignore_index=True).head(limit)
     events = table_events(df, first_id)
     if shift_after is not None: events = shift_events(events, shift_after, target=target)
-    try: s = replay(events, kafka_settings(bootstrap_servers=bootstrap_servers), topic, rate, partitions, total=len(df))
+    try: s = replay(events, kafka_settings(bootstrap_servers=bootstrap_servers), topic, rate, partitions, total=len(df),
+                   tuning=replay_tuning(rate, **tuning))
     except StreamError as e: raise click.ClickException(str(e))
     click.echo(str(s))
 

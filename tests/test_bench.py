@@ -46,11 +46,14 @@ def test_validation_quick_checks_agree_and_are_timed(results):
     assert set(v["ratios"]) == {"quick/jsonschema is_valid", "EventValidator good/bad", "check_records/jsonschema (prediction records)"}
 
 
-def test_streaming_three_sides(results):
+def test_streaming_four_sides(results):
     s = results["streaming"]
     assert s["records"] == 2000 and s["acks"] == "all" and s["idempotence"] is True
     assert positive(*s["rates_per_s"].values(), *s["ratios"].values())
-    assert {"project_call", "bare_send_ack", "java"} <= set(s["rates_per_s"])
+    assert set(s["rates_per_s"]) == {f"{side}_{k}" for side in ("project", "bare", "bare_pip") for k in ("call", "send_ack")} | {"java"}
+    assert all(r["c_crc32c"] for r in s["runs"]["bare"]) and not any(r["c_crc32c"] for r in s["runs"]["bare_pip"])
+    assert set(s["producer_settings"]) == {"compression_type", "linger_ms", "batch_size", "max_in_flight_requests_per_connection"}
+    assert set(s["targets"]) == {"project_vs_bare_call >= 2.0", "project_vs_java_call >= 0.25"}
     assert all(r["records"] == 2000 for r in s["runs"]["java"])
     assert 50 < s["payload"]["value_bytes_mean"] < 200
 

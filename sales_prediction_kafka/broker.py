@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'KAFKA_VERSION', 'LOG4J_VERSION', 'SLF4J_VERSION', 'LOG4J2', 'BrokerError', 'require_tool', 'pom_xml',
            'file_lock', 'kafka_jars', 'free_port', 'replication', 'broker_properties', 'write_properties',
-           'read_properties', 'LocalBroker', 'broker_answers', 'LocalCluster', 'local_kafka', 'ensure_broker',
-           'broker_cli', 'broker_start', 'broker_stop', 'broker_status']
+           'read_properties', 'LocalBroker', 'accepts_connections', 'broker_answers', 'LocalCluster', 'local_kafka',
+           'ensure_broker', 'broker_cli', 'broker_start', 'broker_stop', 'broker_status']
 
 # %% ../nbs/06_broker.ipynb #8d7eef3a
 KAFKA_VERSION = "4.3.1"  # org.apache.kafka:kafka_2.13 and kafka-tools
@@ -367,11 +367,21 @@ def _tail(path:Path, n:int=15) -> str:
     except OSError: return ""
 
 # %% ../nbs/06_broker.ipynb #bf0b806e
+def accepts_connections(bootstrap_servers:str, timeout:float=0.5) -> bool:
+    "True when some host:port of `bootstrap_servers` accepts a TCP connection."
+    for server in bootstrap_servers.split(","):
+        host, port = server.strip().rsplit(":", 1)
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout): return True
+        except OSError: continue
+    return False
+
 def broker_answers(bootstrap_servers:str, timeout:float=2.0,
                    brokers:int=1, # how many brokers the cluster's metadata must list
                    **client) -> bool:
     "True when a Kafka broker at `bootstrap_servers` returns cluster metadata listing at least `brokers` brokers."
     from kafka import KafkaAdminClient
+    if not accepts_connections(bootstrap_servers, timeout): return False  # quietly: a client would log every refused connection
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, bootstrap_timeout_ms=int(timeout*1000),
                                  request_timeout_ms=int(timeout*1000), **client)

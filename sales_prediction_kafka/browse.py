@@ -46,7 +46,7 @@ def message_view(m) -> dict:
 def topic_overview(settings:KafkaSettings, internal:bool=False # include Kafka's own topics (__consumer_offsets ...)
                   ) -> list[dict]:
     "Every topic with its partitions: leader, replicas, in-sync replicas, first and last offsets, message count."
-    admin, c = admin_client(settings), consumer(settings)
+    admin, c = admin_client(settings), consumer(settings, enable_auto_commit=False)
     try:
         topics = [t for t in admin.describe_topics() if internal or not t["is_internal"]]
         tps = [TopicPartition(t["name"], p["partition_index"]) for t in topics for p in t["partitions"]]
@@ -80,7 +80,7 @@ def topic_overview(settings:KafkaSettings, internal:bool=False # include Kafka's
 # %% ../nbs/08b_browse.ipynb #a1cbef31
 def group_overview(settings:KafkaSettings) -> list[dict]:
     "Every consumer group: state, members and their partitions, committed offset and lag per partition."
-    admin, c = admin_client(settings), consumer(settings)
+    admin, c = admin_client(settings), consumer(settings, enable_auto_commit=False)
     try:
         ids = sorted(g["group_id"] for g in admin.list_groups())
         described = admin.describe_groups(ids) if ids else {}

@@ -12,7 +12,7 @@ import click
 from jsonschema import Draft202012Validator
 from jsonschema.validators import extend
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.serializer import DefaultSerializer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from .config import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, kafka_options,
@@ -545,18 +545,18 @@ class ScoringWorker:
         )
         self.consumer.partitions_for_topic(self.topics[0])  # known before the first join, else it assigns nothing until the next metadata refresh (5 min)
         self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
-        txn = (
-            {
-                "transactional_id": f"{self.group_id}-{self.worker_id}",
-                "transaction_timeout_ms": self.transaction_timeout_ms,
-            }
-            if self.exactly_once
-            else {}
-        )
-        self.producer = producer(self.settings, value_serializer=DefaultSerializer(), linger_ms=5, **txn)
-        if self.exactly_once: self.producer.init_transactions()
+        self.producer = self._new_producer()
         log.info("%r consuming %s at %s", self, self.topics[0], self.settings.bootstrap_servers)
         return self
+
+    def _new_producer(self):
+        "The worker's producer; in exactly-once mode transactional, its transactions initialised (fencing an older producer of this id)."
+        txn = {"transactional_id": f"{self.group_id}-{self.worker_id}", "transaction_timeout_ms": self.transaction_timeout_ms}
+        p = producer(self.settings, value_serializer=DefaultSerializer(), linger_ms=5, **(txn if self.exactly_once else {}))
+        if self.exactly_once:
+            try: p.init_transactions()
+            except KafkaError: close_producer(p, timeout=1); raise
+        return p
 
     def close(self):
         "Leave the group and close the clients (offsets were committed batch by batch)."
@@ -609,24 +609,46 @@ class ScoringWorker:
         for tp, o in first_offsets(records).items():
             if tp in owned: self.consumer.seek(tp, o)
 
+    def _within(self, step:str, *args):
+        "Run a transaction `step` of kafka-python's transaction manager, waiting at most half the transaction timeout."
+        result = getattr(self.producer._transaction_manager, step)(*args)
+        self.producer._sender.wakeup()
+        if not result.wait(self.transaction_timeout_ms // 2):
+            raise KafkaTimeoutError(f"{step} took longer than {self.transaction_timeout_ms // 2000} s")
+
     def _deliver_exactly_once(self, out:list[Outgoing], records:list) -> bool:
-        "Send and commit the offsets in one transaction; on failure abort and rewind."
+        "Send and commit the offsets in one transaction; on failure abort (or renew the producer) and read the events again."
         self.producer.begin_transaction()
         try:
             self._send(out)
-            self.producer.send_offsets_to_transaction(next_offsets(records), self.consumer.group_metadata())
-            self.producer.commit_transaction()
+            self._within("send_offsets_to_transaction", next_offsets(records), self.consumer.group_metadata())
+            self._within("begin_commit")
             return True
         except KafkaError as e:
-            log.warning(
-                "%r: transaction of %d events failed (%r); aborting it and reading them again",
-                self,
-                len(records),
-                e,
-            )
-            self.producer.abort_transaction()
+            log.warning("%r: transaction of %d events failed (%r); aborting it and reading them again", self, len(records), e)
+        try:
+            self._within("begin_abort")
             self._rewind(records)
-            return False
+        except KafkaError as e:
+            self._renew_producer(e)
+            self._rewind_to_committed(records)
+        return False
+
+    def _renew_producer(self, why:Exception):
+        "Replace a producer whose transaction cannot end; the new one, with the same id, completes or aborts it on the broker."
+        log.warning("%r: the transaction could not be aborted (%r); replacing the producer", self, why)
+        close_producer(self.producer, timeout=1)
+        self.producer = None
+        while self.producer is None and not self.stopping.is_set():
+            try: self.producer = self._new_producer()
+            except (KafkaError, StreamError) as e: log.warning("%r: no new transactional producer yet (%r); trying again", self, e)
+
+    def _rewind_to_committed(self, records:list):
+        "Seek each owned partition to the group's committed offset (the batch's start where none is committed yet)."
+        firsts = first_offsets(records)
+        for tp in self.consumer.assignment():
+            o = self.consumer.committed(tp)
+            if o is not None or tp in firsts: self.consumer.seek(tp, o if o is not None else firsts[tp])
 
     def process(self, records:list) -> Counter:
         "Score, dead-letter and commit one batch; the outcome counts (empty if the transaction was aborted)."

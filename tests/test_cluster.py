@@ -135,9 +135,8 @@ N_EVENTS = 10_000
 
 def test_scorers_exactly_once_across_a_broker_loss(cluster, settings, model_dir, tmp_path):
     """Two exactly-once `serve` workers score 10,000 events while a broker is SIGKILLed for 10 s: never a duplicate for a
-    read_committed reader, and every event scored within 60 s of the broker's return. A worker that exits is restarted with
-    its id, as a supervisor would. The second promise is broken today by a hang of kafka-python's transactional producer
-    (RELIABILITY.md, cluster section): the test then counts it and is marked xfail; duplicates always fail it."""
+    read_committed reader, every event scored within 60 s of the broker's return, and both workers stop on SIGTERM. A worker
+    that exits is restarted with its id, as a supervisor would (and counted)."""
     t0, t = time.monotonic(), topics("cluster")
     ensure_topic(settings, t["events"], partitions=6)
     df = generate_sales(N_EVENTS, seed=29, missing=0.0)
@@ -176,9 +175,8 @@ def test_scorers_exactly_once_across_a_broker_loss(cluster, settings, model_dir,
     assert set(got) <= set(range(N_EVENTS)), "only the replayed events are scored"
     for internal in ("__consumer_offsets", "__transaction_state"):
         assert {len(p["replica_nodes"]) for p in describe(settings.bootstrap_servers, internal)} == {3}, internal
-    if unscored or crashes or codes != {"w0": 0, "w1": 0}:
-        pytest.xfail(f"{unscored} events unscored 60 s after the broker returned, crashes {crashes}, exit codes {codes}: "
-                     f"kafka-python's transactional producer stalls after a broker loss (RELIABILITY.md); logs in {tmp_path}")
+    assert unscored == 0 and not crashes and codes == {"w0": 0, "w1": 0}, (
+        f"{unscored} events unscored 60 s after the broker returned, crashes {crashes}, exit codes {codes}; logs in {tmp_path}")
 
 N_REFUSED = 30_000
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08a_replay.ipynb #5c45a123
 from __future__ import annotations
-import json, logging, math, time
+import itertools, json, logging, math, time
 from pathlib import Path
 from kafka import TopicPartition
 import click
@@ -18,7 +18,7 @@ from .data import DataError, load_table
 from .serve import SCHEMA_VERSION
 from kafka.errors import KafkaTimeoutError
 from .stream import (PARTITIONS, StreamError, StreamSummary, check_topic, close_producer, consumer,
-                                           ensure_topic, producer, summarise_sends)
+                                           ensure_topic, producer, Sends)
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +79,15 @@ def replay(events, # event dicts, e.g. from `table_events`
     settings = ensure_broker(settings)
     ensure_topic(settings, check_topic(topic), partitions)
     p = producer(settings, tuning=tuning or replay_tuning(rate))
-    futures, t0 = [], time.monotonic()
+    sends, t0 = Sends(), time.monotonic()
     try:
         for i, ev in enumerate(tqdm(events, total=total, desc=f"replaying to {topic}", unit="ev", disable=not progress, mininterval=0.5)):
             if rate and (ahead := t0 + i / rate - time.monotonic()) > 0: time.sleep(ahead)
-            futures.append(p.send(topic, key=str(ev["event_id"]), value=ev))
+            sends.add(p.send(topic, key=str(ev["event_id"]), value=ev), ev["event_id"])
         try: p.flush(timeout)
-        except KafkaTimeoutError: pass  # summarise_sends counts the events not acknowledged
+        except KafkaTimeoutError: pass  # the summary counts the events not acknowledged
     finally: close_producer(p)
-    summary = summarise_sends(futures, topic, settings.bootstrap_servers, time.monotonic() - t0)
+    summary = sends.summary(topic, settings.bootstrap_servers, time.monotonic() - t0)
     log.debug("replayed %s", summary)  # the caller shows it: `sales-kafka replay` prints it once
     return summary
 
@@ -134,10 +134,11 @@ def replay_command(csv, bootstrap_servers, topic, rate, first_id, limit, repeat,
     "Send the rows of a sales CSV as events (the load generator for demos, tests and benchmarks)."
     try: df = load_table(csv, target=target, sep=sep)
     except DataError as e: raise click.ClickException(str(e))
-    df = pd.concat([df] * repeat, ignore_index=True).head(limit)
-    events = table_events(df, first_id)
+    total = min(len(df) * repeat, limit or len(df) * repeat)
+    rounds = (table_events(df, first_id + k * len(df)) for k in range(repeat))  # one copy of the table, however many repeats
+    events = itertools.islice(itertools.chain.from_iterable(rounds), total)
     if shift_after is not None: events = shift_events(events, shift_after, target=target)
-    try: s = replay(events, kafka_settings(bootstrap_servers=bootstrap_servers), topic, rate, partitions, total=len(df),
+    try: s = replay(events, kafka_settings(bootstrap_servers=bootstrap_servers), topic, rate, partitions, total=total,
                    tuning=replay_tuning(rate, **tuning))
     except StreamError as e: raise click.ClickException(str(e))
     click.echo(str(s))

@@ -5,7 +5,7 @@
 # %% ../nbs/07_stream.ipynb #ecd6ad36
 from __future__ import annotations
 import gc, json, logging, math, numbers, re, time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
@@ -27,9 +27,8 @@ __all__ = ['log', 'PREDICTION_SCHEMA', 'FIELDS', 'PREDICTION_HEADERS', 'CONNECT_
            'StreamError', 'prediction_record', 'schema_markdown', 'names_markdown', 'check_records',
            'prediction_records', 'prediction_json', 'check_topic', 'BrokerUnreachable', 'AuthenticationFailed',
            'admin_client', 'producer', 'consumer', 'require_broker', 'ensure_topic', 'key_partitions', 'gc_paused',
-           'StreamSummary', 'StreamIncomplete', 'retry_reasons', 'summarise_sends', 'close_producer',
-           'stream_predictions', 'messages', 'read_back', 'verify_stream', 'run_values', 'wait_in_sync', 'verify_run',
-           'consume_cli']
+           'StreamSummary', 'StreamIncomplete', 'retry_reasons', 'Sends', 'close_producer', 'stream_predictions',
+           'messages', 'read_back', 'verify_stream', 'run_values', 'wait_in_sync', 'verify_run', 'consume_cli']
 
 # %% ../nbs/07_stream.ipynb #ce4272c1
 PREDICTION_SCHEMA = {
@@ -334,28 +333,40 @@ def retry_reasons(warnings:list[str]) -> str:
         f"{e} x{n}" + (f" ({_MEANING[e]})" if e in _MEANING else "") for e, n in errors.most_common()
     )
 
-def summarise_sends(futures:list, topic:str, servers:str, elapsed:float,
-                    keys:list|None=None, # each future's record key, to name the unacknowledged ones
-                    why:str="", # what the cluster answered while the producer retried (`retry_reasons`)
-                    hint:str="", # what to do about unacknowledged records
-                    **meta) -> StreamSummary:
-    "A summary of sent records from their futures, or `StreamIncomplete` counting and naming those not acknowledged."
-    failed = [i for i, f in enumerate(futures) if not f.succeeded()]
-    if failed:
-        first = futures[failed[0]].exception or "no acknowledgement in time"
-        raise StreamIncomplete(
-            f"{len(failed)} of {len(futures)} records to {topic} at {servers} were not acknowledged "
-            f"({len(futures) - len(failed)} were); first error: {first!r}"
-            + (f"; the producer retried on {why}" if why else "")
-            + (f"; {hint}" if hint else ""),
-            [keys[i] for i in failed] if keys else [],
-        )
-    offsets = {}
-    for f in futures:
-        md = f.value
-        lo, hi = offsets.get(md.partition, (md.offset, md.offset))
-        offsets[md.partition] = [min(lo, md.offset), max(hi, md.offset)]
-    return StreamSummary(topic, servers, len(futures), offsets, elapsed, **meta)
+class Sends:
+    "Sent records, folded into a count and offset ranges as they are acknowledged, so only those in flight are held."
+    def __init__(self): self.pending, self.acknowledged, self.offsets = deque(), 0, {}
+
+    def add(self, future, key=None): # `key` names the record if it is never acknowledged
+        "Track one sent record's future; fold the acknowledged ones at the head."
+        self.pending.append((future, key))
+        while self.pending and self.pending[0][0].succeeded(): self._fold(self.pending.popleft()[0].value)
+
+    def _fold(self, md):
+        self.acknowledged += 1
+        lo, hi = self.offsets.get(md.partition, (md.offset, md.offset))
+        self.offsets[md.partition] = [min(lo, md.offset), max(hi, md.offset)]
+
+    def summary(self, topic:str, servers:str, elapsed:float,
+                why:str="", # what the cluster answered while the producer retried (`retry_reasons`)
+                hint:str="", # what to do about unacknowledged records
+                **meta) -> StreamSummary:
+        "Where the records landed, or `StreamIncomplete` counting and naming those not acknowledged."
+        failed = []
+        for f, key in self.pending:
+            if f.succeeded(): self._fold(f.value)
+            else: failed.append((f, key))
+        self.pending.clear()
+        if failed:
+            total = self.acknowledged + len(failed)
+            raise StreamIncomplete(
+                f"{len(failed)} of {total} records to {topic} at {servers} were not acknowledged "
+                f"({self.acknowledged} were); first error: {failed[0][0].exception or 'no acknowledgement in time'!r}"
+                + (f"; the producer retried on {why}" if why else "")
+                + (f"; {hint}" if hint else ""),
+                [key for _, key in failed if key is not None],
+            )
+        return StreamSummary(topic, servers, self.acknowledged, self.offsets, elapsed, **meta)
 
 def close_producer(p:KafkaProducer, timeout:float=5):
     "Close `p`, abandoning records it could not send (kafka-python's `close` raises then and leaves its sender running)."
@@ -399,24 +410,21 @@ def stream_predictions(records:list[dict], # prediction messages, e.g. from `pre
         keys = [str(r["prediction_index"]).encode() for r in records]
         values = [prediction_json(r) for r in records]
         todo = zip(keys, values, key_partitions(keys, len(p.partitions_for(topic))))
+        sends = Sends()
         with gc_paused():
-            futures = [
-                p.send(topic, key=k, value=v, headers=headers, partition=part)
-                for k, v, part in tqdm(todo, total=len(keys), desc=f"streaming to {topic}", unit="rec",
-                                       disable=not progress, mininterval=0.5)
-            ]
+            for (k, v, part), r in zip(tqdm(todo, total=len(keys), desc=f"streaming to {topic}", unit="rec",
+                                            disable=not progress, mininterval=0.5), records):
+                sends.add(p.send(topic, key=k, value=v, headers=headers, partition=part), r["prediction_index"])
         try: p.flush(timeout + 10)  # kafka-python may not expire a batch whose leader is gone: never wait longer
         except KafkaTimeoutError: pass  # the unacknowledged records are reported below
         elapsed = time.monotonic() - t0
     finally:
         close_producer(p)
         kafka_log.removeHandler(seen)
-    summary = summarise_sends(
-        futures,
+    summary = sends.summary(
         topic,
         settings.bootstrap_servers,
         elapsed,
-        [r["prediction_index"] for r in records],
         retry_reasons(seen.seen),
         "running the same stream again with resume=True sends only those "
         "(for a pipeline run: `sales-kafka run --resume RUN_DIR`)",

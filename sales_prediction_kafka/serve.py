@@ -15,7 +15,8 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.serializer import DefaultSerializer
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from .config import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, kafka_options,
+from .config import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, ProducerSettings,
+                                           kafka_options, producer_settings,
                                            kafka_settings, plain, stop_on_signals)
 from .broker import ensure_broker
 from .models import MODEL_JSON, load_model
@@ -25,15 +26,16 @@ from .stream import PARTITIONS, StreamError, consumer, ensure_topic, prediction_
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'MAX_EVENT_ID', 'REASONS', 'JsonValidator', 'DEAD_LETTER_HEADERS',
-           'RUNS_DIR', 'event_schema', 'Rejection', 'parse_event', 'event_rejection', 'EventValidator',
-           'example_events', 'score_events', 'prediction_message', 'dead_letter_headers', 'Outgoing', 'plan_batch',
-           'Metrics', 'ServeError', 'next_offsets', 'first_offsets', 'AssignmentReporter', 'ScoringWorker',
-           'find_model', 'serve', 'serve_command']
+__all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVENT_ID', 'REASONS', 'JsonValidator',
+           'DEAD_LETTER_HEADERS', 'RUNS_DIR', 'event_schema', 'Rejection', 'parse_event', 'event_rejection',
+           'EventValidator', 'example_events', 'score_events', 'prediction_message', 'dead_letter_headers', 'Outgoing',
+           'plan_batch', 'Metrics', 'ServeError', 'next_offsets', 'first_offsets', 'AssignmentReporter',
+           'ScoringWorker', 'find_model', 'serve', 'serve_command']
 
 # %% ../nbs/08_serve.ipynb #89466d76
 SCHEMA_VERSION = 1  # the version of the event schema this worker reads
 MAX_EVENT_BYTES = 64 * 1024  # default limit on one event's size
+SERVE_TUNING = ProducerSettings(linger_ms=5)  # the worker flushes each batch: a short linger only groups its first records (below)
 MAX_EVENT_ID = 2**63 - 1  # event ids must fit a signed 64-bit integer
 
 def _feature_property(levels:list|None, # the categories of a categorical feature; None: numeric
@@ -552,7 +554,8 @@ class ScoringWorker:
     def _new_producer(self):
         "The worker's producer; in exactly-once mode transactional, its transactions initialised (fencing an older producer of this id)."
         txn = {"transactional_id": f"{self.group_id}-{self.worker_id}", "transaction_timeout_ms": self.transaction_timeout_ms}
-        p = producer(self.settings, value_serializer=DefaultSerializer(), linger_ms=5, **(txn if self.exactly_once else {}))
+        p = producer(self.settings, tuning=producer_settings(base=SERVE_TUNING), value_serializer=DefaultSerializer(),
+                     **(txn if self.exactly_once else {}))
         if self.exactly_once:
             try: p.init_transactions()
             except KafkaError: close_producer(p, timeout=1); raise

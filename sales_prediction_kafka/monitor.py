@@ -103,48 +103,53 @@ def _parts(r:Record) -> tuple:
             *(1.0 if abs(e) <= b / 100 * abs(a) else 0.0 for b in BANDS))
 
 class Window:
-    "The latest records (at most `size`, within `seconds` of the newest), with running sums of their errors."
+    "The latest records (at most `size`, within `seconds` of the newest), as running sums of their errors."
     def __init__(self, size:int|None=None, # keep at most this many records
                  seconds:float|None=None): # keep records newer than the newest timestamp minus this
         if size is None and seconds is None: raise ValueError("a window needs a size, a time span or both")
         self.size, self.seconds = size, seconds
-        self.records, self._parts = deque(), deque()
-        self._sums, self._dropped = [0.0] * (5 + len(BANDS)), 0
+        self.entries = deque()  # [timestamp, records, their summed terms], oldest first
+        self.n, self._sums, self._dropped = 0, [0.0] * (5 + len(BANDS)), 0
         self.newest = -math.inf  # the newest timestamp seen
 
-    def __len__(self): return len(self.records)
+    def __len__(self): return self.n
 
     def add(self, r:Record) -> Window:
         "Add `r` and drop the records that fall out of the window."
         parts = _parts(r)
-        self.records.append(r); self._parts.append(parts)
+        last = self.entries[-1] if self.entries else None
+        if self.size is None and last is not None and last[0] == r.timestamp:  # leaves the window with `last`: one entry
+            last[1] += 1; last[2] = [s + p for s, p in zip(last[2], parts)]
+        else: self.entries.append([r.timestamp, 1, list(parts)])
+        self.n += 1
         self._sums = [s + p for s, p in zip(self._sums, parts)]
         self.newest = max(self.newest, r.timestamp)
-        while self.records and ((self.size is not None and len(self.records) > self.size) or
-                                (self.seconds is not None and self.records[0].timestamp <= self.newest - self.seconds)):
+        while self.entries and ((self.size is not None and self.n > self.size) or
+                                (self.seconds is not None and self.entries[0][0] <= self.newest - self.seconds)):
             self._drop()
         return self
 
     def _drop(self):
-        "Remove the oldest record; rebuild the sums exactly once as many have left as remain."
-        self.records.popleft()
-        self._sums = [s - p for s, p in zip(self._sums, self._parts.popleft())]
-        self._dropped += 1
-        if self._dropped >= max(len(self._parts), 1):
+        "Remove the oldest entry; rebuild the sums exactly once as many records have left as remain."
+        _, k, parts = self.entries.popleft()
+        self.n -= k
+        self._sums = [s - p for s, p in zip(self._sums, parts)]
+        self._dropped += k
+        if self._dropped >= max(self.n, 1):
             self._sums = (
-                [math.fsum(col) for col in zip(*self._parts)] if self._parts else [0.0] * len(self._sums)
+                [math.fsum(col) for col in zip(*(e[2] for e in self.entries))] if self.entries else [0.0] * len(self._sums)
             )
             self._dropped = 0
 
     def error_stats(self) -> dict:
         "The window's MAE, RMSE, bias, MAPE (%), share within each band (%) and throughput."
-        n = len(self.records)
+        n = self.n
         if not n: return error_stats([])
         e, ae, se, ape, nz, *within = self._sums
         return {"n": n, "mae": ae / n, "rmse": math.sqrt(max(se, 0.0) / n), "bias": e / n,
                 "mape_pct": ape / nz * 100 if nz > 0.5 else None,
                 "within": {str(b): w / n * 100 for b, w in zip(BANDS, within)},
-                "throughput": _rate(n, self.records[0].timestamp, self.records[-1].timestamp)}
+                "throughput": _rate(n, self.entries[0][0], self.entries[-1][0])}
 
 # %% ../nbs/09_monitor.ipynb #e7774f92
 class RollingMetrics:

@@ -5,8 +5,9 @@ import pytest
 from helpers import ROOT
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-# every benchmark but `loop`, whose shift scenario (with a real retrain, minutes) tests/test_loop.py runs through bench.loop
-QUICK = ("streaming", "scoring", "validation", "live", "scale")
+# every benchmark but `loop`, whose shift scenario (with a real retrain, minutes) tests/test_loop.py runs through bench.loop,
+# and `pipeline`, which runs the whole pipeline three times (two git worktrees and the working tree: minutes even with 3 epochs)
+QUICK = ("streaming", "scoring", "validation", "live", "scale", "serving_start")
 MACHINE = ("cores", "cpu", "python", "numpy", "tensorflow", "kafka-python", "java", "loadavg")
 
 
@@ -108,3 +109,16 @@ def test_transactions_quick_chunked_equals_in_memory(tmp_path):
         assert positive(r["seconds"], r["rows_per_s"], r["peak_mib"]), r
         assert r["groups"] == 12 if r["by"] == "month" else r["groups"] > 100, r  # 12 months; customers (10,000 of them)
     assert len(doc["targets"]) == 2 and "## Transactions larger than memory" in res.stdout
+
+
+def test_serving_start_numpy_worker_has_no_tensorflow_and_scores_alike(results):
+    s = results["serving_start"]
+    by = {r["side"]: r for r in s["summary"]}
+    assert set(by) == {"numpy (model.npz)", "keras (no model.npz)", "numpy, without rfc3987_syntax"}
+    for r in s["summary"]:
+        assert positive(r["ready_s"], r["loaded_s"], r["rss_mb"]) and r["loaded_s"] <= r["ready_s"], r
+        assert r["max_abs_diff_vs_keras"] <= 1e-6, r  # every worker scored the test split like the Keras-loaded net
+    assert by["keras (no model.npz)"]["tensorflow_mapped"] is True  # the old path loads TensorFlow ...
+    assert by["numpy (model.npz)"]["tensorflow_mapped"] is False  # ... the new one does not
+    assert by["numpy (model.npz)"]["rss_mb"] < by["keras (no model.npz)"]["rss_mb"] / 2, by
+    assert s["events_checked"] == 100 and s["targets"]["predictions equal the Keras model's to 1e-6"] is True

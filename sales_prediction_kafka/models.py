@@ -9,7 +9,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is impor
 import hashlib, json, logging, math, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,6 @@ from tqdm import tqdm
 from .clean import Cleaner, CleaningReport, OUTLIER_POLICIES
 from .config import plain, set_seed
 from .data import TARGET
-if TYPE_CHECKING: from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -560,8 +558,8 @@ def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and v != v)
 
 # %% ../nbs/04_models.ipynb #e398f029
-def plot_training(model:SalesModel) -> Figure:
-    "Training and validation loss by epoch of a net."
+def plot_training(model:SalesModel):
+    "A matplotlib figure of a net's training and validation loss by epoch."
     import matplotlib.pyplot as plt
     if not model.history:
         raise ValueError(f"model {model.name!r} ({model.kind}) has no training history; only nets have one")
@@ -729,8 +727,8 @@ def compare_models(train_df:pd.DataFrame, **kwargs) -> pd.DataFrame:
 
 # %% ../nbs/04_models.ipynb #e7ef9866
 def plot_cv_training(folds:pd.DataFrame # `cv_scores` output
-                    ) -> Figure:
-    "Validation loss by epoch of every net fold of a comparison: one panel per net and outlier policy."
+                    ):
+    "A matplotlib figure of the validation loss by epoch of every net fold of a comparison: one panel per net and outlier policy."
     import matplotlib.pyplot as plt
     nets = folds[folds["history"].notna()].groupby(["model", "outliers"], sort=False)["history"].apply(list)
     if nets.empty: raise ValueError("no net was trained in this comparison")
@@ -837,8 +835,8 @@ def permutation_importance(model:SalesModel, df:pd.DataFrame, # rows to score on
         rows.append({"feature": c, "rmse_increase": float(np.mean(rises)), "std": float(np.std(rises))})
     return pd.DataFrame(rows).sort_values("rmse_increase", ascending=False, ignore_index=True)
 
-def plot_importance(imp:pd.DataFrame, title:str="Permutation importance (test split)") -> Figure:
-    "Horizontal bars of `permutation_importance` output, largest on top."
+def plot_importance(imp:pd.DataFrame, title:str="Permutation importance (test split)"):
+    "A matplotlib figure of horizontal bars of `permutation_importance` output, largest on top."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(imp) + 1.2))
     ax.barh(imp["feature"][::-1], imp["rmse_increase"][::-1], xerr=imp["std"][::-1], color="tab:blue")

@@ -6,7 +6,7 @@ from helpers import ROOT
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 # every benchmark but `loop`, whose shift scenario (with a real retrain, minutes) tests/test_loop.py runs through bench.loop,
-# and `pipeline`, which runs the whole pipeline three times (two git worktrees and the working tree: minutes even with 3 epochs)
+# and `pipeline`, which runs the whole pipeline three times in git worktrees (90 s in quick mode at load 1.4, minutes under load)
 QUICK = ("streaming", "scoring", "validation", "live", "scale", "serving_start")
 MACHINE = ("cores", "cpu", "python", "numpy", "tensorflow", "kafka-python", "java", "loadavg")
 

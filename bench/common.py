@@ -116,6 +116,14 @@ def loglog_slope(x:list, y:list) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
+def run_worker(module:str, *args, timeout:float=3600) -> dict:
+    "Run `python -m bench.<module> args...` in a fresh process (so its peak memory is its own); its last JSON line."
+    res = subprocess.run([sys.executable, "-m", f"bench.{module}", *map(str, args)], capture_output=True, text=True,
+                         timeout=timeout, cwd=Path(__file__).parent.parent)
+    if res.returncode: raise RuntimeError(f"{module} {' '.join(map(str, args))} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def load() -> list[float]:
     "The 1, 5 and 15 minute load averages."
     return [round(x, 2) for x in os.getloadavg()]

@@ -1,9 +1,9 @@
 """Scale: time and peak memory of load + clean + one training epoch + batch scoring on generated tables of growing size,
 each size in a fresh process; the log-log slope of time against rows, and where memory would run out."""
 from __future__ import annotations
-import json, os, subprocess, sys, tempfile
+import os, tempfile
 from pathlib import Path
-from .common import log, loglog_slope, table, write_result, load
+from .common import log, run_worker, loglog_slope, table, write_result, load
 
 NAME = "scale"
 SIZES = [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
@@ -11,10 +11,7 @@ SIZES = [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
 
 def worker(*args, timeout:float=3600) -> dict:
     "Run `bench.scale_worker` in a fresh process; its JSON line."
-    res = subprocess.run([sys.executable, "-m", "bench.scale_worker", *map(str, args)], capture_output=True, text=True,
-                         timeout=timeout, cwd=Path(__file__).parent.parent)
-    if res.returncode: raise RuntimeError(f"scale_worker {' '.join(map(str, args))} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_worker("scale_worker", *args, timeout=timeout)
 
 
 def run(quick:bool=False, out:Path|None=None, max_rows:int|None=None, **_) -> dict:

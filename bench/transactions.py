@@ -2,9 +2,9 @@
 each run in a fresh process (time and peak resident memory); the whole file read into memory at a smaller size, for the
 contrast; and a check that the chunked tables equal the in-memory ones exactly."""
 from __future__ import annotations
-import json, subprocess, sys, tempfile
+import tempfile
 from pathlib import Path
-from .common import log, table, write_result, load
+from .common import log, run_worker, table, write_result, load
 
 NAME = "transactions"
 FULL = {"big": 50_000_000, "mid": 5_000_000, "check": 200_000, "chunksize": None}  # chunksize None: the library's default
@@ -14,10 +14,7 @@ GIB = 2 ** 30
 
 def worker(*args, timeout:float=3600) -> dict:
     "Run `bench.transactions_worker` in a fresh process; its JSON line."
-    res = subprocess.run([sys.executable, "-m", "bench.transactions_worker", *map(str, args)], capture_output=True, text=True,
-                         timeout=timeout, cwd=Path(__file__).parent.parent)
-    if res.returncode: raise RuntimeError(f"transactions_worker {' '.join(map(str, args))} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_worker("transactions_worker", *args, timeout=timeout)
 
 
 def measure(csv:Path, rows:int, how:str, by:str, chunksize:int|None) -> dict:

@@ -117,15 +117,16 @@ def kafka_options(max_records:str|None=None, # help of a `--max-records` option;
 # %% ../nbs/00_config.ipynb #b1f1a88d
 def producer_options(f):
     "A click decorator adding the `ProducerSettings` as options (`--linger-ms` ...), all defaulting to None."
+    defaults = ProducerSettings()
     opts = [
         click.option("--compression-type", type=click.Choice(["none", "gzip", "lz4", "zstd", "snappy"]), default=None,
-                     help="Producer compression (default: $KAFKA_COMPRESSION_TYPE, else zstd)."),
+                     help=f"Producer compression (default: $KAFKA_COMPRESSION_TYPE, else {defaults.compression_type})."),
         click.option("--linger-ms", type=click.IntRange(0), default=None,
                      help="How long a batch waits for more records (default: $KAFKA_LINGER_MS, else the command's)."),
         click.option("--batch-size", type=click.IntRange(1), default=None,
-                     help="Bytes per partition batch (default: $KAFKA_BATCH_SIZE, else 262144)."),
+                     help=f"Bytes per partition batch (default: $KAFKA_BATCH_SIZE, else {defaults.batch_size})."),
         click.option("--max-in-flight-requests-per-connection", type=click.IntRange(1, 5), default=None,
-                     help="Unacknowledged requests per broker, 1-5 (default: $KAFKA_MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION, else 5)."),
+                     help=f"Unacknowledged requests per broker, 1-5 (default: $KAFKA_MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION, else {defaults.max_in_flight_requests_per_connection})."),
     ]
     for o in reversed(opts): f = o(f)
     return f

@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'SEASONS', 'GENDERS', 'TARGET', 'SALES_COLUMNS', 'SEASON_EFFECT', 'MISSING_COLUMNS', 'SAMPLE_CSV', 'DELIMITERS',
-           'SHOW_CELLS', 'KIND_ROWS', 'CHUNK_ROWS', 'Column', 'column_kind', 'column_kinds', 'generate_sales',
-           'write_table', 'write_sample', 'DataError', 'load_table', 'generate_transactions', 'aggregate_transactions',
-           'generate_data', 'aggregate_command']
+           'SHOW_CELLS', 'CSV_READ', 'KIND_ROWS', 'CHUNK_ROWS', 'Column', 'column_kind', 'column_kinds',
+           'generate_sales', 'write_table', 'write_sample', 'DataError', 'load_table', 'generate_transactions',
+           'aggregate_transactions', 'generate_data', 'aggregate_command']
 
 # %% ../nbs/01_data.ipynb #909005de
 @dataclass(frozen=True)
@@ -200,6 +200,9 @@ def _long_row(path:Path, sep:str) -> str|None:
     return None
 
 # %% ../nbs/01_data.ipynb #1a956d6f
+# how every table file is read: a BOM is not part of the first name, and blank lines keep the line count
+CSV_READ = dict(encoding="utf-8-sig", skip_blank_lines=False, skipinitialspace=True, index_col=False)
+
 def load_table(path, # CSV file
                target:str=TARGET, # the column to predict; must be numeric
                features:list|None=None, # feature columns; None means every other named column
@@ -210,7 +213,7 @@ def load_table(path, # CSV file
     features = _check_header(path, _header(path, sep), target, features)
     with warnings.catch_warnings():
         warnings.simplefilter("error", pd.errors.ParserWarning)  # pandas drops the extra fields of a long first row with only a warning
-        try: raw = pd.read_csv(path, sep=sep, dtype=str, encoding="utf-8-sig", skip_blank_lines=False, skipinitialspace=True, index_col=False)
+        try: raw = pd.read_csv(path, sep=sep, dtype=str, **CSV_READ)
         except (pd.errors.ParserError, pd.errors.ParserWarning) as e: raise DataError(_long_row(path, sep) or f"{path}: {e}") from None
     raw.columns = [c.strip() for c in raw.columns]
     raw = raw[raw.notna().any(axis=1)]  # blank lines; the index still counts them, so line = index + 2
@@ -388,8 +391,7 @@ def _transaction_columns(columns:list, date_col:str, customer_col:str, amount_co
 
 def _csv_chunks(path:Path, sep:str, chunksize:int, date_col:str, text:list) -> Iterator[pd.DataFrame]:
     "The rows of the CSV at `path`, `chunksize` at a time, `text` columns as text, indexed by line - 2, blank lines dropped."
-    read = dict(sep=sep, encoding="utf-8-sig", skip_blank_lines=False, skipinitialspace=True, index_col=False)
-    with pd.read_csv(path, dtype=dict.fromkeys(text, str), chunksize=chunksize, **read) as chunks:
+    with pd.read_csv(path, sep=sep, dtype=dict.fromkeys(text, str), chunksize=chunksize, **CSV_READ) as chunks:
         for chunk in tqdm(chunks, desc=f"aggregating {path.name}", unit="chunk", disable=path.stat().st_size < 2**28):
             chunk.columns = [c.strip() for c in chunk.columns]
             no_date = chunk[date_col].isna().to_numpy()  # only those rows can be blank lines

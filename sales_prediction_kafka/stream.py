@@ -409,12 +409,12 @@ def stream_predictions(records:list[dict], # prediction messages, e.g. from `pre
         t0 = time.monotonic()
         keys = [str(r["prediction_index"]).encode() for r in records]
         values = [prediction_json(r) for r in records]
-        todo = zip(keys, values, key_partitions(keys, len(p.partitions_for(topic))))
+        todo = zip(keys, values, key_partitions(keys, len(p.partitions_for(topic))), (r["prediction_index"] for r in records))
         sends = Sends()
         with gc_paused():
-            for (k, v, part), r in zip(tqdm(todo, total=len(keys), desc=f"streaming to {topic}", unit="rec",
-                                            disable=not progress, mininterval=0.5), records):
-                sends.add(p.send(topic, key=k, value=v, headers=headers, partition=part), r["prediction_index"])
+            for k, v, part, idx in tqdm(todo, total=len(keys), desc=f"streaming to {topic}", unit="rec",
+                                        disable=not progress, mininterval=0.5):
+                sends.add(p.send(topic, key=k, value=v, headers=headers, partition=part), idx)
         try: p.flush(timeout + 10)  # kafka-python may not expire a batch whose leader is gone: never wait longer
         except KafkaTimeoutError: pass  # the unacknowledged records are reported below
         elapsed = time.monotonic() - t0

@@ -21,7 +21,8 @@ from .config import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSe
 from .broker import ensure_broker
 from .models import MODEL_JSON, load_model
 from .registry import MODELS_TOPIC, ChampionFollower, record_model
-from .stream import PARTITIONS, StreamError, consumer, ensure_topic, prediction_record, producer
+from .stream import (PARTITIONS, StreamError, close_producer, consumer, ensure_topic, prediction_record,
+                                     producer)
 
 log = logging.getLogger(__name__)
 

@@ -3,13 +3,14 @@ a broker that answers late or never. Each test prints a `RELIABILITY` line with 
 import json, os, signal, socket, subprocess, sys, threading, time
 from collections import Counter
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 from sales_prediction_kafka.broker import LocalBroker, free_port
 from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import SAMPLE_CSV, generate_sales
 from sales_prediction_kafka.replay import replay, table_events
+from sales_prediction_kafka.models import load_model
+from sales_prediction_kafka.serve import ScoringWorker
 from sales_prediction_kafka.stream import StreamError, ensure_topic, messages
-from helpers import SALES_KAFKA, failed_stream, landed, metrics, read_all, report, scored, start_stream, start_worker, topics, wait_for
+from helpers import SALES_KAFKA, failed_stream, landed, metrics, read_all, report, scored, start_worker, topics, wait_for
 
 def kill_broker(b:LocalBroker):
     "SIGKILL the broker's process group, as a crash would."
@@ -106,6 +107,38 @@ def test_scorer_sigkill_mid_replay(broker_settings, model_dir, tmp_path, exactly
     assert unscored == 0, f"{unscored} events never scored"
     assert set(committed) == set(range(N_EVENTS)), "only the replayed events are scored"
     if exactly_once: assert dupes == 0, f"{dupes} duplicates seen by a read_committed reader"
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_exactly_once_worker_renews_a_producer_its_dead_broker_left_mid_transaction(crash_broker, model_dir):
+    """The broker dies inside an exactly-once transaction: its steps time out, the abort cannot finish, so the worker replaces
+    its producer once the broker is back (fencing the old one) and resumes from the committed offsets: each event once."""
+    b, t, n = crash_broker, topics("renew"), 900
+    settings = KafkaSettings(bootstrap_servers=b.bootstrap_servers)
+    for topic in (t["events"], t["predictions"], t["dlq"]): ensure_topic(settings, topic, 3)
+    replay(table_events(generate_sales(n, seed=17, missing=0.0)), settings, t["events"], progress=False)
+    w = ScoringWorker(load_model(model_dir), settings, group_id=t["group"], worker_id="w1", exactly_once=True, max_records=300,
+                      events_topic=t["events"], predictions_topic=t["predictions"], dead_letter_topic=t["dlq"],
+                      transaction_timeout_ms=4000).open()
+    try:
+        batch = lambda: next(r for _ in range(100) if (r := w.poll(1.0)))
+        assert w.process(batch())["scored"] > 0  # a healthy transaction first: the producer knows the topics
+        cut, first = batch(), w.producer
+        kill_broker(b)
+        t_kill = time.monotonic()
+        restart = threading.Timer(5, lambda: LocalBroker(b.home).start(timeout=120))
+        restart.start()
+        assert w.process(cut) == Counter(), "a batch whose transaction the dead broker cut is not counted as scored"
+        restart.join()
+        assert w.producer is not first and first._closed, "the stuck producer was replaced and closed"
+        renewed_s = time.monotonic() - t_kill
+        m = w.run(idle_exit=3)
+    finally: w.close()
+    got = Counter(json.loads(r.value)["prediction_index"] for r in read_all(settings, t["predictions"], "read_committed"))
+    report("exactly-once producer renewed after a broker loss", sent=n, received=sum(got.values()), lost=n - len(got),
+           duplicated=sum(c - 1 for c in got.values()), cut_batch=len(cut), renewed_after_s=renewed_s)
+    assert set(got) == set(range(n)) and max(got.values()) == 1, f"{n - len(got)} lost, {sum(got.values()) - len(got)} duplicated"
+    assert m["scored"] == n, "the cut batch is scored once more, after the renewal"
 
 # --- 3. a broker that answers late, or never ------------------------------------------------------------------------------
 

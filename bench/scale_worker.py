@@ -37,7 +37,7 @@ def measure(path:str):
         return out
     df = step("load", lambda: load_table(path))
     plan = plan_features(df, "Sales")
-    cleaned, _ = step("clean", lambda: Cleaner("Sales", plan.numeric, plan.categorical).fit(df).apply(df, "remove"))
+    cleaned, _ = step("clean", lambda table=df: Cleaner("Sales", plan.numeric, plan.categorical).fit(table).apply(table, "remove"))
     del df
     # the model's own cleaning finds nothing left to do on the cleaned rows
     model = step("train_1_epoch", lambda: SalesModel("net", epochs=1, patience=0, batch_size=32, seed=42).fit(cleaned))

@@ -1,7 +1,6 @@
 """Batch scoring: the project's inference paths (numpy `forward`, `predict_records`, `predict`) vs a bare numpy forward
 pass with the same weights, Keras `model.predict`, `model(x)` and `predict_on_batch`, at several batch sizes."""
 from __future__ import annotations
-import time
 from pathlib import Path
 import numpy as np
 from .common import log, interleaved_rates, table, write_result, load
@@ -27,7 +26,6 @@ def fit_model(rows:int=4000, seed:int=7):
 def inputs(model, n:int, seed:int=11):
     "A table of `n` complete rows, its model matrix and its rows as event dicts."
     from sales_prediction_kafka.data import generate_sales
-    from sales_prediction_kafka.replay import table_events
     df = generate_sales(int(n * 1.3) + 10, seed).dropna().head(n).reset_index(drop=True)
     return df, model.prep.transform(df)
 

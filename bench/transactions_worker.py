@@ -6,20 +6,20 @@ one DataFrame and aggregated. Both print one JSON line with the seconds and the 
 `check CSV [CHUNKSIZE]` prints whether the chunked tables equal the in-memory ones exactly, by month and by customer."""
 from __future__ import annotations
 import json, sys, time
+import numpy as np
 from bench.scale_worker import peak_mib
 
 MAX_CENTS = 1_000_000  # amounts are drawn below $10,000
 
 
-def _strings(xs) -> "np.ndarray":
+def _strings(xs) -> np.ndarray:
     "The byte strings of `xs` as a numpy `S` array (shorter ones padded with NUL bytes, which the writer drops)."
-    import numpy as np
     return np.array([str(x).encode() for x in xs])
 
 
 def write(n:int, path:str, customers:int=10_000, seed:int=42, chunk:int=1_000_000):
     "Write `n` transactions with `generate_transactions`' schema and model (a spending score and gender per customer, a monthly budget, Winter peaks)."
-    import numpy as np, pandas as pd
+    import pandas as pd
     from sales_prediction_kafka.data import GENDERS, SEASONS
     t0 = time.perf_counter()
     r = np.random.default_rng(seed)

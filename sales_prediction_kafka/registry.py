@@ -4,7 +4,7 @@
 
 # %% ../nbs/07a_registry.ipynb #5b1f26b7
 from __future__ import annotations
-import base64, hashlib, io, json, logging, math, tarfile, tempfile, threading, time
+import base64, hashlib, io, json, logging, tarfile, tempfile, threading, time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path

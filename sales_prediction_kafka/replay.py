@@ -8,7 +8,6 @@ import itertools, json, logging, math, time
 from pathlib import Path
 from kafka import TopicPartition
 import click
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 from .config import (EVENTS_TOPIC, KafkaSettings, ProducerSettings, kafka_options, kafka_settings, plain,

@@ -2,7 +2,6 @@
 import json, subprocess, sys, time, uuid
 from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
-from sales_prediction_kafka.broker import free_port  # noqa: F401 (one free_port for library and tests)
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
 SALES_KAFKA = str(Path(sys.executable).parent/"sales-kafka")  # the command of the virtualenv running the tests

@@ -1,6 +1,6 @@
 """The cluster pages of the dashboard (topics, groups, messages, dead letters) in headless Chromium after a known `dlq replay`,
 the replay's exactly-once promise across processes, and the token that guards every route off loopback."""
-import http.client, json, os, signal, subprocess, sys, time
+import http.client, json, os, signal, subprocess
 from base64 import b64decode
 import pytest
 from kafka import KafkaConsumer, TopicPartition

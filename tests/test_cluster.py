@@ -1,7 +1,7 @@
 """A real three-node Apache Kafka cluster (KRaft, `LocalCluster`): the project's topics replicated, a leader SIGKILLed
 mid-stream, scorers across a broker loss, writes refused while two of three brokers are down and the stream resumed.
 Each scenario prints a `RELIABILITY` line with its counts and times (see RELIABILITY.md)."""
-import json, os, signal, subprocess, sys, threading, time
+import json, os, signal, subprocess, threading, time
 from collections import Counter
 from pathlib import Path
 import pytest

@@ -1,7 +1,7 @@
 "docker-compose.yml: Kafka in KRaft mode from the official image, and Kafdrop on the internal listener."
 import base64
 from pathlib import Path
-import pytest, yaml
+import yaml
 
 COMPOSE = yaml.safe_load((Path(__file__).resolve().parent.parent/"docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]

@@ -1,7 +1,8 @@
 """The kafka-python log text that `stream._Errors` reads to explain a failed connection, checked without a broker (the SASL
 half, a refused login, is test_security.py::test_kafka_python_still_logs_what_stream_reads against the real SASL broker)."""
 from kafka.errors import SaslAuthenticationFailedError
-from helpers import free_port, kafka_warnings
+from sales_prediction_kafka.broker import free_port
+from helpers import kafka_warnings
 
 def test_absent_broker_is_logged_as_refused():
     "A closed port: kafka-python logs ECONNREFUSED and ends with 'Bootstrap failed', which _Errors must not take for a dropped login."

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import nbformat, pytest
 from nbclient import NotebookClient
-from helpers import ROOT, free_port
+from sales_prediction_kafka.broker import free_port
+from helpers import ROOT
 
 KERNEL = "sales-prediction-kafka"
 BIN = Path(sys.executable).parent

@@ -1,5 +1,5 @@
 "The monitor against a real broker: rolling figures equal the offline ones, one alert per drift, lag, and the CLI."
-import json, subprocess, sys, time, uuid
+import subprocess, sys, time, uuid
 import numpy as np
 import pytest
 from sales_prediction_kafka.config import ALERTS_TOPIC

@@ -1,6 +1,5 @@
 "Honest figures on real public tables that ship inside installed packages, checked against a plain scikit-learn reference."
 import json, math, subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -45,6 +45,7 @@ def test_workers_survive_sigkill(kafka_broker, broker_settings, model_dir, tmp_p
     test_eq({tp: c.committed(tp) for tp in tps}, c.end_offsets(tps))  # every last commit landed (asynchronous ones too)
     c.close()
     summaries = [json.loads(p.stdout.read().decode().strip().splitlines()[-1]) for p in workers.values()]
+    test_eq({s["worker"]: s["scored"] for s in summaries}, {w: scored(tmp_path, w) for w in workers})  # last line = last metrics
     recs = read_all(settings, t["predictions"], "read_committed")
     counts = Counter(json.loads(r.value)["prediction_index"] for r in recs)
     assert set(counts) == set(range(N_EVENTS)), "every event is scored"

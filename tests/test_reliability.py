@@ -120,20 +120,22 @@ def test_exactly_once_worker_renews_a_producer_its_dead_broker_left_mid_transact
     w = ScoringWorker(load_model(model_dir), settings, group_id=t["group"], worker_id="w1", exactly_once=True, max_records=300,
                       events_topic=t["events"], predictions_topic=t["predictions"], dead_letter_topic=t["dlq"],
                       transaction_timeout_ms=4000).open()
+    restart = threading.Timer(5, lambda: LocalBroker(b.home).start(timeout=120))
     try:
         batch = lambda: next(r for _ in range(100) if (r := w.poll(1.0)))
         assert w.process(batch())["scored"] > 0  # a healthy transaction first: the producer knows the topics
         cut, first = batch(), w.producer
         kill_broker(b)
         t_kill = time.monotonic()
-        restart = threading.Timer(5, lambda: LocalBroker(b.home).start(timeout=120))
         restart.start()
         assert w.process(cut) == Counter(), "a batch whose transaction the dead broker cut is not counted as scored"
         restart.join()
         assert w.producer is not first and first._closed, "the stuck producer was replaced and closed"
         renewed_s = time.monotonic() - t_kill
         m = w.run(idle_exit=3)
-    finally: w.close()
+    finally:
+        if restart.is_alive(): restart.join()  # a failure above must not leave the broker to start after the fixture stopped it
+        w.close()
     got = Counter(json.loads(r.value)["prediction_index"] for r in read_all(settings, t["predictions"], "read_committed"))
     report("exactly-once producer renewed after a broker loss", sent=n, received=sum(got.values()), lost=n - len(got),
            duplicated=sum(c - 1 for c in got.values()), cut_batch=len(cut), renewed_after_s=renewed_s)

@@ -4,13 +4,11 @@
 
 # %% ../nbs/08_serve.ipynb #6c388e30
 from __future__ import annotations
-import gc, json, logging, math, os, socket, threading, time
+import functools, gc, json, logging, math, os, socket, threading, time
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 import click
-from jsonschema import Draft202012Validator
-from jsonschema.validators import extend
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.serializer import DefaultSerializer
@@ -27,8 +25,8 @@ from .stream import (PARTITIONS, StreamError, close_producer, consumer, ensure_t
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVENT_ID', 'REASONS', 'JsonValidator',
-           'DEAD_LETTER_HEADERS', 'RUNS_DIR', 'event_schema', 'Rejection', 'parse_event', 'event_rejection',
+__all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVENT_ID', 'REASONS', 'DEAD_LETTER_HEADERS',
+           'RUNS_DIR', 'event_schema', 'Rejection', 'parse_event', 'json_validator_class', 'event_rejection',
            'EventValidator', 'example_events', 'score_events', 'prediction_message', 'dead_letter_headers', 'Outgoing',
            'plan_batch', 'Metrics', 'ServeError', 'next_offsets', 'first_offsets', 'AssignmentReporter',
            'ScoringWorker', 'find_model', 'serve', 'serve_command']
@@ -149,9 +147,12 @@ _is_number = (
     and not isinstance(v, bool)
     and (isinstance(v, int) or math.isfinite(v))
 )
-JsonValidator = extend(
-    Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine("number", _is_number)
-)
+@functools.cache
+def json_validator_class() -> type:
+    "jsonschema's 2020-12 validator whose JSON numbers are finite and never booleans (jsonschema is imported on first call)."
+    from jsonschema import Draft202012Validator
+    from jsonschema.validators import extend
+    return extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine("number", _is_number))
 
 def _rejection(e, schema:dict) -> Rejection:
     "The dead-letter `Rejection` for jsonschema error `e` about a top-level field."
@@ -198,11 +199,11 @@ def _rejection(e, schema:dict) -> Rejection:
 
 def event_rejection(event:dict, # a parsed JSON object
                     schema:dict, # from `event_schema`
-                    validator:JsonValidator|None=None # a validator of `schema`, made once; None: made here
+                    validator=None # `json_validator_class()(schema)`, made once; None: made here
                    ) -> Rejection|None:
     "Why `event` does not fit `schema` (the first reason of `REASONS` that applies), or None."
     order, reasons = ["schema_version", *schema["properties"]], list(REASONS)
-    found = [_rejection(e, schema) for e in (validator or JsonValidator(schema)).iter_errors(event)]
+    found = [_rejection(e, schema) for e in (validator or json_validator_class()(schema)).iter_errors(event)]
     rank = lambda r: (reasons.index(r.reason), order.index(r.field) if r.field in order else len(order))
     return min(found, key=rank, default=None)
 
@@ -235,7 +236,12 @@ def _quick_field(v, types:set, enum, const, lo, hi) -> bool:
 class EventValidator:
     "Validates events against `schema`: a quick check lets the usual good event through; jsonschema judges the rest."
     def __init__(self, schema:dict): # from `event_schema`
-        self.schema, self.jsonschema, self.plan = schema, JsonValidator(schema), _quick_plan(schema)
+        self.schema, self.plan = schema, _quick_plan(schema)
+
+    @functools.cached_property
+    def jsonschema(self):
+        "jsonschema's validator of the schema, for the events the quick check does not accept (made on first use)."
+        return json_validator_class()(self.schema)
 
     def quick_ok(self, event:dict) -> bool:
         "True if `event` certainly fits the schema; False means: ask jsonschema."
@@ -549,6 +555,7 @@ class ScoringWorker:
         self.consumer.partitions_for_topic(self.topics[0])  # known before the first join, else it assigns nothing until the next metadata refresh (5 min)
         self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
         self.producer = self._new_producer()
+        threading.Thread(target=json_validator_class, name="import-jsonschema", daemon=True).start()  # see EventValidator
         log.info("%r consuming %s at %s", self, self.topics[0], self.settings.bootstrap_servers)
         return self
 
@@ -651,8 +658,18 @@ class ScoringWorker:
         "Seek each owned partition to the group's committed offset (the batch's start where none is committed yet)."
         firsts = first_offsets(records)
         for tp in self.consumer.assignment():
-            o = self.consumer.committed(tp)
+            o = self._committed_offset(tp)
+            if self.stopping.is_set(): return  # nothing was committed past the group's offsets: the next owner starts there
             if o is not None or tp in firsts: self.consumer.seek(tp, o if o is not None else firsts[tp])
+
+    def _committed_offset(self, tp:TopicPartition) -> int|None:
+        "The group's committed offset of `tp`, asked again (with a warning) while the broker holds it as unstable."
+        while not self.stopping.is_set():
+            try: return self.consumer.committed(tp, timeout_ms=self.transaction_timeout_ms // 2)
+            except KafkaTimeoutError:
+                log.warning("%r: the group's offset of %s-%d is still unstable after %d s (a transaction the broker has not "
+                            "completed; kafka-transactions find-hanging lists them); asking again", self, tp.topic,
+                            tp.partition, self.transaction_timeout_ms // 2000)
 
     def process(self, records:list) -> Counter:
         "Score, dead-letter and commit one batch; the outcome counts (empty if the transaction was aborted)."

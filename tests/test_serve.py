@@ -1,14 +1,15 @@
 "The scoring service on a real broker: worker processes in a group, SIGKILL and restart, dead letters, replay."
-import json, signal, threading, time
+import json, logging, signal, threading, time
 from collections import Counter
 import pytest
 from click.testing import CliRunner
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.serializer import DefaultSerializer
+from kafka.structs import OffsetAndMetadata
 from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.replay import replay, replay_command, table_events
-from sales_prediction_kafka.serve import REASONS, event_schema, example_events, serve_command
+from sales_prediction_kafka.serve import REASONS, ScoringWorker, event_schema, example_events, serve_command
 from sales_prediction_kafka.stream import ensure_topic, producer
 from helpers import metrics, read_all, scored, start_worker, topics, wait_for
 
@@ -114,3 +115,32 @@ def test_sample_gaps_are_imputed_not_dead_lettered(broker_settings, model_dir, t
     preds = read_all(settings, t["predictions"], "read_uncommitted")
     got = {json.loads(m.value)["prediction_index"]: dict(m.headers).get("imputed", b"").decode() for m in preds}
     assert {i: set(filter(None, h.split(","))) for i, h in got.items()} == gaps
+
+def test_unstable_group_offsets_are_asked_for_again_until_stable_or_stopped(kafka_broker, broker_settings, model_dir, caplog):
+    """Another producer's open transaction holds the group's offset unstable: the worker warns and asks again, gets the
+    offset once that transaction commits, and when told to stop while it waits, it stops asking."""
+    settings, t = broker_settings, topics("unstable")
+    ensure_topic(settings, t["events"], partitions=1)
+    tp = TopicPartition(t["events"], 0)
+    w = ScoringWorker(load_model(model_dir), settings, group_id=t["group"], worker_id="w1", exactly_once=True,
+                      events_topic=t["events"], predictions_topic=t["predictions"], dead_letter_topic=t["dlq"],
+                      transaction_timeout_ms=2000).open()
+    holder = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, transactional_id=f"{t['group']}-holder")
+    def hold(offset:int):
+        holder.begin_transaction()
+        holder.send_offsets_to_transaction({tp: OffsetAndMetadata(offset)}, t["group"])
+    try:
+        holder.init_transactions()
+        hold(42)
+        threading.Timer(3, holder.commit_transaction).start()
+        with caplog.at_level(logging.WARNING, "sales_prediction_kafka.serve"):
+            t0 = time.monotonic()
+            got, waited = w._committed_offset(tp), time.monotonic() - t0
+        assert got == 42 and waited >= 2, (got, waited)
+        assert f"offset of {t['events']}-0 is still unstable after 1 s" in caplog.text
+        hold(43)
+        threading.Timer(3, w.stopping.set).start()
+        assert w._committed_offset(tp) is None, "told to stop while waiting, it stops asking"
+        holder.abort_transaction()
+    finally:
+        w.close(); holder.close()

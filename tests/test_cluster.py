@@ -178,7 +178,7 @@ def test_scorers_exactly_once_across_a_broker_loss(cluster, settings, model_dir,
     assert unscored == 0 and not crashes and codes == {"w0": 0, "w1": 0}, (
         f"{unscored} events unscored 60 s after the broker returned, crashes {crashes}, exit codes {codes}; logs in {tmp_path}")
 
-N_REFUSED = 30_000
+N_REFUSED = 100_000  # at 36,000 records/s (tuned producer, quiet machine) 30,000 were all acknowledged before the kill
 
 def test_writes_refused_while_two_brokers_are_down_then_resumed(cluster, settings):
     """Two of three nodes SIGKILLed mid-stream: acks=all writes fail with a counted, explained error; after they return,
@@ -190,7 +190,7 @@ def test_writes_refused_while_two_brokers_are_down_then_resumed(cluster, setting
         leader = cluster.leaders(topic)[0]
         for b in cluster.nodes:
             if b.node_id != leader: cluster.node(b.node_id).kill()
-    failure, _, failed_after = failed_stream(N_REFUSED, servers, topic, run, 15, N_REFUSED // 5, kill)
+    failure, _, failed_after = failed_stream(N_REFUSED, servers, topic, run, 15, N_REFUSED // 20, kill)
     assert "the producer retried on" in failure["error"] and "resume" in failure["error"]
     t1 = time.monotonic()
     cluster.start()

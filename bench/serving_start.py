@@ -14,7 +14,8 @@ LOADED = "loaded net model"  # what it logs once the model is loaded
 SIDES = {  # side -> (model folder, python code run before the command, or None)
     "numpy (model.npz)": ("npz", None),
     "keras (no model.npz)": ("keras", None),
-    # diagnostic: the numpy side with jsonschema's optional IRI checker absent (serve imports jsonschema, which imports it)
+    # diagnostic: the numpy side with jsonschema's optional IRI checker absent (jsonschema imports it, 1 s; serve imports
+    # jsonschema on first use only, so this side should equal the numpy side)
     "numpy, without rfc3987_syntax": ("npz", "import sys; sys.modules['rfc3987_syntax'] = None"),
 }
 RSS_TARGET_MB, READY_TARGET_S = 200, 2.0

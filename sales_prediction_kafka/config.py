@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #d67f3d7c
 from __future__ import annotations
-import logging, os, random, signal, threading
+import ctypes, logging, os, platform, random, signal, threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, asdict, replace
 from pathlib import Path
@@ -15,9 +15,9 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'PREDICTIONS_TOPIC', 'EVENTS_TOPIC', 'DEAD_LETTER_TOPIC', 'ALERTS_TOPIC', 'BOOTSTRAP_SERVERS_HELP',
-           'KafkaSettings', 'env_name', 'kafka_settings', 'client_kwargs', 'redacted', 'ProducerSettings',
-           'producer_settings', 'producer_kwargs', 'kafka_options', 'producer_options', 'set_seed', 'cache_home',
-           'stop_on_signals', 'plain']
+           'M_MMAP_THRESHOLD', 'KafkaSettings', 'env_name', 'kafka_settings', 'client_kwargs', 'redacted',
+           'ProducerSettings', 'producer_settings', 'producer_kwargs', 'kafka_options', 'producer_options', 'set_seed',
+           'cache_home', 'stop_on_signals', 'steady_memory', 'plain']
 
 # %% ../nbs/00_config.ipynb #5611052f
 PREDICTIONS_TOPIC = "sales_predictions"  # the original notebook's topic: four-field prediction records
@@ -166,6 +166,14 @@ def stop_on_signals(event:threading.Event, signals=(signal.SIGTERM, signal.SIGIN
     try: yield event
     finally:
         for s, h in old.items(): signal.signal(s, h)
+
+# %% ../nbs/00_config.ipynb #71f23bbc
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+def steady_memory(threshold:int=128 * 1024) -> bool:
+    "Fix glibc's mmap threshold at `threshold` bytes so large freed buffers go back to the system; False where it cannot."
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.libc_ver()[0] != "glibc": return False
+    return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, threshold))
 
 # %% ../nbs/00_config.ipynb #b4ecd561
 def plain(x):

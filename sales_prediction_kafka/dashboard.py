@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_dashboard.ipynb #f605c7b2
 from __future__ import annotations
-import asyncio, functools, hmac, json, logging, math, os, threading
+import asyncio, concurrent.futures, functools, hmac, json, logging, math, os, threading
 from collections import deque
 from datetime import timedelta
 from importlib import resources
@@ -20,7 +20,7 @@ from tornado.netutil import bind_sockets
 from tornado.queues import Queue, QueueFull
 from .broker import ensure_broker
 from .browse import dead_letters, group_overview, read_messages, topic_overview
-from .config import DEAD_LETTER_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, stop_on_signals
+from .config import DEAD_LETTER_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, steady_memory, stop_on_signals
 from .dlq import replayed
 from .monitor import Record, Update, monitor, monitor_kwargs, monitor_options
 from .registry import MAX_MODEL_BYTES, MODELS_TOPIC, Registry
@@ -29,8 +29,8 @@ from .stream import StreamError, consumer
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'TOKEN_ENV', 'LOOPBACK', 'BROWSE_PAGES', 'sse', 'DashboardHub', 'VersionWatch', 'model_rows', 'RegistryWatch',
-           'browse_data', 'access_token', 'static_page', 'plotly_js', 'dashboard_app', 'run_dashboard',
+__all__ = ['log', 'PAGE_BACKLOG', 'TOKEN_ENV', 'LOOPBACK', 'BROWSE_PAGES', 'sse', 'DashboardHub', 'VersionWatch', 'model_rows',
+           'RegistryWatch', 'browse_data', 'access_token', 'static_page', 'plotly_js', 'dashboard_app', 'run_dashboard',
            'dashboard_command']
 
 # %% ../nbs/09a_dashboard.ipynb #eed4ce67
@@ -63,6 +63,7 @@ def sse(event:str, data) -> str:
 
 # %% ../nbs/09a_dashboard.ipynb #c2e2aab5
 _COLUMNS = ("x", "actual", "predicted", "mae", "rmse", "bias")
+PAGE_BACKLOG = 100  # updates (one a second by default) a page may fall behind before it is dropped; it reconnects
 
 class DashboardHub:
     "The dashboard's recent history, and the queues of the pages that listen."
@@ -142,7 +143,7 @@ class DashboardHub:
 
     def listen(self) -> Queue:
         "A new page's queue."
-        q = Queue(maxsize=1000); self.queues.add(q)
+        q = Queue(maxsize=PAGE_BACKLOG); self.queues.add(q)
         return q
 
     def drop(self, q:Queue):
@@ -365,11 +366,18 @@ def dashboard_app(hub:DashboardHub, settings:KafkaSettings|None=None, # the clus
 
 # %% ../nbs/09a_dashboard.ipynb #9fc57f48
 def _feed(hub:DashboardHub, loop, stop:threading.Event, kw:dict):
-    "Run the monitor, passing its updates (or its failure) to `hub` on `loop`."
-    try: monitor(callback=lambda u: loop.call_soon_threadsafe(hub.publish, u), stop=stop, **kw)
+    "Run the monitor, handing its updates (or its failure) to `hub` on `loop` one at a time: it waits while the loop is behind."
+    def publish(u:Update):
+        done = asyncio.run_coroutine_threadsafe(_call(hub.publish, u), loop)
+        while not stop.is_set():
+            try: return done.result(timeout=1)
+            except concurrent.futures.TimeoutError: pass
+    try: monitor(callback=publish, stop=stop, **kw)
     except Exception as e:
         log.error("the monitor stopped: %s", e)
         loop.call_soon_threadsafe(hub.fail, f"{type(e).__name__}: {e}")
+
+async def _call(f, *args): return f(*args)
 
 async def _serve(hub:DashboardHub, host:str, port:int, stop:threading.Event, on_ready, token:str|None, models_topic:str, kw:dict):
     sockets = bind_sockets(port, host)
@@ -440,6 +448,7 @@ def run_dashboard(host:str="127.0.0.1", # address to bind; loopback unless told 
 @monitor_options
 def dashboard_command(host, port, rows, points, **options):
     "Serve a live dashboard of the prediction stream, and pages browsing topics, groups, messages and dead letters."
+    steady_memory()  # see the config chapter: its updates would otherwise ratchet the RSS up
     try: token = access_token(host)
     except ValueError as e: raise click.UsageError(str(e))
     try:

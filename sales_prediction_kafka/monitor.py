@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from kafka import TopicPartition
 from .config import (ALERTS_TOPIC, DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings,
-                                            kafka_options, kafka_settings, stop_on_signals)
+                                            kafka_options, kafka_settings, steady_memory, stop_on_signals)
 from .evaluate import error_report
 from .stream import StreamError, consumer, ensure_topic, producer
 from .broker import ensure_broker
@@ -620,6 +620,7 @@ def monitor_kwargs(bootstrap_servers, topic, window, seconds, baseline, factor, 
 )
 def monitor_command(every, **options):
     "Print rolling error statistics of the prediction stream, and raise drift alerts."
+    steady_memory()  # see the config chapter
     def show(u:Update):
         if u.records or u.alerts or u.done: click.echo(status_line(u))
     try:

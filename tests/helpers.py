@@ -2,6 +2,8 @@
 import json, subprocess, sys, time, uuid
 from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
+from sales_prediction_kafka.models import load_model
+from sales_prediction_kafka.serve import ScoringWorker
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
 SALES_KAFKA = str(Path(sys.executable).parent/"sales-kafka")  # the command of the virtualenv running the tests
@@ -39,6 +41,11 @@ def start_worker(tmp:Path, model_dir:Path, settings, t:dict, worker:str, exactly
             "--metrics-file", str(tmp/f"{worker}.json"), "--metrics-every", "0.2"] + (["--exactly-once"] if exactly_once else [])
     log = open(tmp/f"{worker}.log", "ab")
     return subprocess.Popen([sys.executable, "-c", SERVE, *args], stdout=subprocess.PIPE, stderr=log)
+
+def open_worker(model_dir:Path, settings, t:dict, **kw):
+    "An opened exactly-once `ScoringWorker` \"w1\" in this process, on the topics and group of `t`; `kw` for the rest."
+    return ScoringWorker(load_model(model_dir), settings, group_id=t["group"], worker_id="w1", exactly_once=True,
+                         events_topic=t["events"], predictions_topic=t["predictions"], dead_letter_topic=t["dlq"], **kw).open()
 
 def wait_for(cond, timeout:float, what:str):
     "Poll `cond()` every 0.1 s; fail naming `what` after `timeout` seconds."

@@ -7,10 +7,8 @@ from sales_prediction_kafka.broker import LocalBroker, free_port
 from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import SAMPLE_CSV, generate_sales
 from sales_prediction_kafka.replay import replay, table_events
-from sales_prediction_kafka.models import load_model
-from sales_prediction_kafka.serve import ScoringWorker
 from sales_prediction_kafka.stream import StreamError, ensure_topic, messages
-from helpers import SALES_KAFKA, failed_stream, landed, metrics, read_all, report, scored, start_worker, topics, wait_for
+from helpers import SALES_KAFKA, failed_stream, landed, metrics, open_worker, read_all, report, scored, start_worker, topics, wait_for
 
 def kill_broker(b:LocalBroker):
     "SIGKILL the broker's process group, as a crash would."
@@ -117,9 +115,7 @@ def test_exactly_once_worker_renews_a_producer_its_dead_broker_left_mid_transact
     settings = KafkaSettings(bootstrap_servers=b.bootstrap_servers)
     for topic in (t["events"], t["predictions"], t["dlq"]): ensure_topic(settings, topic, 3)
     replay(table_events(generate_sales(n, seed=17, missing=0.0)), settings, t["events"], progress=False)
-    w = ScoringWorker(load_model(model_dir), settings, group_id=t["group"], worker_id="w1", exactly_once=True, max_records=300,
-                      events_topic=t["events"], predictions_topic=t["predictions"], dead_letter_topic=t["dlq"],
-                      transaction_timeout_ms=4000).open()
+    w = open_worker(model_dir, settings, t, max_records=300, transaction_timeout_ms=4000)
     restart = threading.Timer(5, lambda: LocalBroker(b.home).start(timeout=120))
     try:
         batch = lambda: next(r for _ in range(100) if (r := w.poll(1.0)))

@@ -9,9 +9,9 @@ from kafka.structs import OffsetAndMetadata
 from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.replay import replay, replay_command, table_events
-from sales_prediction_kafka.serve import REASONS, ScoringWorker, event_schema, example_events, serve_command
+from sales_prediction_kafka.serve import REASONS, event_schema, example_events, serve_command
 from sales_prediction_kafka.stream import ensure_topic, producer
-from helpers import metrics, read_all, scored, start_worker, topics, wait_for
+from helpers import metrics, open_worker, read_all, scored, start_worker, topics, wait_for
 
 pytestmark = pytest.mark.kafka
 N_EVENTS = 10_000
@@ -122,9 +122,7 @@ def test_unstable_group_offsets_are_asked_for_again_until_stable_or_stopped(kafk
     settings, t = broker_settings, topics("unstable")
     ensure_topic(settings, t["events"], partitions=1)
     tp = TopicPartition(t["events"], 0)
-    w = ScoringWorker(load_model(model_dir), settings, group_id=t["group"], worker_id="w1", exactly_once=True,
-                      events_topic=t["events"], predictions_topic=t["predictions"], dead_letter_topic=t["dlq"],
-                      transaction_timeout_ms=2000).open()
+    w = open_worker(model_dir, settings, t, transaction_timeout_ms=2000)
     holder = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, transactional_id=f"{t['group']}-holder")
     def hold(offset:int):
         holder.begin_transaction()

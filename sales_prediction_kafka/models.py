@@ -18,6 +18,8 @@ from tqdm import tqdm
 from .clean import Cleaner, CleaningReport, OUTLIER_POLICIES
 from .config import plain, set_seed
 from .data import TARGET
+from .timeseries import (BASELINES, axis_from_dict, baseline_column, calendar_columns,
+                                               calendar_features, parse_times)
 
 log = logging.getLogger(__name__)
 
@@ -344,11 +346,11 @@ def _trainer(n_inputs:int, hidden_units, learning_rate:float,
     return net
 
 # %% ../nbs/04_models.ipynb #a0b1d29b
-KINDS = ("linear", "net", "trees")
+KINDS = ("linear", "net", "trees", "baseline")  # a baseline passes its one feature, a naive forecast, through
 
 class SalesModel:
-    "Cleaning, preprocessing and a 'linear', 'net' or 'trees' estimator behind one fit/predict interface."
-    def __init__(self, kind:str="net", # 'linear', 'net' or 'trees'
+    "Cleaning, preprocessing and a 'linear', 'net', 'trees' or 'baseline' estimator behind one fit/predict interface."
+    def __init__(self, kind:str="net", # 'linear', 'net', 'trees' or 'baseline'
                  target:str="Sales", # column to predict
                  features:list|None=None, # candidate feature columns; None means all other usable columns
                  seed:int=42, # seeds weights, shuffling and the validation rows
@@ -363,7 +365,8 @@ class SalesModel:
                  numeric:list|None=None, # columns always numeric
                  outliers:str="keep", # 'keep' or 'remove' the training rows outside the IQR bounds
                  iqr_k:float=1.5, # IQR multiplier of the outlier bounds
-                 name:str|None=None): # label in comparisons; defaults to `kind`
+                 name:str|None=None, # label in comparisons; defaults to `kind`
+                 time:dict|None=None): # a `TimeAxis.to_dict()`: its column becomes calendar features, never a category
         if kind not in KINDS: raise ValueError(f"unknown model kind {kind!r}; choose from {KINDS}")
         if outliers not in OUTLIER_POLICIES:
             raise ValueError(f"outliers must be one of {OUTLIER_POLICIES}, got {outliers!r}")
@@ -383,12 +386,31 @@ class SalesModel:
             None
         )
         self.cleaner = self.cleaning = None
+        self.time = time
         self.y_mean, self.y_scale, self.notes, self.treatment, self.best_epoch = 0.0, 1.0, [], {}, None
 
     @property
     def features(self) -> list:
         "The input columns: those used after fitting, else those requested."
         return self.prep.columns if self.prep else self.requested
+
+    @property
+    def axis(self):
+        "The model's `TimeAxis`, or None."
+        return axis_from_dict(self.time)
+
+    @property
+    def needs_history(self) -> bool:
+        "Does the model read features made from earlier actuals (lags, rolling means, a naive forecast)?"
+        derived = set(self.axis.lag_columns(self.target)) if self.time else set()
+        return self.kind == "baseline" or bool(derived & set(self.features or []))
+
+    @property
+    def inputs(self) -> list:
+        "The fields a record must carry: the features, with the time column in place of its calendar features."
+        if not self.time: return self.features
+        cal = set(calendar_columns(self.axis.column, self.axis.freq))
+        return [self.axis.column] + [c for c in self.features if c not in cal]
 
     @property
     def fill_values(self) -> dict:
@@ -446,18 +468,42 @@ class SalesModel:
     def predict_matrix(self, X:np.ndarray) -> np.ndarray:
         "Predictions for an already preprocessed model matrix (`self.prep.transform` output), as float64."
         if self.kind == "net": return forward(self.layers, X).astype(np.float64) * self.y_scale + self.y_mean
+        if self.kind == "baseline": return X[:, 0] * self.prep.scale[0] + self.prep.mean[0]  # the forecast, unscaled
         return np.asarray(self.estimator.predict(X), np.float64)
+
+    def _with_calendar(self, df:pd.DataFrame) -> pd.DataFrame:
+        "`df` with the calendar features of its time column that it lacks (unchanged without a time axis)."
+        if not self.time: return df
+        a = self.axis
+        missing = [c for c in calendar_columns(a.column, a.freq) if c not in df.columns]
+        if not missing: return df
+        if a.column not in df.columns: raise FeatureError(f"time column {a.column!r} missing", a.column)
+        return df.assign(**calendar_features(parse_times(df[a.column]), a.freq, a.column)[missing])
+
+    def _plan(self, df:pd.DataFrame) -> FeaturePlan:
+        "The feature plan: with a time axis, its calendar and lag columns are numeric, and the time column and baselines no feature."
+        p, a, requested, numeric = self.params, self.axis, self.requested, list(self.params["numeric"])
+        if a is not None and self.kind != "baseline":
+            cal = calendar_columns(a.column, a.freq)
+            skip = {self.target, a.column, *map(baseline_column, BASELINES)}
+            requested = ([c for c in df.columns if c not in skip] if requested is None
+                         else list(requested) + [c for c in cal if c not in requested])
+            numeric += [c for c in cal + a.lag_columns(self.target)
+                        if c in requested and c not in numeric and c not in p["categorical"]]
+        return plan_features(df, self.target, requested, p["max_levels"], p["categorical"], numeric)
 
     def fit(self, df:pd.DataFrame) -> SalesModel:
         "Plan features, then learn cleaning, preprocessing and the estimator from the training rows `df` only."
         p = self.params
-        plan = plan_features(df, self.target, self.requested, p["max_levels"], p["categorical"], p["numeric"])
+        df = self._with_calendar(df)
+        plan = self._plan(df)
         self.notes, self.treatment = plan.notes, plan.treatment
         self.cleaner = Cleaner(self.target, plan.numeric, plan.categorical, p["iqr_k"]).fit(df)
         rows, self.cleaning = self.cleaner.apply(df, p["outliers"])
         self.prep = Preprocessor(plan.numeric, plan.categorical).fit(rows)
         X, y = self.prep.transform(rows), _numeric(rows, [self.target])[:, 0]
-        self._fit_net(X, y) if self.kind == "net" else self._fit_sklearn(X, y)
+        if self.kind == "net": self._fit_net(X, y)
+        elif self.kind != "baseline": self._fit_sklearn(X, y)
         self.train_mae = float(np.mean(np.abs(y - self.predict_matrix(X))))
         self.version = self._hash()
         log.info(
@@ -475,7 +521,7 @@ class SalesModel:
                ) -> np.ndarray:
         "Predicted target for the rows of `df`, gaps filled with the training values, as float64."
         if self.prep is None: raise RuntimeError(f"model {self.name!r} is not fitted")
-        return self.predict_matrix(self.prep.transform(self.cleaner.impute(df), unknown))
+        return self.predict_matrix(self.prep.transform(self.cleaner.impute(self._with_calendar(df)), unknown))
 
     def impute_records(self, records:list) -> tuple[list, list]:
         "Copies of `records` with absent or null features filled by the training values, and the fields filled in each."
@@ -486,10 +532,23 @@ class SalesModel:
             filled.append(gaps)
         return out, filled
 
+    def calendar_records(self, records:list) -> list:
+        "Copies of `records` with the calendar features of their time field; a `FeatureError` names a record without a date."
+        a = self.axis
+        if a is None or not calendar_columns(a.column, a.freq): return records
+        raw = [r.get(a.column) if isinstance(r, dict) else None for r in records]
+        times = pd.to_datetime(pd.Series([str(v).strip() if isinstance(v, str) else None for v in raw], dtype=object),
+                               errors="coerce", format="mixed")
+        if times.isna().any():
+            i = int(times.isna().argmax())
+            raise FeatureError(f"field {a.column!r} must be a date, got {raw[i]!r}", a.column, i)
+        cal = calendar_features(times.dt.tz_localize(None) if times.dt.tz else times, a.freq, a.column)
+        return [{**r, **c} for r, c in zip(records, cal.to_dict("records"))]
+
     def predict_records(self, records:list) -> np.ndarray:
         "Predicted target for a list of dicts (e.g. decoded events), gaps filled with the training values, as float64."
         if self.prep is None: raise RuntimeError(f"model {self.name!r} is not fitted")
-        return self.predict_matrix(self.prep.transform_records(self.impute_records(records)[0]))
+        return self.predict_matrix(self.prep.transform_records(self.impute_records(self.calendar_records(records))[0]))
 
     def typical(self, df:pd.DataFrame) -> pd.Series:
         "True for the rows of `df` inside every outlier bound learned from the training rows."
@@ -498,6 +557,7 @@ class SalesModel:
     def _state_bytes(self) -> bytes:
         "The net's weights, or a scikit-learn model's predictions on a fixed probe matrix (pickles vary), as bytes."
         if self.kind == "net": return b"".join(w.tobytes() for layer in self.layers for w in layer)
+        if self.kind == "baseline": return b""  # its predictions follow from the scaling in `meta`
         probe = np.random.default_rng(0).normal(size=(64, self.prep.width))
         return np.asarray(self.estimator.predict(probe), np.float64).tobytes()
 
@@ -533,6 +593,7 @@ class SalesModel:
             "version": self.version,
             "history": self.history,
             "best_epoch": self.best_epoch,
+            **({"time": self.time} if self.time else {}),  # absent without a time axis: earlier models' versions stand
         }
 
     def save(self, folder) -> Path:
@@ -546,7 +607,7 @@ class SalesModel:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 _quiet_absl(lambda: net.save(folder / "model.h5"))
-        else:
+        elif self.kind != "baseline":
             import joblib
             joblib.dump(self.estimator, folder / "estimator.joblib")
         (folder / MODEL_JSON).write_text(json.dumps(self.meta(), indent=1))
@@ -607,7 +668,7 @@ def load_model(folder,
     if not (folder / MODEL_JSON).exists():
         raise FileNotFoundError(f"no {MODEL_JSON} in {folder}: not a saved model folder")
     d = json.loads((folder / MODEL_JSON).read_text())
-    m = SalesModel(d["kind"], d["target"], d["features"], d["seed"], name=d["name"], **d["params"])
+    m = SalesModel(d["kind"], d["target"], d["features"], d["seed"], name=d["name"], time=d.get("time"), **d["params"])
     m.prep = Preprocessor.from_dict(d["preprocessing"])
     # format 1 (before cleaning moved into the model) has no fill values: such a model fills no gaps
     m.cleaner = (
@@ -624,11 +685,10 @@ def load_model(folder,
         else:
             m.net = _keras().models.load_model(folder / f"model.{'keras' if weights == 'numpy' else weights}", compile=False)
             m.layers = net_layers(m.net)
-    else:
+    elif m.kind != "baseline":
         import joblib
         m.estimator = joblib.load(folder / "estimator.joblib")
     return m
-
 
 # %% ../nbs/04_models.ipynb #738fccb0
 def original_baseline_r2(df:pd.DataFrame,
@@ -643,7 +703,8 @@ def original_baseline_r2(df:pd.DataFrame,
 
 # %% ../nbs/04_models.ipynb #ddb85e16
 ORIGINAL_FEATURES = ["Marketing_Spend", "Seasonality"]  # the original notebook's net's two inputs
-CANDIDATES = {"original_net": "net", "net": "net", "linear": "linear", "trees": "trees"}  # candidate name -> kind
+CANDIDATES = {"original_net": "net", "net": "net", "linear": "linear", "trees": "trees",
+              **{b: "baseline" for b in BASELINES}}  # candidate name -> kind
 CANDIDATE_ALIASES = {"seed_net": "original_net"}  # names that earlier versions used
 
 def candidate_name(name:str) -> str:
@@ -661,6 +722,9 @@ def make_model(name:str, # a key of `CANDIDATES`
                **params) -> SalesModel: # `SalesModel` settings: epochs, outliers, categorical ...
     "An unfitted candidate model by name."
     name = candidate_name(name)
+    if CANDIDATES[name] == "baseline":  # its one feature is its forecast column, passed through
+        column, params = baseline_column(name), {k: v for k, v in params.items() if k not in ("categorical", "numeric", "time")}
+        return SalesModel("baseline", target, [column], seed, name=name, numeric=[column], **params)
     return SalesModel(
         CANDIDATES[name],
         target,
@@ -671,8 +735,10 @@ def make_model(name:str, # a key of `CANDIDATES`
     )
 
 def default_candidates(df:pd.DataFrame, original_features:list=ORIGINAL_FEATURES) -> list:
-    "All candidates, without 'original_net' when `df` lacks its features."
-    return [n for n in CANDIDATES if n != "original_net" or set(original_features) <= set(df.columns)]
+    "All candidates, without 'original_net' when `df` lacks its features, and baselines only when it has their forecasts."
+    present = lambda n: (set(original_features) <= set(df.columns) if n == "original_net"
+                         else baseline_column(n) in df.columns if CANDIDATES[n] == "baseline" else True)
+    return [n for n in CANDIDATES if present(n)]
 
 # %% ../nbs/04_models.ipynb #27e1ff7e
 def outlier_policies(outliers:str) -> list:
@@ -687,9 +753,10 @@ def cv_scores(df:pd.DataFrame, # the training split
               candidates:list|None=None, # names from `CANDIDATES`; None means `default_candidates`
               outliers:str="keep", # 'keep', 'remove', or 'auto' to score every candidate both ways
               k:int=5, # folds
+              folds:list|None=None, # (training positions, validation positions) pairs, e.g. `TimeAxis.folds`; None: seeded shuffled k folds
               progress:bool=True, # show a progress bar over models and folds
-              **model_args) -> pd.DataFrame: # `make_model` arguments: target, features, seed, epochs ...
-    "RMSE, MAE, MAPE and R² of every candidate and outlier policy on each of the same `k` folds; nets' loss curves."
+              **model_args) -> pd.DataFrame: # `make_model` arguments: target, features, seed, epochs, time ...
+    "RMSE, MAE, MAPE and R² of every candidate and outlier policy on each of the same folds; nets' loss curves."
     from sklearn.model_selection import KFold
     from sales_prediction_kafka.evaluate import scores
     target, seed = model_args.get("target", TARGET), model_args.get("seed", 42)
@@ -699,13 +766,16 @@ def cv_scores(df:pd.DataFrame, # the training split
         if candidates is None
         else list(candidates)
     )
-    if not 2 <= k <= len(df): raise ValueError(f"k must be between 2 and the {len(df)} rows, got {k}")
-    folds, policies = list(KFold(k, shuffle=True, random_state=seed).split(df)), outlier_policies(outliers)
+    if folds is None:
+        if not 2 <= k <= len(df): raise ValueError(f"k must be between 2 and the {len(df)} rows, got {k}")
+        folds = list(KFold(k, shuffle=True, random_state=seed).split(df))
+    policies = outlier_policies(outliers)  # a baseline learns nothing from its training rows: it runs once, 'keep'
+    runs = [(n, p) for n in candidates for p in (["keep"] if CANDIDATES[candidate_name(n)] == "baseline" else policies)]
     rows = []
-    with tqdm(total=len(candidates) * len(policies) * k, desc="cross-validation", unit="fit", disable=not progress, leave=False) as bar:
-        for name, policy in ((n, p) for n in candidates for p in policies):
+    with tqdm(total=len(runs) * len(folds), desc="cross-validation", unit="fit", disable=not progress, leave=False) as bar:
+        for name, policy in runs:
             for i, (tr, va) in enumerate(folds):
-                bar.set_postfix_str(f"{name} ({policy}) fold {i + 1}/{k}")
+                bar.set_postfix_str(f"{name} ({policy}) fold {i + 1}/{len(folds)}")
                 m = make_model(name, outliers=policy, **model_args).fit(df.iloc[tr])
                 pred = m.predict(df.iloc[va], unknown="ignore")
                 rows.append({"model": name, "outliers": policy, "fold": i + 1, **scores(df[target].iloc[va], pred),
@@ -748,13 +818,15 @@ SIMPLICITY = ("linear", "trees", "net", "original_net")  # simplest first: a nea
 def select_model(table:pd.DataFrame,
                  override:str|None=None # a model name to use instead of the best
                 ) -> tuple[str, str]:
-    "The simplest (candidate, outlier policy) within one standard error of the lowest CV RMSE, among `override`'s rows if given."
+    "The best baseline if one has the lowest CV RMSE, else the simplest model within one standard error of the lowest; among `override`'s rows if given."
     if override is not None:
         names = table.index.get_level_values("model")
         override = candidate_name(override)
         if override not in names:
             raise ValueError(f"model {override!r} was not compared; compared: {list(dict.fromkeys(names))}")
         table = table[names == override]
+    if table["rmse_mean"].idxmin()[0] in BASELINES: return tuple(table["rmse_mean"].idxmin())  # no model beat it
+    table = table[~table.index.get_level_values("model").isin(BASELINES)]
     best = table.loc[table["rmse_mean"].idxmin()]
     limit = best["rmse_mean"] + best["rmse_std"] / math.sqrt(best["folds"])
     close = table.index[table["rmse_mean"] <= limit]
@@ -767,7 +839,11 @@ def selection_reason(table:pd.DataFrame, choice:tuple, override:str|None=None) -
     (name, policy), r = choice, table.loc[choice]
     cv = f"CV RMSE {r['rmse_mean']:,.2f} ± {r['rmse_std']:,.2f} over {int(r['folds'])} folds"
     best = table["rmse_mean"].idxmin()
+    models = [i for i in table.index if i[0] not in BASELINES]
     if override: why = f"{name} ({_KEPT[policy]}) was chosen by override ({cv}; the rule's choice was {' with '.join(select_model(table))})."
+    elif name in BASELINES:
+        rival = f"; the best model, {models[0][0]} ({_KEPT[models[0][1]]}), scored {table.loc[models[0], 'rmse_mean']:,.2f}" if models else ""
+        why = f"No model beat the {name} forecast in cross-validation, so {name} was chosen ({cv}{rival})."
     elif choice != best:
         why = (
             f"{name} ({_KEPT[policy]}) was chosen: its {cv} is within one standard error of the lowest, "
@@ -780,6 +856,9 @@ def selection_reason(table:pd.DataFrame, choice:tuple, override:str|None=None) -
     other = next((p for p in OUTLIER_POLICIES if p != policy and (name, p) in table.index), None)
     if other:
         why += f" With {_KEPT[other]} from training, {name} scored CV RMSE {table.loc[(name, other), 'rmse_mean']:,.2f}."
+    baseline = next((i for i in table.index if i[0] in BASELINES), None)  # the best one: the table is sorted
+    if baseline and name not in BASELINES:
+        why += f" The best baseline, {baseline[0]}, scored CV RMSE {table.loc[baseline, 'rmse_mean']:,.2f}."
     return why
 
 # %% ../nbs/04_models.ipynb #d4685f06
@@ -802,7 +881,7 @@ def choose_model(train:pd.DataFrame, test:pd.DataFrame,
     "Compare candidates by k-fold CV on `train`, refit the chosen one on `train` and score it on every `test` row."
     from sales_prediction_kafka.evaluate import scores
     if table is None: table = compare_models(train, **kwargs)
-    model_args = {k: v for k, v in kwargs.items() if k not in ("candidates", "outliers", "k", "progress")}
+    model_args = {k: v for k, v in kwargs.items() if k not in ("candidates", "outliers", "k", "folds", "progress")}
     target = model_args.get("target", TARGET)
     fit = lambda choice: make_model(choice[0], outliers=choice[1], **model_args).fit(train)
     choice = select_model(table, override)
@@ -823,7 +902,7 @@ def permutation_importance(model:SalesModel, df:pd.DataFrame, # rows to score on
                            n_repeats:int=5, seed:int=42) -> pd.DataFrame:
     "Mean and std of the rise in RMSE when each feature is shuffled, largest first."
     from sales_prediction_kafka.evaluate import scores
-    y, rng = df[model.target], np.random.default_rng(seed)
+    df, y, rng = model._with_calendar(df), df[model.target], np.random.default_rng(seed)  # calendar features shuffle too
     base = scores(y, model.predict(df, unknown="ignore"))["rmse"]
     rows = []
     for c in model.features:

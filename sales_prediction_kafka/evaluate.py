@@ -34,13 +34,14 @@ def mape(actual, predicted) -> float:
 
 # %% ../nbs/05_evaluate.ipynb #81ed02b2
 def scores(actual, predicted) -> dict:
-    "RMSE, MAE, MAPE (%) and R² as plain floats."
+    "RMSE, MAE, MAPE (%), WAPE (%) and R² as plain floats."
     a, p = _pair(actual, predicted)
     e = a - p
     ss_tot = float(np.sum((a - a.mean()) ** 2))
     r2 = 1 - float(np.sum(e ** 2)) / ss_tot if ss_tot else float("nan")
     return {"rmse": float(np.sqrt(np.mean(e ** 2))), "mae": float(np.mean(np.abs(e))),
-            "mape_pct": mape(a, p), "r2": r2}
+            "mape_pct": mape(a, p), "wape_pct": float(np.abs(e).sum() / np.abs(a).sum() * 100) if np.abs(a).any() else float("nan"),
+            "r2": r2}
 
 # %% ../nbs/05_evaluate.ipynb #ea34dd45
 def describe(v:np.ndarray) -> dict:
@@ -65,9 +66,10 @@ def error_report(actual, # true values (e.g. test Sales)
                  predicted, # model predictions, same length
                  index=None, # row labels for the best/worst lists; positions 0..n-1 by default
                  bands=(10, 25, 50), # accuracy bands in percent of actual
-                 top:int=3 # how many best and worst predictions to list
+                 top:int=3, # how many best and worst predictions to list
+                 mase_scale:float|None=None # with a time axis: the in-sample seasonal-naive MAE (`TimeAxis.mase_scale`), for MASE
                 ) -> dict:
-    "Every figure of the original notebook's error report, as JSON-ready plain numbers."
+    "Every figure of the original notebook's error report, as JSON-ready plain numbers; MASE when `mase_scale` is given."
     a, p = _pair(actual, predicted)
     e = a - p
     index = [v.item() if hasattr(v, "item") else v for v in (range(len(a)) if index is None else index)]
@@ -77,7 +79,8 @@ def error_report(actual, # true values (e.g. test Sales)
             "bias": float(e.mean()), **scores(a, p), "mape_rows": int((a != 0).sum()),
             "within": {str(b): _count(np.abs(e) <= b / 100 * np.abs(a)) for b in bands},
             "over_predicted": _count(e < 0), "under_predicted": _count(e > 0), "exact": _count(e == 0),
-            "best": _rows(order[:top], a, p, index), "worst": _rows(order[::-1][:top], a, p, index)}
+            "best": _rows(order[:top], a, p, index), "worst": _rows(order[::-1][:top], a, p, index),
+            **({"mase": float(np.abs(e).mean() / mase_scale)} if mase_scale else {})}
 
 # %% ../nbs/05_evaluate.ipynb #e1336639
 def stats_table(report:dict) -> pd.DataFrame:
@@ -93,14 +96,17 @@ def stats_table(report:dict) -> pd.DataFrame:
 
 # %% ../nbs/05_evaluate.ipynb #5ecbcec7
 def error_table(report:dict) -> pd.DataFrame:
-    "Bias, MAE, RMSE, MAPE and R²."
+    "Bias, MAE, RMSE, MAPE, WAPE, MASE (with a time axis) and R²."
     rows = {
         "Mean Error (Bias)": "bias",
         "Mean Absolute Error (MAE)": "mae",
         "Root Mean Square Error (RMSE)": "rmse",
         "Mean Absolute Percentage Error (%)": "mape_pct",
+        "Weighted Absolute Percentage Error (%)": "wape_pct",
+        "Mean Absolute Scaled Error (MASE)": "mase",
         "R²": "r2",
     }
+    rows = {name: k for name, k in rows.items() if k in report}  # MASE only with a time axis; WAPE not in older reports
     return pd.DataFrame(
         {"Value": [report[k] for k in rows.values()]}, index=pd.Index(list(rows), name="Metric")
     )
@@ -135,6 +141,7 @@ _HEADLINE = {
     "MAE": ("mae", "{:,.2f}"),
     "RMSE": ("rmse", "{:,.2f}"),
     "MAPE (%)": ("mape_pct", "{:,.1f}"),
+    "WAPE (%)": ("wape_pct", "{:,.1f}"),
     "R²": ("r2", "{:.3f}"),
 }
 
@@ -148,13 +155,14 @@ def compare_reports(reports:dict # {label: error_report output}
 
 def prediction_frame(rows, # each prediction's row in the source (e.g. its CSV line)
                      actual, predicted,
-                     typical # True where the row lies inside the training bounds
+                     typical, # True where the row lies inside the training bounds
+                     context:pd.DataFrame|None=None # columns that place each row (the time and series columns), in row order
                     ) -> pd.DataFrame:
-    "One line per held-out row: `row`, `actual`, `predicted`, `error` (actual - predicted) and `typical`."
+    "One line per held-out row: `row`, any `context` columns, `actual`, `predicted`, `error` (actual - predicted) and `typical`."
     a, p = _pair(actual, predicted)
-    return pd.DataFrame(
-        {"row": list(rows), "actual": a, "predicted": p, "error": a - p, "typical": np.asarray(typical, bool)}
-    )
+    places = {} if context is None else {c: context[c].to_numpy() for c in context.columns}
+    return pd.DataFrame({"row": list(rows), **places, "actual": a, "predicted": p, "error": a - p,
+                         "typical": np.asarray(typical, bool)})
 
 # %% ../nbs/05_evaluate.ipynb #411b1a7c
 def fmt_num(x, # a number, or None

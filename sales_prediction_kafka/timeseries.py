@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'FREQ_NAMES', 'SEASON', 'CALENDAR', 'BASELINES', 'parse_times', 'detect_time_column', 'infer_freq',
            'period_numbers', 'calendar_columns', 'calendar_features', 'TimeAxis', 'baseline_column', 'time_axis',
-           'generate_panel', 'axis_from_dict']
+           'generate_panel', 'plot_forecast', 'series_errors', 'plot_series', 'plot_folds', 'plot_errors',
+           'axis_from_dict']
 
 # %% ../nbs/03a_timeseries.ipynb #956dbad4
 def parse_times(s:pd.Series # the time column, indexed by line in the file (as `load_table` gives it)
@@ -248,6 +249,86 @@ def mase_scale(self, train:pd.DataFrame, target:str) -> float|None:
     e = np.abs(train[target].to_numpy(np.float64) - _shifted(_history(train, self, target, periods), train, self, periods, self.season))
     e = e[np.isfinite(e)]
     return float(e.mean()) if len(e) and e.mean() > 0 else None
+
+# %% ../nbs/03a_timeseries.ipynb #tsplot02
+def _by_period(frame:pd.DataFrame, column:str, values:list) -> pd.DataFrame:
+    "The sum of `values` per time of `column`, in time order (times parsed)."
+    return frame.assign(**{column: parse_times(frame[column])}).groupby(column)[values].sum().sort_index()
+
+def plot_forecast(frame:pd.DataFrame, # `prediction_frame` output with the time column, and any baseline columns
+                  column:str, # the time column
+                  baselines:list=()): # columns of `frame` holding baseline forecasts, drawn dashed
+    "A matplotlib figure of the actual and forecast totals per period over the test periods."
+    import matplotlib.pyplot as plt
+    t = _by_period(frame, column, ["actual", "predicted", *baselines])
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    ax.plot(t.index, t["actual"], color="black", lw=1.8, label="actual")
+    ax.plot(t.index, t["predicted"], color="tab:blue", lw=1.5, label="forecast")
+    for b in baselines: ax.plot(t.index, t[b], ls="--", lw=1, label=b.replace("_forecast", "").replace("_", " "))
+    ax.set(title="Actual and forecast, total of all series", xlabel=column, ylabel="total")
+    ax.legend(fontsize="small"); fig.autofmt_xdate(); fig.tight_layout()
+    return fig
+
+# %% ../nbs/03a_timeseries.ipynb #tsplot05
+def series_errors(frame:pd.DataFrame, # `prediction_frame` output with the series columns
+                  series:list) -> pd.DataFrame:
+    "Rows, MAE, WAPE (%) and bias per series, the largest total absolute error first."
+    key = frame[series].astype(str).agg(" / ".join, axis=1) if series else pd.Series("all", index=frame.index)
+    g = frame.assign(_abs=frame["error"].abs(), _act=frame["actual"].abs()).groupby(key.rename("series"))
+    t = pd.DataFrame({"rows": g.size(), "mae": g["_abs"].mean(), "wape_pct": g["_abs"].sum() / g["_act"].sum() * 100,
+                      "bias": g["error"].mean(), "_total": g["_abs"].sum()})
+    return t.sort_values("_total", ascending=False).drop(columns="_total")
+
+def plot_series(frame:pd.DataFrame, column:str, series:list, top:int=12):
+    "A matplotlib figure of actual and forecast per series, the `top` worst series (by total absolute error) first."
+    import matplotlib.pyplot as plt
+    key = frame[series].astype(str).agg(" / ".join, axis=1)
+    names = series_errors(frame, series).index[:top]
+    cols = min(3, len(names)); rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.4 * rows), sharex=True, squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        t = _by_period(frame[key == name], column, ["actual", "predicted"])
+        ax.plot(t.index, t["actual"], color="black", lw=1.2); ax.plot(t.index, t["predicted"], color="tab:blue", lw=1.2)
+        ax.set_title(name, fontsize="small")
+    for ax in axes.flat[len(names):]: ax.set_visible(False)
+    fig.suptitle(f"Actual (black) and forecast (blue) per series, worst first ({len(names)} of {key.nunique()})")
+    fig.autofmt_xdate(); fig.tight_layout()
+    return fig
+
+# %% ../nbs/03a_timeseries.ipynb #tsplot08
+def plot_folds(axis:TimeAxis, train:pd.DataFrame, # the training rows the folds index
+               folds:list, # `TimeAxis.folds` output
+               test:pd.DataFrame|None=None): # the held-out rows, drawn last
+    "A matplotlib figure of the rolling-origin folds (and the test) as bars on the time axis."
+    import matplotlib.pyplot as plt
+    times = parse_times(train[axis.column]).to_numpy()
+    spans = [(f"fold {i + 1}", times[tr], times[va]) for i, (tr, va) in enumerate(folds)]
+    if test is not None: spans.append(("test", times, parse_times(test[axis.column]).to_numpy()))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(spans) + 1.2))
+    for y, (name, tr, va) in enumerate(spans):
+        if len(tr): ax.plot([tr.min(), tr.max()], [y, y], lw=7, color="tab:blue", solid_capstyle="butt")
+        ax.plot([va.min(), va.max()], [y, y], lw=7, color="tab:orange" if name != "test" else "tab:red", solid_capstyle="butt")
+    ax.set_yticks(range(len(spans)), [s[0] for s in spans]); ax.invert_yaxis()
+    ax.set(title="Rolling-origin backtest: training (blue), validation (orange), test (red)", xlabel=axis.column)
+    fig.autofmt_xdate(); fig.tight_layout()
+    return fig
+
+# %% ../nbs/03a_timeseries.ipynb #tsplot11
+def plot_errors(frame:pd.DataFrame, column:str, series:list):
+    "A matplotlib figure of the MAE per test period and, with series, per series (worst first, at most 20)."
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2 if series else 1, figsize=(11 if series else 7, 3.4), squeeze=False)
+    by_period = frame.assign(**{column: parse_times(frame[column]), "abs_error": frame["error"].abs()}).groupby(column)["abs_error"].mean()
+    axes[0][0].bar(by_period.index, by_period.to_numpy(), width=0.8 * (np.diff(by_period.index).min() if len(by_period) > 1 else 1),
+                   color="tab:blue")
+    axes[0][0].set(title="MAE per period", xlabel=column, ylabel="mean absolute error")
+    axes[0][0].tick_params(axis="x", rotation=30)
+    if series:
+        e = series_errors(frame, series).sort_values("mae", ascending=False).head(20)
+        axes[0][1].barh(e.index[::-1], e["mae"][::-1], color="tab:orange")
+        axes[0][1].set(title="MAE per series (worst on top)", xlabel="mean absolute error")
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/03a_timeseries.ipynb #aba4df12
 @patch_to(TimeAxis)

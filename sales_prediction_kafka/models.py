@@ -499,6 +499,8 @@ class SalesModel:
         plan = self._plan(df)
         self.notes, self.treatment = plan.notes, plan.treatment
         self.cleaner = Cleaner(self.target, plan.numeric, plan.categorical, p["iqr_k"]).fit(df)
+        if self.time:  # a date is never an outlier: its calendar features get fill values but no bounds
+            for c in calendar_columns(self.axis.column, self.axis.freq): self.cleaner.bounds.pop(c, None)
         rows, self.cleaning = self.cleaner.apply(df, p["outliers"])
         self.prep = Preprocessor(plan.numeric, plan.categorical).fit(rows)
         X, y = self.prep.transform(rows), _numeric(rows, [self.target])[:, 0]
@@ -552,7 +554,7 @@ class SalesModel:
 
     def typical(self, df:pd.DataFrame) -> pd.Series:
         "True for the rows of `df` inside every outlier bound learned from the training rows."
-        return self.cleaner.typical(df)
+        return self.cleaner.typical(self._with_calendar(df))
 
     def _state_bytes(self) -> bytes:
         "The net's weights, or a scikit-learn model's predictions on a fixed probe matrix (pickles vary), as bytes."
@@ -818,19 +820,19 @@ SIMPLICITY = ("linear", "trees", "net", "original_net")  # simplest first: a nea
 def select_model(table:pd.DataFrame,
                  override:str|None=None # a model name to use instead of the best
                 ) -> tuple[str, str]:
-    "The best baseline if one has the lowest CV RMSE, else the simplest model within one standard error of the lowest; among `override`'s rows if given."
+    "The simplest (candidate, outlier policy) within one standard error of the lowest CV RMSE, baselines first; among `override`'s rows if given."
     if override is not None:
         names = table.index.get_level_values("model")
         override = candidate_name(override)
         if override not in names:
             raise ValueError(f"model {override!r} was not compared; compared: {list(dict.fromkeys(names))}")
         table = table[names == override]
-    if table["rmse_mean"].idxmin()[0] in BASELINES: return tuple(table["rmse_mean"].idxmin())  # no model beat it
-    table = table[~table.index.get_level_values("model").isin(BASELINES)]
     best = table.loc[table["rmse_mean"].idxmin()]
     limit = best["rmse_mean"] + best["rmse_std"] / math.sqrt(best["folds"])
     close = table.index[table["rmse_mean"] <= limit]
-    return tuple(min(close, key=lambda i: (SIMPLICITY.index(i[0]), OUTLIER_POLICIES.index(i[1]))))
+    simplest = lambda i: ((0, table.loc[i, "rmse_mean"]) if i[0] in BASELINES  # the better baseline before any model
+                          else (1 + SIMPLICITY.index(i[0]), OUTLIER_POLICIES.index(i[1])))
+    return tuple(min(close, key=simplest))
 
 _KEPT = {"keep": "outliers kept", "remove": "outliers removed"}
 
@@ -843,7 +845,8 @@ def selection_reason(table:pd.DataFrame, choice:tuple, override:str|None=None) -
     if override: why = f"{name} ({_KEPT[policy]}) was chosen by override ({cv}; the rule's choice was {' with '.join(select_model(table))})."
     elif name in BASELINES:
         rival = f"; the best model, {models[0][0]} ({_KEPT[models[0][1]]}), scored {table.loc[models[0], 'rmse_mean']:,.2f}" if models else ""
-        why = f"No model beat the {name} forecast in cross-validation, so {name} was chosen ({cv}{rival})."
+        why = (f"No model beat the {name} forecast in cross-validation by more than one standard error, "
+               f"so {name} was chosen ({cv}{rival}).")
     elif choice != best:
         why = (
             f"{name} ({_KEPT[policy]}) was chosen: its {cv} is within one standard error of the lowest, "

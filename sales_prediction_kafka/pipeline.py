@@ -83,6 +83,8 @@ _RULES = {  # name: (check, what it must be); types are already right, these are
     "partitions": (lambda v: v >= 1, "an integer >= 1"),
     "replication_factor": (lambda v: v >= 1, "an integer >= 1"),
     "outliers": (lambda v: v in ("auto", "keep", "remove"), "'auto', 'keep' or 'remove'"),
+    "horizon": (lambda v: v >= 1, "an integer >= 1"),
+    "cv_gap": (lambda v: v >= 0, "an integer >= 0"),
 }
 
 def _parse(name:str, value, param:Parameter, problems:list):
@@ -204,7 +206,9 @@ def export_html(notebook_path, html_path=None) -> Path:
 def report_headline(metrics:dict) -> str:
     "The HTML box at the top of a report, from the run's `metrics.json` content."
     from sales_prediction_kafka.evaluate import fmt_num, fmt_pct
-    d, t, c, s = (metrics.get(k) or {} for k in ("data", "test", "cleaning", "stream"))
+    d, t, c, s, tm = (metrics.get(k) or {} for k in ("data", "test", "cleaning", "stream", "time"))
+    chosen = metrics.get("selected", "-")
+    naive = (metrics.get("baselines") or {}).get("seasonal_naive") or {}
     rows = [
         ("data", f"{Path(str(d.get('path', '-'))).name}: {fmt_num(d.get('rows'), 0)} rows"),
         (
@@ -216,15 +220,20 @@ def report_headline(metrics:dict) -> str:
                 else fmt_num(d.get("train_rows"), 0)
             ),
         ),
+        *([("time axis", f"{tm.get('column')} ({tm.get('frequency')}{', found by itself' if tm.get('detected') else ''}); "
+                          f"test: the latest {fmt_num(tm.get('test_periods'), 0)} periods, from {tm.get('test_from')}")] if tm else []),
         (
             "chosen model",
-            f"{metrics.get('selected', '-')} (outliers {(metrics.get('outliers') or {}).get('chosen', '-')})",
+            f"{chosen} (outliers {(metrics.get('outliers') or {}).get('chosen', '-')})"
+            + (": no model beat it in cross-validation" if chosen in ("naive", "seasonal_naive") else ""),
         ),
         (
             f"test, every held-out row ({fmt_num(t.get('n'), 0)})",
             f"MAE {fmt_num(t.get('mae'))} · RMSE {fmt_num(t.get('rmse'))}"
-            f" · MAPE {fmt_pct(t.get('mape_pct'))} · R² {fmt_num(t.get('r2'), 3)}",
+            f" · MAPE {fmt_pct(t.get('mape_pct'))}" + (f" · WAPE {fmt_pct(t['wape_pct'])}" if "wape_pct" in t else "")
+            + (f" · MASE {fmt_num(t['mase'], 3)}" if "mase" in t else "") + f" · R² {fmt_num(t.get('r2'), 3)}",
         ),
+        *([("seasonal naive, same rows", f"RMSE {fmt_num(naive.get('rmse'))} · WAPE {fmt_pct(naive.get('wape_pct'))}")] if naive else []),
         (
             "records streamed",
             (
@@ -412,6 +421,9 @@ def resume_run(run_dir, # a run folder whose stream did not finish
 @click.option(
     "--numeric", help="Comma-separated columns always numeric (e.g. ordinal codes with few levels)."
 )
+@click.option("--time-column", metavar="NAME", help="The time axis: a column of dates or whole-number steps; the test is then the latest periods (default: auto, the first column of dates; 'none' for a shuffled split).")
+@click.option("--series", metavar="COL[,COL]", help="With a time axis: the columns that identify one series (store, department, customer).")
+@click.option("--horizon", type=click.IntRange(min=1), help="With a time axis: forecast this many periods ahead (default: 1); no feature is newer.")
 @sales_prediction_kafka.config.kafka_options()  # the --bootstrap-servers every command shares
 @click.option("--topic", help="Topic for the prediction records (default: sales_predictions).")
 @click.option("--no-stream", is_flag=True, help="Train and report only; do not stream to Kafka.")

@@ -528,8 +528,9 @@ class SalesModel:
     def impute_records(self, records:list) -> tuple[list, list]:
         "Copies of `records` with absent or null features filled by the training values, and the fields filled in each."
         fill, out, filled = self.fill_values, [], []
+        derived = set(calendar_columns(self.axis.column, self.axis.freq)) if self.time else set()  # from the date, never filled
         for r in records:
-            gaps = [c for c in fill if _missing(r.get(c))] if isinstance(r, dict) else []
+            gaps = [c for c in fill if c not in derived and _missing(r.get(c))] if isinstance(r, dict) else []
             out.append({**r, **{c: fill[c] for c in gaps}} if gaps else r)
             filled.append(gaps)
         return out, filled

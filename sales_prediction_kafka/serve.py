@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVENT_ID', 'REASONS', 'DEAD_LETTER_HEADERS',
            'RUNS_DIR', 'event_schema', 'Rejection', 'parse_event', 'json_validator_class', 'event_rejection',
            'EventValidator', 'example_events', 'score_events', 'prediction_message', 'dead_letter_headers', 'Outgoing',
-           'plan_batch', 'Metrics', 'ServeError', 'next_offsets', 'first_offsets', 'AssignmentReporter',
-           'ScoringWorker', 'find_model', 'serve', 'serve_command']
+           'plan_batch', 'Metrics', 'ServeError', 'next_offsets', 'first_offsets', 'check_servable',
+           'AssignmentReporter', 'ScoringWorker', 'find_model', 'serve', 'serve_command']
 
 # %% ../nbs/08_serve.ipynb #89466d76
 SCHEMA_VERSION = 1  # the version of the event schema this worker reads
@@ -71,7 +71,10 @@ def event_schema(model) -> dict:
             "description": "version of this schema",
         },
     }
-    props |= {f: _feature_property(cats.get(f), fills.get(f)) for f in model.features}
+    time = model.axis.column if getattr(model, "time", None) else None  # a time axis: events carry the date, not its calendar
+    props |= {f: {"type": "string", "examples": ["2024-01-31"],
+                  "description": "the event's date: the model derives its calendar features from it"} if f == time
+              else _feature_property(cats.get(f), fills.get(f)) for f in model.inputs}
     props[model.target] = {
         "type": ["number", "null"],
         "description": "the actual sales, when known (optional)",
@@ -81,7 +84,7 @@ def event_schema(model) -> dict:
         "title": "sales event",
         "type": "object",
         "properties": props,
-        "required": ["event_id", "schema_version", *(f for f in model.features if f not in fills)],
+        "required": ["event_id", "schema_version", *(f for f in model.inputs if f not in fills)],
         "additionalProperties": True,
         "x-target": model.target,
         "x-model": {"kind": model.kind, "version": model.version},
@@ -269,7 +272,8 @@ def example_events(schema:dict, event_id:int=7) -> dict:
     props, target = schema["properties"], schema["x-target"]
     good = {"event_id": event_id, "schema_version": SCHEMA_VERSION}
     good |= {
-        n: p["enum"][0] if "enum" in p else 1.5 for n, p in props.items() if n not in good and n != target
+        n: p["enum"][0] if "enum" in p else p["examples"][0] if "examples" in p else 1.5
+        for n, p in props.items() if n not in good and n != target
     }
     num = next(n for n, p in props.items() if "number" in p["type"] and n != target)
     cat = next((n for n, p in props.items() if "enum" in p), None)
@@ -492,6 +496,15 @@ def first_offsets(records:list) -> dict:
     for r in records: out.setdefault(TopicPartition(r.topic, r.partition), r.offset)
     return out
 
+# %% ../nbs/08_serve.ipynb #srvts004
+def check_servable(model):
+    "Refuse a model whose features need each series' recent actuals, which a worker does not hold: a `ServeError` says why."
+    if getattr(model, "needs_history", False):
+        lagged = [f for f in model.features if f in model.axis.lag_columns(model.target)] if model.time else model.features
+        raise ServeError(f"model {model.name!r} ({model.version}) reads {', '.join(lagged)}, made from each series' earlier "
+                         "actuals, which a scoring worker does not hold: serve a model trained without them "
+                         "(sales-kafka run --features naming only the table's own columns)")
+
 # %% ../nbs/08_serve.ipynb #86e67a01
 class AssignmentReporter(ConsumerRebalanceListener):
     "Log and report the partitions a worker owns after each rebalance."
@@ -576,7 +589,8 @@ class ScoringWorker:
         log.info("%r closed", self)
 
     def use(self, model):
-        "Score with `model` (a `SalesModel`) from the next micro-batch on."
+        "Score with `model` (a `SalesModel`) from the next micro-batch on; a `ServeError` if it cannot be served."
+        check_servable(model)
         self.model, self.validate = model, EventValidator(event_schema(model))
         self.metrics.info |= {"model_version": model.version, "swaps": self.swaps}
 
@@ -584,7 +598,12 @@ class ScoringWorker:
         "Switch to a newly promoted champion, if one is ready; called between micro-batches, so between transactions."
         got = self.follower.take() if self.follower else None
         if got is None: return False
-        old, self.swaps = self.model.version, self.swaps + 1
+        old = self.model.version
+        try: check_servable(got[1])
+        except ServeError as e:
+            log.error("%r keeps model %s, refusing the champion: %s", self, old, e)
+            return False
+        self.swaps += 1
         self.use(got[1]); gc.freeze()
         log.info("%r swapped model %s for the champion %s", self, old, self.model.version)
         return True

@@ -87,7 +87,9 @@ def timed(f) -> float:
 
 def run(quick:bool=False, out:Path|None=None, **_) -> dict:
     "Run both backtests, check folds, features and RMSE agree, time them in interleaved rounds; write backtest.json."
-    import skforecast, sklearn
+    try: import skforecast
+    except ImportError: raise RuntimeError("needs skforecast, the `bench` extra: pip install -e '.[bench]' (make bench does)") from None
+    import sklearn
     load_before = load()
     k, rounds = (3, 1) if quick else (10, 5)
     y = series()

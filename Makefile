@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat settings.ini setup.py tools/lab/overrides.json | cksum | cut -d' ' -f1)
+BENCH_STAMP := $(VENV)/.bench-$(shell cat settings.ini setup.py | cksum | cut -d' ' -f1)
 
 .PHONY: help setup browser run test test-fast check-export export readme docs lab bench example
 
@@ -61,5 +62,11 @@ example: setup  ## refresh the committed example run in outputs/example (a defau
 	$(BIN)/sales-kafka run --out outputs  # a run folder beside outputs/example, so its relative paths stay right after the move
 	mv outputs/2*/ outputs/example && rm -f outputs/index.html
 
-bench: setup  ## run the benchmarks (ratios side by side in one run; results in bench/results/, table in BENCHMARKS.md)
+# the `bench` extra (skforecast, the other side of bench/backtest.py) only here: `make setup` installs `.[dev]` alone.
+# skforecast 0.26 requires pandas<3, so this step may move .venv's pandas to 2.x (pip decides; BENCHMARKS.md section 10).
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	rm -f $(VENV)/.bench-*; touch $@
+
+bench: setup $(BENCH_STAMP)  ## run the benchmarks (ratios side by side in one run; results in bench/results/, table in BENCHMARKS.md)
 	$(BIN)/python -m bench

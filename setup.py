@@ -8,6 +8,7 @@ cfg = cfg['DEFAULT']
 
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
+bench_requirements = cfg.get('bench_requirements', '').split()  # only for `make bench`, never in dev
 console_scripts = cfg.get('console_scripts', '').split()
 
 setuptools.setup(
@@ -29,7 +30,7 @@ setuptools.setup(
                                     'pipelines/*.ipynb',  # the papermill notebooks, copied from nbs/pipelines by tools/sync_pipelines.py
                                     'static/*']},  # the dashboard page
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'bench': bench_requirements},
     python_requires='>=' + cfg['min_python'],
     zip_safe=False,
     entry_points={'console_scripts': console_scripts, 'nbdev': [f"{cfg['lib_name']}={cfg['lib_name']}._modidx:d"]},

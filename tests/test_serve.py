@@ -142,3 +142,27 @@ def test_unstable_group_offsets_are_asked_for_again_until_stable_or_stopped(kafk
         holder.abort_transaction()
     finally:
         w.close(); holder.close()
+
+def test_a_dated_model_scores_weeks_it_never_saw_and_a_lag_model_is_refused(broker_settings, tmp_path):
+    "Events carry the date: weeks three years after every training week are scored from their calendar; a model with lags is refused."
+    import numpy as np, pandas as pd
+    from sales_prediction_kafka.models import SalesModel, save_model
+    from sales_prediction_kafka.timeseries import TimeAxis, generate_panel
+    settings, t = broker_settings, topics("dated")
+    axis, panel = TimeAxis("Date", "W", ["Dept"]), generate_panel(seed=5)
+    model = SalesModel("trees", features=["Dept", "Price"], time=axis.to_dict()).fit(panel)
+    later = panel.tail(40).assign(Date=(pd.to_datetime(panel.tail(40)["Date"]) + pd.DateOffset(weeks=156)).dt.strftime("%Y-%m-%d"))
+    assert later["Date"].min() > panel["Date"].max()
+    replay(table_events(later[["Date", "Dept", "Price"]]), settings, t["events"], 1000.0, progress=False)
+    serve = lambda folder: CliRunner().invoke(serve_command, [
+        "--model", str(folder), "--bootstrap-servers", settings.bootstrap_servers, "--group-id", t["group"],
+        "--events-topic", t["events"], "--predictions-topic", t["predictions"], "--dead-letter-topic", t["dlq"], "--idle-exit", "2"])
+    r = serve(save_model(model, tmp_path/"dated"))
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output.strip().splitlines()[-1])
+    assert (summary["scored"], summary["dead_lettered"]) == (40, 0), summary
+    got = {json.loads(m.value)["prediction_index"]: json.loads(m.value)["predicted_sales"] for m in read_all(settings, t["predictions"], "read_uncommitted")}
+    np.testing.assert_allclose([got[i] for i in range(40)], model.predict(later), rtol=1e-9)
+    lagged = SalesModel("linear", time=axis.to_dict()).fit(axis.derive(panel, "Sales"))
+    r = serve(save_model(lagged, tmp_path/"lagged"))
+    assert r.exit_code != 0 and "reads Sales_lag_1, Sales_lag_2, Sales_lag_52, Sales_mean_3, made from each series' earlier actuals" in r.output, r.output

@@ -481,13 +481,13 @@ class SalesModel:
         return df.assign(**calendar_features(parse_times(df[a.column]), a.freq, a.column)[missing])
 
     def _plan(self, df:pd.DataFrame) -> FeaturePlan:
-        "The feature plan: with a time axis, its calendar and lag columns are numeric, and the time column and baselines no feature."
+        "The feature plan: a time axis adds its calendar and (where the table has them) lag columns, as numeric; the time column and baselines are no feature."
         p, a, requested, numeric = self.params, self.axis, self.requested, list(self.params["numeric"])
         if a is not None and self.kind != "baseline":
             cal = calendar_columns(a.column, a.freq)
             skip = {self.target, a.column, *map(baseline_column, BASELINES)}
             requested = ([c for c in df.columns if c not in skip] if requested is None
-                         else list(requested) + [c for c in cal if c not in requested])
+                         else list(requested) + [c for c in cal + a.lag_columns(self.target) if c in df.columns and c not in requested])
             numeric += [c for c in cal + a.lag_columns(self.target)
                         if c in requested and c not in numeric and c not in p["categorical"]]
         return plan_features(df, self.target, requested, p["max_levels"], p["categorical"], numeric)

@@ -503,7 +503,7 @@ def check_servable(model):
         lagged = [f for f in model.features if f in model.axis.lag_columns(model.target)] if model.time else model.features
         raise ServeError(f"model {model.name!r} ({model.version}) reads {', '.join(lagged)}, made from each series' earlier "
                          "actuals, which a scoring worker does not hold: serve a model trained without them "
-                         "(sales-kafka run --features naming only the table's own columns)")
+                         "(sales-kafka run -p lags 0: calendar features, no lags or rolling means)")
 
 # %% ../nbs/08_serve.ipynb #86e67a01
 class AssignmentReporter(ConsumerRebalanceListener):

@@ -97,7 +97,7 @@ class TimeAxis:
     series: list = field(default_factory=list)  # columns that identify one series; empty: the table is one series
     horizon: int = 1  # forecast this many periods ahead: no feature is newer than `horizon` periods before its target
     lags: list|None = None  # periods back of each lag feature; None: horizon, horizon + 1 and one season
-    windows: list|None = None  # rolling-mean windows in periods, ending `horizon` periods back; None: (3,)
+    windows: list|None = None  # rolling-mean windows in periods, ending `horizon` periods back; None: (3,), or none without lags
     season: int|None = None  # periods in one season; None: from the frequency (52 weeks, 12 months ...)
 
     def __post_init__(self):
@@ -107,7 +107,7 @@ class TimeAxis:
         self.lags = sorted({int(k) for k in (self.lags if self.lags is not None else (h, h + 1, self.season))} - {0})
         short = [k for k in self.lags if k < h]
         if short: raise ValueError(f"lag(s) {short} are shorter than the horizon {h}: a forecast {h} periods ahead cannot use them")
-        self.windows = [int(w) for w in (self.windows if self.windows is not None else (3,))]
+        self.windows = [int(w) for w in (self.windows if self.windows is not None else (3,) if self.lags else ())]
         self.series = list(self.series or [])
 
     @property

@@ -266,7 +266,7 @@ def plot_forecast(frame:pd.DataFrame, # `prediction_frame` output with the time 
     ax.plot(t.index, t["predicted"], color="tab:blue", lw=1.5, label="forecast")
     for b in baselines: ax.plot(t.index, t[b], ls="--", lw=1, label=b.replace("_forecast", "").replace("_", " "))
     ax.set(title="Actual and forecast, total of all series", xlabel=column, ylabel="total")
-    ax.legend(fontsize="small"); fig.autofmt_xdate(); fig.tight_layout()
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1)); fig.autofmt_xdate(); fig.tight_layout()  # beside the lines, not over them
     return fig
 
 # %% ../nbs/03a_timeseries.ipynb #tsplot05

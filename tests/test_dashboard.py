@@ -66,6 +66,16 @@ def test_dashboard_live_in_chromium(chromium, dashboard, broker_settings, tmp_pa
             assert page.locator("#seen").inner_text() == "160"
             page.wait_for_selector("#alerts li", timeout=10_000)
             assert page.locator("#alerts li").count() == 1 and "mae" in page.locator("#alerts li").inner_text()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.evaluate("""addAlerts([{alert: "input_drift", reasons: ["Marketing_Spend"], features: {Marketing_Spend: 0.29}, limit: 0.25,
+                                         partition: 0, offset: 160, raised_at: "t1"},
+                                        {alert: "model_decision", reasons: ["promoted"], challenger: "f7084434d3f8aa", challenger_mae: 8120,
+                                         champion_mae: 12893, raised_at: "t2"}])""")  # an input-drift alert has no 'last'
+            assert errors == [] and page.locator("#alerts li").count() == 3, errors
+            assert page.locator("#alerts li").all_inner_texts()[:2] == [
+                "t2: model promoted f7084434d3f8 (MAE 8120.00 vs champion 12893.00)",
+                "t1: input drift in Marketing_Spend at partition 0 offset 160 (PSI Marketing_Spend 0.29 > 0.25)"]
             keys = page.locator("#records tbody td.key").all_inner_texts()
             assert keys == [str(i) for i in range(159, 149, -1)]  # the key is the prediction_index
             page.screenshot(path=tmp_path/"dashboard.png", full_page=True)

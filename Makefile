@@ -49,7 +49,7 @@ export: setup  ## export the library from the notebooks, clean them, copy nbs/pi
 	$(BIN)/python tools/sync_pipelines.py  # the package's copy of nbs/pipelines/, for installed wheels
 
 readme: setup  ## write README.md from nbs/index.ipynb (nbdev_readme needs Quarto, which cannot be installed here)
-	$(BIN)/jupyter nbconvert --to markdown --stdout nbs/index.ipynb 2>/dev/null > README.md
+	$(BIN)/jupyter nbconvert --to markdown --stdout nbs/index.ipynb 2>/dev/null | sed '/<style scoped>/,/<\/style>/d' > README.md  # a table, not its CSS as text
 
 docs: setup  ## render the docs site into _docs/ (open _docs/index.html; works offline)
 	$(BIN)/python tools/build_docs.py

@@ -9,3 +9,12 @@ def test_no_undefined_or_unused_names():
     assert len(files) > 40, files
     r = subprocess.run([sys.executable, "-m", "pyflakes", *files], capture_output=True, text=True)
     assert r.returncode == 0 and not r.stdout, f"pyflakes found:\n{r.stdout}{r.stderr}"
+
+
+def test_readme_is_what_make_readme_writes_and_holds_no_css():
+    "README.md equals `make readme`'s output from nbs/index.ipynb, and a table in it is a table, not its <style> block as text."
+    out = subprocess.run(["make", "-s", "--no-print-directory", "readme", "-o", "setup"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    diff = subprocess.run(["git", "diff", "--stat", "--", "README.md"], cwd=ROOT, capture_output=True, text=True).stdout
+    text = (ROOT/"README.md").read_text()
+    assert diff == "" and "<style" not in text and "<table" in text, diff

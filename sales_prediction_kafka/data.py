@@ -221,7 +221,7 @@ def load_table(path, # CSV file
     parsed = {c: _parse_column(raw[c], c == target) for c in [target, *features]}
     problems = [p for _, p in parsed.values() if p]
     if problems: raise DataError(f"{path}: " + "; ".join(problems))
-    log.info("loaded %s: %d rows, target %s, %d features", path, len(raw), target, len(features))
+    log.info("loaded %s: %d rows, target %s, %d features", Path(path).resolve(), len(raw), target, len(features))  # not run/../../..
     table = pd.DataFrame({c: s for c, (s, _) in parsed.items()})
     table.index = pd.Index(table.index + 2, name="line")  # each row keeps its line in the file
     return table

@@ -313,9 +313,11 @@ def keras_net(layers:list, learning_rate:float=1e-3):
     net.set_weights([w for layer in layers for w in layer])
     return net
 
-def forward(layers:list, X:np.ndarray) -> np.ndarray:
+def forward(layers:list, X:np.ndarray,
+            dtype=np.float64 # float64 scores a row alike in any batch; float32 is Keras' arithmetic
+           ) -> np.ndarray:
     "The net's output for `X`: relu on every layer but the last, which is linear."
-    h = np.asarray(X, np.float32)
+    h = np.asarray(X, dtype)
     for W, b in layers[:-1]: h = np.maximum(h @ W + b, 0)
     W, b = layers[-1]
     return (h @ W + b)[:, 0]
@@ -325,7 +327,7 @@ def _numpy_val_loss(keras, net, X:np.ndarray, y:np.ndarray):
     "A Keras callback that puts the validation MSE, computed by `forward`, into each epoch's logs as `val_loss`."
     X = np.asarray(X, np.float32)
     class NumpyValLoss(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None): logs["val_loss"] = float(np.mean((forward(net_layers(net), X) - y) ** 2))
+        def on_epoch_end(self, epoch, logs=None): logs["val_loss"] = float(np.mean((forward(net_layers(net), X, np.float32) - y) ** 2))
     return NumpyValLoss()
 
 # %% ../nbs/04_models.ipynb #7b2e4c02

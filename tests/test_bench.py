@@ -122,19 +122,3 @@ def test_serving_start_numpy_worker_has_no_tensorflow_and_scores_alike(results):
     assert by["numpy (model.npz)"]["tensorflow_mapped"] is False  # ... the new one does not
     assert by["numpy (model.npz)"]["rss_mb"] < by["keras (no model.npz)"]["rss_mb"] / 2, by
     assert s["events_checked"] == 100 and s["targets"]["predictions equal the Keras model's to 1e-6"] is True
-
-
-def test_backtest_quick_folds_and_rmse_agree_with_skforecast(tmp_path):
-    "The backtest benchmark in quick mode (no broker): the project's folds, features and RMSE equal skforecast's. skforecast is the\n    `bench` extra, which CI (`make test`, `.[dev]` only) does not install, so there this test is skipped; `make bench` installs it."
-    pytest.importorskip("skforecast")
-    res = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "backtest", "--out", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-4000:]
-    doc = json.loads((tmp_path/"backtest.json").read_text())
-    assert doc["benchmark"] == "backtest" and doc["quick"] is True and set(MACHINE) <= set(doc["machine"])
-    f = doc["fold_boundaries"]
-    assert len(f["project"]) == doc["folds_k"] == 3 and f["project"] == f["skforecast"]
-    assert doc["validated"] == doc["validated_skforecast"] == doc["folds_k"] * doc["block"]
-    assert doc["max_abs_feature_diff"] < 1e-9 and doc["max_abs_prediction_diff"] < 1e-6
-    assert doc["targets"]["fold boundaries equal"] is True and doc["targets"]["RMSE within 2 %"] is True
-    assert all(positive(r["median_s"], r["rmse"]) for r in doc["rows"]) and "## Rolling-origin backtest" in res.stdout

@@ -79,6 +79,12 @@ def run_folder(stdout:str) -> Path:
     "The run folder that `sales-kafka run` names on its last line (`report: <folder>/report.html`)."
     return Path(stdout.strip().splitlines()[-1].removeprefix("report: ")).parent
 
+def run_offline(out:Path, *args:str) -> Path:
+    "`sales-kafka run --no-stream ARGS --out OUT`, which must succeed; the run folder it made."
+    r = subprocess.run([SALES_KAFKA, "run", "--no-stream", *args, "--out", str(out)], capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run_folder(r.stdout)
+
 def report(scenario:str, **figures):
     "Print one line of measured figures; `pytest -s` shows them, RELIABILITY.md records them."
     print(f"\nRELIABILITY {scenario}: " + ", ".join(f"{k}={round(v, 1) if isinstance(v, float) else v}" for k, v in figures.items()))

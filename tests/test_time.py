@@ -1,5 +1,5 @@
 "Forecasts on real time series that ship inside statsmodels: a forward holdout, figures that recompute, baselines and a plain HGB as the bar."
-import json, subprocess
+import json
 
 import numpy as np
 import pandas as pd
@@ -7,7 +7,7 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingRegressor
 from statsmodels.datasets import co2, elec_equip
 
-from helpers import ROOT, SALES_KAFKA, run_folder
+from helpers import ROOT, run_offline
 from sales_prediction_kafka.evaluate import error_report
 
 pytestmark = pytest.mark.slow
@@ -28,10 +28,7 @@ def forecast(request, tmp_path_factory) -> tuple:
     make, target, season, step = SERIES[request.param]
     table = make()
     table.to_csv(tmp/"series.csv", index=False)
-    r = subprocess.run([SALES_KAFKA, "run", "--no-stream", "--data", str(tmp/"series.csv"), "--target", target,
-                        "--out", str(tmp/"runs")], capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stderr[-3000:]
-    run = run_folder(r.stdout)
+    run = run_offline(tmp/"runs", "--data", str(tmp/"series.csv"), "--target", target)
     table.index = table.index + 2  # the CSV line of each row, as the pipeline names them
     rows = pd.read_csv(run/"test_predictions.csv", parse_dates=["Date"])
     labelled = table[table[target].notna()]
@@ -93,9 +90,7 @@ def test_within_ten_percent_of_a_plain_hgb_with_lags(forecast):
 
 def test_the_default_path_gives_the_committed_example_figures(tmp_path):
     "The embedded sample has no time axis: its run gives outputs/example's figures, to rounding."
-    r = subprocess.run([SALES_KAFKA, "run", "--no-stream", "--out", str(tmp_path)], capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stderr[-3000:]
-    m = json.loads((run_folder(r.stdout)/"metrics.json").read_text())
+    m = json.loads((run_offline(tmp_path)/"metrics.json").read_text())
     example = json.loads((ROOT/"outputs"/"example"/"metrics.json").read_text())
     assert "time" not in m and "baselines" not in m and m["selected"] == example["selected"]
     for f in ("n", "bias", "mae", "rmse", "mape_pct", "r2"): assert m["test"][f] == pytest.approx(example["test"][f], rel=1e-9), f

@@ -7,7 +7,7 @@ import math, time, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .common import log, table, write_result, load
+from .common import log, table, write_result, load, targets_line
 
 NAME = "backtest"
 LAGS, WINDOW = [1, 2, 12], 3  # lag features and one rolling mean of the 3 previous months: ForecasterRecursive's lags= and
@@ -151,5 +151,5 @@ def run(quick:bool=False, out:Path|None=None, **_) -> dict:
     print(f"\nfold boundaries equal: {folds_ours == folds_sk} ({len(folds_ours)} folds; first {folds_ours[0]}, last {folds_ours[-1]}); "
           f"max |feature diff| {feature_diff:.2g}, max |prediction diff| {pred_diff:.2g}")
     print(table([{k2: v for k2, v in ratios.items() if not isinstance(v, list)}]))
-    print("targets: " + ", ".join(f"{k2}: {'met' if v else 'MISSED'}" for k2, v in targets.items()) + f"   -> {path}")
+    print(targets_line(targets, path))
     return result

@@ -49,6 +49,11 @@ def write_result(name:str, data:dict, out:Path|None=None) -> Path:
     return path
 
 
+def targets_line(targets:dict, path:Path) -> str:
+    "The printed verdict of a benchmark's targets ('met' or 'MISSED' each) and where its results went."
+    return "targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in targets.items()) + f"   -> {path}"
+
+
 def fmt(v) -> str:
     "A table cell: numbers with thousands separators and sensible precision."
     if v is None: return "-"

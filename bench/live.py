@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc, json, queue, re, signal, statistics, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 import numpy as np
-from .common import log, kafka, tag, table, write_result, load
+from .common import log, kafka, tag, table, write_result, load, targets_line
 
 NAME = "live"
 MODES = ("model", "passthrough")
@@ -235,5 +235,5 @@ def run(quick:bool=False, bootstrap_servers:str|None=None, out:Path|None=None, *
               f"serve / Java floor {ratios[f'p99_model_vs_java_{lab}']:.1f}, pass-through / Java floor {ratios[f'p99_passthrough_vs_java_{lab}']:.1f}")
     print(f"capacity (drain {p['backlog']:,} backlog): model {cap['model']:,.0f}/s, pass-through {cap['passthrough']:,.0f}/s, "
           f"ratio {ratios['drain_model_vs_passthrough']:.2f} (target >= 0.5); max-phase ratio {ratios['max_phase_model_vs_passthrough']:.2f}")
-    print("targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in targets.items()) + f"   -> {path}")
+    print(targets_line(targets, path))
     return result

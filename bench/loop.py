@@ -8,7 +8,7 @@ from __future__ import annotations
 import json, signal, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 import numpy as np
-from .common import kafka, load, table, tag, write_result
+from .common import kafka, load, table, tag, write_result, targets_line
 
 NAME = "loop"
 CLI = "from sales_prediction_kafka.cli import main; main(prog_name='sales-kafka')"  # `sales-kafka` of this interpreter
@@ -177,5 +177,5 @@ def run(quick:bool=False, bootstrap_servers:str|None=None, out:Path|None=None, *
     path = write_result(NAME, result, out)
     print("\n## Continual learning: the shift scenario (2 exactly-once workers, monitor, learner)\n")
     print(table([{"figure": k, "value": v} for k, v in f.items()] + [{"figure": "p99 ratio swap / steady", "value": ratio}]))
-    print("targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in result["targets"].items()) + f"   -> {path}")
+    print(targets_line(result["targets"], path))
     return result

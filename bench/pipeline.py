@@ -4,7 +4,7 @@ its own package (PYTHONPATH and cwd at a `git worktree` of it) in the same venv,
 from __future__ import annotations
 import json, os, subprocess, sys, tempfile, time
 from pathlib import Path
-from .common import log, table, write_result, load
+from .common import log, table, write_result, load, targets_line
 
 NAME = "pipeline"
 ROOT = Path(__file__).resolve().parent.parent  # the working tree
@@ -109,5 +109,5 @@ def run(quick:bool=False, out:Path|None=None, rounds:int|None=None, **_) -> dict
                  for r in rows]))
     print("\nworking tree / filed: best of rounds " + f"{ratio:.2f}; per round " + ", ".join(f"{x:.2f}" for x in per_round))
     print(f"metrics.json of {' and '.join(SAME_AS)}: " + ("identical" if not diff else f"differ at {diff[:8]}"))
-    print("targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in targets.items()) + f"   -> {path}")
+    print(targets_line(targets, path))
     return result

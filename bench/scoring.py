@@ -3,7 +3,7 @@ pass with the same weights, Keras `model.predict`, `model(x)` and `predict_on_ba
 from __future__ import annotations
 from pathlib import Path
 import numpy as np
-from .common import log, interleaved_rates, table, write_result, load
+from .common import log, interleaved_rates, table, write_result, load, targets_line
 
 NAME = "scoring"
 
@@ -103,5 +103,5 @@ def run(quick:bool=False, out:Path|None=None, sizes:list|None=None, **_) -> dict
     print(f"\nmax |forward - model.predict| (net output): {max(c['max_abs_diff_net_output'] for c in checks):.2g}; "
           f"predict(df) and predict_records in the same units: {max(c['max_diff_predict'] for c in checks):.2g}; "
           f"in dollars: {max(c['max_abs_diff_predict_dollars'] for c in checks):.2g}")
-    print("targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in targets.items()) + f"   -> {path}")
+    print(targets_line(targets, path))
     return result

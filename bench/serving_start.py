@@ -5,7 +5,7 @@ compared with the Keras-loaded model's."""
 from __future__ import annotations
 import json, queue, shutil, signal, subprocess, sys, tempfile, threading, time
 from pathlib import Path
-from .common import log, kafka, tag, table, write_result, load
+from .common import log, kafka, tag, table, write_result, load, targets_line
 
 NAME = "serving_start"
 SALES_KAFKA = str(Path(sys.executable).parent/"sales-kafka")
@@ -157,5 +157,5 @@ def run(quick:bool=False, bootstrap_servers:str|None=None, out:Path|None=None, r
     print(table(summary))
     print("\n" + ", ".join(f"{k}: {v:.2f}" for k, v in ratios.items()))
     print("importing serve (s, cumulative): " + ", ".join(f"{k.removeprefix('sales_prediction_kafka.')} {v:.2f}" for k, v in import_s.items()))
-    print("targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in targets.items()) + f"   -> {path}")
+    print(targets_line(targets, path))
     return result

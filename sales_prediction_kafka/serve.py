@@ -448,15 +448,8 @@ class Metrics:
 
     def report(self) -> dict:
         "Log the metrics and rewrite the file; start a new interval."
-        s, lat = self.snapshot(), self.snapshot()["batch_latency_ms"]
-        log.info(
-            "scored %d, dead-lettered %d, %.1f events/s (now %.1f), batch p50 %s, p95 %s",
-            s["scored"],
-            s["dead_lettered"],
-            s["events_per_s"],
-            s["recent_events_per_s"],
-            *(f"{v:.1f} ms" if v is not None else "- (no batch yet)" for v in (lat["p50"], lat["p95"])),
-        )
+        s = self.snapshot()
+        log.info("%s", self.line(s))
         self.warn_rejections()
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -464,6 +457,12 @@ class Metrics:
             tmp.write_text(json.dumps(s, indent=1)); tmp.replace(self.path)
         self._last_t, self._last_n, self._last_counts = time.monotonic(), self.events, self.counts.copy()
         return s
+
+    def line(self, s:dict) -> str:
+        "The report's log line, from snapshot `s`."
+        ms = [f"{v:.1f} ms" if v is not None else "- (no batch yet)" for v in s["batch_latency_ms"].values()]
+        return (f"scored {s['scored']}, dead-lettered {s['dead_lettered']}, {s['events_per_s']:.1f} events/s "
+                f"(now {s['recent_events_per_s']:.1f}), batch p50 {ms[0]}, p95 {ms[1]}")
 
     def warn_rejections(self, share:float=0.1, at_least:int=20):
         "Warn when more than `share` of this interval's events (at least `at_least` of them) were dead-lettered."

@@ -166,16 +166,18 @@ def effect_messages(effects:list[Effect], partition:int, topics:JoinTopics) -> l
         elif e.kind == "close": out.append(Routed(topics.state, k, None, [], partition))
         elif e.kind in ("expired", "duplicate_actual"):
             reason = e.kind if e.kind != "expired" else "no_actual" if e.half.side == "prediction" else "no_prediction"
+            source = topics.predictions if e.half.side == "prediction" else topics.actuals
             out.append(Routed(topics.dead_letter, k, json.dumps(e.half.value).encode(),
-                              _headers(e.half.headers | {"join.reason": reason, "join.detail": JOIN_REASONS[reason],
-                                                         "join.time": e.half.time}), partition))
+                              _headers(e.half.headers | {"dlq.reason": reason, "dlq.topic": source, "dlq.partition": partition,
+                                                         "dlq.detail": f"{JOIN_REASONS[reason]} (record time {e.half.time} ms)"}),
+                              partition))
     return out
 
 def bad_message(record, # the consumed message (kafka-python ConsumerRecord)
                 error:BadMessage, topic:str) -> Routed:
     "A dead letter for a message that cannot be joined, naming where it was and what is wrong."
-    where = {"join.reason": error.reason, "join.detail": str(error), "join.topic": record.topic,
-             "join.partition": record.partition, "join.offset": record.offset}
+    where = {"dlq.reason": error.reason, "dlq.detail": str(error), "dlq.topic": record.topic,
+             "dlq.partition": record.partition, "dlq.offset": record.offset}
     return Routed(topic, record.key, record.value, list(record.headers or []) + _headers(where), record.partition)
 
 # %% ../nbs/08d_join.ipynb #9b322f19

@@ -111,4 +111,4 @@ def test_joiner_sigkill_and_rebalances_join_every_actual_once(broker_settings, t
            duplicated=dupes, dead_letters=len(dead), recovery_s=recovery, total_s=time.monotonic() - t0)
     assert set(joined) == set(range(N_PAIRS)), f"{lost} actuals never joined"
     assert dupes == 0, f"{dupes} pairs joined twice"
-    assert dead == [], f"{len(dead)} dead letters: {[dict(d.headers).get('join.reason') for d in dead[:5]]}"
+    assert dead == [], f"{len(dead)} dead letters: {[dict(d.headers).get('dlq.reason') for d in dead[:5]]}"

@@ -610,11 +610,18 @@ def baseline_run(settings:KafkaSettings, events_topic:str=EVENTS_TOPIC, runs:Pat
 
 def monitor_kwargs(bootstrap_servers, topic, window, seconds, baseline, factor, band, min_records, from_beginning,
                    group_id, alerts_topic, max_records, timeout, dead_letter_topic=DEAD_LETTER_TOPIC, events_topic=EVENTS_TOPIC,
-                   rearm=0.8, input_drift=False, psi_limit=0.25, models_topic=MODELS_TOPIC) -> dict:
+                   rearm=0.8, input_drift=False, psi_limit=0.25, models_topic=MODELS_TOPIC,
+                   require_baseline:bool=True # False: when no run fits the events, go on without drift alerts (the dashboard)
+                  ) -> dict:
     "Keyword arguments for `monitor` from the command line's options."
-    settings = kafka_settings(bootstrap_servers=bootstrap_servers)
-    if baseline is None: baseline = baseline_run(settings, events_topic)
-    try: mae = resolve_baseline(baseline)
+    settings, unfit = kafka_settings(bootstrap_servers=bootstrap_servers), None
+    if baseline is None:
+        try: baseline = baseline_run(settings, events_topic)
+        except click.UsageError as e:
+            if require_baseline: raise
+            unfit = e.message
+            log.warning("no baseline MAE for the live page, so no error-drift alerts (%s); the other pages do not need one", unfit)
+    try: mae = None if unfit else resolve_baseline(baseline)
     except (OSError, KeyError, ValueError) as e: raise click.BadParameter(str(e), param_hint="--baseline")
     if mae is None:
         log.info("no baseline MAE (no --baseline and no run under outputs/runs): drift alerts are off")

@@ -14,7 +14,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from .config import (ACTUALS_TOPIC, JOIN_DEAD_LETTER_TOPIC, JOIN_STATE_TOPIC, JOINED_TOPIC,
                                           PREDICTIONS_TOPIC, KafkaSettings, kafka_options, kafka_settings, stop_on_signals)
 from .broker import ensure_broker
-from .stream import (PARTITIONS, StreamError, admin_client, consumer, ensure_topic, messages,
+from .stream import (PARTITIONS, StreamError, consumer, ensure_topic, messages,
                                            prediction_record)
 from .serve import Metrics, Outgoing, ScoringWorker, ServeError
 
@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'JOIN_REASONS', 'MARKER', 'DEFAULT_WINDOW', 'BadMessage', 'actual_message', 'parse_actual', 'parse_prediction',
            'Half', 'Effect', 'joined_record', 'PartitionJoin', 'JoinTopics', 'Routed', 'effect_messages', 'bad_message',
-           'restore_partitions', 'JoinError', 'partition_count', 'ensure_join_topics', 'JoinMetrics', 'JoinRebalance',
-           'JoinWorker', 'duration_ms', 'join', 'join_command']
+           'coalesce', 'restore_partitions', 'JoinError', 'partition_count', 'ensure_join_topics', 'JoinMetrics',
+           'JoinRebalance', 'JoinWorker', 'duration_ms', 'join', 'join_command']
 
 # %% ../nbs/08d_join.ipynb #917cb252
 class BadMessage(ValueError):
@@ -180,6 +180,13 @@ def bad_message(record, # the consumed message (kafka-python ConsumerRecord)
              "dlq.partition": record.partition, "dlq.offset": record.offset}
     return Routed(topic, record.key, record.value, list(record.headers or []) + _headers(where), record.partition)
 
+# %% ../nbs/08d_join.ipynb #833bcf28
+def coalesce(out:list[Routed], state_topic:str, opened:set) -> list[Routed]:
+    "`out` with only the last changelog write of each key, and none for the (partition, key)s in `opened` that end closed."
+    last = {(o.partition, o.key): i for i, o in enumerate(out) if o.topic == state_topic}
+    return [o for i, o in enumerate(out) if o.topic != state_topic or
+            (last[(o.partition, o.key)] == i and not (o.value is None and (o.partition, o.key.decode()) in opened))]
+
 # %% ../nbs/08d_join.ipynb #9b322f19
 MARKER = "__joined_since__"  # the changelog key of a partition's marker (its value: {"since": ms})
 
@@ -322,11 +329,16 @@ class JoinWorker(ScoringWorker):
         "Send `out`, each to its partition; the futures."
         return [self.producer.send(o.topic, key=o.key, value=o.value, headers=o.headers, partition=o.partition) for o in out]
 
+    def poll(self, timeout:float=0.5) -> list:
+        "The next micro-batch; first, the state of newly assigned partitions (here, not in the rebalance callback, which blocks heartbeats)."
+        records = super().poll(timeout)
+        if missing := {tp.partition for tp in self.consumer.assignment()} - set(self.parts): self.restore(missing)
+        return records
+
     def plan(self, records:list) -> tuple[list[Routed], Counter, list[int]]:
         "The messages of one batch, the count of its outcomes, and the label delays of its joins."
         touched = sorted({r.partition for r in records})
-        if missing := set(touched) - set(self.parts): self.restore(missing)  # newly assigned: outside the rebalance callback, which blocks heartbeats
-        t, now, out, counts, delays = self.join_topics, int(time.time() * 1000), [], Counter(), []
+        t, now, out, counts, delays, opened = self.join_topics, int(time.time() * 1000), [], Counter(), [], set()
         for p in touched:
             out.append(Routed(t.state, MARKER.encode(), json.dumps({"since": now}).encode(), [], p))
             out += [Routed(t.state, k.encode(), None, [], p) for k in self.parts[p].stale]
@@ -345,12 +357,13 @@ class JoinWorker(ScoringWorker):
             out += effect_messages(effects, r.partition, t)
             for e in effects:
                 if e.kind == "joined": delays.append(int(e.headers["label_delay_ms"]))
+                if e.kind == "open": opened.add((r.partition, key))
                 counts[e.kind if e.kind != "joined" or e.headers["actual"] == "joined" else "inline"] += e.kind != "close"
         for p in touched:
             expired = self.parts[p].expire()
             out += effect_messages(expired, p, t)
             counts.update(("no_actual" if e.half.side == "prediction" else "no_prediction") for e in expired if e.kind == "expired")
-        return out, +counts, delays
+        return coalesce(out, t.state, opened), +counts, delays
 
     def process(self, records:list) -> Counter:
         "Join, dead-letter and commit one batch; the outcome counts (empty if the transaction was aborted)."

@@ -261,7 +261,7 @@ def labelled_events(settings:KafkaSettings, topic:str=EVENTS_TOPIC,
             actuals, acts = (arrived_actuals(c, settings, actuals_topic, read[0]["timestamp"], timeout) if actuals_topic and read
                              else ({}, actuals_topic and {"topic": actuals_topic, "actuals": 0}))
             every = labelled(read, actuals, target)
-            if after or since or not last or len(every) >= last or all(starts[tp] <= firsts[tp] for tp in tps): break
+            if after is not None or since is not None or not last or len(every) >= last or all(starts[tp] <= firsts[tp] for tp in tps): break
             log.info("%d labelled of the last %d events a partition on %s: reading %d back", len(every), back, topic, 2 * back)
             back *= 2
     finally: c.close()

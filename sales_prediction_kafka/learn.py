@@ -11,7 +11,7 @@ from typing import NamedTuple
 import click
 import numpy as np
 from kafka import TopicPartition
-from .config import ALERTS_TOPIC, EVENTS_TOPIC, KafkaSettings, kafka_options, kafka_settings, stop_on_signals
+from .config import ACTUALS_TOPIC, ALERTS_TOPIC, EVENTS_TOPIC, KafkaSettings, kafka_options, kafka_settings, stop_on_signals
 from .broker import ensure_broker
 from .models import SalesModel, load_model
 from .monitor import describe_alert
@@ -19,7 +19,7 @@ from .pipeline import ParameterError, validate_params
 from .registry import (MODELS_TOPIC, ChampionFollower, RegistryError, promote, publish, read_registry,
                                              record_decision, record_model, version_record)
 from .replay import labelled_events
-from .stream import PARTITIONS, StreamError, consumer, ensure_topic, producer
+from .stream import PARTITIONS, StreamError, check_topic, consumer, ensure_topic, producer
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +51,23 @@ class Triggers:
     def __init__(self, settings:KafkaSettings, events_topic:str=EVENTS_TOPIC, alerts_topic:str=ALERTS_TOPIC,
                  every_events:int|None=None, # retrain after this many new labelled events; None: not on a count
                  every_seconds:float|None=None, # retrain this often; None: not on a schedule
-                 target:str="Sales"): # events with this field are labelled
-        self.alerts_topic, self.every_events, self.every_seconds, self.target = (
+                 target:str="Sales", # events with this field are labelled
+                 actuals_topic:str|None=ACTUALS_TOPIC): # each actual arriving here labels an event; None: only events with `target`
+        self.alerts_topic, self.actuals_topic, self.every_events, self.every_seconds, self.target = (
             alerts_topic,
+            actuals_topic,
             every_events,
             every_seconds,
             target,
         )
-        ensure_topic(settings, alerts_topic, partitions=1); ensure_topic(settings, events_topic, PARTITIONS)
+        watched = [events_topic, *([actuals_topic] if actuals_topic else [])]
+        ensure_topic(settings, alerts_topic, partitions=1)
+        for t in watched: ensure_topic(settings, t, PARTITIONS)
         self.c = consumer(settings, enable_auto_commit=False, isolation_level="read_committed")
         self.c.assign(
             [
                 TopicPartition(t, p)
-                for t in (alerts_topic, events_topic)
+                for t in (alerts_topic, *watched)
                 for p in sorted(self.c.partitions_for_topic(t))
             ]
         )
@@ -71,7 +75,8 @@ class Triggers:
 
     def restart(self):
         "Count from now on: what arrived before (during a retrain, too) is passed over."
-        self.c.seek_to_end(); self.c.poll(timeout_ms=0)  # settles the positions at the ends of now
+        self.c.seek_to_end()
+        for tp in self.c.assignment(): self.c.position(tp)  # settles each position at its end now (a poll may not: a topic just made)
         self.labelled, self.t0 = 0, time.monotonic()
 
     def poll(self, champion:dict|None, # the champion record, to tell stale alerts
@@ -82,7 +87,8 @@ class Triggers:
             except ValueError: continue
             if m.topic == self.alerts_topic:
                 if t := alert_trigger(v, champion): return t
-            elif isinstance(v, dict) and v.get(self.target) is not None: self.labelled += 1
+            elif isinstance(v, dict) and v.get("actual_sales" if m.topic == self.actuals_topic else self.target) is not None:
+                self.labelled += 1
         if self.every_events and self.labelled >= self.every_events:
             return Trigger("events", f"{self.labelled:,} new labelled events")
         if self.every_seconds and time.monotonic() - self.t0 >= self.every_seconds:
@@ -98,7 +104,8 @@ class LearnError(RuntimeError):
 def train_command(settings:KafkaSettings, events_topic:str, trigger:Trigger,
                   window:int, # at most this many labelled events (the newest)
                   out:Path|str, # the folder of run folders
-                  params:dict # pipeline parameters, e.g. {"candidates": "linear,trees"}
+                  params:dict, # pipeline parameters, e.g. {"candidates": "linear,trees"}
+                  actuals_topic:str|None=ACTUALS_TOPIC # the events' later actuals; None: only events carrying their target
                  ) -> list[str]:
     "The command line of one retrain: `sales-kafka run` on the window's labelled events, without streaming."
     cmd = [
@@ -120,6 +127,7 @@ def train_command(settings:KafkaSettings, events_topic:str, trigger:Trigger,
     return (
         cmd
         + (["--from-since", trigger.since] if trigger.since else [])
+        + ["-p", "actuals_topic", actuals_topic or "none"]
         + [a for k, v in params.items() for a in ("-p", k, str(v))]
     )
 
@@ -141,9 +149,10 @@ def fresh_events(settings:KafkaSettings, run:Path, # the challenger's run folder
                  stop:threading.Event) -> tuple[list[dict], dict]:
     "The newest `n` labelled events after the run's training window, and where they came from."
     src = json.loads((Path(run)/"params.json").read_text())["data"]["source"]
+    actuals = (src.get("actuals") or {}).get("topic")  # the run's own actuals topic
     deadline = time.monotonic() + wait
     while True:
-        events, where = labelled_events(settings, src["topic"], last=n, after=src["ends"])
+        events, where = labelled_events(settings, src["topic"], last=n, after=src["ends"], actuals_topic=actuals)
         if len(events) >= n or time.monotonic() > deadline or stop.wait(1.0): return events, where
 
 # %% ../nbs/09b_learn.ipynb #db2c9e75
@@ -189,12 +198,14 @@ class Learner:
                  margin:float=0.05, # the challenger must beat the champion's MAE by this share
                  wait:float=300, # seconds to wait for the events above
                  params:dict|None=None, # pipeline parameters of every retrain
-                 target:str="Sales"):
-        self.settings, self.events_topic, self.alerts_topic, self.models_topic = (
+                 target:str="Sales",
+                 actuals_topic:str|None=ACTUALS_TOPIC): # events are labelled by their actuals here; None: only by `target`
+        self.settings, self.events_topic, self.alerts_topic, self.models_topic, self.actuals_topic = (
             settings,
             events_topic,
             alerts_topic,
             models_topic,
+            actuals_topic,
         )
         self.runs, self.window, self.min_events, self.holdout = Path(runs), window, min_events, holdout
         self.margin, self.wait, self.params, self.target, self.stop = (
@@ -205,10 +216,14 @@ class Learner:
             threading.Event(),
         )
 
+    def labelled(self, **window) -> tuple[list[dict], dict]:
+        "The labelled events in `window` (`labelled_events`' last, since, after), joined with the learner's actuals."
+        return labelled_events(self.settings, self.events_topic, self.target, actuals_topic=self.actuals_topic, **window)
+
     def enough_since(self, since:str) -> bool:
         "Wait until `min_events` labelled events were written since `since`; False if they did not come in time."
         deadline, said = time.monotonic() + self.wait, 0.0
-        while (n := len(labelled_events(self.settings, self.events_topic, self.target, since=since)[0])) < self.min_events:
+        while (n := len(self.labelled(since=since)[0])) < self.min_events:
             if time.monotonic() > deadline or self.stop.wait(1.0): return False
             if time.monotonic() - said > 10:
                 log.info("%d of %d labelled events since the alert", n, self.min_events)
@@ -225,7 +240,7 @@ class Learner:
         log.info("retraining (%s: %s) in a child process", trigger.why, trigger.detail)
         self.runs.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        cmd = train_command(self.settings, self.events_topic, trigger, self.window, self.runs, self.params)
+        cmd = train_command(self.settings, self.events_topic, trigger, self.window, self.runs, self.params, self.actuals_topic)
         if (run := train(cmd, self.runs/"learn.log", self.stop)) is None: return None
         rec, took = publish(self.settings, version_record(run), self.models_topic), time.monotonic() - t0
         log.info(
@@ -254,6 +269,7 @@ class Learner:
             "detail": trigger.detail,
             "train_seconds": round(took, 1),
             "judged_on": where["partitions"],
+            "judged_joined": where["actuals"]["joined"] if where["actuals"] else 0,  # of them, labelled by an actual that came later
         } | verdict
         record_decision(self.settings, d, self.models_topic)
         if d["decision"] == "promoted":
@@ -291,6 +307,12 @@ class Learner:
     default=EVENTS_TOPIC,
     show_default=True,
     help="The labelled events to learn from, counted for --every-events.",
+)
+@click.option(
+    "--actuals-topic",
+    default=ACTUALS_TOPIC,
+    show_default=True,
+    help="The events' actuals, keyed by event id: an event is labelled once its actual is here (or if it carries its sales); 'none': only the latter.",
 )
 @click.option(
     "--alerts-topic",
@@ -370,11 +392,15 @@ class Learner:
     type=click.IntRange(1),
     help="Stop after this many decisions (default: run until stopped).",
 )
-def learn_command(bootstrap_servers, events_topic, alerts_topic, models_topic, runs, every_events, every_seconds, window,
-                  min_events, holdout, margin, wait, params, max_retrains):
+def learn_command(bootstrap_servers, events_topic, actuals_topic, alerts_topic, models_topic, runs, every_events, every_seconds,
+                  window, min_events, holdout, margin, wait, params, max_retrains):
     "Retrain on labelled events when drift is seen, N arrive or a schedule says so; promote a challenger only if it is better."
     try: validate_params(dict(params))
     except ParameterError as e: raise click.BadParameter(str(e), param_hint="-p")
+    if "actuals_topic" in dict(params): raise click.BadParameter("the learner's retrains use --actuals-topic", param_hint="-p actuals_topic")
+    actuals_topic = None if actuals_topic.lower() == "none" else actuals_topic
+    try: actuals_topic and check_topic(actuals_topic)
+    except StreamError as e: raise click.BadParameter(str(e), param_hint="--actuals-topic")
     try:
         settings = ensure_broker(kafka_settings(bootstrap_servers=bootstrap_servers))
         learner = Learner(
@@ -389,11 +415,13 @@ def learn_command(bootstrap_servers, events_topic, alerts_topic, models_topic, r
             margin,
             wait,
             dict(params),
+            actuals_topic=actuals_topic,
         )
-        triggers = Triggers(settings, events_topic, alerts_topic, every_events, every_seconds)
+        triggers = Triggers(settings, events_topic, alerts_topic, every_events, every_seconds, actuals_topic=actuals_topic)
         log.info(
-            "learning from %s at %s: retrain on drift alerts on %s%s%s",
+            "learning from %s (labelled by %s) at %s: retrain on drift alerts on %s%s%s",
             events_topic,
+            actuals_topic or "their own target",
             settings.bootstrap_servers,
             alerts_topic,
             f", every {every_events:,} labelled events" if every_events else "",

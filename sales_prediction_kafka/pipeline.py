@@ -393,7 +393,8 @@ def resume_run(run_dir, # a run folder whose stream did not finish
 )
 @click.option(
     "--from-topic",
-    help="Learn from the labelled events (those with the target) on this Kafka topic instead of a CSV.",
+    help="Learn from the labelled events on this Kafka topic instead of a CSV: those carrying the target, and those whose actual "
+    "arrived on -p actuals_topic (default: sales_actuals), joined by event id.",
 )
 @click.option(
     "--from-last", type=click.IntRange(min=1), help="With --from-topic: only the last N labelled events."

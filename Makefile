@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat settings.ini setup.py tools/lab/overrides.json | cksum | cut -d' ' -f1)
 BENCH_STAMP := $(VENV)/.bench-$(shell cat settings.ini setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: help setup browser run test test-fast check-export export readme docs lab bench example
+.PHONY: help setup browser toxiproxy run test test-fast check-export export readme docs lab bench example
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -34,13 +34,16 @@ check-export: setup  ## the library (and its copy of nbs/pipelines/) must equal 
 browser:  ## install Debian's chromium for the browser tests (apt; skipped when present)
 	sh tools/install_browser.sh
 
-test: setup browser check-export  ## everything (CI): every notebook cell and every test tier, against a real local broker
+toxiproxy:  ## build Shopify's Toxiproxy for the network-fault tests (go install; skipped when present; no Go: a clear error)
+	sh tools/install_toxiproxy.sh
+
+test: setup browser toxiproxy check-export  ## everything (CI): every notebook cell and every test tier, against a real local broker
 	$(BIN)/nbdev_test --flags 'kafka slow'
 	$(BIN)/pytest
 
 test-fast: setup  ## about 2 minutes, no broker, browser or JupyterLab: notebook cells without kafka/slow flags, unmarked tests
 	$(BIN)/nbdev_test
-	$(BIN)/pytest -m 'not kafka and not browser and not lab and not slow'
+	$(BIN)/pytest -m 'not kafka and not browser and not lab and not slow and not faults'
 
 export: setup  ## export the library from the notebooks, clean them, copy nbs/pipelines/ into the package
 	$(BIN)/nbdev_export

@@ -122,18 +122,23 @@ def broker_properties(data_dir:Path, # log.dirs: where the records live
                       sasl_users:dict|None=None, # {user: password}: SASL/PLAIN on the client listener
                       extra:dict|None=None, # more server properties, overriding these
                       node_id:int=1, # this node's id
-                      voters:dict|None=None # {node id: controller port} of the whole quorum; this node alone by default
+                      voters:dict|None=None, # {node id: controller port} of the whole quorum; this node alone by default
+                      advertised_port:int|None=None, # the client port named to clients (a proxy's in front of `port`); `port` by default
+                      links:dict|None=None # more listeners {NAME: (port, advertised port)}; a link named REPLICATION carries replication
                      ) -> dict:
     "Server properties for a KRaft node that is broker and controller; replication follows the quorum's size."
     proto = "SASL_PLAINTEXT" if sasl_users else "PLAINTEXT"
     voters = voters or {node_id: controller_port}
     rf, isr = map(str, replication(len(voters)))
+    links = links or {}
+    more = "".join(f",{n}://{host}:{p}" for n, (p, _) in links.items())
+    named = "".join(f",{n}://{host}:{a or p}" for n, (p, a) in links.items())
     props = {"process.roles": "broker,controller", "node.id": str(node_id),
              "controller.quorum.voters": ",".join(f"{i}@{host}:{p}" for i, p in sorted(voters.items())),
-             "listeners": f"{proto}://{host}:{port},CONTROLLER://{host}:{controller_port}",
-             "advertised.listeners": f"{proto}://{host}:{port}",
-             "controller.listener.names": "CONTROLLER", "inter.broker.listener.name": proto,
-             "listener.security.protocol.map": f"{proto}:{proto},CONTROLLER:PLAINTEXT",
+             "listeners": f"{proto}://{host}:{port},CONTROLLER://{host}:{controller_port}{more}",
+             "advertised.listeners": f"{proto}://{host}:{advertised_port or port}{named}",
+             "controller.listener.names": "CONTROLLER", "inter.broker.listener.name": "REPLICATION" if "REPLICATION" in links else proto,
+             "listener.security.protocol.map": f"{proto}:{proto},CONTROLLER:PLAINTEXT" + "".join(f",{n}:{proto}" for n in links),
              "log.dirs": str(data_dir), "num.partitions": "1", "default.replication.factor": rf, "min.insync.replicas": isr,
              "offsets.topic.replication.factor": rf, "transaction.state.log.replication.factor": rf,
              "transaction.state.log.min.isr": isr, "share.coordinator.state.topic.replication.factor": rf,
@@ -144,6 +149,7 @@ def broker_properties(data_dir:Path, # log.dirs: where the records live
     if sasl_users:
         props.update({"sasl.enabled.mechanisms": "PLAIN", "sasl.mechanism.inter.broker.protocol": "PLAIN",
                       f"listener.name.{proto.lower()}.plain.sasl.jaas.config": _jaas(sasl_users)})
+        for n in links: props[f"listener.name.{n.lower()}.plain.sasl.jaas.config"] = _jaas(sasl_users)
     return props | {k: str(v) for k, v in (extra or {}).items()}
 
 def write_properties(path:Path, props:dict) -> Path:
@@ -176,7 +182,9 @@ class LocalBroker:
                  heap:str="512m", # the JVM's -Xmx
                  cache:Path|None=None, # where the jars are cached; `cache_home()` by default
                  extra:dict|None=None, # more server properties, e.g. `{"log.retention.hours": 1}`
-                 node_id:int=1): # the node's id in its cluster
+                 node_id:int=1, # the node's id in its cluster
+                 advertised_port:int|None=None, # the client port named to clients, e.g. a proxy's in front of `port`; `port` by default
+                 links:dict|None=None): # more listeners {NAME: (port, advertised port)}, see `broker_properties`
         self.home = Path(home or cache_home()/"broker").absolute()
         self.host, self.sasl_users, self.heap, self.cache, self.extra = host, sasl_users, heap, cache, extra
         self.props_file, self.log_file, self.pid_file = (
@@ -185,9 +193,12 @@ class LocalBroker:
             self.home / "broker.pid",
         )
         self.data_dir = self.home/"data"
-        saved = self._saved_ports()
+        saved, (mine, named) = self._saved_ports(), map(self._saved, ("listeners", "advertised.listeners"))
         self.port = port or (saved[0] if saved else free_port(host))
         self.controller_port = saved[1] if saved else free_port(host)
+        first = next(iter(mine), None)  # the client listener's name
+        self.advertised_port = advertised_port or (named.get(first) if first and named.get(first) != mine[first] else None)
+        self.links = links or {n: (p, named.get(n)) for n, p in list(mine.items())[2:]}  # a restart keeps them
         self.node_id, self.voters, self.cluster_id = node_id, None, None  # a LocalCluster sets the quorum and the cluster id
         self._proc, self._fixed_port = None, port is not None
 
@@ -196,10 +207,21 @@ class LocalBroker:
         old = read_properties(self.props_file) if self.props_file.exists() else {}
         return [int(u.rsplit(":", 1)[1]) for u in old.get("listeners", "").split(",") if ":" in u]
 
+    def _saved(self, key:str) -> dict:
+        "{listener name: port} of `key` (`listeners` or `advertised.listeners`) in this home's `server.properties`."
+        old = read_properties(self.props_file) if self.props_file.exists() else {}
+        urls = [u.split("://") for u in old.get(key, "").split(",") if "://" in u]
+        return {name: int(a.rsplit(":", 1)[1]) for name, a in urls}
+
+    def link(self, name:str) -> str:
+        "host:port at which clients reach the broker through its link `name` (its advertised port)."
+        port, named = self.links[name]
+        return f"{self.host}:{named or port}"
+
     @property
     def bootstrap_servers(self) -> str:
-        "host:port for clients."
-        return f"{self.host}:{self.port}"
+        "host:port for clients: the advertised port (a proxy's, if one stands in front)."
+        return f"{self.host}:{self.advertised_port or self.port}"
 
     def __repr__(self): return f"LocalBroker({self.bootstrap_servers}, home={self.home})"
 
@@ -266,6 +288,8 @@ class LocalBroker:
                 self.extra,
                 self.node_id,
                 self.voters,
+                self.advertised_port,
+                self.links,
             ),
         )
         (self.home/"log4j2.properties").write_text(LOG4J2)
@@ -307,7 +331,7 @@ class LocalBroker:
         self.home.mkdir(parents=True, exist_ok=True)
         with file_lock(self.home/".lock"):
             saved = self._saved_ports()  # another process may have set this home up since __init__
-            if saved and (self.pid() or not self._fixed_port): self.port, self.controller_port = saved
+            if saved and (self.pid() or not self._fixed_port): self.port, self.controller_port = saved[:2]
             if self.pid(): return self
             t0 = time.monotonic()
             self._launch()

@@ -21,6 +21,7 @@ COMMANDS = {  # name: (module, function) of each command; imported only when it 
     "generate-data": ("data", "generate_data"), "run": ("pipeline", "run_command"), "broker": ("broker", "broker_cli"),
     "aggregate": ("data", "aggregate_command"),
     "consume": ("stream", "consume_cli"), "replay": ("replay", "replay_command"), "serve": ("serve", "serve_command"),
+    "join": ("join", "join_command"),
     "monitor": ("monitor", "monitor_command"), "dashboard": ("dashboard", "dashboard_command"),
     "runs": ("runs", "runs_command"),
     "models": ("registry", "models_cli"),

@@ -463,7 +463,7 @@ def dashboard_command(host, port, rows, points, **options):
                 on_ready=lambda url: click.echo(f"dashboard at {url}"),
                 token=token,
                 models_topic=options["models_topic"],
-                **monitor_kwargs(**options),
+                **monitor_kwargs(**options, require_baseline=False),  # only the live page needs a baseline; it says when it has none
             )
     except OSError as e: raise click.ClickException(f"cannot listen on {host}:{port}: {e}")
     except StreamError as e: raise click.ClickException(str(e))  # no broker: one line, not a traceback

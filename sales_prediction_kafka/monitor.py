@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'BANDS', 'Record', 'NoActual', 'record_from_message', 'error_stats', 'Window', 'RollingMetrics',
            'baseline_from_run', 'latest_run', 'resolve_baseline', 'DriftDetector', 'InputDrift', 'input_alert',
            'alert_message', 'describe_alert', 'consumer_lag', 'DeadLetterCount', 'AlertSink', 'InputWatch', 'Update',
-           'monitor', 'status_line', 'monitor_options', 'baseline_run', 'monitor_kwargs', 'monitor_command',
-           'as_record', 'plot_error_by_offset']
+           'monitor', 'delay_text', 'status_line', 'monitor_options', 'baseline_run', 'monitor_kwargs',
+           'monitor_command', 'as_record', 'plot_error_by_offset']
 
 # %% ../nbs/09_monitor.ipynb #00da3bc2
 class Record(NamedTuple):
@@ -43,15 +43,21 @@ class Record(NamedTuple):
     predicted_sales: float
     actual_sales: float
     error: float  # actual - predicted
+    label_delay_ms: float|None = None  # from the forecast to its actual (header of a joined record, chapter `join`)
 
 # %% ../nbs/09_monitor.ipynb #2dc3e9fa
 class NoActual(ValueError):
     "A prediction whose actual is not known yet: there is no error to measure."
 
-def _record(partition:int, offset:int, timestamp_ms:int, key, v:dict) -> Record:
+def _record(partition:int, offset:int, timestamp_ms:int, key, v:dict, delay:float|None=None) -> Record:
     "A `Record` from a message's place and its decoded four-field value; the error is recomputed as actual - predicted."
     p, a = float(v["predicted_sales"]), float(v["actual_sales"])
-    return Record(partition, offset, timestamp_ms / 1000, key, int(v["prediction_index"]), p, a, a - p)
+    return Record(partition, offset, timestamp_ms / 1000, key, int(v["prediction_index"]), p, a, a - p, delay)
+
+def _label_delay(headers) -> float|None:
+    "The `label_delay_ms` header of a joined record, if there is one."
+    d = dict(headers or []).get("label_delay_ms")
+    return float(d) if d is not None else None
 
 def record_from_message(msg) -> Record:
     "A `Record` from a consumed message whose value is the four-field JSON object."
@@ -62,7 +68,7 @@ def record_from_message(msg) -> Record:
             raise NoActual(
                 f"{msg.topic}[{msg.partition}]@{msg.offset}: prediction {v.get('prediction_index')} has no actual yet"
             )
-        return _record(msg.partition, msg.offset, msg.timestamp, key, v)
+        return _record(msg.partition, msg.offset, msg.timestamp, key, v, _label_delay(getattr(msg, "headers", None)))
     except NoActual: raise
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise ValueError(
@@ -160,13 +166,22 @@ class RollingMetrics:
         self.recent = Window(seconds=seconds)
         self.offsets: dict[int, int] = {}  # partition -> last offset seen
         self.seen = 0
+        self.delays = deque(maxlen=window)  # label delays (ms) of the count window's joined records
+        self.newest = None  # timestamp of the newest record: where the measured error stops
 
     def update(self, r:Record) -> RollingMetrics:
         "Take one record into both windows."
         self.last.add(r); self.recent.add(r)
         self.offsets[r.partition] = r.offset
         self.seen += 1
+        if r.label_delay_ms is not None: self.delays.append(r.label_delay_ms)
+        self.newest = r.timestamp if self.newest is None else max(self.newest, r.timestamp)
         return self
+
+    def label_delay(self) -> dict|None:
+        "The p50 and p95 label delay (ms) of the count window's joined records; None when none was joined."
+        d = sorted(self.delays)
+        return {"p50": d[len(d) // 2], "p95": d[min(len(d) - 1, int(0.95 * len(d)))], "n": len(d)} if d else None
 
     def snapshot(self, lag:dict|None=None # partition -> lag, as measured by the consumer
                 ) -> dict:
@@ -180,6 +195,8 @@ class RollingMetrics:
             "recent": self.recent.error_stats(),
             "partitions": {str(p): {"offset": o, "lag": lag.get(p)} for p, o in sorted(self.offsets.items())},
             "lag": sum(lag.values()) if lag else None,
+            "label_delay_ms": self.label_delay(),
+            "newest_record_at": self.newest,
         }
 
 # %% ../nbs/09_monitor.ipynb #38bebe9c
@@ -536,6 +553,12 @@ def _f(x, decimals:int=2, sign:str="") -> str:
     "`x` with thousands separators, or '-' when missing."
     return "-" if x is None else format(x, f"{sign},.{decimals}f")
 
+def delay_text(ms:float) -> str:
+    "A label delay for people: '850 ms', '42 s', '3.5 h', '2.0 d'."
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000)):
+        if abs(ms) >= size: return f"{ms / size:.1f} {unit}"
+    return f"{ms / 1000:.0f} s" if abs(ms) >= 1000 else f"{ms:.0f} ms"
+
 def status_line(u:Update) -> str:
     "One short line for the terminal: the count window's figures, the rate, lag, dead letters and alerts (the page shows more)."
     s = u.snapshot
@@ -548,6 +571,7 @@ def status_line(u:Update) -> str:
             f"dead letters {dead['total']}"
             + (f" ({', '.join(f'{r} {n}' for r, n in dead['top'].items())})" if dead["top"] else "")
         )
+    if d := s.get("label_delay_ms"): parts.append(f"label delay p50 {delay_text(d['p50'])} p95 {delay_text(d['p95'])}")
     if u.alerts: parts.append(f"ALERT {', '.join(a['reasons'][0] for a in u.alerts)}")
     return " | ".join(parts)
 
@@ -586,11 +610,18 @@ def baseline_run(settings:KafkaSettings, events_topic:str=EVENTS_TOPIC, runs:Pat
 
 def monitor_kwargs(bootstrap_servers, topic, window, seconds, baseline, factor, band, min_records, from_beginning,
                    group_id, alerts_topic, max_records, timeout, dead_letter_topic=DEAD_LETTER_TOPIC, events_topic=EVENTS_TOPIC,
-                   rearm=0.8, input_drift=False, psi_limit=0.25, models_topic=MODELS_TOPIC) -> dict:
+                   rearm=0.8, input_drift=False, psi_limit=0.25, models_topic=MODELS_TOPIC,
+                   require_baseline:bool=True # False: when no run fits the events, go on without drift alerts (the dashboard)
+                  ) -> dict:
     "Keyword arguments for `monitor` from the command line's options."
-    settings = kafka_settings(bootstrap_servers=bootstrap_servers)
-    if baseline is None: baseline = baseline_run(settings, events_topic)
-    try: mae = resolve_baseline(baseline)
+    settings, unfit = kafka_settings(bootstrap_servers=bootstrap_servers), None
+    if baseline is None:
+        try: baseline = baseline_run(settings, events_topic)
+        except click.UsageError as e:
+            if require_baseline: raise
+            unfit = e.message
+            log.warning("no baseline MAE for the live page, so no error-drift alerts (%s); the other pages do not need one", unfit)
+    try: mae = None if unfit else resolve_baseline(baseline)
     except (OSError, KeyError, ValueError) as e: raise click.BadParameter(str(e), param_hint="--baseline")
     if mae is None:
         log.info("no baseline MAE (no --baseline and no run under outputs/runs): drift alerts are off")

@@ -5,16 +5,18 @@
 # %% ../nbs/08a_replay.ipynb #5c45a123
 from __future__ import annotations
 import itertools, json, logging, math, time
+from collections import deque
 from pathlib import Path
 from kafka import TopicPartition
 import click
 import pandas as pd
 from tqdm import tqdm
-from .config import (EVENTS_TOPIC, KafkaSettings, ProducerSettings, kafka_options, kafka_settings, plain,
+from .config import (ACTUALS_TOPIC, EVENTS_TOPIC, KafkaSettings, ProducerSettings, kafka_options, kafka_settings, plain,
                                           producer_options, producer_settings)
 from .broker import ensure_broker
 from .data import DataError, load_table
 from .serve import SCHEMA_VERSION
+from .join import actual_message
 from kafka.errors import KafkaTimeoutError
 from .stream import (PARTITIONS, StreamError, StreamSummary, check_topic, close_producer, consumer,
                                            ensure_topic, producer, Sends)
@@ -22,8 +24,8 @@ from .stream import (PARTITIONS, StreamError, StreamSummary, check_topic, close_
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PACED', 'table_events', 'shift_events', 'replay_tuning', 'replay', 'replay_command', 'labelled_events',
-           'events_table', 'topic_training_data', 'record_source']
+__all__ = ['log', 'PACED', 'table_events', 'shift_events', 'replay_tuning', 'lag_actuals', 'replay', 'replay_command',
+           'labelled_events', 'events_table', 'topic_training_data', 'record_source']
 
 # %% ../nbs/08a_replay.ipynb #798a38ae
 def _field_value(v):
@@ -64,6 +66,18 @@ def replay_tuning(rate:float|None, # events per second; None: as fast as possibl
     return producer_settings(base=PACED if rate else None, **overrides)
 
 # %% ../nbs/08a_replay.ipynb #8632ff73
+def lag_actuals(events, # event dicts carrying their actual in `target`
+                lag:int, # each actual follows its event by this many events
+                target:str="Sales"):
+    "Yield ('event', event without its actual) and ('actual', `actual_message`) pairs, each actual `lag` events after its event."
+    held = deque()
+    for i, ev in enumerate(events):
+        ev = dict(ev); y = ev.pop(target, None)
+        yield "event", ev
+        if y is not None: held.append((i, actual_message(ev["event_id"], y)))
+        while held and held[0][0] <= i - lag: yield "actual", held.popleft()[1]
+    while held: yield "actual", held.popleft()[1]
+
 def replay(events, # event dicts, e.g. from `table_events`
            settings:KafkaSettings|None=None, # the cluster; None: from the environment, else the local broker
            topic:str=EVENTS_TOPIC,
@@ -72,21 +86,30 @@ def replay(events, # event dicts, e.g. from `table_events`
            total:int|None=None, # the number of events, for the progress bar
            progress:bool=True, # show a progress bar
            timeout:float=120, # seconds to wait for the last acknowledgements
-           tuning:ProducerSettings|None=None # batching and compression; None: `replay_tuning(rate)`
+           tuning:ProducerSettings|None=None, # batching and compression; None: `replay_tuning(rate)`
+           actuals_lag:int=0, # N > 0: events go out without `target`, each one's actual N events later to `actuals_topic`
+           actuals_topic:str=ACTUALS_TOPIC,
+           target:str="Sales" # the actual's field in `events`
           ) -> StreamSummary:
-    "Send `events` to `topic`, keyed by event id, paced to `rate`; where they landed."
+    "Send `events` to `topic`, keyed by event id, paced to `rate`; where they landed (and their actuals, when lagged)."
     settings = ensure_broker(settings)
-    ensure_topic(settings, check_topic(topic), partitions)
+    for t in (topic, actuals_topic) if actuals_lag else (topic,): ensure_topic(settings, check_topic(t), partitions)
+    items = lag_actuals(events, actuals_lag, target) if actuals_lag else (("event", ev) for ev in events)
     p = producer(settings, tuning=tuning or replay_tuning(rate))
-    sends, t0 = Sends(), time.monotonic()
+    sends, t0, n = {"event": Sends(), "actual": Sends()}, time.monotonic(), 0
     try:
-        for i, ev in enumerate(tqdm(events, total=total, desc=f"replaying to {topic}", unit="ev", disable=not progress, mininterval=0.5)):
-            if rate and (ahead := t0 + i / rate - time.monotonic()) > 0: time.sleep(ahead)
-            sends.add(p.send(topic, key=str(ev["event_id"]), value=ev), ev["event_id"])
+        for kind, msg in tqdm(items, total=total and total * (2 if actuals_lag else 1), desc=f"replaying to {topic}",
+                              unit="msg", disable=not progress, mininterval=0.5):
+            if kind == "event":
+                if rate and (ahead := t0 + n / rate - time.monotonic()) > 0: time.sleep(ahead)
+                n += 1
+            sends[kind].add(p.send(topic if kind == "event" else actuals_topic, key=str(msg["event_id"]), value=msg), msg["event_id"])
         try: p.flush(timeout)
         except KafkaTimeoutError: pass  # the summary counts the events not acknowledged
     finally: close_producer(p)
-    summary = sends.summary(topic, settings.bootstrap_servers, time.monotonic() - t0)
+    elapsed = time.monotonic() - t0
+    summary = sends["event"].summary(topic, settings.bootstrap_servers, elapsed)
+    if actuals_lag: summary.actuals = sends["actual"].summary(actuals_topic, settings.bootstrap_servers, elapsed)
     log.debug("replayed %s", summary)  # the caller shows it: `sales-kafka replay` prints it once
     return summary
 
@@ -128,8 +151,11 @@ def replay(events, # event dicts, e.g. from `table_events`
 )
 @producer_options
 @click.option("--shift-after", type=click.IntRange(0), help="From the K-th event on, double the marketing spend and add $300 per spending-score point to sales (the continual-learning demo).")
+@click.option("--actuals-lag", type=click.IntRange(0), default=0, show_default=True,
+              help="N > 0: send events without their actual, and each actual N events later to --actuals-topic (0: the actual inside the event).")
+@click.option("--actuals-topic", default=ACTUALS_TOPIC, show_default=True, help="Topic of the lagged actuals, keyed by event id.")
 def replay_command(csv, bootstrap_servers, topic, rate, first_id, limit, repeat, target, sep, partitions, shift_after,
-                   **tuning):
+                   actuals_lag, actuals_topic, **tuning):
     "Send the rows of a sales CSV as events (the load generator for demos, tests and benchmarks)."
     try: df = load_table(csv, target=target, sep=sep)
     except DataError as e: raise click.ClickException(str(e))
@@ -138,7 +164,7 @@ def replay_command(csv, bootstrap_servers, topic, rate, first_id, limit, repeat,
     events = itertools.islice(itertools.chain.from_iterable(rounds), total)
     if shift_after is not None: events = shift_events(events, shift_after, target=target)
     try: s = replay(events, kafka_settings(bootstrap_servers=bootstrap_servers), topic, rate, partitions, total=total,
-                   tuning=replay_tuning(rate, **tuning))
+                   tuning=replay_tuning(rate, **tuning), actuals_lag=actuals_lag, actuals_topic=actuals_topic, target=target)
     except StreamError as e: raise click.ClickException(str(e))
     click.echo(str(s))
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import click
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from kafka.serializer import DefaultSerializer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from .config import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, ProducerSettings,
@@ -480,15 +480,8 @@ class Metrics:
 
     def report(self) -> dict:
         "Log the metrics and rewrite the file; start a new interval."
-        s, lat = self.snapshot(), self.snapshot()["batch_latency_ms"]
-        log.info(
-            "scored %d, dead-lettered %d, %.1f events/s (now %.1f), batch p50 %s, p95 %s",
-            s["scored"],
-            s["dead_lettered"],
-            s["events_per_s"],
-            s["recent_events_per_s"],
-            *(f"{v:.1f} ms" if v is not None else "- (no batch yet)" for v in (lat["p50"], lat["p95"])),
-        )
+        s = self.snapshot()
+        log.info("%s", self.line(s))
         self.warn_rejections(); self.warn_imputed()
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -497,6 +490,12 @@ class Metrics:
         self._last_t, self._last_n, self._last_counts = time.monotonic(), self.events, self.counts.copy()
         self._last_imputed, self._last_values = self.imputed.copy(), self.values
         return s
+
+    def line(self, s:dict) -> str:
+        "The report's log line, from snapshot `s`."
+        ms = [f"{v:.1f} ms" if v is not None else "- (no batch yet)" for v in s["batch_latency_ms"].values()]
+        return (f"scored {s['scored']}, dead-lettered {s['dead_lettered']}, {s['events_per_s']:.1f} events/s "
+                f"(now {s['recent_events_per_s']:.1f}), batch p50 {ms[0]}, p95 {ms[1]}")
 
     def warn_rejections(self, share:float=0.1, at_least:int=20):
         "Warn when more than `share` of this interval's events (at least `at_least` of them) were dead-lettered."
@@ -764,7 +763,10 @@ class ScoringWorker:
 
     def poll(self, timeout:float=0.5) -> list:
         "The next micro-batch of messages (at most `max_records`), in partition order."
-        batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=self.max_records)
+        try: batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=self.max_records)
+        except KafkaConnectionError as e:  # kafka-python 3.0.12 raises a connection reset met while it refreshes metadata to
+            log.warning("%r: %r while polling; polling again", self, e)  # find the group coordinator, instead of retrying
+            return []  # (tests/test_network_faults.py: resets every 2 s crashed a worker); the next poll looks it up again
         return [r for tp in sorted(batch, key=lambda tp: tp.partition) for r in batch[tp]]
 
     def run(self, idle_exit:float|None=None, # stop after this many seconds without events; None: never

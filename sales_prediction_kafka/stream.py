@@ -236,13 +236,15 @@ def _replication_error(e:Exception, topic:str, replication:int|None, admin, serv
     )
 
 def ensure_topic(settings:KafkaSettings, topic:str, partitions:int=PARTITIONS,
-                 replication:int|None=REPLICATION # replicas per partition; None: the cluster's default
+                 replication:int|None=REPLICATION, # replicas per partition; None: the cluster's default
+                 configs:dict|None=None # topic configs of a new topic, e.g. {"cleanup.policy": "compact"}
                 ) -> bool:
     "Create `topic` if it is missing; True if it was created."
     admin = admin_client(settings)
     try:
         if check_topic(topic) in admin.list_topics(): return False
-        try: admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": replication or -1}}, wait_for_metadata=True)
+        new = {"num_partitions": partitions, "replication_factor": replication or -1} | ({"configs": configs} if configs else {})
+        try: admin.create_topics({topic: new}, wait_for_metadata=True)
         except TopicAlreadyExistsError: return False
         except InvalidReplicationFactorError as e: raise _replication_error(e, topic, replication, admin, settings.bootstrap_servers) from None
         log.info(
@@ -282,6 +284,7 @@ class StreamSummary:
     run_id: str | None = None
     model_version: str | None = None
     skipped: int = 0  # records of the run already on the topic, not sent again (`resume`)
+    actuals: StreamSummary | None = None  # the actuals a replay sent after their events (`replay(actuals_lag=...)`)
 
     @property
     def rate(self) -> float:
@@ -293,6 +296,7 @@ class StreamSummary:
         return asdict(self) | {
             "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
             "rate": round(self.rate, 1),
+            "actuals": self.actuals.as_dict() if self.actuals else None,
         }
 
     def __str__(self):
@@ -301,6 +305,7 @@ class StreamSummary:
             f"{self.total} records to {self.topic} at {self.bootstrap_servers} in {self.elapsed:.2f} s "
             f"({self.rate:,.0f}/s); offsets {ranges}"
             + (f"; {self.skipped} already there" if self.skipped else "")
+            + (f"; then {self.actuals}" if self.actuals else "")
         )
 
 # %% ../nbs/07_stream.ipynb #4db6c806
@@ -456,15 +461,18 @@ def messages(settings:KafkaSettings, topic:str=PREDICTIONS_TOPIC,
              start:dict|str="beginning", # partition -> first offset, or "beginning" or "end"
              stop:dict|str|None="end", # partition -> offset to stop before, "end" (the end now) or None (follow)
              idle_timeout:float|None=10, # stop after this many seconds without a message (a missing topic is waited for as long); None: never
-             max_records:int|None=None) -> Iterator[dict]:
+             max_records:int|None=None,
+             partitions:list|None=None, # read only these partitions; None: all (or those in `start`)
+             **kw) -> Iterator[dict]: # more consumer settings, e.g. isolation_level="read_committed"
     "Messages of `topic` as dicts (topic, partition, offset, key, value, headers, timestamp)."
-    c = consumer(settings, enable_auto_commit=False)
+    c = consumer(settings, enable_auto_commit=False, **kw)
     try:
         parts, since = c.partitions_for_topic(check_topic(topic)), time.monotonic()
         while not parts and (idle_timeout is None or time.monotonic() - since < idle_timeout):  # its producer may be starting
             time.sleep(0.5); parts = c.partitions_for_topic(topic)
         if not parts: raise StreamError(f"topic {topic!r} does not exist at {settings.bootstrap_servers} (waited {idle_timeout:g} s)")
-        tps = [TopicPartition(topic, p) for p in sorted(parts) if isinstance(start, str) or p in start]
+        tps = [TopicPartition(topic, p) for p in sorted(parts)
+               if (isinstance(start, str) or p in start) and (partitions is None or p in partitions)]
         c.assign(tps)
         firsts = (
             c.beginning_offsets(tps)

@@ -76,6 +76,13 @@ def test_dashboard_live_in_chromium(chromium, dashboard, broker_settings, tmp_pa
             assert page.locator("#alerts li").all_inner_texts()[:2] == [
                 "t2: model promoted f7084434d3f8 (MAE 8120.00 vs champion 12893.00)",
                 "t1: input drift in Marketing_Spend at partition 0 offset 160 (PSI Marketing_Spend 0.29 > 0.25)"]
+            page.evaluate("showFigures(%s)" % json.dumps(
+                state(url)["snapshot"] | {"label_delay_ms": {"p50": 172_800_000, "p95": 12_600_000, "n": 30},
+                                          "newest_record_at": 1_764_806_400.0}))  # joined records, as the monitor reports them
+            figures = page.locator("#figures tbody").inner_text()
+            assert "label delay p50\t2.0 d" in figures and "label delay p95\t3.5 h" in figures, figures
+            assert page.locator("#newest").inner_text() == "error measured up to 2025-12-04T00:00:00Z"
+            assert errors == [], errors
             keys = page.locator("#records tbody td.key").all_inner_texts()
             assert keys == [str(i) for i in range(159, 149, -1)]  # the key is the prediction_index
             page.screenshot(path=tmp_path/"dashboard.png", full_page=True)

@@ -47,3 +47,26 @@ def test_no_matching_run_is_refused_clearly(runs, broker_settings):
 
 def test_no_events_yet_takes_the_newest(runs, broker_settings):
     assert find_model(None, runs, broker_settings, f"none-{uuid.uuid4().hex[:6]}") == runs/"20261102-000000-bbbbbb"/"model"
+
+
+def test_dashboard_opens_when_no_run_fits_the_events(runs, broker_settings, tmp_path):
+    "Events that fit no run folder: `dashboard` still starts, its cluster pages open, and the live page has no baseline (issue 22)."
+    import signal, subprocess, sys, urllib.request
+    topic = f"ev-{uuid.uuid4().hex[:6]}"
+    replay([{"event_id": 1, "schema_version": 1, "colour": "red"}], broker_settings, topic, progress=False)
+    shutil.copytree(runs, tmp_path/"outputs"/"runs")  # the default --runs of a user's checkout
+    code = "from sales_prediction_kafka.dashboard import dashboard_command; dashboard_command()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--port", "0", "--bootstrap-servers", broker_settings.bootstrap_servers,
+                             "--events-topic", topic, "--topic", f"pred-{topic}", "--alerts-topic", f"alerts-{topic}"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("dashboard at http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = line.split(" at ", 1)[1].strip()
+        assert json.loads(urllib.request.urlopen(url + "state", timeout=10).read())["limits"] is None
+        page = urllib.request.urlopen(url + "topics", timeout=10)
+        assert page.status == 200 and b"<html" in page.read()[:500].lower()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    assert "no baseline MAE for the live page" in proc.stderr.read()

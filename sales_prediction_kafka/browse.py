@@ -9,6 +9,8 @@ from collections import Counter
 from pathlib import Path
 from kafka import TopicPartition
 from .config import DEAD_LETTER_TOPIC, EVENTS_TOPIC, KafkaSettings
+from .models import load_model
+from .serve import MAX_IMPUTED, fit_problem
 from .stream import admin_client, consumer
 
 log = logging.getLogger(__name__)
@@ -197,9 +199,10 @@ class NoMatchingRun(LookupError):
     "No run folder holds a model that can score the events on the topic."
 
 def matching_run(runs:Path|str, # the folder of run folders
-                 events:list[dict] # recent events; empty: take the newest run
+                 events:list[dict], # recent events; empty: take the newest run
+                 max_imputed:float=MAX_IMPUTED # the share of a model's inputs an event may lack (`serve.fit_problem`)
                 ) -> tuple[Path, str]:
-    "The newest run whose model's features are all in `events`, and a sentence saying which and why."
+    "The newest run whose model fits `events` (`serve.fit_problem`), and a sentence saying which and why."
     found = sorted((r for r in Path(runs).glob("*") if _model_info(r)), key=lambda r: r.name, reverse=True)
     if not found: raise NoMatchingRun(f"no run with a model in {runs}; train one with `sales-kafka run`")
     data = lambda r: Path(
@@ -213,9 +216,9 @@ def matching_run(runs:Path|str, # the folder of run folders
         return found[0], f"run {found[0].name} (data {data(found[0])}): the newest; no events yet to match"
     fields = set().union(*events)
     for r in found:
-        if set(_model_info(r)["features"]) <= fields:
-            return r, f"run {r.name} (data {data(r)}): the newest whose features the events carry"
-    need = ", ".join(sorted(_model_info(found[0])["features"]))
+        if fit_problem(load_model(r/"model"), events, max_imputed) is None:
+            return r, f"run {r.name} (data {data(r)}): the newest whose model fits the events"
+    need = ", ".join(sorted(load_model(found[0]/"model").inputs))
     raise NoMatchingRun(
         f"none of the {len(found)} runs in {runs} has a model for these events: they carry {', '.join(sorted(fields))}; "
         f"the newest run ({found[0].name}, data {data(found[0])}) needs {need}. Train on the events' table with "

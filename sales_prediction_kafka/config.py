@@ -164,7 +164,9 @@ def cache_home(env:dict|None=None) -> Path:
 def stop_on_signals(event:threading.Event, signals=(signal.SIGTERM, signal.SIGINT)):
     "Set `event` on `signals` while the block runs (main thread only), then restore the old handlers."
     def handler(signum, frame):
-        log.info("received %s: stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if event.is_set(): log.debug("received %s again: still stopping", name); return  # e.g. `timeout` signals the child twice
+        log.info("received %s: stopping", name)
         event.set()
     old = {s: signal.signal(s, handler) for s in signals}
     try: yield event

@@ -393,8 +393,9 @@ async def _serve(hub:DashboardHub, host:str, port:int, stop:threading.Event, on_
         daemon=True,
     )
     worker.start(); watcher.start()
-    log.info("dashboard at %s%s", url, " (pages ask for the token)" if token else "")
-    if on_ready: on_ready(url)
+    if on_ready: on_ready(url)  # the command prints the URL; logging it too showed it twice
+    else: log.info("dashboard at %s", url)
+    if token: log.info("the pages ask for the token (%s)", TOKEN_ENV)
     try:
         while not stop.is_set(): await asyncio.sleep(0.2)
     finally:

@@ -16,8 +16,8 @@ from .broker import ensure_broker
 from .models import SalesModel, load_model
 from .monitor import describe_alert
 from .pipeline import ParameterError, validate_params
-from .registry import (MODELS_TOPIC, ChampionFollower, RegistryError, promote, publish, read_registry,
-                                             record_decision, record_model, version_record)
+from .registry import (MODELS_TOPIC, ChampionFollower, RegistryError, describe_decision, promote, publish,
+                                             read_registry, record_decision, record_model, version_record)
 from .replay import labelled_events
 from .stream import PARTITIONS, StreamError, check_topic, consumer, ensure_topic, producer
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'DRIFT_ALERTS', 'Trigger', 'alert_trigger', 'Triggers', 'LearnError', 'train_command', 'train', 'fresh_events',
-           'judge', 'describe_decision', 'Learner', 'learn_command']
+           'judge', 'Learner', 'learn_command']
 
 # %% ../nbs/09b_learn.ipynb #776017ca
 class Trigger(NamedTuple):
@@ -173,20 +173,6 @@ def judge(champion:SalesModel|None, challenger:SalesModel, events:list[dict], # 
     }
 
 # %% ../nbs/09b_learn.ipynb #907fa298
-def describe_decision(d:dict) -> str:
-    "One line for the log."
-    if d.get("challenger_mae") is None:
-        return f"challenger {d['challenger']} (run {d['run']}) {d['decision']}: {d['reason']}"
-    champ = (
-        "no champion"
-        if d["champion_mae"] is None
-        else f"champion {d['champion']} MAE {d['champion_mae']:,.2f}"
-    )
-    return (
-        f"challenger {d['challenger']} (run {d['run']}) MAE {d['challenger_mae']:,.2f} vs {champ} on {d['events']:,} fresh "
-        f"labelled events: {d['decision']} (margin {d['margin']:.0%})"
-    )
-
 class Learner:
     "Retrains on labelled events in a process of its own, judges the challenger, promotes it only if it is clearly better."
     def __init__(self, settings:KafkaSettings, events_topic:str=EVENTS_TOPIC, alerts_topic:str=ALERTS_TOPIC,

@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'MODELS_TOPIC', 'MAX_MODEL_BYTES', 'FIGURES', 'CHAMPION', 'model_bytes', 'unpack_model', 'feature_profile',
            'numeric_shares', 'categorical_shares', 'psi', 'input_psi', 'training_rows', 'model_record',
-           'version_record', 'record_model', 'RegistryError', 'Registry', 'ensure_models_topic', 'read_registry',
-           'publish', 'promote', 'rollback', 'record_decision', 'ChampionFollower', 'models_cli', 'list_command',
-           'publish_command', 'promote_command', 'rollback_command']
+           'version_record', 'record_model', 'RegistryError', 'Registry', 'describe_decision', 'registry_lines',
+           'ensure_models_topic', 'read_registry', 'publish', 'promote', 'rollback', 'record_decision',
+           'ChampionFollower', 'models_cli', 'list_command', 'publish_command', 'promote_command', 'rollback_command']
 
 # %% ../nbs/07a_registry.ipynb #3cc31ad6
 MODELS_TOPIC = "sales_models"  # the registry: compacted, one partition, so its records have one order
@@ -190,7 +190,7 @@ class Registry:
         return found[0]
 
     def rows(self) -> list[dict]:
-        "One row per version, oldest first: id, kind, run, test MAE, whether it is the champion, the learner's verdict."
+        "One row per version, oldest first: id, kind, run, test MAE, whether it is the champion and why, the learner's verdict."
         verdict = {d["challenger"]: d for d in self.decisions}
         return [
             {
@@ -200,10 +200,37 @@ class Registry:
                 "created_at": r["created_at"],
                 "mae": r["figures"].get("mae"),
                 "champion": v == self.champion_version,
+                "promotion": self.champion.get("reason") if v == self.champion_version else None,
                 "decision": verdict[v]["decision"] if v in verdict else None,
             }
             for v, r in self.versions.items()
         ]
+
+# %% ../nbs/07a_registry.ipynb #9501fe41
+def _mae(x) -> str: return "-" if x is None else f"{x:,.2f}"
+
+def describe_decision(d:dict) -> str:
+    "One line on a decision of the learner: challenger and champion, both MAEs, on how many events, the margin, the verdict."
+    if d.get("challenger_mae") is None:
+        return f"challenger {d['challenger']} (run {d.get('run', '?')}) {d['decision']}" + (f": {d['reason']}" if d.get("reason") else "")
+    champ = "no champion" if d["champion_mae"] is None else f"champion {d['champion']} MAE {_mae(d['champion_mae'])}"
+    return (
+        f"challenger {d['challenger']} (run {d['run']}) MAE {_mae(d['challenger_mae'])} vs {champ} on {d['events']:,} fresh "
+        f"labelled events: {d['decision']} (margin {d['margin']:.0%})"
+    )
+
+def registry_lines(reg:Registry) -> list[str]:
+    "The versions, oldest first (* the champion, with how it was promoted), then the learner's decisions, oldest first."
+    decided = {d["challenger"]: d for d in reg.decisions}
+    def how(r):
+        if r["champion"]:
+            d = decided.get(r["version"])
+            by = "by the learner" if d and r["promotion"] == describe_decision(d) else r["promotion"] or "promoted"
+            return f"  champion since {reg.champion.get('at', '?')}: {by}"
+        return f"  ({r['decision']})" if r["decision"] else ""
+    lines = [f"{'*' if r['champion'] else ' '} {r['version']}  {r['kind']:8} test MAE {_mae(r['mae']):>10}  {r['created_at']}  "
+             f"run {r['run']}{how(r)}" for r in reg.rows()]
+    return lines + (["decisions:"] + [f"  {d.get('at', '?')}  {describe_decision(d)}" for d in reg.decisions] if reg.decisions else [])
 
 # %% ../nbs/07a_registry.ipynb #56dd6c28
 def ensure_models_topic(settings:KafkaSettings, topic:str=MODELS_TOPIC) -> bool:
@@ -271,7 +298,7 @@ def publish(settings:KafkaSettings, rec:dict, # from `version_record` or `model_
         rec["version"],
         rec["kind"],
         rec["run"],
-        rec["figures"].get("mae"),
+        _mae(rec["figures"].get("mae")),
         rec["bytes"],
     )
     return rec
@@ -391,18 +418,12 @@ def models_cli():
 
 @models_cli.command("list")
 @_registry_options
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per version instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per version, then one per decision, instead of lines.")
 def list_command(bootstrap_servers, topic, as_json):
-    "List the versions, oldest first; * marks the champion."
+    "List the versions, oldest first (* marks the champion, and how it was promoted), then the learner's decisions."
     try: reg = read_registry(_settings(bootstrap_servers), topic)
     except StreamError as e: raise click.ClickException(str(e))
-    for r in reg.rows():
-        if as_json: click.echo(json.dumps(r)); continue
-        mae = "-" if r["mae"] is None else f"{r['mae']:.1f}"
-        click.echo(
-            f"{'*' if r['champion'] else ' '} {r['version']}  {r['kind']:7} MAE {mae:>9}  {r['created_at']}  run {r['run']}"
-            + (f"  ({r['decision']})" if r["decision"] else "")
-        )
+    for line in map(json.dumps, reg.rows() + reg.decisions) if as_json else registry_lines(reg): click.echo(line)
     if not reg.versions:
         click.echo(f"no versions in {topic} yet: publish one with `sales-kafka models publish`", err=True)
 

@@ -17,7 +17,7 @@ from .config import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSe
                                            kafka_options, producer_settings,
                                            kafka_settings, plain, stop_on_signals)
 from .broker import ensure_broker
-from .models import MODEL_JSON, load_model
+from .models import MODEL_JSON, _missing, load_model
 from .registry import MODELS_TOPIC, ChampionFollower, record_model
 from .stream import (PARTITIONS, StreamError, close_producer, consumer, ensure_topic, prediction_record,
                                      producer)
@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVENT_ID', 'REASONS', 'DEAD_LETTER_HEADERS',
-           'RUNS_DIR', 'event_schema', 'Rejection', 'parse_event', 'json_validator_class', 'event_rejection',
-           'EventValidator', 'example_events', 'score_events', 'prediction_message', 'dead_letter_headers', 'Outgoing',
-           'plan_batch', 'Metrics', 'ServeError', 'next_offsets', 'first_offsets', 'check_servable',
-           'AssignmentReporter', 'ScoringWorker', 'find_model', 'serve', 'serve_command']
+           'MAX_IMPUTED', 'RUNS_DIR', 'event_schema', 'Rejection', 'parse_event', 'json_validator_class',
+           'event_rejection', 'EventValidator', 'example_events', 'score_events', 'prediction_message',
+           'dead_letter_headers', 'lacking', 'too_imputed', 'fit_problem', 'Outgoing', 'plan_batch', 'Metrics',
+           'ServeError', 'next_offsets', 'first_offsets', 'check_servable', 'AssignmentReporter', 'ScoringWorker',
+           'find_model', 'serve', 'serve_command']
 
 # %% ../nbs/08_serve.ipynb #89466d76
 SCHEMA_VERSION = 1  # the version of the event schema this worker reads
@@ -102,6 +103,7 @@ REASONS = {
     "not_finite": "a number is NaN or infinite",
     "out_of_range": "event_id is negative or too large",
     "unknown_category": "a categorical feature has a value the model never saw",
+    "too_imputed": "the event lacks more than the worker's share (--max-imputed) of the model's features",
     "prediction_failed": "the model raised, or returned a non-finite number, for this event",
 }
 
@@ -351,6 +353,28 @@ def dead_letter_headers(record, # the consumed message (kafka-python ConsumerRec
              "dlq.offset": record.offset, "dlq.worker": worker}
     return list(record.headers or []) + [(k, str(v).encode()) for k, v in extra.items() if v is not None]
 
+# %% ../nbs/08_serve.ipynb #c6898686
+MAX_IMPUTED = 0.5  # the largest share of a model's inputs an event may lack and still be scored
+
+def lacking(model, event:dict) -> list[str]:
+    "The inputs of `model` that `event` lacks (absent or null): those the worker would fill in."
+    return [f for f in model.inputs if _missing(event.get(f))]
+
+def too_imputed(model, event:dict, max_imputed:float=MAX_IMPUTED) -> Rejection|None:
+    "The `too_imputed` rejection of `event` if it lacks more than `max_imputed` of the model's inputs, else None."
+    gaps, n = lacking(model, event), len(model.inputs)
+    if len(gaps) <= max_imputed * n: return None
+    return Rejection("too_imputed", f"the event lacks {len(gaps)} of the model's {n} features ({', '.join(map(repr, gaps))}); "
+                     f"at most {max_imputed:.0%} of them may be filled in", gaps[0])
+
+def fit_problem(model, events:list[dict], # recent events; none: nothing to judge by, the model fits
+                max_imputed:float=MAX_IMPUTED) -> str|None:
+    "Why `model` does not fit `events` (most of them lack more than `max_imputed` of its inputs), or None."
+    unfit = sum(too_imputed(model, e, max_imputed) is not None for e in events)
+    if 2 * unfit <= len(events): return None
+    return (f"model {model.name!r} ({model.version}) reads {', '.join(model.inputs)}, but {unfit} of the {len(events)} newest "
+            f"events lack more than {max_imputed:.0%} of them; the events carry {', '.join(sorted(set().union(*events)))}")
+
 # %% ../nbs/08_serve.ipynb #f3056adf
 @dataclass(frozen=True)
 class Outgoing:
@@ -374,10 +398,12 @@ def plan_batch(records:list, # consumed messages, in order
                predictions_topic:str=PREDICTIONS_TOPIC,
                dead_letter_topic:str=DEAD_LETTER_TOPIC,
                max_bytes:int=MAX_EVENT_BYTES, # larger events are dead letters
-               worker:str|None=None # the worker's id, for headers
-              ) -> tuple[list[Outgoing], Counter]:
-    "The predictions and dead letters for `records`, and a count of outcomes ('scored' and each dead-letter reason)."
-    checked = [(r, validate(r.value, max_bytes)) for r in records]
+               worker:str|None=None, # the worker's id, for headers
+               max_imputed:float=MAX_IMPUTED # events lacking more of the model's inputs are dead letters
+              ) -> tuple[list[Outgoing], Counter, Counter]:
+    "The predictions and dead letters for `records`, a count of outcomes ('scored', each dead-letter reason) and of filled features."
+    valid = lambda ev: ev if isinstance(ev, Rejection) else too_imputed(model, ev, max_imputed) or ev
+    checked = [(r, valid(validate(r.value, max_bytes))) for r in records]
     good = [(r, ev) for r, ev in checked if not isinstance(ev, Rejection)]
     filled, imputed = model.impute_records([ev for _, ev in good]) if good else ([], [])
     scores = dict(zip((id(r) for r, _ in good), zip(score_events(model, filled), imputed)))
@@ -399,7 +425,7 @@ def plan_batch(records:list, # consumed messages, in order
             )
         )
         counts["scored"] += 1
-    return out, counts
+    return out, counts, Counter(f for names in imputed for f in names)
 
 # %% ../nbs/08_serve.ipynb #c414d589
 def _ms(xs:list, q:float) -> float|None:
@@ -413,15 +439,19 @@ class Metrics:
                  **info): # constant fields for the report, e.g. worker and group ids
         self.path, self.every, self.info = Path(path) if path else None, every, info
         self.counts, self.batches, self.latencies, self.partitions = Counter(), 0, deque(maxlen=1000), []
+        self.imputed, self.values = Counter(), 0  # how often each feature was filled in; feature values of the scored events
         self.started = self._last_t = time.monotonic()
-        self._last_n, self._last_counts = 0, Counter()
+        self._last_n, self._last_counts, self._last_imputed, self._last_values = 0, Counter(), Counter(), 0
 
     @property
     def events(self) -> int: return sum(self.counts.values())
 
-    def add(self, counts:Counter, seconds:float):
-        "Record one batch's outcomes and its latency."
+    def add(self, counts:Counter, seconds:float,
+            imputed:Counter|None=None, # how often each feature was filled in, from `plan_batch`
+            inputs:int=0): # the model's inputs per event
+        "Record one batch's outcomes, its filled-in features and its latency."
         self.counts.update(counts); self.batches += 1; self.latencies.append(seconds)
+        self.imputed.update(imputed or {}); self.values += counts.get("scored", 0) * inputs
         self.tick()
 
     def tick(self):
@@ -440,6 +470,8 @@ class Metrics:
             "scored": self.counts["scored"],
             "dead_lettered": self.events - self.counts["scored"],
             "dead_letter_reasons": {k: v for k, v in sorted(self.counts.items()) if k != "scored"},
+            "imputed": dict(sorted(self.imputed.items())),
+            "imputed_share": round(self.imputed.total() / self.values, 4) if self.values else 0.0,
             "events_per_s": round(self.events / up, 1) if up else 0.0,
             "recent_events_per_s": round((self.events - self._last_n) / max(now - self._last_t, 1e-9), 1),
             "batch_latency_ms": {"p50": _ms(lat, 0.5), "p95": _ms(lat, 0.95), "max": _ms(lat, 1.0)},
@@ -450,12 +482,13 @@ class Metrics:
         "Log the metrics and rewrite the file; start a new interval."
         s = self.snapshot()
         log.info("%s", self.line(s))
-        self.warn_rejections()
+        self.warn_rejections(); self.warn_imputed()
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text(json.dumps(s, indent=1)); tmp.replace(self.path)
         self._last_t, self._last_n, self._last_counts = time.monotonic(), self.events, self.counts.copy()
+        self._last_imputed, self._last_values = self.imputed.copy(), self.values
         return s
 
     def line(self, s:dict) -> str:
@@ -481,6 +514,20 @@ class Metrics:
             top,
         )
 
+    def warn_imputed(self, share:float=0.1, at_least:int=20):
+        "Warn when more than `share` of the feature values of this interval's scored events (at least `at_least`) were filled in."
+        new, values = self.imputed - self._last_imputed, self.values - self._last_values
+        if (self.counts - self._last_counts)["scored"] < at_least or new.total() <= share * values: return
+        log.warning(
+            "%d of the %d feature values of the last %d scored events (%.0f %%) were filled in with training values (%s): "
+            "do the events carry the model's features? Each prediction's `imputed` header names its filled features",
+            new.total(),
+            values,
+            (self.counts - self._last_counts)["scored"],
+            100 * new.total() / values,
+            ", ".join(f"{f} {c}" for f, c in new.most_common(3)),
+        )
+
 # %% ../nbs/08_serve.ipynb #4c21fd92
 class ServeError(RuntimeError):
     "The scoring worker cannot go on (a model that will not load, records the broker did not acknowledge)."
@@ -496,13 +543,15 @@ def first_offsets(records:list) -> dict:
     return out
 
 # %% ../nbs/08_serve.ipynb #srvts004
-def check_servable(model):
-    "Refuse a model whose features need each series' recent actuals, which a worker does not hold: a `ServeError` says why."
+def check_servable(model, events:list[dict]=(), # recent events the model must fit
+                   max_imputed:float=MAX_IMPUTED):
+    "Refuse a model whose features need each series' recent actuals, or that does not fit `events`: a `ServeError` says why."
     if getattr(model, "needs_history", False):
         lagged = [f for f in model.features if f in model.axis.lag_columns(model.target)] if model.time else model.features
         raise ServeError(f"model {model.name!r} ({model.version}) reads {', '.join(lagged)}, made from each series' earlier "
                          "actuals, which a scoring worker does not hold: serve a model trained without them "
                          "(sales-kafka run -p lags 0: calendar features, no lags or rolling means)")
+    if why := fit_problem(model, list(events), max_imputed): raise ServeError(why)
 
 # %% ../nbs/08_serve.ipynb #86e67a01
 class AssignmentReporter(ConsumerRebalanceListener):
@@ -528,7 +577,9 @@ class ScoringWorker:
                  session_timeout_ms:int=10_000, # a silent worker leaves the group after this
                  transaction_timeout_ms:int=30_000, # an open transaction of a dead worker is aborted after this
                  metrics:Metrics|None=None,
-                 follower:ChampionFollower|None=None): # swaps in each new champion between micro-batches; None: one model for good
+                 follower:ChampionFollower|None=None, # swaps in each new champion between micro-batches; None: one model for good
+                 max_imputed:float=MAX_IMPUTED): # events lacking more of the model's inputs are dead letters
+        self.max_imputed, self.recent = max_imputed, []  # the last batch's messages: what a new champion must fit
         self.settings, self.group_id, self.exactly_once, self.follower, self.swaps = (
             settings,
             group_id,
@@ -587,9 +638,9 @@ class ScoringWorker:
         if self.producer is not None: self.producer.close(); self.producer = None
         log.info("%r closed", self)
 
-    def use(self, model):
+    def use(self, model, events:list[dict]=()): # recent events it must fit
         "Score with `model` (a `SalesModel`) from the next micro-batch on; a `ServeError` if it cannot be served."
-        check_servable(model)
+        check_servable(model, events, self.max_imputed)
         self.model, self.validate = model, EventValidator(event_schema(model))
         self.metrics.info |= {"model_version": model.version, "swaps": self.swaps}
 
@@ -598,7 +649,7 @@ class ScoringWorker:
         got = self.follower.take() if self.follower else None
         if got is None: return False
         old = self.model.version
-        try: check_servable(got[1])
+        try: check_servable(got[1], self.recent_events(), self.max_imputed)
         except ServeError as e:
             log.error("%r keeps model %s, refusing the champion: %s", self, old, e)
             return False
@@ -606,6 +657,12 @@ class ScoringWorker:
         self.use(got[1]); gc.freeze()
         log.info("%r swapped model %s for the champion %s", self, old, self.model.version)
         return True
+
+    def recent_events(self) -> list[dict]:
+        "The JSON objects of the last batch, else the newest events of the topic."
+        from sales_prediction_kafka.browse import newest_events
+        got = [e for r in self.recent if isinstance(e := parse_event(r.value, self.max_event_bytes), dict)]
+        return got or newest_events(self.settings, self.topics[0])
 
     def __enter__(self): return self.open()
     def __exit__(self, *exc): self.close()
@@ -693,14 +750,15 @@ class ScoringWorker:
         "Score, dead-letter and commit one batch; the outcome counts (empty if the transaction was aborted)."
         t0 = time.monotonic()
         _, pred, dlq = self.topics
-        out, counts = plan_batch(
-            records, self.model, self.validate, pred, dlq, self.max_event_bytes, self.worker_id
+        out, counts, imputed = plan_batch(
+            records, self.model, self.validate, pred, dlq, self.max_event_bytes, self.worker_id, self.max_imputed
         )
         done = (self._deliver_exactly_once if self.exactly_once else self._deliver_at_least_once)(
             out, records
         )
+        self.recent = records[-20:]
         if not done: return Counter()
-        self.metrics.add(counts, time.monotonic() - t0)
+        self.metrics.add(counts, time.monotonic() - t0, imputed, len(self.model.inputs))
         return counts
 
     def poll(self, timeout:float=0.5) -> list:
@@ -734,11 +792,12 @@ def _is_model_dir(p:Path) -> bool: return (p/MODEL_JSON).is_file()
 def find_model(path:Path|str|None=None, # a model folder or a run folder; None: the newest run in `runs` that fits the events
                runs:Path|str=RUNS_DIR,
                settings:KafkaSettings|None=None, # the cluster whose events the model must fit; None: the newest run
-               events_topic:str=EVENTS_TOPIC) -> Path:
-    "The model folder that `path` names, or that of the newest run whose features the newest events carry (logged)."
+               events_topic:str=EVENTS_TOPIC,
+               max_imputed:float=MAX_IMPUTED) -> Path:
+    "The model folder that `path` names, or that of the newest run whose model fits the newest events (logged)."
     if path is None:
         from sales_prediction_kafka.browse import NoMatchingRun, matching_run, newest_events
-        try: run, why = matching_run(runs, newest_events(settings, events_topic) if settings else [])
+        try: run, why = matching_run(runs, newest_events(settings, events_topic) if settings else [], max_imputed)
         except NoMatchingRun as e: raise ServeError(str(e)) from None
         log.info("model from %s", why)
         return run/"model"
@@ -757,25 +816,36 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the regi
           metrics_every:float=5.0, # seconds between metric reports
           models_topic:str=MODELS_TOPIC, # the registry to follow
           follow:bool=True, # swap in each champion promoted while running; False: keep the first model
+          max_imputed:float=MAX_IMPUTED, # events lacking more of the model's inputs are dead letters; the model must fit the rest
           **worker) -> dict: # more `ScoringWorker` arguments: group_id, worker_id, exactly_once, max_records, ...
     "Run a scoring worker until SIGTERM/Ctrl-C (or idle); its final metrics."
+    from sales_prediction_kafka.browse import newest_events
     folder = find_model(model, runs) if model is not None or not follow else None  # a bad path fails before the broker is asked
     settings = ensure_broker(settings)
+    events_topic = worker.get("events_topic", EVENTS_TOPIC)
+    events = newest_events(settings, events_topic)
     follower = ChampionFollower(settings, models_topic).start() if follow else None
     champion = follower.champion if follower and model is None else None
-    if champion: m, source = record_model(champion), f"{models_topic} (champion)"
+    m, refused = (record_model(champion), None) if champion else (None, None)
+    if m and (refused := fit_problem(m, events, max_imputed)):
+        log.error("refusing the champion %s of %s: %s; looking for a run that fits", m.version, models_topic, refused)
+        m = None
+    if m: source = f"{models_topic} (champion)"
     else:
-        folder = folder or find_model(model, runs, settings, worker.get("events_topic", EVENTS_TOPIC))
+        try: folder = folder or find_model(model, runs, settings, events_topic, max_imputed)
+        except ServeError as e:
+            if follower: follower.stop()
+            raise ServeError(f"the champion {champion['version']} does not fit the events: {refused}; and {e}" if refused else str(e)) from None
         m, source = load_model(folder), str(folder)
     log.info("loaded %s model %s from %s", getattr(m, "kind", "?"), getattr(m, "version", "?"), source)
     if follower: follower.current = m.version
-    w = ScoringWorker(m, settings, follower=follower, **worker)
+    w = ScoringWorker(m, settings, follower=follower, max_imputed=max_imputed, **worker)
     for t in w.topics: ensure_topic(settings, t, partitions)
     w.metrics = Metrics(
         metrics_path, metrics_every, worker=w.worker_id, group=w.group_id, mode=w.mode, model=source
     )
-    w.use(m)
     try:
+        w.use(m, events)
         with stop_on_signals(w.stopping), w: return w.run(idle_exit)
     finally:
         if follower: follower.stop()
@@ -814,6 +884,14 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the regi
     default=MAX_EVENT_BYTES,
     show_default=True,
     help="Larger events are dead-lettered as oversized.",
+)
+@click.option(
+    "--max-imputed",
+    type=click.FloatRange(0, 1),
+    default=MAX_IMPUTED,
+    show_default=True,
+    help="An event lacking more than this share of the model's features is dead-lettered (too_imputed); "
+    "a model most of the newest events lack that much of is refused.",
 )
 @click.option("--events-topic", default=EVENTS_TOPIC, show_default=True, help="Topic of the sales events.")
 @click.option(

@@ -460,15 +460,17 @@ def _message(m) -> dict:
 def messages(settings:KafkaSettings, topic:str=PREDICTIONS_TOPIC,
              start:dict|str="beginning", # partition -> first offset, or "beginning" or "end"
              stop:dict|str|None="end", # partition -> offset to stop before, "end" (the end now) or None (follow)
-             idle_timeout:float|None=10, # stop after this many seconds without a message; None: never
+             idle_timeout:float|None=10, # stop after this many seconds without a message (a missing topic is waited for as long); None: never
              max_records:int|None=None,
              partitions:list|None=None, # read only these partitions; None: all (or those in `start`)
              **kw) -> Iterator[dict]: # more consumer settings, e.g. isolation_level="read_committed"
     "Messages of `topic` as dicts (topic, partition, offset, key, value, headers, timestamp)."
     c = consumer(settings, enable_auto_commit=False, **kw)
     try:
-        parts = c.partitions_for_topic(check_topic(topic))
-        if not parts: raise StreamError(f"topic {topic!r} does not exist at {settings.bootstrap_servers}")
+        parts, since = c.partitions_for_topic(check_topic(topic)), time.monotonic()
+        while not parts and (idle_timeout is None or time.monotonic() - since < idle_timeout):  # its producer may be starting
+            time.sleep(0.5); parts = c.partitions_for_topic(topic)
+        if not parts: raise StreamError(f"topic {topic!r} does not exist at {settings.bootstrap_servers} (waited {idle_timeout:g} s)")
         tps = [TopicPartition(topic, p) for p in sorted(parts)
                if (isinstance(start, str) or p in start) and (partitions is None or p in partitions)]
         c.assign(tps)
@@ -583,3 +585,4 @@ def consume_cli(topic, bootstrap_servers, from_beginning, follow, max_records, t
                           idle_timeout=timeout if follow else (timeout or 10), max_records=max_records):
             click.echo(json.dumps({k: m[k] for k in ("partition", "offset", "key", "value", "headers")}))
     except StreamError as e: raise click.ClickException(str(e))
+    except KeyboardInterrupt: pass  # Ctrl-C is how a reader that follows ends: exit 0, not click's "Aborted!"

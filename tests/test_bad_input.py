@@ -134,12 +134,14 @@ EVENT_CASES = {  # kind: (message value, dead-letter reason, field to blame or N
     "json_array": (b"[1, 2, 3]", "not_an_object", None),
     "negative_event_id": (enc(event_id=-1), "out_of_range", "event_id"),
     "unknown_category": (enc(Seasonality="Monsoon"), "unknown_category", "Seasonality"),
+    "most_features_missing": (json.dumps({"event_id": 10_001, "schema_version": 1, "Gender": "Male"}).encode(), "too_imputed",
+                              "Marketing_Spend"),
 }
 GAPS = {  # a feature with a fill value that is absent or null: imputed with the training value and scored, not dead-lettered
     "absent_feature": ({k: v for k, v in BASE.items() if k != "Credit_Score"} | {"event_id": 20_000}, "Credit_Score"),
     "null_feature": (BASE | {"event_id": 20_001, "Spending_Score": None}, "Spending_Score"),
 }
-N_GOOD = 60
+N_GOOD = 64  # a bad event after every fourth good one
 
 @pytest.fixture(scope="module")
 def served(broker_settings, model_dir, tmp_path_factory) -> dict:

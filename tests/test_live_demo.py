@@ -32,7 +32,7 @@ def test_newest_matching_run_is_chosen(runs, broker_settings, caplog):
     replay(table_events(load_table(SAMPLE_CSV).head(20)), broker_settings, topic, progress=False)
     caplog.set_level("INFO")
     assert find_model(None, runs, broker_settings, topic) == runs/"20261101-000000-aaaaaa"/"model"
-    assert "run 20261101-000000-aaaaaa (data sales_sample.csv): the newest whose features the events carry" in caplog.text
+    assert "run 20261101-000000-aaaaaa (data sales_sample.csv): the newest whose model fits the events" in caplog.text
     assert baseline_run(broker_settings, topic, runs) == str(runs/"20261101-000000-aaaaaa"), "the monitor's baseline agrees"
 
 

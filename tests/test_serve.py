@@ -166,3 +166,43 @@ def test_a_dated_model_scores_weeks_it_never_saw_and_a_lag_model_is_refused(brok
     lagged = SalesModel("linear", time=axis.to_dict()).fit(axis.derive(panel, "Sales"))
     r = serve(save_model(lagged, tmp_path/"lagged"))
     assert r.exit_code != 0 and "reads Sales_lag_1, Sales_lag_2, Sales_lag_52, Sales_mean_3, made from each series' earlier actuals" in r.output, r.output
+
+def test_a_champion_that_fits_no_event_is_refused_at_start_and_at_a_swap(broker_settings, model_dir, tmp_path, caplog):
+    "A registry champion trained on another table: `serve` refuses it naming both sides, scores with a run that fits, and a running worker keeps its model when it is promoted."
+    import numpy as np, pandas as pd, shutil
+    from sales_prediction_kafka.models import SalesModel, save_model
+    from sales_prediction_kafka.registry import ChampionFollower, model_record, promote, publish
+    from sales_prediction_kafka.serve import ScoringWorker, serve
+    settings, t = broker_settings, topics("misfit")
+    reg = f"models-{t['group']}"
+    rng = np.random.default_rng(0)
+    other = pd.DataFrame({"CompPrice": rng.normal(size=200), "Income": rng.normal(size=200)}).assign(y=lambda d: d.CompPrice * 3 + d.Income)
+    alien = SalesModel("linear", target="y").fit(other)
+    replay(table_events(generate_sales(20, seed=3, missing=0.0)), settings, t["events"], progress=False)
+    own = publish(settings, model_record(model_dir), reg)
+    promote(settings, publish(settings, model_record(save_model(alien, tmp_path/"alien")), reg)["version"], topic=reg)
+    args = ["--bootstrap-servers", settings.bootstrap_servers, "--models-topic", reg, "--group-id", t["group"], "--events-topic",
+            t["events"], "--predictions-topic", t["predictions"], "--dead-letter-topic", t["dlq"], "--idle-exit", "2"]
+    r = CliRunner().invoke(serve_command, [*args, "--runs", str(tmp_path/"no-runs")])
+    assert r.exit_code == 1, r.output
+    assert (f"the champion {alien.version} does not fit the events: model 'linear' ({alien.version}) reads CompPrice, Income, but 20 "
+            "of the 20 newest events lack more than 50% of them; the events carry Credit_Score, Customer_Churn, Defaulted") in r.output, r.output
+    assert "no run with a model" in r.output, r.output
+    shutil.copytree(model_dir, tmp_path/"runs"/"20261201-000000-aaaaaa"/"model")  # a run that fits: scored with it instead
+    caplog.set_level(logging.INFO)
+    got = serve(None, settings, tmp_path/"runs", idle_exit=2, models_topic=reg, group_id=t["group"], events_topic=t["events"],
+                predictions_topic=t["predictions"], dead_letter_topic=t["dlq"])
+    assert (got["scored"], got["dead_lettered"], got["model_version"]) == (20, 0, own["version"]), got
+    assert f"refusing the champion {alien.version} of {reg}: model 'linear' ({alien.version}) reads CompPrice, Income" in caplog.text
+    promote(settings, own["version"], topic=reg)
+    follower = ChampionFollower(settings, reg).start(in_use=own["version"])
+    with ScoringWorker(load_model(model_dir), settings, group_id=t["group"] + "-swap", events_topic=t["events"], follower=follower,
+                       predictions_topic=t["predictions"], dead_letter_topic=t["dlq"]) as w:
+        wait_for(lambda: w.process(w.poll()).get("scored", 0) > 0, 60, "a first batch")
+        promote(settings, alien.version, "by mistake", reg)
+        wait_for(lambda: follower.current == alien.version, 30, "the follower to load the promoted champion")
+        assert w.swap() is False and w.model.version == own["version"]
+    follower.stop()
+    assert f"keeps model {own['version']}, refusing the champion: model 'linear' ({alien.version}) reads CompPrice, Income, but" in caplog.text
+    recs = read_all(settings, t["predictions"], "read_uncommitted")
+    assert len(recs) == 40 and {dict(r.headers)["model_version"].decode() for r in recs} == {own["version"]}, "never scored by the alien"

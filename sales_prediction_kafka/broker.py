@@ -9,7 +9,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 import click
-from .config import KafkaSettings, cache_home, kafka_settings
+from .config import SalesKafkaError, KafkaSettings, cache_home, kafka_settings
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ KAFKA_VERSION = "4.3.1"  # org.apache.kafka:kafka_2.13 and kafka-tools
 LOG4J_VERSION = "2.26.1"  # log4j-core and log4j-slf4j2-impl
 SLF4J_VERSION = "2.0.17"  # pinned: Maven's nearest-wins would otherwise pick slf4j 1.7, which ignores log4j2
 
-class BrokerError(RuntimeError):
+class BrokerError(SalesKafkaError, RuntimeError):
     "The local broker could not be prepared, started or stopped."
 
 # %% ../nbs/06_broker.ipynb #bc99f860

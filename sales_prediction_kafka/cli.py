@@ -43,6 +43,12 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx) -> list[str]: return sorted({*self.commands, *self.lazy})
 
+    def invoke(self, ctx):
+        "Run the command; a `SalesKafkaError` it raises becomes click's one `Error:` line (exit 1), not a traceback."
+        from sales_prediction_kafka.config import SalesKafkaError  # here, so that `--help` imports nothing more
+        try: return super().invoke(ctx)
+        except SalesKafkaError as e: raise click.ClickException(str(e)) from None
+
     def get_command(self, ctx, name:str) -> click.Command|None:
         "The command `name`, importing its module the first time."
         if name not in self.commands and name in self.lazy:

@@ -16,6 +16,7 @@ import click
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
+from .config import SalesKafkaError
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def write_sample(path=SAMPLE_CSV, n:int=500, seed:int=42) -> Path:
     return write_table(generate_sales(n, seed), path)
 
 # %% ../nbs/01_data.ipynb #c70b68ac
-class DataError(ValueError):
+class DataError(SalesKafkaError, ValueError):
     "A data file that cannot be used, with what and where."
 
 DELIMITERS = (",", ";", "\t", "|")

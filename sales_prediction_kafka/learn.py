@@ -11,7 +11,7 @@ from typing import NamedTuple
 import click
 import numpy as np
 from kafka import TopicPartition
-from .config import ACTUALS_TOPIC, ALERTS_TOPIC, EVENTS_TOPIC, KafkaSettings, kafka_options, kafka_settings, stop_on_signals
+from .config import SalesKafkaError, ACTUALS_TOPIC, ALERTS_TOPIC, EVENTS_TOPIC, KafkaSettings, kafka_options, kafka_settings, stop_on_signals
 from .broker import ensure_broker
 from .models import SalesModel, load_model
 from .monitor import describe_alert
@@ -98,7 +98,7 @@ class Triggers:
     def close(self): self.c.close()
 
 # %% ../nbs/09b_learn.ipynb #19683379
-class LearnError(RuntimeError):
+class LearnError(SalesKafkaError, RuntimeError):
     "A retrain could not be done (the pipeline failed)."
 
 def train_command(settings:KafkaSettings, events_topic:str, trigger:Trigger,

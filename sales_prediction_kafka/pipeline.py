@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import click
 
-from .config import PREDICTIONS_TOPIC, kafka_settings, plain, redacted
+from .config import SalesKafkaError, PREDICTIONS_TOPIC, kafka_settings, plain, redacted
 from .data import SAMPLE_CSV, DataError, load_table
 from .broker import BrokerError
 from .stream import (PARTITIONS, StreamError, prediction_records, require_broker, stream_predictions,
@@ -32,10 +32,10 @@ import sales_prediction_kafka
 # package data, so an installed wheel has it too: tools/sync_pipelines.py copies it from nbs/pipelines/ (edit it there)
 PIPELINE_NOTEBOOK = Path(sales_prediction_kafka.__file__).resolve().parent/"pipelines"/"sales_pipeline.ipynb"
 
-class ParameterError(ValueError):
+class ParameterError(SalesKafkaError, ValueError):
     "A pipeline parameter that is unknown or out of range."
 
-class PipelineError(RuntimeError):
+class PipelineError(SalesKafkaError, RuntimeError):
     "A pipeline run that stopped in one of its cells."
 
 # %% ../nbs/10_pipeline.ipynb #1f851af8

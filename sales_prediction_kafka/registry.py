@@ -12,7 +12,7 @@ import click
 import numpy as np
 import pandas as pd
 from kafka import TopicPartition
-from .config import KafkaSettings, kafka_options, kafka_settings
+from .config import SalesKafkaError, KafkaSettings, kafka_options, kafka_settings
 from .broker import ensure_broker
 from .data import load_table
 from .models import MODEL_JSON, SalesModel, load_model, split
@@ -158,7 +158,7 @@ def record_model(record:dict) -> SalesModel:
         raise RegistryError(f"version {record['version']}: the model bytes are corrupt")
     with tempfile.TemporaryDirectory() as d: return load_model(unpack_model(data, d))
 
-class RegistryError(RuntimeError):
+class RegistryError(SalesKafkaError, RuntimeError):
     "The registry cannot do what was asked (an unknown version, nothing to roll back to)."
 
 # %% ../nbs/07a_registry.ipynb #3f216795

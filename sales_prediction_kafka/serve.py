@@ -13,7 +13,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from kafka.serializer import DefaultSerializer
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from .config import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, ProducerSettings,
+from .config import (SalesKafkaError, DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, ProducerSettings,
                                            kafka_options, producer_settings,
                                            kafka_settings, plain, stop_on_signals)
 from .broker import ensure_broker
@@ -529,7 +529,7 @@ class Metrics:
         )
 
 # %% ../nbs/08_serve.ipynb #4c21fd92
-class ServeError(RuntimeError):
+class ServeError(SalesKafkaError, RuntimeError):
     "The scoring worker cannot go on (a model that will not load, records the broker did not acknowledge)."
 
 def next_offsets(records:list) -> dict:

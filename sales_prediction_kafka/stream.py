@@ -16,7 +16,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import InvalidReplicationFactorError, KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 from kafka.serializer import DefaultSerializer, JsonSerializer
-from .config import (PREDICTIONS_TOPIC, KafkaSettings, ProducerSettings, client_kwargs, kafka_options,
+from .config import (SalesKafkaError, PREDICTIONS_TOPIC, KafkaSettings, ProducerSettings, client_kwargs, kafka_options,
                                           kafka_settings, producer_kwargs, producer_settings)
 from .broker import ensure_broker
 
@@ -57,7 +57,7 @@ PREDICTION_HEADERS = {  # Kafka record headers of a prediction (UTF-8 text); abs
     "imputed": "the feature fields that were absent or null in the event and got the model's fill value, comma-separated (`sales-kafka serve`)",
 }
 
-class StreamError(ValueError):
+class StreamError(SalesKafkaError, ValueError):
     "Predictions could not be validated, sent or confirmed."
 
 def prediction_record(index:int, actual:float, predicted:float) -> dict:

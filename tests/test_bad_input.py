@@ -1,6 +1,6 @@
 """A catalogue of bad input: CSV files, pipeline parameters, events and command-line arguments. Each is refused with an error
 that names what and where (or becomes a dead letter with its reason), and the good data around it is untouched."""
-import json, math, re, subprocess, time
+import json, math, os, re, subprocess, time
 from pathlib import Path
 import pytest
 from click.testing import CliRunner
@@ -199,3 +199,14 @@ def test_gap_in_a_feature_is_imputed_and_marked(served, model_dir, kind):
     model = load_model(model_dir)
     expected = model.predict_records([{**event, field: model.fill_values[field]}])[0]
     assert math.isclose(json.loads(m.value)["predicted_sales"], expected, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("args", [["serve"], ["join"], ["replay", str(SAMPLE_CSV)], ["broker", "start"]], ids=["serve", "join", "replay", "broker-start"])
+def test_missing_java_is_one_error_line(args, tmp_path):
+    "No Java (nor Maven) on PATH and no broker running: each command prints one `Error:` line saying what to install, no traceback."
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "JAVA"))}
+    env |= {"PATH": str(tmp_path/"bin"), "SALES_KAFKA_HOME": str(tmp_path/"home")}  # an empty PATH and a home with no broker
+    r = subprocess.run([SALES_KAFKA, *args], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    errors = [l for l in r.stderr.splitlines() if l.startswith("Error: ")]
+    assert len(errors) == 1 and re.search(r"`(java|mvn)` not found", errors[0]) and "Traceback" not in r.stderr, r.stderr[-3000:]

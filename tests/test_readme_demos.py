@@ -15,7 +15,7 @@ from sales_prediction_kafka.registry import model_record, promote, publish, read
 from helpers import ROOT, read_all
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-SECTIONS = ("## Live scoring and monitoring", "## The loop")
+SECTIONS = ("## Live scoring and monitoring", "## The loop", "## Forecast first, truth later")
 UNTIL_STOPPED = ("consume", "monitor", "dashboard")  # the README's foreground commands that run until Ctrl-C
 
 
@@ -93,6 +93,31 @@ def url_answers(out:str) -> bool:
     with urllib.request.urlopen(m[1], timeout=10) as r: return r.status == 200
 
 
+ALERT_TEXT = {"input_drift": "input drift in ", "drift": " vs limit ", "model_decision": ": model "}  # how the page words each kind
+
+
+def page_problems(chromium:str, url:str, kinds:set) -> list[str]:
+    "Open the live page in headless Chromium: its page errors, empty panels and alert kinds in `kinds` it does not list."
+    from playwright.sync_api import sync_playwright
+    from helpers import CHROMIUM_ARGS
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page, errors = browser.new_page(viewport={"width": 1280, "height": 1500}), []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url); page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            texts = lambda: page.locator("#alerts li").all_inner_texts()
+            deadline = time.monotonic() + 30  # the page draws the state it was sent on connecting; give it time to arrive
+            while not all(any(ALERT_TEXT[k] in t for t in texts()) for k in kinds) and time.monotonic() < deadline: time.sleep(0.5)
+            panels = {"rolling figures": "#figures tbody tr", "partitions": "#partitions tbody tr", "model versions": "#models tbody tr",
+                      "latest messages": "#records tbody tr", "alerts": "#alerts li"}
+            return ([f"page error: {e}" for e in errors] + [f"empty panel: {n}" for n, sel in panels.items() if page.locator(sel).count() == 0]
+                    + (["empty chart: predicted vs actual"] if page.evaluate("document.getElementById('pva').data?.[0]?.x?.length ?? 0") == 0 else [])
+                    + (["no model version in the header"] if page.locator("#version").inner_text() == "-" else [])
+                    + [f"the {k} alert is not listed" for k in sorted(kinds) if not any(ALERT_TEXT[k] in t for t in texts())])
+        finally: browser.close()
+
+
 def alien_champion(settings:KafkaSettings, tmp:Path) -> str:
     "Publish and promote a model trained on another table (CompPrice, Income -> y): the champion of a broker used before."
     rng = np.random.default_rng(0)
@@ -119,11 +144,12 @@ def checkout(tmp_path):
     return work, home, env
 
 
-def test_readme_live_and_loop_sections_run_as_written(checkout):
+@pytest.mark.browser
+def test_readme_live_and_loop_sections_run_as_written(checkout, chromium):
     work, home, env = checkout
     readme = (ROOT/"README.md").read_text()
-    live, loop = (shell_blocks(readme, h) for h in SECTIONS)
-    assert live and loop, "the README lost its live or loop section"
+    live, loop, late = (shell_blocks(readme, h) for h in SECTIONS)
+    assert live and loop and late, "the README lost its live, loop or late-actuals section"
     broker = LocalBroker(home/"broker").start(timeout=120)  # what `broker start` in the loop section then finds running
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
     sh = Shell(work, env)
@@ -165,7 +191,20 @@ def test_readme_live_and_loop_sections_run_as_written(checkout):
             assert time.monotonic() < deadline, f"{len(preds)} predictions and {len(dead)} dead letters of {total} events"
             time.sleep(2)
         alerts = [json.loads(m.value) for m in read_all(settings, "sales_alerts")]
+        dash = next(j for j in sh.jobs if j["cmd"].split()[1] == "dashboard")  # the loop's page, still running
+        kinds = {a["alert"] for a in alerts}
+        problems = page_problems(chromium, re.search(r"dashboard at (http://\S+)", sh.stdout(dash))[1], kinds)
         sh.stop_jobs()
+
+        for block in late:  # forecasts first, their actuals 100 events later, joined on Kafka
+            for cmd, bg in commands(block):
+                sh.run(cmd, bg, ready(cmd) if not bg and cmd.split()[1] == "monitor" else None)
+        late_logs = [j["log"].read_text() + sh.stdout(j) for j in sh.done[-2:]]  # monitor, then dlq list
+        for j in list(sh.jobs): sh.jobs.remove(j); sh.finish(j, timeout=300)  # serve and join end after 30 s idle
+        first_id = int(re.search(r"--first-id (\d+)", late[0])[1])
+        ours = lambda recs: [r for r in recs if int(r.key) >= first_id]
+        forecast = {int(r.key) for r in ours(read_all(settings, "sales_predictions", "read_committed"))}
+        joined = ours(read_all(settings, "sales_joined", "read_uncommitted"))
     finally:
         sh.kill_all()
         broker.stop()
@@ -176,6 +215,14 @@ def test_readme_live_and_loop_sections_run_as_written(checkout):
     shift_after = int(re.search(r"--shift-after (\d+)", loop[0])[1])
     first = reg.versions[next(v for v in reg.versions if reg.versions[v]["run"] != "another-table")]
     assert re.search(rf"^[* ] {first['version']} .* run {first['run']}", listed, re.M), f"models list shows the first champion:\n{listed}"
+    assert problems == [], f"the dashboard during the loop (alerts of kinds {sorted(kinds)}): {problems}"
+    sample = pd.read_csv(ROOT/"sales_prediction_kafka"/"data"/"sales_sample.csv")
+    assert len(forecast) > 0.9 * len(sample), f"{len(forecast)} of {len(sample)} late-actual events forecast"
+    assert sorted(int(r.key) for r in joined) == sorted(forecast), "each forecast joined with its actual, once"
+    for r in joined:
+        v = json.loads(r.value)
+        assert v["actual_sales"] == sample["Sales"][v["prediction_index"] - first_id] and dict(r.headers)["actual"] == b"joined"
+    assert "label delay p50" in late_logs[0] and "no dead letters on sales_join.dlq" in late_logs[1], late_logs
     drifts = [a for a in alerts if a["alert"] == "input_drift"]
     assert drifts and drifts[0]["reasons"][0] == "Marketing_Spend" and drifts[0]["features"]["Marketing_Spend"] > 0.25, alerts
     learnt = next(t for c, t in logs.items() if c.split()[1] == "learn")

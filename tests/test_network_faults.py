@@ -188,7 +188,10 @@ def test_connection_resets_duplicate_nothing(healthy, model_dir, tmp_path):
         wait_for(lambda: all(len(metrics(tmp_path, w).get("partitions", [])) == 3 for w in workers), 120, "the workers to share 6 partitions")
         resets.start()
         proc = start_stream(N_RESETS, net.broker.bootstrap_servers, f"{t['predictions']}-stream", "resets")
-        replay(table_events(generate_sales(EVENTS_RESETS, seed=37, missing=0.0)), net.settings, t["events"], 1000.0, progress=False)
+        events = list(table_events(generate_sales(EVENTS_RESETS, seed=37, missing=0.0)))
+        for k in range(4):  # a reset between each quarter of the events, however fast this machine replays them (a run of
+            wait_for(lambda: resets.count >= k, 60, f"reset {k}")  # 3 s once saw only 2 resets at a fixed pace)
+            replay(events[k * EVENTS_RESETS // 4:(k + 1) * EVENTS_RESETS // 4], net.settings, t["events"], 1000.0, progress=False)
         code, summary = finish(proc)
         ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
         read_all(net.check, t["predictions"], "read_committed", until=lambda recs: len(ids(recs)) >= EVENTS_RESETS, timeout=180)

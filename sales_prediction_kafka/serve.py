@@ -25,8 +25,8 @@ from .stream import (PARTITIONS, StreamError, close_producer, consumer, ensure_t
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVENT_ID', 'REASONS', 'DEAD_LETTER_HEADERS',
-           'MAX_IMPUTED', 'RUNS_DIR', 'event_schema', 'Rejection', 'parse_event', 'json_validator_class',
+__all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVENT_ID', 'MAX_IMPUTED', 'REASONS',
+           'DEAD_LETTER_HEADERS', 'RUNS_DIR', 'event_schema', 'Rejection', 'parse_event', 'json_validator_class',
            'event_rejection', 'EventValidator', 'example_events', 'score_events', 'prediction_message',
            'dead_letter_headers', 'lacking', 'too_imputed', 'fit_problem', 'Outgoing', 'plan_batch', 'Metrics',
            'ServeError', 'next_offsets', 'first_offsets', 'check_servable', 'AssignmentReporter', 'ScoringWorker',
@@ -92,6 +92,8 @@ def event_schema(model) -> dict:
     }
 
 # %% ../nbs/08_serve.ipynb #40cad5b6
+MAX_IMPUTED = 0.5  # the largest share of a model's inputs an event may lack and still be scored (`too_imputed` below)
+
 REASONS = {
     "empty": "the message has no value, or only whitespace",
     "oversized": "the message is larger than the worker's size limit",
@@ -293,6 +295,10 @@ def example_events(schema:dict, event_id:int=7) -> dict:
         "out_of_range": enc(event_id=-3),
     }
     if cat: bad["unknown_category"] = enc(**{cat: "Monsoon"})
+    features = [n for n in props if n not in (target, "event_id", "schema_version")]
+    optional = [n for n in features if n not in schema["required"]]  # the fields the worker may fill in
+    if len(optional) > MAX_IMPUTED * len(features):  # without them all, more than the default share is missing
+        bad["too_imputed"] = json.dumps({k: v for k, v in good.items() if k not in optional}).encode()
     return {"good": enc(), **bad}
 
 # %% ../nbs/08_serve.ipynb #4fc1b68f
@@ -354,8 +360,6 @@ def dead_letter_headers(record, # the consumed message (kafka-python ConsumerRec
     return list(record.headers or []) + [(k, str(v).encode()) for k, v in extra.items() if v is not None]
 
 # %% ../nbs/08_serve.ipynb #c6898686
-MAX_IMPUTED = 0.5  # the largest share of a model's inputs an event may lack and still be scored
-
 def lacking(model, event:dict) -> list[str]:
     "The inputs of `model` that `event` lacks (absent or null): those the worker would fill in."
     return [f for f in model.inputs if _missing(event.get(f))]

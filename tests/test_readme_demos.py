@@ -198,7 +198,7 @@ def test_readme_live_and_loop_sections_run_as_written(checkout, chromium):
 
         for block in late:  # forecasts first, their actuals 100 events later, joined on Kafka
             for cmd, bg in commands(block):
-                sh.run(cmd, bg, ready(cmd) if not bg and cmd.split()[1] == "monitor" else None)
+                sh.run(cmd, bg, ready(cmd) if not bg and cmd.split()[1:2] == ["monitor"] else None)
         late_logs = [j["log"].read_text() + sh.stdout(j) for j in sh.done[-2:]]  # monitor, then dlq list
         for j in list(sh.jobs): sh.jobs.remove(j); sh.finish(j, timeout=300)  # serve and join end after 30 s idle
         first_id = int(re.search(r"--first-id (\d+)", late[0])[1])

@@ -69,8 +69,6 @@ class Half:
 
     def to_json(self) -> bytes: return json.dumps({"side": self.side, "value": self.value, "time": self.time, "headers": self.headers}).encode()
 
-    @classmethod
-    def from_json(cls, b:bytes) -> Half: return cls(**json.loads(b))
 
 @dataclass(frozen=True)
 class Effect:
@@ -358,12 +356,12 @@ class JoinWorker(ScoringWorker):
             for e in effects:
                 if e.kind == "joined": delays.append(int(e.headers["label_delay_ms"]))
                 if e.kind == "open": opened.add((r.partition, key))
-                counts[e.kind if e.kind != "joined" or e.headers["actual"] == "joined" else "inline"] += e.kind != "close"
+                if e.kind != "close": counts[e.kind] += 1
         for p in touched:
             expired = self.parts[p].expire()
             out += effect_messages(expired, p, t)
             counts.update(("no_actual" if e.half.side == "prediction" else "no_prediction") for e in expired if e.kind == "expired")
-        return coalesce(out, t.state, opened), +counts, delays
+        return coalesce(out, t.state, opened), counts, delays
 
     def process(self, records:list) -> Counter:
         "Join, dead-letter and commit one batch; the outcome counts (empty if the transaction was aborted)."
@@ -373,7 +371,6 @@ class JoinWorker(ScoringWorker):
         if not deliver(out, records):
             for p in {r.partition for r in records}: self.parts.pop(p, None)  # memory had moved past the aborted batch: restore again
             return Counter()
-        counts["joined"] += counts.pop("inline", 0)
         self.metrics.delays.extend(delays); self.metrics.waiting = self.waiting()
         self.metrics.add(counts, time.monotonic() - t0)
         return counts

@@ -102,12 +102,25 @@ from sales_prediction_kafka.stream import StreamIncomplete, prediction_records, 
 n, servers, topic, run_id, timeout = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
 recs = prediction_records(range(n), [float(i) for i in range(n)], [i + 0.25 for i in range(n)])
 try: s = stream_predictions(recs, KafkaSettings(bootstrap_servers=servers), topic, run_id=run_id, progress=False, timeout=timeout)
-except StreamIncomplete as e: print(json.dumps({"error": str(e), "unacknowledged": len(e.unacknowledged)})); sys.exit(3)
+except StreamIncomplete as e: print(json.dumps({"error": str(e), "unacknowledged": len(e.unacknowledged), "refused": sorted(e.unacknowledged)})); sys.exit(3)
 print(json.dumps(s.as_dict()))
 """
 
+def stream_records(n:int) -> list[dict]:
+    "The records `start_stream` sends."
+    from sales_prediction_kafka.stream import prediction_records
+    return prediction_records(range(n), [float(i) for i in range(n)], [i + 0.25 for i in range(n)])
+
+def describe(servers:str, topic:str) -> list[dict]:
+    "The partitions of `topic`: partition_index, leader_id, replica_nodes, isr_nodes."
+    from kafka import KafkaAdminClient
+    admin = KafkaAdminClient(bootstrap_servers=servers)
+    try: (t,) = admin.describe_topics([topic])
+    finally: admin.close()
+    return t["partitions"]
+
 def start_stream(n:int, servers:str, topic:str, run_id:str, timeout:float=120) -> subprocess.Popen:
-    "`stream_predictions` of n records (index i: actual i, predicted i + 0.25) in its own process, as run `run_id`."
+    "`stream_predictions` of n records (index i: actual i, predicted i + 0.25) in its own process, as run `run_id`; on failure it prints the count and the indexes not acknowledged."
     return subprocess.Popen([sys.executable, "-c", RESUMABLE_STREAM, str(n), servers, topic, run_id, str(timeout)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -10,22 +10,11 @@ from sales_prediction_kafka.broker import LocalCluster
 from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.replay import replay, table_events
-from sales_prediction_kafka.stream import (StreamError, ensure_topic, messages, prediction_records, run_values,
+from sales_prediction_kafka.stream import (StreamError, ensure_topic, messages, run_values,
                                            stream_predictions, verify_run)
-from helpers import SALES_KAFKA, failed_stream, landed, metrics, read_all, report, scored, start_stream, start_worker, topics, wait_for
+from helpers import SALES_KAFKA, describe, failed_stream, landed, metrics, read_all, report, scored, start_stream, start_worker, stream_records, topics, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-def records(n:int) -> list[dict]:
-    "The records `start_stream` sends."
-    return prediction_records(range(n), [float(i) for i in range(n)], [i + 0.25 for i in range(n)])
-
-def describe(servers:str, topic:str) -> list[dict]:
-    "The partitions of `topic`: partition_index, leader_id, replica_nodes, isr_nodes."
-    admin = KafkaAdminClient(bootstrap_servers=servers)
-    try: (t,) = admin.describe_topics([topic])
-    finally: admin.close()
-    return t["partitions"]
 
 def in_sync(servers:str, topic:str) -> bool:
     "Every replica of every partition of `topic` is in sync (what a resume needs: no record hidden above a high watermark)."
@@ -196,7 +185,7 @@ def test_writes_refused_while_two_brokers_are_down_then_resumed(cluster, setting
     cluster.start()
     wait_for(lambda: in_sync(servers, topic), 120, "every replica back in sync")
     back = time.monotonic() - t1
-    recs = records(N_REFUSED)
+    recs = stream_records(N_REFUSED)
     resumed = stream_predictions(recs, settings, topic, run_id=run, progress=False, resume=True)
     got = run_values(settings, topic, run)
     lost, dupes = len(set(range(N_REFUSED)) - set(got)), sum(len(v) - 1 for v in got.values())

@@ -6,7 +6,7 @@ The single broker has three listeners: its client listener behind proxy `clients
 network, for the one client a scenario treats differently) and `CHECK`, unproxied, from which the test alone counts. The
 three-node cluster has each node's client listener and its REPLICATION listener (the other nodes' replica fetches) behind
 proxies, the controller quorum direct, plus a `CHECK` listener. Each scenario prints a `RELIABILITY` line (RELIABILITY.md)."""
-import json, signal, subprocess, sys, threading, time
+import json, signal, subprocess, threading, time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,8 +16,8 @@ from sales_prediction_kafka.broker import LocalBroker, LocalCluster, free_port
 from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.replay import replay, table_events
-from sales_prediction_kafka.stream import ensure_topic, messages, prediction_records, run_values, stream_predictions, verify_run
-from helpers import metrics, open_worker, read_all, report, scored, start_worker, topics, wait_for
+from sales_prediction_kafka.stream import ensure_topic, messages, run_values, stream_predictions, verify_run
+from helpers import describe, metrics, open_worker, read_all, report, scored, start_stream, start_worker, stream_records, topics, wait_for
 from toxiproxy import Toxiproxy
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
@@ -47,22 +47,6 @@ def healthy(net):
     yield net
     net.clients.clear(); net.side.clear()
 
-STREAM = """
-import json, sys
-from sales_prediction_kafka.config import KafkaSettings
-from sales_prediction_kafka.stream import StreamIncomplete, prediction_records, stream_predictions
-n, servers, topic, run_id, timeout = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
-recs = prediction_records(range(n), [float(i) for i in range(n)], [i + 0.25 for i in range(n)])
-try: s = stream_predictions(recs, KafkaSettings(bootstrap_servers=servers), topic, run_id=run_id, progress=False, timeout=timeout)
-except StreamIncomplete as e: print(json.dumps({"error": str(e), "unacknowledged": sorted(e.unacknowledged)})); sys.exit(3)
-print(json.dumps(s.as_dict()))
-"""
-
-def start_stream(n:int, servers:str, topic:str, run_id:str, timeout:float=120) -> subprocess.Popen:
-    "`stream_predictions` of n records (index i: actual i, predicted i + 0.25) in its own process; on failure it prints the unacknowledged indexes."
-    return subprocess.Popen([sys.executable, "-c", STREAM, str(n), servers, topic, run_id, str(timeout)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
 def finish(proc:subprocess.Popen, timeout:float=300) -> tuple[int, dict]:
     "Wait for a stream process; its exit code and the JSON of its last line."
     try: out, err = proc.communicate(timeout=timeout)
@@ -70,10 +54,6 @@ def finish(proc:subprocess.Popen, timeout:float=300) -> tuple[int, dict]:
         if proc.poll() is None: proc.kill(); proc.wait()
     assert out.strip(), f"the stream printed nothing (exit {proc.returncode}):\n{err[-3000:]}"
     return proc.returncode, json.loads(out.strip().splitlines()[-1])
-
-def records(n:int) -> list[dict]:
-    "The records `start_stream` sends."
-    return prediction_records(range(n), [float(i) for i in range(n)], [i + 0.25 for i in range(n)])
 
 def landed(servers:str, topic:str) -> int:
     "The number of records in `topic` now (sum of its end offsets)."
@@ -288,14 +268,6 @@ def mesh(cluster):
     yield cluster
     clear()
 
-def describe(servers:str, topic:str) -> list[dict]:
-    "The partitions of `topic`: partition_index, leader_id, replica_nodes, isr_nodes."
-    from kafka import KafkaAdminClient
-    admin = KafkaAdminClient(bootstrap_servers=servers)
-    try: (t,) = admin.describe_topics([topic])
-    finally: admin.close()
-    return t["partitions"]
-
 def leaders(servers:str, topic:str) -> dict:
     "{partition: leader node id} of `topic`."
     return {p["partition_index"]: p["leader_id"] for p in describe(servers, topic)}
@@ -345,13 +317,13 @@ def test_leader_cut_off_from_its_followers(mesh, tmp_path):
     wait_for(lambda: in_sync(c.check.bootstrap_servers, topic), 120, "the followers to catch up after the heal")
     healed_s = time.monotonic() - t_heal
     assert code == 3, f"the stream should have been refused: {failure}"
-    refused = set(failure["unacknowledged"])
+    refused = set(failure["refused"])
     there = [m for m in messages(c.check, topic, idle_timeout=30) if m["headers"].get("run_id") == run]
     where = {m["value"]["prediction_index"]: (m["partition"], m["offset"]) for m in there}
     counts = Counter(m["value"]["prediction_index"] for m in there)
     acked = set(range(N_ISOLATED)) - refused
     only_leader = [i for i in acked if where.get(i, (None,))[0] in parts and where[i][1] >= on_followers[where[i][0]]]
-    resumed = stream_predictions(records(N_ISOLATED), c.settings, topic, run_id=run, progress=False, resume=True)
+    resumed = stream_predictions(stream_records(N_ISOLATED), c.settings, topic, run_id=run, progress=False, resume=True)
     final = run_values(c.check, topic, run)
     lost, dupes = len(set(range(N_ISOLATED)) - set(final)), sum(len(v) - 1 for v in final.values())
     report("replication partition of a leader", sent=N_ISOLATED, acknowledged=len(acked), refused=len(refused),
@@ -363,7 +335,7 @@ def test_leader_cut_off_from_its_followers(mesh, tmp_path):
     assert not acked - set(counts), f"{len(acked - set(counts))} acknowledged records missing after the heal"
     assert not only_leader, f"{len(only_leader)} records acknowledged while only the leader had them"
     assert max(counts.values()) == 1 and resumed.skipped + resumed.total == N_ISOLATED
-    assert lost == 0 and dupes == 0 and verify_run(records(N_ISOLATED), c.check, topic, run) == N_ISOLATED
+    assert lost == 0 and dupes == 0 and verify_run(stream_records(N_ISOLATED), c.check, topic, run) == N_ISOLATED
 
 N_PARTITIONED, SILENCE = 30_000, 30
 

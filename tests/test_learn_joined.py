@@ -21,7 +21,7 @@ def test_learn_trains_and_judges_on_joined_events(broker_settings, tmp_path):
     s, t = broker_settings, topics("truth")
     actuals, alerts, reg = f"act-{t['group']}", f"alerts-{t['group']}", f"models-{t['group']}"
     rows = generate_sales(1400, seed=41, missing=0.0)
-    champion, _ = champion_before_shift(s, reg)
+    champion = champion_before_shift(s, reg).record
     # the window to train on: 1000 events whose actuals follow 100 events later, then 100 whose actuals have not come
     sent = replay(table_events(rows.head(1000)), s, t["events"], partitions=4, actuals_lag=100, actuals_topic=actuals, progress=False)
     assert (sent.total, sent.actuals.total) == (1000, 1000)

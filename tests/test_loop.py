@@ -144,7 +144,9 @@ def test_shift_scenario_retrains_promotes_and_swaps(broker_settings, tmp_path):
     assert {p["model_version"] for p in o["predictions"] if p["ts"] > f["promotion_to_all_swapped_s"] * 1e3 + max(
         ts for rec, ts in o["champion_records"] if rec["version"] == d["challenger"])} == {d["challenger"]}
     assert f["mae_after_shift_old_model"] > 1.3 * f["mae_before_shift"], f  # the shift hurts the old model
-    assert f["mae_after_swap"] <= 1.15 * f["mae_before_shift"], f  # the new one is as good as the old one was before
+    # the new one is as good as the old one was before, judged on the same customers: the events the new model scored,
+    # against the old model on those events before the shift (bench/loop.unshifted_mae; why not 1,000 other rows: there)
+    assert f["mae_after_swap"] <= 1.15 * f["mae_same_events_before_shift"], f
 
 @pytest.mark.slow
 def test_a_worse_challenger_is_not_promoted(broker_settings, tmp_path):
@@ -154,7 +156,7 @@ def test_a_worse_challenger_is_not_promoted(broker_settings, tmp_path):
     settings, t = broker_settings, topics("reject")
     reg, alerts = f"models-{t['group']}", f"alerts-{t['group']}"
     ensure_topic(settings, t["events"], 4)
-    champion, _ = champion_before_shift(settings, reg)
+    champion = champion_before_shift(settings, reg).record
     learn = sales_kafka(tmp_path, "learn", "learn", "--bootstrap-servers", settings.bootstrap_servers, "--events-topic", t["events"],
                         "--alerts-topic", alerts, "--models-topic", reg, "--runs", str(tmp_path/"runs"), "--every-events", "300",
                         "--window", "200", "--holdout", "300", "--max-retrains", "1", "-p", "candidates", "linear,trees", "-p", "cv_folds", "3",

@@ -18,3 +18,14 @@ def test_readme_is_what_make_readme_writes_and_holds_no_css():
     diff = subprocess.run(["git", "diff", "--stat", "--", "README.md"], cwd=ROOT, capture_output=True, text=True).stdout
     text = (ROOT/"README.md").read_text()
     assert diff == "" and "<style" not in text and "<table" in text, diff
+
+
+def test_every_benchmark_section_has_its_results_file_and_the_sections_are_in_order():
+    "Each numbered BENCHMARKS.md section names its benchmark (`--only NAME`), whose results file is committed; 1, 2, 3 ... in order."
+    import re
+    sections = re.findall(r"(?ms)^## (\d+)\. (.*?)(?=^## |\Z)", (ROOT/"BENCHMARKS.md").read_text())
+    assert [int(n) for n, _ in sections] == list(range(1, len(sections) + 1)), [n for n, _ in sections]
+    results = lambda body: [ROOT/"bench"/"results"/f"{name}.json" for name in re.findall(r"--only (\w+)", body)]
+    missing = {n: [p.name for p in results(body) if not p.exists()] or "no `--only NAME`" for n, body in sections
+               if not results(body) or not all(p.exists() for p in results(body))}
+    assert not missing, f"sections without their committed results: {missing}"

@@ -201,12 +201,36 @@ def test_gap_in_a_feature_is_imputed_and_marked(served, model_dir, kind):
     assert math.isclose(json.loads(m.value)["predicted_sales"], expected, rel_tol=1e-9)
 
 
-@pytest.mark.parametrize("args", [["serve"], ["join"], ["replay", str(SAMPLE_CSV)], ["broker", "start"]], ids=["serve", "join", "replay", "broker-start"])
+BROKER_COMMANDS = {  # every command that talks to Kafka, with what keeps it from waiting for more records
+    "serve": ["serve", "--idle-exit", "3"], "join": ["join", "--idle-exit", "3"], "replay": ["replay", str(SAMPLE_CSV)],
+    "consume": ["consume", "--timeout", "3"], "monitor": ["monitor", "--timeout", "3"], "dashboard": ["dashboard", "--port", "0"],
+    "learn": ["learn", "--max-retrains", "1"], "models-list": ["models", "list"], "dlq-list": ["dlq", "list"],
+    "dlq-replay": ["dlq", "replay"], "run": ["run"]}
+
+
+def one_error_line(r:subprocess.CompletedProcess, pattern:str) -> bool:
+    "Exit 1, exactly one `Error:` line on stderr, matching `pattern`, and no traceback."
+    errors = [l for l in r.stderr.splitlines() if l.startswith("Error: ")]
+    return r.returncode == 1 and len(errors) == 1 and re.search(pattern, errors[0]) is not None and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args", [*BROKER_COMMANDS.values(), ["broker", "start"]], ids=[*BROKER_COMMANDS, "broker-start"])
 def test_missing_java_is_one_error_line(args, tmp_path):
     "No Java (nor Maven) on PATH and no broker running: each command prints one `Error:` line saying what to install, no traceback."
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "JAVA"))}
     env |= {"PATH": str(tmp_path/"bin"), "SALES_KAFKA_HOME": str(tmp_path/"home")}  # an empty PATH and a home with no broker
     r = subprocess.run([SALES_KAFKA, *args], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
-    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
-    errors = [l for l in r.stderr.splitlines() if l.startswith("Error: ")]
-    assert len(errors) == 1 and re.search(r"`(java|mvn)` not found", errors[0]) and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert one_error_line(r, r"`(java|mvn)` not found"), (r.returncode, r.stderr[-3000:])
+
+
+@pytest.mark.slow
+def test_a_bad_bootstrap_address_is_one_error_line(tmp_path):
+    "A bootstrap address where no broker listens: every command but the dashboard says so in one `Error:` line, exit 1."
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")} | {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    commands = {name: args for name, args in BROKER_COMMANDS.items() if name != "dashboard"}  # it stays up and shows the outage
+    procs = {name: subprocess.Popen([SALES_KAFKA, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                    cwd=tmp_path) for name, args in commands.items()}  # all at once: each waits 10 s for a broker
+    done = {name: subprocess.CompletedProcess(p.args, p.wait(timeout=180), *p.communicate()) for name, p in procs.items()}
+    wrong = {name: (r.returncode, r.stderr[-1500:]) for name, r in done.items()
+             if not one_error_line(r, r"no Kafka broker answered at 127\.0\.0\.1:1")}
+    assert not wrong, wrong

@@ -4,7 +4,8 @@
 
 # %% ../nbs/10a_runs.ipynb #f2096e38
 from __future__ import annotations
-import html, json, logging
+import html, json, logging, re
+from importlib import resources
 from datetime import datetime
 from pathlib import Path
 import click
@@ -14,7 +15,7 @@ from .pipeline import pipeline_parameters
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'RUNS_BASE', 'COLUMNS', 'run_row', 'runs_table', 'shown', 'runs_text', 'runs_html', 'write_index',
+__all__ = ['log', 'RUNS_BASE', 'COLUMNS', 'run_row', 'runs_table', 'shown', 'runs_text', 'runs_page', 'runs_html', 'write_index',
            'run_summary', 'runs_command']
 
 # %% ../nbs/10a_runs.ipynb #207dd8c8
@@ -79,29 +80,10 @@ def runs_text(rows:list[dict]) -> str:
     return "\n".join([line({h: h for h in width}), *map(line, cells)])
 
 # %% ../nbs/10a_runs.ipynb #1744284b
-_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Pipeline runs</title>
-<style>body{{font:14px system-ui,sans-serif;margin:1.5em;color:#1f2937}} table{{border-collapse:collapse}}
-th,td{{padding:3px 10px;border-bottom:1px solid #e5e7eb;text-align:left}} td.n{{text-align:right;font-variant-numeric:tabular-nums}}
-th{{cursor:pointer;background:#f3f4f6;user-select:none}} th[aria-sort=ascending]::after{{content:" ▲"}} th[aria-sort=descending]::after{{content:" ▼"}}</style>
-</head><body><h1>Pipeline runs</h1><p>{count} run(s) in <code>{base}</code>, newest first; test figures on every held-out row.
-Click a heading to sort.</p>
-<table id="runs"><thead><tr>{heads}</tr></thead><tbody>
-{rows}
-</tbody></table>
-<script>
-document.querySelectorAll("#runs th").forEach((th, i) => th.addEventListener("click", () => {{
-  const body = document.querySelector("#runs tbody"), asc = th.getAttribute("aria-sort") !== "ascending";
-  const key = tr => tr.cells[i].dataset.v ?? tr.cells[i].textContent;
-  const rows = [...body.rows].sort((a, b) => {{
-    const x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);
-    const c = isNaN(nx) || isNaN(ny) ? x.localeCompare(y) : nx - ny;
-    return asc ? c : -c; }});
-  document.querySelectorAll("#runs th").forEach(h => h.removeAttribute("aria-sort"));
-  th.setAttribute("aria-sort", asc ? "ascending" : "descending");
-  body.replaceChildren(...rows);
-}}));
-</script></body></html>
-"""
+def runs_page() -> str:
+    "The runs overview page shipped in static/, with its placeholders for count, base, headings and rows."
+    return (resources.files("sales_prediction_kafka")/"static"/"runs.html").read_text(encoding="utf-8")
+
 _NUMERIC = ("rows", "mape_pct", "rmse", "r2", "streamed")
 
 def _cell(key:str, row:dict, text:str) -> str:
@@ -119,7 +101,8 @@ def runs_html(rows:list[dict], base:str="outputs/runs") -> str:
         for r in reversed(rows)
     ]
     heads = "".join(f"<th>{html.escape(h)}</th>" for h, _ in COLUMNS.values())
-    return _PAGE.format(count=len(rows), base=html.escape(str(base)), heads=heads, rows="\n".join(body))
+    fill = {"count": str(len(rows)), "base": html.escape(str(base)), "heads": heads, "rows": "\n".join(body)}
+    return re.sub(r"<!--(count|base|heads|rows)-->", lambda m: fill[m[1]], runs_page())
 
 def write_index(base:Path|str=RUNS_BASE) -> Path:
     "Rewrite `base/index.html` from the runs in `base`."

@@ -13,6 +13,7 @@ import numpy as np
 from kafka import TopicPartition
 from .config import SalesKafkaError, ACTUALS_TOPIC, ALERTS_TOPIC, EVENTS_TOPIC, KafkaSettings, kafka_options, kafka_settings, stop_on_signals
 from .broker import ensure_broker
+from .data import TARGET
 from .models import SalesModel, load_model
 from .monitor import describe_alert
 from .pipeline import ParameterError, validate_params
@@ -51,7 +52,7 @@ class Triggers:
     def __init__(self, settings:KafkaSettings, events_topic:str=EVENTS_TOPIC, alerts_topic:str=ALERTS_TOPIC,
                  every_events:int|None=None, # retrain after this many new labelled events; None: not on a count
                  every_seconds:float|None=None, # retrain this often; None: not on a schedule
-                 target:str="Sales", # events with this field are labelled
+                 target:str=TARGET, # events with this field are labelled
                  actuals_topic:str|None=ACTUALS_TOPIC): # each actual arriving here labels an event; None: only events with `target`
         self.alerts_topic, self.actuals_topic, self.every_events, self.every_seconds, self.target = (
             alerts_topic,
@@ -158,7 +159,7 @@ def fresh_events(settings:KafkaSettings, run:Path, # the challenger's run folder
 # %% ../nbs/09b_learn.ipynb #db2c9e75
 def judge(champion:SalesModel|None, challenger:SalesModel, events:list[dict], # labelled events neither trained on
           margin:float=0.05, # the share of the champion's MAE the challenger must beat it by
-          target:str="Sales") -> dict:
+          target:str=TARGET) -> dict:
     "Both models' MAE on `events` and the verdict: promoted or rejected."
     y = np.array([e[target] for e in events], float)
     mae = lambda m: round(float(np.mean(np.abs(y - m.predict_records(events)))), 4)
@@ -184,7 +185,7 @@ class Learner:
                  margin:float=0.05, # the challenger must beat the champion's MAE by this share
                  wait:float=300, # seconds to wait for the events above
                  params:dict|None=None, # pipeline parameters of every retrain
-                 target:str="Sales",
+                 target:str=TARGET,
                  actuals_topic:str|None=ACTUALS_TOPIC): # events are labelled by their actuals here; None: only by `target`
         self.settings, self.events_topic, self.alerts_topic, self.models_topic, self.actuals_topic = (
             settings,

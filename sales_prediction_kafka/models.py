@@ -353,7 +353,7 @@ KINDS = ("linear", "net", "trees", "baseline")  # a baseline passes its one feat
 class SalesModel:
     "Cleaning, preprocessing and a 'linear', 'net', 'trees' or 'baseline' estimator behind one fit/predict interface."
     def __init__(self, kind:str="net", # 'linear', 'net', 'trees' or 'baseline'
-                 target:str="Sales", # column to predict
+                 target:str=TARGET, # column to predict
                  features:list|None=None, # candidate feature columns; None means all other usable columns
                  seed:int=42, # seeds weights, shuffling and the validation rows
                  epochs:int=50, # net: most epochs to train

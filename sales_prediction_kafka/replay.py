@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .config import (ACTUALS_TOPIC, EVENTS_TOPIC, KafkaSettings, ProducerSettings, kafka_options, kafka_settings, plain,
                                           producer_options, producer_settings)
 from .broker import ensure_broker
-from .data import DataError, load_table
+from .data import TARGET, DataError, load_table
 from .serve import SCHEMA_VERSION
 from .join import BadMessage, actual_message, parse_actual
 from kafka.errors import KafkaTimeoutError
@@ -47,7 +47,7 @@ def shift_events(events, # event dicts, e.g. from `table_events`
                  after:int, # events with a smaller position in `events` are left alone
                  spend_factor:float=2.0, # Marketing_Spend is multiplied by this
                  score_effect:float=300.0, # sales gain this many $ per point of Spending_Score
-                 target:str="Sales"):
+                 target:str=TARGET):
     "Yield `events`, changed from position `after` on: more marketing spend, and sales that depend more on the spending score."
     for i, ev in enumerate(events):
         if i >= after:
@@ -69,7 +69,7 @@ def replay_tuning(rate:float|None, # events per second; None: as fast as possibl
 # %% ../nbs/08a_replay.ipynb #8632ff73
 def lag_actuals(events, # event dicts carrying their actual in `target`
                 lag:int, # each actual follows its event by this many events
-                target:str="Sales"):
+                target:str=TARGET):
     "Yield ('event', event without its actual) and ('actual', `actual_message`) pairs, each actual `lag` events after its event."
     held = deque()
     for i, ev in enumerate(events):
@@ -90,7 +90,7 @@ def replay(events, # event dicts, e.g. from `table_events`
            tuning:ProducerSettings|None=None, # batching and compression; None: `replay_tuning(rate)`
            actuals_lag:int=0, # N > 0: events go out without `target`, each one's actual N events later to `actuals_topic`
            actuals_topic:str=ACTUALS_TOPIC,
-           target:str="Sales" # the actual's field in `events`
+           target:str=TARGET # the actual's field in `events`
           ) -> StreamSummary:
     "Send `events` to `topic`, keyed by event id, paced to `rate`; where they landed (and their actuals, when lagged)."
     settings = ensure_broker(settings)
@@ -140,7 +140,7 @@ def replay(events, # event dicts, e.g. from `table_events`
     help="Send the table this many times (ids keep counting up).",
 )
 @click.option(
-    "--target", default="Sales", show_default=True, help="The actual-sales column (sent when present)."
+    "--target", default=TARGET, show_default=True, help="The actual-sales column (sent when present)."
 )
 @click.option("--sep", default=",", show_default=True, help="Field delimiter of the CSV.")
 @click.option(
@@ -182,7 +182,7 @@ def actuals_by_event(msgs:list[dict] # messages of the actuals topic, as `stream
 
 def labelled(msgs:list[dict], # messages of the events topic
              actuals:dict, # {event_id: actual_sales}, e.g. from `actuals_by_event`
-             target:str="Sales") -> list[tuple[dict, dict]]:
+             target:str=TARGET) -> list[tuple[dict, dict]]:
     "(message, event) of each labelled event: one carrying `target`, or one whose actual arrived (put in `target`)."
     out = []
     for m in msgs:
@@ -243,7 +243,7 @@ def _ranges(kept:list[tuple[dict, dict]]) -> dict:
     return {str(p): r for p, r in sorted(ranges.items())}
 
 def labelled_events(settings:KafkaSettings, topic:str=EVENTS_TOPIC,
-                    target:str="Sales", # events with this field (not null), or with an arrived actual, are labelled
+                    target:str=TARGET, # events with this field (not null), or with an arrived actual, are labelled
                     last:int|None=None, # only the last N labelled events; None: all
                     since:str|None=None, # only events written since this time (ISO 8601, UTC if no zone)
                     timeout:float=60, # seconds without a message before a read gives up
@@ -286,7 +286,7 @@ def events_table(events:list[dict]) -> pd.DataFrame:
     return df.drop(columns=[c for c in ("event_id", "schema_version") if c in df]).reset_index(drop=True)
 
 def topic_training_data(settings:KafkaSettings, topic:str, path:Path|str, # where the table is written as CSV
-                        target:str="Sales", last:int|None=None, since:str|None=None,
+                        target:str=TARGET, last:int|None=None, since:str|None=None,
                         actuals_topic:str|None=ACTUALS_TOPIC # the events' later actuals, by event id; None: inline targets only
                        ) -> tuple[Path, dict]:
     "Write the labelled events of the window (joined with their actuals) as a CSV at `path`; the path and the events' source."

@@ -383,6 +383,7 @@ def build(out:Path=ROOT / "_docs", work:Path=ROOT / "_proc" / "docs", strict:boo
     nbs = ROOT / cfg.get("nbs_path", "nbs")
     docs = work / "docs"
     shutil.rmtree(work, ignore_errors=True); docs.mkdir(parents=True)
+    if (nbs / "images").is_dir(): shutil.copytree(nbs / "images", docs / "images")  # pictures the notebooks' Markdown shows (images/x.png)
     guides, chapters = notebooks(nbs)
     with tqdm([nbs / "index.ipynb", *guides, *chapters], desc="notebooks", unit="nb", leave=False) as bar:
         nbpages = [notebook_page(p, docs) for p in bar]

@@ -757,8 +757,8 @@ def monitor_command(every, **options):
     state = None
     def show(u:Update):
         nonlocal state
-        now, state = state, u.snapshot.get("state")  # a line on each change of state, and each second while stale
-        if u.records or u.alerts or u.done or state == "stale" or (now and state != now): click.echo(status_line(u))
+        before, state = state, u.snapshot.get("state")  # a line on each change of state, and each second while stale
+        if u.records or u.alerts or u.done or state == "stale" or (before and state != before): click.echo(status_line(u))
     try:
         with stop_on_signals(threading.Event()) as stop:
             monitor(callback=show, every=every, stop=stop, **monitor_kwargs(**options))

@@ -553,8 +553,11 @@ def test_leader_silent_to_clients_for_30_s(mesh, tmp_path, chromium):
                 c.proxies[victim].client.remove(name)
                 t_heal = time.monotonic()
                 page.wait_for_function("document.getElementById('stale').hidden", timeout=60_000)
-                browser_figures |= {"cleared_after_s": time.monotonic() - t_heal, "health_after": page.locator("#health").inner_text(),
-                                    "errors": errors}
+                browser_figures |= {"cleared_after_s": time.monotonic() - t_heal, "health_after": page.locator("#health").inner_text()}
+                page.evaluate("lastUpdate = Date.now() - 60000; showHealth(null)")  # as if no update had come for a minute
+                browser_figures["no_update_banner"] = page.locator("#stale").inner_text()
+                page.wait_for_function("document.getElementById('stale').hidden", timeout=30_000)  # the next update clears it
+                browser_figures["errors"] = errors
             finally: browser.close()
         code, summary = finish(proc)
         after_heal = time.monotonic() - t_heal
@@ -596,5 +599,6 @@ def test_leader_silent_to_clients_for_30_s(mesh, tmp_path, chromium):
     assert clear_state and sampler.samples[-1]["snapshot"].get("state") != "stale", "the dashboard's state recovered by itself"
     assert "no answer from partition" in browser_figures["banner"] and browser_figures["health"] == "stale", browser_figures
     assert not browser_figures["errors"] and browser_figures["health_after"] != "stale", browser_figures
+    assert browser_figures["no_update_banner"] == "Outage: no update from the monitor for 60 s", browser_figures
     assert not sampler.failures, sampler.failures[:3]
     assert mon_code == 0 and dash_code == 0, (mon_code, dash_code)

@@ -460,9 +460,11 @@ def test_leader_cut_off_from_its_followers(mesh, tmp_path):
     led = leaders(c.check.bootstrap_servers, topic)
     victim = Counter(led.values()).most_common(1)[0][0]
     parts, followers = [p for p, n in led.items() if n == victim], [b for b in c.cluster.nodes if b.node_id != victim]
+    watch, tps = KafkaConsumer(bootstrap_servers=c.check.bootstrap_servers, request_timeout_ms=5000), [TopicPartition(topic, p) for p in led]
     proc = start_stream(N_ISOLATED, c.settings.bootstrap_servers, topic, run, DELIVERY)
-    try:
-        wait_for(lambda: landed(c.check.bootstrap_servers, topic) >= N_ISOLATED // 20, 120, "a twentieth of the stream to land")
+    try:  # one consumer watching, not `landed`'s new one per look: at 17,000 records/s the stream ended before the cut
+        wait_for(lambda: sum(watch.end_offsets(tps).values()) >= N_ISOLATED // 20, 120, "a twentieth of the stream to land")
+        watch.close()
         for stream in ("upstream", "downstream"): c.proxies[victim].repl.add("timeout", stream, timeout=0)
         t_cut = time.monotonic()
         code, failure = finish(proc)
@@ -471,6 +473,7 @@ def test_leader_cut_off_from_its_followers(mesh, tmp_path):
         shrunk = {p["partition_index"]: p["isr_nodes"] for p in describe(c.check.bootstrap_servers, topic) if p["partition_index"] in parts}
     finally:
         if proc.poll() is None: proc.kill(); proc.wait()
+        watch.close()
         c.proxies[victim].repl.clear()
     t_heal = time.monotonic()
     wait_for(lambda: in_sync(c.check.bootstrap_servers, topic), 120, "the followers to catch up after the heal")

@@ -211,10 +211,11 @@ def _watch(hub:DashboardHub, loop, stop:threading.Event, settings:KafkaSettings,
     except StreamError as e: log.warning("not following model versions: %s", e); return
     try:
         while not stop.is_set():
-            changes, models = versions.poll(), registry.poll()
+            try: changes, models = versions.poll(), registry.poll()
+            except KafkaError as e:  # e.g. a metadata request to a broker that stopped answering: try again, never give up
+                log.warning("model versions not followed for now: %r", e); stop.wait(1); continue
             if changes or models is not None: loop.call_soon_threadsafe(hub.note, changes, models)
             elif not (versions.assigned and registry.assigned): stop.wait(1)
-    except KafkaError as e: log.warning("stopped following model versions: %s", e)
     finally: versions.close(); registry.close()
 
 # %% ../nbs/09a_dashboard.ipynb #60fe959d

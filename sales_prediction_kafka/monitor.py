@@ -15,6 +15,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from kafka import TopicPartition
+from kafka.errors import KafkaError
 from .config import (ALERTS_TOPIC, DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings,
                                             kafka_options, kafka_settings, steady_memory, stop_on_signals)
 from .evaluate import error_report
@@ -26,11 +27,11 @@ from .browse import NoMatchingRun, matching_run, newest_events
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'BANDS', 'Record', 'NoActual', 'record_from_message', 'error_stats', 'Window', 'RollingMetrics',
+__all__ = ['log', 'BANDS', 'STALE_AFTER', 'Record', 'NoActual', 'record_from_message', 'error_stats', 'Window', 'RollingMetrics',
            'baseline_from_run', 'latest_run', 'resolve_baseline', 'DriftDetector', 'InputDrift', 'input_alert',
-           'alert_message', 'describe_alert', 'consumer_lag', 'DeadLetterCount', 'AlertSink', 'InputWatch', 'Update',
-           'monitor', 'delay_text', 'status_line', 'monitor_options', 'baseline_run', 'monitor_kwargs',
-           'monitor_command', 'as_record', 'plot_error_by_offset']
+           'alert_message', 'describe_alert', 'consumer_lag', 'health', 'EndOffsets', 'lag_from', 'DeadLetterCount',
+           'AlertSink', 'InputWatch', 'Update', 'monitor', 'delay_text', 'stale_text', 'status_line', 'monitor_options',
+           'baseline_run', 'monitor_kwargs', 'monitor_command', 'as_record', 'plot_error_by_offset']
 
 # %% ../nbs/09_monitor.ipynb #00da3bc2
 class Record(NamedTuple):
@@ -390,24 +391,107 @@ def consumer_lag(c) -> dict[int, int]:
     ends = c.end_offsets(tps)
     return {tp.partition: max(ends[tp] - c.position(tp), 0) for tp in tps}
 
+# %% ../nbs/09_monitor.ipynb #6931a0a9
+STALE_AFTER = 10.0  # seconds without an answer from a partition's leader (or without records while some wait): 'stale'
+
+def health(answered:dict, # partition -> seconds since its leader last answered
+           last_record:float|None, # seconds since the last record arrived; None: none yet
+           lag:int|None, # records written but not read yet; None: unknown
+           stale_after:float=STALE_AFTER) -> dict:
+    "The stream's state ('live', 'idle' or 'stale'), its silent partitions and the ages behind it, JSON-ready."
+    silent = {str(p): round(s, 1) for p, s in sorted(answered.items()) if s > stale_after}
+    quiet = last_record is None or last_record > stale_after
+    return {"state": "stale" if silent or (quiet and lag) else "idle" if quiet else "live", "silent": silent,
+            "last_record_s": None if last_record is None else round(last_record, 1),
+            "answered_s": round(max(answered.values()), 1) if answered else None, "stale_after": stale_after}
+
+class EndOffsets:
+    "The end offset of each partition of `topic`, asked in a thread of its own with a bounded wait per partition, and when each last answered."
+    def __init__(self, settings:KafkaSettings, topic:str,
+                 every:float=1.0, # seconds between rounds
+                 wait:float=2.0): # the longest wait for one partition's answer
+        self.c = consumer(settings, enable_auto_commit=False, allow_auto_create_topics=False)
+        self.topic, self.every, self.wait = topic, every, wait
+        self.ends, self.answered, self.lock, self.stop = {}, {}, threading.Lock(), threading.Event()
+        self.since = time.monotonic()  # a partition that never answered is silent since the start
+        self.thread = threading.Thread(target=self._run, name="end-offsets", daemon=True)
+
+    def start(self) -> EndOffsets:
+        "Ask once, then keep asking in the thread."
+        try: self.round()
+        except KafkaError as e: log.debug("end offsets of %s: %r", self.topic, e)
+        self.thread.start()
+        return self
+
+    def round(self):
+        "Ask every partition's leader once."
+        for p in sorted(self.c.partitions_for_topic(self.topic) or ()):
+            if self.stop.is_set(): return
+            tp = TopicPartition(self.topic, p)
+            try: end = self.c.end_offsets([tp], timeout_ms=int(self.wait * 1000))[tp]
+            except KafkaError as e: log.debug("no end offset of %s-%d: %r", self.topic, p, e); continue
+            with self.lock: self.ends[p], self.answered[p] = end, time.monotonic()
+
+    def _run(self):
+        while not self.stop.wait(self.every):
+            try: self.round()
+            except KafkaError as e: log.debug("end offsets of %s: %r", self.topic, e)
+
+    def read(self, partitions) -> tuple[dict, dict]:
+        "For `partitions`: their end offsets (those known), and the seconds since each last answered."
+        now = time.monotonic()
+        with self.lock:
+            return ({p: self.ends[p] for p in partitions if p in self.ends},
+                    {p: now - self.answered.get(p, self.since) for p in partitions})
+
+    def close(self):
+        "Stop asking (after at most one wait) and close the consumer."
+        self.stop.set(); self.thread.join(self.wait + 10); self.c.close()
+
+def lag_from(c, ends:dict) -> dict[int, int]:
+    "Partition -> end offset (from `ends`) minus the position of consumer `c`, for its assigned partitions where both are known; never waits."
+    out = {}
+    for tp in sorted(c.assignment()):
+        if tp.partition in ends and (pos := c.position(tp, timeout_ms=0)) is not None: out[tp.partition] = max(ends[tp.partition] - pos, 0)
+    return out
+
 # %% ../nbs/09_monitor.ipynb #71f17034
 class DeadLetterCount:
-    "Counts the dead letters on `topic` by their `dlq.reason` header, from the topic's first message on."
-    def __init__(self, settings:KafkaSettings, topic:str=DEAD_LETTER_TOPIC):
-        self.c = consumer(settings, enable_auto_commit=False)
+    "Counts the dead letters on `topic` by their `dlq.reason` header, from the topic's first message on; in a thread of its own once started."
+    def __init__(self, settings:KafkaSettings, topic:str=DEAD_LETTER_TOPIC,
+                 every:float=1.0): # seconds between counts, once started
+        self.c, self.topic, self.every = consumer(settings, enable_auto_commit=False), topic, every
         self.parts, self.reasons = _Partitions(self.c, topic, from_beginning=True), Counter()
+        self.lock, self.stop = threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._run, name="dead-letters", daemon=True)
+
+    def count(self):
+        "Count what arrived since the last call."
+        self.parts.refresh()
+        if not self.parts.known: return
+        for ms in self.c.poll(timeout_ms=0).values():
+            got = Counter(dict(m.headers or []).get("dlq.reason", b"unknown").decode("utf-8", "replace") for m in ms)
+            with self.lock: self.reasons.update(got)
+
+    def start(self) -> DeadLetterCount:
+        "Count in the thread from now on: a cluster that does not answer holds up the count, never its reader."
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self.stop.wait(self.every):
+            try: self.count()
+            except KafkaError as e: log.warning("dead letters of %s not counted this time: %r", self.topic, e)
 
     def poll(self, top:int=3) -> dict:
-        "Count what arrived since the last call; {'total': n, 'top': {reason: count}} of the `top` commonest reasons."
-        self.parts.refresh()
-        if self.parts.known:
-            for ms in self.c.poll(timeout_ms=0).values():
-                self.reasons.update(
-                    dict(m.headers or []).get("dlq.reason", b"unknown").decode("utf-8", "replace") for m in ms
-                )
-        return {"total": sum(self.reasons.values()), "top": dict(self.reasons.most_common(top))}
+        "{'total': n, 'top': {reason: count}} of the `top` commonest reasons (counted now, unless the thread counts)."
+        if not self.thread.is_alive(): self.count()
+        with self.lock: return {"total": sum(self.reasons.values()), "top": dict(self.reasons.most_common(top))}
 
-    def close(self): self.c.close()
+    def close(self):
+        self.stop.set()
+        if self.thread.is_alive(): self.thread.join(40)  # a metadata request in flight ends by its 30 s request timeout
+        self.c.close()
 
 # %% ../nbs/09_monitor.ipynb #f2e62910
 class AlertSink:
@@ -488,7 +572,8 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
             alerts_topic:str=ALERTS_TOPIC, # where alerts are written
             dead_letter_topic:str|None=DEAD_LETTER_TOPIC, # counted into each update's snapshot; None: not counted
             stop:threading.Event|None=None, # set it to end the loop from another thread
-            inputs:InputWatch|None=None # input drift of the events against the champion; None: not watched
+            inputs:InputWatch|None=None, # input drift of the events against the champion; None: not watched
+            stale_after:float=STALE_AFTER # seconds without an answer from a partition (or a record while some wait): 'stale'
            ) -> RollingMetrics:
     "Feed the records of `topic` to `metrics` and `detector`, reporting to `callback`, until told to stop."
     settings, metrics = ensure_broker(settings), metrics or RollingMetrics()
@@ -500,14 +585,21 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
     sink, parts = AlertSink(settings, alerts_topic), _Partitions(c, topic, from_beginning)
-    dead = DeadLetterCount(settings, dead_letter_topic) if dead_letter_topic else None
+    dead = DeadLetterCount(settings, dead_letter_topic).start() if dead_letter_topic else None
+    ends = EndOffsets(settings, topic, every=min(every, 1.0), wait=min(2.0, stale_after / 2)).start()  # see Staleness, above
     if group_id: c.subscribe([topic])
     new, rolling, alerts, n, bad, no_actual = [], [], [], 0, 0, 0
     last_record = last_update = time.monotonic()
+    record_at = None  # when the last record arrived
     def report(done=False):
         nonlocal new, rolling, alerts, last_update
         if not group_id: parts.refresh()
-        snap = metrics.snapshot(consumer_lag(c)) | ({"dead_letters": dead.poll()} if dead else {})
+        mine = sorted(tp.partition for tp in c.assignment())
+        known, answered = ends.read(mine)
+        lag = lag_from(c, known)
+        age = None if record_at is None else time.monotonic() - record_at
+        snap = (metrics.snapshot(lag) | health(answered, age, sum(lag.values()) if lag else None, stale_after)
+                | ({"dead_letters": dead.poll()} if dead else {}))
         if callback: callback(Update(new, snap, alerts, done, rolling))
         new, rolling, alerts, last_update = [], [], [], time.monotonic()
     try:
@@ -530,12 +622,12 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
                     sink(alert)
             for alert in inputs.poll() if inputs else []: alerts.append(alert); sink(alert)
             now = time.monotonic()
-            if polled: last_record = now
+            if polled: last_record = record_at = now
             elif timeout is not None and now - last_record > timeout: break
             if now - last_update >= every: report()
         report(done=True)
     finally:
-        c.close(); sink.close()
+        ends.close(); c.close(); sink.close()
         if inputs: inputs.close()
         if dead: dead.close()
     log.info(
@@ -559,6 +651,12 @@ def delay_text(ms:float) -> str:
         if abs(ms) >= size: return f"{ms / size:.1f} {unit}"
     return f"{ms / 1000:.0f} s" if abs(ms) >= 1000 else f"{ms:.0f} ms"
 
+def stale_text(s:dict) -> str:
+    "What a stale snapshot says: which partitions have not answered for how long, or how long records have waited."
+    if s["silent"]:
+        return f"STALE: no answer from partition {', '.join(f'{p} for {t:.0f} s' for p, t in s['silent'].items())}"
+    return f"STALE: {_f(s['lag'], 0)} records waiting, none arrived for {_f(s['last_record_s'], 0)} s"
+
 def status_line(u:Update) -> str:
     "One short line for the terminal: the count window's figures, the rate, lag, dead letters and alerts (the page shows more)."
     s = u.snapshot
@@ -573,6 +671,7 @@ def status_line(u:Update) -> str:
         )
     if d := s.get("label_delay_ms"): parts.append(f"label delay p50 {delay_text(d['p50'])} p95 {delay_text(d['p95'])}")
     if u.alerts: parts.append(f"ALERT {', '.join(a['reasons'][0] for a in u.alerts)}")
+    if s.get("state") == "stale": parts.append(stale_text(s))
     return " | ".join(parts)
 
 # %% ../nbs/09_monitor.ipynb #8b3f5c86
@@ -590,6 +689,8 @@ def monitor_options(f):
             click.option("--group-id", default=None, help="Consumer group to join; default: none (read alone, commit nothing)."),
             click.option("--alerts-topic", default=ALERTS_TOPIC, show_default=True, help="Topic that receives drift alerts."),
             click.option("--timeout", type=float, default=None, help="Stop after this many seconds without a record."),
+            click.option("--stale-after", type=click.FloatRange(0, min_open=True), default=STALE_AFTER, show_default=True,
+                         help="Say 'stale' when a partition's leader has not answered for this many seconds (or records wait and none arrive)."),
             click.option("--dead-letter-topic", default=DEAD_LETTER_TOPIC, show_default=True, help="Dead letters counted by reason."),
             click.option("--rearm", type=click.FloatRange(0, 1), default=0.8, show_default=True, help="An error-drift episode ends when MAE and bias fall below rearm x their limits."),
             click.option("--input-drift", is_flag=True, help="Also alert on input drift: each feature's PSI on the events topic against the registry champion's training rows."),
@@ -610,7 +711,7 @@ def baseline_run(settings:KafkaSettings, events_topic:str=EVENTS_TOPIC, runs:Pat
 
 def monitor_kwargs(bootstrap_servers, topic, window, seconds, baseline, factor, band, min_records, from_beginning,
                    group_id, alerts_topic, max_records, timeout, dead_letter_topic=DEAD_LETTER_TOPIC, events_topic=EVENTS_TOPIC,
-                   rearm=0.8, input_drift=False, psi_limit=0.25, models_topic=MODELS_TOPIC,
+                   rearm=0.8, input_drift=False, psi_limit=0.25, models_topic=MODELS_TOPIC, stale_after=STALE_AFTER,
                    require_baseline:bool=True # False: when no run fits the events, go on without drift alerts (the dashboard)
                   ) -> dict:
     "Keyword arguments for `monitor` from the command line's options."
@@ -641,6 +742,7 @@ def monitor_kwargs(bootstrap_servers, topic, window, seconds, baseline, factor, 
         alerts_topic=alerts_topic,
         max_records=max_records,
         timeout=timeout,
+        stale_after=stale_after,
     )
 
 # %% ../nbs/09_monitor.ipynb #0a368029
@@ -652,8 +754,11 @@ def monitor_kwargs(bootstrap_servers, topic, window, seconds, baseline, factor, 
 def monitor_command(every, **options):
     "Print rolling error statistics of the prediction stream, and raise drift alerts."
     steady_memory()  # see the config chapter
+    state = None
     def show(u:Update):
-        if u.records or u.alerts or u.done: click.echo(status_line(u))
+        nonlocal state
+        before, state = state, u.snapshot.get("state")  # a line on each change of state, and each second while stale
+        if u.records or u.alerts or u.done or state == "stale" or (before and state != before): click.echo(status_line(u))
     try:
         with stop_on_signals(threading.Event()) as stop:
             monitor(callback=show, every=every, stop=stop, **monitor_kwargs(**options))

@@ -579,6 +579,7 @@ class ScoringWorker:
                  max_records:int=500, # the most events in one micro-batch
                  max_event_bytes:int=MAX_EVENT_BYTES, # larger events are dead letters
                  session_timeout_ms:int=10_000, # a silent worker leaves the group after this
+                 max_poll_interval_ms:int=300_000, # a worker that takes longer between polls leaves the group (Kafka's max.poll.interval.ms)
                  transaction_timeout_ms:int=30_000, # an open transaction of a dead worker is aborted after this
                  metrics:Metrics|None=None,
                  follower:ChampionFollower|None=None, # swaps in each new champion between micro-batches; None: one model for good
@@ -595,6 +596,7 @@ class ScoringWorker:
         self.topics = (events_topic, predictions_topic, dead_letter_topic)
         self.max_records, self.max_event_bytes = max_records, max_event_bytes
         self.session_timeout_ms, self.transaction_timeout_ms = session_timeout_ms, transaction_timeout_ms
+        self.max_poll_interval_ms, self.polled_in = max_poll_interval_ms, None  # polled_in: the group membership of the last poll
         self.metrics = metrics or Metrics(worker=self.worker_id, group=group_id, mode=self.mode)
         self.use(model)
         self.stopping = threading.Event()
@@ -618,6 +620,7 @@ class ScoringWorker:
             isolation_level=iso,
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=max(500, self.session_timeout_ms // 3),
+            max_poll_interval_ms=self.max_poll_interval_ms,
         )
         self.consumer.partitions_for_topic(self.topics[0])  # known before the first join, else it assigns nothing until the next metadata refresh (5 min)
         self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
@@ -711,7 +714,7 @@ class ScoringWorker:
         self.producer.begin_transaction()
         try:
             self._send(out)
-            self._within("send_offsets_to_transaction", next_offsets(records), self.consumer.group_metadata())
+            self._within("send_offsets_to_transaction", next_offsets(records), self.polled_in or self.consumer.group_metadata())
             self._within("begin_commit")
             return True
         except KafkaError as e:
@@ -767,7 +770,9 @@ class ScoringWorker:
 
     def poll(self, timeout:float=0.5) -> list:
         "The next micro-batch of messages (at most `max_records`), in partition order."
-        try: batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=self.max_records)
+        try:
+            batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=self.max_records)
+            self.polled_in = self.consumer.group_metadata()  # the membership the batch was read in, for its transaction
         except KafkaConnectionError as e:  # kafka-python 3.0.12 raises a connection reset met while it refreshes metadata to
             log.warning("%r: %r while polling; polling again", self, e)  # find the group coordinator, instead of retrying
             return []  # (tests/test_network_faults.py: resets every 2 s crashed a worker); the next poll looks it up again
@@ -925,6 +930,14 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the regi
     help="Seconds after which a silent worker is dropped from the group.",
 )
 @click.option(
+    "--max-poll-interval",
+    type=click.IntRange(1),
+    default=300,
+    show_default=True,
+    help="Seconds a worker may take between two polls (Kafka's max.poll.interval.ms); a slower one leaves the group, "
+    "its partitions go to the others, and it rejoins at its next poll.",
+)
+@click.option(
     "--transaction-timeout",
     type=click.IntRange(1),
     default=30,
@@ -958,7 +971,7 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the regi
     show_default=True,
     help="Swap in each champion promoted while running, between micro-batches.",
 )
-def serve_command(model, runs, bootstrap_servers, partitions, session_timeout, transaction_timeout, metrics_file, metrics_every, idle_exit,
+def serve_command(model, runs, bootstrap_servers, partitions, session_timeout, max_poll_interval, transaction_timeout, metrics_file, metrics_every, idle_exit,
                   models_topic, follow, **worker):
     "Score live sales events as a worker in a consumer group; predictions to the predictions topic, bad events to the dead-letter topic."
     try:
@@ -973,6 +986,7 @@ def serve_command(model, runs, bootstrap_servers, partitions, session_timeout, t
             models_topic,
             follow,
             session_timeout_ms=session_timeout * 1000,
+            max_poll_interval_ms=max_poll_interval * 1000,
             transaction_timeout_ms=transaction_timeout * 1000,
             **worker
         )

@@ -1,23 +1,28 @@
 """Network faults between clients and real brokers, injected with Toxiproxy (tests/toxiproxy.py): latency, connection resets,
-a client-side partition of a leader, a replication partition, a half-open connection during a transaction's commit.
+a client-side partition of a leader (with a monitor and a dashboard that must show it), a replication partition, a slow link
+to the dashboard and to a scorer slower than max.poll.interval.ms, a half-open connection during a transaction's commit.
 
 Every client byte goes through a proxy: the brokers advertise the proxies' ports (`LocalBroker.advertised_port`, `links`).
 The single broker has three listeners: its client listener behind proxy `clients`, `SIDE` behind proxy `side` (a second
 network, for the one client a scenario treats differently) and `CHECK`, unproxied, from which the test alone counts. The
 three-node cluster has each node's client listener and its REPLICATION listener (the other nodes' replica fetches) behind
 proxies, the controller quorum direct, plus a `CHECK` listener. Each scenario prints a `RELIABILITY` line (RELIABILITY.md)."""
-import json, signal, subprocess, threading, time
+import json, os, signal, subprocess, sys, threading, time, urllib.request
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from playwright.sync_api import sync_playwright
 from sales_prediction_kafka.broker import LocalBroker, LocalCluster, free_port
 from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import generate_sales
+from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.replay import replay, table_events
+from sales_prediction_kafka.serve import ScoringWorker
 from sales_prediction_kafka.stream import ensure_topic, messages, run_values, stream_predictions, verify_run
-from helpers import describe, metrics, open_worker, read_all, report, scored, start_stream, start_worker, stream_records, topics, wait_for
+from helpers import (CHROMIUM_ARGS, SALES_KAFKA, SERVE, describe, metrics, open_worker, read_all, report, scored, start_stream,
+                     start_worker, stream_records, topics, wait_for)
 from toxiproxy import Toxiproxy
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
@@ -193,6 +198,160 @@ def test_connection_resets_duplicate_nothing(healthy, model_dir, tmp_path):
     assert unscored == 0 and scored_twice == 0, (unscored, scored_twice)
     assert codes == {"w0": 0, "w1": 0}, codes
 
+# --- 5. a slow link to the dashboard and to a scorer slower than max.poll.interval.ms ------------------------------------------
+
+def test_worker_past_max_poll_interval_commits_nothing(healthy, model_dir):
+    """An exactly-once worker that holds its batch longer than max.poll.interval.ms is sent out of the group by its own
+    heartbeat thread and another worker scores every event; the late batch's transaction names the membership it was read in,
+    so the broker refuses its offsets and it aborts: every event once. At its next poll the late worker joins again.
+    (Without `ScoringWorker.polled_in` the offsets named no member, the broker took them, and the late batch was scored twice.)"""
+    net, t, n = healthy, topics("pastpoll"), 600
+    for topic in (t["events"], t["predictions"], t["dlq"]): ensure_topic(net.check, topic, 3)
+    replay(table_events(generate_sales(n, seed=43, missing=0.0)), net.check, t["events"], progress=False)
+    late = open_worker(model_dir, net.settings, t, max_records=200, max_poll_interval_ms=3000)
+    other = None
+    try:
+        batch = next(r for _ in range(100) if (r := late.poll(1.0)))
+        member, t_polled = late.polled_in, time.monotonic()
+        wait_for(lambda: late.consumer.group_metadata().generation_id < 0, 60, "the late worker's heartbeat thread to leave the group")
+        left_s = time.monotonic() - t_polled
+        other = ScoringWorker(load_model(model_dir), net.settings, group_id=t["group"], worker_id="w0", exactly_once=True,
+                              events_topic=t["events"], predictions_topic=t["predictions"], dead_letter_topic=t["dlq"], max_records=200).open()
+        scored_by_other = other.run(idle_exit=4)["scored"]
+        counted = late.process(batch)  # the late batch, after the others scored it
+        other.close(); other = None  # else the late worker's join waits for it (the rebalance timeout is its 300 s)
+        rejoined = late.run(idle_exit=3)
+        now_in = late.consumer.group_metadata()
+    finally:
+        if other is not None: other.close()
+        late.close()
+    got = prediction_counts(net.check, t["predictions"])
+    lost, dupes = lost_and_duplicated(got, n)
+    report("worker past max.poll.interval.ms (3 s)", sent=n, received=sum(got.values()), lost=lost, duplicated=dupes,
+           late_batch=len(batch), left_group_after_s=left_s, scored_by_other=scored_by_other, late_batch_counted=sum(counted.values()),
+           generation_polled=member.generation_id, generation_rejoined=now_in.generation_id)
+    assert member.generation_id >= 0 and member.member_id, member
+    assert scored_by_other == n, "the other worker took every partition and scored every event, the late batch's included"
+    assert counted == Counter(), "the late batch's transaction was aborted"
+    assert lost == 0 and dupes == 0, f"{lost} lost, {dupes} duplicated"
+    assert now_in.generation_id > member.generation_id and now_in.member_id, "the late worker joined the group again"
+    assert rejoined["partitions"] == [0, 1, 2] and rejoined["scored"] == 0, rejoined
+
+N_SLOW, SLOW_RATE, POLL_S, DASH_ROWS, DASH_POINTS = 10_000, 64, 3, 20, 500
+
+def serve_process(tmp:Path, model_dir:Path, settings, t:dict, worker:str, *extra:str, env:dict|None=None) -> subprocess.Popen:
+    "An exactly-once `serve` worker process as `helpers.start_worker` starts one, with more options `extra` and environment `env`."
+    args = ["--model", str(model_dir), "--bootstrap-servers", settings.bootstrap_servers, "--group-id", t["group"],
+            "--worker-id", worker, "--events-topic", t["events"], "--predictions-topic", t["predictions"],
+            "--dead-letter-topic", t["dlq"], "--partitions", "6", "--session-timeout", "6", "--exactly-once",
+            "--metrics-file", str(tmp/f"{worker}.json"), "--metrics-every", "0.2", *extra]
+    return subprocess.Popen([sys.executable, "-c", SERVE, *args], stdout=subprocess.PIPE, stderr=open(tmp/f"{worker}.log", "ab"),
+                            env=os.environ | (env or {}))
+
+def start_dashboard(settings, topic:str, cwd:Path, *extra:str) -> tuple[subprocess.Popen, str]:
+    "A `sales-kafka dashboard` process on a free port, watching `topic` from its end (no run folder: baseline 10); it and its URL."
+    proc = subprocess.Popen([SALES_KAFKA, "dashboard", "--port", "0", "--bootstrap-servers", settings.bootstrap_servers, "--topic", topic,
+                             "--baseline", "10", "--alerts-topic", f"{topic}-alerts", *extra],
+                            stdout=subprocess.PIPE, stderr=open(cwd/"dashboard.log", "ab"), text=True, cwd=cwd)
+    line = proc.stdout.readline()
+    assert line.startswith("dashboard at http://127.0.0.1:"), (line, (cwd/"dashboard.log").read_text()[-3000:])
+    return proc, line.split(" at ", 1)[1].strip()
+
+def stop_dashboard(proc:subprocess.Popen) -> int|str:
+    "Ctrl-C the dashboard; its exit code ('hung' if it is still running after 30 s, then killed)."
+    proc.send_signal(signal.SIGINT)
+    try: return proc.wait(30)
+    except subprocess.TimeoutExpired: proc.kill(); proc.wait(); return "hung"
+
+def rss_mib(pid:int) -> float|None:
+    "The resident memory of process `pid` (MiB), None once it is gone."
+    try: return next(int(l.split()[1]) / 1024 for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("VmRSS:"))
+    except (OSError, StopIteration): return None
+
+class StateSampler(threading.Thread):
+    "Asks a dashboard for /state every `every` s: each answer's time, seconds it took, snapshot and sizes, and the process's RSS."
+    def __init__(self, url:str, pid:int, every:float=0.5):
+        super().__init__(daemon=True)
+        self.url, self.pid, self.every, self.stop, self.samples, self.failures = url, pid, every, threading.Event(), [], []
+    def run(self):
+        while not self.stop.wait(self.every):
+            t0 = time.monotonic()
+            try: st = json.loads(urllib.request.urlopen(self.url + "state", timeout=30).read())
+            except OSError as e: self.failures.append(repr(e)); continue
+            self.samples.append({"t": t0, "took": time.monotonic() - t0, "snapshot": st["snapshot"] or {}, "rows": len(st["rows"]),
+                                 "points": max(map(len, st["points"].values())), "rss": rss_mib(self.pid)})
+    def halt(self):
+        self.stop.set(); self.join(60)
+
+@pytest.mark.browser
+def test_slow_link_to_the_dashboard_and_a_scorer(healthy, model_dir, tmp_path, chromium):
+    """64 KB/s each way on the SIDE link, which carries the dashboard's consumers and scorer w1 (uncompressed predictions, batches
+    of up to 4,000), beside a healthy scorer w0, both exactly-once with max.poll.interval.ms 3 s: w1's batches outgrow 3 s, it is
+    sent out of the group, rejoins, and every event is scored once; the dashboard answers /state and its page updates in
+    Chromium throughout, its tables and charts bounded by --rows and --points."""
+    net, t, t0 = healthy, topics("slowlink"), time.monotonic()
+    for topic in (t["events"], t["predictions"], t["dlq"]): ensure_topic(net.check, topic, 6)
+    for stream in ("upstream", "downstream"): net.side.add("bandwidth", stream, rate=SLOW_RATE)
+    workers = {"w0": serve_process(tmp_path, model_dir, net.settings, t, "w0", "--max-records", "500", "--max-poll-interval", str(POLL_S)),
+               "w1": serve_process(tmp_path, model_dir, net.side_settings, t, "w1", "--max-records", "4000", "--max-poll-interval", str(POLL_S),
+                                   env={"KAFKA_COMPRESSION_TYPE": "none"})}  # uncompressed: the link, not zstd, decides its pace
+    dash = sampler = None
+    page_figures = {}
+    try:
+        dash, url = start_dashboard(net.side_settings, t["predictions"], tmp_path, "--rows", str(DASH_ROWS), "--points", str(DASH_POINTS))
+        sampler = StateSampler(url, dash.pid)
+        sampler.start()
+        wait_for(lambda: all(len(metrics(tmp_path, w).get("partitions", [])) == 3 for w in workers), 120, "the workers to share 6 partitions")
+        events = list(table_events(generate_sales(N_SLOW, seed=47, missing=0.0)))
+        feeder = threading.Thread(target=replay, args=(events, net.settings, t["events"], 2000.0), kwargs={"progress": False}, daemon=True)
+        feeder.start()
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                errors = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                t_open = time.monotonic()
+                page.goto(url)
+                page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+                page_figures["ready_s"] = time.monotonic() - t_open
+                page.wait_for_function("Number(document.getElementById('seen').textContent) > 0", timeout=120_000)
+                first = int(page.locator("#seen").inner_text())
+                page.wait_for_function(f"Number(document.getElementById('seen').textContent) > {first}", timeout=120_000)
+                page_figures |= {"seen_first": first, "seen_then": int(page.locator("#seen").inner_text()),
+                                 "table_rows": page.locator("#records tbody tr").count(),
+                                 "chart_points": page.evaluate("document.getElementById('pva').data[0].x.length"), "errors": errors}
+            finally: browser.close()
+        feeder.join(120)
+        ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
+        read_all(net.check, t["predictions"], "read_committed", until=lambda recs: len(ids(recs)) >= N_SLOW, timeout=300)
+        complete = time.monotonic() - t0
+    finally:
+        if sampler is not None: sampler.halt()
+        net.side.clear()
+        codes = stop_workers(workers)
+        dash_code = stop_dashboard(dash) if dash is not None else None
+    got = prediction_counts(net.check, t["predictions"])
+    lost, dupes = lost_and_duplicated(got, N_SLOW)
+    w1_log = (tmp_path/"w1.log").read_text(errors="replace")
+    left = w1_log.count("Consumer poll timeout has expired")
+    aborted = w1_log.count("transaction of")
+    took, samples = [s["took"] for s in sampler.samples], sampler.samples
+    rss = [s["rss"] for s in samples if s["rss"]]
+    report("slow link 64 KB/s to the dashboard and scorer w1", sent=N_SLOW, received=sum(got.values()), lost=lost, duplicated=dupes,
+           w0_scored=scored(tmp_path, "w0"), w1_scored=scored(tmp_path, "w1"), w1_left_group=left, w1_aborted=aborted,
+           complete_s=complete, state_answers=len(took), state_failures=len(sampler.failures), state_p50_s=sorted(took)[len(took) // 2] if took else None,
+           state_max_s=max(took, default=None), dashboard_seen=max((s["snapshot"].get("seen", 0) for s in samples), default=0),
+           dashboard_max_lag=max((s["snapshot"].get("lag") or 0 for s in samples), default=0), rss_first_mib=rss[0] if rss else None,
+           rss_peak_mib=max(rss, default=None), page=page_figures, exit_codes=codes, dashboard_exit=dash_code, total_s=time.monotonic() - t0)
+    assert lost == 0 and dupes == 0, f"{lost} lost, {dupes} duplicated"
+    assert left >= 1, "w1, slower than max.poll.interval.ms behind the slow link, was sent out of the group"
+    assert codes == {"w0": 0, "w1": 0} and dash_code == 0, (codes, dash_code)
+    assert took and not sampler.failures, f"the dashboard stopped answering /state: {sampler.failures[:3]}"
+    assert all(s["rows"] <= DASH_ROWS and s["points"] <= DASH_POINTS for s in samples), "the dashboard's state is bounded by --rows and --points"
+    assert not page_figures["errors"] and page_figures["seen_then"] > page_figures["seen_first"], page_figures
+    assert page_figures["table_rows"] <= DASH_ROWS and page_figures["chart_points"] <= DASH_POINTS, page_figures
+
 # --- 6. a half-open connection during a transaction's commit ------------------------------------------------------------------
 
 def test_half_open_commit_is_ended_and_the_worker_fenced(healthy, model_dir, tmp_path):
@@ -301,9 +460,11 @@ def test_leader_cut_off_from_its_followers(mesh, tmp_path):
     led = leaders(c.check.bootstrap_servers, topic)
     victim = Counter(led.values()).most_common(1)[0][0]
     parts, followers = [p for p, n in led.items() if n == victim], [b for b in c.cluster.nodes if b.node_id != victim]
+    watch, tps = KafkaConsumer(bootstrap_servers=c.check.bootstrap_servers, request_timeout_ms=5000), [TopicPartition(topic, p) for p in led]
     proc = start_stream(N_ISOLATED, c.settings.bootstrap_servers, topic, run, DELIVERY)
-    try:
-        wait_for(lambda: landed(c.check.bootstrap_servers, topic) >= N_ISOLATED // 20, 120, "a twentieth of the stream to land")
+    try:  # one consumer watching, not `landed`'s new one per look: at 17,000 records/s the stream ended before the cut
+        wait_for(lambda: sum(watch.end_offsets(tps).values()) >= N_ISOLATED // 20, 120, "a twentieth of the stream to land")
+        watch.close()
         for stream in ("upstream", "downstream"): c.proxies[victim].repl.add("timeout", stream, timeout=0)
         t_cut = time.monotonic()
         code, failure = finish(proc)
@@ -312,6 +473,7 @@ def test_leader_cut_off_from_its_followers(mesh, tmp_path):
         shrunk = {p["partition_index"]: p["isr_nodes"] for p in describe(c.check.bootstrap_servers, topic) if p["partition_index"] in parts}
     finally:
         if proc.poll() is None: proc.kill(); proc.wait()
+        watch.close()
         c.proxies[victim].repl.clear()
     t_heal = time.monotonic()
     wait_for(lambda: in_sync(c.check.bootstrap_servers, topic), 120, "the followers to catch up after the heal")
@@ -339,32 +501,107 @@ def test_leader_cut_off_from_its_followers(mesh, tmp_path):
 
 N_PARTITIONED, SILENCE = 30_000, 30
 
-def test_leader_silent_to_clients_for_30_s(mesh, tmp_path):
+class Lines(threading.Thread):
+    "Collects the lines a process prints, each with the monotonic time it arrived."
+    def __init__(self, proc:subprocess.Popen):
+        super().__init__(daemon=True)
+        self.proc, self.lines = proc, []
+    def run(self):
+        for line in self.proc.stdout: self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+def first(items, cond, after:float, before:float=float("inf")):
+    "The first (time, item) of `items` between `after` and `before` for which `cond(item)` holds; None if there is none."
+    return next(((t, x) for t, x in items if after <= t < before and cond(x)), None)
+
+@pytest.mark.browser
+def test_leader_silent_to_clients_for_30_s(mesh, tmp_path, chromium):
     """The node leading most partitions stops answering clients for 30 s (Toxiproxy `timeout` 0 on its client link's replies;
-    the cluster itself stays healthy): the stream stalls, resumes by itself, and loses and duplicates nothing."""
+    the cluster itself stays healthy): the stream stalls, resumes by itself, and loses and duplicates nothing. A `monitor` and
+    a `dashboard` watching the topic show the outage (the monitor's line says STALE and names the silent partitions, the
+    dashboard's state says 'stale', its page in Chromium shows a banner) and, once the link heals, recover by themselves."""
     c, t0, topic = mesh, time.monotonic(), "silenced"
     ensure_topic(c.check, topic, partitions=3)
     wait_for(lambda: in_sync(c.check.bootstrap_servers, topic), 60, "the new topic's replicas in sync")
     led = leaders(c.check.bootstrap_servers, topic)
     victim = Counter(led.values()).most_common(1)[0][0]
-    proc = start_stream(N_PARTITIONED, c.settings.bootstrap_servers, topic, "silenced")
+    silenced = {str(p) for p, n in led.items() if n == victim}
+    mon = subprocess.Popen([SALES_KAFKA, "monitor", "--bootstrap-servers", c.settings.bootstrap_servers, "--topic", topic, "--baseline", "10",
+                            "--alerts-topic", f"{topic}-alerts"], stdout=subprocess.PIPE, stderr=open(tmp_path/"monitor.log", "ab"),
+                           text=True, cwd=tmp_path)
+    printed = Lines(mon)
+    printed.start()
+    dash, sampler, proc, browser_figures = None, None, None, {}
     try:
+        dash, url = start_dashboard(c.settings, topic, tmp_path)
+        sampler = StateSampler(url, dash.pid)
+        sampler.start()
+        wait_for(lambda: any(s["snapshot"].get("state") for s in sampler.samples), 60, "the dashboard's monitor to report")
+        proc = start_stream(N_PARTITIONED, c.settings.bootstrap_servers, topic, "silenced")
         wait_for(lambda: landed(c.check.bootstrap_servers, topic) >= N_PARTITIONED // 10, 120, "a tenth of the stream to land")
         name, at_cut = c.proxies[victim].client.add("timeout", "downstream", timeout=0), landed(c.check.bootstrap_servers, topic)
-        time.sleep(SILENCE)
-        during = landed(c.check.bootstrap_servers, topic) - at_cut
-        c.proxies[victim].client.remove(name)
-        t_heal = time.monotonic()
+        t_cut = time.monotonic()
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                errors = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(url)
+                page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+                page.wait_for_selector("#stale:not([hidden])", timeout=int(max(1, t_cut + SILENCE - 2 - time.monotonic()) * 1000))
+                browser_figures |= {"banner_after_s": time.monotonic() - t_cut, "banner": page.locator("#stale").inner_text(),
+                                    "health": page.locator("#health").inner_text()}
+                time.sleep(max(0.0, t_cut + SILENCE - time.monotonic()))
+                during = landed(c.check.bootstrap_servers, topic) - at_cut
+                c.proxies[victim].client.remove(name)
+                t_heal = time.monotonic()
+                page.wait_for_function("document.getElementById('stale').hidden", timeout=60_000)
+                browser_figures |= {"cleared_after_s": time.monotonic() - t_heal, "health_after": page.locator("#health").inner_text()}
+                page.evaluate("lastUpdate = Date.now() - 60000; showHealth(null)")  # as if no update had come for a minute
+                browser_figures["no_update_banner"] = page.locator("#stale").inner_text()
+                page.wait_for_function("document.getElementById('stale').hidden", timeout=30_000)  # the next update clears it
+                browser_figures["errors"] = errors
+            finally: browser.close()
         code, summary = finish(proc)
         after_heal = time.monotonic() - t_heal
+        wait_for(lambda: first(printed.lines, lambda l: "STALE" not in l, t_heal), 60, "the monitor to print a line without STALE after the heal")
+        wait_for(lambda: any(s["t"] > t_heal and s["snapshot"].get("state") != "stale" for s in sampler.samples), 60,
+                 "the dashboard's state to leave 'stale' after the heal")
     finally:
-        if proc.poll() is None: proc.kill(); proc.wait()
+        if proc is not None and proc.poll() is None: proc.kill(); proc.wait()
+        c.proxies[victim].client.clear()
+        if sampler is not None: sampler.halt()
+        dash_code = stop_dashboard(dash) if dash is not None else None
+        mon.send_signal(signal.SIGINT)
+        try: mon_code = mon.wait(30)
+        except subprocess.TimeoutExpired: mon.kill(); mon.wait(); mon_code = "hung"
+        printed.join(10)
     got = index_counts(c.check, topic)
     lost, dupes = lost_and_duplicated(got, N_PARTITIONED)
+    stale_line = first(printed.lines, lambda l: "STALE: no answer from partition" in l, t_cut, t_heal)
+    clear_line = first(printed.lines, lambda l: "STALE" not in l, t_heal)
+    stale_state = first([(s["t"], s) for s in sampler.samples], lambda s: s["snapshot"].get("state") == "stale", t_cut, t_heal)
+    clear_state = first([(s["t"], s) for s in sampler.samples], lambda s: s["snapshot"].get("state") != "stale", t_heal)
+    silent_seen = {p for s in sampler.samples if t_cut <= s["t"] < t_heal for p in s["snapshot"].get("silent", {})}
+    took = [s["took"] for s in sampler.samples]
     report("leader silent to clients for 30 s", sent=N_PARTITIONED, acknowledged=summary.get("total"), received=sum(got.values()),
            lost=lost, duplicated=dupes, landed_at_cut=at_cut, landed_during_silence=during, silence_s=SILENCE,
            finished_after_heal_s=after_heal, stream_s=summary.get("elapsed"), leaders_after=leaders(c.check.bootstrap_servers, topic),
-           total_s=time.monotonic() - t0)
+           silenced_partitions=sorted(silenced), monitor_stale_after_cut_s=stale_line and stale_line[0] - t_cut,
+           monitor_stale_line=stale_line and stale_line[1][-80:], monitor_clear_after_heal_s=clear_line and clear_line[0] - t_heal,
+           dashboard_stale_after_cut_s=stale_state and stale_state[0] - t_cut, dashboard_clear_after_heal_s=clear_state and clear_state[0] - t_heal,
+           dashboard_silent_partitions=sorted(silent_seen), state_max_s=max(took, default=None), page=browser_figures,
+           monitor_exit=mon_code, dashboard_exit=dash_code, total_s=time.monotonic() - t0)
     assert code == 0 and summary["total"] == N_PARTITIONED, summary
     assert at_cut < N_PARTITIONED, "the silence began mid-stream"
     assert lost == 0 and dupes == 0, (lost, dupes)
+    assert stale_line and any(f"partition {p} for" in stale_line[1] or f", {p} for" in stale_line[1] for p in silenced), \
+        ("the monitor said STALE, naming a silent partition, during the silence", printed.lines[-20:])
+    assert clear_line and "STALE" not in printed.lines[-1][1], ("the monitor recovered by itself", printed.lines[-5:])
+    assert stale_state and silenced <= silent_seen, ("the dashboard's state was 'stale' with the silent partitions", silent_seen, silenced)
+    assert clear_state and sampler.samples[-1]["snapshot"].get("state") != "stale", "the dashboard's state recovered by itself"
+    assert "no answer from partition" in browser_figures["banner"] and browser_figures["health"] == "stale", browser_figures
+    assert not browser_figures["errors"] and browser_figures["health_after"] != "stale", browser_figures
+    assert browser_figures["no_update_banner"] == "Outage: no update from the monitor for 60 s", browser_figures
+    assert not sampler.failures, sampler.failures[:3]
+    assert mon_code == 0 and dash_code == 0, (mon_code, dash_code)

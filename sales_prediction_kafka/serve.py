@@ -79,6 +79,9 @@ def event_schema(model) -> dict:
     props |= {f: {"type": "string", "examples": ["2024-01-31"],
                   "description": "the event's date: the model derives its calendar features from it"} if f == time
               else _feature_property(cats.get(f), fills.get(f)) for f in model.inputs}
+    if getattr(model, "needs_history", False) and time:  # a series field that is no feature: any text or number names the series
+        props |= {f: {"type": ["string", "number"], "examples": ["S1"], "description": "identifies the event's series: its history "
+                      "is found by it"} for f in model.axis.series if f not in model.features}
     props[model.target] = {
         "type": ["number", "null"],
         "description": "the actual sales, when known (optional)",

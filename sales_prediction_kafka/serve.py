@@ -817,7 +817,7 @@ class ScoringWorker:
             self.history = SeriesHistory(self.settings, self.history_topic, "read_committed" if self.exactly_once else "read_uncommitted")
         self.history.sync({tp.partition for tp in self.consumer.assignment()}, catch_up)
         self.metrics.info["history"] = {"topic": self.history_topic, "series": self.history.series, "restores": self.history.restores[-3:],
-                                    "gone": self.history.gone}
+                                    "filled": self.history.filled}
 
     def run(self, idle_exit:float|None=None, # stop after this many seconds without events; None: never
             poll_timeout:float=0.5 # seconds one poll waits for messages

@@ -616,7 +616,7 @@ class ScoringWorker:
                  max_imputed:float=MAX_IMPUTED, # events lacking more of the model's inputs are dead letters
                  history_topic:str=HISTORY_TOPIC): # each series' recent actuals, for a model with lags (chapter 08e)
         self.max_imputed, self.recent = max_imputed, []  # the last batch's messages: what a new champion must fit
-        self.history_topic, self.history = history_topic, None  # the per-series state, made when a model needs it
+        self.history_topic, self.history, self.model = history_topic, None, None  # the per-series state, made when a model needs it
         self.settings, self.group_id, self.exactly_once, self.follower, self.swaps = (
             settings,
             group_id,

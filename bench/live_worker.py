@@ -26,13 +26,19 @@ def passthrough_class():
     return PassThrough
 
 
+def _event_id(r) -> int:
+    "The event id of a consumed event: its key, or (keyed by series) the event_id in its value."
+    try: return int(r.key)
+    except ValueError: return json.loads(r.value)["event_id"]
+
+
 def polled_recorder(cls, seen:dict):
     "`cls` whose `poll` notes the wall-clock time (ms) at which each record was handed to the worker."
     class Recorded(cls):
         def poll(self, timeout:float=0.5) -> list:
             records = super().poll(timeout)
             now = time.time() * 1000
-            for r in records: seen[int(r.key)] = now
+            for r in records: seen[_event_id(r)] = now
             return records
     return Recorded
 
@@ -62,6 +68,7 @@ def main(argv=None):
     ap.add_argument("--out-topic", required=True, help="live outputs (predictions or forwarded events)")
     ap.add_argument("--dlq-topic", required=True, help="dead letters")
     ap.add_argument("--polled-file", help="write {key: ms when polled} of the live events here (JSON)")
+    ap.add_argument("--history-topic", help="each series' recent actuals, for a lag model (bench/history.py)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     from sales_prediction_kafka.config import KafkaSettings, stop_on_signals
@@ -69,12 +76,13 @@ def main(argv=None):
     from sales_prediction_kafka.serve import ScoringWorker
     settings, model = KafkaSettings(bootstrap_servers=a.bootstrap_servers), load_model(a.model)
     cls = ScoringWorker if a.mode == "model" else passthrough_class()
+    extra = {"history_topic": a.history_topic} if a.history_topic else {}
     d = drain(cls, model, settings, a.backlog_n, group_id=f"{a.group}-drain", worker_id="drain", events_topic=a.backlog_topic,
-              predictions_topic=a.backlog_out, dead_letter_topic=a.dlq_topic)
+              predictions_topic=a.backlog_out, dead_letter_topic=a.dlq_topic, **extra)
     print("DRAIN " + json.dumps(d), flush=True)
     seen = {}
     w = polled_recorder(cls, seen)(model, settings, group_id=f"{a.group}-live", worker_id="live", events_topic=a.events_topic,
-            predictions_topic=a.out_topic, dead_letter_topic=a.dlq_topic)
+            predictions_topic=a.out_topic, dead_letter_topic=a.dlq_topic, **extra)
     with stop_on_signals(w.stopping), w:
         while not w.consumer.assignment() and not w.stopping.is_set():
             if records := w.poll(0.2): w.process(records)

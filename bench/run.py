@@ -4,7 +4,7 @@ import argparse, importlib, logging, os, sys, time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-BENCHMARKS = ("streaming", "scoring", "validation", "live", "join", "scale", "loop", "serving_start", "pipeline", "transactions", "backtest")  # modules of this package, run in this order
+BENCHMARKS = ("streaming", "scoring", "validation", "live", "join", "history", "scale", "loop", "serving_start", "pipeline", "transactions", "backtest")  # modules of this package, run in this order
 
 
 def parse(argv=None) -> argparse.Namespace:

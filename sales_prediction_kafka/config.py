@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'PREDICTIONS_TOPIC', 'EVENTS_TOPIC', 'DEAD_LETTER_TOPIC', 'ALERTS_TOPIC', 'ACTUALS_TOPIC', 'JOINED_TOPIC',
-           'JOIN_STATE_TOPIC', 'JOIN_DEAD_LETTER_TOPIC', 'BOOTSTRAP_SERVERS_HELP', 'M_MMAP_THRESHOLD',
+           'JOIN_STATE_TOPIC', 'JOIN_DEAD_LETTER_TOPIC', 'HISTORY_TOPIC', 'BOOTSTRAP_SERVERS_HELP', 'M_MMAP_THRESHOLD',
            'SalesKafkaError', 'KafkaSettings', 'env_name', 'kafka_settings', 'client_kwargs', 'redacted',
            'ProducerSettings', 'producer_settings', 'producer_kwargs', 'kafka_options', 'producer_options', 'set_seed',
            'cache_home', 'stop_on_signals', 'steady_memory', 'plain']
@@ -29,6 +29,7 @@ ACTUALS_TOPIC = "sales_actuals"  # the sales that happened, known after their fo
 JOINED_TOPIC = "sales_joined"  # each forecast joined with its actual: complete four-field records
 JOIN_STATE_TOPIC = "sales_join_state"  # the join's changelog (compacted): the halves still waiting for their other half
 JOIN_DEAD_LETTER_TOPIC = "sales_join.dlq"  # forecasts whose actual never came, actuals with no forecast, unreadable actuals
+HISTORY_TOPIC = "sales_history"  # each series' recent actuals (compacted, keyed by series, partitioned like the events): the scoring workers' state
 
 # %% ../nbs/00_config.ipynb #8e165c0c
 class SalesKafkaError(Exception):

@@ -409,10 +409,12 @@ class SalesModel:
 
     @property
     def inputs(self) -> list:
-        "The fields a record must carry: the features, with the time column in place of its calendar features."
+        "The fields a record must carry: the features, the time column in place of those made from it or from earlier actuals, and the series' fields when the model needs history."
         if not self.time: return self.features
-        cal = set(calendar_columns(self.axis.column, self.axis.freq))
-        return [self.axis.column] + [c for c in self.features if c not in cal]
+        a = self.axis
+        made = {*calendar_columns(a.column, a.freq), *a.lag_columns(self.target), *map(baseline_column, BASELINES)}
+        series = [c for c in a.series if c not in self.features] if self.needs_history else []
+        return [a.column] + [c for c in self.features if c not in made] + series
 
     @property
     def fill_values(self) -> dict:

@@ -11,12 +11,13 @@ from kafka import TopicPartition
 import click
 import pandas as pd
 from tqdm import tqdm
-from .config import (ACTUALS_TOPIC, EVENTS_TOPIC, KafkaSettings, ProducerSettings, kafka_options, kafka_settings, plain,
+from .config import (ACTUALS_TOPIC, EVENTS_TOPIC, HISTORY_TOPIC, KafkaSettings, ProducerSettings, kafka_options, kafka_settings, plain,
                                           producer_options, producer_settings)
 from .broker import ensure_broker
 from .data import TARGET, DataError, load_table
 from .serve import SCHEMA_VERSION
 from .join import BadMessage, actual_message, parse_actual
+from .history import HISTORY_PERIODS, ensure_history_topic, history_items, series_key
 from kafka.errors import KafkaTimeoutError
 from .stream import (PARTITIONS, StreamError, StreamSummary, check_topic, close_producer, consumer,
                                            ensure_topic, messages, producer, Sends)
@@ -90,31 +91,49 @@ def replay(events, # event dicts, e.g. from `table_events`
            tuning:ProducerSettings|None=None, # batching and compression; None: `replay_tuning(rate)`
            actuals_lag:int=0, # N > 0: events go out without `target`, each one's actual N events later to `actuals_topic`
            actuals_topic:str=ACTUALS_TOPIC,
-           target:str=TARGET # the actual's field in `events`
+           target:str=TARGET, # the actual's field in `events`
+           series:list|None=None, # dated events: key them by these fields and publish each series' history; None: key by event id
+           time_column:str|None=None, # with `series`: the events' time field
+           history_topic:str=HISTORY_TOPIC, # with `series`: where each series' recent actuals go (chapter 08e)
+           history_periods:int=HISTORY_PERIODS # with `series`: rows of actuals per history record
           ) -> StreamSummary:
-    "Send `events` to `topic`, keyed by event id, paced to `rate`; where they landed (and their actuals, when lagged)."
+    "Send `events` to `topic`, keyed by event id (or series), paced to `rate`; where they landed (and their actuals, when lagged)."
     settings = ensure_broker(settings)
     for t in (topic, actuals_topic) if actuals_lag else (topic,): ensure_topic(settings, check_topic(t), partitions)
+    if series is not None: ensure_history_topic(settings, check_topic(history_topic), topic, partitions)
     items = lag_actuals(events, actuals_lag, target) if actuals_lag else (("event", ev) for ev in events)
+    if series is not None: items = history_items(items, series, time_column, target, history_periods)
     p = producer(settings, tuning=tuning or replay_tuning(rate))
-    sends, t0, n = {"event": Sends(), "actual": Sends()}, time.monotonic(), 0
+    sends, t0, n = {"event": Sends(), "actual": Sends(), "history": Sends()}, time.monotonic(), 0
     try:
         for kind, msg in tqdm(items, total=total and total * (2 if actuals_lag else 1), desc=f"replaying to {topic}",
                               unit="msg", disable=not progress, mininterval=0.5):
+            if kind == "history": sends[kind].add(p.send(history_topic, key=msg[0], value=msg[1]), msg[0]); continue
             if kind == "event":
                 if rate and (ahead := t0 + n / rate - time.monotonic()) > 0: time.sleep(ahead)
                 n += 1
-            sends[kind].add(p.send(topic if kind == "event" else actuals_topic, key=str(msg["event_id"]), value=msg), msg["event_id"])
+            key = series_key(msg, series) if kind == "event" and series is not None else str(msg["event_id"])
+            sends[kind].add(p.send(topic if kind == "event" else actuals_topic, key=key, value=msg), msg["event_id"])
         try: p.flush(timeout)
         except KafkaTimeoutError: pass  # the summary counts the events not acknowledged
     finally: close_producer(p)
     elapsed = time.monotonic() - t0
     summary = sends["event"].summary(topic, settings.bootstrap_servers, elapsed)
     if actuals_lag: summary.actuals = sends["actual"].summary(actuals_topic, settings.bootstrap_servers, elapsed)
+    if series is not None: log.info("history: %s", sends["history"].summary(history_topic, settings.bootstrap_servers, elapsed))
     log.debug("replayed %s", summary)  # the caller shows it: `sales-kafka replay` prints it once
     return summary
 
 # %% ../nbs/08a_replay.ipynb #77b90481
+def _dated(df:pd.DataFrame, target:str, series:str, time_column:str|None) -> dict:
+    "`replay`'s series and time column from `--series` (comma-separated, '' for one series) and `--time-column`; a ClickException names a missing one."
+    from sales_prediction_kafka.timeseries import detect_time_column
+    cols = [c.strip() for c in series.split(",") if c.strip()]
+    column = time_column or detect_time_column(df, target)
+    if missing := [c for c in [*cols, column] if c not in df.columns]:
+        raise click.ClickException(f"--series/--time-column: no column(s) {missing} in the table; its columns are {list(df.columns)}")
+    return {"series": cols, "time_column": column}
+
 @click.command("replay")
 @click.argument("csv", type=click.Path(exists=True, dir_okay=False))
 @kafka_options()
@@ -155,17 +174,25 @@ def replay(events, # event dicts, e.g. from `table_events`
 @click.option("--actuals-lag", type=click.IntRange(0), default=0, show_default=True,
               help="N > 0: send events without their actual, and each actual N events later to --actuals-topic (0: the actual inside the event).")
 @click.option("--actuals-topic", default=ACTUALS_TOPIC, show_default=True, help="Topic of the lagged actuals, keyed by event id.")
+@click.option("--series", metavar="COL[,COL]", help="Dated events of several series (or '' for one): key each event by its series and publish "
+              "each series' recent actuals to --history-topic, the state a lag model's workers restore.")
+@click.option("--time-column", metavar="NAME", help="With --series: the events' time column (default: the first column of dates).")
+@click.option("--history-topic", default=HISTORY_TOPIC, show_default=True, help="With --series: topic of each series' recent actuals (compacted).")
+@click.option("--history-periods", type=click.IntRange(1), default=HISTORY_PERIODS, show_default=True,
+              help="With --series: rows of actuals each history record keeps; at least as many periods back as the model's longest lag.")
 def replay_command(csv, bootstrap_servers, topic, rate, first_id, limit, repeat, target, sep, partitions, shift_after,
-                   actuals_lag, actuals_topic, **tuning):
+                   actuals_lag, actuals_topic, series, time_column, history_topic, history_periods, **tuning):
     "Send the rows of a sales CSV as events (the load generator for demos, tests and benchmarks)."
     try: df = load_table(csv, target=target, sep=sep)
     except DataError as e: raise click.ClickException(str(e))
+    dated = _dated(df, target, series, time_column) if series is not None else {}
     total = min(len(df) * repeat, limit or len(df) * repeat)
     rounds = (table_events(df, first_id + k * len(df)) for k in range(repeat))  # one copy of the table, however many repeats
     events = itertools.islice(itertools.chain.from_iterable(rounds), total)
     if shift_after is not None: events = shift_events(events, shift_after, target=target)
     try: s = replay(events, kafka_settings(bootstrap_servers=bootstrap_servers), topic, rate, partitions, total=total,
-                   tuning=replay_tuning(rate, **tuning), actuals_lag=actuals_lag, actuals_topic=actuals_topic, target=target)
+                   tuning=replay_tuning(rate, **tuning), actuals_lag=actuals_lag, actuals_topic=actuals_topic, target=target,
+                   **dated, history_topic=history_topic, history_periods=history_periods)
     except StreamError as e: raise click.ClickException(str(e))
     click.echo(str(s))
 

@@ -18,6 +18,7 @@ from .config import (SalesKafkaError, DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIO
                                            kafka_settings, plain, stop_on_signals)
 from .broker import ensure_broker
 from .models import MODEL_JSON, _missing, load_model
+from .history import HISTORY_TOPIC, SeriesHistory, ensure_history_topic, series_key
 from .registry import MODELS_TOPIC, ChampionFollower, record_model
 from .stream import (PARTITIONS, StreamError, close_producer, consumer, ensure_topic, prediction_record,
                                      producer)
@@ -29,8 +30,8 @@ __all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVEN
            'DEAD_LETTER_HEADERS', 'RUNS_DIR', 'event_schema', 'Rejection', 'parse_event', 'json_validator_class',
            'event_rejection', 'EventValidator', 'example_events', 'score_events', 'prediction_message',
            'dead_letter_headers', 'lacking', 'too_imputed', 'fit_problem', 'Outgoing', 'plan_batch', 'Metrics',
-           'ServeError', 'next_offsets', 'first_offsets', 'check_servable', 'AssignmentReporter', 'ScoringWorker',
-           'find_model', 'serve', 'serve_command']
+           'ServeError', 'next_offsets', 'first_offsets', 'check_servable', 'add_history', 'AssignmentReporter',
+           'ScoringWorker', 'find_model', 'serve', 'serve_command']
 
 # %% ../nbs/08_serve.ipynb #89466d76
 SCHEMA_VERSION = 1  # the version of the event schema this worker reads
@@ -59,6 +60,8 @@ def _feature_property(levels:list|None, # the categories of a categorical featur
 def event_schema(model) -> dict:
     "The JSON Schema of the events `model` (a `SalesModel`) can score."
     cats, fills = model.prep.categories, model.fill_values
+    if getattr(model, "needs_history", False) and model.time:  # a series' history is found by these fields: never filled in
+        fills = {k: v for k, v in fills.items() if k not in model.axis.series}
     props = {
         "event_id": {
             "type": "integer",
@@ -76,6 +79,9 @@ def event_schema(model) -> dict:
     props |= {f: {"type": "string", "examples": ["2024-01-31"],
                   "description": "the event's date: the model derives its calendar features from it"} if f == time
               else _feature_property(cats.get(f), fills.get(f)) for f in model.inputs}
+    if getattr(model, "needs_history", False) and time:  # a series field that is no feature: any text or number names the series
+        props |= {f: {"type": ["string", "number"], "examples": ["S1"], "description": "identifies the event's series: its history "
+                      "is found by it"} for f in model.axis.series if f not in model.features}
     props[model.target] = {
         "type": ["number", "null"],
         "description": "the actual sales, when known (optional)",
@@ -106,6 +112,7 @@ REASONS = {
     "out_of_range": "event_id is negative or too large",
     "unknown_category": "a categorical feature has a value the model never saw",
     "too_imputed": "the event lacks more than the worker's share (--max-imputed) of the model's features",
+    "wrong_key": "a lag model's event is not keyed by its series, so its series' history may be on another partition",
     "prediction_failed": "the model raised, or returned a non-finite number, for this event",
 }
 
@@ -403,11 +410,13 @@ def plan_batch(records:list, # consumed messages, in order
                dead_letter_topic:str=DEAD_LETTER_TOPIC,
                max_bytes:int=MAX_EVENT_BYTES, # larger events are dead letters
                worker:str|None=None, # the worker's id, for headers
-               max_imputed:float=MAX_IMPUTED # events lacking more of the model's inputs are dead letters
+               max_imputed:float=MAX_IMPUTED, # events lacking more of the model's inputs are dead letters
+               history:SeriesHistory|None=None # each series' recent actuals, for a model that needs them
               ) -> tuple[list[Outgoing], Counter, Counter]:
     "The predictions and dead letters for `records`, a count of outcomes ('scored', each dead-letter reason) and of filled features."
     valid = lambda ev: ev if isinstance(ev, Rejection) else too_imputed(model, ev, max_imputed) or ev
     checked = [(r, valid(validate(r.value, max_bytes))) for r in records]
+    if history is not None: checked = add_history(checked, model, history)
     good = [(r, ev) for r, ev in checked if not isinstance(ev, Rejection)]
     filled, imputed = model.impute_records([ev for _, ev in good]) if good else ([], [])
     scores = dict(zip((id(r) for r, _ in good), zip(score_events(model, filled), imputed)))
@@ -549,13 +558,35 @@ def first_offsets(records:list) -> dict:
 # %% ../nbs/08_serve.ipynb #srvts004
 def check_servable(model, events:list[dict]=(), # recent events the model must fit
                    max_imputed:float=MAX_IMPUTED):
-    "Refuse a model whose features need each series' recent actuals, or that does not fit `events`: a `ServeError` says why."
-    if getattr(model, "needs_history", False):
-        lagged = [f for f in model.features if f in model.axis.lag_columns(model.target)] if model.time else model.features
-        raise ServeError(f"model {model.name!r} ({model.version}) reads {', '.join(lagged)}, made from each series' earlier "
-                         "actuals, which a scoring worker does not hold: serve a model trained without them "
-                         "(sales-kafka run -p lags 0: calendar features, no lags or rolling means)")
+    "Refuse a model whose history a worker cannot rebuild (no time axis), or that does not fit `events`: a `ServeError` says why."
+    if getattr(model, "needs_history", False) and not model.time:
+        raise ServeError(f"model {model.name!r} ({model.version}) reads {', '.join(model.features)}, made from earlier actuals, "
+                         "but has no time axis to find them by: train it with one (sales-kafka run --time-column, --series)")
     if why := fit_problem(model, list(events), max_imputed): raise ServeError(why)
+
+# %% ../nbs/08_serve.ipynb #b7c7dc91
+def _lag_features(model, history, events:list[dict]) -> list[dict|Rejection]:
+    "`history.features` of `events`; one by one if the batch fails, an event that fails alone becoming a rejection."
+    from sales_prediction_kafka.history import HistoryError
+    try: return history.features(model, events)
+    except HistoryError: raise  # the state cannot serve this model at all: the worker stops and says why
+    except Exception as e:
+        if len(events) > 1: return [x for ev in events for x in _lag_features(model, history, [ev])]
+        return [Rejection("prediction_failed", f"its lag features could not be made ({type(e).__name__}: {e})")]
+
+def add_history(checked:list, # (record, event or Rejection) pairs, as `plan_batch` validates them
+                model, history:SeriesHistory) -> list:
+    "`checked` with each event's lag features from `history`; an event not keyed by its series becomes a `wrong_key` rejection."
+    def keyed(r, ev):
+        if isinstance(ev, Rejection): return ev
+        k, got = series_key(ev, model.axis.series), (r.key or b"").decode(errors="replace")
+        return ev if got == k else Rejection("wrong_key", f"event {ev['event_id']} is keyed {got!r}, its series is {k!r}: key a lag "
+                                             "model's events by their series (sales-kafka replay --series)", None, _short(got))
+    checked = [(r, keyed(r, ev)) for r, ev in checked]
+    good = [i for i, (_, ev) in enumerate(checked) if not isinstance(ev, Rejection)]
+    out = list(checked)
+    for i, ev in zip(good, _lag_features(model, history, [checked[i][1] for i in good])): out[i] = (checked[i][0], ev)
+    return out
 
 # %% ../nbs/08_serve.ipynb #86e67a01
 class AssignmentReporter(ConsumerRebalanceListener):
@@ -583,8 +614,10 @@ class ScoringWorker:
                  transaction_timeout_ms:int=30_000, # an open transaction of a dead worker is aborted after this
                  metrics:Metrics|None=None,
                  follower:ChampionFollower|None=None, # swaps in each new champion between micro-batches; None: one model for good
-                 max_imputed:float=MAX_IMPUTED): # events lacking more of the model's inputs are dead letters
+                 max_imputed:float=MAX_IMPUTED, # events lacking more of the model's inputs are dead letters
+                 history_topic:str=HISTORY_TOPIC): # each series' recent actuals, for a model with lags (chapter 08e)
         self.max_imputed, self.recent = max_imputed, []  # the last batch's messages: what a new champion must fit
+        self.history_topic, self.history, self.model = history_topic, None, None  # the per-series state, made when a model needs it
         self.settings, self.group_id, self.exactly_once, self.follower, self.swaps = (
             settings,
             group_id,
@@ -643,6 +676,7 @@ class ScoringWorker:
         "Leave the group and close the clients (offsets were committed batch by batch)."
         if self.consumer is not None: self.consumer.close(autocommit=False); self.consumer = None
         if self.producer is not None: self.producer.close(); self.producer = None
+        if self.history is not None: self.history.close(); self.history = None
         log.info("%r closed", self)
 
     def use(self, model, events:list[dict]=()): # recent events it must fit
@@ -758,7 +792,8 @@ class ScoringWorker:
         t0 = time.monotonic()
         _, pred, dlq = self.topics
         out, counts, imputed = plan_batch(
-            records, self.model, self.validate, pred, dlq, self.max_event_bytes, self.worker_id, self.max_imputed
+            records, self.model, self.validate, pred, dlq, self.max_event_bytes, self.worker_id, self.max_imputed,
+            self.history if getattr(self.model, "needs_history", False) else None
         )
         done = (self._deliver_exactly_once if self.exactly_once else self._deliver_at_least_once)(
             out, records
@@ -776,7 +811,18 @@ class ScoringWorker:
         except KafkaConnectionError as e:  # kafka-python 3.0.12 raises a connection reset met while it refreshes metadata to
             log.warning("%r: %r while polling; polling again", self, e)  # find the group coordinator, instead of retrying
             return []  # (tests/test_network_faults.py: resets every 2 s crashed a worker); the next poll looks it up again
-        return [r for tp in sorted(batch, key=lambda tp: tp.partition) for r in batch[tp]]
+        records = [r for tp in sorted(batch, key=lambda tp: tp.partition) for r in batch[tp]]
+        if getattr(self.model, "needs_history", False): self.sync_history(catch_up=bool(records))
+        return records
+
+    def sync_history(self, catch_up:bool=True): # read the owned history to its end (before a batch); False: only restore
+        "Hold the history of the events partitions owned now: restore those just assigned, forget those taken away."
+        if self.history is None:
+            ensure_history_topic(self.settings, self.history_topic, self.topics[0])
+            self.history = SeriesHistory(self.settings, self.history_topic, "read_committed" if self.exactly_once else "read_uncommitted")
+        self.history.sync({tp.partition for tp in self.consumer.assignment()}, catch_up)
+        self.metrics.info["history"] = {"topic": self.history_topic, "series": self.history.series, "restores": self.history.restores[-3:],
+                                    "filled": self.history.filled}
 
     def run(self, idle_exit:float|None=None, # stop after this many seconds without events; None: never
             poll_timeout:float=0.5 # seconds one poll waits for messages
@@ -915,6 +961,8 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the regi
     show_default=True,
     help="Topic of the events that could not be scored.",
 )
+@click.option("--history-topic", default=HISTORY_TOPIC, show_default=True,
+              help="Each series' recent actuals (compacted, keyed by series): the state a lag model's features are made from.")
 @click.option(
     "--partitions",
     type=int,

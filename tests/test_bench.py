@@ -7,7 +7,7 @@ from helpers import ROOT
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 # every benchmark but `loop`, whose shift scenario (with a real retrain, minutes) tests/test_loop.py runs through bench.loop,
 # and `pipeline`, which runs the whole pipeline three times in git worktrees (90 s in quick mode at load 1.4, minutes under load)
-QUICK = ("streaming", "scoring", "validation", "live", "scale", "serving_start")
+QUICK = ("streaming", "scoring", "validation", "live", "history", "scale", "serving_start")
 MACHINE = ("cores", "cpu", "python", "numpy", "tensorflow", "kafka-python", "java", "loadavg")
 
 
@@ -82,6 +82,22 @@ def test_live_latency_and_throughput(results):
     assert len(j["runs"]) == s["plan"]["rounds"] and all(x["records"] == s["plan"]["java_records"] for x in j["runs"])
     assert 150 < j["record_size"] < 300 and 0 <= j["p50_ms"] <= j["p99_ms"], j
     assert {f"p99_model_vs_{side}_{rate}/s" for side in ("passthrough", "java") for rate in (500, 2000)} <= set(s["ratios"])
+
+
+def test_history_restore_and_latency_sides(results):
+    "The per-series state benchmark: the restored worker scores every waiting event; both sides score every event, none dead."
+    h = results["history"]
+    r = h["restore"]
+    assert r["series"] == r["filled"]["records"] == h["plan"]["restore_series"] and r["scored"] == r["expected"] == 60, r
+    assert all(sum(x["records"] for x in run["restores"]) == r["filled"]["records"] for run in r["runs"])
+    assert positive(r["assigned_to_first_scored_s"], r["rss_before_mib"], r["rss_after_mib"]) and len(r["runs"]) == h["plan"]["restore_rounds"]
+    rows = {x["side"]: x for x in h["latency"]["rows"]}
+    assert set(rows) == {"state", "no_state"}
+    for x in rows.values():
+        assert x["delivered"] == x["events"] == h["plan"]["events"] * h["plan"]["rounds"] and x["dead_letters"] == 0, x
+        assert 0 <= x["p50_ms"] <= x["p99_ms"] <= x["max_ms"], x
+    assert h["latency"]["worker_metrics"]["state"]["history"]["series"] == h["plan"]["stream_series"]
+    assert "## Per-series state" in results["_stdout"]
 
 
 def test_scale_sizes_time_and_memory(results):

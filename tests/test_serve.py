@@ -71,7 +71,7 @@ def test_dead_letters_and_replay(broker_settings, model_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert time.monotonic() - t0 >= 0.19, "20 events at 100/s take at least 0.19 s"
     bad = {k: v for k, v in example_events(event_schema(load_model(model_dir)), event_id=9999).items() if k != "good"}
-    assert set(bad) == set(REASONS) - {"prediction_failed"}
+    assert set(bad) == set(REASONS) - {"prediction_failed", "wrong_key"}  # a prediction failure and a key are not in a message
     p = producer(settings, value_serializer=DefaultSerializer())
     for kind, value in bad.items(): p.send(t["events"], key=kind, value=value, headers=[("kind", kind.encode())])
     p.flush(); p.close()
@@ -143,10 +143,12 @@ def test_unstable_group_offsets_are_asked_for_again_until_stable_or_stopped(kafk
     finally:
         w.close(); holder.close()
 
-def test_a_dated_model_scores_weeks_it_never_saw_and_a_lag_model_is_refused(broker_settings, tmp_path):
-    "Events carry the date: weeks three years after every training week are scored from their calendar; a model with lags is refused."
+def test_a_dated_model_scores_weeks_it_never_saw_and_a_lag_model_needs_events_keyed_by_series(broker_settings, tmp_path):
+    "Events carry the date: weeks three years after every training week are scored from their calendar. A lag model is served, "
+    "but events keyed by event id are wrong_key dead letters (their series' history may be on another partition), and a lag model "
+    "without a time axis is refused."
     import numpy as np, pandas as pd
-    from sales_prediction_kafka.models import SalesModel, save_model
+    from sales_prediction_kafka.models import SalesModel, make_model, save_model
     from sales_prediction_kafka.timeseries import TimeAxis, generate_panel
     settings, t = broker_settings, topics("dated")
     axis, panel = TimeAxis("Date", "W", ["Dept"]), generate_panel(seed=5)
@@ -154,18 +156,23 @@ def test_a_dated_model_scores_weeks_it_never_saw_and_a_lag_model_is_refused(brok
     later = panel.tail(40).assign(Date=(pd.to_datetime(panel.tail(40)["Date"]) + pd.DateOffset(weeks=156)).dt.strftime("%Y-%m-%d"))
     assert later["Date"].min() > panel["Date"].max()
     replay(table_events(later[["Date", "Dept", "Price"]]), settings, t["events"], 1000.0, progress=False)
-    serve = lambda folder: CliRunner().invoke(serve_command, [
-        "--model", str(folder), "--bootstrap-servers", settings.bootstrap_servers, "--group-id", t["group"],
-        "--events-topic", t["events"], "--predictions-topic", t["predictions"], "--dead-letter-topic", t["dlq"], "--idle-exit", "2"])
-    r = serve(save_model(model, tmp_path/"dated"))
+    serve = lambda folder, group: CliRunner().invoke(serve_command, [
+        "--model", str(folder), "--bootstrap-servers", settings.bootstrap_servers, "--group-id", group, "--no-follow",
+        "--events-topic", t["events"], "--predictions-topic", t["predictions"], "--dead-letter-topic", t["dlq"],
+        "--history-topic", f"hist-{t['group']}", "--idle-exit", "2"])
+    r = serve(save_model(model, tmp_path/"dated"), t["group"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.strip().splitlines()[-1])
     assert (summary["scored"], summary["dead_lettered"]) == (40, 0), summary
     got = {json.loads(m.value)["prediction_index"]: json.loads(m.value)["predicted_sales"] for m in read_all(settings, t["predictions"], "read_uncommitted")}
     np.testing.assert_allclose([got[i] for i in range(40)], model.predict(later), rtol=1e-9)
     lagged = SalesModel("linear", time=axis.to_dict()).fit(axis.derive(panel, "Sales"))
-    r = serve(save_model(lagged, tmp_path/"lagged"))
-    assert r.exit_code != 0 and "reads Sales_lag_1, Sales_lag_2, Sales_lag_52, Sales_mean_3, made from each series' earlier actuals" in r.output, r.output
+    r = serve(save_model(lagged, tmp_path/"lagged"), t["group"] + "-lag")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["dead_lettered"] == 40, r.output
+    assert {dict(m.headers)["dlq.reason"] for m in read_all(settings, t["dlq"], "read_uncommitted")} == {b"wrong_key"}
+    r = serve(save_model(make_model("naive").fit(axis.derive(panel, "Sales")), tmp_path/"naive"), t["group"] + "-naive")
+    assert r.exit_code != 0 and "has no time axis to find them by" in r.output, r.output
 
 def test_a_champion_that_fits_no_event_is_refused_at_start_and_at_a_swap(broker_settings, model_dir, tmp_path, caplog):
     "A registry champion trained on another table: `serve` refuses it naming both sides, scores with a run that fits, and a running worker keeps its model when it is promoted."

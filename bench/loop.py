@@ -5,19 +5,17 @@ that alert to the promotion (the champion record), from the promotion to the las
 champion, and the p99 scoring latency (event produce time -> prediction produce time) in the swap window against steady
 state before the shift. tests/test_loop.py runs the same `shift_scenario` and checks what it returns."""
 from __future__ import annotations
-import json, signal, subprocess, sys, tempfile, threading, time
+import json, signal, subprocess, tempfile, threading, time
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 from .common import kafka, load, table, tag, write_result, targets_line
 
 NAME = "loop"
-CLI = "from sales_prediction_kafka.cli import main; main(prog_name='sales-kafka')"  # `sales-kafka` of this interpreter
-
-
 def sales_kafka(tmp:Path, name:str, *args) -> subprocess.Popen:
     "A `sales-kafka` process; its stdout to <tmp>/<name>.out, its log to <tmp>/<name>.log."
-    return subprocess.Popen([sys.executable, "-c", CLI, *args], stdout=open(tmp/f"{name}.out", "ab"), stderr=open(tmp/f"{name}.log", "ab"))
+    from sales_prediction_kafka.config import cli_args
+    return subprocess.Popen(cli_args(*args), stdout=open(tmp/f"{name}.out", "ab"), stderr=open(tmp/f"{name}.log", "ab"))
 
 
 def worker_state(tmp:Path, worker:str) -> dict:

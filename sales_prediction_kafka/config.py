@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #d67f3d7c
 from __future__ import annotations
-import ctypes, logging, os, platform, random, signal, threading
+import ctypes, logging, os, platform, random, signal, sys, threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, asdict, replace
 from pathlib import Path
@@ -18,7 +18,7 @@ __all__ = ['log', 'PREDICTIONS_TOPIC', 'EVENTS_TOPIC', 'DEAD_LETTER_TOPIC', 'ALE
            'JOIN_STATE_TOPIC', 'JOIN_DEAD_LETTER_TOPIC', 'HISTORY_TOPIC', 'BOOTSTRAP_SERVERS_HELP', 'M_MMAP_THRESHOLD',
            'SalesKafkaError', 'KafkaSettings', 'env_name', 'kafka_settings', 'client_kwargs', 'redacted',
            'ProducerSettings', 'producer_settings', 'producer_kwargs', 'kafka_options', 'producer_options', 'set_seed',
-           'cache_home', 'stop_on_signals', 'steady_memory', 'plain']
+           'cache_home', 'stop_on_signals', 'steady_memory', 'plain', 'cli_args']
 
 # %% ../nbs/00_config.ipynb #5611052f
 PREDICTIONS_TOPIC = "sales_predictions"  # the original notebook's topic: four-field prediction records
@@ -193,3 +193,9 @@ def plain(x):
     if isinstance(x, (list, tuple)): return [plain(v) for v in x]
     if isinstance(x, np.ndarray): return plain(x.tolist())
     return x.item() if isinstance(x, np.generic) else x
+
+# %% ../nbs/00_config.ipynb #c78c7d96
+def cli_args(*args:str) -> list[str]:
+    "The command line of this interpreter's `sales-kafka` with `args`, importing the installed library whatever the working folder holds."
+    main = "import sys; sys.path.pop(0); from sales_prediction_kafka.cli import main; main(prog_name='sales-kafka')"
+    return [sys.executable, "-c", main, *args]

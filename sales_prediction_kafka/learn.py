@@ -4,14 +4,14 @@
 
 # %% ../nbs/09b_learn.ipynb #b5caa55c
 from __future__ import annotations
-import json, logging, subprocess, sys, tempfile, threading, time
+import json, logging, subprocess, tempfile, threading, time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 import click
 import numpy as np
 from kafka import TopicPartition
-from .config import SalesKafkaError, ACTUALS_TOPIC, ALERTS_TOPIC, EVENTS_TOPIC, KafkaSettings, kafka_options, kafka_settings, stop_on_signals
+from .config import SalesKafkaError, cli_args, ACTUALS_TOPIC, ALERTS_TOPIC, EVENTS_TOPIC, KafkaSettings, kafka_options, kafka_settings, stop_on_signals
 from .broker import ensure_broker
 from .data import TARGET
 from .models import SalesModel, load_model
@@ -109,10 +109,7 @@ def train_command(settings:KafkaSettings, events_topic:str, trigger:Trigger,
                   actuals_topic:str|None=ACTUALS_TOPIC # the events' later actuals; None: only events carrying their target
                  ) -> list[str]:
     "The command line of one retrain: `sales-kafka run` on the window's labelled events, without streaming."
-    cmd = [
-        sys.executable,
-        "-c",
-        "from sales_prediction_kafka.cli import main; main(prog_name='sales-kafka')",
+    cmd = cli_args(
         "-q",
         "run",
         "--no-stream",
@@ -124,7 +121,7 @@ def train_command(settings:KafkaSettings, events_topic:str, trigger:Trigger,
         str(window),
         "--out",
         str(out),
-    ]
+    )
     return (
         cmd
         + (["--from-since", trigger.since] if trigger.since else [])

@@ -194,7 +194,7 @@ def plain(x):
     if isinstance(x, np.ndarray): return plain(x.tolist())
     return x.item() if isinstance(x, np.generic) else x
 
-# %% ../nbs/00_config.ipynb #c78c7d96
+# %% ../nbs/00_config.ipynb #8f3633f0
 def cli_args(*args:str) -> list[str]:
     "The command line of this interpreter's `sales-kafka` with `args`, importing the installed library whatever the working folder holds."
     main = "import sys; sys.path.pop(0); from sales_prediction_kafka.cli import main; main(prog_name='sales-kafka')"

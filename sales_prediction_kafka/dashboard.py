@@ -23,7 +23,7 @@ from .browse import dead_letters, group_overview, read_messages, topic_overview
 from .config import DEAD_LETTER_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, steady_memory, stop_on_signals
 from .dlq import replayed
 from .monitor import Record, Update, monitor, monitor_kwargs, monitor_options
-from .registry import MAX_MODEL_BYTES, MODELS_TOPIC, Registry
+from .registry import MAX_MODEL_BYTES, MODELS_TOPIC, Registry, decision_alert
 from .stream import StreamError, consumer
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class DashboardHub:
         self.points = {k: deque(maxlen=points) for k in _COLUMNS}
         self.snapshot, self.error, self.queues = None, None, set()
         self.marks, self.models, self.version = deque(maxlen=50), None, None  # swap marks, registry rows, latest version
+        self.decided = 0  # the registry's decisions listed among the alerts so far
         self.placed, self.pending = deque(maxlen=points), []  # (partition, offset, x) of the charted records; unplaced swaps
 
     def state(self) -> dict:
@@ -111,8 +112,11 @@ class DashboardHub:
         if self.pending: self.note([])
 
     def note(self, changes:list, # (partition, offset, version, previous) where a partition's `model_version` changed
-             models:list|None=None): # the registry's versions if they changed, from `model_rows`
+             models:list|None=None, # the registry's versions if they changed, from `model_rows`
+             decisions:list|None=None): # the registry's decisions, oldest first: those not seen yet join the alerts
         "Take in model swaps and registry changes: a swap is marked at its first charted record, once per new version."
+        fresh = [decision_alert(d) for d in (decisions or [])[self.decided:]]
+        self.decided += len(fresh); self.alerts.extend(fresh)
         for p, o, v, prev in changes:
             self.version = v
             last = self.pending[-1][2] if self.pending else self.marks[-1]["version"] if self.marks else None
@@ -125,9 +129,9 @@ class DashboardHub:
                 self.pending.remove((p, o, v, prev))
         self.marks.extend(placed)
         if models is not None: self.models = models
-        if placed or changes or models is not None:
+        if placed or changes or models is not None or fresh:
             self._send(
-                sse("models", {"marks": list(self.marks), "models": self.models, "version": self.version})
+                sse("models", {"marks": list(self.marks), "models": self.models, "version": self.version, "alerts": fresh})
             )
 
     def fail(self, error:str):
@@ -214,7 +218,7 @@ def _watch(hub:DashboardHub, loop, stop:threading.Event, settings:KafkaSettings,
             try: changes, models = versions.poll(), registry.poll()
             except KafkaError as e:  # e.g. a metadata request to a broker that stopped answering: try again, never give up
                 log.warning("model versions not followed for now: %r", e); stop.wait(1); continue
-            if changes or models is not None: loop.call_soon_threadsafe(hub.note, changes, models)
+            if changes or models is not None: loop.call_soon_threadsafe(hub.note, changes, models, list(registry.reg.decisions))
             elif not (versions.assigned and registry.assigned): stop.wait(1)
     finally: versions.close(); registry.close()
 

@@ -5,7 +5,6 @@
 # %% ../nbs/09b_learn.ipynb #b5caa55c
 from __future__ import annotations
 import json, logging, subprocess, tempfile, threading, time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 import click
@@ -17,7 +16,7 @@ from .data import TARGET
 from .models import SalesModel, load_model
 from .monitor import describe_alert
 from .pipeline import ParameterError, validate_params
-from .registry import (MODELS_TOPIC, ChampionFollower, RegistryError, describe_decision, promote, publish,
+from .registry import (MODELS_TOPIC, ChampionFollower, decision_alert, RegistryError, describe_decision, promote, publish,
                                              read_registry, record_decision, record_model, version_record)
 from .replay import labelled_events
 from .stream import PARTITIONS, StreamError, check_topic, consumer, ensure_topic, producer
@@ -265,8 +264,7 @@ class Learner:
     def announce(self, d:dict):
         "Write the decision to the alerts topic, beside the drift alerts."
         p = producer(self.settings)
-        try: p.send(self.alerts_topic, key=self.models_topic, value={"alert": "model_decision", "reasons": [d["decision"]],
-                    "topic": self.models_topic, "raised_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")} | d).get(timeout=30)
+        try: p.send(self.alerts_topic, key=self.models_topic, value=decision_alert(d, self.models_topic)).get(timeout=30)
         finally: p.close(timeout=5)
 
     def run(self, triggers:Triggers, max_retrains:int|None=None # stop after this many decisions; None: until stopped

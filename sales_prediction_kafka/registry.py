@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'MODELS_TOPIC', 'MAX_MODEL_BYTES', 'FIGURES', 'CHAMPION', 'model_bytes', 'unpack_model', 'feature_profile',
            'numeric_shares', 'categorical_shares', 'psi', 'input_psi', 'training_rows', 'model_record',
            'version_record', 'record_model', 'RegistryError', 'Registry', 'describe_decision', 'registry_lines',
-           'ensure_models_topic', 'read_registry', 'publish', 'promote', 'rollback', 'record_decision',
-           'ChampionFollower', 'models_cli', 'list_command', 'publish_command', 'promote_command', 'rollback_command']
+           'decision_alert', 'ensure_models_topic', 'read_registry', 'publish', 'promote', 'rollback',
+           'record_decision', 'ChampionFollower', 'models_cli', 'list_command', 'publish_command', 'promote_command',
+           'rollback_command']
 
 # %% ../nbs/07a_registry.ipynb #3cc31ad6
 MODELS_TOPIC = "sales_models"  # the registry: compacted, one partition, so its records have one order
@@ -231,6 +232,13 @@ def registry_lines(reg:Registry) -> list[str]:
     lines = [f"{'*' if r['champion'] else ' '} {r['version']}  {r['kind']:8} test MAE {_mae(r['mae']):>10}  {r['created_at']}  "
              f"run {r['run']}{how(r)}" for r in reg.rows()]
     return lines + (["decisions:"] + [f"  {d.get('at', '?')}  {describe_decision(d)}" for d in reg.decisions] if reg.decisions else [])
+
+# %% ../nbs/07a_registry.ipynb #140bb6c6
+def decision_alert(d:dict, # a decision of the learner, as `record_decision` writes it (or about to be)
+                   topic:str|None=None # the registry topic it concerns
+                  ) -> dict:
+    "The decision as an alert of kind `model_decision`, raised when it was recorded (else now)."
+    return {"alert": "model_decision", "reasons": [d["decision"]], "topic": topic, "raised_at": d.get("at") or _now()} | d
 
 # %% ../nbs/07a_registry.ipynb #56dd6c28
 def ensure_models_topic(settings:KafkaSettings, topic:str=MODELS_TOPIC) -> bool:

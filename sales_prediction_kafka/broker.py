@@ -145,7 +145,10 @@ def broker_properties(data_dir:Path, # log.dirs: where the records live
              "share.coordinator.state.topic.min.isr": isr,
              "group.initial.rebalance.delay.ms": "0", "auto.create.topics.enable": "true",
              # a killed broker's registration lingers for the session timeout (9 s by default) and blocks its restart
-             "broker.session.timeout.ms": "4000", "broker.heartbeat.interval.ms": "1000"}
+             "broker.session.timeout.ms": "4000", "broker.heartbeat.interval.ms": "1000",
+             # the log cleaner takes its whole dedupe buffer at start (128 MiB by default): in a cluster node's 256 MiB heap a
+             # restart died with OutOfMemoryError starting the LogManager (CI); the compacted topics here are small
+             "log.cleaner.dedupe.buffer.size": str(16 * 2**20)}
     if sasl_users:
         props.update({"sasl.enabled.mechanisms": "PLAIN", "sasl.mechanism.inter.broker.protocol": "PLAIN",
                       f"listener.name.{proto.lower()}.plain.sasl.jaas.config": _jaas(sasl_users)})
@@ -493,7 +496,9 @@ class LocalCluster:
                 )
                 try: (t,) = admin.describe_topics([topic])
                 finally: admin.close()
-                return {p["partition_index"]: p["leader_id"] for p in t["partitions"]}
+                if t["partitions"]: return {p["partition_index"]: p["leader_id"] for p in t["partitions"]}
+                if time.monotonic() > deadline: return {}  # a node that does not know the topic yet describes it empty
+                time.sleep(0.5)
             except KafkaError:  # the metadata request went to a node that just died: ask again
                 if time.monotonic() > deadline: raise
                 time.sleep(0.5)

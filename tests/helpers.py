@@ -111,13 +111,16 @@ def stream_records(n:int) -> list[dict]:
     from sales_prediction_kafka.stream import prediction_records
     return prediction_records(range(n), [float(i) for i in range(n)], [i + 0.25 for i in range(n)])
 
-def describe(servers:str, topic:str) -> list[dict]:
-    "The partitions of `topic`: partition_index, leader_id, replica_nodes, isr_nodes."
+def describe(servers:str, topic:str, timeout:float=30) -> list[dict]:
+    "The partitions of `topic`: partition_index, leader_id, replica_nodes, isr_nodes; asked again while a broker knows none."
     from kafka import KafkaAdminClient
-    admin = KafkaAdminClient(bootstrap_servers=servers)
-    try: (t,) = admin.describe_topics([topic])
-    finally: admin.close()
-    return t["partitions"]
+    deadline = time.monotonic() + timeout
+    while True:  # a new topic's metadata reaches the brokers asynchronously (KRaft): one that has not got it yet describes
+        admin = KafkaAdminClient(bootstrap_servers=servers)  # it with no partitions, and all(...) over none is True (CI)
+        try: (t,) = admin.describe_topics([topic])
+        finally: admin.close()
+        if t["partitions"] or time.monotonic() > deadline: return t["partitions"]
+        time.sleep(0.5)
 
 def start_stream(n:int, servers:str, topic:str, run_id:str, timeout:float=120) -> subprocess.Popen:
     "`stream_predictions` of n records (index i: actual i, predicted i + 0.25) in its own process, as run `run_id`; on failure it prints the count and the indexes not acknowledged."

@@ -75,12 +75,7 @@ def test_cli_starts_shows_and_stops_every_node(tmp_path):
 def test_topics_get_the_clusters_replication(settings):
     "A topic created without a replication factor gets the cluster's (3); one the cluster cannot hold is refused with the numbers."
     ensure_topic(settings, "replicated", partitions=3)
-    # a new topic's metadata reaches the brokers asynchronously (KRaft): the broker a fresh admin client asks may not know
-    # it yet and describe it with no partitions (CI, under load: []); replication is judged once it does
-    seen = []
-    wait_for(lambda: len(seen.append(describe(settings.bootstrap_servers, "replicated")) or seen[-1]) == 3, 30,
-             "the broker asked to know the new topic's 3 partitions")
-    parts = seen[-1]
+    parts = describe(settings.bootstrap_servers, "replicated")  # once the broker asked knows the new topic (helpers.describe)
     assert [len(p["replica_nodes"]) for p in parts] == [3, 3, 3] and all(len(p["isr_nodes"]) == 3 for p in parts), parts
     with pytest.raises(StreamError, match="cannot create topic 'too_many' with replication factor 5: the cluster at .* has 3 broker"):
         ensure_topic(settings, "too_many", replication=5)

@@ -9,9 +9,9 @@ from collections import deque
 import numpy as np
 import pandas as pd
 from kafka import TopicPartition
-from .config import HISTORY_TOPIC, SalesKafkaError, KafkaSettings
+from .config import EVENTS_TOPIC, HISTORY_TOPIC, SalesKafkaError, KafkaSettings
 from .data import TARGET
-from .stream import consumer, ensure_topic
+from .stream import PARTITIONS, consumer, ensure_topic
 from .timeseries import BASELINES, TimeAxis, baseline_column
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,8 @@ def _partition_count(settings:KafkaSettings, topic:str) -> int|None:
     finally: c.close()
 
 def ensure_history_topic(settings:KafkaSettings, topic:str=HISTORY_TOPIC,
-                         events_topic:str="sales_events", # the history is partitioned like it
-                         partitions:int=3) -> int: # used when neither topic exists yet
+                         events_topic:str=EVENTS_TOPIC, # the history is partitioned like it
+                         partitions:int=PARTITIONS) -> int: # used when neither topic exists yet
     "Create the history topic like the events topic (compacted); its partition count, or `HistoryError` if the two differ."
     n = _partition_count(settings, events_topic) or partitions
     ensure_topic(settings, topic, n, configs=HISTORY_CONFIGS)

@@ -45,7 +45,8 @@ test-fast: setup  ## about 2 minutes, no broker, browser or JupyterLab: notebook
 	$(BIN)/nbdev_test
 	$(BIN)/pytest -m 'not kafka and not browser and not lab and not slow and not faults'
 
-export: setup  ## export the library from the notebooks, clean them, copy nbs/pipelines/ into the package
+export: setup  ## format the code (ruff), export the library from the notebooks, clean them, copy nbs/pipelines/ into the package
+	$(BIN)/ruff format -q .
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
 	$(BIN)/nbdev_clean --fname nbs/pipelines

@@ -1,2 +1,3 @@
 from .run import main
+
 main()

@@ -7,6 +7,7 @@
    replayed at 2,000 events/s to two workers: a lag model served with its per-series state, and the same model without
    lags (calendar and price only, no state). End-to-end p99 (prediction record time - event record time), in rounds
    with the two sides alternating, so a load burst on this shared machine hits both alike."""
+
 from __future__ import annotations
 import json, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -23,185 +24,420 @@ KEEP = 13  # rows per history record in the restore: the monthly model reaches 1
 STREAM_KEEP = 36  # rows per record in the latency stream: 2 years of slack, as the replay packs ~7-20 months into a second (chapter 08e)
 
 
-def plan(quick:bool) -> dict:
+def plan(quick: bool) -> dict:
     "Series in the restore, rounds and events per round of the latency phase (at 2,000/s), series in the stream."
-    if quick: return {"restore_series": 5_000, "restore_rounds": 1, "rounds": 1, "events": 1_000, "stream_series": 50, "rate": 2000}
-    return {"restore_series": 100_000, "restore_rounds": 3, "rounds": 3, "events": 4_000, "stream_series": 100, "rate": 2000}
+    if quick:
+        return {
+            "restore_series": 5_000,
+            "restore_rounds": 1,
+            "rounds": 1,
+            "events": 1_000,
+            "stream_series": 50,
+            "rate": 2000,
+        }
+    return {
+        "restore_series": 100_000,
+        "restore_rounds": 3,
+        "rounds": 3,
+        "events": 4_000,
+        "stream_series": 100,
+        "rate": 2000,
+    }
 
 
-def monthly_panel(series:int, months:int, seed:int=5, start:str="2000-01-31") -> pd.DataFrame:
+def monthly_panel(
+    series: int, months: int, seed: int = 5, start: str = "2000-01-31"
+) -> pd.DataFrame:
     "A seeded monthly panel in time order (a row per store per month): a level per store, a yearly season, price and noise."
     rng = np.random.default_rng(seed)
     level, amp = rng.uniform(1_000, 5_000, series), rng.uniform(0.1, 0.3, series)
     dates = pd.date_range(start, periods=months, freq="ME").strftime("%Y-%m-%d")
-    m = np.repeat(np.arange(months), series); s = np.tile(np.arange(series), months)
+    m = np.repeat(np.arange(months), series)
+    s = np.tile(np.arange(series), months)
     price = rng.uniform(8, 12, len(m)).round(2)
-    sales = level[s] * (1 + amp[s] * np.sin(2 * np.pi * m / 12)) - 50 * (price - 10) + rng.normal(0, 30, len(m))
-    return pd.DataFrame({"Date": dates[m], "Store": [f"S{i}" for i in s], "Price": price, "Sales": sales.round(2)})
+    sales = (
+        level[s] * (1 + amp[s] * np.sin(2 * np.pi * m / 12))
+        - 50 * (price - 10)
+        + rng.normal(0, 30, len(m))
+    )
+    return pd.DataFrame(
+        {"Date": dates[m], "Store": [f"S{i}" for i in s], "Price": price, "Sales": sales.round(2)}
+    )
 
 
-def models(tmp:Path) -> dict:
+def models(tmp: Path) -> dict:
     "The lag model (lags 1, 2, 12 and a 3-month mean, from the series' history) and the same without lags, saved; their folders."
     from sales_prediction_kafka.models import SalesModel, save_model
     from sales_prediction_kafka.timeseries import TimeAxis
+
     train = monthly_panel(40, 48, seed=11)
     lagged, plain_axis = TimeAxis("Date", "M", ["Store"]), TimeAxis("Date", "M", ["Store"], lags=[])
-    lag = SalesModel("linear", features=["Price"], time=lagged.to_dict()).fit(lagged.derive(train, "Sales"))
+    lag = SalesModel("linear", features=["Price"], time=lagged.to_dict()).fit(
+        lagged.derive(train, "Sales")
+    )
     flat = SalesModel("linear", features=["Price"], time=plain_axis.to_dict()).fit(train)
     assert lag.needs_history and not flat.needs_history
-    return {"state": save_model(lag, tmp/"lag"), "no_state": save_model(flat, tmp/"flat")}
+    return {"state": save_model(lag, tmp / "lag"), "no_state": save_model(flat, tmp / "flat")}
 
 
-def fill_history(settings, topic:str, n:int, rows:int=KEEP) -> dict:
+def fill_history(settings, topic: str, n: int, rows: int = KEEP) -> dict:
     "One history record for each of `n` series S0..S<n-1> on `topic`; bytes and seconds."
     from sales_prediction_kafka.stream import producer
-    p = producer(settings, key_serializer=None, value_serializer=None)  # the project's defaults: zstd, 50 ms linger, 256 KiB batches
+
+    p = producer(
+        settings, key_serializer=None, value_serializer=None
+    )  # the project's defaults: zstd, 50 ms linger, 256 KiB batches
     dates = pd.date_range("2000-01-31", periods=rows, freq="ME").strftime("%Y-%m-%d").tolist()
     rng, size, t0 = np.random.default_rng(1), 0, time.monotonic()
     for i in range(n):
-        v = json.dumps({"series": {"Store": f"S{i}"}, "rows": [[d, round(float(y), 2)] for d, y in zip(dates, rng.uniform(1e3, 5e3, rows))],
-                        "keep": rows}).encode()
+        v = json.dumps(
+            {
+                "series": {"Store": f"S{i}"},
+                "rows": [
+                    [d, round(float(y), 2)] for d, y in zip(dates, rng.uniform(1e3, 5e3, rows))
+                ],
+                "keep": rows,
+            }
+        ).encode()
         size += len(v)
         p.send(topic, key=f"S{i}".encode(), value=v)
-    p.flush(); p.close()
+    p.flush()
+    p.close()
     return {"records": n, "bytes": size, "seconds": time.monotonic() - t0}
 
 
-def restore(settings, model_dir:Path, n:int, rounds:int) -> dict:
+def restore(settings, model_dir: Path, n: int, rounds: int) -> dict:
     "Fill a history topic with `n` series, put events of 60 of them on the events topic, time `rounds` fresh workers taking it all over (median)."
     from sales_prediction_kafka.history import ensure_history_topic
     from sales_prediction_kafka.replay import replay, table_events
     from sales_prediction_kafka.stream import ensure_topic
+
     t = {k: tag(f"bench-hist-{k}") for k in ("events", "history", "out", "dlq")}
-    ensure_topic(settings, t["events"], 3); ensure_history_topic(settings, t["history"], t["events"])
+    ensure_topic(settings, t["events"], 3)
+    ensure_history_topic(settings, t["history"], t["events"])
     filled = fill_history(settings, t["history"], n)
-    waiting = pd.DataFrame({"Date": "2001-02-28", "Store": [f"S{i}" for i in range(0, n, max(1, n // 60))][:60], "Price": 10.0})
-    replay(table_events(waiting), settings, t["events"], progress=False, series=["Store"], time_column="Date",
-           history_topic=tag("bench-hist-unused"))
-    runs = [take_over(settings, model_dir, t, len(waiting)) for _ in range(rounds)]  # a fresh group each time: a worker taking it all over
-    took = sorted(r["assigned_to_first_scored_s"] if r["scored"] == r["expected"] else float("inf") for r in runs)  # a stuck run counts as never
-    return {"filled": filled, "runs": runs, "assigned_to_first_scored_s": took[len(took) // 2], "series": runs[0]["series"],
-            "scored": min(r["scored"] for r in runs), "expected": len(waiting),
-            **{k: sorted(r[k] for r in runs)[len(runs) // 2] for k in ("rss_before_mib", "rss_after_mib", "max_rss_mib")}}
+    waiting = pd.DataFrame(
+        {
+            "Date": "2001-02-28",
+            "Store": [f"S{i}" for i in range(0, n, max(1, n // 60))][:60],
+            "Price": 10.0,
+        }
+    )
+    replay(
+        table_events(waiting),
+        settings,
+        t["events"],
+        progress=False,
+        series=["Store"],
+        time_column="Date",
+        history_topic=tag("bench-hist-unused"),
+    )
+    runs = [
+        take_over(settings, model_dir, t, len(waiting)) for _ in range(rounds)
+    ]  # a fresh group each time: a worker taking it all over
+    took = sorted(
+        r["assigned_to_first_scored_s"] if r["scored"] == r["expected"] else float("inf")
+        for r in runs
+    )  # a stuck run counts as never
+    return {
+        "filled": filled,
+        "runs": runs,
+        "assigned_to_first_scored_s": took[len(took) // 2],
+        "series": runs[0]["series"],
+        "scored": min(r["scored"] for r in runs),
+        "expected": len(waiting),
+        **{
+            k: sorted(r[k] for r in runs)[len(runs) // 2]
+            for k in ("rss_before_mib", "rss_after_mib", "max_rss_mib")
+        },
+    }
 
 
-def take_over(settings, model_dir:Path, t:dict, expect:int) -> dict:
+def take_over(settings, model_dir: Path, t: dict, expect: int) -> dict:
     "One `bench.history_worker` process in a fresh group: it is given every partition, restores them and scores; its figures."
-    res = subprocess.run([sys.executable, "-m", "bench.history_worker", "--model", str(model_dir), "--bootstrap-servers",
-                          settings.bootstrap_servers, "--events-topic", t["events"], "--history-topic", t["history"], "--out-topic",
-                          t["out"], "--dlq-topic", t["dlq"], "--group", tag("bench-hist"), "--expect", str(expect)],
-                         capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
-    if res.returncode: raise RuntimeError(f"history_worker failed:\n{res.stderr[-4000:]}")
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.history_worker",
+            "--model",
+            str(model_dir),
+            "--bootstrap-servers",
+            settings.bootstrap_servers,
+            "--events-topic",
+            t["events"],
+            "--history-topic",
+            t["history"],
+            "--out-topic",
+            t["out"],
+            "--dlq-topic",
+            t["dlq"],
+            "--group",
+            tag("bench-hist"),
+            "--expect",
+            str(expect),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).parent.parent,
+    )
+    if res.returncode:
+        raise RuntimeError(f"history_worker failed:\n{res.stderr[-4000:]}")
     got = json.loads(res.stdout.strip().splitlines()[-1])
-    if got["scored"] < got["expected"]: log.error("a worker scored %d of %d events in 120 s after its restore:\n%s", got["scored"], got["expected"], res.stderr[-3000:])
+    if got["scored"] < got["expected"]:
+        log.error(
+            "a worker scored %d of %d events in 120 s after its restore:\n%s",
+            got["scored"],
+            got["expected"],
+            res.stderr[-3000:],
+        )
     return got
 
 
-def event_times(settings, topic:str) -> dict:
+def event_times(settings, topic: str) -> dict:
     "event id -> record timestamp (ms) of every event on `topic` (keyed by series: the id is in the value)."
     from kafka import KafkaConsumer, TopicPartition
-    c = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, max_poll_records=5000)
+
+    c = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        max_poll_records=5000,
+    )
     try:
         tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
-        c.assign(tps); c.seek_to_beginning(*tps)
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
         ends, out = c.end_offsets(tps), {}
         while any(c.position(tp) < ends[tp] for tp in tps):
             for recs in c.poll(timeout_ms=500).values():
-                for r in recs: out[json.loads(r.value)["event_id"]] = r.timestamp
+                for r in recs:
+                    out[json.loads(r.value)["event_id"]] = r.timestamp
         return out
-    finally: c.close()
+    finally:
+        c.close()
 
 
-def start_side(side:str, settings, model_dir:Path, tmp:Path) -> tuple:
+def start_side(side: str, settings, model_dir: Path, tmp: Path) -> tuple:
     "A `bench.live_worker` serving `side`'s model on topics of its own (history topic given either way); (worker, topics)."
     from sales_prediction_kafka.history import ensure_history_topic
     from sales_prediction_kafka.replay import replay, table_events
     from sales_prediction_kafka.stream import ensure_topic
-    t = {k: tag(f"bench-hist-{side}-{k}") for k in ("backlog", "backlog_out", "events", "out", "dlq", "actuals", "history")}
-    for k in ("backlog", "backlog_out", "events", "out", "dlq", "actuals"): ensure_topic(settings, t[k], 3)
+
+    t = {
+        k: tag(f"bench-hist-{side}-{k}")
+        for k in ("backlog", "backlog_out", "events", "out", "dlq", "actuals", "history")
+    }
+    for k in ("backlog", "backlog_out", "events", "out", "dlq", "actuals"):
+        ensure_topic(settings, t[k], 3)
     ensure_history_topic(settings, t["history"], t["events"])
-    replay(table_events(monthly_panel(1, 1).drop(columns="Sales"), first_id=10**9), settings, t["backlog"], progress=False,
-           series=["Store"], time_column="Date", history_topic=t["history"])  # the one event the worker drains before it serves
-    w = Worker(["--mode", "model", "--model", str(model_dir), "--bootstrap-servers", settings.bootstrap_servers,
-                "--group", tag(f"bench-hist-{side}"), "--backlog-topic", t["backlog"], "--backlog-out", t["backlog_out"],
-                "--backlog-n", "1", "--events-topic", t["events"], "--out-topic", t["out"], "--dlq-topic", t["dlq"],
-                "--history-topic", t["history"], "--polled-file", str(tmp/f"polled-{side}.json")], tmp/f"worker-{side}.log")
-    w.expect("DRAIN", 120); w.expect("READY", 120)
+    replay(
+        table_events(monthly_panel(1, 1).drop(columns="Sales"), first_id=10**9),
+        settings,
+        t["backlog"],
+        progress=False,
+        series=["Store"],
+        time_column="Date",
+        history_topic=t["history"],
+    )  # the one event the worker drains before it serves
+    w = Worker(
+        [
+            "--mode",
+            "model",
+            "--model",
+            str(model_dir),
+            "--bootstrap-servers",
+            settings.bootstrap_servers,
+            "--group",
+            tag(f"bench-hist-{side}"),
+            "--backlog-topic",
+            t["backlog"],
+            "--backlog-out",
+            t["backlog_out"],
+            "--backlog-n",
+            "1",
+            "--events-topic",
+            t["events"],
+            "--out-topic",
+            t["out"],
+            "--dlq-topic",
+            t["dlq"],
+            "--history-topic",
+            t["history"],
+            "--polled-file",
+            str(tmp / f"polled-{side}.json"),
+        ],
+        tmp / f"worker-{side}.log",
+    )
+    w.expect("DRAIN", 120)
+    w.expect("READY", 120)
     return w, t
 
 
-def send_round(settings, df:pd.DataFrame, t:dict, first:int, rate:int) -> range:
+def send_round(settings, df: pd.DataFrame, t: dict, first: int, rate: int) -> range:
     "Replay `df` (dated, in time order) at `rate` with lagged actuals and history to `t`; wait for every output; the ids."
     from sales_prediction_kafka.replay import replay, table_events
+
     before = total_records(settings, t["out"]) + total_records(settings, t["dlq"])
-    replay(table_events(df, first_id=first), settings, t["events"], rate=rate, progress=False, actuals_lag=LAG,
-           actuals_topic=t["actuals"], series=["Store"], time_column="Date", history_topic=t["history"], history_periods=STREAM_KEEP)
+    replay(
+        table_events(df, first_id=first),
+        settings,
+        t["events"],
+        rate=rate,
+        progress=False,
+        actuals_lag=LAG,
+        actuals_topic=t["actuals"],
+        series=["Store"],
+        time_column="Date",
+        history_topic=t["history"],
+        history_periods=STREAM_KEEP,
+    )
     deadline = time.monotonic() + 120
     while total_records(settings, t["out"]) + total_records(settings, t["dlq"]) < before + len(df):
-        if time.monotonic() > deadline: raise RuntimeError(f"{t['events']}: outputs missing after 120 s")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{t['events']}: outputs missing after 120 s")
         time.sleep(0.2)
     return range(first, first + len(df))
 
 
-def latency(settings, dirs:dict, p:dict, tmp:Path) -> dict:
+def latency(settings, dirs: dict, p: dict, tmp: Path) -> dict:
     "The rounds at `p['rate']`, both sides alternating; a row of latency figures per side and the workers' metrics."
     months = p["events"] // p["stream_series"]
     stream = monthly_panel(p["stream_series"], months * (p["rounds"] + 1), seed=3)
     sides = {s: start_side(s, settings, dirs[s], tmp) for s in dirs}
     ids, first = {s: [] for s in sides}, 0
     try:
-        for r in range(p["rounds"] + 1):  # round 0 warms both up (and gives the lag side a year of history): not counted
-            part = stream.iloc[r * months * p["stream_series"]:(r + 1) * months * p["stream_series"]]
-            for s in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-                got = send_round(settings, part, sides[s][1], first, p["rate"]); first += len(part)
-                if r: ids[s] += list(got)
+        for r in range(
+            p["rounds"] + 1
+        ):  # round 0 warms both up (and gives the lag side a year of history): not counted
+            part = stream.iloc[
+                r * months * p["stream_series"] : (r + 1) * months * p["stream_series"]
+            ]
+            for s in list(sides) if r % 2 == 0 else list(sides)[::-1]:
+                got = send_round(settings, part, sides[s][1], first, p["rate"])
+                first += len(part)
+                if r:
+                    ids[s] += list(got)
             log.info("history round %d of %d done", r, p["rounds"])
     finally:
-        for w, _ in sides.values(): w.stop()
+        for w, _ in sides.values():
+            w.stop()
     rows, metrics = [], {}
     for s, (w, t) in sides.items():
-        polled = json.loads((tmp/f"polled-{s}.json").read_text()) if (tmp/f"polled-{s}.json").exists() else {}
-        rows.append({"side": s, **stats(ids[s], event_times(settings, t["events"]), read_timestamps(settings, t["out"]),
-                                        {int(k): v for k, v in polled.items()}), "dead_letters": total_records(settings, t["dlq"])})
-        try: metrics[s] = json.loads(w.expect("DONE", 10))
-        except RuntimeError: metrics[s] = None
+        polled = (
+            json.loads((tmp / f"polled-{s}.json").read_text())
+            if (tmp / f"polled-{s}.json").exists()
+            else {}
+        )
+        rows.append(
+            {
+                "side": s,
+                **stats(
+                    ids[s],
+                    event_times(settings, t["events"]),
+                    read_timestamps(settings, t["out"]),
+                    {int(k): v for k, v in polled.items()},
+                ),
+                "dead_letters": total_records(settings, t["dlq"]),
+            }
+        )
+        try:
+            metrics[s] = json.loads(w.expect("DONE", 10))
+        except RuntimeError:
+            metrics[s] = None
     return {"rows": rows, "worker_metrics": metrics}
 
 
-def run(quick:bool=False, bootstrap_servers:str|None=None, out:Path|None=None, **_) -> dict:
+def run(
+    quick: bool = False, bootstrap_servers: str | None = None, out: Path | None = None, **_
+) -> dict:
     "Run the per-series state benchmark; write history.json; return its results."
     p, load_before = plan(quick), load()
-    with kafka(bootstrap_servers) as settings, tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
+    with (
+        kafka(bootstrap_servers) as settings,
+        tempfile.TemporaryDirectory(prefix="bench-history-") as tmp,
+    ):
         dirs = models(Path(tmp))
         r = restore(settings, dirs["state"], p["restore_series"], p["restore_rounds"])
         lat = latency(settings, dirs, p, Path(tmp))
     by = {x["side"]: x for x in lat["rows"]}
     ratio = by["state"]["p99_ms"] / by["no_state"]["p99_ms"]
     took = r["assigned_to_first_scored_s"]
-    targets = {f"p99 with lag state <= {TARGET_RATIO}x without at {p['rate']}/s": ratio <= TARGET_RATIO,
-               f"scoring within {RESTORE_TARGET_S:.0f} s of taking over {p['restore_series']:,} series": took is not None and took <= RESTORE_TARGET_S,
-               "every take-over scored every waiting event": r["scored"] == r["expected"]}
-    result = {"quick": quick, "plan": p, "restore": r, "latency": lat, "ratios": {f"p99_state_vs_no_state_{p['rate']}/s": ratio},
-              "targets": targets, "load_before": load_before, "load_after": load(),
-              "notes": ["restore: median of `restore_rounds` worker processes, each (ScoringWorker, at-least-once) joins a fresh group on a 3-partition events topic "
-                        "whose compacted history topic holds one record per series (13 monthly rows, JSON); timed from the "
-                        "rebalance callback that assigns the partitions to the first batch's predictions flushed",
-                        "RSS from /proc/self/status (VmRSS) before the worker opens and after it scored; max_rss = ru_maxrss",
-                        "latency = prediction record timestamp - event record timestamp (CreateTime, set at send()); "
-                        f"rounds of {p['events']:,} events at {p['rate']}/s, the sides alternating, after a warm-up round; "
-                        f"both streams carry the actuals ({LAG} events behind) and the history records",
-                        "state side: linear model on price, calendar, lags 1, 2, 12 and a 3-month mean (TimeAxis.derive per batch); "
-                        "no-state side: the same model without lags (calendar and price)"]}
+    targets = {
+        f"p99 with lag state <= {TARGET_RATIO}x without at {p['rate']}/s": ratio <= TARGET_RATIO,
+        f"scoring within {RESTORE_TARGET_S:.0f} s of taking over {p['restore_series']:,} series": took
+        is not None
+        and took <= RESTORE_TARGET_S,
+        "every take-over scored every waiting event": r["scored"] == r["expected"],
+    }
+    result = {
+        "quick": quick,
+        "plan": p,
+        "restore": r,
+        "latency": lat,
+        "ratios": {f"p99_state_vs_no_state_{p['rate']}/s": ratio},
+        "targets": targets,
+        "load_before": load_before,
+        "load_after": load(),
+        "notes": [
+            "restore: median of `restore_rounds` worker processes, each (ScoringWorker, at-least-once) joins a fresh group on a 3-partition events topic "
+            "whose compacted history topic holds one record per series (13 monthly rows, JSON); timed from the "
+            "rebalance callback that assigns the partitions to the first batch's predictions flushed",
+            "RSS from /proc/self/status (VmRSS) before the worker opens and after it scored; max_rss = ru_maxrss",
+            "latency = prediction record timestamp - event record timestamp (CreateTime, set at send()); "
+            f"rounds of {p['events']:,} events at {p['rate']}/s, the sides alternating, after a warm-up round; "
+            f"both streams carry the actuals ({LAG} events behind) and the history records",
+            "state side: linear model on price, calendar, lags 1, 2, 12 and a 3-month mean (TimeAxis.derive per batch); "
+            "no-state side: the same model without lags (calendar and price)",
+        ],
+    }
     path = write_result(NAME, result, out)
     print("\n## Per-series state (restore; serve with lag state vs without)\n")
-    print(table([{"series": r["series"], "records": r["filled"]["records"], "MB": r["filled"]["bytes"] / 1e6,
-                  "restores": len(r["runs"]), "restore_s (each)": " / ".join(f"{x['restores'][0]['seconds']:.2f}" for x in r["runs"]),
-                  "assigned_to_first_scored_s (each)": " / ".join(f"{x['assigned_to_first_scored_s']:.2f}" if x["scored"] == x["expected"]
-                                                                   else "stuck" for x in r["runs"]),
-                  "rss_before_mib": r["rss_before_mib"], "rss_after_mib": r["rss_after_mib"]}]))
+    print(
+        table(
+            [
+                {
+                    "series": r["series"],
+                    "records": r["filled"]["records"],
+                    "MB": r["filled"]["bytes"] / 1e6,
+                    "restores": len(r["runs"]),
+                    "restore_s (each)": " / ".join(
+                        f"{x['restores'][0]['seconds']:.2f}" for x in r["runs"]
+                    ),
+                    "assigned_to_first_scored_s (each)": " / ".join(
+                        f"{x['assigned_to_first_scored_s']:.2f}"
+                        if x["scored"] == x["expected"]
+                        else "stuck"
+                        for x in r["runs"]
+                    ),
+                    "rss_before_mib": r["rss_before_mib"],
+                    "rss_after_mib": r["rss_after_mib"],
+                }
+            ]
+        )
+    )
     print()
-    print(table(lat["rows"], ["side", "events", "delivered", "dead_letters", "offered_per_s", "throughput_per_s", "p50_ms", "p99_ms", "max_ms",
-                              "wait_p99_ms", "work_p50_ms", "work_p99_ms"]))
-    print(f"\np99 at {p['rate']}/s: with lag state / without {ratio:.2f} (target <= {TARGET_RATIO})")
+    print(
+        table(
+            lat["rows"],
+            [
+                "side",
+                "events",
+                "delivered",
+                "dead_letters",
+                "offered_per_s",
+                "throughput_per_s",
+                "p50_ms",
+                "p99_ms",
+                "max_ms",
+                "wait_p99_ms",
+                "work_p50_ms",
+                "work_p99_ms",
+            ],
+        )
+    )
+    print(
+        f"\np99 at {p['rate']}/s: with lag state / without {ratio:.2f} (target <= {TARGET_RATIO})"
+    )
     print(targets_line(targets, path))
     return result

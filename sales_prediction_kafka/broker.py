@@ -22,18 +22,25 @@ __all__ = ['log', 'KAFKA_VERSION', 'LOG4J_VERSION', 'SLF4J_VERSION', 'LOG4J2', '
 # %% ../nbs/06_broker.ipynb #8d7eef3a
 KAFKA_VERSION = "4.3.1"  # org.apache.kafka:kafka_2.13 and kafka-tools
 LOG4J_VERSION = "2.26.1"  # log4j-core and log4j-slf4j2-impl
-SLF4J_VERSION = "2.0.17"  # pinned: Maven's nearest-wins would otherwise pick slf4j 1.7, which ignores log4j2
+SLF4J_VERSION = (
+    "2.0.17"  # pinned: Maven's nearest-wins would otherwise pick slf4j 1.7, which ignores log4j2
+)
+
 
 class BrokerError(SalesKafkaError, RuntimeError):
     "The local broker could not be prepared, started or stopped."
 
 # %% ../nbs/06_broker.ipynb #bc99f860
-_INSTALL = {"java": "Java 17+ (e.g. `apt-get install openjdk-17-jre-headless`)",
-            "mvn": "Maven 3 (e.g. `apt-get install maven`)"}
+_INSTALL = {
+    "java": "Java 17+ (e.g. `apt-get install openjdk-17-jre-headless`)",
+    "mvn": "Maven 3 (e.g. `apt-get install maven`)",
+}
 
-def require_tool(name:str, # `java` or `mvn`
-                 path:str|None=None # search path; `$PATH` by default
-                ) -> str:
+
+def require_tool(
+    name: str,  # `java` or `mvn`
+    path: str | None = None,  # search path; `$PATH` by default
+) -> str:
     "The full path of command `name`, or a `BrokerError` that says what to install."
     home = os.environ.get("JAVA_HOME") if name == "java" and path is None else None
     found = (
@@ -41,16 +48,25 @@ def require_tool(name:str, # `java` or `mvn`
         if home and (Path(home) / "bin" / "java").exists()
         else shutil.which(name, path=path)
     )
-    if found: return found
-    raise BrokerError(f"`{name}` not found: the local Kafka broker needs {_INSTALL.get(name, name)}. "
-                      "Or use a running cluster instead: set KAFKA_BOOTSTRAP_SERVERS=host:port")
+    if found:
+        return found
+    raise BrokerError(
+        f"`{name}` not found: the local Kafka broker needs {_INSTALL.get(name, name)}. "
+        "Or use a running cluster instead: set KAFKA_BOOTSTRAP_SERVERS=host:port"
+    )
 
 # %% ../nbs/06_broker.ipynb #1f69f3b9
-def pom_xml(kafka:str=KAFKA_VERSION, log4j:str=LOG4J_VERSION, slf4j:str=SLF4J_VERSION) -> str:
+def pom_xml(
+    kafka: str = KAFKA_VERSION, log4j: str = LOG4J_VERSION, slf4j: str = SLF4J_VERSION
+) -> str:
     "A pom whose dependencies are the broker, Kafka's tools and a log4j2 backend."
-    deps = [("org.apache.kafka", "kafka_2.13", kafka), ("org.apache.kafka", "kafka-tools", kafka),
-            ("org.slf4j", "slf4j-api", slf4j), ("org.apache.logging.log4j", "log4j-core", log4j),
-            ("org.apache.logging.log4j", "log4j-slf4j2-impl", log4j)]
+    deps = [
+        ("org.apache.kafka", "kafka_2.13", kafka),
+        ("org.apache.kafka", "kafka-tools", kafka),
+        ("org.slf4j", "slf4j-api", slf4j),
+        ("org.apache.logging.log4j", "log4j-core", log4j),
+        ("org.apache.logging.log4j", "log4j-slf4j2-impl", log4j),
+    ]
     xml = "\n".join(
         f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>"
         for g, a, v in deps
@@ -67,65 +83,89 @@ def pom_xml(kafka:str=KAFKA_VERSION, log4j:str=LOG4J_VERSION, slf4j:str=SLF4J_VE
 
 # %% ../nbs/06_broker.ipynb #cd95452b
 @contextmanager
-def file_lock(path:Path):
+def file_lock(path: Path):
     "Hold an exclusive lock on `path` (created if missing) for the duration of the block."
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
-def kafka_jars(cache:Path|None=None, # folder for the jars; `cache_home()` by default
-               version:str=KAFKA_VERSION) -> list[Path]:
+
+def kafka_jars(
+    cache: Path | None = None,  # folder for the jars; `cache_home()` by default
+    version: str = KAFKA_VERSION,
+) -> list[Path]:
     "The broker's classpath, fetched from Maven Central on first use."
-    root = Path(cache or cache_home())/f"kafka-{version}"
-    jars = root/"jars"
-    with file_lock(root/".lock"):
+    root = Path(cache or cache_home()) / f"kafka-{version}"
+    jars = root / "jars"
+    with file_lock(root / ".lock"):
         if not jars.exists():
-            tmp = root/"jars.partial"
+            tmp = root / "jars.partial"
             shutil.rmtree(tmp, ignore_errors=True)
-            (root/"pom.xml").write_text(pom_xml(version))
+            (root / "pom.xml").write_text(pom_xml(version))
             log.info("fetching Apache Kafka %s from Maven Central into %s (once)", version, jars)
             t0 = time.monotonic()
-            res = subprocess.run([require_tool("mvn"), "-q", "-B", "-f", str(root/"pom.xml"),
-                                  "dependency:copy-dependencies", f"-DoutputDirectory={tmp}"],
-                                 capture_output=True, text=True)
+            res = subprocess.run(
+                [
+                    require_tool("mvn"),
+                    "-q",
+                    "-B",
+                    "-f",
+                    str(root / "pom.xml"),
+                    "dependency:copy-dependencies",
+                    f"-DoutputDirectory={tmp}",
+                ],
+                capture_output=True,
+                text=True,
+            )
             if res.returncode:
                 raise BrokerError(
-                    f"Maven could not fetch Kafka {version} (pom: {root/'pom.xml'}):\n{res.stdout[-2000:]}{res.stderr[-2000:]}"
+                    f"Maven could not fetch Kafka {version} (pom: {root / 'pom.xml'}):\n{res.stdout[-2000:]}{res.stderr[-2000:]}"
                 )
             tmp.rename(jars)
-            log.info("fetched %d jars in %.1f s", len(list(jars.glob('*.jar'))), time.monotonic() - t0)
+            log.info(
+                "fetched %d jars in %.1f s", len(list(jars.glob("*.jar"))), time.monotonic() - t0
+            )
     return sorted(jars.glob("*.jar"))
 
 # %% ../nbs/06_broker.ipynb #7fcc4d4f
-def free_port(host:str="127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     "A TCP port that is free on `host` right now."
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
-def _jaas(users:dict) -> str:
+
+def _jaas(users: dict) -> str:
     (user, password), *_ = users.items()
     entries = " ".join(f'user_{u}="{p}"' for u, p in users.items())
     return f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{user}" password="{password}" {entries};'
 
-def replication(nodes:int) -> tuple[int, int]:
+
+def replication(nodes: int) -> tuple[int, int]:
     "The replication factor and min.insync.replicas for a cluster of `nodes`: (1, 1) alone, (3, 2) from three nodes on."
     rf = min(nodes, 3)
     return rf, max(1, rf - 1)
 
-def broker_properties(data_dir:Path, # log.dirs: where the records live
-                      port:int, # the client listener's port
-                      controller_port:int, # the KRaft controller's port
-                      host:str="127.0.0.1", # listeners bind here
-                      sasl_users:dict|None=None, # {user: password}: SASL/PLAIN on the client listener
-                      extra:dict|None=None, # more server properties, overriding these
-                      node_id:int=1, # this node's id
-                      voters:dict|None=None, # {node id: controller port} of the whole quorum; this node alone by default
-                      advertised_port:int|None=None, # the client port named to clients (a proxy's in front of `port`); `port` by default
-                      links:dict|None=None # more listeners {NAME: (port, advertised port)}; a link named REPLICATION carries replication
-                     ) -> dict:
+
+def broker_properties(
+    data_dir: Path,  # log.dirs: where the records live
+    port: int,  # the client listener's port
+    controller_port: int,  # the KRaft controller's port
+    host: str = "127.0.0.1",  # listeners bind here
+    sasl_users: dict | None = None,  # {user: password}: SASL/PLAIN on the client listener
+    extra: dict | None = None,  # more server properties, overriding these
+    node_id: int = 1,  # this node's id
+    voters: dict
+    | None = None,  # {node id: controller port} of the whole quorum; this node alone by default
+    advertised_port: int
+    | None = None,  # the client port named to clients (a proxy's in front of `port`); `port` by default
+    links: dict
+    | None = None,  # more listeners {NAME: (port, advertised port)}; a link named REPLICATION carries replication
+) -> dict:
     "Server properties for a KRaft node that is broker and controller; replication follows the quorum's size."
     proto = "SASL_PLAINTEXT" if sasl_users else "PLAINTEXT"
     voters = voters or {node_id: controller_port}
@@ -133,36 +173,58 @@ def broker_properties(data_dir:Path, # log.dirs: where the records live
     links = links or {}
     more = "".join(f",{n}://{host}:{p}" for n, (p, _) in links.items())
     named = "".join(f",{n}://{host}:{a or p}" for n, (p, a) in links.items())
-    props = {"process.roles": "broker,controller", "node.id": str(node_id),
-             "controller.quorum.voters": ",".join(f"{i}@{host}:{p}" for i, p in sorted(voters.items())),
-             "listeners": f"{proto}://{host}:{port},CONTROLLER://{host}:{controller_port}{more}",
-             "advertised.listeners": f"{proto}://{host}:{advertised_port or port}{named}",
-             "controller.listener.names": "CONTROLLER", "inter.broker.listener.name": "REPLICATION" if "REPLICATION" in links else proto,
-             "listener.security.protocol.map": f"{proto}:{proto},CONTROLLER:PLAINTEXT" + "".join(f",{n}:{proto}" for n in links),
-             "log.dirs": str(data_dir), "num.partitions": "1", "default.replication.factor": rf, "min.insync.replicas": isr,
-             "offsets.topic.replication.factor": rf, "transaction.state.log.replication.factor": rf,
-             "transaction.state.log.min.isr": isr, "share.coordinator.state.topic.replication.factor": rf,
-             "share.coordinator.state.topic.min.isr": isr,
-             "group.initial.rebalance.delay.ms": "0", "auto.create.topics.enable": "true",
-             # a killed broker's registration lingers for the session timeout (9 s by default) and blocks its restart
-             "broker.session.timeout.ms": "4000", "broker.heartbeat.interval.ms": "1000",
-             # the log cleaner takes its whole dedupe buffer at start (128 MiB by default): in a cluster node's 256 MiB heap a
-             # restart died with OutOfMemoryError starting the LogManager (CI); the compacted topics here are small
-             "log.cleaner.dedupe.buffer.size": str(16 * 2**20)}
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": str(node_id),
+        "controller.quorum.voters": ",".join(f"{i}@{host}:{p}" for i, p in sorted(voters.items())),
+        "listeners": f"{proto}://{host}:{port},CONTROLLER://{host}:{controller_port}{more}",
+        "advertised.listeners": f"{proto}://{host}:{advertised_port or port}{named}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "REPLICATION" if "REPLICATION" in links else proto,
+        "listener.security.protocol.map": f"{proto}:{proto},CONTROLLER:PLAINTEXT"
+        + "".join(f",{n}:{proto}" for n in links),
+        "log.dirs": str(data_dir),
+        "num.partitions": "1",
+        "default.replication.factor": rf,
+        "min.insync.replicas": isr,
+        "offsets.topic.replication.factor": rf,
+        "transaction.state.log.replication.factor": rf,
+        "transaction.state.log.min.isr": isr,
+        "share.coordinator.state.topic.replication.factor": rf,
+        "share.coordinator.state.topic.min.isr": isr,
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "true",
+        # a killed broker's registration lingers for the session timeout (9 s by default) and blocks its restart
+        "broker.session.timeout.ms": "4000",
+        "broker.heartbeat.interval.ms": "1000",
+        # the log cleaner takes its whole dedupe buffer at start (128 MiB by default): in a cluster node's 256 MiB heap a
+        # restart died with OutOfMemoryError starting the LogManager (CI); the compacted topics here are small
+        "log.cleaner.dedupe.buffer.size": str(16 * 2**20),
+    }
     if sasl_users:
-        props.update({"sasl.enabled.mechanisms": "PLAIN", "sasl.mechanism.inter.broker.protocol": "PLAIN",
-                      f"listener.name.{proto.lower()}.plain.sasl.jaas.config": _jaas(sasl_users)})
-        for n in links: props[f"listener.name.{n.lower()}.plain.sasl.jaas.config"] = _jaas(sasl_users)
+        props.update(
+            {
+                "sasl.enabled.mechanisms": "PLAIN",
+                "sasl.mechanism.inter.broker.protocol": "PLAIN",
+                f"listener.name.{proto.lower()}.plain.sasl.jaas.config": _jaas(sasl_users),
+            }
+        )
+        for n in links:
+            props[f"listener.name.{n.lower()}.plain.sasl.jaas.config"] = _jaas(sasl_users)
     return props | {k: str(v) for k, v in (extra or {}).items()}
 
-def write_properties(path:Path, props:dict) -> Path:
+
+def write_properties(path: Path, props: dict) -> Path:
     "Write `props` as a Java properties file."
     path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     return path
 
-def read_properties(path:Path) -> dict:
+
+def read_properties(path: Path) -> dict:
     "Read a Java properties file written by `write_properties`."
-    return dict(l.split("=", 1) for l in path.read_text().splitlines() if "=" in l and not l.startswith("#"))
+    return dict(
+        l.split("=", 1) for l in path.read_text().splitlines() if "=" in l and not l.startswith("#")
+    )
 
 # %% ../nbs/06_broker.ipynb #ff1e786d
 LOG4J2 = """rootLogger.level=INFO
@@ -178,31 +240,56 @@ logger.state.level=WARN
 # %% ../nbs/06_broker.ipynb #b379d3da
 class LocalBroker:
     "An Apache Kafka node (KRaft, broker and controller) whose files live in `home`; alone, or one of a `LocalCluster`."
-    def __init__(self, home:Path|str|None=None, # folder for config, logs and data; `cache_home()/'broker'` by default
-                 port:int|None=None, # client port; a free one when the home is new
-                 host:str="127.0.0.1", # listeners bind here (loopback unless told otherwise)
-                 sasl_users:dict|None=None, # {user: password} enables SASL/PLAIN on the client listener
-                 heap:str="512m", # the JVM's -Xmx
-                 cache:Path|None=None, # where the jars are cached; `cache_home()` by default
-                 extra:dict|None=None, # more server properties, e.g. `{"log.retention.hours": 1}`
-                 node_id:int=1, # the node's id in its cluster
-                 advertised_port:int|None=None, # the client port named to clients, e.g. a proxy's in front of `port`; `port` by default
-                 links:dict|None=None): # more listeners {NAME: (port, advertised port)}, see `broker_properties`
-        self.home = Path(home or cache_home()/"broker").absolute()
-        self.host, self.sasl_users, self.heap, self.cache, self.extra = host, sasl_users, heap, cache, extra
+
+    def __init__(
+        self,
+        home: Path
+        | str
+        | None = None,  # folder for config, logs and data; `cache_home()/'broker'` by default
+        port: int | None = None,  # client port; a free one when the home is new
+        host: str = "127.0.0.1",  # listeners bind here (loopback unless told otherwise)
+        sasl_users: dict
+        | None = None,  # {user: password} enables SASL/PLAIN on the client listener
+        heap: str = "512m",  # the JVM's -Xmx
+        cache: Path | None = None,  # where the jars are cached; `cache_home()` by default
+        extra: dict | None = None,  # more server properties, e.g. `{"log.retention.hours": 1}`
+        node_id: int = 1,  # the node's id in its cluster
+        advertised_port: int
+        | None = None,  # the client port named to clients, e.g. a proxy's in front of `port`; `port` by default
+        links: dict | None = None,
+    ):  # more listeners {NAME: (port, advertised port)}, see `broker_properties`
+        self.home = Path(home or cache_home() / "broker").absolute()
+        self.host, self.sasl_users, self.heap, self.cache, self.extra = (
+            host,
+            sasl_users,
+            heap,
+            cache,
+            extra,
+        )
         self.props_file, self.log_file, self.pid_file = (
             self.home / "server.properties",
             self.home / "server.log",
             self.home / "broker.pid",
         )
-        self.data_dir = self.home/"data"
-        saved, (mine, named) = self._saved_ports(), map(self._saved, ("listeners", "advertised.listeners"))
+        self.data_dir = self.home / "data"
+        saved, (mine, named) = (
+            self._saved_ports(),
+            map(self._saved, ("listeners", "advertised.listeners")),
+        )
         self.port = port or (saved[0] if saved else free_port(host))
         self.controller_port = saved[1] if saved else free_port(host)
         first = next(iter(mine), None)  # the client listener's name
-        self.advertised_port = advertised_port or (named.get(first) if first and named.get(first) != mine[first] else None)
-        self.links = links or {n: (p, named.get(n)) for n, p in list(mine.items())[2:]}  # a restart keeps them
-        self.node_id, self.voters, self.cluster_id = node_id, None, None  # a LocalCluster sets the quorum and the cluster id
+        self.advertised_port = advertised_port or (
+            named.get(first) if first and named.get(first) != mine[first] else None
+        )
+        self.links = links or {
+            n: (p, named.get(n)) for n, p in list(mine.items())[2:]
+        }  # a restart keeps them
+        self.node_id, self.voters, self.cluster_id = (
+            node_id,
+            None,
+            None,
+        )  # a LocalCluster sets the quorum and the cluster id
         self._proc, self._fixed_port = None, port is not None
 
     def _saved_ports(self) -> list[int]:
@@ -210,13 +297,13 @@ class LocalBroker:
         old = read_properties(self.props_file) if self.props_file.exists() else {}
         return [int(u.rsplit(":", 1)[1]) for u in old.get("listeners", "").split(",") if ":" in u]
 
-    def _saved(self, key:str) -> dict:
+    def _saved(self, key: str) -> dict:
         "{listener name: port} of `key` (`listeners` or `advertised.listeners`) in this home's `server.properties`."
         old = read_properties(self.props_file) if self.props_file.exists() else {}
         urls = [u.split("://") for u in old.get(key, "").split(",") if "://" in u]
         return {name: int(a.rsplit(":", 1)[1]) for name, a in urls}
 
-    def link(self, name:str) -> str:
+    def link(self, name: str) -> str:
         "host:port at which clients reach the broker through its link `name` (its advertised port)."
         port, named = self.links[name]
         return f"{self.host}:{named or port}"
@@ -226,28 +313,37 @@ class LocalBroker:
         "host:port for clients: the advertised port (a proxy's, if one stands in front)."
         return f"{self.host}:{self.advertised_port or self.port}"
 
-    def __repr__(self): return f"LocalBroker({self.bootstrap_servers}, home={self.home})"
+    def __repr__(self):
+        return f"LocalBroker({self.bootstrap_servers}, home={self.home})"
 
-    def pid(self) -> int|None:
+    def pid(self) -> int | None:
         "The pid of this home's running broker, or None."
-        try: pid = int(self.pid_file.read_text())
-        except (OSError, ValueError): return None
+        try:
+            pid = int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
         cmd = _cmdline(pid)
         return pid if "kafka.Kafka" in cmd and str(self.props_file) in cmd and _alive(pid) else None
 
     def status(self) -> dict:
         "Whether the broker runs, and where its address, data and log are."
         pid = self.pid()
-        return {"running": pid is not None, "pid": pid, "bootstrap_servers": self.bootstrap_servers,
-                "security_protocol": "SASL_PLAINTEXT" if self.sasl_users else "PLAINTEXT",
-                "home": str(self.home), "data_dir": str(self.data_dir), "log_file": str(self.log_file)}
+        return {
+            "running": pid is not None,
+            "pid": pid,
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": "SASL_PLAINTEXT" if self.sasl_users else "PLAINTEXT",
+            "home": str(self.home),
+            "data_dir": str(self.data_dir),
+            "log_file": str(self.log_file),
+        }
 
-    def _java(self, main:str, *args):
+    def _java(self, main: str, *args):
         cp = ":".join(map(str, kafka_jars(self.cache)))
         return [
             require_tool("java"),
             f"-Xmx{self.heap}",
-            f"-Dlog4j2.configurationFile={self.home/'log4j2.properties'}",
+            f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
             "-cp",
             cp,
             main,
@@ -255,7 +351,8 @@ class LocalBroker:
         ]
 
     def _format(self):
-        if (self.data_dir/"meta.properties").exists(): return
+        if (self.data_dir / "meta.properties").exists():
+            return
         res = subprocess.run(
             self._java(
                 "kafka.tools.StorageTool",
@@ -269,14 +366,21 @@ class LocalBroker:
             text=True,
         )
         if res.returncode:
-            raise BrokerError(f"formatting {self.data_dir} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+            raise BrokerError(
+                f"formatting {self.data_dir} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}"
+            )
 
     def client_settings(self) -> dict:
         "Kafka client settings that log in to this broker (its first SASL user), or none for a plain one."
-        if not self.sasl_users: return {}
+        if not self.sasl_users:
+            return {}
         (user, password), *_ = self.sasl_users.items()
-        return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
-                "sasl_plain_username": user, "sasl_plain_password": password}
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": user,
+            "sasl_plain_password": password,
+        }
 
     def _launch(self):
         "Write the configuration, format a new data directory and start the JVM, detached (hold the home's lock)."
@@ -295,7 +399,7 @@ class LocalBroker:
                 self.links,
             ),
         )
-        (self.home/"log4j2.properties").write_text(LOG4J2)
+        (self.home / "log4j2.properties").write_text(LOG4J2)
         self._format()
         with open(self.log_file, "ab") as out:
             self._proc = subprocess.Popen(
@@ -308,8 +412,12 @@ class LocalBroker:
             )
         self.pid_file.write_text(str(self._proc.pid))
 
-    def _wait(self, t0:float, # when the launch began
-              timeout:float, brokers:int=1): # the cluster's metadata must list this many brokers
+    def _wait(
+        self,
+        t0: float,  # when the launch began
+        timeout: float,
+        brokers: int = 1,
+    ):  # the cluster's metadata must list this many brokers
         "Wait until the launched node answers; `BrokerError` with the log's tail if its JVM exits or `timeout` passes."
         while not broker_answers(self.bootstrap_servers, brokers=brokers, **self.client_settings()):
             if self._proc.poll() is not None:
@@ -318,7 +426,9 @@ class LocalBroker:
                 )
             if time.monotonic() - t0 > timeout:
                 self.stop()
-                raise BrokerError(f"Kafka did not answer at {self.bootstrap_servers} within {timeout:.0f} s; see {self.log_file}:\n{_tail(self.log_file)}")
+                raise BrokerError(
+                    f"Kafka did not answer at {self.bootstrap_servers} within {timeout:.0f} s; see {self.log_file}:\n{_tail(self.log_file)}"
+                )
             time.sleep(0.2)
         log.info(
             "Kafka %s answers at %s after %.1f s (data %s, log %s)",
@@ -329,148 +439,201 @@ class LocalBroker:
             self.log_file,
         )
 
-    def start(self, timeout:float=60) -> LocalBroker:
+    def start(self, timeout: float = 60) -> LocalBroker:
         "Start the broker (or reuse the running one) and wait until it answers."
         self.home.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.home/".lock"):
+        with file_lock(self.home / ".lock"):
             saved = self._saved_ports()  # another process may have set this home up since __init__
-            if saved and (self.pid() or not self._fixed_port): self.port, self.controller_port = saved[:2]
-            if self.pid(): return self
+            if saved and (self.pid() or not self._fixed_port):
+                self.port, self.controller_port = saved[:2]
+            if self.pid():
+                return self
             t0 = time.monotonic()
             self._launch()
             self._wait(t0, timeout)
         return self
 
-    def _exited(self, pid:int, timeout:float) -> bool:
+    def _exited(self, pid: int, timeout: float) -> bool:
         "Wait up to `timeout` seconds for process `pid` to exit (reaping it if it is our child); True if it did."
         deadline = time.monotonic() + timeout
         while _alive(pid) and time.monotonic() < deadline:
-            if self._proc is not None: self._proc.poll()
+            if self._proc is not None:
+                self._proc.poll()
             time.sleep(0.1)
         return not _alive(pid)
 
-    def kill(self, sig:int=signal.SIGKILL) -> bool:
+    def kill(self, sig: int = signal.SIGKILL) -> bool:
         "Send `sig` to the broker's process group (SIGKILL, as a crash would, also waits until it is gone); True if one ran."
         pid = self.pid()
-        if pid is None: return False
+        if pid is None:
+            return False
         os.killpg(pid, sig)
-        if sig == signal.SIGKILL: self._exited(pid, 10)
+        if sig == signal.SIGKILL:
+            self._exited(pid, 10)
         return True
 
-    def stop(self, timeout:float=30) -> bool:
+    def stop(self, timeout: float = 30) -> bool:
         "Stop this home's broker; True if one was running."
         pid = self.pid()
-        if pid is None: return False
+        if pid is None:
+            return False
         os.killpg(pid, signal.SIGTERM)
         if not self._exited(pid, timeout):
             log.warning("Kafka (pid %d) ignored SIGTERM for %.0f s; killing it", pid, timeout)
             os.killpg(pid, signal.SIGKILL)
-        if self._proc is not None: self._proc.wait(timeout=10)
+        if self._proc is not None:
+            self._proc.wait(timeout=10)
         self.pid_file.unlink(missing_ok=True)
         log.info("stopped Kafka at %s (pid %d)", self.bootstrap_servers, pid)
         return True
 
-    def __enter__(self): return self.start()
+    def __enter__(self):
+        return self.start()
 
-    def __exit__(self, *exc): self.stop()
+    def __exit__(self, *exc):
+        self.stop()
 
 # %% ../nbs/06_broker.ipynb #889f7c82
-def _cmdline(pid:int) -> list[str]:
-    try: return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-    except OSError: return []
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return []
 
-def _alive(pid:int) -> bool:
-    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError): return False
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 # %% ../nbs/06_broker.ipynb #b335194c
 def _cluster_id() -> str:
     "A random Kafka Uuid in base64; like Kafka's own, never starting with '-' (it would read as an option)."
-    while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"): pass
+    while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith(
+        "-"
+    ):
+        pass
     return cid
 
-def _tail(path:Path, n:int=15) -> str:
-    try: return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError: return ""
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
 
 # %% ../nbs/06_broker.ipynb #bf0b806e
-def accepts_connections(bootstrap_servers:str, timeout:float=0.5) -> bool:
+def accepts_connections(bootstrap_servers: str, timeout: float = 0.5) -> bool:
     "True when some host:port of `bootstrap_servers` accepts a TCP connection."
     for server in bootstrap_servers.split(","):
         host, port = server.strip().rsplit(":", 1)
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout): return True
-        except OSError: continue
+            with socket.create_connection((host.strip("[]"), int(port)), timeout):
+                return True
+        except OSError:
+            continue
     return False
 
-def broker_answers(bootstrap_servers:str, timeout:float=2.0,
-                   brokers:int=1, # how many brokers the cluster's metadata must list
-                   **client) -> bool:
+
+def broker_answers(
+    bootstrap_servers: str,
+    timeout: float = 2.0,
+    brokers: int = 1,  # how many brokers the cluster's metadata must list
+    **client,
+) -> bool:
     "True when a Kafka broker at `bootstrap_servers` returns cluster metadata listing at least `brokers` brokers."
     from kafka import KafkaAdminClient
-    if not accepts_connections(bootstrap_servers, timeout): return False  # quietly: a client would log every refused connection
+
+    if not accepts_connections(bootstrap_servers, timeout):
+        return False  # quietly: a client would log every refused connection
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, bootstrap_timeout_ms=int(timeout*1000),
-                                 request_timeout_ms=int(timeout*1000), **client)
-    except Exception: return False
-    try: return len(admin.describe_cluster()["brokers"]) >= brokers
-    except Exception: return False
-    finally: admin.close()
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            bootstrap_timeout_ms=int(timeout * 1000),
+            request_timeout_ms=int(timeout * 1000),
+            **client,
+        )
+    except Exception:
+        return False
+    try:
+        return len(admin.describe_cluster()["brokers"]) >= brokers
+    except Exception:
+        return False
+    finally:
+        admin.close()
 
 # %% ../nbs/06_broker.ipynb #f9d031de
 class LocalCluster:
     "`nodes` Kafka nodes on loopback, each broker and controller (one quorum of `nodes`), in `home/node-<id>`."
-    def __init__(self, home:Path|str|None=None, # the nodes' parent folder; `cache_home()/'broker'` by default
-                 nodes:int|None=None, # how many; those already in `home`, else 3
-                 host:str="127.0.0.1", # listeners bind here
-                 heap:str="256m", # each JVM's -Xmx: three of them share the machine
-                 cache:Path|None=None, # where the jars are cached; `cache_home()` by default
-                 extra:dict|None=None): # more server properties for every node
-        self.home = Path(home or cache_home()/"broker").absolute()
+
+    def __init__(
+        self,
+        home: Path
+        | str
+        | None = None,  # the nodes' parent folder; `cache_home()/'broker'` by default
+        nodes: int | None = None,  # how many; those already in `home`, else 3
+        host: str = "127.0.0.1",  # listeners bind here
+        heap: str = "256m",  # each JVM's -Xmx: three of them share the machine
+        cache: Path | None = None,  # where the jars are cached; `cache_home()` by default
+        extra: dict | None = None,
+    ):  # more server properties for every node
+        self.home = Path(home or cache_home() / "broker").absolute()
         found = len(list(self.home.glob("node-*")))
         if found and nodes and nodes != found:
             raise BrokerError(f"{self.home} holds a cluster of {found} nodes, not {nodes}")
         self.nodes = [
-            LocalBroker(self.home / f"node-{i}", host=host, heap=heap, cache=cache, extra=extra, node_id=i)
+            LocalBroker(
+                self.home / f"node-{i}", host=host, heap=heap, cache=cache, extra=extra, node_id=i
+            )
             for i in range(1, (nodes or found or 3) + 1)
         ]
         voters = {b.node_id: b.controller_port for b in self.nodes}
-        metas = [read_properties(m) for b in self.nodes if (m := b.data_dir/"meta.properties").exists()]
+        metas = [
+            read_properties(m) for b in self.nodes if (m := b.data_dir / "meta.properties").exists()
+        ]
         cluster_id = metas[0]["cluster.id"] if metas else _cluster_id()
-        for b in self.nodes: b.voters, b.cluster_id = voters, cluster_id
+        for b in self.nodes:
+            b.voters, b.cluster_id = voters, cluster_id
 
     @property
     def bootstrap_servers(self) -> str:
         "Every node's host:port, comma-separated."
         return ",".join(b.bootstrap_servers for b in self.nodes)
 
-    def node(self, node_id:int) -> LocalBroker:
+    def node(self, node_id: int) -> LocalBroker:
         "The node with id `node_id` (1, 2, ...)."
         return self.nodes[node_id - 1]
 
-    def __repr__(self): return f"LocalCluster({self.bootstrap_servers}, home={self.home})"
+    def __repr__(self):
+        return f"LocalCluster({self.bootstrap_servers}, home={self.home})"
 
-    def start(self, timeout:float=120) -> LocalCluster:
+    def start(self, timeout: float = 120) -> LocalCluster:
         "Start every node that is not running and wait until each answers with all the nodes in its metadata."
-        if (self.home/"server.properties").exists():
+        if (self.home / "server.properties").exists():
             raise BrokerError(
                 f"{self.home} holds a single broker: stop it and remove the folder, or give the cluster another --home"
             )
         with ExitStack() as locks:
             for b in self.nodes:
                 b.home.mkdir(parents=True, exist_ok=True)
-                locks.enter_context(file_lock(b.home/".lock"))
+                locks.enter_context(file_lock(b.home / ".lock"))
             t0, down = time.monotonic(), [b for b in self.nodes if not b.pid()]
-            for b in down: b._launch()
+            for b in down:
+                b._launch()
             try:
-                for b in down: b._wait(t0, timeout, brokers=len(self.nodes))
-            except BrokerError: self.stop(); raise
+                for b in down:
+                    b._wait(t0, timeout, brokers=len(self.nodes))
+            except BrokerError:
+                self.stop()
+                raise
         return self
 
-    def stop(self, timeout:float=30) -> bool:
+    def stop(self, timeout: float = 30) -> bool:
         "Stop every node; True if any was running."
         running = [b for b in self.nodes if b.kill(signal.SIGTERM)]
-        for b in running: b.stop(timeout)
+        for b in running:
+            b.stop(timeout)
         return bool(running)
 
     def status(self) -> dict:
@@ -484,54 +647,72 @@ class LocalCluster:
             "nodes": nodes,
         }
 
-    def leaders(self, topic:str, timeout:float=30) -> dict:
+    def leaders(self, topic: str, timeout: float = 30) -> dict:
         "{partition: the node id of its leader (-1 if none)} of `topic`, asked of the running nodes."
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
+
         deadline = time.monotonic() + timeout
         while True:
             try:
                 admin = KafkaAdminClient(
                     bootstrap_servers=[b.bootstrap_servers for b in self.nodes if b.pid()]
                 )
-                try: (t,) = admin.describe_topics([topic])
-                finally: admin.close()
-                if t["partitions"]: return {p["partition_index"]: p["leader_id"] for p in t["partitions"]}
-                if time.monotonic() > deadline: return {}  # a node that does not know the topic yet describes it empty
+                try:
+                    (t,) = admin.describe_topics([topic])
+                finally:
+                    admin.close()
+                if t["partitions"]:
+                    return {p["partition_index"]: p["leader_id"] for p in t["partitions"]}
+                if time.monotonic() > deadline:
+                    return {}  # a node that does not know the topic yet describes it empty
                 time.sleep(0.5)
             except KafkaError:  # the metadata request went to a node that just died: ask again
-                if time.monotonic() > deadline: raise
+                if time.monotonic() > deadline:
+                    raise
                 time.sleep(0.5)
 
-    def __enter__(self): return self.start()
+    def __enter__(self):
+        return self.start()
 
-    def __exit__(self, *exc): self.stop()
+    def __exit__(self, *exc):
+        self.stop()
 
 # %% ../nbs/06_broker.ipynb #2d16d522
-def local_kafka(home:Path|None=None # the local Kafka's home; `cache_home()/'broker'` by default
-               ) -> LocalBroker|LocalCluster:
+def local_kafka(
+    home: Path | None = None,  # the local Kafka's home; `cache_home()/'broker'` by default
+) -> LocalBroker | LocalCluster:
     "The local Kafka in `home`: the `LocalCluster` that `broker start --nodes N` made there, else a `LocalBroker`."
-    home = Path(home or cache_home()/"broker")
-    return LocalCluster(home) if (home/"node-1").is_dir() else LocalBroker(home)
+    home = Path(home or cache_home() / "broker")
+    return LocalCluster(home) if (home / "node-1").is_dir() else LocalBroker(home)
 
-def ensure_broker(settings:KafkaSettings|None=None, # settings; bootstrap_servers None means the local Kafka
-                  home:Path|None=None # the local Kafka's home; `cache_home()/'broker'` by default
-                 ) -> KafkaSettings:
+
+def ensure_broker(
+    settings: KafkaSettings | None = None,  # settings; bootstrap_servers None means the local Kafka
+    home: Path | None = None,  # the local Kafka's home; `cache_home()/'broker'` by default
+) -> KafkaSettings:
     "`settings` unchanged if they name a cluster, else the local Kafka's address (started if needed)."
     settings = settings or kafka_settings()
-    if settings.bootstrap_servers: return settings
+    if settings.bootstrap_servers:
+        return settings
     kafka = local_kafka(home)
     if not kafka.status()["running"]:
         log.info("starting local Kafka at %s (home %s)", kafka.bootstrap_servers, kafka.home)
     return replace(settings, bootstrap_servers=kafka.start().bootstrap_servers)
 
 # %% ../nbs/06_broker.ipynb #ec2b3482
-_home = click.option("--home", type=click.Path(path_type=Path), default=None,
-                     help="The broker's or cluster's folder (config, data, log); default: <cache>/broker.")
+_home = click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The broker's or cluster's folder (config, data, log); default: <cache>/broker.",
+)
+
 
 @click.group("broker")
 def broker_cli():
     "Start, stop or inspect the local Apache Kafka broker or cluster."
+
 
 @broker_cli.command("start")
 @_home
@@ -542,10 +723,17 @@ def broker_cli():
     help="Nodes of a new local cluster (3: replication factor 3, min.insync.replicas 2); default: what --home holds, else 1.",
 )
 @click.option(
-    "--port", type=int, default=None, help="Client port for a new single-broker home; default: a free port."
+    "--port",
+    type=int,
+    default=None,
+    help="Client port for a new single-broker home; default: a free port.",
 )
 @click.option(
-    "--timeout", type=float, default=120, show_default=True, help="Seconds to wait until every node answers."
+    "--timeout",
+    type=float,
+    default=120,
+    show_default=True,
+    help="Seconds to wait until every node answers.",
 )
 def broker_start(home, nodes, port, timeout):
     "Start the local broker or cluster (or report the running one) and print its status."
@@ -553,11 +741,15 @@ def broker_start(home, nodes, port, timeout):
         kafka = (
             LocalCluster(home, nodes)
             if nodes and nodes > 1
-            else LocalBroker(home, port=port) if port else local_kafka(home)
+            else LocalBroker(home, port=port)
+            if port
+            else local_kafka(home)
         )
         kafka.start(timeout)
-    except BrokerError as e: raise click.ClickException(str(e))
+    except BrokerError as e:
+        raise click.ClickException(str(e))
     click.echo(json.dumps(kafka.status()))
+
 
 @broker_cli.command("stop")
 @_home
@@ -577,10 +769,12 @@ def broker_stop(home, timeout):
         else f"no Kafka running from {kafka.home}"
     )
 
+
 @broker_cli.command("status")
 @_home
 def broker_status(home):
     "Print the status (every node's, for a cluster) as JSON; exit code 1 unless everything runs."
     st = local_kafka(home).status()
     click.echo(json.dumps(st))
-    if not st["running"]: raise SystemExit(1)
+    if not st["running"]:
+        raise SystemExit(1)

@@ -20,18 +20,25 @@ __all__ = ['log', 'message_view', 'topic_overview', 'group_overview', 'records',
            'NoMatchingRun', 'matching_run']
 
 # %% ../nbs/08b_browse.ipynb #5ab5beed
-def _text(b:bytes|None) -> str|None:
+def _text(b: bytes | None) -> str | None:
     "`b` as UTF-8 text, or its hex when it is not text."
-    if b is None: return None
-    try: return b.decode("utf-8")
-    except UnicodeDecodeError: return "0x" + b.hex()
+    if b is None:
+        return None
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return "0x" + b.hex()
+
 
 def message_view(m) -> dict:
     "A consumed message as JSON-ready fields: place, time, key, headers, the value pretty-printed if JSON, its raw bytes."
     import base64
+
     value = _text(m.value)
-    try: shown, is_json = json.dumps(json.loads(m.value), indent=2, ensure_ascii=False), True
-    except (TypeError, ValueError): shown, is_json = value, False
+    try:
+        shown, is_json = json.dumps(json.loads(m.value), indent=2, ensure_ascii=False), True
+    except (TypeError, ValueError):
+        shown, is_json = value, False
     return {
         "topic": m.topic,
         "partition": m.partition,
@@ -45,15 +52,21 @@ def message_view(m) -> dict:
     }
 
 # %% ../nbs/08b_browse.ipynb #48fa3ce3
-def topic_overview(settings:KafkaSettings, internal:bool=False # include Kafka's own topics (__consumer_offsets ...)
-                  ) -> list[dict]:
+def topic_overview(
+    settings: KafkaSettings,
+    internal: bool = False,  # include Kafka's own topics (__consumer_offsets ...)
+) -> list[dict]:
     "Every topic with its partitions: leader, replicas, in-sync replicas, first and last offsets, message count."
     admin, c = admin_client(settings), consumer(settings, enable_auto_commit=False)
     try:
         topics = [t for t in admin.describe_topics() if internal or not t["is_internal"]]
-        tps = [TopicPartition(t["name"], p["partition_index"]) for t in topics for p in t["partitions"]]
+        tps = [
+            TopicPartition(t["name"], p["partition_index"]) for t in topics for p in t["partitions"]
+        ]
         first, end = (c.beginning_offsets(tps), c.end_offsets(tps)) if tps else ({}, {})
-    finally: admin.close(); c.close()
+    finally:
+        admin.close()
+        c.close()
     out = []
     for t in sorted(topics, key=lambda t: t["name"]):
         parts = [
@@ -80,7 +93,7 @@ def topic_overview(settings:KafkaSettings, internal:bool=False # include Kafka's
     return out
 
 # %% ../nbs/08b_browse.ipynb #a1cbef31
-def group_overview(settings:KafkaSettings) -> list[dict]:
+def group_overview(settings: KafkaSettings) -> list[dict]:
     "Every consumer group: state, members and their partitions, committed offset and lag per partition."
     admin, c = admin_client(settings), consumer(settings, enable_auto_commit=False)
     try:
@@ -89,7 +102,9 @@ def group_overview(settings:KafkaSettings) -> list[dict]:
         committed = admin.list_group_offsets(ids) if ids else {}
         tps = sorted({tp for offs in committed.values() for tp in offs})
         end = c.end_offsets(tps) if tps else {}
-    finally: admin.close(); c.close()
+    finally:
+        admin.close()
+        c.close()
     out = []
     for g in ids:
         d = described.get(g, {})
@@ -115,45 +130,63 @@ def group_overview(settings:KafkaSettings) -> list[dict]:
             }
             for tp, om in sorted(committed.get(g, {}).items())
         ]
-        out.append({"group": g, "state": d.get("group_state"), "members": members, "offsets": offsets,
-                    "lag": sum(o["lag"] for o in offsets)})
+        out.append(
+            {
+                "group": g,
+                "state": d.get("group_state"),
+                "members": members,
+                "offsets": offsets,
+                "lag": sum(o["lag"] for o in offsets),
+            }
+        )
     return out
 
 # %% ../nbs/08b_browse.ipynb #ff3f1586
-def _between(c, start:dict, stop:dict) -> list:
+def _between(c, start: dict, stop: dict) -> list:
     "The records of each partition from `start` up to `stop` (offsets by `TopicPartition`), read with consumer `c`."
     c.assign(list(start))
-    for tp, o in start.items(): c.seek(tp, o)
+    for tp, o in start.items():
+        c.seek(tp, o)
     got, todo = [], {tp for tp in start if start[tp] < stop[tp]}
     while todo:
         batch = c.poll(timeout_ms=1000)
-        if not batch: break
+        if not batch:
+            break
         for tp, ms in batch.items():
             got += [m for m in ms if m.offset < stop[tp]]
-            if c.position(tp) >= stop[tp]: todo.discard(tp)
+            if c.position(tp) >= stop[tp]:
+                todo.discard(tp)
     return got
 
-def records(settings:KafkaSettings, topic:str, isolation:str="read_committed") -> list:
+
+def records(settings: KafkaSettings, topic: str, isolation: str = "read_committed") -> list:
     "Every record of `topic` up to its end now, with its original bytes (kafka-python `ConsumerRecord`s)."
     c = consumer(settings, enable_auto_commit=False, isolation_level=isolation)
     try:
         tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
         return _between(c, c.beginning_offsets(tps), c.end_offsets(tps)) if tps else []
-    finally: c.close()
+    finally:
+        c.close()
 
 # %% ../nbs/08b_browse.ipynb #b87d037f
-def read_messages(settings:KafkaSettings, topic:str,
-                  partition:int|None=None, # None: every partition
-                  before:int|None=None, # newest first from just before this offset (one partition); None: from the end
-                  since_ms:int|None=None, # only messages at or after this time (ms since the epoch)
-                  limit:int=50 # at most this many messages
-                 ) -> list[dict]:
+def read_messages(
+    settings: KafkaSettings,
+    topic: str,
+    partition: int | None = None,  # None: every partition
+    before: int
+    | None = None,  # newest first from just before this offset (one partition); None: from the end
+    since_ms: int | None = None,  # only messages at or after this time (ms since the epoch)
+    limit: int = 50,  # at most this many messages
+) -> list[dict]:
     "The last `limit` messages of `topic` (before `before`, since `since_ms`), newest first, as `message_view`s."
     c = consumer(settings, enable_auto_commit=False)
     try:
         parts = c.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts) if partition is None or p == partition]
-        if not tps: return []
+        tps = [
+            TopicPartition(topic, p) for p in sorted(parts) if partition is None or p == partition
+        ]
+        if not tps:
+            return []
         first, end = c.beginning_offsets(tps), c.end_offsets(tps)
         stop = {tp: min(end[tp], before) if before is not None else end[tp] for tp in tps}
         start = {tp: max(first[tp], stop[tp] - limit) for tp in tps}
@@ -161,15 +194,19 @@ def read_messages(settings:KafkaSettings, topic:str,
             at = c.offsets_for_times({tp: since_ms for tp in tps})
             start = {tp: max(start[tp], at[tp].offset if at.get(tp) else stop[tp]) for tp in tps}
         got = _between(c, start, stop)
-    finally: c.close()
+    finally:
+        c.close()
     got.sort(key=lambda m: (m.timestamp, m.offset), reverse=True)
     return [message_view(m) for m in got[:limit]]
 
 # %% ../nbs/08b_browse.ipynb #5debdea6
-def _header(view:dict, name:str) -> str|None:
+def _header(view: dict, name: str) -> str | None:
     return next((v for k, v in view["headers"] if k == name), None)
 
-def dead_letters(settings:KafkaSettings, topic:str=DEAD_LETTER_TOPIC, limit:int=1000) -> list[dict]:
+
+def dead_letters(
+    settings: KafkaSettings, topic: str = DEAD_LETTER_TOPIC, limit: int = 1000
+) -> list[dict]:
     "The last `limit` dead letters grouped by reason, most frequent first: {reason, count, messages}."
     msgs = read_messages(settings, topic, limit=limit)
     counts = Counter(_header(m, "dlq.reason") or "unknown" for m in msgs)
@@ -183,7 +220,7 @@ def dead_letters(settings:KafkaSettings, topic:str=DEAD_LETTER_TOPIC, limit:int=
     ]
 
 # %% ../nbs/08b_browse.ipynb #808a1609
-def newest_events(settings:KafkaSettings, topic:str=EVENTS_TOPIC, n:int=20) -> list[dict]:
+def newest_events(settings: KafkaSettings, topic: str = EVENTS_TOPIC, n: int = 20) -> list[dict]:
     "The newest `n` events of `topic` that are JSON objects (none if the topic is missing or empty)."
     return [
         e
@@ -191,34 +228,51 @@ def newest_events(settings:KafkaSettings, topic:str=EVENTS_TOPIC, n:int=20) -> l
         if m["json"] and isinstance(e := json.loads(m["value"]), dict)
     ]
 
-def _model_info(run:Path) -> dict|None:
-    try: return json.loads((run/"model"/"model.json").read_text())
-    except (OSError, ValueError): return None
+
+def _model_info(run: Path) -> dict | None:
+    try:
+        return json.loads((run / "model" / "model.json").read_text())
+    except (OSError, ValueError):
+        return None
+
 
 class NoMatchingRun(LookupError):
     "No run folder holds a model that can score the events on the topic."
 
-def matching_run(runs:Path|str, # the folder of run folders
-                 events:list[dict], # recent events; empty: take the newest run
-                 max_imputed:float=MAX_IMPUTED # the share of a model's inputs an event may lack (`serve.fit_problem`)
-                ) -> tuple[Path, str]:
+
+def matching_run(
+    runs: Path | str,  # the folder of run folders
+    events: list[dict],  # recent events; empty: take the newest run
+    max_imputed: float = MAX_IMPUTED,  # the share of a model's inputs an event may lack (`serve.fit_problem`)
+) -> tuple[Path, str]:
     "The newest run whose model fits `events` (`serve.fit_problem`), and a sentence saying which and why."
-    found = sorted((r for r in Path(runs).glob("*") if _model_info(r)), key=lambda r: r.name, reverse=True)
-    if not found: raise NoMatchingRun(f"no run with a model in {runs}; train one with `sales-kafka run`")
-    data = lambda r: Path(
-        str(
-            (json.loads((r / "params.json").read_text()) if (r / "params.json").exists() else {})
-            .get("data", {})
-            .get("path", "?")
-        )
-    ).name
+    found = sorted(
+        (r for r in Path(runs).glob("*") if _model_info(r)), key=lambda r: r.name, reverse=True
+    )
+    if not found:
+        raise NoMatchingRun(f"no run with a model in {runs}; train one with `sales-kafka run`")
+    data = lambda r: (
+        Path(
+            str(
+                (
+                    json.loads((r / "params.json").read_text())
+                    if (r / "params.json").exists()
+                    else {}
+                )
+                .get("data", {})
+                .get("path", "?")
+            )
+        ).name
+    )
     if not events:
-        return found[0], f"run {found[0].name} (data {data(found[0])}): the newest; no events yet to match"
+        return found[
+            0
+        ], f"run {found[0].name} (data {data(found[0])}): the newest; no events yet to match"
     fields = set().union(*events)
     for r in found:
-        if fit_problem(load_model(r/"model"), events, max_imputed) is None:
+        if fit_problem(load_model(r / "model"), events, max_imputed) is None:
             return r, f"run {r.name} (data {data(r)}): the newest whose model fits the events"
-    need = ", ".join(sorted(load_model(found[0]/"model").inputs))
+    need = ", ".join(sorted(load_model(found[0] / "model").inputs))
     raise NoMatchingRun(
         f"none of the {len(found)} runs in {runs} has a model for these events: they carry {', '.join(sorted(fields))}; "
         f"the newest run ({found[0].name}, data {data(found[0])}) needs {need}. Train on the events' table with "

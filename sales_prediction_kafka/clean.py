@@ -19,43 +19,59 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'OUTLIER_POLICIES', 'fill_values', 'impute', 'iqr_bounds', 'outside', 'CleaningReport', 'Cleaner']
 
 # %% ../nbs/02_clean.ipynb #51fdb047
-def fill_values(df:pd.DataFrame,
-                kinds:dict # column -> 'numeric' (mean) or any other kind (mode)
-               ) -> dict:
+def fill_values(
+    df: pd.DataFrame,
+    kinds: dict,  # column -> 'numeric' (mean) or any other kind (mode)
+) -> dict:
     "The mean of each numeric column of `kinds` and the mode of every other one, from the rows of `df`."
     empty = [c for c in kinds if df[c].isna().all()]
     if empty:
-        raise DataError(f"column(s) {', '.join(map(repr, empty))} are entirely empty: nothing to impute from")
+        raise DataError(
+            f"column(s) {', '.join(map(repr, empty))} are entirely empty: nothing to impute from"
+        )
     return plain(
-        {c: float(df[c].mean()) if k == "numeric" else df[c].mode().iloc[0] for c, k in kinds.items()}
+        {
+            c: float(df[c].mean()) if k == "numeric" else df[c].mode().iloc[0]
+            for c, k in kinds.items()
+        }
     )
 
-def impute(df:pd.DataFrame, values:dict) -> pd.DataFrame:
+
+def impute(df: pd.DataFrame, values: dict) -> pd.DataFrame:
     "A copy of `df` with the missing cells of each column in `values` set to its value."
     out = df.copy()
     for c, v in values.items():
-        if c not in out or not out[c].isna().any(): continue
+        if c not in out or not out[c].isna().any():
+            continue
         s = out[c]
-        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s): s = s.astype(np.float64)  # Int64 holds no mean
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            s = s.astype(np.float64)  # Int64 holds no mean
         out[c] = s.fillna(v)
     return out
 
 # %% ../nbs/02_clean.ipynb #780cdb78
-def iqr_bounds(df:pd.DataFrame, columns:list, k:float=1.5) -> dict:
+def iqr_bounds(df: pd.DataFrame, columns: list, k: float = 1.5) -> dict:
     "`{column: [Q1 - k*IQR, Q3 + k*IQR]}` for `columns` of `df`."
     q1, q3 = df[columns].quantile(0.25), df[columns].quantile(0.75)
-    return {c: [float(q1[c] - k * (q3[c] - q1[c])), float(q3[c] + k * (q3[c] - q1[c]))] for c in columns}
+    return {
+        c: [float(q1[c] - k * (q3[c] - q1[c])), float(q3[c] + k * (q3[c] - q1[c]))] for c in columns
+    }
 
-def outside(df:pd.DataFrame, bounds:dict) -> pd.DataFrame:
+
+def outside(df: pd.DataFrame, bounds: dict) -> pd.DataFrame:
     "A boolean frame: True where a cell lies outside its column's bounds."
-    return pd.DataFrame({c: (df[c] < lo) | (df[c] > hi) for c, (lo, hi) in bounds.items()}, index=df.index)
+    return pd.DataFrame(
+        {c: (df[c] < lo) | (df[c] > hi) for c, (lo, hi) in bounds.items()}, index=df.index
+    )
 
 # %% ../nbs/02_clean.ipynb #7a680c29
 OUTLIER_POLICIES = ("keep", "remove")  # what a model does with atypical training rows
 
+
 @dataclass
 class CleaningReport:
     "What cleaning did to the training rows, and the fill values and bounds it learned from them."
+
     rows_before: int  # training rows given
     rows_after: int  # training rows the model learns from
     policy: str  # 'keep' or 'remove' the atypical rows
@@ -103,6 +119,7 @@ class CleaningReport:
 @dataclass
 class Cleaner:
     "Imputation and IQR bounds learned from training rows only, then applied to any rows."
+
     target: str  # never imputed; rows without it are not training rows
     numeric: list  # numeric features: mean-imputed and IQR-bounded
     categorical: list  # other features: mode-imputed
@@ -110,28 +127,32 @@ class Cleaner:
     fill: dict = field(default_factory=dict)  # column -> fill value, learned by `fit`
     bounds: dict = field(default_factory=dict)  # column -> [low, high], learned by `fit`
 
-    def fit(self, df:pd.DataFrame) -> Cleaner:
+    def fit(self, df: pd.DataFrame) -> Cleaner:
         "Learn fill values and the bounds of the target and numeric features from the training rows `df`."
-        if self.k < 0: raise ValueError(f"k must be >= 0, got {self.k}")
+        if self.k < 0:
+            raise ValueError(f"k must be >= 0, got {self.k}")
         if self.target not in df:
             raise DataError(
                 f"no target column {self.target!r}; the columns are {', '.join(map(str, df.columns))}"
             )
         rows = df[df[self.target].notna()]
-        kinds = {**{c: "numeric" for c in self.numeric}, **{c: "categorical" for c in self.categorical}}
+        kinds = {
+            **{c: "numeric" for c in self.numeric},
+            **{c: "categorical" for c in self.categorical},
+        }
         self.fill = fill_values(rows, kinds)
         self.bounds = iqr_bounds(impute(rows, self.fill), [self.target, *self.numeric], self.k)
         return self
 
-    def impute(self, df:pd.DataFrame) -> pd.DataFrame:
+    def impute(self, df: pd.DataFrame) -> pd.DataFrame:
         "A copy of `df` with the features' gaps filled by the training values."
         return impute(df, self.fill)
 
-    def typical(self, df:pd.DataFrame) -> pd.Series:
+    def typical(self, df: pd.DataFrame) -> pd.Series:
         "True for the rows of `df` inside every training bound, after imputation."
         return ~outside(self.impute(df), self.bounds).any(axis=1)
 
-    def apply(self, df:pd.DataFrame, policy:str="keep") -> tuple[pd.DataFrame, CleaningReport]:
+    def apply(self, df: pd.DataFrame, policy: str = "keep") -> tuple[pd.DataFrame, CleaningReport]:
         "The training rows `df` ready to learn from under `policy` ('keep' or 'remove'), and a report."
         if policy not in OUTLIER_POLICIES:
             raise ValueError(f"outlier policy must be one of {OUTLIER_POLICIES}, got {policy!r}")

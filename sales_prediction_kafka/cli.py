@@ -14,46 +14,69 @@ from . import __version__
 # %% ../nbs/11_cli.ipynb #d81c6462
 class KafkaClientNoise(logging.Filter):
     "Drops kafka-python's own log records (its retries while connecting); the errors they end in are ours to report."
-    def filter(self, record:logging.LogRecord) -> bool: return not (record.name == "kafka" or record.name.startswith("kafka."))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "kafka" or record.name.startswith("kafka."))
 
 # %% ../nbs/11_cli.ipynb #d9ad2135
 COMMANDS = {  # name: (module, function) of each command; imported only when it runs or shows its own help
-    "generate-data": ("data", "generate_data"), "run": ("pipeline", "run_command"), "broker": ("broker", "broker_cli"),
+    "generate-data": ("data", "generate_data"),
+    "run": ("pipeline", "run_command"),
+    "broker": ("broker", "broker_cli"),
     "aggregate": ("data", "aggregate_command"),
-    "consume": ("stream", "consume_cli"), "replay": ("replay", "replay_command"), "serve": ("serve", "serve_command"),
+    "consume": ("stream", "consume_cli"),
+    "replay": ("replay", "replay_command"),
+    "serve": ("serve", "serve_command"),
     "join": ("join", "join_command"),
-    "monitor": ("monitor", "monitor_command"), "dashboard": ("dashboard", "dashboard_command"),
+    "monitor": ("monitor", "monitor_command"),
+    "dashboard": ("dashboard", "dashboard_command"),
     "runs": ("runs", "runs_command"),
     "models": ("registry", "models_cli"),
     "learn": ("learn", "learn_command"),
     "dlq": ("dlq", "dlq_cli"),
 }
 
-def source_docstring(module:str, # a module of this package, e.g. "serve"
-                     name:str # a function defined at its top level
-                    ) -> str:
+
+def source_docstring(
+    module: str,  # a module of this package, e.g. "serve"
+    name: str,  # a function defined at its top level
+) -> str:
     "The docstring of `module.name`, read from the source without importing the module (and pandas, TensorFlow ...)."
     origin = importlib.util.find_spec(f"sales_prediction_kafka.{module}").origin
     tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
-    return next(ast.get_docstring(n) for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    return next(
+        ast.get_docstring(n) for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name
+    )
+
 
 class LazyGroup(click.Group):
     "A click group whose commands in `lazy` ({name: (module, function)}) are imported on first use."
-    def __init__(self, *args, lazy:dict, **kw): super().__init__(*args, **kw); self.lazy = lazy
 
-    def list_commands(self, ctx) -> list[str]: return sorted({*self.commands, *self.lazy})
+    def __init__(self, *args, lazy: dict, **kw):
+        super().__init__(*args, **kw)
+        self.lazy = lazy
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
 
     def invoke(self, ctx):
         "Run the command; a `SalesKafkaError` it raises becomes click's one `Error:` line (exit 1), not a traceback."
-        from sales_prediction_kafka.config import SalesKafkaError  # here, so that `--help` imports nothing more
-        try: return super().invoke(ctx)
-        except SalesKafkaError as e: raise click.ClickException(str(e)) from None
+        from sales_prediction_kafka.config import (
+            SalesKafkaError,
+        )  # here, so that `--help` imports nothing more
 
-    def get_command(self, ctx, name:str) -> click.Command|None:
+        try:
+            return super().invoke(ctx)
+        except SalesKafkaError as e:
+            raise click.ClickException(str(e)) from None
+
+    def get_command(self, ctx, name: str) -> click.Command | None:
         "The command `name`, importing its module the first time."
         if name not in self.commands and name in self.lazy:
             module, fn = self.lazy[name]
-            self.add_command(getattr(importlib.import_module(f"sales_prediction_kafka.{module}"), fn), name)
+            self.add_command(
+                getattr(importlib.import_module(f"sales_prediction_kafka.{module}"), fn), name
+            )
         return self.commands.get(name)
 
     def format_commands(self, ctx, formatter):
@@ -65,7 +88,9 @@ class LazyGroup(click.Group):
             else self.commands[n]
         )
         rows = [(n, short(n).get_short_help_str(limit)) for n in self.list_commands(ctx)]
-        with formatter.section("Commands"): formatter.write_dl(rows)
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
 
 @click.group(
     cls=LazyGroup,
@@ -78,9 +103,12 @@ class LazyGroup(click.Group):
 def main(verbose, quiet):
     "Train a sales model, stream its predictions through Apache Kafka, and score live events."
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     if not verbose:
-        for h in logging.getLogger().handlers: h.addFilter(KafkaClientNoise())
+        for h in logging.getLogger().handlers:
+            h.addFilter(KafkaClientNoise())
     for noisy in ("kafka", "papermill", "blib2to3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert's notes on image alt text
@@ -89,5 +117,5 @@ def main(verbose, quiet):
 def walk_commands(group=main, prefix=("sales-kafka",)):
     "Yield (path, command) for `group` and every command beneath it."
     yield prefix, group
-    for name in (group.list_commands(None) if isinstance(group, click.Group) else []):
+    for name in group.list_commands(None) if isinstance(group, click.Group) else []:
         yield from walk_commands(group.get_command(None, name), prefix + (name,))

@@ -21,11 +21,17 @@ __all__ = ['log', 'PREDICTIONS_TOPIC', 'EVENTS_TOPIC', 'DEAD_LETTER_TOPIC', 'ALE
            'cache_home', 'stop_on_signals', 'steady_memory', 'plain', 'cli_args']
 
 # %% ../nbs/00_config.ipynb #5611052f
-PREDICTIONS_TOPIC = "sales_predictions"  # the original notebook's topic: four-field prediction records
+PREDICTIONS_TOPIC = (
+    "sales_predictions"  # the original notebook's topic: four-field prediction records
+)
 EVENTS_TOPIC = "sales_events"  # live sales events to be scored
-DEAD_LETTER_TOPIC = "sales_events.dlq"  # events that could not be scored, with the reason in a header
+DEAD_LETTER_TOPIC = (
+    "sales_events.dlq"  # events that could not be scored, with the reason in a header
+)
 ALERTS_TOPIC = "sales_alerts"  # drift alerts raised by the monitor
-ACTUALS_TOPIC = "sales_actuals"  # the sales that happened, known after their forecasts, keyed by event id
+ACTUALS_TOPIC = (
+    "sales_actuals"  # the sales that happened, known after their forecasts, keyed by event id
+)
 JOINED_TOPIC = "sales_joined"  # each forecast joined with its actual: complete four-field records
 JOIN_STATE_TOPIC = "sales_join_state"  # the join's changelog (compacted): the halves still waiting for their other half
 JOIN_DEAD_LETTER_TOPIC = "sales_join.dlq"  # forecasts whose actual never came, actuals with no forecast, unreadable actuals
@@ -38,14 +44,18 @@ class SalesKafkaError(Exception):
 # %% ../nbs/00_config.ipynb #2a0ded9e
 _SECRET = {"sasl_plain_password", "ssl_password"}
 
+
 @dataclass(frozen=True)
 class KafkaSettings:
     "Connection settings for a Kafka cluster, named as kafka-python names them."
+
     bootstrap_servers: str | None = None  # host:port[,host:port]; None means the local broker
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
     sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
     sasl_plain_username: str | None = None
-    sasl_plain_password: str | None = field(default=None, repr=False)  # read from the environment; never written out
+    sasl_plain_password: str | None = field(
+        default=None, repr=False
+    )  # read from the environment; never written out
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -53,40 +63,57 @@ class KafkaSettings:
     client_id: str = "sales-prediction-kafka"
 
 # %% ../nbs/00_config.ipynb #a2245efb
-def env_name(name:str) -> str:
+def env_name(name: str) -> str:
     "The environment variable that holds setting `name`."
     return "KAFKA_" + name.upper()
 
 # %% ../nbs/00_config.ipynb #27168065
-def _parsed(var:str, text:str, kind:str):
+def _parsed(var: str, text: str, kind: str):
     "The value of environment variable `var` for a field of type `kind`: an integer for `int`, else the text."
-    if kind != "int": return text
-    try: return int(text)
-    except ValueError: raise ValueError(f"{var}={text!r}: expected an integer") from None
+    if kind != "int":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{var}={text!r}: expected an integer") from None
 
-def _from_env(base, # a settings dataclass holding the defaults
-              env:dict|None, overrides:dict, what:str) -> object:
+
+def _from_env(
+    base,  # a settings dataclass holding the defaults
+    env: dict | None,
+    overrides: dict,
+    what: str,
+) -> object:
     "`base` with its fields taken from `env` (`KAFKA_<NAME>`), then from the non-None `overrides`."
     env = os.environ if env is None else env
     known = {f.name: f.type for f in fields(base)}
     unknown = set(overrides) - set(known)
     if unknown:
-        raise TypeError(f"unknown {what} setting(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    values = {n: _parsed(env_name(n), env[env_name(n)], t) for n, t in known.items() if env.get(env_name(n))}
+        raise TypeError(
+            f"unknown {what} setting(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+        )
+    values = {
+        n: _parsed(env_name(n), env[env_name(n)], t)
+        for n, t in known.items()
+        if env.get(env_name(n))
+    }
     return replace(base, **values | {k: v for k, v in overrides.items() if v is not None})
 
-def kafka_settings(env:dict|None=None, # environment to read; `os.environ` by default
-                   **overrides) -> KafkaSettings:
+
+def kafka_settings(
+    env: dict | None = None,  # environment to read; `os.environ` by default
+    **overrides,
+) -> KafkaSettings:
     "Settings from `overrides`, then `env`, then the defaults; `None` overrides are ignored."
     return _from_env(KafkaSettings(), env, overrides, "Kafka")
 
 # %% ../nbs/00_config.ipynb #776ba958
-def client_kwargs(s:KafkaSettings) -> dict:
+def client_kwargs(s: KafkaSettings) -> dict:
     "Keyword arguments for kafka-python's producer, consumer and admin clients."
     return {k: v for k, v in asdict(s).items() if v is not None}
 
 # %% ../nbs/00_config.ipynb #ab4723f9
-def redacted(s:KafkaSettings) -> dict:
+def redacted(s: KafkaSettings) -> dict:
     "The settings as a dict that is safe to write out: secrets are masked."
     return {k: ("***" if k in _SECRET and v else v) for k, v in asdict(s).items()}
 
@@ -94,33 +121,57 @@ def redacted(s:KafkaSettings) -> dict:
 @dataclass(frozen=True)
 class ProducerSettings:
     "How a producer batches and compresses, named as kafka-python names them (acks=all and idempotence are always on)."
+
     compression_type: str = "zstd"  # none, gzip, lz4, zstd or snappy
     linger_ms: int = 50  # how long a partition's batch waits for more records before it is sent
     batch_size: int = 256 * 1024  # bytes of records per partition batch
-    max_in_flight_requests_per_connection: int = 5  # unacknowledged requests per broker; at most 5 with idempotence
+    max_in_flight_requests_per_connection: int = (
+        5  # unacknowledged requests per broker; at most 5 with idempotence
+    )
 
-def producer_settings(env:dict|None=None, # environment to read; `os.environ` by default
-                      base:ProducerSettings|None=None, # the defaults; None: `ProducerSettings()`, the throughput ones
-                      **overrides) -> ProducerSettings:
+
+def producer_settings(
+    env: dict | None = None,  # environment to read; `os.environ` by default
+    base: ProducerSettings
+    | None = None,  # the defaults; None: `ProducerSettings()`, the throughput ones
+    **overrides,
+) -> ProducerSettings:
     "Producer settings from `overrides`, then `env`, then `base`; `None` overrides are ignored."
     return _from_env(base or ProducerSettings(), env, overrides, "producer")
 
-def producer_kwargs(p:ProducerSettings) -> dict:
+
+def producer_kwargs(p: ProducerSettings) -> dict:
     "Keyword arguments for kafka-python's producer (compression `none` is its None)."
-    return asdict(p) | {"compression_type": None if p.compression_type == "none" else p.compression_type}
+    return asdict(p) | {
+        "compression_type": None if p.compression_type == "none" else p.compression_type
+    }
 
 # %% ../nbs/00_config.ipynb #69b6a820
 BOOTSTRAP_SERVERS_HELP = "Kafka cluster, host:port[,host:port] (default: $KAFKA_BOOTSTRAP_SERVERS, else the local broker, started if needed)."
 
-def kafka_options(max_records:str|None=None, # help of a `--max-records` option; None: the command has none
-                  max_records_default:int|None=None): # its default; None: no limit
+
+def kafka_options(
+    max_records: str | None = None,  # help of a `--max-records` option; None: the command has none
+    max_records_default: int | None = None,
+):  # its default; None: no limit
     "A click decorator adding the Kafka options commands share: `--bootstrap-servers`, and `--max-records` if asked."
     opts = [click.option("--bootstrap-servers", default=None, help=BOOTSTRAP_SERVERS_HELP)]
-    if max_records: opts.append(click.option("--max-records", type=click.IntRange(1), default=max_records_default,
-                                             show_default=max_records_default is not None, help=max_records))
+    if max_records:
+        opts.append(
+            click.option(
+                "--max-records",
+                type=click.IntRange(1),
+                default=max_records_default,
+                show_default=max_records_default is not None,
+                help=max_records,
+            )
+        )
+
     def decorate(f):
-        for o in reversed(opts): f = o(f)
+        for o in reversed(opts):
+            f = o(f)
         return f
+
     return decorate
 
 # %% ../nbs/00_config.ipynb #b1f1a88d
@@ -128,34 +179,56 @@ def producer_options(f):
     "A click decorator adding the `ProducerSettings` as options (`--linger-ms` ...), all defaulting to None."
     defaults = ProducerSettings()
     opts = [
-        click.option("--compression-type", type=click.Choice(["none", "gzip", "lz4", "zstd", "snappy"]), default=None,
-                     help=f"Producer compression (default: $KAFKA_COMPRESSION_TYPE, else {defaults.compression_type})."),
-        click.option("--linger-ms", type=click.IntRange(0), default=None,
-                     help="How long a batch waits for more records (default: $KAFKA_LINGER_MS, else the command's)."),
-        click.option("--batch-size", type=click.IntRange(1), default=None,
-                     help=f"Bytes per partition batch (default: $KAFKA_BATCH_SIZE, else {defaults.batch_size})."),
-        click.option("--max-in-flight-requests-per-connection", type=click.IntRange(1, 5), default=None,
-                     help=f"Unacknowledged requests per broker, 1-5 (default: $KAFKA_MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION, else {defaults.max_in_flight_requests_per_connection})."),
+        click.option(
+            "--compression-type",
+            type=click.Choice(["none", "gzip", "lz4", "zstd", "snappy"]),
+            default=None,
+            help=f"Producer compression (default: $KAFKA_COMPRESSION_TYPE, else {defaults.compression_type}).",
+        ),
+        click.option(
+            "--linger-ms",
+            type=click.IntRange(0),
+            default=None,
+            help="How long a batch waits for more records (default: $KAFKA_LINGER_MS, else the command's).",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(1),
+            default=None,
+            help=f"Bytes per partition batch (default: $KAFKA_BATCH_SIZE, else {defaults.batch_size}).",
+        ),
+        click.option(
+            "--max-in-flight-requests-per-connection",
+            type=click.IntRange(1, 5),
+            default=None,
+            help=f"Unacknowledged requests per broker, 1-5 (default: $KAFKA_MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION, else {defaults.max_in_flight_requests_per_connection}).",
+        ),
     ]
-    for o in reversed(opts): f = o(f)
+    for o in reversed(opts):
+        f = o(f)
     return f
 
 # %% ../nbs/00_config.ipynb #27beafc2
-def set_seed(seed:int=42) -> int:
+def set_seed(seed: int = 42) -> int:
     "Seed Python, NumPy and TensorFlow for a repeatable run."
     import sys
     import numpy as np
-    random.seed(seed); np.random.seed(seed)
+
+    random.seed(seed)
+    np.random.seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     if "tensorflow" in sys.modules or "keras" in sys.modules:
         import tensorflow as tf
+
         tf.keras.utils.set_random_seed(seed)
-        try: tf.config.experimental.enable_op_determinism()
-        except Exception: pass
+        try:
+            tf.config.experimental.enable_op_determinism()
+        except Exception:
+            pass
     return seed
 
 # %% ../nbs/00_config.ipynb #1301e326
-def cache_home(env:dict|None=None) -> Path:
+def cache_home(env: dict | None = None) -> Path:
     "The folder for cached jars and the local broker's data."
     env = os.environ if env is None else env
     home = (
@@ -166,36 +239,47 @@ def cache_home(env:dict|None=None) -> Path:
 
 # %% ../nbs/00_config.ipynb #2a72f69e
 @contextmanager
-def stop_on_signals(event:threading.Event, signals=(signal.SIGTERM, signal.SIGINT)):
+def stop_on_signals(event: threading.Event, signals=(signal.SIGTERM, signal.SIGINT)):
     "Set `event` on `signals` while the block runs (main thread only), then restore the old handlers."
+
     def handler(signum, frame):
         name = signal.Signals(signum).name
-        if event.is_set(): log.debug("received %s again: still stopping", name); return  # e.g. `timeout` signals the child twice
+        if event.is_set():
+            log.debug("received %s again: still stopping", name)
+            return  # e.g. `timeout` signals the child twice
         log.info("received %s: stopping", name)
         event.set()
+
     old = {s: signal.signal(s, handler) for s in signals}
-    try: yield event
+    try:
+        yield event
     finally:
-        for s, h in old.items(): signal.signal(s, h)
+        for s, h in old.items():
+            signal.signal(s, h)
 
 # %% ../nbs/00_config.ipynb #71f23bbc
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
-def steady_memory(threshold:int=128 * 1024) -> bool:
+
+def steady_memory(threshold: int = 128 * 1024) -> bool:
     "Fix glibc's mmap threshold at `threshold` bytes so large freed buffers go back to the system; False where it cannot."
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.libc_ver()[0] != "glibc": return False
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.libc_ver()[0] != "glibc":
+        return False
     return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, threshold))
 
 # %% ../nbs/00_config.ipynb #b4ecd561
 def plain(x):
     "`x` with NumPy scalars and arrays turned into Python values, recursively through dicts, lists and tuples."
-    if isinstance(x, dict): return {k: plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [plain(v) for v in x]
-    if isinstance(x, np.ndarray): return plain(x.tolist())
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return plain(x.tolist())
     return x.item() if isinstance(x, np.generic) else x
 
 # %% ../nbs/00_config.ipynb #8f3633f0
-def cli_args(*args:str) -> list[str]:
+def cli_args(*args: str) -> list[str]:
     "The command line of this interpreter's `sales-kafka` with `args`, importing the installed library whatever the working folder holds."
     main = "import sys; sys.path.pop(0); from sales_prediction_kafka.cli import main; main(prog_name='sales-kafka')"
     return [sys.executable, "-c", main, *args]

@@ -19,8 +19,19 @@ from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 from tornado.queues import Queue, QueueFull
 from .broker import ensure_broker
-from .browse import dead_letters, group_overview, read_messages, topic_overview
-from .config import DEAD_LETTER_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, steady_memory, stop_on_signals
+from sales_prediction_kafka.browse import (
+    dead_letters,
+    group_overview,
+    read_messages,
+    topic_overview,
+)
+from sales_prediction_kafka.config import (
+    DEAD_LETTER_TOPIC,
+    PREDICTIONS_TOPIC,
+    KafkaSettings,
+    steady_memory,
+    stop_on_signals,
+)
 from .dlq import replayed
 from .monitor import Record, Update, monitor, monitor_kwargs, monitor_options
 from .registry import MAX_MODEL_BYTES, MODELS_TOPIC, Registry, decision_alert
@@ -34,11 +45,12 @@ __all__ = ['log', 'PAGE_BACKLOG', 'TOKEN_ENV', 'LOOPBACK', 'BROWSE_PAGES', 'sse'
            'dashboard_command']
 
 # %% ../nbs/09a_dashboard.ipynb #eed4ce67
-def _finite(x) -> float|None:
+def _finite(x) -> float | None:
     "`x`, or None when it is missing or not finite."
     return float(x) if x is not None and math.isfinite(x) else None
 
-def _row(r:Record) -> dict:
+
+def _row(r: Record) -> dict:
     "A table row of the dashboard."
     return {
         "partition": r.partition,
@@ -50,14 +62,19 @@ def _row(r:Record) -> dict:
         "error": r.error,
     }
 
-def _points(u:Update) -> dict:
+
+def _points(u: Update) -> dict:
     "The new chart points of `u`, column by column; x counts records in arrival order."
     first = u.snapshot["seen"] - len(u.records) + 1
-    return {"x": list(range(first, first + len(u.records))), "actual": [r.actual_sales for r in u.records],
-            "predicted": [r.predicted_sales for r in u.records],
-            **{k: [_finite(v[i]) for v in u.rolling] for i, k in enumerate(("mae", "rmse", "bias"))}}
+    return {
+        "x": list(range(first, first + len(u.records))),
+        "actual": [r.actual_sales for r in u.records],
+        "predicted": [r.predicted_sales for r in u.records],
+        **{k: [_finite(v[i]) for v in u.rolling] for i, k in enumerate(("mae", "rmse", "bias"))},
+    }
 
-def sse(event:str, data) -> str:
+
+def sse(event: str, data) -> str:
     "One Server-Sent Events message."
     return f"event: {event}\ndata: {json.dumps(data, allow_nan=False)}\n\n"
 
@@ -65,19 +82,31 @@ def sse(event:str, data) -> str:
 _COLUMNS = ("x", "actual", "predicted", "mae", "rmse", "bias")
 PAGE_BACKLOG = 100  # updates (one a second by default) a page may fall behind before it is dropped; it reconnects
 
+
 class DashboardHub:
     "The dashboard's recent history, and the queues of the pages that listen."
-    def __init__(self, topic:str=PREDICTIONS_TOPIC, # shown in the page's header
-                 limits:dict|None=None, # `DriftDetector.limits`, drawn on the error chart
-                 rows:int=20, # messages in the table
-                 points:int=2000): # points per chart line
+
+    def __init__(
+        self,
+        topic: str = PREDICTIONS_TOPIC,  # shown in the page's header
+        limits: dict | None = None,  # `DriftDetector.limits`, drawn on the error chart
+        rows: int = 20,  # messages in the table
+        points: int = 2000,
+    ):  # points per chart line
         self.topic, self.limits, self.max_rows, self.max_points = topic, limits, rows, points
         self.rows, self.alerts = deque(maxlen=rows), deque(maxlen=100)
         self.points = {k: deque(maxlen=points) for k in _COLUMNS}
         self.snapshot, self.error, self.queues = None, None, set()
-        self.marks, self.models, self.version = deque(maxlen=50), None, None  # swap marks, registry rows, latest version
+        self.marks, self.models, self.version = (
+            deque(maxlen=50),
+            None,
+            None,
+        )  # swap marks, registry rows, latest version
         self.decided = 0  # the registry's decisions listed among the alerts so far
-        self.placed, self.pending = deque(maxlen=points), []  # (partition, offset, x) of the charted records; unplaced swaps
+        self.placed, self.pending = (
+            deque(maxlen=points),
+            [],
+        )  # (partition, offset, x) of the charted records; unplaced swaps
 
     def state(self) -> dict:
         "Everything a newly opened page shows."
@@ -96,7 +125,7 @@ class DashboardHub:
             "version": self.version,
         }
 
-    def publish(self, u:Update):
+    def publish(self, u: Update):
         "Take in `u` and queue it for every connected page."
         msg = {
             "rows": [_row(r) for r in u.records[-self.max_rows :]],
@@ -105,22 +134,39 @@ class DashboardHub:
             "alerts": u.alerts,
             "done": u.done,
         }
-        self.rows.extend(msg["rows"]); self.alerts.extend(u.alerts); self.snapshot = u.snapshot
-        for k, v in msg["points"].items(): self.points[k].extend(v[-self.max_points:])
-        self.placed.extend((r.partition, r.offset, x) for r, x in zip(u.records, msg["points"]["x"]))
+        self.rows.extend(msg["rows"])
+        self.alerts.extend(u.alerts)
+        self.snapshot = u.snapshot
+        for k, v in msg["points"].items():
+            self.points[k].extend(v[-self.max_points :])
+        self.placed.extend(
+            (r.partition, r.offset, x) for r, x in zip(u.records, msg["points"]["x"])
+        )
         self._send(sse("update", msg))
-        if self.pending: self.note([])
+        if self.pending:
+            self.note([])
 
-    def note(self, changes:list, # (partition, offset, version, previous) where a partition's `model_version` changed
-             models:list|None=None, # the registry's versions if they changed, from `model_rows`
-             decisions:list|None=None): # the registry's decisions, oldest first: those not seen yet join the alerts
+    def note(
+        self,
+        changes: list,  # (partition, offset, version, previous) where a partition's `model_version` changed
+        models: list | None = None,  # the registry's versions if they changed, from `model_rows`
+        decisions: list | None = None,
+    ):  # the registry's decisions, oldest first: those not seen yet join the alerts
         "Take in model swaps and registry changes: a swap is marked at its first charted record, once per new version."
-        fresh = [decision_alert(d) for d in (decisions or [])[self.decided:]]
-        self.decided += len(fresh); self.alerts.extend(fresh)
+        fresh = [decision_alert(d) for d in (decisions or [])[self.decided :]]
+        self.decided += len(fresh)
+        self.alerts.extend(fresh)
         for p, o, v, prev in changes:
             self.version = v
-            last = self.pending[-1][2] if self.pending else self.marks[-1]["version"] if self.marks else None
-            if prev is not None and v != last: self.pending.append((p, o, v, prev))  # other workers' same swap: one mark
+            last = (
+                self.pending[-1][2]
+                if self.pending
+                else self.marks[-1]["version"]
+                if self.marks
+                else None
+            )
+            if prev is not None and v != last:
+                self.pending.append((p, o, v, prev))  # other workers' same swap: one mark
         placed = []
         for p, o, v, prev in list(self.pending):
             x = next((x for pp, oo, x in self.placed if pp == p and oo >= o), None)
@@ -128,45 +174,64 @@ class DashboardHub:
                 placed.append({"x": x, "version": v, "previous": prev})
                 self.pending.remove((p, o, v, prev))
         self.marks.extend(placed)
-        if models is not None: self.models = models
+        if models is not None:
+            self.models = models
         if placed or changes or models is not None or fresh:
             self._send(
-                sse("models", {"marks": list(self.marks), "models": self.models, "version": self.version, "alerts": fresh})
+                sse(
+                    "models",
+                    {
+                        "marks": list(self.marks),
+                        "models": self.models,
+                        "version": self.version,
+                        "alerts": fresh,
+                    },
+                )
             )
 
-    def fail(self, error:str):
+    def fail(self, error: str):
         "Tell the pages that the monitor stopped with `error`."
         self.error = error
         self._send(sse("failure", {"error": error}))
 
-    def _send(self, text:str):
+    def _send(self, text: str):
         "Queue `text` for every page; drop a page whose queue is full."
         for q in list(self.queues):
-            try: q.put_nowait(text)
-            except QueueFull: self.drop(q)
+            try:
+                q.put_nowait(text)
+            except QueueFull:
+                self.drop(q)
 
     def listen(self) -> Queue:
         "A new page's queue."
-        q = Queue(maxsize=PAGE_BACKLOG); self.queues.add(q)
+        q = Queue(maxsize=PAGE_BACKLOG)
+        self.queues.add(q)
         return q
 
-    def drop(self, q:Queue):
+    def drop(self, q: Queue):
         "Forget a page's queue, and wake its handler so it ends."
         self.queues.discard(q)
-        if not q.full(): q.put_nowait(None)
+        if not q.full():
+            q.put_nowait(None)
 
 # %% ../nbs/09a_dashboard.ipynb #4782cdcf
-def _assign(c, topic:str, beginning:bool=True) -> bool:
+def _assign(c, topic: str, beginning: bool = True) -> bool:
     "Assign every partition of `topic` to consumer `c` at its beginning (or end); False while the topic does not exist."
     parts = c.partitions_for_topic(topic)
-    if not parts: return False
+    if not parts:
+        return False
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
-    c.assign(tps); (c.seek_to_beginning if beginning else c.seek_to_end)(*tps)
+    c.assign(tps)
+    (c.seek_to_beginning if beginning else c.seek_to_end)(*tps)
     return True
+
 
 class VersionWatch:
     "Where the `model_version` header of `topic`'s records changes, partition by partition."
-    def __init__(self, settings:KafkaSettings, topic:str=PREDICTIONS_TOPIC, from_beginning:bool=False):
+
+    def __init__(
+        self, settings: KafkaSettings, topic: str = PREDICTIONS_TOPIC, from_beginning: bool = False
+    ):
         self.c, self.topic, self.from_beginning = (
             consumer(settings, enable_auto_commit=False, allow_auto_create_topics=False),
             topic,
@@ -178,71 +243,129 @@ class VersionWatch:
         "(partition, offset, version, previous version) of each change since the last call; the first record of a partition counts."
         self.assigned = self.assigned or _assign(self.c, self.topic, self.from_beginning)
         out = []
-        for m in (m for ms in (self.c.poll(timeout_ms=200).values() if self.assigned else []) for m in ms):
+        for m in (
+            m for ms in (self.c.poll(timeout_ms=200).values() if self.assigned else []) for m in ms
+        ):
             v = next(
-                (v.decode("utf-8", "replace") for k, v in (m.headers or []) if k == "model_version"), None
+                (
+                    v.decode("utf-8", "replace")
+                    for k, v in (m.headers or [])
+                    if k == "model_version"
+                ),
+                None,
             )
             if v is not None and v != self.last.get(m.partition):
-                out.append((m.partition, m.offset, v, self.last.get(m.partition))); self.last[m.partition] = v
+                out.append((m.partition, m.offset, v, self.last.get(m.partition)))
+                self.last[m.partition] = v
         return out
 
-    def close(self): self.c.close()
+    def close(self):
+        self.c.close()
 
-def model_rows(reg:Registry) -> list[dict]:
+
+def model_rows(reg: Registry) -> list[dict]:
     "One row per registry version, newest first: `Registry.rows` with every test figure."
     return [r | {"figures": reg.versions[r["version"]]["figures"]} for r in reversed(reg.rows())]
 
+
 class RegistryWatch:
     "The registry's versions and champion, as they change."
-    def __init__(self, settings:KafkaSettings, topic:str=MODELS_TOPIC):
-        self.c = consumer(settings, enable_auto_commit=False, allow_auto_create_topics=False,
-                          max_partition_fetch_bytes=MAX_MODEL_BYTES, fetch_max_bytes=MAX_MODEL_BYTES)
+
+    def __init__(self, settings: KafkaSettings, topic: str = MODELS_TOPIC):
+        self.c = consumer(
+            settings,
+            enable_auto_commit=False,
+            allow_auto_create_topics=False,
+            max_partition_fetch_bytes=MAX_MODEL_BYTES,
+            fetch_max_bytes=MAX_MODEL_BYTES,
+        )
         self.topic, self.assigned, self.reg = topic, False, Registry()
 
-    def poll(self) -> list[dict]|None:
+    def poll(self) -> list[dict] | None:
         "The versions' rows if registry records arrived since the last call, else None."
         self.assigned = self.assigned or _assign(self.c, self.topic)
-        polled = [m for ms in (self.c.poll(timeout_ms=200).values() if self.assigned else []) for m in ms]
+        polled = [
+            m for ms in (self.c.poll(timeout_ms=200).values() if self.assigned else []) for m in ms
+        ]
         for m in polled:
-            self.reg.apply(m.key.decode() if m.key else "", json.loads(m.value) if m.value else None)
+            self.reg.apply(
+                m.key.decode() if m.key else "", json.loads(m.value) if m.value else None
+            )
         return model_rows(self.reg) if polled else None
 
-    def close(self): self.c.close()
+    def close(self):
+        self.c.close()
 
-def _watch(hub:DashboardHub, loop, stop:threading.Event, settings:KafkaSettings, topic:str, from_beginning:bool, models_topic:str):
+
+def _watch(
+    hub: DashboardHub,
+    loop,
+    stop: threading.Event,
+    settings: KafkaSettings,
+    topic: str,
+    from_beginning: bool,
+    models_topic: str,
+):
     "Pass the model swaps on `topic` and the registry's changes to `hub` on `loop` until `stop` is set."
-    try: versions, registry = VersionWatch(settings, topic, from_beginning), RegistryWatch(settings, models_topic)
-    except StreamError as e: log.warning("not following model versions: %s", e); return
+    try:
+        versions, registry = (
+            VersionWatch(settings, topic, from_beginning),
+            RegistryWatch(settings, models_topic),
+        )
+    except StreamError as e:
+        log.warning("not following model versions: %s", e)
+        return
     try:
         while not stop.is_set():
-            try: changes, models = versions.poll(), registry.poll()
+            try:
+                changes, models = versions.poll(), registry.poll()
             except KafkaError as e:  # e.g. a metadata request to a broker that stopped answering: try again, never give up
-                log.warning("model versions not followed for now: %r", e); stop.wait(1); continue
-            if changes or models is not None: loop.call_soon_threadsafe(hub.note, changes, models, list(registry.reg.decisions))
-            elif not (versions.assigned and registry.assigned): stop.wait(1)
-    finally: versions.close(); registry.close()
+                log.warning("model versions not followed for now: %r", e)
+                stop.wait(1)
+                continue
+            if changes or models is not None:
+                loop.call_soon_threadsafe(hub.note, changes, models, list(registry.reg.decisions))
+            elif not (versions.assigned and registry.assigned):
+                stop.wait(1)
+    finally:
+        versions.close()
+        registry.close()
 
 # %% ../nbs/09a_dashboard.ipynb #60fe959d
-def _int(args:dict, name:str, default=None, lo:int=0) -> int|None:
+def _int(args: dict, name: str, default=None, lo: int = 0) -> int | None:
     "Query argument `name` as an int of at least `lo` (`default` when absent or empty)."
     v = args.get(name) or None
-    if v is None: return default
-    try: n = int(v)
-    except ValueError: raise ValueError(f"{name} must be a whole number, not {v!r}") from None
-    if n < lo: raise ValueError(f"{name} must be at least {lo}, not {n}")
+    if v is None:
+        return default
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {v!r}") from None
+    if n < lo:
+        raise ValueError(f"{name} must be at least {lo}, not {n}")
     return n
 
-def browse_data(settings:KafkaSettings, page:str, # one of `BROWSE_PAGES`
-                args:dict, # the query arguments, as text
-                dead_letter_topic:str=DEAD_LETTER_TOPIC):
+
+def browse_data(
+    settings: KafkaSettings,
+    page: str,  # one of `BROWSE_PAGES`
+    args: dict,  # the query arguments, as text
+    dead_letter_topic: str = DEAD_LETTER_TOPIC,
+):
     "The data of browse `page`, read from the cluster."
-    if page == "topics": return topic_overview(settings, internal=bool(args.get("internal")))
-    if page == "groups": return group_overview(settings)
+    if page == "topics":
+        return topic_overview(settings, internal=bool(args.get("internal")))
+    if page == "groups":
+        return group_overview(settings)
     if page == "dead-letters":
         topic = args.get("topic") or dead_letter_topic
-        return {"topic": topic, "reasons": dead_letters(settings, topic, _int(args, "limit", 1000, 1)),
-                "replayed": sorted(replayed(settings, topic))}
-    if not args.get("topic"): raise ValueError("say which topic: messages?topic=...")
+        return {
+            "topic": topic,
+            "reasons": dead_letters(settings, topic, _int(args, "limit", 1000, 1)),
+            "replayed": sorted(replayed(settings, topic)),
+        }
+    if not args.get("topic"):
+        raise ValueError("say which topic: messages?topic=...")
     return read_messages(
         settings,
         args["topic"],
@@ -257,7 +380,8 @@ TOKEN_ENV = "SALES_KAFKA_DASHBOARD_TOKEN"  # the token the pages ask for, when s
 LOOPBACK = ("127.0.0.1", "::1", "localhost")  # addresses that need no token
 _COOKIE = "sales_kafka_token"
 
-def access_token(host:str, env:dict|None=None) -> str|None:
+
+def access_token(host: str, env: dict | None = None) -> str | None:
     "The token requests must bear (from `env`, default `os.environ`); refuses a non-loopback `host` without a good one."
     token = (os.environ if env is None else env).get(TOKEN_ENV) or None
     if token is not None and len(token) < 16:
@@ -265,19 +389,25 @@ def access_token(host:str, env:dict|None=None) -> str|None:
     if token is None and host not in LOOPBACK:
         raise ValueError(
             f"listening on {host} shows message values to anyone who reaches it: set {TOKEN_ENV} to a secret token "
-            "(e.g. `export " + TOKEN_ENV + "=$(python -c 'import secrets; print(secrets.token_urlsafe())')`)"
+            "(e.g. `export "
+            + TOKEN_ENV
+            + "=$(python -c 'import secrets; print(secrets.token_urlsafe())')`)"
         )
     return token
 
-def _log_request(handler:web.RequestHandler):
+
+def _log_request(handler: web.RequestHandler):
     "One debug line per request: method, path and status; never the query, which may hold the token."
     log.debug("%s %s %d", handler.request.method, handler.request.path, handler.get_status())
 
+
 class _Guarded(web.RequestHandler):
     "A handler that answers only requests bearing the app's token (when it has one)."
+
     def prepare(self):
         token = self.settings.get("token")
-        if token is None: return
+        if token is None:
+            return
         query = self.get_query_argument("token", "")
         given = (
             query
@@ -285,29 +415,51 @@ class _Guarded(web.RequestHandler):
             or self.request.headers.get("Authorization", "").removeprefix("Bearer ")
         )
         if not hmac.compare_digest(given.encode(), token.encode()):
-            self.set_status(401); self.set_header("WWW-Authenticate", "Bearer"); self.finish(); return
+            self.set_status(401)
+            self.set_header("WWW-Authenticate", "Bearer")
+            self.finish()
+            return
         if query:  # into a cookie, and out of the address bar
             self.set_cookie(_COOKIE, token, httponly=True, samesite="Strict")
             rest = {k: v[-1] for k, v in self.request.query_arguments.items() if k != "token"}
-            self.redirect(self.request.path + ("?" + urlencode(rest) if rest else "")); return
+            self.redirect(self.request.path + ("?" + urlencode(rest) if rest else ""))
+            return
 
 # %% ../nbs/09a_dashboard.ipynb #9ac79ad1
 class _BrowsePage(_Guarded):
-    def get(self, page): self.set_header("Content-Type", "text/html; charset=utf-8"); self.write(static_page("browse.html"))
+    def get(self, page):
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.write(static_page("browse.html"))
+
 
 class _Api(_Guarded):
-    def initialize(self, settings, dead_letter_topic): self.kafka, self.dlq = settings, dead_letter_topic
+    def initialize(self, settings, dead_letter_topic):
+        self.kafka, self.dlq = settings, dead_letter_topic
+
     async def get(self, page):
         args = {k: self.get_query_argument(k) for k in self.request.query_arguments}
-        try: data = await asyncio.get_running_loop().run_in_executor(None, browse_data, self.kafka, page, args, self.dlq)
-        except ValueError as e: self.set_status(400); data = {"error": str(e)}
-        except (StreamError, KafkaError) as e: self.set_status(502); data = {"error": f"{type(e).__name__}: {e}"}
-        self.set_header("Content-Type", "application/json"); self.write(json.dumps(data))
+        try:
+            data = await asyncio.get_running_loop().run_in_executor(
+                None, browse_data, self.kafka, page, args, self.dlq
+            )
+        except ValueError as e:
+            self.set_status(400)
+            data = {"error": str(e)}
+        except (StreamError, KafkaError) as e:
+            self.set_status(502)
+            data = {"error": f"{type(e).__name__}: {e}"}
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps(data))
 
 # %% ../nbs/09a_dashboard.ipynb #ebf0fc51
 class _Page(_Guarded):
-    def initialize(self, page="dashboard.html"): self.page = page
-    def get(self): self.set_header("Content-Type", "text/html; charset=utf-8"); self.write(static_page(self.page))
+    def initialize(self, page="dashboard.html"):
+        self.page = page
+
+    def get(self):
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.write(static_page(self.page))
+
 
 class _PlotlyJS(_Guarded):
     def get(self):
@@ -315,45 +467,75 @@ class _PlotlyJS(_Guarded):
         self.set_header("Cache-Control", "max-age=86400")
         self.write(plotly_js())
 
+
 class _State(_Guarded):
-    def initialize(self, hub): self.hub = hub
-    def get(self): self.set_header("Content-Type", "application/json"); self.write(json.dumps(self.hub.state(), allow_nan=False))
+    def initialize(self, hub):
+        self.hub = hub
+
+    def get(self):
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps(self.hub.state(), allow_nan=False))
+
 
 class _Events(_Guarded):
     "Server-Sent Events: the state first, then each update; a comment every 15 s keeps the connection open."
-    def initialize(self, hub): self.hub = hub
+
+    def initialize(self, hub):
+        self.hub = hub
+
     async def get(self):
-        self.set_header("Content-Type", "text/event-stream"); self.set_header("Cache-Control", "no-cache")
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
         self.q = self.hub.listen()
         try:
             self.write(sse("state", self.hub.state()))
             while True:
                 await self.flush()
-                try: msg = await self.q.get(timeout=timedelta(seconds=15))
-                except TimeoutError: msg = ": keep-alive\n\n"
-                if msg is None: break
+                try:
+                    msg = await self.q.get(timeout=timedelta(seconds=15))
+                except TimeoutError:
+                    msg = ": keep-alive\n\n"
+                if msg is None:
+                    break
                 self.write(msg)
-        except StreamClosedError: pass
-        finally: self.hub.drop(self.q)
+        except StreamClosedError:
+            pass
+        finally:
+            self.hub.drop(self.q)
+
     def on_connection_close(self):
-        if hasattr(self, "q"): self.hub.drop(self.q)
+        if hasattr(self, "q"):
+            self.hub.drop(self.q)
+
 
 @functools.cache
-def static_page(name:str="dashboard.html") -> str:
+def static_page(name: str = "dashboard.html") -> str:
     "A page shipped with the package in static/."
-    return (resources.files("sales_prediction_kafka")/"static"/name).read_text(encoding="utf-8")
+    return (resources.files("sales_prediction_kafka") / "static" / name).read_text(encoding="utf-8")
+
 
 @functools.cache
 def plotly_js() -> str:
     "plotly.js as bundled in the plotly Python package."
     from plotly.offline import get_plotlyjs
+
     return get_plotlyjs()
 
-BROWSE_PAGES = ("topics", "groups", "messages", "dead-letters")  # the cluster pages, each at /<name>, its data at /api/<name>
 
-def dashboard_app(hub:DashboardHub, settings:KafkaSettings|None=None, # the cluster the browse pages read
-                  token:str|None=None, # required of every request when set
-                  dead_letter_topic:str=DEAD_LETTER_TOPIC) -> web.Application:
+BROWSE_PAGES = (
+    "topics",
+    "groups",
+    "messages",
+    "dead-letters",
+)  # the cluster pages, each at /<name>, its data at /api/<name>
+
+
+def dashboard_app(
+    hub: DashboardHub,
+    settings: KafkaSettings | None = None,  # the cluster the browse pages read
+    token: str | None = None,  # required of every request when set
+    dead_letter_topic: str = DEAD_LETTER_TOPIC,
+) -> web.Application:
     "The dashboard's tornado application: the live page, the browse pages and their data."
     pages = "|".join(BROWSE_PAGES)
     return web.Application(
@@ -363,32 +545,54 @@ def dashboard_app(hub:DashboardHub, settings:KafkaSettings|None=None, # the clus
             (r"/static/plotly.min.js", _PlotlyJS),
             (r"/events", _Events, {"hub": hub}),
             (r"/state", _State, {"hub": hub}),
-            (rf"/api/({pages})", _Api, {"settings": settings, "dead_letter_topic": dead_letter_topic}),
+            (
+                rf"/api/({pages})",
+                _Api,
+                {"settings": settings, "dead_letter_topic": dead_letter_topic},
+            ),
         ],
         token=token,
         log_function=_log_request,
     )
 
 # %% ../nbs/09a_dashboard.ipynb #9fc57f48
-def _feed(hub:DashboardHub, loop, stop:threading.Event, kw:dict):
+def _feed(hub: DashboardHub, loop, stop: threading.Event, kw: dict):
     "Run the monitor, handing its updates (or its failure) to `hub` on `loop` one at a time: it waits while the loop is behind."
-    def publish(u:Update):
+
+    def publish(u: Update):
         done = asyncio.run_coroutine_threadsafe(_call(hub.publish, u), loop)
         while not stop.is_set():
-            try: return done.result(timeout=1)
-            except concurrent.futures.TimeoutError: pass
-    try: monitor(callback=publish, stop=stop, **kw)
+            try:
+                return done.result(timeout=1)
+            except concurrent.futures.TimeoutError:
+                pass
+
+    try:
+        monitor(callback=publish, stop=stop, **kw)
     except Exception as e:
         log.error("the monitor stopped: %s", e)
         loop.call_soon_threadsafe(hub.fail, f"{type(e).__name__}: {e}")
 
-async def _call(f, *args): return f(*args)
 
-async def _serve(hub:DashboardHub, host:str, port:int, stop:threading.Event, on_ready, token:str|None, models_topic:str, kw:dict):
+async def _call(f, *args):
+    return f(*args)
+
+
+async def _serve(
+    hub: DashboardHub,
+    host: str,
+    port: int,
+    stop: threading.Event,
+    on_ready,
+    token: str | None,
+    models_topic: str,
+    kw: dict,
+):
     sockets = bind_sockets(port, host)
     settings, loop = kw["settings"], asyncio.get_running_loop()
     app = dashboard_app(hub, settings, token, kw.get("dead_letter_topic") or DEAD_LETTER_TOPIC)
-    server = HTTPServer(app); server.add_sockets(sockets)
+    server = HTTPServer(app)
+    server.add_sockets(sockets)
     url = f"http://{host}:{sockets[0].getsockname()[1]}/"
     worker = threading.Thread(target=_feed, args=(hub, loop, stop, kw), name="monitor", daemon=True)
     watcher = threading.Thread(
@@ -397,34 +601,51 @@ async def _serve(hub:DashboardHub, host:str, port:int, stop:threading.Event, on_
         name="versions",
         daemon=True,
     )
-    worker.start(); watcher.start()
-    if on_ready: on_ready(url)  # the command prints the URL; logging it too showed it twice
-    else: log.info("dashboard at %s", url)
-    if token: log.info("the pages ask for the token (%s)", TOKEN_ENV)
+    worker.start()
+    watcher.start()
+    if on_ready:
+        on_ready(url)  # the command prints the URL; logging it too showed it twice
+    else:
+        log.info("dashboard at %s", url)
+    if token:
+        log.info("the pages ask for the token (%s)", TOKEN_ENV)
     try:
-        while not stop.is_set(): await asyncio.sleep(0.2)
+        while not stop.is_set():
+            await asyncio.sleep(0.2)
     finally:
-        stop.set(); server.stop()
-        for q in list(hub.queues): hub.drop(q)
-        try: await asyncio.wait_for(server.close_all_connections(), 5)  # every wait is bounded, so Ctrl-C always ends the process
-        except asyncio.TimeoutError: log.warning("some browser connections did not close in 5 s")
-        for t in (worker, watcher): await loop.run_in_executor(None, t.join, 10)
+        stop.set()
+        server.stop()
+        for q in list(hub.queues):
+            hub.drop(q)
+        try:
+            await asyncio.wait_for(
+                server.close_all_connections(), 5
+            )  # every wait is bounded, so Ctrl-C always ends the process
+        except asyncio.TimeoutError:
+            log.warning("some browser connections did not close in 5 s")
+        for t in (worker, watcher):
+            await loop.run_in_executor(None, t.join, 10)
 
-def run_dashboard(host:str="127.0.0.1", # address to bind; loopback unless told otherwise
-                  port:int=8050, # 0: any free port
-                  rows:int=20, # messages in the table
-                  points:int=2000, # points per chart line
-                  stop:threading.Event|None=None, # set it to stop the server and the monitor
-                  on_ready:Callable[[str], None]|None=None, # called with the page's URL once it serves
-                  token:str|None=None, # every request must bear it; required unless `host` is loopback
-                  models_topic:str=MODELS_TOPIC, # the registry shown in the models panel
-                  **kw): # `monitor`'s arguments
+
+def run_dashboard(
+    host: str = "127.0.0.1",  # address to bind; loopback unless told otherwise
+    port: int = 8050,  # 0: any free port
+    rows: int = 20,  # messages in the table
+    points: int = 2000,  # points per chart line
+    stop: threading.Event | None = None,  # set it to stop the server and the monitor
+    on_ready: Callable[[str], None] | None = None,  # called with the page's URL once it serves
+    token: str | None = None,  # every request must bear it; required unless `host` is loopback
+    models_topic: str = MODELS_TOPIC,  # the registry shown in the models panel
+    **kw,
+):  # `monitor`'s arguments
     "Serve the live dashboard, fed by `monitor(**kw)`, and the browse pages until `stop` is set."
     if token is None and host not in LOOPBACK:
         raise ValueError(f"listening on {host} needs a token (see {TOKEN_ENV})")
     d, kw = kw.get("detector"), kw | {"settings": ensure_broker(kw.get("settings"))}
     hub = DashboardHub(kw.get("topic", PREDICTIONS_TOPIC), d.limits if d else None, rows, points)
-    asyncio.run(_serve(hub, host, port, stop or threading.Event(), on_ready, token, models_topic, kw))
+    asyncio.run(
+        _serve(hub, host, port, stop or threading.Event(), on_ready, token, models_topic, kw)
+    )
 
 # %% ../nbs/09a_dashboard.ipynb #093020b4
 @click.command("dashboard")
@@ -449,16 +670,24 @@ def run_dashboard(host:str="127.0.0.1", # address to bind; loopback unless told 
     help="Latest messages shown in the table.",
 )
 @click.option(
-    "--points", type=click.IntRange(10), default=2000, show_default=True, help="Points kept per chart line."
+    "--points",
+    type=click.IntRange(10),
+    default=2000,
+    show_default=True,
+    help="Points kept per chart line.",
 )
 @monitor_options
 def dashboard_command(host, port, rows, points, **options):
     "Serve a live dashboard of the prediction stream, and pages browsing topics, groups, messages and dead letters."
     steady_memory()  # see the config chapter: its updates would otherwise ratchet the RSS up
-    try: token = access_token(host)
-    except ValueError as e: raise click.UsageError(str(e))
     try:
-        with stop_on_signals(threading.Event()) as stop:  # SIGTERM or Ctrl-C, even when started in the background
+        token = access_token(host)
+    except ValueError as e:
+        raise click.UsageError(str(e))
+    try:
+        with stop_on_signals(
+            threading.Event()
+        ) as stop:  # SIGTERM or Ctrl-C, even when started in the background
             run_dashboard(
                 host,
                 port,
@@ -468,7 +697,11 @@ def dashboard_command(host, port, rows, points, **options):
                 on_ready=lambda url: click.echo(f"dashboard at {url}"),
                 token=token,
                 models_topic=options["models_topic"],
-                **monitor_kwargs(**options, require_baseline=False),  # only the live page needs a baseline; it says when it has none
+                **monitor_kwargs(
+                    **options, require_baseline=False
+                ),  # only the live page needs a baseline; it says when it has none
             )
-    except OSError as e: raise click.ClickException(f"cannot listen on {host}:{port}: {e}")
-    except StreamError as e: raise click.ClickException(str(e))  # no broker: one line, not a traceback
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e}")
+    except StreamError as e:
+        raise click.ClickException(str(e))  # no broker: one line, not a traceback

@@ -30,10 +30,12 @@ __all__ = ['log', 'SEASONS', 'GENDERS', 'TARGET', 'SALES_COLUMNS', 'SEASON_EFFEC
 @dataclass(frozen=True)
 class Column:
     "One column of the sales table."
+
     name: str
     kind: str  # 'numeric', 'binary' (0/1) or 'categorical'
     description: str
     values: tuple = ()  # the labels of a categorical column, in display order
+
 
 SEASONS = ("Winter", "Spring", "Summer", "Autumn")
 GENDERS = ("Male", "Female")
@@ -51,17 +53,21 @@ SALES_COLUMNS = (
 )
 
 # %% ../nbs/01_data.ipynb #4ae00f26
-def column_kind(s:pd.Series) -> str:
+def column_kind(s: pd.Series) -> str:
     "'binary', 'numeric' or 'categorical' for the values of `s`."
-    if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s): return "categorical"
+    if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        return "categorical"
     return "binary" if s.dropna().isin([0, 1]).all() and s.notna().any() else "numeric"
 
-def column_kinds(df:pd.DataFrame) -> dict:
+
+def column_kinds(df: pd.DataFrame) -> dict:
     "The kind of every column of `df`."
     return {c: column_kind(df[c]) for c in df.columns}
 
 # %% ../nbs/01_data.ipynb #3945eef6
-SEASON_EFFECT = np.array([9000.0, -2000.0, 3000.0, -5000.0])  # $ added to sales in Winter, Spring, Summer, Autumn
+SEASON_EFFECT = np.array(
+    [9000.0, -2000.0, 3000.0, -5000.0]
+)  # $ added to sales in Winter, Spring, Summer, Autumn
 MISSING_COLUMNS = (
     "Marketing_Spend",
     "Seasonality",
@@ -71,6 +77,7 @@ MISSING_COLUMNS = (
     "Credit_Score",
 )
 
+
 def _credit_scores(r, defaulted):
     "Credit scores, lower for defaulters, with 2.5% thin-file customers scoring 300-480."
     n = len(defaulted)
@@ -78,19 +85,28 @@ def _credit_scores(r, defaulted):
     cs = np.where(r.random(n) < 0.025, r.uniform(300, 480, n), cs)
     return np.clip(np.rint(cs), 300, 850)
 
+
 def _sales(r, spend, season, score, churn, credit):
     "Sales from the drivers, plus noise and 5% bulk buyers at 1.8-3x."
     n = len(spend)
-    s = (-6000 + 380 * np.sqrt(spend) + 550 * score + SEASON_EFFECT[season] - 8000 * churn
-         + 30 * (credit - 650) + r.normal(0, 3000, n))
+    s = (
+        -6000
+        + 380 * np.sqrt(spend)
+        + 550 * score
+        + SEASON_EFFECT[season]
+        - 8000 * churn
+        + 30 * (credit - 650)
+        + r.normal(0, 3000, n)
+    )
     s = np.where(r.random(n) < 0.05, s * r.uniform(1.8, 3.0, n), s)
     return np.round(np.maximum(s, 1000), 2)
 
 # %% ../nbs/01_data.ipynb #c2191a48
-def generate_sales(n:int=500, # rows (customers)
-                   seed:int=42, # the same seed gives the same table
-                   missing:float=0.03, # share of missing cells in each of `MISSING_COLUMNS`
-                  ) -> pd.DataFrame:
+def generate_sales(
+    n: int = 500,  # rows (customers)
+    seed: int = 42,  # the same seed gives the same table
+    missing: float = 0.03,  # share of missing cells in each of `MISSING_COLUMNS`
+) -> pd.DataFrame:
     "A seeded, believable sales table with `SALES_COLUMNS`, missing values and outliers."
     r = np.random.default_rng(seed)
     season, gender = r.integers(0, 4, n), r.integers(0, 2, n)
@@ -99,11 +115,18 @@ def generate_sales(n:int=500, # rows (customers)
     churn = (r.random(n) < np.where(gender == 1, 0.18, 0.30)).astype(np.int64)
     defaulted = (r.random(n) < 0.12).astype(np.int64)
     credit = _credit_scores(r, defaulted)
-    df = pd.DataFrame({
-        "Sales": _sales(r, spend, season, score, churn, credit), "Marketing_Spend": np.round(spend, 2),
-        "Seasonality": pd.Categorical.from_codes(season, SEASONS), "Spending_Score": score.astype(np.int64),
-        "Gender": pd.Categorical.from_codes(gender, GENDERS), "Customer_Churn": churn,
-        "Credit_Score": credit.astype(np.int64), "Defaulted": defaulted})
+    df = pd.DataFrame(
+        {
+            "Sales": _sales(r, spend, season, score, churn, credit),
+            "Marketing_Spend": np.round(spend, 2),
+            "Seasonality": pd.Categorical.from_codes(season, SEASONS),
+            "Spending_Score": score.astype(np.int64),
+            "Gender": pd.Categorical.from_codes(gender, GENDERS),
+            "Customer_Churn": churn,
+            "Credit_Score": credit.astype(np.int64),
+            "Defaulted": defaulted,
+        }
+    )
     for c in MISSING_COLUMNS:
         gone = r.random(n) < missing
         df[c] = df[c].astype("Int64").mask(gone) if df[c].dtype == np.int64 else df[c].mask(gone)
@@ -112,15 +135,23 @@ def generate_sales(n:int=500, # rows (customers)
 # %% ../nbs/01_data.ipynb #f18a4778
 SAMPLE_CSV = Path(str(files("sales_prediction_kafka"))) / "data" / "sales_sample.csv"
 
-def write_table(df:pd.DataFrame, path, chunk:int=500_000) -> Path:
+
+def write_table(df: pd.DataFrame, path, chunk: int = 500_000) -> Path:
     "Write `df` to the CSV `path` in chunks, with a progress bar for big tables."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
-        for i in tqdm(range(0, max(len(df), 1), chunk), desc=f"writing {path.name}", unit="chunk", disable=len(df) <= chunk):
-            df.iloc[i:i + chunk].to_csv(f, index=False, header=i == 0, lineterminator="\n")
+        for i in tqdm(
+            range(0, max(len(df), 1), chunk),
+            desc=f"writing {path.name}",
+            unit="chunk",
+            disable=len(df) <= chunk,
+        ):
+            df.iloc[i : i + chunk].to_csv(f, index=False, header=i == 0, lineterminator="\n")
     return path
 
-def write_sample(path=SAMPLE_CSV, n:int=500, seed:int=42) -> Path:
+
+def write_sample(path=SAMPLE_CSV, n: int = 500, seed: int = 42) -> Path:
     "Write `generate_sales(n, seed)` to `path`."
     return write_table(generate_sales(n, seed), path)
 
@@ -128,16 +159,22 @@ def write_sample(path=SAMPLE_CSV, n:int=500, seed:int=42) -> Path:
 class DataError(SalesKafkaError, ValueError):
     "A data file that cannot be used, with what and where."
 
+
 DELIMITERS = (",", ";", "\t", "|")
 SHOW_CELLS = 5  # bad cells shown per column; the rest are counted
 
-def _header(path:Path, sep:str) -> list[str]:
+
+def _header(path: Path, sep: str) -> list[str]:
     "The header of `path`, or a `DataError` if the file is missing, empty or mis-delimited."
-    if not path.is_file(): raise DataError(f"{path}: no such file")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f, delimiter=sep), None)
-    except UnicodeDecodeError as e: raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+        ) from None
     if not header or not "".join(header).strip():
         raise DataError(f"{path}: the file is empty (no header line)")
     header = [h.strip() for h in header]
@@ -149,18 +186,22 @@ def _header(path:Path, sep:str) -> list[str]:
     return header
 
 # %% ../nbs/01_data.ipynb #02b10e85
-def _check_header(path:Path, header:list, target:str, features:list|None) -> list:
+def _check_header(path: Path, header: list, target: str, features: list | None) -> list:
     "The feature columns, after checking for duplicated and missing columns."
     dups = {
-        h: [i + 1 for i, x in enumerate(header) if x == h] for h, k in Counter(header).items() if k > 1 and h
+        h: [i + 1 for i, x in enumerate(header) if x == h]
+        for h, k in Counter(header).items()
+        if k > 1 and h
     }
     if dups:
         raise DataError(
             f"{path}: duplicated column name(s) in the header: "
             + "; ".join(f"{h!r} in columns {', '.join(map(str, i))}" for h, i in dups.items())
         )
-    if features is None: features = [h for h in header if h and h != target]
-    if target in features: raise DataError(f"{path}: the target {target!r} cannot also be a feature")
+    if features is None:
+        features = [h for h in header if h and h != target]
+    if target in features:
+        raise DataError(f"{path}: the target {target!r} cannot also be a feature")
     missing = [c for c in [target, *features] if c not in header]
     if missing:
         raise DataError(
@@ -169,74 +210,106 @@ def _check_header(path:Path, header:list, target:str, features:list|None) -> lis
     return list(features)
 
 # %% ../nbs/01_data.ipynb #b5c9dd14
-def _bad_cells(raw:pd.Series, bad, # the cells to show, a boolean mask
-               lines:bool=True, # `raw` is indexed by data row of a file (its line - 2); else name cells by row label
-              ) -> str:
+def _bad_cells(
+    raw: pd.Series,
+    bad,  # the cells to show, a boolean mask
+    lines: bool = True,  # `raw` is indexed by data row of a file (its line - 2); else name cells by row label
+) -> str:
     "The first few bad cells of `raw` as `line N 'value'` (or `row N 'value'`), plus how many more."
-    cells = [f"line {i + 2} {v!r}" if lines else f"row {i} {v!r}" for i, v in raw[bad].head(SHOW_CELLS).items()]
+    cells = [
+        f"line {i + 2} {v!r}" if lines else f"row {i} {v!r}"
+        for i, v in raw[bad].head(SHOW_CELLS).items()
+    ]
     more = bad.sum() - len(cells)
     return ", ".join(cells) + (f" and {more} more" if more else "")
 
-def _parse_column(raw:pd.Series, is_target:bool) -> tuple[pd.Series, str|None]:
+
+def _parse_column(raw: pd.Series, is_target: bool) -> tuple[pd.Series, str | None]:
     "The parsed column and a description of its bad cells (None if all good)."
-    name = raw.name; given = raw.notna()
-    if not given.any(): return raw, f"column {name!r}{' (the target)' if is_target else ''} is entirely empty"
+    name = raw.name
+    given = raw.notna()
+    if not given.any():
+        return raw, f"column {name!r}{' (the target)' if is_target else ''} is entirely empty"
     num = pd.to_numeric(raw, errors="coerce")
-    if not is_target and num[given].notna().mean() <= 0.5: return raw.str.strip().astype("category"), None
+    if not is_target and num[given].notna().mean() <= 0.5:
+        return raw.str.strip().astype("category"), None
     bad = given & ~np.isfinite(num)  # words parse as NaN, infinity as inf
-    if not bad.any(): return num, None
+    if not bad.any():
+        return num, None
     return (
         num,
         f"column {name!r} has {bad.sum()} value(s) that are not finite numbers: {_bad_cells(raw, bad)}",
     )
 
 # %% ../nbs/01_data.ipynb #57c1c281
-def _long_row(path:Path, sep:str) -> str|None:
+def _long_row(path: Path, sep: str) -> str | None:
     "An error naming the first line that has more fields than the header, if there is one."
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f, delimiter=sep)
         n = len(next(rows, []))
         for row in rows:
-            if len(row) > n: return f"{path}: line {rows.line_num} has {len(row)} fields, the header has {n}"
+            if len(row) > n:
+                return f"{path}: line {rows.line_num} has {len(row)} fields, the header has {n}"
     return None
 
 # %% ../nbs/01_data.ipynb #1a956d6f
 # how every table file is read: a BOM is not part of the first name, and blank lines keep the line count
-CSV_READ = dict(encoding="utf-8-sig", skip_blank_lines=False, skipinitialspace=True, index_col=False)
+CSV_READ = dict(
+    encoding="utf-8-sig", skip_blank_lines=False, skipinitialspace=True, index_col=False
+)
 
-def load_table(path, # CSV file
-               target:str=TARGET, # the column to predict; must be numeric
-               features:list|None=None, # feature columns; None means every other named column
-               sep:str=",", # field delimiter
-              ) -> pd.DataFrame:
+
+def load_table(
+    path,  # CSV file
+    target: str = TARGET,  # the column to predict; must be numeric
+    features: list | None = None,  # feature columns; None means every other named column
+    sep: str = ",",  # field delimiter
+) -> pd.DataFrame:
     "The target and feature columns of the CSV at `path`, parsed and checked, indexed by their line in the file."
     path = Path(path)
     features = _check_header(path, _header(path, sep), target, features)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", pd.errors.ParserWarning)  # pandas drops the extra fields of a long first row with only a warning
-        try: raw = pd.read_csv(path, sep=sep, dtype=str, **CSV_READ)
-        except (pd.errors.ParserError, pd.errors.ParserWarning) as e: raise DataError(_long_row(path, sep) or f"{path}: {e}") from None
+        warnings.simplefilter(
+            "error", pd.errors.ParserWarning
+        )  # pandas drops the extra fields of a long first row with only a warning
+        try:
+            raw = pd.read_csv(path, sep=sep, dtype=str, **CSV_READ)
+        except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
+            raise DataError(_long_row(path, sep) or f"{path}: {e}") from None
     raw.columns = [c.strip() for c in raw.columns]
-    raw = raw[raw.notna().any(axis=1)]  # blank lines; the index still counts them, so line = index + 2
-    if raw.empty: raise DataError(f"{path}: the header has no data rows under it")
+    raw = raw[
+        raw.notna().any(axis=1)
+    ]  # blank lines; the index still counts them, so line = index + 2
+    if raw.empty:
+        raise DataError(f"{path}: the header has no data rows under it")
     parsed = {c: _parse_column(raw[c], c == target) for c in [target, *features]}
     problems = [p for _, p in parsed.values() if p]
-    if problems: raise DataError(f"{path}: " + "; ".join(problems))
-    log.info("loaded %s: %d rows, target %s, %d features", Path(path).resolve(), len(raw), target, len(features))  # not run/../../..
+    if problems:
+        raise DataError(f"{path}: " + "; ".join(problems))
+    log.info(
+        "loaded %s: %d rows, target %s, %d features",
+        Path(path).resolve(),
+        len(raw),
+        target,
+        len(features),
+    )  # not run/../../..
     table = pd.DataFrame({c: s for c, (s, _) in parsed.items()})
     table.index = pd.Index(table.index + 2, name="line")  # each row keeps its line in the file
     return table
 
 # %% ../nbs/01_data.ipynb #2564e30a
-def generate_transactions(n:int=2000, # transactions
-                          customers:int=100, # distinct customers
-                          months:int=12, # months covered, from `start`
-                          start:str="2025-01-01", # first day
-                          seed:int=42) -> pd.DataFrame:
+def generate_transactions(
+    n: int = 2000,  # transactions
+    customers: int = 100,  # distinct customers
+    months: int = 12,  # months covered, from `start`
+    start: str = "2025-01-01",  # first day
+    seed: int = 42,
+) -> pd.DataFrame:
     "A seeded transaction table: Date, Customer_ID, Amount, Marketing_Spend, Seasonality, Spending_Score, Gender."
     r = np.random.default_rng(seed)
-    score, gender = np.clip(np.rint(r.beta(1.2, 1.2, customers) * 99 + 1), 1, 100), r.integers(
-        0, 2, customers
+    score, gender = (
+        np.clip(np.rint(r.beta(1.2, 1.2, customers) * 99 + 1), 1, 100),
+        r.integers(0, 2, customers),
     )
     budget = np.round(r.lognormal(np.log(20000), 0.4, months), 2)
     cust = r.choice(customers, n, p=score / score.sum())
@@ -264,14 +337,18 @@ def generate_transactions(n:int=2000, # transactions
 # %% ../nbs/01_data.ipynb #f4b8a9d3
 class _Codes:
     "Integer codes for the values met in any number of chunks: a value keeps its code from chunk to chunk."
-    def __init__(self): self.code, self.values, self.dtype = {}, [], None
 
-    def __call__(self, s:pd.Series|np.ndarray) -> np.ndarray:
+    def __init__(self):
+        self.code, self.values, self.dtype = {}, [], None
+
+    def __call__(self, s: pd.Series | np.ndarray) -> np.ndarray:
         "The code of each value of `s`, -1 where it is missing."
         codes, uniques = pd.factorize(s)
-        if self.dtype is None: self.dtype = uniques.dtype
+        if self.dtype is None:
+            self.dtype = uniques.dtype
         new = [u for u in uniques if u not in self.code]
-        self.code.update((u, len(self.values) + i) for i, u in enumerate(new)); self.values += new
+        self.code.update((u, len(self.values) + i) for i, u in enumerate(new))
+        self.values += new
         ids = np.array([self.code[u] for u in uniques] + [-1], dtype=np.int64)
         return ids[codes]  # code -1 (missing) picks the -1 at the end
 
@@ -279,148 +356,224 @@ class _Codes:
         "The values by code, with the dtype they came in (so a categorical keeps its order)."
         return pd.Series(self.values, dtype=self.dtype)
 
-def _plus(a:np.ndarray|None, b:np.ndarray) -> np.ndarray:
+
+def _plus(a: np.ndarray | None, b: np.ndarray) -> np.ndarray:
     "`a + b` for count arrays by code, the shorter padded with zeros (new codes appear chunk by chunk)."
-    if a is None: return b
+    if a is None:
+        return b
     n = max(len(a), len(b))
     return np.pad(a, (0, n - len(a))) + np.pad(b, (0, n - len(b)))
 
 # %% ../nbs/01_data.ipynb #4e375fa0
 _EXP = 4096  # binary exponents of float64 (frexp: -1073 to 1024), shifted by 1100, fit below this
 
-def _exact_parts(x:np.ndarray, # finite floats
-                 g:np.ndarray, # the group code of each value, >= 0
-                ) -> pd.DataFrame:
+
+def _exact_parts(
+    x: np.ndarray,  # finite floats
+    g: np.ndarray,  # the group code of each value, >= 0
+) -> pd.DataFrame:
     "Integer sums of the mantissas of `x` by group and binary exponent (index `g * _EXP + exponent + 1100`), exact in any order."
     m, e = np.frexp(x)
     mant = np.ldexp(m, 53).astype(np.int64)  # x == mant * 2**(e - 53), exactly
-    hi = mant >> 26  # halves of 27 and 26 bits: int64 sums cannot overflow below 2**36 values a group
+    hi = (
+        mant >> 26
+    )  # halves of 27 and 26 bits: int64 sums cannot overflow below 2**36 values a group
     return pd.DataFrame({"hi": hi, "lo": mant - (hi << 26)}).groupby(g * _EXP + e + 1100).sum()
 
-def _exact_sums(parts:pd.DataFrame) -> dict:
+
+def _exact_sums(parts: pd.DataFrame) -> dict:
     "The exact sum of each group of `_exact_parts` (added up over any number of chunks), as {group code: `Fraction`}."
-    if parts.empty: return {}
-    g, e = np.divmod(parts.index.to_numpy(), _EXP); e = e - 1100; low = int(e.min())
+    if parts.empty:
+        return {}
+    g, e = np.divmod(parts.index.to_numpy(), _EXP)
+    e = e - 1100
+    low = int(e.min())
     sums = {}
-    for k, shift, hi, lo in zip(g.tolist(), (e - low).tolist(), parts["hi"].tolist(), parts["lo"].tolist()):
+    for k, shift, hi, lo in zip(
+        g.tolist(), (e - low).tolist(), parts["hi"].tolist(), parts["lo"].tolist()
+    ):
         sums[k] = sums.get(k, 0) + (((hi << 26) + lo) << shift)
     return {k: Fraction(v) * Fraction(2) ** (low - 53) for k, v in sums.items()}
 
 # %% ../nbs/01_data.ipynb #b3e94d10
 FREQS = {"day": "D", "week": "W-SUN", "month": "M"}  # pandas periods; a week runs Monday to Sunday
 
-def _periods(dates:pd.Series, freq:str) -> np.ndarray:
+
+def _periods(dates: pd.Series, freq: str) -> np.ndarray:
     "The period number of each date at `freq` ('day', 'week' or 'month'): consecutive integers, one a period."
     return dates.dt.to_period(FREQS[freq]).array.asi8
 
-def _period_starts(periods:np.ndarray, freq:str) -> pd.DatetimeIndex:
+
+def _period_starts(periods: np.ndarray, freq: str) -> pd.DatetimeIndex:
     "The first day of each period number: the day, a week's Monday, a month's 1st."
     return pd.PeriodIndex.from_ordinals(periods, freq=FREQS[freq]).start_time
 
 # %% ../nbs/01_data.ipynb #4f60c9a3
-def _every_period(keys:pd.DataFrame, # one row per group with sales: series codes `_s0`, `_s1` ... and period `_p`
-                 ) -> pd.DataFrame:
+def _every_period(
+    keys: pd.DataFrame,  # one row per group with sales: series codes `_s0`, `_s1` ... and period `_p`
+) -> pd.DataFrame:
     "Every (series, period) from each series' first period to the last period of all, series by series."
-    if keys.empty: return keys
+    if keys.empty:
+        return keys
     series = [c for c in keys.columns if c != "_p"]
     first = keys.groupby(series)["_p"].min() if series else pd.Series([keys["_p"].min()])
     n = int(keys["_p"].max()) - first.to_numpy() + 1  # periods of each series
     at = np.repeat(np.arange(len(first)), n)
-    grid = first.index.to_frame(index=False).iloc[at].reset_index(drop=True) if series else pd.DataFrame(index=range(len(at)))
+    grid = (
+        first.index.to_frame(index=False).iloc[at].reset_index(drop=True)
+        if series
+        else pd.DataFrame(index=range(len(at)))
+    )
     grid["_p"] = first.to_numpy()[at] + np.arange(len(at)) - np.repeat(np.cumsum(n) - n, n)
     return grid
 
 # %% ../nbs/01_data.ipynb #57c012d3
-def _numbers(s:pd.Series, lines:bool) -> np.ndarray:
+def _numbers(s: pd.Series, lines: bool) -> np.ndarray:
     "The cells of `s` as floats (NaN where empty); a `DataError` names the cells that are not finite numbers."
     x = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     bad = s.notna().to_numpy() & ~np.isfinite(x)
     if bad.any():
-        raise DataError(f"column {s.name!r} has {bad.sum()} value(s) that are not finite numbers: " + _bad_cells(s, bad, lines))
+        raise DataError(
+            f"column {s.name!r} has {bad.sum()} value(s) that are not finite numbers: "
+            + _bad_cells(s, bad, lines)
+        )
     return x
 
-def _modes(counts:pd.DataFrame) -> pd.Series:
+
+def _modes(counts: pd.DataFrame) -> pd.Series:
     "The most frequent value of each group (the first in sorted order on a tie), from counts `n` of (`key`, `value`)."
     d = counts.sort_values(["key", "n", "value"], ascending=[True, False, True], kind="stable")
     return d.drop_duplicates("key").set_index("key")["value"]
 
+
 class _Totals:
     "Running totals of transactions by month, customer, or series and period, chunk after chunk: counts, exact sums, value counts."
-    def __init__(self, by:str, # 'month' or 'customer'; unused with `freq`
-                 kinds:dict, # {feature: kind}, from `column_kinds`
-                 date_col:str, customer_col:str, amount_col:str,
-                 lines:bool, # chunks are indexed by data row of a file, so errors name its lines
-                 freq:str|None=None, # 'day', 'week' or 'month': group by `series` and period instead
-                 series:list=()): # columns that identify one series, with `freq`; none: the table is one series
+
+    def __init__(
+        self,
+        by: str,  # 'month' or 'customer'; unused with `freq`
+        kinds: dict,  # {feature: kind}, from `column_kinds`
+        date_col: str,
+        customer_col: str,
+        amount_col: str,
+        lines: bool,  # chunks are indexed by data row of a file, so errors name its lines
+        freq: str | None = None,  # 'day', 'week' or 'month': group by `series` and period instead
+        series: list = (),
+    ):  # columns that identify one series, with `freq`; none: the table is one series
         self.by, self.lines, self.freq, self.series = by, lines, freq, list(series)
         self.ids = {c: _Codes() for c in self.series}
         self.date_col, self.customer_col, self.amount_col = date_col, customer_col, amount_col
-        self.features, self.numeric = list(kinds), [amount_col, *(c for c, k in kinds.items() if k != "categorical")]
+        self.features, self.numeric = (
+            list(kinds),
+            [amount_col, *(c for c, k in kinds.items() if k != "categorical")],
+        )
         self.categorical = [c for c, k in kinds.items() if k == "categorical"]
         self.keys, self.values = _Codes(), {c: _Codes() for c in self.categorical}
         self.rows, self.given, self.parts, self.counts = None, {}, {}, {}
 
-    def _key(self, chunk:pd.DataFrame) -> np.ndarray:
+    def _key(self, chunk: pd.DataFrame) -> np.ndarray:
         "The group code of each row (its month, customer, or series and period; -1 for none), after checking the dates."
         dates = pd.to_datetime(chunk[self.date_col], errors="coerce")
         bad = dates.isna().to_numpy()
         if bad.any():
-            raise DataError(f"column {self.date_col!r} has {bad.sum()} value(s) that are not dates: "
-                            + _bad_cells(chunk[self.date_col], bad, self.lines))
+            raise DataError(
+                f"column {self.date_col!r} has {bad.sum()} value(s) that are not dates: "
+                + _bad_cells(chunk[self.date_col], bad, self.lines)
+            )
         if self.freq is None:
-            return self.keys(chunk[self.customer_col] if self.by == "customer" else dates.dt.year * 12 + dates.dt.month - 1)
+            return self.keys(
+                chunk[self.customer_col]
+                if self.by == "customer"
+                else dates.dt.year * 12 + dates.dt.month - 1
+            )
         ids = [self.ids[c](chunk[c]) for c in self.series]
-        ok = np.logical_and.reduce([i >= 0 for i in ids]) if ids else np.ones(len(chunk), dtype=bool)  # a row missing an id is in no series
+        ok = (
+            np.logical_and.reduce([i >= 0 for i in ids]) if ids else np.ones(len(chunk), dtype=bool)
+        )  # a row missing an id is in no series
         g = np.full(len(chunk), -1, dtype=np.int64)
-        g[ok] = self.keys(pd.MultiIndex.from_arrays([i[ok] for i in ids] + [_periods(dates, self.freq)[ok]]))
+        g[ok] = self.keys(
+            pd.MultiIndex.from_arrays([i[ok] for i in ids] + [_periods(dates, self.freq)[ok]])
+        )
         return g
 
-    def add(self, chunk:pd.DataFrame):
+    def add(self, chunk: pd.DataFrame):
         "Add the transactions of `chunk` to the totals."
-        g = self._key(chunk); ok = g >= 0  # rows without a customer belong to no group
+        g = self._key(chunk)
+        ok = g >= 0  # rows without a customer belong to no group
         self.rows = _plus(self.rows, np.bincount(g[ok]))
         for c in self.numeric:
-            x = _numbers(chunk[c], self.lines); given = ok & ~np.isnan(x)
+            x = _numbers(chunk[c], self.lines)
+            given = ok & ~np.isnan(x)
             self.given[c] = _plus(self.given.get(c), np.bincount(g[given]))
             part = _exact_parts(x[given], g[given])
-            self.parts[c] = part if c not in self.parts else pd.concat([self.parts[c], part]).groupby(level=0).sum()
+            self.parts[c] = (
+                part
+                if c not in self.parts
+                else pd.concat([self.parts[c], part]).groupby(level=0).sum()
+            )
         for c in self.categorical:
-            v = self.values[c](chunk[c]); both = ok & (v >= 0)
+            v = self.values[c](chunk[c])
+            both = ok & (v >= 0)
             part = pd.Series(g[both] * 2**32 + v[both]).value_counts()
-            self.counts[c] = part if c not in self.counts else pd.concat([self.counts[c], part]).groupby(level=0).sum()
+            self.counts[c] = (
+                part
+                if c not in self.counts
+                else pd.concat([self.counts[c], part]).groupby(level=0).sum()
+            )
 
-    def _mode(self, c:str) -> pd.Series:
+    def _mode(self, c: str) -> pd.Series:
         "The mode of categorical feature `c` by group code."
         g, v = np.divmod(self.counts[c].index.to_numpy(), 2**32)
         values = self.values[c].labels().iloc[v].reset_index(drop=True)
         return _modes(pd.DataFrame({"key": g, "value": values, "n": self.counts[c].to_numpy()}))
 
-    def table(self, target:str) -> pd.DataFrame:
+    def table(self, target: str) -> pd.DataFrame:
         "One row per group: `target` = summed amount, `Transactions` = count, features averaged or their mode."
-        rows = _plus(self.rows, np.zeros(0, dtype=np.int64)); codes = range(len(rows))
+        rows = _plus(self.rows, np.zeros(0, dtype=np.int64))
+        codes = range(len(rows))
         total = lambda c: _exact_sums(self.parts[c]) if c in self.parts else {}
         amount = total(self.amount_col)
-        out = pd.DataFrame({target: np.array([float(amount.get(k, 0)) for k in codes], dtype=float).round(2),
-                            "Transactions": rows})
+        out = pd.DataFrame(
+            {
+                target: np.array([float(amount.get(k, 0)) for k in codes], dtype=float).round(2),
+                "Transactions": rows,
+            }
+        )
         for c in self.features:
-            if c in self.categorical: out[c] = self._mode(c).reindex(codes) if c in self.counts else np.nan; continue
+            if c in self.categorical:
+                out[c] = self._mode(c).reindex(codes) if c in self.counts else np.nan
+                continue
             s, n = total(c), _plus(self.given.get(c), np.zeros(len(rows), dtype=np.int64))
-            out[c] = np.array([float(s[k] / int(n[k])) if n[k] else np.nan for k in codes], dtype=float)
-        if self.freq is not None: return self._by_period(out, target)
+            out[c] = np.array(
+                [float(s[k] / int(n[k])) if n[k] else np.nan for k in codes], dtype=float
+            )
+        if self.freq is not None:
+            return self._by_period(out, target)
         key = self.keys.labels()
-        if self.by == "month": key = key.map(lambda k: f"{k // 12:04d}-{k % 12 + 1:02d}")
+        if self.by == "month":
+            key = key.map(lambda k: f"{k // 12:04d}-{k % 12 + 1:02d}")
         out.insert(0, "Month" if self.by == "month" else self.customer_col, key)
         return out.sort_values(out.columns[0], kind="stable", ignore_index=True)
 
-    def _by_period(self, out:pd.DataFrame, target:str) -> pd.DataFrame:
+    def _by_period(self, out: pd.DataFrame, target: str) -> pd.DataFrame:
         "The groups' rows `out` dated and named by series, with a 0 row for each period without sales (see `_every_period`)."
         codes = [f"_s{i}" for i in range(len(self.series))]
-        keys = pd.DataFrame(np.array(self.keys.labels().tolist(), dtype=np.int64).reshape(len(out), len(codes) + 1),
-                            columns=[*codes, "_p"])
-        full = _every_period(keys).merge(pd.concat([keys, out], axis=1), how="left", on=[*codes, "_p"])
-        full[target] = full[target].fillna(0.0); full["Transactions"] = full["Transactions"].fillna(0).astype(np.int64)
+        keys = pd.DataFrame(
+            np.array(self.keys.labels().tolist(), dtype=np.int64).reshape(len(out), len(codes) + 1),
+            columns=[*codes, "_p"],
+        )
+        full = _every_period(keys).merge(
+            pd.concat([keys, out], axis=1), how="left", on=[*codes, "_p"]
+        )
+        full[target] = full[target].fillna(0.0)
+        full["Transactions"] = full["Transactions"].fillna(0).astype(np.int64)
         head = {self.date_col: _period_starts(full["_p"].to_numpy(), self.freq)}
-        head.update({c: self.ids[c].labels().iloc[full[s].to_numpy()].reset_index(drop=True) for s, c in zip(codes, self.series)})
+        head.update(
+            {
+                c: self.ids[c].labels().iloc[full[s].to_numpy()].reset_index(drop=True)
+                for s, c in zip(codes, self.series)
+            }
+        )
         table = pd.concat([pd.DataFrame(head), full.drop(columns=[*codes, "_p"])], axis=1)
         return table.sort_values([*self.series, self.date_col], kind="stable", ignore_index=True)
 
@@ -428,71 +581,131 @@ class _Totals:
 KIND_ROWS = 10_000  # the first rows of a transactions file decide whether a feature is averaged (numeric) or takes its mode
 CHUNK_ROWS = 500_000  # rows of a transactions file in memory at a time: about 200 MiB at the peak
 
+
 class MissingColumns(DataError):
     "A transactions table without a column it was told to use."
 
-def _transaction_columns(columns:list,
-                         need:list, # the date, amount, customer or series columns that must be there
-                         skip:list, # other columns that are not features (the customer id)
-                        ) -> list:
+
+def _transaction_columns(
+    columns: list,
+    need: list,  # the date, amount, customer or series columns that must be there
+    skip: list,  # other columns that are not features (the customer id)
+) -> list:
     "The feature columns, after checking the `need`ed columns are there."
     missing = [c for c in need if c not in columns]
     if missing:
-        raise MissingColumns(f"no column {', '.join(map(repr, missing))} in the transactions; "
-                             f"the columns are {', '.join(map(str, columns))}")
+        raise MissingColumns(
+            f"no column {', '.join(map(repr, missing))} in the transactions; "
+            f"the columns are {', '.join(map(str, columns))}"
+        )
     return [c for c in columns if c not in need and c not in skip and c != ""]
 
-def _roles(by:str, freq:str|None, series:list|str|None, date_col:str, customer_col:str, amount_col:str) -> tuple:
+
+def _roles(
+    by: str,
+    freq: str | None,
+    series: list | str | None,
+    date_col: str,
+    customer_col: str,
+    amount_col: str,
+) -> tuple:
     "`freq`, `series` (a list, or None for the old tables), the `need`ed columns and the columns to `skip`, after checking them."
-    if by not in ("month", "customer"): raise ValueError(f"by must be 'month' or 'customer', got {by!r}")
+    if by not in ("month", "customer"):
+        raise ValueError(f"by must be 'month' or 'customer', got {by!r}")
     if freq is None and series is None:
-        return None, None, [date_col, *([customer_col] if by == "customer" else []), amount_col], [customer_col]
+        return (
+            None,
+            None,
+            [date_col, *([customer_col] if by == "customer" else []), amount_col],
+            [customer_col],
+        )
     freq = freq or "month"
-    if freq not in FREQS: raise ValueError(f"freq must be 'day', 'week' or 'month', got {freq!r}")
-    if series is None: series = [customer_col] if by == "customer" else []
+    if freq not in FREQS:
+        raise ValueError(f"freq must be 'day', 'week' or 'month', got {freq!r}")
+    if series is None:
+        series = [customer_col] if by == "customer" else []
     series = [series] if isinstance(series, str) else list(series)
-    if date_col in series or amount_col in series: raise ValueError(f"the date or amount column cannot identify a series: {series}")
+    if date_col in series or amount_col in series:
+        raise ValueError(f"the date or amount column cannot identify a series: {series}")
     return freq, series, [date_col, amount_col, *series], [customer_col]
 
-def _csv_chunks(path:Path, sep:str, chunksize:int, date_col:str, text:list) -> Iterator[pd.DataFrame]:
+
+def _csv_chunks(
+    path: Path, sep: str, chunksize: int, date_col: str, text: list
+) -> Iterator[pd.DataFrame]:
     "The rows of the CSV at `path`, `chunksize` at a time, `text` columns as text, indexed by line - 2, blank lines dropped."
-    with pd.read_csv(path, sep=sep, dtype=dict.fromkeys(text, str), chunksize=chunksize, **CSV_READ) as chunks:
-        for chunk in tqdm(chunks, desc=f"aggregating {path.name}", unit="chunk", disable=path.stat().st_size < 2**28):
+    with pd.read_csv(
+        path, sep=sep, dtype=dict.fromkeys(text, str), chunksize=chunksize, **CSV_READ
+    ) as chunks:
+        for chunk in tqdm(
+            chunks,
+            desc=f"aggregating {path.name}",
+            unit="chunk",
+            disable=path.stat().st_size < 2**28,
+        ):
             chunk.columns = [c.strip() for c in chunk.columns]
             no_date = chunk[date_col].isna().to_numpy()  # only those rows can be blank lines
-            if no_date.any(): chunk = chunk[~no_date | chunk.notna().any(axis=1).to_numpy()]
+            if no_date.any():
+                chunk = chunk[~no_date | chunk.notna().any(axis=1).to_numpy()]
             yield chunk
 
-def aggregate_transactions(data:pd.DataFrame|str|Path, # one row per transaction: a DataFrame, or a CSV file read in chunks
-                           by:str="month", # 'month' or 'customer'; with `freq`, 'customer' makes `customer_col` the series
-                           date_col:str="Date", # transaction date (parsed if text)
-                           customer_col:str="Customer_ID", # read as text from a file
-                           amount_col:str="Amount", # summed into `target`
-                           target:str=TARGET,
-                           chunksize:int=CHUNK_ROWS, # rows of a file in memory at a time
-                           sep:str=",",
-                           freq:str|None=None, # 'day', 'week' or 'month': one row per series per period, dated by its first day
-                           series:list|str|None=None, # id column(s) of a series, with `freq` (default 'month'); None: from `by`
-                          ) -> pd.DataFrame:
+
+def aggregate_transactions(
+    data: pd.DataFrame
+    | str
+    | Path,  # one row per transaction: a DataFrame, or a CSV file read in chunks
+    by: str = "month",  # 'month' or 'customer'; with `freq`, 'customer' makes `customer_col` the series
+    date_col: str = "Date",  # transaction date (parsed if text)
+    customer_col: str = "Customer_ID",  # read as text from a file
+    amount_col: str = "Amount",  # summed into `target`
+    target: str = TARGET,
+    chunksize: int = CHUNK_ROWS,  # rows of a file in memory at a time
+    sep: str = ",",
+    freq: str
+    | None = None,  # 'day', 'week' or 'month': one row per series per period, dated by its first day
+    series: list
+    | str
+    | None = None,  # id column(s) of a series, with `freq` (default 'month'); None: from `by`
+) -> pd.DataFrame:
     "Totals by month, customer, or series and period: `target` = summed amount, `Transactions` = count, features averaged or their mode."
     freq, series, need, skip = _roles(by, freq, series, date_col, customer_col, amount_col)
-    make = lambda kinds, lines: _Totals(by, kinds, date_col, customer_col, amount_col, lines, freq=freq, series=series or ())
+    make = lambda kinds, lines: _Totals(
+        by, kinds, date_col, customer_col, amount_col, lines, freq=freq, series=series or ()
+    )
     if isinstance(data, pd.DataFrame):
-        totals = make(column_kinds(data[_transaction_columns(list(data.columns), need, skip)]), lines=False)
+        totals = make(
+            column_kinds(data[_transaction_columns(list(data.columns), need, skip)]), lines=False
+        )
         totals.add(data)
         return totals.table(target)
-    path = Path(data); header = _header(path, sep)
+    path = Path(data)
+    header = _header(path, sep)
     try:
         feats = _transaction_columns(header, need, skip)
-        first = pd.read_csv(path, sep=sep, nrows=KIND_ROWS, usecols=feats, encoding="utf-8-sig", skipinitialspace=True)
+        first = pd.read_csv(
+            path,
+            sep=sep,
+            nrows=KIND_ROWS,
+            usecols=feats,
+            encoding="utf-8-sig",
+            skipinitialspace=True,
+        )
         kinds = column_kinds(first)
         totals = make(kinds, lines=True)
         ids = [c for c in dict.fromkeys([date_col, customer_col, *(series or ())]) if c in header]
         text = [*ids, *(c for c, k in kinds.items() if k == "categorical")]
-        for chunk in _csv_chunks(path, sep, chunksize, date_col, text): totals.add(chunk)
-    except DataError as e: raise type(e)(f"{path}: {e}") from None
-    except pd.errors.ParserError as e: raise DataError(f"{path}: {e}") from None
-    log.info("aggregated %s by %s in chunks of %d rows", path, f"{series} per {freq}" if freq else by, chunksize)
+        for chunk in _csv_chunks(path, sep, chunksize, date_col, text):
+            totals.add(chunk)
+    except DataError as e:
+        raise type(e)(f"{path}: {e}") from None
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path}: {e}") from None
+    log.info(
+        "aggregated %s by %s in chunks of %d rows",
+        path,
+        f"{series} per {freq}" if freq else by,
+        chunksize,
+    )
     return totals.table(target)
 
 # %% ../nbs/01_data.ipynb #ef2b6b49
@@ -506,7 +719,11 @@ def aggregate_transactions(data:pd.DataFrame|str|Path, # one row per transaction
     help="Rows to generate (transactions with --transactions).",
 )
 @click.option(
-    "--seed", default=42, show_default=True, type=int, help="Random seed; the same seed gives the same file."
+    "--seed",
+    default=42,
+    show_default=True,
+    type=int,
+    help="Random seed; the same seed gives the same file.",
 )
 @click.option(
     "--out",
@@ -538,36 +755,85 @@ def generate_data(rows, seed, out, transactions, customers):
     click.echo(write_table(df, out))
 
 # %% ../nbs/01_data.ipynb #c8fb1f2b
-def _column_list(ctx, param, value:str|None) -> list|None:
+def _column_list(ctx, param, value: str | None) -> list | None:
     "The comma-separated column names of a `--series` option (None if not given)."
     return None if value is None else [c.strip() for c in value.split(",") if c.strip()]
 
+
 @click.command("aggregate")
 @click.argument("transactions", type=click.Path(dir_okay=False))
-@click.option("--by", type=click.Choice(["month", "customer"]), default="month", show_default=True,
-              help="Without --freq or --series: one row per month (a YYYY-MM Month column) or per customer, "
-                   "over all dates. With --freq: 'customer' makes the customer column the series.")
-@click.option("--freq", type=click.Choice(list(FREQS)), default=None,
-              help="One row per series per period, dated by the period's first day (a week runs Monday to Sunday "
-                   "and is dated by its Monday); a period without sales from a series' first to the file's last "
-                   "period is a 0 row. Default with --series: month.")
-@click.option("--series", metavar="COL[,COL]", default=None, callback=_column_list,
-              help="Column(s) that identify one series, comma-separated (a shop, a customer); implies --freq. "
-                   "An empty value: the whole file is one series.")
-@click.option("--date-column", default="Date", show_default=True, help="Column with the transaction date.")
-@click.option("--amount-column", default="Amount", show_default=True, help="Column summed into Sales.")
-@click.option("--customer-column", default="Customer_ID", show_default=True,
-              help="Column with the customer id (needed by --by customer, never a feature).")
-@click.option("--out", "-o", default="sales.csv", show_default=True, type=click.Path(dir_okay=False),
-              help="CSV file to write.")
-@click.option("--chunksize", default=CHUNK_ROWS, show_default=True, type=click.IntRange(min=1),
-              help="Rows of the file in memory at a time.")
+@click.option(
+    "--by",
+    type=click.Choice(["month", "customer"]),
+    default="month",
+    show_default=True,
+    help="Without --freq or --series: one row per month (a YYYY-MM Month column) or per customer, "
+    "over all dates. With --freq: 'customer' makes the customer column the series.",
+)
+@click.option(
+    "--freq",
+    type=click.Choice(list(FREQS)),
+    default=None,
+    help="One row per series per period, dated by the period's first day (a week runs Monday to Sunday "
+    "and is dated by its Monday); a period without sales from a series' first to the file's last "
+    "period is a 0 row. Default with --series: month.",
+)
+@click.option(
+    "--series",
+    metavar="COL[,COL]",
+    default=None,
+    callback=_column_list,
+    help="Column(s) that identify one series, comma-separated (a shop, a customer); implies --freq. "
+    "An empty value: the whole file is one series.",
+)
+@click.option(
+    "--date-column", default="Date", show_default=True, help="Column with the transaction date."
+)
+@click.option(
+    "--amount-column", default="Amount", show_default=True, help="Column summed into Sales."
+)
+@click.option(
+    "--customer-column",
+    default="Customer_ID",
+    show_default=True,
+    help="Column with the customer id (needed by --by customer, never a feature).",
+)
+@click.option(
+    "--out",
+    "-o",
+    default="sales.csv",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="CSV file to write.",
+)
+@click.option(
+    "--chunksize",
+    default=CHUNK_ROWS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows of the file in memory at a time.",
+)
 @click.option("--sep", default=",", show_default=True, help="Field delimiter.")
-def aggregate_command(transactions, by, freq, series, date_column, amount_column, customer_column, out, chunksize, sep):
+def aggregate_command(
+    transactions, by, freq, series, date_column, amount_column, customer_column, out, chunksize, sep
+):
     "Aggregate a transactions CSV to monthly, customer or per-series-per-period totals, in bounded memory."
-    try: table = aggregate_transactions(transactions, by=by, date_col=date_column, customer_col=customer_column,
-                                        amount_col=amount_column, chunksize=chunksize, sep=sep, freq=freq, series=series)
+    try:
+        table = aggregate_transactions(
+            transactions,
+            by=by,
+            date_col=date_column,
+            customer_col=customer_column,
+            amount_col=amount_column,
+            chunksize=chunksize,
+            sep=sep,
+            freq=freq,
+            series=series,
+        )
     except MissingColumns as e:
-        raise click.ClickException(f"{e}\n(name them with --date-column, --amount-column, --customer-column or --series)") from None
-    except DataError as e: raise click.ClickException(str(e)) from None
+        raise click.ClickException(
+            f"{e}\n(name them with --date-column, --amount-column, --customer-column or --series)"
+        ) from None
+    except DataError as e:
+        raise click.ClickException(str(e)) from None
     click.echo(write_table(table, out))

@@ -11,7 +11,13 @@ import click
 from kafka.errors import TopicAlreadyExistsError
 from .broker import ensure_broker
 from .browse import dead_letters, records
-from .config import DEAD_LETTER_TOPIC, EVENTS_TOPIC, KafkaSettings, kafka_options, kafka_settings
+from sales_prediction_kafka.config import (
+    DEAD_LETTER_TOPIC,
+    EVENTS_TOPIC,
+    KafkaSettings,
+    kafka_options,
+    kafka_settings,
+)
 from .stream import StreamError, admin_client, producer
 
 log = logging.getLogger(__name__)
@@ -25,9 +31,13 @@ def letter_id(m) -> str:
     "A dead letter's name in the ledger: topic/partition/offset."
     return f"{m.topic}/{m.partition}/{m.offset}"
 
+
 def reason(m) -> str:
     "The `dlq.reason` header of dead letter `m` ('unknown' without one)."
-    return next((v.decode("utf-8", "replace") for k, v in (m.headers or []) if k == "dlq.reason"), "unknown")
+    return next(
+        (v.decode("utf-8", "replace") for k, v in (m.headers or []) if k == "dlq.reason"), "unknown"
+    )
+
 
 def resent_headers(m) -> list[tuple[str, bytes]]:
     "The headers of the event sent back: the original ones, and where it was a dead letter."
@@ -36,23 +46,39 @@ def resent_headers(m) -> list[tuple[str, bytes]]:
     ]
 
 # %% ../nbs/08c_dlq.ipynb #4c475c26
-def ledger_topic(dead_letter_topic:str=DEAD_LETTER_TOPIC) -> str:
+def ledger_topic(dead_letter_topic: str = DEAD_LETTER_TOPIC) -> str:
     "The topic that records which dead letters of `dead_letter_topic` were replayed."
     return f"{dead_letter_topic}.replayed"
 
-def ensure_ledger(settings:KafkaSettings, topic:str) -> bool:
+
+def ensure_ledger(settings: KafkaSettings, topic: str) -> bool:
     "Create the compacted ledger `topic` (one partition) if it is missing; True if it was created."
     admin = admin_client(settings)
     try:
-        if topic in admin.list_topics(): return False
-        try: admin.create_topics({topic: {"num_partitions": 1, "replication_factor": -1, "configs": {"cleanup.policy": "compact"}}},
-                                 wait_for_metadata=True)
-        except TopicAlreadyExistsError: return False
+        if topic in admin.list_topics():
+            return False
+        try:
+            admin.create_topics(
+                {
+                    topic: {
+                        "num_partitions": 1,
+                        "replication_factor": -1,
+                        "configs": {"cleanup.policy": "compact"},
+                    }
+                },
+                wait_for_metadata=True,
+            )
+        except TopicAlreadyExistsError:
+            return False
         log.info("created the replay ledger %s (compacted)", topic)
         return True
-    finally: admin.close()
+    finally:
+        admin.close()
 
-def replayed(settings:KafkaSettings, dead_letter_topic:str=DEAD_LETTER_TOPIC) -> dict[str, dict]:
+
+def replayed(
+    settings: KafkaSettings, dead_letter_topic: str = DEAD_LETTER_TOPIC
+) -> dict[str, dict]:
     "The dead letters replayed so far, by `letter_id`: when, and to which topic (committed ledger records only)."
     return {
         m.key.decode(): json.loads(m.value)
@@ -63,11 +89,13 @@ def replayed(settings:KafkaSettings, dead_letter_topic:str=DEAD_LETTER_TOPIC) ->
 # %% ../nbs/08c_dlq.ipynb #272686a3
 REPLAY_ID = "sales-kafka-dlq-replay"  # the transactional id of every replay: one at a time
 
-def replay(settings:KafkaSettings,
-           reason_is:str|None=None, # only dead letters with this `dlq.reason`; None: every reason
-           dead_letter_topic:str=DEAD_LETTER_TOPIC, # where the dead letters are
-           to_topic:str=EVENTS_TOPIC # where they go back
-          ) -> Counter:
+
+def replay(
+    settings: KafkaSettings,
+    reason_is: str | None = None,  # only dead letters with this `dlq.reason`; None: every reason
+    dead_letter_topic: str = DEAD_LETTER_TOPIC,  # where the dead letters are
+    to_topic: str = EVENTS_TOPIC,  # where they go back
+) -> Counter:
     "Send the dead letters (of `reason_is`) not replayed before back to `to_topic`, exactly once; how many per reason."
     ledger = ledger_topic(dead_letter_topic)
     ensure_ledger(settings, ledger)
@@ -80,9 +108,13 @@ def replay(settings:KafkaSettings,
     try:
         p.init_transactions()  # first: it fences an unfinished replay, so the ledger read next is complete
         done = replayed(settings, dead_letter_topic)
-        todo = [m for m in records(settings, dead_letter_topic)
-                if letter_id(m) not in done and reason_is in (None, reason(m))]
-        if not todo: return Counter()
+        todo = [
+            m
+            for m in records(settings, dead_letter_topic)
+            if letter_id(m) not in done and reason_is in (None, reason(m))
+        ]
+        if not todo:
+            return Counter()
         at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         p.begin_transaction()
         try:
@@ -95,8 +127,10 @@ def replay(settings:KafkaSettings,
                 )
             p.commit_transaction()
         except BaseException:
-            p.abort_transaction(); raise
-    finally: p.close()
+            p.abort_transaction()
+            raise
+    finally:
+        p.close()
     sent = Counter(reason(m) for m in todo)
     log.info(
         "replayed %d dead letters to %s: %s",
@@ -108,19 +142,23 @@ def replay(settings:KafkaSettings,
 
 # %% ../nbs/08c_dlq.ipynb #0e352661
 def _options(f):
-    f = click.option("--to-topic", default=EVENTS_TOPIC, show_default=True, help="Where replayed events go.")(
-        f
-    )
-    f = click.option("--topic", default=DEAD_LETTER_TOPIC, show_default=True, help="The dead-letter topic.")(
-        f
-    )
+    f = click.option(
+        "--to-topic", default=EVENTS_TOPIC, show_default=True, help="Where replayed events go."
+    )(f)
+    f = click.option(
+        "--topic", default=DEAD_LETTER_TOPIC, show_default=True, help="The dead-letter topic."
+    )(f)
     return kafka_options()(f)
 
-def _settings(bootstrap_servers) -> KafkaSettings: return ensure_broker(kafka_settings(bootstrap_servers=bootstrap_servers))
 
-def list_lines(groups:list[dict], # from `browse.dead_letters`
-               done:dict # from `replayed`
-              ) -> list[str]:
+def _settings(bootstrap_servers) -> KafkaSettings:
+    return ensure_broker(kafka_settings(bootstrap_servers=bootstrap_servers))
+
+
+def list_lines(
+    groups: list[dict],  # from `browse.dead_letters`
+    done: dict,  # from `replayed`
+) -> list[str]:
     "The lines `dlq list` prints: a line per reason, then one per dead letter."
     out = []
     for g in groups:
@@ -131,23 +169,33 @@ def list_lines(groups:list[dict], # from `browse.dead_letters`
             out.append(f"  {m['partition']}@{m['offset']} key {m['key']}: {detail}{mark}")
     return out
 
+
 @click.group("dlq")
 def dlq_cli():
     "Dead letters: list them by reason, replay them to the events topic exactly once."
 
+
 @dlq_cli.command("list")
 @_options
 @click.option(
-    "--limit", type=click.IntRange(1), default=1000, show_default=True, help="Newest dead letters read."
+    "--limit",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Newest dead letters read.",
 )
 def dlq_list_command(bootstrap_servers, topic, to_topic, limit):
     "List the dead letters grouped by reason, most frequent first."
     try:
         s = _settings(bootstrap_servers)
         groups, done = dead_letters(s, topic, limit), replayed(s, topic)
-    except StreamError as e: raise click.ClickException(str(e))
-    for line in list_lines(groups, done): click.echo(line)
-    if not groups: click.echo(f"no dead letters on {topic}", err=True)
+    except StreamError as e:
+        raise click.ClickException(str(e))
+    for line in list_lines(groups, done):
+        click.echo(line)
+    if not groups:
+        click.echo(f"no dead letters on {topic}", err=True)
+
 
 @dlq_cli.command("replay")
 @_options
@@ -158,9 +206,15 @@ def dlq_list_command(bootstrap_servers, topic, to_topic, limit):
 )
 def dlq_replay_command(bootstrap_servers, topic, to_topic, reason):
     "Send dead letters back to the events topic, each once: a second replay sends nothing again."
-    try: sent = replay(_settings(bootstrap_servers), reason, topic, to_topic)
-    except StreamError as e: raise click.ClickException(str(e))
+    try:
+        sent = replay(_settings(bootstrap_servers), reason, topic, to_topic)
+    except StreamError as e:
+        raise click.ClickException(str(e))
     click.echo(
         f"replayed {sum(sent.values())} dead letters to {to_topic}"
-        + (": " + ", ".join(f"{r} {n}" for r, n in sent.most_common()) if sent else " (none left to replay)")
+        + (
+            ": " + ", ".join(f"{r} {n}" for r, n in sent.most_common())
+            if sent
+            else " (none left to replay)"
+        )
     )

@@ -22,13 +22,14 @@ __all__ = ['log', 'CALLOUTS', 'EDA_PLOTS', 'sales_distribution', 'sales_by_seaso
            'credit_by_default', 'missing_for_eda', 'eda_figures', 'save_figures']
 
 # %% ../nbs/03_eda.ipynb #d57ff570
-def _axes(width:float=7, height:float=4.5):
+def _axes(width: float = 7, height: float = 4.5):
     "A new Figure and its Axes in seaborn's whitegrid style."
     with sns.axes_style("whitegrid"):
         fig = Figure(figsize=(width, height), layout="constrained")
         return fig, fig.add_subplot()
 
-def _need(df:pd.DataFrame, *cols):
+
+def _need(df: pd.DataFrame, *cols):
     "Raise KeyError naming the columns of `cols` that `df` lacks."
     missing = [c for c in cols if c not in df]
     if missing:
@@ -37,7 +38,7 @@ def _need(df:pd.DataFrame, *cols):
         )
 
 # %% ../nbs/03_eda.ipynb #cbe70db0
-def sales_distribution(df:pd.DataFrame, target:str=TARGET) -> Figure:
+def sales_distribution(df: pd.DataFrame, target: str = TARGET) -> Figure:
     "Histogram of `target` with a KDE, mean and median marked."
     _need(df, target)
     fig, ax = _axes()
@@ -45,17 +46,23 @@ def sales_distribution(df:pd.DataFrame, target:str=TARGET) -> Figure:
     for stat, style in (("mean", "--"), ("median", ":")):
         v = getattr(df[target], stat)()
         ax.axvline(v, color="#c44e52", ls=style, label=f"{stat} {v:,.0f}")
-    ax.set(title=f"{target} distribution (n={df[target].notna().sum()})", xlabel=target, ylabel="rows")
+    ax.set(
+        title=f"{target} distribution (n={df[target].notna().sum()})", xlabel=target, ylabel="rows"
+    )
     ax.xaxis.set_major_formatter("{x:,.0f}")
     ax.legend()
     return fig
 
 # %% ../nbs/03_eda.ipynb #c4233978
-def sales_by_season(df:pd.DataFrame, target:str=TARGET, season:str="Seasonality") -> Figure:
+def sales_by_season(df: pd.DataFrame, target: str = TARGET, season: str = "Seasonality") -> Figure:
     "Box plot of `target` for each value of `season`."
     _need(df, target, season)
     labels = df[season].dropna().astype(str)
-    order = [s for s in SEASONS if s in set(labels)] if set(labels) <= set(SEASONS) else sorted(set(labels))
+    order = (
+        [s for s in SEASONS if s in set(labels)]
+        if set(labels) <= set(SEASONS)
+        else sorted(set(labels))
+    )
     fig, ax = _axes()
     sns.boxplot(
         x=labels,
@@ -69,7 +76,8 @@ def sales_by_season(df:pd.DataFrame, target:str=TARGET, season:str="Seasonality"
     )
     medians = df.loc[labels.index, target].groupby(labels).median()
     ax.set(
-        title=f"{target} by {season}\nmedians: " + ", ".join(f"{s} {medians[s]:,.0f}" for s in order),
+        title=f"{target} by {season}\nmedians: "
+        + ", ".join(f"{s} {medians[s]:,.0f}" for s in order),
         xlabel=season,
         ylabel=target,
     )
@@ -77,9 +85,13 @@ def sales_by_season(df:pd.DataFrame, target:str=TARGET, season:str="Seasonality"
     return fig
 
 # %% ../nbs/03_eda.ipynb #c201a2eb
-CALLOUTS = (("Sales", "Marketing_Spend"), ("Credit_Score", "Defaulted"))  # pairs framed on the heatmap
+CALLOUTS = (
+    ("Sales", "Marketing_Spend"),
+    ("Credit_Score", "Defaulted"),
+)  # pairs framed on the heatmap
 
-def correlations(df:pd.DataFrame, callouts=CALLOUTS) -> Figure:
+
+def correlations(df: pd.DataFrame, callouts=CALLOUTS) -> Figure:
     "Heatmap of the correlations between numeric and binary columns, with `callouts` framed."
     cols = [c for c, k in column_kinds(df).items() if k != "categorical"]
     if len(cols) < 2:
@@ -102,21 +114,28 @@ def correlations(df:pd.DataFrame, callouts=CALLOUTS) -> Figure:
     shown = [(a, b) for a, b in callouts if a in cols and b in cols]
     for a, b in shown:
         for r, c in ((a, b), (b, a)):
-            ax.add_patch(Rectangle((cols.index(c), cols.index(r)), 1, 1, fill=False, ec="black", lw=2.5))
+            ax.add_patch(
+                Rectangle((cols.index(c), cols.index(r)), 1, 1, fill=False, ec="black", lw=2.5)
+            )
     ax.set_title(
-        "Correlations" + "".join(f"\n{a} vs {b}: r = {corr.loc[a, b]:+.2f}" for a, b in shown), fontsize=10
+        "Correlations" + "".join(f"\n{a} vs {b}: r = {corr.loc[a, b]:+.2f}" for a, b in shown),
+        fontsize=10,
     )
     return fig
 
 # %% ../nbs/03_eda.ipynb #4fcaa1c5
-def churn_by_gender(df:pd.DataFrame, churn:str="Customer_Churn", gender:str="Gender") -> Figure:
+def churn_by_gender(
+    df: pd.DataFrame, churn: str = "Customer_Churn", gender: str = "Gender"
+) -> Figure:
     "Bar chart of the churn rate (mean of the 0/1 `churn`) per `gender`."
     _need(df, churn, gender)
     d = df[[churn, gender]].dropna()
     g = d.groupby(d[gender].astype(str))[churn].agg(["mean", "size"])
     fig, ax = _axes(6, 4.5)
     bars = ax.bar(g.index, g["mean"], color=sns.color_palette("Set2", len(g)))
-    ax.bar_label(bars, labels=[f"{m:.1%}\n(n={n})" for m, n in zip(g["mean"], g["size"])], padding=3)
+    ax.bar_label(
+        bars, labels=[f"{m:.1%}\n(n={n})" for m, n in zip(g["mean"], g["size"])], padding=3
+    )
     ax.set(
         title=f"Churn rate by {gender}",
         xlabel=gender,
@@ -127,7 +146,9 @@ def churn_by_gender(df:pd.DataFrame, churn:str="Customer_Churn", gender:str="Gen
     return fig
 
 # %% ../nbs/03_eda.ipynb #72b606ae
-def credit_by_default(df:pd.DataFrame, credit:str="Credit_Score", default:str="Defaulted") -> Figure:
+def credit_by_default(
+    df: pd.DataFrame, credit: str = "Credit_Score", default: str = "Defaulted"
+) -> Figure:
     "Box plot of `credit` for each value of `default` (0 = no, 1 = yes)."
     _need(df, credit, default)
     label = df[default].map({0: "No (0)", 1: "Yes (1)"}).fillna(df[default].astype(str))
@@ -145,7 +166,8 @@ def credit_by_default(df:pd.DataFrame, credit:str="Credit_Score", default:str="D
     )
     medians = df[credit].groupby(label).median()
     ax.set(
-        title=f"{credit} by {default}\nmedians: " + ", ".join(f"{o} {medians[o]:.0f}" for o in order),
+        title=f"{credit} by {default}\nmedians: "
+        + ", ".join(f"{o} {medians[o]:.0f}" for o in order),
         xlabel=default,
         ylabel=credit,
     )
@@ -160,7 +182,8 @@ EDA_PLOTS = {  # name -> (function, the columns it needs)
     "credit_by_default": (credit_by_default, ("Credit_Score", "Defaulted")),
 }
 
-def missing_for_eda(df:pd.DataFrame, target:str=TARGET) -> dict:
+
+def missing_for_eda(df: pd.DataFrame, target: str = TARGET) -> dict:
     "`{plot name: [what is missing]}` for the plots `df` cannot make."
     need = {n: [c.format(target=target) for c in cols] for n, (_, cols) in EDA_PLOTS.items()}
     out = {n: m for n, cols in need.items() if (m := [repr(c) for c in cols if c not in df])}
@@ -168,10 +191,12 @@ def missing_for_eda(df:pd.DataFrame, target:str=TARGET) -> dict:
         out["correlations"] = ["two numeric columns"]
     return out
 
-def eda_figures(df:pd.DataFrame, target:str=TARGET) -> dict:
+
+def eda_figures(df: pd.DataFrame, target: str = TARGET) -> dict:
     "`{name: Figure}` for each of the five EDA plots that `df`'s columns allow."
     skip = missing_for_eda(df, target)
-    for n, what in skip.items(): log.warning("EDA: skipped %s: it needs %s", n, ", ".join(what))
+    for n, what in skip.items():
+        log.warning("EDA: skipped %s: it needs %s", n, ", ".join(what))
     return {
         n: f(df, target=target) if "{target}" in cols else f(df)
         for n, (f, cols) in EDA_PLOTS.items()
@@ -179,11 +204,14 @@ def eda_figures(df:pd.DataFrame, target:str=TARGET) -> dict:
     }
 
 # %% ../nbs/03_eda.ipynb #60afef25
-def save_figures(figs:dict, # {name: Figure}, as from `eda_figures`
-                 folder, # created if needed
-                 dpi:int=110) -> list[Path]:
+def save_figures(
+    figs: dict,  # {name: Figure}, as from `eda_figures`
+    folder,  # created if needed
+    dpi: int = 110,
+) -> list[Path]:
     "Save each figure to `folder/<name>.png`, close it, and return the paths."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in figs.items():
         paths.append(folder / f"{name}.png")

@@ -18,11 +18,15 @@ __all__ = ['mape', 'scores', 'describe', 'error_report', 'stats_table', 'error_t
 def _pair(actual, predicted) -> tuple[np.ndarray, np.ndarray]:
     "Two equally long, finite float64 vectors."
     a, p = (np.asarray(v, dtype=np.float64).ravel() for v in (actual, predicted))
-    if len(a) != len(p): raise ValueError(f"actual has {len(a)} values but predicted has {len(p)}")
-    if not len(a): raise ValueError("no values to evaluate")
+    if len(a) != len(p):
+        raise ValueError(f"actual has {len(a)} values but predicted has {len(p)}")
+    if not len(a):
+        raise ValueError("no values to evaluate")
     for name, v in (("actual", a), ("predicted", p)):
         if not np.isfinite(v).all():
-            raise ValueError(f"{name} has {int((~np.isfinite(v)).sum())} missing or infinite values")
+            raise ValueError(
+                f"{name} has {int((~np.isfinite(v)).sum())} missing or infinite values"
+            )
     return a, p
 
 # %% ../nbs/05_evaluate.ipynb #7c4db563
@@ -38,52 +42,83 @@ def scores(actual, predicted) -> dict:
     a, p = _pair(actual, predicted)
     e = a - p
     ss_tot = float(np.sum((a - a.mean()) ** 2))
-    r2 = 1 - float(np.sum(e ** 2)) / ss_tot if ss_tot else float("nan")
-    return {"rmse": float(np.sqrt(np.mean(e ** 2))), "mae": float(np.mean(np.abs(e))),
-            "mape_pct": mape(a, p), "wape_pct": float(np.abs(e).sum() / np.abs(a).sum() * 100) if np.abs(a).any() else float("nan"),
-            "r2": r2}
+    r2 = 1 - float(np.sum(e**2)) / ss_tot if ss_tot else float("nan")
+    return {
+        "rmse": float(np.sqrt(np.mean(e**2))),
+        "mae": float(np.mean(np.abs(e))),
+        "mape_pct": mape(a, p),
+        "wape_pct": float(np.abs(e).sum() / np.abs(a).sum() * 100)
+        if np.abs(a).any()
+        else float("nan"),
+        "r2": r2,
+    }
 
 # %% ../nbs/05_evaluate.ipynb #ea34dd45
-def describe(v:np.ndarray) -> dict:
+def describe(v: np.ndarray) -> dict:
     "Range, mean, median and standard deviation (ddof=1, as pandas) of `v`."
-    return {"min": float(v.min()), "max": float(v.max()), "mean": float(v.mean()),
-            "median": float(np.median(v)), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+    return {
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "mean": float(v.mean()),
+        "median": float(np.median(v)),
+        "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+    }
 
 # %% ../nbs/05_evaluate.ipynb #8bcaf04e
-def _count(mask:np.ndarray) -> dict:
+def _count(mask: np.ndarray) -> dict:
     "How many rows `mask` selects, and their percentage."
     return {"count": int(mask.sum()), "pct": float(mask.mean() * 100)}
 
-def _rows(idx:np.ndarray, a:np.ndarray, p:np.ndarray, index:list) -> list[dict]:
+
+def _rows(idx: np.ndarray, a: np.ndarray, p: np.ndarray, index: list) -> list[dict]:
     "The rows at positions `idx` as records."
     return [
-        {"index": index[i], "actual": float(a[i]), "predicted": float(p[i]), "error": float(a[i] - p[i])}
+        {
+            "index": index[i],
+            "actual": float(a[i]),
+            "predicted": float(p[i]),
+            "error": float(a[i] - p[i]),
+        }
         for i in idx
     ]
 
 # %% ../nbs/05_evaluate.ipynb #3105951f
-def error_report(actual, # true values (e.g. test Sales)
-                 predicted, # model predictions, same length
-                 index=None, # row labels for the best/worst lists; positions 0..n-1 by default
-                 bands=(10, 25, 50), # accuracy bands in percent of actual
-                 top:int=3, # how many best and worst predictions to list
-                 mase_scale:float|None=None # with a time axis: the in-sample seasonal-naive MAE (`TimeAxis.mase_scale`), for MASE
-                ) -> dict:
+def error_report(
+    actual,  # true values (e.g. test Sales)
+    predicted,  # model predictions, same length
+    index=None,  # row labels for the best/worst lists; positions 0..n-1 by default
+    bands=(10, 25, 50),  # accuracy bands in percent of actual
+    top: int = 3,  # how many best and worst predictions to list
+    mase_scale: float
+    | None = None,  # with a time axis: the in-sample seasonal-naive MAE (`TimeAxis.mase_scale`), for MASE
+) -> dict:
     "Every figure of the original notebook's error report, as JSON-ready plain numbers; MASE when `mase_scale` is given."
     a, p = _pair(actual, predicted)
     e = a - p
-    index = [v.item() if hasattr(v, "item") else v for v in (range(len(a)) if index is None else index)]
-    if len(index) != len(a): raise ValueError(f"index has {len(index)} labels for {len(a)} values")
+    index = [
+        v.item() if hasattr(v, "item") else v for v in (range(len(a)) if index is None else index)
+    ]
+    if len(index) != len(a):
+        raise ValueError(f"index has {len(index)} labels for {len(a)} values")
     order = np.argsort(np.abs(e), kind="stable")
-    return {"n": int(len(a)), "predicted": describe(p), "actual": describe(a),
-            "bias": float(e.mean()), **scores(a, p), "mape_rows": int((a != 0).sum()),
-            "within": {str(b): _count(np.abs(e) <= b / 100 * np.abs(a)) for b in bands},
-            "over_predicted": _count(e < 0), "under_predicted": _count(e > 0), "exact": _count(e == 0),
-            "best": _rows(order[:top], a, p, index), "worst": _rows(order[::-1][:top], a, p, index),
-            **({"mase": float(np.abs(e).mean() / mase_scale)} if mase_scale else {})}
+    return {
+        "n": int(len(a)),
+        "predicted": describe(p),
+        "actual": describe(a),
+        "bias": float(e.mean()),
+        **scores(a, p),
+        "mape_rows": int((a != 0).sum()),
+        "within": {str(b): _count(np.abs(e) <= b / 100 * np.abs(a)) for b in bands},
+        "over_predicted": _count(e < 0),
+        "under_predicted": _count(e > 0),
+        "exact": _count(e == 0),
+        "best": _rows(order[:top], a, p, index),
+        "worst": _rows(order[::-1][:top], a, p, index),
+        **({"mase": float(np.abs(e).mean() / mase_scale)} if mase_scale else {}),
+    }
 
 # %% ../nbs/05_evaluate.ipynb #e1336639
-def stats_table(report:dict) -> pd.DataFrame:
+def stats_table(report: dict) -> pd.DataFrame:
     "Predicted vs actual: range, mean, median and standard deviation."
     rows = {"Min": "min", "Max": "max", "Mean": "mean", "Median": "median", "Std Dev": "std"}
     return pd.DataFrame(
@@ -95,7 +130,7 @@ def stats_table(report:dict) -> pd.DataFrame:
     )
 
 # %% ../nbs/05_evaluate.ipynb #5ecbcec7
-def error_table(report:dict) -> pd.DataFrame:
+def error_table(report: dict) -> pd.DataFrame:
     "Bias, MAE, RMSE, MAPE, WAPE, MASE (with a time axis) and R²."
     rows = {
         "Mean Error (Bias)": "bias",
@@ -106,18 +141,23 @@ def error_table(report:dict) -> pd.DataFrame:
         "Mean Absolute Scaled Error (MASE)": "mase",
         "R²": "r2",
     }
-    rows = {name: k for name, k in rows.items() if k in report}  # MASE only with a time axis; WAPE not in older reports
+    rows = {
+        name: k for name, k in rows.items() if k in report
+    }  # MASE only with a time axis; WAPE not in older reports
     return pd.DataFrame(
         {"Value": [report[k] for k in rows.values()]}, index=pd.Index(list(rows), name="Metric")
     )
 
 # %% ../nbs/05_evaluate.ipynb #c6e8704a
-def accuracy_table(report:dict) -> pd.DataFrame:
+def accuracy_table(report: dict) -> pd.DataFrame:
     "Records within each accuracy band, and over/under-predicted counts."
     n = report["n"]
     rows = {f"Within {b}% of actual": c for b, c in report["within"].items()}
-    rows.update({"Over-predicted": report["over_predicted"], "Under-predicted": report["under_predicted"]})
-    if report["exact"]["count"]: rows["Exact"] = report["exact"]
+    rows.update(
+        {"Over-predicted": report["over_predicted"], "Under-predicted": report["under_predicted"]}
+    )
+    if report["exact"]["count"]:
+        rows["Exact"] = report["exact"]
     return pd.DataFrame(
         {
             "Records": [f"{c['count']}/{n}" for c in rows.values()],
@@ -127,10 +167,12 @@ def accuracy_table(report:dict) -> pd.DataFrame:
     )
 
 # %% ../nbs/05_evaluate.ipynb #418ea0f7
-def extremes_table(report:dict) -> pd.DataFrame:
+def extremes_table(report: dict) -> pd.DataFrame:
     "The best and worst predictions by absolute error."
     rows = [
-        {"rank": f"{kind} {i + 1}", **row} for kind in ("best", "worst") for i, row in enumerate(report[kind])
+        {"rank": f"{kind} {i + 1}", **row}
+        for kind in ("best", "worst")
+        for i, row in enumerate(report[kind])
     ]
     return pd.DataFrame(rows).set_index("rank")
 
@@ -145,43 +187,72 @@ _HEADLINE = {
     "R²": ("r2", "{:.3f}"),
 }
 
-def compare_reports(reports:dict # {label: error_report output}
-                   ) -> pd.DataFrame:
+
+def compare_reports(
+    reports: dict,  # {label: error_report output}
+) -> pd.DataFrame:
     "The main figures of several error reports side by side, one column per report, formatted for reading."
-    rows = {name: [fmt.format(r[key]) for r in reports.values()] for name, (key, fmt) in _HEADLINE.items()}
+    rows = {
+        name: [fmt.format(r[key]) for r in reports.values()]
+        for name, (key, fmt) in _HEADLINE.items()
+    }
     bands = next(iter(reports.values()))["within"]
-    rows |= {f"within {b} %": [f"{r['within'][b]['pct']:.1f} %" for r in reports.values()] for b in bands}
+    rows |= {
+        f"within {b} %": [f"{r['within'][b]['pct']:.1f} %" for r in reports.values()] for b in bands
+    }
     return pd.DataFrame(rows, index=list(reports)).T
 
-def prediction_frame(rows, # each prediction's row in the source (e.g. its CSV line)
-                     actual, predicted,
-                     typical, # True where the row lies inside the training bounds
-                     context:pd.DataFrame|None=None # columns that place each row (the time and series columns), in row order
-                    ) -> pd.DataFrame:
+
+def prediction_frame(
+    rows,  # each prediction's row in the source (e.g. its CSV line)
+    actual,
+    predicted,
+    typical,  # True where the row lies inside the training bounds
+    context: pd.DataFrame
+    | None = None,  # columns that place each row (the time and series columns), in row order
+) -> pd.DataFrame:
     "One line per held-out row: `row`, any `context` columns, `actual`, `predicted`, `error` (actual - predicted) and `typical`."
     a, p = _pair(actual, predicted)
     places = {} if context is None else {c: context[c].to_numpy() for c in context.columns}
-    return pd.DataFrame({"row": list(rows), **places, "actual": a, "predicted": p, "error": a - p,
-                         "typical": np.asarray(typical, bool)})
+    return pd.DataFrame(
+        {
+            "row": list(rows),
+            **places,
+            "actual": a,
+            "predicted": p,
+            "error": a - p,
+            "typical": np.asarray(typical, bool),
+        }
+    )
 
 # %% ../nbs/05_evaluate.ipynb #411b1a7c
-def fmt_num(x, # a number, or None
-            decimals:int=2, unit:str="") -> str:
+def fmt_num(
+    x,  # a number, or None
+    decimals: int = 2,
+    unit: str = "",
+) -> str:
     "`x` with thousands separators, `decimals` decimals and `unit`; '-' when missing or not finite."
-    if x is None or isinstance(x, str) or not np.isfinite(x): return "-" if not isinstance(x, str) else x
+    if x is None or isinstance(x, str) or not np.isfinite(x):
+        return "-" if not isinstance(x, str) else x
     return f"{x:,.{decimals}f}{unit}"
 
-def fmt_pct(x, decimals:int=1) -> str:
+
+def fmt_pct(x, decimals: int = 1) -> str:
     "`x` percent, e.g. '14.4 %'."
     return fmt_num(x, decimals, " %")
 
-def fmt_pm(mean, std, # a figure and its spread
-           decimals:int=2, unit:str="") -> str:
+
+def fmt_pm(
+    mean,
+    std,  # a figure and its spread
+    decimals: int = 2,
+    unit: str = "",
+) -> str:
     "'mean ± std', each formatted."
     return f"{fmt_num(mean, decimals, unit)} ± {fmt_num(std, decimals, unit)}"
 
 # %% ../nbs/05_evaluate.ipynb #4c33add1
-def readable(df:pd.DataFrame, decimals:int=2):
+def readable(df: pd.DataFrame, decimals: int = 2):
     "`df` for display: every float cell formatted by `fmt_num`."
     return df.style.format(lambda v: fmt_num(v, decimals) if isinstance(v, float) else v)
 
@@ -193,20 +264,26 @@ _CV = {
     "r2": ("CV R²", 3, ""),
 }
 
-def readable_comparison(table:pd.DataFrame # one row per model; columns <figure>_mean and <figure>_std
-                       ) -> pd.DataFrame:
+
+def readable_comparison(
+    table: pd.DataFrame,  # one row per model; columns <figure>_mean and <figure>_std
+) -> pd.DataFrame:
     "The comparison with 'mean ± std' columns named for people; other columns are kept."
     out = pd.DataFrame(index=table.index)
     for key, (name, d, unit) in _CV.items():
         if f"{key}_mean" in table:
-            out[name] = [fmt_pm(m, s, d, unit) for m, s in zip(table[f"{key}_mean"], table[f"{key}_std"])]
+            out[name] = [
+                fmt_pm(m, s, d, unit) for m, s in zip(table[f"{key}_mean"], table[f"{key}_std"])
+            ]
     rest = [c for c in table.columns if not any(c in (f"{k}_mean", f"{k}_std") for k in _CV)]
     return out.join(table[rest])
 
 # %% ../nbs/05_evaluate.ipynb #dfa8f8b6
-def plot_predicted_vs_actual(actual, predicted,
-                             title:str="Predicted vs actual" # axes title
-                            ) -> Figure:
+def plot_predicted_vs_actual(
+    actual,
+    predicted,
+    title: str = "Predicted vs actual",  # axes title
+) -> Figure:
     "Scatter of predicted against actual with the y = x line."
     a, p = _pair(actual, predicted)
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -219,9 +296,11 @@ def plot_predicted_vs_actual(actual, predicted,
     return fig
 
 # %% ../nbs/05_evaluate.ipynb #dd89f6c7
-def plot_residuals(actual, predicted,
-                   title:str="Residuals (actual - predicted)" # figure title
-                  ) -> Figure:
+def plot_residuals(
+    actual,
+    predicted,
+    title: str = "Residuals (actual - predicted)",  # figure title
+) -> Figure:
     "Residuals against predicted values, and their histogram."
     a, p = _pair(actual, predicted)
     e = a - p

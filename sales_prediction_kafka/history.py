@@ -9,7 +9,12 @@ from collections import deque
 import numpy as np
 import pandas as pd
 from kafka import TopicPartition
-from .config import EVENTS_TOPIC, HISTORY_TOPIC, SalesKafkaError, KafkaSettings
+from sales_prediction_kafka.config import (
+    EVENTS_TOPIC,
+    HISTORY_TOPIC,
+    SalesKafkaError,
+    KafkaSettings,
+)
 from .data import TARGET
 from .stream import PARTITIONS, consumer, ensure_topic
 from .timeseries import BASELINES, TimeAxis, baseline_column
@@ -21,14 +26,15 @@ __all__ = ['log', 'HISTORY_PERIODS', 'HISTORY_CONFIGS', 'series_key', 'periods_n
            'history_frame', 'derived_columns', 'derive_events', 'HistoryError', 'ensure_history_topic', 'SeriesHistory']
 
 # %% ../nbs/08e_history.ipynb #fb205636
-def series_key(event:dict, series:list) -> str:
+def series_key(event: dict, series: list) -> str:
     "The key of `event`'s series: its `series` fields as text joined by '|' ('' when the table is one series); `KeyError` names a missing one."
     missing = [c for c in series if event.get(c) is None]
-    if missing: raise KeyError(f"event {event.get('event_id')} has no series field(s) {', '.join(missing)}")
+    if missing:
+        raise KeyError(f"event {event.get('event_id')} has no series field(s) {', '.join(missing)}")
     return "|".join(str(event[c]) for c in series)
 
 # %% ../nbs/08e_history.ipynb #4c21bb56
-def periods_needed(axis:TimeAxis) -> int:
+def periods_needed(axis: TimeAxis) -> int:
     "How many periods back a row's lag, rolling-mean and baseline features reach."
     back = axis.season * math.ceil(axis.horizon / axis.season)
     return max([axis.horizon, back, *axis.lags, *(axis.horizon + w - 1 for w in axis.windows)])
@@ -36,146 +42,259 @@ def periods_needed(axis:TimeAxis) -> int:
 # %% ../nbs/08e_history.ipynb #96f9b58f
 HISTORY_PERIODS = 60  # rows of actuals a history record keeps by default: a weekly season and some
 
-def history_value(event:dict, series:list, rows, # (time, actual) pairs of the series, oldest first
-                  keep:int) -> dict:
+
+def history_value(
+    event: dict,
+    series: list,
+    rows,  # (time, actual) pairs of the series, oldest first
+    keep: int,
+) -> dict:
     "The history record of `event`'s series: its series fields, its last (time, actual) rows and how many it keeps."
     return {"series": {c: event[c] for c in series}, "rows": [list(r) for r in rows], "keep": keep}
 
-def history_items(items, # ('event', event) and ('actual', actual message) pairs, e.g. from `replay.lag_actuals`
-                  series:list, # the fields that identify a series
-                  column:str, # the time field
-                  target:str=TARGET, # an event carrying this field is its own actual
-                  keep:int=HISTORY_PERIODS): # rows per record
+
+def history_items(
+    items,  # ('event', event) and ('actual', actual message) pairs, e.g. from `replay.lag_actuals`
+    series: list,  # the fields that identify a series
+    column: str,  # the time field
+    target: str = TARGET,  # an event carrying this field is its own actual
+    keep: int = HISTORY_PERIODS,
+):  # rows per record
     "`items`, each actual followed by ('history', (series key, history record)) of its series."
     pending, rows = {}, {}
     for kind, msg in items:
         yield kind, msg
-        if kind == "event" and msg.get(target) is not None: ev, y = msg, msg[target]
-        elif kind == "event": pending[msg["event_id"]] = msg; continue
-        elif kind == "actual" and msg["event_id"] in pending: ev, y = pending.pop(msg["event_id"]), msg["actual_sales"]
-        else: continue
-        if ev.get(column) is None: raise KeyError(f"event {ev['event_id']} has no time field {column!r}")
+        if kind == "event" and msg.get(target) is not None:
+            ev, y = msg, msg[target]
+        elif kind == "event":
+            pending[msg["event_id"]] = msg
+            continue
+        elif kind == "actual" and msg["event_id"] in pending:
+            ev, y = pending.pop(msg["event_id"]), msg["actual_sales"]
+        else:
+            continue
+        if ev.get(column) is None:
+            raise KeyError(f"event {ev['event_id']} has no time field {column!r}")
         k = series_key(ev, series)
-        r = rows.setdefault(k, deque(maxlen=keep)); r.append((ev[column], y))
+        r = rows.setdefault(k, deque(maxlen=keep))
+        r.append((ev[column], y))
         yield "history", (k, history_value(ev, series, r, keep))
 
 # %% ../nbs/08e_history.ipynb #7082ebef
-def history_frame(values:list[dict], # history records, as `history_value` makes them
-                  column:str, target:str) -> pd.DataFrame:
+def history_frame(
+    values: list[dict],  # history records, as `history_value` makes them
+    column: str,
+    target: str,
+) -> pd.DataFrame:
     "The known rows of the records' series: series fields, time and target."
-    return pd.DataFrame([{**v["series"], column: t, target: y} for v in values for t, y in v["rows"]])
+    return pd.DataFrame(
+        [{**v["series"], column: t, target: y} for v in values for t, y in v["rows"]]
+    )
+
 
 def derived_columns(model) -> list:
     "The features of `model` (a `SalesModel` with a time axis) that `TimeAxis.derive` makes from earlier actuals."
     made = {*model.axis.lag_columns(model.target), *map(baseline_column, BASELINES)}
     return [c for c in model.features if c in made]
 
-def derive_events(axis:TimeAxis, target:str, events:list[dict], # each with its series fields and its time
-                  history:pd.DataFrame, # `history_frame` of the events' series
-                  columns:list) -> list[dict]: # the derived features wanted
+
+def derive_events(
+    axis: TimeAxis,
+    target: str,
+    events: list[dict],  # each with its series fields and its time
+    history: pd.DataFrame,  # `history_frame` of the events' series
+    columns: list,
+) -> list[dict]:  # the derived features wanted
     "`events`, each with `columns` as `axis.derive` makes them from `history`."
-    if not len(history): return [ev | dict.fromkeys(columns, np.nan) for ev in events]  # no earlier actual: every feature a gap
-    rows = pd.DataFrame([{**{c: ev[c] for c in axis.series}, axis.column: ev[axis.column], target: np.nan} for ev in events])
+    if not len(history):
+        return [
+            ev | dict.fromkeys(columns, np.nan) for ev in events
+        ]  # no earlier actual: every feature a gap
+    rows = pd.DataFrame(
+        [
+            {**{c: ev[c] for c in axis.series}, axis.column: ev[axis.column], target: np.nan}
+            for ev in events
+        ]
+    )
     frame = pd.concat([history[rows.columns], rows], ignore_index=True)
-    made = axis.derive(frame, target).iloc[len(frame) - len(rows):][columns]
-    return [ev | dict(zip(columns, vals)) for ev, vals in zip(events, made.itertuples(index=False, name=None))]
+    made = axis.derive(frame, target).iloc[len(frame) - len(rows) :][columns]
+    return [
+        ev | dict(zip(columns, vals))
+        for ev, vals in zip(events, made.itertuples(index=False, name=None))
+    ]
 
 # %% ../nbs/08e_history.ipynb #2a986dec
 class HistoryError(SalesKafkaError, RuntimeError):
     "The per-series state cannot serve the model: topics that do not line up, records that keep too few periods."
 
-HISTORY_CONFIGS = {"cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}  # compacted within minutes
 
-def _partition_count(settings:KafkaSettings, topic:str) -> int|None:
+HISTORY_CONFIGS = {
+    "cleanup.policy": "compact",
+    "segment.ms": "600000",
+    "min.cleanable.dirty.ratio": "0.1",
+}  # compacted within minutes
+
+
+def _partition_count(settings: KafkaSettings, topic: str) -> int | None:
     c = consumer(settings, enable_auto_commit=False)
-    try: return len(c.partitions_for_topic(topic) or ()) or None
-    finally: c.close()
+    try:
+        return len(c.partitions_for_topic(topic) or ()) or None
+    finally:
+        c.close()
 
-def ensure_history_topic(settings:KafkaSettings, topic:str=HISTORY_TOPIC,
-                         events_topic:str=EVENTS_TOPIC, # the history is partitioned like it
-                         partitions:int=PARTITIONS) -> int: # used when neither topic exists yet
+
+def ensure_history_topic(
+    settings: KafkaSettings,
+    topic: str = HISTORY_TOPIC,
+    events_topic: str = EVENTS_TOPIC,  # the history is partitioned like it
+    partitions: int = PARTITIONS,
+) -> int:  # used when neither topic exists yet
     "Create the history topic like the events topic (compacted); its partition count, or `HistoryError` if the two differ."
     n = _partition_count(settings, events_topic) or partitions
     ensure_topic(settings, topic, n, configs=HISTORY_CONFIGS)
     deadline = time.monotonic() + 30
-    while (h := _partition_count(settings, topic)) is None and time.monotonic() < deadline: time.sleep(0.2)  # made by another process just now
+    while (h := _partition_count(settings, topic)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # made by another process just now
     if h != n:
-        raise HistoryError(f"{topic!r} has {h} partitions and {events_topic!r} {n}: a series' history must be on the partition "
-                           f"number of its events; recreate {topic!r} with {n} partitions")
+        raise HistoryError(
+            f"{topic!r} has {h} partitions and {events_topic!r} {n}: a series' history must be on the partition "
+            f"number of its events; recreate {topic!r} with {n} partitions"
+        )
     return n
 
 # %% ../nbs/08e_history.ipynb #5d67db45
 class SeriesHistory:
     "The latest history record of each series on the partitions a worker owns: restored when a partition arrives, caught up before each batch."
-    def __init__(self, settings:KafkaSettings, topic:str=HISTORY_TOPIC,
-                 isolation:str="read_uncommitted"): # read_committed for an exactly-once worker
-        self.settings, self.topic, self.latest, self.restores, self.filled = settings, topic, {}, [], 0  # partition -> {series key: record}
-        self.consumer = consumer(settings, enable_auto_commit=False, isolation_level=isolation, fetch_max_bytes=64 << 20,
-                                 max_partition_fetch_bytes=16 << 20,
-                                 fetch_max_wait_ms=10)  # a catch-up waits for a fetch: 500 ms (the default) made its p99 179 ms, 10 ms makes it 11 ms
 
-    def __repr__(self): return f"SeriesHistory({self.topic!r}, partitions {sorted(self.latest)}, {self.series} series)"
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str = HISTORY_TOPIC,
+        isolation: str = "read_uncommitted",
+    ):  # read_committed for an exactly-once worker
+        self.settings, self.topic, self.latest, self.restores, self.filled = (
+            settings,
+            topic,
+            {},
+            [],
+            0,
+        )  # partition -> {series key: record}
+        self.consumer = consumer(
+            settings,
+            enable_auto_commit=False,
+            isolation_level=isolation,
+            fetch_max_bytes=64 << 20,
+            max_partition_fetch_bytes=16 << 20,
+            fetch_max_wait_ms=10,
+        )  # a catch-up waits for a fetch: 500 ms (the default) made its p99 179 ms, 10 ms makes it 11 ms
+
+    def __repr__(self):
+        return (
+            f"SeriesHistory({self.topic!r}, partitions {sorted(self.latest)}, {self.series} series)"
+        )
 
     @property
-    def series(self) -> int: return sum(map(len, self.latest.values()))
+    def series(self) -> int:
+        return sum(map(len, self.latest.values()))
 
-    def close(self): self.consumer.close()
+    def close(self):
+        self.consumer.close()
 
-    def sync(self, partitions, # the events partitions the worker owns now
-             catch_up:bool=True): # read every owned partition to its end; False: only the ones just arrived
+    def sync(
+        self,
+        partitions,  # the events partitions the worker owns now
+        catch_up: bool = True,
+    ):  # read every owned partition to its end; False: only the ones just arrived
         "Own the history of `partitions`: restore the new ones from the beginning, forget the others, read on to the ends."
         new, gone = set(partitions) - set(self.latest), set(self.latest) - set(partitions)
-        for p in gone: del self.latest[p]
+        for p in gone:
+            del self.latest[p]
         if new or gone:
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             at = {tp: self.consumer.position(tp) for tp in self.consumer.assignment() if tp in tps}
             self.consumer.assign(tps)
-            for tp in tps: self.consumer.seek(tp, at.get(tp, 0)) if tp in at else self.consumer.seek_to_beginning(tp)
-            for p in new: self.latest[p] = {}
+            for tp in tps:
+                self.consumer.seek(
+                    tp, at.get(tp, 0)
+                ) if tp in at else self.consumer.seek_to_beginning(tp)
+            for p in new:
+                self.latest[p] = {}
         if new or catch_up:
             t0, n = time.monotonic(), self.read_to_end()
             if new:
-                self.restores.append({"partitions": sorted(new), "records": n, "series": self.series, "seconds": round(time.monotonic() - t0, 3)})
-                log.info("%r restored partitions %s: %d records in %.2f s", self, sorted(new), n, time.monotonic() - t0)
+                self.restores.append(
+                    {
+                        "partitions": sorted(new),
+                        "records": n,
+                        "series": self.series,
+                        "seconds": round(time.monotonic() - t0, 3),
+                    }
+                )
+                log.info(
+                    "%r restored partitions %s: %d records in %.2f s",
+                    self,
+                    sorted(new),
+                    n,
+                    time.monotonic() - t0,
+                )
 
-    def read_to_end(self, timeout:float=60) -> int:
+    def read_to_end(self, timeout: float = 60) -> int:
         "Read every owned partition up to its end offset now; the records read."
         tps = sorted(self.consumer.assignment())
-        if not tps: return 0
+        if not tps:
+            return 0
         ends, n, deadline = self.consumer.end_offsets(tps), 0, time.monotonic() + timeout
         while any(self.consumer.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline: raise HistoryError(f"could not read {self.topic!r} to its end in {timeout:.0f} s")
+            if time.monotonic() > deadline:
+                raise HistoryError(f"could not read {self.topic!r} to its end in {timeout:.0f} s")
             for tp, recs in self.consumer.poll(timeout_ms=200, max_records=10_000).items():
                 d = self.latest[tp.partition]
                 for r in recs:
                     k = r.key.decode() if r.key is not None else ""
-                    if r.value is None: d.pop(k, None)
-                    else: d[k] = r.value
+                    if r.value is None:
+                        d.pop(k, None)
+                    else:
+                        d[k] = r.value
                 n += len(recs)
         return n
 
-    def value(self, key:str) -> dict|None:
+    def value(self, key: str) -> dict | None:
         "The latest history record of series `key`, decoded (None if it has none)."
         for d in self.latest.values():
             if (v := d.get(key)) is not None:
-                if isinstance(v, bytes): v = d[key] = json.loads(v)
+                if isinstance(v, bytes):
+                    v = d[key] = json.loads(v)
                 return v
         return None
 
-    def features(self, model, events:list[dict]) -> list[dict]:
+    def features(self, model, events: list[dict]) -> list[dict]:
         "`events` with the features `model` derives from earlier actuals, made from their series' history."
         a, need = model.axis, periods_needed(model.axis)
-        values = [v for k in dict.fromkeys(series_key(ev, a.series) for ev in events) if (v := self.value(k)) is not None]
+        values = [
+            v
+            for k in dict.fromkeys(series_key(ev, a.series) for ev in events)
+            if (v := self.value(k)) is not None
+        ]
         if short := next((v for v in values if v.get("keep", need) < need), None):
-            raise HistoryError(f"the history records on {self.topic!r} keep {short['keep']} periods, but model {model.name!r} reads "
-                               f"{need} periods back: publish them with more (sales-kafka replay --history-periods {need})")
+            raise HistoryError(
+                f"the history records on {self.topic!r} keep {short['keep']} periods, but model {model.name!r} reads "
+                f"{need} periods back: publish them with more (sales-kafka replay --history-periods {need})"
+            )
         cols = derived_columns(model)
-        made = derive_events(a, model.target, events, history_frame(values, a.column, model.target), cols)
+        made = derive_events(
+            a, model.target, events, history_frame(values, a.column, model.target), cols
+        )
         known = {series_key(v["series"], a.series) for v in values}
-        filled = sum(any(np.isnan(ev[c]) for c in cols) for ev in made if series_key(ev, a.series) in known)
+        filled = sum(
+            any(np.isnan(ev[c]) for c in cols) for ev in made if series_key(ev, a.series) in known
+        )
         if filled:  # a series with history, and still a lag missing: a late actual, or a record that no longer reaches back
             self.filled += filled
-            log.warning("%d event(s) of series with history lack a lag on %r: their actual had not arrived when they were scored, "
-                        "or the record's %s rows no longer reach back to it (replay --history-periods); filled in with training values",
-                        filled, self.topic, next(iter(values))["keep"] if values else "?")
+            log.warning(
+                "%d event(s) of series with history lack a lag on %r: their actual had not arrived when they were scored, "
+                "or the record's %s rows no longer reach back to it (replay --history-periods); filled in with training values",
+                filled,
+                self.topic,
+                next(iter(values))["keep"] if values else "?",
+            )
         return made

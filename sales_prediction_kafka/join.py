@@ -11,11 +11,26 @@ import click
 from kafka import TopicPartition
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from .config import (ACTUALS_TOPIC, JOIN_DEAD_LETTER_TOPIC, JOIN_STATE_TOPIC, JOINED_TOPIC,
-                                          PREDICTIONS_TOPIC, KafkaSettings, kafka_options, kafka_settings, stop_on_signals)
+from sales_prediction_kafka.config import (
+    ACTUALS_TOPIC,
+    JOIN_DEAD_LETTER_TOPIC,
+    JOIN_STATE_TOPIC,
+    JOINED_TOPIC,
+    PREDICTIONS_TOPIC,
+    KafkaSettings,
+    kafka_options,
+    kafka_settings,
+    stop_on_signals,
+)
 from .broker import ensure_broker
-from .stream import (PARTITIONS, StreamError, consumer, ensure_topic, messages,
-                                           prediction_record)
+from sales_prediction_kafka.stream import (
+    PARTITIONS,
+    StreamError,
+    consumer,
+    ensure_topic,
+    messages,
+    prediction_record,
+)
 from .serve import Metrics, Outgoing, ScoringWorker, ServeError
 
 log = logging.getLogger(__name__)
@@ -29,32 +44,54 @@ __all__ = ['log', 'JOIN_REASONS', 'MARKER', 'DEFAULT_WINDOW', 'BadMessage', 'act
 # %% ../nbs/08d_join.ipynb #917cb252
 class BadMessage(ValueError):
     "A prediction or an actual that cannot be joined; `reason` says why in one word."
-    def __init__(self, reason:str, detail:str): super().__init__(detail); self.reason = reason
 
-def actual_message(event_id:int, # the event whose actual sales these are
-                   actual:float, # the sales that happened
-                   sold_at:str|None=None # when the sale happened (ISO 8601), if known
-                  ) -> dict:
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def actual_message(
+    event_id: int,  # the event whose actual sales these are
+    actual: float,  # the sales that happened
+    sold_at: str | None = None,  # when the sale happened (ISO 8601), if known
+) -> dict:
     "The value of an actual on `ACTUALS_TOPIC`."
-    return {"event_id": int(event_id), "actual_sales": float(actual)} | ({"sold_at": sold_at} if sold_at else {})
+    return {"event_id": int(event_id), "actual_sales": float(actual)} | (
+        {"sold_at": sold_at} if sold_at else {}
+    )
 
-def _finite(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-def parse_actual(value:bytes|None) -> dict:
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def parse_actual(value: bytes | None) -> dict:
     "An actual's value as a dict, or `BadMessage` saying what is wrong with it."
-    try: v = json.loads(value)
-    except (TypeError, ValueError) as e: raise BadMessage("not_json", f"the actual is not JSON ({e})") from None
+    try:
+        v = json.loads(value)
+    except (TypeError, ValueError) as e:
+        raise BadMessage("not_json", f"the actual is not JSON ({e})") from None
     if not isinstance(v, dict) or not isinstance(v.get("event_id"), int):
         raise BadMessage("missing_field", f"the actual has no integer event_id: {str(v)[:80]}")
     if not _finite(v.get("actual_sales")):
-        raise BadMessage("not_a_number", f"actual_sales of event {v['event_id']} is {v.get('actual_sales')!r}, not a finite number")
+        raise BadMessage(
+            "not_a_number",
+            f"actual_sales of event {v['event_id']} is {v.get('actual_sales')!r}, not a finite number",
+        )
     return v
 
-def parse_prediction(value:bytes|None) -> dict:
+
+def parse_prediction(value: bytes | None) -> dict:
     "A prediction's four fields as a dict (`actual_sales` may be null), or `BadMessage`."
-    try: v = json.loads(value)
-    except (TypeError, ValueError) as e: raise BadMessage("not_json", f"the prediction is not JSON ({e})") from None
-    if not isinstance(v, dict) or not isinstance(v.get("prediction_index"), int) or not _finite(v.get("predicted_sales")):
+    try:
+        v = json.loads(value)
+    except (TypeError, ValueError) as e:
+        raise BadMessage("not_json", f"the prediction is not JSON ({e})") from None
+    if (
+        not isinstance(v, dict)
+        or not isinstance(v.get("prediction_index"), int)
+        or not _finite(v.get("predicted_sales"))
+    ):
         raise BadMessage("not_a_prediction", f"not a prediction record: {str(v)[:80]}")
     return v
 
@@ -62,65 +99,94 @@ def parse_prediction(value:bytes|None) -> dict:
 @dataclass(frozen=True)
 class Half:
     "One side of a pair, waiting for the other."
+
     side: str  # "prediction" or "actual"
     value: dict  # the message's value
     time: int  # the record's timestamp (ms): the event time of the join
     headers: dict = field(default_factory=dict)  # the message's headers, as text
 
-    def to_json(self) -> bytes: return json.dumps({"side": self.side, "value": self.value, "time": self.time, "headers": self.headers}).encode()
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"side": self.side, "value": self.value, "time": self.time, "headers": self.headers}
+        ).encode()
 
 
 @dataclass(frozen=True)
 class Effect:
     "What one record did to the join."
+
     kind: str  # joined, open, close, expired, redelivered, duplicate, duplicate_actual
     key: str
-    half: Half|None = None  # the half opened, expired or set aside
-    record: dict|None = None  # the complete four-field record (joined)
+    half: Half | None = None  # the half opened, expired or set aside
+    record: dict | None = None  # the complete four-field record (joined)
     headers: dict = field(default_factory=dict)  # headers of the joined record
 
 # %% ../nbs/08d_join.ipynb #fddbeea7
-def joined_record(prediction:Half, actual:Half|None) -> tuple[dict, dict]:
+def joined_record(prediction: Half, actual: Half | None) -> tuple[dict, dict]:
     "The complete four-field record and its headers: model version, label delay (ms from the forecast to its actual)."
     p = prediction.value
     a = float(p["actual_sales"]) if actual is None else float(actual.value["actual_sales"])
-    headers = {"model_version": prediction.headers.get("model_version", ""),
-               "label_delay_ms": str(0 if actual is None else actual.time - prediction.time),
-               "actual": "inline" if actual is None else "joined"}
+    headers = {
+        "model_version": prediction.headers.get("model_version", ""),
+        "label_delay_ms": str(0 if actual is None else actual.time - prediction.time),
+        "actual": "inline" if actual is None else "joined",
+    }
     return prediction_record(p["prediction_index"], a, float(p["predicted_sales"])), headers
+
 
 class PartitionJoin:
     "The open halves and recently joined keys of one partition, and the effects of each new record."
-    def __init__(self, window_ms:int): # how long (event time) a half waits for its other half
-        self.window_ms, self.watermark = window_ms, 0
-        self.open, self.done, self.stale = {}, {}, []  # key -> Half; key -> (time, actual) of recent joins; keys to tombstone
 
-    def _again(self, key:str, half:Half, actual) -> Effect:
+    def __init__(self, window_ms: int):  # how long (event time) a half waits for its other half
+        self.window_ms, self.watermark = window_ms, 0
+        self.open, self.done, self.stale = (
+            {},
+            {},
+            [],
+        )  # key -> Half; key -> (time, actual) of recent joins; keys to tombstone
+
+    def _again(self, key: str, half: Half, actual) -> Effect:
         "A half whose key was seen: the same one redelivered, a second prediction, or a different actual."
-        if half.side == "prediction": return Effect("duplicate", key, half)
+        if half.side == "prediction":
+            return Effect("duplicate", key, half)
         same = actual == half.value["actual_sales"]
         return Effect("redelivered" if same else "duplicate_actual", key, half)
 
-    def add(self, key:str, half:Half) -> list[Effect]:
+    def add(self, key: str, half: Half) -> list[Effect]:
         "The effects of one record."
         self.watermark = max(self.watermark, half.time)
-        if key in self.done: return [self._again(key, half, self.done[key][1])]
+        if key in self.done:
+            return [self._again(key, half, self.done[key][1])]
         other = self.open.get(key)
         if other is not None and other.side == half.side:
-            return [Effect("redelivered", key, half) if other == half else self._again(key, half, other.value.get("actual_sales"))]
-        if half.side == "prediction" and half.value.get("actual_sales") is not None: pred, act = half, None
-        elif other is None: self.open[key] = half; return [Effect("open", key, half)]
-        else: pred, act = (half, other) if half.side == "prediction" else (other, half)
+            return [
+                Effect("redelivered", key, half)
+                if other == half
+                else self._again(key, half, other.value.get("actual_sales"))
+            ]
+        if half.side == "prediction" and half.value.get("actual_sales") is not None:
+            pred, act = half, None
+        elif other is None:
+            self.open[key] = half
+            return [Effect("open", key, half)]
+        else:
+            pred, act = (half, other) if half.side == "prediction" else (other, half)
         record, headers = joined_record(pred, act)
         self.done[key] = (half.time, record["actual_sales"])
-        return [Effect("joined", key, None, record, headers)] + ([Effect("close", key)] if self.open.pop(key, None) else [])
+        return [Effect("joined", key, None, record, headers)] + (
+            [Effect("close", key)] if self.open.pop(key, None) else []
+        )
 
     def expire(self) -> list[Effect]:
         "Expire the halves and joined keys older than the watermark minus the window."
         cut = self.watermark - self.window_ms
-        for k in [k for k, (t, _) in self.done.items() if t < cut]: del self.done[k]
-        return [e for k in [k for k, h in self.open.items() if h.time < cut]
-                for e in (Effect("expired", k, self.open.pop(k)), Effect("close", k))]
+        for k in [k for k, (t, _) in self.done.items() if t < cut]:
+            del self.done[k]
+        return [
+            e
+            for k in [k for k, h in self.open.items() if h.time < cut]
+            for e in (Effect("expired", k, self.open.pop(k)), Effect("close", k))
+        ]
 
     def counts(self) -> Counter:
         "How many predictions and actuals wait for their other half."
@@ -138,111 +204,199 @@ JOIN_REASONS = {  # join.reason of a dead letter on JOIN_DEAD_LETTER_TOPIC
     "wrong_key": "the message's key is not its event id, so it may be on another partition than its other half",
 }
 
+
 @dataclass(frozen=True)
 class JoinTopics:
     "The topics of a join: its two inputs, its output, its changelog and its dead letters."
+
     predictions: str = PREDICTIONS_TOPIC
     actuals: str = ACTUALS_TOPIC
     joined: str = JOINED_TOPIC
     state: str = JOIN_STATE_TOPIC
     dead_letter: str = JOIN_DEAD_LETTER_TOPIC
 
+
 @dataclass(frozen=True)
 class Routed(Outgoing):
     "A message for one partition: the partition of the record it comes from."
-    partition: int|None = None
 
-def _headers(d:dict) -> list[tuple[str, bytes]]: return [(k, str(v).encode()) for k, v in d.items()]
+    partition: int | None = None
 
-def effect_messages(effects:list[Effect], partition:int, topics:JoinTopics) -> list[Routed]:
+
+def _headers(d: dict) -> list[tuple[str, bytes]]:
+    return [(k, str(v).encode()) for k, v in d.items()]
+
+
+def effect_messages(effects: list[Effect], partition: int, topics: JoinTopics) -> list[Routed]:
     "The messages of `effects`, all to `partition` of their topics."
     out = []
     for e in effects:
         k = e.key.encode()
-        if e.kind == "joined": out.append(Routed(topics.joined, k, json.dumps(e.record).encode(), _headers(e.headers), partition))
-        elif e.kind == "open": out.append(Routed(topics.state, k, e.half.to_json(), [], partition))
-        elif e.kind == "close": out.append(Routed(topics.state, k, None, [], partition))
+        if e.kind == "joined":
+            out.append(
+                Routed(
+                    topics.joined, k, json.dumps(e.record).encode(), _headers(e.headers), partition
+                )
+            )
+        elif e.kind == "open":
+            out.append(Routed(topics.state, k, e.half.to_json(), [], partition))
+        elif e.kind == "close":
+            out.append(Routed(topics.state, k, None, [], partition))
         elif e.kind in ("expired", "duplicate_actual"):
-            reason = e.kind if e.kind != "expired" else "no_actual" if e.half.side == "prediction" else "no_prediction"
+            reason = (
+                e.kind
+                if e.kind != "expired"
+                else "no_actual"
+                if e.half.side == "prediction"
+                else "no_prediction"
+            )
             source = topics.predictions if e.half.side == "prediction" else topics.actuals
-            out.append(Routed(topics.dead_letter, k, json.dumps(e.half.value).encode(),
-                              _headers(e.half.headers | {"dlq.reason": reason, "dlq.topic": source, "dlq.partition": partition,
-                                                         "dlq.detail": f"{JOIN_REASONS[reason]} (record time {e.half.time} ms)"}),
-                              partition))
+            out.append(
+                Routed(
+                    topics.dead_letter,
+                    k,
+                    json.dumps(e.half.value).encode(),
+                    _headers(
+                        e.half.headers
+                        | {
+                            "dlq.reason": reason,
+                            "dlq.topic": source,
+                            "dlq.partition": partition,
+                            "dlq.detail": f"{JOIN_REASONS[reason]} (record time {e.half.time} ms)",
+                        }
+                    ),
+                    partition,
+                )
+            )
     return out
 
-def bad_message(record, # the consumed message (kafka-python ConsumerRecord)
-                error:BadMessage, topic:str) -> Routed:
+
+def bad_message(
+    record,  # the consumed message (kafka-python ConsumerRecord)
+    error: BadMessage,
+    topic: str,
+) -> Routed:
     "A dead letter for a message that cannot be joined, naming where it was and what is wrong."
-    where = {"dlq.reason": error.reason, "dlq.detail": str(error), "dlq.topic": record.topic,
-             "dlq.partition": record.partition, "dlq.offset": record.offset}
-    return Routed(topic, record.key, record.value, list(record.headers or []) + _headers(where), record.partition)
+    where = {
+        "dlq.reason": error.reason,
+        "dlq.detail": str(error),
+        "dlq.topic": record.topic,
+        "dlq.partition": record.partition,
+        "dlq.offset": record.offset,
+    }
+    return Routed(
+        topic,
+        record.key,
+        record.value,
+        list(record.headers or []) + _headers(where),
+        record.partition,
+    )
 
 # %% ../nbs/08d_join.ipynb #833bcf28
-def coalesce(out:list[Routed], state_topic:str, opened:set) -> list[Routed]:
+def coalesce(out: list[Routed], state_topic: str, opened: set) -> list[Routed]:
     "`out` with only the last changelog write of each key, and none for the (partition, key)s in `opened` that end closed."
     last = {(o.partition, o.key): i for i, o in enumerate(out) if o.topic == state_topic}
-    return [o for i, o in enumerate(out) if o.topic != state_topic or
-            (last[(o.partition, o.key)] == i and not (o.value is None and (o.partition, o.key.decode()) in opened))]
+    return [
+        o
+        for i, o in enumerate(out)
+        if o.topic != state_topic
+        or (
+            last[(o.partition, o.key)] == i
+            and not (o.value is None and (o.partition, o.key.decode()) in opened)
+        )
+    ]
 
 # %% ../nbs/08d_join.ipynb #9b322f19
 MARKER = "__joined_since__"  # the changelog key of a partition's marker (its value: {"since": ms})
 
-def _offsets_at(settings:KafkaSettings, topic:str, since:dict) -> dict:
+
+def _offsets_at(settings: KafkaSettings, topic: str, since: dict) -> dict:
     "{partition: the first offset of `topic` at or after time `since[partition]` (ms), or its end}."
     c = consumer(settings, enable_auto_commit=False)
     try:
         tps = {p: TopicPartition(topic, p) for p in since}
-        at, ends = c.offsets_for_times({tps[p]: ms for p, ms in since.items()}), c.end_offsets(list(tps.values()))
+        at, ends = (
+            c.offsets_for_times({tps[p]: ms for p, ms in since.items()}),
+            c.end_offsets(list(tps.values())),
+        )
         return {p: at[tp].offset if at[tp] else ends[tp] for p, tp in tps.items()}
-    finally: c.close()
+    finally:
+        c.close()
 
-def restore_partitions(settings:KafkaSettings, topics:JoinTopics, partitions:list[int], window_ms:int,
-                       isolation:str="read_committed") -> dict[int, PartitionJoin]:
+
+def restore_partitions(
+    settings: KafkaSettings,
+    topics: JoinTopics,
+    partitions: list[int],
+    window_ms: int,
+    isolation: str = "read_committed",
+) -> dict[int, PartitionJoin]:
     "Each partition's join as its last owner left it: open halves from the changelog, recent joins from the output."
-    read = lambda topic, start, ps: messages(settings, topic, start, partitions=ps, idle_timeout=30, isolation_level=isolation)
+    read = lambda topic, start, ps: messages(
+        settings, topic, start, partitions=ps, idle_timeout=30, isolation_level=isolation
+    )
     latest = {p: {} for p in partitions}
-    for m in read(topics.state, "beginning", partitions): latest[m["partition"]][m["key"]] = m["value"]
+    for m in read(topics.state, "beginning", partitions):
+        latest[m["partition"]][m["key"]] = m["value"]
     markers = {p: kv.pop(MARKER, None) for p, kv in latest.items()}
     joins = {p: PartitionJoin(window_ms) for p in partitions}
-    for p, j in joins.items(): j.open = {k: Half(**v) for k, v in latest[p].items() if v is not None}
+    for p, j in joins.items():
+        j.open = {k: Half(**v) for k, v in latest[p].items() if v is not None}
     since = {p: m["since"] for p, m in markers.items() if m}
     starts = _offsets_at(settings, topics.joined, since) if since else {}
     from_start = [p for p in partitions if p not in starts]
-    tails = [*(read(topics.joined, starts, list(starts)) if starts else []), *(read(topics.joined, "beginning", from_start) if from_start else [])]
+    tails = [
+        *(read(topics.joined, starts, list(starts)) if starts else []),
+        *(read(topics.joined, "beginning", from_start) if from_start else []),
+    ]
     for m in tails:
         j = joins[m["partition"]]
         j.done[m["key"]] = (m["timestamp"], m["value"]["actual_sales"])
-        if j.open.pop(m["key"], None) is not None: j.stale.append(m["key"])  # closed, but its tombstone was not written
-    for j in joins.values(): j.watermark = max([h.time for h in j.open.values()] + [t for t, _ in j.done.values()], default=0)
+        if j.open.pop(m["key"], None) is not None:
+            j.stale.append(m["key"])  # closed, but its tombstone was not written
+    for j in joins.values():
+        j.watermark = max(
+            [h.time for h in j.open.values()] + [t for t, _ in j.done.values()], default=0
+        )
     return joins
 
 # %% ../nbs/08d_join.ipynb #37825015
 class JoinError(ServeError):
     "The join cannot run: topics that do not line up, a window that is not a duration."
 
-def partition_count(settings:KafkaSettings, topic:str) -> int|None:
+
+def partition_count(settings: KafkaSettings, topic: str) -> int | None:
     "The number of partitions of `topic`, or None if it does not exist."
     c = consumer(settings, enable_auto_commit=False)
-    try: return len(c.partitions_for_topic(topic) or ()) or None
-    finally: c.close()
+    try:
+        return len(c.partitions_for_topic(topic) or ()) or None
+    finally:
+        c.close()
 
-def ensure_join_topics(settings:KafkaSettings, topics:JoinTopics, partitions:int=PARTITIONS) -> int:
+
+def ensure_join_topics(
+    settings: KafkaSettings, topics: JoinTopics, partitions: int = PARTITIONS
+) -> int:
     "Create the join's missing topics with the predictions topic's partition count; that count, or `JoinError`."
     names = [topics.predictions, topics.actuals, topics.joined, topics.state, topics.dead_letter]
     n = partition_count(settings, topics.predictions) or partitions
     for t in names:
-        ensure_topic(settings, t, n, configs={"cleanup.policy": "compact"} if t == topics.state else None)
+        ensure_topic(
+            settings, t, n, configs={"cleanup.policy": "compact"} if t == topics.state else None
+        )
     counts = {t: partition_count(settings, t) for t in names}
     if len(set(counts.values())) > 1:
-        raise JoinError("a prediction and its actual meet only on the same partition number, but the join's topics have "
-                        f"different partition counts: {', '.join(f'{t} {c}' for t, c in counts.items())}; "
-                        f"recreate the others with {counts[topics.predictions]} partitions")
+        raise JoinError(
+            "a prediction and its actual meet only on the same partition number, but the join's topics have "
+            f"different partition counts: {', '.join(f'{t} {c}' for t, c in counts.items())}; "
+            f"recreate the others with {counts[topics.predictions]} partitions"
+        )
     return n
 
 # %% ../nbs/08d_join.ipynb #28eddc9c
 class JoinMetrics(Metrics):
     "A joiner's counts, label delays (p50, p95) and the halves waiting, logged and written like a worker's metrics."
+
     def __init__(self, *args, **info):
         super().__init__(*args, **info)
         self.delays, self.waiting = deque(maxlen=10_000), Counter()
@@ -252,27 +406,42 @@ class JoinMetrics(Metrics):
         d = sorted(self.delays)
         q = lambda f: d[min(len(d) - 1, int(f * len(d)))] if d else None
         return super().snapshot() | {
-            "joined": self.counts["joined"], "waiting_predictions": self.waiting["prediction"],
-            "waiting_actuals": self.waiting["actual"], "label_delay_ms": {"p50": q(0.5), "p95": q(0.95)},
-            "outcomes": dict(sorted(self.counts.items()))}
+            "joined": self.counts["joined"],
+            "waiting_predictions": self.waiting["prediction"],
+            "waiting_actuals": self.waiting["actual"],
+            "label_delay_ms": {"p50": q(0.5), "p95": q(0.95)},
+            "outcomes": dict(sorted(self.counts.items())),
+        }
 
-    def line(self, s:dict) -> str:
+    def line(self, s: dict) -> str:
         "The report's log line."
-        return (f"joined {s['joined']}, waiting: {s['waiting_predictions']} predictions, {s['waiting_actuals']} actuals; "
-                f"label delay p50 {s['label_delay_ms']['p50']} ms, p95 {s['label_delay_ms']['p95']} ms; outcomes {s['outcomes']}")
+        return (
+            f"joined {s['joined']}, waiting: {s['waiting_predictions']} predictions, {s['waiting_actuals']} actuals; "
+            f"label delay p50 {s['label_delay_ms']['p50']} ms, p95 {s['label_delay_ms']['p95']} ms; outcomes {s['outcomes']}"
+        )
 
-    def warn_rejections(self, share:float=0.1, at_least:int=20):
+    def warn_rejections(self, share: float = 0.1, at_least: int = 20):
         "Warn when more than `share` of this interval's messages (at least `at_least`) could not be joined."
         new = self.counts - self._last_counts
         n, bad = sum(new.values()), sum(v for k, v in new.items() if k in JOIN_REASONS)
         if n >= at_least and bad > share * n:
-            log.warning("%d of the last %d messages could not be joined: see the dead letters on the join's dead-letter topic", bad, n)
+            log.warning(
+                "%d of the last %d messages could not be joined: see the dead letters on the join's dead-letter topic",
+                bad,
+                n,
+            )
+
 
 class JoinRebalance(ConsumerRebalanceListener):
     "Drop the state of revoked partitions; the worker restores assigned ones before it joins their records."
-    def __init__(self, worker): self.worker = worker
+
+    def __init__(self, worker):
+        self.worker = worker
+
     def on_partitions_revoked(self, revoked):
-        for p in {tp.partition for tp in revoked}: self.worker.parts.pop(p, None)
+        for p in {tp.partition for tp in revoked}:
+            self.worker.parts.pop(p, None)
+
     def on_partitions_assigned(self, assigned):
         self.worker.metrics.partitions = sorted({tp.partition for tp in assigned})
         log.info("%r now owns partitions %s", self.worker, self.worker.metrics.partitions)
@@ -280,63 +449,106 @@ class JoinRebalance(ConsumerRebalanceListener):
 # %% ../nbs/08d_join.ipynb #6c8fce8c
 DEFAULT_WINDOW = "7d"  # how long a half waits for its other half, in event time
 
+
 class JoinWorker(ScoringWorker):
     "A joining process in group `group_id`: predictions and actuals in, complete records out, its state on the changelog."
-    def __init__(self, settings:KafkaSettings, # the cluster (bootstrap_servers set)
-                 window_ms:int, # how long (event time) a half waits for its other half
-                 topics:JoinTopics|None=None,
-                 group_id:str="sales-joiners", # processes with the same group id share the partitions
-                 **worker): # more `ScoringWorker` arguments: worker_id, exactly_once, max_records, session_timeout_ms, ...
+
+    def __init__(
+        self,
+        settings: KafkaSettings,  # the cluster (bootstrap_servers set)
+        window_ms: int,  # how long (event time) a half waits for its other half
+        topics: JoinTopics | None = None,
+        group_id: str = "sales-joiners",  # processes with the same group id share the partitions
+        **worker,
+    ):  # more `ScoringWorker` arguments: worker_id, exactly_once, max_records, session_timeout_ms, ...
         self.join_topics, self.window_ms, self.parts = topics or JoinTopics(), window_ms, {}
         super().__init__(None, settings, group_id, **worker)
         if not isinstance(self.metrics, JoinMetrics):
             self.metrics = JoinMetrics(worker=self.worker_id, group=group_id, mode=self.mode)
 
-    def use(self, model): "A join has no model."
-    def __repr__(self): return f"JoinWorker({self.worker_id!r}, group={self.group_id!r}, {self.mode})"
+    def use(self, model):
+        "A join has no model."
+
+    def __repr__(self):
+        return f"JoinWorker({self.worker_id!r}, group={self.group_id!r}, {self.mode})"
 
     def open(self) -> JoinWorker:
         "Subscribe to both inputs (range assignment: the same partition numbers of each) and ready the producer."
         t = self.join_topics
-        self.consumer = consumer(self.settings, group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-                                 max_poll_records=self.max_records, isolation_level=self.isolation,
-                                 session_timeout_ms=self.session_timeout_ms,
-                                 heartbeat_interval_ms=max(500, self.session_timeout_ms // 3),
-                                 partition_assignment_strategy=[RangePartitionAssignor])
-        for topic in (t.predictions, t.actuals): self.consumer.partitions_for_topic(topic)  # known before the first join
+        self.consumer = consumer(
+            self.settings,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_records,
+            isolation_level=self.isolation,
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=max(500, self.session_timeout_ms // 3),
+            partition_assignment_strategy=[RangePartitionAssignor],
+        )
+        for topic in (t.predictions, t.actuals):
+            self.consumer.partitions_for_topic(topic)  # known before the first join
         self.consumer.subscribe([t.predictions, t.actuals], listener=JoinRebalance(self))
         self.producer = self._new_producer()
-        log.info("%r joining %s and %s into %s at %s", self, t.predictions, t.actuals, t.joined, self.settings.bootstrap_servers)
+        log.info(
+            "%r joining %s and %s into %s at %s",
+            self,
+            t.predictions,
+            t.actuals,
+            t.joined,
+            self.settings.bootstrap_servers,
+        )
         return self
 
     @property
-    def isolation(self) -> str: return "read_committed" if self.exactly_once else "read_uncommitted"
+    def isolation(self) -> str:
+        return "read_committed" if self.exactly_once else "read_uncommitted"
 
-    def restore(self, partitions:list[int]):
+    def restore(self, partitions: list[int]):
         "Rebuild the state of `partitions` from Kafka."
         t0 = time.monotonic()
-        self.parts |= restore_partitions(self.settings, self.join_topics, sorted(partitions), self.window_ms, self.isolation)
-        log.info("%r restored partitions %s in %.1f s: %s waiting", self, sorted(partitions), time.monotonic() - t0,
-                 dict(sum((self.parts[p].counts() for p in partitions), Counter())) or "nothing")
+        self.parts |= restore_partitions(
+            self.settings, self.join_topics, sorted(partitions), self.window_ms, self.isolation
+        )
+        log.info(
+            "%r restored partitions %s in %.1f s: %s waiting",
+            self,
+            sorted(partitions),
+            time.monotonic() - t0,
+            dict(sum((self.parts[p].counts() for p in partitions), Counter())) or "nothing",
+        )
 
     def waiting(self) -> Counter:
         "The halves waiting in all owned partitions, by side."
         return sum((j.counts() for j in self.parts.values()), Counter())
 
-    def _send(self, out:list[Routed]) -> list:
+    def _send(self, out: list[Routed]) -> list:
         "Send `out`, each to its partition; the futures."
-        return [self.producer.send(o.topic, key=o.key, value=o.value, headers=o.headers, partition=o.partition) for o in out]
+        return [
+            self.producer.send(
+                o.topic, key=o.key, value=o.value, headers=o.headers, partition=o.partition
+            )
+            for o in out
+        ]
 
-    def poll(self, timeout:float=0.5) -> list:
+    def poll(self, timeout: float = 0.5) -> list:
         "The next micro-batch; first, the state of newly assigned partitions (here, not in the rebalance callback, which blocks heartbeats)."
         records = super().poll(timeout)
-        if missing := {tp.partition for tp in self.consumer.assignment()} - set(self.parts): self.restore(missing)
+        if missing := {tp.partition for tp in self.consumer.assignment()} - set(self.parts):
+            self.restore(missing)
         return records
 
-    def plan(self, records:list) -> tuple[list[Routed], Counter, list[int]]:
+    def plan(self, records: list) -> tuple[list[Routed], Counter, list[int]]:
         "The messages of one batch, the count of its outcomes, and the label delays of its joins."
         touched = sorted({r.partition for r in records})
-        t, now, out, counts, delays, opened = self.join_topics, int(time.time() * 1000), [], Counter(), [], set()
+        t, now, out, counts, delays, opened = (
+            self.join_topics,
+            int(time.time() * 1000),
+            [],
+            Counter(),
+            [],
+            set(),
+        )
         for p in touched:
             out.append(Routed(t.state, MARKER.encode(), json.dumps({"since": now}).encode(), [], p))
             out += [Routed(t.state, k.encode(), None, [], p) for k in self.parts[p].stale]
@@ -347,85 +559,238 @@ class JoinWorker(ScoringWorker):
                 v = (parse_prediction if side == "prediction" else parse_actual)(r.value)
                 key = str(v["prediction_index"] if side == "prediction" else v["event_id"])
                 if (r.key or b"").decode(errors="replace") != key:
-                    raise BadMessage("wrong_key", f"keyed {r.key!r} but for event {key}: key {side}s by their event id")
+                    raise BadMessage(
+                        "wrong_key",
+                        f"keyed {r.key!r} but for event {key}: key {side}s by their event id",
+                    )
             except BadMessage as e:
-                out.append(bad_message(r, e, t.dead_letter)); counts[e.reason] += 1
+                out.append(bad_message(r, e, t.dead_letter))
+                counts[e.reason] += 1
                 continue
-            effects = self.parts[r.partition].add(key, Half(side, v, r.timestamp, {k: b.decode(errors="replace") for k, b in r.headers or []}))
+            effects = self.parts[r.partition].add(
+                key,
+                Half(
+                    side,
+                    v,
+                    r.timestamp,
+                    {k: b.decode(errors="replace") for k, b in r.headers or []},
+                ),
+            )
             out += effect_messages(effects, r.partition, t)
             for e in effects:
-                if e.kind == "joined": delays.append(int(e.headers["label_delay_ms"]))
-                if e.kind == "open": opened.add((r.partition, key))
-                if e.kind != "close": counts[e.kind] += 1
+                if e.kind == "joined":
+                    delays.append(int(e.headers["label_delay_ms"]))
+                if e.kind == "open":
+                    opened.add((r.partition, key))
+                if e.kind != "close":
+                    counts[e.kind] += 1
         for p in touched:
             expired = self.parts[p].expire()
             out += effect_messages(expired, p, t)
-            counts.update(("no_actual" if e.half.side == "prediction" else "no_prediction") for e in expired if e.kind == "expired")
+            counts.update(
+                ("no_actual" if e.half.side == "prediction" else "no_prediction")
+                for e in expired
+                if e.kind == "expired"
+            )
         return coalesce(out, t.state, opened), counts, delays
 
-    def process(self, records:list) -> Counter:
+    def process(self, records: list) -> Counter:
         "Join, dead-letter and commit one batch; the outcome counts (empty if the transaction was aborted)."
         t0 = time.monotonic()
         out, counts, delays = self.plan(records)
         deliver = self._deliver_exactly_once if self.exactly_once else self._deliver_at_least_once
         if not deliver(out, records):
-            for p in {r.partition for r in records}: self.parts.pop(p, None)  # memory had moved past the aborted batch: restore again
+            for p in {r.partition for r in records}:
+                self.parts.pop(p, None)  # memory had moved past the aborted batch: restore again
             return Counter()
-        self.metrics.delays.extend(delays); self.metrics.waiting = self.waiting()
+        self.metrics.delays.extend(delays)
+        self.metrics.waiting = self.waiting()
         self.metrics.add(counts, time.monotonic() - t0)
         return counts
 
 # %% ../nbs/08d_join.ipynb #f29145a7
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
-def duration_ms(text:str) -> int:
+
+def duration_ms(text: str) -> int:
     "Milliseconds in a duration such as '250ms', '30s', '15m', '2h' or '7d'; `JoinError` naming the text otherwise."
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*", str(text))
-    if not m: raise JoinError(f"join window {text!r} is not a duration: write a number and a unit, e.g. 30s, 15m, 2h or 7d")
+    if not m:
+        raise JoinError(
+            f"join window {text!r} is not a duration: write a number and a unit, e.g. 30s, 15m, 2h or 7d"
+        )
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 # %% ../nbs/08d_join.ipynb #ebb1cde1
-def join(settings:KafkaSettings|None=None, # the cluster; None: from the environment, else the local broker
-         window:str=DEFAULT_WINDOW, # how long a half waits for its other half, in event time
-         topics:JoinTopics|None=None,
-         partitions:int=PARTITIONS, # partitions of the topics created here, unless the predictions topic exists
-         idle_exit:float|None=None, # stop after this many seconds without records; None: run until signalled
-         metrics_path=None, # JSON file the metrics are written to
-         metrics_every:float=5.0, # seconds between metric reports
-         **worker) -> dict: # more `JoinWorker` arguments: group_id, worker_id, exactly_once, max_records, ...
+def join(
+    settings: KafkaSettings
+    | None = None,  # the cluster; None: from the environment, else the local broker
+    window: str = DEFAULT_WINDOW,  # how long a half waits for its other half, in event time
+    topics: JoinTopics | None = None,
+    partitions: int = PARTITIONS,  # partitions of the topics created here, unless the predictions topic exists
+    idle_exit: float
+    | None = None,  # stop after this many seconds without records; None: run until signalled
+    metrics_path=None,  # JSON file the metrics are written to
+    metrics_every: float = 5.0,  # seconds between metric reports
+    **worker,
+) -> dict:  # more `JoinWorker` arguments: group_id, worker_id, exactly_once, max_records, ...
     "Join predictions with their actuals until SIGTERM/Ctrl-C (or idle); the final metrics."
-    window_ms, settings, topics = duration_ms(window), ensure_broker(settings), topics or JoinTopics()
+    window_ms, settings, topics = (
+        duration_ms(window),
+        ensure_broker(settings),
+        topics or JoinTopics(),
+    )
     ensure_join_topics(settings, topics, partitions)
     w = JoinWorker(settings, window_ms, topics, **worker)
-    w.metrics = JoinMetrics(metrics_path, metrics_every, worker=w.worker_id, group=w.group_id, mode=w.mode, window=window)
-    with stop_on_signals(w.stopping), w: return w.run(idle_exit)
+    w.metrics = JoinMetrics(
+        metrics_path,
+        metrics_every,
+        worker=w.worker_id,
+        group=w.group_id,
+        mode=w.mode,
+        window=window,
+    )
+    with stop_on_signals(w.stopping), w:
+        return w.run(idle_exit)
 
 # %% ../nbs/08d_join.ipynb #ab46ca0b
 @click.command("join")
 @kafka_options("Most records in one batch.", 500)
-@click.option("--join-window", default=DEFAULT_WINDOW, show_default=True,
-              help="How long a prediction waits for its actual (and an actual for its prediction), in event time: 30s, 15m, 2h, 7d.")
-@click.option("--group-id", default="sales-joiners", show_default=True, help="Consumer group; joiners with the same group share the partitions.")
-@click.option("--worker-id", help="Stable id of this joiner (default: <host>-<pid>); give it again on restart so an exactly-once joiner fences its dead predecessor at once.")
-@click.option("--exactly-once", is_flag=True, help="Each batch's output, changelog and offsets in one Kafka transaction (readers must use read_committed).")
-@click.option("--predictions-topic", default=PREDICTIONS_TOPIC, show_default=True, help="Topic of the predictions.")
-@click.option("--actuals-topic", default=ACTUALS_TOPIC, show_default=True, help="Topic of the actuals, keyed by event id.")
-@click.option("--joined-topic", default=JOINED_TOPIC, show_default=True, help="Topic of the complete records.")
-@click.option("--state-topic", default=JOIN_STATE_TOPIC, show_default=True, help="The join's changelog (compacted).")
-@click.option("--dead-letter-topic", default=JOIN_DEAD_LETTER_TOPIC, show_default=True, help="Topic of what could not be joined.")
-@click.option("--partitions", type=int, default=PARTITIONS, show_default=True, help="Partitions of topics this command creates, unless the predictions topic exists.")
-@click.option("--session-timeout", type=click.IntRange(1), default=10, show_default=True, help="Seconds after which a silent joiner is dropped from the group.")
-@click.option("--transaction-timeout", type=click.IntRange(1), default=30, show_default=True, help="Seconds after which a dead joiner's open transaction is aborted.")
-@click.option("--metrics-file", type=click.Path(dir_okay=False), help="JSON file rewritten with the joiner's metrics.")
-@click.option("--metrics-every", type=float, default=5.0, show_default=True, help="Seconds between metric reports (log line and file).")
-@click.option("--idle-exit", type=float, help="Stop after this many seconds without records (default: run until SIGTERM or Ctrl-C).")
-def join_command(bootstrap_servers, max_records, join_window, predictions_topic, actuals_topic, joined_topic, state_topic,
-                 dead_letter_topic, partitions, session_timeout, transaction_timeout, metrics_file, metrics_every, idle_exit, **worker):
+@click.option(
+    "--join-window",
+    default=DEFAULT_WINDOW,
+    show_default=True,
+    help="How long a prediction waits for its actual (and an actual for its prediction), in event time: 30s, 15m, 2h, 7d.",
+)
+@click.option(
+    "--group-id",
+    default="sales-joiners",
+    show_default=True,
+    help="Consumer group; joiners with the same group share the partitions.",
+)
+@click.option(
+    "--worker-id",
+    help="Stable id of this joiner (default: <host>-<pid>); give it again on restart so an exactly-once joiner fences its dead predecessor at once.",
+)
+@click.option(
+    "--exactly-once",
+    is_flag=True,
+    help="Each batch's output, changelog and offsets in one Kafka transaction (readers must use read_committed).",
+)
+@click.option(
+    "--predictions-topic",
+    default=PREDICTIONS_TOPIC,
+    show_default=True,
+    help="Topic of the predictions.",
+)
+@click.option(
+    "--actuals-topic",
+    default=ACTUALS_TOPIC,
+    show_default=True,
+    help="Topic of the actuals, keyed by event id.",
+)
+@click.option(
+    "--joined-topic", default=JOINED_TOPIC, show_default=True, help="Topic of the complete records."
+)
+@click.option(
+    "--state-topic",
+    default=JOIN_STATE_TOPIC,
+    show_default=True,
+    help="The join's changelog (compacted).",
+)
+@click.option(
+    "--dead-letter-topic",
+    default=JOIN_DEAD_LETTER_TOPIC,
+    show_default=True,
+    help="Topic of what could not be joined.",
+)
+@click.option(
+    "--partitions",
+    type=int,
+    default=PARTITIONS,
+    show_default=True,
+    help="Partitions of topics this command creates, unless the predictions topic exists.",
+)
+@click.option(
+    "--session-timeout",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Seconds after which a silent joiner is dropped from the group.",
+)
+@click.option(
+    "--transaction-timeout",
+    type=click.IntRange(1),
+    default=30,
+    show_default=True,
+    help="Seconds after which a dead joiner's open transaction is aborted.",
+)
+@click.option(
+    "--metrics-file",
+    type=click.Path(dir_okay=False),
+    help="JSON file rewritten with the joiner's metrics.",
+)
+@click.option(
+    "--metrics-every",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds between metric reports (log line and file).",
+)
+@click.option(
+    "--idle-exit",
+    type=float,
+    help="Stop after this many seconds without records (default: run until SIGTERM or Ctrl-C).",
+)
+def join_command(
+    bootstrap_servers,
+    max_records,
+    join_window,
+    predictions_topic,
+    actuals_topic,
+    joined_topic,
+    state_topic,
+    dead_letter_topic,
+    partitions,
+    session_timeout,
+    transaction_timeout,
+    metrics_file,
+    metrics_every,
+    idle_exit,
+    **worker,
+):
     "Join each prediction with its actual when it arrives; complete records to the joined topic, the rest counted and dead-lettered."
-    topics = JoinTopics(predictions_topic, actuals_topic, joined_topic, state_topic, dead_letter_topic)
+    topics = JoinTopics(
+        predictions_topic, actuals_topic, joined_topic, state_topic, dead_letter_topic
+    )
     try:
-        m = join(kafka_settings(bootstrap_servers=bootstrap_servers), join_window, topics, partitions, idle_exit, metrics_file,
-                 metrics_every, max_records=max_records, session_timeout_ms=session_timeout * 1000,
-                 transaction_timeout_ms=transaction_timeout * 1000, **worker)
-    except (ServeError, StreamError) as e: raise click.ClickException(str(e))
-    click.echo(json.dumps({k: m[k] for k in ("worker", "joined", "waiting_predictions", "waiting_actuals", "label_delay_ms", "outcomes")}))
+        m = join(
+            kafka_settings(bootstrap_servers=bootstrap_servers),
+            join_window,
+            topics,
+            partitions,
+            idle_exit,
+            metrics_file,
+            metrics_every,
+            max_records=max_records,
+            session_timeout_ms=session_timeout * 1000,
+            transaction_timeout_ms=transaction_timeout * 1000,
+            **worker,
+        )
+    except (ServeError, StreamError) as e:
+        raise click.ClickException(str(e))
+    click.echo(
+        json.dumps(
+            {
+                k: m[k]
+                for k in (
+                    "worker",
+                    "joined",
+                    "waiting_predictions",
+                    "waiting_actuals",
+                    "label_delay_ms",
+                    "outcomes",
+                )
+            }
+        )
+    )

@@ -10,16 +10,44 @@ from typing import NamedTuple
 import click
 import numpy as np
 from kafka import TopicPartition
-from .config import SalesKafkaError, cli_args, ACTUALS_TOPIC, ALERTS_TOPIC, EVENTS_TOPIC, KafkaSettings, kafka_options, kafka_settings, stop_on_signals
+from sales_prediction_kafka.config import (
+    SalesKafkaError,
+    cli_args,
+    ACTUALS_TOPIC,
+    ALERTS_TOPIC,
+    EVENTS_TOPIC,
+    KafkaSettings,
+    kafka_options,
+    kafka_settings,
+    stop_on_signals,
+)
 from .broker import ensure_broker
 from .data import TARGET
 from .models import SalesModel, load_model
 from .monitor import describe_alert
 from .pipeline import ParameterError, validate_params
-from .registry import (MODELS_TOPIC, ChampionFollower, decision_alert, RegistryError, describe_decision, promote, publish,
-                                             read_registry, record_decision, record_model, version_record)
+from sales_prediction_kafka.registry import (
+    MODELS_TOPIC,
+    ChampionFollower,
+    decision_alert,
+    RegistryError,
+    describe_decision,
+    promote,
+    publish,
+    read_registry,
+    record_decision,
+    record_model,
+    version_record,
+)
 from .replay import labelled_events
-from .stream import PARTITIONS, StreamError, check_topic, consumer, ensure_topic, producer
+from sales_prediction_kafka.stream import (
+    PARTITIONS,
+    StreamError,
+    check_topic,
+    consumer,
+    ensure_topic,
+    producer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,39 +58,58 @@ __all__ = ['log', 'DRIFT_ALERTS', 'Trigger', 'alert_trigger', 'Triggers', 'Learn
 # %% ../nbs/09b_learn.ipynb #776017ca
 class Trigger(NamedTuple):
     "Why to retrain, and from when the training events are taken."
+
     why: str  # "drift", "events" or "schedule"
     detail: str  # one line for the log and the decision record
-    since: str|None = None  # train on labelled events written since this time (ISO 8601); None: the last `window`
+    since: str | None = (
+        None  # train on labelled events written since this time (ISO 8601); None: the last `window`
+    )
+
 
 DRIFT_ALERTS = ("drift", "input_drift")  # the monitor's alerts that start a retrain
 
-def alert_trigger(alert, # a decoded message of the alerts topic
-                  champion:dict|None # the registry's champion record: its `version` and when it was promoted (`at`)
-                 ) -> Trigger|None:
+
+def alert_trigger(
+    alert,  # a decoded message of the alerts topic
+    champion: dict
+    | None,  # the registry's champion record: its `version` and when it was promoted (`at`)
+) -> Trigger | None:
     "The retrain a drift alert about the current champion asks for; None for other messages and stale alerts."
-    if not isinstance(alert, dict) or alert.get("alert") not in DRIFT_ALERTS: return None
-    if champion and (alert.get("model_version") not in (None, champion["version"]) or alert["raised_at"] < champion["at"]):
+    if not isinstance(alert, dict) or alert.get("alert") not in DRIFT_ALERTS:
+        return None
+    if champion and (
+        alert.get("model_version") not in (None, champion["version"])
+        or alert["raised_at"] < champion["at"]
+    ):
         return None  # about a model that no longer scores
     return Trigger("drift", describe_alert(alert), alert["raised_at"])
 
 # %% ../nbs/09b_learn.ipynb #44499986
 class Triggers:
     "Watches for the reasons to retrain: drift alerts, `every_events` new labelled events, every `every_seconds`."
-    def __init__(self, settings:KafkaSettings, events_topic:str=EVENTS_TOPIC, alerts_topic:str=ALERTS_TOPIC,
-                 every_events:int|None=None, # retrain after this many new labelled events; None: not on a count
-                 every_seconds:float|None=None, # retrain this often; None: not on a schedule
-                 target:str=TARGET, # events with this field are labelled
-                 actuals_topic:str|None=ACTUALS_TOPIC): # each actual arriving here labels an event; None: only events with `target`
-        self.alerts_topic, self.actuals_topic, self.every_events, self.every_seconds, self.target = (
-            alerts_topic,
-            actuals_topic,
-            every_events,
-            every_seconds,
-            target,
-        )
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        events_topic: str = EVENTS_TOPIC,
+        alerts_topic: str = ALERTS_TOPIC,
+        every_events: int
+        | None = None,  # retrain after this many new labelled events; None: not on a count
+        every_seconds: float | None = None,  # retrain this often; None: not on a schedule
+        target: str = TARGET,  # events with this field are labelled
+        actuals_topic: str | None = ACTUALS_TOPIC,
+    ):  # each actual arriving here labels an event; None: only events with `target`
+        (
+            self.alerts_topic,
+            self.actuals_topic,
+            self.every_events,
+            self.every_seconds,
+            self.target,
+        ) = (alerts_topic, actuals_topic, every_events, every_seconds, target)
         watched = [events_topic, *([actuals_topic] if actuals_topic else [])]
         ensure_topic(settings, alerts_topic, partitions=1)
-        for t in watched: ensure_topic(settings, t, PARTITIONS)
+        for t in watched:
+            ensure_topic(settings, t, PARTITIONS)
         self.c = consumer(settings, enable_auto_commit=False, isolation_level="read_committed")
         self.c.assign(
             [
@@ -76,18 +123,31 @@ class Triggers:
     def restart(self):
         "Count from now on: what arrived before (during a retrain, too) is passed over."
         self.c.seek_to_end()
-        for tp in self.c.assignment(): self.c.position(tp)  # settles each position at its end now (a poll may not: a topic just made)
+        for tp in self.c.assignment():
+            self.c.position(
+                tp
+            )  # settles each position at its end now (a poll may not: a topic just made)
         self.labelled, self.t0 = 0, time.monotonic()
 
-    def poll(self, champion:dict|None, # the champion record, to tell stale alerts
-             timeout:float=0.5) -> Trigger|None:
+    def poll(
+        self,
+        champion: dict | None,  # the champion record, to tell stale alerts
+        timeout: float = 0.5,
+    ) -> Trigger | None:
         "The reason to retrain now, if there is one."
         for m in (m for ms in self.c.poll(timeout_ms=int(timeout * 1000)).values() for m in ms):
-            try: v = json.loads(m.value)
-            except ValueError: continue
+            try:
+                v = json.loads(m.value)
+            except ValueError:
+                continue
             if m.topic == self.alerts_topic:
-                if t := alert_trigger(v, champion): return t
-            elif isinstance(v, dict) and v.get("actual_sales" if m.topic == self.actuals_topic else self.target) is not None:
+                if t := alert_trigger(v, champion):
+                    return t
+            elif (
+                isinstance(v, dict)
+                and v.get("actual_sales" if m.topic == self.actuals_topic else self.target)
+                is not None
+            ):
                 self.labelled += 1
         if self.every_events and self.labelled >= self.every_events:
             return Trigger("events", f"{self.labelled:,} new labelled events")
@@ -95,18 +155,24 @@ class Triggers:
             return Trigger("schedule", f"{self.every_seconds:g} s since the last retrain")
         return None
 
-    def close(self): self.c.close()
+    def close(self):
+        self.c.close()
 
 # %% ../nbs/09b_learn.ipynb #19683379
 class LearnError(SalesKafkaError, RuntimeError):
     "A retrain could not be done (the pipeline failed)."
 
-def train_command(settings:KafkaSettings, events_topic:str, trigger:Trigger,
-                  window:int, # at most this many labelled events (the newest)
-                  out:Path|str, # the folder of run folders
-                  params:dict, # pipeline parameters, e.g. {"candidates": "linear,trees"}
-                  actuals_topic:str|None=ACTUALS_TOPIC # the events' later actuals; None: only events carrying their target
-                 ) -> list[str]:
+
+def train_command(
+    settings: KafkaSettings,
+    events_topic: str,
+    trigger: Trigger,
+    window: int,  # at most this many labelled events (the newest)
+    out: Path | str,  # the folder of run folders
+    params: dict,  # pipeline parameters, e.g. {"candidates": "linear,trees"}
+    actuals_topic: str
+    | None = ACTUALS_TOPIC,  # the events' later actuals; None: only events carrying their target
+) -> list[str]:
     "The command line of one retrain: `sales-kafka run` on the window's labelled events, without streaming."
     cmd = cli_args(
         "-q",
@@ -128,34 +194,49 @@ def train_command(settings:KafkaSettings, events_topic:str, trigger:Trigger,
         + [a for k, v in params.items() for a in ("-p", k, str(v))]
     )
 
-def train(cmd:list[str], log_file:Path, stop:threading.Event) -> Path|None:
+
+def train(cmd: list[str], log_file: Path, stop: threading.Event) -> Path | None:
     "Run a retrain in a process of its own; its run folder, or None if `stop` was set first."
     with open(log_file, "ab") as err, tempfile.TemporaryFile("w+") as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
         while p.poll() is None:
-            if stop.wait(0.5): p.terminate(); p.wait(30); return None
-        out.seek(0); lines = out.read().strip().splitlines()
+            if stop.wait(0.5):
+                p.terminate()
+                p.wait(30)
+                return None
+        out.seek(0)
+        lines = out.read().strip().splitlines()
     if p.returncode or not lines:
         raise LearnError(f"the retrain failed (exit {p.returncode}); its log: {log_file}")
     return Path(lines[-1].removeprefix("report: ")).parent
 
 # %% ../nbs/09b_learn.ipynb #4eb86a00
-def fresh_events(settings:KafkaSettings, run:Path, # the challenger's run folder
-                 n:int, # how many labelled events to judge on (the newest)
-                 wait:float, # seconds to wait for them
-                 stop:threading.Event) -> tuple[list[dict], dict]:
+def fresh_events(
+    settings: KafkaSettings,
+    run: Path,  # the challenger's run folder
+    n: int,  # how many labelled events to judge on (the newest)
+    wait: float,  # seconds to wait for them
+    stop: threading.Event,
+) -> tuple[list[dict], dict]:
     "The newest `n` labelled events after the run's training window, and where they came from."
-    src = json.loads((Path(run)/"params.json").read_text())["data"]["source"]
+    src = json.loads((Path(run) / "params.json").read_text())["data"]["source"]
     actuals = (src.get("actuals") or {}).get("topic")  # the run's own actuals topic
     deadline = time.monotonic() + wait
     while True:
-        events, where = labelled_events(settings, src["topic"], last=n, after=src["ends"], actuals_topic=actuals)
-        if len(events) >= n or time.monotonic() > deadline or stop.wait(1.0): return events, where
+        events, where = labelled_events(
+            settings, src["topic"], last=n, after=src["ends"], actuals_topic=actuals
+        )
+        if len(events) >= n or time.monotonic() > deadline or stop.wait(1.0):
+            return events, where
 
 # %% ../nbs/09b_learn.ipynb #db2c9e75
-def judge(champion:SalesModel|None, challenger:SalesModel, events:list[dict], # labelled events neither trained on
-          margin:float=0.05, # the share of the champion's MAE the challenger must beat it by
-          target:str=TARGET) -> dict:
+def judge(
+    champion: SalesModel | None,
+    challenger: SalesModel,
+    events: list[dict],  # labelled events neither trained on
+    margin: float = 0.05,  # the share of the champion's MAE the challenger must beat it by
+    target: str = TARGET,
+) -> dict:
     "Both models' MAE on `events` and the verdict: promoted or rejected."
     y = np.array([e[target] for e in events], float)
     mae = lambda m: round(float(np.mean(np.abs(y - m.predict_records(events)))), 4)
@@ -172,25 +253,36 @@ def judge(champion:SalesModel|None, challenger:SalesModel, events:list[dict], # 
 # %% ../nbs/09b_learn.ipynb #907fa298
 class Learner:
     "Retrains on labelled events in a process of its own, judges the challenger, promotes it only if it is clearly better."
-    def __init__(self, settings:KafkaSettings, events_topic:str=EVENTS_TOPIC, alerts_topic:str=ALERTS_TOPIC,
-                 models_topic:str=MODELS_TOPIC,
-                 runs:Path|str="outputs/runs", # the folder of the retrains' run folders
-                 window:int=1000, # train on at most this many labelled events (the newest)
-                 min_events:int=300, # after a drift alert, wait for this many labelled events since it
-                 holdout:int=300, # judge on this many labelled events that came after the training window
-                 margin:float=0.05, # the challenger must beat the champion's MAE by this share
-                 wait:float=300, # seconds to wait for the events above
-                 params:dict|None=None, # pipeline parameters of every retrain
-                 target:str=TARGET,
-                 actuals_topic:str|None=ACTUALS_TOPIC): # events are labelled by their actuals here; None: only by `target`
-        self.settings, self.events_topic, self.alerts_topic, self.models_topic, self.actuals_topic = (
-            settings,
-            events_topic,
-            alerts_topic,
-            models_topic,
-            actuals_topic,
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        events_topic: str = EVENTS_TOPIC,
+        alerts_topic: str = ALERTS_TOPIC,
+        models_topic: str = MODELS_TOPIC,
+        runs: Path | str = "outputs/runs",  # the folder of the retrains' run folders
+        window: int = 1000,  # train on at most this many labelled events (the newest)
+        min_events: int = 300,  # after a drift alert, wait for this many labelled events since it
+        holdout: int = 300,  # judge on this many labelled events that came after the training window
+        margin: float = 0.05,  # the challenger must beat the champion's MAE by this share
+        wait: float = 300,  # seconds to wait for the events above
+        params: dict | None = None,  # pipeline parameters of every retrain
+        target: str = TARGET,
+        actuals_topic: str | None = ACTUALS_TOPIC,
+    ):  # events are labelled by their actuals here; None: only by `target`
+        (
+            self.settings,
+            self.events_topic,
+            self.alerts_topic,
+            self.models_topic,
+            self.actuals_topic,
+        ) = (settings, events_topic, alerts_topic, models_topic, actuals_topic)
+        self.runs, self.window, self.min_events, self.holdout = (
+            Path(runs),
+            window,
+            min_events,
+            holdout,
         )
-        self.runs, self.window, self.min_events, self.holdout = Path(runs), window, min_events, holdout
         self.margin, self.wait, self.params, self.target, self.stop = (
             margin,
             wait,
@@ -201,31 +293,52 @@ class Learner:
 
     def labelled(self, **window) -> tuple[list[dict], dict]:
         "The labelled events in `window` (`labelled_events`' last, since, after), joined with the learner's actuals."
-        return labelled_events(self.settings, self.events_topic, self.target, actuals_topic=self.actuals_topic, **window)
+        return labelled_events(
+            self.settings,
+            self.events_topic,
+            self.target,
+            actuals_topic=self.actuals_topic,
+            **window,
+        )
 
-    def enough_since(self, since:str) -> bool:
+    def enough_since(self, since: str) -> bool:
         "Wait until `min_events` labelled events were written since `since`; False if they did not come in time."
         deadline, said = time.monotonic() + self.wait, 0.0
         while (n := len(self.labelled(since=since)[0])) < self.min_events:
-            if time.monotonic() > deadline or self.stop.wait(1.0): return False
+            if time.monotonic() > deadline or self.stop.wait(1.0):
+                return False
             if time.monotonic() - said > 10:
                 log.info("%d of %d labelled events since the alert", n, self.min_events)
                 said = time.monotonic()
         return True
 
-    def retrain(self, trigger:Trigger) -> dict|None:
+    def retrain(self, trigger: Trigger) -> dict | None:
         "One round for `trigger`: train, publish, judge, record, maybe promote, announce; the decision (None if none was made)."
         if trigger.since and not self.enough_since(trigger.since):
             log.warning(
-                "not retraining: fewer than %d labelled events since %s", self.min_events, trigger.since
+                "not retraining: fewer than %d labelled events since %s",
+                self.min_events,
+                trigger.since,
             )
             return None
         log.info("retraining (%s: %s) in a child process", trigger.why, trigger.detail)
         self.runs.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        cmd = train_command(self.settings, self.events_topic, trigger, self.window, self.runs, self.params, self.actuals_topic)
-        if (run := train(cmd, self.runs/"learn.log", self.stop)) is None: return None
-        rec, took = publish(self.settings, version_record(run), self.models_topic), time.monotonic() - t0
+        cmd = train_command(
+            self.settings,
+            self.events_topic,
+            trigger,
+            self.window,
+            self.runs,
+            self.params,
+            self.actuals_topic,
+        )
+        if (run := train(cmd, self.runs / "learn.log", self.stop)) is None:
+            return None
+        rec, took = (
+            publish(self.settings, version_record(run), self.models_topic),
+            time.monotonic() - t0,
+        )
         log.info(
             "trained %s in %.0f s (run %s); judging it on %d fresh labelled events",
             rec["version"],
@@ -237,7 +350,13 @@ class Learner:
         reg = read_registry(self.settings, self.models_topic)
         champ = reg.versions.get(reg.champion_version) if reg.champion_version else None
         verdict = (
-            judge(champ and record_model(champ), load_model(run / "model"), events, self.margin, self.target)
+            judge(
+                champ and record_model(champ),
+                load_model(run / "model"),
+                events,
+                self.margin,
+                self.target,
+            )
             if events
             else {
                 "decision": "rejected",
@@ -252,7 +371,9 @@ class Learner:
             "detail": trigger.detail,
             "train_seconds": round(took, 1),
             "judged_on": where["partitions"],
-            "judged_joined": where["actuals"]["joined"] if where["actuals"] else 0,  # of them, labelled by an actual that came later
+            "judged_joined": where["actuals"]["joined"]
+            if where["actuals"]
+            else 0,  # of them, labelled by an actual that came later
         } | verdict
         record_decision(self.settings, d, self.models_topic)
         if d["decision"] == "promoted":
@@ -261,24 +382,40 @@ class Learner:
         log.info(describe_decision(d))
         return d
 
-    def announce(self, d:dict):
+    def announce(self, d: dict):
         "Write the decision to the alerts topic, beside the drift alerts."
         p = producer(self.settings)
-        try: p.send(self.alerts_topic, key=self.models_topic, value=decision_alert(d, self.models_topic)).get(timeout=30)
-        finally: p.close(timeout=5)
-
-    def run(self, triggers:Triggers, max_retrains:int|None=None # stop after this many decisions; None: until stopped
-           ) -> list[dict]:
-        "Retrain whenever `triggers` gives a reason, until stopped; the decisions."
-        decisions, follower = [], ChampionFollower(self.settings, self.models_topic, load=False).start()
         try:
-            while not self.stop.is_set() and (max_retrains is None or len(decisions) < max_retrains):
-                if (t := triggers.poll(follower.registry.champion)) is None: continue
+            p.send(
+                self.alerts_topic, key=self.models_topic, value=decision_alert(d, self.models_topic)
+            ).get(timeout=30)
+        finally:
+            p.close(timeout=5)
+
+    def run(
+        self,
+        triggers: Triggers,
+        max_retrains: int | None = None,  # stop after this many decisions; None: until stopped
+    ) -> list[dict]:
+        "Retrain whenever `triggers` gives a reason, until stopped; the decisions."
+        decisions, follower = (
+            [],
+            ChampionFollower(self.settings, self.models_topic, load=False).start(),
+        )
+        try:
+            while not self.stop.is_set() and (
+                max_retrains is None or len(decisions) < max_retrains
+            ):
+                if (t := triggers.poll(follower.registry.champion)) is None:
+                    continue
                 try:
-                    if d := self.retrain(t): decisions.append(d)
-                except (LearnError, StreamError, RegistryError) as e: log.error("retrain (%s) failed: %s", t.why, e)
+                    if d := self.retrain(t):
+                        decisions.append(d)
+                except (LearnError, StreamError, RegistryError) as e:
+                    log.error("retrain (%s) failed: %s", t.why, e)
                 triggers.restart()
-        finally: follower.stop()
+        finally:
+            follower.stop()
         return decisions
 
 # %% ../nbs/09b_learn.ipynb #52bfada3
@@ -374,15 +511,37 @@ class Learner:
     type=click.IntRange(1),
     help="Stop after this many decisions (default: run until stopped).",
 )
-def learn_command(bootstrap_servers, events_topic, actuals_topic, alerts_topic, models_topic, runs, every_events, every_seconds,
-                  window, min_events, holdout, margin, wait, params, max_retrains):
+def learn_command(
+    bootstrap_servers,
+    events_topic,
+    actuals_topic,
+    alerts_topic,
+    models_topic,
+    runs,
+    every_events,
+    every_seconds,
+    window,
+    min_events,
+    holdout,
+    margin,
+    wait,
+    params,
+    max_retrains,
+):
     "Retrain on labelled events when drift is seen, N arrive or a schedule says so; promote a challenger only if it is better."
-    try: validate_params(dict(params))
-    except ParameterError as e: raise click.BadParameter(str(e), param_hint="-p")
-    if "actuals_topic" in dict(params): raise click.BadParameter("the learner's retrains use --actuals-topic", param_hint="-p actuals_topic")
+    try:
+        validate_params(dict(params))
+    except ParameterError as e:
+        raise click.BadParameter(str(e), param_hint="-p")
+    if "actuals_topic" in dict(params):
+        raise click.BadParameter(
+            "the learner's retrains use --actuals-topic", param_hint="-p actuals_topic"
+        )
     actuals_topic = None if actuals_topic.lower() == "none" else actuals_topic
-    try: actuals_topic and check_topic(actuals_topic)
-    except StreamError as e: raise click.BadParameter(str(e), param_hint="--actuals-topic")
+    try:
+        actuals_topic and check_topic(actuals_topic)
+    except StreamError as e:
+        raise click.BadParameter(str(e), param_hint="--actuals-topic")
     try:
         settings = ensure_broker(kafka_settings(bootstrap_servers=bootstrap_servers))
         learner = Learner(
@@ -399,7 +558,14 @@ def learn_command(bootstrap_servers, events_topic, actuals_topic, alerts_topic, 
             dict(params),
             actuals_topic=actuals_topic,
         )
-        triggers = Triggers(settings, events_topic, alerts_topic, every_events, every_seconds, actuals_topic=actuals_topic)
+        triggers = Triggers(
+            settings,
+            events_topic,
+            alerts_topic,
+            every_events,
+            every_seconds,
+            actuals_topic=actuals_topic,
+        )
         log.info(
             "learning from %s (labelled by %s) at %s: retrain on drift alerts on %s%s%s",
             events_topic,
@@ -409,7 +575,10 @@ def learn_command(bootstrap_servers, events_topic, actuals_topic, alerts_topic, 
             f", every {every_events:,} labelled events" if every_events else "",
             f", every {every_seconds:g} s" if every_seconds else "",
         )
-        with stop_on_signals(learner.stop): decisions = learner.run(triggers, max_retrains)
+        with stop_on_signals(learner.stop):
+            decisions = learner.run(triggers, max_retrains)
         triggers.close()
-    except StreamError as e: raise click.ClickException(str(e))
-    for d in decisions: click.echo(describe_decision(d))
+    except StreamError as e:
+        raise click.ClickException(str(e))
+    for d in decisions:
+        click.echo(describe_decision(d))

@@ -5,7 +5,10 @@
 # %% ../nbs/04_models.ipynb #4a0ed034
 from __future__ import annotations
 import os
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported anywhere: keep its C++ logs quiet
+
+os.environ.setdefault(
+    "TF_CPP_MIN_LOG_LEVEL", "3"
+)  # before TensorFlow is imported anywhere: keep its C++ logs quiet
 import hashlib, json, logging, math, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +21,14 @@ from tqdm import tqdm
 from .clean import Cleaner, CleaningReport, OUTLIER_POLICIES
 from .config import plain, set_seed
 from .data import TARGET
-from .timeseries import (BASELINES, axis_from_dict, baseline_column, calendar_columns,
-                                               calendar_features, parse_times)
+from sales_prediction_kafka.timeseries import (
+    BASELINES,
+    axis_from_dict,
+    baseline_column,
+    calendar_columns,
+    calendar_features,
+    parse_times,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,68 +41,95 @@ __all__ = ['log', 'STEPS_PER_CALL', 'KINDS', 'MODEL_JSON', 'NET_NPZ', 'ORIGINAL_
            'select_model', 'selection_reason', 'Selection', 'choose_model', 'permutation_importance', 'plot_importance']
 
 # %% ../nbs/04_models.ipynb #4557a8de
-def split(df:pd.DataFrame,
-          test_size:float=0.2, # share of rows held out for the final test
-          seed:int=42 # the same seed gives the same split
-         ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split(
+    df: pd.DataFrame,
+    test_size: float = 0.2,  # share of rows held out for the final test
+    seed: int = 42,  # the same seed gives the same split
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Shuffle and split `df` into train and test parts."
     from sklearn.model_selection import train_test_split
-    if not 0 < test_size < 1: raise ValueError(f"test_size must be between 0 and 1, got {test_size}")
+
+    if not 0 < test_size < 1:
+        raise ValueError(f"test_size must be between 0 and 1, got {test_size}")
     return tuple(train_test_split(df, test_size=test_size, random_state=seed))
 
 # %% ../nbs/04_models.ipynb #c8c51d3f
 _ID_NAME = re.compile(r"(?i:^(id|uuid|key)$|[_\s.-](id|uuid|key)$)|[a-z0-9](Id|ID)$")
 
-def _whole(v:np.ndarray) -> bool:
+
+def _whole(v: np.ndarray) -> bool:
     "Are all values whole numbers?"
     return bool(np.all(v == np.round(v)))
 
-def is_categorical(s:pd.Series, max_levels:int=10) -> bool:
+
+def is_categorical(s: pd.Series, max_levels: int = 10) -> bool:
     "Text, bool or category values, or whole numbers with at most `max_levels` distinct values."
-    if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s): return True
+    if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
+        return True
     v = s.dropna().to_numpy(dtype=np.float64)
     return len(np.unique(v)) <= max_levels and _whole(v)
 
-def is_id_like(s:pd.Series) -> bool:
+
+def is_id_like(s: pd.Series) -> bool:
     "A different text on every row, or distinct whole numbers named like an ID or running consecutively."
     v = s.dropna()
-    if len(v) < 2 or v.nunique() < len(v): return False
-    if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s): return True
+    if len(v) < 2 or v.nunique() < len(v):
+        return False
+    if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
+        return True
     x = v.to_numpy(dtype=np.float64)
-    return _whole(x) and (bool(_ID_NAME.search(str(s.name))) or bool(np.all(np.diff(np.sort(x)) == 1)))
+    return _whole(x) and (
+        bool(_ID_NAME.search(str(s.name))) or bool(np.all(np.diff(np.sort(x)) == 1))
+    )
 
 # %% ../nbs/04_models.ipynb #68880557
 @dataclass
 class FeaturePlan:
     "Which columns a model uses, and how."
+
     numeric: list  # standardised
     categorical: list  # one-hot encoded
     notes: list  # one line per skipped or specially treated column, for the report
     treatment: dict  # every column of the table -> what became of it
 
     @property
-    def columns(self) -> list: return self.numeric + self.categorical
+    def columns(self) -> list:
+        return self.numeric + self.categorical
 
-def _check_overrides(features:list, categorical:list, numeric:list):
+
+def _check_overrides(features: list, categorical: list, numeric: list):
     "Refuse override columns that are not features, or are named both ways."
     both = sorted(set(categorical) & set(numeric))
-    if both: raise ValueError(f"column(s) {both} cannot be both categorical and numeric")
+    if both:
+        raise ValueError(f"column(s) {both} cannot be both categorical and numeric")
     stray = [c for c in categorical + numeric if c not in features]
     if stray:
         raise ValueError(
             f"column(s) {stray} given as categorical or numeric are not features; features: {features}"
         )
 
-def _treat(plan:FeaturePlan, c:str, s:pd.Series, max_levels:int, categorical:list, numeric:list):
+
+def _treat(
+    plan: FeaturePlan, c: str, s: pd.Series, max_levels: int, categorical: list, numeric: list
+):
     "Put feature `c` in `plan`: numeric, categorical or skipped, with its treatment and any note."
     n = s.nunique()
-    if n <= 1: plan.treatment[c] = f"skipped, constant ({n} distinct value{'s' * (n != 1)})"
+    if n <= 1:
+        plan.treatment[c] = f"skipped, constant ({n} distinct value{'s' * (n != 1)})"
     elif c in numeric:
         if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-            raise ValueError(f"column {c!r} cannot be numeric: its values are {s.dtype}, not numbers")
-        plan.numeric.append(c); plan.treatment[c] = "numeric (standardised), as asked"
-    elif c in categorical: plan.categorical.append(c); plan.treatment[c] = f"categorical ({n} levels, one-hot), as asked"
-    elif is_id_like(s): plan.treatment[c] = f"skipped, ID-like (a different value on each of {s.notna().sum()} rows)"
+            raise ValueError(
+                f"column {c!r} cannot be numeric: its values are {s.dtype}, not numbers"
+            )
+        plan.numeric.append(c)
+        plan.treatment[c] = "numeric (standardised), as asked"
+    elif c in categorical:
+        plan.categorical.append(c)
+        plan.treatment[c] = f"categorical ({n} levels, one-hot), as asked"
+    elif is_id_like(s):
+        plan.treatment[c] = (
+            f"skipped, ID-like (a different value on each of {s.notna().sum()} rows)"
+        )
     elif is_categorical(s, max_levels):
         plan.categorical.append(c)
         whole = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
@@ -102,95 +138,129 @@ def _treat(plan:FeaturePlan, c:str, s:pd.Series, max_levels:int, categorical:lis
             if whole
             else f"categorical ({n} levels, one-hot)"
         )
-    else: plan.numeric.append(c); plan.treatment[c] = "numeric (standardised)"
-    if not plan.treatment[c].startswith(("numeric (standardised)", "categorical (")) or plan.treatment[c].endswith("as asked"):
+    else:
+        plan.numeric.append(c)
+        plan.treatment[c] = "numeric (standardised)"
+    if not plan.treatment[c].startswith(
+        ("numeric (standardised)", "categorical (")
+    ) or plan.treatment[c].endswith("as asked"):
         plan.notes.append(f"{c}: {plan.treatment[c]}")
 
-def plan_features(df:pd.DataFrame,
-                  target:str, # column to predict (numeric)
-                  features:list|None=None, # candidate columns; None means all but the target
-                  max_levels:int=10, # whole-number columns with at most this many values are categorical
-                  categorical:list|None=None, # columns always one-hot encoded
-                  numeric:list|None=None, # columns always numeric, e.g. ordinal codes with few levels
-                 ) -> FeaturePlan:
+
+def plan_features(
+    df: pd.DataFrame,
+    target: str,  # column to predict (numeric)
+    features: list | None = None,  # candidate columns; None means all but the target
+    max_levels: int = 10,  # whole-number columns with at most this many values are categorical
+    categorical: list | None = None,  # columns always one-hot encoded
+    numeric: list | None = None,  # columns always numeric, e.g. ordinal codes with few levels
+) -> FeaturePlan:
     "Sort `features` into numeric and categorical columns; skip constant and ID-like ones with a note."
     features = [c for c in df.columns if c != target] if features is None else list(features)
     missing = [c for c in [target, *features] if c not in df.columns]
-    if missing: raise KeyError(f"column(s) {missing} not in the table; it has {list(df.columns)}")
-    if target in features: raise ValueError(f"the target {target!r} cannot also be a feature")
+    if missing:
+        raise KeyError(f"column(s) {missing} not in the table; it has {list(df.columns)}")
+    if target in features:
+        raise ValueError(f"the target {target!r} cannot also be a feature")
     if not pd.api.types.is_numeric_dtype(df[target]) or pd.api.types.is_bool_dtype(df[target]):
         raise ValueError(f"the target {target!r} must be numeric, not {df[target].dtype}")
     categorical, numeric = list(categorical or []), list(numeric or [])
     _check_overrides(features, categorical, numeric)
-    plan = FeaturePlan([], [], [], {c: "target" if c == target else "not a feature" for c in df.columns})
-    for c in features: _treat(plan, c, df[c], max_levels, categorical, numeric)
-    if not plan.columns: raise ValueError(f"no usable feature among {features}: {'; '.join(plan.notes)}")
+    plan = FeaturePlan(
+        [], [], [], {c: "target" if c == target else "not a feature" for c in df.columns}
+    )
+    for c in features:
+        _treat(plan, c, df[c], max_levels, categorical, numeric)
+    if not plan.columns:
+        raise ValueError(f"no usable feature among {features}: {'; '.join(plan.notes)}")
     return plan
 
 # %% ../nbs/04_models.ipynb #c8d7db45
 class FeatureError(ValueError):
     "A feature value that cannot be used: names the column, and the row where known."
-    def __init__(self, msg:str, column:str, row=None):
+
+    def __init__(self, msg: str, column: str, row=None):
         super().__init__(msg + (f" (row {row!r})" if row is not None else ""))
         self.column, self.row = column, row
 
+
 class UnknownCategory(FeatureError):
     "A categorical value that was not seen in training."
-    def __init__(self, column:str, value, row=None):
+
+    def __init__(self, column: str, value, row=None):
         super().__init__(f"unknown category {value!r} in column {column!r}", column, row)
         self.value = value
 
 # %% ../nbs/04_models.ipynb #57780d2a
-def _levels(s:pd.Series) -> list:
+def _levels(s: pd.Series) -> list:
     "Sorted distinct values of `s` as plain Python values."
     v = [plain(x) for x in s.dropna().unique()]
-    try: return sorted(v)
-    except TypeError: return sorted(v, key=str)
+    try:
+        return sorted(v)
+    except TypeError:
+        return sorted(v, key=str)
 
 # %% ../nbs/04_models.ipynb #3beec87b
 class Preprocessor:
     "Standardised numerics, then one-hot categoricals, as one float64 matrix."
-    def __init__(self, numeric:list, categorical:list,
-                 categories:dict|None=None, # levels per categorical column, learned by `fit`
-                 mean:list|None=None, scale:list|None=None): # standardisation, learned by `fit`
+
+    def __init__(
+        self,
+        numeric: list,
+        categorical: list,
+        categories: dict | None = None,  # levels per categorical column, learned by `fit`
+        mean: list | None = None,
+        scale: list | None = None,
+    ):  # standardisation, learned by `fit`
         self.numeric, self.categorical = list(numeric), list(categorical)
         self.categories = categories or {}
-        self.mean, self.scale = np.asarray(mean if mean is not None else [], np.float64), np.asarray(
-            scale if scale is not None else [], np.float64
+        self.mean, self.scale = (
+            np.asarray(mean if mean is not None else [], np.float64),
+            np.asarray(scale if scale is not None else [], np.float64),
         )
         self._index()
 
     def _index(self):
         "Lookup tables for fast encoding."
-        self.lookup = {c: {v: i for i, v in enumerate(self.categories.get(c, []))} for c in self.categorical}
+        self.lookup = {
+            c: {v: i for i, v in enumerate(self.categories.get(c, []))} for c in self.categorical
+        }
         self.offsets, o = {}, len(self.numeric)
-        for c in self.categorical: self.offsets[c], o = o, o + len(self.categories.get(c, []))
+        for c in self.categorical:
+            self.offsets[c], o = o, o + len(self.categories.get(c, []))
         self.width = o
 
     @property
-    def columns(self) -> list: return self.numeric + self.categorical
+    def columns(self) -> list:
+        return self.numeric + self.categorical
 
     @property
-    def names(self) -> list: return self.numeric + [f"{c}={v}" for c in self.categorical for v in self.categories[c]]
+    def names(self) -> list:
+        return self.numeric + [f"{c}={v}" for c in self.categorical for v in self.categories[c]]
 
-    def fit(self, df:pd.DataFrame) -> Preprocessor:
+    def fit(self, df: pd.DataFrame) -> Preprocessor:
         "Learn the categories and the scaling from the training rows `df`."
         self.categories = {c: _levels(df[c]) for c in self.categorical}
         if self.numeric:
             from sklearn.preprocessing import StandardScaler
+
             sc = StandardScaler().fit(_numeric(df, self.numeric))
             self.mean, self.scale = sc.mean_, sc.scale_
         self._index()
         return self
 
-    def transform(self, df:pd.DataFrame,
-                  unknown:str="error" # 'error' raises `UnknownCategory`; 'ignore' encodes an unseen level as all zeros
-                 ) -> np.ndarray:
+    def transform(
+        self,
+        df: pd.DataFrame,
+        unknown: str = "error",  # 'error' raises `UnknownCategory`; 'ignore' encodes an unseen level as all zeros
+    ) -> np.ndarray:
         "The model matrix for the rows of `df`."
         missing = [c for c in self.columns if c not in df.columns]
-        if missing: raise FeatureError(f"feature column(s) {missing} missing", missing[0])
+        if missing:
+            raise FeatureError(f"feature column(s) {missing} missing", missing[0])
         X = np.zeros((len(df), self.width))
-        if self.numeric: X[:, :len(self.numeric)] = (_numeric(df, self.numeric) - self.mean) / self.scale
+        if self.numeric:
+            X[:, : len(self.numeric)] = (_numeric(df, self.numeric) - self.mean) / self.scale
         rows = np.arange(len(df))
         for c in self.categorical:
             s = df[c]
@@ -207,17 +277,22 @@ class Preprocessor:
             X[rows[~bad], self.offsets[c] + codes[~bad]] = 1
         return X
 
-    def transform_records(self, records:list) -> np.ndarray:
+    def transform_records(self, records: list) -> np.ndarray:
         "The model matrix for a list of dicts; a `FeatureError` names the first bad record's position."
         n, k = len(records), len(self.numeric)
         X = np.zeros((n, self.width))
         try:
-            for j, c in enumerate(self.numeric): X[:, j] = [r[c] for r in records]
+            for j, c in enumerate(self.numeric):
+                X[:, j] = [r[c] for r in records]
             for c in self.categorical:
                 lk = self.lookup[c]
-                X[np.arange(n), np.fromiter((self.offsets[c] + lk[r[c]] for r in records), np.intp, n)] = 1
+                X[
+                    np.arange(n),
+                    np.fromiter((self.offsets[c] + lk[r[c]] for r in records), np.intp, n),
+                ] = 1
             ok = np.isfinite(X[:, :k]).all()
-        except (KeyError, TypeError, ValueError): ok = False
+        except (KeyError, TypeError, ValueError):
+            ok = False
         if not ok:
             problems = ((i, p) for i, r in enumerate(records) if (p := _why_unusable(self, r)))
             i, (c, why) = next(problems, (None, ("", "records cannot be encoded")))
@@ -228,21 +303,28 @@ class Preprocessor:
 
     def to_dict(self) -> dict:
         "The fitted preprocessing as JSON-ready data."
-        return {"numeric": self.numeric, "categorical": self.categorical, "categories": self.categories,
-                "mean": self.mean.tolist(), "scale": self.scale.tolist()}
+        return {
+            "numeric": self.numeric,
+            "categorical": self.categorical,
+            "categories": self.categories,
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+        }
 
     @classmethod
-    def from_dict(cls, d:dict) -> Preprocessor:
+    def from_dict(cls, d: dict) -> Preprocessor:
         "A preprocessor from `to_dict` output."
         return cls(d["numeric"], d["categorical"], d["categories"], d["mean"], d["scale"])
 
 # %% ../nbs/04_models.ipynb #2fd15f93
-def _numeric(df:pd.DataFrame, cols:list) -> np.ndarray:
+def _numeric(df: pd.DataFrame, cols: list) -> np.ndarray:
     "The columns `cols` of `df` as a finite float64 matrix, or a `FeatureError` naming the bad column and row."
     X = np.empty((len(df), len(cols)))
     for j, c in enumerate(cols):
-        try: X[:, j] = df[c].to_numpy(dtype=np.float64, na_value=np.nan)
-        except (TypeError, ValueError): raise FeatureError(f"column {c!r} is not numeric ({df[c].dtype})", c) from None
+        try:
+            X[:, j] = df[c].to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError):
+            raise FeatureError(f"column {c!r} is not numeric ({df[c].dtype})", c) from None
         bad = ~np.isfinite(X[:, j])
         if bad.any():
             raise FeatureError(
@@ -253,17 +335,21 @@ def _numeric(df:pd.DataFrame, cols:list) -> np.ndarray:
     return X
 
 # %% ../nbs/04_models.ipynb #ec5a0005
-def _why_unusable(self:Preprocessor, r:dict) -> tuple[str, str]|None:
+def _why_unusable(self: Preprocessor, r: dict) -> tuple[str, str] | None:
     "The first (column, reason) why record `r` cannot be encoded, or None if it can."
-    if not isinstance(r, dict): return "", f"expected an object, got {type(r).__name__}"
+    if not isinstance(r, dict):
+        return "", f"expected an object, got {type(r).__name__}"
     for c in self.numeric:
-        if c not in r: return c, f"missing field {c!r}"
+        if c not in r:
+            return c, f"missing field {c!r}"
         v = r[c]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return c, f"field {c!r} must be a number, got {type(v).__name__}"
-        if not math.isfinite(v): return c, f"field {c!r} is not finite ({v})"
+        if not math.isfinite(v):
+            return c, f"field {c!r} is not finite ({v})"
     for c in self.categorical:
-        if c not in r: return c, f"missing field {c!r}"
+        if c not in r:
+            return c, f"missing field {c!r}"
         v = r[c]
         if not isinstance(v, (str, int, float, bool)) or v not in self.lookup[c]:
             return c, str(UnknownCategory(c, v))
@@ -273,12 +359,14 @@ def _why_unusable(self:Preprocessor, r:dict) -> tuple[str, str]|None:
 def _keras():
     "Keras, imported on first use with deterministic, single-threaded ops."
     import tensorflow as tf, keras
+
     if not getattr(_keras, "ready", False):
         tf.get_logger().setLevel("ERROR")
         try:
             tf.config.threading.set_inter_op_parallelism_threads(1)
             tf.config.threading.set_intra_op_parallelism_threads(1)
-        except RuntimeError: log.debug("TensorFlow already initialised; thread pools left as they are")
+        except RuntimeError:
+            log.debug("TensorFlow already initialised; thread pools left as they are")
         tf.config.experimental.enable_op_determinism()
         _keras.ready = True
     return keras
@@ -286,10 +374,12 @@ def _keras():
 # %% ../nbs/04_models.ipynb #bfde8733
 STEPS_PER_CALL = 32  # training steps per call of the compiled training function (an epoch of the sample is 8-10 steps)
 
-def build_net(n_inputs:int,
-              hidden_units=(32, 16), # sizes of the relu layers
-              learning_rate:float=1e-3 # Adam's step size
-             ):
+
+def build_net(
+    n_inputs: int,
+    hidden_units=(32, 16),  # sizes of the relu layers
+    learning_rate: float = 1e-3,  # Adam's step size
+):
     "The original notebook's dense regression net, compiled."
     keras = _keras()
     net = keras.Sequential(
@@ -299,7 +389,11 @@ def build_net(n_inputs:int,
             keras.layers.Dense(1),
         ]
     )
-    net.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mean_squared_error", steps_per_execution=STEPS_PER_CALL)
+    net.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="mean_squared_error",
+        steps_per_execution=STEPS_PER_CALL,
+    )
     return net
 
 # %% ../nbs/04_models.ipynb #69999f76
@@ -307,35 +401,47 @@ def net_layers(net) -> list:
     "The Dense layers' (kernel, bias) as float32 numpy arrays."
     return [tuple(np.asarray(w, np.float32) for w in l.get_weights()) for l in net.layers]
 
-def keras_net(layers:list, learning_rate:float=1e-3):
+
+def keras_net(layers: list, learning_rate: float = 1e-3):
     "A compiled Keras net holding `layers` (`net_layers` output): the way back from numpy weights."
     net = build_net(layers[0][0].shape[0], [W.shape[1] for W, _ in layers[:-1]], learning_rate)
     net.set_weights([w for layer in layers for w in layer])
     return net
 
-def forward(layers:list, X:np.ndarray,
-            dtype=np.float64 # float64 scores a row alike in any batch; float32 is Keras' arithmetic
-           ) -> np.ndarray:
+
+def forward(
+    layers: list,
+    X: np.ndarray,
+    dtype=np.float64,  # float64 scores a row alike in any batch; float32 is Keras' arithmetic
+) -> np.ndarray:
     "The net's output for `X`: relu on every layer but the last, which is linear."
     h = np.asarray(X, dtype)
-    for W, b in layers[:-1]: h = np.maximum(h @ W + b, 0)
+    for W, b in layers[:-1]:
+        h = np.maximum(h @ W + b, 0)
     W, b = layers[-1]
     return (h @ W + b)[:, 0]
 
 # %% ../nbs/04_models.ipynb #bbb6523e
-def _numpy_val_loss(keras, net, X:np.ndarray, y:np.ndarray):
+def _numpy_val_loss(keras, net, X: np.ndarray, y: np.ndarray):
     "A Keras callback that puts the validation MSE, computed by `forward`, into each epoch's logs as `val_loss`."
     X = np.asarray(X, np.float32)
+
     class NumpyValLoss(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None): logs["val_loss"] = float(np.mean((forward(net_layers(net), X, np.float32) - y) ** 2))
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = float(np.mean((forward(net_layers(net), X, np.float32) - y) ** 2))
+
     return NumpyValLoss()
 
 # %% ../nbs/04_models.ipynb #7b2e4c02
 _TRAINERS = {}  # (inputs, hidden units, learning rate) -> (compiled net, its optimizer's variables as built)
 
-def _trainer(n_inputs:int, hidden_units, learning_rate:float,
-             weights:list # the initial weights, `get_weights()` of a fresh `build_net`
-            ):
+
+def _trainer(
+    n_inputs: int,
+    hidden_units,
+    learning_rate: float,
+    weights: list,  # the initial weights, `get_weights()` of a fresh `build_net`
+):
     "The one compiled net of this shape, set to `weights` with a fresh optimizer: its training function is traced once."
     key = (n_inputs, tuple(hidden_units), learning_rate)
     if key not in _TRAINERS:
@@ -344,32 +450,45 @@ def _trainer(n_inputs:int, hidden_units, learning_rate:float,
         _TRAINERS[key] = net, [v.numpy() for v in net.optimizer.variables]
     net, fresh = _TRAINERS[key]
     net.set_weights(weights)
-    for v, x in zip(net.optimizer.variables, fresh): v.assign(x)
+    for v, x in zip(net.optimizer.variables, fresh):
+        v.assign(x)
     return net
 
 # %% ../nbs/04_models.ipynb #a0b1d29b
-KINDS = ("linear", "net", "trees", "baseline")  # a baseline passes its one feature, a naive forecast, through
+KINDS = (
+    "linear",
+    "net",
+    "trees",
+    "baseline",
+)  # a baseline passes its one feature, a naive forecast, through
+
 
 class SalesModel:
     "Cleaning, preprocessing and a 'linear', 'net', 'trees' or 'baseline' estimator behind one fit/predict interface."
-    def __init__(self, kind:str="net", # 'linear', 'net', 'trees' or 'baseline'
-                 target:str=TARGET, # column to predict
-                 features:list|None=None, # candidate feature columns; None means all other usable columns
-                 seed:int=42, # seeds weights, shuffling and the validation rows
-                 epochs:int=50, # net: most epochs to train
-                 batch_size:int=32, # net: mini-batch size
-                 learning_rate:float=1e-3, # net: Adam's step size
-                 hidden_units=(32, 16), # net: sizes of the hidden relu layers
-                 patience:int=10, # net: epochs without a better validation loss before stopping; 0 turns it off
-                 val_fraction:float=0.2, # net: share of training rows that early stopping watches
-                 max_levels:int=10, # whole-number columns with at most this many values are categorical
-                 categorical:list|None=None, # columns always one-hot encoded
-                 numeric:list|None=None, # columns always numeric
-                 outliers:str="keep", # 'keep' or 'remove' the training rows outside the IQR bounds
-                 iqr_k:float=1.5, # IQR multiplier of the outlier bounds
-                 name:str|None=None, # label in comparisons; defaults to `kind`
-                 time:dict|None=None): # a `TimeAxis.to_dict()`: its column becomes calendar features, never a category
-        if kind not in KINDS: raise ValueError(f"unknown model kind {kind!r}; choose from {KINDS}")
+
+    def __init__(
+        self,
+        kind: str = "net",  # 'linear', 'net', 'trees' or 'baseline'
+        target: str = TARGET,  # column to predict
+        features: list
+        | None = None,  # candidate feature columns; None means all other usable columns
+        seed: int = 42,  # seeds weights, shuffling and the validation rows
+        epochs: int = 50,  # net: most epochs to train
+        batch_size: int = 32,  # net: mini-batch size
+        learning_rate: float = 1e-3,  # net: Adam's step size
+        hidden_units=(32, 16),  # net: sizes of the hidden relu layers
+        patience: int = 10,  # net: epochs without a better validation loss before stopping; 0 turns it off
+        val_fraction: float = 0.2,  # net: share of training rows that early stopping watches
+        max_levels: int = 10,  # whole-number columns with at most this many values are categorical
+        categorical: list | None = None,  # columns always one-hot encoded
+        numeric: list | None = None,  # columns always numeric
+        outliers: str = "keep",  # 'keep' or 'remove' the training rows outside the IQR bounds
+        iqr_k: float = 1.5,  # IQR multiplier of the outlier bounds
+        name: str | None = None,  # label in comparisons; defaults to `kind`
+        time: dict | None = None,
+    ):  # a `TimeAxis.to_dict()`: its column becomes calendar features, never a category
+        if kind not in KINDS:
+            raise ValueError(f"unknown model kind {kind!r}; choose from {KINDS}")
         if outliers not in OUTLIER_POLICIES:
             raise ValueError(f"outliers must be one of {OUTLIER_POLICIES}, got {outliers!r}")
         self.kind, self.target, self.requested, self.seed, self.name = (
@@ -379,17 +498,31 @@ class SalesModel:
             seed,
             name or kind,
         )
-        self.params = dict(epochs=int(epochs), batch_size=int(batch_size), learning_rate=float(learning_rate),
-                           hidden_units=[int(h) for h in hidden_units], patience=int(patience),
-                           val_fraction=float(val_fraction), max_levels=int(max_levels),
-                           categorical=list(categorical or []), numeric=list(numeric or []),
-                           outliers=outliers, iqr_k=float(iqr_k))
-        self.prep = self.estimator = self.net = self.layers = self.history = self.version = self.train_mae = (
-            None
+        self.params = dict(
+            epochs=int(epochs),
+            batch_size=int(batch_size),
+            learning_rate=float(learning_rate),
+            hidden_units=[int(h) for h in hidden_units],
+            patience=int(patience),
+            val_fraction=float(val_fraction),
+            max_levels=int(max_levels),
+            categorical=list(categorical or []),
+            numeric=list(numeric or []),
+            outliers=outliers,
+            iqr_k=float(iqr_k),
         )
+        self.prep = self.estimator = self.net = self.layers = self.history = self.version = (
+            self.train_mae
+        ) = None
         self.cleaner = self.cleaning = None
         self.time = time
-        self.y_mean, self.y_scale, self.notes, self.treatment, self.best_epoch = 0.0, 1.0, [], {}, None
+        self.y_mean, self.y_scale, self.notes, self.treatment, self.best_epoch = (
+            0.0,
+            1.0,
+            [],
+            {},
+            None,
+        )
 
     @property
     def features(self) -> list:
@@ -410,9 +543,14 @@ class SalesModel:
     @property
     def inputs(self) -> list:
         "The fields a record must carry: the features, the time column in place of those made from it or from earlier actuals, and the series' fields when the model needs history."
-        if not self.time: return self.features
+        if not self.time:
+            return self.features
         a = self.axis
-        made = {*calendar_columns(a.column, a.freq), *a.lag_columns(self.target), *map(baseline_column, BASELINES)}
+        made = {
+            *calendar_columns(a.column, a.freq),
+            *a.lag_columns(self.target),
+            *map(baseline_column, BASELINES),
+        }
         series = [c for c in a.series if c not in self.features] if self.needs_history else []
         return [a.column] + [c for c in self.features if c not in made] + series
 
@@ -427,7 +565,7 @@ class SalesModel:
             f"outliers={self.params['outliers']!r}, version={self.version})"
         )
 
-    def _fit_net(self, X:np.ndarray, y:np.ndarray):
+    def _fit_net(self, X: np.ndarray, y: np.ndarray):
         "Train the Keras net on standardised `y`, with early stopping on seeded validation rows."
         keras, p = _keras(), self.params
         set_seed(self.seed)
@@ -436,30 +574,41 @@ class SalesModel:
         order = np.random.default_rng(self.seed).permutation(len(y))
         n_val = int(round(len(y) * p["val_fraction"])) if p["patience"] and len(y) >= 10 else 0
         val, tr = order[:n_val], order[n_val:]
-        self.net = build_net(X.shape[1], p["hidden_units"], p["learning_rate"])  # the seeded initial weights
+        self.net = build_net(
+            X.shape[1], p["hidden_units"], p["learning_rate"]
+        )  # the seeded initial weights
         net = _trainer(X.shape[1], p["hidden_units"], p["learning_rate"], self.net.get_weights())
-        stop = [_numpy_val_loss(keras, net, X[val], ys[val]),  # before EarlyStopping reads val_loss
-                keras.callbacks.EarlyStopping(monitor="val_loss", patience=p["patience"], restore_best_weights=True)]
+        stop = [
+            _numpy_val_loss(keras, net, X[val], ys[val]),  # before EarlyStopping reads val_loss
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=p["patience"], restore_best_weights=True
+            ),
+        ]
         h = net.fit(
             X[tr].astype(np.float32),
             ys[tr],
             epochs=p["epochs"],
             batch_size=p["batch_size"],
-            steps_per_epoch=math.ceil(len(tr) / p["batch_size"]),  # every batch, as without it, but one data iterator per epoch, not two
+            steps_per_epoch=math.ceil(
+                len(tr) / p["batch_size"]
+            ),  # every batch, as without it, but one data iterator per epoch, not two
             shuffle=True,
             verbose=0,
             callbacks=stop if n_val else [],
         )
         self.history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
         self.best_epoch = int(stop[1].best_epoch) + 1 if n_val else len(self.history["loss"])
-        self.net.set_weights(net.get_weights())  # the model keeps its own net; the trainer goes on to the next fit
+        self.net.set_weights(
+            net.get_weights()
+        )  # the model keeps its own net; the trainer goes on to the next fit
         self.layers = net_layers(self.net)
 
-    def _fit_sklearn(self, X:np.ndarray, y:np.ndarray):
+    def _fit_sklearn(self, X: np.ndarray, y: np.ndarray):
         "Fit the linear model or the tree ensemble."
         from sklearn.ensemble import HistGradientBoostingRegressor
         from sklearn.linear_model import LinearRegression
         from threadpoolctl import threadpool_limits
+
         est = (
             LinearRegression()
             if self.kind == "linear"
@@ -467,49 +616,76 @@ class SalesModel:
         )
         # one OpenMP thread: the same trees (each feature's histogram is summed by one thread either way), and no
         # spinning threads fighting TensorFlow and each other on a busy machine (10 fits of the sample: 0.65 s, not 3-7 s)
-        with threadpool_limits(1, user_api="openmp"): self.estimator = est.fit(X, y)
+        with threadpool_limits(1, user_api="openmp"):
+            self.estimator = est.fit(X, y)
 
-    def predict_matrix(self, X:np.ndarray) -> np.ndarray:
+    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
         "Predictions for an already preprocessed model matrix (`self.prep.transform` output), as float64."
-        if self.kind == "net": return forward(self.layers, X).astype(np.float64) * self.y_scale + self.y_mean
-        if self.kind == "baseline": return X[:, 0] * self.prep.scale[0] + self.prep.mean[0]  # the forecast, unscaled
+        if self.kind == "net":
+            return forward(self.layers, X).astype(np.float64) * self.y_scale + self.y_mean
+        if self.kind == "baseline":
+            return X[:, 0] * self.prep.scale[0] + self.prep.mean[0]  # the forecast, unscaled
         return np.asarray(self.estimator.predict(X), np.float64)
 
-    def _with_calendar(self, df:pd.DataFrame) -> pd.DataFrame:
+    def _with_calendar(self, df: pd.DataFrame) -> pd.DataFrame:
         "`df` with the calendar features of its time column that it lacks (unchanged without a time axis)."
-        if not self.time: return df
+        if not self.time:
+            return df
         a = self.axis
         missing = [c for c in calendar_columns(a.column, a.freq) if c not in df.columns]
-        if not missing: return df
-        if a.column not in df.columns: raise FeatureError(f"time column {a.column!r} missing", a.column)
+        if not missing:
+            return df
+        if a.column not in df.columns:
+            raise FeatureError(f"time column {a.column!r} missing", a.column)
         return df.assign(**calendar_features(parse_times(df[a.column]), a.freq, a.column)[missing])
 
-    def _plan(self, df:pd.DataFrame) -> FeaturePlan:
+    def _plan(self, df: pd.DataFrame) -> FeaturePlan:
         "The feature plan: a time axis adds its calendar and (where the table has them) lag columns, as numeric; the time column and baselines are no feature."
-        p, a, requested, numeric = self.params, self.axis, self.requested, list(self.params["numeric"])
+        p, a, requested, numeric = (
+            self.params,
+            self.axis,
+            self.requested,
+            list(self.params["numeric"]),
+        )
         if a is not None and self.kind != "baseline":
             cal = calendar_columns(a.column, a.freq)
             skip = {self.target, a.column, *map(baseline_column, BASELINES)}
-            requested = ([c for c in df.columns if c not in skip] if requested is None
-                         else list(requested) + [c for c in cal + a.lag_columns(self.target) if c in df.columns and c not in requested])
-            numeric += [c for c in cal + a.lag_columns(self.target)
-                        if c in requested and c not in numeric and c not in p["categorical"]]
+            requested = (
+                [c for c in df.columns if c not in skip]
+                if requested is None
+                else list(requested)
+                + [
+                    c
+                    for c in cal + a.lag_columns(self.target)
+                    if c in df.columns and c not in requested
+                ]
+            )
+            numeric += [
+                c
+                for c in cal + a.lag_columns(self.target)
+                if c in requested and c not in numeric and c not in p["categorical"]
+            ]
         return plan_features(df, self.target, requested, p["max_levels"], p["categorical"], numeric)
 
-    def fit(self, df:pd.DataFrame) -> SalesModel:
+    def fit(self, df: pd.DataFrame) -> SalesModel:
         "Plan features, then learn cleaning, preprocessing and the estimator from the training rows `df` only."
         p = self.params
         df = self._with_calendar(df)
         plan = self._plan(df)
         self.notes, self.treatment = plan.notes, plan.treatment
         self.cleaner = Cleaner(self.target, plan.numeric, plan.categorical, p["iqr_k"]).fit(df)
-        if self.time:  # a date is never an outlier: its calendar features get fill values but no bounds
-            for c in calendar_columns(self.axis.column, self.axis.freq): self.cleaner.bounds.pop(c, None)
+        if (
+            self.time
+        ):  # a date is never an outlier: its calendar features get fill values but no bounds
+            for c in calendar_columns(self.axis.column, self.axis.freq):
+                self.cleaner.bounds.pop(c, None)
         rows, self.cleaning = self.cleaner.apply(df, p["outliers"])
         self.prep = Preprocessor(plan.numeric, plan.categorical).fit(rows)
         X, y = self.prep.transform(rows), _numeric(rows, [self.target])[:, 0]
-        if self.kind == "net": self._fit_net(X, y)
-        elif self.kind != "baseline": self._fit_sklearn(X, y)
+        if self.kind == "net":
+            self._fit_net(X, y)
+        elif self.kind != "baseline":
+            self._fit_sklearn(X, y)
         self.train_mae = float(np.mean(np.abs(y - self.predict_matrix(X))))
         self.version = self._hash()
         log.info(
@@ -522,49 +698,71 @@ class SalesModel:
         )
         return self
 
-    def predict(self, df:pd.DataFrame,
-                unknown:str="error" # 'error' raises `UnknownCategory` for an unseen level; 'ignore' encodes it as all zeros
-               ) -> np.ndarray:
+    def predict(
+        self,
+        df: pd.DataFrame,
+        unknown: str = "error",  # 'error' raises `UnknownCategory` for an unseen level; 'ignore' encodes it as all zeros
+    ) -> np.ndarray:
         "Predicted target for the rows of `df`, gaps filled with the training values, as float64."
-        if self.prep is None: raise RuntimeError(f"model {self.name!r} is not fitted")
-        return self.predict_matrix(self.prep.transform(self.cleaner.impute(self._with_calendar(df)), unknown))
+        if self.prep is None:
+            raise RuntimeError(f"model {self.name!r} is not fitted")
+        return self.predict_matrix(
+            self.prep.transform(self.cleaner.impute(self._with_calendar(df)), unknown)
+        )
 
-    def impute_records(self, records:list) -> tuple[list, list]:
+    def impute_records(self, records: list) -> tuple[list, list]:
         "Copies of `records` with absent or null features filled by the training values, and the fields filled in each."
         fill, out, filled = self.fill_values, [], []
-        derived = set(calendar_columns(self.axis.column, self.axis.freq)) if self.time else set()  # from the date, never filled
+        derived = (
+            set(calendar_columns(self.axis.column, self.axis.freq)) if self.time else set()
+        )  # from the date, never filled
         for r in records:
-            gaps = [c for c in fill if c not in derived and _missing(r.get(c))] if isinstance(r, dict) else []
+            gaps = (
+                [c for c in fill if c not in derived and _missing(r.get(c))]
+                if isinstance(r, dict)
+                else []
+            )
             out.append({**r, **{c: fill[c] for c in gaps}} if gaps else r)
             filled.append(gaps)
         return out, filled
 
-    def calendar_records(self, records:list) -> list:
+    def calendar_records(self, records: list) -> list:
         "Copies of `records` with the calendar features of their time field; a `FeatureError` names a record without a date."
         a = self.axis
-        if a is None or not calendar_columns(a.column, a.freq): return records
+        if a is None or not calendar_columns(a.column, a.freq):
+            return records
         raw = [r.get(a.column) if isinstance(r, dict) else None for r in records]
-        times = pd.to_datetime(pd.Series([str(v).strip() if isinstance(v, str) else None for v in raw], dtype=object),
-                               errors="coerce", format="mixed")
+        times = pd.to_datetime(
+            pd.Series([str(v).strip() if isinstance(v, str) else None for v in raw], dtype=object),
+            errors="coerce",
+            format="mixed",
+        )
         if times.isna().any():
             i = int(times.isna().argmax())
             raise FeatureError(f"field {a.column!r} must be a date, got {raw[i]!r}", a.column, i)
-        cal = calendar_features(times.dt.tz_localize(None) if times.dt.tz else times, a.freq, a.column)
+        cal = calendar_features(
+            times.dt.tz_localize(None) if times.dt.tz else times, a.freq, a.column
+        )
         return [{**r, **c} for r, c in zip(records, cal.to_dict("records"))]
 
-    def predict_records(self, records:list) -> np.ndarray:
+    def predict_records(self, records: list) -> np.ndarray:
         "Predicted target for a list of dicts (e.g. decoded events), gaps filled with the training values, as float64."
-        if self.prep is None: raise RuntimeError(f"model {self.name!r} is not fitted")
-        return self.predict_matrix(self.prep.transform_records(self.impute_records(self.calendar_records(records))[0]))
+        if self.prep is None:
+            raise RuntimeError(f"model {self.name!r} is not fitted")
+        return self.predict_matrix(
+            self.prep.transform_records(self.impute_records(self.calendar_records(records))[0])
+        )
 
-    def typical(self, df:pd.DataFrame) -> pd.Series:
+    def typical(self, df: pd.DataFrame) -> pd.Series:
         "True for the rows of `df` inside every outlier bound learned from the training rows."
         return self.cleaner.typical(self._with_calendar(df))
 
     def _state_bytes(self) -> bytes:
         "The net's weights, or a scikit-learn model's predictions on a fixed probe matrix (pickles vary), as bytes."
-        if self.kind == "net": return b"".join(w.tobytes() for layer in self.layers for w in layer)
-        if self.kind == "baseline": return b""  # its predictions follow from the scaling in `meta`
+        if self.kind == "net":
+            return b"".join(w.tobytes() for layer in self.layers for w in layer)
+        if self.kind == "baseline":
+            return b""  # its predictions follow from the scaling in `meta`
         probe = np.random.default_rng(0).normal(size=(64, self.prep.width))
         return np.asarray(self.estimator.predict(probe), np.float64).tobytes()
 
@@ -575,9 +773,9 @@ class SalesModel:
             for k, v in self.meta().items()
             if k not in ("version", "train_mae", "history", "best_epoch", "cleaning")
         }
-        return hashlib.sha256(json.dumps(meta, sort_keys=True).encode() + self._state_bytes()).hexdigest()[
-            :12
-        ]
+        return hashlib.sha256(
+            json.dumps(meta, sort_keys=True).encode() + self._state_bytes()
+        ).hexdigest()[:12]
 
     def meta(self) -> dict:
         "Everything about the fitted model except its weights, JSON-ready."
@@ -600,22 +798,31 @@ class SalesModel:
             "version": self.version,
             "history": self.history,
             "best_epoch": self.best_epoch,
-            **({"time": self.time} if self.time else {}),  # absent without a time axis: earlier models' versions stand
+            **(
+                {"time": self.time} if self.time else {}
+            ),  # absent without a time axis: earlier models' versions stand
         }
 
     def save(self, folder) -> Path:
         "Write the model to `folder` (created if needed)."
-        if self.prep is None: raise RuntimeError(f"model {self.name!r} is not fitted")
-        folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+        if self.prep is None:
+            raise RuntimeError(f"model {self.name!r} is not fitted")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
         if self.kind == "net":
             np.savez(folder / NET_NPZ, *(w for layer in self.layers for w in layer))
-            net = keras_net(self.layers, self.params["learning_rate"]) if self.net is None else self.net  # loaded from model.npz
+            net = (
+                keras_net(self.layers, self.params["learning_rate"])
+                if self.net is None
+                else self.net
+            )  # loaded from model.npz
             net.save(folder / "model.keras")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 _quiet_absl(lambda: net.save(folder / "model.h5"))
         elif self.kind != "baseline":
             import joblib
+
             joblib.dump(self.estimator, folder / "estimator.joblib")
         (folder / MODEL_JSON).write_text(json.dumps(self.meta(), indent=1))
         return folder
@@ -626,13 +833,17 @@ def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and v != v)
 
 # %% ../nbs/04_models.ipynb #e398f029
-def plot_training(model:SalesModel):
+def plot_training(model: SalesModel):
     "A matplotlib figure of a net's training and validation loss by epoch."
     import matplotlib.pyplot as plt
+
     if not model.history:
-        raise ValueError(f"model {model.name!r} ({model.kind}) has no training history; only nets have one")
+        raise ValueError(
+            f"model {model.name!r} ({model.kind}) has no training history; only nets have one"
+        )
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for k, v in model.history.items(): ax.plot(range(1, len(v) + 1), v, label=k)
+    for k, v in model.history.items():
+        ax.plot(range(1, len(v) + 1), v, label=k)
     if model.best_epoch:
         ax.axvline(model.best_epoch, color="grey", ls=":", label=f"kept: epoch {model.best_epoch}")
     ax.set(
@@ -649,37 +860,55 @@ def plot_training(model:SalesModel):
 MODEL_JSON = "model.json"
 NET_NPZ = "model.npz"  # a net's (kernel, bias) arrays in layer order: what `forward` needs, read without TensorFlow
 
+
 def _quiet_absl(f):
     "Run `f` with absl's warnings (Keras' legacy-format notice) silenced."
     import absl.logging
+
     level = absl.logging.get_verbosity()
     absl.logging.set_verbosity(absl.logging.ERROR)
-    try: return f()
-    finally: absl.logging.set_verbosity(level)
+    try:
+        return f()
+    finally:
+        absl.logging.set_verbosity(level)
 
-def save_model(model:SalesModel, folder) -> Path:
+
+def save_model(model: SalesModel, folder) -> Path:
     "Write `model` to `folder`: model.json plus its weights."
     return model.save(folder)
 
 # %% ../nbs/04_models.ipynb #4644c34e
-def _read_layers(path:Path) -> list:
+def _read_layers(path: Path) -> list:
     "The (kernel, bias) pairs saved in `path` by `SalesModel.save`."
-    with np.load(path) as z: ws = [z[f"arr_{i}"] for i in range(len(z.files))]
+    with np.load(path) as z:
+        ws = [z[f"arr_{i}"] for i in range(len(z.files))]
     return list(zip(ws[::2], ws[1::2]))
 
-def load_model(folder,
-               weights:str="numpy" # a net's weights: 'numpy' (model.npz without TensorFlow; model.keras in a folder saved before it), 'keras' or 'h5' (model.keras or model.h5, as a Keras net)
-              ) -> SalesModel:
+
+def load_model(
+    folder,
+    weights: str = "numpy",  # a net's weights: 'numpy' (model.npz without TensorFlow; model.keras in a folder saved before it), 'keras' or 'h5' (model.keras or model.h5, as a Keras net)
+) -> SalesModel:
     "The model saved in `folder`."
     folder = Path(folder)
     if not (folder / MODEL_JSON).exists():
         raise FileNotFoundError(f"no {MODEL_JSON} in {folder}: not a saved model folder")
     d = json.loads((folder / MODEL_JSON).read_text())
-    m = SalesModel(d["kind"], d["target"], d["features"], d["seed"], name=d["name"], time=d.get("time"), **d["params"])
+    m = SalesModel(
+        d["kind"],
+        d["target"],
+        d["features"],
+        d["seed"],
+        name=d["name"],
+        time=d.get("time"),
+        **d["params"],
+    )
     m.prep = Preprocessor.from_dict(d["preprocessing"])
     # format 1 (before cleaning moved into the model) has no fill values: such a model fills no gaps
     m.cleaner = (
-        Cleaner(**d["cleaner"]) if "cleaner" in d else Cleaner(m.target, m.prep.numeric, m.prep.categorical)
+        Cleaner(**d["cleaner"])
+        if "cleaner" in d
+        else Cleaner(m.target, m.prep.numeric, m.prep.categorical)
     )
     m.cleaning = CleaningReport(**d["cleaning"]) if d.get("cleaning") else None
     for k in ("notes", "y_mean", "y_scale", "train_mae", "version", "history", "best_epoch"):
@@ -688,49 +917,72 @@ def load_model(folder,
     if m.kind == "net":
         if weights not in ("numpy", "keras", "h5"):
             raise ValueError(f"weights must be 'numpy', 'keras' or 'h5', got {weights!r}")
-        if weights == "numpy" and (folder / NET_NPZ).exists(): m.layers = _read_layers(folder / NET_NPZ)
+        if weights == "numpy" and (folder / NET_NPZ).exists():
+            m.layers = _read_layers(folder / NET_NPZ)
         else:
-            m.net = _keras().models.load_model(folder / f"model.{'keras' if weights == 'numpy' else weights}", compile=False)
+            m.net = _keras().models.load_model(
+                folder / f"model.{'keras' if weights == 'numpy' else weights}", compile=False
+            )
             m.layers = net_layers(m.net)
     elif m.kind != "baseline":
         import joblib
+
         m.estimator = joblib.load(folder / "estimator.joblib")
     return m
 
 # %% ../nbs/04_models.ipynb #738fccb0
-def original_baseline_r2(df:pd.DataFrame,
-                         x:str="Sales", y:str="Spending_Score", # the original notebook's feature and target
-                         test_size:float=0.2, seed:int=42) -> float:
+def original_baseline_r2(
+    df: pd.DataFrame,
+    x: str = "Sales",
+    y: str = "Spending_Score",  # the original notebook's feature and target
+    test_size: float = 0.2,
+    seed: int = 42,
+) -> float:
     "Test R² of the original notebook's linear regression of `y` on `x`, on the rows that have both."
     from sklearn.linear_model import LinearRegression
     from sales_prediction_kafka.evaluate import scores
+
     tr, te = split(df[[x, y]].dropna(), test_size, seed)
     lr = LinearRegression().fit(tr[[x]], tr[y])
     return scores(te[y], lr.predict(te[[x]]))["r2"]
 
 # %% ../nbs/04_models.ipynb #ddb85e16
 ORIGINAL_FEATURES = ["Marketing_Spend", "Seasonality"]  # the original notebook's net's two inputs
-CANDIDATES = {"original_net": "net", "net": "net", "linear": "linear", "trees": "trees",
-              **{b: "baseline" for b in BASELINES}}  # candidate name -> kind
+CANDIDATES = {
+    "original_net": "net",
+    "net": "net",
+    "linear": "linear",
+    "trees": "trees",
+    **{b: "baseline" for b in BASELINES},
+}  # candidate name -> kind
 CANDIDATE_ALIASES = {"seed_net": "original_net"}  # names that earlier versions used
 
-def candidate_name(name:str) -> str:
+
+def candidate_name(name: str) -> str:
     "The candidate `name` stands for, or a clear error."
     name = CANDIDATE_ALIASES.get(name, name)
-    if name not in CANDIDATES: raise ValueError(f"unknown model {name!r}; candidates are {list(CANDIDATES)}")
+    if name not in CANDIDATES:
+        raise ValueError(f"unknown model {name!r}; candidates are {list(CANDIDATES)}")
     return name
 
-def make_model(name:str, # a key of `CANDIDATES`
-               *,
-               target:str=TARGET,
-               features:list|None=None, # for all candidates but 'original_net'; None means all usable columns
-               original_features:list=ORIGINAL_FEATURES, # the 'original_net' inputs
-               seed:int=42,
-               **params) -> SalesModel: # `SalesModel` settings: epochs, outliers, categorical ...
+
+def make_model(
+    name: str,  # a key of `CANDIDATES`
+    *,
+    target: str = TARGET,
+    features: list
+    | None = None,  # for all candidates but 'original_net'; None means all usable columns
+    original_features: list = ORIGINAL_FEATURES,  # the 'original_net' inputs
+    seed: int = 42,
+    **params,
+) -> SalesModel:  # `SalesModel` settings: epochs, outliers, categorical ...
     "An unfitted candidate model by name."
     name = candidate_name(name)
     if CANDIDATES[name] == "baseline":  # its one feature is its forecast column, passed through
-        column, params = baseline_column(name), {k: v for k, v in params.items() if k not in ("categorical", "numeric", "time")}
+        column, params = (
+            baseline_column(name),
+            {k: v for k, v in params.items() if k not in ("categorical", "numeric", "time")},
+        )
         return SalesModel("baseline", target, [column], seed, name=name, numeric=[column], **params)
     return SalesModel(
         CANDIDATES[name],
@@ -738,34 +990,46 @@ def make_model(name:str, # a key of `CANDIDATES`
         original_features if name == "original_net" else features,
         seed,
         name=name,
-        **params
+        **params,
     )
 
-def default_candidates(df:pd.DataFrame, original_features:list=ORIGINAL_FEATURES) -> list:
+
+def default_candidates(df: pd.DataFrame, original_features: list = ORIGINAL_FEATURES) -> list:
     "All candidates, without 'original_net' when `df` lacks its features, and baselines only when it has their forecasts."
-    present = lambda n: (set(original_features) <= set(df.columns) if n == "original_net"
-                         else baseline_column(n) in df.columns if CANDIDATES[n] == "baseline" else True)
+    present = lambda n: (
+        set(original_features) <= set(df.columns)
+        if n == "original_net"
+        else baseline_column(n) in df.columns
+        if CANDIDATES[n] == "baseline"
+        else True
+    )
     return [n for n in CANDIDATES if present(n)]
 
 # %% ../nbs/04_models.ipynb #27e1ff7e
-def outlier_policies(outliers:str) -> list:
+def outlier_policies(outliers: str) -> list:
     "The policies to try: both for 'auto', else the one given."
-    if outliers == "auto": return list(OUTLIER_POLICIES)
+    if outliers == "auto":
+        return list(OUTLIER_POLICIES)
     if outliers not in OUTLIER_POLICIES:
         raise ValueError(f"outliers must be 'auto' or one of {OUTLIER_POLICIES}, got {outliers!r}")
     return [outliers]
 
-def cv_scores(df:pd.DataFrame, # the training split
-              *,
-              candidates:list|None=None, # names from `CANDIDATES`; None means `default_candidates`
-              outliers:str="keep", # 'keep', 'remove', or 'auto' to score every candidate both ways
-              k:int=5, # folds
-              folds:list|None=None, # (training positions, validation positions) pairs, e.g. `TimeAxis.folds`; None: seeded shuffled k folds
-              progress:bool=True, # show a progress bar over models and folds
-              **model_args) -> pd.DataFrame: # `make_model` arguments: target, features, seed, epochs, time ...
+
+def cv_scores(
+    df: pd.DataFrame,  # the training split
+    *,
+    candidates: list | None = None,  # names from `CANDIDATES`; None means `default_candidates`
+    outliers: str = "keep",  # 'keep', 'remove', or 'auto' to score every candidate both ways
+    k: int = 5,  # folds
+    folds: list
+    | None = None,  # (training positions, validation positions) pairs, e.g. `TimeAxis.folds`; None: seeded shuffled k folds
+    progress: bool = True,  # show a progress bar over models and folds
+    **model_args,
+) -> pd.DataFrame:  # `make_model` arguments: target, features, seed, epochs, time ...
     "RMSE, MAE, MAPE and R² of every candidate and outlier policy on each of the same folds; nets' loss curves."
     from sklearn.model_selection import KFold
     from sales_prediction_kafka.evaluate import scores
+
     target, seed = model_args.get("target", TARGET), model_args.get("seed", 42)
     df = df[df[target].notna()]
     candidates = (
@@ -774,42 +1038,73 @@ def cv_scores(df:pd.DataFrame, # the training split
         else list(candidates)
     )
     if folds is None:
-        if not 2 <= k <= len(df): raise ValueError(f"k must be between 2 and the {len(df)} rows, got {k}")
+        if not 2 <= k <= len(df):
+            raise ValueError(f"k must be between 2 and the {len(df)} rows, got {k}")
         folds = list(KFold(k, shuffle=True, random_state=seed).split(df))
-    policies = outlier_policies(outliers)  # a baseline learns nothing from its training rows: it runs once, 'keep'
-    runs = [(n, p) for n in candidates for p in (["keep"] if CANDIDATES[candidate_name(n)] == "baseline" else policies)]
+    policies = outlier_policies(
+        outliers
+    )  # a baseline learns nothing from its training rows: it runs once, 'keep'
+    runs = [
+        (n, p)
+        for n in candidates
+        for p in (["keep"] if CANDIDATES[candidate_name(n)] == "baseline" else policies)
+    ]
     rows = []
-    with tqdm(total=len(runs) * len(folds), desc="cross-validation", unit="fit", disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=len(runs) * len(folds),
+        desc="cross-validation",
+        unit="fit",
+        disable=not progress,
+        leave=False,
+    ) as bar:
         for name, policy in runs:
             for i, (tr, va) in enumerate(folds):
                 bar.set_postfix_str(f"{name} ({policy}) fold {i + 1}/{len(folds)}")
                 m = make_model(name, outliers=policy, **model_args).fit(df.iloc[tr])
                 pred = m.predict(df.iloc[va], unknown="ignore")
-                rows.append({"model": name, "outliers": policy, "fold": i + 1, **scores(df[target].iloc[va], pred),
-                             "history": m.history})
+                rows.append(
+                    {
+                        "model": name,
+                        "outliers": policy,
+                        "fold": i + 1,
+                        **scores(df[target].iloc[va], pred),
+                        "history": m.history,
+                    }
+                )
                 bar.update()
     return pd.DataFrame(rows)
 
-def summarise_cv(folds:pd.DataFrame) -> pd.DataFrame:
+
+def summarise_cv(folds: pd.DataFrame) -> pd.DataFrame:
     "Mean and spread (std) of each score per model and outlier policy, the fold count, best CV RMSE first."
     g = folds.groupby(["model", "outliers"], sort=False)
     t = g[["rmse", "mae", "mape_pct", "r2"]].agg(["mean", "std"])
     t.columns = [f"{s}_{a}" for s, a in t.columns]
     return t.assign(folds=g.size()).sort_values("rmse_mean")
 
+
 @delegates(cv_scores)
-def compare_models(train_df:pd.DataFrame, **kwargs) -> pd.DataFrame:
+def compare_models(train_df: pd.DataFrame, **kwargs) -> pd.DataFrame:
     "The cross-validated comparison table: one row per candidate and outlier policy, best CV RMSE first."
     return summarise_cv(cv_scores(train_df, **kwargs))
 
 # %% ../nbs/04_models.ipynb #e7ef9866
-def plot_cv_training(folds:pd.DataFrame # `cv_scores` output
-                    ):
+def plot_cv_training(
+    folds: pd.DataFrame,  # `cv_scores` output
+):
     "A matplotlib figure of the validation loss by epoch of every net fold of a comparison: one panel per net and outlier policy."
     import matplotlib.pyplot as plt
-    nets = folds[folds["history"].notna()].groupby(["model", "outliers"], sort=False)["history"].apply(list)
-    if nets.empty: raise ValueError("no net was trained in this comparison")
-    fig, axes = plt.subplots(1, len(nets), figsize=(3.6 * len(nets), 3.2), sharey=True, squeeze=False)
+
+    nets = (
+        folds[folds["history"].notna()]
+        .groupby(["model", "outliers"], sort=False)["history"]
+        .apply(list)
+    )
+    if nets.empty:
+        raise ValueError("no net was trained in this comparison")
+    fig, axes = plt.subplots(
+        1, len(nets), figsize=(3.6 * len(nets), 3.2), sharey=True, squeeze=False
+    )
     for ax, ((name, policy), histories) in zip(axes[0], nets.items()):
         for i, h in enumerate(histories):
             ax.plot(range(1, len(h["val_loss"]) + 1), h["val_loss"], lw=1, label=f"fold {i + 1}")
@@ -820,38 +1115,59 @@ def plot_cv_training(folds:pd.DataFrame # `cv_scores` output
     return fig
 
 # %% ../nbs/04_models.ipynb #c7af5238
-SIMPLICITY = ("linear", "trees", "net", "original_net")  # simplest first: a near-tie in CV goes to the simpler model
+SIMPLICITY = (
+    "linear",
+    "trees",
+    "net",
+    "original_net",
+)  # simplest first: a near-tie in CV goes to the simpler model
 
-def select_model(table:pd.DataFrame,
-                 override:str|None=None # a model name to use instead of the best
-                ) -> tuple[str, str]:
+
+def select_model(
+    table: pd.DataFrame,
+    override: str | None = None,  # a model name to use instead of the best
+) -> tuple[str, str]:
     "The simplest (candidate, outlier policy) within one standard error of the lowest CV RMSE, baselines first; among `override`'s rows if given."
     if override is not None:
         names = table.index.get_level_values("model")
         override = candidate_name(override)
         if override not in names:
-            raise ValueError(f"model {override!r} was not compared; compared: {list(dict.fromkeys(names))}")
+            raise ValueError(
+                f"model {override!r} was not compared; compared: {list(dict.fromkeys(names))}"
+            )
         table = table[names == override]
     best = table.loc[table["rmse_mean"].idxmin()]
     limit = best["rmse_mean"] + best["rmse_std"] / math.sqrt(best["folds"])
     close = table.index[table["rmse_mean"] <= limit]
-    simplest = lambda i: ((0, table.loc[i, "rmse_mean"]) if i[0] in BASELINES  # the better baseline before any model
-                          else (1 + SIMPLICITY.index(i[0]), OUTLIER_POLICIES.index(i[1])))
+    simplest = lambda i: (
+        (0, table.loc[i, "rmse_mean"])
+        if i[0] in BASELINES  # the better baseline before any model
+        else (1 + SIMPLICITY.index(i[0]), OUTLIER_POLICIES.index(i[1]))
+    )
     return tuple(min(close, key=simplest))
+
 
 _KEPT = {"keep": "outliers kept", "remove": "outliers removed"}
 
-def selection_reason(table:pd.DataFrame, choice:tuple, override:str|None=None) -> str:
+
+def selection_reason(table: pd.DataFrame, choice: tuple, override: str | None = None) -> str:
     "Which model and outlier policy were chosen and why, with the other policy's figure when both were tried."
     (name, policy), r = choice, table.loc[choice]
     cv = f"CV RMSE {r['rmse_mean']:,.2f} ± {r['rmse_std']:,.2f} over {int(r['folds'])} folds"
     best = table["rmse_mean"].idxmin()
     models = [i for i in table.index if i[0] not in BASELINES]
-    if override: why = f"{name} ({_KEPT[policy]}) was chosen by override ({cv}; the rule's choice was {' with '.join(select_model(table))})."
+    if override:
+        why = f"{name} ({_KEPT[policy]}) was chosen by override ({cv}; the rule's choice was {' with '.join(select_model(table))})."
     elif name in BASELINES:
-        rival = f"; the best model, {models[0][0]} ({_KEPT[models[0][1]]}), scored {table.loc[models[0], 'rmse_mean']:,.2f}" if models else ""
-        why = (f"No model beat the {name} forecast in cross-validation by more than one standard error, "
-               f"so {name} was chosen ({cv}{rival}).")
+        rival = (
+            f"; the best model, {models[0][0]} ({_KEPT[models[0][1]]}), scored {table.loc[models[0], 'rmse_mean']:,.2f}"
+            if models
+            else ""
+        )
+        why = (
+            f"No model beat the {name} forecast in cross-validation by more than one standard error, "
+            f"so {name} was chosen ({cv}{rival})."
+        )
     elif choice != best:
         why = (
             f"{name} ({_KEPT[policy]}) was chosen: its {cv} is within one standard error of the lowest, "
@@ -864,7 +1180,9 @@ def selection_reason(table:pd.DataFrame, choice:tuple, override:str|None=None) -
     other = next((p for p in OUTLIER_POLICIES if p != policy and (name, p) in table.index), None)
     if other:
         why += f" With {_KEPT[other]} from training, {name} scored CV RMSE {table.loc[(name, other), 'rmse_mean']:,.2f}."
-    baseline = next((i for i in table.index if i[0] in BASELINES), None)  # the best one: the table is sorted
+    baseline = next(
+        (i for i in table.index if i[0] in BASELINES), None
+    )  # the best one: the table is sorted
     if baseline and name not in BASELINES:
         why += f" The best baseline, {baseline[0]}, scored CV RMSE {table.loc[baseline, 'rmse_mean']:,.2f}."
     return why
@@ -873,23 +1191,37 @@ def selection_reason(table:pd.DataFrame, choice:tuple, override:str|None=None) -
 @dataclass
 class Selection:
     "The outcome of comparing, choosing and testing models."
+
     table: pd.DataFrame  # CV comparison by model and outlier policy, best first
     name: str  # the chosen candidate
     outliers: str  # its outlier policy, 'keep' or 'remove'
     reason: str  # why, in one or two sentences
     model: SalesModel  # the chosen one, refit on the whole training split
     test: dict  # scores on every test row by candidate name: the chosen one and, if compared, 'original_net'
-    original_net: SalesModel|None  # the original notebook's net refit on the training split (or the chosen model)
+    original_net: (
+        SalesModel | None
+    )  # the original notebook's net refit on the training split (or the chosen model)
+
 
 @delegates(cv_scores)
-def choose_model(train:pd.DataFrame, test:pd.DataFrame,
-                 override:str|None=None, # use this candidate instead of the best by CV RMSE
-                 table:pd.DataFrame|None=None, # a `compare_models` table made with the same settings, to skip the CV
-                 **kwargs) -> Selection:
+def choose_model(
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    override: str | None = None,  # use this candidate instead of the best by CV RMSE
+    table: pd.DataFrame
+    | None = None,  # a `compare_models` table made with the same settings, to skip the CV
+    **kwargs,
+) -> Selection:
     "Compare candidates by k-fold CV on `train`, refit the chosen one on `train` and score it on every `test` row."
     from sales_prediction_kafka.evaluate import scores
-    if table is None: table = compare_models(train, **kwargs)
-    model_args = {k: v for k, v in kwargs.items() if k not in ("candidates", "outliers", "k", "folds", "progress")}
+
+    if table is None:
+        table = compare_models(train, **kwargs)
+    model_args = {
+        k: v
+        for k, v in kwargs.items()
+        if k not in ("candidates", "outliers", "k", "folds", "progress")
+    }
     target = model_args.get("target", TARGET)
     fit = lambda choice: make_model(choice[0], outliers=choice[1], **model_args).fit(train)
     choice = select_model(table, override)
@@ -901,16 +1233,29 @@ def choose_model(train:pd.DataFrame, test:pd.DataFrame,
         else None
     )
     test_scores = {
-        m.name: scores(test[target], m.predict(test, unknown="ignore")) for m in (model, ref) if m is not None
+        m.name: scores(test[target], m.predict(test, unknown="ignore"))
+        for m in (model, ref)
+        if m is not None
     }
-    return Selection(table, *choice, selection_reason(table, choice, override), model, test_scores, ref)
+    return Selection(
+        table, *choice, selection_reason(table, choice, override), model, test_scores, ref
+    )
 
 # %% ../nbs/04_models.ipynb #9568124a
-def permutation_importance(model:SalesModel, df:pd.DataFrame, # rows to score on: the test split
-                           n_repeats:int=5, seed:int=42) -> pd.DataFrame:
+def permutation_importance(
+    model: SalesModel,
+    df: pd.DataFrame,  # rows to score on: the test split
+    n_repeats: int = 5,
+    seed: int = 42,
+) -> pd.DataFrame:
     "Mean and std of the rise in RMSE when each feature is shuffled, largest first."
     from sales_prediction_kafka.evaluate import scores
-    df, y, rng = model._with_calendar(df), df[model.target], np.random.default_rng(seed)  # calendar features shuffle too
+
+    df, y, rng = (
+        model._with_calendar(df),
+        df[model.target],
+        np.random.default_rng(seed),
+    )  # calendar features shuffle too
     base = scores(y, model.predict(df, unknown="ignore"))["rmse"]
     rows = []
     for c in model.features:
@@ -919,14 +1264,20 @@ def permutation_importance(model:SalesModel, df:pd.DataFrame, # rows to score on
         for _ in range(n_repeats):
             d[c] = rng.permutation(df[c].to_numpy())
             rises.append(scores(y, model.predict(d, unknown="ignore"))["rmse"] - base)
-        rows.append({"feature": c, "rmse_increase": float(np.mean(rises)), "std": float(np.std(rises))})
+        rows.append(
+            {"feature": c, "rmse_increase": float(np.mean(rises)), "std": float(np.std(rises))}
+        )
     return pd.DataFrame(rows).sort_values("rmse_increase", ascending=False, ignore_index=True)
 
-def plot_importance(imp:pd.DataFrame, title:str="Permutation importance (test split)"):
+
+def plot_importance(imp: pd.DataFrame, title: str = "Permutation importance (test split)"):
     "A matplotlib figure of horizontal bars of `permutation_importance` output, largest on top."
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(imp) + 1.2))
-    ax.barh(imp["feature"][::-1], imp["rmse_increase"][::-1], xerr=imp["std"][::-1], color="tab:blue")
+    ax.barh(
+        imp["feature"][::-1], imp["rmse_increase"][::-1], xerr=imp["std"][::-1], color="tab:blue"
+    )
     ax.set(xlabel="increase in RMSE when shuffled", title=title)
     fig.tight_layout()
     return fig

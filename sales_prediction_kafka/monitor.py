@@ -16,8 +16,17 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from kafka import TopicPartition
 from kafka.errors import KafkaError
-from .config import (ALERTS_TOPIC, DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings,
-                                            kafka_options, kafka_settings, steady_memory, stop_on_signals)
+from sales_prediction_kafka.config import (
+    ALERTS_TOPIC,
+    DEAD_LETTER_TOPIC,
+    EVENTS_TOPIC,
+    PREDICTIONS_TOPIC,
+    KafkaSettings,
+    kafka_options,
+    kafka_settings,
+    steady_memory,
+    stop_on_signals,
+)
 from .evaluate import error_report
 from .stream import StreamError, consumer, ensure_topic, producer
 from .broker import ensure_broker
@@ -36,29 +45,39 @@ __all__ = ['log', 'BANDS', 'STALE_AFTER', 'Record', 'NoActual', 'record_from_mes
 # %% ../nbs/09_monitor.ipynb #00da3bc2
 class Record(NamedTuple):
     "One prediction message: its place in Kafka and the four fields."
+
     partition: int
     offset: int
     timestamp: float  # seconds since the epoch (the Kafka record's timestamp)
-    key: str|None
+    key: str | None
     prediction_index: int
     predicted_sales: float
     actual_sales: float
     error: float  # actual - predicted
-    label_delay_ms: float|None = None  # from the forecast to its actual (header of a joined record, chapter `join`)
+    label_delay_ms: float | None = (
+        None  # from the forecast to its actual (header of a joined record, chapter `join`)
+    )
 
 # %% ../nbs/09_monitor.ipynb #2dc3e9fa
 class NoActual(ValueError):
     "A prediction whose actual is not known yet: there is no error to measure."
 
-def _record(partition:int, offset:int, timestamp_ms:int, key, v:dict, delay:float|None=None) -> Record:
+
+def _record(
+    partition: int, offset: int, timestamp_ms: int, key, v: dict, delay: float | None = None
+) -> Record:
     "A `Record` from a message's place and its decoded four-field value; the error is recomputed as actual - predicted."
     p, a = float(v["predicted_sales"]), float(v["actual_sales"])
-    return Record(partition, offset, timestamp_ms / 1000, key, int(v["prediction_index"]), p, a, a - p, delay)
+    return Record(
+        partition, offset, timestamp_ms / 1000, key, int(v["prediction_index"]), p, a, a - p, delay
+    )
 
-def _label_delay(headers) -> float|None:
+
+def _label_delay(headers) -> float | None:
     "The `label_delay_ms` header of a joined record, if there is one."
     d = dict(headers or []).get("label_delay_ms")
     return float(d) if d is not None else None
+
 
 def record_from_message(msg) -> Record:
     "A `Record` from a consumed message whose value is the four-field JSON object."
@@ -69,8 +88,16 @@ def record_from_message(msg) -> Record:
             raise NoActual(
                 f"{msg.topic}[{msg.partition}]@{msg.offset}: prediction {v.get('prediction_index')} has no actual yet"
             )
-        return _record(msg.partition, msg.offset, msg.timestamp, key, v, _label_delay(getattr(msg, "headers", None)))
-    except NoActual: raise
+        return _record(
+            msg.partition,
+            msg.offset,
+            msg.timestamp,
+            key,
+            v,
+            _label_delay(getattr(msg, "headers", None)),
+        )
+    except NoActual:
+        raise
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise ValueError(
             f"{msg.topic}[{msg.partition}]@{msg.offset}: not a prediction message ({type(e).__name__}: {e})"
@@ -79,19 +106,32 @@ def record_from_message(msg) -> Record:
 # %% ../nbs/09_monitor.ipynb #d8518b7d
 BANDS = (10, 25, 50)  # accuracy bands: |error| within this percentage of |actual|
 
-def _num(x) -> float|None:
+
+def _num(x) -> float | None:
     "`x` as a float, or None when it is missing or not finite."
     return float(x) if x is not None and math.isfinite(x) else None
 
-def _rate(n:int, t0:float, t1:float) -> float|None:
+
+def _rate(n: int, t0: float, t1: float) -> float | None:
     "Records per second between the first and last timestamps."
     return (n - 1) / (t1 - t0) if n > 1 and t1 > t0 else None
 
-def error_stats(records:list[Record]) -> dict:
+
+def error_stats(records: list[Record]) -> dict:
     "MAE, RMSE, bias, MAPE (%), share within each band (%) and throughput of `records`, computed offline."
-    if not records: return {"n": 0, "mae": None, "rmse": None, "bias": None, "mape_pct": None,
-                            "within": {str(b): None for b in BANDS}, "throughput": None}
-    r = error_report([x.actual_sales for x in records], [x.predicted_sales for x in records], bands=BANDS)
+    if not records:
+        return {
+            "n": 0,
+            "mae": None,
+            "rmse": None,
+            "bias": None,
+            "mape_pct": None,
+            "within": {str(b): None for b in BANDS},
+            "throughput": None,
+        }
+    r = error_report(
+        [x.actual_sales for x in records], [x.predicted_sales for x in records], bands=BANDS
+    )
     return {
         "n": r["n"],
         "mae": r["mae"],
@@ -103,36 +143,55 @@ def error_stats(records:list[Record]) -> dict:
     }
 
 # %% ../nbs/09_monitor.ipynb #ff8660d6
-def _parts(r:Record) -> tuple:
+def _parts(r: Record) -> tuple:
     "The record's terms of the running sums: e, |e|, e², |e/actual|, actual≠0, then one per band."
     e, a = r.error, r.actual_sales
-    return (e, abs(e), e * e, abs(e / a) if a else 0.0, 1.0 if a else 0.0,
-            *(1.0 if abs(e) <= b / 100 * abs(a) else 0.0 for b in BANDS))
+    return (
+        e,
+        abs(e),
+        e * e,
+        abs(e / a) if a else 0.0,
+        1.0 if a else 0.0,
+        *(1.0 if abs(e) <= b / 100 * abs(a) else 0.0 for b in BANDS),
+    )
+
 
 class Window:
     "The latest records (at most `size`, within `seconds` of the newest), as running sums of their errors."
-    def __init__(self, size:int|None=None, # keep at most this many records
-                 seconds:float|None=None): # keep records newer than the newest timestamp minus this
-        if size is None and seconds is None: raise ValueError("a window needs a size, a time span or both")
+
+    def __init__(
+        self,
+        size: int | None = None,  # keep at most this many records
+        seconds: float | None = None,
+    ):  # keep records newer than the newest timestamp minus this
+        if size is None and seconds is None:
+            raise ValueError("a window needs a size, a time span or both")
         self.size, self.seconds = size, seconds
         self.entries = deque()  # [timestamp, records, their summed terms], oldest first
         self.n, self._sums, self._dropped = 0, [0.0] * (5 + len(BANDS)), 0
         self.newest = -math.inf  # the newest timestamp seen
 
-    def __len__(self): return self.n
+    def __len__(self):
+        return self.n
 
-    def add(self, r:Record) -> Window:
+    def add(self, r: Record) -> Window:
         "Add `r` and drop the records that fall out of the window."
         parts = _parts(r)
         last = self.entries[-1] if self.entries else None
-        if self.size is None and last is not None and last[0] == r.timestamp:  # leaves the window with `last`: one entry
-            last[1] += 1; last[2] = [s + p for s, p in zip(last[2], parts)]
-        else: self.entries.append([r.timestamp, 1, list(parts)])
+        if (
+            self.size is None and last is not None and last[0] == r.timestamp
+        ):  # leaves the window with `last`: one entry
+            last[1] += 1
+            last[2] = [s + p for s, p in zip(last[2], parts)]
+        else:
+            self.entries.append([r.timestamp, 1, list(parts)])
         self.n += 1
         self._sums = [s + p for s, p in zip(self._sums, parts)]
         self.newest = max(self.newest, r.timestamp)
-        while self.entries and ((self.size is not None and self.n > self.size) or
-                                (self.seconds is not None and self.entries[0][0] <= self.newest - self.seconds)):
+        while self.entries and (
+            (self.size is not None and self.n > self.size)
+            or (self.seconds is not None and self.entries[0][0] <= self.newest - self.seconds)
+        ):
             self._drop()
         return self
 
@@ -144,25 +203,37 @@ class Window:
         self._dropped += k
         if self._dropped >= max(self.n, 1):
             self._sums = (
-                [math.fsum(col) for col in zip(*(e[2] for e in self.entries))] if self.entries else [0.0] * len(self._sums)
+                [math.fsum(col) for col in zip(*(e[2] for e in self.entries))]
+                if self.entries
+                else [0.0] * len(self._sums)
             )
             self._dropped = 0
 
     def error_stats(self) -> dict:
         "The window's MAE, RMSE, bias, MAPE (%), share within each band (%) and throughput."
         n = self.n
-        if not n: return error_stats([])
+        if not n:
+            return error_stats([])
         e, ae, se, ape, nz, *within = self._sums
-        return {"n": n, "mae": ae / n, "rmse": math.sqrt(max(se, 0.0) / n), "bias": e / n,
-                "mape_pct": ape / nz * 100 if nz > 0.5 else None,
-                "within": {str(b): w / n * 100 for b, w in zip(BANDS, within)},
-                "throughput": _rate(n, self.entries[0][0], self.entries[-1][0])}
+        return {
+            "n": n,
+            "mae": ae / n,
+            "rmse": math.sqrt(max(se, 0.0) / n),
+            "bias": e / n,
+            "mape_pct": ape / nz * 100 if nz > 0.5 else None,
+            "within": {str(b): w / n * 100 for b, w in zip(BANDS, within)},
+            "throughput": _rate(n, self.entries[0][0], self.entries[-1][0]),
+        }
 
 # %% ../nbs/09_monitor.ipynb #e7774f92
 class RollingMetrics:
     "Figures over the last `window` records and the last `seconds` seconds, and per-partition offsets."
-    def __init__(self, window:int=100, # records in the count window
-                 seconds:float=60.0): # span of the time window, by record timestamps
+
+    def __init__(
+        self,
+        window: int = 100,  # records in the count window
+        seconds: float = 60.0,
+    ):  # span of the time window, by record timestamps
         self.last = Window(size=window)
         self.recent = Window(seconds=seconds)
         self.offsets: dict[int, int] = {}  # partition -> last offset seen
@@ -170,22 +241,30 @@ class RollingMetrics:
         self.delays = deque(maxlen=window)  # label delays (ms) of the count window's joined records
         self.newest = None  # timestamp of the newest record: where the measured error stops
 
-    def update(self, r:Record) -> RollingMetrics:
+    def update(self, r: Record) -> RollingMetrics:
         "Take one record into both windows."
-        self.last.add(r); self.recent.add(r)
+        self.last.add(r)
+        self.recent.add(r)
         self.offsets[r.partition] = r.offset
         self.seen += 1
-        if r.label_delay_ms is not None: self.delays.append(r.label_delay_ms)
+        if r.label_delay_ms is not None:
+            self.delays.append(r.label_delay_ms)
         self.newest = r.timestamp if self.newest is None else max(self.newest, r.timestamp)
         return self
 
-    def label_delay(self) -> dict|None:
+    def label_delay(self) -> dict | None:
         "The p50 and p95 label delay (ms) of the count window's joined records; None when none was joined."
         d = sorted(self.delays)
-        return {"p50": d[len(d) // 2], "p95": d[min(len(d) - 1, int(0.95 * len(d)))], "n": len(d)} if d else None
+        return (
+            {"p50": d[len(d) // 2], "p95": d[min(len(d) - 1, int(0.95 * len(d)))], "n": len(d)}
+            if d
+            else None
+        )
 
-    def snapshot(self, lag:dict|None=None # partition -> lag, as measured by the consumer
-                ) -> dict:
+    def snapshot(
+        self,
+        lag: dict | None = None,  # partition -> lag, as measured by the consumer
+    ) -> dict:
         "Both windows' statistics, the offsets and the lag, as plain JSON-ready values."
         lag = lag or {}
         return {
@@ -194,50 +273,69 @@ class RollingMetrics:
             "seconds": self.recent.seconds,
             "last": self.last.error_stats(),
             "recent": self.recent.error_stats(),
-            "partitions": {str(p): {"offset": o, "lag": lag.get(p)} for p, o in sorted(self.offsets.items())},
+            "partitions": {
+                str(p): {"offset": o, "lag": lag.get(p)} for p, o in sorted(self.offsets.items())
+            },
             "lag": sum(lag.values()) if lag else None,
             "label_delay_ms": self.label_delay(),
             "newest_record_at": self.newest,
         }
 
 # %% ../nbs/09_monitor.ipynb #38bebe9c
-def baseline_from_run(run_dir:Path|str, # a run folder holding metrics.json
-                      keys:tuple=(("test", "mae"), ("mae",)) # paths to try in turn
-                     ) -> float:
+def baseline_from_run(
+    run_dir: Path | str,  # a run folder holding metrics.json
+    keys: tuple = (("test", "mae"), ("mae",)),  # paths to try in turn
+) -> float:
     "The test MAE recorded in `run_dir/metrics.json`."
-    path = Path(run_dir)/"metrics.json"
-    try: metrics = json.loads(path.read_text())
-    except FileNotFoundError: raise FileNotFoundError(f"no metrics.json in {run_dir}: is it a run folder?") from None
+    path = Path(run_dir) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no metrics.json in {run_dir}: is it a run folder?") from None
     for k in keys:
         v = metrics
-        for part in k: v = v.get(part) if isinstance(v, dict) else None
-        if isinstance(v, (int, float)) and math.isfinite(v) and v > 0: return float(v)
+        for part in k:
+            v = v.get(part) if isinstance(v, dict) else None
+        if isinstance(v, (int, float)) and math.isfinite(v) and v > 0:
+            return float(v)
     raise KeyError(f"{path} has no positive MAE under {' or '.join('.'.join(k) for k in keys)}")
 
-def latest_run(base:Path|str="outputs/runs") -> Path|None:
+
+def latest_run(base: Path | str = "outputs/runs") -> Path | None:
     "The newest run folder under `base` that holds a metrics.json (run folders sort by time)."
     runs = sorted(p.parent for p in Path(base).glob("*/metrics.json"))
     return runs[-1] if runs else None
 
-def resolve_baseline(baseline:str|float|None, # a MAE, a run folder, or None for the latest run under `base`
-                     base:Path|str="outputs/runs") -> float|None:
+
+def resolve_baseline(
+    baseline: str | float | None,  # a MAE, a run folder, or None for the latest run under `base`
+    base: Path | str = "outputs/runs",
+) -> float | None:
     "The baseline MAE from a number or a run folder; None if no baseline is given and no run exists."
-    if isinstance(baseline, (int, float)): return float(baseline)
+    if isinstance(baseline, (int, float)):
+        return float(baseline)
     if baseline is None:
         run = latest_run(base)
         return baseline_from_run(run) if run else None
-    try: return float(baseline)
-    except ValueError: return baseline_from_run(baseline)
+    try:
+        return float(baseline)
+    except ValueError:
+        return baseline_from_run(baseline)
 
 # %% ../nbs/09_monitor.ipynb #131c33ac
 class DriftDetector:
     "Raises one alert per episode of high rolling MAE or out-of-band bias."
-    def __init__(self, baseline_mae:float, # the model's MAE on its test set
-                 factor:float=1.5, # alert when the rolling MAE exceeds factor × baseline
-                 band:float=1.0, # alert when |rolling bias| exceeds band × baseline
-                 min_records:int=50, # the window must hold this many records first
-                 rearm:float=0.8): # an episode ends when every figure stays below rearm × its limit for min_records checks
-        if not baseline_mae > 0: raise ValueError(f"baseline MAE must be positive, got {baseline_mae}")
+
+    def __init__(
+        self,
+        baseline_mae: float,  # the model's MAE on its test set
+        factor: float = 1.5,  # alert when the rolling MAE exceeds factor × baseline
+        band: float = 1.0,  # alert when |rolling bias| exceeds band × baseline
+        min_records: int = 50,  # the window must hold this many records first
+        rearm: float = 0.8,
+    ):  # an episode ends when every figure stays below rearm × its limit for min_records checks
+        if not baseline_mae > 0:
+            raise ValueError(f"baseline MAE must be positive, got {baseline_mae}")
         self.baseline_mae, self.factor, self.band, self.min_records, self.rearm = (
             baseline_mae,
             factor,
@@ -246,20 +344,30 @@ class DriftDetector:
             rearm,
         )
         self.active = False  # inside an episode: alerts are held back until it ends
-        self.calm = 0  # checks in a row, inside an episode, with every figure below rearm × its limit
+        self.calm = (
+            0  # checks in a row, inside an episode, with every figure below rearm × its limit
+        )
         self.alerts = 0
 
     @property
     def limits(self) -> dict:
         "The MAE threshold and the bias band."
-        return {"baseline_mae": self.baseline_mae, "mae_above": self.factor * self.baseline_mae,
-                "bias_beyond": self.band * self.baseline_mae, "factor": self.factor, "band": self.band}
+        return {
+            "baseline_mae": self.baseline_mae,
+            "mae_above": self.factor * self.baseline_mae,
+            "bias_beyond": self.band * self.baseline_mae,
+            "factor": self.factor,
+            "band": self.band,
+        }
 
-    def reasons(self, f:dict, # a window's statistics
-                scale:float=1.0 # of the limits: `rearm` tells whether an episode is over
-               ) -> list[str]:
+    def reasons(
+        self,
+        f: dict,  # a window's statistics
+        scale: float = 1.0,  # of the limits: `rearm` tells whether an episode is over
+    ) -> list[str]:
         "Which statistics of `f` are beyond `scale` × their limits."
-        if f["n"] < self.min_records: return []
+        if f["n"] < self.min_records:
+            return []
         return [
             name
             for name, bad in (
@@ -269,29 +377,41 @@ class DriftDetector:
             if bad
         ]
 
-    def check(self, f:dict) -> list[str]|None:
+    def check(self, f: dict) -> list[str] | None:
         "The reasons if `f` starts a new episode of drift, else None; an episode ends when the figures fall clearly back."
         if self.active:
             self.calm = 0 if self.reasons(f, self.rearm) else self.calm + 1
             self.active = self.calm < self.min_records  # a whole window of calm, not one lucky one
             return None
         reasons = self.reasons(f)
-        if not reasons: return None
-        self.active = True; self.alerts += 1
+        if not reasons:
+            return None
+        self.active = True
+        self.alerts += 1
         return reasons
 
 # %% ../nbs/09_monitor.ipynb #b590c1be
 class InputDrift:
     "PSI of each feature over the last `window` events against a training profile; one alert per episode (hysteresis)."
-    def __init__(self, profile:dict, # from `registry.feature_profile`
-                 window:int=300, # events in the window
-                 limit:float=0.25, # alert when a feature's PSI exceeds this
-                 rearm:float=0.1, # the episode ends when every PSI is below this
-                 every:int=25): # events between computations
-        self.window, self.limit, self.rearm, self.every, self.alerts = window, limit, rearm, every, 0
+
+    def __init__(
+        self,
+        profile: dict,  # from `registry.feature_profile`
+        window: int = 300,  # events in the window
+        limit: float = 0.25,  # alert when a feature's PSI exceeds this
+        rearm: float = 0.1,  # the episode ends when every PSI is below this
+        every: int = 25,
+    ):  # events between computations
+        self.window, self.limit, self.rearm, self.every, self.alerts = (
+            window,
+            limit,
+            rearm,
+            every,
+            0,
+        )
         self.reset(profile)
 
-    def reset(self, profile:dict):
+    def reset(self, profile: dict):
         "Compare with `profile` from now on (a new champion): an empty window, no episode."
         self.profile, self.events, self.active, self.n, self.last = (
             profile,
@@ -301,20 +421,31 @@ class InputDrift:
             {},
         )
 
-    def add(self, event:dict) -> dict|None:
+    def add(self, event: dict) -> dict | None:
         "Take one event; the features above the limit and their PSI if they start an episode, else None."
-        self.events.append(event); self.n += 1
-        if len(self.events) < self.window or self.n % self.every or not self.profile: return None
+        self.events.append(event)
+        self.n += 1
+        if len(self.events) < self.window or self.n % self.every or not self.profile:
+            return None
         self.last = input_psi(self.profile, list(self.events))
         if self.active:
             self.active = max(self.last.values(), default=0.0) >= self.rearm
             return None
         high = {f: round(v, 4) for f, v in self.last.items() if v > self.limit}
-        if not high: return None
+        if not high:
+            return None
         self.active, self.alerts = True, self.alerts + 1
         return high
 
-def input_alert(high:dict, drift:InputDrift, topic:str, partition:int, offset:int, model_version:str|None=None) -> dict:
+
+def input_alert(
+    high: dict,
+    drift: InputDrift,
+    topic: str,
+    partition: int,
+    offset: int,
+    model_version: str | None = None,
+) -> dict:
     "The JSON-ready input-drift alert: the features, their PSI, the limits and where it fired."
     return {
         "alert": "input_drift",
@@ -332,10 +463,13 @@ def input_alert(high:dict, drift:InputDrift, topic:str, partition:int, offset:in
     }
 
 # %% ../nbs/09_monitor.ipynb #b7c4c98f
-def alert_message(reasons:list[str], # what is out of bounds: "mae", "bias"
-                  detector:DriftDetector, snapshot:dict, # the statistics when it fired
-                  r:Record, # the record that tipped it
-                  topic:str=PREDICTIONS_TOPIC) -> dict:
+def alert_message(
+    reasons: list[str],  # what is out of bounds: "mae", "bias"
+    detector: DriftDetector,
+    snapshot: dict,  # the statistics when it fired
+    r: Record,  # the record that tipped it
+    topic: str = PREDICTIONS_TOPIC,
+) -> dict:
     "The JSON-ready alert: reasons, limits, window statistics and the record that raised it."
     return {
         "alert": "drift",
@@ -351,7 +485,8 @@ def alert_message(reasons:list[str], # what is out of bounds: "mae", "bias"
         "seen": snapshot["seen"],
     }
 
-def describe_alert(a:dict) -> str:
+
+def describe_alert(a: dict) -> str:
     "One line for the log."
     if a["alert"] == "input_drift":
         return (
@@ -368,7 +503,8 @@ def describe_alert(a:dict) -> str:
 # %% ../nbs/09_monitor.ipynb #aeec28f1
 class _Partitions:
     "Keeps a group-less consumer assigned to every partition of `topic`."
-    def __init__(self, c, topic:str, from_beginning:bool):
+
+    def __init__(self, c, topic: str, from_beginning: bool):
         self.c, self.topic, self.from_beginning, self.known = c, topic, from_beginning, set()
 
     def refresh(self):
@@ -376,40 +512,59 @@ class _Partitions:
         new = {
             TopicPartition(self.topic, p) for p in self.c.partitions_for_topic(self.topic) or ()
         } - self.known
-        if not new: return
+        if not new:
+            return
         self.c.assign(sorted(self.known | new))
-        (self.c.seek_to_beginning if self.from_beginning or self.known else self.c.seek_to_end)(*new)
+        (self.c.seek_to_beginning if self.from_beginning or self.known else self.c.seek_to_end)(
+            *new
+        )
         if self.known:
-            log.info("monitoring new partitions %s of %s", sorted(tp.partition for tp in new), self.topic)
+            log.info(
+                "monitoring new partitions %s of %s", sorted(tp.partition for tp in new), self.topic
+            )
         self.known |= new
 
 # %% ../nbs/09_monitor.ipynb #52862113
 def consumer_lag(c) -> dict[int, int]:
     "Partition -> end offset minus position, for the consumer's assigned partitions."
     tps = sorted(c.assignment())
-    if not tps: return {}
+    if not tps:
+        return {}
     ends = c.end_offsets(tps)
     return {tp.partition: max(ends[tp] - c.position(tp), 0) for tp in tps}
 
 # %% ../nbs/09_monitor.ipynb #6931a0a9
 STALE_AFTER = 10.0  # seconds without an answer from a partition's leader (or without records while some wait): 'stale'
 
-def health(answered:dict, # partition -> seconds since its leader last answered
-           last_record:float|None, # seconds since the last record arrived; None: none yet
-           lag:int|None, # records written but not read yet; None: unknown
-           stale_after:float=STALE_AFTER) -> dict:
+
+def health(
+    answered: dict,  # partition -> seconds since its leader last answered
+    last_record: float | None,  # seconds since the last record arrived; None: none yet
+    lag: int | None,  # records written but not read yet; None: unknown
+    stale_after: float = STALE_AFTER,
+) -> dict:
     "The stream's state ('live', 'idle' or 'stale'), its silent partitions and the ages behind it, JSON-ready."
     silent = {str(p): round(s, 1) for p, s in sorted(answered.items()) if s > stale_after}
     quiet = last_record is None or last_record > stale_after
-    return {"state": "stale" if silent or (quiet and lag) else "idle" if quiet else "live", "silent": silent,
-            "last_record_s": None if last_record is None else round(last_record, 1),
-            "answered_s": round(max(answered.values()), 1) if answered else None, "stale_after": stale_after}
+    return {
+        "state": "stale" if silent or (quiet and lag) else "idle" if quiet else "live",
+        "silent": silent,
+        "last_record_s": None if last_record is None else round(last_record, 1),
+        "answered_s": round(max(answered.values()), 1) if answered else None,
+        "stale_after": stale_after,
+    }
+
 
 class EndOffsets:
     "The end offset of each partition of `topic`, asked in a thread of its own with a bounded wait per partition, and when each last answered."
-    def __init__(self, settings:KafkaSettings, topic:str,
-                 every:float=1.0, # seconds between rounds
-                 wait:float=2.0): # the longest wait for one partition's answer
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        every: float = 1.0,  # seconds between rounds
+        wait: float = 2.0,
+    ):  # the longest wait for one partition's answer
         self.c = consumer(settings, enable_auto_commit=False, allow_auto_create_topics=False)
         self.topic, self.every, self.wait = topic, every, wait
         self.ends, self.answered, self.lock, self.stop = {}, {}, threading.Lock(), threading.Event()
@@ -418,48 +573,65 @@ class EndOffsets:
 
     def start(self) -> EndOffsets:
         "Ask once, then keep asking in the thread."
-        try: self.round()
-        except KafkaError as e: log.debug("end offsets of %s: %r", self.topic, e)
+        try:
+            self.round()
+        except KafkaError as e:
+            log.debug("end offsets of %s: %r", self.topic, e)
         self.thread.start()
         return self
 
     def round(self):
         "Ask every partition's leader once."
         for p in sorted(self.c.partitions_for_topic(self.topic) or ()):
-            if self.stop.is_set(): return
+            if self.stop.is_set():
+                return
             tp = TopicPartition(self.topic, p)
-            try: end = self.c.end_offsets([tp], timeout_ms=int(self.wait * 1000))[tp]
-            except KafkaError as e: log.debug("no end offset of %s-%d: %r", self.topic, p, e); continue
-            with self.lock: self.ends[p], self.answered[p] = end, time.monotonic()
+            try:
+                end = self.c.end_offsets([tp], timeout_ms=int(self.wait * 1000))[tp]
+            except KafkaError as e:
+                log.debug("no end offset of %s-%d: %r", self.topic, p, e)
+                continue
+            with self.lock:
+                self.ends[p], self.answered[p] = end, time.monotonic()
 
     def _run(self):
         while not self.stop.wait(self.every):
-            try: self.round()
-            except KafkaError as e: log.debug("end offsets of %s: %r", self.topic, e)
+            try:
+                self.round()
+            except KafkaError as e:
+                log.debug("end offsets of %s: %r", self.topic, e)
 
     def read(self, partitions) -> tuple[dict, dict]:
         "For `partitions`: their end offsets (those known), and the seconds since each last answered."
         now = time.monotonic()
         with self.lock:
-            return ({p: self.ends[p] for p in partitions if p in self.ends},
-                    {p: now - self.answered.get(p, self.since) for p in partitions})
+            return (
+                {p: self.ends[p] for p in partitions if p in self.ends},
+                {p: now - self.answered.get(p, self.since) for p in partitions},
+            )
 
     def close(self):
         "Stop asking (after at most one wait) and close the consumer."
-        self.stop.set(); self.thread.join(self.wait + 10); self.c.close()
+        self.stop.set()
+        self.thread.join(self.wait + 10)
+        self.c.close()
 
-def lag_from(c, ends:dict) -> dict[int, int]:
+
+def lag_from(c, ends: dict) -> dict[int, int]:
     "Partition -> end offset (from `ends`) minus the position of consumer `c`, for its assigned partitions where both are known; never waits."
     out = {}
     for tp in sorted(c.assignment()):
-        if tp.partition in ends and (pos := c.position(tp, timeout_ms=0)) is not None: out[tp.partition] = max(ends[tp.partition] - pos, 0)
+        if tp.partition in ends and (pos := c.position(tp, timeout_ms=0)) is not None:
+            out[tp.partition] = max(ends[tp.partition] - pos, 0)
     return out
 
 # %% ../nbs/09_monitor.ipynb #71f17034
 class DeadLetterCount:
     "Counts the dead letters on `topic` by their `dlq.reason` header, from the topic's first message on; in a thread of its own once started."
-    def __init__(self, settings:KafkaSettings, topic:str=DEAD_LETTER_TOPIC,
-                 every:float=1.0): # seconds between counts, once started
+
+    def __init__(
+        self, settings: KafkaSettings, topic: str = DEAD_LETTER_TOPIC, every: float = 1.0
+    ):  # seconds between counts, once started
         self.c, self.topic, self.every = consumer(settings, enable_auto_commit=False), topic, every
         self.parts, self.reasons = _Partitions(self.c, topic, from_beginning=True), Counter()
         self.lock, self.stop = threading.Lock(), threading.Event()
@@ -468,10 +640,15 @@ class DeadLetterCount:
     def count(self):
         "Count what arrived since the last call."
         self.parts.refresh()
-        if not self.parts.known: return
+        if not self.parts.known:
+            return
         for ms in self.c.poll(timeout_ms=0).values():
-            got = Counter(dict(m.headers or []).get("dlq.reason", b"unknown").decode("utf-8", "replace") for m in ms)
-            with self.lock: self.reasons.update(got)
+            got = Counter(
+                dict(m.headers or []).get("dlq.reason", b"unknown").decode("utf-8", "replace")
+                for m in ms
+            )
+            with self.lock:
+                self.reasons.update(got)
 
     def start(self) -> DeadLetterCount:
         "Count in the thread from now on: a cluster that does not answer holds up the count, never its reader."
@@ -480,26 +657,32 @@ class DeadLetterCount:
 
     def _run(self):
         while not self.stop.wait(self.every):
-            try: self.count()
-            except KafkaError as e: log.warning("dead letters of %s not counted this time: %r", self.topic, e)
+            try:
+                self.count()
+            except KafkaError as e:
+                log.warning("dead letters of %s not counted this time: %r", self.topic, e)
 
-    def poll(self, top:int=3) -> dict:
+    def poll(self, top: int = 3) -> dict:
         "{'total': n, 'top': {reason: count}} of the `top` commonest reasons (counted now, unless the thread counts)."
-        if not self.thread.is_alive(): self.count()
-        with self.lock: return {"total": sum(self.reasons.values()), "top": dict(self.reasons.most_common(top))}
+        if not self.thread.is_alive():
+            self.count()
+        with self.lock:
+            return {"total": sum(self.reasons.values()), "top": dict(self.reasons.most_common(top))}
 
     def close(self):
         self.stop.set()
-        if self.thread.is_alive(): self.thread.join(40)  # a metadata request in flight ends by its 30 s request timeout
+        if self.thread.is_alive():
+            self.thread.join(40)  # a metadata request in flight ends by its 30 s request timeout
         self.c.close()
 
 # %% ../nbs/09_monitor.ipynb #f2e62910
 class AlertSink:
     "Logs alerts and writes them as JSON to `topic`, keyed by the topic they watch."
-    def __init__(self, settings:KafkaSettings, topic:str=ALERTS_TOPIC):
+
+    def __init__(self, settings: KafkaSettings, topic: str = ALERTS_TOPIC):
         self.settings, self.topic, self._p, self.sent = settings, topic, None, 0
 
-    def __call__(self, alert:dict):
+    def __call__(self, alert: dict):
         log.warning(describe_alert(alert))
         try:
             if self._p is None:
@@ -507,16 +690,29 @@ class AlertSink:
                 self._p = producer(self.settings)
             self._p.send(self.topic, key=alert["topic"], value=alert).get(timeout=30)
             self.sent += 1
-        except Exception as e: log.error("could not write the alert to %s at %s: %s", self.topic, self.settings.bootstrap_servers, e)
+        except Exception as e:
+            log.error(
+                "could not write the alert to %s at %s: %s",
+                self.topic,
+                self.settings.bootstrap_servers,
+                e,
+            )
 
     def close(self):
-        if self._p is not None: self._p.close(timeout=5)  # bounded: an unreachable cluster must not hold up shutdown
+        if self._p is not None:
+            self._p.close(timeout=5)  # bounded: an unreachable cluster must not hold up shutdown
 
 # %% ../nbs/09_monitor.ipynb #ce1374b3
 class InputWatch:
     "Input drift of the events topic against the registry's champion, polled by `monitor`."
-    def __init__(self, settings:KafkaSettings, events_topic:str=EVENTS_TOPIC, models_topic:str=MODELS_TOPIC,
-                 **drift): # `InputDrift` arguments: window, limit, rearm, every
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        events_topic: str = EVENTS_TOPIC,
+        models_topic: str = MODELS_TOPIC,
+        **drift,
+    ):  # `InputDrift` arguments: window, limit, rearm, every
         self.follower = ChampionFollower(settings, models_topic, load=False).start()
         champ = self.follower.champion
         self.drift, self.version, self.topic = (
@@ -531,50 +727,66 @@ class InputWatch:
     def poll(self) -> list[dict]:
         "The input-drift alerts raised by the events that arrived since the last call."
         if got := self.follower.take():
-            self.drift.reset(got[0]["profile"]); self.version = got[0]["version"]
+            self.drift.reset(got[0]["profile"])
+            self.version = got[0]["version"]
             log.info("input drift now measured against champion %s", self.version)
         alerts = []
         for m in (m for ms in self.c.poll(timeout_ms=0).values() for m in ms):
-            try: ev = json.loads(m.value)
-            except ValueError: continue
+            try:
+                ev = json.loads(m.value)
+            except ValueError:
+                continue
             if isinstance(ev, dict) and (high := self.drift.add(ev)):
-                alerts.append(input_alert(high, self.drift, self.topic, m.partition, m.offset, self.version))
+                alerts.append(
+                    input_alert(high, self.drift, self.topic, m.partition, m.offset, self.version)
+                )
         return alerts
 
-    def close(self): self.c.close(); self.follower.stop()
+    def close(self):
+        self.c.close()
+        self.follower.stop()
 
 # %% ../nbs/09_monitor.ipynb #65fd9009
 @dataclass
 class Update:
     "What the monitor saw since the previous update."
+
     records: list  # new `Record`s, in arrival order
     snapshot: dict  # `RollingMetrics.snapshot` with the lag
     alerts: list  # alerts raised since the previous update
     done: bool = False  # True for the last update
-    rolling: list = field(default_factory=list)  # (MAE, RMSE, bias) of the count window after each new record
+    rolling: list = field(
+        default_factory=list
+    )  # (MAE, RMSE, bias) of the count window after each new record
 
 # %% ../nbs/09_monitor.ipynb #c402fd73
-def _count(n:int, noun:str) -> str:
+def _count(n: int, noun: str) -> str:
     "'1 alert', '2 alerts'."
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 # %% ../nbs/09_monitor.ipynb #daafac9c
-def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the environment, else the local broker
-            topic:str=PREDICTIONS_TOPIC, # the prediction topic to watch
-            metrics:RollingMetrics|None=None, # the windows to feed; `RollingMetrics()` by default
-            detector:DriftDetector|None=None, # raises the drift alerts; None: no alerts
-            callback:Callable[[Update], None]|None=None, # called with an `Update` every `every` seconds, and at the end
-            every:float=1.0, # seconds between updates
-            from_beginning:bool=False, # start at the oldest record instead of the end
-            group_id:str|None=None, # consumer group; None: read all partitions alone and commit nothing
-            max_records:int|None=None, # stop after this many records
-            timeout:float|None=None, # stop after this many seconds without a record
-            alerts_topic:str=ALERTS_TOPIC, # where alerts are written
-            dead_letter_topic:str|None=DEAD_LETTER_TOPIC, # counted into each update's snapshot; None: not counted
-            stop:threading.Event|None=None, # set it to end the loop from another thread
-            inputs:InputWatch|None=None, # input drift of the events against the champion; None: not watched
-            stale_after:float=STALE_AFTER # seconds without an answer from a partition (or a record while some wait): 'stale'
-           ) -> RollingMetrics:
+def monitor(
+    settings: KafkaSettings
+    | None = None,  # the cluster; None: from the environment, else the local broker
+    topic: str = PREDICTIONS_TOPIC,  # the prediction topic to watch
+    metrics: RollingMetrics | None = None,  # the windows to feed; `RollingMetrics()` by default
+    detector: DriftDetector | None = None,  # raises the drift alerts; None: no alerts
+    callback: Callable[[Update], None]
+    | None = None,  # called with an `Update` every `every` seconds, and at the end
+    every: float = 1.0,  # seconds between updates
+    from_beginning: bool = False,  # start at the oldest record instead of the end
+    group_id: str
+    | None = None,  # consumer group; None: read all partitions alone and commit nothing
+    max_records: int | None = None,  # stop after this many records
+    timeout: float | None = None,  # stop after this many seconds without a record
+    alerts_topic: str = ALERTS_TOPIC,  # where alerts are written
+    dead_letter_topic: str
+    | None = DEAD_LETTER_TOPIC,  # counted into each update's snapshot; None: not counted
+    stop: threading.Event | None = None,  # set it to end the loop from another thread
+    inputs: InputWatch
+    | None = None,  # input drift of the events against the champion; None: not watched
+    stale_after: float = STALE_AFTER,  # seconds without an answer from a partition (or a record while some wait): 'stale'
+) -> RollingMetrics:
     "Feed the records of `topic` to `metrics` and `detector`, reporting to `callback`, until told to stop."
     settings, metrics = ensure_broker(settings), metrics or RollingMetrics()
     c = consumer(
@@ -586,50 +798,82 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
     )
     sink, parts = AlertSink(settings, alerts_topic), _Partitions(c, topic, from_beginning)
     dead = DeadLetterCount(settings, dead_letter_topic).start() if dead_letter_topic else None
-    ends = EndOffsets(settings, topic, every=min(every, 1.0), wait=min(2.0, stale_after / 2)).start()  # see Staleness, above
-    if group_id: c.subscribe([topic])
+    ends = EndOffsets(
+        settings, topic, every=min(every, 1.0), wait=min(2.0, stale_after / 2)
+    ).start()  # see Staleness, above
+    if group_id:
+        c.subscribe([topic])
     new, rolling, alerts, n, bad, no_actual = [], [], [], 0, 0, 0
     last_record = last_update = time.monotonic()
     record_at = None  # when the last record arrived
+
     def report(done=False):
         nonlocal new, rolling, alerts, last_update
-        if not group_id: parts.refresh()
+        if not group_id:
+            parts.refresh()
         mine = sorted(tp.partition for tp in c.assignment())
         known, answered = ends.read(mine)
         lag = lag_from(c, known)
         age = None if record_at is None else time.monotonic() - record_at
-        snap = (metrics.snapshot(lag) | health(answered, age, sum(lag.values()) if lag else None, stale_after)
-                | ({"dead_letters": dead.poll()} if dead else {}))
-        if callback: callback(Update(new, snap, alerts, done, rolling))
+        snap = (
+            metrics.snapshot(lag)
+            | health(answered, age, sum(lag.values()) if lag else None, stale_after)
+            | ({"dead_letters": dead.poll()} if dead else {})
+        )
+        if callback:
+            callback(Update(new, snap, alerts, done, rolling))
         new, rolling, alerts, last_update = [], [], [], time.monotonic()
+
     try:
         report()
         while not (stop and stop.is_set()) and (max_records is None or n < max_records):
             if not (group_id or parts.known):  # the topic does not exist yet
-                time.sleep(0.2); polled = {}
-            else: polled = c.poll(timeout_ms=200, max_records=None if max_records is None else max_records - n)
+                time.sleep(0.2)
+                polled = {}
+            else:
+                polled = c.poll(
+                    timeout_ms=200, max_records=None if max_records is None else max_records - n
+                )
             for msg in (m for ms in polled.values() for m in ms):
-                try: r = record_from_message(msg)
+                try:
+                    r = record_from_message(msg)
                 except NoActual as e:
-                    no_actual += 1; log.debug("not measured: %s", e); continue
+                    no_actual += 1
+                    log.debug("not measured: %s", e)
+                    continue
                 except ValueError as e:
-                    bad += 1; log.warning("skipped: %s", e); continue
-                new.append(r); metrics.update(r); n += 1
+                    bad += 1
+                    log.warning("skipped: %s", e)
+                    continue
+                new.append(r)
+                metrics.update(r)
+                n += 1
                 f = metrics.last.error_stats()
                 rolling.append((f["mae"], f["rmse"], f["bias"]))
                 if detector and (reasons := detector.check(f)):
-                    alerts.append(alert := alert_message(reasons, detector, metrics.snapshot(), r, topic))
+                    alerts.append(
+                        alert := alert_message(reasons, detector, metrics.snapshot(), r, topic)
+                    )
                     sink(alert)
-            for alert in inputs.poll() if inputs else []: alerts.append(alert); sink(alert)
+            for alert in inputs.poll() if inputs else []:
+                alerts.append(alert)
+                sink(alert)
             now = time.monotonic()
-            if polled: last_record = record_at = now
-            elif timeout is not None and now - last_record > timeout: break
-            if now - last_update >= every: report()
+            if polled:
+                last_record = record_at = now
+            elif timeout is not None and now - last_record > timeout:
+                break
+            if now - last_update >= every:
+                report()
         report(done=True)
     finally:
-        ends.close(); c.close(); sink.close()
-        if inputs: inputs.close()
-        if dead: dead.close()
+        ends.close()
+        c.close()
+        sink.close()
+        if inputs:
+            inputs.close()
+        if dead:
+            dead.close()
     log.info(
         "monitor read %d records from %s (%d without an actual yet, %d not prediction messages), raised %s",
         n,
@@ -641,91 +885,231 @@ def monitor(settings:KafkaSettings|None=None, # the cluster; None: from the envi
     return metrics
 
 # %% ../nbs/09_monitor.ipynb #e236752f
-def _f(x, decimals:int=2, sign:str="") -> str:
+def _f(x, decimals: int = 2, sign: str = "") -> str:
     "`x` with thousands separators, or '-' when missing."
     return "-" if x is None else format(x, f"{sign},.{decimals}f")
 
-def delay_text(ms:float) -> str:
+
+def delay_text(ms: float) -> str:
     "A label delay for people: '850 ms', '42 s', '3.5 h', '2.0 d'."
     for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000)):
-        if abs(ms) >= size: return f"{ms / size:.1f} {unit}"
+        if abs(ms) >= size:
+            return f"{ms / size:.1f} {unit}"
     return f"{ms / 1000:.0f} s" if abs(ms) >= 1000 else f"{ms:.0f} ms"
 
-def stale_text(s:dict) -> str:
+
+def stale_text(s: dict) -> str:
     "What a stale snapshot says: which partitions have not answered for how long, or how long records have waited."
     if s["silent"]:
         return f"STALE: no answer from partition {', '.join(f'{p} for {t:.0f} s' for p, t in s['silent'].items())}"
-    return f"STALE: {_f(s['lag'], 0)} records waiting, none arrived for {_f(s['last_record_s'], 0)} s"
+    return (
+        f"STALE: {_f(s['lag'], 0)} records waiting, none arrived for {_f(s['last_record_s'], 0)} s"
+    )
 
-def status_line(u:Update) -> str:
+
+def status_line(u: Update) -> str:
     "One short line for the terminal: the count window's figures, the rate, lag, dead letters and alerts (the page shows more)."
     s = u.snapshot
     last, recent, dead = s["last"], s["recent"], s.get("dead_letters")  # the time window's rate
-    parts = [f"seen {s['seen']}",
-             f"last {last['n']}: MAE {_f(last['mae'])} RMSE {_f(last['rmse'])} bias {_f(last['bias'], sign='+')} MAPE {_f(last['mape_pct'], 1)} %",
-             f"{_f(recent['throughput'], 0)} rec/s", f"lag {_f(s['lag'], 0)}"]
+    parts = [
+        f"seen {s['seen']}",
+        f"last {last['n']}: MAE {_f(last['mae'])} RMSE {_f(last['rmse'])} bias {_f(last['bias'], sign='+')} MAPE {_f(last['mape_pct'], 1)} %",
+        f"{_f(recent['throughput'], 0)} rec/s",
+        f"lag {_f(s['lag'], 0)}",
+    ]
     if dead:
         parts.append(
             f"dead letters {dead['total']}"
             + (f" ({', '.join(f'{r} {n}' for r, n in dead['top'].items())})" if dead["top"] else "")
         )
-    if d := s.get("label_delay_ms"): parts.append(f"label delay p50 {delay_text(d['p50'])} p95 {delay_text(d['p95'])}")
-    if u.alerts: parts.append(f"ALERT {', '.join(a['reasons'][0] for a in u.alerts)}")
-    if s.get("state") == "stale": parts.append(stale_text(s))
+    if d := s.get("label_delay_ms"):
+        parts.append(f"label delay p50 {delay_text(d['p50'])} p95 {delay_text(d['p95'])}")
+    if u.alerts:
+        parts.append(f"ALERT {', '.join(a['reasons'][0] for a in u.alerts)}")
+    if s.get("state") == "stale":
+        parts.append(stale_text(s))
     return " | ".join(parts)
 
 # %% ../nbs/09_monitor.ipynb #8b3f5c86
 def monitor_options(f):
     "Decorate a click command with the monitor's options."
-    opts = [kafka_options("Stop after this many records."),
-            click.option("--topic", default=PREDICTIONS_TOPIC, show_default=True, help="Prediction topic to watch."),
-            click.option("--window", "-n", type=click.IntRange(1), default=100, show_default=True, help="Records in the count window."),
-            click.option("--seconds", "-t", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True, help="Span of the time window, in seconds."),
-            click.option("--baseline", default=None, help="Baseline MAE: a number or a run folder with metrics.json; default: the newest run under outputs/runs."),
-            click.option("--factor", type=click.FloatRange(0, min_open=True), default=1.5, show_default=True, help="Alert when the rolling MAE exceeds factor x baseline MAE."),
-            click.option("--band", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True, help="Alert when |rolling bias| exceeds band x baseline MAE."),
-            click.option("--min-records", type=click.IntRange(1), default=None, help="Records the window must hold before alerting; default: the window size."),
-            click.option("--from-beginning", is_flag=True, help="Start at the oldest record instead of the end."),
-            click.option("--group-id", default=None, help="Consumer group to join; default: none (read alone, commit nothing)."),
-            click.option("--alerts-topic", default=ALERTS_TOPIC, show_default=True, help="Topic that receives drift alerts."),
-            click.option("--timeout", type=float, default=None, help="Stop after this many seconds without a record."),
-            click.option("--stale-after", type=click.FloatRange(0, min_open=True), default=STALE_AFTER, show_default=True,
-                         help="Say 'stale' when a partition's leader has not answered for this many seconds (or records wait and none arrive)."),
-            click.option("--dead-letter-topic", default=DEAD_LETTER_TOPIC, show_default=True, help="Dead letters counted by reason."),
-            click.option("--rearm", type=click.FloatRange(0, 1), default=0.8, show_default=True, help="An error-drift episode ends when MAE and bias fall below rearm x their limits."),
-            click.option("--input-drift", is_flag=True, help="Also alert on input drift: each feature's PSI on the events topic against the registry champion's training rows."),
-            click.option("--psi-limit", type=click.FloatRange(0, min_open=True), default=0.25, show_default=True, help="Input-drift alert when a feature's PSI exceeds this."),
-            click.option("--models-topic", default=MODELS_TOPIC, show_default=True, help="The model registry (for --input-drift)."),
-            click.option("--events-topic", default=EVENTS_TOPIC, show_default=True,
-                         help="Events whose fields pick the run of the default baseline (the newest run whose model fits them).")]
-    for o in reversed(opts): f = o(f)
+    opts = [
+        kafka_options("Stop after this many records."),
+        click.option(
+            "--topic",
+            default=PREDICTIONS_TOPIC,
+            show_default=True,
+            help="Prediction topic to watch.",
+        ),
+        click.option(
+            "--window",
+            "-n",
+            type=click.IntRange(1),
+            default=100,
+            show_default=True,
+            help="Records in the count window.",
+        ),
+        click.option(
+            "--seconds",
+            "-t",
+            type=click.FloatRange(0, min_open=True),
+            default=60.0,
+            show_default=True,
+            help="Span of the time window, in seconds.",
+        ),
+        click.option(
+            "--baseline",
+            default=None,
+            help="Baseline MAE: a number or a run folder with metrics.json; default: the newest run under outputs/runs.",
+        ),
+        click.option(
+            "--factor",
+            type=click.FloatRange(0, min_open=True),
+            default=1.5,
+            show_default=True,
+            help="Alert when the rolling MAE exceeds factor x baseline MAE.",
+        ),
+        click.option(
+            "--band",
+            type=click.FloatRange(0, min_open=True),
+            default=1.0,
+            show_default=True,
+            help="Alert when |rolling bias| exceeds band x baseline MAE.",
+        ),
+        click.option(
+            "--min-records",
+            type=click.IntRange(1),
+            default=None,
+            help="Records the window must hold before alerting; default: the window size.",
+        ),
+        click.option(
+            "--from-beginning", is_flag=True, help="Start at the oldest record instead of the end."
+        ),
+        click.option(
+            "--group-id",
+            default=None,
+            help="Consumer group to join; default: none (read alone, commit nothing).",
+        ),
+        click.option(
+            "--alerts-topic",
+            default=ALERTS_TOPIC,
+            show_default=True,
+            help="Topic that receives drift alerts.",
+        ),
+        click.option(
+            "--timeout",
+            type=float,
+            default=None,
+            help="Stop after this many seconds without a record.",
+        ),
+        click.option(
+            "--stale-after",
+            type=click.FloatRange(0, min_open=True),
+            default=STALE_AFTER,
+            show_default=True,
+            help="Say 'stale' when a partition's leader has not answered for this many seconds (or records wait and none arrive).",
+        ),
+        click.option(
+            "--dead-letter-topic",
+            default=DEAD_LETTER_TOPIC,
+            show_default=True,
+            help="Dead letters counted by reason.",
+        ),
+        click.option(
+            "--rearm",
+            type=click.FloatRange(0, 1),
+            default=0.8,
+            show_default=True,
+            help="An error-drift episode ends when MAE and bias fall below rearm x their limits.",
+        ),
+        click.option(
+            "--input-drift",
+            is_flag=True,
+            help="Also alert on input drift: each feature's PSI on the events topic against the registry champion's training rows.",
+        ),
+        click.option(
+            "--psi-limit",
+            type=click.FloatRange(0, min_open=True),
+            default=0.25,
+            show_default=True,
+            help="Input-drift alert when a feature's PSI exceeds this.",
+        ),
+        click.option(
+            "--models-topic",
+            default=MODELS_TOPIC,
+            show_default=True,
+            help="The model registry (for --input-drift).",
+        ),
+        click.option(
+            "--events-topic",
+            default=EVENTS_TOPIC,
+            show_default=True,
+            help="Events whose fields pick the run of the default baseline (the newest run whose model fits them).",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
     return f
 
-def baseline_run(settings:KafkaSettings, events_topic:str=EVENTS_TOPIC, runs:Path|str="outputs/runs") -> str|None:
+
+def baseline_run(
+    settings: KafkaSettings, events_topic: str = EVENTS_TOPIC, runs: Path | str = "outputs/runs"
+) -> str | None:
     "The newest run whose model fits the newest events (logged), for the baseline MAE; None if there is no run at all."
-    if latest_run(runs) is None: return None
-    try: run, why = matching_run(runs, newest_events(ensure_broker(settings), events_topic))
-    except NoMatchingRun as e: raise click.UsageError(f"{e}; or give --baseline") from None
+    if latest_run(runs) is None:
+        return None
+    try:
+        run, why = matching_run(runs, newest_events(ensure_broker(settings), events_topic))
+    except NoMatchingRun as e:
+        raise click.UsageError(f"{e}; or give --baseline") from None
     log.info("baseline MAE from %s", why)
     return str(run)
 
-def monitor_kwargs(bootstrap_servers, topic, window, seconds, baseline, factor, band, min_records, from_beginning,
-                   group_id, alerts_topic, max_records, timeout, dead_letter_topic=DEAD_LETTER_TOPIC, events_topic=EVENTS_TOPIC,
-                   rearm=0.8, input_drift=False, psi_limit=0.25, models_topic=MODELS_TOPIC, stale_after=STALE_AFTER,
-                   require_baseline:bool=True # False: when no run fits the events, go on without drift alerts (the dashboard)
-                  ) -> dict:
+
+def monitor_kwargs(
+    bootstrap_servers,
+    topic,
+    window,
+    seconds,
+    baseline,
+    factor,
+    band,
+    min_records,
+    from_beginning,
+    group_id,
+    alerts_topic,
+    max_records,
+    timeout,
+    dead_letter_topic=DEAD_LETTER_TOPIC,
+    events_topic=EVENTS_TOPIC,
+    rearm=0.8,
+    input_drift=False,
+    psi_limit=0.25,
+    models_topic=MODELS_TOPIC,
+    stale_after=STALE_AFTER,
+    require_baseline: bool = True,  # False: when no run fits the events, go on without drift alerts (the dashboard)
+) -> dict:
     "Keyword arguments for `monitor` from the command line's options."
     settings, unfit = kafka_settings(bootstrap_servers=bootstrap_servers), None
     if baseline is None:
-        try: baseline = baseline_run(settings, events_topic)
+        try:
+            baseline = baseline_run(settings, events_topic)
         except click.UsageError as e:
-            if require_baseline: raise
+            if require_baseline:
+                raise
             unfit = e.message
-            log.warning("no baseline MAE for the live page, so no error-drift alerts (%s); the other pages do not need one", unfit)
-    try: mae = None if unfit else resolve_baseline(baseline)
-    except (OSError, KeyError, ValueError) as e: raise click.BadParameter(str(e), param_hint="--baseline")
+            log.warning(
+                "no baseline MAE for the live page, so no error-drift alerts (%s); the other pages do not need one",
+                unfit,
+            )
+    try:
+        mae = None if unfit else resolve_baseline(baseline)
+    except (OSError, KeyError, ValueError) as e:
+        raise click.BadParameter(str(e), param_hint="--baseline")
     if mae is None:
-        log.info("no baseline MAE (no --baseline and no run under outputs/runs): drift alerts are off")
+        log.info(
+            "no baseline MAE (no --baseline and no run under outputs/runs): drift alerts are off"
+        )
     return dict(
         settings=settings,
         topic=topic,
@@ -749,34 +1133,49 @@ def monitor_kwargs(bootstrap_servers, topic, window, seconds, baseline, factor, 
 @click.command("monitor")
 @monitor_options
 @click.option(
-    "--every", type=click.FloatRange(0.05), default=1.0, show_default=True, help="Seconds between lines."
+    "--every",
+    type=click.FloatRange(0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between lines.",
 )
 def monitor_command(every, **options):
     "Print rolling error statistics of the prediction stream, and raise drift alerts."
     steady_memory()  # see the config chapter
     state = None
-    def show(u:Update):
+
+    def show(u: Update):
         nonlocal state
-        before, state = state, u.snapshot.get("state")  # a line on each change of state, and each second while stale
-        if u.records or u.alerts or u.done or state == "stale" or (before and state != before): click.echo(status_line(u))
+        before, state = (
+            state,
+            u.snapshot.get("state"),
+        )  # a line on each change of state, and each second while stale
+        if u.records or u.alerts or u.done or state == "stale" or (before and state != before):
+            click.echo(status_line(u))
+
     try:
         with stop_on_signals(threading.Event()) as stop:
             monitor(callback=show, every=every, stop=stop, **monitor_kwargs(**options))
-    except StreamError as e: raise click.ClickException(str(e))
+    except StreamError as e:
+        raise click.ClickException(str(e))
 
 # %% ../nbs/09_monitor.ipynb #d8d983b7
 def as_record(m) -> Record:
     "A `Record` from a `Record` or a message dict of `stream.messages`."
-    if isinstance(m, Record): return m
+    if isinstance(m, Record):
+        return m
     return _record(m["partition"], m["offset"], m.get("timestamp", 0), m.get("key"), m["value"])
 
-def plot_error_by_offset(records:list, # `Record`s or message dicts, e.g. `read_back(summary, settings)`
-                         window:int=50, # records in the rolling MAE
-                         title:str="Prediction error by offset" # axes title
-                        ) -> Figure:
+
+def plot_error_by_offset(
+    records: list,  # `Record`s or message dicts, e.g. `read_back(summary, settings)`
+    window: int = 50,  # records in the rolling MAE
+    title: str = "Prediction error by offset",  # axes title
+) -> Figure:
     "Error (actual - predicted) of each streamed record by offset, per partition, with its rolling MAE."
     rs = [as_record(m) for m in records]
-    if not rs: raise ValueError("no records to plot")
+    if not rs:
+        raise ValueError("no records to plot")
     fig, ax = plt.subplots(figsize=(10, 4))
     for p in sorted({r.partition for r in rs}):
         part = sorted((r for r in rs if r.partition == p), key=lambda r: r.offset)

@@ -13,11 +13,23 @@ from typing import NamedTuple
 
 import click
 
-from .config import SalesKafkaError, PREDICTIONS_TOPIC, kafka_settings, plain, redacted
+from sales_prediction_kafka.config import (
+    SalesKafkaError,
+    PREDICTIONS_TOPIC,
+    kafka_settings,
+    plain,
+    redacted,
+)
 from .data import SAMPLE_CSV, DataError, load_table
 from .broker import BrokerError
-from .stream import (PARTITIONS, StreamError, prediction_records, require_broker, stream_predictions,
-                                           verify_run)
+from sales_prediction_kafka.stream import (
+    PARTITIONS,
+    StreamError,
+    prediction_records,
+    require_broker,
+    stream_predictions,
+    verify_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +41,16 @@ __all__ = ['log', 'PIPELINE_NOTEBOOK', 'VERSIONED', 'ParameterError', 'PipelineE
 
 # %% ../nbs/10_pipeline.ipynb #9ae0090d
 import sales_prediction_kafka
+
 # package data, so an installed wheel has it too: tools/sync_pipelines.py copies it from nbs/pipelines/ (edit it there)
-PIPELINE_NOTEBOOK = Path(sales_prediction_kafka.__file__).resolve().parent/"pipelines"/"sales_pipeline.ipynb"
+PIPELINE_NOTEBOOK = (
+    Path(sales_prediction_kafka.__file__).resolve().parent / "pipelines" / "sales_pipeline.ipynb"
+)
+
 
 class ParameterError(SalesKafkaError, ValueError):
     "A pipeline parameter that is unknown or out of range."
+
 
 class PipelineError(SalesKafkaError, RuntimeError):
     "A pipeline run that stopped in one of its cells."
@@ -41,13 +58,16 @@ class PipelineError(SalesKafkaError, RuntimeError):
 # %% ../nbs/10_pipeline.ipynb #1f851af8
 class Parameter(NamedTuple):
     "One pipeline parameter, as its notebook declares it."
+
     default: object
     type: str  # the annotation: 'int', 'float', 'bool', 'str' or 'list'
     help: str
 
-def pipeline_parameters(notebook:Path=PIPELINE_NOTEBOOK) -> dict:
+
+def pipeline_parameters(notebook: Path = PIPELINE_NOTEBOOK) -> dict:
     "The pipeline's parameters as {name: Parameter}, read from its `parameters` cell."
     import papermill as pm
+
     spec = pm.inspect_notebook(str(notebook))
     return {
         n: Parameter(ast.literal_eval(p["default"]), p["inferred_type_name"], p["help"])
@@ -57,16 +77,22 @@ def pipeline_parameters(notebook:Path=PIPELINE_NOTEBOOK) -> dict:
 # %% ../nbs/10_pipeline.ipynb #ef206ba4
 _CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "bool": click.BOOL, "str": click.STRING}
 
-def _items(text:str) -> list:
+
+def _items(text: str) -> list:
     "The items of a comma-separated list, or of a Python list literal."
-    if text.strip().startswith("["): return [str(v) for v in ast.literal_eval(text)]
+    if text.strip().startswith("["):
+        return [str(v) for v in ast.literal_eval(text)]
     return [v.strip() for v in text.split(",") if v.strip()]
 
-def parse_value(text, param:Parameter):
+
+def parse_value(text, param: Parameter):
     "A command-line `text` as `param`'s type, converted by click; 'none' (or nothing) means None."
-    if not isinstance(text, str): return text
-    if text.strip().lower() in ("none", "null", ""): return None
-    if param.type != "list": return _CLICK_TYPES.get(param.type, click.STRING).convert(text, None, None)
+    if not isinstance(text, str):
+        return text
+    if text.strip().lower() in ("none", "null", ""):
+        return None
+    if param.type != "list":
+        return _CLICK_TYPES.get(param.type, click.STRING).convert(text, None, None)
     of_ints = bool(param.default) and all(isinstance(v, int) for v in param.default)
     return [click.INT.convert(v, None, None) if of_ints else v for v in _items(text)]
 
@@ -79,7 +105,10 @@ _RULES = {  # name: (check, what it must be); types are already right, these are
     "iqr_k": (lambda v: v > 0, "a number > 0"),
     "learning_rate": (lambda v: v > 0, "a number > 0"),
     "seed": (lambda v: v >= 0, "an integer >= 0"),
-    "hidden_units": (lambda v: len(v) > 0 and all(u > 0 for u in v), "a non-empty list of positive integers"),
+    "hidden_units": (
+        lambda v: len(v) > 0 and all(u > 0 for u in v),
+        "a non-empty list of positive integers",
+    ),
     "partitions": (lambda v: v >= 1, "an integer >= 1"),
     "replication_factor": (lambda v: v >= 1, "an integer >= 1"),
     "outliers": (lambda v: v in ("auto", "keep", "remove"), "'auto', 'keep' or 'remove'"),
@@ -87,13 +116,16 @@ _RULES = {  # name: (check, what it must be); types are already right, these are
     "cv_gap": (lambda v: v >= 0, "an integer >= 0"),
 }
 
-def _parse(name:str, value, param:Parameter, problems:list):
+
+def _parse(name: str, value, param: Parameter, problems: list):
     "`value` parsed as `param`, or None with the problem noted."
-    try: return parse_value(value, param)
+    try:
+        return parse_value(value, param)
     except (click.BadParameter, ValueError, SyntaxError) as e:
         problems.append(f"parameter {name!r}: {getattr(e, 'message', e)}")
 
-def validate_params(given:dict, spec:dict|None=None) -> dict:
+
+def validate_params(given: dict, spec: dict | None = None) -> dict:
     "`given` parsed and checked against the pipeline's parameters; all problems are reported at once."
     spec = pipeline_parameters() if spec is None else spec
     problems = [
@@ -105,14 +137,15 @@ def validate_params(given:dict, spec:dict|None=None) -> dict:
         check, must = _RULES.get(n, (None, None))
         if check and v is not None and not check(v):
             problems.append(f"parameter {n!r} must be {must}, got {v!r}")
-    if problems: raise ParameterError("; ".join(problems))
+    if problems:
+        raise ParameterError("; ".join(problems))
     return params
 
 # %% ../nbs/10_pipeline.ipynb #b4ecc43b
-def new_run_dir(base="outputs/runs", now:datetime|None=None) -> Path:
+def new_run_dir(base="outputs/runs", now: datetime | None = None) -> Path:
     "Create and return a fresh folder `base/<UTC time>-<short id>`."
     now = now or datetime.now(timezone.utc)
-    d = Path(base)/f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    d = Path(base) / f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     d.mkdir(parents=True, exist_ok=False)
     return d
 
@@ -129,18 +162,25 @@ VERSIONED = (
     "nbdev",
 )
 
+
 def package_versions(names=VERSIONED) -> dict:
     "Installed versions of `names`, plus Python's."
+
     def v(n):
-        try: return metadata.version(n)
-        except metadata.PackageNotFoundError: return None
+        try:
+            return metadata.version(n)
+        except metadata.PackageNotFoundError:
+            return None
+
     return {"python": sys.version.split()[0], **{n: v(n) for n in names}}
+
 
 def file_sha256(path) -> str:
     "The SHA-256 of the file at `path`."
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
     return h.hexdigest()
 
 # %% ../nbs/10_pipeline.ipynb #2b517532
@@ -150,11 +190,13 @@ def write_json(path, obj) -> Path:
     return Path(path)
 
 # %% ../nbs/10_pipeline.ipynb #8167f94a
-def start_run(run_dir, params:dict, data_path) -> Path:
+def start_run(run_dir, params: dict, data_path) -> Path:
     "Make the run folder (a new one if `run_dir` is None) and write its `params.json`."
-    run = Path(run_dir).resolve() if run_dir else new_run_dir()  # resolved: run_dir "." still has the run's name
+    run = (
+        Path(run_dir).resolve() if run_dir else new_run_dir()
+    )  # resolved: run_dir "." still has the run's name
     run.mkdir(parents=True, exist_ok=True)
-    (run/"plots").mkdir(exist_ok=True)
+    (run / "plots").mkdir(exist_ok=True)
     write_json(
         run / "params.json",
         {
@@ -167,13 +209,17 @@ def start_run(run_dir, params:dict, data_path) -> Path:
     return run
 
 # %% ../nbs/10_pipeline.ipynb #f439aaed
-def report_figures(figs:dict, # {name: Figure}
-                   folder) -> list[Path]:
+def report_figures(
+    figs: dict,  # {name: Figure}
+    folder,
+) -> list[Path]:
     "Save `figs` as `folder/<name>.png`, show each in the notebook, and return the paths."
     from IPython.display import Image, display
     from sales_prediction_kafka.eda import save_figures
+
     paths = save_figures(figs, folder)
-    for p in paths: display(Image(filename=str(p)))
+    for p in paths:
+        display(Image(filename=str(p)))
     return paths
 
 # %% ../nbs/10_pipeline.ipynb #703d76f6
@@ -182,14 +228,17 @@ _NATIVE_LOG = re.compile(
     re.M,
 )
 
+
 def export_html(notebook_path, html_path=None) -> Path:
     "Write a self-contained HTML report of an executed notebook: outputs only, no CDN links, no native TF log lines."
     import nbformat
     from nbconvert import HTMLExporter
+
     nb = nbformat.read(notebook_path, as_version=4)
     for cell in nb.cells:
         for out in cell.get("outputs", []):
-            if out.get("name") == "stderr": out["text"] = _NATIVE_LOG.sub("", out["text"])
+            if out.get("name") == "stderr":
+                out["text"] = _NATIVE_LOG.sub("", out["text"])
         cell["outputs"] = [
             o for o in cell.get("outputs", []) if o.get("name") != "stderr" or o["text"].strip()
         ]
@@ -203,9 +252,10 @@ def export_html(notebook_path, html_path=None) -> Path:
     return html_path
 
 # %% ../nbs/10_pipeline.ipynb #7483b757
-def report_headline(metrics:dict) -> str:
+def report_headline(metrics: dict) -> str:
     "The HTML box at the top of a report, from the run's `metrics.json` content."
     from sales_prediction_kafka.evaluate import fmt_num, fmt_pct
+
     d, t, c, s, tm = (metrics.get(k) or {} for k in ("data", "test", "cleaning", "stream", "time"))
     chosen = metrics.get("selected", "-")
     naive = (metrics.get("baselines") or {}).get("seasonal_naive") or {}
@@ -220,20 +270,44 @@ def report_headline(metrics:dict) -> str:
                 else fmt_num(d.get("train_rows"), 0)
             ),
         ),
-        *([("time axis", f"{tm.get('column')} ({tm.get('frequency')}{', found by itself' if tm.get('detected') else ''}); "
-                          f"test: the latest {fmt_num(tm.get('test_periods'), 0)} periods, from {tm.get('test_from')}")] if tm else []),
+        *(
+            [
+                (
+                    "time axis",
+                    f"{tm.get('column')} ({tm.get('frequency')}{', found by itself' if tm.get('detected') else ''}); "
+                    f"test: the latest {fmt_num(tm.get('test_periods'), 0)} periods, from {tm.get('test_from')}",
+                )
+            ]
+            if tm
+            else []
+        ),
         (
             "chosen model",
             f"{chosen} (outliers {(metrics.get('outliers') or {}).get('chosen', '-')})"
-            + (": no model beat it in cross-validation" if chosen in ("naive", "seasonal_naive") else ""),
+            + (
+                ": no model beat it in cross-validation"
+                if chosen in ("naive", "seasonal_naive")
+                else ""
+            ),
         ),
         (
             f"test, every held-out row ({fmt_num(t.get('n'), 0)})",
             f"MAE {fmt_num(t.get('mae'))} · RMSE {fmt_num(t.get('rmse'))}"
-            f" · MAPE {fmt_pct(t.get('mape_pct'))}" + (f" · WAPE {fmt_pct(t['wape_pct'])}" if "wape_pct" in t else "")
-            + (f" · MASE {fmt_num(t['mase'], 3)}" if "mase" in t else "") + f" · R² {fmt_num(t.get('r2'), 3)}",
+            f" · MAPE {fmt_pct(t.get('mape_pct'))}"
+            + (f" · WAPE {fmt_pct(t['wape_pct'])}" if "wape_pct" in t else "")
+            + (f" · MASE {fmt_num(t['mase'], 3)}" if "mase" in t else "")
+            + f" · R² {fmt_num(t.get('r2'), 3)}",
         ),
-        *([("seasonal naive, same rows", f"RMSE {fmt_num(naive.get('rmse'))} · WAPE {fmt_pct(naive.get('wape_pct'))}")] if naive else []),
+        *(
+            [
+                (
+                    "seasonal naive, same rows",
+                    f"RMSE {fmt_num(naive.get('rmse'))} · WAPE {fmt_pct(naive.get('wape_pct'))}",
+                )
+            ]
+            if naive
+            else []
+        ),
         (
             "records streamed",
             (
@@ -255,26 +329,32 @@ def report_headline(metrics:dict) -> str:
     )
 
 # %% ../nbs/10_pipeline.ipynb #1b490e21
-def quiet_kernel(log_path:Path) -> type:
+def quiet_kernel(log_path: Path) -> type:
     "A jupyter_client kernel manager class whose kernels write their own stderr to `log_path`, not to the console."
     from jupyter_client.manager import AsyncKernelManager
+
     class QuietKernelManager(AsyncKernelManager):
-        async def _async_launch_kernel(self, kernel_cmd:list[str], **kw):
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw):
             with open(log_path, "ab") as err:
                 return await super()._async_launch_kernel(kernel_cmd, **kw | {"stderr": err})
+
     return QuietKernelManager
 
 # %% ../nbs/10_pipeline.ipynb #1ef55b6c
-def portable_paths(report, # an executed notebook written by papermill
-                   source:Path=PIPELINE_NOTEBOOK # the notebook papermill executed
-                  ) -> dict:
+def portable_paths(
+    report,  # an executed notebook written by papermill
+    source: Path = PIPELINE_NOTEBOOK,  # the notebook papermill executed
+) -> dict:
     "Rewrite the report's papermill input and output paths without the machine's folders; the new paths."
     import nbformat
+
     nb = nbformat.read(report, as_version=4)
     package = Path(sales_prediction_kafka.__file__).resolve().parent.parent
     source = Path(source).resolve()
     paths = {
-        "input_path": str(source.relative_to(package)) if source.is_relative_to(package) else source.name,
+        "input_path": str(source.relative_to(package))
+        if source.is_relative_to(package)
+        else source.name,
         "output_path": Path(report).name,
     }
     nb.metadata.setdefault("papermill", {}).update(paths)
@@ -282,23 +362,32 @@ def portable_paths(report, # an executed notebook written by papermill
     return paths
 
 # %% ../nbs/10_pipeline.ipynb #db123418
-def run_pipeline(params:dict|None=None, # parameter overrides; defaults come from the notebook
-                 out_dir="outputs/runs", # runs are created inside this folder
-                 progress:bool=True, # show papermill's cell progress bar
-                 notebook:Path=PIPELINE_NOTEBOOK) -> Path:
+def run_pipeline(
+    params: dict | None = None,  # parameter overrides; defaults come from the notebook
+    out_dir="outputs/runs",  # runs are created inside this folder
+    progress: bool = True,  # show papermill's cell progress bar
+    notebook: Path = PIPELINE_NOTEBOOK,
+) -> Path:
     "Execute the pipeline notebook into a new run folder, rewrite the folder's runs index, and return the run folder."
     import papermill as pm
     from sales_prediction_kafka.runs import write_index  # runs reads what this chapter writes
+
     spec = pipeline_parameters(notebook)
     params = validate_params(params or {}, spec)
     value = lambda name: params.get(name, spec[name][0])
     data_path = Path(value("data_path") or SAMPLE_CSV).resolve()
-    try: load_table(data_path, value("target"), value("features"))
-    except DataError as e: raise ParameterError(str(e)) from None
-    if value("stream"): require_broker(kafka_settings(bootstrap_servers=value("bootstrap_servers")))
+    try:
+        load_table(data_path, value("target"), value("features"))
+    except DataError as e:
+        raise ParameterError(str(e)) from None
+    if value("stream"):
+        require_broker(kafka_settings(bootstrap_servers=value("bootstrap_servers")))
     run = new_run_dir(out_dir)
     log.info("run folder %s", run)
-    if value("data_path"): params["data_path"] = os.path.relpath(data_path, run.resolve())  # the notebook runs inside the run folder
+    if value("data_path"):
+        params["data_path"] = os.path.relpath(
+            data_path, run.resolve()
+        )  # the notebook runs inside the run folder
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         pm.execute_notebook(
@@ -312,39 +401,48 @@ def run_pipeline(params:dict|None=None, # parameter overrides; defaults come fro
         )
     except pm.PapermillExecutionError as e:
         raise PipelineError(
-            f"the pipeline stopped in cell {e.exec_count}: {e.ename}: {e.evalue}; the partial report is {run/'report.html'}"
+            f"the pipeline stopped in cell {e.exec_count}: {e.ename}: {e.evalue}; the partial report is {run / 'report.html'}"
         ) from None
     finally:
-        if (run/"report.ipynb").exists():
-            portable_paths(run/"report.ipynb", notebook)
-            export_html(run/"report.ipynb")
+        if (run / "report.ipynb").exists():
+            portable_paths(run / "report.ipynb", notebook)
+            export_html(run / "report.ipynb")
         write_index(out_dir)
     return run
 
 # %% ../nbs/10_pipeline.ipynb #9611ff02
-def grid_params(given:dict, # {name: value}; with a grid, text values are comma-separated lists of values to try
-                spec:dict|None=None) -> list[dict]:
+def grid_params(
+    given: dict,  # {name: value}; with a grid, text values are comma-separated lists of values to try
+    spec: dict | None = None,
+) -> list[dict]:
     "One parameter dict per combination of the listed values (';' separates the values of a list parameter), each checked."
     spec = pipeline_parameters() if spec is None else spec
     sep = lambda n: ";" if n in spec and spec[n].type == "list" else ","
-    axes = {n: [x.strip() for x in v.split(sep(n))] if isinstance(v, str) else [v] for n, v in given.items()}
+    axes = {
+        n: [x.strip() for x in v.split(sep(n))] if isinstance(v, str) else [v]
+        for n, v in given.items()
+    }
     combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
-    for c in combos: validate_params(c, spec)
+    for c in combos:
+        validate_params(c, spec)
     return combos
 
 # %% ../nbs/10_pipeline.ipynb #5e7a3c21
-def resume_run(run_dir, # a run folder whose stream did not finish
-               bootstrap_servers:str|None=None # the cluster; default: the run's, else $KAFKA_BOOTSTRAP_SERVERS, else the local Kafka
-              ) -> dict:
+def resume_run(
+    run_dir,  # a run folder whose stream did not finish
+    bootstrap_servers: str
+    | None = None,  # the cluster; default: the run's, else $KAFKA_BOOTSTRAP_SERVERS, else the local Kafka
+) -> dict:
     "Finish the stream of `run_dir`: send only its predictions not yet on the topic, verify each landed once, update metrics.json."
     run = Path(run_dir)
-    saved = json.loads((run/"params.json").read_text())
+    saved = json.loads((run / "params.json").read_text())
     p, run_id = saved["parameters"], saved["run_id"]
-    with open(run/"test_predictions.csv", newline="") as f: rows = list(csv.DictReader(f))
+    with open(run / "test_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     records = prediction_records(
         [int(r["row"]) for r in rows], [r["actual"] for r in rows], [r["predicted"] for r in rows]
     )
-    model = run/"model"/"model.json"
+    model = run / "model" / "model.json"
     version = json.loads(model.read_text()).get("version") if model.exists() else None
     settings = require_broker(
         kafka_settings(bootstrap_servers=bootstrap_servers or p.get("bootstrap_servers"))
@@ -372,7 +470,7 @@ def resume_run(run_dir, # a run folder whose stream did not finish
         "resumed": True,
         "settings": redacted(settings),
     }
-    write_json(run/"metrics.json", metrics)
+    write_json(run / "metrics.json", metrics)
     log.info(
         "run %s: %d records sent now, %d were on %s already; all %d verified",
         run_id,
@@ -397,16 +495,23 @@ def resume_run(run_dir, # a run folder whose stream did not finish
     "arrived on -p actuals_topic (default: sales_actuals), joined by event id.",
 )
 @click.option(
-    "--from-last", type=click.IntRange(min=1), help="With --from-topic: only the last N labelled events."
+    "--from-last",
+    type=click.IntRange(min=1),
+    help="With --from-topic: only the last N labelled events.",
 )
 @click.option(
-    "--from-since", help="With --from-topic: only events written since this time (ISO 8601, UTC if no zone)."
+    "--from-since",
+    help="With --from-topic: only events written since this time (ISO 8601, UTC if no zone).",
 )
 @click.option("--target", help="Column to predict (default: Sales).")
 @click.option("--features", help="Comma-separated feature columns (default: all other columns).")
-@click.option("--epochs", type=click.IntRange(min=1), help="Training epochs cap for the nets (default: 50).")
 @click.option(
-    "--seed", type=click.IntRange(min=0), help="Random seed for splits, folds and weights (default: 42)."
+    "--epochs", type=click.IntRange(min=1), help="Training epochs cap for the nets (default: 50)."
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    help="Random seed for splits, folds and weights (default: 42).",
 )
 @click.option(
     "--model",
@@ -422,9 +527,21 @@ def resume_run(run_dir, # a run folder whose stream did not finish
 @click.option(
     "--numeric", help="Comma-separated columns always numeric (e.g. ordinal codes with few levels)."
 )
-@click.option("--time-column", metavar="NAME", help="The time axis: a column of dates or whole-number steps; the test is then the latest periods (default: auto, the first column of dates; 'none' for a shuffled split).")
-@click.option("--series", metavar="COL[,COL]", help="With a time axis: the columns that identify one series (store, department, customer).")
-@click.option("--horizon", type=click.IntRange(min=1), help="With a time axis: forecast this many periods ahead (default: 1); no feature is newer.")
+@click.option(
+    "--time-column",
+    metavar="NAME",
+    help="The time axis: a column of dates or whole-number steps; the test is then the latest periods (default: auto, the first column of dates; 'none' for a shuffled split).",
+)
+@click.option(
+    "--series",
+    metavar="COL[,COL]",
+    help="With a time axis: the columns that identify one series (store, department, customer).",
+)
+@click.option(
+    "--horizon",
+    type=click.IntRange(min=1),
+    help="With a time axis: forecast this many periods ahead (default: 1); no feature is newer.",
+)
 @sales_prediction_kafka.config.kafka_options()  # the --bootstrap-servers every command shares
 @click.option("--topic", help="Topic for the prediction records (default: sales_predictions).")
 @click.option("--no-stream", is_flag=True, help="Train and report only; do not stream to Kafka.")
@@ -444,14 +561,23 @@ def resume_run(run_dir, # a run folder whose stream did not finish
     type=click.Path(file_okay=False),
     help="Folder that receives the run folder.",
 )
-@click.option("--grid", is_flag=True, help="Each -p value is a comma-separated list (';' between values of a list parameter): run every combination as its own run, then print the comparison.")
+@click.option(
+    "--grid",
+    is_flag=True,
+    help="Each -p value is a comma-separated list (';' between values of a list parameter): run every combination as its own run, then print the comparison.",
+)
 @click.option(
     "--list-params",
     is_flag=True,
     help="List every pipeline parameter with its default and meaning, then exit.",
 )
-@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR",
-              help="Finish the stream of an earlier run: send only its predictions not yet on the topic.")
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(exists=True, file_okay=False),
+    metavar="RUN_DIR",
+    help="Finish the stream of an earlier run: send only its predictions not yet on the topic.",
+)
 def run_command(extra, out, grid, list_params, no_stream, resume_dir, **options):
     "Train, evaluate and stream: execute the pipeline notebook into a new run folder."
     if list_params:
@@ -459,12 +585,20 @@ def run_command(extra, out, grid, list_params, no_stream, resume_dir, **options)
             click.echo(f"{name:22} {p.type:6} {p.default!r:30} {p.help}")
         return
     if resume_dir:
-        try: click.echo(json.dumps(resume_run(resume_dir, options.get("bootstrap_servers"))))
-        except (StreamError, BrokerError) as e: raise click.ClickException(str(e))
+        try:
+            click.echo(json.dumps(resume_run(resume_dir, options.get("bootstrap_servers"))))
+        except (StreamError, BrokerError) as e:
+            raise click.ClickException(str(e))
         return
-    from sales_prediction_kafka.runs import run_summary, runs_table, runs_text  # the runs chapter reads what this one writes
+    from sales_prediction_kafka.runs import (
+        run_summary,
+        runs_table,
+        runs_text,
+    )  # the runs chapter reads what this one writes
+
     given = {**{k: v for k, v in options.items() if v is not None}, **dict(extra)}
-    if no_stream: given["stream"] = False
+    if no_stream:
+        given["stream"] = False
     try:
         todo = grid_params(given) if grid else [given]
         if grid:
@@ -474,9 +608,12 @@ def run_command(extra, out, grid, list_params, no_stream, resume_dir, **options)
                 "; ".join(", ".join(f"{k}={v}" for k, v in g.items()) for g in todo),
             )
         runs = [run_pipeline(g, out_dir=out) for g in todo]
-    except ParameterError as e: raise click.UsageError(str(e))
-    except (PipelineError, StreamError, BrokerError) as e: raise click.ClickException(str(e))  # no broker, refused login, no Java
-    if not grid: return click.echo(run_summary(runs[0]))
+    except ParameterError as e:
+        raise click.UsageError(str(e))
+    except (PipelineError, StreamError, BrokerError) as e:
+        raise click.ClickException(str(e))  # no broker, refused login, no Java
+    if not grid:
+        return click.echo(run_summary(runs[0]))
     names = {r.name for r in runs}
     click.echo(runs_text([r for r in runs_table(out) if r["run"] in names]))
-    click.echo(f"overview of every run: {Path(out)/'index.html'}")
+    click.echo(f"overview of every run: {Path(out) / 'index.html'}")

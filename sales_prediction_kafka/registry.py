@@ -12,7 +12,12 @@ import click
 import numpy as np
 import pandas as pd
 from kafka import TopicPartition
-from .config import SalesKafkaError, KafkaSettings, kafka_options, kafka_settings
+from sales_prediction_kafka.config import (
+    SalesKafkaError,
+    KafkaSettings,
+    kafka_options,
+    kafka_settings,
+)
 from .broker import ensure_broker
 from .data import load_table
 from .models import MODEL_JSON, SalesModel, load_model, split
@@ -29,31 +34,42 @@ __all__ = ['log', 'MODELS_TOPIC', 'MAX_MODEL_BYTES', 'FIGURES', 'CHAMPION', 'mod
            'rollback_command']
 
 # %% ../nbs/07a_registry.ipynb #3cc31ad6
-MODELS_TOPIC = "sales_models"  # the registry: compacted, one partition, so its records have one order
-MAX_MODEL_BYTES = 8 * 2**20  # the largest record the registry topic accepts (a saved net is ~100 kB)
+MODELS_TOPIC = (
+    "sales_models"  # the registry: compacted, one partition, so its records have one order
+)
+MAX_MODEL_BYTES = (
+    8 * 2**20
+)  # the largest record the registry topic accepts (a saved net is ~100 kB)
 
-def model_bytes(folder:Path|str) -> bytes:
+
+def model_bytes(folder: Path | str) -> bytes:
     "The files of saved model `folder` as one gzipped tar, the same bytes for the same files."
     buf, folder = io.BytesIO(), Path(folder)
     with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
         for p in sorted(q for q in folder.rglob("*") if q.is_file()):
             info = tar.gettarinfo(str(p), arcname=str(p.relative_to(folder)))
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            with open(p, "rb") as f: tar.addfile(info, f)
+            with open(p, "rb") as f:
+                tar.addfile(info, f)
     return buf.getvalue()
 
-def unpack_model(data:bytes, folder:Path|str) -> Path:
+
+def unpack_model(data: bytes, folder: Path | str) -> Path:
     "Write the model folder packed in `data` to `folder`."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar: tar.extractall(folder, filter="data")
-    if not (folder/MODEL_JSON).is_file(): raise ValueError(f"the packed model has no {MODEL_JSON}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(folder, filter="data")
+    if not (folder / MODEL_JSON).is_file():
+        raise ValueError(f"the packed model has no {MODEL_JSON}")
     return folder
 
 # %% ../nbs/07a_registry.ipynb #6306fa71
-def feature_profile(df:pd.DataFrame, # the training rows
-                    model:SalesModel, # fitted: its numeric and categorical features are profiled
-                    bins:int=10 # quantile bins of a numeric feature
-                   ) -> dict:
+def feature_profile(
+    df: pd.DataFrame,  # the training rows
+    model: SalesModel,  # fitted: its numeric and categorical features are profiled
+    bins: int = 10,  # quantile bins of a numeric feature
+) -> dict:
     "Per feature of `model`: the bin edges and shares of the rows of `df` (numeric), or each level's share."
     out = {}
     for f in model.prep.numeric:
@@ -69,31 +85,40 @@ def feature_profile(df:pd.DataFrame, # the training rows
         }
     return out
 
-def numeric_shares(edges:list, values) -> np.ndarray:
+
+def numeric_shares(edges: list, values) -> np.ndarray:
     "The share of `values` in each bin cut at `edges` (one more bin than edges)."
     v = np.asarray(values, float)
-    return np.bincount(np.searchsorted(edges, v, side="left"), minlength=len(edges) + 1) / max(len(v), 1)
+    return np.bincount(np.searchsorted(edges, v, side="left"), minlength=len(edges) + 1) / max(
+        len(v), 1
+    )
 
-def categorical_shares(levels:list, values:list) -> np.ndarray:
+
+def categorical_shares(levels: list, values: list) -> np.ndarray:
     "The share of `values` at each of `levels`, and last the share of any other value."
     index = {v: i for i, v in enumerate(levels)}
     counts = np.bincount([index.get(v, len(levels)) for v in values], minlength=len(levels) + 1)
     return counts / max(len(values), 1)
 
-def psi(expected, actual, floor:float=1e-4) -> float:
+
+def psi(expected, actual, floor: float = 1e-4) -> float:
     "The population stability index of shares `actual` against `expected` (empty bins count as `floor`)."
     e, a = (np.maximum(np.asarray(x, float), floor) for x in (expected, actual))
-    if len(e) < len(a): e = np.append(e, [floor] * (len(a) - len(e)))
+    if len(e) < len(a):
+        e = np.append(e, [floor] * (len(a) - len(e)))
     return float(np.sum((a - e) * np.log(a / e)))
 
-def input_psi(profile:dict, # from `feature_profile`
-              events:list[dict] # events (or rows as dicts) with the features
-             ) -> dict[str, float]:
+
+def input_psi(
+    profile: dict,  # from `feature_profile`
+    events: list[dict],  # events (or rows as dicts) with the features
+) -> dict[str, float]:
     "The PSI of each profiled feature over `events`; absent or null values are left out."
     out = {}
     for f, p in profile.items():
         vals = [v for e in events if (v := e.get(f)) is not None and v == v]  # v != v: NaN
-        if not vals: continue
+        if not vals:
+            continue
         shares = (
             numeric_shares(p["edges"], vals)
             if p["kind"] == "numeric"
@@ -105,22 +130,27 @@ def input_psi(profile:dict, # from `feature_profile`
 # %% ../nbs/07a_registry.ipynb #619518ed
 FIGURES = ("n", "mae", "rmse", "r2", "bias")  # the test figures a version record carries
 
-def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
-def training_rows(run:Path) -> pd.DataFrame:
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def training_rows(run: Path) -> pd.DataFrame:
     "The training rows of run folder `run`: its data loaded again and split with its seed."
-    saved = json.loads((run/"params.json").read_text())
+    saved = json.loads((run / "params.json").read_text())
     p = saved["parameters"]
-    path = run/saved["data"]["path"]  # relative paths are relative to the run folder
+    path = run / saved["data"]["path"]  # relative paths are relative to the run folder
     raw = load_table(path, p["target"], p.get("features"))
     return split(raw[raw[p["target"]].notna()], p["test_size"], p["seed"])[0]
 
-def model_record(folder:Path|str, # a saved model folder
-                 run:str|None=None, # the run it came from
-                 figures:dict|None=None, # its test figures, e.g. {"mae": ...}
-                 profile:dict|None=None, # its training distribution, from `feature_profile`
-                 source:dict|None=None # where its training data came from
-                ) -> dict:
+
+def model_record(
+    folder: Path | str,  # a saved model folder
+    run: str | None = None,  # the run it came from
+    figures: dict | None = None,  # its test figures, e.g. {"mae": ...}
+    profile: dict | None = None,  # its training distribution, from `feature_profile`
+    source: dict | None = None,  # where its training data came from
+) -> dict:
     "The registry record of the model saved in `folder`, its bytes included."
     model, data = load_model(folder), model_bytes(folder)
     return {
@@ -139,11 +169,12 @@ def model_record(folder:Path|str, # a saved model folder
         "model": base64.b64encode(data).decode(),
     }
 
-def version_record(run:Path|str) -> dict:
+
+def version_record(run: Path | str) -> dict:
     "The registry record of the model in run folder `run`: its test figures, data source and training profile too."
     run = Path(run)
-    test = json.loads((run/"metrics.json").read_text()).get("test") or {}
-    data = json.loads((run/"params.json").read_text()).get("data", {})
+    test = json.loads((run / "metrics.json").read_text()).get("test") or {}
+    data = json.loads((run / "params.json").read_text()).get("data", {})
     return model_record(
         run / "model",
         run.name,
@@ -152,12 +183,15 @@ def version_record(run:Path|str) -> dict:
         data.get("source") or {"path": data.get("path")},
     )
 
-def record_model(record:dict) -> SalesModel:
+
+def record_model(record: dict) -> SalesModel:
     "The model packed in version `record`."
     data = base64.b64decode(record["model"])
     if hashlib.sha256(data).hexdigest() != record["sha256"]:
         raise RegistryError(f"version {record['version']}: the model bytes are corrupt")
-    with tempfile.TemporaryDirectory() as d: return load_model(unpack_model(data, d))
+    with tempfile.TemporaryDirectory() as d:
+        return load_model(unpack_model(data, d))
+
 
 class RegistryError(SalesKafkaError, RuntimeError):
     "The registry cannot do what was asked (an unknown version, nothing to roll back to)."
@@ -165,29 +199,39 @@ class RegistryError(SalesKafkaError, RuntimeError):
 # %% ../nbs/07a_registry.ipynb #3f216795
 CHAMPION = "champion"  # the key of the champion records
 
+
 @dataclass
 class Registry:
     "What the registry topic says: versions by id, the champion record, the decisions, in the order they were written."
+
     versions: dict = field(default_factory=dict)  # version id -> version record
-    champion: dict|None = None  # the latest champion record
+    champion: dict | None = None  # the latest champion record
     decisions: list = field(default_factory=list)  # decision records, oldest first
 
-    def apply(self, key:str, value:dict|None) -> Registry:
+    def apply(self, key: str, value: dict | None) -> Registry:
         "Take one record of the topic into the state."
-        if value is None: return self
-        if key == CHAMPION: self.champion = value
-        elif key.startswith("version/"): self.versions[value["version"]] = value
-        elif key.startswith("decision/"): self.decisions.append(value)
+        if value is None:
+            return self
+        if key == CHAMPION:
+            self.champion = value
+        elif key.startswith("version/"):
+            self.versions[value["version"]] = value
+        elif key.startswith("decision/"):
+            self.decisions.append(value)
         return self
 
     @property
-    def champion_version(self) -> str|None: return self.champion and self.champion["version"]
+    def champion_version(self) -> str | None:
+        return self.champion and self.champion["version"]
 
-    def get(self, version:str) -> dict:
+    def get(self, version: str) -> dict:
         "The record of `version` (a unique prefix will do)."
         found = [v for k, v in self.versions.items() if k.startswith(version)]
-        if len(found) != 1: raise RegistryError(f"{'no' if not found else 'more than one'} version matches {version!r}; "
-                                                f"known: {', '.join(self.versions) or 'none'}")
+        if len(found) != 1:
+            raise RegistryError(
+                f"{'no' if not found else 'more than one'} version matches {version!r}; "
+                f"known: {', '.join(self.versions) or 'none'}"
+            )
         return found[0]
 
     def rows(self) -> list[dict]:
@@ -208,52 +252,86 @@ class Registry:
         ]
 
 # %% ../nbs/07a_registry.ipynb #9501fe41
-def _mae(x) -> str: return "-" if x is None else f"{x:,.2f}"
+def _mae(x) -> str:
+    return "-" if x is None else f"{x:,.2f}"
 
-def describe_decision(d:dict) -> str:
+
+def describe_decision(d: dict) -> str:
     "One line on a decision of the learner: challenger and champion, both MAEs, on how many events, the margin, the verdict."
     if d.get("challenger_mae") is None:
-        return f"challenger {d['challenger']} (run {d.get('run', '?')}) {d['decision']}" + (f": {d['reason']}" if d.get("reason") else "")
-    champ = "no champion" if d["champion_mae"] is None else f"champion {d['champion']} MAE {_mae(d['champion_mae'])}"
+        return f"challenger {d['challenger']} (run {d.get('run', '?')}) {d['decision']}" + (
+            f": {d['reason']}" if d.get("reason") else ""
+        )
+    champ = (
+        "no champion"
+        if d["champion_mae"] is None
+        else f"champion {d['champion']} MAE {_mae(d['champion_mae'])}"
+    )
     return (
         f"challenger {d['challenger']} (run {d['run']}) MAE {_mae(d['challenger_mae'])} vs {champ} on {d['events']:,} fresh "
         f"labelled events: {d['decision']} (margin {d['margin']:.0%})"
     )
 
-def registry_lines(reg:Registry) -> list[str]:
+
+def registry_lines(reg: Registry) -> list[str]:
     "The versions, oldest first (* the champion, with how it was promoted), then the learner's decisions, oldest first."
     decided = {d["challenger"]: d for d in reg.decisions}
+
     def how(r):
         if r["champion"]:
             d = decided.get(r["version"])
-            by = "by the learner" if d and r["promotion"] == describe_decision(d) else r["promotion"] or "promoted"
+            by = (
+                "by the learner"
+                if d and r["promotion"] == describe_decision(d)
+                else r["promotion"] or "promoted"
+            )
             return f"  champion since {reg.champion.get('at', '?')}: {by}"
         return f"  ({r['decision']})" if r["decision"] else ""
-    lines = [f"{'*' if r['champion'] else ' '} {r['version']}  {r['kind']:8} test MAE {_mae(r['mae']):>10}  {r['created_at']}  "
-             f"run {r['run']}{how(r)}" for r in reg.rows()]
-    return lines + (["decisions:"] + [f"  {d.get('at', '?')}  {describe_decision(d)}" for d in reg.decisions] if reg.decisions else [])
+
+    lines = [
+        f"{'*' if r['champion'] else ' '} {r['version']}  {r['kind']:8} test MAE {_mae(r['mae']):>10}  {r['created_at']}  "
+        f"run {r['run']}{how(r)}"
+        for r in reg.rows()
+    ]
+    return lines + (
+        ["decisions:"] + [f"  {d.get('at', '?')}  {describe_decision(d)}" for d in reg.decisions]
+        if reg.decisions
+        else []
+    )
 
 # %% ../nbs/07a_registry.ipynb #140bb6c6
-def decision_alert(d:dict, # a decision of the learner, as `record_decision` writes it (or about to be)
-                   topic:str|None=None # the registry topic it concerns
-                  ) -> dict:
+def decision_alert(
+    d: dict,  # a decision of the learner, as `record_decision` writes it (or about to be)
+    topic: str | None = None,  # the registry topic it concerns
+) -> dict:
     "The decision as an alert of kind `model_decision`, raised when it was recorded (else now)."
-    return {"alert": "model_decision", "reasons": [d["decision"]], "topic": topic, "raised_at": d.get("at") or _now()} | d
+    return {
+        "alert": "model_decision",
+        "reasons": [d["decision"]],
+        "topic": topic,
+        "raised_at": d.get("at") or _now(),
+    } | d
 
 # %% ../nbs/07a_registry.ipynb #56dd6c28
-def ensure_models_topic(settings:KafkaSettings, topic:str=MODELS_TOPIC) -> bool:
+def ensure_models_topic(settings: KafkaSettings, topic: str = MODELS_TOPIC) -> bool:
     "Create the compacted registry topic if it is missing; True if it was created."
     admin = admin_client(settings)
     try:
-        if topic in admin.list_topics(): return False
+        if topic in admin.list_topics():
+            return False
         configs = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_MODEL_BYTES)}
-        admin.create_topics({topic: {"num_partitions": 1, "replication_factor": -1, "configs": configs}},
-                            raise_errors=False, wait_for_metadata=True)
+        admin.create_topics(
+            {topic: {"num_partitions": 1, "replication_factor": -1, "configs": configs}},
+            raise_errors=False,
+            wait_for_metadata=True,
+        )
         log.info("created the registry topic %s (compacted)", topic)
         return True
-    finally: admin.close()
+    finally:
+        admin.close()
 
-def _registry_consumer(settings:KafkaSettings, topic:str):
+
+def _registry_consumer(settings: KafkaSettings, topic: str):
     "A group-less consumer of the registry's partition, at its beginning."
     c = consumer(
         settings,
@@ -262,19 +340,25 @@ def _registry_consumer(settings:KafkaSettings, topic:str):
         fetch_max_bytes=MAX_MODEL_BYTES,
     )
     tp = TopicPartition(topic, 0)
-    c.assign([tp]); c.seek_to_beginning(tp)
+    c.assign([tp])
+    c.seek_to_beginning(tp)
     return c, tp
 
-def _apply_polled(reg:Registry, polled:dict) -> list[str]:
+
+def _apply_polled(reg: Registry, polled: dict) -> list[str]:
     "Apply polled records to `reg`; the keys seen."
     keys = []
     for recs in polled.values():
         for r in recs:
             key = r.key.decode() if r.key else ""
-            reg.apply(key, json.loads(r.value) if r.value else None); keys.append(key)
+            reg.apply(key, json.loads(r.value) if r.value else None)
+            keys.append(key)
     return keys
 
-def read_registry(settings:KafkaSettings|None=None, topic:str=MODELS_TOPIC, timeout:float=30) -> Registry:
+
+def read_registry(
+    settings: KafkaSettings | None = None, topic: str = MODELS_TOPIC, timeout: float = 30
+) -> Registry:
     "The registry's state: every record of `topic` up to its end now."
     settings = ensure_broker(settings)
     ensure_models_topic(settings, topic)
@@ -283,22 +367,31 @@ def read_registry(settings:KafkaSettings|None=None, topic:str=MODELS_TOPIC, time
         end, reg, deadline = c.end_offsets([tp])[tp], Registry(), time.monotonic() + timeout
         while c.position(tp) < end:
             if time.monotonic() > deadline:
-                raise StreamError(f"timed out reading the registry {topic} at {settings.bootstrap_servers}")
+                raise StreamError(
+                    f"timed out reading the registry {topic} at {settings.bootstrap_servers}"
+                )
             _apply_polled(reg, c.poll(timeout_ms=200))
         return reg
-    finally: c.close()
+    finally:
+        c.close()
 
-def _write(settings:KafkaSettings, topic:str, key:str, value:dict) -> dict:
+
+def _write(settings: KafkaSettings, topic: str, key: str, value: dict) -> dict:
     "Write one registry record and wait for the acknowledgement."
     ensure_models_topic(settings, topic)
     p = producer(settings, max_request_size=MAX_MODEL_BYTES)
-    try: p.send(topic, key=key, value=value).get(timeout=30)
-    finally: p.close()
+    try:
+        p.send(topic, key=key, value=value).get(timeout=30)
+    finally:
+        p.close()
     return value
 
 # %% ../nbs/07a_registry.ipynb #8ac1c995
-def publish(settings:KafkaSettings, rec:dict, # from `version_record` or `model_record`
-            topic:str=MODELS_TOPIC) -> dict:
+def publish(
+    settings: KafkaSettings,
+    rec: dict,  # from `version_record` or `model_record`
+    topic: str = MODELS_TOPIC,
+) -> dict:
     "Add a model version to the registry; its record."
     _write(settings, topic, f"version/{rec['version']}", rec)
     log.info(
@@ -311,11 +404,18 @@ def publish(settings:KafkaSettings, rec:dict, # from `version_record` or `model_
     )
     return rec
 
-def promote(settings:KafkaSettings, version:str, reason:str="promoted by hand", topic:str=MODELS_TOPIC) -> dict:
+
+def promote(
+    settings: KafkaSettings,
+    version: str,
+    reason: str = "promoted by hand",
+    topic: str = MODELS_TOPIC,
+) -> dict:
     "Make `version` (a unique prefix will do) the champion; the champion record."
     reg = read_registry(settings, topic)
     v, old = reg.get(version)["version"], reg.champion
-    if v == reg.champion_version: raise RegistryError(f"version {v} is the champion already")
+    if v == reg.champion_version:
+        raise RegistryError(f"version {v} is the champion already")
     previous = ([*old["previous"], old["version"]] if old else [])[-20:]
     rec = _write(
         settings,
@@ -326,7 +426,10 @@ def promote(settings:KafkaSettings, version:str, reason:str="promoted by hand", 
     log.info("version %s is the champion (%s)", v, reason)
     return rec
 
-def rollback(settings:KafkaSettings, reason:str="rolled back by hand", topic:str=MODELS_TOPIC) -> dict:
+
+def rollback(
+    settings: KafkaSettings, reason: str = "rolled back by hand", topic: str = MODELS_TOPIC
+) -> dict:
     "Make the champion before the current one the champion again; the champion record."
     reg = read_registry(settings, topic)
     if not (reg.champion and reg.champion["previous"]):
@@ -341,30 +444,47 @@ def rollback(settings:KafkaSettings, reason:str="rolled back by hand", topic:str
     log.info("rolled back from %s to %s (%s)", reg.champion_version, back, reason)
     return rec
 
-def record_decision(settings:KafkaSettings, decision:dict, topic:str=MODELS_TOPIC) -> dict:
+
+def record_decision(settings: KafkaSettings, decision: dict, topic: str = MODELS_TOPIC) -> dict:
     "Write the learner's verdict on a challenger (a dict with at least `challenger` and `decision`)."
     return _write(
-        settings, topic, f"decision/{decision['challenger']}", {"type": "decision", "at": _now()} | decision
+        settings,
+        topic,
+        f"decision/{decision['challenger']}",
+        {"type": "decision", "at": _now()} | decision,
     )
 
 # %% ../nbs/07a_registry.ipynb #bb9213fd
 class ChampionFollower:
     "Follows the registry in a thread; loads each new champion there and hands it over with `take`."
-    def __init__(self, settings:KafkaSettings, topic:str=MODELS_TOPIC,
-                 load:bool=True, # load the champion's model; False: follow the records only (the monitor)
-                 poll_timeout:float=0.2): # seconds one poll waits
-        self.settings, self.topic, self.load, self.poll_timeout = settings, topic, load, poll_timeout
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str = MODELS_TOPIC,
+        load: bool = True,  # load the champion's model; False: follow the records only (the monitor)
+        poll_timeout: float = 0.2,
+    ):  # seconds one poll waits
+        self.settings, self.topic, self.load, self.poll_timeout = (
+            settings,
+            topic,
+            load,
+            poll_timeout,
+        )
         self.registry, self.current, self._pending = Registry(), None, None
         self._lock, self.stopping, self._thread = threading.Lock(), threading.Event(), None
 
     @property
-    def champion(self) -> dict|None:
+    def champion(self) -> dict | None:
         "The record of the champion version, or None."
         v = self.registry.champion_version
         return self.registry.versions.get(v) if v else None
 
-    def start(self, in_use:str|None=None, # the version the caller holds already; None: nothing yet
-              timeout:float=30) -> ChampionFollower:
+    def start(
+        self,
+        in_use: str | None = None,  # the version the caller holds already; None: nothing yet
+        timeout: float = 30,
+    ) -> ChampionFollower:
         "Read the registry to its end, then follow it in a thread."
         ensure_models_topic(self.settings, self.topic)
         self.current, self._consumer = in_use, None
@@ -378,36 +498,49 @@ class ChampionFollower:
         try:
             c.seek(tp, c.end_offsets([tp])[tp])
             while not self.stopping.is_set():
-                if CHAMPION in _apply_polled(self.registry, c.poll(timeout_ms=int(self.poll_timeout * 1000))):
+                if CHAMPION in _apply_polled(
+                    self.registry, c.poll(timeout_ms=int(self.poll_timeout * 1000))
+                ):
                     self._offer()
-        except Exception as e: log.error("stopped following the registry %s: %s", self.topic, e)
-        finally: c.close()
+        except Exception as e:
+            log.error("stopped following the registry %s: %s", self.topic, e)
+        finally:
+            c.close()
 
     def _offer(self):
         "Load the new champion (if asked) and keep it for `take`."
         rec = self.champion
-        if rec is None or rec["version"] == self.current: return
-        try: model = record_model(rec) if self.load else None
+        if rec is None or rec["version"] == self.current:
+            return
+        try:
+            model = record_model(rec) if self.load else None
         except Exception as e:
-            log.error("cannot load champion %s: %s; keeping %s", rec["version"], e, self.current); return
-        with self._lock: self._pending, self.current = (rec, model), rec["version"]
+            log.error("cannot load champion %s: %s; keeping %s", rec["version"], e, self.current)
+            return
+        with self._lock:
+            self._pending, self.current = (rec, model), rec["version"]
         log.info("champion %s ready to swap in", rec["version"])
 
-    def take(self) -> tuple[dict, SalesModel|None]|None:
+    def take(self) -> tuple[dict, SalesModel | None] | None:
         "The new champion's record and model if one arrived since the last call, else None."
-        if self._pending is None: return None
-        with self._lock: got, self._pending = self._pending, None
+        if self._pending is None:
+            return None
+        with self._lock:
+            got, self._pending = self._pending, None
         return got
 
     def stop(self):
         "Stop following."
         self.stopping.set()
-        if self._thread: self._thread.join(timeout=5)
+        if self._thread:
+            self._thread.join(timeout=5)
 
 # %% ../nbs/07a_registry.ipynb #bdc95719
-def _settings(bootstrap_servers) -> KafkaSettings: return ensure_broker(kafka_settings(bootstrap_servers=bootstrap_servers))
+def _settings(bootstrap_servers) -> KafkaSettings:
+    return ensure_broker(kafka_settings(bootstrap_servers=bootstrap_servers))
 
-def _newest_run(runs:Path) -> Path:
+
+def _newest_run(runs: Path) -> Path:
     found = sorted(p.parent for p in Path(runs).glob("*/model/model.json"))
     if not found:
         raise click.ClickException(
@@ -415,25 +548,41 @@ def _newest_run(runs:Path) -> Path:
         )
     return found[-1].parent
 
+
 def _registry_options(f):
     "The options every `models` subcommand shares."
-    f = click.option("--topic", default=MODELS_TOPIC, show_default=True, help="The registry topic.")(f)
+    f = click.option(
+        "--topic", default=MODELS_TOPIC, show_default=True, help="The registry topic."
+    )(f)
     return kafka_options()(f)
+
 
 @click.group("models")
 def models_cli():
     "The model registry on Kafka: list versions, publish a run's model, promote or roll back the champion."
 
+
 @models_cli.command("list")
 @_registry_options
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per version, then one per decision, instead of lines.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per version, then one per decision, instead of lines.",
+)
 def list_command(bootstrap_servers, topic, as_json):
     "List the versions, oldest first (* marks the champion, and how it was promoted), then the learner's decisions."
-    try: reg = read_registry(_settings(bootstrap_servers), topic)
-    except StreamError as e: raise click.ClickException(str(e))
-    for line in map(json.dumps, reg.rows() + reg.decisions) if as_json else registry_lines(reg): click.echo(line)
+    try:
+        reg = read_registry(_settings(bootstrap_servers), topic)
+    except StreamError as e:
+        raise click.ClickException(str(e))
+    for line in map(json.dumps, reg.rows() + reg.decisions) if as_json else registry_lines(reg):
+        click.echo(line)
     if not reg.versions:
-        click.echo(f"no versions in {topic} yet: publish one with `sales-kafka models publish`", err=True)
+        click.echo(
+            f"no versions in {topic} yet: publish one with `sales-kafka models publish`", err=True
+        )
+
 
 @models_cli.command("publish")
 @click.argument("run", required=False, type=click.Path(exists=True, file_okay=False))
@@ -453,22 +602,33 @@ def publish_command(run, bootstrap_servers, topic, runs, and_promote):
         rec = publish(s, version_record(Path(run) if run else _newest_run(runs)), topic)
         if and_promote and read_registry(s, topic).champion_version != rec["version"]:
             promote(s, rec["version"], "published and promoted", topic)
-    except (StreamError, RegistryError, OSError) as e: raise click.ClickException(str(e))
+    except (StreamError, RegistryError, OSError) as e:
+        raise click.ClickException(str(e))
     click.echo(rec["version"])
+
 
 @models_cli.command("promote")
 @click.argument("version")
 @_registry_options
-@click.option("--reason", default="promoted by hand", show_default=True, help="Why, for the record.")
+@click.option(
+    "--reason", default="promoted by hand", show_default=True, help="Why, for the record."
+)
 def promote_command(version, bootstrap_servers, topic, reason):
     "Make VERSION (a unique prefix will do) the champion."
-    try: click.echo(promote(_settings(bootstrap_servers), version, reason, topic)["version"])
-    except (StreamError, RegistryError) as e: raise click.ClickException(str(e))
+    try:
+        click.echo(promote(_settings(bootstrap_servers), version, reason, topic)["version"])
+    except (StreamError, RegistryError) as e:
+        raise click.ClickException(str(e))
+
 
 @models_cli.command("rollback")
 @_registry_options
-@click.option("--reason", default="rolled back by hand", show_default=True, help="Why, for the record.")
+@click.option(
+    "--reason", default="rolled back by hand", show_default=True, help="Why, for the record."
+)
 def rollback_command(bootstrap_servers, topic, reason):
     "Make the previous champion the champion again."
-    try: click.echo(rollback(_settings(bootstrap_servers), reason, topic)["version"])
-    except (StreamError, RegistryError) as e: raise click.ClickException(str(e))
+    try:
+        click.echo(rollback(_settings(bootstrap_servers), reason, topic)["version"])
+    except (StreamError, RegistryError) as e:
+        raise click.ClickException(str(e))

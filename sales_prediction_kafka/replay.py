@@ -11,16 +11,41 @@ from kafka import TopicPartition
 import click
 import pandas as pd
 from tqdm import tqdm
-from .config import (ACTUALS_TOPIC, EVENTS_TOPIC, HISTORY_TOPIC, KafkaSettings, ProducerSettings, kafka_options, kafka_settings, plain,
-                                          producer_options, producer_settings)
+from sales_prediction_kafka.config import (
+    ACTUALS_TOPIC,
+    EVENTS_TOPIC,
+    HISTORY_TOPIC,
+    KafkaSettings,
+    ProducerSettings,
+    kafka_options,
+    kafka_settings,
+    plain,
+    producer_options,
+    producer_settings,
+)
 from .broker import ensure_broker
 from .data import TARGET, DataError, load_table
 from .serve import SCHEMA_VERSION
 from .join import BadMessage, actual_message, parse_actual
-from .history import HISTORY_PERIODS, ensure_history_topic, history_items, series_key
+from sales_prediction_kafka.history import (
+    HISTORY_PERIODS,
+    ensure_history_topic,
+    history_items,
+    series_key,
+)
 from kafka.errors import KafkaTimeoutError
-from .stream import (PARTITIONS, StreamError, StreamSummary, check_topic, close_producer, consumer,
-                                           ensure_topic, messages, producer, Sends)
+from sales_prediction_kafka.stream import (
+    PARTITIONS,
+    StreamError,
+    StreamSummary,
+    check_topic,
+    close_producer,
+    consumer,
+    ensure_topic,
+    messages,
+    producer,
+    Sends,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +59,12 @@ def _field_value(v):
     "A table cell as an event field's value: None when missing, else plain Python."
     return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else plain(v)
 
-def table_events(df:pd.DataFrame, # one row per event: feature columns and, optionally, the target
-                 first_id:int=0, # the first event id; the others count up from it
-                 schema_version:int=SCHEMA_VERSION):
+
+def table_events(
+    df: pd.DataFrame,  # one row per event: feature columns and, optionally, the target
+    first_id: int = 0,  # the first event id; the others count up from it
+    schema_version: int = SCHEMA_VERSION,
+):
     "Yield one event dict per row of `df`."
     cols = list(df.columns)
     for i, row in enumerate(df.itertuples(index=False, name=None)):
@@ -44,11 +72,13 @@ def table_events(df:pd.DataFrame, # one row per event: feature columns and, opti
         yield ev | {c: p for c, v in zip(cols, row) if (p := _field_value(v)) is not None}
 
 # %% ../nbs/08a_replay.ipynb #5c744728
-def shift_events(events, # event dicts, e.g. from `table_events`
-                 after:int, # events with a smaller position in `events` are left alone
-                 spend_factor:float=2.0, # Marketing_Spend is multiplied by this
-                 score_effect:float=300.0, # sales gain this many $ per point of Spending_Score
-                 target:str=TARGET):
+def shift_events(
+    events,  # event dicts, e.g. from `table_events`
+    after: int,  # events with a smaller position in `events` are left alone
+    spend_factor: float = 2.0,  # Marketing_Spend is multiplied by this
+    score_effect: float = 300.0,  # sales gain this many $ per point of Spending_Score
+    target: str = TARGET,
+):
     "Yield `events`, changed from position `after` on: more marketing spend, and sales that depend more on the spending score."
     for i, ev in enumerate(events):
         if i >= after:
@@ -62,82 +92,134 @@ def shift_events(events, # event dicts, e.g. from `table_events`
 # %% ../nbs/08a_replay.ipynb #70f35900
 PACED = ProducerSettings(linger_ms=0)  # a paced replay's defaults: each event leaves at once
 
-def replay_tuning(rate:float|None, # events per second; None: as fast as possible
-                  **overrides) -> ProducerSettings:
+
+def replay_tuning(
+    rate: float | None,  # events per second; None: as fast as possible
+    **overrides,
+) -> ProducerSettings:
     "A replay's producer settings: `overrides`, then `KAFKA_*`, then `PACED` when paced, else the throughput defaults."
     return producer_settings(base=PACED if rate else None, **overrides)
 
 # %% ../nbs/08a_replay.ipynb #8632ff73
-def lag_actuals(events, # event dicts carrying their actual in `target`
-                lag:int, # each actual follows its event by this many events
-                target:str=TARGET):
+def lag_actuals(
+    events,  # event dicts carrying their actual in `target`
+    lag: int,  # each actual follows its event by this many events
+    target: str = TARGET,
+):
     "Yield ('event', event without its actual) and ('actual', `actual_message`) pairs, each actual `lag` events after its event."
     held = deque()
     for i, ev in enumerate(events):
-        ev = dict(ev); y = ev.pop(target, None)
+        ev = dict(ev)
+        y = ev.pop(target, None)
         yield "event", ev
-        if y is not None: held.append((i, actual_message(ev["event_id"], y)))
-        while held and held[0][0] <= i - lag: yield "actual", held.popleft()[1]
-    while held: yield "actual", held.popleft()[1]
+        if y is not None:
+            held.append((i, actual_message(ev["event_id"], y)))
+        while held and held[0][0] <= i - lag:
+            yield "actual", held.popleft()[1]
+    while held:
+        yield "actual", held.popleft()[1]
 
-def replay(events, # event dicts, e.g. from `table_events`
-           settings:KafkaSettings|None=None, # the cluster; None: from the environment, else the local broker
-           topic:str=EVENTS_TOPIC,
-           rate:float|None=None, # events per second; None: as fast as possible
-           partitions:int=PARTITIONS, # used if the topic must be created
-           total:int|None=None, # the number of events, for the progress bar
-           progress:bool=True, # show a progress bar
-           timeout:float=120, # seconds to wait for the last acknowledgements
-           tuning:ProducerSettings|None=None, # batching and compression; None: `replay_tuning(rate)`
-           actuals_lag:int=0, # N > 0: events go out without `target`, each one's actual N events later to `actuals_topic`
-           actuals_topic:str=ACTUALS_TOPIC,
-           target:str=TARGET, # the actual's field in `events`
-           series:list|None=None, # dated events: key them by these fields and publish each series' history; None: key by event id
-           time_column:str|None=None, # with `series`: the events' time field
-           history_topic:str=HISTORY_TOPIC, # with `series`: where each series' recent actuals go (chapter 08e)
-           history_periods:int=HISTORY_PERIODS # with `series`: rows of actuals per history record
-          ) -> StreamSummary:
+
+def replay(
+    events,  # event dicts, e.g. from `table_events`
+    settings: KafkaSettings
+    | None = None,  # the cluster; None: from the environment, else the local broker
+    topic: str = EVENTS_TOPIC,
+    rate: float | None = None,  # events per second; None: as fast as possible
+    partitions: int = PARTITIONS,  # used if the topic must be created
+    total: int | None = None,  # the number of events, for the progress bar
+    progress: bool = True,  # show a progress bar
+    timeout: float = 120,  # seconds to wait for the last acknowledgements
+    tuning: ProducerSettings | None = None,  # batching and compression; None: `replay_tuning(rate)`
+    actuals_lag: int = 0,  # N > 0: events go out without `target`, each one's actual N events later to `actuals_topic`
+    actuals_topic: str = ACTUALS_TOPIC,
+    target: str = TARGET,  # the actual's field in `events`
+    series: list
+    | None = None,  # dated events: key them by these fields and publish each series' history; None: key by event id
+    time_column: str | None = None,  # with `series`: the events' time field
+    history_topic: str = HISTORY_TOPIC,  # with `series`: where each series' recent actuals go (chapter 08e)
+    history_periods: int = HISTORY_PERIODS,  # with `series`: rows of actuals per history record
+) -> StreamSummary:
     "Send `events` to `topic`, keyed by event id (or series), paced to `rate`; where they landed (and their actuals, when lagged)."
     settings = ensure_broker(settings)
-    for t in (topic, actuals_topic) if actuals_lag else (topic,): ensure_topic(settings, check_topic(t), partitions)
-    if series is not None: ensure_history_topic(settings, check_topic(history_topic), topic, partitions)
-    items = lag_actuals(events, actuals_lag, target) if actuals_lag else (("event", ev) for ev in events)
-    if series is not None: items = history_items(items, series, time_column, target, history_periods)
+    for t in (topic, actuals_topic) if actuals_lag else (topic,):
+        ensure_topic(settings, check_topic(t), partitions)
+    if series is not None:
+        ensure_history_topic(settings, check_topic(history_topic), topic, partitions)
+    items = (
+        lag_actuals(events, actuals_lag, target)
+        if actuals_lag
+        else (("event", ev) for ev in events)
+    )
+    if series is not None:
+        items = history_items(items, series, time_column, target, history_periods)
     p = producer(settings, tuning=tuning or replay_tuning(rate))
     sends, t0, n = {"event": Sends(), "actual": Sends(), "history": Sends()}, time.monotonic(), 0
     try:
-        for kind, msg in tqdm(items, total=total and total * (2 if actuals_lag else 1), desc=f"replaying to {topic}",
-                              unit="msg", disable=not progress, mininterval=0.5):
-            if kind == "history": sends[kind].add(p.send(history_topic, key=msg[0], value=msg[1]), msg[0]); continue
+        for kind, msg in tqdm(
+            items,
+            total=total and total * (2 if actuals_lag else 1),
+            desc=f"replaying to {topic}",
+            unit="msg",
+            disable=not progress,
+            mininterval=0.5,
+        ):
+            if kind == "history":
+                sends[kind].add(p.send(history_topic, key=msg[0], value=msg[1]), msg[0])
+                continue
             if kind == "event":
-                if rate and (ahead := t0 + n / rate - time.monotonic()) > 0: time.sleep(ahead)
+                if rate and (ahead := t0 + n / rate - time.monotonic()) > 0:
+                    time.sleep(ahead)
                 n += 1
-            key = series_key(msg, series) if kind == "event" and series is not None else str(msg["event_id"])
-            sends[kind].add(p.send(topic if kind == "event" else actuals_topic, key=key, value=msg), msg["event_id"])
-        try: p.flush(timeout)
-        except KafkaTimeoutError: pass  # the summary counts the events not acknowledged
-    finally: close_producer(p)
+            key = (
+                series_key(msg, series)
+                if kind == "event" and series is not None
+                else str(msg["event_id"])
+            )
+            sends[kind].add(
+                p.send(topic if kind == "event" else actuals_topic, key=key, value=msg),
+                msg["event_id"],
+            )
+        try:
+            p.flush(timeout)
+        except KafkaTimeoutError:
+            pass  # the summary counts the events not acknowledged
+    finally:
+        close_producer(p)
     elapsed = time.monotonic() - t0
     summary = sends["event"].summary(topic, settings.bootstrap_servers, elapsed)
-    if actuals_lag: summary.actuals = sends["actual"].summary(actuals_topic, settings.bootstrap_servers, elapsed)
-    if series is not None: log.info("history: %s", sends["history"].summary(history_topic, settings.bootstrap_servers, elapsed))
+    if actuals_lag:
+        summary.actuals = sends["actual"].summary(
+            actuals_topic, settings.bootstrap_servers, elapsed
+        )
+    if series is not None:
+        log.info(
+            "history: %s",
+            sends["history"].summary(history_topic, settings.bootstrap_servers, elapsed),
+        )
     log.debug("replayed %s", summary)  # the caller shows it: `sales-kafka replay` prints it once
     return summary
 
 # %% ../nbs/08a_replay.ipynb #77b90481
-def _dated(df:pd.DataFrame, target:str, series:str, time_column:str|None) -> dict:
+def _dated(df: pd.DataFrame, target: str, series: str, time_column: str | None) -> dict:
     "`replay`'s series and time column from `--series` (comma-separated, '' for one series) and `--time-column`; a ClickException names a missing one."
     from sales_prediction_kafka.timeseries import detect_time_column
+
     cols = [c.strip() for c in series.split(",") if c.strip()]
     column = time_column or detect_time_column(df, target)
     if missing := [c for c in [*cols, column] if c not in df.columns]:
-        raise click.ClickException(f"--series/--time-column: no column(s) {missing} in the table; its columns are {list(df.columns)}")
+        raise click.ClickException(
+            f"--series/--time-column: no column(s) {missing} in the table; its columns are {list(df.columns)}"
+        )
     return {"series": cols, "time_column": column}
+
 
 @click.command("replay")
 @click.argument("csv", type=click.Path(exists=True, dir_okay=False))
 @kafka_options()
-@click.option("--topic", default=EVENTS_TOPIC, show_default=True, help="Topic to send the events to.")
+@click.option(
+    "--topic", default=EVENTS_TOPIC, show_default=True, help="Topic to send the events to."
+)
 @click.option(
     "--rate",
     type=click.FloatRange(min=0, min_open=True),
@@ -159,7 +241,10 @@ def _dated(df:pd.DataFrame, target:str, series:str, time_column:str|None) -> dic
     help="Send the table this many times (ids keep counting up).",
 )
 @click.option(
-    "--target", default=TARGET, show_default=True, help="The actual-sales column (sent when present)."
+    "--target",
+    default=TARGET,
+    show_default=True,
+    help="The actual-sales column (sent when present).",
 )
 @click.option("--sep", default=",", show_default=True, help="Field delimiter of the CSV.")
 @click.option(
@@ -170,98 +255,230 @@ def _dated(df:pd.DataFrame, target:str, series:str, time_column:str|None) -> dic
     help="Partitions of the topic, if this command creates it.",
 )
 @producer_options
-@click.option("--shift-after", type=click.IntRange(0), help="From the K-th event on, double the marketing spend and add $300 per spending-score point to sales (the continual-learning demo).")
-@click.option("--actuals-lag", type=click.IntRange(0), default=0, show_default=True,
-              help="N > 0: send events without their actual, and each actual N events later to --actuals-topic (0: the actual inside the event).")
-@click.option("--actuals-topic", default=ACTUALS_TOPIC, show_default=True, help="Topic of the lagged actuals, keyed by event id.")
-@click.option("--series", metavar="COL[,COL]", help="Dated events of several series (or '' for one): key each event by its series and publish "
-              "each series' recent actuals to --history-topic, the state a lag model's workers restore.")
-@click.option("--time-column", metavar="NAME", help="With --series: the events' time column (default: the first column of dates).")
-@click.option("--history-topic", default=HISTORY_TOPIC, show_default=True, help="With --series: topic of each series' recent actuals (compacted).")
-@click.option("--history-periods", type=click.IntRange(1), default=HISTORY_PERIODS, show_default=True,
-              help="With --series: rows of actuals each history record keeps; at least as many periods back as the model's longest lag.")
-def replay_command(csv, bootstrap_servers, topic, rate, first_id, limit, repeat, target, sep, partitions, shift_after,
-                   actuals_lag, actuals_topic, series, time_column, history_topic, history_periods, **tuning):
+@click.option(
+    "--shift-after",
+    type=click.IntRange(0),
+    help="From the K-th event on, double the marketing spend and add $300 per spending-score point to sales (the continual-learning demo).",
+)
+@click.option(
+    "--actuals-lag",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="N > 0: send events without their actual, and each actual N events later to --actuals-topic (0: the actual inside the event).",
+)
+@click.option(
+    "--actuals-topic",
+    default=ACTUALS_TOPIC,
+    show_default=True,
+    help="Topic of the lagged actuals, keyed by event id.",
+)
+@click.option(
+    "--series",
+    metavar="COL[,COL]",
+    help="Dated events of several series (or '' for one): key each event by its series and publish "
+    "each series' recent actuals to --history-topic, the state a lag model's workers restore.",
+)
+@click.option(
+    "--time-column",
+    metavar="NAME",
+    help="With --series: the events' time column (default: the first column of dates).",
+)
+@click.option(
+    "--history-topic",
+    default=HISTORY_TOPIC,
+    show_default=True,
+    help="With --series: topic of each series' recent actuals (compacted).",
+)
+@click.option(
+    "--history-periods",
+    type=click.IntRange(1),
+    default=HISTORY_PERIODS,
+    show_default=True,
+    help="With --series: rows of actuals each history record keeps; at least as many periods back as the model's longest lag.",
+)
+def replay_command(
+    csv,
+    bootstrap_servers,
+    topic,
+    rate,
+    first_id,
+    limit,
+    repeat,
+    target,
+    sep,
+    partitions,
+    shift_after,
+    actuals_lag,
+    actuals_topic,
+    series,
+    time_column,
+    history_topic,
+    history_periods,
+    **tuning,
+):
     "Send the rows of a sales CSV as events (the load generator for demos, tests and benchmarks)."
-    try: df = load_table(csv, target=target, sep=sep)
-    except DataError as e: raise click.ClickException(str(e))
+    try:
+        df = load_table(csv, target=target, sep=sep)
+    except DataError as e:
+        raise click.ClickException(str(e))
     dated = _dated(df, target, series, time_column) if series is not None else {}
     total = min(len(df) * repeat, limit or len(df) * repeat)
-    rounds = (table_events(df, first_id + k * len(df)) for k in range(repeat))  # one copy of the table, however many repeats
+    rounds = (
+        table_events(df, first_id + k * len(df)) for k in range(repeat)
+    )  # one copy of the table, however many repeats
     events = itertools.islice(itertools.chain.from_iterable(rounds), total)
-    if shift_after is not None: events = shift_events(events, shift_after, target=target)
-    try: s = replay(events, kafka_settings(bootstrap_servers=bootstrap_servers), topic, rate, partitions, total=total,
-                   tuning=replay_tuning(rate, **tuning), actuals_lag=actuals_lag, actuals_topic=actuals_topic, target=target,
-                   **dated, history_topic=history_topic, history_periods=history_periods)
-    except StreamError as e: raise click.ClickException(str(e))
+    if shift_after is not None:
+        events = shift_events(events, shift_after, target=target)
+    try:
+        s = replay(
+            events,
+            kafka_settings(bootstrap_servers=bootstrap_servers),
+            topic,
+            rate,
+            partitions,
+            total=total,
+            tuning=replay_tuning(rate, **tuning),
+            actuals_lag=actuals_lag,
+            actuals_topic=actuals_topic,
+            target=target,
+            **dated,
+            history_topic=history_topic,
+            history_periods=history_periods,
+        )
+    except StreamError as e:
+        raise click.ClickException(str(e))
     click.echo(str(s))
 
 # %% ../nbs/08a_replay.ipynb #0a50b782
-def actuals_by_event(msgs:list[dict] # messages of the actuals topic, as `stream.messages` gives them
-                    ) -> tuple[dict, list]:
+def actuals_by_event(
+    msgs: list[dict],  # messages of the actuals topic, as `stream.messages` gives them
+) -> tuple[dict, list]:
     "{event_id: actual_sales} (the first actual of an event stands, as in the join), and the (message, BadMessage) pairs that are not actuals."
     got, bad = {}, []
     for m in msgs:
-        try: a = parse_actual(json.dumps(m["value"]).encode())
-        except BadMessage as e: bad.append((m, e)); continue
+        try:
+            a = parse_actual(json.dumps(m["value"]).encode())
+        except BadMessage as e:
+            bad.append((m, e))
+            continue
         got.setdefault(a["event_id"], a["actual_sales"])
     return got, bad
 
-def labelled(msgs:list[dict], # messages of the events topic
-             actuals:dict, # {event_id: actual_sales}, e.g. from `actuals_by_event`
-             target:str=TARGET) -> list[tuple[dict, dict]]:
+
+def labelled(
+    msgs: list[dict],  # messages of the events topic
+    actuals: dict,  # {event_id: actual_sales}, e.g. from `actuals_by_event`
+    target: str = TARGET,
+) -> list[tuple[dict, dict]]:
     "(message, event) of each labelled event: one carrying `target`, or one whose actual arrived (put in `target`)."
     out = []
     for m in msgs:
         ev = m["value"]
-        if not isinstance(ev, dict): continue
-        if ev.get(target) is not None: out.append((m, ev))
-        elif isinstance(ev.get("event_id"), int) and ev["event_id"] in actuals: out.append((m, ev | {target: actuals[ev["event_id"]]}))
+        if not isinstance(ev, dict):
+            continue
+        if ev.get(target) is not None:
+            out.append((m, ev))
+        elif isinstance(ev.get("event_id"), int) and ev["event_id"] in actuals:
+            out.append((m, ev | {target: actuals[ev["event_id"]]}))
     return out
 
 # %% ../nbs/08a_replay.ipynb #abc7df03
-def _partitions(c, topic:str) -> list[TopicPartition]:
+def _partitions(c, topic: str) -> list[TopicPartition]:
     "The partitions of `topic`; [] if it does not exist."
-    return [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(check_topic(topic)) or ())]
+    return [
+        TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(check_topic(topic)) or ())
+    ]
 
-def _at_time(c, tps:list, ends:dict, since:str|int # ISO 8601 (UTC if no zone), or ms since the epoch
-            ) -> dict:
+
+def _at_time(
+    c,
+    tps: list,
+    ends: dict,
+    since: str | int,  # ISO 8601 (UTC if no zone), or ms since the epoch
+) -> dict:
     "The first offset of each partition written at or after `since`, else its end."
     ms = since if isinstance(since, int) else int(pd.Timestamp(since, tz="UTC").timestamp() * 1000)
     at = c.offsets_for_times({tp: ms for tp in tps})
     return {tp: at[tp].offset if at[tp] else ends[tp] for tp in tps}
 
-def _start_offsets(c, tps:list, firsts:dict, ends:dict, last:int|None, since:str|None, after:dict|None=None) -> dict:
+
+def _start_offsets(
+    c,
+    tps: list,
+    firsts: dict,
+    ends: dict,
+    last: int | None,
+    since: str | None,
+    after: dict | None = None,
+) -> dict:
     "Where to start reading each partition: at `after`, the first offset at `since`, `last` before its end, else its beginning."
-    if after is not None: return {tp: max(firsts[tp], after.get(str(tp.partition), firsts[tp])) for tp in tps}
-    if since is not None: return _at_time(c, tps, ends, since)
-    if last is not None: return {tp: max(firsts[tp], ends[tp] - last) for tp in tps}
+    if after is not None:
+        return {tp: max(firsts[tp], after.get(str(tp.partition), firsts[tp])) for tp in tps}
+    if since is not None:
+        return _at_time(c, tps, ends, since)
+    if last is not None:
+        return {tp: max(firsts[tp], ends[tp] - last) for tp in tps}
     return firsts
 
-def read_range(settings:KafkaSettings, topic:str, starts:dict, ends:dict, # {TopicPartition: offset}
-               timeout:float=60 # stop after this many seconds without a message
-              ) -> list[dict]:
+
+def read_range(
+    settings: KafkaSettings,
+    topic: str,
+    starts: dict,
+    ends: dict,  # {TopicPartition: offset}
+    timeout: float = 60,  # stop after this many seconds without a message
+) -> list[dict]:
     "The committed messages of `topic` from `starts` up to `ends`, oldest first by record time."
-    got = messages(settings, topic, {tp.partition: o for tp, o in starts.items()}, {tp.partition: o for tp, o in ends.items()},
-                   idle_timeout=timeout, isolation_level="read_committed")
+    got = messages(
+        settings,
+        topic,
+        {tp.partition: o for tp, o in starts.items()},
+        {tp.partition: o for tp, o in ends.items()},
+        idle_timeout=timeout,
+        isolation_level="read_committed",
+    )
     return sorted(got, key=lambda m: (m["timestamp"], m["partition"], m["offset"]))
 
-def arrived_actuals(c, settings:KafkaSettings, topic:str, since_ms:int, # the window's oldest event: no older actual is one of its own
-                    timeout:float=60) -> tuple[dict, dict]:
+
+def arrived_actuals(
+    c,
+    settings: KafkaSettings,
+    topic: str,
+    since_ms: int,  # the window's oldest event: no older actual is one of its own
+    timeout: float = 60,
+) -> tuple[dict, dict]:
     "The actuals on `topic` written since `since_ms` by event id, and what was read: offsets, ends, counts (missing topic: none)."
     tps = _partitions(c, topic)
     if not tps:
-        log.warning("actuals topic %r does not exist at %s: only events that carry their target are labelled", topic, settings.bootstrap_servers)
+        log.warning(
+            "actuals topic %r does not exist at %s: only events that carry their target are labelled",
+            topic,
+            settings.bootstrap_servers,
+        )
         return {}, {"topic": topic, "exists": False}
     ends = c.end_offsets(tps)
     starts = _at_time(c, tps, ends, since_ms)
     got, bad = actuals_by_event(read_range(settings, topic, starts, ends, timeout))
-    for m, e in bad[:3]: log.warning("not an actual at %s p%d offset %d (%s): %s", topic, m["partition"], m["offset"], e.reason, e)
-    return got, {"topic": topic, "from": {str(tp.partition): starts[tp] for tp in tps},
-                 "ends": {str(tp.partition): ends[tp] for tp in tps}, "actuals": len(got), "bad": len(bad)}
+    for m, e in bad[:3]:
+        log.warning(
+            "not an actual at %s p%d offset %d (%s): %s",
+            topic,
+            m["partition"],
+            m["offset"],
+            e.reason,
+            e,
+        )
+    return got, {
+        "topic": topic,
+        "from": {str(tp.partition): starts[tp] for tp in tps},
+        "ends": {str(tp.partition): ends[tp] for tp in tps},
+        "actuals": len(got),
+        "bad": len(bad),
+    }
 
 # %% ../nbs/08a_replay.ipynb #bdda40c7
-def _ranges(kept:list[tuple[dict, dict]]) -> dict:
+def _ranges(kept: list[tuple[dict, dict]]) -> dict:
     "{partition: [first offset, last offset + 1]} of the kept messages."
     ranges = {}
     for m, _ in kept:
@@ -269,29 +486,52 @@ def _ranges(kept:list[tuple[dict, dict]]) -> dict:
         r[0], r[1] = min(r[0], m["offset"]), max(r[1], m["offset"] + 1)
     return {str(p): r for p, r in sorted(ranges.items())}
 
-def labelled_events(settings:KafkaSettings, topic:str=EVENTS_TOPIC,
-                    target:str=TARGET, # events with this field (not null), or with an arrived actual, are labelled
-                    last:int|None=None, # only the last N labelled events; None: all
-                    since:str|None=None, # only events written since this time (ISO 8601, UTC if no zone)
-                    timeout:float=60, # seconds without a message before a read gives up
-                    after:dict|None=None, # only events from these offsets on ({partition: offset}, e.g. an earlier read's `ends`)
-                    actuals_topic:str|None=ACTUALS_TOPIC # join the events with their actuals here, by event id; None: inline targets only
-                   ) -> tuple[list[dict], dict]:
+
+def labelled_events(
+    settings: KafkaSettings,
+    topic: str = EVENTS_TOPIC,
+    target: str = TARGET,  # events with this field (not null), or with an arrived actual, are labelled
+    last: int | None = None,  # only the last N labelled events; None: all
+    since: str | None = None,  # only events written since this time (ISO 8601, UTC if no zone)
+    timeout: float = 60,  # seconds without a message before a read gives up
+    after: dict
+    | None = None,  # only events from these offsets on ({partition: offset}, e.g. an earlier read's `ends`)
+    actuals_topic: str
+    | None = ACTUALS_TOPIC,  # join the events with their actuals here, by event id; None: inline targets only
+) -> tuple[list[dict], dict]:
     "The labelled events of `topic` in the window, joined with their actuals, and where they came from (both topics' offsets)."
     c = consumer(settings, enable_auto_commit=False, isolation_level="read_committed")
     try:
-        if not (tps := _partitions(c, topic)): raise StreamError(f"topic {topic!r} does not exist at {settings.bootstrap_servers}")
+        if not (tps := _partitions(c, topic)):
+            raise StreamError(f"topic {topic!r} does not exist at {settings.bootstrap_servers}")
         firsts, ends, back = c.beginning_offsets(tps), c.end_offsets(tps), last
         while True:
             starts = _start_offsets(c, tps, firsts, ends, back, since, after)
             read = read_range(settings, topic, starts, ends, timeout)
-            actuals, acts = (arrived_actuals(c, settings, actuals_topic, read[0]["timestamp"], timeout) if actuals_topic and read
-                             else ({}, actuals_topic and {"topic": actuals_topic, "actuals": 0}))
+            actuals, acts = (
+                arrived_actuals(c, settings, actuals_topic, read[0]["timestamp"], timeout)
+                if actuals_topic and read
+                else ({}, actuals_topic and {"topic": actuals_topic, "actuals": 0})
+            )
             every = labelled(read, actuals, target)
-            if after is not None or since is not None or not last or len(every) >= last or all(starts[tp] <= firsts[tp] for tp in tps): break
-            log.info("%d labelled of the last %d events a partition on %s: reading %d back", len(every), back, topic, 2 * back)
+            if (
+                after is not None
+                or since is not None
+                or not last
+                or len(every) >= last
+                or all(starts[tp] <= firsts[tp] for tp in tps)
+            ):
+                break
+            log.info(
+                "%d labelled of the last %d events a partition on %s: reading %d back",
+                len(every),
+                back,
+                topic,
+                2 * back,
+            )
             back *= 2
-    finally: c.close()
+    finally:
+        c.close()
     kept = every[-last if last else None :]
     source = {
         "topic": topic,
@@ -300,39 +540,67 @@ def labelled_events(settings:KafkaSettings, topic:str=EVENTS_TOPIC,
         "last": last,
         "since": since,
         "ends": {str(tp.partition): ends[tp] for tp in tps},
-        "unlabelled": len(read) - len(every),  # read, but neither carrying the target nor with an arrived actual
+        "unlabelled": len(read)
+        - len(every),  # read, but neither carrying the target nor with an arrived actual
         "actuals": acts and acts | {"joined": sum(m["value"].get(target) is None for m, _ in kept)},
     }
     return [ev for _, ev in kept], source
 
-def events_table(events:list[dict]) -> pd.DataFrame:
+
+def events_table(events: list[dict]) -> pd.DataFrame:
     "The events as a table in event-id order, without their `event_id` and `schema_version`."
-    fullest = max(events, key=len)  # its fields in the order they were sent: an event with a gap has one fewer
+    fullest = max(
+        events, key=len
+    )  # its fields in the order they were sent: an event with a gap has one fewer
     df = pd.DataFrame(sorted(events, key=lambda e: e["event_id"]))
     df = df[[*fullest, *(c for c in df if c not in fullest)]]
-    return df.drop(columns=[c for c in ("event_id", "schema_version") if c in df]).reset_index(drop=True)
+    return df.drop(columns=[c for c in ("event_id", "schema_version") if c in df]).reset_index(
+        drop=True
+    )
 
-def topic_training_data(settings:KafkaSettings, topic:str, path:Path|str, # where the table is written as CSV
-                        target:str=TARGET, last:int|None=None, since:str|None=None,
-                        actuals_topic:str|None=ACTUALS_TOPIC # the events' later actuals, by event id; None: inline targets only
-                       ) -> tuple[Path, dict]:
+
+def topic_training_data(
+    settings: KafkaSettings,
+    topic: str,
+    path: Path | str,  # where the table is written as CSV
+    target: str = TARGET,
+    last: int | None = None,
+    since: str | None = None,
+    actuals_topic: str
+    | None = ACTUALS_TOPIC,  # the events' later actuals, by event id; None: inline targets only
+) -> tuple[Path, dict]:
     "Write the labelled events of the window (joined with their actuals) as a CSV at `path`; the path and the events' source."
-    events, source = labelled_events(settings, topic, target, last, since, actuals_topic=actuals_topic)
+    events, source = labelled_events(
+        settings, topic, target, last, since, actuals_topic=actuals_topic
+    )
     if not events:
         acts = source["actuals"]
-        why = ("no actuals topic was read" if not acts else f"{acts['topic']!r} does not exist" if acts.get("exists") is False
-               else f"none of their actuals has arrived on {acts['topic']!r}")
-        raise StreamError(f"no labelled events on {topic!r} in the window asked for: {source['unlabelled']} events read, none carries "
-                          f"{target!r} and {why}")
+        why = (
+            "no actuals topic was read"
+            if not acts
+            else f"{acts['topic']!r} does not exist"
+            if acts.get("exists") is False
+            else f"none of their actuals has arrived on {acts['topic']!r}"
+        )
+        raise StreamError(
+            f"no labelled events on {topic!r} in the window asked for: {source['unlabelled']} events read, none carries "
+            f"{target!r} and {why}"
+        )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     events_table(events).to_csv(path, index=False)
-    log.info("%d labelled events from %s (%s joined with actuals), offsets %s", len(events), topic,
-             source["actuals"]["joined"] if source["actuals"] else 0, source["partitions"])
+    log.info(
+        "%d labelled events from %s (%s joined with actuals), offsets %s",
+        len(events),
+        topic,
+        source["actuals"]["joined"] if source["actuals"] else 0,
+        source["partitions"],
+    )
     return Path(path), source
 
-def record_source(run:Path|str, source:dict):
+
+def record_source(run: Path | str, source: dict):
     "Add where the training events came from to the run's params.json, so the run can be reproduced."
-    p = Path(run)/"params.json"
+    p = Path(run) / "params.json"
     saved = json.loads(p.read_text())
     saved["data"]["source"] = source
     p.write_text(json.dumps(saved, indent=2) + "\n")

@@ -22,20 +22,28 @@ __all__ = ['log', 'RUNS_BASE', 'COLUMNS', 'run_row', 'runs_table', 'shown', 'run
 RUNS_BASE = Path("outputs/runs")  # where `sales-kafka run` puts its run folders
 _OWN_COLUMN = ("data_path", "run_dir")  # shown in their own column, or different in every run
 
-def _at(d:dict, *keys):
+
+def _at(d: dict, *keys):
     "The value at `keys` in nested dicts, or None."
-    for k in keys: d = d.get(k) if isinstance(d, dict) else None
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
     return d
 
-def run_row(run:Path, # a run folder
-            defaults:dict # {parameter: default value}
-           ) -> dict|None:
+
+def run_row(
+    run: Path,  # a run folder
+    defaults: dict,  # {parameter: default value}
+) -> dict | None:
     "The overview's line of `run`; None if it has no metrics.json."
-    try: m, p = (json.loads((run/f).read_text()) for f in ("metrics.json", "params.json"))
-    except (OSError, ValueError): return None
+    try:
+        m, p = (json.loads((run / f).read_text()) for f in ("metrics.json", "params.json"))
+    except (OSError, ValueError):
+        return None
     given = p.get("parameters", {})
-    try: when = datetime.strptime(run.name[:15], "%Y%m%d-%H%M%S").strftime("%Y-%m-%d %H:%M")
-    except ValueError: when = "-"
+    try:
+        when = datetime.strptime(run.name[:15], "%Y%m%d-%H%M%S").strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        when = "-"
     return {
         "run": run.name,
         "time": when,
@@ -47,34 +55,51 @@ def run_row(run:Path, # a run folder
         "r2": _at(m, "test", "r2"),
         "streamed": _at(m, "stream", "total"),
         "changed": {
-            k: v for k, v in given.items() if k in defaults and k not in _OWN_COLUMN and v != defaults[k]
+            k: v
+            for k, v in given.items()
+            if k in defaults and k not in _OWN_COLUMN and v != defaults[k]
         },
         "report": f"{run.name}/report.html" if (run / "report.html").exists() else None,
     }
 
-def runs_table(base:Path|str=RUNS_BASE, # the folder of run folders
-               defaults:dict|None=None # {parameter: default}; None: the pipeline notebook's
-              ) -> list[dict]:
+
+def runs_table(
+    base: Path | str = RUNS_BASE,  # the folder of run folders
+    defaults: dict | None = None,  # {parameter: default}; None: the pipeline notebook's
+) -> list[dict]:
     "A line per finished run under `base`, oldest first."
-    defaults = {n: p.default for n, p in pipeline_parameters().items()} if defaults is None else defaults
+    defaults = (
+        {n: p.default for n, p in pipeline_parameters().items()} if defaults is None else defaults
+    )
     return [r for d in sorted(Path(base).glob("*/")) if (r := run_row(d, defaults))]
 
 # %% ../nbs/10a_runs.ipynb #cd074070
 COLUMNS = {  # key: (heading, how a value is shown)
-    "time": ("time", str), "data": ("data", str), "rows": ("rows", lambda v: fmt_num(v, 0)), "model": ("model", str),
-    "mape_pct": ("test MAPE", fmt_pct), "rmse": ("test RMSE", fmt_num), "r2": ("test R²", lambda v: fmt_num(v, 3)),
+    "time": ("time", str),
+    "data": ("data", str),
+    "rows": ("rows", lambda v: fmt_num(v, 0)),
+    "model": ("model", str),
+    "mape_pct": ("test MAPE", fmt_pct),
+    "rmse": ("test RMSE", fmt_num),
+    "r2": ("test R²", lambda v: fmt_num(v, 3)),
     "streamed": ("streamed", lambda v: fmt_num(v, 0)),
-    "changed": ("parameters not at their default", lambda v: ", ".join(f"{k}={v!r}" for k, v in v.items()) or "-"),
+    "changed": (
+        "parameters not at their default",
+        lambda v: ", ".join(f"{k}={v!r}" for k, v in v.items()) or "-",
+    ),
 }
 
-def shown(row:dict) -> dict:
+
+def shown(row: dict) -> dict:
     "The cells of `row` as text, by heading."
     return {head: ("-" if row[k] is None else show(row[k])) for k, (head, show) in COLUMNS.items()}
 
-def runs_text(rows:list[dict]) -> str:
+
+def runs_text(rows: list[dict]) -> str:
     "The runs as an aligned text table, one line per run."
     cells = [shown(r) for r in rows]
-    if not cells: return "no finished runs yet: make one with `sales-kafka run`"
+    if not cells:
+        return "no finished runs yet: make one with `sales-kafka run`"
     width = {h: max(len(h), *(len(c[h]) for c in cells)) for h in cells[0]}
     line = lambda c: "  ".join(str(c[h]).ljust(width[h]) for h in width).rstrip()
     return "\n".join([line({h: h for h in width}), *map(line, cells)])
@@ -82,11 +107,15 @@ def runs_text(rows:list[dict]) -> str:
 # %% ../nbs/10a_runs.ipynb #1744284b
 def runs_page() -> str:
     "The runs overview page shipped in static/, with its placeholders for count, base, headings and rows."
-    return (resources.files("sales_prediction_kafka")/"static"/"runs.html").read_text(encoding="utf-8")
+    return (resources.files("sales_prediction_kafka") / "static" / "runs.html").read_text(
+        encoding="utf-8"
+    )
+
 
 _NUMERIC = ("rows", "mape_pct", "rmse", "r2", "streamed")
 
-def _cell(key:str, row:dict, text:str) -> str:
+
+def _cell(key: str, row: dict, text: str) -> str:
     "One table cell: numbers carry their raw value for sorting; the time links to the run's report."
     if key in _NUMERIC:
         return f'<td class="n" data-v="{"" if row[key] is None else row[key]}">{html.escape(text)}</td>'
@@ -94,33 +123,42 @@ def _cell(key:str, row:dict, text:str) -> str:
         return f'<td><a href="{html.escape(row["report"])}">{html.escape(text)}</a></td>'
     return f"<td>{html.escape(text)}</td>"
 
-def runs_html(rows:list[dict], base:str="outputs/runs") -> str:
+
+def runs_html(rows: list[dict], base: str = "outputs/runs") -> str:
     "The runs overview page, newest run first."
     body = [
         "<tr>" + "".join(_cell(k, r, t) for k, t in zip(COLUMNS, shown(r).values())) + "</tr>"
         for r in reversed(rows)
     ]
     heads = "".join(f"<th>{html.escape(h)}</th>" for h, _ in COLUMNS.values())
-    fill = {"count": str(len(rows)), "base": html.escape(str(base)), "heads": heads, "rows": "\n".join(body)}
+    fill = {
+        "count": str(len(rows)),
+        "base": html.escape(str(base)),
+        "heads": heads,
+        "rows": "\n".join(body),
+    }
     return re.sub(r"<!--(count|base|heads|rows)-->", lambda m: fill[m[1]], runs_page())
 
-def write_index(base:Path|str=RUNS_BASE) -> Path:
+
+def write_index(base: Path | str = RUNS_BASE) -> Path:
     "Rewrite `base/index.html` from the runs in `base`."
-    path = Path(base)/"index.html"
+    path = Path(base) / "index.html"
     path.write_text(runs_html(runs_table(base), base), encoding="utf-8")
     return path
 
 # %% ../nbs/10a_runs.ipynb #d200b03a
-def run_summary(run:Path|str) -> str:
+def run_summary(run: Path | str) -> str:
     "A few lines on what run `run` found."
     run = Path(run)
-    m = json.loads((run/"metrics.json").read_text())
+    m = json.loads((run / "metrics.json").read_text())
     t, c, s, d = m.get("test") or {}, m.get("cleaning") or {}, m.get("stream"), m.get("data") or {}
-    lines = [f"run {run.name}: {Path(str(d.get('path', '-'))).name}, {fmt_num(d.get('rows'), 0)} rows "
-             f"({fmt_num(d.get('train_rows'), 0)} training, {fmt_num(d.get('test_rows'), 0)} held out)",
-             f"model: {m.get('selected')}. {m.get('selection_reason', '')}".rstrip(),
-             f"test on every held-out row: MAE {fmt_num(t.get('mae'))}, RMSE {fmt_num(t.get('rmse'))}, "
-             f"MAPE {fmt_pct(t.get('mape_pct'))}, R² {fmt_num(t.get('r2'), 3)}"]
+    lines = [
+        f"run {run.name}: {Path(str(d.get('path', '-'))).name}, {fmt_num(d.get('rows'), 0)} rows "
+        f"({fmt_num(d.get('train_rows'), 0)} training, {fmt_num(d.get('test_rows'), 0)} held out)",
+        f"model: {m.get('selected')}. {m.get('selection_reason', '')}".rstrip(),
+        f"test on every held-out row: MAE {fmt_num(t.get('mae'))}, RMSE {fmt_num(t.get('rmse'))}, "
+        f"MAPE {fmt_pct(t.get('mape_pct'))}, R² {fmt_num(t.get('r2'), 3)}",
+    ]
     if c.get("rows_before") is not None:
         lines.append(
             f"cleaning kept {fmt_num(c.get('rows_after'), 0)} of {fmt_num(c.get('rows_before'), 0)} training rows"
@@ -131,7 +169,7 @@ def run_summary(run:Path|str) -> str:
         else f"streamed {fmt_num(s.get('total'), 0)} records to {s.get('topic')}"
         f" ({'every one verified by reading it back' if s.get('verified') else 'NOT verified'})"
     )
-    return "\n".join(lines + [f"report: {run/'report.html'}"])
+    return "\n".join(lines + [f"report: {run / 'report.html'}"])
 
 # %% ../nbs/10a_runs.ipynb #9d6c1fd1
 @click.command("runs")
@@ -146,4 +184,5 @@ def run_summary(run:Path|str) -> str:
 def runs_command(out, write):
     "One line per pipeline run: time, data, rows, chosen model, test MAPE/RMSE/R², records streamed, changed parameters."
     click.echo(runs_text(runs_table(out)))
-    if write: click.echo(f"overview: {write_index(out)}", err=True)
+    if write:
+        click.echo(f"overview: {write_index(out)}", err=True)

@@ -13,15 +13,37 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from kafka.serializer import DefaultSerializer
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from .config import (SalesKafkaError, DEAD_LETTER_TOPIC, EVENTS_TOPIC, PREDICTIONS_TOPIC, KafkaSettings, ProducerSettings,
-                                           kafka_options, producer_settings,
-                                           kafka_settings, plain, stop_on_signals)
+from sales_prediction_kafka.config import (
+    SalesKafkaError,
+    DEAD_LETTER_TOPIC,
+    EVENTS_TOPIC,
+    PREDICTIONS_TOPIC,
+    KafkaSettings,
+    ProducerSettings,
+    kafka_options,
+    producer_settings,
+    kafka_settings,
+    plain,
+    stop_on_signals,
+)
 from .broker import ensure_broker
 from .models import MODEL_JSON, _missing, load_model
-from .history import HISTORY_TOPIC, SeriesHistory, ensure_history_topic, series_key
+from sales_prediction_kafka.history import (
+    HISTORY_TOPIC,
+    SeriesHistory,
+    ensure_history_topic,
+    series_key,
+)
 from .registry import MODELS_TOPIC, ChampionFollower, record_model
-from .stream import (PARTITIONS, StreamError, close_producer, consumer, ensure_topic, prediction_record,
-                                     producer)
+from sales_prediction_kafka.stream import (
+    PARTITIONS,
+    StreamError,
+    close_producer,
+    consumer,
+    ensure_topic,
+    prediction_record,
+    producer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +58,24 @@ __all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVEN
 # %% ../nbs/08_serve.ipynb #89466d76
 SCHEMA_VERSION = 1  # the version of the event schema this worker reads
 MAX_EVENT_BYTES = 64 * 1024  # default limit on one event's size
-SERVE_TUNING = ProducerSettings(linger_ms=5)  # the worker flushes each batch: a short linger only groups its first records (below)
+SERVE_TUNING = ProducerSettings(
+    linger_ms=5
+)  # the worker flushes each batch: a short linger only groups its first records (below)
 MAX_EVENT_ID = 2**63 - 1  # event ids must fit a signed 64-bit integer
 
-def _feature_property(levels:list|None, # the categories of a categorical feature; None: numeric
-                      fill=None # the model's fill value; None: the field is required
-                     ) -> dict:
+
+def _feature_property(
+    levels: list | None,  # the categories of a categorical feature; None: numeric
+    fill=None,  # the model's fill value; None: the field is required
+) -> dict:
     "The schema of a feature: one of its `levels` if it is categorical, else a finite number; nullable if it has a fill value."
     kind = "number" if levels is None or not all(isinstance(v, str) for v in levels) else "string"
     what = "a finite number" if levels is None else "one of the categories seen in training"
-    p = {"type": kind, "description": f"feature; {what}"} | ({} if levels is None else {"enum": list(levels)})
-    if fill is None: return p
+    p = {"type": kind, "description": f"feature; {what}"} | (
+        {} if levels is None else {"enum": list(levels)}
+    )
+    if fill is None:
+        return p
     return (
         p
         | {
@@ -57,10 +86,13 @@ def _feature_property(levels:list|None, # the categories of a categorical featur
         | ({} if levels is None else {"enum": [*levels, None]})
     )
 
+
 def event_schema(model) -> dict:
     "The JSON Schema of the events `model` (a `SalesModel`) can score."
     cats, fills = model.prep.categories, model.fill_values
-    if getattr(model, "needs_history", False) and model.time:  # a series' history is found by these fields: never filled in
+    if (
+        getattr(model, "needs_history", False) and model.time
+    ):  # a series' history is found by these fields: never filled in
         fills = {k: v for k, v in fills.items() if k not in model.axis.series}
     props = {
         "event_id": {
@@ -75,13 +107,31 @@ def event_schema(model) -> dict:
             "description": "version of this schema",
         },
     }
-    time = model.axis.column if getattr(model, "time", None) else None  # a time axis: events carry the date, not its calendar
-    props |= {f: {"type": "string", "examples": ["2024-01-31"],
-                  "description": "the event's date: the model derives its calendar features from it"} if f == time
-              else _feature_property(cats.get(f), fills.get(f)) for f in model.inputs}
-    if getattr(model, "needs_history", False) and time:  # a series field that is no feature: any text or number names the series
-        props |= {f: {"type": ["string", "number"], "examples": ["S1"], "description": "identifies the event's series: its history "
-                      "is found by it"} for f in model.axis.series if f not in model.features}
+    time = (
+        model.axis.column if getattr(model, "time", None) else None
+    )  # a time axis: events carry the date, not its calendar
+    props |= {
+        f: {
+            "type": "string",
+            "examples": ["2024-01-31"],
+            "description": "the event's date: the model derives its calendar features from it",
+        }
+        if f == time
+        else _feature_property(cats.get(f), fills.get(f))
+        for f in model.inputs
+    }
+    if (
+        getattr(model, "needs_history", False) and time
+    ):  # a series field that is no feature: any text or number names the series
+        props |= {
+            f: {
+                "type": ["string", "number"],
+                "examples": ["S1"],
+                "description": "identifies the event's series: its history is found by it",
+            }
+            for f in model.axis.series
+            if f not in model.features
+        }
     props[model.target] = {
         "type": ["number", "null"],
         "description": "the actual sales, when known (optional)",
@@ -116,59 +166,81 @@ REASONS = {
     "prediction_failed": "the model raised, or returned a non-finite number, for this event",
 }
 
+
 @dataclass(frozen=True)
 class Rejection:
     "Why an event cannot be scored."
+
     reason: str  # one of `REASONS`
     detail: str  # a sentence naming what and where
-    field: str|None = None  # the offending field, if one is to blame
-    value: str|None = None  # the offending value, shortened, if there is one
+    field: str | None = None  # the offending field, if one is to blame
+    value: str | None = None  # the offending value, shortened, if there is one
 
 # %% ../nbs/08_serve.ipynb #433f2a6e
 def _json_type(v) -> str:
     "The JSON type name of parsed value `v`."
-    if v is None: return "null"
-    if isinstance(v, bool): return "boolean"
-    if isinstance(v, int): return "integer"
-    if isinstance(v, float): return "number"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "number"
     return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
 
-def _short(v, n:int=80) -> str:
+
+def _short(v, n: int = 80) -> str:
     "`v` as text, cut to `n` characters."
     s = json.dumps(v) if not isinstance(v, str) else v
     return s if len(s) <= n else s[:n] + "..."
 
-def parse_event(value:bytes|None, # the message value as consumed
-                max_bytes:int=MAX_EVENT_BYTES # larger messages are rejected unparsed
-               ) -> dict|Rejection:
+
+def parse_event(
+    value: bytes | None,  # the message value as consumed
+    max_bytes: int = MAX_EVENT_BYTES,  # larger messages are rejected unparsed
+) -> dict | Rejection:
     "The JSON object in `value`, or why there is none."
     if value is None or not value.strip():
         return Rejection(
-            "empty", "the message value is empty" if value is not None else "the message has no value"
+            "empty",
+            "the message value is empty" if value is not None else "the message has no value",
         )
     if len(value) > max_bytes:
-        return Rejection("oversized", f"the message has {len(value)} bytes, the limit is {max_bytes}")
-    try: event = json.loads(value.decode("utf-8"))
-    except UnicodeDecodeError as e: return Rejection("invalid_json", f"the value is not UTF-8: {e}")
-    except json.JSONDecodeError as e: return Rejection("invalid_json", f"the value is not JSON: {e}")
+        return Rejection(
+            "oversized", f"the message has {len(value)} bytes, the limit is {max_bytes}"
+        )
+    try:
+        event = json.loads(value.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return Rejection("invalid_json", f"the value is not UTF-8: {e}")
+    except json.JSONDecodeError as e:
+        return Rejection("invalid_json", f"the value is not JSON: {e}")
     if not isinstance(event, dict):
         return Rejection("not_an_object", f"the JSON is {_json_type(event)}, not an object")
     return event
 
 # %% ../nbs/08_serve.ipynb #17f77713
-_is_number = (
-    lambda checker, v: isinstance(v, (int, float))
+_is_number = lambda checker, v: (
+    isinstance(v, (int, float))
     and not isinstance(v, bool)
     and (isinstance(v, int) or math.isfinite(v))
 )
+
+
 @functools.cache
 def json_validator_class() -> type:
     "jsonschema's 2020-12 validator whose JSON numbers are finite and never booleans (jsonschema is imported on first call)."
     from jsonschema import Draft202012Validator
     from jsonschema.validators import extend
-    return extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine("number", _is_number))
 
-def _rejection(e, schema:dict) -> Rejection:
+    return extend(
+        Draft202012Validator,
+        type_checker=Draft202012Validator.TYPE_CHECKER.redefine("number", _is_number),
+    )
+
+
+def _rejection(e, schema: dict) -> Rejection:
     "The dead-letter `Rejection` for jsonschema error `e` about a top-level field."
     if e.validator == "required":
         name = next(f for f in e.validator_value if f not in e.instance)
@@ -211,35 +283,56 @@ def _rejection(e, schema:dict) -> Rejection:
         )
     return Rejection("wrong_type", f"field {name!r}: {e.message}", name, _short(v))
 
-def event_rejection(event:dict, # a parsed JSON object
-                    schema:dict, # from `event_schema`
-                    validator=None # `json_validator_class()(schema)`, made once; None: made here
-                   ) -> Rejection|None:
+
+def event_rejection(
+    event: dict,  # a parsed JSON object
+    schema: dict,  # from `event_schema`
+    validator=None,  # `json_validator_class()(schema)`, made once; None: made here
+) -> Rejection | None:
     "Why `event` does not fit `schema` (the first reason of `REASONS` that applies), or None."
     order, reasons = ["schema_version", *schema["properties"]], list(REASONS)
-    found = [_rejection(e, schema) for e in (validator or json_validator_class()(schema)).iter_errors(event)]
-    rank = lambda r: (reasons.index(r.reason), order.index(r.field) if r.field in order else len(order))
+    found = [
+        _rejection(e, schema)
+        for e in (validator or json_validator_class()(schema)).iter_errors(event)
+    ]
+    rank = lambda r: (
+        reasons.index(r.reason),
+        order.index(r.field) if r.field in order else len(order),
+    )
     return min(found, key=rank, default=None)
 
 # %% ../nbs/08_serve.ipynb #0422e8a2
 _QUICK_KEYWORDS = {"type", "enum", "const", "minimum", "maximum", "default", "description"}
 _SIMPLE = {int: ("integer", "number"), float: ("number",), str: ("string",)}
 
-def _quick_plan(schema:dict) -> list|None:
+
+def _quick_plan(schema: dict) -> list | None:
     "Per field: (name, types, enum, const, minimum, maximum, required); None if a keyword is beyond the quick check."
     props, req = schema["properties"], set(schema["required"])
-    if any(set(p) - _QUICK_KEYWORDS for p in props.values()) or req - set(props): return None
+    if any(set(p) - _QUICK_KEYWORDS for p in props.values()) or req - set(props):
+        return None
     types = lambda p: set(p["type"]) if isinstance(p["type"], list) else {p["type"]}
     return [
-        (n, types(p), p.get("enum"), p.get("const", ...), p.get("minimum"), p.get("maximum"), n in req)
+        (
+            n,
+            types(p),
+            p.get("enum"),
+            p.get("const", ...),
+            p.get("minimum"),
+            p.get("maximum"),
+            n in req,
+        )
         for n, p in props.items()
     ]
 
-def _quick_field(v, types:set, enum, const, lo, hi) -> bool:
+
+def _quick_field(v, types: set, enum, const, lo, hi) -> bool:
     "Whether present, non-null `v` certainly fits: a JSON type of `types`, in `enum`, equal to `const`, within `lo`..`hi`."
     kinds = _SIMPLE.get(type(v))
-    if kinds is None or not types.intersection(kinds[-1:] if type(v) is float else kinds): return False
-    if type(v) is float and not math.isfinite(v): return False
+    if kinds is None or not types.intersection(kinds[-1:] if type(v) is float else kinds):
+        return False
+    if type(v) is float and not math.isfinite(v):
+        return False
     return (
         (enum is None or v in enum)
         and (const is ... or v == const)
@@ -247,9 +340,11 @@ def _quick_field(v, types:set, enum, const, lo, hi) -> bool:
         and (hi is None or v <= hi)
     )
 
+
 class EventValidator:
     "Validates events against `schema`: a quick check lets the usual good event through; jsonschema judges the rest."
-    def __init__(self, schema:dict): # from `event_schema`
+
+    def __init__(self, schema: dict):  # from `event_schema`
         self.schema, self.plan = schema, _quick_plan(schema)
 
     @functools.cached_property
@@ -257,38 +352,47 @@ class EventValidator:
         "jsonschema's validator of the schema, for the events the quick check does not accept (made on first use)."
         return json_validator_class()(self.schema)
 
-    def quick_ok(self, event:dict) -> bool:
+    def quick_ok(self, event: dict) -> bool:
         "True if `event` certainly fits the schema; False means: ask jsonschema."
-        if self.plan is None: return False
+        if self.plan is None:
+            return False
         for name, types, enum, const, lo, hi, required in self.plan:
             v = event.get(name)
             if v is None:
-                if (name in event and "null" not in types) or (name not in event and required): return False
-            elif not _quick_field(v, types, enum, const, lo, hi): return False
+                if (name in event and "null" not in types) or (name not in event and required):
+                    return False
+            elif not _quick_field(v, types, enum, const, lo, hi):
+                return False
         return True
 
-    def __call__(self, value:bytes|None, # the message value as consumed
-                 max_bytes:int=MAX_EVENT_BYTES # larger messages are rejected unparsed
-                ) -> dict|Rejection:
+    def __call__(
+        self,
+        value: bytes | None,  # the message value as consumed
+        max_bytes: int = MAX_EVENT_BYTES,  # larger messages are rejected unparsed
+    ) -> dict | Rejection:
         "The event in `value` if it fits the schema, else why not."
         event = parse_event(value, max_bytes)
-        if isinstance(event, Rejection) or self.quick_ok(event): return event
+        if isinstance(event, Rejection) or self.quick_ok(event):
+            return event
         return event_rejection(event, self.schema, self.jsonschema) or event | {
             "event_id": int(event["event_id"])
         }
 
 # %% ../nbs/08_serve.ipynb #77c8f7aa
-def example_events(schema:dict, event_id:int=7) -> dict:
+def example_events(schema: dict, event_id: int = 7) -> dict:
     "A good event and one bad message per rejection reason a message can earn, as {name: bytes}."
     props, target = schema["properties"], schema["x-target"]
     good = {"event_id": event_id, "schema_version": SCHEMA_VERSION}
     good |= {
         n: p["enum"][0] if "enum" in p else p["examples"][0] if "examples" in p else 1.5
-        for n, p in props.items() if n not in good and n != target
+        for n, p in props.items()
+        if n not in good and n != target
     }
     num = next(n for n, p in props.items() if "number" in p["type"] and n != target)
     cat = next((n for n, p in props.items() if "enum" in p), None)
-    needed = next((n for n in schema["required"] if n not in ("event_id", "schema_version")), "event_id")
+    needed = next(
+        (n for n in schema["required"] if n not in ("event_id", "schema_version")), "event_id"
+    )
     enc = lambda **kw: json.dumps(good | kw).encode()
     bad = {
         "empty": b"",
@@ -301,23 +405,35 @@ def example_events(schema:dict, event_id:int=7) -> dict:
         "not_finite": enc(**{num: float("nan")}),
         "out_of_range": enc(event_id=-3),
     }
-    if cat: bad["unknown_category"] = enc(**{cat: "Monsoon"})
+    if cat:
+        bad["unknown_category"] = enc(**{cat: "Monsoon"})
     features = [n for n in props if n not in (target, "event_id", "schema_version")]
-    optional = [n for n in features if n not in schema["required"]]  # the fields the worker may fill in
-    if len(optional) > MAX_IMPUTED * len(features):  # without them all, more than the default share is missing
-        bad["too_imputed"] = json.dumps({k: v for k, v in good.items() if k not in optional}).encode()
+    optional = [
+        n for n in features if n not in schema["required"]
+    ]  # the fields the worker may fill in
+    if len(optional) > MAX_IMPUTED * len(
+        features
+    ):  # without them all, more than the default share is missing
+        bad["too_imputed"] = json.dumps(
+            {k: v for k, v in good.items() if k not in optional}
+        ).encode()
     return {"good": enc(), **bad}
 
 # %% ../nbs/08_serve.ipynb #4fc1b68f
-def _score_one(model, event:dict) -> float|Rejection:
-    try: y = float(model.predict_records([event])[0])
-    except Exception as e: return Rejection("prediction_failed", f"the model raised {type(e).__name__}: {e}")
+def _score_one(model, event: dict) -> float | Rejection:
+    try:
+        y = float(model.predict_records([event])[0])
+    except Exception as e:
+        return Rejection("prediction_failed", f"the model raised {type(e).__name__}: {e}")
     return y if math.isfinite(y) else Rejection("prediction_failed", f"the model predicted {y}")
 
-def score_events(model, events:list[dict]) -> list[float|Rejection]:
+
+def score_events(model, events: list[dict]) -> list[float | Rejection]:
     "A prediction or a `Rejection` for each of `events`, from one call of the fast path when all goes well."
-    if not events: return []
-    try: ys = [float(y) for y in model.predict_records(events)]
+    if not events:
+        return []
+    try:
+        ys = [float(y) for y in model.predict_records(events)]
     except Exception as e:
         log.warning(
             "batch of %d events failed to score (%s: %s); scoring them one by one",
@@ -329,10 +445,11 @@ def score_events(model, events:list[dict]) -> list[float|Rejection]:
     return [y if math.isfinite(y) else _score_one(model, ev) for y, ev in zip(ys, events)]
 
 # %% ../nbs/08_serve.ipynb #1b0b7d79
-def prediction_message(event:dict, # a validated event
-                       predicted:float, # the model's prediction for it
-                       target:str # the actual's field name, e.g. "Sales"
-                      ) -> dict:
+def prediction_message(
+    event: dict,  # a validated event
+    predicted: float,  # the model's prediction for it
+    target: str,  # the actual's field name, e.g. "Sales"
+) -> dict:
     "The four-field prediction record for `event`; `actual_sales` and `error` are None when it has no actual."
     actual = event.get(target)
     if actual is None:
@@ -356,46 +473,74 @@ DEAD_LETTER_HEADERS = {  # headers a dead letter gets besides its original ones 
     "dlq.worker": "id of the worker that set it aside",
 }
 
-def dead_letter_headers(record, # the consumed message (kafka-python ConsumerRecord)
-                        rejection:Rejection,
-                        worker:str|None=None # the worker's id
-                       ) -> list[tuple[str, bytes]]:
+
+def dead_letter_headers(
+    record,  # the consumed message (kafka-python ConsumerRecord)
+    rejection: Rejection,
+    worker: str | None = None,  # the worker's id
+) -> list[tuple[str, bytes]]:
     "The original headers plus the reason and the source of a dead letter."
-    extra = {"dlq.reason": rejection.reason, "dlq.detail": rejection.detail, "dlq.field": rejection.field,
-             "dlq.value": rejection.value, "dlq.topic": record.topic, "dlq.partition": record.partition,
-             "dlq.offset": record.offset, "dlq.worker": worker}
-    return list(record.headers or []) + [(k, str(v).encode()) for k, v in extra.items() if v is not None]
+    extra = {
+        "dlq.reason": rejection.reason,
+        "dlq.detail": rejection.detail,
+        "dlq.field": rejection.field,
+        "dlq.value": rejection.value,
+        "dlq.topic": record.topic,
+        "dlq.partition": record.partition,
+        "dlq.offset": record.offset,
+        "dlq.worker": worker,
+    }
+    return list(record.headers or []) + [
+        (k, str(v).encode()) for k, v in extra.items() if v is not None
+    ]
 
 # %% ../nbs/08_serve.ipynb #c6898686
-def lacking(model, event:dict) -> list[str]:
+def lacking(model, event: dict) -> list[str]:
     "The inputs of `model` that `event` lacks (absent or null): those the worker would fill in."
     return [f for f in model.inputs if _missing(event.get(f))]
 
-def too_imputed(model, event:dict, max_imputed:float=MAX_IMPUTED) -> Rejection|None:
+
+def too_imputed(model, event: dict, max_imputed: float = MAX_IMPUTED) -> Rejection | None:
     "The `too_imputed` rejection of `event` if it lacks more than `max_imputed` of the model's inputs, else None."
     gaps, n = lacking(model, event), len(model.inputs)
-    if len(gaps) <= max_imputed * n: return None
-    return Rejection("too_imputed", f"the event lacks {len(gaps)} of the model's {n} features ({', '.join(map(repr, gaps))}); "
-                     f"at most {max_imputed:.0%} of them may be filled in", gaps[0])
+    if len(gaps) <= max_imputed * n:
+        return None
+    return Rejection(
+        "too_imputed",
+        f"the event lacks {len(gaps)} of the model's {n} features ({', '.join(map(repr, gaps))}); "
+        f"at most {max_imputed:.0%} of them may be filled in",
+        gaps[0],
+    )
 
-def fit_problem(model, events:list[dict], # recent events; none: nothing to judge by, the model fits
-                max_imputed:float=MAX_IMPUTED) -> str|None:
+
+def fit_problem(
+    model,
+    events: list[dict],  # recent events; none: nothing to judge by, the model fits
+    max_imputed: float = MAX_IMPUTED,
+) -> str | None:
     "Why `model` does not fit `events` (most of them lack more than `max_imputed` of its inputs), or None."
     unfit = sum(too_imputed(model, e, max_imputed) is not None for e in events)
-    if 2 * unfit <= len(events): return None
-    return (f"model {model.name!r} ({model.version}) reads {', '.join(model.inputs)}, but {unfit} of the {len(events)} newest "
-            f"events lack more than {max_imputed:.0%} of them; the events carry {', '.join(sorted(set().union(*events)))}")
+    if 2 * unfit <= len(events):
+        return None
+    return (
+        f"model {model.name!r} ({model.version}) reads {', '.join(model.inputs)}, but {unfit} of the {len(events)} newest "
+        f"events lack more than {max_imputed:.0%} of them; the events carry {', '.join(sorted(set().union(*events)))}"
+    )
 
 # %% ../nbs/08_serve.ipynb #f3056adf
 @dataclass(frozen=True)
 class Outgoing:
     "One message to produce."
+
     topic: str
-    key: bytes|None
-    value: bytes|None
+    key: bytes | None
+    value: bytes | None
     headers: list
 
-def _prediction_headers(version:bytes, worker, msg:dict, imputed:list[str]) -> list[tuple[str, bytes]]:
+
+def _prediction_headers(
+    version: bytes, worker, msg: dict, imputed: list[str]
+) -> list[tuple[str, bytes]]:
     "The headers of prediction `msg`: model version, worker, and `actual`/`imputed` when they apply."
     return (
         [("model_version", version), ("worker", str(worker).encode())]
@@ -403,20 +548,26 @@ def _prediction_headers(version:bytes, worker, msg:dict, imputed:list[str]) -> l
         + ([("imputed", ",".join(imputed).encode())] if imputed else [])
     )
 
-def plan_batch(records:list, # consumed messages, in order
-               model, # a `SalesModel` (features, target, fill_values, impute_records, predict_records)
-               validate:EventValidator, # of `event_schema(model)`
-               predictions_topic:str=PREDICTIONS_TOPIC,
-               dead_letter_topic:str=DEAD_LETTER_TOPIC,
-               max_bytes:int=MAX_EVENT_BYTES, # larger events are dead letters
-               worker:str|None=None, # the worker's id, for headers
-               max_imputed:float=MAX_IMPUTED, # events lacking more of the model's inputs are dead letters
-               history:SeriesHistory|None=None # each series' recent actuals, for a model that needs them
-              ) -> tuple[list[Outgoing], Counter, Counter]:
+
+def plan_batch(
+    records: list,  # consumed messages, in order
+    model,  # a `SalesModel` (features, target, fill_values, impute_records, predict_records)
+    validate: EventValidator,  # of `event_schema(model)`
+    predictions_topic: str = PREDICTIONS_TOPIC,
+    dead_letter_topic: str = DEAD_LETTER_TOPIC,
+    max_bytes: int = MAX_EVENT_BYTES,  # larger events are dead letters
+    worker: str | None = None,  # the worker's id, for headers
+    max_imputed: float = MAX_IMPUTED,  # events lacking more of the model's inputs are dead letters
+    history: SeriesHistory
+    | None = None,  # each series' recent actuals, for a model that needs them
+) -> tuple[list[Outgoing], Counter, Counter]:
     "The predictions and dead letters for `records`, a count of outcomes ('scored', each dead-letter reason) and of filled features."
-    valid = lambda ev: ev if isinstance(ev, Rejection) else too_imputed(model, ev, max_imputed) or ev
+    valid = lambda ev: (
+        ev if isinstance(ev, Rejection) else too_imputed(model, ev, max_imputed) or ev
+    )
     checked = [(r, valid(validate(r.value, max_bytes))) for r in records]
-    if history is not None: checked = add_history(checked, model, history)
+    if history is not None:
+        checked = add_history(checked, model, history)
     good = [(r, ev) for r, ev in checked if not isinstance(ev, Rejection)]
     filled, imputed = model.impute_records([ev for _, ev in good]) if good else ([], [])
     scores = dict(zip((id(r) for r, _ in good), zip(score_events(model, filled), imputed)))
@@ -425,7 +576,9 @@ def plan_batch(records:list, # consumed messages, in order
     for r, ev in checked:
         res, names = scores.get(id(r), (ev, []))
         if isinstance(res, Rejection):
-            out.append(Outgoing(dead_letter_topic, r.key, r.value, dead_letter_headers(r, res, worker)))
+            out.append(
+                Outgoing(dead_letter_topic, r.key, r.value, dead_letter_headers(r, res, worker))
+            )
             counts[res.reason] += 1
             continue
         msg = prediction_message(ev, res, validate.schema["x-target"])
@@ -441,35 +594,62 @@ def plan_batch(records:list, # consumed messages, in order
     return out, counts, Counter(f for names in imputed for f in names)
 
 # %% ../nbs/08_serve.ipynb #c414d589
-def _ms(xs:list, q:float) -> float|None:
+def _ms(xs: list, q: float) -> float | None:
     "The `q` quantile of `xs` seconds, in milliseconds."
     return round(1000 * sorted(xs)[min(len(xs) - 1, int(q * len(xs)))], 2) if xs else None
 
+
 class Metrics:
     "Counts, rates and batch latencies of one worker, logged and written to a JSON file periodically."
-    def __init__(self, path:Path|str|None=None, # JSON file to rewrite; None: log only
-                 every:float=5.0, # seconds between reports
-                 **info): # constant fields for the report, e.g. worker and group ids
+
+    def __init__(
+        self,
+        path: Path | str | None = None,  # JSON file to rewrite; None: log only
+        every: float = 5.0,  # seconds between reports
+        **info,
+    ):  # constant fields for the report, e.g. worker and group ids
         self.path, self.every, self.info = Path(path) if path else None, every, info
-        self.counts, self.batches, self.latencies, self.partitions = Counter(), 0, deque(maxlen=1000), []
-        self.imputed, self.values = Counter(), 0  # how often each feature was filled in; feature values of the scored events
+        self.counts, self.batches, self.latencies, self.partitions = (
+            Counter(),
+            0,
+            deque(maxlen=1000),
+            [],
+        )
+        self.imputed, self.values = (
+            Counter(),
+            0,
+        )  # how often each feature was filled in; feature values of the scored events
         self.started = self._last_t = time.monotonic()
-        self._last_n, self._last_counts, self._last_imputed, self._last_values = 0, Counter(), Counter(), 0
+        self._last_n, self._last_counts, self._last_imputed, self._last_values = (
+            0,
+            Counter(),
+            Counter(),
+            0,
+        )
 
     @property
-    def events(self) -> int: return sum(self.counts.values())
+    def events(self) -> int:
+        return sum(self.counts.values())
 
-    def add(self, counts:Counter, seconds:float,
-            imputed:Counter|None=None, # how often each feature was filled in, from `plan_batch`
-            inputs:int=0): # the model's inputs per event
+    def add(
+        self,
+        counts: Counter,
+        seconds: float,
+        imputed: Counter | None = None,  # how often each feature was filled in, from `plan_batch`
+        inputs: int = 0,
+    ):  # the model's inputs per event
         "Record one batch's outcomes, its filled-in features and its latency."
-        self.counts.update(counts); self.batches += 1; self.latencies.append(seconds)
-        self.imputed.update(imputed or {}); self.values += counts.get("scored", 0) * inputs
+        self.counts.update(counts)
+        self.batches += 1
+        self.latencies.append(seconds)
+        self.imputed.update(imputed or {})
+        self.values += counts.get("scored", 0) * inputs
         self.tick()
 
     def tick(self):
         "Report if the interval is over: after a batch, and between polls while idle, so the progress line stays current."
-        if time.monotonic() - self._last_t >= self.every: self.report()
+        if time.monotonic() - self._last_t >= self.every:
+            self.report()
 
     def snapshot(self) -> dict:
         "The metrics now, as a JSON-ready dict."
@@ -486,7 +666,9 @@ class Metrics:
             "imputed": dict(sorted(self.imputed.items())),
             "imputed_share": round(self.imputed.total() / self.values, 4) if self.values else 0.0,
             "events_per_s": round(self.events / up, 1) if up else 0.0,
-            "recent_events_per_s": round((self.events - self._last_n) / max(now - self._last_t, 1e-9), 1),
+            "recent_events_per_s": round(
+                (self.events - self._last_n) / max(now - self._last_t, 1e-9), 1
+            ),
             "batch_latency_ms": {"p50": _ms(lat, 0.5), "p95": _ms(lat, 0.95), "max": _ms(lat, 1.0)},
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -495,28 +677,41 @@ class Metrics:
         "Log the metrics and rewrite the file; start a new interval."
         s = self.snapshot()
         log.info("%s", self.line(s))
-        self.warn_rejections(); self.warn_imputed()
+        self.warn_rejections()
+        self.warn_imputed()
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(s, indent=1)); tmp.replace(self.path)
-        self._last_t, self._last_n, self._last_counts = time.monotonic(), self.events, self.counts.copy()
+            tmp.write_text(json.dumps(s, indent=1))
+            tmp.replace(self.path)
+        self._last_t, self._last_n, self._last_counts = (
+            time.monotonic(),
+            self.events,
+            self.counts.copy(),
+        )
         self._last_imputed, self._last_values = self.imputed.copy(), self.values
         return s
 
-    def line(self, s:dict) -> str:
+    def line(self, s: dict) -> str:
         "The report's log line, from snapshot `s`."
-        ms = [f"{v:.1f} ms" if v is not None else "- (no batch yet)" for v in s["batch_latency_ms"].values()]
-        return (f"scored {s['scored']}, dead-lettered {s['dead_lettered']}, {s['events_per_s']:.1f} events/s "
-                f"(now {s['recent_events_per_s']:.1f}), batch p50 {ms[0]}, p95 {ms[1]}")
+        ms = [
+            f"{v:.1f} ms" if v is not None else "- (no batch yet)"
+            for v in s["batch_latency_ms"].values()
+        ]
+        return (
+            f"scored {s['scored']}, dead-lettered {s['dead_lettered']}, {s['events_per_s']:.1f} events/s "
+            f"(now {s['recent_events_per_s']:.1f}), batch p50 {ms[0]}, p95 {ms[1]}"
+        )
 
-    def warn_rejections(self, share:float=0.1, at_least:int=20):
+    def warn_rejections(self, share: float = 0.1, at_least: int = 20):
         "Warn when more than `share` of this interval's events (at least `at_least` of them) were dead-lettered."
         new = self.counts - self._last_counts
         n, bad = sum(new.values()), sum(new.values()) - new["scored"]
-        if n < at_least or bad <= share * n: return
+        if n < at_least or bad <= share * n:
+            return
         top = ", ".join(
-            f"{r} {c}" for r, c in Counter({k: v for k, v in new.items() if k != "scored"}).most_common(3)
+            f"{r} {c}"
+            for r, c in Counter({k: v for k, v in new.items() if k != "scored"}).most_common(3)
         )
         log.warning(
             "%d of the last %d events (%.0f %%) were dead-lettered (%s): is the model right for these events? "
@@ -527,10 +722,11 @@ class Metrics:
             top,
         )
 
-    def warn_imputed(self, share:float=0.1, at_least:int=20):
+    def warn_imputed(self, share: float = 0.1, at_least: int = 20):
         "Warn when more than `share` of the feature values of this interval's scored events (at least `at_least`) were filled in."
         new, values = self.imputed - self._last_imputed, self.values - self._last_values
-        if (self.counts - self._last_counts)["scored"] < at_least or new.total() <= share * values: return
+        if (self.counts - self._last_counts)["scored"] < at_least or new.total() <= share * values:
+            return
         log.warning(
             "%d of the %d feature values of the last %d scored events (%.0f %%) were filled in with training values (%s): "
             "do the events carry the model's features? Each prediction's `imputed` header names its filled features",
@@ -545,54 +741,96 @@ class Metrics:
 class ServeError(SalesKafkaError, RuntimeError):
     "The scoring worker cannot go on (a model that will not load, records the broker did not acknowledge)."
 
-def next_offsets(records:list) -> dict:
-    "The offsets to commit after `records`: one past the last message of each partition."
-    return {TopicPartition(r.topic, r.partition): OffsetAndMetadata(r.offset + 1, "", -1) for r in records}
 
-def first_offsets(records:list) -> dict:
+def next_offsets(records: list) -> dict:
+    "The offsets to commit after `records`: one past the last message of each partition."
+    return {
+        TopicPartition(r.topic, r.partition): OffsetAndMetadata(r.offset + 1, "", -1)
+        for r in records
+    }
+
+
+def first_offsets(records: list) -> dict:
     "The offset of the first of `records` in each partition."
     out = {}
-    for r in records: out.setdefault(TopicPartition(r.topic, r.partition), r.offset)
+    for r in records:
+        out.setdefault(TopicPartition(r.topic, r.partition), r.offset)
     return out
 
 # %% ../nbs/08_serve.ipynb #srvts004
-def check_servable(model, events:list[dict]=(), # recent events the model must fit
-                   max_imputed:float=MAX_IMPUTED):
+def check_servable(
+    model,
+    events: list[dict] = (),  # recent events the model must fit
+    max_imputed: float = MAX_IMPUTED,
+):
     "Refuse a model whose history a worker cannot rebuild (no time axis), or that does not fit `events`: a `ServeError` says why."
     if getattr(model, "needs_history", False) and not model.time:
-        raise ServeError(f"model {model.name!r} ({model.version}) reads {', '.join(model.features)}, made from earlier actuals, "
-                         "but has no time axis to find them by: train it with one (sales-kafka run --time-column, --series)")
-    if why := fit_problem(model, list(events), max_imputed): raise ServeError(why)
+        raise ServeError(
+            f"model {model.name!r} ({model.version}) reads {', '.join(model.features)}, made from earlier actuals, "
+            "but has no time axis to find them by: train it with one (sales-kafka run --time-column, --series)"
+        )
+    if why := fit_problem(model, list(events), max_imputed):
+        raise ServeError(why)
 
 # %% ../nbs/08_serve.ipynb #b7c7dc91
-def _lag_features(model, history, events:list[dict]) -> list[dict|Rejection]:
+def _lag_features(model, history, events: list[dict]) -> list[dict | Rejection]:
     "`history.features` of `events`; one by one if the batch fails, an event that fails alone becoming a rejection."
     from sales_prediction_kafka.history import HistoryError
-    try: return history.features(model, events)
-    except HistoryError: raise  # the state cannot serve this model at all: the worker stops and says why
-    except Exception as e:
-        if len(events) > 1: return [x for ev in events for x in _lag_features(model, history, [ev])]
-        return [Rejection("prediction_failed", f"its lag features could not be made ({type(e).__name__}: {e})")]
 
-def add_history(checked:list, # (record, event or Rejection) pairs, as `plan_batch` validates them
-                model, history:SeriesHistory) -> list:
+    try:
+        return history.features(model, events)
+    except HistoryError:
+        raise  # the state cannot serve this model at all: the worker stops and says why
+    except Exception as e:
+        if len(events) > 1:
+            return [x for ev in events for x in _lag_features(model, history, [ev])]
+        return [
+            Rejection(
+                "prediction_failed", f"its lag features could not be made ({type(e).__name__}: {e})"
+            )
+        ]
+
+
+def add_history(
+    checked: list,  # (record, event or Rejection) pairs, as `plan_batch` validates them
+    model,
+    history: SeriesHistory,
+) -> list:
     "`checked` with each event's lag features from `history`; an event not keyed by its series becomes a `wrong_key` rejection."
+
     def keyed(r, ev):
-        if isinstance(ev, Rejection): return ev
+        if isinstance(ev, Rejection):
+            return ev
         k, got = series_key(ev, model.axis.series), (r.key or b"").decode(errors="replace")
-        return ev if got == k else Rejection("wrong_key", f"event {ev['event_id']} is keyed {got!r}, its series is {k!r}: key a lag "
-                                             "model's events by their series (sales-kafka replay --series)", None, _short(got))
+        return (
+            ev
+            if got == k
+            else Rejection(
+                "wrong_key",
+                f"event {ev['event_id']} is keyed {got!r}, its series is {k!r}: key a lag "
+                "model's events by their series (sales-kafka replay --series)",
+                None,
+                _short(got),
+            )
+        )
+
     checked = [(r, keyed(r, ev)) for r, ev in checked]
     good = [i for i, (_, ev) in enumerate(checked) if not isinstance(ev, Rejection)]
     out = list(checked)
-    for i, ev in zip(good, _lag_features(model, history, [checked[i][1] for i in good])): out[i] = (checked[i][0], ev)
+    for i, ev in zip(good, _lag_features(model, history, [checked[i][1] for i in good])):
+        out[i] = (checked[i][0], ev)
     return out
 
 # %% ../nbs/08_serve.ipynb #86e67a01
 class AssignmentReporter(ConsumerRebalanceListener):
     "Log and report the partitions a worker owns after each rebalance."
-    def __init__(self, worker): self.worker = worker
-    def on_partitions_revoked(self, revoked): pass  # batches are delivered before the next poll; a commit in flight may be lost: redelivery
+
+    def __init__(self, worker):
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked):
+        pass  # batches are delivered before the next poll; a commit in flight may be lost: redelivery
+
     def on_partitions_assigned(self, assigned):
         self.worker.metrics.partitions = sorted(tp.partition for tp in assigned)
         log.info("%r now owns partitions %s", self.worker, self.worker.metrics.partitions)
@@ -601,23 +839,37 @@ class AssignmentReporter(ConsumerRebalanceListener):
 # %% ../nbs/08_serve.ipynb #c687693d
 class ScoringWorker:
     "One scoring worker in consumer group `group_id`: poll, validate, impute, predict, produce, commit."
-    def __init__(self, model, # a `SalesModel`
-                 settings:KafkaSettings, # the cluster (bootstrap_servers set)
-                 group_id:str="sales-scorers", # workers with the same group id share the partitions
-                 worker_id:str|None=None, # stable id of this worker; `<host>-<pid>` by default
-                 exactly_once:bool=False, # transactions instead of at-least-once
-                 events_topic:str=EVENTS_TOPIC, predictions_topic:str=PREDICTIONS_TOPIC, dead_letter_topic:str=DEAD_LETTER_TOPIC,
-                 max_records:int=500, # the most events in one micro-batch
-                 max_event_bytes:int=MAX_EVENT_BYTES, # larger events are dead letters
-                 session_timeout_ms:int=10_000, # a silent worker leaves the group after this
-                 max_poll_interval_ms:int=300_000, # a worker that takes longer between polls leaves the group (Kafka's max.poll.interval.ms)
-                 transaction_timeout_ms:int=30_000, # an open transaction of a dead worker is aborted after this
-                 metrics:Metrics|None=None,
-                 follower:ChampionFollower|None=None, # swaps in each new champion between micro-batches; None: one model for good
-                 max_imputed:float=MAX_IMPUTED, # events lacking more of the model's inputs are dead letters
-                 history_topic:str=HISTORY_TOPIC): # each series' recent actuals, for a model with lags (chapter 08e)
-        self.max_imputed, self.recent = max_imputed, []  # the last batch's messages: what a new champion must fit
-        self.history_topic, self.history, self.model = history_topic, None, None  # the per-series state, made when a model needs it
+
+    def __init__(
+        self,
+        model,  # a `SalesModel`
+        settings: KafkaSettings,  # the cluster (bootstrap_servers set)
+        group_id: str = "sales-scorers",  # workers with the same group id share the partitions
+        worker_id: str | None = None,  # stable id of this worker; `<host>-<pid>` by default
+        exactly_once: bool = False,  # transactions instead of at-least-once
+        events_topic: str = EVENTS_TOPIC,
+        predictions_topic: str = PREDICTIONS_TOPIC,
+        dead_letter_topic: str = DEAD_LETTER_TOPIC,
+        max_records: int = 500,  # the most events in one micro-batch
+        max_event_bytes: int = MAX_EVENT_BYTES,  # larger events are dead letters
+        session_timeout_ms: int = 10_000,  # a silent worker leaves the group after this
+        max_poll_interval_ms: int = 300_000,  # a worker that takes longer between polls leaves the group (Kafka's max.poll.interval.ms)
+        transaction_timeout_ms: int = 30_000,  # an open transaction of a dead worker is aborted after this
+        metrics: Metrics | None = None,
+        follower: ChampionFollower
+        | None = None,  # swaps in each new champion between micro-batches; None: one model for good
+        max_imputed: float = MAX_IMPUTED,  # events lacking more of the model's inputs are dead letters
+        history_topic: str = HISTORY_TOPIC,
+    ):  # each series' recent actuals, for a model with lags (chapter 08e)
+        self.max_imputed, self.recent = (
+            max_imputed,
+            [],
+        )  # the last batch's messages: what a new champion must fit
+        self.history_topic, self.history, self.model = (
+            history_topic,
+            None,
+            None,
+        )  # the per-series state, made when a model needs it
         self.settings, self.group_id, self.exactly_once, self.follower, self.swaps = (
             settings,
             group_id,
@@ -628,21 +880,30 @@ class ScoringWorker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.topics = (events_topic, predictions_topic, dead_letter_topic)
         self.max_records, self.max_event_bytes = max_records, max_event_bytes
-        self.session_timeout_ms, self.transaction_timeout_ms = session_timeout_ms, transaction_timeout_ms
-        self.max_poll_interval_ms, self.polled_in = max_poll_interval_ms, None  # polled_in: the group membership of the last poll
+        self.session_timeout_ms, self.transaction_timeout_ms = (
+            session_timeout_ms,
+            transaction_timeout_ms,
+        )
+        self.max_poll_interval_ms, self.polled_in = (
+            max_poll_interval_ms,
+            None,
+        )  # polled_in: the group membership of the last poll
         self.metrics = metrics or Metrics(worker=self.worker_id, group=group_id, mode=self.mode)
         self.use(model)
         self.stopping = threading.Event()
         self.consumer = self.producer = None
 
     @property
-    def mode(self) -> str: return "exactly-once" if self.exactly_once else "at-least-once"
+    def mode(self) -> str:
+        return "exactly-once" if self.exactly_once else "at-least-once"
 
-    def __repr__(self): return f"ScoringWorker({self.worker_id!r}, group={self.group_id!r}, {self.mode})"
+    def __repr__(self):
+        return f"ScoringWorker({self.worker_id!r}, group={self.group_id!r}, {self.mode})"
 
     def open(self) -> ScoringWorker:
         "Freeze the heap (see below); connect: subscribe the consumer to the events topic and ready the producer."
-        gc.collect(); gc.freeze()  # the model's long-lived objects leave the collector's view
+        gc.collect()
+        gc.freeze()  # the model's long-lived objects leave the collector's view
         iso = "read_committed" if self.exactly_once else "read_uncommitted"
         self.consumer = consumer(
             self.settings,
@@ -655,31 +916,51 @@ class ScoringWorker:
             heartbeat_interval_ms=max(500, self.session_timeout_ms // 3),
             max_poll_interval_ms=self.max_poll_interval_ms,
         )
-        self.consumer.partitions_for_topic(self.topics[0])  # known before the first join, else it assigns nothing until the next metadata refresh (5 min)
+        self.consumer.partitions_for_topic(
+            self.topics[0]
+        )  # known before the first join, else it assigns nothing until the next metadata refresh (5 min)
         self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
         self.producer = self._new_producer()
-        threading.Thread(target=json_validator_class, name="import-jsonschema", daemon=True).start()  # see EventValidator
+        threading.Thread(
+            target=json_validator_class, name="import-jsonschema", daemon=True
+        ).start()  # see EventValidator
         log.info("%r consuming %s at %s", self, self.topics[0], self.settings.bootstrap_servers)
         return self
 
     def _new_producer(self):
         "The worker's producer; in exactly-once mode transactional, its transactions initialised (fencing an older producer of this id)."
-        txn = {"transactional_id": f"{self.group_id}-{self.worker_id}", "transaction_timeout_ms": self.transaction_timeout_ms}
-        p = producer(self.settings, tuning=producer_settings(base=SERVE_TUNING), value_serializer=DefaultSerializer(),
-                     **(txn if self.exactly_once else {}))
+        txn = {
+            "transactional_id": f"{self.group_id}-{self.worker_id}",
+            "transaction_timeout_ms": self.transaction_timeout_ms,
+        }
+        p = producer(
+            self.settings,
+            tuning=producer_settings(base=SERVE_TUNING),
+            value_serializer=DefaultSerializer(),
+            **(txn if self.exactly_once else {}),
+        )
         if self.exactly_once:
-            try: p.init_transactions()
-            except KafkaError: close_producer(p, timeout=1); raise
+            try:
+                p.init_transactions()
+            except KafkaError:
+                close_producer(p, timeout=1)
+                raise
         return p
 
     def close(self):
         "Leave the group and close the clients (offsets were committed batch by batch)."
-        if self.consumer is not None: self.consumer.close(autocommit=False); self.consumer = None
-        if self.producer is not None: self.producer.close(); self.producer = None
-        if self.history is not None: self.history.close(); self.history = None
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)
+            self.consumer = None
+        if self.producer is not None:
+            self.producer.close()
+            self.producer = None
+        if self.history is not None:
+            self.history.close()
+            self.history = None
         log.info("%r closed", self)
 
-    def use(self, model, events:list[dict]=()): # recent events it must fit
+    def use(self, model, events: list[dict] = ()):  # recent events it must fit
         "Score with `model` (a `SalesModel`) from the next micro-batch on; a `ServeError` if it cannot be served."
         check_servable(model, events, self.max_imputed)
         self.model, self.validate = model, EventValidator(event_schema(model))
@@ -688,37 +969,54 @@ class ScoringWorker:
     def swap(self) -> bool:
         "Switch to a newly promoted champion, if one is ready; called between micro-batches, so between transactions."
         got = self.follower.take() if self.follower else None
-        if got is None: return False
+        if got is None:
+            return False
         old = self.model.version
-        try: check_servable(got[1], self.recent_events(), self.max_imputed)
+        try:
+            check_servable(got[1], self.recent_events(), self.max_imputed)
         except ServeError as e:
             log.error("%r keeps model %s, refusing the champion: %s", self, old, e)
             return False
         self.swaps += 1
-        self.use(got[1]); gc.freeze()
+        self.use(got[1])
+        gc.freeze()
         log.info("%r swapped model %s for the champion %s", self, old, self.model.version)
         return True
 
     def recent_events(self) -> list[dict]:
         "The JSON objects of the last batch, else the newest events of the topic."
         from sales_prediction_kafka.browse import newest_events
-        got = [e for r in self.recent if isinstance(e := parse_event(r.value, self.max_event_bytes), dict)]
+
+        got = [
+            e
+            for r in self.recent
+            if isinstance(e := parse_event(r.value, self.max_event_bytes), dict)
+        ]
         return got or newest_events(self.settings, self.topics[0])
 
-    def __enter__(self): return self.open()
-    def __exit__(self, *exc): self.close()
+    def __enter__(self):
+        return self.open()
 
-    def _send(self, out:list[Outgoing]) -> list:
+    def __exit__(self, *exc):
+        self.close()
+
+    def _send(self, out: list[Outgoing]) -> list:
         "Send `out`; the futures."
-        return [self.producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in out]
+        return [
+            self.producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in out
+        ]
 
-    def _committed(self, offsets:dict, result):
+    def _committed(self, offsets: dict, result):
         "Log a failed asynchronous commit: the partitions' next owner scores those events again."
         if isinstance(result, Exception):
-            log.warning("%r: commit of %s failed (%s); those events will be scored again", self,
-                        {f"{tp.topic}-{tp.partition}": o.offset for tp, o in offsets.items()}, result)
+            log.warning(
+                "%r: commit of %s failed (%s); those events will be scored again",
+                self,
+                {f"{tp.topic}-{tp.partition}": o.offset for tp, o in offsets.items()},
+                result,
+            )
 
-    def _deliver_at_least_once(self, out:list[Outgoing], records:list) -> bool:
+    def _deliver_at_least_once(self, out: list[Outgoing], records: list) -> bool:
         "Send, flush, check every acknowledgement, then commit without waiting."
         futures = self._send(out)
         self.producer.flush()
@@ -730,29 +1028,41 @@ class ScoringWorker:
         self.consumer.commit_async(next_offsets(records), callback=self._committed)
         return True
 
-    def _rewind(self, records:list):
+    def _rewind(self, records: list):
         "Seek back to the start of `records` in each partition this worker still owns."
         owned = self.consumer.assignment()
         for tp, o in first_offsets(records).items():
-            if tp in owned: self.consumer.seek(tp, o)
+            if tp in owned:
+                self.consumer.seek(tp, o)
 
-    def _within(self, step:str, *args):
+    def _within(self, step: str, *args):
         "Run a transaction `step` of kafka-python's transaction manager, waiting at most half the transaction timeout."
         result = getattr(self.producer._transaction_manager, step)(*args)
         self.producer._sender.wakeup()
         if not result.wait(self.transaction_timeout_ms // 2):
-            raise KafkaTimeoutError(f"{step} took longer than {self.transaction_timeout_ms // 2000} s")
+            raise KafkaTimeoutError(
+                f"{step} took longer than {self.transaction_timeout_ms // 2000} s"
+            )
 
-    def _deliver_exactly_once(self, out:list[Outgoing], records:list) -> bool:
+    def _deliver_exactly_once(self, out: list[Outgoing], records: list) -> bool:
         "Send and commit the offsets in one transaction; on failure abort (or renew the producer) and read the events again."
         self.producer.begin_transaction()
         try:
             self._send(out)
-            self._within("send_offsets_to_transaction", next_offsets(records), self.polled_in or self.consumer.group_metadata())
+            self._within(
+                "send_offsets_to_transaction",
+                next_offsets(records),
+                self.polled_in or self.consumer.group_metadata(),
+            )
             self._within("begin_commit")
             return True
         except KafkaError as e:
-            log.warning("%r: transaction of %d events failed (%r); aborting it and reading them again", self, len(records), e)
+            log.warning(
+                "%r: transaction of %d events failed (%r); aborting it and reading them again",
+                self,
+                len(records),
+                e,
+            )
         try:
             self._within("begin_abort")
             self._rewind(records)
@@ -761,121 +1071,189 @@ class ScoringWorker:
             self._rewind_to_committed(records)
         return False
 
-    def _renew_producer(self, why:Exception):
+    def _renew_producer(self, why: Exception):
         "Replace a producer whose transaction cannot end; the new one, with the same id, completes or aborts it on the broker."
-        log.warning("%r: the transaction could not be aborted (%r); replacing the producer", self, why)
+        log.warning(
+            "%r: the transaction could not be aborted (%r); replacing the producer", self, why
+        )
         close_producer(self.producer, timeout=1)
         self.producer = None
         while self.producer is None and not self.stopping.is_set():
-            try: self.producer = self._new_producer()
-            except (KafkaError, StreamError) as e: log.warning("%r: no new transactional producer yet (%r); trying again", self, e)
+            try:
+                self.producer = self._new_producer()
+            except (KafkaError, StreamError) as e:
+                log.warning("%r: no new transactional producer yet (%r); trying again", self, e)
 
-    def _rewind_to_committed(self, records:list):
+    def _rewind_to_committed(self, records: list):
         "Seek each owned partition to the group's committed offset (the batch's start where none is committed yet)."
         firsts = first_offsets(records)
         for tp in self.consumer.assignment():
             o = self._committed_offset(tp)
-            if self.stopping.is_set(): return  # nothing was committed past the group's offsets: the next owner starts there
-            if o is not None or tp in firsts: self.consumer.seek(tp, o if o is not None else firsts[tp])
+            if self.stopping.is_set():
+                return  # nothing was committed past the group's offsets: the next owner starts there
+            if o is not None or tp in firsts:
+                self.consumer.seek(tp, o if o is not None else firsts[tp])
 
-    def _committed_offset(self, tp:TopicPartition) -> int|None:
+    def _committed_offset(self, tp: TopicPartition) -> int | None:
         "The group's committed offset of `tp`, asked again (with a warning) while the broker holds it as unstable."
         while not self.stopping.is_set():
-            try: return self.consumer.committed(tp, timeout_ms=self.transaction_timeout_ms // 2)
+            try:
+                return self.consumer.committed(tp, timeout_ms=self.transaction_timeout_ms // 2)
             except KafkaTimeoutError:
-                log.warning("%r: the group's offset of %s-%d is still unstable after %d s (a transaction the broker has not "
-                            "completed; kafka-transactions find-hanging lists them); asking again", self, tp.topic,
-                            tp.partition, self.transaction_timeout_ms // 2000)
+                log.warning(
+                    "%r: the group's offset of %s-%d is still unstable after %d s (a transaction the broker has not "
+                    "completed; kafka-transactions find-hanging lists them); asking again",
+                    self,
+                    tp.topic,
+                    tp.partition,
+                    self.transaction_timeout_ms // 2000,
+                )
 
-    def process(self, records:list) -> Counter:
+    def process(self, records: list) -> Counter:
         "Score, dead-letter and commit one batch; the outcome counts (empty if the transaction was aborted)."
         t0 = time.monotonic()
         _, pred, dlq = self.topics
         out, counts, imputed = plan_batch(
-            records, self.model, self.validate, pred, dlq, self.max_event_bytes, self.worker_id, self.max_imputed,
-            self.history if getattr(self.model, "needs_history", False) else None
+            records,
+            self.model,
+            self.validate,
+            pred,
+            dlq,
+            self.max_event_bytes,
+            self.worker_id,
+            self.max_imputed,
+            self.history if getattr(self.model, "needs_history", False) else None,
         )
         done = (self._deliver_exactly_once if self.exactly_once else self._deliver_at_least_once)(
             out, records
         )
         self.recent = records[-20:]
-        if not done: return Counter()
+        if not done:
+            return Counter()
         self.metrics.add(counts, time.monotonic() - t0, imputed, len(self.model.inputs))
         return counts
 
-    def poll(self, timeout:float=0.5) -> list:
+    def poll(self, timeout: float = 0.5) -> list:
         "The next micro-batch of messages (at most `max_records`), in partition order."
         try:
             batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=self.max_records)
-            self.polled_in = self.consumer.group_metadata()  # the membership the batch was read in, for its transaction
-        except KafkaConnectionError as e:  # kafka-python 3.0.12 raises a connection reset met while it refreshes metadata to
-            log.warning("%r: %r while polling; polling again", self, e)  # find the group coordinator, instead of retrying
+            self.polled_in = (
+                self.consumer.group_metadata()
+            )  # the membership the batch was read in, for its transaction
+        except (
+            KafkaConnectionError
+        ) as e:  # kafka-python 3.0.12 raises a connection reset met while it refreshes metadata to
+            log.warning(
+                "%r: %r while polling; polling again", self, e
+            )  # find the group coordinator, instead of retrying
             return []  # (tests/test_network_faults.py: resets every 2 s crashed a worker); the next poll looks it up again
         records = [r for tp in sorted(batch, key=lambda tp: tp.partition) for r in batch[tp]]
-        if getattr(self.model, "needs_history", False): self.sync_history(catch_up=bool(records))
+        if getattr(self.model, "needs_history", False):
+            self.sync_history(catch_up=bool(records))
         return records
 
-    def sync_history(self, catch_up:bool=True): # read the owned history to its end (before a batch); False: only restore
+    def sync_history(
+        self, catch_up: bool = True
+    ):  # read the owned history to its end (before a batch); False: only restore
         "Hold the history of the events partitions owned now: restore those just assigned, forget those taken away."
         if self.history is None:
             ensure_history_topic(self.settings, self.history_topic, self.topics[0])
-            self.history = SeriesHistory(self.settings, self.history_topic, "read_committed" if self.exactly_once else "read_uncommitted")
+            self.history = SeriesHistory(
+                self.settings,
+                self.history_topic,
+                "read_committed" if self.exactly_once else "read_uncommitted",
+            )
         self.history.sync({tp.partition for tp in self.consumer.assignment()}, catch_up)
-        self.metrics.info["history"] = {"topic": self.history_topic, "series": self.history.series, "restores": self.history.restores[-3:],
-                                    "filled": self.history.filled}
+        self.metrics.info["history"] = {
+            "topic": self.history_topic,
+            "series": self.history.series,
+            "restores": self.history.restores[-3:],
+            "filled": self.history.filled,
+        }
 
-    def run(self, idle_exit:float|None=None, # stop after this many seconds without events; None: never
-            poll_timeout:float=0.5 # seconds one poll waits for messages
-           ) -> dict:
+    def run(
+        self,
+        idle_exit: float | None = None,  # stop after this many seconds without events; None: never
+        poll_timeout: float = 0.5,  # seconds one poll waits for messages
+    ) -> dict:
         "Score batches until `stopping` is set (or, with partitions assigned, idle for `idle_exit` s); the final metrics."
         last = time.monotonic()
         while not self.stopping.is_set():
             self.swap()
             records, now = self.poll(poll_timeout), time.monotonic()
             self.metrics.tick()
-            if records: self.process(records); last = time.monotonic()
-            elif not self.consumer.assignment(): last = now  # idle time counts from the first assignment
+            if records:
+                self.process(records)
+                last = time.monotonic()
+            elif not self.consumer.assignment():
+                last = now  # idle time counts from the first assignment
             elif idle_exit is not None and now - last > idle_exit:
-                log.info("%r: no events for %.0f s; stopping", self, idle_exit); break
+                log.info("%r: no events for %.0f s; stopping", self, idle_exit)
+                break
         return self.metrics.report()
 
 # %% ../nbs/08_serve.ipynb #cf7519e1
 RUNS_DIR = Path("outputs/runs")  # where `sales-kafka run` puts its run folders
 
-def _is_model_dir(p:Path) -> bool: return (p/MODEL_JSON).is_file()
 
-def find_model(path:Path|str|None=None, # a model folder or a run folder; None: the newest run in `runs` that fits the events
-               runs:Path|str=RUNS_DIR,
-               settings:KafkaSettings|None=None, # the cluster whose events the model must fit; None: the newest run
-               events_topic:str=EVENTS_TOPIC,
-               max_imputed:float=MAX_IMPUTED) -> Path:
+def _is_model_dir(p: Path) -> bool:
+    return (p / MODEL_JSON).is_file()
+
+
+def find_model(
+    path: Path
+    | str
+    | None = None,  # a model folder or a run folder; None: the newest run in `runs` that fits the events
+    runs: Path | str = RUNS_DIR,
+    settings: KafkaSettings
+    | None = None,  # the cluster whose events the model must fit; None: the newest run
+    events_topic: str = EVENTS_TOPIC,
+    max_imputed: float = MAX_IMPUTED,
+) -> Path:
     "The model folder that `path` names, or that of the newest run whose model fits the newest events (logged)."
     if path is None:
         from sales_prediction_kafka.browse import NoMatchingRun, matching_run, newest_events
-        try: run, why = matching_run(runs, newest_events(settings, events_topic) if settings else [], max_imputed)
-        except NoMatchingRun as e: raise ServeError(str(e)) from None
+
+        try:
+            run, why = matching_run(
+                runs, newest_events(settings, events_topic) if settings else [], max_imputed
+            )
+        except NoMatchingRun as e:
+            raise ServeError(str(e)) from None
         log.info("model from %s", why)
-        return run/"model"
+        return run / "model"
     p = Path(path)
-    for cand in (p, p/"model"):
-        if _is_model_dir(cand): return cand
-    raise ServeError(f"{p} is neither a model folder (with model.json) nor a run folder with a model/ in it")
+    for cand in (p, p / "model"):
+        if _is_model_dir(cand):
+            return cand
+    raise ServeError(
+        f"{p} is neither a model folder (with model.json) nor a run folder with a model/ in it"
+    )
 
 # %% ../nbs/08_serve.ipynb #f69e146b
-def serve(model:Path|str|None=None, # model folder or run folder; None: the registry's champion, else the newest run under `runs`
-          settings:KafkaSettings|None=None, # the cluster; None: from the environment, else the local broker
-          runs:Path|str=RUNS_DIR, # where to look for the newest run
-          partitions:int=PARTITIONS, # partitions of topics created here
-          idle_exit:float|None=None, # stop after this many seconds without events; None: run until signalled
-          metrics_path:Path|str|None=None, # JSON file the metrics are written to
-          metrics_every:float=5.0, # seconds between metric reports
-          models_topic:str=MODELS_TOPIC, # the registry to follow
-          follow:bool=True, # swap in each champion promoted while running; False: keep the first model
-          max_imputed:float=MAX_IMPUTED, # events lacking more of the model's inputs are dead letters; the model must fit the rest
-          **worker) -> dict: # more `ScoringWorker` arguments: group_id, worker_id, exactly_once, max_records, ...
+def serve(
+    model: Path
+    | str
+    | None = None,  # model folder or run folder; None: the registry's champion, else the newest run under `runs`
+    settings: KafkaSettings
+    | None = None,  # the cluster; None: from the environment, else the local broker
+    runs: Path | str = RUNS_DIR,  # where to look for the newest run
+    partitions: int = PARTITIONS,  # partitions of topics created here
+    idle_exit: float
+    | None = None,  # stop after this many seconds without events; None: run until signalled
+    metrics_path: Path | str | None = None,  # JSON file the metrics are written to
+    metrics_every: float = 5.0,  # seconds between metric reports
+    models_topic: str = MODELS_TOPIC,  # the registry to follow
+    follow: bool = True,  # swap in each champion promoted while running; False: keep the first model
+    max_imputed: float = MAX_IMPUTED,  # events lacking more of the model's inputs are dead letters; the model must fit the rest
+    **worker,
+) -> dict:  # more `ScoringWorker` arguments: group_id, worker_id, exactly_once, max_records, ...
     "Run a scoring worker until SIGTERM/Ctrl-C (or idle); its final metrics."
     from sales_prediction_kafka.browse import newest_events
-    folder = find_model(model, runs) if model is not None or not follow else None  # a bad path fails before the broker is asked
+
+    folder = (
+        find_model(model, runs) if model is not None or not follow else None
+    )  # a bad path fails before the broker is asked
     settings = ensure_broker(settings)
     events_topic = worker.get("events_topic", EVENTS_TOPIC)
     events = newest_events(settings, events_topic)
@@ -883,27 +1261,45 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the regi
     champion = follower.champion if follower and model is None else None
     m, refused = (record_model(champion), None) if champion else (None, None)
     if m and (refused := fit_problem(m, events, max_imputed)):
-        log.error("refusing the champion %s of %s: %s; looking for a run that fits", m.version, models_topic, refused)
+        log.error(
+            "refusing the champion %s of %s: %s; looking for a run that fits",
+            m.version,
+            models_topic,
+            refused,
+        )
         m = None
-    if m: source = f"{models_topic} (champion)"
+    if m:
+        source = f"{models_topic} (champion)"
     else:
-        try: folder = folder or find_model(model, runs, settings, events_topic, max_imputed)
+        try:
+            folder = folder or find_model(model, runs, settings, events_topic, max_imputed)
         except ServeError as e:
-            if follower: follower.stop()
-            raise ServeError(f"the champion {champion['version']} does not fit the events: {refused}; and {e}" if refused else str(e)) from None
+            if follower:
+                follower.stop()
+            raise ServeError(
+                f"the champion {champion['version']} does not fit the events: {refused}; and {e}"
+                if refused
+                else str(e)
+            ) from None
         m, source = load_model(folder), str(folder)
-    log.info("loaded %s model %s from %s", getattr(m, "kind", "?"), getattr(m, "version", "?"), source)
-    if follower: follower.current = m.version
+    log.info(
+        "loaded %s model %s from %s", getattr(m, "kind", "?"), getattr(m, "version", "?"), source
+    )
+    if follower:
+        follower.current = m.version
     w = ScoringWorker(m, settings, follower=follower, max_imputed=max_imputed, **worker)
-    for t in w.topics: ensure_topic(settings, t, partitions)
+    for t in w.topics:
+        ensure_topic(settings, t, partitions)
     w.metrics = Metrics(
         metrics_path, metrics_every, worker=w.worker_id, group=w.group_id, mode=w.mode, model=source
     )
     try:
         w.use(m, events)
-        with stop_on_signals(w.stopping), w: return w.run(idle_exit)
+        with stop_on_signals(w.stopping), w:
+            return w.run(idle_exit)
     finally:
-        if follower: follower.stop()
+        if follower:
+            follower.stop()
 
 # %% ../nbs/08_serve.ipynb #82de7b56
 @click.command("serve")
@@ -927,7 +1323,10 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the regi
     show_default=True,
     help="Consumer group; workers with the same group share the partitions.",
 )
-@click.option("--worker-id", help="Stable id of this worker (default: <host>-<pid>); give it again on restart so an exactly-once worker fences its dead predecessor at once.")
+@click.option(
+    "--worker-id",
+    help="Stable id of this worker (default: <host>-<pid>); give it again on restart so an exactly-once worker fences its dead predecessor at once.",
+)
 @click.option(
     "--exactly-once",
     is_flag=True,
@@ -948,7 +1347,9 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the regi
     help="An event lacking more than this share of the model's features is dead-lettered (too_imputed); "
     "a model most of the newest events lack that much of is refused.",
 )
-@click.option("--events-topic", default=EVENTS_TOPIC, show_default=True, help="Topic of the sales events.")
+@click.option(
+    "--events-topic", default=EVENTS_TOPIC, show_default=True, help="Topic of the sales events."
+)
 @click.option(
     "--predictions-topic",
     default=PREDICTIONS_TOPIC,
@@ -961,8 +1362,12 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the regi
     show_default=True,
     help="Topic of the events that could not be scored.",
 )
-@click.option("--history-topic", default=HISTORY_TOPIC, show_default=True,
-              help="Each series' recent actuals (compacted, keyed by series): the state a lag model's features are made from.")
+@click.option(
+    "--history-topic",
+    default=HISTORY_TOPIC,
+    show_default=True,
+    help="Each series' recent actuals (compacted, keyed by series): the state a lag model's features are made from.",
+)
 @click.option(
     "--partitions",
     type=int,
@@ -993,7 +1398,9 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the regi
     help="Seconds after which a dead worker's open transaction is aborted.",
 )
 @click.option(
-    "--metrics-file", type=click.Path(dir_okay=False), help="JSON file rewritten with the worker's metrics."
+    "--metrics-file",
+    type=click.Path(dir_okay=False),
+    help="JSON file rewritten with the worker's metrics.",
 )
 @click.option(
     "--metrics-every",
@@ -1019,8 +1426,21 @@ def serve(model:Path|str|None=None, # model folder or run folder; None: the regi
     show_default=True,
     help="Swap in each champion promoted while running, between micro-batches.",
 )
-def serve_command(model, runs, bootstrap_servers, partitions, session_timeout, max_poll_interval, transaction_timeout, metrics_file, metrics_every, idle_exit,
-                  models_topic, follow, **worker):
+def serve_command(
+    model,
+    runs,
+    bootstrap_servers,
+    partitions,
+    session_timeout,
+    max_poll_interval,
+    transaction_timeout,
+    metrics_file,
+    metrics_every,
+    idle_exit,
+    models_topic,
+    follow,
+    **worker,
+):
     "Score live sales events as a worker in a consumer group; predictions to the predictions topic, bad events to the dead-letter topic."
     try:
         m = serve(
@@ -1036,7 +1456,8 @@ def serve_command(model, runs, bootstrap_servers, partitions, session_timeout, m
             session_timeout_ms=session_timeout * 1000,
             max_poll_interval_ms=max_poll_interval * 1000,
             transaction_timeout_ms=transaction_timeout * 1000,
-            **worker
+            **worker,
         )
-    except (ServeError, StreamError) as e: raise click.ClickException(str(e))
+    except (ServeError, StreamError) as e:
+        raise click.ClickException(str(e))
     click.echo(json.dumps({k: m[k] for k in ("worker", "scored", "dead_lettered", "events_per_s")}))

@@ -13,11 +13,25 @@ from datetime import datetime, timezone
 import click
 from tqdm import tqdm
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import InvalidReplicationFactorError, KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import (
+    InvalidReplicationFactorError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
 from kafka.partitioner.default import murmur2
 from kafka.serializer import DefaultSerializer, JsonSerializer
-from .config import (SalesKafkaError, PREDICTIONS_TOPIC, KafkaSettings, ProducerSettings, client_kwargs, kafka_options,
-                                          kafka_settings, producer_kwargs, producer_settings)
+from sales_prediction_kafka.config import (
+    SalesKafkaError,
+    PREDICTIONS_TOPIC,
+    KafkaSettings,
+    ProducerSettings,
+    client_kwargs,
+    kafka_options,
+    kafka_settings,
+    producer_kwargs,
+    producer_settings,
+)
 from .broker import ensure_broker
 
 log = logging.getLogger(__name__)
@@ -37,14 +51,25 @@ PREDICTION_SCHEMA = {
     "description": "The JSON value of each record on the predictions topic: the original notebook's four fields, in this order.",
     "type": "object",
     "properties": {
-        "prediction_index": {"type": "integer", "description": "id of the prediction: the test row's index (pipeline) or the event's event_id (serve); also the record's key"},
+        "prediction_index": {
+            "type": "integer",
+            "description": "id of the prediction: the test row's index (pipeline) or the event's event_id (serve); also the record's key",
+        },
         "predicted_sales": {"type": "number", "description": "the model's prediction"},
-        "actual_sales": {"type": ["number", "null"], "description": "the actual sales; null when the scored event had none"},
-        "error": {"type": ["number", "null"], "description": "actual_sales - predicted_sales; null when actual_sales is null"},
+        "actual_sales": {
+            "type": ["number", "null"],
+            "description": "the actual sales; null when the scored event had none",
+        },
+        "error": {
+            "type": ["number", "null"],
+            "description": "actual_sales - predicted_sales; null when actual_sales is null",
+        },
     },
     "required": ["prediction_index", "predicted_sales", "actual_sales", "error"],
     "additionalProperties": False,
-    "examples": [{"prediction_index": 3, "predicted_sales": 7.5, "actual_sales": 10.0, "error": 2.5}],
+    "examples": [
+        {"prediction_index": 3, "predicted_sales": 7.5, "actual_sales": 10.0, "error": 2.5}
+    ],
 }
 FIELDS = tuple(PREDICTION_SCHEMA["properties"])  # the original notebook's fields, in its order
 
@@ -57,10 +82,12 @@ PREDICTION_HEADERS = {  # Kafka record headers of a prediction (UTF-8 text); abs
     "imputed": "the feature fields that were absent or null in the event and got the model's fill value, comma-separated (`sales-kafka serve`)",
 }
 
+
 class StreamError(SalesKafkaError, ValueError):
     "Predictions could not be validated, sent or confirmed."
 
-def prediction_record(index:int, actual:float, predicted:float) -> dict:
+
+def prediction_record(index: int, actual: float, predicted: float) -> dict:
     "One prediction message: the original notebook's four fields."
     return {
         "prediction_index": index,
@@ -70,47 +97,67 @@ def prediction_record(index:int, actual:float, predicted:float) -> dict:
     }
 
 # %% ../nbs/07_stream.ipynb #52f9cfd4
-def _type_text(p:dict) -> str:
+def _type_text(p: dict) -> str:
     t = p.get("type", "")
     return " or ".join(t) if isinstance(t, list) else t
 
-def _allowed_text(p:dict) -> str:
-    if "const" in p: return f"`{p['const']}`"
-    if "enum" in p: return ", ".join(f"`{json.dumps(v)}`" for v in p["enum"])
-    if "minimum" in p: return f"{p['minimum']} to {p['maximum']}" if "maximum" in p else f">= {p['minimum']}"
+
+def _allowed_text(p: dict) -> str:
+    if "const" in p:
+        return f"`{p['const']}`"
+    if "enum" in p:
+        return ", ".join(f"`{json.dumps(v)}`" for v in p["enum"])
+    if "minimum" in p:
+        return f"{p['minimum']} to {p['maximum']}" if "maximum" in p else f">= {p['minimum']}"
     return "finite" if "number" in _type_text(p) else ""
 
-def schema_markdown(schema:dict) -> str:
+
+def schema_markdown(schema: dict) -> str:
     "A Markdown table of the fields of JSON Schema `schema`: type, required, allowed values, meaning."
     rows = ["| field | type | required | allowed | meaning |", "|---|---|---|---|---|"]
     for name, p in schema["properties"].items():
-        rows.append(f"| `{name}` | {_type_text(p)} | {'yes' if name in schema.get('required', []) else 'no'} | {_allowed_text(p)} | {p.get('description', '')} |")
+        rows.append(
+            f"| `{name}` | {_type_text(p)} | {'yes' if name in schema.get('required', []) else 'no'} | {_allowed_text(p)} | {p.get('description', '')} |"
+        )
     return "\n".join(rows)
 
-def names_markdown(names:dict, # name -> meaning, e.g. `PREDICTION_HEADERS`
-                   head:str="name" # the first column's heading
-                  ) -> str:
+
+def names_markdown(
+    names: dict,  # name -> meaning, e.g. `PREDICTION_HEADERS`
+    head: str = "name",  # the first column's heading
+) -> str:
     "A Markdown table of names and their meanings."
-    return "\n".join([f"| {head} | meaning |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in names.items())])
+    return "\n".join(
+        [f"| {head} | meaning |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in names.items())]
+    )
 
 # %% ../nbs/07_stream.ipynb #b4865fdf
-def _check(i:int, r:dict):
+def _check(i: int, r: dict):
     "Raise a `StreamError` naming record `i` unless `r` is a prediction message with finite numbers and a consistent error."
     if not isinstance(r, dict) or tuple(r) != FIELDS:
         raise StreamError(f"record {i}: expected the fields {', '.join(FIELDS)}, got {r!r}")
     idx = r["prediction_index"]
-    if type(idx) is not int and (not isinstance(idx, numbers.Integral) or isinstance(idx, bool)):  # int first: 4x faster
+    if type(idx) is not int and (
+        not isinstance(idx, numbers.Integral) or isinstance(idx, bool)
+    ):  # int first: 4x faster
         raise StreamError(f"record {i}: prediction_index must be an integer, got {idx!r}")
     for k in FIELDS[1:]:
         v = r[k]
-        if (type(v) is not float and (not isinstance(v, numbers.Real) or isinstance(v, bool))) or not math.isfinite(v):
-            raise StreamError(f"record {i} (prediction_index={idx}): {k} is {v!r}, not a finite number")
-    if not math.isclose(r["error"], r["actual_sales"] - r["predicted_sales"], rel_tol=1e-9, abs_tol=1e-9):
+        if (
+            type(v) is not float and (not isinstance(v, numbers.Real) or isinstance(v, bool))
+        ) or not math.isfinite(v):
+            raise StreamError(
+                f"record {i} (prediction_index={idx}): {k} is {v!r}, not a finite number"
+            )
+    if not math.isclose(
+        r["error"], r["actual_sales"] - r["predicted_sales"], rel_tol=1e-9, abs_tol=1e-9
+    ):
         raise StreamError(
             f"record {i} (prediction_index={idx}): error {r['error']} != actual_sales - predicted_sales"
         )
 
-def check_records(records:list[dict]) -> list[dict]:
+
+def check_records(records: list[dict]) -> list[dict]:
     "`records` if every one is a valid prediction message with a unique index, else a `StreamError` naming the first bad one."
     seen = set()
     for i, r in enumerate(records):
@@ -120,10 +167,12 @@ def check_records(records:list[dict]) -> list[dict]:
         seen.add(r["prediction_index"])
     return records
 
-def prediction_records(index:Iterable[int], # one id per prediction (e.g. the test set's row index)
-                       actual:Iterable[float], # the actual sales
-                       predicted:Iterable[float] # the model's predictions
-                      ) -> list[dict]:
+
+def prediction_records(
+    index: Iterable[int],  # one id per prediction (e.g. the test set's row index)
+    actual: Iterable[float],  # the actual sales
+    predicted: Iterable[float],  # the model's predictions
+) -> list[dict]:
     "Validated prediction messages from three equally long sequences (lists, arrays or Series)."
     index, actual, predicted = list(index), list(actual), list(predicted)
     if not len(index) == len(actual) == len(predicted):
@@ -137,16 +186,30 @@ def prediction_records(index:Iterable[int], # one id per prediction (e.g. the te
         ]
     )
 
+
 _JSON = '{"prediction_index": %d, "predicted_sales": %r, "actual_sales": %r, "error": %r}'
 
-def prediction_json(r:dict) -> bytes:
+
+def prediction_json(r: dict) -> bytes:
     "The JSON value of prediction message `r` (one `check_records` passed), byte for byte as `json.dumps` writes it."
-    return (_JSON % (r["prediction_index"], float(r["predicted_sales"]), float(r["actual_sales"]), float(r["error"]))).encode()
+    return (
+        _JSON
+        % (
+            r["prediction_index"],
+            float(r["predicted_sales"]),
+            float(r["actual_sales"]),
+            float(r["error"]),
+        )
+    ).encode()
 
 # %% ../nbs/07_stream.ipynb #e13a95a9
-def check_topic(topic:str) -> str:
+def check_topic(topic: str) -> str:
     "`topic` if Kafka accepts it as a topic name, else a `StreamError` that says why."
-    if not isinstance(topic, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic) or topic in (".", ".."):
+    if (
+        not isinstance(topic, str)
+        or not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic)
+        or topic in (".", "..")
+    ):
         raise StreamError(
             f"invalid topic name {topic!r}: use 1-249 characters from letters, digits, '.', '_' and '-' (not '.' or '..')"
         )
@@ -156,34 +219,55 @@ def check_topic(topic:str) -> str:
 class BrokerUnreachable(StreamError, ConnectionError):
     "No Kafka broker answered at the configured servers."
 
+
 class AuthenticationFailed(StreamError, PermissionError):
     "The broker refused the client's credentials."
 
+
 CONNECT_TIMEOUT = 10.0  # seconds to wait for the first broker
+
 
 class _Errors(logging.Handler):
     "Collects the warnings kafka-python logs while it retries (it then raises only a timeout)."
-    def __init__(self): super().__init__(logging.WARNING); self.seen = []
-    def emit(self, record): self.seen.append(record.getMessage())
-    def why(self, default:str) -> str:
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seen = []
+
+    def emit(self, record):
+        self.seen.append(record.getMessage())
+
+    def why(self, default: str) -> str:
         "The most telling message: an authentication failure, else the last connection error."
         auth = [m for m in self.seen if "Authentication" in m]
         rest = [m for m in self.seen if not m.startswith("Bootstrap failed")]
         return (auth or rest or [default])[-1]
+
     def closed_by_broker(self) -> bool:
         "The broker accepted connections and then dropped them (how a SASL listener refuses a login), never refused one."
         return any("disconnected" in m for m in self.seen) and not any(
             "refused" in m.lower() for m in self.seen
         )
 
-def _connect(cls, settings:KafkaSettings, timeout:float, **kw):
+
+def _connect(cls, settings: KafkaSettings, timeout: float, **kw):
     "A kafka-python client of class `cls`, or a one-line error saying why the cluster did not answer."
     kafka_log, seen = logging.getLogger("kafka"), _Errors()
     kafka_log.addHandler(seen)
-    try: return cls(**client_kwargs(settings), bootstrap_timeout_ms=int(timeout*1000), reconnect_backoff_max_ms=1000, **kw)
+    try:
+        return cls(
+            **client_kwargs(settings),
+            bootstrap_timeout_ms=int(timeout * 1000),
+            reconnect_backoff_max_ms=1000,
+            **kw,
+        )
     except (KafkaTimeoutError, KafkaConnectionError) as e:
         why = seen.why(type(e).__name__)
-        if "Authentication" not in why and settings.security_protocol.startswith("SASL") and seen.closed_by_broker():
+        if (
+            "Authentication" not in why
+            and settings.security_protocol.startswith("SASL")
+            and seen.closed_by_broker()
+        ):
             why = "the broker closed the connection during SASL authentication (wrong username or password?)"
         if "Authentication" in why or "SASL authentication" in why:
             raise AuthenticationFailed(
@@ -194,26 +278,46 @@ def _connect(cls, settings:KafkaSettings, timeout:float, **kw):
             f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f} s "
             f"({why}); start one with `sales-kafka broker start` or set KAFKA_BOOTSTRAP_SERVERS"
         ) from None
-    finally: kafka_log.removeHandler(seen)
+    finally:
+        kafka_log.removeHandler(seen)
 
-def admin_client(settings:KafkaSettings, timeout:float=CONNECT_TIMEOUT, **kw) -> KafkaAdminClient:
+
+def admin_client(
+    settings: KafkaSettings, timeout: float = CONNECT_TIMEOUT, **kw
+) -> KafkaAdminClient:
     "A connected admin client, or `BrokerUnreachable` after `timeout` seconds."
     return _connect(KafkaAdminClient, settings, timeout, **kw)
 
-def producer(settings:KafkaSettings, timeout:float=CONNECT_TIMEOUT,
-             tuning:ProducerSettings|None=None, # batching and compression; None: `producer_settings()` (KAFKA_* or defaults)
-             **kw) -> KafkaProducer:
+
+def producer(
+    settings: KafkaSettings,
+    timeout: float = CONNECT_TIMEOUT,
+    tuning: ProducerSettings
+    | None = None,  # batching and compression; None: `producer_settings()` (KAFKA_* or defaults)
+    **kw,
+) -> KafkaProducer:
     "A connected producer with acks=all, idempotence and `tuning`, string keys and JSON values unless `kw` says otherwise."
-    kw = {"acks": "all", "enable_idempotence": True, "key_serializer": DefaultSerializer(),
-          "value_serializer": JsonSerializer()} | producer_kwargs(tuning or producer_settings()) | kw
+    kw = (
+        {
+            "acks": "all",
+            "enable_idempotence": True,
+            "key_serializer": DefaultSerializer(),
+            "value_serializer": JsonSerializer(),
+        }
+        | producer_kwargs(tuning or producer_settings())
+        | kw
+    )
     return _connect(KafkaProducer, settings, timeout, **kw)
 
-def consumer(settings:KafkaSettings, timeout:float=CONNECT_TIMEOUT, **kw) -> KafkaConsumer:
+
+def consumer(settings: KafkaSettings, timeout: float = CONNECT_TIMEOUT, **kw) -> KafkaConsumer:
     "A connected consumer (bytes in, bytes out), or `BrokerUnreachable` after `timeout` seconds."
     return _connect(KafkaConsumer, settings, timeout, **kw)
 
 # %% ../nbs/07_stream.ipynb #9fa681d2
-def require_broker(settings:KafkaSettings|None=None, timeout:float=CONNECT_TIMEOUT) -> KafkaSettings:
+def require_broker(
+    settings: KafkaSettings | None = None, timeout: float = CONNECT_TIMEOUT
+) -> KafkaSettings:
     "`settings` of a cluster that answers (the local broker, started if none is named), else `BrokerUnreachable`."
     settings = ensure_broker(settings)
     admin_client(settings, timeout).close()
@@ -223,7 +327,10 @@ def require_broker(settings:KafkaSettings|None=None, timeout:float=CONNECT_TIMEO
 PARTITIONS = 3  # partitions of a topic this project creates
 REPLICATION = None  # its replication factor; None: the cluster's default.replication.factor (3 on a LocalCluster)
 
-def _replication_error(e:Exception, topic:str, replication:int|None, admin, servers:str) -> StreamError:
+
+def _replication_error(
+    e: Exception, topic: str, replication: int | None, admin, servers: str
+) -> StreamError:
     asked = replication or (
         m.group(1)
         if (m := re.search(r"replication factor of (\d+)", str(e)))
@@ -235,18 +342,30 @@ def _replication_error(e:Exception, topic:str, replication:int|None, admin, serv
         f"has {brokers} broker(s) available; ask for at most {brokers} replicas or start more brokers"
     )
 
-def ensure_topic(settings:KafkaSettings, topic:str, partitions:int=PARTITIONS,
-                 replication:int|None=REPLICATION, # replicas per partition; None: the cluster's default
-                 configs:dict|None=None # topic configs of a new topic, e.g. {"cleanup.policy": "compact"}
-                ) -> bool:
+
+def ensure_topic(
+    settings: KafkaSettings,
+    topic: str,
+    partitions: int = PARTITIONS,
+    replication: int | None = REPLICATION,  # replicas per partition; None: the cluster's default
+    configs: dict | None = None,  # topic configs of a new topic, e.g. {"cleanup.policy": "compact"}
+) -> bool:
     "Create `topic` if it is missing; True if it was created."
     admin = admin_client(settings)
     try:
-        if check_topic(topic) in admin.list_topics(): return False
-        new = {"num_partitions": partitions, "replication_factor": replication or -1} | ({"configs": configs} if configs else {})
-        try: admin.create_topics({topic: new}, wait_for_metadata=True)
-        except TopicAlreadyExistsError: return False
-        except InvalidReplicationFactorError as e: raise _replication_error(e, topic, replication, admin, settings.bootstrap_servers) from None
+        if check_topic(topic) in admin.list_topics():
+            return False
+        new = {"num_partitions": partitions, "replication_factor": replication or -1} | (
+            {"configs": configs} if configs else {}
+        )
+        try:
+            admin.create_topics({topic: new}, wait_for_metadata=True)
+        except TopicAlreadyExistsError:
+            return False
+        except InvalidReplicationFactorError as e:
+            raise _replication_error(
+                e, topic, replication, admin, settings.bootstrap_servers
+            ) from None
         log.info(
             "created topic %s (%d partitions, replication %s)",
             topic,
@@ -254,28 +373,34 @@ def ensure_topic(settings:KafkaSettings, topic:str, partitions:int=PARTITIONS,
             replication or "the cluster's default",
         )
         return True
-    finally: admin.close()
+    finally:
+        admin.close()
 
 # %% ../nbs/07_stream.ipynb #0eb5b528
-def key_partitions(keys:list[bytes], # serialised record keys
-                   partitions:int # the topic's partition count
-                  ) -> list[int]:
+def key_partitions(
+    keys: list[bytes],  # serialised record keys
+    partitions: int,  # the topic's partition count
+) -> list[int]:
     "The partition of each key as Kafka's default partitioner picks it: murmur2 of the key, as in the Java client."
     return [(murmur2(k) & 0x7FFFFFFF) % partitions for k in keys]
+
 
 @contextmanager
 def gc_paused():
     "Pause Python's cyclic garbage collector while the block runs (a bulk send), then restore it as it was."
     was = gc.isenabled()
     gc.disable()
-    try: yield
+    try:
+        yield
     finally:
-        if was: gc.enable()
+        if was:
+            gc.enable()
 
 # %% ../nbs/07_stream.ipynb #9713808c
 @dataclass
 class StreamSummary:
     "What a stream sent and where it landed."
+
     topic: str
     bootstrap_servers: str
     total: int  # records acknowledged
@@ -284,7 +409,9 @@ class StreamSummary:
     run_id: str | None = None
     model_version: str | None = None
     skipped: int = 0  # records of the run already on the topic, not sent again (`resume`)
-    actuals: StreamSummary | None = None  # the actuals a replay sent after their events (`replay(actuals_lag=...)`)
+    actuals: StreamSummary | None = (
+        None  # the actuals a replay sent after their events (`replay(actuals_lag=...)`)
+    )
 
     @property
     def rate(self) -> float:
@@ -317,11 +444,14 @@ def _headers(run_id, model_version) -> list[tuple[str, bytes]]:
     }
     return [(k, str(v).encode()) for k, v in meta.items() if v is not None]
 
+
 class StreamIncomplete(StreamError):
     "Some records of a stream were not acknowledged; `unacknowledged` holds their keys."
-    def __init__(self, message:str, unacknowledged:list):
+
+    def __init__(self, message: str, unacknowledged: list):
         super().__init__(message)
         self.unacknowledged = unacknowledged
+
 
 _MEANING = {
     "NotEnoughReplicasError": "fewer in-sync replicas than min.insync.replicas",
@@ -331,36 +461,51 @@ _MEANING = {
     "NotLeaderForPartitionError": "a partition's leader had moved or was gone",
 }
 
-def retry_reasons(warnings:list[str]) -> str:
+
+def retry_reasons(warnings: list[str]) -> str:
     "The errors kafka-python retried on, from its log `warnings`, most frequent first, each with what it means."
-    errors = Counter(m.group(1) for w in warnings if (m := re.search(r"retrying \(.*?\): (\w+)", w)))
-    return ", ".join(
-        f"{e} x{n}" + (f" ({_MEANING[e]})" if e in _MEANING else "") for e, n in errors.most_common()
+    errors = Counter(
+        m.group(1) for w in warnings if (m := re.search(r"retrying \(.*?\): (\w+)", w))
     )
+    return ", ".join(
+        f"{e} x{n}" + (f" ({_MEANING[e]})" if e in _MEANING else "")
+        for e, n in errors.most_common()
+    )
+
 
 class Sends:
     "Sent records, folded into a count and offset ranges as they are acknowledged, so only those in flight are held."
-    def __init__(self): self.pending, self.acknowledged, self.offsets = deque(), 0, {}
 
-    def add(self, future, key=None): # `key` names the record if it is never acknowledged
+    def __init__(self):
+        self.pending, self.acknowledged, self.offsets = deque(), 0, {}
+
+    def add(self, future, key=None):  # `key` names the record if it is never acknowledged
         "Track one sent record's future; fold the acknowledged ones at the head."
         self.pending.append((future, key))
-        while self.pending and self.pending[0][0].succeeded(): self._fold(self.pending.popleft()[0].value)
+        while self.pending and self.pending[0][0].succeeded():
+            self._fold(self.pending.popleft()[0].value)
 
     def _fold(self, md):
         self.acknowledged += 1
         lo, hi = self.offsets.get(md.partition, (md.offset, md.offset))
         self.offsets[md.partition] = [min(lo, md.offset), max(hi, md.offset)]
 
-    def summary(self, topic:str, servers:str, elapsed:float,
-                why:str="", # what the cluster answered while the producer retried (`retry_reasons`)
-                hint:str="", # what to do about unacknowledged records
-                **meta) -> StreamSummary:
+    def summary(
+        self,
+        topic: str,
+        servers: str,
+        elapsed: float,
+        why: str = "",  # what the cluster answered while the producer retried (`retry_reasons`)
+        hint: str = "",  # what to do about unacknowledged records
+        **meta,
+    ) -> StreamSummary:
         "Where the records landed, or `StreamIncomplete` counting and naming those not acknowledged."
         failed = []
         for f, key in self.pending:
-            if f.succeeded(): self._fold(f.value)
-            else: failed.append((f, key))
+            if f.succeeded():
+                self._fold(f.value)
+            else:
+                failed.append((f, key))
         self.pending.clear()
         if failed:
             total = self.acknowledged + len(failed)
@@ -373,55 +518,89 @@ class Sends:
             )
         return StreamSummary(topic, servers, self.acknowledged, self.offsets, elapsed, **meta)
 
-def close_producer(p:KafkaProducer, timeout:float=5):
+
+def close_producer(p: KafkaProducer, timeout: float = 5):
     "Close `p`, abandoning records it could not send (kafka-python's `close` raises then and leaves its sender running)."
-    try: p.close(timeout)
+    try:
+        p.close(timeout)
     except KafkaTimeoutError:
         p._sender.force_close()  # no public way to fail the stuck batches, so that the sender thread ends
         p.close(timeout)
 
-def stream_predictions(records:list[dict], # prediction messages, e.g. from `prediction_records`
-                       settings:KafkaSettings|None=None, # the cluster; None: from the environment, else the local broker
-                       topic:str=PREDICTIONS_TOPIC,
-                       run_id:str|None=None, # sent in the `run_id` header
-                       model_version:str|None=None, # sent in the `model_version` header
-                       partitions:int=PARTITIONS, # used if the topic must be created
-                       replication:int|None=REPLICATION, # used if the topic must be created; None: the cluster's default
-                       progress:bool=True, # show a progress bar
-                       timeout:float=120, # seconds each record may take to be acknowledged, retries included
-                       resume:bool=False, # send only the records of `run_id` not yet on the topic
-                       tuning:ProducerSettings|None=None # batching and compression; None: `producer_settings()`
-                      ) -> StreamSummary:
+
+def stream_predictions(
+    records: list[dict],  # prediction messages, e.g. from `prediction_records`
+    settings: KafkaSettings
+    | None = None,  # the cluster; None: from the environment, else the local broker
+    topic: str = PREDICTIONS_TOPIC,
+    run_id: str | None = None,  # sent in the `run_id` header
+    model_version: str | None = None,  # sent in the `model_version` header
+    partitions: int = PARTITIONS,  # used if the topic must be created
+    replication: int
+    | None = REPLICATION,  # used if the topic must be created; None: the cluster's default
+    progress: bool = True,  # show a progress bar
+    timeout: float = 120,  # seconds each record may take to be acknowledged, retries included
+    resume: bool = False,  # send only the records of `run_id` not yet on the topic
+    tuning: ProducerSettings | None = None,  # batching and compression; None: `producer_settings()`
+) -> StreamSummary:
     "Send `records` keyed by prediction_index, wait until every one is acknowledged, and say where they landed."
-    check_records(records); check_topic(topic)
-    if resume and run_id is None: raise StreamError("resume=True needs the run_id whose records to complete")
+    check_records(records)
+    check_topic(topic)
+    if resume and run_id is None:
+        raise StreamError("resume=True needs the run_id whose records to complete")
     settings = ensure_broker(settings)
     created, skipped = ensure_topic(settings, topic, partitions, replication), 0
     if resume:
-        if not created: wait_in_sync(settings, topic)
+        if not created:
+            wait_in_sync(settings, topic)
         there = set() if created else set(run_values(settings, topic, run_id))
         todo = [r for r in records if r["prediction_index"] not in there]
         skipped, records = len(records) - len(todo), todo
         log.info(
-            "resuming run %s: %d records already on %s, %d to send", run_id, skipped, topic, len(records)
+            "resuming run %s: %d records already on %s, %d to send",
+            run_id,
+            skipped,
+            topic,
+            len(records),
         )
     headers, ms = _headers(run_id, model_version), int(timeout * 1000)
-    p = producer(settings, tuning=tuning, key_serializer=None, value_serializer=None,
-                 delivery_timeout_ms=ms, request_timeout_ms=min(30_000, ms // 2))
+    p = producer(
+        settings,
+        tuning=tuning,
+        key_serializer=None,
+        value_serializer=None,
+        delivery_timeout_ms=ms,
+        request_timeout_ms=min(30_000, ms // 2),
+    )
     kafka_log, seen = logging.getLogger("kafka"), _Errors()
     kafka_log.addHandler(seen)
     try:
         t0 = time.monotonic()
         keys = [str(r["prediction_index"]).encode() for r in records]
         values = [prediction_json(r) for r in records]
-        todo = zip(keys, values, key_partitions(keys, len(p.partitions_for(topic))), (r["prediction_index"] for r in records))
+        todo = zip(
+            keys,
+            values,
+            key_partitions(keys, len(p.partitions_for(topic))),
+            (r["prediction_index"] for r in records),
+        )
         sends = Sends()
         with gc_paused():
-            for k, v, part, idx in tqdm(todo, total=len(keys), desc=f"streaming to {topic}", unit="rec",
-                                        disable=not progress, mininterval=0.5):
+            for k, v, part, idx in tqdm(
+                todo,
+                total=len(keys),
+                desc=f"streaming to {topic}",
+                unit="rec",
+                disable=not progress,
+                mininterval=0.5,
+            ):
                 sends.add(p.send(topic, key=k, value=v, headers=headers, partition=part), idx)
-        try: p.flush(timeout + 10)  # kafka-python may not expire a batch whose leader is gone: never wait longer
-        except KafkaTimeoutError: pass  # the unacknowledged records are reported below
+        try:
+            p.flush(
+                timeout + 10
+            )  # kafka-python may not expire a batch whose leader is gone: never wait longer
+        except KafkaTimeoutError:
+            pass  # the unacknowledged records are reported below
         elapsed = time.monotonic() - t0
     finally:
         close_producer(p)
@@ -441,10 +620,14 @@ def stream_predictions(records:list[dict], # prediction messages, e.g. from `pre
     return summary
 
 # %% ../nbs/07_stream.ipynb #ae582f95
-def _decode(b:bytes|None):
-    if b is None: return None
-    try: return json.loads(b)
-    except ValueError: return b.decode("utf-8", errors="replace")
+def _decode(b: bytes | None):
+    if b is None:
+        return None
+    try:
+        return json.loads(b)
+    except ValueError:
+        return b.decode("utf-8", errors="replace")
+
 
 def _message(m) -> dict:
     return {
@@ -457,58 +640,101 @@ def _message(m) -> dict:
         "timestamp": m.timestamp,
     }
 
-def messages(settings:KafkaSettings, topic:str=PREDICTIONS_TOPIC,
-             start:dict|str="beginning", # partition -> first offset, or "beginning" or "end"
-             stop:dict|str|None="end", # partition -> offset to stop before, "end" (the end now) or None (follow)
-             idle_timeout:float|None=10, # stop after this many seconds without a message (a missing topic is waited for as long); None: never
-             max_records:int|None=None,
-             partitions:list|None=None, # read only these partitions; None: all (or those in `start`)
-             **kw) -> Iterator[dict]: # more consumer settings, e.g. isolation_level="read_committed"
+
+def messages(
+    settings: KafkaSettings,
+    topic: str = PREDICTIONS_TOPIC,
+    start: dict | str = "beginning",  # partition -> first offset, or "beginning" or "end"
+    stop: dict
+    | str
+    | None = "end",  # partition -> offset to stop before, "end" (the end now) or None (follow)
+    idle_timeout: float
+    | None = 10,  # stop after this many seconds without a message (a missing topic is waited for as long); None: never
+    max_records: int | None = None,
+    partitions: list | None = None,  # read only these partitions; None: all (or those in `start`)
+    **kw,
+) -> Iterator[dict]:  # more consumer settings, e.g. isolation_level="read_committed"
     "Messages of `topic` as dicts (topic, partition, offset, key, value, headers, timestamp)."
     c = consumer(settings, enable_auto_commit=False, **kw)
     try:
         parts, since = c.partitions_for_topic(check_topic(topic)), time.monotonic()
-        while not parts and (idle_timeout is None or time.monotonic() - since < idle_timeout):  # its producer may be starting
-            time.sleep(0.5); parts = c.partitions_for_topic(topic)
-        if not parts: raise StreamError(f"topic {topic!r} does not exist at {settings.bootstrap_servers} (waited {idle_timeout:g} s)")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)
-               if (isinstance(start, str) or p in start) and (partitions is None or p in partitions)]
+        while not parts and (
+            idle_timeout is None or time.monotonic() - since < idle_timeout
+        ):  # its producer may be starting
+            time.sleep(0.5)
+            parts = c.partitions_for_topic(topic)
+        if not parts:
+            raise StreamError(
+                f"topic {topic!r} does not exist at {settings.bootstrap_servers} (waited {idle_timeout:g} s)"
+            )
+        tps = [
+            TopicPartition(topic, p)
+            for p in sorted(parts)
+            if (isinstance(start, str) or p in start) and (partitions is None or p in partitions)
+        ]
         c.assign(tps)
         firsts = (
             c.beginning_offsets(tps)
             if start == "beginning"
-            else c.end_offsets(tps) if start == "end" else {tp: start[tp.partition] for tp in tps}
+            else c.end_offsets(tps)
+            if start == "end"
+            else {tp: start[tp.partition] for tp in tps}
         )
-        ends = c.end_offsets(tps) if stop == "end" else stop and {tp: stop.get(tp.partition, 0) for tp in tps}
-        for tp, o in firsts.items(): c.seek(tp, o)
+        ends = (
+            c.end_offsets(tps)
+            if stop == "end"
+            else stop and {tp: stop.get(tp.partition, 0) for tp in tps}
+        )
+        for tp, o in firsts.items():
+            c.seek(tp, o)
         n, last = 0, time.monotonic()
         while max_records is None or n < max_records:
-            if ends and all(c.position(tp) >= ends[tp] for tp in tps): return
+            if ends and all(c.position(tp) >= ends[tp] for tp in tps):
+                return
             batch = c.poll(timeout_ms=200)
             if not batch:
-                if idle_timeout is not None and time.monotonic() - last > idle_timeout: return
+                if idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                    return
                 continue
             last = time.monotonic()
             for tp, ms in batch.items():
                 for m in ms:
-                    if ends and m.offset >= ends[tp]: continue
-                    yield _message(m); n += 1
-                    if max_records is not None and n >= max_records: return
-    finally: c.close()
+                    if ends and m.offset >= ends[tp]:
+                        continue
+                    yield _message(m)
+                    n += 1
+                    if max_records is not None and n >= max_records:
+                        return
+    finally:
+        c.close()
 
 # %% ../nbs/07_stream.ipynb #30cdcdf0
-def read_back(summary:StreamSummary, settings:KafkaSettings, timeout:float=30) -> list[dict]:
+def read_back(summary: StreamSummary, settings: KafkaSettings, timeout: float = 30) -> list[dict]:
     "The messages in the offset ranges that `summary` reports."
-    return list(messages(settings, summary.topic, start={p: a for p, (a, b) in summary.offsets.items()},
-                         stop={p: b+1 for p, (a, b) in summary.offsets.items()}, idle_timeout=timeout))
+    return list(
+        messages(
+            settings,
+            summary.topic,
+            start={p: a for p, (a, b) in summary.offsets.items()},
+            stop={p: b + 1 for p, (a, b) in summary.offsets.items()},
+            idle_timeout=timeout,
+        )
+    )
 
-def verify_stream(summary:StreamSummary, records:list[dict], settings:KafkaSettings, timeout:float=30) -> int:
+
+def verify_stream(
+    summary: StreamSummary, records: list[dict], settings: KafkaSettings, timeout: float = 30
+) -> int:
     "The number of records confirmed: each prediction_index arrived once, keyed by it, with identical values."
     got = read_back(summary, settings, timeout)
     by_index = {}
     for m in got:
         v = m["value"]
-        if not isinstance(v, dict) or m["key"] != str(v.get("prediction_index")) or v.get("prediction_index") in by_index:
+        if (
+            not isinstance(v, dict)
+            or m["key"] != str(v.get("prediction_index"))
+            or v.get("prediction_index") in by_index
+        ):
             raise StreamError(
                 f"unexpected message at {summary.topic} p{m['partition']} offset {m['offset']}: key {m['key']!r}, value {v!r}"
             )
@@ -526,50 +752,71 @@ def verify_stream(summary:StreamSummary, records:list[dict], settings:KafkaSetti
     return len(records)
 
 # %% ../nbs/07_stream.ipynb #bb769e16
-def run_values(settings:KafkaSettings, topic:str, run_id:str, timeout:float=30) -> dict:
+def run_values(settings: KafkaSettings, topic: str, run_id: str, timeout: float = 30) -> dict:
     "{prediction_index: [value, ...]} of the records on `topic` that run `run_id` streamed (one value each, normally)."
     got = {}
     for m in messages(settings, topic, idle_timeout=timeout):
         v = m["value"]
-        if m["headers"].get("run_id") == run_id and isinstance(v, dict) and m["key"] == str(v.get("prediction_index")):
+        if (
+            m["headers"].get("run_id") == run_id
+            and isinstance(v, dict)
+            and m["key"] == str(v.get("prediction_index"))
+        ):
             got.setdefault(v["prediction_index"], []).append(v)
     return got
 
-def wait_in_sync(settings:KafkaSettings, topic:str, timeout:float=60):
+
+def wait_in_sync(settings: KafkaSettings, topic: str, timeout: float = 60):
     "Wait until every replica of `topic` is in sync, so that no record hides above a high watermark; else `StreamError`."
     admin, deadline = admin_client(settings), time.monotonic() + timeout
     try:
-        while behind := [p["partition_index"] for p in admin.describe_topics([topic])[0]["partitions"]
-                         if set(p["isr_nodes"]) != set(p["replica_nodes"])]:
+        while behind := [
+            p["partition_index"]
+            for p in admin.describe_topics([topic])[0]["partitions"]
+            if set(p["isr_nodes"]) != set(p["replica_nodes"])
+        ]:
             if time.monotonic() > deadline:
                 raise StreamError(
                     f"{topic}: partitions {behind} still have replicas out of sync after {timeout:.0f} s; resume when "
                     "the cluster has recovered (records above a partition's high watermark cannot be checked yet)"
                 )
             time.sleep(0.5)
-    finally: admin.close()
+    finally:
+        admin.close()
 
-def verify_run(records:list[dict], settings:KafkaSettings, topic:str, run_id:str, timeout:float=30) -> int:
+
+def verify_run(
+    records: list[dict], settings: KafkaSettings, topic: str, run_id: str, timeout: float = 30
+) -> int:
     "The number of `records` on `topic` for run `run_id`, each exactly once and unchanged; else a `StreamError` counting."
     got = run_values(settings, topic, run_id, timeout)
     lost = [r["prediction_index"] for r in records if r["prediction_index"] not in got]
     changed = [
-        r["prediction_index"] for r in records if any(v != r for v in got.get(r["prediction_index"], []))
+        r["prediction_index"]
+        for r in records
+        if any(v != r for v in got.get(r["prediction_index"], []))
     ]
-    dupes, extra = sum(len(v) - 1 for v in got.values()), len(
-        set(got) - {r["prediction_index"] for r in records}
+    dupes, extra = (
+        sum(len(v) - 1 for v in got.values()),
+        len(set(got) - {r["prediction_index"] for r in records}),
     )
     if lost or changed or dupes or extra:
-        raise StreamError(f"{topic}, run {run_id}: {len(lost)} lost {lost[:10]}, {dupes} duplicated, "
-                          f"{len(changed)} changed {changed[:10]}, {extra} not in the run's records")
+        raise StreamError(
+            f"{topic}, run {run_id}: {len(lost)} lost {lost[:10]}, {dupes} duplicated, "
+            f"{len(changed)} changed {changed[:10]}, {extra} not in the run's records"
+        )
     return len(records)
 
 # %% ../nbs/07_stream.ipynb #a5542ebc
 @click.command("consume")
 @click.option("--topic", default=PREDICTIONS_TOPIC, show_default=True, help="Topic to read.")
 @kafka_options("Stop after this many records.")
-@click.option("--from-beginning", is_flag=True, help="Start at the oldest record instead of the end.")
-@click.option("--follow", is_flag=True, help="Keep printing new records (implied without --from-beginning).")
+@click.option(
+    "--from-beginning", is_flag=True, help="Start at the oldest record instead of the end."
+)
+@click.option(
+    "--follow", is_flag=True, help="Keep printing new records (implied without --from-beginning)."
+)
 @click.option(
     "--timeout",
     type=float,
@@ -581,8 +828,18 @@ def consume_cli(topic, bootstrap_servers, from_beginning, follow, max_records, t
     follow = follow or not from_beginning
     try:
         settings = ensure_broker(kafka_settings(bootstrap_servers=bootstrap_servers))
-        for m in messages(settings, topic, start="beginning" if from_beginning else "end", stop=None if follow else "end",
-                          idle_timeout=timeout if follow else (timeout or 10), max_records=max_records):
-            click.echo(json.dumps({k: m[k] for k in ("partition", "offset", "key", "value", "headers")}))
-    except StreamError as e: raise click.ClickException(str(e))
-    except KeyboardInterrupt: pass  # Ctrl-C is how a reader that follows ends: exit 0, not click's "Aborted!"
+        for m in messages(
+            settings,
+            topic,
+            start="beginning" if from_beginning else "end",
+            stop=None if follow else "end",
+            idle_timeout=timeout if follow else (timeout or 10),
+            max_records=max_records,
+        ):
+            click.echo(
+                json.dumps({k: m[k] for k in ("partition", "offset", "key", "value", "headers")})
+            )
+    except StreamError as e:
+        raise click.ClickException(str(e))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a reader that follows ends: exit 0, not click's "Aborted!"

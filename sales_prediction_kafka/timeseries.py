@@ -22,128 +22,224 @@ __all__ = ['log', 'FREQ_NAMES', 'SEASON', 'CALENDAR', 'BASELINES', 'parse_times'
            'axis_from_dict']
 
 # %% ../nbs/03a_timeseries.ipynb #956dbad4
-def parse_times(s:pd.Series # the time column, indexed by line in the file (as `load_table` gives it)
-               ) -> pd.Series:
+def parse_times(
+    s: pd.Series,  # the time column, indexed by line in the file (as `load_table` gives it)
+) -> pd.Series:
     "Dates as datetime64, or whole-number steps as int64; a `DataError` names the lines that are neither."
     if s.isna().any():
         lines = ", ".join(map(str, s.index[s.isna()][:5]))
-        raise DataError(f"time column {s.name!r} has {int(s.isna().sum())} empty cell(s): line(s) {lines}")
+        raise DataError(
+            f"time column {s.name!r} has {int(s.isna().sum())} empty cell(s): line(s) {lines}"
+        )
     if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
         v = s.to_numpy(dtype=np.float64)
         bad = v != np.round(v)
-        if bad.any(): raise DataError(f"time column {s.name!r} must hold whole-number steps: line {s.index[bad.argmax()]} has {v[bad.argmax()]}")
+        if bad.any():
+            raise DataError(
+                f"time column {s.name!r} must hold whole-number steps: line {s.index[bad.argmax()]} has {v[bad.argmax()]}"
+            )
         return s.astype(np.int64)
-    if pd.api.types.is_datetime64_any_dtype(s): return s
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return s
     t = pd.to_datetime(s.astype(str).str.strip(), errors="coerce", format="mixed")
     bad = t.isna()
     if bad.any():
         cells = ", ".join(f"line {i} {v!r}" for i, v in s[bad].head(5).items())
-        raise DataError(f"time column {s.name!r} has {int(bad.sum())} value(s) that are not dates: {cells}")
+        raise DataError(
+            f"time column {s.name!r} has {int(bad.sum())} value(s) that are not dates: {cells}"
+        )
     return t.dt.tz_localize(None) if t.dt.tz is not None else t
 
 # %% ../nbs/03a_timeseries.ipynb #8184fb3c
-def _dates(s:pd.Series) -> bool:
+def _dates(s: pd.Series) -> bool:
     "Does every cell of the text column `s` parse as a date, with more than one distinct date?"
-    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s) or s.isna().any(): return False
+    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s) or s.isna().any():
+        return False
     v = s.astype(str).str.strip()
-    if not v.str.contains(r"\d", regex=True).all(): return False  # 'Winter' is not a date, whatever dateutil thinks
+    if not v.str.contains(r"\d", regex=True).all():
+        return False  # 'Winter' is not a date, whatever dateutil thinks
     t = pd.to_datetime(v, errors="coerce", format="mixed")
     return bool(t.notna().all() and t.nunique() > 1)
 
-def detect_time_column(df:pd.DataFrame, target:str) -> str|None:
+
+def detect_time_column(df: pd.DataFrame, target: str) -> str | None:
     "The first column other than `target` whose every value is a date, or None."
     return next((c for c in df.columns if c != target and _dates(df[c])), None)
 
 # %% ../nbs/03a_timeseries.ipynb #5818fd4f
-FREQ_NAMES = {"h": "hourly", "D": "daily", "W": "weekly", "M": "monthly", "Q": "quarterly", "Y": "yearly", None: "steps"}
-SEASON = {"h": 24, "D": 7, "W": 52, "M": 12, "Q": 4, "Y": 1, None: 1}  # periods in one season (a day, a week, a year)
-_GAP_DAYS = [(0.5, "h"), (1.5, "D"), (8, "W"), (35, "M"), (100, "Q")]  # typical gap up to this many days -> frequency
+FREQ_NAMES = {
+    "h": "hourly",
+    "D": "daily",
+    "W": "weekly",
+    "M": "monthly",
+    "Q": "quarterly",
+    "Y": "yearly",
+    None: "steps",
+}
+SEASON = {
+    "h": 24,
+    "D": 7,
+    "W": 52,
+    "M": 12,
+    "Q": 4,
+    "Y": 1,
+    None: 1,
+}  # periods in one season (a day, a week, a year)
+_GAP_DAYS = [
+    (0.5, "h"),
+    (1.5, "D"),
+    (8, "W"),
+    (35, "M"),
+    (100, "Q"),
+]  # typical gap up to this many days -> frequency
 
-def infer_freq(times:pd.Series) -> str|None:
+
+def infer_freq(times: pd.Series) -> str | None:
     "The pandas period alias of the typical gap between distinct `times` ('h', 'D', 'W', 'M', 'Q', 'Y'), None for steps."
-    if not pd.api.types.is_datetime64_any_dtype(times): return None
+    if not pd.api.types.is_datetime64_any_dtype(times):
+        return None
     u = np.sort(times.unique())
-    if len(u) < 2: raise DataError(f"time column {times.name!r} has a single time: there is no future to forecast")
+    if len(u) < 2:
+        raise DataError(
+            f"time column {times.name!r} has a single time: there is no future to forecast"
+        )
     gap = float(np.median(np.diff(u)) / np.timedelta64(1, "D"))
     return next((f for days, f in _GAP_DAYS if gap <= days), "Y")
 
-def period_numbers(times:pd.Series, freq:str|None) -> np.ndarray:
+
+def period_numbers(times: pd.Series, freq: str | None) -> np.ndarray:
     "Consecutive integers, one per step of `freq`, for each time (steps are their own numbers)."
-    if freq is None: return times.to_numpy(dtype=np.int64)
+    if freq is None:
+        return times.to_numpy(dtype=np.int64)
     return pd.PeriodIndex(pd.DatetimeIndex(times), freq=freq).asi8
 
 # %% ../nbs/03a_timeseries.ipynb #3cf1ce8b
-CALENDAR = {"h": ("year", "month", "day_of_week", "hour"), "D": ("year", "month", "week", "day_of_week"),
-            "W": ("year", "month", "week"), "M": ("year", "month"), "Q": ("year", "quarter"), "Y": ("year",), None: ()}
-_PARTS = {"year": lambda d: d.year, "quarter": lambda d: d.quarter, "month": lambda d: d.month,
-          "week": lambda d: d.isocalendar().week, "day_of_week": lambda d: d.dayofweek, "hour": lambda d: d.hour}
+CALENDAR = {
+    "h": ("year", "month", "day_of_week", "hour"),
+    "D": ("year", "month", "week", "day_of_week"),
+    "W": ("year", "month", "week"),
+    "M": ("year", "month"),
+    "Q": ("year", "quarter"),
+    "Y": ("year",),
+    None: (),
+}
+_PARTS = {
+    "year": lambda d: d.year,
+    "quarter": lambda d: d.quarter,
+    "month": lambda d: d.month,
+    "week": lambda d: d.isocalendar().week,
+    "day_of_week": lambda d: d.dayofweek,
+    "hour": lambda d: d.hour,
+}
 
-def calendar_columns(column:str, freq:str|None) -> list:
+
+def calendar_columns(column: str, freq: str | None) -> list:
     "The names of the calendar features of time column `column` at frequency `freq`."
     return [f"{column}_{p}" for p in CALENDAR[freq]]
 
-def calendar_features(times:pd.Series, freq:str|None, column:str) -> pd.DataFrame:
+
+def calendar_features(times: pd.Series, freq: str | None, column: str) -> pd.DataFrame:
     "The calendar features of `times` (parsed), as float columns named by `calendar_columns`."
     d = pd.DatetimeIndex(times) if freq else None
-    return pd.DataFrame({f"{column}_{p}": np.asarray(_PARTS[p](d), np.float64) for p in CALENDAR[freq]},
-                        index=times.index)
+    return pd.DataFrame(
+        {f"{column}_{p}": np.asarray(_PARTS[p](d), np.float64) for p in CALENDAR[freq]},
+        index=times.index,
+    )
 
 # %% ../nbs/03a_timeseries.ipynb #367fca95
 @dataclass
 class TimeAxis:
     "How a table's rows sit in time: column, frequency, series, horizon, lags, rolling windows and season."
+
     column: str  # the time column
-    freq: str|None  # pandas period alias ('D', 'W', 'M', ...), None for whole-number steps
-    series: list = field(default_factory=list)  # columns that identify one series; empty: the table is one series
+    freq: str | None  # pandas period alias ('D', 'W', 'M', ...), None for whole-number steps
+    series: list = field(
+        default_factory=list
+    )  # columns that identify one series; empty: the table is one series
     horizon: int = 1  # forecast this many periods ahead: no feature is newer than `horizon` periods before its target
-    lags: list|None = None  # periods back of each lag feature; None: horizon, horizon + 1 and one season
-    windows: list|None = None  # rolling-mean windows in periods, ending `horizon` periods back; None: (3,), or none without lags
-    season: int|None = None  # periods in one season; None: from the frequency (52 weeks, 12 months ...)
+    lags: list | None = (
+        None  # periods back of each lag feature; None: horizon, horizon + 1 and one season
+    )
+    windows: list | None = (
+        None  # rolling-mean windows in periods, ending `horizon` periods back; None: (3,), or none without lags
+    )
+    season: int | None = (
+        None  # periods in one season; None: from the frequency (52 weeks, 12 months ...)
+    )
 
     def __post_init__(self):
-        if self.horizon < 1: raise ValueError(f"horizon must be at least 1 period, got {self.horizon}")
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be at least 1 period, got {self.horizon}")
         self.season = int(self.season or SEASON[self.freq])
         h = self.horizon
-        self.lags = sorted({int(k) for k in (self.lags if self.lags is not None else (h, h + 1, self.season))} - {0})
+        self.lags = sorted(
+            {int(k) for k in (self.lags if self.lags is not None else (h, h + 1, self.season))}
+            - {0}
+        )
         short = [k for k in self.lags if k < h]
-        if short: raise ValueError(f"lag(s) {short} are shorter than the horizon {h}: a forecast {h} periods ahead cannot use them")
-        self.windows = [int(w) for w in (self.windows if self.windows is not None else (3,) if self.lags else ())]
+        if short:
+            raise ValueError(
+                f"lag(s) {short} are shorter than the horizon {h}: a forecast {h} periods ahead cannot use them"
+            )
+        self.windows = [
+            int(w)
+            for w in (self.windows if self.windows is not None else (3,) if self.lags else ())
+        ]
         self.series = list(self.series or [])
 
     @property
-    def name(self) -> str: return FREQ_NAMES[self.freq]
+    def name(self) -> str:
+        return FREQ_NAMES[self.freq]
 
 # %% ../nbs/03a_timeseries.ipynb #726ac734
 @patch_to(TimeAxis)
-def lag_columns(self, target:str) -> list:
+def lag_columns(self, target: str) -> list:
     "The names of the lag and rolling-mean features of `target`."
     return [f"{target}_lag_{k}" for k in self.lags] + [f"{target}_mean_{w}" for w in self.windows]
 
-BASELINES = ("naive", "seasonal_naive")  # forecasts anyone can make: the last value, and the same period one season ago
 
-def baseline_column(name:str) -> str:
+BASELINES = (
+    "naive",
+    "seasonal_naive",
+)  # forecasts anyone can make: the last value, and the same period one season ago
+
+
+def baseline_column(name: str) -> str:
     "The column that holds baseline `name`'s forecast."
     return f"{name}_forecast"
 
-def time_axis(df:pd.DataFrame, target:str,
-              column:str|None="auto", # the time column; 'auto' takes the first column of dates; None or '': none
-              series:list|None=None, # columns that identify one series
-              **settings) -> TimeAxis|None: # `TimeAxis` settings: horizon, lags, windows, season
+
+def time_axis(
+    df: pd.DataFrame,
+    target: str,
+    column: str
+    | None = "auto",  # the time column; 'auto' takes the first column of dates; None or '': none
+    series: list | None = None,  # columns that identify one series
+    **settings,
+) -> TimeAxis | None:  # `TimeAxis` settings: horizon, lags, windows, season
     "The table's `TimeAxis`, or None when it has none."
-    if column == "auto": column = detect_time_column(df, target)
-    if not column: return None
-    if column not in df.columns: raise DataError(f"no time column {column!r}; the columns are {list(df.columns)}")
+    if column == "auto":
+        column = detect_time_column(df, target)
+    if not column:
+        return None
+    if column not in df.columns:
+        raise DataError(f"no time column {column!r}; the columns are {list(df.columns)}")
     missing = [c for c in series or [] if c not in df.columns]
-    if missing: raise DataError(f"no series column(s) {missing}; the columns are {list(df.columns)}")
+    if missing:
+        raise DataError(f"no series column(s) {missing}; the columns are {list(df.columns)}")
     return TimeAxis(column, infer_freq(parse_times(df[column])), list(series or []), **settings)
 
 # %% ../nbs/03a_timeseries.ipynb #cef96933
-def _keys(df:pd.DataFrame, axis:TimeAxis, periods:np.ndarray) -> pd.Index:
+def _keys(df: pd.DataFrame, axis: TimeAxis, periods: np.ndarray) -> pd.Index:
     "The (series..., period) key of each row."
-    if not axis.series: return pd.Index(periods)
-    return pd.MultiIndex.from_arrays([df[c].astype(str).to_numpy() for c in axis.series] + [periods])
+    if not axis.series:
+        return pd.Index(periods)
+    return pd.MultiIndex.from_arrays(
+        [df[c].astype(str).to_numpy() for c in axis.series] + [periods]
+    )
 
-def _history(df:pd.DataFrame, axis:TimeAxis, target:str, periods:np.ndarray) -> pd.Series:
+
+def _history(df: pd.DataFrame, axis: TimeAxis, target: str, periods: np.ndarray) -> pd.Series:
     "The known target by (series..., period), refusing two rows with the same key."
     known = df[target].notna().to_numpy()
     keys = _keys(df[known], axis, periods[known])
@@ -151,37 +247,59 @@ def _history(df:pd.DataFrame, axis:TimeAxis, target:str, periods:np.ndarray) -> 
     if dup.any():
         first = keys[dup][0]
         lines = df.index[known][keys.isin([first])][:2].tolist()
-        others = [c for c in df.columns if c not in (target, axis.column, *axis.series) and not pd.api.types.is_float_dtype(df[c])]
-        raise DataError(f"lines {lines[0]} and {lines[1]} are in the same period of the same series ({axis.column} "
-                        f"{df.loc[lines[0], axis.column]}): name the columns that identify a series (--series; "
-                        f"candidates: {', '.join(others) or 'none'}) or aggregate the table first")
+        others = [
+            c
+            for c in df.columns
+            if c not in (target, axis.column, *axis.series)
+            and not pd.api.types.is_float_dtype(df[c])
+        ]
+        raise DataError(
+            f"lines {lines[0]} and {lines[1]} are in the same period of the same series ({axis.column} "
+            f"{df.loc[lines[0], axis.column]}): name the columns that identify a series (--series; "
+            f"candidates: {', '.join(others) or 'none'}) or aggregate the table first"
+        )
     return pd.Series(df[target].to_numpy()[known], index=keys)
 
-def _shifted(history:pd.Series, df:pd.DataFrame, axis:TimeAxis, periods:np.ndarray, k:int) -> np.ndarray:
+
+def _shifted(
+    history: pd.Series, df: pd.DataFrame, axis: TimeAxis, periods: np.ndarray, k: int
+) -> np.ndarray:
     "The target of each row's series `k` periods before the row (NaN where the table has none)."
     return history.reindex(_keys(df, axis, periods - k)).to_numpy(dtype=np.float64)
 
 # %% ../nbs/03a_timeseries.ipynb #87f7d155
-def _as_of(history:pd.Series, df:pd.DataFrame, axis:TimeAxis, periods:np.ndarray) -> np.ndarray:
+def _as_of(history: pd.Series, df: pd.DataFrame, axis: TimeAxis, periods: np.ndarray) -> np.ndarray:
     "Each row's last known target at least `horizon` periods back, within its series (NaN if none)."
     h = history.reset_index()
     h.columns = [*[f"_s{i}" for i in range(len(axis.series))], "_p", "_y"]
-    left = pd.DataFrame({**{f"_s{i}": df[c].astype(str).to_numpy() for i, c in enumerate(axis.series)},
-                         "_p": periods - axis.horizon, "_row": np.arange(len(df))})
+    left = pd.DataFrame(
+        {
+            **{f"_s{i}": df[c].astype(str).to_numpy() for i, c in enumerate(axis.series)},
+            "_p": periods - axis.horizon,
+            "_row": np.arange(len(df)),
+        }
+    )
     by = [f"_s{i}" for i in range(len(axis.series))] or None
-    m = pd.merge_asof(left.sort_values("_p"), h.sort_values("_p"), on="_p", by=by, direction="backward")
+    m = pd.merge_asof(
+        left.sort_values("_p"), h.sort_values("_p"), on="_p", by=by, direction="backward"
+    )
     return m.sort_values("_row")["_y"].to_numpy(dtype=np.float64)
 
+
 @patch_to(TimeAxis)
-def derive(self, df:pd.DataFrame, target:str) -> pd.DataFrame:
+def derive(self, df: pd.DataFrame, target: str) -> pd.DataFrame:
     "`df` with its lag, rolling-mean and baseline columns, every one from targets at least `horizon` periods older."
     periods = period_numbers(parse_times(df[self.column]), self.freq)
     history = _history(df, self, target, periods)
     out = {f"{target}_lag_{k}": _shifted(history, df, self, periods, k) for k in self.lags}
     for w in self.windows:
-        window = np.column_stack([_shifted(history, df, self, periods, k) for k in range(self.horizon, self.horizon + w)])
+        window = np.column_stack(
+            [_shifted(history, df, self, periods, k) for k in range(self.horizon, self.horizon + w)]
+        )
         with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing window is NaN, as meant
+            warnings.simplefilter(
+                "ignore", RuntimeWarning
+            )  # an all-missing window is NaN, as meant
             out[f"{target}_mean_{w}"] = np.nanmean(window, axis=1)
     naive = _as_of(history, df, self, periods)
     back = self.season * math.ceil(self.horizon / self.season)
@@ -192,43 +310,59 @@ def derive(self, df:pd.DataFrame, target:str) -> pd.DataFrame:
 
 # %% ../nbs/03a_timeseries.ipynb #739d03ec
 @patch_to(TimeAxis)
-def periods(self, df:pd.DataFrame) -> np.ndarray:
+def periods(self, df: pd.DataFrame) -> np.ndarray:
     "The period number of each row of `df`."
     return period_numbers(parse_times(df[self.column]), self.freq)
 
+
 @patch_to(TimeAxis)
-def holdout(self, df:pd.DataFrame, test_size:float=0.2) -> tuple[pd.DataFrame, pd.DataFrame]:
+def holdout(self, df: pd.DataFrame, test_size: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Train and test rows: the test rows are those of the latest `test_size` share of distinct periods."
-    if not 0 < test_size < 1: raise ValueError(f"test_size must be between 0 and 1, got {test_size}")
+    if not 0 < test_size < 1:
+        raise ValueError(f"test_size must be between 0 and 1, got {test_size}")
     p = self.periods(df)
     u = np.unique(p)
     n_test = max(1, round(len(u) * test_size))
-    if n_test >= len(u): raise DataError(f"{len(u)} periods are too few to hold out {test_size:.0%} of them and train on the rest")
+    if n_test >= len(u):
+        raise DataError(
+            f"{len(u)} periods are too few to hold out {test_size:.0%} of them and train on the rest"
+        )
     later = p >= u[-n_test]
     order = np.argsort(p, kind="stable")
     return df.iloc[order[~later[order]]], df.iloc[order[later[order]]]
 
 # %% ../nbs/03a_timeseries.ipynb #0347c3dc
 @patch_to(TimeAxis)
-def folds(self, df:pd.DataFrame, k:int=5, # folds
-          gap:int=0 # periods left out between each fold's training and validation rows
-         ) -> list[tuple[np.ndarray, np.ndarray]]:
+def folds(
+    self,
+    df: pd.DataFrame,
+    k: int = 5,  # folds
+    gap: int = 0,  # periods left out between each fold's training and validation rows
+) -> list[tuple[np.ndarray, np.ndarray]]:
     "Rolling-origin folds of `df`: (training positions, validation positions), each validating the next block of periods."
     p = self.periods(df)
     u = np.unique(p)
     block = len(u) // (k + 1)
     if block < 1 or len(u) - k * block - gap < 1:
-        raise DataError(f"{len(u)} training periods are too few for {k} rolling-origin folds with a gap of {gap}")
+        raise DataError(
+            f"{len(u)} training periods are too few for {k} rolling-origin folds with a gap of {gap}"
+        )
     starts = [len(u) - (k - i) * block for i in range(k)]
-    return [(np.flatnonzero(p < u[s - gap]) if s - gap > 0 else np.array([], int),
-             np.flatnonzero((p >= u[s]) & (p < (u[s + block] if s + block < len(u) else u[-1] + 1))))
-            for s in starts]
+    return [
+        (
+            np.flatnonzero(p < u[s - gap]) if s - gap > 0 else np.array([], int),
+            np.flatnonzero((p >= u[s]) & (p < (u[s + block] if s + block < len(u) else u[-1] + 1))),
+        )
+        for s in starts
+    ]
 
 # %% ../nbs/03a_timeseries.ipynb #6900c5b1
-def generate_panel(series:int=4, # series (e.g. departments)
-                   weeks:int=160, # weeks of history
-                   seed:int=42,
-                   start:str="2021-01-01") -> pd.DataFrame:
+def generate_panel(
+    series: int = 4,  # series (e.g. departments)
+    weeks: int = 160,  # weeks of history
+    seed: int = 42,
+    start: str = "2021-01-01",
+) -> pd.DataFrame:
     "A seeded weekly sales panel: a yearly season, a trend, a level per series and noise, with a price feature."
     rng = np.random.default_rng(seed)
     dates = pd.date_range(start, periods=weeks, freq="W-FRI")
@@ -237,90 +371,171 @@ def generate_panel(series:int=4, # series (e.g. departments)
         level, amp = rng.uniform(5_000, 20_000), rng.uniform(0.1, 0.3)
         week = np.arange(weeks)
         price = rng.uniform(8, 12, weeks)
-        sales = level * (1 + amp * np.sin(2 * np.pi * week / 52) + 0.002 * week) - 300 * (price - 10) + rng.normal(0, level * 0.03, weeks)
-        rows.append(pd.DataFrame({"Date": dates.strftime("%Y-%m-%d"), "Dept": f"D{s + 1}", "Price": price.round(2), "Sales": sales.round(2)}))
+        sales = (
+            level * (1 + amp * np.sin(2 * np.pi * week / 52) + 0.002 * week)
+            - 300 * (price - 10)
+            + rng.normal(0, level * 0.03, weeks)
+        )
+        rows.append(
+            pd.DataFrame(
+                {
+                    "Date": dates.strftime("%Y-%m-%d"),
+                    "Dept": f"D{s + 1}",
+                    "Price": price.round(2),
+                    "Sales": sales.round(2),
+                }
+            )
+        )
     return pd.concat(rows, ignore_index=True)
 
 # %% ../nbs/03a_timeseries.ipynb #ebba0546
 @patch_to(TimeAxis)
-def mase_scale(self, train:pd.DataFrame, target:str) -> float|None:
+def mase_scale(self, train: pd.DataFrame, target: str) -> float | None:
     "The in-sample MAE of the seasonal-naive forecast (one season back within each series) on `train`, None if none."
     periods = self.periods(train)
-    e = np.abs(train[target].to_numpy(np.float64) - _shifted(_history(train, self, target, periods), train, self, periods, self.season))
+    e = np.abs(
+        train[target].to_numpy(np.float64)
+        - _shifted(_history(train, self, target, periods), train, self, periods, self.season)
+    )
     e = e[np.isfinite(e)]
     return float(e.mean()) if len(e) and e.mean() > 0 else None
 
 # %% ../nbs/03a_timeseries.ipynb #tsplot02
-def _by_period(frame:pd.DataFrame, column:str, values:list) -> pd.DataFrame:
+def _by_period(frame: pd.DataFrame, column: str, values: list) -> pd.DataFrame:
     "The sum of `values` per time of `column`, in time order (times parsed)."
-    return frame.assign(**{column: parse_times(frame[column])}).groupby(column)[values].sum().sort_index()
+    return (
+        frame.assign(**{column: parse_times(frame[column])})
+        .groupby(column)[values]
+        .sum()
+        .sort_index()
+    )
 
-def plot_forecast(frame:pd.DataFrame, # `prediction_frame` output with the time column, and any baseline columns
-                  column:str, # the time column
-                  baselines:list=()): # columns of `frame` holding baseline forecasts, drawn dashed
+
+def plot_forecast(
+    frame: pd.DataFrame,  # `prediction_frame` output with the time column, and any baseline columns
+    column: str,  # the time column
+    baselines: list = (),
+):  # columns of `frame` holding baseline forecasts, drawn dashed
     "A matplotlib figure of the actual and forecast totals per period over the test periods."
     import matplotlib.pyplot as plt
+
     t = _by_period(frame, column, ["actual", "predicted", *baselines])
     fig, ax = plt.subplots(figsize=(8, 3.4))
     ax.plot(t.index, t["actual"], color="black", lw=1.8, label="actual")
     ax.plot(t.index, t["predicted"], color="tab:blue", lw=1.5, label="forecast")
-    for b in baselines: ax.plot(t.index, t[b], ls="--", lw=1, label=b.replace("_forecast", "").replace("_", " "))
+    for b in baselines:
+        ax.plot(t.index, t[b], ls="--", lw=1, label=b.replace("_forecast", "").replace("_", " "))
     ax.set(title="Actual and forecast, total of all series", xlabel=column, ylabel="total")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1)); fig.autofmt_xdate(); fig.tight_layout()  # beside the lines, not over them
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.autofmt_xdate()
+    fig.tight_layout()  # beside the lines, not over them
     return fig
 
 # %% ../nbs/03a_timeseries.ipynb #tsplot05
-def series_errors(frame:pd.DataFrame, # `prediction_frame` output with the series columns
-                  series:list) -> pd.DataFrame:
+def series_errors(
+    frame: pd.DataFrame,  # `prediction_frame` output with the series columns
+    series: list,
+) -> pd.DataFrame:
     "Rows, MAE, WAPE (%) and bias per series, the largest total absolute error first."
-    key = frame[series].astype(str).agg(" / ".join, axis=1) if series else pd.Series("all", index=frame.index)
-    g = frame.assign(_abs=frame["error"].abs(), _act=frame["actual"].abs()).groupby(key.rename("series"))
-    t = pd.DataFrame({"rows": g.size(), "mae": g["_abs"].mean(), "wape_pct": g["_abs"].sum() / g["_act"].sum() * 100,
-                      "bias": g["error"].mean(), "_total": g["_abs"].sum()})
+    key = (
+        frame[series].astype(str).agg(" / ".join, axis=1)
+        if series
+        else pd.Series("all", index=frame.index)
+    )
+    g = frame.assign(_abs=frame["error"].abs(), _act=frame["actual"].abs()).groupby(
+        key.rename("series")
+    )
+    t = pd.DataFrame(
+        {
+            "rows": g.size(),
+            "mae": g["_abs"].mean(),
+            "wape_pct": g["_abs"].sum() / g["_act"].sum() * 100,
+            "bias": g["error"].mean(),
+            "_total": g["_abs"].sum(),
+        }
+    )
     return t.sort_values("_total", ascending=False).drop(columns="_total")
 
-def plot_series(frame:pd.DataFrame, column:str, series:list, top:int=12):
+
+def plot_series(frame: pd.DataFrame, column: str, series: list, top: int = 12):
     "A matplotlib figure of actual and forecast per series, the `top` worst series (by total absolute error) first."
     import matplotlib.pyplot as plt
+
     key = frame[series].astype(str).agg(" / ".join, axis=1)
     names = series_errors(frame, series).index[:top]
-    cols = min(3, len(names)); rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.4 * rows), sharex=True, squeeze=False)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.6 * cols, 2.4 * rows), sharex=True, squeeze=False
+    )
     for ax, name in zip(axes.flat, names):
         t = _by_period(frame[key == name], column, ["actual", "predicted"])
-        ax.plot(t.index, t["actual"], color="black", lw=1.2); ax.plot(t.index, t["predicted"], color="tab:blue", lw=1.2)
+        ax.plot(t.index, t["actual"], color="black", lw=1.2)
+        ax.plot(t.index, t["predicted"], color="tab:blue", lw=1.2)
         ax.set_title(name, fontsize="small")
-    for ax in axes.flat[len(names):]: ax.set_visible(False)
-    fig.suptitle(f"Actual (black) and forecast (blue) per series, worst first ({len(names)} of {key.nunique()})")
-    fig.autofmt_xdate(); fig.tight_layout()
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    fig.suptitle(
+        f"Actual (black) and forecast (blue) per series, worst first ({len(names)} of {key.nunique()})"
+    )
+    fig.autofmt_xdate()
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/03a_timeseries.ipynb #tsplot08
-def plot_folds(axis:TimeAxis, train:pd.DataFrame, # the training rows the folds index
-               folds:list, # `TimeAxis.folds` output
-               test:pd.DataFrame|None=None): # the held-out rows, drawn last
+def plot_folds(
+    axis: TimeAxis,
+    train: pd.DataFrame,  # the training rows the folds index
+    folds: list,  # `TimeAxis.folds` output
+    test: pd.DataFrame | None = None,
+):  # the held-out rows, drawn last
     "A matplotlib figure of the rolling-origin folds (and the test) as bars on the time axis."
     import matplotlib.pyplot as plt
+
     times = parse_times(train[axis.column]).to_numpy()
     spans = [(f"fold {i + 1}", times[tr], times[va]) for i, (tr, va) in enumerate(folds)]
-    if test is not None: spans.append(("test", times, parse_times(test[axis.column]).to_numpy()))
+    if test is not None:
+        spans.append(("test", times, parse_times(test[axis.column]).to_numpy()))
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(spans) + 1.2))
     for y, (name, tr, va) in enumerate(spans):
-        if len(tr): ax.plot([tr.min(), tr.max()], [y, y], lw=7, color="tab:blue", solid_capstyle="butt")
-        ax.plot([va.min(), va.max()], [y, y], lw=7, color="tab:orange" if name != "test" else "tab:red", solid_capstyle="butt")
-    ax.set_yticks(range(len(spans)), [s[0] for s in spans]); ax.invert_yaxis()
-    ax.set(title="Rolling-origin backtest: training (blue), validation (orange), test (red)", xlabel=axis.column)
-    fig.autofmt_xdate(); fig.tight_layout()
+        if len(tr):
+            ax.plot([tr.min(), tr.max()], [y, y], lw=7, color="tab:blue", solid_capstyle="butt")
+        ax.plot(
+            [va.min(), va.max()],
+            [y, y],
+            lw=7,
+            color="tab:orange" if name != "test" else "tab:red",
+            solid_capstyle="butt",
+        )
+    ax.set_yticks(range(len(spans)), [s[0] for s in spans])
+    ax.invert_yaxis()
+    ax.set(
+        title="Rolling-origin backtest: training (blue), validation (orange), test (red)",
+        xlabel=axis.column,
+    )
+    fig.autofmt_xdate()
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/03a_timeseries.ipynb #tsplot11
-def plot_errors(frame:pd.DataFrame, column:str, series:list):
+def plot_errors(frame: pd.DataFrame, column: str, series: list):
     "A matplotlib figure of the MAE per test period and, with series, per series (worst first, at most 20)."
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2 if series else 1, figsize=(11 if series else 7, 3.4), squeeze=False)
-    by_period = frame.assign(**{column: parse_times(frame[column]), "abs_error": frame["error"].abs()}).groupby(column)["abs_error"].mean()
-    axes[0][0].bar(by_period.index, by_period.to_numpy(), width=0.8 * (np.diff(by_period.index).min() if len(by_period) > 1 else 1),
-                   color="tab:blue")
+
+    fig, axes = plt.subplots(
+        1, 2 if series else 1, figsize=(11 if series else 7, 3.4), squeeze=False
+    )
+    by_period = (
+        frame.assign(**{column: parse_times(frame[column]), "abs_error": frame["error"].abs()})
+        .groupby(column)["abs_error"]
+        .mean()
+    )
+    axes[0][0].bar(
+        by_period.index,
+        by_period.to_numpy(),
+        width=0.8 * (np.diff(by_period.index).min() if len(by_period) > 1 else 1),
+        color="tab:blue",
+    )
     axes[0][0].set(title="MAE per period", xlabel=column, ylabel="mean absolute error")
     axes[0][0].tick_params(axis="x", rotation=30)
     if series:
@@ -336,6 +551,7 @@ def to_dict(self) -> dict:
     "The time axis as JSON-ready data."
     return asdict(self)
 
-def axis_from_dict(d:dict|None) -> TimeAxis|None:
+
+def axis_from_dict(d: dict | None) -> TimeAxis | None:
     "A `TimeAxis` from `TimeAxis.to_dict` output (None stays None)."
     return None if d is None else TimeAxis(**d)

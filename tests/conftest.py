@@ -3,11 +3,13 @@
 Tiers (markers registered in pytest.ini): `kafka` needs a broker (the session fixture starts one, or the test starts its own),
 `browser` drives Chromium, `lab` starts JupyterLab or the project kernel, `slow` takes more than ~15 s on its own.
 `make test-fast` runs the tests with none of them; `make test` runs everything. Plain helpers are in helpers.py."""
+
 import os, subprocess
 import pytest
 from helpers import CHROMIUM, ROOT
 from sales_prediction_kafka.broker import LocalBroker
 from sales_prediction_kafka.config import KafkaSettings
+
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory):
@@ -16,29 +18,42 @@ def kafka_broker(tmp_path_factory):
     yield broker
     broker.stop()
 
+
 @pytest.fixture(scope="session")
 def broker_settings(kafka_broker) -> KafkaSettings:
     "KafkaSettings that point at `kafka_broker`."
     return KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers)
+
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     "A quick linear SalesModel trained on generated data, saved to a temporary folder."
     from sales_prediction_kafka.data import generate_sales
     from sales_prediction_kafka.models import SalesModel, save_model
-    return save_model(SalesModel("linear").fit(generate_sales(400, seed=5).dropna()), tmp_path_factory.mktemp("model"))
+
+    return save_model(
+        SalesModel("linear").fit(generate_sales(400, seed=5).dropna()),
+        tmp_path_factory.mktemp("model"),
+    )
+
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
     "Debian's Chromium, installed by tools/install_browser.sh if missing (a failed install fails the test)."
-    if not os.access(CHROMIUM, os.X_OK): subprocess.run(["sh", str(ROOT/"tools"/"install_browser.sh")], check=True, timeout=600)
+    if not os.access(CHROMIUM, os.X_OK):
+        subprocess.run(["sh", str(ROOT / "tools" / "install_browser.sh")], check=True, timeout=600)
     return CHROMIUM
+
 
 def pytest_collection_modifyitems(items):
     "A test that uses the session broker is a `kafka` test even if its author forgot the marker: the fast tier never starts one."
     for item in items:
-        if "kafka_broker" in getattr(item, "fixturenames", ()) and item.get_closest_marker("kafka") is None:
+        if (
+            "kafka_broker" in getattr(item, "fixturenames", ())
+            and item.get_closest_marker("kafka") is None
+        ):
             item.add_marker(pytest.mark.kafka)
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):

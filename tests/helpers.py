@@ -1,4 +1,5 @@
 "Plain helpers shared by the test files (`from helpers import ...`); fixtures live in conftest.py."
+
 import json, subprocess, sys, time, uuid
 from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
@@ -6,60 +7,129 @@ from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.serve import ScoringWorker
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
-SALES_KAFKA = str(Path(sys.executable).parent/"sales-kafka")  # the command of the virtualenv running the tests
+SALES_KAFKA = str(
+    Path(sys.executable).parent / "sales-kafka"
+)  # the command of the virtualenv running the tests
 CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by tools/install_browser.sh
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SERVE = "import logging; logging.basicConfig(level=logging.INFO); from sales_prediction_kafka.serve import serve_command; serve_command()"
 
-def topics(tag:str) -> dict:
+
+def topics(tag: str) -> dict:
     "Fresh topic names and group id, so tests never see each other's records."
     u = f"{tag}-{uuid.uuid4().hex[:6]}"
     return {"events": f"ev-{u}", "predictions": f"pred-{u}", "dlq": f"dlq-{u}", "group": f"g-{u}"}
 
-def read_all(settings, topic:str, isolation:str="read_committed", until=None, timeout:float=60) -> list:
+
+def read_all(
+    settings, topic: str, isolation: str = "read_committed", until=None, timeout: float = 60
+) -> list:
     "Every record of `topic` up to its end now (or until `until(records)` holds), read as `isolation`."
-    c = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, isolation_level=isolation, enable_auto_commit=False)
+    c = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        isolation_level=isolation,
+        enable_auto_commit=False,
+    )
     try:
         deadline, out = time.monotonic() + timeout, []
-        while not (parts := c.partitions_for_topic(topic)) and time.monotonic() < deadline: time.sleep(0.2)
+        while not (parts := c.partitions_for_topic(topic)) and time.monotonic() < deadline:
+            time.sleep(0.2)
         tps = [TopicPartition(topic, p) for p in sorted(parts or [])]
-        c.assign(tps); c.seek_to_beginning(*tps)
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
         while time.monotonic() < deadline:
-            for recs in c.poll(timeout_ms=500).values(): out += recs
+            for recs in c.poll(timeout_ms=500).values():
+                out += recs
             if until is not None:
-                if until(out): return out
-            elif all(c.position(tp) >= o for tp, o in c.end_offsets(tps).items()): return out
+                if until(out):
+                    return out
+            elif all(c.position(tp) >= o for tp, o in c.end_offsets(tps).items()):
+                return out
         raise AssertionError(f"timed out reading {topic}: {len(out)} records so far")
-    finally: c.close()
+    finally:
+        c.close()
 
-def start_worker(tmp:Path, model_dir:Path, settings, t:dict, worker:str, exactly_once:bool) -> subprocess.Popen:
+
+def start_worker(
+    tmp: Path, model_dir: Path, settings, t: dict, worker: str, exactly_once: bool
+) -> subprocess.Popen:
     "A `serve` worker process; its logs go to <tmp>/<worker>.log, its metrics to <tmp>/<worker>.json."
-    args = ["--model", str(model_dir), "--bootstrap-servers", settings.bootstrap_servers, "--group-id", t["group"],
-            "--worker-id", worker, "--events-topic", t["events"], "--predictions-topic", t["predictions"],
-            "--dead-letter-topic", t["dlq"], "--partitions", "6", "--max-records", "200", "--session-timeout", "6",
-            "--metrics-file", str(tmp/f"{worker}.json"), "--metrics-every", "0.2"] + (["--exactly-once"] if exactly_once else [])
-    log = open(tmp/f"{worker}.log", "ab")
-    return subprocess.Popen([sys.executable, "-c", SERVE, *args], stdout=subprocess.PIPE, stderr=log)
+    args = [
+        "--model",
+        str(model_dir),
+        "--bootstrap-servers",
+        settings.bootstrap_servers,
+        "--group-id",
+        t["group"],
+        "--worker-id",
+        worker,
+        "--events-topic",
+        t["events"],
+        "--predictions-topic",
+        t["predictions"],
+        "--dead-letter-topic",
+        t["dlq"],
+        "--partitions",
+        "6",
+        "--max-records",
+        "200",
+        "--session-timeout",
+        "6",
+        "--metrics-file",
+        str(tmp / f"{worker}.json"),
+        "--metrics-every",
+        "0.2",
+    ] + (["--exactly-once"] if exactly_once else [])
+    log = open(tmp / f"{worker}.log", "ab")
+    return subprocess.Popen(
+        [sys.executable, "-c", SERVE, *args], stdout=subprocess.PIPE, stderr=log
+    )
 
-def open_worker(model_dir:Path, settings, t:dict, **kw):
-    "An opened exactly-once `ScoringWorker` \"w1\" in this process, on the topics and group of `t`; `kw` for the rest."
-    return ScoringWorker(load_model(model_dir), settings, group_id=t["group"], worker_id="w1", exactly_once=True,
-                         events_topic=t["events"], predictions_topic=t["predictions"], dead_letter_topic=t["dlq"], **kw).open()
 
-def wait_for(cond, timeout:float, what:str):
+def open_worker(model_dir: Path, settings, t: dict, **kw):
+    'An opened exactly-once `ScoringWorker` "w1" in this process, on the topics and group of `t`; `kw` for the rest.'
+    return ScoringWorker(
+        load_model(model_dir),
+        settings,
+        group_id=t["group"],
+        worker_id="w1",
+        exactly_once=True,
+        events_topic=t["events"],
+        predictions_topic=t["predictions"],
+        dead_letter_topic=t["dlq"],
+        **kw,
+    ).open()
+
+
+def wait_for(cond, timeout: float, what: str):
     "Poll `cond()` every 0.1 s; fail naming `what` after `timeout` seconds."
     deadline = time.monotonic() + timeout
     while not cond():
-        if time.monotonic() > deadline: raise AssertionError(f"timed out waiting for {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
 
-def metrics(tmp:Path, worker:str) -> dict:
-    "The metrics file a worker started by `start_worker` writes ({} until it has written one)."
-    try: return json.loads((tmp/f"{worker}.json").read_text())
-    except (OSError, ValueError): return {}
 
-def scored(tmp:Path, worker:str) -> int: return metrics(tmp, worker).get("scored", 0)
+def metrics(tmp: Path, worker: str) -> dict:
+    "The metrics file a worker started by `start_worker` writes ({} until it has written one)."
+    try:
+        return json.loads((tmp / f"{worker}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def scored(tmp: Path, worker: str) -> int:
+    return metrics(tmp, worker).get("scored", 0)
+
 
 def kafka_warnings(**client):
     "What kafka-python logs (WARNING and up, collected by `stream._Errors`) while a producer with `client` settings fails to connect."
@@ -67,33 +137,54 @@ def kafka_warnings(**client):
     from kafka import KafkaProducer
     from kafka.errors import KafkaConnectionError, KafkaTimeoutError
     from sales_prediction_kafka.stream import _Errors
+
     seen, log = _Errors(), logging.getLogger("kafka")
     log.addHandler(seen)
     try:
-        with pytest.raises((KafkaTimeoutError, KafkaConnectionError)):  # what stream._client catches
-            KafkaProducer(bootstrap_timeout_ms=4000, reconnect_backoff_max_ms=1000, **client).close()
-    finally: log.removeHandler(seen)
+        with pytest.raises(
+            (KafkaTimeoutError, KafkaConnectionError)
+        ):  # what stream._client catches
+            KafkaProducer(
+                bootstrap_timeout_ms=4000, reconnect_backoff_max_ms=1000, **client
+            ).close()
+    finally:
+        log.removeHandler(seen)
     return seen
 
-def run_folder(stdout:str) -> Path:
+
+def run_folder(stdout: str) -> Path:
     "The run folder that `sales-kafka run` names on its last line (`report: <folder>/report.html`)."
     return Path(stdout.strip().splitlines()[-1].removeprefix("report: ")).parent
 
-def run_offline(out:Path, *args:str) -> Path:
+
+def run_offline(out: Path, *args: str) -> Path:
     "`sales-kafka run --no-stream ARGS --out OUT`, which must succeed; the run folder it made."
-    r = subprocess.run([SALES_KAFKA, "run", "--no-stream", *args, "--out", str(out)], capture_output=True, text=True, timeout=1200)
+    r = subprocess.run(
+        [SALES_KAFKA, "run", "--no-stream", *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return run_folder(r.stdout)
 
-def report(scenario:str, **figures):
-    "Print one line of measured figures; `pytest -s` shows them, RELIABILITY.md records them."
-    print(f"\nRELIABILITY {scenario}: " + ", ".join(f"{k}={round(v, 1) if isinstance(v, float) else v}" for k, v in figures.items()))
 
-def landed(servers:str, topic:str, partitions:int) -> int:
+def report(scenario: str, **figures):
+    "Print one line of measured figures; `pytest -s` shows them, RELIABILITY.md records them."
+    print(
+        f"\nRELIABILITY {scenario}: "
+        + ", ".join(f"{k}={round(v, 1) if isinstance(v, float) else v}" for k, v in figures.items())
+    )
+
+
+def landed(servers: str, topic: str, partitions: int) -> int:
     "The number of records in `topic` now (sum of its end offsets)."
     c = KafkaConsumer(bootstrap_servers=servers, request_timeout_ms=5000)
-    try: return sum(c.end_offsets([TopicPartition(topic, p) for p in range(partitions)]).values())
-    finally: c.close()
+    try:
+        return sum(c.end_offsets([TopicPartition(topic, p) for p in range(partitions)]).values())
+    finally:
+        c.close()
+
 
 RESUMABLE_STREAM = """
 import json, sys
@@ -106,40 +197,66 @@ except StreamIncomplete as e: print(json.dumps({"error": str(e), "unacknowledged
 print(json.dumps(s.as_dict()))
 """
 
-def stream_records(n:int) -> list[dict]:
+
+def stream_records(n: int) -> list[dict]:
     "The records `start_stream` sends."
     from sales_prediction_kafka.stream import prediction_records
+
     return prediction_records(range(n), [float(i) for i in range(n)], [i + 0.25 for i in range(n)])
 
-def describe(servers:str, topic:str, timeout:float=30) -> list[dict]:
+
+def describe(servers: str, topic: str, timeout: float = 30) -> list[dict]:
     "The partitions of `topic`: partition_index, leader_id, replica_nodes, isr_nodes; asked again while a broker knows none."
     from kafka import KafkaAdminClient
+
     deadline = time.monotonic() + timeout
     while True:  # a new topic's metadata reaches the brokers asynchronously (KRaft): one that has not got it yet describes
-        admin = KafkaAdminClient(bootstrap_servers=servers)  # it with no partitions, and all(...) over none is True (CI)
-        try: (t,) = admin.describe_topics([topic])
-        finally: admin.close()
-        if t["partitions"] or time.monotonic() > deadline: return t["partitions"]
+        admin = KafkaAdminClient(
+            bootstrap_servers=servers
+        )  # it with no partitions, and all(...) over none is True (CI)
+        try:
+            (t,) = admin.describe_topics([topic])
+        finally:
+            admin.close()
+        if t["partitions"] or time.monotonic() > deadline:
+            return t["partitions"]
         time.sleep(0.5)
 
-def start_stream(n:int, servers:str, topic:str, run_id:str, timeout:float=120) -> subprocess.Popen:
-    "`stream_predictions` of n records (index i: actual i, predicted i + 0.25) in its own process, as run `run_id`; on failure it prints the count and the indexes not acknowledged."
-    return subprocess.Popen([sys.executable, "-c", RESUMABLE_STREAM, str(n), servers, topic, run_id, str(timeout)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-def failed_stream(n:int, servers:str, topic:str, run_id:str, timeout:float, at:int, kill) -> tuple[dict, int, float]:
+def start_stream(
+    n: int, servers: str, topic: str, run_id: str, timeout: float = 120
+) -> subprocess.Popen:
+    "`stream_predictions` of n records (index i: actual i, predicted i + 0.25) in its own process, as run `run_id`; on failure it prints the count and the indexes not acknowledged."
+    return subprocess.Popen(
+        [sys.executable, "-c", RESUMABLE_STREAM, str(n), servers, topic, run_id, str(timeout)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def failed_stream(
+    n: int, servers: str, topic: str, run_id: str, timeout: float, at: int, kill
+) -> tuple[dict, int, float]:
     "Stream n records in a process and call `kill()` once `at` have landed; the stream's failure, records landed at the kill, seconds from the kill to the failure."
     proc = start_stream(n, servers, topic, run_id, timeout)
     try:
-        wait_for(lambda: landed(servers, topic, 3) >= at, 120, f"{at} records of the stream to land")
+        wait_for(
+            lambda: landed(servers, topic, 3) >= at, 120, f"{at} records of the stream to land"
+        )
         at_kill = landed(servers, topic, 3)
         kill()
         t_kill = time.monotonic()
         out, err = proc.communicate(timeout=180)
     finally:
-        if proc.poll() is None: proc.kill(); proc.wait()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 3, f"the stream should have failed:\n{out[-2000:]}{err[-3000:]}"
     failure = json.loads(out.strip().splitlines()[-1])
     print("\n" + failure["error"][:600])
-    assert f"of {n} records to {topic}" in failure["error"] and "were not acknowledged" in failure["error"]
+    assert (
+        f"of {n} records to {topic}" in failure["error"]
+        and "were not acknowledged" in failure["error"]
+    )
     return failure, at_kill, time.monotonic() - t_kill

@@ -1,31 +1,55 @@
 "Static checks on every Python file the project runs: no undefined names (a `NameError` waiting on a rare path) and no unused ones."
+
 import subprocess, sys
+from pathlib import Path
 from helpers import ROOT
 
-def test_no_undefined_or_unused_names():
-    "pyflakes over the library, tests, benchmarks and tools (the generated `_modidx.py` aside) reports nothing."
-    files = [str(p) for d in ("sales_prediction_kafka", "tests", "bench", "tools") for p in sorted((ROOT/d).rglob("*.py"))
-             if p.name != "_modidx.py"]
-    assert len(files) > 40, files
-    r = subprocess.run([sys.executable, "-m", "pyflakes", *files], capture_output=True, text=True)
-    assert r.returncode == 0 and not r.stdout, f"pyflakes found:\n{r.stdout}{r.stderr}"
+
+def test_code_is_ruff_formatted_and_clean():
+    "One formatter: `ruff format --check` and `ruff check` (pyflakes' names) pass over notebooks, library, tests, bench, tools."
+    ruff = Path(sys.executable).parent / "ruff"
+    fmt = subprocess.run([ruff, "format", "--check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert fmt.returncode == 0, f"run `make export` (it formats):\n{fmt.stdout}{fmt.stderr}"
+    library = [
+        p for p in sorted((ROOT / "sales_prediction_kafka").glob("*.py")) if p.name != "_modidx.py"
+    ]
+    assert len(library) > 20, library
+    check = subprocess.run([ruff, "check", ".", *library], cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 0, f"ruff check found:\n{check.stdout}{check.stderr}"
 
 
 def test_readme_is_what_make_readme_writes_and_holds_no_css():
     "README.md equals `make readme`'s output from nbs/index.ipynb, and a table in it is a table, not its <style> block as text."
-    out = subprocess.run(["make", "-s", "--no-print-directory", "readme", "-o", "setup"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        ["make", "-s", "--no-print-directory", "readme", "-o", "setup"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
-    diff = subprocess.run(["git", "diff", "--stat", "--", "README.md"], cwd=ROOT, capture_output=True, text=True).stdout
-    text = (ROOT/"README.md").read_text()
+    diff = subprocess.run(
+        ["git", "diff", "--stat", "--", "README.md"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    text = (ROOT / "README.md").read_text()
     assert diff == "" and "<style" not in text and "<table" in text, diff
 
 
 def test_every_benchmark_section_has_its_results_file_and_the_sections_are_in_order():
     "Each numbered BENCHMARKS.md section names its benchmark (`--only NAME`), whose results file is committed; 1, 2, 3 ... in order."
     import re
-    sections = re.findall(r"(?ms)^## (\d+)\. (.*?)(?=^## |\Z)", (ROOT/"BENCHMARKS.md").read_text())
-    assert [int(n) for n, _ in sections] == list(range(1, len(sections) + 1)), [n for n, _ in sections]
-    results = lambda body: [ROOT/"bench"/"results"/f"{name}.json" for name in re.findall(r"--only (\w+)", body)]
-    missing = {n: [p.name for p in results(body) if not p.exists()] or "no `--only NAME`" for n, body in sections
-               if not results(body) or not all(p.exists() for p in results(body))}
+
+    sections = re.findall(
+        r"(?ms)^## (\d+)\. (.*?)(?=^## |\Z)", (ROOT / "BENCHMARKS.md").read_text()
+    )
+    assert [int(n) for n, _ in sections] == list(range(1, len(sections) + 1)), [
+        n for n, _ in sections
+    ]
+    results = lambda body: [
+        ROOT / "bench" / "results" / f"{name}.json" for name in re.findall(r"--only (\w+)", body)
+    ]
+    missing = {
+        n: [p.name for p in results(body) if not p.exists()] or "no `--only NAME`"
+        for n, body in sections
+        if not results(body) or not all(p.exists() for p in results(body))
+    }
     assert not missing, f"sections without their committed results: {missing}"

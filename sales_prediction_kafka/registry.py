@@ -21,6 +21,14 @@ from sales_prediction_kafka.config import (
 from .broker import ensure_broker
 from .data import load_table
 from .models import MODEL_JSON, SalesModel, load_model, split
+from sales_prediction_kafka.runfolder import (
+    METRICS_JSON,
+    MODEL_DIR,
+    MODEL_FILE,
+    PARAMS_JSON,
+    RUNS_BASE,
+    newest_run,
+)
 from .stream import StreamError, admin_client, consumer, producer
 
 log = logging.getLogger(__name__)
@@ -137,7 +145,7 @@ def _now() -> str:
 
 def training_rows(run: Path) -> pd.DataFrame:
     "The training rows of run folder `run`: its data loaded again and split with its seed."
-    saved = json.loads((run / "params.json").read_text())
+    saved = json.loads((run / PARAMS_JSON).read_text())
     p = saved["parameters"]
     path = run / saved["data"]["path"]  # relative paths are relative to the run folder
     raw = load_table(path, p["target"], p.get("features"))
@@ -173,13 +181,13 @@ def model_record(
 def version_record(run: Path | str) -> dict:
     "The registry record of the model in run folder `run`: its test figures, data source and training profile too."
     run = Path(run)
-    test = json.loads((run / "metrics.json").read_text()).get("test") or {}
-    data = json.loads((run / "params.json").read_text()).get("data", {})
+    test = json.loads((run / METRICS_JSON).read_text()).get("test") or {}
+    data = json.loads((run / PARAMS_JSON).read_text()).get("data", {})
     return model_record(
-        run / "model",
+        run / MODEL_DIR,
         run.name,
         {k: test[k] for k in FIGURES if k in test},
-        feature_profile(training_rows(run), load_model(run / "model")),
+        feature_profile(training_rows(run), load_model(run / MODEL_DIR)),
         data.get("source") or {"path": data.get("path")},
     )
 
@@ -541,12 +549,12 @@ def _settings(bootstrap_servers) -> KafkaSettings:
 
 
 def _newest_run(runs: Path) -> Path:
-    found = sorted(p.parent for p in Path(runs).glob("*/model/model.json"))
-    if not found:
-        raise click.ClickException(
-            f"no run with a model in {Path(runs).absolute()}; train one with `sales-kafka run`"
-        )
-    return found[-1].parent
+    "The newest run under `runs` that holds a model; a clear error if none does."
+    if found := newest_run(runs, MODEL_FILE):
+        return found
+    raise click.ClickException(
+        f"no run with a model in {Path(runs).absolute()}; train one with `sales-kafka run`"
+    )
 
 
 def _registry_options(f):
@@ -590,7 +598,7 @@ def list_command(bootstrap_servers, topic, as_json):
 @click.option(
     "--runs",
     type=click.Path(file_okay=False),
-    default="outputs/runs",
+    default=str(RUNS_BASE),
     show_default=True,
     help="Where the newest run is looked for.",
 )

@@ -30,7 +30,12 @@ from sales_prediction_kafka.config import (
 from .evaluate import error_report
 from .stream import StreamError, consumer, ensure_topic, producer
 from .broker import ensure_broker
-from .registry import MODELS_TOPIC, ChampionFollower, input_psi
+from sales_prediction_kafka.registry import (
+    MODELS_TOPIC,
+    ChampionFollower,
+    categorical_shares,
+    numeric_shares,
+)
 from .browse import newest_events
 from sales_prediction_kafka.runfolder import (
     METRICS_JSON,
@@ -45,9 +50,9 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'BANDS', 'STALE_AFTER', 'Record', 'NoActual', 'record_from_message', 'error_stats', 'Window', 'RollingMetrics',
-           'baseline_from_run', 'resolve_baseline', 'DriftDetector', 'InputDrift', 'input_alert', 'alert_message',
-           'describe_alert', 'consumer_lag', 'health', 'EndOffsets', 'lag_from', 'DeadLetterCount', 'AlertSink',
-           'InputWatch', 'Update', 'monitor', 'delay_text', 'stale_text', 'status_line', 'monitor_options',
+           'baseline_from_run', 'resolve_baseline', 'DriftDetector', 'psi', 'input_psi', 'InputDrift', 'input_alert',
+           'alert_message', 'describe_alert', 'consumer_lag', 'health', 'EndOffsets', 'lag_from', 'DeadLetterCount',
+           'AlertSink', 'InputWatch', 'Update', 'monitor', 'delay_text', 'stale_text', 'status_line', 'monitor_options',
            'baseline_run', 'monitor_kwargs', 'monitor_command', 'as_record', 'plot_error_by_offset']
 
 # %% ../nbs/09_monitor.ipynb #00da3bc2
@@ -391,6 +396,33 @@ class DriftDetector:
         self.active = True
         self.alerts += 1
         return reasons
+
+# %% ../nbs/09_monitor.ipynb #f4b822c8
+def psi(expected, actual, floor: float = 1e-4) -> float:
+    "The population stability index of shares `actual` against `expected` (empty bins count as `floor`)."
+    e, a = (np.maximum(np.asarray(x, float), floor) for x in (expected, actual))
+    if len(e) < len(a):
+        e = np.append(e, [floor] * (len(a) - len(e)))
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def input_psi(
+    profile: dict,  # from `feature_profile`
+    events: list[dict],  # events (or rows as dicts) with the features
+) -> dict[str, float]:
+    "The PSI of each profiled feature over `events`; absent or null values are left out."
+    out = {}
+    for f, p in profile.items():
+        vals = [v for e in events if (v := e.get(f)) is not None and v == v]  # v != v: NaN
+        if not vals:
+            continue
+        shares = (
+            numeric_shares(p["edges"], vals)
+            if p["kind"] == "numeric"
+            else categorical_shares(p["levels"], vals)
+        )
+        out[f] = psi(p["shares"], shares)
+    return out
 
 # %% ../nbs/09_monitor.ipynb #b590c1be
 class InputDrift:

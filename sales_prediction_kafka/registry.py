@@ -35,11 +35,10 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'MODELS_TOPIC', 'MAX_MODEL_BYTES', 'FIGURES', 'CHAMPION', 'model_bytes', 'unpack_model', 'feature_profile',
-           'numeric_shares', 'categorical_shares', 'psi', 'input_psi', 'training_rows', 'model_record',
-           'version_record', 'record_model', 'RegistryError', 'Registry', 'describe_decision', 'registry_lines',
-           'decision_alert', 'ensure_models_topic', 'read_registry', 'publish', 'promote', 'rollback',
-           'record_decision', 'ChampionFollower', 'models_cli', 'list_command', 'publish_command', 'promote_command',
-           'rollback_command']
+           'numeric_shares', 'categorical_shares', 'training_rows', 'model_record', 'version_record', 'record_model',
+           'RegistryError', 'Registry', 'describe_decision', 'registry_lines', 'decision_alert', 'ensure_models_topic',
+           'read_registry', 'publish', 'promote', 'rollback', 'record_decision', 'ChampionFollower', 'models_cli',
+           'list_command', 'publish_command', 'promote_command', 'rollback_command']
 
 # %% ../nbs/07a_registry.ipynb #3cc31ad6
 MODELS_TOPIC = (
@@ -107,33 +106,6 @@ def categorical_shares(levels: list, values: list) -> np.ndarray:
     index = {v: i for i, v in enumerate(levels)}
     counts = np.bincount([index.get(v, len(levels)) for v in values], minlength=len(levels) + 1)
     return counts / max(len(values), 1)
-
-
-def psi(expected, actual, floor: float = 1e-4) -> float:
-    "The population stability index of shares `actual` against `expected` (empty bins count as `floor`)."
-    e, a = (np.maximum(np.asarray(x, float), floor) for x in (expected, actual))
-    if len(e) < len(a):
-        e = np.append(e, [floor] * (len(a) - len(e)))
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def input_psi(
-    profile: dict,  # from `feature_profile`
-    events: list[dict],  # events (or rows as dicts) with the features
-) -> dict[str, float]:
-    "The PSI of each profiled feature over `events`; absent or null values are left out."
-    out = {}
-    for f, p in profile.items():
-        vals = [v for e in events if (v := e.get(f)) is not None and v == v]  # v != v: NaN
-        if not vals:
-            continue
-        shares = (
-            numeric_shares(p["edges"], vals)
-            if p["kind"] == "numeric"
-            else categorical_shares(p["levels"], vals)
-        )
-        out[f] = psi(p["shares"], shares)
-    return out
 
 # %% ../nbs/07a_registry.ipynb #619518ed
 FIGURES = ("n", "mae", "rmse", "r2", "bias")  # the test figures a version record carries

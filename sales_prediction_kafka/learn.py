@@ -39,7 +39,7 @@ from sales_prediction_kafka.registry import (
     record_model,
     version_record,
 )
-from .replay import labelled_events
+from .labelled import labelled_events
 from .runfolder import MODEL_DIR, PARAMS_JSON, RUNS_BASE
 from sales_prediction_kafka.stream import (
     PARTITIONS,

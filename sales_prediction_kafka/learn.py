@@ -12,15 +12,13 @@ import numpy as np
 from kafka import TopicPartition
 from sales_prediction_kafka.config import (
     SalesKafkaError,
-    cli_args,
     ACTUALS_TOPIC,
     ALERTS_TOPIC,
     EVENTS_TOPIC,
     KafkaSettings,
-    kafka_options,
     kafka_settings,
-    stop_on_signals,
 )
+from .cliutils import cli_args, kafka_options, stop_on_signals
 from .broker import ensure_broker
 from .data import TARGET
 from .models import SalesModel, load_model

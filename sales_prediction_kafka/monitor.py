@@ -22,11 +22,9 @@ from sales_prediction_kafka.config import (
     EVENTS_TOPIC,
     PREDICTIONS_TOPIC,
     KafkaSettings,
-    kafka_options,
     kafka_settings,
-    steady_memory,
-    stop_on_signals,
 )
+from .cliutils import kafka_options, steady_memory, stop_on_signals
 from .evaluate import error_report
 from .stream import StreamError, consumer, ensure_topic, producer
 from .broker import ensure_broker

@@ -20,6 +20,7 @@ from sales_prediction_kafka.config import (
 )
 from .data import SAMPLE_CSV, DataError, load_table
 from .broker import BrokerError
+from .cliutils import kafka_options
 from sales_prediction_kafka.runfolder import (
     INDEX_HTML,
     KERNEL_LOG,
@@ -523,7 +524,7 @@ def resume_run(
     type=click.IntRange(min=1),
     help="With a time axis: forecast this many periods ahead (default: 1); no feature is newer.",
 )
-@sales_prediction_kafka.config.kafka_options()  # the --bootstrap-servers every command shares
+@kafka_options()  # the --bootstrap-servers every command shares
 @click.option("--topic", help="Topic for the prediction records (default: sales_predictions).")
 @click.option("--no-stream", is_flag=True, help="Train and report only; do not stream to Kafka.")
 @click.option(

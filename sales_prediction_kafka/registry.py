@@ -12,12 +12,8 @@ import click
 import numpy as np
 import pandas as pd
 from kafka import TopicPartition
-from sales_prediction_kafka.config import (
-    SalesKafkaError,
-    KafkaSettings,
-    kafka_options,
-    kafka_settings,
-)
+from .config import SalesKafkaError, KafkaSettings, kafka_settings
+from .cliutils import kafka_options
 from .broker import ensure_broker
 from .data import load_table
 from .models import MODEL_JSON, SalesModel, load_model, split

@@ -16,12 +16,11 @@ from sales_prediction_kafka.config import (
     HISTORY_TOPIC,
     KafkaSettings,
     ProducerSettings,
-    kafka_options,
     kafka_settings,
     plain,
-    producer_options,
     producer_settings,
 )
+from .cliutils import kafka_options, producer_options
 from .broker import ensure_broker
 from .data import TARGET, DataError, load_table
 from .serve import SCHEMA_VERSION

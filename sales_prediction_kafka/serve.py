@@ -20,12 +20,11 @@ from sales_prediction_kafka.config import (
     PREDICTIONS_TOPIC,
     KafkaSettings,
     ProducerSettings,
-    kafka_options,
     producer_settings,
     kafka_settings,
     plain,
-    stop_on_signals,
 )
+from .cliutils import kafka_options, stop_on_signals
 from .broker import ensure_broker
 from .models import _missing, load_model
 from sales_prediction_kafka.history import (

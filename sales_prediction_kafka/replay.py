@@ -6,7 +6,6 @@
 from __future__ import annotations
 import itertools, logging, math, time
 from collections import deque
-from pathlib import Path
 import click
 import pandas as pd
 from tqdm import tqdm
@@ -39,7 +38,6 @@ from sales_prediction_kafka.stream import (
     check_topic,
     close_producer,
     ensure_topic,
-    messages,
     producer,
     Sends,
 )

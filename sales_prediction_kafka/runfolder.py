@@ -20,20 +20,16 @@ __all__ = ['RUNS_BASE', 'INDEX_HTML', 'PARAMS_JSON', 'METRICS_JSON', 'MODEL_DIR'
 # %% ../nbs/05a_runfolder.ipynb #c0853c5f
 RUNS_BASE = Path("outputs/runs")  # where `sales-kafka run` puts its run folders
 INDEX_HTML = "index.html"  # beside the run folders: the overview of them all (chapter `runs`)
-PARAMS_JSON = "params.json"  # what a run was given: every parameter, the data (path, hash, source), package versions
+PARAMS_JSON = "params.json"  # what a run was given: parameters, data (path, hash, source), versions
 METRICS_JSON = "metrics.json"  # what it found: data, chosen model, test figures, the stream
 MODEL_DIR = "model"  # the chosen model, as `models.save_model` writes it
 MODEL_FILE = f"{MODEL_DIR}/{MODEL_JSON}"  # a run holds a model when it holds this file
 ORIGINAL_NET_DIR = "original_net"  # the original notebook's net, when another model was chosen
 PREDICTIONS_CSV = "test_predictions.csv"  # every held-out row: actual, predicted, typical
-TRAINING_EVENTS_CSV = (
-    "training_events.csv"  # with `--from-topic`: the labelled events the run learnt from
-)
+TRAINING_EVENTS_CSV = "training_events.csv"  # with `--from-topic`: the events it learnt from
 PLOTS_DIR = "plots"  # the report's figures as PNG files
-REPORT_IPYNB, REPORT_HTML = (
-    "report.ipynb",
-    "report.html",
-)  # the executed notebook, and the page people read
+REPORT_IPYNB = "report.ipynb"  # the executed pipeline notebook
+REPORT_HTML = "report.html"  # the same without its code: the page people read
 KERNEL_LOG = "kernel.log"  # the notebook kernel's own stderr
 
 # %% ../nbs/05a_runfolder.ipynb #baeca7ae
@@ -47,7 +43,7 @@ def new_run_dir(base=RUNS_BASE, now: datetime | None = None) -> Path:
 # %% ../nbs/05a_runfolder.ipynb #214dc968
 def run_folders(
     base: Path | str = RUNS_BASE,  # the folder of run folders
-    holding: str = METRICS_JSON,  # only runs holding this file: METRICS_JSON (finished) or MODEL_FILE (with a model)
+    holding: str = METRICS_JSON,  # only runs with this file: METRICS_JSON (finished), MODEL_FILE
 ) -> list[Path]:
     "The run folders under `base` that hold `holding`, oldest first."
     return sorted(d for d in Path(base).glob("*") if (d / holding).is_file())
@@ -60,7 +56,7 @@ def newest_run(base: Path | str = RUNS_BASE, holding: str = METRICS_JSON) -> Pat
 
 # %% ../nbs/05a_runfolder.ipynb #19558c4f
 def model_folder(path: Path | str) -> Path | None:
-    "The model folder that `path` names: itself, or the `model/` of the run folder it is; None if neither."
+    "The model folder `path` names: itself, or the `model/` of the run folder it is; else None."
     p = Path(path)
     return next((c for c in (p, p / MODEL_DIR) if (c / MODEL_JSON).is_file()), None)
 
@@ -79,9 +75,9 @@ class NoMatchingRun(LookupError):
 def matching_run(
     runs: Path | str,  # the folder of run folders
     events: list[dict],  # recent events; empty: take the newest run
-    problem: Callable,  # (model, events) -> why the model cannot score them, or None: `serve.fit_problem`
+    problem: Callable,  # (model, events) -> why it cannot score them, or None (`serve.fit_problem`)
 ) -> tuple[Path, str]:
-    "The newest run whose model fits `events` (`problem` finds none), and a sentence saying which and why."
+    "The newest run whose model fits `events` (no `problem`), and a sentence saying which and why."
     found = run_folders(runs, MODEL_FILE)[::-1]
     if not found:
         raise NoMatchingRun(f"no run with a model in {runs}; train one with `sales-kafka run`")
@@ -95,10 +91,11 @@ def matching_run(
         if problem(load_model(r / MODEL_DIR), events) is None:
             return r, f"run {r.name} (data {run_data(r)}): the newest whose model fits the events"
     need = ", ".join(sorted(load_model(newest / MODEL_DIR).inputs))
+    carry = ", ".join(sorted(set().union(*events)))
     raise NoMatchingRun(
-        f"none of the {len(found)} runs in {runs} has a model for these events: they carry "
-        f"{', '.join(sorted(set().union(*events)))}; the newest run ({newest.name}, data {run_data(newest)}) needs "
-        f"{need}. Train on the events' table with `sales-kafka run --data <csv>`, or pass --model"
+        f"none of the {len(found)} runs in {runs} has a model for these events: "
+        f"they carry {carry}; the newest run ({newest.name}, data {run_data(newest)}) needs {need}. "
+        "Train on the events' table with `sales-kafka run --data <csv>`, or pass --model"
     )
 
 # %% ../nbs/05a_runfolder.ipynb #7a79a682

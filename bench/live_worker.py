@@ -90,7 +90,8 @@ def main(argv=None):
     )
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from sales_prediction_kafka.config import KafkaSettings, stop_on_signals
+    from sales_prediction_kafka.config import KafkaSettings
+    from sales_prediction_kafka.cliutils import stop_on_signals
     from sales_prediction_kafka.models import load_model
     from sales_prediction_kafka.serve import ScoringWorker
 

@@ -17,7 +17,7 @@ NAME = "loop"
 
 def sales_kafka(tmp: Path, name: str, *args) -> subprocess.Popen:
     "A `sales-kafka` process; its stdout to <tmp>/<name>.out, its log to <tmp>/<name>.log."
-    from sales_prediction_kafka.config import cli_args
+    from sales_prediction_kafka.cliutils import cli_args
 
     return subprocess.Popen(
         cli_args(*args),

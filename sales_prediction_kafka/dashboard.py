@@ -25,13 +25,8 @@ from sales_prediction_kafka.browse import (
     read_messages,
     topic_overview,
 )
-from sales_prediction_kafka.config import (
-    DEAD_LETTER_TOPIC,
-    PREDICTIONS_TOPIC,
-    KafkaSettings,
-    steady_memory,
-    stop_on_signals,
-)
+from .config import DEAD_LETTER_TOPIC, PREDICTIONS_TOPIC, KafkaSettings
+from .cliutils import steady_memory, stop_on_signals
 from .dlq import replayed
 from .monitor import Record, Update, monitor, monitor_kwargs, monitor_options
 from .registry import MAX_MODEL_BYTES, MODELS_TOPIC, Registry, decision_alert

@@ -15,9 +15,9 @@ from sales_prediction_kafka.config import (
     DEAD_LETTER_TOPIC,
     EVENTS_TOPIC,
     KafkaSettings,
-    kafka_options,
     kafka_settings,
 )
+from .cliutils import kafka_options
 from .stream import StreamError, admin_client, producer
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,9 @@ from sales_prediction_kafka.config import (
     JOINED_TOPIC,
     PREDICTIONS_TOPIC,
     KafkaSettings,
-    kafka_options,
     kafka_settings,
-    stop_on_signals,
 )
+from .cliutils import kafka_options, stop_on_signals
 from .broker import ensure_broker
 from sales_prediction_kafka.stream import (
     PARTITIONS,

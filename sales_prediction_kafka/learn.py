@@ -12,15 +12,13 @@ import numpy as np
 from kafka import TopicPartition
 from sales_prediction_kafka.config import (
     SalesKafkaError,
-    cli_args,
     ACTUALS_TOPIC,
     ALERTS_TOPIC,
     EVENTS_TOPIC,
     KafkaSettings,
-    kafka_options,
     kafka_settings,
-    stop_on_signals,
 )
+from .cliutils import cli_args, kafka_options, stop_on_signals
 from .broker import ensure_broker
 from .data import TARGET
 from .models import SalesModel, load_model
@@ -39,7 +37,8 @@ from sales_prediction_kafka.registry import (
     record_model,
     version_record,
 )
-from .replay import labelled_events
+from .labelled import labelled_events
+from .runfolder import MODEL_DIR, PARAMS_JSON, RUNS_BASE
 from sales_prediction_kafka.stream import (
     PARTITIONS,
     StreamError,
@@ -219,7 +218,7 @@ def fresh_events(
     stop: threading.Event,
 ) -> tuple[list[dict], dict]:
     "The newest `n` labelled events after the run's training window, and where they came from."
-    src = json.loads((Path(run) / "params.json").read_text())["data"]["source"]
+    src = json.loads((Path(run) / PARAMS_JSON).read_text())["data"]["source"]
     actuals = (src.get("actuals") or {}).get("topic")  # the run's own actuals topic
     deadline = time.monotonic() + wait
     while True:
@@ -260,7 +259,7 @@ class Learner:
         events_topic: str = EVENTS_TOPIC,
         alerts_topic: str = ALERTS_TOPIC,
         models_topic: str = MODELS_TOPIC,
-        runs: Path | str = "outputs/runs",  # the folder of the retrains' run folders
+        runs: Path | str = RUNS_BASE,  # the folder of the retrains' run folders
         window: int = 1000,  # train on at most this many labelled events (the newest)
         min_events: int = 300,  # after a drift alert, wait for this many labelled events since it
         holdout: int = 300,  # judge on this many labelled events that came after the training window
@@ -352,7 +351,7 @@ class Learner:
         verdict = (
             judge(
                 champ and record_model(champ),
-                load_model(run / "model"),
+                load_model(run / MODEL_DIR),
                 events,
                 self.margin,
                 self.target,
@@ -448,7 +447,7 @@ class Learner:
 @click.option(
     "--runs",
     type=click.Path(file_okay=False),
-    default="outputs/runs",
+    default=str(RUNS_BASE),
     show_default=True,
     help="Folder of the retrains' run folders.",
 )

@@ -20,7 +20,8 @@ from fastcore.meta import delegates
 from tqdm import tqdm
 
 from .clean import Cleaner, CleaningReport, OUTLIER_POLICIES
-from .config import plain, set_seed
+from .config import plain
+from .cliutils import set_seed
 from .data import TARGET
 from sales_prediction_kafka.timeseries import (
     BASELINES,

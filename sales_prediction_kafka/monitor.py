@@ -22,22 +22,33 @@ from sales_prediction_kafka.config import (
     EVENTS_TOPIC,
     PREDICTIONS_TOPIC,
     KafkaSettings,
-    kafka_options,
     kafka_settings,
-    steady_memory,
-    stop_on_signals,
 )
+from .cliutils import kafka_options, steady_memory, stop_on_signals
 from .evaluate import error_report
 from .stream import StreamError, consumer, ensure_topic, producer
 from .broker import ensure_broker
-from .registry import MODELS_TOPIC, ChampionFollower, input_psi
-from .browse import NoMatchingRun, matching_run, newest_events
+from sales_prediction_kafka.registry import (
+    MODELS_TOPIC,
+    ChampionFollower,
+    categorical_shares,
+    numeric_shares,
+)
+from .browse import newest_events
+from sales_prediction_kafka.runfolder import (
+    METRICS_JSON,
+    RUNS_BASE,
+    NoMatchingRun,
+    matching_run,
+    newest_run,
+)
+from .serve import fit_problem
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'BANDS', 'STALE_AFTER', 'Record', 'NoActual', 'record_from_message', 'error_stats', 'Window', 'RollingMetrics',
-           'baseline_from_run', 'latest_run', 'resolve_baseline', 'DriftDetector', 'InputDrift', 'input_alert',
+           'baseline_from_run', 'resolve_baseline', 'DriftDetector', 'psi', 'input_psi', 'InputDrift', 'input_alert',
            'alert_message', 'describe_alert', 'consumer_lag', 'health', 'EndOffsets', 'lag_from', 'DeadLetterCount',
            'AlertSink', 'InputWatch', 'Update', 'monitor', 'delay_text', 'stale_text', 'status_line', 'monitor_options',
            'baseline_run', 'monitor_kwargs', 'monitor_command', 'as_record', 'plot_error_by_offset']
@@ -287,11 +298,11 @@ def baseline_from_run(
     keys: tuple = (("test", "mae"), ("mae",)),  # paths to try in turn
 ) -> float:
     "The test MAE recorded in `run_dir/metrics.json`."
-    path = Path(run_dir) / "metrics.json"
+    path = Path(run_dir) / METRICS_JSON
     try:
         metrics = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"no metrics.json in {run_dir}: is it a run folder?") from None
+        raise FileNotFoundError(f"no {METRICS_JSON} in {run_dir}: is it a run folder?") from None
     for k in keys:
         v = metrics
         for part in k:
@@ -301,21 +312,15 @@ def baseline_from_run(
     raise KeyError(f"{path} has no positive MAE under {' or '.join('.'.join(k) for k in keys)}")
 
 
-def latest_run(base: Path | str = "outputs/runs") -> Path | None:
-    "The newest run folder under `base` that holds a metrics.json (run folders sort by time)."
-    runs = sorted(p.parent for p in Path(base).glob("*/metrics.json"))
-    return runs[-1] if runs else None
-
-
 def resolve_baseline(
-    baseline: str | float | None,  # a MAE, a run folder, or None for the latest run under `base`
-    base: Path | str = "outputs/runs",
+    baseline: str | float | None,  # a MAE, a run folder, or None for the newest run under `base`
+    base: Path | str = RUNS_BASE,
 ) -> float | None:
     "The baseline MAE from a number or a run folder; None if no baseline is given and no run exists."
     if isinstance(baseline, (int, float)):
         return float(baseline)
     if baseline is None:
-        run = latest_run(base)
+        run = newest_run(base)
         return baseline_from_run(run) if run else None
     try:
         return float(baseline)
@@ -389,6 +394,33 @@ class DriftDetector:
         self.active = True
         self.alerts += 1
         return reasons
+
+# %% ../nbs/09_monitor.ipynb #f4b822c8
+def psi(expected, actual, floor: float = 1e-4) -> float:
+    "The population stability index of shares `actual` against `expected` (empty bins count as `floor`)."
+    e, a = (np.maximum(np.asarray(x, float), floor) for x in (expected, actual))
+    if len(e) < len(a):
+        e = np.append(e, [floor] * (len(a) - len(e)))
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def input_psi(
+    profile: dict,  # from `feature_profile`
+    events: list[dict],  # events (or rows as dicts) with the features
+) -> dict[str, float]:
+    "The PSI of each profiled feature over `events`; absent or null values are left out."
+    out = {}
+    for f, p in profile.items():
+        vals = [v for e in events if (v := e.get(f)) is not None and v == v]  # v != v: NaN
+        if not vals:
+            continue
+        shares = (
+            numeric_shares(p["edges"], vals)
+            if p["kind"] == "numeric"
+            else categorical_shares(p["levels"], vals)
+        )
+        out[f] = psi(p["shares"], shares)
+    return out
 
 # %% ../nbs/09_monitor.ipynb #b590c1be
 class InputDrift:
@@ -960,7 +992,7 @@ def monitor_options(f):
         click.option(
             "--baseline",
             default=None,
-            help="Baseline MAE: a number or a run folder with metrics.json; default: the newest run under outputs/runs.",
+            help=f"Baseline MAE: a number or a run folder with {METRICS_JSON}; default: the newest run under {RUNS_BASE}.",
         ),
         click.option(
             "--factor",
@@ -1053,13 +1085,14 @@ def monitor_options(f):
 
 
 def baseline_run(
-    settings: KafkaSettings, events_topic: str = EVENTS_TOPIC, runs: Path | str = "outputs/runs"
+    settings: KafkaSettings, events_topic: str = EVENTS_TOPIC, runs: Path | str = RUNS_BASE
 ) -> str | None:
     "The newest run whose model fits the newest events (logged), for the baseline MAE; None if there is no run at all."
-    if latest_run(runs) is None:
+    if newest_run(runs) is None:
         return None
     try:
-        run, why = matching_run(runs, newest_events(ensure_broker(settings), events_topic))
+        events = newest_events(ensure_broker(settings), events_topic)
+        run, why = matching_run(runs, events, fit_problem)
     except NoMatchingRun as e:
         raise click.UsageError(f"{e}; or give --baseline") from None
     log.info("baseline MAE from %s", why)
@@ -1108,7 +1141,7 @@ def monitor_kwargs(
         raise click.BadParameter(str(e), param_hint="--baseline")
     if mae is None:
         log.info(
-            "no baseline MAE (no --baseline and no run under outputs/runs): drift alerts are off"
+            f"no baseline MAE (no --baseline and no run under {RUNS_BASE}): drift alerts are off"
         )
     return dict(
         settings=settings,

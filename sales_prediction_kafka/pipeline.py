@@ -4,12 +4,10 @@
 
 # %% ../nbs/10_pipeline.ipynb #8df667d2
 from __future__ import annotations
-import ast, csv, hashlib, itertools, json, logging, os, re, secrets, sys
-from datetime import datetime, timezone
+import ast, csv, hashlib, itertools, json, logging, os, re, sys
 from html import escape
 from importlib import metadata
 from pathlib import Path
-from typing import NamedTuple
 
 import click
 
@@ -22,6 +20,24 @@ from sales_prediction_kafka.config import (
 )
 from .data import SAMPLE_CSV, DataError, load_table
 from .broker import BrokerError
+from .cliutils import kafka_options
+from sales_prediction_kafka.runfolder import (
+    INDEX_HTML,
+    KERNEL_LOG,
+    METRICS_JSON,
+    MODEL_FILE,
+    PARAMS_JSON,
+    PIPELINE_NOTEBOOK,
+    Parameter,
+    PLOTS_DIR,
+    PREDICTIONS_CSV,
+    REPORT_HTML,
+    REPORT_IPYNB,
+    RUNS_BASE,
+    new_run_dir,
+    pipeline_parameters,
+)
+from .runs import run_summary, runs_table, runs_text, write_index
 from sales_prediction_kafka.stream import (
     PARTITIONS,
     StreamError,
@@ -34,18 +50,12 @@ from sales_prediction_kafka.stream import (
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PIPELINE_NOTEBOOK', 'VERSIONED', 'ParameterError', 'PipelineError', 'Parameter', 'pipeline_parameters',
-           'parse_value', 'validate_params', 'new_run_dir', 'package_versions', 'file_sha256', 'write_json',
-           'start_run', 'report_figures', 'export_html', 'report_headline', 'quiet_kernel', 'portable_paths',
-           'run_pipeline', 'grid_params', 'resume_run', 'run_command']
+__all__ = ['log', 'VERSIONED', 'ParameterError', 'PipelineError', 'parse_value', 'validate_params', 'package_versions',
+           'file_sha256', 'write_json', 'start_run', 'report_figures', 'export_html', 'report_headline', 'quiet_kernel',
+           'portable_paths', 'run_pipeline', 'grid_params', 'resume_run', 'run_command']
 
 # %% ../nbs/10_pipeline.ipynb #9ae0090d
 import sales_prediction_kafka
-
-# package data, so an installed wheel has it too: tools/sync_pipelines.py copies it from nbs/pipelines/ (edit it there)
-PIPELINE_NOTEBOOK = (
-    Path(sales_prediction_kafka.__file__).resolve().parent / "pipelines" / "sales_pipeline.ipynb"
-)
 
 
 class ParameterError(SalesKafkaError, ValueError):
@@ -54,25 +64,6 @@ class ParameterError(SalesKafkaError, ValueError):
 
 class PipelineError(SalesKafkaError, RuntimeError):
     "A pipeline run that stopped in one of its cells."
-
-# %% ../nbs/10_pipeline.ipynb #1f851af8
-class Parameter(NamedTuple):
-    "One pipeline parameter, as its notebook declares it."
-
-    default: object
-    type: str  # the annotation: 'int', 'float', 'bool', 'str' or 'list'
-    help: str
-
-
-def pipeline_parameters(notebook: Path = PIPELINE_NOTEBOOK) -> dict:
-    "The pipeline's parameters as {name: Parameter}, read from its `parameters` cell."
-    import papermill as pm
-
-    spec = pm.inspect_notebook(str(notebook))
-    return {
-        n: Parameter(ast.literal_eval(p["default"]), p["inferred_type_name"], p["help"])
-        for n, p in spec.items()
-    }
 
 # %% ../nbs/10_pipeline.ipynb #ef206ba4
 _CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "bool": click.BOOL, "str": click.STRING}
@@ -141,14 +132,6 @@ def validate_params(given: dict, spec: dict | None = None) -> dict:
         raise ParameterError("; ".join(problems))
     return params
 
-# %% ../nbs/10_pipeline.ipynb #b4ecc43b
-def new_run_dir(base="outputs/runs", now: datetime | None = None) -> Path:
-    "Create and return a fresh folder `base/<UTC time>-<short id>`."
-    now = now or datetime.now(timezone.utc)
-    d = Path(base) / f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-    d.mkdir(parents=True, exist_ok=False)
-    return d
-
 # %% ../nbs/10_pipeline.ipynb #4472df0e
 VERSIONED = (
     "sales-prediction-kafka",
@@ -196,9 +179,9 @@ def start_run(run_dir, params: dict, data_path) -> Path:
         Path(run_dir).resolve() if run_dir else new_run_dir()
     )  # resolved: run_dir "." still has the run's name
     run.mkdir(parents=True, exist_ok=True)
-    (run / "plots").mkdir(exist_ok=True)
+    (run / PLOTS_DIR).mkdir(exist_ok=True)
     write_json(
-        run / "params.json",
+        run / PARAMS_JSON,
         {
             "run_id": run.name,
             "parameters": params,
@@ -364,13 +347,12 @@ def portable_paths(
 # %% ../nbs/10_pipeline.ipynb #db123418
 def run_pipeline(
     params: dict | None = None,  # parameter overrides; defaults come from the notebook
-    out_dir="outputs/runs",  # runs are created inside this folder
+    out_dir=RUNS_BASE,  # runs are created inside this folder
     progress: bool = True,  # show papermill's cell progress bar
     notebook: Path = PIPELINE_NOTEBOOK,
 ) -> Path:
     "Execute the pipeline notebook into a new run folder, rewrite the folder's runs index, and return the run folder."
     import papermill as pm
-    from sales_prediction_kafka.runs import write_index  # runs reads what this chapter writes
 
     spec = pipeline_parameters(notebook)
     params = validate_params(params or {}, spec)
@@ -392,21 +374,21 @@ def run_pipeline(
     try:
         pm.execute_notebook(
             str(notebook),
-            str(run / "report.ipynb"),
+            str(run / REPORT_IPYNB),
             parameters={**params, "run_dir": "."},
             progress_bar=progress,
             cwd=str(run),
             kernel_name="python3",
-            kernel_manager_class=quiet_kernel(run.resolve() / "kernel.log"),
+            kernel_manager_class=quiet_kernel(run.resolve() / KERNEL_LOG),
         )
     except pm.PapermillExecutionError as e:
         raise PipelineError(
-            f"the pipeline stopped in cell {e.exec_count}: {e.ename}: {e.evalue}; the partial report is {run / 'report.html'}"
+            f"the pipeline stopped in cell {e.exec_count}: {e.ename}: {e.evalue}; the partial report is {run / REPORT_HTML}"
         ) from None
     finally:
-        if (run / "report.ipynb").exists():
-            portable_paths(run / "report.ipynb", notebook)
-            export_html(run / "report.ipynb")
+        if (run / REPORT_IPYNB).exists():
+            portable_paths(run / REPORT_IPYNB, notebook)
+            export_html(run / REPORT_IPYNB)
         write_index(out_dir)
     return run
 
@@ -435,14 +417,14 @@ def resume_run(
 ) -> dict:
     "Finish the stream of `run_dir`: send only its predictions not yet on the topic, verify each landed once, update metrics.json."
     run = Path(run_dir)
-    saved = json.loads((run / "params.json").read_text())
+    saved = json.loads((run / PARAMS_JSON).read_text())
     p, run_id = saved["parameters"], saved["run_id"]
-    with open(run / "test_predictions.csv", newline="") as f:
+    with open(run / PREDICTIONS_CSV, newline="") as f:
         rows = list(csv.DictReader(f))
     records = prediction_records(
         [int(r["row"]) for r in rows], [r["actual"] for r in rows], [r["predicted"] for r in rows]
     )
-    model = run / "model" / "model.json"
+    model = run / MODEL_FILE
     version = json.loads(model.read_text()).get("version") if model.exists() else None
     settings = require_broker(
         kafka_settings(bootstrap_servers=bootstrap_servers or p.get("bootstrap_servers"))
@@ -461,8 +443,8 @@ def resume_run(
     )
     verified = verify_run(records, settings, topic, run_id)
     metrics = (
-        json.loads((run / "metrics.json").read_text())
-        if (run / "metrics.json").exists()
+        json.loads((run / METRICS_JSON).read_text())
+        if (run / METRICS_JSON).exists()
         else {"run_id": run_id}
     )
     metrics["stream"] = summary.as_dict() | {
@@ -470,7 +452,7 @@ def resume_run(
         "resumed": True,
         "settings": redacted(settings),
     }
-    write_json(run / "metrics.json", metrics)
+    write_json(run / METRICS_JSON, metrics)
     log.info(
         "run %s: %d records sent now, %d were on %s already; all %d verified",
         run_id,
@@ -542,7 +524,7 @@ def resume_run(
     type=click.IntRange(min=1),
     help="With a time axis: forecast this many periods ahead (default: 1); no feature is newer.",
 )
-@sales_prediction_kafka.config.kafka_options()  # the --bootstrap-servers every command shares
+@kafka_options()  # the --bootstrap-servers every command shares
 @click.option("--topic", help="Topic for the prediction records (default: sales_predictions).")
 @click.option("--no-stream", is_flag=True, help="Train and report only; do not stream to Kafka.")
 @click.option(
@@ -556,7 +538,7 @@ def resume_run(
 )
 @click.option(
     "--out",
-    default="outputs/runs",
+    default=str(RUNS_BASE),
     show_default=True,
     type=click.Path(file_okay=False),
     help="Folder that receives the run folder.",
@@ -590,12 +572,6 @@ def run_command(extra, out, grid, list_params, no_stream, resume_dir, **options)
         except (StreamError, BrokerError) as e:
             raise click.ClickException(str(e))
         return
-    from sales_prediction_kafka.runs import (
-        run_summary,
-        runs_table,
-        runs_text,
-    )  # the runs chapter reads what this one writes
-
     given = {**{k: v for k, v in options.items() if v is not None}, **dict(extra)}
     if no_stream:
         given["stream"] = False
@@ -616,4 +592,4 @@ def run_command(extra, out, grid, list_params, no_stream, resume_dir, **options)
         return click.echo(run_summary(runs[0]))
     names = {r.name for r in runs}
     click.echo(runs_text([r for r in runs_table(out) if r["run"] in names]))
-    click.echo(f"overview of every run: {Path(out) / 'index.html'}")
+    click.echo(f"overview of every run: {Path(out) / INDEX_HTML}")

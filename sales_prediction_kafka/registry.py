@@ -12,26 +12,29 @@ import click
 import numpy as np
 import pandas as pd
 from kafka import TopicPartition
-from sales_prediction_kafka.config import (
-    SalesKafkaError,
-    KafkaSettings,
-    kafka_options,
-    kafka_settings,
-)
+from .config import SalesKafkaError, KafkaSettings, kafka_settings
+from .cliutils import kafka_options
 from .broker import ensure_broker
 from .data import load_table
 from .models import MODEL_JSON, SalesModel, load_model, split
+from sales_prediction_kafka.runfolder import (
+    METRICS_JSON,
+    MODEL_DIR,
+    MODEL_FILE,
+    PARAMS_JSON,
+    RUNS_BASE,
+    newest_run,
+)
 from .stream import StreamError, admin_client, consumer, producer
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'MODELS_TOPIC', 'MAX_MODEL_BYTES', 'FIGURES', 'CHAMPION', 'model_bytes', 'unpack_model', 'feature_profile',
-           'numeric_shares', 'categorical_shares', 'psi', 'input_psi', 'training_rows', 'model_record',
-           'version_record', 'record_model', 'RegistryError', 'Registry', 'describe_decision', 'registry_lines',
-           'decision_alert', 'ensure_models_topic', 'read_registry', 'publish', 'promote', 'rollback',
-           'record_decision', 'ChampionFollower', 'models_cli', 'list_command', 'publish_command', 'promote_command',
-           'rollback_command']
+           'numeric_shares', 'categorical_shares', 'training_rows', 'model_record', 'version_record', 'record_model',
+           'RegistryError', 'Registry', 'describe_decision', 'registry_lines', 'decision_alert', 'ensure_models_topic',
+           'read_registry', 'publish', 'promote', 'rollback', 'record_decision', 'ChampionFollower', 'models_cli',
+           'list_command', 'publish_command', 'promote_command', 'rollback_command']
 
 # %% ../nbs/07a_registry.ipynb #3cc31ad6
 MODELS_TOPIC = (
@@ -100,33 +103,6 @@ def categorical_shares(levels: list, values: list) -> np.ndarray:
     counts = np.bincount([index.get(v, len(levels)) for v in values], minlength=len(levels) + 1)
     return counts / max(len(values), 1)
 
-
-def psi(expected, actual, floor: float = 1e-4) -> float:
-    "The population stability index of shares `actual` against `expected` (empty bins count as `floor`)."
-    e, a = (np.maximum(np.asarray(x, float), floor) for x in (expected, actual))
-    if len(e) < len(a):
-        e = np.append(e, [floor] * (len(a) - len(e)))
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def input_psi(
-    profile: dict,  # from `feature_profile`
-    events: list[dict],  # events (or rows as dicts) with the features
-) -> dict[str, float]:
-    "The PSI of each profiled feature over `events`; absent or null values are left out."
-    out = {}
-    for f, p in profile.items():
-        vals = [v for e in events if (v := e.get(f)) is not None and v == v]  # v != v: NaN
-        if not vals:
-            continue
-        shares = (
-            numeric_shares(p["edges"], vals)
-            if p["kind"] == "numeric"
-            else categorical_shares(p["levels"], vals)
-        )
-        out[f] = psi(p["shares"], shares)
-    return out
-
 # %% ../nbs/07a_registry.ipynb #619518ed
 FIGURES = ("n", "mae", "rmse", "r2", "bias")  # the test figures a version record carries
 
@@ -137,7 +113,7 @@ def _now() -> str:
 
 def training_rows(run: Path) -> pd.DataFrame:
     "The training rows of run folder `run`: its data loaded again and split with its seed."
-    saved = json.loads((run / "params.json").read_text())
+    saved = json.loads((run / PARAMS_JSON).read_text())
     p = saved["parameters"]
     path = run / saved["data"]["path"]  # relative paths are relative to the run folder
     raw = load_table(path, p["target"], p.get("features"))
@@ -173,13 +149,13 @@ def model_record(
 def version_record(run: Path | str) -> dict:
     "The registry record of the model in run folder `run`: its test figures, data source and training profile too."
     run = Path(run)
-    test = json.loads((run / "metrics.json").read_text()).get("test") or {}
-    data = json.loads((run / "params.json").read_text()).get("data", {})
+    test = json.loads((run / METRICS_JSON).read_text()).get("test") or {}
+    data = json.loads((run / PARAMS_JSON).read_text()).get("data", {})
     return model_record(
-        run / "model",
+        run / MODEL_DIR,
         run.name,
         {k: test[k] for k in FIGURES if k in test},
-        feature_profile(training_rows(run), load_model(run / "model")),
+        feature_profile(training_rows(run), load_model(run / MODEL_DIR)),
         data.get("source") or {"path": data.get("path")},
     )
 
@@ -541,12 +517,12 @@ def _settings(bootstrap_servers) -> KafkaSettings:
 
 
 def _newest_run(runs: Path) -> Path:
-    found = sorted(p.parent for p in Path(runs).glob("*/model/model.json"))
-    if not found:
-        raise click.ClickException(
-            f"no run with a model in {Path(runs).absolute()}; train one with `sales-kafka run`"
-        )
-    return found[-1].parent
+    "The newest run under `runs` that holds a model; a clear error if none does."
+    if found := newest_run(runs, MODEL_FILE):
+        return found
+    raise click.ClickException(
+        f"no run with a model in {Path(runs).absolute()}; train one with `sales-kafka run`"
+    )
 
 
 def _registry_options(f):
@@ -590,7 +566,7 @@ def list_command(bootstrap_servers, topic, as_json):
 @click.option(
     "--runs",
     type=click.Path(file_okay=False),
-    default="outputs/runs",
+    default=str(RUNS_BASE),
     show_default=True,
     help="Where the newest run is looked for.",
 )

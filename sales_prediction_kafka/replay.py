@@ -4,10 +4,8 @@
 
 # %% ../nbs/08a_replay.ipynb #5c45a123
 from __future__ import annotations
-import itertools, json, logging, math, time
+import itertools, logging, math, time
 from collections import deque
-from pathlib import Path
-from kafka import TopicPartition
 import click
 import pandas as pd
 from tqdm import tqdm
@@ -17,16 +15,15 @@ from sales_prediction_kafka.config import (
     HISTORY_TOPIC,
     KafkaSettings,
     ProducerSettings,
-    kafka_options,
     kafka_settings,
     plain,
-    producer_options,
     producer_settings,
 )
+from .cliutils import kafka_options, producer_options
 from .broker import ensure_broker
 from .data import TARGET, DataError, load_table
 from .serve import SCHEMA_VERSION
-from .join import BadMessage, actual_message, parse_actual
+from .join import actual_message
 from sales_prediction_kafka.history import (
     HISTORY_PERIODS,
     ensure_history_topic,
@@ -40,9 +37,7 @@ from sales_prediction_kafka.stream import (
     StreamSummary,
     check_topic,
     close_producer,
-    consumer,
     ensure_topic,
-    messages,
     producer,
     Sends,
 )
@@ -50,9 +45,7 @@ from sales_prediction_kafka.stream import (
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PACED', 'table_events', 'shift_events', 'replay_tuning', 'lag_actuals', 'replay', 'replay_command',
-           'actuals_by_event', 'labelled', 'read_range', 'arrived_actuals', 'labelled_events', 'events_table',
-           'topic_training_data', 'record_source']
+__all__ = ['log', 'PACED', 'table_events', 'shift_events', 'replay_tuning', 'lag_actuals', 'replay', 'replay_command']
 
 # %% ../nbs/08a_replay.ipynb #798a38ae
 def _field_value(v):
@@ -349,258 +342,3 @@ def replay_command(
     except StreamError as e:
         raise click.ClickException(str(e))
     click.echo(str(s))
-
-# %% ../nbs/08a_replay.ipynb #0a50b782
-def actuals_by_event(
-    msgs: list[dict],  # messages of the actuals topic, as `stream.messages` gives them
-) -> tuple[dict, list]:
-    "{event_id: actual_sales} (the first actual of an event stands, as in the join), and the (message, BadMessage) pairs that are not actuals."
-    got, bad = {}, []
-    for m in msgs:
-        try:
-            a = parse_actual(json.dumps(m["value"]).encode())
-        except BadMessage as e:
-            bad.append((m, e))
-            continue
-        got.setdefault(a["event_id"], a["actual_sales"])
-    return got, bad
-
-
-def labelled(
-    msgs: list[dict],  # messages of the events topic
-    actuals: dict,  # {event_id: actual_sales}, e.g. from `actuals_by_event`
-    target: str = TARGET,
-) -> list[tuple[dict, dict]]:
-    "(message, event) of each labelled event: one carrying `target`, or one whose actual arrived (put in `target`)."
-    out = []
-    for m in msgs:
-        ev = m["value"]
-        if not isinstance(ev, dict):
-            continue
-        if ev.get(target) is not None:
-            out.append((m, ev))
-        elif isinstance(ev.get("event_id"), int) and ev["event_id"] in actuals:
-            out.append((m, ev | {target: actuals[ev["event_id"]]}))
-    return out
-
-# %% ../nbs/08a_replay.ipynb #abc7df03
-def _partitions(c, topic: str) -> list[TopicPartition]:
-    "The partitions of `topic`; [] if it does not exist."
-    return [
-        TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(check_topic(topic)) or ())
-    ]
-
-
-def _at_time(
-    c,
-    tps: list,
-    ends: dict,
-    since: str | int,  # ISO 8601 (UTC if no zone), or ms since the epoch
-) -> dict:
-    "The first offset of each partition written at or after `since`, else its end."
-    ms = since if isinstance(since, int) else int(pd.Timestamp(since, tz="UTC").timestamp() * 1000)
-    at = c.offsets_for_times({tp: ms for tp in tps})
-    return {tp: at[tp].offset if at[tp] else ends[tp] for tp in tps}
-
-
-def _start_offsets(
-    c,
-    tps: list,
-    firsts: dict,
-    ends: dict,
-    last: int | None,
-    since: str | None,
-    after: dict | None = None,
-) -> dict:
-    "Where to start reading each partition: at `after`, the first offset at `since`, `last` before its end, else its beginning."
-    if after is not None:
-        return {tp: max(firsts[tp], after.get(str(tp.partition), firsts[tp])) for tp in tps}
-    if since is not None:
-        return _at_time(c, tps, ends, since)
-    if last is not None:
-        return {tp: max(firsts[tp], ends[tp] - last) for tp in tps}
-    return firsts
-
-
-def read_range(
-    settings: KafkaSettings,
-    topic: str,
-    starts: dict,
-    ends: dict,  # {TopicPartition: offset}
-    timeout: float = 60,  # stop after this many seconds without a message
-) -> list[dict]:
-    "The committed messages of `topic` from `starts` up to `ends`, oldest first by record time."
-    got = messages(
-        settings,
-        topic,
-        {tp.partition: o for tp, o in starts.items()},
-        {tp.partition: o for tp, o in ends.items()},
-        idle_timeout=timeout,
-        isolation_level="read_committed",
-    )
-    return sorted(got, key=lambda m: (m["timestamp"], m["partition"], m["offset"]))
-
-
-def arrived_actuals(
-    c,
-    settings: KafkaSettings,
-    topic: str,
-    since_ms: int,  # the window's oldest event: no older actual is one of its own
-    timeout: float = 60,
-) -> tuple[dict, dict]:
-    "The actuals on `topic` written since `since_ms` by event id, and what was read: offsets, ends, counts (missing topic: none)."
-    tps = _partitions(c, topic)
-    if not tps:
-        log.warning(
-            "actuals topic %r does not exist at %s: only events that carry their target are labelled",
-            topic,
-            settings.bootstrap_servers,
-        )
-        return {}, {"topic": topic, "exists": False}
-    ends = c.end_offsets(tps)
-    starts = _at_time(c, tps, ends, since_ms)
-    got, bad = actuals_by_event(read_range(settings, topic, starts, ends, timeout))
-    for m, e in bad[:3]:
-        log.warning(
-            "not an actual at %s p%d offset %d (%s): %s",
-            topic,
-            m["partition"],
-            m["offset"],
-            e.reason,
-            e,
-        )
-    return got, {
-        "topic": topic,
-        "from": {str(tp.partition): starts[tp] for tp in tps},
-        "ends": {str(tp.partition): ends[tp] for tp in tps},
-        "actuals": len(got),
-        "bad": len(bad),
-    }
-
-# %% ../nbs/08a_replay.ipynb #bdda40c7
-def _ranges(kept: list[tuple[dict, dict]]) -> dict:
-    "{partition: [first offset, last offset + 1]} of the kept messages."
-    ranges = {}
-    for m, _ in kept:
-        r = ranges.setdefault(m["partition"], [m["offset"], m["offset"] + 1])
-        r[0], r[1] = min(r[0], m["offset"]), max(r[1], m["offset"] + 1)
-    return {str(p): r for p, r in sorted(ranges.items())}
-
-
-def labelled_events(
-    settings: KafkaSettings,
-    topic: str = EVENTS_TOPIC,
-    target: str = TARGET,  # events with this field (not null), or with an arrived actual, are labelled
-    last: int | None = None,  # only the last N labelled events; None: all
-    since: str | None = None,  # only events written since this time (ISO 8601, UTC if no zone)
-    timeout: float = 60,  # seconds without a message before a read gives up
-    after: dict
-    | None = None,  # only events from these offsets on ({partition: offset}, e.g. an earlier read's `ends`)
-    actuals_topic: str
-    | None = ACTUALS_TOPIC,  # join the events with their actuals here, by event id; None: inline targets only
-) -> tuple[list[dict], dict]:
-    "The labelled events of `topic` in the window, joined with their actuals, and where they came from (both topics' offsets)."
-    c = consumer(settings, enable_auto_commit=False, isolation_level="read_committed")
-    try:
-        if not (tps := _partitions(c, topic)):
-            raise StreamError(f"topic {topic!r} does not exist at {settings.bootstrap_servers}")
-        firsts, ends, back = c.beginning_offsets(tps), c.end_offsets(tps), last
-        while True:
-            starts = _start_offsets(c, tps, firsts, ends, back, since, after)
-            read = read_range(settings, topic, starts, ends, timeout)
-            actuals, acts = (
-                arrived_actuals(c, settings, actuals_topic, read[0]["timestamp"], timeout)
-                if actuals_topic and read
-                else ({}, actuals_topic and {"topic": actuals_topic, "actuals": 0})
-            )
-            every = labelled(read, actuals, target)
-            if (
-                after is not None
-                or since is not None
-                or not last
-                or len(every) >= last
-                or all(starts[tp] <= firsts[tp] for tp in tps)
-            ):
-                break
-            log.info(
-                "%d labelled of the last %d events a partition on %s: reading %d back",
-                len(every),
-                back,
-                topic,
-                2 * back,
-            )
-            back *= 2
-    finally:
-        c.close()
-    kept = every[-last if last else None :]
-    source = {
-        "topic": topic,
-        "partitions": _ranges(kept),
-        "events": len(kept),
-        "last": last,
-        "since": since,
-        "ends": {str(tp.partition): ends[tp] for tp in tps},
-        "unlabelled": len(read)
-        - len(every),  # read, but neither carrying the target nor with an arrived actual
-        "actuals": acts and acts | {"joined": sum(m["value"].get(target) is None for m, _ in kept)},
-    }
-    return [ev for _, ev in kept], source
-
-
-def events_table(events: list[dict]) -> pd.DataFrame:
-    "The events as a table in event-id order, without their `event_id` and `schema_version`."
-    fullest = max(
-        events, key=len
-    )  # its fields in the order they were sent: an event with a gap has one fewer
-    df = pd.DataFrame(sorted(events, key=lambda e: e["event_id"]))
-    df = df[[*fullest, *(c for c in df if c not in fullest)]]
-    return df.drop(columns=[c for c in ("event_id", "schema_version") if c in df]).reset_index(
-        drop=True
-    )
-
-
-def topic_training_data(
-    settings: KafkaSettings,
-    topic: str,
-    path: Path | str,  # where the table is written as CSV
-    target: str = TARGET,
-    last: int | None = None,
-    since: str | None = None,
-    actuals_topic: str
-    | None = ACTUALS_TOPIC,  # the events' later actuals, by event id; None: inline targets only
-) -> tuple[Path, dict]:
-    "Write the labelled events of the window (joined with their actuals) as a CSV at `path`; the path and the events' source."
-    events, source = labelled_events(
-        settings, topic, target, last, since, actuals_topic=actuals_topic
-    )
-    if not events:
-        acts = source["actuals"]
-        why = (
-            "no actuals topic was read"
-            if not acts
-            else f"{acts['topic']!r} does not exist"
-            if acts.get("exists") is False
-            else f"none of their actuals has arrived on {acts['topic']!r}"
-        )
-        raise StreamError(
-            f"no labelled events on {topic!r} in the window asked for: {source['unlabelled']} events read, none carries "
-            f"{target!r} and {why}"
-        )
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    events_table(events).to_csv(path, index=False)
-    log.info(
-        "%d labelled events from %s (%s joined with actuals), offsets %s",
-        len(events),
-        topic,
-        source["actuals"]["joined"] if source["actuals"] else 0,
-        source["partitions"],
-    )
-    return Path(path), source
-
-
-def record_source(run: Path | str, source: dict):
-    "Add where the training events came from to the run's params.json, so the run can be reproduced."
-    p = Path(run) / "params.json"
-    saved = json.loads(p.read_text())
-    saved["data"]["source"] = source
-    p.write_text(json.dumps(saved, indent=2) + "\n")

@@ -10,16 +10,23 @@ from datetime import datetime
 from pathlib import Path
 import click
 from .evaluate import fmt_num, fmt_pct
-from .pipeline import pipeline_parameters
+from sales_prediction_kafka.runfolder import (
+    INDEX_HTML,
+    METRICS_JSON,
+    PARAMS_JSON,
+    REPORT_HTML,
+    RUNS_BASE,
+    pipeline_parameters,
+    run_folders,
+)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'RUNS_BASE', 'COLUMNS', 'run_row', 'runs_table', 'shown', 'runs_text', 'runs_page', 'runs_html', 'write_index',
+__all__ = ['log', 'COLUMNS', 'run_row', 'runs_table', 'shown', 'runs_text', 'runs_page', 'runs_html', 'write_index',
            'run_summary', 'runs_command']
 
 # %% ../nbs/10a_runs.ipynb #207dd8c8
-RUNS_BASE = Path("outputs/runs")  # where `sales-kafka run` puts its run folders
 _OWN_COLUMN = ("data_path", "run_dir")  # shown in their own column, or different in every run
 
 
@@ -36,7 +43,7 @@ def run_row(
 ) -> dict | None:
     "The overview's line of `run`; None if it has no metrics.json."
     try:
-        m, p = (json.loads((run / f).read_text()) for f in ("metrics.json", "params.json"))
+        m, p = (json.loads((run / f).read_text()) for f in (METRICS_JSON, PARAMS_JSON))
     except (OSError, ValueError):
         return None
     given = p.get("parameters", {})
@@ -59,7 +66,7 @@ def run_row(
             for k, v in given.items()
             if k in defaults and k not in _OWN_COLUMN and v != defaults[k]
         },
-        "report": f"{run.name}/report.html" if (run / "report.html").exists() else None,
+        "report": f"{run.name}/{REPORT_HTML}" if (run / REPORT_HTML).exists() else None,
     }
 
 
@@ -71,7 +78,7 @@ def runs_table(
     defaults = (
         {n: p.default for n, p in pipeline_parameters().items()} if defaults is None else defaults
     )
-    return [r for d in sorted(Path(base).glob("*/")) if (r := run_row(d, defaults))]
+    return [r for d in run_folders(base) if (r := run_row(d, defaults))]
 
 # %% ../nbs/10a_runs.ipynb #cd074070
 COLUMNS = {  # key: (heading, how a value is shown)
@@ -124,7 +131,7 @@ def _cell(key: str, row: dict, text: str) -> str:
     return f"<td>{html.escape(text)}</td>"
 
 
-def runs_html(rows: list[dict], base: str = "outputs/runs") -> str:
+def runs_html(rows: list[dict], base: Path | str = RUNS_BASE) -> str:
     "The runs overview page, newest run first."
     body = [
         "<tr>" + "".join(_cell(k, r, t) for k, t in zip(COLUMNS, shown(r).values())) + "</tr>"
@@ -142,7 +149,7 @@ def runs_html(rows: list[dict], base: str = "outputs/runs") -> str:
 
 def write_index(base: Path | str = RUNS_BASE) -> Path:
     "Rewrite `base/index.html` from the runs in `base`."
-    path = Path(base) / "index.html"
+    path = Path(base) / INDEX_HTML
     path.write_text(runs_html(runs_table(base), base), encoding="utf-8")
     return path
 
@@ -150,7 +157,7 @@ def write_index(base: Path | str = RUNS_BASE) -> Path:
 def run_summary(run: Path | str) -> str:
     "A few lines on what run `run` found."
     run = Path(run)
-    m = json.loads((run / "metrics.json").read_text())
+    m = json.loads((run / METRICS_JSON).read_text())
     t, c, s, d = m.get("test") or {}, m.get("cleaning") or {}, m.get("stream"), m.get("data") or {}
     lines = [
         f"run {run.name}: {Path(str(d.get('path', '-'))).name}, {fmt_num(d.get('rows'), 0)} rows "
@@ -169,7 +176,7 @@ def run_summary(run: Path | str) -> str:
         else f"streamed {fmt_num(s.get('total'), 0)} records to {s.get('topic')}"
         f" ({'every one verified by reading it back' if s.get('verified') else 'NOT verified'})"
     )
-    return "\n".join(lines + [f"report: {run / 'report.html'}"])
+    return "\n".join(lines + [f"report: {run / REPORT_HTML}"])
 
 # %% ../nbs/10a_runs.ipynb #9d6c1fd1
 @click.command("runs")

@@ -20,14 +20,13 @@ from sales_prediction_kafka.config import (
     PREDICTIONS_TOPIC,
     KafkaSettings,
     ProducerSettings,
-    kafka_options,
     producer_settings,
     kafka_settings,
     plain,
-    stop_on_signals,
 )
+from .cliutils import kafka_options, stop_on_signals
 from .broker import ensure_broker
-from .models import MODEL_JSON, _missing, load_model
+from .models import _missing, load_model
 from sales_prediction_kafka.history import (
     HISTORY_TOPIC,
     SeriesHistory,
@@ -35,6 +34,13 @@ from sales_prediction_kafka.history import (
     series_key,
 )
 from .registry import MODELS_TOPIC, ChampionFollower, record_model
+from sales_prediction_kafka.runfolder import (
+    MODEL_DIR,
+    RUNS_BASE,
+    NoMatchingRun,
+    matching_run,
+    model_folder,
+)
 from sales_prediction_kafka.stream import (
     PARTITIONS,
     StreamError,
@@ -49,11 +55,11 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVENT_ID', 'MAX_IMPUTED', 'REASONS',
-           'DEAD_LETTER_HEADERS', 'RUNS_DIR', 'event_schema', 'Rejection', 'parse_event', 'json_validator_class',
-           'event_rejection', 'EventValidator', 'example_events', 'score_events', 'prediction_message',
-           'dead_letter_headers', 'lacking', 'too_imputed', 'fit_problem', 'Outgoing', 'plan_batch', 'Metrics',
-           'ServeError', 'next_offsets', 'first_offsets', 'check_servable', 'add_history', 'AssignmentReporter',
-           'ScoringWorker', 'find_model', 'serve', 'serve_command']
+           'DEAD_LETTER_HEADERS', 'event_schema', 'Rejection', 'parse_event', 'json_validator_class', 'event_rejection',
+           'EventValidator', 'example_events', 'score_events', 'prediction_message', 'dead_letter_headers', 'lacking',
+           'too_imputed', 'fit_problem', 'Outgoing', 'plan_batch', 'Metrics', 'ServeError', 'next_offsets',
+           'first_offsets', 'check_servable', 'add_history', 'AssignmentReporter', 'ScoringWorker', 'find_model',
+           'serve', 'serve_command']
 
 # %% ../nbs/08_serve.ipynb #89466d76
 SCHEMA_VERSION = 1  # the version of the event schema this worker reads
@@ -1193,18 +1199,11 @@ class ScoringWorker:
         return self.metrics.report()
 
 # %% ../nbs/08_serve.ipynb #cf7519e1
-RUNS_DIR = Path("outputs/runs")  # where `sales-kafka run` puts its run folders
-
-
-def _is_model_dir(p: Path) -> bool:
-    return (p / MODEL_JSON).is_file()
-
-
 def find_model(
     path: Path
     | str
     | None = None,  # a model folder or a run folder; None: the newest run in `runs` that fits the events
-    runs: Path | str = RUNS_DIR,
+    runs: Path | str = RUNS_BASE,
     settings: KafkaSettings
     | None = None,  # the cluster whose events the model must fit; None: the newest run
     events_topic: str = EVENTS_TOPIC,
@@ -1212,22 +1211,22 @@ def find_model(
 ) -> Path:
     "The model folder that `path` names, or that of the newest run whose model fits the newest events (logged)."
     if path is None:
-        from sales_prediction_kafka.browse import NoMatchingRun, matching_run, newest_events
+        from sales_prediction_kafka.browse import newest_events
 
         try:
             run, why = matching_run(
-                runs, newest_events(settings, events_topic) if settings else [], max_imputed
+                runs,
+                newest_events(settings, events_topic) if settings else [],
+                functools.partial(fit_problem, max_imputed=max_imputed),
             )
         except NoMatchingRun as e:
             raise ServeError(str(e)) from None
         log.info("model from %s", why)
-        return run / "model"
-    p = Path(path)
-    for cand in (p, p / "model"):
-        if _is_model_dir(cand):
-            return cand
+        return run / MODEL_DIR
+    if folder := model_folder(path):
+        return folder
     raise ServeError(
-        f"{p} is neither a model folder (with model.json) nor a run folder with a model/ in it"
+        f"{path} is neither a model folder (with model.json) nor a run folder with a model/ in it"
     )
 
 # %% ../nbs/08_serve.ipynb #f69e146b
@@ -1237,7 +1236,7 @@ def serve(
     | None = None,  # model folder or run folder; None: the registry's champion, else the newest run under `runs`
     settings: KafkaSettings
     | None = None,  # the cluster; None: from the environment, else the local broker
-    runs: Path | str = RUNS_DIR,  # where to look for the newest run
+    runs: Path | str = RUNS_BASE,  # where to look for the newest run
     partitions: int = PARTITIONS,  # partitions of topics created here
     idle_exit: float
     | None = None,  # stop after this many seconds without events; None: run until signalled
@@ -1312,7 +1311,7 @@ def serve(
 @click.option(
     "--runs",
     type=click.Path(file_okay=False),
-    default=str(RUNS_DIR),
+    default=str(RUNS_BASE),
     show_default=True,
     help="Folder of run folders, searched when --model is not given.",
 )

@@ -27,11 +27,11 @@ from sales_prediction_kafka.config import (
     KafkaSettings,
     ProducerSettings,
     client_kwargs,
-    kafka_options,
     kafka_settings,
     producer_kwargs,
     producer_settings,
 )
+from .cliutils import kafka_options
 from .broker import ensure_broker
 
 log = logging.getLogger(__name__)

@@ -524,10 +524,11 @@ def documented_run(outputs: Path, run: Path | None = None) -> Path | None:
         if not (run / "report.html").is_file():
             raise SystemExit(f"--run {run}: no report.html there; give a run folder")
         return run
-    if (outputs / "example" / "report.html").is_file():
+    from sales_prediction_kafka.runfolder import REPORT_HTML, newest_run
+
+    if (outputs / "example" / REPORT_HTML).is_file():
         return outputs / "example"
-    runs = sorted((p.parent for p in outputs.glob("runs/*/report.html")), key=lambda p: p.name)
-    return runs[-1] if runs else None
+    return newest_run(outputs / "runs", REPORT_HTML)
 
 
 class _Refs(HTMLParser):

@@ -6,7 +6,7 @@
 
 `nbs/pipelines/` is the only place to edit a pipeline notebook. The copy is byte for byte, like `nbdev_export` for the
 chapters: `make export` runs this after `nbdev_clean`, and `make check-export` runs it and fails when the committed copy
-differs. `sales_prediction_kafka.pipeline.PIPELINE_NOTEBOOK` points at the package copy.
+differs. `sales_prediction_kafka.runfolder.PIPELINE_NOTEBOOK` points at the package copy.
 """
 
 from __future__ import annotations

@@ -449,21 +449,32 @@ def lagged_figures(o: dict) -> dict:
     }
 
 
+LATE = 300  # the late-actuals run: each actual 300 events (2 s at 150/s) after its event
+
+
 def run(
     quick: bool = False, bootstrap_servers: str | None = None, out: Path | None = None, **_
 ) -> dict:
-    "Run the loop benchmark once; write loop.json; return its results."
+    """Run the loop twice on one broker, actuals inline (loop.json), then each actual LATE events late, joined by
+    `sales-kafka join` (loop_late.json); return the results of both."""
+    with kafka(bootstrap_servers) as settings:
+        return {
+            name: run_once(settings, quick, out, name, lag)
+            for name, lag in ((NAME, 0), (f"{NAME}_late", LATE))
+        }
+
+
+def run_once(settings, quick: bool, out: Path | None, name: str, actuals_lag: int) -> dict:
+    "One shift scenario; its figures written to <name>.json."
     load_before, t0 = load(), time.monotonic()
-    with (
-        kafka(bootstrap_servers) as settings,
-        tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp,
-    ):
+    with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         o = shift_scenario(
             settings,
             Path(tmp),
             rate=100.0 if quick else 150.0,
             shift_after=800 if quick else 2400,
             after_swap=3.0 if quick else 10.0,
+            actuals_lag=actuals_lag,
         )
     f = loop_figures(o)
     ratio = (
@@ -472,10 +483,18 @@ def run(
         else None
     )
     d = o["registry"].decisions
+    late = [
+        f"actuals {actuals_lag} events after their events (replay --actuals-lag), joined by `sales-kafka join "
+        "--exactly-once`; the monitor watches the joined topic (error drift only, no --input-drift), so detection "
+        "waits for the actuals; MAE figures are of the joined records; label delay = actual record timestamp - "
+        "forecast record timestamp",
+        "learn --actuals-topic: trained and judged on events joined with their actuals",
+    ]
     result = {
         "quick": quick,
         "rate": o["rate"],
         "shift_after": o["shift_after"],
+        "actuals_lag": actuals_lag,
         "events": o["sent"],
         "figures": f,
         "p99_ratio_swap_vs_steady": ratio,
@@ -490,14 +509,21 @@ def run(
             "learner: candidates linear,trees, cv_folds 3, min-events 2000, window 2000, holdout 300, margin 0.05",
             "mae_same_events_before_shift: the pre-shift champion on the events the new model scored, as they "
             "were before the shift (the same customers in the old world)",
-        ],
-        "targets": {"p99 swap window <= 1.5x steady": ratio is not None and ratio <= 1.5},
+        ]
+        + (late if actuals_lag else []),
+        "targets": {"p99 swap window <= 1.5x steady": ratio is not None and ratio <= 1.5}
+        | (
+            {"promoted on joined events": bool(d) and d[0]["decision"] == "promoted"}
+            if actuals_lag
+            else {}
+        ),
         "load_before": load_before,
         "load_after": load(),
     }
-    path = write_result(NAME, result, out)
+    path = write_result(name, result, out)
     print(
-        "\n## Continual learning: the shift scenario (2 exactly-once workers, monitor, learner)\n"
+        "\n## Continual learning: the shift scenario (2 exactly-once workers, monitor, learner"
+        + (f", actuals {actuals_lag} events late, join)\n" if actuals_lag else ")\n")
     )
     print(
         table(

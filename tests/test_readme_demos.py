@@ -636,5 +636,13 @@ def test_readme_live_and_loop_sections_run_as_written(checkout, chromium):
     assert worst <= 1e-9 and {dict(r.headers)["model_version"] for r in lag_preds} == {
         model.version.encode()
     }, f"live and batch differ by up to {worst}"
+    customer = list(week[re.search(r"--series (\S+)", late[1])[1]])
+    firsts = {i for i, c in enumerate(customer) if customer[:i].count(c) < 2}  # no lag 2 yet
+    imputed = {
+        json.loads(r.value)["prediction_index"] for r in lag_preds if "imputed" in dict(r.headers)
+    }
+    assert imputed == firsts, (
+        f"the imputed header on {sorted(imputed)}, not each customer's first two weeks"
+    )
     for c, t in logs.items():
         assert t.count("received SIGTERM") <= 1 and "Traceback" not in t, (c, t[-3000:])

@@ -269,15 +269,19 @@ def test_input_drift_alerts_once_per_shift(broker_settings):
 
 
 @pytest.mark.slow
-def test_shift_scenario_retrains_promotes_and_swaps(broker_settings, tmp_path):
-    "`replay` a shifted stream while 2 exactly-once workers, the monitor and `learn` run: detected, retrained, promoted, swapped."
-    o = shift_scenario(broker_settings, tmp_path)
-    f, reg = loop_figures(o), o["registry"]
+@pytest.mark.parametrize("actuals_lag", [0, 300], ids=["actuals-inline", "actuals-late"])
+def test_shift_scenario_retrains_promotes_and_swaps(broker_settings, tmp_path, actuals_lag):
+    """`replay` a shifted stream while 2 exactly-once workers, the monitor and `learn` run: detected, retrained, promoted,
+    swapped. actuals-late (issue 22): the events go out without their sales, each actual 300 events (2 s) later; `join`
+    pairs forecasts and actuals, the drift is detected from the joined errors and the challenger trains on joined events."""
+    o = shift_scenario(broker_settings, tmp_path, actuals_lag=actuals_lag)
+    f, reg, t = loop_figures(o), o["registry"], o["topics"]
     print(
-        f"\n{o['sent']} events at {o['rate']}/s, shift after {o['shift_after']}: "
+        f"\n{o['sent']} events at {o['rate']}/s, shift after {o['shift_after']}, actuals lag {actuals_lag}: "
         + ", ".join(f"{k} {v:.4g}" for k, v in f.items() if v)
     )
-    assert o["codes"] == {"w0": 0, "w1": 0, "monitor": 0, "learn": 0}, o["codes"]
+    procs = {"w0", "w1", "monitor", "learn"} | ({"join"} if actuals_lag else set())
+    assert o["codes"] == dict.fromkeys(procs, 0), o["codes"]
     drift = [a for a in o["alerts"] if a["alert"] in ("drift", "input_drift")]
     assert drift and drift[0]["ts"] >= o["events"][o["shift_after"]], (
         "drift is detected after the shift"
@@ -304,6 +308,28 @@ def test_shift_scenario_retrains_promotes_and_swaps(broker_settings, tmp_path):
         > f["promotion_to_all_swapped_s"] * 1e3
         + max(ts for rec, ts in o["champion_records"] if rec["version"] == d["challenger"])
     } == {d["challenger"]}
+    if actuals_lag:
+        # the forecasts went out without the truth; each met its actual once, in `join`
+        assert all(p["actual_sales"] is None for p in o["predictions"]), "forecasts carry no actual"
+        joined = Counter(j["prediction_index"] for j in o["joined"])
+        assert set(joined) == set(range(o["sent"])) and max(joined.values()) == 1, (
+            "every forecast joined with its actual, once"
+        )
+        assert all(j["actual"] == "joined" and j["actual_sales"] is not None for j in o["joined"])
+        assert (
+            o["join"]["outcomes"].get("joined") == o["sent"]
+            and not o["join"]["waiting_predictions"]
+        ), o["join"]
+        # the drift came from the joined errors: only error-drift alerts, raised on the joined topic, and the retrain's reason
+        assert {(a["alert"], a["topic"]) for a in drift} == {("drift", t["joined"])}, drift
+        assert d["trigger"] == "drift" and f" at {t['joined']}[" in d["detail"], d
+        # the challenger trained on events labelled by their later actuals, and was judged on such events only
+        assert (
+            src["actuals"]["topic"] == t["actuals"]
+            and src["actuals"]["joined"] == src["events"] == 2000
+        ), src
+        assert d["judged_joined"] == d["events"], d
+        assert f["label_delay_p50_ms"] > 0, f  # the actual came after its forecast
     assert f["mae_after_shift_old_model"] > 1.3 * f["mae_before_shift"], (
         f
     )  # the shift hurts the old model

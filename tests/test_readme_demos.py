@@ -1,5 +1,5 @@
-"""The README's live and loop demos, run as written: every shell line of the sections "Live scoring and monitoring" and
-"The loop", in bash, in a folder laid out like a checkout after `make run`, against a local broker in a home of its own whose
+"""The README's live and loop demos, run as written: every shell line of the sections "Live scoring and monitoring",
+"The loop" and "Forecast first, truth later" (the join of late actuals, and a lag model served from each series' history), in bash, in a folder laid out like a checkout after `make run`, against a local broker in a home of its own whose
 registry already holds a champion trained on another table (a broker used before). Background jobs (`... &`) are tracked and
 stopped with SIGTERM at the end of a section, or by the README's own `kill $!`; a command that runs until stopped (consume,
 monitor, dashboard) gets Ctrl-C once it has shown what it is for. Any exit code but 0 fails (but a job's death by the README's
@@ -9,11 +9,13 @@ The page of the loop's dashboard is photographed once checked; `README_DEMO_SCRE
 also copies the picture there, which is how the Dashboard chapter's screenshot is refreshed."""
 
 import json, os, re, shutil, signal, subprocess, sys, time, urllib.request
+from collections import Counter
 from pathlib import Path
 import numpy as np, pandas as pd
 import pytest
 from sales_prediction_kafka.broker import LocalBroker
 from sales_prediction_kafka.config import KafkaSettings, cache_home
+from sales_prediction_kafka.data import load_table
 from sales_prediction_kafka.models import SalesModel, load_model, save_model
 from sales_prediction_kafka.registry import model_record, promote, publish, read_registry
 from helpers import ROOT, read_all
@@ -278,6 +280,29 @@ def page_problems(chromium: str, url: str, kinds: set, champion: str, shot: Path
             browser.close()
 
 
+def joined_figures(chromium: str, url: str) -> tuple[list[str], str]:
+    "The live page's rolling figures (rows of text) and what it says about where the measured error stops, once it shows a label delay."
+    from playwright.sync_api import sync_playwright
+    from helpers import CHROMIUM_ARGS
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            rows = lambda: page.locator("#figures tbody tr").all_inner_texts()
+            deadline = time.monotonic() + 30
+            while (
+                not any(r.startswith("label delay p50") for r in rows())
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.5)
+            return rows(), page.locator("#newest").inner_text()
+        finally:
+            browser.close()
+
+
 def alien_champion(settings: KafkaSettings, tmp: Path) -> str:
     "Publish and promote a model trained on another table (CompPrice, Income -> y): the champion of a broker used before."
     rng = np.random.default_rng(0)
@@ -436,12 +461,26 @@ def test_readme_live_and_loop_sections_run_as_written(checkout, chromium):
             shutil.copy(shot, ROOT / to)
         sh.stop_jobs()
 
-        for block in late:  # forecasts first, their actuals 100 events later, joined on Kafka
-            for cmd, bg in commands(block):
-                sh.run(cmd, bg, ready(cmd) if not bg and cmd.split()[1:2] == ["monitor"] else None)
+        assert len(late) == 2, "the late section: the join of late actuals, then the lag model"
+        t_late = time.monotonic()
+        for cmd, bg in commands(late[0]):  # forecasts first, their actuals 100 events later, joined
+            sh.run(cmd, bg, ready(cmd) if not bg and cmd.split()[1:2] == ["monitor"] else None)
         late_logs = [
             j["log"].read_text() + sh.stdout(j) for j in sh.done[-2:]
         ]  # monitor, then dlq list
+        dash = next(j for j in sh.jobs if j["cmd"].split()[1] == "dashboard")
+        deadline = time.monotonic() + 60
+        while not url_answers(sh.stdout(dash)):
+            assert time.monotonic() < deadline and dash["proc"].poll() is None, dash[
+                "log"
+            ].read_text()
+            time.sleep(0.5)
+        figures, newest = joined_figures(
+            chromium, re.search(r"dashboard at (http://\S+)", sh.stdout(dash))[1]
+        )
+        sh.jobs.remove(dash)
+        os.killpg(dash["proc"].pid, signal.SIGTERM)  # the reader's Ctrl-C
+        sh.finish(dash)
         for j in list(sh.jobs):
             sh.jobs.remove(j)
             sh.finish(j, timeout=300)  # serve and join end after 30 s idle
@@ -451,6 +490,20 @@ def test_readme_live_and_loop_sections_run_as_written(checkout, chromium):
             int(r.key) for r in ours(read_all(settings, "sales_predictions", "read_committed"))
         }
         joined = ours(read_all(settings, "sales_joined", "read_uncommitted"))
+        t_lag = time.monotonic()
+        for cmd, bg in commands(late[1]):  # a lag model, served from each series' history
+            job = sh.run(
+                cmd, bg, ready(cmd) if not bg and cmd.split()[1] in UNTIL_STOPPED else None
+            )
+            if cmd.split()[1:2] == ["replay"]:
+                sent.append(int(re.search(r"^(\d+) records to", sh.stdout(job), re.M)[1]))
+        weekly_lines = sh.stdout(sh.done[-1]).splitlines()  # `consume`, the block's last line
+        sh.stop_jobs()
+        lag_topic = re.search(r"--predictions-topic (\S+)", late[1])[1]
+        lag_preds = read_all(settings, lag_topic, "read_uncommitted")
+        print(
+            f"\nlate section: join block {t_lag - t_late:.0f} s, lag-model block {time.monotonic() - t_lag:.0f} s"
+        )
     finally:
         sh.kill_all()
         broker.stop()
@@ -558,5 +611,38 @@ def test_readme_live_and_loop_sections_run_as_written(checkout, chromium):
     assert (
         "label delay p50" in late_logs[0] and "no dead letters on sales_join.dlq" in late_logs[1]
     ), late_logs
+    # the dashboard on the joined records: their error, the label delay, and where the measured error stops
+    label = {r.split("\t")[0]: r.split("\t")[1:] for r in figures}
+    assert {"label delay p50", "label delay p95"} <= set(label) and label["MAE"][0] != "-", figures
+    assert newest.startswith("error measured up to "), newest
+    # the lag model: trained on the weekly table, each week's live forecast equal to the batch one for the same row
+    lag_runs = work / re.search(r"--out (\S+)", late[1].split("run --no-stream", 1)[1])[1]
+    [lag_run] = [d for d in lag_runs.iterdir() if (d / "model").is_dir()]
+    model = load_model(lag_run / "model")
+    assert model.needs_history and {"Sales_lag_1", "Sales_mean_3"} <= set(model.features), (
+        model.features
+    )
+    week = load_table(work / re.search(r"--data (\S+)", late[1])[1], "Sales")
+    batch = model.predict(model.axis.derive(week, "Sales"))  # event id i is row i
+    live = Counter(json.loads(r.value)["prediction_index"] for r in lag_preds)
+    assert sorted(live) == list(range(len(week))) and max(live.values()) == 1, (
+        "each week forecast once"
+    )
+    assert len(weekly_lines) == len(week), "consume shows every forecast"
+    worst = max(
+        abs(json.loads(r.value)["predicted_sales"] - batch[json.loads(r.value)["prediction_index"]])
+        for r in lag_preds
+    )
+    assert worst <= 1e-9 and {dict(r.headers)["model_version"] for r in lag_preds} == {
+        model.version.encode()
+    }, f"live and batch differ by up to {worst}"
+    customer = list(week[re.search(r"--series (\S+)", late[1])[1]])
+    firsts = {i for i, c in enumerate(customer) if customer[:i].count(c) < 2}  # no lag 2 yet
+    imputed = {
+        json.loads(r.value)["prediction_index"] for r in lag_preds if "imputed" in dict(r.headers)
+    }
+    assert imputed == firsts, (
+        f"the imputed header on {sorted(imputed)}, not each customer's first two weeks"
+    )
     for c, t in logs.items():
         assert t.count("received SIGTERM") <= 1 and "Traceback" not in t, (c, t[-3000:])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc, importlib.util, json, os, statistics, subprocess, sys, tempfile, threading, queue
 from pathlib import Path
 import numpy as np
-from .common import interleaved_rates, kafka, load, log, tag, table, targets_line, write_result
+from .common import kafka, load, log, run_worker, tag, table, targets_line, write_result
 from .live import Worker, events_table, java_floor, read_timestamps, send_phase, stats
 
 NAME = "peer"
@@ -227,28 +227,6 @@ def same_predictions(settings, a: str, b: str) -> dict:
     }
 
 
-def step_costs(model_dir: Path, df) -> dict:
-    "`plan_batch` in this process on 500 events: one call per event (a Quix step) vs micro-batches of 20 and of 500 (serve)."
-    from sales_prediction_kafka.models import load_model
-    from sales_prediction_kafka.replay import table_events
-    from sales_prediction_kafka.serve import EventValidator, event_schema, plan_batch
-    from .peer_quix import Record
-
-    model = load_model(model_dir)
-    validate = EventValidator(event_schema(model))
-    recs = [
-        Record(str(e["event_id"]).encode(), json.dumps(e).encode(), [], "events", 0, i)
-        for i, e in enumerate(table_events(df.head(500)))
-    ]
-    run = lambda size: (
-        lambda: [
-            plan_batch(recs[i : i + size], model, validate, worker="w") for i in range(0, 500, size)
-        ]
-    )
-    rates = interleaved_rates({"batch_1": run(1), "batch_20": run(20), "batch_500": run(500)}, 500)
-    return {k: {"us_per_event": 1e6 / v["rows_per_s"], **v} for k, v in rates.items()}
-
-
 def run(
     quick: bool = False, bootstrap_servers: str | None = None, out: Path | None = None, **_
 ) -> dict:
@@ -269,7 +247,9 @@ def run(
         model_dir = save_model(fit_model()[0], tmp / "model")
         gc.collect()
         gc.freeze()  # Keras' objects from the fit (see bench/live)
-        steps = step_costs(model_dir, df)
+        steps = run_worker(
+            "peer_quix", "--step-costs", model_dir
+        )  # a process without TensorFlow, as the workers
         cap = capacity(settings, model_dir, df, p, tmp)
         lat = latency(settings, model_dir, df, p, tmp)
     by = {r["side"]: r for r in lat["rows"]}
@@ -323,7 +303,7 @@ def run(
             "timestamp set to the wall clock at produce); rounds rotate the side order; wait = produce -> handed to "
             "the worker's code, work = that -> output produced",
             "Java floor: org.apache.kafka.tools.EndToEndLatency once per round, as bench/live",
-            "step costs: plan_batch in the benchmark process on the same 500 events, interleaved",
+            "step costs: plan_batch in a fresh process without TensorFlow (bench.peer_quix --step-costs) on 500 events, interleaved",
         ],
         "capacity": drain,
         "rows": lat["rows"],
@@ -390,7 +370,7 @@ def versions() -> dict:
     "quixstreams, confluent-kafka and librdkafka as a Quix worker imports them."
     code = (
         "import json, bench.peer_quix as q; qs = q.quixstreams(); import confluent_kafka as ck; "
-        "print(json.dumps({'quixstreams': qs.__version__, 'confluent-kafka': ck.version()[0], "
+        "print(json.dumps({'quixstreams': qs.__version__, 'confluent-kafka': ck.__version__, "
         "'librdkafka': ck.libversion()[0], 'from': qs.__file__}))"
     )
     res = subprocess.run(

@@ -142,7 +142,37 @@ class QuixScorer:
         }
 
 
+def step_costs(model_dir: str) -> dict:
+    "`plan_batch` on 500 events: one call per event (a Quix step) vs micro-batches of 20 and of 500 (serve); us per event."
+    from sales_prediction_kafka.models import load_model
+    from sales_prediction_kafka.replay import table_events
+    from sales_prediction_kafka.serve import EventValidator, event_schema, plan_batch
+    from .common import interleaved_rates
+    from .live import events_table
+
+    model = load_model(model_dir)
+    validate = EventValidator(event_schema(model))
+    recs = [
+        Record(str(e["event_id"]).encode(), json.dumps(e).encode(), [], "events", 0, i)
+        for i, e in enumerate(table_events(events_table(500)))
+    ]
+    gc.collect()
+    gc.freeze()
+    run = lambda size: (
+        lambda: [
+            plan_batch(recs[i : i + size], model, validate, worker="w") for i in range(0, 500, size)
+        ]
+    )
+    sides = {"batch_1": run(1), "batch_20": run(20), "batch_500": run(500)}
+    rates = interleaved_rates(sides, 500, min_time=2, min_rounds=15)
+    return {k: {"us_per_event": 1e6 / v["rows_per_s"], **v} for k, v in rates.items()}
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--step-costs"]:  # python -m bench.peer_quix --step-costs MODEL_DIR
+        print(json.dumps(step_costs(argv[1])), flush=True)
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=("model", "passthrough"), required=True)
     ap.add_argument("--model", required=True, help="saved model folder")

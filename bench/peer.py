@@ -111,6 +111,12 @@ def start(
     return w, t, {**d, "per_s": d["events"] / d["seconds"]}
 
 
+def cpu_seconds(pid: int) -> float:
+    "User + system CPU seconds of process `pid` so far, all its threads (librdkafka's and kafka-python's included)."
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rotated(r: int) -> tuple:
     "The sides in round `r`'s order: each side goes first once every len(SIDES) rounds."
     return SIDES[r % len(SIDES) :] + SIDES[: r % len(SIDES)]
@@ -156,6 +162,7 @@ def latency(settings, model_dir: Path, df, p: dict, tmp: Path) -> dict:
             if side.startswith("quix"):
                 w.expect("READY", 10)
         label, n = f"{p['rate']}/s", p["events"]
+        cpu0 = {side: cpu_seconds(w.proc.pid) for side, (w, *_) in workers.items()}
         for r in range(p["rounds"]):
             for side in rotated(
                 r
@@ -165,6 +172,7 @@ def latency(settings, model_dir: Path, df, p: dict, tmp: Path) -> dict:
                 )
             java.append(java_floor(settings, p["java_records"], record_size))
             log.info("peer round %d of %d; Java p99 %d ms", r + 1, p["rounds"], java[-1]["p99_ms"])
+        cpu = {side: cpu_seconds(w.proc.pid) - cpu0[side] for side, (w, *_) in workers.items()}
     finally:
         for w, *_ in workers.values():
             w.stop()
@@ -184,6 +192,9 @@ def latency(settings, model_dir: Path, df, p: dict, tmp: Path) -> dict:
                 "rounds": len(sent[side]),
                 "replay_per_s": statistics.mean(s["replay_per_s"] for s in sent[side]),
                 **stats(ids, ev, out, polled),
+                "p50_per_round": [stats(s["ids"], ev, out)["p50_ms"] for s in sent[side]],
+                "p99_per_round": [stats(s["ids"], ev, out)["p99_ms"] for s in sent[side]],
+                "cpu_us_per_event": 1e6 * cpu[side] / len(ids),
             }
         )
     same = {
@@ -303,6 +314,8 @@ def run(
             "timestamp set to the wall clock at produce); rounds rotate the side order; wait = produce -> handed to "
             "the worker's code, work = that -> output produced",
             "Java floor: org.apache.kafka.tools.EndToEndLatency once per round, as bench/live",
+            "cpu_us_per_event: the worker process's user+system CPU (all threads) over the latency rounds, idle "
+            "turns included, per event it scored",
             "step costs: plan_batch in a fresh process without TensorFlow (bench.peer_quix --step-costs) on 500 events, interleaved",
         ],
         "capacity": drain,
@@ -349,9 +362,12 @@ def run(
                 "wait_p99_ms",
                 "work_p50_ms",
                 "work_p99_ms",
+                "cpu_us_per_event",
             ],
         )
     )
+    for r in lat["rows"]:
+        print(f"{r['side']}: p50 / p99 per round {r['p50_per_round']} / {r['p99_per_round']} ms")
     print(
         f"\nJava EndToEndLatency floor: p50 {java['p50_ms']:.0f} ms, p99 {java_p99:.0f} ms "
         f"(per run: {', '.join(str(j['p99_ms']) for j in lat['java'])})"

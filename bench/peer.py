@@ -162,17 +162,16 @@ def latency(settings, model_dir: Path, df, p: dict, tmp: Path) -> dict:
             if side.startswith("quix"):
                 w.expect("READY", 10)
         label, n = f"{p['rate']}/s", p["events"]
-        cpu0 = {side: cpu_seconds(w.proc.pid) for side, (w, *_) in workers.items()}
+        cpu = dict.fromkeys(workers, 0.0)  # CPU seconds of each worker during its own turns
         for r in range(p["rounds"]):
-            for side in rotated(
-                r
-            ):  # every side gets the same events, ids included, on its own topics
+            for side in rotated(r):  # the same events, ids included, to each side's own topics
+                c0 = cpu_seconds(workers[side][0].proc.pid)
                 sent.setdefault(side, []).append(
                     send_phase(settings, df, workers[side][1], r * n, n, p["rate"], label)
                 )
+                cpu[side] += cpu_seconds(workers[side][0].proc.pid) - c0
             java.append(java_floor(settings, p["java_records"], record_size))
             log.info("peer round %d of %d; Java p99 %d ms", r + 1, p["rounds"], java[-1]["p99_ms"])
-        cpu = {side: cpu_seconds(w.proc.pid) - cpu0[side] for side, (w, *_) in workers.items()}
     finally:
         for w, *_ in workers.values():
             w.stop()
@@ -314,8 +313,8 @@ def run(
             "timestamp set to the wall clock at produce); rounds rotate the side order; wait = produce -> handed to "
             "the worker's code, work = that -> output produced",
             "Java floor: org.apache.kafka.tools.EndToEndLatency once per round, as bench/live",
-            "cpu_us_per_event: the worker process's user+system CPU (all threads) over the latency rounds, idle "
-            "turns included, per event it scored",
+            "cpu_us_per_event: the worker process's user+system CPU (all threads) during its own turns of the "
+            "latency rounds (from the replay's start to its last output), per event",
             "step costs: plan_batch in a fresh process without TensorFlow (bench.peer_quix --step-costs) on 500 events, interleaved",
         ],
         "capacity": drain,

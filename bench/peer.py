@@ -3,7 +3,8 @@ the project's `ScoringWorker` and the pass-through worker of bench/live, and a Q
 same replayed events and the same model file. Capacity = a pre-filled backlog drained by a fresh worker process, in
 rounds whose side order rotates; latency = prediction produce time - event produce time at a paced rate, in rounds
 whose side order rotates, with Kafka's `EndToEndLatency` (Java) once per round as the broker's floor. Beside them, in
-this process, `plan_batch` on batches of one (what a Quix step runs per message) and on serve's micro-batches."""
+a process without TensorFlow, `plan_batch` on batches of one (what a Quix step runs per message) and on serve's
+micro-batches."""
 
 from __future__ import annotations
 import gc, importlib.util, json, os, statistics, subprocess, sys, tempfile, threading, queue

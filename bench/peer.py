@@ -14,12 +14,8 @@ from .common import kafka, load, log, run_worker, tag, table, targets_line, writ
 from .live import Worker, events_table, java_floor, read_timestamps, send_phase, stats
 
 NAME = "peer"
-SIDES = (
-    "serve",
-    "passthrough",
-    "quix",
-    "quix_passthrough",
-)  # serve and passthrough: bench.live_worker
+# serve and passthrough run bench.live_worker, quix and quix_passthrough bench.peer_quix
+SIDES = ("serve", "passthrough", "quix", "quix_passthrough")
 
 
 def plan(quick: bool) -> dict:

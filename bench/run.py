@@ -18,6 +18,7 @@ BENCHMARKS = (
     "pipeline",
     "transactions",
     "backtest",
+    "peer",
 )  # modules of this package, run in this order
 
 

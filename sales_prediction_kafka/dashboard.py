@@ -35,7 +35,7 @@ from sales_prediction_kafka.config import (
 from .dlq import replayed
 from .monitor import Record, Update, monitor, monitor_kwargs, monitor_options
 from .registry import MAX_MODEL_BYTES, MODELS_TOPIC, Registry, decision_alert
-from .stream import StreamError, consumer
+from .clients import StreamError, consumer
 
 log = logging.getLogger(__name__)
 

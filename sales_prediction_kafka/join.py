@@ -23,14 +23,8 @@ from sales_prediction_kafka.config import (
     stop_on_signals,
 )
 from .broker import ensure_broker
-from sales_prediction_kafka.stream import (
-    PARTITIONS,
-    StreamError,
-    consumer,
-    ensure_topic,
-    messages,
-    prediction_record,
-)
+from .clients import StreamError, consumer
+from .stream import PARTITIONS, ensure_topic, messages, prediction_record
 from .serve import Metrics, Outgoing, ScoringWorker, ServeError
 
 log = logging.getLogger(__name__)

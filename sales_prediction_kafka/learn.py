@@ -40,14 +40,8 @@ from sales_prediction_kafka.registry import (
     version_record,
 )
 from .replay import labelled_events
-from sales_prediction_kafka.stream import (
-    PARTITIONS,
-    StreamError,
-    check_topic,
-    consumer,
-    ensure_topic,
-    producer,
-)
+from .clients import StreamError, check_topic, consumer, producer
+from .stream import PARTITIONS, ensure_topic
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ from sales_prediction_kafka.config import (
     stop_on_signals,
 )
 from .evaluate import error_report
-from .stream import StreamError, consumer, ensure_topic, producer
+from .clients import StreamError, consumer, producer
+from .stream import ensure_topic
 from .broker import ensure_broker
 from .registry import MODELS_TOPIC, ChampionFollower, input_psi
 from .browse import NoMatchingRun, matching_run, newest_events

@@ -22,9 +22,9 @@ from sales_prediction_kafka.config import (
 )
 from .data import SAMPLE_CSV, DataError, load_table
 from .broker import BrokerError
+from .clients import StreamError
 from sales_prediction_kafka.stream import (
     PARTITIONS,
-    StreamError,
     prediction_records,
     require_broker,
     stream_predictions,

@@ -34,18 +34,8 @@ from sales_prediction_kafka.history import (
     series_key,
 )
 from kafka.errors import KafkaTimeoutError
-from sales_prediction_kafka.stream import (
-    PARTITIONS,
-    StreamError,
-    StreamSummary,
-    check_topic,
-    close_producer,
-    consumer,
-    ensure_topic,
-    messages,
-    producer,
-    Sends,
-)
+from .clients import StreamError, check_topic, consumer, producer
+from .stream import PARTITIONS, StreamSummary, ensure_topic, messages, Sends
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +175,7 @@ def replay(
         except KafkaTimeoutError:
             pass  # the summary counts the events not acknowledged
     finally:
-        close_producer(p)
+        p.close(5)
     elapsed = time.monotonic() - t0
     summary = sends["event"].summary(topic, settings.bootstrap_servers, elapsed)
     if actuals_lag:

@@ -35,15 +35,8 @@ from sales_prediction_kafka.history import (
     series_key,
 )
 from .registry import MODELS_TOPIC, ChampionFollower, record_model
-from sales_prediction_kafka.stream import (
-    PARTITIONS,
-    StreamError,
-    close_producer,
-    consumer,
-    ensure_topic,
-    prediction_record,
-    producer,
-)
+from .clients import StreamError, consumer, producer
+from .stream import PARTITIONS, ensure_topic, prediction_record
 
 log = logging.getLogger(__name__)
 
@@ -933,19 +926,12 @@ class ScoringWorker:
             "transactional_id": f"{self.group_id}-{self.worker_id}",
             "transaction_timeout_ms": self.transaction_timeout_ms,
         }
-        p = producer(
+        return producer(
             self.settings,
             tuning=producer_settings(base=SERVE_TUNING),
             value_serializer=DefaultSerializer(),
             **(txn if self.exactly_once else {}),
         )
-        if self.exactly_once:
-            try:
-                p.init_transactions()
-            except KafkaError:
-                close_producer(p, timeout=1)
-                raise
-        return p
 
     def close(self):
         "Leave the group and close the clients (offsets were committed batch by batch)."
@@ -1036,13 +1022,8 @@ class ScoringWorker:
                 self.consumer.seek(tp, o)
 
     def _within(self, step: str, *args):
-        "Run a transaction `step` of kafka-python's transaction manager, waiting at most half the transaction timeout."
-        result = getattr(self.producer._transaction_manager, step)(*args)
-        self.producer._sender.wakeup()
-        if not result.wait(self.transaction_timeout_ms // 2):
-            raise KafkaTimeoutError(
-                f"{step} took longer than {self.transaction_timeout_ms // 2000} s"
-            )
+        "Run transaction `step` of the producer (`clients.Producer.within`), waiting at most half the transaction timeout."
+        self.producer.within(step, *args, timeout_ms=self.transaction_timeout_ms // 2)
 
     def _deliver_exactly_once(self, out: list[Outgoing], records: list) -> bool:
         "Send and commit the offsets in one transaction; on failure abort (or renew the producer) and read the events again."
@@ -1076,7 +1057,7 @@ class ScoringWorker:
         log.warning(
             "%r: the transaction could not be aborted (%r); replacing the producer", self, why
         )
-        close_producer(self.producer, timeout=1)
+        self.producer.close(timeout=1)
         self.producer = None
         while self.producer is None and not self.stopping.is_set():
             try:

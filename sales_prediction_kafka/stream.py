@@ -7,42 +7,40 @@ from __future__ import annotations
 import gc, json, logging, math, numbers, re, time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, asdict
+from itertools import islice
 from datetime import datetime, timezone
 import click
 from tqdm import tqdm
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import (
-    InvalidReplicationFactorError,
-    KafkaConnectionError,
-    KafkaTimeoutError,
-    TopicAlreadyExistsError,
-)
+from kafka.errors import InvalidReplicationFactorError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
-from kafka.serializer import DefaultSerializer, JsonSerializer
 from sales_prediction_kafka.config import (
-    SalesKafkaError,
     PREDICTIONS_TOPIC,
     KafkaSettings,
     ProducerSettings,
-    client_kwargs,
     kafka_options,
     kafka_settings,
-    producer_kwargs,
-    producer_settings,
 )
 from .broker import ensure_broker
+from sales_prediction_kafka.clients import (
+    CONNECT_TIMEOUT,
+    StreamError,
+    _Errors,
+    admin_client,
+    check_topic,
+    producer,
+    topic_records,
+)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PREDICTION_SCHEMA', 'FIELDS', 'PREDICTION_HEADERS', 'CONNECT_TIMEOUT', 'PARTITIONS', 'REPLICATION',
-           'StreamError', 'prediction_record', 'schema_markdown', 'names_markdown', 'check_records',
-           'prediction_records', 'prediction_json', 'check_topic', 'BrokerUnreachable', 'AuthenticationFailed',
-           'admin_client', 'producer', 'consumer', 'require_broker', 'ensure_topic', 'key_partitions', 'gc_paused',
-           'StreamSummary', 'StreamIncomplete', 'retry_reasons', 'Sends', 'close_producer', 'stream_predictions',
-           'messages', 'read_back', 'verify_stream', 'run_values', 'wait_in_sync', 'verify_run', 'consume_cli']
+__all__ = ['log', 'PREDICTION_SCHEMA', 'FIELDS', 'PREDICTION_HEADERS', 'PARTITIONS', 'REPLICATION', 'prediction_record',
+           'schema_markdown', 'names_markdown', 'check_records', 'prediction_records', 'prediction_json',
+           'require_broker', 'ensure_topic', 'key_partitions', 'gc_paused', 'StreamSummary', 'StreamIncomplete',
+           'retry_reasons', 'Sends', 'stream_predictions', 'messages', 'read_back', 'verify_stream', 'run_values',
+           'wait_in_sync', 'verify_run', 'consume_cli']
 
 # %% ../nbs/07_stream.ipynb #ce4272c1
 PREDICTION_SCHEMA = {
@@ -81,10 +79,6 @@ PREDICTION_HEADERS = {  # Kafka record headers of a prediction (UTF-8 text); abs
     "actual": "`missing` when the event had no actual, so actual_sales and error are null (`sales-kafka serve`)",
     "imputed": "the feature fields that were absent or null in the event and got the model's fill value, comma-separated (`sales-kafka serve`)",
 }
-
-
-class StreamError(SalesKafkaError, ValueError):
-    "Predictions could not be validated, sent or confirmed."
 
 
 def prediction_record(index: int, actual: float, predicted: float) -> dict:
@@ -201,118 +195,6 @@ def prediction_json(r: dict) -> bytes:
             float(r["error"]),
         )
     ).encode()
-
-# %% ../nbs/07_stream.ipynb #e13a95a9
-def check_topic(topic: str) -> str:
-    "`topic` if Kafka accepts it as a topic name, else a `StreamError` that says why."
-    if (
-        not isinstance(topic, str)
-        or not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic)
-        or topic in (".", "..")
-    ):
-        raise StreamError(
-            f"invalid topic name {topic!r}: use 1-249 characters from letters, digits, '.', '_' and '-' (not '.' or '..')"
-        )
-    return topic
-
-# %% ../nbs/07_stream.ipynb #07b4abde
-class BrokerUnreachable(StreamError, ConnectionError):
-    "No Kafka broker answered at the configured servers."
-
-
-class AuthenticationFailed(StreamError, PermissionError):
-    "The broker refused the client's credentials."
-
-
-CONNECT_TIMEOUT = 10.0  # seconds to wait for the first broker
-
-
-class _Errors(logging.Handler):
-    "Collects the warnings kafka-python logs while it retries (it then raises only a timeout)."
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.seen = []
-
-    def emit(self, record):
-        self.seen.append(record.getMessage())
-
-    def why(self, default: str) -> str:
-        "The most telling message: an authentication failure, else the last connection error."
-        auth = [m for m in self.seen if "Authentication" in m]
-        rest = [m for m in self.seen if not m.startswith("Bootstrap failed")]
-        return (auth or rest or [default])[-1]
-
-    def closed_by_broker(self) -> bool:
-        "The broker accepted connections and then dropped them (how a SASL listener refuses a login), never refused one."
-        return any("disconnected" in m for m in self.seen) and not any(
-            "refused" in m.lower() for m in self.seen
-        )
-
-
-def _connect(cls, settings: KafkaSettings, timeout: float, **kw):
-    "A kafka-python client of class `cls`, or a one-line error saying why the cluster did not answer."
-    kafka_log, seen = logging.getLogger("kafka"), _Errors()
-    kafka_log.addHandler(seen)
-    try:
-        return cls(
-            **client_kwargs(settings),
-            bootstrap_timeout_ms=int(timeout * 1000),
-            reconnect_backoff_max_ms=1000,
-            **kw,
-        )
-    except (KafkaTimeoutError, KafkaConnectionError) as e:
-        why = seen.why(type(e).__name__)
-        if (
-            "Authentication" not in why
-            and settings.security_protocol.startswith("SASL")
-            and seen.closed_by_broker()
-        ):
-            why = "the broker closed the connection during SASL authentication (wrong username or password?)"
-        if "Authentication" in why or "SASL authentication" in why:
-            raise AuthenticationFailed(
-                f"Kafka at {settings.bootstrap_servers} refused user {settings.sasl_plain_username!r} "
-                f"({settings.security_protocol}/{settings.sasl_mechanism}): {why}"
-            ) from None
-        raise BrokerUnreachable(
-            f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f} s "
-            f"({why}); start one with `sales-kafka broker start` or set KAFKA_BOOTSTRAP_SERVERS"
-        ) from None
-    finally:
-        kafka_log.removeHandler(seen)
-
-
-def admin_client(
-    settings: KafkaSettings, timeout: float = CONNECT_TIMEOUT, **kw
-) -> KafkaAdminClient:
-    "A connected admin client, or `BrokerUnreachable` after `timeout` seconds."
-    return _connect(KafkaAdminClient, settings, timeout, **kw)
-
-
-def producer(
-    settings: KafkaSettings,
-    timeout: float = CONNECT_TIMEOUT,
-    tuning: ProducerSettings
-    | None = None,  # batching and compression; None: `producer_settings()` (KAFKA_* or defaults)
-    **kw,
-) -> KafkaProducer:
-    "A connected producer with acks=all, idempotence and `tuning`, string keys and JSON values unless `kw` says otherwise."
-    kw = (
-        {
-            "acks": "all",
-            "enable_idempotence": True,
-            "key_serializer": DefaultSerializer(),
-            "value_serializer": JsonSerializer(),
-        }
-        | producer_kwargs(tuning or producer_settings())
-        | kw
-    )
-    return _connect(KafkaProducer, settings, timeout, **kw)
-
-
-def consumer(settings: KafkaSettings, timeout: float = CONNECT_TIMEOUT, **kw) -> KafkaConsumer:
-    "A connected consumer (bytes in, bytes out), or `BrokerUnreachable` after `timeout` seconds."
-    return _connect(KafkaConsumer, settings, timeout, **kw)
 
 # %% ../nbs/07_stream.ipynb #9fa681d2
 def require_broker(
@@ -519,15 +401,6 @@ class Sends:
         return StreamSummary(topic, servers, self.acknowledged, self.offsets, elapsed, **meta)
 
 
-def close_producer(p: KafkaProducer, timeout: float = 5):
-    "Close `p`, abandoning records it could not send (kafka-python's `close` raises then and leaves its sender running)."
-    try:
-        p.close(timeout)
-    except KafkaTimeoutError:
-        p._sender.force_close()  # no public way to fail the stuck batches, so that the sender thread ends
-        p.close(timeout)
-
-
 def stream_predictions(
     records: list[dict],  # prediction messages, e.g. from `prediction_records`
     settings: KafkaSettings
@@ -603,7 +476,7 @@ def stream_predictions(
             pass  # the unacknowledged records are reported below
         elapsed = time.monotonic() - t0
     finally:
-        close_producer(p)
+        p.close(5)
         kafka_log.removeHandler(seen)
     summary = sends.summary(
         topic,
@@ -655,58 +528,10 @@ def messages(
     **kw,
 ) -> Iterator[dict]:  # more consumer settings, e.g. isolation_level="read_committed"
     "Messages of `topic` as dicts (topic, partition, offset, key, value, headers, timestamp)."
-    c = consumer(settings, enable_auto_commit=False, **kw)
-    try:
-        parts, since = c.partitions_for_topic(check_topic(topic)), time.monotonic()
-        while not parts and (
-            idle_timeout is None or time.monotonic() - since < idle_timeout
-        ):  # its producer may be starting
-            time.sleep(0.5)
-            parts = c.partitions_for_topic(topic)
-        if not parts:
-            raise StreamError(
-                f"topic {topic!r} does not exist at {settings.bootstrap_servers} (waited {idle_timeout:g} s)"
-            )
-        tps = [
-            TopicPartition(topic, p)
-            for p in sorted(parts)
-            if (isinstance(start, str) or p in start) and (partitions is None or p in partitions)
-        ]
-        c.assign(tps)
-        firsts = (
-            c.beginning_offsets(tps)
-            if start == "beginning"
-            else c.end_offsets(tps)
-            if start == "end"
-            else {tp: start[tp.partition] for tp in tps}
-        )
-        ends = (
-            c.end_offsets(tps)
-            if stop == "end"
-            else stop and {tp: stop.get(tp.partition, 0) for tp in tps}
-        )
-        for tp, o in firsts.items():
-            c.seek(tp, o)
-        n, last = 0, time.monotonic()
-        while max_records is None or n < max_records:
-            if ends and all(c.position(tp) >= ends[tp] for tp in tps):
-                return
-            batch = c.poll(timeout_ms=200)
-            if not batch:
-                if idle_timeout is not None and time.monotonic() - last > idle_timeout:
-                    return
-                continue
-            last = time.monotonic()
-            for tp, ms in batch.items():
-                for m in ms:
-                    if ends and m.offset >= ends[tp]:
-                        continue
-                    yield _message(m)
-                    n += 1
-                    if max_records is not None and n >= max_records:
-                        return
-    finally:
-        c.close()
+    with closing(
+        topic_records(settings, topic, start, stop, idle_timeout, partitions, **kw)
+    ) as got:
+        yield from map(_message, islice(got, max_records))
 
 # %% ../nbs/07_stream.ipynb #30cdcdf0
 def read_back(summary: StreamSummary, settings: KafkaSettings, timeout: float = 30) -> list[dict]:

@@ -132,18 +132,18 @@ def scored(tmp: Path, worker: str) -> int:
 
 
 def kafka_warnings(**client):
-    "What kafka-python logs (WARNING and up, collected by `stream._Errors`) while a producer with `client` settings fails to connect."
+    "What kafka-python logs (WARNING and up, collected by `clients._Errors`) while a producer with `client` settings fails to connect."
     import logging, pytest
     from kafka import KafkaProducer
     from kafka.errors import KafkaConnectionError, KafkaTimeoutError
-    from sales_prediction_kafka.stream import _Errors
+    from sales_prediction_kafka.clients import _Errors
 
     seen, log = _Errors(), logging.getLogger("kafka")
     log.addHandler(seen)
     try:
         with pytest.raises(
             (KafkaTimeoutError, KafkaConnectionError)
-        ):  # what stream._client catches
+        ):  # what clients._connect catches
             KafkaProducer(
                 bootstrap_timeout_ms=4000, reconnect_backoff_max_ms=1000, **client
             ).close()

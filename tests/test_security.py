@@ -138,7 +138,7 @@ def test_plaintext_client_is_refused_clearly(sasl_broker):
 
 @pytest.mark.kafka
 def test_kafka_python_still_logs_what_stream_reads(sasl_broker):
-    """`stream._Errors` tells a refused login from a dropped connection by the text kafka-python 3.0 logs while it retries
+    """`clients._Errors` tells a refused login from a dropped connection by the text kafka-python 3.0 logs while it retries
     ('... Authentication failed: Invalid username or password', '... socket disconnected'). A kafka-python upgrade that changes
     that text fails here, not silently in a user's error message."""
     base = dict(

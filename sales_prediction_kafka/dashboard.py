@@ -33,7 +33,8 @@ from sales_prediction_kafka.config import (
     stop_on_signals,
 )
 from .dlq import replayed
-from .monitor import Record, Update, monitor, monitor_kwargs, monitor_options
+from .message import Record
+from .monitor import Update, monitor, monitor_kwargs, monitor_options
 from .registry import MAX_MODEL_BYTES, MODELS_TOPIC, Registry, decision_alert
 from .clients import StreamError, consumer
 

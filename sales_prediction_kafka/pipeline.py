@@ -23,13 +23,8 @@ from sales_prediction_kafka.config import (
 from .data import SAMPLE_CSV, DataError, load_table
 from .broker import BrokerError
 from .clients import StreamError
-from sales_prediction_kafka.stream import (
-    PARTITIONS,
-    prediction_records,
-    require_broker,
-    stream_predictions,
-    verify_run,
-)
+from .message import prediction_records
+from .stream import PARTITIONS, require_broker, stream_predictions, verify_run
 
 log = logging.getLogger(__name__)
 

@@ -36,17 +36,18 @@ from sales_prediction_kafka.history import (
 )
 from .registry import MODELS_TOPIC, ChampionFollower, record_model
 from .clients import StreamError, consumer, producer
-from .stream import PARTITIONS, ensure_topic, prediction_record
+from .message import prediction_headers, prediction_json, prediction_message
+from .stream import PARTITIONS, ensure_topic
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVENT_ID', 'MAX_IMPUTED', 'REASONS',
            'DEAD_LETTER_HEADERS', 'RUNS_DIR', 'event_schema', 'Rejection', 'parse_event', 'json_validator_class',
-           'event_rejection', 'EventValidator', 'example_events', 'score_events', 'prediction_message',
-           'dead_letter_headers', 'lacking', 'too_imputed', 'fit_problem', 'Outgoing', 'plan_batch', 'Metrics',
-           'ServeError', 'next_offsets', 'first_offsets', 'check_servable', 'add_history', 'AssignmentReporter',
-           'ScoringWorker', 'find_model', 'serve', 'serve_command']
+           'event_rejection', 'EventValidator', 'example_events', 'score_events', 'dead_letter_headers', 'lacking',
+           'too_imputed', 'fit_problem', 'Outgoing', 'plan_batch', 'Metrics', 'ServeError', 'next_offsets',
+           'first_offsets', 'check_servable', 'add_history', 'AssignmentReporter', 'ScoringWorker', 'find_model',
+           'serve', 'serve_command']
 
 # %% ../nbs/08_serve.ipynb #89466d76
 SCHEMA_VERSION = 1  # the version of the event schema this worker reads
@@ -437,23 +438,6 @@ def score_events(model, events: list[dict]) -> list[float | Rejection]:
         return [_score_one(model, ev) for ev in events]
     return [y if math.isfinite(y) else _score_one(model, ev) for y, ev in zip(ys, events)]
 
-# %% ../nbs/08_serve.ipynb #1b0b7d79
-def prediction_message(
-    event: dict,  # a validated event
-    predicted: float,  # the model's prediction for it
-    target: str,  # the actual's field name, e.g. "Sales"
-) -> dict:
-    "The four-field prediction record for `event`; `actual_sales` and `error` are None when it has no actual."
-    actual = event.get(target)
-    if actual is None:
-        return {
-            "prediction_index": event["event_id"],
-            "predicted_sales": predicted,
-            "actual_sales": None,
-            "error": None,
-        }
-    return prediction_record(event["event_id"], float(actual), predicted)
-
 # %% ../nbs/08_serve.ipynb #e8405982
 DEAD_LETTER_HEADERS = {  # headers a dead letter gets besides its original ones (UTF-8 text); absent when they do not apply
     "dlq.reason": "why the event was set aside: a key of `REASONS`",
@@ -531,17 +515,6 @@ class Outgoing:
     headers: list
 
 
-def _prediction_headers(
-    version: bytes, worker, msg: dict, imputed: list[str]
-) -> list[tuple[str, bytes]]:
-    "The headers of prediction `msg`: model version, worker, and `actual`/`imputed` when they apply."
-    return (
-        [("model_version", version), ("worker", str(worker).encode())]
-        + ([("actual", b"missing")] if msg["actual_sales"] is None else [])
-        + ([("imputed", ",".join(imputed).encode())] if imputed else [])
-    )
-
-
 def plan_batch(
     records: list,  # consumed messages, in order
     model,  # a `SalesModel` (features, target, fill_values, impute_records, predict_records)
@@ -564,7 +537,7 @@ def plan_batch(
     good = [(r, ev) for r, ev in checked if not isinstance(ev, Rejection)]
     filled, imputed = model.impute_records([ev for _, ev in good]) if good else ([], [])
     scores = dict(zip((id(r) for r, _ in good), zip(score_events(model, filled), imputed)))
-    version = str(getattr(model, "version", "")).encode()
+    version, worker_id = str(getattr(model, "version", "")), str(worker)
     out, counts = [], Counter()
     for r, ev in checked:
         res, names = scores.get(id(r), (ev, []))
@@ -579,8 +552,8 @@ def plan_batch(
             Outgoing(
                 predictions_topic,
                 str(ev["event_id"]).encode(),
-                json.dumps(msg, allow_nan=False).encode(),
-                _prediction_headers(version, worker, msg, names),
+                prediction_json(msg),
+                prediction_headers(msg, model_version=version, worker=worker_id, imputed=names),
             )
         )
         counts["scored"] += 1

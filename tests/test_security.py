@@ -7,7 +7,8 @@ import pytest
 from sales_prediction_kafka.broker import LocalBroker
 from sales_prediction_kafka.config import kafka_settings, redacted
 from sales_prediction_kafka.data import SAMPLE_CSV
-from sales_prediction_kafka.stream import messages, prediction_records, stream_predictions
+from sales_prediction_kafka.message import prediction_records
+from sales_prediction_kafka.stream import messages, stream_predictions
 from helpers import SALES_KAFKA, kafka_warnings, run_folder
 
 PASSWORD = "pw-" + secrets.token_urlsafe(12)  # random: if it shows up anywhere, this run wrote it

@@ -354,20 +354,12 @@ def _message(m) -> dict:
 def messages(
     settings: KafkaSettings,
     topic: str = PREDICTIONS_TOPIC,
-    start: dict | str = "beginning",  # partition -> first offset, or "beginning" or "end"
-    stop: dict
-    | str
-    | None = "end",  # partition -> offset to stop before, "end" (the end now) or None (follow)
-    idle_timeout: float
-    | None = 10,  # stop after this many seconds without a message (a missing topic is waited for as long); None: never
-    max_records: int | None = None,
-    partitions: list | None = None,  # read only these partitions; None: all (or those in `start`)
-    **kw,
-) -> Iterator[dict]:  # more consumer settings, e.g. isolation_level="read_committed"
-    "Messages of `topic` as dicts (topic, partition, offset, key, value, headers, timestamp)."
-    with closing(
-        topic_records(settings, topic, start, stop, idle_timeout, partitions, **kw)
-    ) as got:
+    *args,  # start, stop, idle_timeout, partitions, as `clients.topic_records` takes them
+    max_records: int | None = None,  # stop after this many messages
+    **kw,  # `topic_records`' other arguments by name, and consumer settings, e.g. isolation_level="read_committed"
+) -> Iterator[dict]:
+    "Messages of `topic` as dicts (topic, partition, offset, key, value, headers, timestamp), read by `topic_records`."
+    with closing(topic_records(settings, topic, *args, **kw)) as got:
         yield from map(_message, islice(got, max_records))
 
 # %% ../nbs/07_stream.ipynb #30cdcdf0

@@ -12,7 +12,7 @@ from .clients import StreamError
 # %% auto #0
 __all__ = ['PREDICTION_SCHEMA', 'FIELDS', 'PREDICTION_HEADERS', 'prediction_record', 'prediction_message', 'schema_markdown',
            'names_markdown', 'check_records', 'prediction_records', 'prediction_json', 'prediction_headers', 'Record',
-           'NoActual', 'parse_prediction', 'record_from_message', 'as_record']
+           'NoActual', 'parse_record', 'record_from_message', 'as_record']
 
 # %% ../nbs/06b_message.ipynb #ce4272c1
 PREDICTION_SCHEMA = {
@@ -231,7 +231,7 @@ class NoActual(ValueError):
     "A prediction whose actual is not known yet: there is no error to measure."
 
 
-def parse_prediction(
+def parse_record(
     value: bytes | dict,  # the message value: its JSON, or decoded
     partition: int,
     offset: int,
@@ -272,9 +272,7 @@ def record_from_message(msg) -> Record:
     "A `Record` from a consumed message whose value is the four-field JSON object."
     key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else msg.key
     delay = dict(getattr(msg, "headers", None) or []).get("label_delay_ms")
-    return parse_prediction(
-        msg.value, msg.partition, msg.offset, msg.timestamp, key, delay, msg.topic
-    )
+    return parse_record(msg.value, msg.partition, msg.offset, msg.timestamp, key, delay, msg.topic)
 
 
 def as_record(m) -> Record:
@@ -282,6 +280,6 @@ def as_record(m) -> Record:
     if isinstance(m, Record):
         return m
     delay, place = (m.get("headers") or {}).get("label_delay_ms"), (m["partition"], m["offset"])
-    return parse_prediction(
+    return parse_record(
         m["value"], *place, m.get("timestamp", 0), m.get("key"), delay, m.get("topic")
     )

@@ -206,6 +206,10 @@ def read_records(
             return
         for tp, ms in batch.items():
             yield from (m for m in ms if stop is None or m.offset < stop[tp])
+            if stop is not None and ms[-1].offset >= stop[tp]:
+                c.seek(
+                    tp, stop[tp]
+                )  # `c` stays at `stop`: a reader that goes on later reads the rest
 
 
 def _partitions(c: KafkaConsumer, settings: KafkaSettings, topic: str, wait: float | None) -> set:

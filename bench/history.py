@@ -82,7 +82,7 @@ def models(tmp: Path) -> dict:
 
 def fill_history(settings, topic: str, n: int, rows: int = KEEP) -> dict:
     "One history record for each of `n` series S0..S<n-1> on `topic`; bytes and seconds."
-    from sales_prediction_kafka.stream import producer
+    from sales_prediction_kafka.clients import producer
 
     p = producer(
         settings, key_serializer=None, value_serializer=None

@@ -62,7 +62,7 @@ def start_joiner(settings, topics, tmp: Path) -> subprocess.Popen:
 def send_pairs(settings, topics, first: int, n: int, rate: float):
     "Pairs first..first+n-1 paced to `rate`: prediction i, and the actual of i - LAG."
     from sales_prediction_kafka.join import actual_message
-    from sales_prediction_kafka.stream import producer
+    from sales_prediction_kafka.clients import producer
 
     p = producer(settings, key_serializer=None, value_serializer=None, linger_ms=0)
     t0 = time.monotonic()

@@ -54,7 +54,7 @@ def wait_for(cond, timeout: float, what: str, procs: dict | None = None):
 def read_topic(settings, topic: str, timeout: float = 120) -> list:
     "Every committed record of `topic` up to its end now."
     from kafka import TopicPartition
-    from sales_prediction_kafka.stream import consumer
+    from sales_prediction_kafka.clients import consumer
 
     c = consumer(
         settings,

@@ -17,7 +17,7 @@ ROOT = Path(__file__).parent.parent
 def make_records(n: int, seed: int = 42) -> list[dict]:
     "`n` valid prediction messages built from generated sales (the payloads every side sends)."
     from sales_prediction_kafka.data import generate_sales
-    from sales_prediction_kafka.stream import prediction_records
+    from sales_prediction_kafka.message import prediction_records
 
     actual = generate_sales(n, seed)["Sales"].to_numpy()
     predicted = np.round(actual * np.random.default_rng(seed).normal(1.0, 0.1, n), 2)

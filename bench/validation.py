@@ -23,7 +23,7 @@ def run(quick: bool = False, out: Path | None = None, **_) -> dict:
         example_events,
         parse_event,
     )
-    from sales_prediction_kafka.stream import PREDICTION_SCHEMA, check_records, prediction_records
+    from sales_prediction_kafka.message import PREDICTION_SCHEMA, check_records, prediction_records
 
     load_before, n = load(), 500
     model = SalesModel("linear").fit(generate_sales(400, seed=1).dropna())

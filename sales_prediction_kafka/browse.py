@@ -8,7 +8,7 @@ import json, logging
 from collections import Counter
 from kafka import TopicPartition
 from .config import DEAD_LETTER_TOPIC, EVENTS_TOPIC, KafkaSettings
-from .stream import admin_client, consumer
+from .clients import admin_client, consumer, read_records
 
 log = logging.getLogger(__name__)
 
@@ -138,29 +138,12 @@ def group_overview(settings: KafkaSettings) -> list[dict]:
     return out
 
 # %% ../nbs/08b_browse.ipynb #ff3f1586
-def _between(c, start: dict, stop: dict) -> list:
-    "The records of each partition from `start` up to `stop` (offsets by `TopicPartition`), read with consumer `c`."
-    c.assign(list(start))
-    for tp, o in start.items():
-        c.seek(tp, o)
-    got, todo = [], {tp for tp in start if start[tp] < stop[tp]}
-    while todo:
-        batch = c.poll(timeout_ms=1000)
-        if not batch:
-            break
-        for tp, ms in batch.items():
-            got += [m for m in ms if m.offset < stop[tp]]
-            if c.position(tp) >= stop[tp]:
-                todo.discard(tp)
-    return got
-
-
 def records(settings: KafkaSettings, topic: str, isolation: str = "read_committed") -> list:
     "Every record of `topic` up to its end now, with its original bytes (kafka-python `ConsumerRecord`s)."
     c = consumer(settings, enable_auto_commit=False, isolation_level=isolation)
     try:
         tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
-        return _between(c, c.beginning_offsets(tps), c.end_offsets(tps)) if tps else []
+        return list(read_records(c, c.beginning_offsets(tps), c.end_offsets(tps), 1)) if tps else []
     finally:
         c.close()
 
@@ -189,7 +172,7 @@ def read_messages(
         if since_ms is not None:
             at = c.offsets_for_times({tp: since_ms for tp in tps})
             start = {tp: max(start[tp], at[tp].offset if at.get(tp) else stop[tp]) for tp in tps}
-        got = _between(c, start, stop)
+        got = list(read_records(c, start, stop, idle_timeout=1))
     finally:
         c.close()
     got.sort(key=lambda m: (m.timestamp, m.offset), reverse=True)

@@ -28,9 +28,10 @@ from sales_prediction_kafka.browse import (
 from .config import DEAD_LETTER_TOPIC, PREDICTIONS_TOPIC, KafkaSettings
 from .cliutils import steady_memory, stop_on_signals
 from .dlq import replayed
-from .monitor import Record, Update, monitor, monitor_kwargs, monitor_options
+from .message import Record
+from .monitor import Update, monitor, monitor_kwargs, monitor_options
 from .registry import MAX_MODEL_BYTES, MODELS_TOPIC, Registry, decision_alert
-from .stream import StreamError, consumer
+from .clients import StreamError, consumer
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from sales_prediction_kafka.config import (
     kafka_settings,
 )
 from .cliutils import kafka_options
-from .stream import StreamError, admin_client, producer
+from .clients import StreamError, admin_client, producer
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from sales_prediction_kafka.config import (
     KafkaSettings,
 )
 from .data import TARGET
-from .stream import PARTITIONS, consumer, ensure_topic
+from .clients import ReadTimeout, consumer, read_records
+from .stream import PARTITIONS, ensure_topic
 from .timeseries import BASELINES, TimeAxis, baseline_column
 
 log = logging.getLogger(__name__)
@@ -240,22 +241,22 @@ class SeriesHistory:
 
     def read_to_end(self, timeout: float = 60) -> int:
         "Read every owned partition up to its end offset now; the records read."
-        tps = sorted(self.consumer.assignment())
+        tps, n = sorted(self.consumer.assignment()), 0
         if not tps:
             return 0
-        ends, n, deadline = self.consumer.end_offsets(tps), 0, time.monotonic() + timeout
-        while any(self.consumer.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise HistoryError(f"could not read {self.topic!r} to its end in {timeout:.0f} s")
-            for tp, recs in self.consumer.poll(timeout_ms=200, max_records=10_000).items():
-                d = self.latest[tp.partition]
-                for r in recs:
-                    k = r.key.decode() if r.key is not None else ""
-                    if r.value is None:
-                        d.pop(k, None)
-                    else:
-                        d[k] = r.value
-                n += len(recs)
+        try:
+            ends = self.consumer.end_offsets(tps)
+            for r in read_records(self.consumer, None, ends, timeout, True, max_records=10_000):
+                d, k = self.latest[r.partition], r.key.decode() if r.key is not None else ""
+                if r.value is None:
+                    d.pop(k, None)
+                else:
+                    d[k] = r.value
+                n += 1
+        except ReadTimeout:
+            raise HistoryError(
+                f"could not read {self.topic!r} to its end in {timeout:.0f} s"
+            ) from None
         return n
 
     def value(self, key: str) -> dict | None:

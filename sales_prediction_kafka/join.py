@@ -22,14 +22,9 @@ from sales_prediction_kafka.config import (
 )
 from .cliutils import kafka_options, stop_on_signals
 from .broker import ensure_broker
-from sales_prediction_kafka.stream import (
-    PARTITIONS,
-    StreamError,
-    consumer,
-    ensure_topic,
-    messages,
-    prediction_record,
-)
+from .clients import StreamError, consumer
+from .message import prediction_json, prediction_record
+from .stream import PARTITIONS, ensure_topic, messages
 from .serve import Metrics, Outgoing, ScoringWorker, ServeError
 
 log = logging.getLogger(__name__)
@@ -233,9 +228,7 @@ def effect_messages(effects: list[Effect], partition: int, topics: JoinTopics) -
         k = e.key.encode()
         if e.kind == "joined":
             out.append(
-                Routed(
-                    topics.joined, k, json.dumps(e.record).encode(), _headers(e.headers), partition
-                )
+                Routed(topics.joined, k, prediction_json(e.record), _headers(e.headers), partition)
             )
         elif e.kind == "open":
             out.append(Routed(topics.state, k, e.half.to_json(), [], partition))

@@ -12,7 +12,8 @@ from .config import ACTUALS_TOPIC, EVENTS_TOPIC, KafkaSettings
 from .data import TARGET
 from .join import BadMessage, parse_actual
 from .runfolder import PARAMS_JSON
-from .stream import StreamError, check_topic, consumer, messages
+from .clients import StreamError, check_topic, consumer
+from .stream import messages
 
 log = logging.getLogger(__name__)
 

@@ -39,14 +39,8 @@ from sales_prediction_kafka.registry import (
 )
 from .labelled import labelled_events
 from .runfolder import MODEL_DIR, PARAMS_JSON, RUNS_BASE
-from sales_prediction_kafka.stream import (
-    PARTITIONS,
-    StreamError,
-    check_topic,
-    consumer,
-    ensure_topic,
-    producer,
-)
+from .clients import StreamError, check_topic, consumer, producer
+from .stream import PARTITIONS, ensure_topic
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 import click
 import numpy as np
 import matplotlib.pyplot as plt
@@ -26,7 +26,9 @@ from sales_prediction_kafka.config import (
 )
 from .cliutils import kafka_options, steady_memory, stop_on_signals
 from .evaluate import error_report
-from .stream import StreamError, consumer, ensure_topic, producer
+from .clients import StreamError, consumer, producer
+from .stream import ensure_topic
+from .message import NoActual, Record, as_record, record_from_message
 from .broker import ensure_broker
 from sales_prediction_kafka.registry import (
     MODELS_TOPIC,
@@ -47,72 +49,11 @@ from .serve import fit_problem
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'BANDS', 'STALE_AFTER', 'Record', 'NoActual', 'record_from_message', 'error_stats', 'Window', 'RollingMetrics',
-           'baseline_from_run', 'resolve_baseline', 'DriftDetector', 'psi', 'input_psi', 'InputDrift', 'input_alert',
-           'alert_message', 'describe_alert', 'consumer_lag', 'health', 'EndOffsets', 'lag_from', 'DeadLetterCount',
-           'AlertSink', 'InputWatch', 'Update', 'monitor', 'delay_text', 'stale_text', 'status_line', 'monitor_options',
-           'baseline_run', 'monitor_kwargs', 'monitor_command', 'as_record', 'plot_error_by_offset']
-
-# %% ../nbs/09_monitor.ipynb #00da3bc2
-class Record(NamedTuple):
-    "One prediction message: its place in Kafka and the four fields."
-
-    partition: int
-    offset: int
-    timestamp: float  # seconds since the epoch (the Kafka record's timestamp)
-    key: str | None
-    prediction_index: int
-    predicted_sales: float
-    actual_sales: float
-    error: float  # actual - predicted
-    label_delay_ms: float | None = (
-        None  # from the forecast to its actual (header of a joined record, chapter `join`)
-    )
-
-# %% ../nbs/09_monitor.ipynb #2dc3e9fa
-class NoActual(ValueError):
-    "A prediction whose actual is not known yet: there is no error to measure."
-
-
-def _record(
-    partition: int, offset: int, timestamp_ms: int, key, v: dict, delay: float | None = None
-) -> Record:
-    "A `Record` from a message's place and its decoded four-field value; the error is recomputed as actual - predicted."
-    p, a = float(v["predicted_sales"]), float(v["actual_sales"])
-    return Record(
-        partition, offset, timestamp_ms / 1000, key, int(v["prediction_index"]), p, a, a - p, delay
-    )
-
-
-def _label_delay(headers) -> float | None:
-    "The `label_delay_ms` header of a joined record, if there is one."
-    d = dict(headers or []).get("label_delay_ms")
-    return float(d) if d is not None else None
-
-
-def record_from_message(msg) -> Record:
-    "A `Record` from a consumed message whose value is the four-field JSON object."
-    key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else msg.key
-    try:
-        v = json.loads(msg.value)
-        if v.get("actual_sales", 0) is None:
-            raise NoActual(
-                f"{msg.topic}[{msg.partition}]@{msg.offset}: prediction {v.get('prediction_index')} has no actual yet"
-            )
-        return _record(
-            msg.partition,
-            msg.offset,
-            msg.timestamp,
-            key,
-            v,
-            _label_delay(getattr(msg, "headers", None)),
-        )
-    except NoActual:
-        raise
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ValueError(
-            f"{msg.topic}[{msg.partition}]@{msg.offset}: not a prediction message ({type(e).__name__}: {e})"
-        ) from None
+__all__ = ['log', 'BANDS', 'STALE_AFTER', 'error_stats', 'Window', 'RollingMetrics', 'baseline_from_run', 'resolve_baseline',
+           'DriftDetector', 'psi', 'input_psi', 'InputDrift', 'input_alert', 'alert_message', 'describe_alert',
+           'consumer_lag', 'health', 'EndOffsets', 'lag_from', 'DeadLetterCount', 'AlertSink', 'InputWatch', 'Update',
+           'monitor', 'delay_text', 'stale_text', 'status_line', 'monitor_options', 'baseline_run', 'monitor_kwargs',
+           'monitor_command', 'plot_error_by_offset']
 
 # %% ../nbs/09_monitor.ipynb #d8518b7d
 BANDS = (10, 25, 50)  # accuracy bands: |error| within this percentage of |actual|
@@ -1193,13 +1134,6 @@ def monitor_command(every, **options):
         raise click.ClickException(str(e))
 
 # %% ../nbs/09_monitor.ipynb #d8d983b7
-def as_record(m) -> Record:
-    "A `Record` from a `Record` or a message dict of `stream.messages`."
-    if isinstance(m, Record):
-        return m
-    return _record(m["partition"], m["offset"], m.get("timestamp", 0), m.get("key"), m["value"])
-
-
 def plot_error_by_offset(
     records: list,  # `Record`s or message dicts, e.g. `read_back(summary, settings)`
     window: int = 50,  # records in the rolling MAE

@@ -38,14 +38,9 @@ from sales_prediction_kafka.runfolder import (
     pipeline_parameters,
 )
 from .runs import run_summary, runs_table, runs_text, write_index
-from sales_prediction_kafka.stream import (
-    PARTITIONS,
-    StreamError,
-    prediction_records,
-    require_broker,
-    stream_predictions,
-    verify_run,
-)
+from .clients import StreamError
+from .message import prediction_records
+from .stream import PARTITIONS, require_broker, stream_predictions, verify_run
 
 log = logging.getLogger(__name__)
 

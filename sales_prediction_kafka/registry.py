@@ -4,7 +4,7 @@
 
 # %% ../nbs/07a_registry.ipynb #5b1f26b7
 from __future__ import annotations
-import base64, hashlib, io, json, logging, tarfile, tempfile, threading, time
+import base64, hashlib, io, json, logging, tarfile, tempfile, threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +25,14 @@ from sales_prediction_kafka.runfolder import (
     RUNS_BASE,
     newest_run,
 )
-from .stream import StreamError, admin_client, consumer, producer
+from sales_prediction_kafka.clients import (
+    ReadTimeout,
+    StreamError,
+    admin_client,
+    consumer,
+    producer,
+    read_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -321,15 +328,16 @@ def _registry_consumer(settings: KafkaSettings, topic: str):
     return c, tp
 
 
+def _apply(reg: Registry, r) -> str:
+    "Apply consumed record `r` to `reg`; its key."
+    key = r.key.decode() if r.key else ""
+    reg.apply(key, json.loads(r.value) if r.value else None)
+    return key
+
+
 def _apply_polled(reg: Registry, polled: dict) -> list[str]:
     "Apply polled records to `reg`; the keys seen."
-    keys = []
-    for recs in polled.values():
-        for r in recs:
-            key = r.key.decode() if r.key else ""
-            reg.apply(key, json.loads(r.value) if r.value else None)
-            keys.append(key)
-    return keys
+    return [_apply(reg, r) for recs in polled.values() for r in recs]
 
 
 def read_registry(
@@ -338,18 +346,17 @@ def read_registry(
     "The registry's state: every record of `topic` up to its end now."
     settings = ensure_broker(settings)
     ensure_models_topic(settings, topic)
-    c, tp = _registry_consumer(settings, topic)
+    (c, tp), reg = _registry_consumer(settings, topic), Registry()
     try:
-        end, reg, deadline = c.end_offsets([tp])[tp], Registry(), time.monotonic() + timeout
-        while c.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise StreamError(
-                    f"timed out reading the registry {topic} at {settings.bootstrap_servers}"
-                )
-            _apply_polled(reg, c.poll(timeout_ms=200))
-        return reg
+        for r in read_records(c, None, c.end_offsets([tp]), timeout, strict=True):
+            _apply(reg, r)
+    except ReadTimeout:
+        raise StreamError(
+            f"timed out reading the registry {topic} at {settings.bootstrap_servers}"
+        ) from None
     finally:
         c.close()
+    return reg
 
 
 def _write(settings: KafkaSettings, topic: str, key: str, value: dict) -> dict:

@@ -31,16 +31,8 @@ from sales_prediction_kafka.history import (
     series_key,
 )
 from kafka.errors import KafkaTimeoutError
-from sales_prediction_kafka.stream import (
-    PARTITIONS,
-    StreamError,
-    StreamSummary,
-    check_topic,
-    close_producer,
-    ensure_topic,
-    producer,
-    Sends,
-)
+from .clients import StreamError, check_topic, producer
+from .stream import PARTITIONS, StreamSummary, ensure_topic, Sends
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +170,7 @@ def replay(
         except KafkaTimeoutError:
             pass  # the summary counts the events not acknowledged
     finally:
-        close_producer(p)
+        p.close(5)
     elapsed = time.monotonic() - t0
     summary = sends["event"].summary(topic, settings.bootstrap_servers, elapsed)
     if actuals_lag:

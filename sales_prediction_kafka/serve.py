@@ -41,25 +41,19 @@ from sales_prediction_kafka.runfolder import (
     matching_run,
     model_folder,
 )
-from sales_prediction_kafka.stream import (
-    PARTITIONS,
-    StreamError,
-    close_producer,
-    consumer,
-    ensure_topic,
-    prediction_record,
-    producer,
-)
+from .clients import StreamError, consumer, producer
+from .message import prediction_headers, prediction_json, prediction_message
+from .stream import PARTITIONS, ensure_topic
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVENT_ID', 'MAX_IMPUTED', 'REASONS',
            'DEAD_LETTER_HEADERS', 'event_schema', 'Rejection', 'parse_event', 'json_validator_class', 'event_rejection',
-           'EventValidator', 'example_events', 'score_events', 'prediction_message', 'dead_letter_headers', 'lacking',
-           'too_imputed', 'fit_problem', 'Outgoing', 'plan_batch', 'Metrics', 'ServeError', 'next_offsets',
-           'first_offsets', 'check_servable', 'add_history', 'AssignmentReporter', 'ScoringWorker', 'find_model',
-           'serve', 'serve_command']
+           'EventValidator', 'example_events', 'score_events', 'dead_letter_headers', 'lacking', 'too_imputed',
+           'fit_problem', 'Outgoing', 'plan_batch', 'Metrics', 'ServeError', 'next_offsets', 'first_offsets',
+           'check_servable', 'add_history', 'AssignmentReporter', 'ScoringWorker', 'find_model', 'serve',
+           'serve_command']
 
 # %% ../nbs/08_serve.ipynb #89466d76
 SCHEMA_VERSION = 1  # the version of the event schema this worker reads
@@ -450,23 +444,6 @@ def score_events(model, events: list[dict]) -> list[float | Rejection]:
         return [_score_one(model, ev) for ev in events]
     return [y if math.isfinite(y) else _score_one(model, ev) for y, ev in zip(ys, events)]
 
-# %% ../nbs/08_serve.ipynb #1b0b7d79
-def prediction_message(
-    event: dict,  # a validated event
-    predicted: float,  # the model's prediction for it
-    target: str,  # the actual's field name, e.g. "Sales"
-) -> dict:
-    "The four-field prediction record for `event`; `actual_sales` and `error` are None when it has no actual."
-    actual = event.get(target)
-    if actual is None:
-        return {
-            "prediction_index": event["event_id"],
-            "predicted_sales": predicted,
-            "actual_sales": None,
-            "error": None,
-        }
-    return prediction_record(event["event_id"], float(actual), predicted)
-
 # %% ../nbs/08_serve.ipynb #e8405982
 DEAD_LETTER_HEADERS = {  # headers a dead letter gets besides its original ones (UTF-8 text); absent when they do not apply
     "dlq.reason": "why the event was set aside: a key of `REASONS`",
@@ -544,17 +521,6 @@ class Outgoing:
     headers: list
 
 
-def _prediction_headers(
-    version: bytes, worker, msg: dict, imputed: list[str]
-) -> list[tuple[str, bytes]]:
-    "The headers of prediction `msg`: model version, worker, and `actual`/`imputed` when they apply."
-    return (
-        [("model_version", version), ("worker", str(worker).encode())]
-        + ([("actual", b"missing")] if msg["actual_sales"] is None else [])
-        + ([("imputed", ",".join(imputed).encode())] if imputed else [])
-    )
-
-
 def plan_batch(
     records: list,  # consumed messages, in order
     model,  # a `SalesModel` (features, target, fill_values, impute_records, predict_records)
@@ -577,7 +543,7 @@ def plan_batch(
     good = [(r, ev) for r, ev in checked if not isinstance(ev, Rejection)]
     filled, imputed = model.impute_records([ev for _, ev in good]) if good else ([], [])
     scores = dict(zip((id(r) for r, _ in good), zip(score_events(model, filled), imputed)))
-    version = str(getattr(model, "version", "")).encode()
+    version, worker_id = str(getattr(model, "version", "")), str(worker)
     out, counts = [], Counter()
     for r, ev in checked:
         res, names = scores.get(id(r), (ev, []))
@@ -592,8 +558,8 @@ def plan_batch(
             Outgoing(
                 predictions_topic,
                 str(ev["event_id"]).encode(),
-                json.dumps(msg, allow_nan=False).encode(),
-                _prediction_headers(version, worker, msg, names),
+                prediction_json(msg),
+                prediction_headers(msg, model_version=version, worker=worker_id, imputed=names),
             )
         )
         counts["scored"] += 1
@@ -939,19 +905,12 @@ class ScoringWorker:
             "transactional_id": f"{self.group_id}-{self.worker_id}",
             "transaction_timeout_ms": self.transaction_timeout_ms,
         }
-        p = producer(
+        return producer(
             self.settings,
             tuning=producer_settings(base=SERVE_TUNING),
             value_serializer=DefaultSerializer(),
             **(txn if self.exactly_once else {}),
         )
-        if self.exactly_once:
-            try:
-                p.init_transactions()
-            except KafkaError:
-                close_producer(p, timeout=1)
-                raise
-        return p
 
     def close(self):
         "Leave the group and close the clients (offsets were committed batch by batch)."
@@ -1042,13 +1001,8 @@ class ScoringWorker:
                 self.consumer.seek(tp, o)
 
     def _within(self, step: str, *args):
-        "Run a transaction `step` of kafka-python's transaction manager, waiting at most half the transaction timeout."
-        result = getattr(self.producer._transaction_manager, step)(*args)
-        self.producer._sender.wakeup()
-        if not result.wait(self.transaction_timeout_ms // 2):
-            raise KafkaTimeoutError(
-                f"{step} took longer than {self.transaction_timeout_ms // 2000} s"
-            )
+        "Run transaction `step` of the producer (`clients.Producer.within`), waiting at most half the transaction timeout."
+        self.producer.within(step, *args, timeout_ms=self.transaction_timeout_ms // 2)
 
     def _deliver_exactly_once(self, out: list[Outgoing], records: list) -> bool:
         "Send and commit the offsets in one transaction; on failure abort (or renew the producer) and read the events again."
@@ -1082,7 +1036,7 @@ class ScoringWorker:
         log.warning(
             "%r: the transaction could not be aborted (%r); replacing the producer", self, why
         )
-        close_producer(self.producer, timeout=1)
+        self.producer.close(timeout=1)
         self.producer = None
         while self.producer is None and not self.stopping.is_set():
             try:

@@ -132,18 +132,18 @@ def scored(tmp: Path, worker: str) -> int:
 
 
 def kafka_warnings(**client):
-    "What kafka-python logs (WARNING and up, collected by `stream._Errors`) while a producer with `client` settings fails to connect."
+    "What kafka-python logs (WARNING and up, collected by `clients._Errors`) while a producer with `client` settings fails to connect."
     import logging, pytest
     from kafka import KafkaProducer
     from kafka.errors import KafkaConnectionError, KafkaTimeoutError
-    from sales_prediction_kafka.stream import _Errors
+    from sales_prediction_kafka.clients import _Errors
 
     seen, log = _Errors(), logging.getLogger("kafka")
     log.addHandler(seen)
     try:
         with pytest.raises(
             (KafkaTimeoutError, KafkaConnectionError)
-        ):  # what stream._client catches
+        ):  # what clients._connect catches
             KafkaProducer(
                 bootstrap_timeout_ms=4000, reconnect_backoff_max_ms=1000, **client
             ).close()
@@ -189,7 +189,8 @@ def landed(servers: str, topic: str, partitions: int) -> int:
 RESUMABLE_STREAM = """
 import json, sys
 from sales_prediction_kafka.config import KafkaSettings
-from sales_prediction_kafka.stream import StreamIncomplete, prediction_records, stream_predictions
+from sales_prediction_kafka.message import prediction_records
+from sales_prediction_kafka.stream import StreamIncomplete, stream_predictions
 n, servers, topic, run_id, timeout = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
 recs = prediction_records(range(n), [float(i) for i in range(n)], [i + 0.25 for i in range(n)])
 try: s = stream_predictions(recs, KafkaSettings(bootstrap_servers=servers), topic, run_id=run_id, progress=False, timeout=timeout)
@@ -200,7 +201,7 @@ print(json.dumps(s.as_dict()))
 
 def stream_records(n: int) -> list[dict]:
     "The records `start_stream` sends."
-    from sales_prediction_kafka.stream import prediction_records
+    from sales_prediction_kafka.message import prediction_records
 
     return prediction_records(range(n), [float(i) for i in range(n)], [i + 0.25 for i in range(n)])
 

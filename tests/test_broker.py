@@ -103,11 +103,9 @@ def test_missing_maven_says_what_to_do(tmp_path, monkeypatch):
 
 @pytest.mark.kafka
 def test_sasl_plain_listener(home):
-    from sales_prediction_kafka.stream import (
-        AuthenticationFailed,
-        prediction_records,
-        stream_predictions,
-    )
+    from sales_prediction_kafka.clients import AuthenticationFailed
+    from sales_prediction_kafka.message import prediction_records
+    from sales_prediction_kafka.stream import stream_predictions
 
     b = LocalBroker(home, sasl_users={"admin": "admin-pw", "app": "app-pw"}).start()
     assert b.status()["security_protocol"] == "SASL_PLAINTEXT"

@@ -11,8 +11,8 @@ from sales_prediction_kafka.broker import LocalCluster
 from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.replay import replay, table_events
+from sales_prediction_kafka.clients import StreamError
 from sales_prediction_kafka.stream import (
-    StreamError,
     ensure_topic,
     messages,
     run_values,

@@ -4,7 +4,8 @@ import json, signal, socket, subprocess, sys, time, urllib.request, uuid
 import numpy as np
 import pytest
 from playwright.sync_api import sync_playwright
-from sales_prediction_kafka.stream import prediction_records, stream_predictions
+from sales_prediction_kafka.message import prediction_records
+from sales_prediction_kafka.stream import stream_predictions
 from helpers import CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.kafka]

@@ -222,7 +222,7 @@ def test_api_entries_present(site):
 def test_schema_page(site):
     "The prediction message, its headers, the example model's event schema and the dead letters, all from the library's dicts."
     from sales_prediction_kafka.serve import DEAD_LETTER_HEADERS, REASONS, event_schema
-    from sales_prediction_kafka.stream import FIELDS, PREDICTION_HEADERS
+    from sales_prediction_kafka.message import FIELDS, PREDICTION_HEADERS
     from sales_prediction_kafka.models import load_model
 
     text = (site / "schemas.html").read_text()
@@ -239,7 +239,9 @@ def test_schema_page(site):
         assert (f'<code>"{level}"</code>' if level is not None else "<code>null</code>") in text, (
             level
         )
-    assert not hasattr(build_docs, "schema_markdown"), "one schema renderer: stream.schema_markdown"
+    assert not hasattr(build_docs, "schema_markdown"), (
+        "one schema renderer: message.schema_markdown"
+    )
 
 
 def test_documented_run(tmp_path):

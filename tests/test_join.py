@@ -9,7 +9,8 @@ from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.join import JoinTopics, actual_message, ensure_join_topics
 from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.replay import replay, table_events
-from sales_prediction_kafka.stream import ensure_topic, producer
+from sales_prediction_kafka.clients import producer
+from sales_prediction_kafka.stream import ensure_topic
 
 pytestmark = pytest.mark.kafka
 

@@ -1,4 +1,4 @@
-"""The kafka-python log text that `stream._Errors` reads to explain a failed connection, checked without a broker (the SASL
+"""The kafka-python log text that `clients._Errors` reads to explain a failed connection, checked without a broker (the SASL
 half, a refused login, is test_security.py::test_kafka_python_still_logs_what_stream_reads against the real SASL broker)."""
 
 from kafka.errors import SaslAuthenticationFailedError

@@ -4,14 +4,9 @@ import subprocess, sys, time, uuid
 import numpy as np
 import pytest
 from sales_prediction_kafka.config import ALERTS_TOPIC
-from sales_prediction_kafka.monitor import (
-    DriftDetector,
-    RollingMetrics,
-    as_record,
-    error_stats,
-    monitor,
-)
-from sales_prediction_kafka.stream import messages, prediction_records, stream_predictions
+from sales_prediction_kafka.monitor import DriftDetector, RollingMetrics, error_stats, monitor
+from sales_prediction_kafka.message import as_record, prediction_records
+from sales_prediction_kafka.stream import messages, stream_predictions
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.kafka]
 

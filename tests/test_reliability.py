@@ -8,7 +8,8 @@ from sales_prediction_kafka.broker import LocalBroker, free_port
 from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import SAMPLE_CSV, generate_sales
 from sales_prediction_kafka.replay import replay, table_events
-from sales_prediction_kafka.stream import StreamError, ensure_topic, messages
+from sales_prediction_kafka.clients import StreamError
+from sales_prediction_kafka.stream import ensure_topic, messages
 from helpers import (
     SALES_KAFKA,
     failed_stream,
@@ -36,7 +37,8 @@ N_PREDICTIONS = 100_000
 STREAM = """
 import json, sys
 from sales_prediction_kafka.config import KafkaSettings
-from sales_prediction_kafka.stream import prediction_records, stream_predictions
+from sales_prediction_kafka.message import prediction_records
+from sales_prediction_kafka.stream import stream_predictions
 n, servers, topic = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 recs = prediction_records(range(n), [float(i) for i in range(n)], [i + 0.25 for i in range(n)])
 print(json.dumps(stream_predictions(recs, KafkaSettings(bootstrap_servers=servers), topic=topic, progress=False).as_dict()))

@@ -7,7 +7,8 @@ import pytest
 from sales_prediction_kafka.broker import LocalBroker
 from sales_prediction_kafka.config import kafka_settings, redacted
 from sales_prediction_kafka.data import SAMPLE_CSV
-from sales_prediction_kafka.stream import messages, prediction_records, stream_predictions
+from sales_prediction_kafka.message import prediction_records
+from sales_prediction_kafka.stream import messages, stream_predictions
 from helpers import SALES_KAFKA, kafka_warnings, run_folder
 
 PASSWORD = "pw-" + secrets.token_urlsafe(12)  # random: if it shows up anywhere, this run wrote it
@@ -138,7 +139,7 @@ def test_plaintext_client_is_refused_clearly(sasl_broker):
 
 @pytest.mark.kafka
 def test_kafka_python_still_logs_what_stream_reads(sasl_broker):
-    """`stream._Errors` tells a refused login from a dropped connection by the text kafka-python 3.0 logs while it retries
+    """`clients._Errors` tells a refused login from a dropped connection by the text kafka-python 3.0 logs while it retries
     ('... Authentication failed: Invalid username or password', '... socket disconnected'). A kafka-python upgrade that changes
     that text fails here, not silently in a user's error message."""
     base = dict(

@@ -9,12 +9,11 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from sales_prediction_kafka.broker import free_port, kafka_jars, require_tool
 from sales_prediction_kafka.config import KafkaSettings, ProducerSettings
 from sales_prediction_kafka.replay import replay_command
+from sales_prediction_kafka.clients import BrokerUnreachable, StreamError
+from sales_prediction_kafka.message import prediction_records
 from sales_prediction_kafka.stream import (
-    BrokerUnreachable,
-    StreamError,
     consume_cli,
     ensure_topic,
-    prediction_records,
     stream_predictions,
     verify_stream,
 )

@@ -431,7 +431,7 @@ def json_details(obj, summary: str) -> str:
 
 def schema_section(title: str, source: str, schema: dict, example: dict | None = None) -> list[str]:
     "A JSON Schema's section: where it comes from, its field table (the library's renderer), an example, the schema itself."
-    from sales_prediction_kafka.stream import schema_markdown
+    from sales_prediction_kafka.message import schema_markdown
 
     example = example or next(iter(schema.get("examples", [])), None)
     md = [f"## {title}", source, schema_markdown(schema)]
@@ -442,7 +442,7 @@ def schema_section(title: str, source: str, schema: dict, example: dict | None =
 
 def names_section(title: str, source: str, names: dict, head: str) -> list[str]:
     "A name -> meaning table (headers, dead-letter reasons) under its own heading."
-    from sales_prediction_kafka.stream import names_markdown
+    from sales_prediction_kafka.message import names_markdown
 
     return [f"### {title}", source, names_markdown(names, head)]
 
@@ -476,7 +476,7 @@ def event_section(run: Path | None) -> list[str]:
 
 def schema_page(run: Path | None) -> str:
     "The message and event schemas, from the dicts the code validates and writes messages with."
-    from sales_prediction_kafka import config, serve, stream
+    from sales_prediction_kafka import config, message, serve
 
     md = [
         "# Message schemas",
@@ -489,14 +489,14 @@ def schema_page(run: Path | None) -> str:
     ]
     md += schema_section(
         "Prediction message",
-        f"`stream.PREDICTION_SCHEMA`: {stream.PREDICTION_SCHEMA['description']}",
-        stream.PREDICTION_SCHEMA,
+        f"`message.PREDICTION_SCHEMA`: {message.PREDICTION_SCHEMA['description']}",
+        message.PREDICTION_SCHEMA,
     )
     md += names_section(
         "Prediction headers",
-        "`stream.PREDICTION_HEADERS`: run metadata travels in Kafka headers, so the "
+        "`message.PREDICTION_HEADERS`: run metadata travels in Kafka headers, so the "
         "value stays the original notebook's four fields.",
-        stream.PREDICTION_HEADERS,
+        message.PREDICTION_HEADERS,
         "header",
     )
     md += event_section(run)

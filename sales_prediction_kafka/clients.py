@@ -8,6 +8,7 @@ import logging, re, time
 from collections.abc import Iterator
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from kafka.net.transport import KafkaTCPTransport
 from kafka.serializer import DefaultSerializer, JsonSerializer
 from sales_prediction_kafka.config import (
     SalesKafkaError,
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'CONNECT_TIMEOUT', 'StreamError', 'check_topic', 'BrokerUnreachable', 'AuthenticationFailed', 'admin_client',
-           'consumer', 'Producer', 'producer', 'ReadTimeout', 'read_records', 'topic_records']
+           'consumer', 'deliver_before_close', 'Producer', 'producer', 'ReadTimeout', 'read_records', 'topic_records']
 
 # %% ../nbs/06a_clients.ipynb #e13a95a9
 class StreamError(SalesKafkaError, ValueError):
@@ -118,6 +119,22 @@ def admin_client(
 def consumer(settings: KafkaSettings, timeout: float = CONNECT_TIMEOUT, **kw) -> KafkaConsumer:
     "A connected consumer (bytes in, bytes out), or `BrokerUnreachable` after `timeout` seconds."
     return _connect(KafkaConsumer, settings, timeout, **kw)
+
+# %% ../nbs/06a_clients.ipynb #6f4a0ba4
+def deliver_before_close(sock_recv):
+    "Wrap a transport's `_sock_recv` so bytes read in the same pass as the peer's close reach the protocol first."
+
+    def recv(transport):
+        data, err = sock_recv(transport)
+        return (data, None) if data and isinstance(err, KafkaConnectionError) else (data, err)
+
+    recv.__wrapped__ = sock_recv
+    return recv
+
+
+# kafka-python 3.0.12: `KafkaTCPTransport._read_from_sock` aborts on `_sock_recv`'s error before it hands over the bytes
+if not hasattr(KafkaTCPTransport._sock_recv, "__wrapped__"):
+    KafkaTCPTransport._sock_recv = deliver_before_close(KafkaTCPTransport._sock_recv)
 
 # %% ../nbs/06a_clients.ipynb #be8f494f
 class Producer(KafkaProducer):

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'KAFKA_VERSION', 'LOG4J_VERSION', 'SLF4J_VERSION', 'LOG4J2', 'BrokerError', 'require_tool', 'pom_xml',
            'file_lock', 'kafka_jars', 'free_port', 'replication', 'broker_properties', 'write_properties',
            'read_properties', 'LocalBroker', 'accepts_connections', 'broker_answers', 'LocalCluster', 'local_kafka',
-           'ensure_broker', 'broker_cli', 'broker_start', 'broker_stop', 'broker_status']
+           'ensure_broker', 'broker_command', 'broker_start_command', 'broker_stop_command', 'broker_status_command']
 
 # %% ../nbs/06_broker.ipynb #8d7eef3a
 KAFKA_VERSION = "4.3.1"  # org.apache.kafka:kafka_2.13 and kafka-tools
@@ -710,11 +710,11 @@ _home = click.option(
 
 
 @click.group("broker")
-def broker_cli():
+def broker_command():
     "Start, stop or inspect the local Apache Kafka broker or cluster."
 
 
-@broker_cli.command("start")
+@broker_command.command("start")
 @_home
 @click.option(
     "--nodes",
@@ -735,7 +735,7 @@ def broker_cli():
     show_default=True,
     help="Seconds to wait until every node answers.",
 )
-def broker_start(home, nodes, port, timeout):
+def broker_start_command(home, nodes, port, timeout):
     "Start the local broker or cluster (or report the running one) and print its status."
     try:
         kafka = (
@@ -751,7 +751,7 @@ def broker_start(home, nodes, port, timeout):
     click.echo(json.dumps(kafka.status()))
 
 
-@broker_cli.command("stop")
+@broker_command.command("stop")
 @_home
 @click.option(
     "--timeout",
@@ -760,7 +760,7 @@ def broker_start(home, nodes, port, timeout):
     show_default=True,
     help="Seconds to wait after SIGTERM before SIGKILL.",
 )
-def broker_stop(home, timeout):
+def broker_stop_command(home, timeout):
     "Stop the local broker, or every node of the local cluster, started from this home."
     kafka = local_kafka(home)
     click.echo(
@@ -770,9 +770,9 @@ def broker_stop(home, timeout):
     )
 
 
-@broker_cli.command("status")
+@broker_command.command("status")
 @_home
-def broker_status(home):
+def broker_status_command(home):
     "Print the status (every node's, for a cluster) as JSON; exit code 1 unless everything runs."
     st = local_kafka(home).status()
     click.echo(json.dumps(st))

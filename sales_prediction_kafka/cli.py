@@ -20,20 +20,20 @@ class KafkaClientNoise(logging.Filter):
 
 # %% ../nbs/11_cli.ipynb #d9ad2135
 COMMANDS = {  # name: (module, function) of each command; imported only when it runs or shows its own help
-    "generate-data": ("data", "generate_data"),
+    "generate-data": ("data", "generate_data_command"),
     "run": ("pipeline", "run_command"),
-    "broker": ("broker", "broker_cli"),
+    "broker": ("broker", "broker_command"),
     "aggregate": ("data", "aggregate_command"),
-    "consume": ("stream", "consume_cli"),
+    "consume": ("stream", "consume_command"),
     "replay": ("replay", "replay_command"),
     "serve": ("serve", "serve_command"),
     "join": ("join", "join_command"),
     "monitor": ("monitor", "monitor_command"),
     "dashboard": ("dashboard", "dashboard_command"),
     "runs": ("runs", "runs_command"),
-    "models": ("registry", "models_cli"),
+    "models": ("registry", "models_command"),
     "learn": ("learn", "learn_command"),
-    "dlq": ("dlq", "dlq_cli"),
+    "dlq": ("dlq", "dlq_command"),
 }
 
 

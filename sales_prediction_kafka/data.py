@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'SEASONS', 'GENDERS', 'TARGET', 'SALES_COLUMNS', 'SEASON_EFFECT', 'MISSING_COLUMNS', 'SAMPLE_CSV', 'DELIMITERS',
            'SHOW_CELLS', 'CSV_READ', 'FREQS', 'KIND_ROWS', 'CHUNK_ROWS', 'Column', 'column_kind', 'column_kinds',
            'generate_sales', 'write_table', 'write_sample', 'DataError', 'load_table', 'generate_transactions',
-           'MissingColumns', 'aggregate_transactions', 'generate_data', 'aggregate_command']
+           'MissingColumns', 'aggregate_transactions', 'generate_data_command', 'aggregate_command']
 
 # %% ../nbs/01_data.ipynb #909005de
 @dataclass(frozen=True)
@@ -745,7 +745,7 @@ def aggregate_transactions(
     type=click.IntRange(min=1),
     help="Distinct customers, with --transactions.",
 )
-def generate_data(rows, seed, out, transactions, customers):
+def generate_data_command(rows, seed, out, transactions, customers):
     "Generate a seeded sales table with the sample's schema, missing values and outliers."
     df = (
         generate_transactions(rows, customers=customers, seed=seed)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'REPLAY_ID', 'letter_id', 'reason', 'resent_headers', 'ledger_topic', 'ensure_ledger', 'replayed', 'replay',
-           'list_lines', 'dlq_cli', 'dlq_list_command', 'dlq_replay_command']
+           'list_lines', 'dlq_command', 'dlq_list_command', 'dlq_replay_command']
 
 # %% ../nbs/08c_dlq.ipynb #2de35c40
 def letter_id(m) -> str:
@@ -171,11 +171,11 @@ def list_lines(
 
 
 @click.group("dlq")
-def dlq_cli():
+def dlq_command():
     "Dead letters: list them by reason, replay them to the events topic exactly once."
 
 
-@dlq_cli.command("list")
+@dlq_command.command("list")
 @_options
 @click.option(
     "--limit",
@@ -197,7 +197,7 @@ def dlq_list_command(bootstrap_servers, topic, to_topic, limit):
         click.echo(f"no dead letters on {topic}", err=True)
 
 
-@dlq_cli.command("replay")
+@dlq_command.command("replay")
 @_options
 @click.option(
     "--reason",

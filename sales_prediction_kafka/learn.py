@@ -45,7 +45,7 @@ from .stream import PARTITIONS, ensure_topic
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DRIFT_ALERTS', 'Trigger', 'alert_trigger', 'Triggers', 'LearnError', 'train_command', 'train', 'fresh_events',
+__all__ = ['log', 'DRIFT_ALERTS', 'Trigger', 'alert_trigger', 'Triggers', 'LearnError', 'retrain_args', 'train', 'fresh_events',
            'judge', 'Learner', 'learn_command']
 
 # %% ../nbs/09b_learn.ipynb #776017ca
@@ -156,7 +156,7 @@ class LearnError(SalesKafkaError, RuntimeError):
     "A retrain could not be done (the pipeline failed)."
 
 
-def train_command(
+def retrain_args(
     settings: KafkaSettings,
     events_topic: str,
     trigger: Trigger,
@@ -317,7 +317,7 @@ class Learner:
         log.info("retraining (%s: %s) in a child process", trigger.why, trigger.detail)
         self.runs.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        cmd = train_command(
+        cmd = retrain_args(
             self.settings,
             self.events_topic,
             trigger,

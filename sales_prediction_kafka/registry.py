@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'MODELS_TOPIC', 'MAX_MODEL_BYTES', 'FIGURES', 'CHAMPION', 'model_bytes', 'unpack_model', 'feature_profile',
            'numeric_shares', 'categorical_shares', 'training_rows', 'model_record', 'version_record', 'record_model',
            'RegistryError', 'Registry', 'describe_decision', 'registry_lines', 'decision_alert', 'ensure_models_topic',
-           'read_registry', 'publish', 'promote', 'rollback', 'record_decision', 'ChampionFollower', 'models_cli',
-           'list_command', 'publish_command', 'promote_command', 'rollback_command']
+           'read_registry', 'publish', 'promote', 'rollback', 'record_decision', 'ChampionFollower', 'models_command',
+           'models_list_command', 'models_publish_command', 'models_promote_command', 'models_rollback_command']
 
 # %% ../nbs/07a_registry.ipynb #3cc31ad6
 MODELS_TOPIC = (
@@ -541,11 +541,11 @@ def _registry_options(f):
 
 
 @click.group("models")
-def models_cli():
+def models_command():
     "The model registry on Kafka: list versions, publish a run's model, promote or roll back the champion."
 
 
-@models_cli.command("list")
+@models_command.command("list")
 @_registry_options
 @click.option(
     "--json",
@@ -553,7 +553,7 @@ def models_cli():
     is_flag=True,
     help="One JSON object per version, then one per decision, instead of lines.",
 )
-def list_command(bootstrap_servers, topic, as_json):
+def models_list_command(bootstrap_servers, topic, as_json):
     "List the versions, oldest first (* marks the champion, and how it was promoted), then the learner's decisions."
     try:
         reg = read_registry(_settings(bootstrap_servers), topic)
@@ -567,7 +567,7 @@ def list_command(bootstrap_servers, topic, as_json):
         )
 
 
-@models_cli.command("publish")
+@models_command.command("publish")
 @click.argument("run", required=False, type=click.Path(exists=True, file_okay=False))
 @_registry_options
 @click.option(
@@ -578,7 +578,7 @@ def list_command(bootstrap_servers, topic, as_json):
     help="Where the newest run is looked for.",
 )
 @click.option("--promote", "and_promote", is_flag=True, help="Make it the champion too.")
-def publish_command(run, bootstrap_servers, topic, runs, and_promote):
+def models_publish_command(run, bootstrap_servers, topic, runs, and_promote):
     "Add the model of RUN (a run folder; default: the newest under --runs) to the registry."
     try:
         s = _settings(bootstrap_servers)
@@ -590,13 +590,13 @@ def publish_command(run, bootstrap_servers, topic, runs, and_promote):
     click.echo(rec["version"])
 
 
-@models_cli.command("promote")
+@models_command.command("promote")
 @click.argument("version")
 @_registry_options
 @click.option(
     "--reason", default="promoted by hand", show_default=True, help="Why, for the record."
 )
-def promote_command(version, bootstrap_servers, topic, reason):
+def models_promote_command(version, bootstrap_servers, topic, reason):
     "Make VERSION (a unique prefix will do) the champion."
     try:
         click.echo(promote(_settings(bootstrap_servers), version, reason, topic)["version"])
@@ -604,12 +604,12 @@ def promote_command(version, bootstrap_servers, topic, reason):
         raise click.ClickException(str(e))
 
 
-@models_cli.command("rollback")
+@models_command.command("rollback")
 @_registry_options
 @click.option(
     "--reason", default="rolled back by hand", show_default=True, help="Why, for the record."
 )
-def rollback_command(bootstrap_servers, topic, reason):
+def models_rollback_command(bootstrap_servers, topic, reason):
     "Make the previous champion the champion again."
     try:
         click.echo(rollback(_settings(bootstrap_servers), reason, topic)["version"])

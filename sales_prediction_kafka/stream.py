@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'PARTITIONS', 'REPLICATION', 'require_broker', 'ensure_topic', 'key_partitions', 'gc_paused', 'StreamSummary',
            'StreamIncomplete', 'retry_reasons', 'Sends', 'stream_predictions', 'messages', 'read_back', 'verify_stream',
-           'run_values', 'wait_in_sync', 'verify_run', 'consume_cli']
+           'run_values', 'wait_in_sync', 'verify_run', 'consume_command']
 
 # %% ../nbs/07_stream.ipynb #9fa681d2
 def require_broker(
@@ -477,7 +477,7 @@ def verify_run(
     default=None,
     help="Stop after this many seconds without a record; default: 10 s unless following.",
 )
-def consume_cli(topic, bootstrap_servers, from_beginning, follow, max_records, timeout):
+def consume_command(topic, bootstrap_servers, from_beginning, follow, max_records, timeout):
     "Print records from a topic as JSON lines."
     follow = follow or not from_beginning
     try:

@@ -4,13 +4,13 @@ import json, os, signal, subprocess, sys
 import pytest
 from click.testing import CliRunner
 from kafka import KafkaProducer
-from sales_prediction_kafka.broker import BrokerError, LocalBroker, broker_cli, kafka_jars
+from sales_prediction_kafka.broker import BrokerError, LocalBroker, broker_command, kafka_jars
 from sales_prediction_kafka.config import KafkaSettings
 from helpers import read_all
 
 
 def cli(*args):
-    return CliRunner().invoke(broker_cli, [str(a) for a in args])
+    return CliRunner().invoke(broker_command, [str(a) for a in args])
 
 
 def produce(servers, topic, values):

@@ -12,7 +12,7 @@ from sales_prediction_kafka.replay import replay_command
 from sales_prediction_kafka.clients import BrokerUnreachable, StreamError
 from sales_prediction_kafka.message import prediction_records
 from sales_prediction_kafka.stream import (
-    consume_cli,
+    consume_command,
     ensure_topic,
     stream_predictions,
     verify_stream,
@@ -130,7 +130,7 @@ def test_consume_command_prints_json_lines(broker_settings):
     name, recs = topic(), predictions(20)
     stream_predictions(recs, broker_settings, topic=name, run_id="cli", progress=False)
     r = CliRunner().invoke(
-        consume_cli,
+        consume_command,
         [
             "--bootstrap-servers",
             broker_settings.bootstrap_servers,
@@ -147,7 +147,7 @@ def test_consume_command_prints_json_lines(broker_settings):
         for l in lines
     )
     r = CliRunner().invoke(
-        consume_cli,
+        consume_command,
         [
             "--bootstrap-servers",
             broker_settings.bootstrap_servers,
@@ -166,7 +166,7 @@ def test_consume_follow_stops_after_timeout(broker_settings):
     stream_predictions(predictions(3), broker_settings, topic=name, progress=False)
     t0 = time.monotonic()
     r = CliRunner().invoke(
-        consume_cli,
+        consume_command,
         [
             "--bootstrap-servers",
             broker_settings.bootstrap_servers,

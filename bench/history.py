@@ -7,12 +7,12 @@
    replayed at 2,000 events/s to two workers: a lag model served with its per-series state, and the same model without
    lags (calendar and price only, no state). End-to-end p99 (prediction record time - event record time), in rounds
    with the two sides alternating, so a load burst on this shared machine hits both alike. The stream is encoded
-   before the clock starts (as `replay` would send it, one continuous stream cut into rounds) and sent as bytes by
-   `SENDERS` forked processes, each the records of its share of the series, every event at its own time on one clock:
-   three records per event at 2,000 events/s is more than one kafka-python producer sends on this machine."""
+   before the clock starts (as `replay` would send it, one continuous stream cut into rounds) and sent as bytes by one
+   producer: three records per event at 2,000 events/s. Rates are per round (the median of the rounds): over all rounds
+   they would count the other side's rounds in between."""
 
 from __future__ import annotations
-import json, multiprocessing, subprocess, sys, tempfile, time, zlib
+import json, subprocess, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -25,12 +25,11 @@ RESTORE_TARGET_S = 5.0  # a worker given partitions with 100,000 series' history
 LAG = 50  # each actual follows its event by this many events: fewer than the stream's series, so a period's actuals come before the next period's events
 KEEP = 13  # rows per history record in the restore: the monthly model reaches 12 periods back
 STREAM_KEEP = 36  # rows per record in the latency stream: 2 years of slack, as the replay packs ~7-20 months into a second (chapter 08e)
-LINGER_MS = 5  # each sender batches what it sends within 5 ms: 6,000 records/s one request each starved this 2-core machine (858 events/s offered)
-SENDERS = 2  # sender processes, each the records of its share of the series: one reached 1,012 events/s (three kafka-python `send`s each, load 5.7)
+LINGER_MS = 5  # the sender batches what it sends within 5 ms, instead of one produce request per record (6,000/s)
 
 
 def plan(quick: bool) -> dict:
-    "Series in the restore, rounds and events per round of the latency phase (at 2,000/s), series in the stream, sender processes."
+    "Series in the restore, rounds and events per round of the latency phase (at 2,000/s), series in the stream."
     if quick:
         return {
             "restore_series": 5_000,
@@ -39,7 +38,6 @@ def plan(quick: bool) -> dict:
             "events": 1_000,
             "stream_series": 50,
             "rate": 2000,
-            "senders": SENDERS,
         }
     return {
         "restore_series": 100_000,
@@ -48,7 +46,6 @@ def plan(quick: bool) -> dict:
         "events": 4_000,
         "stream_series": 100,
         "rate": 2000,
-        "senders": SENDERS,
     }
 
 
@@ -289,7 +286,7 @@ def encoded_rounds(df: pd.DataFrame, t: dict, per_round: int, first: int = 0) ->
     items = history_items(
         lag_actuals(table_events(df, first_id=first), LAG), ["Store"], "Date", keep=STREAM_KEEP
     )
-    rounds, n, of = [], 0, {}  # of: event id -> its series, for the sender of its actual
+    rounds, n = [], 0
     for kind, msg in items:
         if kind == "event" and n % per_round == 0:
             rounds.append([])
@@ -299,58 +296,21 @@ def encoded_rounds(df: pd.DataFrame, t: dict, per_round: int, first: int = 0) ->
             "actual": lambda: (t["actuals"], str(msg["event_id"]), msg),
             "history": lambda: (t["history"], *msg),
         }[kind]()
-        if kind == "event":
-            of[msg["event_id"]] = key
-        series = of.pop(msg["event_id"]) if kind == "actual" else key
-        at = (n - 1) % per_round if kind == "event" else None  # its place in the round's pacing
-        rounds[-1].append((topic, key.encode(), json.dumps(value).encode(), at, series))
+        rounds[-1].append((topic, key.encode(), json.dumps(value).encode(), kind == "event"))
     return rounds
 
 
-def shares(records: list, n: int) -> list[list]:
-    "`records` dealt to `n` senders by series (crc32 of its key), each series' records in their order."
-    out = [[] for _ in range(n)]
-    for r in records:
-        out[zlib.crc32(r[4].encode()) % n].append(r[:4])
-    return out
-
-
-_producer = None  # a sender process's producer, made by `_start_sender`
-
-
-def _start_sender(bootstrap_servers: str, rate: int):
-    "Pool initializer: this sender process's producer (`replay`'s paced settings, batched within LINGER_MS)."
-    global _producer
-    from sales_prediction_kafka.config import KafkaSettings
-    from sales_prediction_kafka.replay import replay_tuning
-    from sales_prediction_kafka.stream import producer
-
-    _producer = producer(
-        KafkaSettings(bootstrap_servers=bootstrap_servers),
-        tuning=replay_tuning(rate, linger_ms=LINGER_MS),
-        key_serializer=None,
-        value_serializer=None,
-    )
-
-
-def _send_share(records: list, start: float, rate: int) -> int:
-    "Send one sender's `records`, each event at `start` + its place / `rate` (wall clock); flush; the events sent."
-    n = 0
-    for topic, key, value, at in records:
-        if at is not None:
-            if (ahead := start + at / rate - time.time()) > 0:
+def send_round(settings, p, records: list, t: dict, rate: int) -> int:
+    "Send encoded `records` with producer `p`, the events paced to `rate`; wait for every event's output; the events sent."
+    before = total_records(settings, t["out"]) + total_records(settings, t["dlq"])
+    t0, n = time.monotonic(), 0
+    for topic, key, value, event in records:
+        if event:
+            if (ahead := t0 + n / rate - time.monotonic()) > 0:
                 time.sleep(ahead)
             n += 1
-        _producer.send(topic, key=key, value=value)
-    _producer.flush()
-    return n
-
-
-def send_round(settings, pool, records: list, t: dict, rate: int, senders: int) -> int:
-    "Send encoded `records` with the sender processes of `pool`, the events paced to `rate`; wait for every event's output; the events sent."
-    before = total_records(settings, t["out"]) + total_records(settings, t["dlq"])
-    start = time.time() + 0.2  # the senders' common clock
-    n = sum(pool.starmap(_send_share, [(x, start, rate) for x in shares(records, senders)]))
+        p.send(topic, key=key, value=value)
+    p.flush()
     deadline = time.monotonic() + 120
     while total_records(settings, t["out"]) + total_records(settings, t["dlq"]) < before + n:
         if time.monotonic() > deadline:
@@ -359,29 +319,45 @@ def send_round(settings, pool, records: list, t: dict, rate: int, senders: int) 
     return n
 
 
+def round_rates(each: list[dict]) -> dict:
+    "The offered and delivered rates (median and each) of the rounds' `stats`: a rate over all rounds would count the other side's rounds between them."
+    return {
+        f"{k}_per_s": float(np.median([x[f"{k}_per_s"] for x in each]))
+        for k in ("offered", "throughput")
+    } | {
+        f"{k}_per_s_rounds": [round(x[f"{k}_per_s"]) for x in each]
+        for k in ("offered", "throughput")
+    }
+
+
 def latency(settings, dirs: dict, p: dict, tmp: Path) -> dict:
     "The rounds at `p['rate']`, both sides alternating; a row of latency figures per side and the workers' metrics."
-    pool = multiprocessing.get_context("fork").Pool(
-        p["senders"], _start_sender, (settings.bootstrap_servers, p["rate"])
-    )  # forked before this process holds any client's threads
+    from sales_prediction_kafka.replay import replay_tuning
+    from sales_prediction_kafka.stream import close_producer, producer
+
     months = p["events"] // p["stream_series"]
     stream = monthly_panel(p["stream_series"], months * (p["rounds"] + 1), seed=3)
     per_round = months * p["stream_series"]
     sides = {s: start_side(s, settings, dirs[s], tmp) for s in dirs}
     rounds = {s: encoded_rounds(stream, t, per_round) for s, (_, t) in sides.items()}
+    send = producer(
+        settings,
+        tuning=replay_tuning(p["rate"], linger_ms=LINGER_MS),
+        key_serializer=None,
+        value_serializer=None,
+    )  # `replay`'s paced settings, batched within LINGER_MS
     ids = {s: [] for s in sides}
     try:
         for r in range(
             p["rounds"] + 1
         ):  # round 0 warms both up (and gives the lag side a year of history): not counted
             for s in list(sides) if r % 2 == 0 else list(sides)[::-1]:
-                n = send_round(settings, pool, rounds[s][r], sides[s][1], p["rate"], p["senders"])
+                n = send_round(settings, send, rounds[s][r], sides[s][1], p["rate"])
                 if r:
-                    ids[s] += range(r * per_round, r * per_round + n)
+                    ids[s].append(range(r * per_round, r * per_round + n))
             log.info("history round %d of %d done", r, p["rounds"])
     finally:
-        pool.close()
-        pool.join()
+        close_producer(send)
         for w, _ in sides.values():
             w.stop()
     rows, metrics = [], {}
@@ -391,15 +367,18 @@ def latency(settings, dirs: dict, p: dict, tmp: Path) -> dict:
             if (tmp / f"polled-{s}.json").exists()
             else {}
         )
+        ev, out = event_times(settings, t["events"]), read_timestamps(settings, t["out"])
+        each = [stats(list(got), ev, out) for got in ids[s]]
         rows.append(
             {
                 "side": s,
                 **stats(
-                    ids[s],
-                    event_times(settings, t["events"]),
-                    read_timestamps(settings, t["out"]),
+                    [i for got in ids[s] for i in got],
+                    ev,
+                    out,
                     {int(k): v for k, v in polled.items()},
                 ),
+                **round_rates(each),
                 "dead_letters": total_records(settings, t["dlq"]),
             }
         )
@@ -449,7 +428,7 @@ def run(
             "latency = prediction record timestamp - event record timestamp (CreateTime, set at send()); "
             f"rounds of {p['events']:,} events at {p['rate']}/s, the sides alternating, after a warm-up round; "
             f"both streams carry the actuals ({LAG} events behind) and the history records, as one continuous replay cut "
-            f"into rounds, encoded before the clock starts and sent as bytes by {p['senders']} processes (a {LINGER_MS} ms linger)",
+            f"into rounds, encoded before the clock starts and sent as bytes by one producer (a {LINGER_MS} ms linger); rates are per round (median)",
             "state side: linear model on price, calendar, lags 1, 2, 12 and a 3-month mean (TimeAxis.derive_from per batch); "
             "no-state side: the same model without lags (calendar and price)",
         ],

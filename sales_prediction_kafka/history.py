@@ -18,13 +18,20 @@ from sales_prediction_kafka.config import (
 from .data import TARGET
 from .clients import ReadTimeout, consumer, read_records
 from .stream import PARTITIONS, ensure_topic
-from .timeseries import BASELINES, TimeAxis, baseline_column
+from sales_prediction_kafka.timeseries import (
+    BASELINES,
+    TimeAxis,
+    baseline_column,
+    parse_times,
+    period_numbers,
+)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'HISTORY_PERIODS', 'HISTORY_CONFIGS', 'series_key', 'periods_needed', 'history_value', 'history_items',
-           'history_frame', 'derived_columns', 'derive_events', 'HistoryError', 'ensure_history_topic', 'SeriesHistory']
+           'period_of', 'derived_columns', 'event_features', 'derive_events', 'HistoryError', 'ensure_history_topic',
+           'SeriesHistory']
 
 # %% ../nbs/08e_history.ipynb #fb205636
 def series_key(event: dict, series: list) -> str:
@@ -82,15 +89,19 @@ def history_items(
         yield "history", (k, history_value(ev, series, r, keep))
 
 # %% ../nbs/08e_history.ipynb #7082ebef
-def history_frame(
-    values: list[dict],  # history records, as `history_value` makes them
-    column: str,
-    target: str,
-) -> pd.DataFrame:
-    "The known rows of the records' series: series fields, time and target."
-    return pd.DataFrame(
-        [{**v["series"], column: t, target: y} for v in values for t, y in v["rows"]]
-    )
+def period_of(
+    axis: TimeAxis,
+    times: list,  # time values as events and records carry them
+    memo: dict,  # time value -> period number, kept between calls
+) -> np.ndarray:
+    "The period number of each of `times`, parsing (with `parse_times`) only those not yet in `memo`."
+    new = [t for t in dict.fromkeys(times) if t not in memo]
+    if new:
+        if len(memo) > 100_000:
+            memo.clear()  # a bound for streams whose times never repeat
+        made = period_numbers(parse_times(pd.Series(new, name=axis.column)), axis.freq)
+        memo.update(zip(new, made.tolist()))
+    return np.array([memo[t] for t in times], np.int64)
 
 
 def derived_columns(model) -> list:
@@ -99,30 +110,42 @@ def derived_columns(model) -> list:
     return [c for c in model.features if c in made]
 
 
-def derive_events(
+def event_features(
     axis: TimeAxis,
     target: str,
     events: list[dict],  # each with its series fields and its time
-    history: pd.DataFrame,  # `history_frame` of the events' series
-    columns: list,
-) -> list[dict]:  # the derived features wanted
-    "`events`, each with `columns` as `axis.derive` makes them from `history`."
-    if not len(history):
-        return [
-            ev | dict.fromkeys(columns, np.nan) for ev in events
-        ]  # no earlier actual: every feature a gap
-    rows = pd.DataFrame(
-        [
-            {**{c: ev[c] for c in axis.series}, axis.column: ev[axis.column], target: np.nan}
-            for ev in events
-        ]
+    rows: dict,  # series key -> that series' known (time, actual) rows, as a history record holds them
+    columns: list,  # the derived features wanted
+    memo: dict | None = None,  # `period_of`'s parsed times, kept by the caller between batches
+) -> list[dict]:
+    "`events`, each with `columns` as `axis.derive` makes them from its series' `rows`."
+    keys = [series_key(ev, axis.series) for ev in events]
+    code = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    known = [(code[k], t, y) for k in code for t, y in rows.get(k, ())]
+    s, t, y = zip(*known) if known else ((), (), ())
+    memo = {} if memo is None else memo
+    made = axis.derive_from(
+        (np.array(s, np.int64), period_of(axis, list(t), memo), np.array(y, np.float64)),
+        [code[k] for k in keys],
+        period_of(axis, [ev[axis.column] for ev in events], memo),
+        target,
     )
-    frame = pd.concat([history[rows.columns], rows], ignore_index=True)
-    made = axis.derive(frame, target).iloc[len(frame) - len(rows) :][columns]
-    return [
-        ev | dict(zip(columns, vals))
-        for ev, vals in zip(events, made.itertuples(index=False, name=None))
-    ]
+    got = zip(*(made[c].tolist() for c in columns))
+    return [ev | dict(zip(columns, v)) for ev, v in zip(events, got)]
+
+
+def derive_events(
+    axis: TimeAxis,
+    target: str,
+    events: list[dict],
+    history: pd.DataFrame,  # earlier rows of the events' series: series fields, time and target
+    columns: list,
+) -> list[dict]:
+    "`event_features` from a table of earlier rows instead of history records."
+    rows = {}
+    for r in history.to_dict("records"):
+        rows.setdefault(series_key(r, axis.series), []).append((r[axis.column], r[target]))
+    return event_features(axis, target, events, rows, columns)
 
 # %% ../nbs/08e_history.ipynb #2a986dec
 class HistoryError(SalesKafkaError, RuntimeError):
@@ -180,6 +203,7 @@ class SeriesHistory:
             [],
             0,
         )  # partition -> {series key: record}
+        self.periods = {}  # time value -> period number, parsed once (`period_of`)
         self.consumer = consumer(
             settings,
             enable_auto_commit=False,
@@ -271,23 +295,21 @@ class SeriesHistory:
     def features(self, model, events: list[dict]) -> list[dict]:
         "`events` with the features `model` derives from earlier actuals, made from their series' history."
         a, need = model.axis, periods_needed(model.axis)
-        values = [
-            v
+        values = {
+            k: v
             for k in dict.fromkeys(series_key(ev, a.series) for ev in events)
             if (v := self.value(k)) is not None
-        ]
-        if short := next((v for v in values if v.get("keep", need) < need), None):
+        }
+        if short := next((v for v in values.values() if v.get("keep", need) < need), None):
             raise HistoryError(
                 f"the history records on {self.topic!r} keep {short['keep']} periods, but model {model.name!r} reads "
                 f"{need} periods back: publish them with more (sales-kafka replay --history-periods {need})"
             )
         cols = derived_columns(model)
-        made = derive_events(
-            a, model.target, events, history_frame(values, a.column, model.target), cols
-        )
-        known = {series_key(v["series"], a.series) for v in values}
+        rows = {k: v["rows"] for k, v in values.items()}
+        made = event_features(a, model.target, events, rows, cols, self.periods)
         filled = sum(
-            any(np.isnan(ev[c]) for c in cols) for ev in made if series_key(ev, a.series) in known
+            any(np.isnan(ev[c]) for c in cols) for ev in made if series_key(ev, a.series) in values
         )
         if filled:  # a series with history, and still a lag missing: a late actual, or a record that no longer reaches back
             self.filled += filled
@@ -296,6 +318,6 @@ class SeriesHistory:
                 "or the record's %s rows no longer reach back to it (replay --history-periods); filled in with training values",
                 filled,
                 self.topic,
-                next(iter(values))["keep"] if values else "?",
+                next(iter(values.values()))["keep"] if values else "?",
             )
         return made

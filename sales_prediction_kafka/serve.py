@@ -888,10 +888,12 @@ class ScoringWorker:
             heartbeat_interval_ms=max(500, self.session_timeout_ms // 3),
             max_poll_interval_ms=self.max_poll_interval_ms,
         )
+        self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
         self.consumer.partitions_for_topic(
             self.topics[0]
-        )  # known before the first join, else it assigns nothing until the next metadata refresh (5 min)
-        self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
+        )  # known before the first join, else it assigns nothing until the next metadata refresh (5 min);
+        # read after subscribing, so the group leader assigns from the metadata it holds afterwards: read before, it
+        # re-joined at once, and a poll that timed out in that second join never finished it (tests/test_worker_join.py)
         self.producer = self._new_producer()
         threading.Thread(
             target=json_validator_class, name="import-jsonschema", daemon=True

@@ -388,6 +388,51 @@ def generate_panel(
         )
     return pd.concat(rows, ignore_index=True)
 
+# %% ../nbs/03a_timeseries.ipynb #c46a0f40
+@patch_to(TimeAxis)
+def derive_from(
+    self,
+    known: tuple,  # (series codes, periods, targets) of the rows whose target is known; a NaN target is unknown
+    series,  # the series code (an integer >= 0) of each row to derive
+    periods,  # the period number of each row to derive
+    target: str,
+) -> dict:
+    "The columns `derive` adds to the rows at (`series`, `periods`) of a table whose known targets are `known`, in numpy."
+    ks, kp, kv = (np.asarray(a) for a in known)
+    ok = ~np.isnan(kv.astype(np.float64))
+    kp, kv = kp[ok].astype(np.int64), kv[ok].astype(np.float64)
+    series, periods = np.asarray(series, np.int64), np.asarray(periods, np.int64)
+    h, season_back = self.horizon, self.season * math.ceil(self.horizon / self.season)
+    back = sorted({*self.lags, *range(h, h + max(self.windows, default=0)), season_back})
+    low = int(min(kp.min(initial=0), periods.min(initial=0))) - max(back)
+    span = int(max(kp.max(initial=0), periods.max(initial=0))) - low + 1
+    keys = ks[ok].astype(np.int64) * span + (kp - low)  # series by series, periods within each
+    order = np.argsort(keys, kind="stable")
+    keys, kv = np.append(keys[order], -1), np.append(kv[order], np.nan)  # index -1 finds nothing
+    if (dup := np.flatnonzero(np.diff(keys[:-1]) == 0)).size:
+        raise DataError(f"two known targets in period {kp[order][dup[0]]} of one series")
+    row = series * span + (periods - low)
+    at = row[:, None] - np.array(back)  # each row's key k periods back, for each k in `back`
+    i = np.searchsorted(keys[:-1], at)
+    got = np.where(keys[i] == at, kv[i], np.nan)
+    col = dict(zip(back, got.T))
+    out = {f"{target}_lag_{k}": col[k] for k in self.lags}
+    for w in self.windows:
+        window = got[:, [back.index(k) for k in range(h, h + w)]]
+        n = (~np.isnan(window)).sum(axis=1)
+        out[f"{target}_mean_{w}"] = np.divide(
+            np.nansum(window, axis=1), n, out=np.full(len(row), np.nan), where=n > 0
+        )  # an all-missing window is NaN, as in `derive`
+    j = (
+        np.searchsorted(keys[:-1], row - h, side="right") - 1
+    )  # the last known key at most h back ...
+    naive = np.where(keys[j] >= series * span, kv[j], np.nan)  # ... if it is of the row's series
+    out[baseline_column("naive")] = naive
+    out[baseline_column("seasonal_naive")] = np.where(
+        np.isnan(col[season_back]), naive, col[season_back]
+    )
+    return out
+
 # %% ../nbs/03a_timeseries.ipynb #ebba0546
 @patch_to(TimeAxis)
 def mase_scale(self, train: pd.DataFrame, target: str) -> float | None:

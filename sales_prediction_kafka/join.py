@@ -478,9 +478,11 @@ class JoinWorker(ScoringWorker):
             heartbeat_interval_ms=max(500, self.session_timeout_ms // 3),
             partition_assignment_strategy=[RangePartitionAssignor],
         )
-        for topic in (t.predictions, t.actuals):
-            self.consumer.partitions_for_topic(topic)  # known before the first join
         self.consumer.subscribe([t.predictions, t.actuals], listener=JoinRebalance(self))
+        # known before the first join, and read after subscribing, as `ScoringWorker.open` does (a leader that assigned
+        # from the metadata read before re-joined at once, and a poll that timed out in that join never finished it)
+        for topic in (t.predictions, t.actuals):
+            self.consumer.partitions_for_topic(topic)
         self.producer = self._new_producer()
         log.info(
             "%r joining %s and %s into %s at %s",

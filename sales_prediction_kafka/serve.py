@@ -302,7 +302,17 @@ def event_rejection(
     return min(found, key=rank, default=None)
 
 # %% ../nbs/08_serve.ipynb #0422e8a2
-_QUICK_KEYWORDS = {"type", "enum", "const", "minimum", "maximum", "default", "description"}
+# `examples` only annotates (a dated model's date and series fields carry one), so it needs no check
+_QUICK_KEYWORDS = {
+    "type",
+    "enum",
+    "const",
+    "minimum",
+    "maximum",
+    "default",
+    "description",
+    "examples",
+}
 _SIMPLE = {int: ("integer", "number"), float: ("number",), str: ("string",)}
 
 

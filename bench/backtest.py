@@ -11,10 +11,8 @@ import pandas as pd
 from .common import log, table, write_result, load, targets_line
 
 NAME = "backtest"
-LAGS, WINDOW = (
-    [1, 2, 12],
-    3,
-)  # lag features and one rolling mean of the 3 previous months: ForecasterRecursive's lags= and
+# lag features and one rolling mean of the 3 previous months: ForecasterRecursive's lags= and
+LAGS, WINDOW = ([1, 2, 12], 3)
 SEED = 42  # RollingFeatures('mean', 3) build the very same columns (checked below)
 
 
@@ -39,9 +37,8 @@ def project_backtest(y: pd.Series, k: int, seed: int = SEED) -> dict:
     axis = TimeAxis("Date", "M", lags=LAGS, windows=[WINDOW])
     cols = axis.lag_columns(target)
     d = axis.derive(df, target)
-    d = d[d[cols].notna().all(axis=1)].reset_index(
-        drop=True
-    )  # skforecast drops these max(lag) rows too; SalesModel would fill them
+    # skforecast drops these max(lag) rows too; SalesModel would fill them
+    d = d[d[cols].notna().all(axis=1)].reset_index(drop=True)
     pred, folds = np.full(len(d), np.nan), []
     for tr, va in axis.folds(d, k):
         m = SalesModel("trees", target=target, features=cols, numeric=cols, seed=seed).fit(
@@ -113,9 +110,8 @@ def skforecast_folds(y: pd.Series, first_train: int, block: int) -> list:
     for fold in cv.split(y):
         (tr0, tr1), (te0, te1), fit = fold[1], fold[3], fold[-1]
         if fit or not out:
-            out.append(
-                [idx[tr0 + f.window_size], idx[tr1 - 1], idx[te0], idx[te1 - 1]]
-            )  # lags take the first window_size rows
+            # lags take the first window_size rows
+            out.append([idx[tr0 + f.window_size], idx[tr1 - 1], idx[te0], idx[te1 - 1]])
         else:
             out[-1][3] = idx[te1 - 1]
     return [tuple(x) for x in out]

@@ -151,9 +151,8 @@ def interleaved_rates(
     for name, f in sides.items():
         t0 = time.perf_counter()
         f()
-        reps[name] = max(
-            1, int(0.02 / max(time.perf_counter() - t0, 1e-7))
-        )  # warm-up + calibration
+        # warm-up + calibration
+        reps[name] = max(1, int(0.02 / max(time.perf_counter() - t0, 1e-7)))
     times, t_end, r = {k: [] for k in sides}, time.perf_counter() + min_time * len(sides), 0
     while r < min_rounds or (time.perf_counter() < t_end and r < max_rounds):
         order = list(sides)[r % len(sides) :] + list(sides)[: r % len(sides)]

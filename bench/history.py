@@ -88,9 +88,8 @@ def fill_history(settings, topic: str, n: int, rows: int = KEEP) -> dict:
     "One history record for each of `n` series S0..S<n-1> on `topic`; bytes and seconds."
     from sales_prediction_kafka.clients import producer
 
-    p = producer(
-        settings, key_serializer=None, value_serializer=None
-    )  # the project's defaults: zstd, 50 ms linger, 256 KiB batches
+    # the project's defaults: zstd, 50 ms linger, 256 KiB batches
+    p = producer(settings, key_serializer=None, value_serializer=None)
     dates = pd.date_range("2000-01-31", periods=rows, freq="ME").strftime("%Y-%m-%d").tolist()
     rng, size, t0 = np.random.default_rng(1), 0, time.monotonic()
     for i in range(n):
@@ -136,13 +135,13 @@ def restore(settings, model_dir: Path, n: int, rounds: int) -> dict:
         time_column="Date",
         history_topic=tag("bench-hist-unused"),
     )
-    runs = [
-        take_over(settings, model_dir, t, len(waiting)) for _ in range(rounds)
-    ]  # a fresh group each time: a worker taking it all over
+    # a fresh group each time: a worker taking it all over
+    runs = [take_over(settings, model_dir, t, len(waiting)) for _ in range(rounds)]
+    # a stuck run counts as never
     took = sorted(
         r["assigned_to_first_scored_s"] if r["scored"] == r["expected"] else float("inf")
         for r in runs
-    )  # a stuck run counts as never
+    )
     return {
         "filled": filled,
         "runs": runs,
@@ -235,6 +234,7 @@ def start_side(side: str, settings, model_dir: Path, tmp: Path) -> tuple:
     for k in ("backlog", "backlog_out", "events", "out", "dlq", "actuals"):
         ensure_topic(settings, t[k], 3)
     ensure_history_topic(settings, t["history"], t["events"])
+    # the one event the worker drains before it serves
     replay(
         table_events(monthly_panel(1, 1).drop(columns="Sales"), first_id=10**9),
         settings,
@@ -243,7 +243,7 @@ def start_side(side: str, settings, model_dir: Path, tmp: Path) -> tuple:
         series=["Store"],
         time_column="Date",
         history_topic=t["history"],
-    )  # the one event the worker drains before it serves
+    )
     w = Worker(
         [
             "--mode",
@@ -340,17 +340,17 @@ def latency(settings, dirs: dict, p: dict, tmp: Path) -> dict:
     per_round = months * p["stream_series"]
     sides = {s: start_side(s, settings, dirs[s], tmp) for s in dirs}
     rounds = {s: encoded_rounds(stream, t, per_round) for s, (_, t) in sides.items()}
+    # `replay`'s paced settings, batched within LINGER_MS
     send = producer(
         settings,
         tuning=replay_tuning(p["rate"], linger_ms=LINGER_MS),
         key_serializer=None,
         value_serializer=None,
-    )  # `replay`'s paced settings, batched within LINGER_MS
+    )
     ids = {s: [] for s in sides}
     try:
-        for r in range(
-            p["rounds"] + 1
-        ):  # round 0 warms both up (and gives the lag side a year of history): not counted
+        # round 0 warms both up (and gives the lag side a year of history): not counted
+        for r in range(p["rounds"] + 1):
             for s in list(sides) if r % 2 == 0 else list(sides)[::-1]:
                 n = send_round(settings, send, rounds[s][r], sides[s][1], p["rate"])
                 if r:

@@ -70,9 +70,8 @@ def total_records(settings, topic: str) -> int:
     "The number of records in `topic` now."
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
-    )  # no group: nothing to commit
+    # no group: nothing to commit
+    c = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
     try:
         tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or []]
         return sum(c.end_offsets(tps).values())
@@ -312,9 +311,10 @@ def rows_of(settings, run: dict, tmp: Path) -> list[dict]:
             if mode != m:
                 continue
             ids = [i for s in sends for i in s["ids"]]
+            # not across the gaps
             per_round = statistics.mean(
                 stats(s["ids"], ev, out)["throughput_per_s"] or 0 for s in sends
-            )  # not across the gaps
+            )
             rows.append(
                 {
                     "mode": m,

@@ -148,9 +148,8 @@ def shift_scenario(
     lagged = ("actuals", "joined", "join-state", "join-dlq", "join-group") if actuals_lag else ()
     t = {k: f"{k}-{u}" for k in names + lagged}
     ensure_topic(settings, t["events"], 4)
-    if (
-        actuals_lag
-    ):  # a forecast and its actual meet on the same partition number: all 4, like the events
+    # a forecast and its actual meet on the same partition number: all 4, like the events
+    if actuals_lag:
         from sales_prediction_kafka.join import JoinTopics, ensure_join_topics
 
         ensure_join_topics(
@@ -280,9 +279,8 @@ def shift_scenario(
         *learn_args,
     )
     stop, sent, fed = threading.Event(), [0], []
-    world = generate_sales(
-        200_000, seed=12, missing=0.0
-    )  # event i is row i, before the shift changes it
+    # event i is row i, before the shift changes it
+    world = generate_sales(200_000, seed=12, missing=0.0)
     events = stoppable(shift_events(table_events(world), shift_after), stop, sent)
     lag = {"actuals_lag": actuals_lag, "actuals_topic": t["actuals"]} if actuals_lag else {}
     feeder = threading.Thread(

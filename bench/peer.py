@@ -153,9 +153,8 @@ def latency(settings, model_dir: Path, df, p: dict, tmp: Path) -> dict:
             w, t, _ = workers[side]
             if not side.startswith("quix"):
                 w.expect("READY", 120)
-            send_phase(
-                settings, df, t, 2 * 10**9, 100, p["rate"], "warm-up"
-            )  # Quix: READY at its first record
+            # Quix: READY at its first record
+            send_phase(settings, df, t, 2 * 10**9, 100, p["rate"], "warm-up")
             if side.startswith("quix"):
                 w.expect("READY", 10)
         label, n = f"{p['rate']}/s", p["events"]
@@ -254,9 +253,8 @@ def run(
         model_dir = save_model(fit_model()[0], tmp / "model")
         gc.collect()
         gc.freeze()  # Keras' objects from the fit (see bench/live)
-        steps = run_worker(
-            "peer_quix", "--step-costs", model_dir
-        )  # a process without TensorFlow, as the workers
+        # a process without TensorFlow, as the workers
+        steps = run_worker("peer_quix", "--step-costs", model_dir)
         cap = capacity(settings, model_dir, df, p, tmp)
         lat = latency(settings, model_dir, df, p, tmp)
     by = {r["side"]: r for r in lat["rows"]}

@@ -14,10 +14,8 @@ SIDES = {
     "before_numpy_val_loss": "bd7036c^",  # the commit before the numpy validation loss: the same honest evaluation as HEAD
     "working_tree": None,
 }
-SAME_AS = (
-    "before_numpy_val_loss",
-    "working_tree",
-)  # these two must give the same selection and figures
+# these two must give the same selection and figures
+SAME_AS = ("before_numpy_val_loss", "working_tree")
 SALES_KAFKA = str(Path(sys.executable).parent / "sales-kafka")
 
 
@@ -121,9 +119,8 @@ def run(quick: bool = False, out: Path | None = None, rounds: int | None = None,
                     )
     best = {s: min(ts) for s, ts in times.items()}
     ratio = best["working_tree"] / best["filed"]
-    per_round = [
-        w / f for w, f in zip(times["working_tree"], times["filed"])
-    ]  # the same round: the closest in time
+    # the same round: the closest in time
+    per_round = [w / f for w, f in zip(times["working_tree"], times["filed"])]
     diff = differences(*(figs[s] for s in SAME_AS))
     selected = {s: f.get("selected") for s, f in figs.items()}
     rows = [

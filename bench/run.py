@@ -5,6 +5,7 @@ import argparse, importlib, logging, os, sys, time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# modules of this package, run in this order
 BENCHMARKS = (
     "streaming",
     "scoring",
@@ -19,7 +20,7 @@ BENCHMARKS = (
     "transactions",
     "backtest",
     "peer",
-)  # modules of this package, run in this order
+)
 
 
 def parse(argv=None) -> argparse.Namespace:

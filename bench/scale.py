@@ -51,9 +51,8 @@ def run(quick: bool = False, out: Path | None = None, max_rows: int | None = Non
     )
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     a, b = rows[-2], rows[-1]
-    per_row = (
-        (b["data_mib"] - a["data_mib"]) / (b["rows"] - a["rows"]) * 2**20
-    )  # bytes per extra row at the top sizes
+    # bytes per extra row at the top sizes
+    per_row = (b["data_mib"] - a["data_mib"]) / (b["rows"] - a["rows"]) * 2**20
     limit = int((mem_gib * 1024 - b["base_mib"]) * 2**20 / per_row) if per_row > 0 else None
     steps = [k for k in rows[-1] if k.endswith("_s") and k not in ("total_s",)]
     step_slopes = (

@@ -186,9 +186,8 @@ def run(
         tmp = Path(tmp)
         folders, test = sample_net(tmp, 3 if quick else 50)
         events = list(table_events(test))
-        reference = load_model(folders["keras"], weights="keras").predict_records(
-            events
-        )  # the Keras-loaded net
+        # the Keras-loaded net
+        reference = load_model(folders["keras"], weights="keras").predict_records(events)
         expected = {e["event_id"]: float(p) for e, p in zip(events, reference)}
         rows, diffs, imports = [], {}, []
         for r in range(rounds):  # interleaved: every side once per round, the order rotating

@@ -154,11 +154,8 @@ def run_java(records: list, settings, topic: str, payload_file: Path) -> dict:
     }
 
 
-SIDES = {
-    "project": run_project,
-    "bare": run_bare,
-    "bare_pip": run_bare_pip,
-}  # the Python sides, interleaved per repeat
+# the Python sides, interleaved per repeat
+SIDES = {"project": run_project, "bare": run_bare, "bare_pip": run_bare_pip}
 
 
 def run(
@@ -185,15 +182,13 @@ def run(
         payload_file = Path(tmp) / "payloads.txt"
         payload_file.write_bytes(b"\n".join(values))
         for i in range(reps):
-            names = (
-                list(SIDES)[i % len(SIDES) :] + list(SIDES)[: i % len(SIDES)]
-            )  # each side first once in 3 repeats
+            # each side first once in 3 repeats
+            names = list(SIDES)[i % len(SIDES) :] + list(SIDES)[: i % len(SIDES)]
             for side in names:
                 topic = tag(f"bench-stream-{side}")
                 if side != "project":
-                    ensure_topic(
-                        settings, topic
-                    )  # the project creates its topic inside the timed call
+                    # the project creates its topic inside the timed call
+                    ensure_topic(settings, topic)
                 runs[side].append(SIDES[side](records, settings, topic))
                 log.info("streaming rep %d %s: %s", i + 1, side, runs[side][-1])
             topic = tag("bench-stream-java")
@@ -206,9 +201,8 @@ def run(
     rate = lambda side, k, i: (
         runs[side][i]["rate"] if side == "java" else n / runs[side][i][f"{k}_s"]
     )
-    paired = lambda a, b, k: statistics.median(
-        rate(a, k, i) / rate(b, k, i) for i in range(reps)
-    )  # same repeat, same load
+    # same repeat, same load
+    paired = lambda a, b, k: statistics.median(rate(a, k, i) / rate(b, k, i) for i in range(reps))
     ratios = {
         "project_vs_bare_call": paired("project", "bare", "call"),
         "project_vs_bare_send_ack": paired("project", "bare", "send_ack"),

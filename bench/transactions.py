@@ -8,12 +8,8 @@ from pathlib import Path
 from .common import log, run_worker, table, write_result, load
 
 NAME = "transactions"
-FULL = {
-    "big": 50_000_000,
-    "mid": 5_000_000,
-    "check": 200_000,
-    "chunksize": None,
-}  # chunksize None: the library's default
+# chunksize None: the library's default
+FULL = {"big": 50_000_000, "mid": 5_000_000, "check": 200_000, "chunksize": None}
 QUICK = {"big": 20_000, "mid": 5_000, "check": 5_000, "chunksize": 2_000}
 GIB = 2**30
 
@@ -69,10 +65,8 @@ def run(quick: bool = False, out: Path | None = None, **_) -> dict:
                 w["bytes"] / GIB,
                 w["write_s"],
             )
-            for by in (
-                "month",
-                "customer",
-            ):  # chunked and in memory alternate, so load changes hit both
+            # chunked and in memory alternate, so load changes hit both
+            for by in ("month", "customer"):
                 rows += [measure(csv, size[name], h, by, size["chunksize"]) for h in how]
             csv.unlink()
     for r in rows:

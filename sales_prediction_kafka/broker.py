@@ -22,9 +22,8 @@ __all__ = ['log', 'KAFKA_VERSION', 'LOG4J_VERSION', 'SLF4J_VERSION', 'LOG4J2', '
 # %% ../nbs/06_broker.ipynb #8d7eef3a
 KAFKA_VERSION = "4.3.1"  # org.apache.kafka:kafka_2.13 and kafka-tools
 LOG4J_VERSION = "2.26.1"  # log4j-core and log4j-slf4j2-impl
-SLF4J_VERSION = (
-    "2.0.17"  # pinned: Maven's nearest-wins would otherwise pick slf4j 1.7, which ignores log4j2
-)
+# pinned: Maven's nearest-wins would otherwise pick slf4j 1.7, which ignores log4j2
+SLF4J_VERSION = "2.0.17"
 
 
 class BrokerError(SalesKafkaError, RuntimeError):
@@ -159,12 +158,12 @@ def broker_properties(
     sasl_users: dict | None = None,  # {user: password}: SASL/PLAIN on the client listener
     extra: dict | None = None,  # more server properties, overriding these
     node_id: int = 1,  # this node's id
-    voters: dict
-    | None = None,  # {node id: controller port} of the whole quorum; this node alone by default
-    advertised_port: int
-    | None = None,  # the client port named to clients (a proxy's in front of `port`); `port` by default
-    links: dict
-    | None = None,  # more listeners {NAME: (port, advertised port)}; a link named REPLICATION carries replication
+    # {node id: controller port} of the whole quorum; this node alone by default
+    voters: dict | None = None,
+    # the client port named to clients (a proxy's in front of `port`); `port` by default
+    advertised_port: int | None = None,
+    # more listeners {NAME: (port, advertised port)}; a link named REPLICATION carries replication
+    links: dict | None = None,
 ) -> dict:
     "Server properties for a KRaft node that is broker and controller; replication follows the quorum's size."
     proto = "SASL_PLAINTEXT" if sasl_users else "PLAINTEXT"
@@ -243,21 +242,21 @@ class LocalBroker:
 
     def __init__(
         self,
-        home: Path
-        | str
-        | None = None,  # folder for config, logs and data; `cache_home()/'broker'` by default
+        # folder for config, logs and data; `cache_home()/'broker'` by default
+        home: Path | str | None = None,
         port: int | None = None,  # client port; a free one when the home is new
         host: str = "127.0.0.1",  # listeners bind here (loopback unless told otherwise)
-        sasl_users: dict
-        | None = None,  # {user: password} enables SASL/PLAIN on the client listener
+        # {user: password} enables SASL/PLAIN on the client listener
+        sasl_users: dict | None = None,
         heap: str = "512m",  # the JVM's -Xmx
         cache: Path | None = None,  # where the jars are cached; `cache_home()` by default
         extra: dict | None = None,  # more server properties, e.g. `{"log.retention.hours": 1}`
         node_id: int = 1,  # the node's id in its cluster
-        advertised_port: int
-        | None = None,  # the client port named to clients, e.g. a proxy's in front of `port`; `port` by default
+        # the client port named to clients, e.g. a proxy's in front of `port`; `port` by default
+        advertised_port: int | None = None,
+        # more listeners {NAME: (port, advertised port)}, see `broker_properties`
         links: dict | None = None,
-    ):  # more listeners {NAME: (port, advertised port)}, see `broker_properties`
+    ):
         self.home = Path(home or cache_home() / "broker").absolute()
         self.host, self.sasl_users, self.heap, self.cache, self.extra = (
             host,
@@ -282,14 +281,10 @@ class LocalBroker:
         self.advertised_port = advertised_port or (
             named.get(first) if first and named.get(first) != mine[first] else None
         )
-        self.links = links or {
-            n: (p, named.get(n)) for n, p in list(mine.items())[2:]
-        }  # a restart keeps them
-        self.node_id, self.voters, self.cluster_id = (
-            node_id,
-            None,
-            None,
-        )  # a LocalCluster sets the quorum and the cluster id
+        # a restart keeps them
+        self.links = links or {n: (p, named.get(n)) for n, p in list(mine.items())[2:]}
+        # a LocalCluster sets the quorum and the cluster id
+        self.node_id, self.voters, self.cluster_id = (node_id, None, None)
         self._proc, self._fixed_port = None, port is not None
 
     def _saved_ports(self) -> list[int]:
@@ -416,8 +411,9 @@ class LocalBroker:
         self,
         t0: float,  # when the launch began
         timeout: float,
+        # the cluster's metadata must list this many brokers
         brokers: int = 1,
-    ):  # the cluster's metadata must list this many brokers
+    ):
         "Wait until the launched node answers; `BrokerError` with the log's tail if its JVM exits or `timeout` passes."
         while not broker_answers(self.bootstrap_servers, brokers=brokers, **self.client_settings()):
             if self._proc.poll() is not None:
@@ -569,15 +565,15 @@ class LocalCluster:
 
     def __init__(
         self,
-        home: Path
-        | str
-        | None = None,  # the nodes' parent folder; `cache_home()/'broker'` by default
+        # the nodes' parent folder; `cache_home()/'broker'` by default
+        home: Path | str | None = None,
         nodes: int | None = None,  # how many; those already in `home`, else 3
         host: str = "127.0.0.1",  # listeners bind here
         heap: str = "256m",  # each JVM's -Xmx: three of them share the machine
         cache: Path | None = None,  # where the jars are cached; `cache_home()` by default
+        # more server properties for every node
         extra: dict | None = None,
-    ):  # more server properties for every node
+    ):
         self.home = Path(home or cache_home() / "broker").absolute()
         found = len(list(self.home.glob("node-*")))
         if found and nodes and nodes != found:

@@ -152,8 +152,8 @@ def read_messages(
     settings: KafkaSettings,
     topic: str,
     partition: int | None = None,  # None: every partition
-    before: int
-    | None = None,  # newest first from just before this offset (one partition); None: from the end
+    # newest first from just before this offset (one partition); None: from the end
+    before: int | None = None,
     since_ms: int | None = None,  # only messages at or after this time (ms since the epoch)
     limit: int = 50,  # at most this many messages
 ) -> list[dict]:

@@ -61,9 +61,8 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx):
         "Run the command; a `SalesKafkaError` it raises becomes click's one `Error:` line (exit 1), not a traceback."
-        from sales_prediction_kafka.config import (
-            SalesKafkaError,
-        )  # here, so that `--help` imports nothing more
+        # here, so that `--help` imports nothing more
+        from sales_prediction_kafka.config import SalesKafkaError
 
         try:
             return super().invoke(ctx)

@@ -167,8 +167,8 @@ class Producer(KafkaProducer):
 def producer(
     settings: KafkaSettings,
     timeout: float = CONNECT_TIMEOUT,
-    tuning: ProducerSettings
-    | None = None,  # batching and compression; None: `producer_settings()` (KAFKA_* or defaults)
+    # batching and compression; None: `producer_settings()` (KAFKA_* or defaults)
+    tuning: ProducerSettings | None = None,
     **kw,
 ) -> Producer:
     "A connected producer with acks=all, idempotence and `tuning`, string keys and JSON values unless `kw` says otherwise."
@@ -198,14 +198,14 @@ class ReadTimeout(StreamError, TimeoutError):
 
 def read_records(
     c: KafkaConsumer,
-    start: dict
-    | None,  # {TopicPartition: first offset}: assign `c` these and seek there; None: from where `c` stands
-    stop: dict
-    | None,  # {TopicPartition: offset to stop before} of every partition read; None: read on
+    # {TopicPartition: first offset}: assign `c` these and seek there; None: from where `c` stands
+    start: dict | None,
+    # {TopicPartition: offset to stop before} of every partition read; None: read on
+    stop: dict | None,
     idle_timeout: float | None = 10,  # stop after this many seconds without a record; None: never
     strict: bool = False,  # at the idle timeout, raise `ReadTimeout` instead of stopping quietly
-    max_records: int
-    | None = None,  # the most records one poll returns; None: the consumer's max_poll_records
+    # the most records one poll returns; None: the consumer's max_poll_records
+    max_records: int | None = None,
 ) -> Iterator:
     "The records (kafka-python `ConsumerRecord`s) `c` reads from `start` up to `stop`, in the order polled."
     if start is not None:
@@ -224,9 +224,8 @@ def read_records(
         for tp, ms in batch.items():
             yield from (m for m in ms if stop is None or m.offset < stop[tp])
             if stop is not None and ms[-1].offset >= stop[tp]:
-                c.seek(
-                    tp, stop[tp]
-                )  # `c` stays at `stop`: a reader that goes on later reads the rest
+                # `c` stays at `stop`: a reader that goes on later reads the rest
+                c.seek(tp, stop[tp])
 
 
 def _partitions(c: KafkaConsumer, settings: KafkaSettings, topic: str, wait: float | None) -> set:
@@ -246,11 +245,10 @@ def topic_records(
     settings: KafkaSettings,
     topic: str,
     start: dict | str = "beginning",  # partition -> first offset, or "beginning" or "end"
-    stop: dict
-    | str
-    | None = "end",  # partition -> offset to stop before, "end" (the end now) or None (follow)
-    idle_timeout: float
-    | None = 10,  # stop after this many seconds without a record (a missing topic is waited for as long); None: never
+    # partition -> offset to stop before, "end" (the end now) or None (follow)
+    stop: dict | str | None = "end",
+    # stop after this many seconds without a record (a missing topic is waited for as long); None: never
+    idle_timeout: float | None = 10,
     partitions: list | None = None,  # read only these partitions; None: all (or those in `start`)
     strict: bool = False,  # raise `ReadTimeout` if the idle timeout comes before `stop`
     **kw,  # more consumer settings, e.g. isolation_level="read_committed"

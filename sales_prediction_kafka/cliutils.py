@@ -21,8 +21,9 @@ BOOTSTRAP_SERVERS_HELP = "Kafka cluster, host:port[,host:port] (default: $KAFKA_
 
 def kafka_options(
     max_records: str | None = None,  # help of a `--max-records` option; None: the command has none
+    # its default; None: no limit
     max_records_default: int | None = None,
-):  # its default; None: no limit
+):
     "A click decorator adding the Kafka options commands share: `--bootstrap-servers`, and `--max-records` if asked."
     opts = [click.option("--bootstrap-servers", default=None, help=BOOTSTRAP_SERVERS_HELP)]
     if max_records:

@@ -16,17 +16,14 @@ __all__ = ['PREDICTIONS_TOPIC', 'EVENTS_TOPIC', 'DEAD_LETTER_TOPIC', 'ALERTS_TOP
            'producer_kwargs', 'cache_home', 'plain']
 
 # %% ../nbs/00_config.ipynb #5611052f
-PREDICTIONS_TOPIC = (
-    "sales_predictions"  # the original notebook's topic: four-field prediction records
-)
+# the original notebook's topic: four-field prediction records
+PREDICTIONS_TOPIC = "sales_predictions"
 EVENTS_TOPIC = "sales_events"  # live sales events to be scored
-DEAD_LETTER_TOPIC = (
-    "sales_events.dlq"  # events that could not be scored, with the reason in a header
-)
+# events that could not be scored, with the reason in a header
+DEAD_LETTER_TOPIC = "sales_events.dlq"
 ALERTS_TOPIC = "sales_alerts"  # drift alerts raised by the monitor
-ACTUALS_TOPIC = (
-    "sales_actuals"  # the sales that happened, known after their forecasts, keyed by event id
-)
+# the sales that happened, known after their forecasts, keyed by event id
+ACTUALS_TOPIC = "sales_actuals"
 JOINED_TOPIC = "sales_joined"  # each forecast joined with its actual: complete four-field records
 JOIN_STATE_TOPIC = "sales_join_state"  # the join's changelog (compacted): the halves still waiting for their other half
 JOIN_DEAD_LETTER_TOPIC = "sales_join.dlq"  # forecasts whose actual never came, actuals with no forecast, unreadable actuals
@@ -48,9 +45,8 @@ class KafkaSettings:
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
     sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
     sasl_plain_username: str | None = None
-    sasl_plain_password: str | None = field(
-        default=None, repr=False
-    )  # read from the environment; never written out
+    # read from the environment; never written out
+    sasl_plain_password: str | None = field(default=None, repr=False)
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -120,15 +116,14 @@ class ProducerSettings:
     compression_type: str = "zstd"  # none, gzip, lz4, zstd or snappy
     linger_ms: int = 50  # how long a partition's batch waits for more records before it is sent
     batch_size: int = 256 * 1024  # bytes of records per partition batch
-    max_in_flight_requests_per_connection: int = (
-        5  # unacknowledged requests per broker; at most 5 with idempotence
-    )
+    # unacknowledged requests per broker; at most 5 with idempotence
+    max_in_flight_requests_per_connection: int = 5
 
 
 def producer_settings(
     env: dict | None = None,  # environment to read; `os.environ` by default
-    base: ProducerSettings
-    | None = None,  # the defaults; None: `ProducerSettings()`, the throughput ones
+    # the defaults; None: `ProducerSettings()`, the throughput ones
+    base: ProducerSettings | None = None,
     **overrides,
 ) -> ProducerSettings:
     "Producer settings from `overrides`, then `env`, then `base`; `None` overrides are ignored."

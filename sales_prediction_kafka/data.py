@@ -65,9 +65,8 @@ def column_kinds(df: pd.DataFrame) -> dict:
     return {c: column_kind(df[c]) for c in df.columns}
 
 # %% ../nbs/01_data.ipynb #3945eef6
-SEASON_EFFECT = np.array(
-    [9000.0, -2000.0, 3000.0, -5000.0]
-)  # $ added to sales in Winter, Spring, Summer, Autumn
+# $ added to sales in Winter, Spring, Summer, Autumn
+SEASON_EFFECT = np.array([9000.0, -2000.0, 3000.0, -5000.0])
 MISSING_COLUMNS = (
     "Marketing_Spend",
     "Seasonality",
@@ -269,30 +268,29 @@ def load_table(
     path = Path(path)
     features = _check_header(path, _header(path, sep), target, features)
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "error", pd.errors.ParserWarning
-        )  # pandas drops the extra fields of a long first row with only a warning
+        # pandas drops the extra fields of a long first row with only a warning
+        warnings.simplefilter("error", pd.errors.ParserWarning)
         try:
             raw = pd.read_csv(path, sep=sep, dtype=str, **CSV_READ)
         except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
             raise DataError(_long_row(path, sep) or f"{path}: {e}") from None
     raw.columns = [c.strip() for c in raw.columns]
-    raw = raw[
-        raw.notna().any(axis=1)
-    ]  # blank lines; the index still counts them, so line = index + 2
+    # blank lines; the index still counts them, so line = index + 2
+    raw = raw[raw.notna().any(axis=1)]
     if raw.empty:
         raise DataError(f"{path}: the header has no data rows under it")
     parsed = {c: _parse_column(raw[c], c == target) for c in [target, *features]}
     problems = [p for _, p in parsed.values() if p]
     if problems:
         raise DataError(f"{path}: " + "; ".join(problems))
+    # not run/../../..
     log.info(
         "loaded %s: %d rows, target %s, %d features",
         Path(path).resolve(),
         len(raw),
         target,
         len(features),
-    )  # not run/../../..
+    )
     table = pd.DataFrame({c: s for c, (s, _) in parsed.items()})
     table.index = pd.Index(table.index + 2, name="line")  # each row keeps its line in the file
     return table
@@ -375,9 +373,8 @@ def _exact_parts(
     "Integer sums of the mantissas of `x` by group and binary exponent (index `g * _EXP + exponent + 1100`), exact in any order."
     m, e = np.frexp(x)
     mant = np.ldexp(m, 53).astype(np.int64)  # x == mant * 2**(e - 53), exactly
-    hi = (
-        mant >> 26
-    )  # halves of 27 and 26 bits: int64 sums cannot overflow below 2**36 values a group
+    # halves of 27 and 26 bits: int64 sums cannot overflow below 2**36 values a group
+    hi = mant >> 26
     return pd.DataFrame({"hi": hi, "lo": mant - (hi << 26)}).groupby(g * _EXP + e + 1100).sum()
 
 
@@ -458,8 +455,9 @@ class _Totals:
         amount_col: str,
         lines: bool,  # chunks are indexed by data row of a file, so errors name its lines
         freq: str | None = None,  # 'day', 'week' or 'month': group by `series` and period instead
+        # columns that identify one series, with `freq`; none: the table is one series
         series: list = (),
-    ):  # columns that identify one series, with `freq`; none: the table is one series
+    ):
         self.by, self.lines, self.freq, self.series = by, lines, freq, list(series)
         self.ids = {c: _Codes() for c in self.series}
         self.date_col, self.customer_col, self.amount_col = date_col, customer_col, amount_col
@@ -487,9 +485,10 @@ class _Totals:
                 else dates.dt.year * 12 + dates.dt.month - 1
             )
         ids = [self.ids[c](chunk[c]) for c in self.series]
+        # a row missing an id is in no series
         ok = (
             np.logical_and.reduce([i >= 0 for i in ids]) if ids else np.ones(len(chunk), dtype=bool)
-        )  # a row missing an id is in no series
+        )
         g = np.full(len(chunk), -1, dtype=np.int64)
         g[ok] = self.keys(
             pd.MultiIndex.from_arrays([i[ok] for i in ids] + [_periods(dates, self.freq)[ok]])
@@ -651,9 +650,8 @@ def _csv_chunks(
 
 
 def aggregate_transactions(
-    data: pd.DataFrame
-    | str
-    | Path,  # one row per transaction: a DataFrame, or a CSV file read in chunks
+    # one row per transaction: a DataFrame, or a CSV file read in chunks
+    data: pd.DataFrame | str | Path,
     by: str = "month",  # 'month' or 'customer'; with `freq`, 'customer' makes `customer_col` the series
     date_col: str = "Date",  # transaction date (parsed if text)
     customer_col: str = "Customer_ID",  # read as text from a file
@@ -661,11 +659,10 @@ def aggregate_transactions(
     target: str = TARGET,
     chunksize: int = CHUNK_ROWS,  # rows of a file in memory at a time
     sep: str = ",",
-    freq: str
-    | None = None,  # 'day', 'week' or 'month': one row per series per period, dated by its first day
-    series: list
-    | str
-    | None = None,  # id column(s) of a series, with `freq` (default 'month'); None: from `by`
+    # 'day', 'week' or 'month': one row per series per period, dated by its first day
+    freq: str | None = None,
+    # id column(s) of a series, with `freq` (default 'month'); None: from `by`
+    series: list | str | None = None,
 ) -> pd.DataFrame:
     "Totals by month, customer, or series and period: `target` = summed amount, `Transactions` = count, features averaged or their mode."
     freq, series, need, skip = _roles(by, freq, series, date_col, customer_col, amount_col)

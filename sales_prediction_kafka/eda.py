@@ -85,10 +85,8 @@ def sales_by_season(df: pd.DataFrame, target: str = TARGET, season: str = "Seaso
     return fig
 
 # %% ../nbs/03_eda.ipynb #c201a2eb
-CALLOUTS = (
-    ("Sales", "Marketing_Spend"),
-    ("Credit_Score", "Defaulted"),
-)  # pairs framed on the heatmap
+# pairs framed on the heatmap
+CALLOUTS = (("Sales", "Marketing_Spend"), ("Credit_Score", "Defaulted"))
 
 
 def correlations(df: pd.DataFrame, callouts=CALLOUTS) -> Figure:

@@ -89,8 +89,8 @@ def error_report(
     index=None,  # row labels for the best/worst lists; positions 0..n-1 by default
     bands=(10, 25, 50),  # accuracy bands in percent of actual
     top: int = 3,  # how many best and worst predictions to list
-    mase_scale: float
-    | None = None,  # with a time axis: the in-sample seasonal-naive MAE (`TimeAxis.mase_scale`), for MASE
+    # with a time axis: the in-sample seasonal-naive MAE (`TimeAxis.mase_scale`), for MASE
+    mase_scale: float | None = None,
 ) -> dict:
     "Every figure of the original notebook's error report, as JSON-ready plain numbers; MASE when `mase_scale` is given."
     a, p = _pair(actual, predicted)
@@ -141,9 +141,8 @@ def error_table(report: dict) -> pd.DataFrame:
         "Mean Absolute Scaled Error (MASE)": "mase",
         "R²": "r2",
     }
-    rows = {
-        name: k for name, k in rows.items() if k in report
-    }  # MASE only with a time axis; WAPE not in older reports
+    # MASE only with a time axis; WAPE not in older reports
+    rows = {name: k for name, k in rows.items() if k in report}
     return pd.DataFrame(
         {"Value": [report[k] for k in rows.values()]}, index=pd.Index(list(rows), name="Metric")
     )
@@ -208,8 +207,8 @@ def prediction_frame(
     actual,
     predicted,
     typical,  # True where the row lies inside the training bounds
-    context: pd.DataFrame
-    | None = None,  # columns that place each row (the time and series columns), in row order
+    # columns that place each row (the time and series columns), in row order
+    context: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     "One line per held-out row: `row`, any `context` columns, `actual`, `predicted`, `error` (actual - predicted) and `typical`."
     a, p = _pair(actual, predicted)

@@ -66,8 +66,9 @@ def history_items(
     series: list,  # the fields that identify a series
     column: str,  # the time field
     target: str = TARGET,  # an event carrying this field is its own actual
+    # rows per record
     keep: int = HISTORY_PERIODS,
-):  # rows per record
+):
     "`items`, each actual followed by ('history', (series key, history record)) of its series."
     pending, rows = {}, {}
     for kind, msg in items:
@@ -152,11 +153,12 @@ class HistoryError(SalesKafkaError, RuntimeError):
     "The per-series state cannot serve the model: topics that do not line up, records that keep too few periods."
 
 
+# compacted within minutes
 HISTORY_CONFIGS = {
     "cleanup.policy": "compact",
     "segment.ms": "600000",
     "min.cleanable.dirty.ratio": "0.1",
-}  # compacted within minutes
+}
 
 
 def _partition_count(settings: KafkaSettings, topic: str) -> int | None:
@@ -194,16 +196,19 @@ class SeriesHistory:
         self,
         settings: KafkaSettings,
         topic: str = HISTORY_TOPIC,
+        # read_committed for an exactly-once worker
         isolation: str = "read_uncommitted",
-    ):  # read_committed for an exactly-once worker
+    ):
+        # partition -> {series key: record}
         self.settings, self.topic, self.latest, self.restores, self.filled = (
             settings,
             topic,
             {},
             [],
             0,
-        )  # partition -> {series key: record}
+        )
         self.periods = {}  # time value -> period number, parsed once (`period_of`)
+        # a catch-up waits for a fetch: 500 ms (the default) made its p99 179 ms, 10 ms makes it 11 ms
         self.consumer = consumer(
             settings,
             enable_auto_commit=False,
@@ -211,7 +216,7 @@ class SeriesHistory:
             fetch_max_bytes=64 << 20,
             max_partition_fetch_bytes=16 << 20,
             fetch_max_wait_ms=10,
-        )  # a catch-up waits for a fetch: 500 ms (the default) made its p99 179 ms, 10 ms makes it 11 ms
+        )
 
     def __repr__(self):
         return (
@@ -228,8 +233,9 @@ class SeriesHistory:
     def sync(
         self,
         partitions,  # the events partitions the worker owns now
+        # read every owned partition to its end; False: only the ones just arrived
         catch_up: bool = True,
-    ):  # read every owned partition to its end; False: only the ones just arrived
+    ):
         "Own the history of `partitions`: restore the new ones from the beginning, forget the others, read on to the ends."
         new, gone = set(partitions) - set(self.latest), set(self.latest) - set(partitions)
         for p in gone:

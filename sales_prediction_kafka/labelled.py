@@ -165,10 +165,10 @@ def labelled_events(
     last: int | None = None,  # only the last N labelled events; None: all
     since: str | None = None,  # only events written since this time (ISO 8601, UTC if no zone)
     timeout: float = 60,  # seconds without a message before a read gives up
-    after: dict
-    | None = None,  # only events from these offsets on ({partition: offset}, e.g. an earlier read's `ends`)
-    actuals_topic: str
-    | None = ACTUALS_TOPIC,  # join the events with their actuals here, by event id; None: inline targets only
+    # only events from these offsets on ({partition: offset}, e.g. an earlier read's `ends`)
+    after: dict | None = None,
+    # join the events with their actuals here, by event id; None: inline targets only
+    actuals_topic: str | None = ACTUALS_TOPIC,
 ) -> tuple[list[dict], dict]:
     "The labelled events of `topic` in the window, joined with their actuals, and where they came from (both topics' offsets)."
     c = consumer(settings, enable_auto_commit=False, isolation_level="read_committed")
@@ -220,9 +220,8 @@ def labelled_events(
 
 def events_table(events: list[dict]) -> pd.DataFrame:
     "The events as a table in event-id order, without their `event_id` and `schema_version`."
-    fullest = max(
-        events, key=len
-    )  # its fields in the order they were sent: an event with a gap has one fewer
+    # its fields in the order they were sent: an event with a gap has one fewer
+    fullest = max(events, key=len)
     df = pd.DataFrame(sorted(events, key=lambda e: e["event_id"]))
     df = df[[*fullest, *(c for c in df if c not in fullest)]]
     return df.drop(columns=[c for c in ("event_id", "schema_version") if c in df]).reset_index(
@@ -237,8 +236,8 @@ def topic_training_data(
     target: str = TARGET,
     last: int | None = None,
     since: str | None = None,
-    actuals_topic: str
-    | None = ACTUALS_TOPIC,  # the events' later actuals, by event id; None: inline targets only
+    # the events' later actuals, by event id; None: inline targets only
+    actuals_topic: str | None = ACTUALS_TOPIC,
 ) -> tuple[Path, dict]:
     "Write the labelled events of the window (joined with their actuals) as a CSV at `path`; the path and the events' source."
     events, source = labelled_events(

@@ -54,9 +54,8 @@ class Trigger(NamedTuple):
 
     why: str  # "drift", "events" or "schedule"
     detail: str  # one line for the log and the decision record
-    since: str | None = (
-        None  # train on labelled events written since this time (ISO 8601); None: the last `window`
-    )
+    # train on labelled events written since this time (ISO 8601); None: the last `window`
+    since: str | None = None
 
 
 DRIFT_ALERTS = ("drift", "input_drift")  # the monitor's alerts that start a retrain
@@ -64,8 +63,8 @@ DRIFT_ALERTS = ("drift", "input_drift")  # the monitor's alerts that start a ret
 
 def alert_trigger(
     alert,  # a decoded message of the alerts topic
-    champion: dict
-    | None,  # the registry's champion record: its `version` and when it was promoted (`at`)
+    # the registry's champion record: its `version` and when it was promoted (`at`)
+    champion: dict | None,
 ) -> Trigger | None:
     "The retrain a drift alert about the current champion asks for; None for other messages and stale alerts."
     if not isinstance(alert, dict) or alert.get("alert") not in DRIFT_ALERTS:
@@ -86,12 +85,13 @@ class Triggers:
         settings: KafkaSettings,
         events_topic: str = EVENTS_TOPIC,
         alerts_topic: str = ALERTS_TOPIC,
-        every_events: int
-        | None = None,  # retrain after this many new labelled events; None: not on a count
+        # retrain after this many new labelled events; None: not on a count
+        every_events: int | None = None,
         every_seconds: float | None = None,  # retrain this often; None: not on a schedule
         target: str = TARGET,  # events with this field are labelled
+        # each actual arriving here labels an event; None: only events with `target`
         actuals_topic: str | None = ACTUALS_TOPIC,
-    ):  # each actual arriving here labels an event; None: only events with `target`
+    ):
         (
             self.alerts_topic,
             self.actuals_topic,
@@ -117,9 +117,8 @@ class Triggers:
         "Count from now on: what arrived before (during a retrain, too) is passed over."
         self.c.seek_to_end()
         for tp in self.c.assignment():
-            self.c.position(
-                tp
-            )  # settles each position at its end now (a poll may not: a topic just made)
+            # settles each position at its end now (a poll may not: a topic just made)
+            self.c.position(tp)
         self.labelled, self.t0 = 0, time.monotonic()
 
     def poll(
@@ -163,8 +162,8 @@ def retrain_args(
     window: int,  # at most this many labelled events (the newest)
     out: Path | str,  # the folder of run folders
     params: dict,  # pipeline parameters, e.g. {"candidates": "linear,trees"}
-    actuals_topic: str
-    | None = ACTUALS_TOPIC,  # the events' later actuals; None: only events carrying their target
+    # the events' later actuals; None: only events carrying their target
+    actuals_topic: str | None = ACTUALS_TOPIC,
 ) -> list[str]:
     "The command line of one retrain: `sales-kafka run` on the window's labelled events, without streaming."
     cmd = cli_args(
@@ -261,8 +260,9 @@ class Learner:
         wait: float = 300,  # seconds to wait for the events above
         params: dict | None = None,  # pipeline parameters of every retrain
         target: str = TARGET,
+        # events are labelled by their actuals here; None: only by `target`
         actuals_topic: str | None = ACTUALS_TOPIC,
-    ):  # events are labelled by their actuals here; None: only by `target`
+    ):
         (
             self.settings,
             self.events_topic,

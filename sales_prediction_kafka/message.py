@@ -119,9 +119,8 @@ def _check(i: int, r: dict):
     if not isinstance(r, dict) or tuple(r) != FIELDS:
         raise StreamError(f"record {i}: expected the fields {', '.join(FIELDS)}, got {r!r}")
     idx = r["prediction_index"]
-    if type(idx) is not int and (
-        not isinstance(idx, numbers.Integral) or isinstance(idx, bool)
-    ):  # int first: 4x faster
+    # int first: 4x faster
+    if type(idx) is not int and (not isinstance(idx, numbers.Integral) or isinstance(idx, bool)):
         raise StreamError(f"record {i}: prediction_index must be an integer, got {idx!r}")
     for k in FIELDS[1:]:
         v = r[k]
@@ -191,8 +190,8 @@ def prediction_json(r: dict) -> bytes:
 
 # %% ../nbs/06b_message.ipynb #bb194b54
 def prediction_headers(
-    msg: dict
-    | None = None,  # the prediction, for its `actual` header; None: headers of a whole batch
+    # the prediction, for its `actual` header; None: headers of a whole batch
+    msg: dict | None = None,
     run_id: str | None = None,
     model_version: str | None = None,
     produced_at: str | None = None,  # ISO 8601
@@ -222,9 +221,8 @@ class Record(NamedTuple):
     predicted_sales: float
     actual_sales: float
     error: float  # actual - predicted
-    label_delay_ms: float | None = (
-        None  # from the forecast to its actual (header of a joined record, chapter `join`)
-    )
+    # from the forecast to its actual (header of a joined record, chapter `join`)
+    label_delay_ms: float | None = None
 
 # %% ../nbs/06b_message.ipynb #2dc3e9fa
 class NoActual(ValueError):

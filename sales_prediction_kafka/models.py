@@ -6,9 +6,8 @@
 from __future__ import annotations
 import os
 
-os.environ.setdefault(
-    "TF_CPP_MIN_LOG_LEVEL", "3"
-)  # before TensorFlow is imported anywhere: keep its C++ logs quiet
+# before TensorFlow is imported anywhere: keep its C++ logs quiet
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import hashlib, inspect, json, logging, math, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,8 +212,9 @@ class Preprocessor:
         categorical: list,
         categories: dict | None = None,  # levels per categorical column, learned by `fit`
         mean: list | None = None,
+        # standardisation, learned by `fit`
         scale: list | None = None,
-    ):  # standardisation, learned by `fit`
+    ):
         self.numeric, self.categorical = list(numeric), list(categorical)
         self.categories = categories or {}
         self.mean, self.scale = (
@@ -474,8 +474,8 @@ class Model:
     def __init__(
         self,
         target: str = TARGET,  # column to predict
-        features: list
-        | None = None,  # candidate feature columns; None means all other usable columns
+        # candidate feature columns; None means all other usable columns
+        features: list | None = None,
         seed: int = 42,  # seeds the estimator
         max_levels: int = 10,  # whole-number columns with at most this many values are categorical
         categorical: list | None = None,  # columns always one-hot encoded
@@ -606,9 +606,8 @@ class Model:
         plan = self._plan(df)
         self.notes, self.treatment = plan.notes, plan.treatment
         self.cleaner = Cleaner(self.target, plan.numeric, plan.categorical, p["iqr_k"]).fit(df)
-        if (
-            self.time
-        ):  # a date is never an outlier: its calendar features get fill values but no bounds
+        # a date is never an outlier: its calendar features get fill values but no bounds
+        if self.time:
             for c in calendar_columns(self.axis.column, self.axis.freq):
                 self.cleaner.bounds.pop(c, None)
         rows, self.cleaning = self.cleaner.apply(df, p["outliers"])
@@ -642,9 +641,8 @@ class Model:
     def impute_records(self, records: list) -> tuple[list, list]:
         "Copies of `records` with absent or null features filled by the training values, and the fields filled in each."
         fill, out, filled = self.fill_values, [], []
-        derived = (
-            set(calendar_columns(self.axis.column, self.axis.freq)) if self.time else set()
-        )  # from the date, never filled
+        # from the date, never filled
+        derived = set(calendar_columns(self.axis.column, self.axis.freq)) if self.time else set()
         for r in records:
             gaps = (
                 [c for c in fill if c not in derived and _missing(r.get(c))]
@@ -827,9 +825,8 @@ class Net(Model):
         order = np.random.default_rng(self.seed).permutation(len(y))
         n_val = int(round(len(y) * p["val_fraction"])) if p["patience"] and len(y) >= 10 else 0
         val, tr = order[:n_val], order[n_val:]
-        self.net = build_net(
-            X.shape[1], p["hidden_units"], p["learning_rate"]
-        )  # the seeded initial weights
+        # the seeded initial weights
+        self.net = build_net(X.shape[1], p["hidden_units"], p["learning_rate"])
         net = _trainer(X.shape[1], p["hidden_units"], p["learning_rate"], self.net.get_weights())
         stop = [
             _numpy_val_loss(keras, net, X[val], ys[val]),  # before EarlyStopping reads val_loss
@@ -851,9 +848,8 @@ class Net(Model):
         )
         self.history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
         self.best_epoch = int(stop[1].best_epoch) + 1 if n_val else len(self.history["loss"])
-        self.net.set_weights(
-            net.get_weights()
-        )  # the model keeps its own net; the trainer goes on to the next fit
+        # the model keeps its own net; the trainer goes on to the next fit
+        self.net.set_weights(net.get_weights())
         self.layers = net_layers(self.net)
 
     def predict_matrix(self, X: np.ndarray) -> np.ndarray:
@@ -1053,13 +1049,14 @@ def original_baseline_r2(
 
 # %% ../nbs/04_models.ipynb #ddb85e16
 ORIGINAL_FEATURES = ["Marketing_Spend", "Seasonality"]  # the original notebook's net's two inputs
+# candidate name -> kind
 CANDIDATES = {
     "original_net": "net",
     "net": "net",
     "linear": "linear",
     "trees": "trees",
     **{b: "baseline" for b in BASELINES},
-}  # candidate name -> kind
+}
 CANDIDATE_ALIASES = {"seed_net": "original_net"}  # names that earlier versions used
 
 
@@ -1075,8 +1072,8 @@ def make_model(
     name: str,  # a key of `CANDIDATES`
     *,
     target: str = TARGET,
-    features: list
-    | None = None,  # for all candidates but 'original_net' and the baselines; None means all usable columns
+    # for all candidates but 'original_net' and the baselines; None means all usable columns
+    features: list | None = None,
     original_features: list = ORIGINAL_FEATURES,  # the 'original_net' inputs
     seed: int = 42,
     **params,
@@ -1117,8 +1114,8 @@ def cv_scores(
     candidates: list | None = None,  # names from `CANDIDATES`; None means `default_candidates`
     outliers: str = "keep",  # 'keep', 'remove', or 'auto' to score every candidate both ways
     k: int = 5,  # folds
-    folds: list
-    | None = None,  # (training positions, validation positions) pairs, e.g. `TimeAxis.folds`; None: seeded shuffled k folds
+    # (training positions, validation positions) pairs, e.g. `TimeAxis.folds`; None: seeded shuffled k folds
+    folds: list | None = None,
     progress: bool = True,  # show a progress bar over models and folds
     **model_args,
 ) -> pd.DataFrame:  # `make_model` arguments: target, features, seed, epochs, time ...
@@ -1137,9 +1134,8 @@ def cv_scores(
         if not 2 <= k <= len(df):
             raise ValueError(f"k must be between 2 and the {len(df)} rows, got {k}")
         folds = list(KFold(k, shuffle=True, random_state=seed).split(df))
-    policies = outlier_policies(
-        outliers
-    )  # a baseline learns nothing from its training rows: it runs once, 'keep'
+    # a baseline learns nothing from its training rows: it runs once, 'keep'
+    policies = outlier_policies(outliers)
     runs = [
         (n, p)
         for n in candidates
@@ -1211,12 +1207,8 @@ def plot_cv_training(
     return fig
 
 # %% ../nbs/04_models.ipynb #c7af5238
-SIMPLICITY = (
-    "linear",
-    "trees",
-    "net",
-    "original_net",
-)  # simplest first: a near-tie in CV goes to the simpler model
+# simplest first: a near-tie in CV goes to the simpler model
+SIMPLICITY = ("linear", "trees", "net", "original_net")
 
 
 def select_model(
@@ -1276,9 +1268,8 @@ def selection_reason(table: pd.DataFrame, choice: tuple, override: str | None = 
     other = next((p for p in OUTLIER_POLICIES if p != policy and (name, p) in table.index), None)
     if other:
         why += f" With {_KEPT[other]} from training, {name} scored CV RMSE {table.loc[(name, other), 'rmse_mean']:,.2f}."
-    baseline = next(
-        (i for i in table.index if i[0] in BASELINES), None
-    )  # the best one: the table is sorted
+    # the best one: the table is sorted
+    baseline = next((i for i in table.index if i[0] in BASELINES), None)
     if baseline and name not in BASELINES:
         why += f" The best baseline, {baseline[0]}, scored CV RMSE {table.loc[baseline, 'rmse_mean']:,.2f}."
     return why
@@ -1294,9 +1285,8 @@ class Selection:
     reason: str  # why, in one or two sentences
     model: SalesModel  # the chosen one, refit on the whole training split
     test: dict  # scores on every test row by candidate name: the chosen one and, if compared, 'original_net'
-    original_net: (
-        SalesModel | None
-    )  # the original notebook's net refit on the training split (or the chosen model)
+    # the original notebook's net refit on the training split (or the chosen model)
+    original_net: SalesModel | None
 
 
 @delegates(cv_scores)
@@ -1304,8 +1294,8 @@ def choose_model(
     train: pd.DataFrame,
     test: pd.DataFrame,
     override: str | None = None,  # use this candidate instead of the best by CV RMSE
-    table: pd.DataFrame
-    | None = None,  # a `compare_models` table made with the same settings, to skip the CV
+    # a `compare_models` table made with the same settings, to skip the CV
+    table: pd.DataFrame | None = None,
     **kwargs,
 ) -> Selection:
     "Compare candidates by k-fold CV on `train`, refit the chosen one on `train` and score it on every `test` row."
@@ -1347,11 +1337,8 @@ def permutation_importance(
     "Mean and std of the rise in RMSE when each feature is shuffled, largest first."
     from sales_prediction_kafka.evaluate import scores
 
-    df, y, rng = (
-        model._with_calendar(df),
-        df[model.target],
-        np.random.default_rng(seed),
-    )  # calendar features shuffle too
+    # calendar features shuffle too
+    df, y, rng = (model._with_calendar(df), df[model.target], np.random.default_rng(seed))
     base = scores(y, model.predict(df, unknown="ignore"))["rmse"]
     rows = []
     for c in model.features:

@@ -170,9 +170,8 @@ def write_json(path, obj) -> Path:
 # %% ../nbs/10_pipeline.ipynb #8167f94a
 def start_run(run_dir, params: dict, data_path) -> Path:
     "Make the run folder (a new one if `run_dir` is None) and write its `params.json`."
-    run = (
-        Path(run_dir).resolve() if run_dir else new_run_dir()
-    )  # resolved: run_dir "." still has the run's name
+    # resolved: run_dir "." still has the run's name
+    run = Path(run_dir).resolve() if run_dir else new_run_dir()
     run.mkdir(parents=True, exist_ok=True)
     (run / PLOTS_DIR).mkdir(exist_ok=True)
     write_json(
@@ -362,9 +361,8 @@ def run_pipeline(
     run = new_run_dir(out_dir)
     log.info("run folder %s", run)
     if value("data_path"):
-        params["data_path"] = os.path.relpath(
-            data_path, run.resolve()
-        )  # the notebook runs inside the run folder
+        # the notebook runs inside the run folder
+        params["data_path"] = os.path.relpath(data_path, run.resolve())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         pm.execute_notebook(
@@ -407,8 +405,8 @@ def grid_params(
 # %% ../nbs/10_pipeline.ipynb #5e7a3c21
 def resume_run(
     run_dir,  # a run folder whose stream did not finish
-    bootstrap_servers: str
-    | None = None,  # the cluster; default: the run's, else $KAFKA_BOOTSTRAP_SERVERS, else the local Kafka
+    # the cluster; default: the run's, else $KAFKA_BOOTSTRAP_SERVERS, else the local Kafka
+    bootstrap_servers: str | None = None,
 ) -> dict:
     "Finish the stream of `run_dir`: send only its predictions not yet on the topic, verify each landed once, update metrics.json."
     run = Path(run_dir)

@@ -44,12 +44,10 @@ __all__ = ['log', 'MODELS_TOPIC', 'MAX_MODEL_BYTES', 'FIGURES', 'CHAMPION', 'mod
            'models_list_command', 'models_publish_command', 'models_promote_command', 'models_rollback_command']
 
 # %% ../nbs/07a_registry.ipynb #3cc31ad6
-MODELS_TOPIC = (
-    "sales_models"  # the registry: compacted, one partition, so its records have one order
-)
-MAX_MODEL_BYTES = (
-    8 * 2**20
-)  # the largest record the registry topic accepts (a saved net is ~100 kB)
+# the registry: compacted, one partition, so its records have one order
+MODELS_TOPIC = "sales_models"
+# the largest record the registry topic accepts (a saved net is ~100 kB)
+MAX_MODEL_BYTES = 8 * 2**20
 
 
 def model_bytes(folder: Path | str) -> bytes:
@@ -446,8 +444,9 @@ class ChampionFollower:
         settings: KafkaSettings,
         topic: str = MODELS_TOPIC,
         load: bool = True,  # load the champion's model; False: follow the records only (the monitor)
+        # seconds one poll waits
         poll_timeout: float = 0.2,
-    ):  # seconds one poll waits
+    ):
         self.settings, self.topic, self.load, self.poll_timeout = (
             settings,
             topic,

@@ -107,8 +107,8 @@ def lag_actuals(
 
 def replay(
     events,  # event dicts, e.g. from `table_events`
-    settings: KafkaSettings
-    | None = None,  # the cluster; None: from the environment, else the local broker
+    # the cluster; None: from the environment, else the local broker
+    settings: KafkaSettings | None = None,
     topic: str = EVENTS_TOPIC,
     rate: float | None = None,  # events per second; None: as fast as possible
     partitions: int = PARTITIONS,  # used if the topic must be created
@@ -119,8 +119,8 @@ def replay(
     actuals_lag: int = 0,  # N > 0: events go out without `target`, each one's actual N events later to `actuals_topic`
     actuals_topic: str = ACTUALS_TOPIC,
     target: str = TARGET,  # the actual's field in `events`
-    series: list
-    | None = None,  # dated events: key them by these fields and publish each series' history; None: key by event id
+    # dated events: key them by these fields and publish each series' history; None: key by event id
+    series: list | None = None,
     time_column: str | None = None,  # with `series`: the events' time field
     history_topic: str = HISTORY_TOPIC,  # with `series`: where each series' recent actuals go (chapter 08e)
     history_periods: int = HISTORY_PERIODS,  # with `series`: rows of actuals per history record
@@ -309,9 +309,8 @@ def replay_command(
         raise click.ClickException(str(e))
     dated = _dated(df, target, series, time_column) if series is not None else {}
     total = min(len(df) * repeat, limit or len(df) * repeat)
-    rounds = (
-        table_events(df, first_id + k * len(df)) for k in range(repeat)
-    )  # one copy of the table, however many repeats
+    # one copy of the table, however many repeats
+    rounds = (table_events(df, first_id + k * len(df)) for k in range(repeat))
     events = itertools.islice(itertools.chain.from_iterable(rounds), total)
     if shift_after is not None:
         events = shift_events(events, shift_after, target=target)

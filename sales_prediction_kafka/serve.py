@@ -58,9 +58,8 @@ __all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVEN
 # %% ../nbs/08_serve.ipynb #89466d76
 SCHEMA_VERSION = 1  # the version of the event schema this worker reads
 MAX_EVENT_BYTES = 64 * 1024  # default limit on one event's size
-SERVE_TUNING = ProducerSettings(
-    linger_ms=5
-)  # the worker flushes each batch: a short linger only groups its first records (below)
+# the worker flushes each batch: a short linger only groups its first records (below)
+SERVE_TUNING = ProducerSettings(linger_ms=5)
 MAX_EVENT_ID = 2**63 - 1  # event ids must fit a signed 64-bit integer
 
 
@@ -90,9 +89,8 @@ def _feature_property(
 def event_schema(model) -> dict:
     "The JSON Schema of the events `model` (a `SalesModel`) can score."
     cats, fills = model.prep.categories, model.fill_values
-    if (
-        getattr(model, "needs_history", False) and model.time
-    ):  # a series' history is found by these fields: never filled in
+    # a series' history is found by these fields: never filled in
+    if getattr(model, "needs_history", False) and model.time:
         fills = {k: v for k, v in fills.items() if k not in model.axis.series}
     props = {
         "event_id": {
@@ -107,9 +105,8 @@ def event_schema(model) -> dict:
             "description": "version of this schema",
         },
     }
-    time = (
-        model.axis.column if getattr(model, "time", None) else None
-    )  # a time axis: events carry the date, not its calendar
+    # a time axis: events carry the date, not its calendar
+    time = model.axis.column if getattr(model, "time", None) else None
     props |= {
         f: {
             "type": "string",
@@ -120,9 +117,8 @@ def event_schema(model) -> dict:
         else _feature_property(cats.get(f), fills.get(f))
         for f in model.inputs
     }
-    if (
-        getattr(model, "needs_history", False) and time
-    ):  # a series field that is no feature: any text or number names the series
+    # a series field that is no feature: any text or number names the series
+    if getattr(model, "needs_history", False) and time:
         props |= {
             f: {
                 "type": ["string", "number"],
@@ -418,12 +414,10 @@ def example_events(schema: dict, event_id: int = 7) -> dict:
     if cat:
         bad["unknown_category"] = enc(**{cat: "Monsoon"})
     features = [n for n in props if n not in (target, "event_id", "schema_version")]
-    optional = [
-        n for n in features if n not in schema["required"]
-    ]  # the fields the worker may fill in
-    if len(optional) > MAX_IMPUTED * len(
-        features
-    ):  # without them all, more than the default share is missing
+    # the fields the worker may fill in
+    optional = [n for n in features if n not in schema["required"]]
+    # without them all, more than the default share is missing
+    if len(optional) > MAX_IMPUTED * len(features):
         bad["too_imputed"] = json.dumps(
             {k: v for k, v in good.items() if k not in optional}
         ).encode()
@@ -540,8 +534,8 @@ def plan_batch(
     max_bytes: int = MAX_EVENT_BYTES,  # larger events are dead letters
     worker: str | None = None,  # the worker's id, for headers
     max_imputed: float = MAX_IMPUTED,  # events lacking more of the model's inputs are dead letters
-    history: SeriesHistory
-    | None = None,  # each series' recent actuals, for a model that needs them
+    # each series' recent actuals, for a model that needs them
+    history: SeriesHistory | None = None,
 ) -> tuple[list[Outgoing], Counter, Counter]:
     "The predictions and dead letters for `records`, a count of outcomes ('scored', each dead-letter reason) and of filled features."
     valid = lambda ev: (
@@ -588,8 +582,9 @@ class Metrics:
         self,
         path: Path | str | None = None,  # JSON file to rewrite; None: log only
         every: float = 5.0,  # seconds between reports
+        # constant fields for the report, e.g. worker and group ids
         **info,
-    ):  # constant fields for the report, e.g. worker and group ids
+    ):
         self.path, self.every, self.info = Path(path) if path else None, every, info
         self.counts, self.batches, self.latencies, self.partitions = (
             Counter(),
@@ -597,10 +592,8 @@ class Metrics:
             deque(maxlen=1000),
             [],
         )
-        self.imputed, self.values = (
-            Counter(),
-            0,
-        )  # how often each feature was filled in; feature values of the scored events
+        # how often each feature was filled in; feature values of the scored events
+        self.imputed, self.values = (Counter(), 0)
         self.started = self._last_t = time.monotonic()
         self._last_n, self._last_counts, self._last_imputed, self._last_values = (
             0,
@@ -618,8 +611,9 @@ class Metrics:
         counts: Counter,
         seconds: float,
         imputed: Counter | None = None,  # how often each feature was filled in, from `plan_batch`
+        # the model's inputs per event
         inputs: int = 0,
-    ):  # the model's inputs per event
+    ):
         "Record one batch's outcomes, its filled-in features and its latency."
         self.counts.update(counts)
         self.batches += 1
@@ -838,20 +832,16 @@ class ScoringWorker:
         max_poll_interval_ms: int = 300_000,  # a worker that takes longer between polls leaves the group (Kafka's max.poll.interval.ms)
         transaction_timeout_ms: int = 30_000,  # an open transaction of a dead worker is aborted after this
         metrics: Metrics | None = None,
-        follower: ChampionFollower
-        | None = None,  # swaps in each new champion between micro-batches; None: one model for good
+        # swaps in each new champion between micro-batches; None: one model for good
+        follower: ChampionFollower | None = None,
         max_imputed: float = MAX_IMPUTED,  # events lacking more of the model's inputs are dead letters
+        # each series' recent actuals, for a model with lags (chapter 08e)
         history_topic: str = HISTORY_TOPIC,
-    ):  # each series' recent actuals, for a model with lags (chapter 08e)
-        self.max_imputed, self.recent = (
-            max_imputed,
-            [],
-        )  # the last batch's messages: what a new champion must fit
-        self.history_topic, self.history, self.model = (
-            history_topic,
-            None,
-            None,
-        )  # the per-series state, made when a model needs it
+    ):
+        # the last batch's messages: what a new champion must fit
+        self.max_imputed, self.recent = (max_imputed, [])
+        # the per-series state, made when a model needs it
+        self.history_topic, self.history, self.model = (history_topic, None, None)
         self.settings, self.group_id, self.exactly_once, self.follower, self.swaps = (
             settings,
             group_id,
@@ -866,10 +856,8 @@ class ScoringWorker:
             session_timeout_ms,
             transaction_timeout_ms,
         )
-        self.max_poll_interval_ms, self.polled_in = (
-            max_poll_interval_ms,
-            None,
-        )  # polled_in: the group membership of the last poll
+        # polled_in: the group membership of the last poll
+        self.max_poll_interval_ms, self.polled_in = (max_poll_interval_ms, None)
         self.metrics = metrics or Metrics(worker=self.worker_id, group=group_id, mode=self.mode)
         self.use(model)
         self.stopping = threading.Event()
@@ -899,9 +887,8 @@ class ScoringWorker:
             max_poll_interval_ms=self.max_poll_interval_ms,
         )
         self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
-        self.consumer.partitions_for_topic(
-            self.topics[0]
-        )  # known before the first join, else it assigns nothing until the next metadata refresh (5 min);
+        # known before the first join, else it assigns nothing until the next metadata refresh (5 min);
+        self.consumer.partitions_for_topic(self.topics[0])
         # read after subscribing, so the group leader assigns from the metadata it holds afterwards: read before, it
         # re-joined at once, and a poll that timed out in that second join never finished it (tests/test_worker_join.py)
         self.producer = self._new_producer()
@@ -1109,15 +1096,13 @@ class ScoringWorker:
         "The next micro-batch of messages (at most `max_records`), in partition order."
         try:
             batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=self.max_records)
-            self.polled_in = (
-                self.consumer.group_metadata()
-            )  # the membership the batch was read in, for its transaction
+            # the membership the batch was read in, for its transaction
+            self.polled_in = self.consumer.group_metadata()
         except (
             KafkaConnectionError
         ) as e:  # kafka-python 3.0.12 raises a connection reset met while it refreshes metadata to
-            log.warning(
-                "%r: %r while polling; polling again", self, e
-            )  # find the group coordinator, instead of retrying
+            # find the group coordinator, instead of retrying
+            log.warning("%r: %r while polling; polling again", self, e)
             return []  # (tests/test_network_faults.py: resets every 2 s crashed a worker); the next poll looks it up again
         records = [r for tp in sorted(batch, key=lambda tp: tp.partition) for r in batch[tp]]
         if getattr(self.model, "needs_history", False):
@@ -1125,8 +1110,9 @@ class ScoringWorker:
         return records
 
     def sync_history(
-        self, catch_up: bool = True
-    ):  # read the owned history to its end (before a batch); False: only restore
+        self,
+        catch_up: bool = True,  # read the owned history to its end (before a batch); False: only restore
+    ):
         "Hold the history of the events partitions owned now: restore those just assigned, forget those taken away."
         if self.history is None:
             ensure_history_topic(self.settings, self.history_topic, self.topics[0])
@@ -1166,12 +1152,11 @@ class ScoringWorker:
 
 # %% ../nbs/08_serve.ipynb #cf7519e1
 def find_model(
-    path: Path
-    | str
-    | None = None,  # a model folder or a run folder; None: the newest run in `runs` that fits the events
+    # a model folder or a run folder; None: the newest run in `runs` that fits the events
+    path: Path | str | None = None,
     runs: Path | str = RUNS_BASE,
-    settings: KafkaSettings
-    | None = None,  # the cluster whose events the model must fit; None: the newest run
+    # the cluster whose events the model must fit; None: the newest run
+    settings: KafkaSettings | None = None,
     events_topic: str = EVENTS_TOPIC,
     max_imputed: float = MAX_IMPUTED,
 ) -> Path:
@@ -1197,15 +1182,14 @@ def find_model(
 
 # %% ../nbs/08_serve.ipynb #f69e146b
 def serve(
-    model: Path
-    | str
-    | None = None,  # model folder or run folder; None: the registry's champion, else the newest run under `runs`
-    settings: KafkaSettings
-    | None = None,  # the cluster; None: from the environment, else the local broker
+    # model folder or run folder; None: the registry's champion, else the newest run under `runs`
+    model: Path | str | None = None,
+    # the cluster; None: from the environment, else the local broker
+    settings: KafkaSettings | None = None,
     runs: Path | str = RUNS_BASE,  # where to look for the newest run
     partitions: int = PARTITIONS,  # partitions of topics created here
-    idle_exit: float
-    | None = None,  # stop after this many seconds without events; None: run until signalled
+    # stop after this many seconds without events; None: run until signalled
+    idle_exit: float | None = None,
     metrics_path: Path | str | None = None,  # JSON file the metrics are written to
     metrics_every: float = 5.0,  # seconds between metric reports
     models_topic: str = MODELS_TOPIC,  # the registry to follow
@@ -1216,9 +1200,8 @@ def serve(
     "Run a scoring worker until SIGTERM/Ctrl-C (or idle); its final metrics."
     from sales_prediction_kafka.browse import newest_events
 
-    folder = (
-        find_model(model, runs) if model is not None or not follow else None
-    )  # a bad path fails before the broker is asked
+    # a bad path fails before the broker is asked
+    folder = find_model(model, runs) if model is not None or not follow else None
     settings = ensure_broker(settings)
     events_topic = worker.get("events_topic", EVENTS_TOPIC)
     events = newest_events(settings, events_topic)

@@ -136,9 +136,8 @@ class StreamSummary:
     run_id: str | None = None
     model_version: str | None = None
     skipped: int = 0  # records of the run already on the topic, not sent again (`resume`)
-    actuals: StreamSummary | None = (
-        None  # the actuals a replay sent after their events (`replay(actuals_lag=...)`)
-    )
+    # the actuals a replay sent after their events (`replay(actuals_lag=...)`)
+    actuals: StreamSummary | None = None
 
     @property
     def rate(self) -> float:
@@ -239,14 +238,14 @@ class Sends:
 
 def stream_predictions(
     records: list[dict],  # prediction messages, e.g. from `prediction_records`
-    settings: KafkaSettings
-    | None = None,  # the cluster; None: from the environment, else the local broker
+    # the cluster; None: from the environment, else the local broker
+    settings: KafkaSettings | None = None,
     topic: str = PREDICTIONS_TOPIC,
     run_id: str | None = None,  # sent in the `run_id` header
     model_version: str | None = None,  # sent in the `model_version` header
     partitions: int = PARTITIONS,  # used if the topic must be created
-    replication: int
-    | None = REPLICATION,  # used if the topic must be created; None: the cluster's default
+    # used if the topic must be created; None: the cluster's default
+    replication: int | None = REPLICATION,
     progress: bool = True,  # show a progress bar
     timeout: float = 120,  # seconds each record may take to be acknowledged, retries included
     resume: bool = False,  # send only the records of `run_id` not yet on the topic
@@ -306,9 +305,8 @@ def stream_predictions(
             ):
                 sends.add(p.send(topic, key=k, value=v, headers=headers, partition=part), idx)
         try:
-            p.flush(
-                timeout + 10
-            )  # kafka-python may not expire a batch whose leader is gone: never wait longer
+            # kafka-python may not expire a batch whose leader is gone: never wait longer
+            p.flush(timeout + 10)
         except KafkaTimeoutError:
             pass  # the unacknowledged records are reported below
         elapsed = time.monotonic() - t0

@@ -76,22 +76,10 @@ FREQ_NAMES = {
     "Y": "yearly",
     None: "steps",
 }
-SEASON = {
-    "h": 24,
-    "D": 7,
-    "W": 52,
-    "M": 12,
-    "Q": 4,
-    "Y": 1,
-    None: 1,
-}  # periods in one season (a day, a week, a year)
-_GAP_DAYS = [
-    (0.5, "h"),
-    (1.5, "D"),
-    (8, "W"),
-    (35, "M"),
-    (100, "Q"),
-]  # typical gap up to this many days -> frequency
+# periods in one season (a day, a week, a year)
+SEASON = {"h": 24, "D": 7, "W": 52, "M": 12, "Q": 4, "Y": 1, None: 1}
+# typical gap up to this many days -> frequency
+_GAP_DAYS = [(0.5, "h"), (1.5, "D"), (8, "W"), (35, "M"), (100, "Q")]
 
 
 def infer_freq(times: pd.Series) -> str | None:
@@ -153,19 +141,15 @@ class TimeAxis:
 
     column: str  # the time column
     freq: str | None  # pandas period alias ('D', 'W', 'M', ...), None for whole-number steps
-    series: list = field(
-        default_factory=list
-    )  # columns that identify one series; empty: the table is one series
+    # columns that identify one series; empty: the table is one series
+    series: list = field(default_factory=list)
     horizon: int = 1  # forecast this many periods ahead: no feature is newer than `horizon` periods before its target
-    lags: list | None = (
-        None  # periods back of each lag feature; None: horizon, horizon + 1 and one season
-    )
-    windows: list | None = (
-        None  # rolling-mean windows in periods, ending `horizon` periods back; None: (3,), or none without lags
-    )
-    season: int | None = (
-        None  # periods in one season; None: from the frequency (52 weeks, 12 months ...)
-    )
+    # periods back of each lag feature; None: horizon, horizon + 1 and one season
+    lags: list | None = None
+    # rolling-mean windows in periods, ending `horizon` periods back; None: (3,), or none without lags
+    windows: list | None = None
+    # periods in one season; None: from the frequency (52 weeks, 12 months ...)
+    season: int | None = None
 
     def __post_init__(self):
         if self.horizon < 1:
@@ -198,10 +182,8 @@ def lag_columns(self, target: str) -> list:
     return [f"{target}_lag_{k}" for k in self.lags] + [f"{target}_mean_{w}" for w in self.windows]
 
 
-BASELINES = (
-    "naive",
-    "seasonal_naive",
-)  # forecasts anyone can make: the last value, and the same period one season ago
+# forecasts anyone can make: the last value, and the same period one season ago
+BASELINES = ("naive", "seasonal_naive")
 
 
 def baseline_column(name: str) -> str:
@@ -212,8 +194,8 @@ def baseline_column(name: str) -> str:
 def time_axis(
     df: pd.DataFrame,
     target: str,
-    column: str
-    | None = "auto",  # the time column; 'auto' takes the first column of dates; None or '': none
+    # the time column; 'auto' takes the first column of dates; None or '': none
+    column: str | None = "auto",
     series: list | None = None,  # columns that identify one series
     **settings,
 ) -> TimeAxis | None:  # `TimeAxis` settings: horizon, lags, windows, season
@@ -297,9 +279,8 @@ def derive(self, df: pd.DataFrame, target: str) -> pd.DataFrame:
             [_shifted(history, df, self, periods, k) for k in range(self.horizon, self.horizon + w)]
         )
         with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore", RuntimeWarning
-            )  # an all-missing window is NaN, as meant
+            # an all-missing window is NaN, as meant
+            warnings.simplefilter("ignore", RuntimeWarning)
             out[f"{target}_mean_{w}"] = np.nanmean(window, axis=1)
     naive = _as_of(history, df, self, periods)
     back = self.season * math.ceil(self.horizon / self.season)
@@ -420,12 +401,12 @@ def derive_from(
     for w in self.windows:
         window = got[:, [back.index(k) for k in range(h, h + w)]]
         n = (~np.isnan(window)).sum(axis=1)
+        # an all-missing window is NaN, as in `derive`
         out[f"{target}_mean_{w}"] = np.divide(
             np.nansum(window, axis=1), n, out=np.full(len(row), np.nan), where=n > 0
-        )  # an all-missing window is NaN, as in `derive`
-    j = (
-        np.searchsorted(keys[:-1], row - h, side="right") - 1
-    )  # the last known key at most h back ...
+        )
+    # the last known key at most h back ...
+    j = np.searchsorted(keys[:-1], row - h, side="right") - 1
     naive = np.where(keys[j] >= series * span, kv[j], np.nan)  # ... if it is of the row's series
     out[baseline_column("naive")] = naive
     out[baseline_column("seasonal_naive")] = np.where(
@@ -459,8 +440,9 @@ def _by_period(frame: pd.DataFrame, column: str, values: list) -> pd.DataFrame:
 def plot_forecast(
     frame: pd.DataFrame,  # `prediction_frame` output with the time column, and any baseline columns
     column: str,  # the time column
+    # columns of `frame` holding baseline forecasts, drawn dashed
     baselines: list = (),
-):  # columns of `frame` holding baseline forecasts, drawn dashed
+):
     "A matplotlib figure of the actual and forecast totals per period over the test periods."
     import matplotlib.pyplot as plt
 
@@ -532,8 +514,9 @@ def plot_folds(
     axis: TimeAxis,
     train: pd.DataFrame,  # the training rows the folds index
     folds: list,  # `TimeAxis.folds` output
+    # the held-out rows, drawn last
     test: pd.DataFrame | None = None,
-):  # the held-out rows, drawn last
+):
     "A matplotlib figure of the rolling-origin folds (and the test) as bars on the time axis."
     import matplotlib.pyplot as plt
 

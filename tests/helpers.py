@@ -7,9 +7,8 @@ from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.serve import ScoringWorker
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
-SALES_KAFKA = str(
-    Path(sys.executable).parent / "sales-kafka"
-)  # the command of the virtualenv running the tests
+# the command of the virtualenv running the tests
+SALES_KAFKA = str(Path(sys.executable).parent / "sales-kafka")
 CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by tools/install_browser.sh
 CHROMIUM_ARGS = [
     "--headless",
@@ -141,9 +140,8 @@ def kafka_warnings(**client):
     seen, log = _Errors(), logging.getLogger("kafka")
     log.addHandler(seen)
     try:
-        with pytest.raises(
-            (KafkaTimeoutError, KafkaConnectionError)
-        ):  # what clients._connect catches
+        # what clients._connect catches
+        with pytest.raises((KafkaTimeoutError, KafkaConnectionError)):
             KafkaProducer(
                 bootstrap_timeout_ms=4000, reconnect_backoff_max_ms=1000, **client
             ).close()
@@ -212,9 +210,8 @@ def describe(servers: str, topic: str, timeout: float = 30) -> list[dict]:
 
     deadline = time.monotonic() + timeout
     while True:  # a new topic's metadata reaches the brokers asynchronously (KRaft): one that has not got it yet describes
-        admin = KafkaAdminClient(
-            bootstrap_servers=servers
-        )  # it with no partitions, and all(...) over none is True (CI)
+        # it with no partitions, and all(...) over none is True (CI)
+        admin = KafkaAdminClient(bootstrap_servers=servers)
         try:
             (t,) = admin.describe_topics([topic])
         finally:

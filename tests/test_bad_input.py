@@ -210,12 +210,8 @@ CLI_CASES = {  # kind: (arguments, exit code, what stderr must say)
 def test_bad_cli_input_is_a_clear_error(kind, tmp_path):
     args, code, what = CLI_CASES[kind]
     if args[0] == "run":
-        args = [
-            *args,
-            "--no-stream",
-            "--out",
-            str(tmp_path / "runs"),
-        ]  # never the default local broker
+        # never the default local broker
+        args = [*args, "--no-stream", "--out", str(tmp_path / "runs")]
     t0 = time.monotonic()
     r = subprocess.run(
         [SALES_KAFKA, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120
@@ -418,10 +414,8 @@ def one_error_line(r: subprocess.CompletedProcess, pattern: str) -> bool:
 def test_missing_java_is_one_error_line(args, tmp_path):
     "No Java (nor Maven) on PATH and no broker running: each command prints one `Error:` line saying what to install, no traceback."
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "JAVA"))}
-    env |= {
-        "PATH": str(tmp_path / "bin"),
-        "SALES_KAFKA_HOME": str(tmp_path / "home"),
-    }  # an empty PATH and a home with no broker
+    # an empty PATH and a home with no broker
+    env |= {"PATH": str(tmp_path / "bin"), "SALES_KAFKA_HOME": str(tmp_path / "home")}
     r = subprocess.run(
         [SALES_KAFKA, *args], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
     )
@@ -434,9 +428,9 @@ def test_a_bad_bootstrap_address_is_one_error_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")} | {
         "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"
     }
-    commands = {
-        name: args for name, args in BROKER_COMMANDS.items() if name != "dashboard"
-    }  # it stays up and shows the outage
+    # it stays up and shows the outage
+    commands = {name: args for name, args in BROKER_COMMANDS.items() if name != "dashboard"}
+    # all at once: each waits 10 s for a broker
     procs = {
         name: subprocess.Popen(
             [SALES_KAFKA, *args],
@@ -447,7 +441,7 @@ def test_a_bad_bootstrap_address_is_one_error_line(tmp_path):
             cwd=tmp_path,
         )
         for name, args in commands.items()
-    }  # all at once: each waits 10 s for a broker
+    }
     done = {
         name: subprocess.CompletedProcess(p.args, p.wait(timeout=180), *p.communicate())
         for name, p in procs.items()

@@ -115,9 +115,8 @@ def test_live_latency_and_throughput(results):
             and 0 <= r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
         ), r
     assert positive(*s["capacity_per_s"].values(), *s["ratios"].values())
-    j = s[
-        "java_floor"
-    ]  # Kafka's EndToEndLatency, once per round, on the same broker with records of the events' size
+    # Kafka's EndToEndLatency, once per round, on the same broker with records of the events' size
+    j = s["java_floor"]
     assert len(j["runs"]) == s["plan"]["rounds"] and all(
         x["records"] == s["plan"]["java_records"] for x in j["runs"]
     )
@@ -197,9 +196,8 @@ def test_transactions_quick_chunked_equals_in_memory(tmp_path):
         and doc["quick"] is True
         and set(MACHINE) <= set(doc["machine"])
     )
-    assert (
-        doc["check"]["rows"] == 5000 and doc["check"]["chunksize"] < doc["check"]["rows"]
-    )  # the check really cuts chunks
+    # the check really cuts chunks
+    assert doc["check"]["rows"] == 5000 and doc["check"]["chunksize"] < doc["check"]["rows"]
     assert {k: v for k, v in doc["check"]["equal"].items() if "==" in k} == {
         f"{by}: chunked == {other}": True
         for by in ("month", "customer")
@@ -210,9 +208,8 @@ def test_transactions_quick_chunked_equals_in_memory(tmp_path):
     } | {(20000, "month", "chunked"), (20000, "customer", "chunked")}
     for r in doc["rows"]:
         assert positive(r["seconds"], r["rows_per_s"], r["peak_mib"]), r
-        assert r["groups"] == 12 if r["by"] == "month" else r["groups"] > 100, (
-            r
-        )  # 12 months; customers (10,000 of them)
+        # 12 months; customers (10,000 of them)
+        assert r["groups"] == 12 if r["by"] == "month" else r["groups"] > 100, r
     assert len(doc["targets"]) == 2 and "## Transactions larger than memory" in res.stdout
 
 
@@ -224,12 +221,10 @@ def test_serving_start_numpy_worker_has_no_tensorflow_and_scores_alike(results):
         assert (
             positive(r["ready_s"], r["loaded_s"], r["rss_mb"]) and r["loaded_s"] <= r["ready_s"]
         ), r
-        assert r["max_abs_diff_vs_keras"] <= 1e-6, (
-            r
-        )  # every worker scored the test split like the Keras-loaded net
-    assert (
-        by["keras (no model.npz)"]["tensorflow_mapped"] is True
-    )  # the old path loads TensorFlow ...
+        # every worker scored the test split like the Keras-loaded net
+        assert r["max_abs_diff_vs_keras"] <= 1e-6, r
+    # the old path loads TensorFlow ...
+    assert by["keras (no model.npz)"]["tensorflow_mapped"] is True
     assert by["numpy (model.npz)"]["tensorflow_mapped"] is False  # ... the new one does not
     assert by["numpy (model.npz)"]["rss_mb"] < by["keras (no model.npz)"]["rss_mb"] / 2, by
     assert (

@@ -40,17 +40,17 @@ def test_cli_start_status_stop_and_data_survive_restart(home):
     servers = st["bootstrap_servers"]
     produce(servers, "kept", [b"a", b"b"])
     assert cli("status", "--home", home).exit_code == 0
+    # reused
     assert (
         cli("start", "--home", home).exit_code == 0
         and json.loads(cli("status", "--home", home).output)["pid"] == st["pid"]
-    )  # reused
+    )
     assert cli("stop", "--home", home).output.startswith("stopped")
     r = cli("status", "--home", home)
     assert r.exit_code == 1 and not json.loads(r.output)["running"]
     assert cli("start", "--home", home).exit_code == 0
-    assert (
-        json.loads(cli("status", "--home", home).output)["bootstrap_servers"] == servers
-    )  # same address
+    # same address
+    assert json.loads(cli("status", "--home", home).output)["bootstrap_servers"] == servers
     assert values(servers, "kept") == [b"a", b"b"]
 
 
@@ -71,9 +71,8 @@ def test_stop_touches_only_our_broker(home):
     home.mkdir(parents=True)
     other = subprocess.Popen(["sleep", "60"])
     try:
-        (home / "broker.pid").write_text(
-            str(other.pid)
-        )  # a stale pid file pointing at someone else's process
+        # a stale pid file pointing at someone else's process
+        (home / "broker.pid").write_text(str(other.pid))
         assert LocalBroker(home).stop() is False
         assert other.poll() is None
     finally:

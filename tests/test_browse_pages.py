@@ -116,9 +116,8 @@ def test_second_replay_sends_nothing(replayed, broker_settings):
     for m in back:  # original key, value and headers; the dlq.* headers are gone
         assert m.value == json.dumps({"event_id": 100 + int(m.key[1:]), "Sales": 1.5}).encode()
         assert [k for k, _ in m.headers] == ["trace", "replayed_from"]
-    touched = {
-        m.partition for m in back
-    }  # one transaction: its 3 records, and a commit marker in each partition it wrote
+    # one transaction: its 3 records, and a commit marker in each partition it wrote
+    touched = {m.partition for m in back}
     assert after == {
         p: before[p] + sum(m.partition == p for m in back) + (p in touched) for p in (0, 1)
     }
@@ -242,15 +241,13 @@ def test_pages_in_chromium(chromium, replayed, broker_settings, tmp_path):
                 (int(r.get_attribute("data-partition")), int(r.get_attribute("data-offset")))
                 for r in rows.all()
             )
-            assert shown == sorted(
-                (m.partition, m.offset) for m in back
-            )  # the three newest are the replayed ones
+            # the three newest are the replayed ones
+            assert shown == sorted((m.partition, m.offset) for m in back)
             assert (
                 "replayed_from: " + t["dlq"] + "/" in rows.first.locator("td.headers").inner_text()
             )
-            assert (
-                '"event_id": 10' in rows.first.locator("td.value pre").first.inner_text()
-            )  # pretty-printed JSON
+            # pretty-printed JSON
+            assert '"event_id": 10' in rows.first.locator("td.value pre").first.inner_text()
             page.fill("input[name=partition]", "0")
             page.fill("input[name=before]", "2")
             page.click("button[type=submit]")
@@ -330,9 +327,8 @@ def test_token_guards_every_route(replayed, broker_settings):
         assert r.status == 200 and t["events"] in {x["topic"] for x in json.loads(r.read())}
     finally:
         printed = stop(proc)
-    assert (
-        "GET /api/topics 200" in printed and "GET /events 401" in printed
-    )  # the access log is on (-v) ...
+    # the access log is on (-v) ...
+    assert "GET /api/topics 200" in printed and "GET /events 401" in printed
     assert TOKEN not in printed  # ... and never shows the token
 
 

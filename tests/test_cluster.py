@@ -131,9 +131,8 @@ def test_cli_starts_shows_and_stops_every_node(tmp_path):
 def test_topics_get_the_clusters_replication(settings):
     "A topic created without a replication factor gets the cluster's (3); one the cluster cannot hold is refused with the numbers."
     ensure_topic(settings, "replicated", partitions=3)
-    parts = describe(
-        settings.bootstrap_servers, "replicated"
-    )  # once the broker asked knows the new topic (helpers.describe)
+    # once the broker asked knows the new topic (helpers.describe)
+    parts = describe(settings.bootstrap_servers, "replicated")
     assert [len(p["replica_nodes"]) for p in parts] == [3, 3, 3] and all(
         len(p["isr_nodes"]) == 3 for p in parts
     ), parts
@@ -150,9 +149,8 @@ N_PREDICTIONS = 100_000
 def test_leader_failover_mid_stream(cluster, settings):
     "100,000 predictions on a topic with 3 replicas; the node leading most partitions is SIGKILLed mid-stream: each index once."
     topic, servers, t0 = "failover", settings.bootstrap_servers, time.monotonic()
-    admin = KafkaAdminClient(
-        bootstrap_servers=servers
-    )  # append times on the records show when the stream stalled
+    # append times on the records show when the stream stalled
+    admin = KafkaAdminClient(bootstrap_servers=servers)
     try:
         admin.create_topics(
             {topic: {"num_partitions": 3, "configs": {"message.timestamp.type": "LogAppendTime"}}}

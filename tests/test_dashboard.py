@@ -130,6 +130,7 @@ def test_dashboard_live_in_chromium(chromium, dashboard, broker_settings, tmp_pa
                 "t2: model promoted f7084434d3f8 (MAE 8120.00 vs champion 12893.00)",
                 "t1: input drift in Marketing_Spend at partition 0 offset 160 (PSI Marketing_Spend 0.29 > 0.25)",
             ]
+            # joined records, as the monitor reports them
             page.evaluate(
                 "showFigures(%s)"
                 % json.dumps(
@@ -139,7 +140,7 @@ def test_dashboard_live_in_chromium(chromium, dashboard, broker_settings, tmp_pa
                         "newest_record_at": 1_764_806_400.0,
                     }
                 )
-            )  # joined records, as the monitor reports them
+            )
             figures = page.locator("#figures tbody").inner_text()
             assert "label delay p50\t2.0 d" in figures and "label delay p95\t3.5 h" in figures, (
                 figures

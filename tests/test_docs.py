@@ -159,9 +159,8 @@ def test_no_external_resources(site):
 def resolve(site: Path, page: Path, ref: str) -> tuple[Path, str]:
     "The file and anchor that a relative `ref` on `page` points to."
     u = urlsplit(ref)
-    base = (
-        site if u.path.startswith("/") else page.parent
-    )  # root-relative links: the site is served at its root
+    # root-relative links: the site is served at its root
+    base = site if u.path.startswith("/") else page.parent
     target = (base / unquote(u.path).lstrip("/")).resolve() if u.path else page
     if target.is_dir():
         target = target / "index.html"
@@ -233,9 +232,8 @@ def test_schema_page(site):
     missing = [n for n in names if f"<code>{n}</code>" not in text]
     assert not missing, missing
     assert "the example run" in text and "whichever model it serves" in text
-    for level in event["Seasonality"][
-        "enum"
-    ]:  # the seasons, and null: a gap the model fills with its training mode
+    # the seasons, and null: a gap the model fills with its training mode
+    for level in event["Seasonality"]["enum"]:
         assert (f'<code>"{level}"</code>' if level is not None else "<code>null</code>") in text, (
             level
         )

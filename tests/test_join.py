@@ -186,9 +186,8 @@ def test_joiner_sigkill_and_rebalances_join_every_actual_once(
             90,
             "the joiners to share 6 partitions",
         )
-        resume = (
-            threading.Event()
-        )  # the second half of the pairs waits for the restart, so that it lands mid-stream
+        # the second half of the pairs waits for the restart, so that it lands mid-stream
+        resume = threading.Event()
         feeder = threading.Thread(
             target=feed, args=(s, t, N_PAIRS, 300, 600.0, N_PAIRS // 2, resume)
         )
@@ -204,9 +203,8 @@ def test_joiner_sigkill_and_rebalances_join_every_actual_once(
             120,
             "the surviving joiner to take over all partitions",
         )
-        j1 = start_joiner(
-            tmp_path, s, t, group, "j1", exactly_once
-        )  # same id: an exactly-once joiner fences its predecessor
+        # same id: an exactly-once joiner fences its predecessor
+        j1 = start_joiner(tmp_path, s, t, group, "j1", exactly_once)
         resume.set()
         feeder.join()
         read_all(s, t.joined, isolation, until=lambda recs: len(keys(recs)) >= N_PAIRS, timeout=180)

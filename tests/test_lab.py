@@ -57,9 +57,8 @@ def lab(tmp_path_factory):
             time.sleep(0.5)
         yield base, token
     finally:
-        os.killpg(
-            proc.pid, signal.SIGTERM
-        )  # the server and anything it started, in the session we gave it
+        # the server and anything it started, in the session we gave it
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
@@ -100,9 +99,10 @@ def test_no_news_prompt(lab):
     got = json.loads(
         get(f"{base}/lab/api/settings/@jupyterlab/apputils-extension:notification", token)[1]
     )
+    # overrides.json
     defaults = {
         k: got["schema"]["properties"][k]["default"] for k in ("fetchNews", "checkForUpdates")
-    }  # overrides.json
+    }
     assert defaults == {"fetchNews": "false", "checkForUpdates": False}, defaults
 
 

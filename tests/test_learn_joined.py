@@ -119,16 +119,14 @@ def test_learn_trains_and_judges_on_joined_events(broker_settings, tmp_path):
     )
     assert json.loads((run / "metrics.json").read_text())["data"]["rows"] == 600
     assert d["champion"] == champion["version"] and d["decision"] in ("promoted", "rejected"), d
-    assert (d["events"], d["judged_joined"]) == (200, 200), (
-        d
-    )  # 300 events came after the window; 200 have their truth
+    # 300 events came after the window; 200 have their truth
+    assert (d["events"], d["judged_joined"]) == (200, 200), d
     assert all(a >= src["ends"][p] for p, (a, b) in d["judged_on"].items()), (
         d["judged_on"],
         src["ends"],
     )
-    judged = list(
-        table_events(rows.iloc[1100:1300], first_id=1100)
-    )  # the joined events after the window, with their actuals
+    # the joined events after the window, with their actuals
+    judged = list(table_events(rows.iloc[1100:1300], first_id=1100))
     y = np.array([e["Sales"] for e in judged])
     mae = round(
         float(

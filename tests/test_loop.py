@@ -12,9 +12,8 @@ from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.stream import ensure_topic
 from helpers import ROOT, SERVE, metrics, read_all, topics, wait_for
 
-sys.path.insert(
-    0, str(ROOT)
-)  # the shift scenario is the loop benchmark's, run here for its outcome rather than its timings
+# the shift scenario is the loop benchmark's, run here for its outcome rather than its timings
+sys.path.insert(0, str(ROOT))
 from bench.loop import champion_before_shift, loop_figures, sales_kafka, shift_scenario, stoppable
 
 pytestmark = pytest.mark.kafka
@@ -108,9 +107,8 @@ def test_hot_swap_exactly_once_with_sigkill(broker_settings, two_models, tmp_pat
         time.sleep(0.05)
         workers["w1"].send_signal(signal.SIGKILL)
         workers["w1"].wait()  # during the swap
-        workers["w1"] = start_follower_worker(
-            tmp_path, settings, t, "w1", reg
-        )  # told no path: loads the new champion
+        # told no path: loads the new champion
+        workers["w1"] = start_follower_worker(tmp_path, settings, t, "w1", reg)
         wait_for(lambda: metrics(tmp_path, "w0").get("swaps") == 1, 30, "w0 to swap")
         feeder.join()
         ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
@@ -121,9 +119,8 @@ def test_hot_swap_exactly_once_with_sigkill(broker_settings, two_models, tmp_pat
             until=lambda recs: len(ids(recs)) >= n,
             timeout=120,
         )
-        late = start_follower_worker(
-            tmp_path, settings, t, "late", reg, group=t["group"] + "-late"
-        )  # a new group, started after
+        # a new group, started after
+        late = start_follower_worker(tmp_path, settings, t, "late", reg, group=t["group"] + "-late")
         workers["late"] = late
         wait_for(
             lambda: metrics(tmp_path, "late").get("scored", 0) >= n,
@@ -217,9 +214,8 @@ def test_training_from_a_topic(broker_settings, tmp_path):
     table = json.loads((run / "metrics.json").read_text())["data"]
     assert table["rows"] == 300, table
     assert len(training_rows(run)) == 240  # 80 % of the window: the registry profiles exactly these
-    assert set(pd.read_csv(run / saved["data"]["path"])["Sales"]) <= set(
-        df["Sales"].dropna()
-    )  # labelled events only
+    # labelled events only
+    assert set(pd.read_csv(run / saved["data"]["path"])["Sales"]) <= set(df["Sales"].dropna())
 
 
 def test_input_drift_alerts_once_per_shift(broker_settings):
@@ -330,9 +326,8 @@ def test_shift_scenario_retrains_promotes_and_swaps(broker_settings, tmp_path, a
         ), src
         assert d["judged_joined"] == d["events"], d
         assert f["label_delay_p50_ms"] > 0, f  # the actual came after its forecast
-    assert f["mae_after_shift_old_model"] > 1.3 * f["mae_before_shift"], (
-        f
-    )  # the shift hurts the old model
+    # the shift hurts the old model
+    assert f["mae_after_shift_old_model"] > 1.3 * f["mae_before_shift"], f
     # the new one is as good as the old one was before, judged on the same customers: the events the new model scored,
     # against the old model on those events before the shift (bench/loop.unshifted_mae; why not 1,000 other rows: there)
     assert f["mae_after_swap"] <= 1.15 * f["mae_same_events_before_shift"], f
@@ -348,6 +343,7 @@ def test_a_worse_challenger_is_not_promoted(broker_settings, tmp_path):
     reg, alerts = f"models-{t['group']}", f"alerts-{t['group']}"
     ensure_topic(settings, t["events"], 4)
     champion = champion_before_shift(settings, reg).record
+    # 200 rows alone made a challenger only a few % worse, or better
     learn = sales_kafka(
         tmp_path,
         "learn",
@@ -379,7 +375,7 @@ def test_a_worse_challenger_is_not_promoted(broker_settings, tmp_path):
         "-p",
         "features",
         "Marketing_Spend,Seasonality",
-    )  # 200 rows alone made a challenger only a few % worse, or better
+    )
     stop, sent = threading.Event(), [0]
     events = stoppable(table_events(generate_sales(100_000, seed=31, missing=0.0)), stop, sent)
     feeder = threading.Thread(

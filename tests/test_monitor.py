@@ -26,13 +26,8 @@ def drifting(n=500, start=200, stop=280, shift=40.0, seed=0) -> list[dict]:
 def assert_same(got: dict, want: dict):
     "Figures equal up to float rounding."
     assert got["n"] == want["n"]
-    for k in (
-        "mae",
-        "rmse",
-        "bias",
-        "mape_pct",
-        "throughput",
-    ):  # throughput is None when all records share one timestamp
+    # throughput is None when all records share one timestamp
+    for k in ("mae", "rmse", "bias", "mape_pct", "throughput"):
         assert got[k] == (
             pytest.approx(want[k], rel=1e-9, abs=1e-9) if want[k] is not None else None
         ), k
@@ -79,12 +74,10 @@ def test_rolling_figures_equal_offline_and_alert_fires_once(broker_settings, dri
     assert_same(
         got.recent.error_stats(), error_stats([r for r in arrived if r.timestamp > ts[-1] - 1.0])
     )
-    assert (
-        0 < got.recent.error_stats()["n"] <= 300
-    )  # the first burst is more than 1 s older than the last record
-    for i, (mae, rmse, bias) in enumerate(
-        x for u in updates for x in u.rolling
-    ):  # after every record
+    # the first burst is more than 1 s older than the last record
+    assert 0 < got.recent.error_stats()["n"] <= 300
+    # after every record
+    for i, (mae, rmse, bias) in enumerate(x for u in updates for x in u.rolling):
         want = error_stats(arrived[max(0, i - 49) : i + 1])
         assert (mae, rmse, bias) == pytest.approx(
             (want["mae"], want["rmse"], want["bias"]), rel=1e-9, abs=1e-9

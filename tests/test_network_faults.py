@@ -204,9 +204,8 @@ def test_latency_on_every_client_link(healthy, model_dir, tmp_path):
     `serve` workers scoring 500 events/s lose and duplicate nothing, the workers keep up; the stream's rate, alone, falls."""
     net, t, t0 = healthy, topics("latency"), time.monotonic()
     ensure_topic(net.check, t["events"], partitions=6)
-    before = alone(
-        net, f"{t['predictions']}-alone-healthy"
-    )  # the same stream, back to back, healthy then slowed
+    # the same stream, back to back, healthy then slowed
+    before = alone(net, f"{t['predictions']}-alone-healthy")
     with net.clients.toxic("latency", latency=100, jitter=50):
         after = alone(net, f"{t['predictions']}-alone-latency")
     workers = {
@@ -294,12 +293,10 @@ def test_connection_resets_duplicate_nothing(healthy, model_dir, tmp_path):
             N_RESETS, net.broker.bootstrap_servers, f"{t['predictions']}-stream", "resets"
         )
         events = list(table_events(generate_sales(EVENTS_RESETS, seed=37, missing=0.0)))
-        for k in range(
-            4
-        ):  # a reset between each quarter of the events, however fast this machine replays them (a run of
-            wait_for(
-                lambda: resets.count >= k, 60, f"reset {k}"
-            )  # 3 s once saw only 2 resets at a fixed pace)
+        # a reset between each quarter of the events, however fast this machine replays them (a run of
+        for k in range(4):
+            # 3 s once saw only 2 resets at a fixed pace)
+            wait_for(lambda: resets.count >= k, 60, f"reset {k}")
             replay(
                 events[k * EVENTS_RESETS // 4 : (k + 1) * EVENTS_RESETS // 4],
                 net.settings,
@@ -395,9 +392,8 @@ def test_worker_past_max_poll_interval_commits_nothing(healthy, model_dir):
         scored_by_other = other.run(idle_exit=4)["scored"]
         counted = late.process(batch)  # the late batch, after the others scored it
         other.close()
-        other = (
-            None  # else the late worker's join waits for it (the rebalance timeout is its 300 s)
-        )
+        # else the late worker's join waits for it (the rebalance timeout is its 300 s)
+        other = None
         rejoined = late.run(idle_exit=3)
         now_in = late.consumer.group_metadata()
     finally:
@@ -575,6 +571,7 @@ def test_slow_link_to_the_dashboard_and_a_scorer(healthy, model_dir, tmp_path, c
         ensure_topic(net.check, topic, 6)
     for stream in ("upstream", "downstream"):
         net.side.add("bandwidth", stream, rate=SLOW_RATE)
+    # uncompressed: the link, not zstd, decides its pace
     workers = {
         "w0": serve_process(
             tmp_path,
@@ -599,7 +596,7 @@ def test_slow_link_to_the_dashboard_and_a_scorer(healthy, model_dir, tmp_path, c
             str(POLL_S),
             env={"KAFKA_COMPRESSION_TYPE": "none"},
         ),
-    }  # uncompressed: the link, not zstd, decides its pace
+    }
     dash = sampler = None
     page_figures = {}
     try:
@@ -770,13 +767,11 @@ def test_half_open_commit_is_ended_and_the_worker_fenced(healthy, model_dir, tmp
             "the bounded waits to give up the commit and close the producer",
         )
         closed_s = time.monotonic() - cut_at["t"]
-        new = open_worker(
-            model_dir, net.settings, t, max_records=300, transaction_timeout_ms=4000
-        )  # same group and worker id
+        # same group and worker id
+        new = open_worker(model_dir, net.settings, t, max_records=300, transaction_timeout_ms=4000)
         fenced_s = time.monotonic() - cut_at["t"]
-        m = new.run(
-            idle_exit=8
-        )  # the old worker's partitions come to it once the old session times out (6-10 s)
+        # the old worker's partitions come to it once the old session times out (6-10 s)
+        m = new.run(idle_exit=8)
     finally:
         old.stopping.set()  # the old worker keeps trying to renew its producer through the silent link until told to stop
         net.side.clear()
@@ -909,9 +904,10 @@ def test_leader_cut_off_from_its_followers(mesh, tmp_path):
         t_cut = time.monotonic()
         code, failure = finish(proc)
         failed_s = time.monotonic() - t_cut
+        # before the heal
         on_followers = {
             p: max(log_end_offset(b.data_dir, topic, p) for b in followers) for p in parts
-        }  # before the heal
+        }
         shrunk = {
             p["partition_index"]: p["isr_nodes"]
             for p in describe(c.check.bootstrap_servers, topic)
@@ -1087,13 +1083,11 @@ def test_leader_silent_to_clients_for_30_s(mesh, tmp_path, chromium):
                     "cleared_after_s": time.monotonic() - t_heal,
                     "health_after": page.locator("#health").inner_text(),
                 }
-                page.evaluate(
-                    "lastUpdate = Date.now() - 60000; showHealth(null)"
-                )  # as if no update had come for a minute
+                # as if no update had come for a minute
+                page.evaluate("lastUpdate = Date.now() - 60000; showHealth(null)")
                 browser_figures["no_update_banner"] = page.locator("#stale").inner_text()
-                page.wait_for_function(
-                    "document.getElementById('stale').hidden", timeout=30_000
-                )  # the next update clears it
+                # the next update clears it
+                page.wait_for_function("document.getElementById('stale').hidden", timeout=30_000)
                 browser_figures["errors"] = errors
             finally:
                 browser.close()

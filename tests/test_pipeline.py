@@ -13,10 +13,8 @@ from sales_prediction_kafka.evaluate import error_report
 from sales_prediction_kafka.models import split
 from sales_prediction_kafka.pipeline import run_pipeline, ParameterError
 
-FAST = {
-    "epochs": 8,
-    "cv_folds": 3,
-}  # few epochs keep the suite quick; the code path is the full one
+# few epochs keep the suite quick; the code path is the full one
+FAST = {"epochs": 8, "cv_folds": 3}
 
 EDA_PLOTS = {
     "sales_distribution",
@@ -131,9 +129,8 @@ def test_every_held_out_row_is_scored(runs):
     )
     rows = assert_recomputes(runs[0], m)
     raw = load_table(SAMPLE_CSV)
-    np.testing.assert_array_equal(
-        raw.loc[rows.row, "Sales"].to_numpy(), rows.actual.to_numpy()
-    )  # `row` is the CSV line
+    # `row` is the CSV line
+    np.testing.assert_array_equal(raw.loc[rows.row, "Sales"].to_numpy(), rows.actual.to_numpy())
     assert set(rows.row).isdisjoint(split(raw, 0.2, 42)[0].index), (
         "test rows are the split's held-out lines"
     )

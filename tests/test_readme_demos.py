@@ -25,11 +25,8 @@ from bench.loop import unshifted_mae
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 SECTIONS = ("## Live scoring and monitoring", "## The loop", "## Forecast first, truth later")
-UNTIL_STOPPED = (
-    "consume",
-    "monitor",
-    "dashboard",
-)  # the README's foreground commands that run until Ctrl-C
+# the README's foreground commands that run until Ctrl-C
+UNTIL_STOPPED = ("consume", "monitor", "dashboard")
 
 
 def shell_blocks(readme: str, heading: str) -> list[str]:
@@ -204,11 +201,8 @@ def url_answers(out: str) -> bool:
         return r.status == 200
 
 
-ALERT_TEXT = {
-    "input_drift": "input drift in ",
-    "drift": " vs limit ",
-    "model_decision": ": model ",
-}  # how the page words each kind
+# how the page words each kind
+ALERT_TEXT = {"input_drift": "input drift in ", "drift": " vs limit ", "model_decision": ": model "}
 
 
 def page_problems(chromium: str, url: str, kinds: set, champion: str, shot: Path) -> list[str]:
@@ -235,9 +229,8 @@ def page_problems(chromium: str, url: str, kinds: set, champion: str, shot: Path
             drawn = lambda chart: page.evaluate(
                 f"document.getElementById('{chart}').data?.[0]?.x?.length ?? 0"
             )
-            deadline = (
-                time.monotonic() + 30
-            )  # the page draws the state it was sent on connecting; give it time to arrive
+            # the page draws the state it was sent on connecting; give it time to arrive
+            deadline = time.monotonic() + 30
             while (
                 not (
                     all(any(ALERT_TEXT[k] in t for t in texts()) for k in kinds)
@@ -332,9 +325,8 @@ def checkout(tmp_path):
     shutil.copytree(
         ROOT / "outputs" / "example", work / "outputs" / "runs" / "20260101-000000-exampl"
     )
-    home = (
-        tmp_path / "home"
-    )  # SALES_KAFKA_HOME: the broker's data here, the jars from the usual cache
+    # SALES_KAFKA_HOME: the broker's data here, the jars from the usual cache
+    home = tmp_path / "home"
     jars = cache_home() / "kafka-4.3.1" / "jars"
     (home / "kafka-4.3.1").mkdir(parents=True)
     (home / "kafka-4.3.1" / "jars").symlink_to(jars)
@@ -350,9 +342,8 @@ def test_readme_live_and_loop_sections_run_as_written(checkout, chromium):
     readme = (ROOT / "README.md").read_text()
     live, loop, late = (shell_blocks(readme, h) for h in SECTIONS)
     assert live and loop and late, "the README lost its live, loop or late-actuals section"
-    broker = LocalBroker(home / "broker").start(
-        timeout=120
-    )  # what `broker start` in the loop section then finds running
+    # what `broker start` in the loop section then finds running
+    broker = LocalBroker(home / "broker").start(timeout=120)
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
     sh = Shell(work, env)
     try:
@@ -405,19 +396,16 @@ def test_readme_live_and_loop_sections_run_as_written(checkout, chromium):
                 f"refusing the champion {alien} of sales_models: model 'linear' ({alien}) reads CompPrice, Income"
                 in j["log"].read_text()
             )
-        live_end, live_events_end = (
-            ends(live_preds),
-            ends(read_all(settings, "sales_events")),
-        )  # the loop's records come after
+        # the loop's records come after
+        live_end, live_events_end = (ends(live_preds), ends(read_all(settings, "sales_events")))
 
         for block in loop:  # the learner waits for its verdict in the foreground: as long as this machine takes to retrain
             for cmd, bg in commands(block):
                 sh.run(cmd, bg, timeout=900)
         listed = sh.stdout(sh.done[-1])  # `models list`, the section's last line
         reg = read_registry(settings)
-        events = after(
-            read_all(settings, "sales_events"), live_events_end
-        )  # what the replay sent before `kill $!`
+        # what the replay sent before `kill $!`
+        events = after(read_all(settings, "sales_events"), live_events_end)
         ids = sorted(json.loads(r.value)["event_id"] for r in events)
         deadline = time.monotonic() + 180
         while True:  # the workers may still be scoring the end of the stream: every event, a prediction or a dead letter
@@ -444,9 +432,8 @@ def test_readme_live_and_loop_sections_run_as_written(checkout, chromium):
         assert {"input_drift", "drift", "model_decision"} <= kinds, (
             f"the loop raised alerts of kinds {sorted(kinds)} only"
         )
-        dash = next(
-            j for j in sh.jobs if j["cmd"].split()[1] == "dashboard"
-        )  # the loop's page, still running
+        # the loop's page, still running
+        dash = next(j for j in sh.jobs if j["cmd"].split()[1] == "dashboard")
         shot = work / "logs" / "dashboard_loop.png"
         # the page lists the alerts its own monitor raises (error and input drift) and the registry's decisions, and shows the
         # promotion in the versions table, the header and a swap mark on the chart
@@ -465,9 +452,8 @@ def test_readme_live_and_loop_sections_run_as_written(checkout, chromium):
         t_late = time.monotonic()
         for cmd, bg in commands(late[0]):  # forecasts first, their actuals 100 events later, joined
             sh.run(cmd, bg, ready(cmd) if not bg and cmd.split()[1:2] == ["monitor"] else None)
-        late_logs = [
-            j["log"].read_text() + sh.stdout(j) for j in sh.done[-2:]
-        ]  # monitor, then dlq list
+        # monitor, then dlq list
+        late_logs = [j["log"].read_text() + sh.stdout(j) for j in sh.done[-2:]]
         dash = next(j for j in sh.jobs if j["cmd"].split()[1] == "dashboard")
         deadline = time.monotonic() + 60
         while not url_answers(sh.stdout(dash)):
@@ -561,9 +547,8 @@ def test_readme_live_and_loop_sections_run_as_written(checkout, chromium):
     assert f"{new[:12]} " in listed and "promoted" in listed, (
         f"models list shows the verdict:\n{listed}"
     )
-    assert {d["why"] for d in dead} <= {"too_imputed"}, (
-        dead
-    )  # the generated table has gaps: an event lacking most features
+    # the generated table has gaps: an event lacking most features
+    assert {d["why"] for d in dead} <= {"too_imputed"}, dead
     assert ids == list(range(len(ids))) and len(ids) > shift_after, (
         f"the replay sent events 0-{len(ids) - 1} in order"
     )

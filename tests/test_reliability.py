@@ -144,9 +144,8 @@ def test_scorer_sigkill_mid_replay(broker_settings, model_dir, tmp_path, exactly
         w.wait()
         killed_after, t_kill = scored(tmp_path, "w"), time.monotonic()
         assert killed_after < N_EVENTS, "the kill must land mid-replay"
-        w = start_worker(
-            tmp_path, model_dir, settings, t, "w", exactly_once
-        )  # same id: an exactly-once worker fences its predecessor
+        # same id: an exactly-once worker fences its predecessor
+        w = start_worker(tmp_path, model_dir, settings, t, "w", exactly_once)
         feeder.join()
         ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
         read_all(
@@ -202,9 +201,8 @@ def test_exactly_once_worker_renews_a_producer_its_dead_broker_left_mid_transact
     restart = threading.Timer(5, lambda: LocalBroker(b.home).start(timeout=120))
     try:
         batch = lambda: next(r for _ in range(100) if (r := w.poll(1.0)))
-        healthy = w.process(batch())[
-            "scored"
-        ]  # a healthy transaction first: the producer knows the topics
+        # a healthy transaction first: the producer knows the topics
+        healthy = w.process(batch())["scored"]
         assert healthy > 0
         # ...and it is complete on the broker (its markers written), so the kill below only cuts the next one. A broker
         # restarted while writing a commit's markers can skip some and leave a hanging transaction (seen once in CI).
@@ -404,9 +402,8 @@ def test_slow_broker_is_waited_for(broker_settings, model_dir, tmp_path):
         proxy.stop.set()
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["scored"] + summary["dead_lettered"] == 50 and summary["scored"] > 25, (
-        summary
-    )  # the sample has gaps: dead letters
+    # the sample has gaps: dead letters
+    assert summary["scored"] + summary["dead_lettered"] == 50 and summary["scored"] > 25, summary
     report(
         "slow-broker (port opens after 4 s)",
         replay_s=took_replay,
@@ -442,10 +439,8 @@ def failed_run_folder(path, n: int, servers: str, topic: str):
     return path
 
 
-N_RESUMED, DELIVERY_TIMEOUT = (
-    100_000,
-    10,
-)  # the kill lands ~1 s in: 30,000 records at a quiet machine's 36,000/s
+# the kill lands ~1 s in: 30,000 records at a quiet machine's 36,000/s
+N_RESUMED, DELIVERY_TIMEOUT = (100_000, 10)
 
 
 @pytest.mark.kafka
@@ -511,10 +506,11 @@ def test_outage_longer_than_delivery_timeout_is_resumed(crash_broker, tmp_path):
     )
     assert lost == 0, f"{lost} prediction indexes lost"
     assert dupes == 0, f"{dupes} duplicated records"
+    # the resumed ones
     assert (
         sum(m["headers"].get("model_version") == "linear-resume-test" for m in ours)
         == stream["total"]
-    )  # the resumed ones
+    )
 
 
 @pytest.mark.kafka

@@ -68,19 +68,14 @@ def test_security_settings_come_from_arguments_then_environment(tmp_path):
         "KAFKA_SSL_PASSWORD": ADMIN_PASSWORD,
     }
     s = kafka_settings(env=env, sasl_plain_username="other", ssl_cafile=None)
+    # an argument wins, None falls through to the environment
     assert (
         s.bootstrap_servers,
         s.security_protocol,
         s.sasl_mechanism,
         s.sasl_plain_username,
         s.sasl_plain_password,
-    ) == (
-        "kafka:9093",
-        "SASL_SSL",
-        "SCRAM-SHA-512",
-        "other",
-        PASSWORD,
-    )  # an argument wins, None falls through to the environment
+    ) == ("kafka:9093", "SASL_SSL", "SCRAM-SHA-512", "other", PASSWORD)
     assert (s.ssl_cafile, s.ssl_certfile, s.ssl_keyfile, s.ssl_password) == (
         "/etc/ca.pem",
         "/etc/client.pem",
@@ -154,9 +149,8 @@ def test_kafka_python_still_logs_what_stream_reads(sasl_broker):
         wrong.seen
     )
     assert "Authentication" in wrong.why("nothing logged"), wrong.seen
-    plain = kafka_warnings(
-        bootstrap_servers=sasl_broker.bootstrap_servers
-    )  # a PLAINTEXT client: the SASL listener drops it
+    # a PLAINTEXT client: the SASL listener drops it
+    plain = kafka_warnings(bootstrap_servers=sasl_broker.bootstrap_servers)
     assert plain.closed_by_broker() and "Authentication" not in plain.why("nothing logged"), (
         plain.seen
     )
@@ -186,9 +180,8 @@ def test_pipeline_never_writes_the_password(sasl_broker, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / run_folder(r.stdout)  # (the runs folder also holds its index.html)
     stream = json.loads((run / "metrics.json").read_text())["stream"]
-    assert stream["total"] > 0 and stream["verified"] is True, (
-        stream
-    )  # it really streamed through SASL
+    # it really streamed through SASL
+    assert stream["total"] > 0 and stream["verified"] is True, stream
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert {"params.json", "metrics.json", "report.ipynb", "report.html"} <= {p.name for p in files}
     for secret in (PASSWORD, ADMIN_PASSWORD):

@@ -12,12 +12,8 @@ from sales_prediction_kafka.data import load_table
 from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.timeseries import generate_panel
 
-SERIES, WEEKS, LAG, RATE = (
-    4,
-    120,
-    3,
-    40,
-)  # actuals 3 events behind: a week's actual comes before the next week's event
+# actuals 3 events behind: a week's actual comes before the next week's event
+SERIES, WEEKS, LAG, RATE = (4, 120, 3, 40)
 # The replay compresses 10 weeks into a second, so the 6 s failover leaves a backlog of ~60 weeks: the history records keep every
 # week (--history-periods WEEKS) so that the backlog still finds its lags (chapter 08e, "How many rows to keep").
 
@@ -73,11 +69,12 @@ def metrics(tmp, worker: str) -> dict:
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_live_lag_predictions_equal_batch_across_sigkill_and_rebalance(tmp_path, broker_settings):
+    # in time order
     panel = (
         generate_panel(SERIES, WEEKS, seed=7)
         .sort_values("Date", kind="stable")
         .reset_index(drop=True)
-    )  # in time order
+    )
     csv = tmp_path / "panel.csv"
     panel.to_csv(csv, index=False)
     run = run_offline(
@@ -98,12 +95,10 @@ def test_live_lag_predictions_equal_batch_across_sigkill_and_rebalance(tmp_path,
         model.features
     ), model.features
     table = load_table(csv, "Sales")
-    batch = dict(
-        zip(range(len(table)), model.predict(model.axis.derive(table, "Sales")))
-    )  # event id i is row i
-    frame = pd.read_csv(
-        run / "test_predictions.csv"
-    )  # the pipeline's own predictions of its test rows, by CSV line
+    # event id i is row i
+    batch = dict(zip(range(len(table)), model.predict(model.axis.derive(table, "Sales"))))
+    # the pipeline's own predictions of its test rows, by CSV line
+    frame = pd.read_csv(run / "test_predictions.csv")
     line = {r: i for i, r in enumerate(table.index)}
     np.testing.assert_allclose(
         [batch[line[r]] for r in frame["row"]], frame["predicted"], rtol=0, atol=1e-9
@@ -184,9 +179,8 @@ def test_live_lag_predictions_equal_batch_across_sigkill_and_rebalance(tmp_path,
                 len({json.loads(r.value)["prediction_index"] for r in got}) >= len(table)
             ),
         )
-        preds = read_all(
-            broker_settings, t["predictions"]
-        )  # to the end now: a duplicate written after the last id would be here
+        # to the end now: a duplicate written after the last id would be here
+        preds = read_all(broker_settings, t["predictions"])
     finally:
         for p in procs:
             if p.poll() is None:

@@ -48,9 +48,8 @@ def test_workers_survive_sigkill(kafka_broker, broker_settings, model_dir, tmp_p
         (
             tmp_path / "w1.json"
         ).unlink()  # the restarted w1 writes it anew once it runs (and handles SIGTERM)
-        workers["w1"] = start_worker(
-            tmp_path, model_dir, settings, t, "w1", exactly_once
-        )  # same id: fences its predecessor
+        # same id: fences its predecessor
+        workers["w1"] = start_worker(tmp_path, model_dir, settings, t, "w1", exactly_once)
         feeder.join()
         ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
         read_all(
@@ -60,31 +59,29 @@ def test_workers_survive_sigkill(kafka_broker, broker_settings, model_dir, tmp_p
             until=lambda recs: len(ids(recs)) >= N_EVENTS,
             timeout=120,
         )
-        wait_for(
-            lambda: (tmp_path / "w1.json").exists(), 120, "the restarted w1 to run"
-        )  # w0 and w2 may finish first
+        # w0 and w2 may finish first
+        wait_for(lambda: (tmp_path / "w1.json").exists(), 120, "the restarted w1 to run")
     finally:
         for p in workers.values():
             p.send_signal(signal.SIGTERM)
         codes = {w: p.wait(timeout=60) for w, p in workers.items()}
     test_eq = lambda a, b: (a == b) or pytest.fail(f"{a!r} != {b!r}")
-    test_eq(
-        codes, {"w0": 0, "w1": 0, "w2": 0}
-    )  # SIGTERM: the batch in flight finished, committed, group left
+    # SIGTERM: the batch in flight finished, committed, group left
+    test_eq(codes, {"w0": 0, "w1": 0, "w2": 0})
     c = KafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, group_id=t["group"], enable_auto_commit=False
     )
     tps = [TopicPartition(t["events"], p) for p in range(6)]
-    test_eq(
-        {tp: c.committed(tp) for tp in tps}, c.end_offsets(tps)
-    )  # every last commit landed (asynchronous ones too)
+    # every last commit landed (asynchronous ones too)
+    test_eq({tp: c.committed(tp) for tp in tps}, c.end_offsets(tps))
     c.close()
     summaries = [
         json.loads(p.stdout.read().decode().strip().splitlines()[-1]) for p in workers.values()
     ]
+    # last line = last metrics
     test_eq(
         {s["worker"]: s["scored"] for s in summaries}, {w: scored(tmp_path, w) for w in workers}
-    )  # last line = last metrics
+    )
     recs = read_all(settings, t["predictions"], "read_committed")
     counts = Counter(json.loads(r.value)["prediction_index"] for r in recs)
     assert set(counts) == set(range(N_EVENTS)), "every event is scored"
@@ -136,18 +133,15 @@ def test_dead_letters_and_replay(broker_settings, model_dir, tmp_path):
         for k, v in example_events(event_schema(load_model(model_dir)), event_id=9999).items()
         if k != "good"
     }
-    assert set(bad) == set(REASONS) - {
-        "prediction_failed",
-        "wrong_key",
-    }  # a prediction failure and a key are not in a message
+    # a prediction failure and a key are not in a message
+    assert set(bad) == set(REASONS) - {"prediction_failed", "wrong_key"}
     p = producer(settings, value_serializer=DefaultSerializer())
     for kind, value in bad.items():
         p.send(t["events"], key=kind, value=value, headers=[("kind", kind.encode())])
     p.flush()
     p.close()
-    replay(
-        table_events(df.tail(20), first_id=5020), settings, t["events"], progress=False
-    )  # good events after the bad ones
+    # good events after the bad ones
+    replay(table_events(df.tail(20), first_id=5020), settings, t["events"], progress=False)
     r = CliRunner().invoke(
         serve_command,
         [
@@ -399,9 +393,8 @@ def test_a_champion_that_fits_no_event_is_refused_at_start_and_at_a_swap(
         "of the 20 newest events lack more than 50% of them; the events carry Credit_Score, Customer_Churn, Defaulted"
     ) in r.output, r.output
     assert "no run with a model" in r.output, r.output
-    shutil.copytree(
-        model_dir, tmp_path / "runs" / "20261201-000000-aaaaaa" / "model"
-    )  # a run that fits: scored with it instead
+    # a run that fits: scored with it instead
+    shutil.copytree(model_dir, tmp_path / "runs" / "20261201-000000-aaaaaa" / "model")
     caplog.set_level(logging.INFO)
     got = serve(
         None,

@@ -39,9 +39,10 @@ def rss_mib(pid: int) -> float | None:
         status = open(f"/proc/{pid}/status").read()
     except OSError:
         return None
+    # none: a zombie
     return next(
         (int(l.split()[1]) / 1024 for l in status.splitlines() if l.startswith("VmRSS:")), None
-    )  # none: a zombie
+    )
 
 
 class RssSampler(threading.Thread):

@@ -18,9 +18,8 @@ from sales_prediction_kafka.stream import (
     verify_stream,
 )
 
-pytestmark = (
-    pytest.mark.kafka
-)  # all but one use the broker; that one waits out the 10 s connect timeout
+# all but one use the broker; that one waits out the 10 s connect timeout
+pytestmark = pytest.mark.kafka
 
 
 def topic():
@@ -177,9 +176,8 @@ def test_consume_follow_stops_after_timeout(broker_settings):
             "2",
         ],
     )
-    assert (
-        r.exit_code == 0 and r.output == "" and time.monotonic() - t0 < 10
-    )  # follows from the end: nothing new
+    # follows from the end: nothing new
+    assert r.exit_code == 0 and r.output == "" and time.monotonic() - t0 < 10
 
 
 def test_10k_records_confirmed(broker_settings):

@@ -75,9 +75,8 @@ def test_every_test_row_is_later_than_every_training_row(forecast):
     assert m["time"]["column"] == "Date" and m["time"]["detected"] is True, name
     assert m["time"]["frequency"] == {"elec_equip": "monthly", "co2": "weekly"}[name]
     assert rows["Date"].min() > train["Date"].max(), name
-    assert len(rows) == m["test"]["n"] and len(rows) + len(train) == len(
-        labelled
-    )  # every labelled row is one or the other
+    # every labelled row is one or the other
+    assert len(rows) == m["test"]["n"] and len(rows) + len(train) == len(labelled)
     np.testing.assert_array_equal(rows.actual.to_numpy(), labelled.loc[rows.row, target].to_numpy())
 
 

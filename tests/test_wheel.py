@@ -158,9 +158,8 @@ def test_installed_sales_kafka_run(installed):
         p.name for p in folder.iterdir()
     }
     m = json.loads((folder / "metrics.json").read_text())
-    assert m["data"]["rows"] == 500 and m["test"]["n"] > 0 and "stream" not in m, sorted(
-        m
-    )  # the embedded sample, not streamed
+    # the embedded sample, not streamed
+    assert m["data"]["rows"] == 500 and m["test"]["n"] > 0 and "stream" not in m, sorted(m)
 
 
 @pytest.mark.slow

@@ -45,6 +45,5 @@ def test_a_fresh_worker_joins_in_one_rebalance(broker_settings, model_dir):
     ensure_topic(broker_settings, t["events"], 3)
     model = load_model(model_dir)
     gens = [joined_generation(broker_settings, model, t, i) for i in range(6)]
-    assert gens == [1] * 6, (
-        f"generations {gens}: a worker re-joined after its first assignment"
-    )  # before the fix about 3 in 5 fresh workers did (generation 2)
+    # before the fix about 3 in 5 fresh workers did (generation 2)
+    assert gens == [1] * 6, f"generations {gens}: a worker re-joined after its first assignment"

@@ -90,9 +90,8 @@ class exec_docs(exec_show_docs):
                     )
 
 
-GENERIC_SIGNATURE = re.compile(
-    r"```python\ndef \w+\(\n\s*\*args, \*\*kwargs\n\):\n```"
-)  # what show_doc gives a class without __init__
+# what show_doc gives a class without __init__
+GENERIC_SIGNATURE = re.compile(r"```python\ndef \w+\(\n\s*\*args, \*\*kwargs\n\):\n```")
 
 
 def class_signature(obj) -> str | None:
@@ -140,10 +139,11 @@ def command_doc(name: str, obj) -> str | None:
         (cmd.name, cmd.help, [p.name for p in cmd.params])
         == (obj.name, obj.help, [p.name for p in obj.params])
     )
+    # the shell re-defines it
     path, ctx = next(
         ((p, c) for p, cmd, c in cli_commands() if same(cmd)),
         (obj.name, click.Context(obj, info_name=obj.name)),
-    )  # the shell re-defines it
+    )
     ref = (
         f"[CLI reference](cli_reference.md#{_anchor(path)})"
         if path.startswith(CLI_NAME + " ")
@@ -200,9 +200,8 @@ def process_nb(nb_path: Path):
     cwd = os.getcwd()
     os.chdir(nb_path.parent)  # as nbdev_test and nbdev_docs run them
     try:
-        with (
-            warnings.catch_warnings()
-        ):  # nbdev's hint about cells mixing imports and code: exec_docs handles those
+        # nbdev's hint about cells mixing imports and code: exec_docs handles those
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Found cells containing imports")
             NBProcessor(nb=nb, procs=PROCS).process()
     finally:
@@ -211,9 +210,8 @@ def process_nb(nb_path: Path):
 
 
 _re_quarto = re.compile(r"^\s*#\|\s*([\w-]+)\s*:\s*(.*?)\s*$")
-_re_source_link = re.compile(
-    r"^\[source\]\([^)]*\)\{[^}]*\}\s*$", re.MULTILINE
-)  # show_doc's link to doc_host
+# show_doc's link to doc_host
+_re_source_link = re.compile(r"^\[source\]\([^)]*\)\{[^}]*\}\s*$", re.MULTILINE)
 _re_ansi = re.compile(r"\x1B(?:[@-Z\\-_]|\[[0-?]*[ -/]*[@-~])")
 
 
@@ -327,9 +325,8 @@ def symbol_index(pages: dict[str, str] | None = None) -> dict:
     for mod, syms in modidx.items():
         for qual, (doc, _) in syms.items():
             short = qual[len(mod) + 1 :]
-            entry = (
-                short if pages is None or short in shown else short.split(".")[0]
-            )  # a method without its own entry: its class
+            # a method without its own entry: its class
+            entry = short if pages is None or short in shown else short.split(".")[0]
             if pages is not None and entry not in shown:
                 continue
             target = f"{doc.split('.html')[0]}.md#{slugify(entry, '-')}"  # the anchor mkdocs gives show_doc's `### entry`
@@ -382,10 +379,8 @@ def cli_commands() -> list[tuple[str, object, object]]:
     mod_name, attr = CLI_GROUP.split(":")
     try:
         group = getattr(importlib.import_module(mod_name), attr)
-    except (
-        ImportError,
-        AttributeError,
-    ):  # no CLI module yet: document every click command the library defines
+    # no CLI module yet: document every click command the library defines
+    except (ImportError, AttributeError):
         log.warning(
             "no %s; documenting the click commands found in the library's modules", CLI_GROUP
         )
@@ -662,9 +657,8 @@ def build(
     shutil.rmtree(work, ignore_errors=True)
     docs.mkdir(parents=True)
     if (nbs / "images").is_dir():
-        shutil.copytree(
-            nbs / "images", docs / "images"
-        )  # pictures the notebooks' Markdown shows (images/x.png)
+        # pictures the notebooks' Markdown shows (images/x.png)
+        shutil.copytree(nbs / "images", docs / "images")
     guides, chapters = notebooks(nbs)
     with tqdm(
         [nbs / "index.ipynb", *guides, *chapters], desc="notebooks", unit="nb", leave=False

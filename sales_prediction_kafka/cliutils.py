@@ -12,8 +12,8 @@ from .config import ProducerSettings
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'BOOTSTRAP_SERVERS_HELP', 'M_MMAP_THRESHOLD', 'kafka_options', 'producer_options', 'set_seed',
-           'stop_on_signals', 'steady_memory', 'cli_args']
+__all__ = ['log', 'BOOTSTRAP_SERVERS_HELP', 'M_MMAP_THRESHOLD', 'kafka_options', 'group_member_options', 'producer_options',
+           'set_seed', 'stop_on_signals', 'steady_memory', 'cli_args']
 
 # %% ../nbs/00a_cliutils.ipynb #69b6a820
 BOOTSTRAP_SERVERS_HELP = "Kafka cluster, host:port[,host:port] (default: $KAFKA_BOOTSTRAP_SERVERS, else the local broker, started if needed)."
@@ -36,6 +36,65 @@ def kafka_options(
                 help=max_records,
             )
         )
+
+    def decorate(f):
+        for o in reversed(opts):
+            f = o(f)
+        return f
+
+    return decorate
+
+# %% ../nbs/00a_cliutils.ipynb #2d344901
+def group_member_options(
+    member: str,  # one process of the group, in the help: "worker", "joiner"
+    items: str,  # what it reads, in the help: "events", "records"
+    group: str,  # the default consumer group
+):
+    "A click decorator adding the options a consumer-group process shares: group, ids, timeouts, metrics, idle exit."
+    opts = [
+        click.option(
+            "--group-id",
+            default=group,
+            show_default=True,
+            help=f"Consumer group; {member}s with the same group share the partitions.",
+        ),
+        click.option(
+            "--worker-id",
+            help=f"Stable id of this {member} (default: <host>-<pid>); give it again on restart so an "
+            f"exactly-once {member} fences its dead predecessor at once.",
+        ),
+        click.option(
+            "--session-timeout",
+            type=click.IntRange(1),
+            default=10,
+            show_default=True,
+            help=f"Seconds after which a silent {member} is dropped from the group.",
+        ),
+        click.option(
+            "--transaction-timeout",
+            type=click.IntRange(1),
+            default=30,
+            show_default=True,
+            help=f"Seconds after which a dead {member}'s open transaction is aborted.",
+        ),
+        click.option(
+            "--metrics-file",
+            type=click.Path(dir_okay=False),
+            help=f"JSON file rewritten with the {member}'s metrics.",
+        ),
+        click.option(
+            "--metrics-every",
+            type=float,
+            default=5.0,
+            show_default=True,
+            help="Seconds between metric reports (log line and file).",
+        ),
+        click.option(
+            "--idle-exit",
+            type=float,
+            help=f"Stop after this many seconds without {items} (default: run until SIGTERM or Ctrl-C).",
+        ),
+    ]
 
     def decorate(f):
         for o in reversed(opts):

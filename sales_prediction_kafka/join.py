@@ -20,7 +20,7 @@ from sales_prediction_kafka.config import (
     KafkaSettings,
     kafka_settings,
 )
-from .cliutils import kafka_options, stop_on_signals
+from .cliutils import group_member_options, kafka_options, stop_on_signals
 from .broker import ensure_broker
 from .clients import StreamError, consumer
 from .message import prediction_json, prediction_record
@@ -133,11 +133,8 @@ class PartitionJoin:
 
     def __init__(self, window_ms: int):  # how long (event time) a half waits for its other half
         self.window_ms, self.watermark = window_ms, 0
-        self.open, self.done, self.stale = (
-            {},
-            {},
-            [],
-        )  # key -> Half; key -> (time, actual) of recent joins; keys to tombstone
+        # key -> Half; key -> (time, actual) of recent joins; keys to tombstone
+        self.open, self.done, self.stale = ({}, {}, [])
 
     def _again(self, key: str, half: Half, actual) -> Effect:
         "A half whose key was seen: the same one redelivered, a second prediction, or a different actual."
@@ -451,8 +448,9 @@ class JoinWorker(ScoringWorker):
         window_ms: int,  # how long (event time) a half waits for its other half
         topics: JoinTopics | None = None,
         group_id: str = "sales-joiners",  # processes with the same group id share the partitions
+        # more `ScoringWorker` arguments: worker_id, exactly_once, max_records, session_timeout_ms, ...
         **worker,
-    ):  # more `ScoringWorker` arguments: worker_id, exactly_once, max_records, session_timeout_ms, ...
+    ):
         self.join_topics, self.window_ms, self.parts = topics or JoinTopics(), window_ms, {}
         super().__init__(None, settings, group_id, **worker)
         if not isinstance(self.metrics, JoinMetrics):
@@ -617,13 +615,13 @@ def duration_ms(text: str) -> int:
 
 # %% ../nbs/08d_join.ipynb #ebb1cde1
 def join(
-    settings: KafkaSettings
-    | None = None,  # the cluster; None: from the environment, else the local broker
+    # the cluster; None: from the environment, else the local broker
+    settings: KafkaSettings | None = None,
     window: str = DEFAULT_WINDOW,  # how long a half waits for its other half, in event time
     topics: JoinTopics | None = None,
     partitions: int = PARTITIONS,  # partitions of the topics created here, unless the predictions topic exists
-    idle_exit: float
-    | None = None,  # stop after this many seconds without records; None: run until signalled
+    # stop after this many seconds without records; None: run until signalled
+    idle_exit: float | None = None,
     metrics_path=None,  # JSON file the metrics are written to
     metrics_every: float = 5.0,  # seconds between metric reports
     **worker,
@@ -655,16 +653,6 @@ def join(
     default=DEFAULT_WINDOW,
     show_default=True,
     help="How long a prediction waits for its actual (and an actual for its prediction), in event time: 30s, 15m, 2h, 7d.",
-)
-@click.option(
-    "--group-id",
-    default="sales-joiners",
-    show_default=True,
-    help="Consumer group; joiners with the same group share the partitions.",
-)
-@click.option(
-    "--worker-id",
-    help="Stable id of this joiner (default: <host>-<pid>); give it again on restart so an exactly-once joiner fences its dead predecessor at once.",
 )
 @click.option(
     "--exactly-once",
@@ -705,37 +693,7 @@ def join(
     show_default=True,
     help="Partitions of topics this command creates, unless the predictions topic exists.",
 )
-@click.option(
-    "--session-timeout",
-    type=click.IntRange(1),
-    default=10,
-    show_default=True,
-    help="Seconds after which a silent joiner is dropped from the group.",
-)
-@click.option(
-    "--transaction-timeout",
-    type=click.IntRange(1),
-    default=30,
-    show_default=True,
-    help="Seconds after which a dead joiner's open transaction is aborted.",
-)
-@click.option(
-    "--metrics-file",
-    type=click.Path(dir_okay=False),
-    help="JSON file rewritten with the joiner's metrics.",
-)
-@click.option(
-    "--metrics-every",
-    type=float,
-    default=5.0,
-    show_default=True,
-    help="Seconds between metric reports (log line and file).",
-)
-@click.option(
-    "--idle-exit",
-    type=float,
-    help="Stop after this many seconds without records (default: run until SIGTERM or Ctrl-C).",
-)
+@group_member_options("joiner", "records", "sales-joiners")
 def join_command(
     bootstrap_servers,
     max_records,

@@ -24,7 +24,7 @@ from sales_prediction_kafka.config import (
     kafka_settings,
     plain,
 )
-from .cliutils import kafka_options, stop_on_signals
+from .cliutils import group_member_options, kafka_options, stop_on_signals
 from .broker import ensure_broker
 from .models import _missing, load_model
 from sales_prediction_kafka.history import (
@@ -1266,16 +1266,6 @@ def serve(
 )
 @kafka_options("Most events in one micro-batch.", 500)
 @click.option(
-    "--group-id",
-    default="sales-scorers",
-    show_default=True,
-    help="Consumer group; workers with the same group share the partitions.",
-)
-@click.option(
-    "--worker-id",
-    help="Stable id of this worker (default: <host>-<pid>); give it again on restart so an exactly-once worker fences its dead predecessor at once.",
-)
-@click.option(
     "--exactly-once",
     is_flag=True,
     help="Consume-transform-produce in Kafka transactions (readers must use read_committed).",
@@ -1323,13 +1313,7 @@ def serve(
     show_default=True,
     help="Partitions of topics this command creates.",
 )
-@click.option(
-    "--session-timeout",
-    type=click.IntRange(1),
-    default=10,
-    show_default=True,
-    help="Seconds after which a silent worker is dropped from the group.",
-)
+@group_member_options("worker", "events", "sales-scorers")
 @click.option(
     "--max-poll-interval",
     type=click.IntRange(1),
@@ -1337,30 +1321,6 @@ def serve(
     show_default=True,
     help="Seconds a worker may take between two polls (Kafka's max.poll.interval.ms); a slower one leaves the group, "
     "its partitions go to the others, and it rejoins at its next poll.",
-)
-@click.option(
-    "--transaction-timeout",
-    type=click.IntRange(1),
-    default=30,
-    show_default=True,
-    help="Seconds after which a dead worker's open transaction is aborted.",
-)
-@click.option(
-    "--metrics-file",
-    type=click.Path(dir_okay=False),
-    help="JSON file rewritten with the worker's metrics.",
-)
-@click.option(
-    "--metrics-every",
-    type=float,
-    default=5.0,
-    show_default=True,
-    help="Seconds between metric reports (log line and file).",
-)
-@click.option(
-    "--idle-exit",
-    type=float,
-    help="Stop after this many seconds without events (default: run until SIGTERM or Ctrl-C).",
 )
 @click.option(
     "--models-topic",

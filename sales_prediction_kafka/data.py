@@ -706,6 +706,16 @@ def aggregate_transactions(
     return totals.table(target)
 
 # %% ../nbs/01_data.ipynb #ef2b6b49
+_out_option = click.option(
+    "--out",
+    "-o",
+    default="sales.csv",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="CSV file to write.",
+)
+
+
 @click.command("generate-data")
 @click.option(
     "--rows",
@@ -722,14 +732,7 @@ def aggregate_transactions(
     type=int,
     help="Random seed; the same seed gives the same file.",
 )
-@click.option(
-    "--out",
-    "-o",
-    default="sales.csv",
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="CSV file to write.",
-)
+@_out_option
 @click.option(
     "--transactions",
     is_flag=True,
@@ -795,14 +798,7 @@ def _column_list(ctx, param, value: str | None) -> list | None:
     show_default=True,
     help="Column with the customer id (needed by --by customer, never a feature).",
 )
-@click.option(
-    "--out",
-    "-o",
-    default="sales.csv",
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="CSV file to write.",
-)
+@_out_option
 @click.option(
     "--chunksize",
     default=CHUNK_ROWS,

@@ -43,6 +43,8 @@ from sales_prediction_kafka.runfolder import (
     newest_run,
 )
 from .serve import fit_problem
+from .config import JOIN_STATE_TOPIC, JOINED_TOPIC
+from .join import MARKER
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'BANDS', 'STALE_AFTER', 'Record', 'NoActual', 'record_from_message', 'error_stats', 'Window', 'RollingMetrics',
            'baseline_from_run', 'resolve_baseline', 'DriftDetector', 'psi', 'input_psi', 'InputDrift', 'input_alert',
            'alert_message', 'describe_alert', 'consumer_lag', 'health', 'EndOffsets', 'lag_from', 'DeadLetterCount',
-           'AlertSink', 'InputWatch', 'Update', 'monitor', 'delay_text', 'stale_text', 'status_line', 'monitor_options',
-           'baseline_run', 'monitor_kwargs', 'monitor_command', 'as_record', 'plot_error_by_offset']
+           'JoinWaiting', 'AlertSink', 'InputWatch', 'Update', 'monitor', 'delay_text', 'stale_text', 'status_line',
+           'monitor_options', 'baseline_run', 'monitor_kwargs', 'monitor_command', 'as_record', 'plot_error_by_offset']
 
 # %% ../nbs/09_monitor.ipynb #00da3bc2
 class Record(NamedTuple):
@@ -659,28 +661,37 @@ def lag_from(c, ends: dict) -> dict[int, int]:
 
 # %% ../nbs/09_monitor.ipynb #71f17034
 class DeadLetterCount:
-    "Counts the dead letters on `topic` by their `dlq.reason` header, from the topic's first message on; in a thread of its own once started."
+    "Counts the dead letters on `topic` by their `dlq.reason` header, from the topic's first committed message on; in a thread of its own once started."
 
     def __init__(
         self, settings: KafkaSettings, topic: str = DEAD_LETTER_TOPIC, every: float = 1.0
     ):  # seconds between counts, once started
-        self.c, self.topic, self.every = consumer(settings, enable_auto_commit=False), topic, every
+        self.c = consumer(
+            settings,
+            enable_auto_commit=False,
+            allow_auto_create_topics=False,
+            isolation_level="read_committed",
+        )
+        self.topic, self.every = topic, every
         self.parts, self.reasons = _Partitions(self.c, topic, from_beginning=True), Counter()
         self.lock, self.stop = threading.Lock(), threading.Event()
         self.thread = threading.Thread(target=self._run, name="dead-letters", daemon=True)
 
     def count(self):
-        "Count what arrived since the last call."
+        "Take in what arrived since the last call."
         self.parts.refresh()
         if not self.parts.known:
             return
         for ms in self.c.poll(timeout_ms=0).values():
-            got = Counter(
-                dict(m.headers or []).get("dlq.reason", b"unknown").decode("utf-8", "replace")
-                for m in ms
-            )
             with self.lock:
-                self.reasons.update(got)
+                self.take(ms)
+
+    def take(self, ms: list):
+        "Count the reasons of the dead letters `ms` (called under the lock)."
+        self.reasons.update(
+            dict(m.headers or []).get("dlq.reason", b"unknown").decode("utf-8", "replace")
+            for m in ms
+        )
 
     def start(self) -> DeadLetterCount:
         "Count in the thread from now on: a cluster that does not answer holds up the count, never its reader."
@@ -706,6 +717,35 @@ class DeadLetterCount:
         if self.thread.is_alive():
             self.thread.join(40)  # a metadata request in flight ends by its 30 s request timeout
         self.c.close()
+
+# %% ../nbs/09_monitor.ipynb #5c58204e
+class JoinWaiting(DeadLetterCount):
+    "How many predictions and actuals wait for their other half: the open halves on the join's changelog `topic`."
+
+    def __init__(
+        self, settings: KafkaSettings, topic: str = JOIN_STATE_TOPIC, every: float = 1.0
+    ):  # seconds between reads, once started
+        super().__init__(settings, topic, every)
+        self.thread.name = "join-waiting"
+        self.open = {}  # (partition, key) -> side of its open half
+
+    def take(self, ms: list):
+        "Open each half, close it at its tombstone; the partitions' markers are not halves (called under the lock)."
+        for m in ms:
+            if m.key == MARKER.encode():
+                continue
+            if m.value is None:
+                self.open.pop((m.partition, m.key), None)
+            else:
+                self.open[(m.partition, m.key)] = json.loads(m.value).get("side")
+
+    def poll(self) -> dict:
+        "{'predictions': n, 'actuals': m} waiting now (read now, unless the thread reads)."
+        if not self.thread.is_alive():
+            self.count()
+        with self.lock:
+            sides = Counter(self.open.values())
+        return {"predictions": sides["prediction"], "actuals": sides["actual"]}
 
 # %% ../nbs/09_monitor.ipynb #f2e62910
 class AlertSink:
@@ -814,6 +854,8 @@ def monitor(
     alerts_topic: str = ALERTS_TOPIC,  # where alerts are written
     dead_letter_topic: str
     | None = DEAD_LETTER_TOPIC,  # counted into each update's snapshot; None: not counted
+    join_state_topic: str
+    | None = None,  # the join's changelog: each snapshot's `waiting` halves; None: not counted
     stop: threading.Event | None = None,  # set it to end the loop from another thread
     inputs: InputWatch
     | None = None,  # input drift of the events against the champion; None: not watched
@@ -830,6 +872,7 @@ def monitor(
     )
     sink, parts = AlertSink(settings, alerts_topic), _Partitions(c, topic, from_beginning)
     dead = DeadLetterCount(settings, dead_letter_topic).start() if dead_letter_topic else None
+    waiting = JoinWaiting(settings, join_state_topic).start() if join_state_topic else None
     ends = EndOffsets(
         settings, topic, every=min(every, 1.0), wait=min(2.0, stale_after / 2)
     ).start()  # see Staleness, above
@@ -851,6 +894,7 @@ def monitor(
             metrics.snapshot(lag)
             | health(answered, age, sum(lag.values()) if lag else None, stale_after)
             | ({"dead_letters": dead.poll()} if dead else {})
+            | ({"waiting": waiting.poll()} if waiting else {})
         )
         if callback:
             callback(Update(new, snap, alerts, done, rolling))
@@ -904,8 +948,9 @@ def monitor(
         sink.close()
         if inputs:
             inputs.close()
-        if dead:
-            dead.close()
+        for counter in (dead, waiting):
+            if counter:
+                counter.close()
     log.info(
         "monitor read %d records from %s (%d without an actual yet, %d not prediction messages), raised %s",
         n,
@@ -940,7 +985,7 @@ def stale_text(s: dict) -> str:
 
 
 def status_line(u: Update) -> str:
-    "One short line for the terminal: the count window's figures, the rate, lag, dead letters and alerts (the page shows more)."
+    "One short line for the terminal: the count window's figures, the rate, lag, dead letters, label delay, predictions waiting for their actual and alerts."
     s = u.snapshot
     last, recent, dead = s["last"], s["recent"], s.get("dead_letters")  # the time window's rate
     parts = [
@@ -956,6 +1001,8 @@ def status_line(u: Update) -> str:
         )
     if d := s.get("label_delay_ms"):
         parts.append(f"label delay p50 {delay_text(d['p50'])} p95 {delay_text(d['p95'])}")
+    if w := s.get("waiting"):
+        parts.append(f"waiting for actual {w['predictions']:,}")
     if u.alerts:
         parts.append(f"ALERT {', '.join(a['reasons'][0] for a in u.alerts)}")
     if s.get("state") == "stale":
@@ -1048,6 +1095,11 @@ def monitor_options(f):
             help="Dead letters counted by reason.",
         ),
         click.option(
+            "--join-state-topic",
+            default=None,
+            help=f"The join's changelog, read for the predictions still waiting for their actual; default: {JOIN_STATE_TOPIC} when --topic is {JOINED_TOPIC}, else none.",
+        ),
+        click.option(
             "--rearm",
             type=click.FloatRange(0, 1),
             default=0.8,
@@ -1120,6 +1172,7 @@ def monitor_kwargs(
     psi_limit=0.25,
     models_topic=MODELS_TOPIC,
     stale_after=STALE_AFTER,
+    join_state_topic=None,
     require_baseline: bool = True,  # False: when no run fits the events, go on without drift alerts (the dashboard)
 ) -> dict:
     "Keyword arguments for `monitor` from the command line's options."
@@ -1160,6 +1213,7 @@ def monitor_kwargs(
         max_records=max_records,
         timeout=timeout,
         stale_after=stale_after,
+        join_state_topic=join_state_topic or (JOIN_STATE_TOPIC if topic == JOINED_TOPIC else None),
     )
 
 # %% ../nbs/09_monitor.ipynb #0a368029

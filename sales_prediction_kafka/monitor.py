@@ -739,10 +739,12 @@ class JoinWaiting(DeadLetterCount):
             else:
                 self.open[(m.partition, m.key)] = json.loads(m.value).get("side")
 
-    def poll(self) -> dict:
-        "{'predictions': n, 'actuals': m} waiting now (read now, unless the thread reads)."
+    def poll(self) -> dict | None:
+        "{'predictions': n, 'actuals': m} waiting now (read now, unless the thread reads); None while there is no changelog."
         if not self.thread.is_alive():
             self.count()
+        if not self.parts.known:
+            return None
         with self.lock:
             sides = Counter(self.open.values())
         return {"predictions": sides["prediction"], "actuals": sides["actual"]}

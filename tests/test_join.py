@@ -270,7 +270,12 @@ def test_monitor_counts_predictions_waiting_for_their_actual(
         daemon=True,
     )
     shows = lambda seen, waiting: (
-        bool(snaps) and (snaps[-1]["seen"], snaps[-1]["waiting"]["predictions"]) == (seen, waiting)
+        bool(snaps)
+        and (
+            snaps[-1]["seen"],
+            (snaps[-1]["waiting"] or {}).get("predictions"),  # None: the changelog not read yet
+        )
+        == (seen, waiting)
     )
     joiner_waits = lambda: json.loads((tmp_path / "j.json").read_text())["waiting_predictions"]
     try:

@@ -87,22 +87,18 @@ class DashboardHub:
         topic: str = PREDICTIONS_TOPIC,  # shown in the page's header
         limits: dict | None = None,  # `DriftDetector.limits`, drawn on the error chart
         rows: int = 20,  # messages in the table
+        # points per chart line
         points: int = 2000,
-    ):  # points per chart line
+    ):
         self.topic, self.limits, self.max_rows, self.max_points = topic, limits, rows, points
         self.rows, self.alerts = deque(maxlen=rows), deque(maxlen=100)
         self.points = {k: deque(maxlen=points) for k in _COLUMNS}
         self.snapshot, self.error, self.queues = None, None, set()
-        self.marks, self.models, self.version = (
-            deque(maxlen=50),
-            None,
-            None,
-        )  # swap marks, registry rows, latest version
+        # swap marks, registry rows, latest version
+        self.marks, self.models, self.version = (deque(maxlen=50), None, None)
         self.decided = 0  # the registry's decisions listed among the alerts so far
-        self.placed, self.pending = (
-            deque(maxlen=points),
-            [],
-        )  # (partition, offset, x) of the charted records; unplaced swaps
+        # (partition, offset, x) of the charted records; unplaced swaps
+        self.placed, self.pending = (deque(maxlen=points), [])
 
     def state(self) -> dict:
         "Everything a newly opened page shows."
@@ -146,8 +142,9 @@ class DashboardHub:
         self,
         changes: list,  # (partition, offset, version, previous) where a partition's `model_version` changed
         models: list | None = None,  # the registry's versions if they changed, from `model_rows`
+        # the registry's decisions, oldest first: those not seen yet join the alerts
         decisions: list | None = None,
-    ):  # the registry's decisions, oldest first: those not seen yet join the alerts
+    ):
         "Take in model swaps and registry changes: a swap is marked at its first charted record, once per new version."
         fresh = [decision_alert(d) for d in (decisions or [])[self.decided :]]
         self.decided += len(fresh)
@@ -518,12 +515,8 @@ def plotly_js() -> str:
     return get_plotlyjs()
 
 
-BROWSE_PAGES = (
-    "topics",
-    "groups",
-    "messages",
-    "dead-letters",
-)  # the cluster pages, each at /<name>, its data at /api/<name>
+# the cluster pages, each at /<name>, its data at /api/<name>
+BROWSE_PAGES = ("topics", "groups", "messages", "dead-letters")
 
 
 def dashboard_app(
@@ -614,9 +607,8 @@ async def _serve(
         for q in list(hub.queues):
             hub.drop(q)
         try:
-            await asyncio.wait_for(
-                server.close_all_connections(), 5
-            )  # every wait is bounded, so Ctrl-C always ends the process
+            # every wait is bounded, so Ctrl-C always ends the process
+            await asyncio.wait_for(server.close_all_connections(), 5)
         except asyncio.TimeoutError:
             log.warning("some browser connections did not close in 5 s")
         for t in (worker, watcher):
@@ -632,8 +624,9 @@ def run_dashboard(
     on_ready: Callable[[str], None] | None = None,  # called with the page's URL once it serves
     token: str | None = None,  # every request must bear it; required unless `host` is loopback
     models_topic: str = MODELS_TOPIC,  # the registry shown in the models panel
+    # `monitor`'s arguments
     **kw,
-):  # `monitor`'s arguments
+):
     "Serve the live dashboard, fed by `monitor(**kw)`, and the browse pages until `stop` is set."
     if token is None and host not in LOOPBACK:
         raise ValueError(f"listening on {host} needs a token (see {TOKEN_ENV})")

@@ -45,15 +45,17 @@ from sales_prediction_kafka.runfolder import (
     newest_run,
 )
 from .serve import fit_problem
+from .config import JOIN_STATE_TOPIC, JOINED_TOPIC
+from .join import MARKER
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'BANDS', 'STALE_AFTER', 'error_stats', 'Window', 'RollingMetrics', 'baseline_from_run', 'resolve_baseline',
            'DriftDetector', 'psi', 'input_psi', 'InputDrift', 'input_alert', 'alert_message', 'describe_alert',
-           'consumer_lag', 'health', 'EndOffsets', 'lag_from', 'DeadLetterCount', 'AlertSink', 'InputWatch', 'Update',
-           'monitor', 'delay_text', 'stale_text', 'status_line', 'monitor_options', 'baseline_run', 'monitor_kwargs',
-           'monitor_command', 'plot_error_by_offset']
+           'consumer_lag', 'health', 'EndOffsets', 'lag_from', 'DeadLetterCount', 'JoinWaiting', 'AlertSink',
+           'InputWatch', 'Update', 'monitor', 'delay_text', 'stale_text', 'status_line', 'monitor_options',
+           'baseline_run', 'monitor_kwargs', 'monitor_command', 'plot_error_by_offset']
 
 # %% ../nbs/09_monitor.ipynb #d8518b7d
 BANDS = (10, 25, 50)  # accuracy bands: |error| within this percentage of |actual|
@@ -114,8 +116,9 @@ class Window:
     def __init__(
         self,
         size: int | None = None,  # keep at most this many records
+        # keep records newer than the newest timestamp minus this
         seconds: float | None = None,
-    ):  # keep records newer than the newest timestamp minus this
+    ):
         if size is None and seconds is None:
             raise ValueError("a window needs a size, a time span or both")
         self.size, self.seconds = size, seconds
@@ -130,9 +133,8 @@ class Window:
         "Add `r` and drop the records that fall out of the window."
         parts = _parts(r)
         last = self.entries[-1] if self.entries else None
-        if (
-            self.size is None and last is not None and last[0] == r.timestamp
-        ):  # leaves the window with `last`: one entry
+        # leaves the window with `last`: one entry
+        if self.size is None and last is not None and last[0] == r.timestamp:
             last[1] += 1
             last[2] = [s + p for s, p in zip(last[2], parts)]
         else:
@@ -184,8 +186,9 @@ class RollingMetrics:
     def __init__(
         self,
         window: int = 100,  # records in the count window
+        # span of the time window, by record timestamps
         seconds: float = 60.0,
-    ):  # span of the time window, by record timestamps
+    ):
         self.last = Window(size=window)
         self.recent = Window(seconds=seconds)
         self.offsets: dict[int, int] = {}  # partition -> last offset seen
@@ -278,8 +281,9 @@ class DriftDetector:
         factor: float = 1.5,  # alert when the rolling MAE exceeds factor × baseline
         band: float = 1.0,  # alert when |rolling bias| exceeds band × baseline
         min_records: int = 50,  # the window must hold this many records first
+        # an episode ends when every figure stays below rearm × its limit for min_records checks
         rearm: float = 0.8,
-    ):  # an episode ends when every figure stays below rearm × its limit for min_records checks
+    ):
         if not baseline_mae > 0:
             raise ValueError(f"baseline MAE must be positive, got {baseline_mae}")
         self.baseline_mae, self.factor, self.band, self.min_records, self.rearm = (
@@ -290,9 +294,8 @@ class DriftDetector:
             rearm,
         )
         self.active = False  # inside an episode: alerts are held back until it ends
-        self.calm = (
-            0  # checks in a row, inside an episode, with every figure below rearm × its limit
-        )
+        # checks in a row, inside an episode, with every figure below rearm × its limit
+        self.calm = 0
         self.alerts = 0
 
     @property
@@ -373,8 +376,9 @@ class InputDrift:
         window: int = 300,  # events in the window
         limit: float = 0.25,  # alert when a feature's PSI exceeds this
         rearm: float = 0.1,  # the episode ends when every PSI is below this
+        # events between computations
         every: int = 25,
-    ):  # events between computations
+    ):
         self.window, self.limit, self.rearm, self.every, self.alerts = (
             window,
             limit,
@@ -536,8 +540,9 @@ class EndOffsets:
         settings: KafkaSettings,
         topic: str,
         every: float = 1.0,  # seconds between rounds
+        # the longest wait for one partition's answer
         wait: float = 2.0,
-    ):  # the longest wait for one partition's answer
+    ):
         self.c = consumer(settings, enable_auto_commit=False, allow_auto_create_topics=False)
         self.topic, self.every, self.wait = topic, every, wait
         self.ends, self.answered, self.lock, self.stop = {}, {}, threading.Lock(), threading.Event()
@@ -600,28 +605,40 @@ def lag_from(c, ends: dict) -> dict[int, int]:
 
 # %% ../nbs/09_monitor.ipynb #71f17034
 class DeadLetterCount:
-    "Counts the dead letters on `topic` by their `dlq.reason` header, from the topic's first message on; in a thread of its own once started."
+    "Counts the dead letters on `topic` by their `dlq.reason` header, from the topic's first committed message on; in a thread of its own once started."
 
     def __init__(
-        self, settings: KafkaSettings, topic: str = DEAD_LETTER_TOPIC, every: float = 1.0
-    ):  # seconds between counts, once started
-        self.c, self.topic, self.every = consumer(settings, enable_auto_commit=False), topic, every
+        self,
+        settings: KafkaSettings,
+        topic: str = DEAD_LETTER_TOPIC,
+        every: float = 1.0,  # seconds between counts, once started
+    ):
+        self.c = consumer(
+            settings,
+            enable_auto_commit=False,
+            allow_auto_create_topics=False,
+            isolation_level="read_committed",
+        )
+        self.topic, self.every = topic, every
         self.parts, self.reasons = _Partitions(self.c, topic, from_beginning=True), Counter()
         self.lock, self.stop = threading.Lock(), threading.Event()
         self.thread = threading.Thread(target=self._run, name="dead-letters", daemon=True)
 
     def count(self):
-        "Count what arrived since the last call."
+        "Take in what arrived since the last call."
         self.parts.refresh()
         if not self.parts.known:
             return
         for ms in self.c.poll(timeout_ms=0).values():
-            got = Counter(
-                dict(m.headers or []).get("dlq.reason", b"unknown").decode("utf-8", "replace")
-                for m in ms
-            )
             with self.lock:
-                self.reasons.update(got)
+                self.take(ms)
+
+    def take(self, ms: list):
+        "Count the reasons of the dead letters `ms` (called under the lock)."
+        self.reasons.update(
+            dict(m.headers or []).get("dlq.reason", b"unknown").decode("utf-8", "replace")
+            for m in ms
+        )
 
     def start(self) -> DeadLetterCount:
         "Count in the thread from now on: a cluster that does not answer holds up the count, never its reader."
@@ -647,6 +664,40 @@ class DeadLetterCount:
         if self.thread.is_alive():
             self.thread.join(40)  # a metadata request in flight ends by its 30 s request timeout
         self.c.close()
+
+# %% ../nbs/09_monitor.ipynb #5c58204e
+class JoinWaiting(DeadLetterCount):
+    "How many predictions and actuals wait for their other half: the open halves on the join's changelog `topic`."
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str = JOIN_STATE_TOPIC,
+        every: float = 1.0,  # seconds between reads, once started
+    ):
+        super().__init__(settings, topic, every)
+        self.thread.name = "join-waiting"
+        self.open = {}  # (partition, key) -> side of its open half
+
+    def take(self, ms: list):
+        "Open each half, close it at its tombstone; the partitions' markers are not halves (called under the lock)."
+        for m in ms:
+            if m.key == MARKER.encode():
+                continue
+            if m.value is None:
+                self.open.pop((m.partition, m.key), None)
+            else:
+                self.open[(m.partition, m.key)] = json.loads(m.value).get("side")
+
+    def poll(self) -> dict | None:
+        "{'predictions': n, 'actuals': m} waiting now (read now, unless the thread reads); None while there is no changelog."
+        if not self.thread.is_alive():
+            self.count()
+        if not self.parts.known:
+            return None
+        with self.lock:
+            sides = Counter(self.open.values())
+        return {"predictions": sides["prediction"], "actuals": sides["actual"]}
 
 # %% ../nbs/09_monitor.ipynb #f2e62910
 class AlertSink:
@@ -684,8 +735,9 @@ class InputWatch:
         settings: KafkaSettings,
         events_topic: str = EVENTS_TOPIC,
         models_topic: str = MODELS_TOPIC,
+        # `InputDrift` arguments: window, limit, rearm, every
         **drift,
-    ):  # `InputDrift` arguments: window, limit, rearm, every
+    ):
         self.follower = ChampionFollower(settings, models_topic, load=False).start()
         champ = self.follower.champion
         self.drift, self.version, self.topic = (
@@ -728,9 +780,8 @@ class Update:
     snapshot: dict  # `RollingMetrics.snapshot` with the lag
     alerts: list  # alerts raised since the previous update
     done: bool = False  # True for the last update
-    rolling: list = field(
-        default_factory=list
-    )  # (MAE, RMSE, bias) of the count window after each new record
+    # (MAE, RMSE, bias) of the count window after each new record
+    rolling: list = field(default_factory=list)
 
 # %% ../nbs/09_monitor.ipynb #c402fd73
 def _count(n: int, noun: str) -> str:
@@ -739,25 +790,27 @@ def _count(n: int, noun: str) -> str:
 
 # %% ../nbs/09_monitor.ipynb #daafac9c
 def monitor(
-    settings: KafkaSettings
-    | None = None,  # the cluster; None: from the environment, else the local broker
+    # the cluster; None: from the environment, else the local broker
+    settings: KafkaSettings | None = None,
     topic: str = PREDICTIONS_TOPIC,  # the prediction topic to watch
     metrics: RollingMetrics | None = None,  # the windows to feed; `RollingMetrics()` by default
     detector: DriftDetector | None = None,  # raises the drift alerts; None: no alerts
-    callback: Callable[[Update], None]
-    | None = None,  # called with an `Update` every `every` seconds, and at the end
+    # called with an `Update` every `every` seconds, and at the end
+    callback: Callable[[Update], None] | None = None,
     every: float = 1.0,  # seconds between updates
     from_beginning: bool = False,  # start at the oldest record instead of the end
-    group_id: str
-    | None = None,  # consumer group; None: read all partitions alone and commit nothing
+    # consumer group; None: read all partitions alone and commit nothing
+    group_id: str | None = None,
     max_records: int | None = None,  # stop after this many records
     timeout: float | None = None,  # stop after this many seconds without a record
     alerts_topic: str = ALERTS_TOPIC,  # where alerts are written
-    dead_letter_topic: str
-    | None = DEAD_LETTER_TOPIC,  # counted into each update's snapshot; None: not counted
+    # counted into each update's snapshot; None: not counted
+    dead_letter_topic: str | None = DEAD_LETTER_TOPIC,
+    # the join's changelog: each snapshot's `waiting` halves; None: not counted
+    join_state_topic: str | None = None,
     stop: threading.Event | None = None,  # set it to end the loop from another thread
-    inputs: InputWatch
-    | None = None,  # input drift of the events against the champion; None: not watched
+    # input drift of the events against the champion; None: not watched
+    inputs: InputWatch | None = None,
     stale_after: float = STALE_AFTER,  # seconds without an answer from a partition (or a record while some wait): 'stale'
 ) -> RollingMetrics:
     "Feed the records of `topic` to `metrics` and `detector`, reporting to `callback`, until told to stop."
@@ -771,6 +824,7 @@ def monitor(
     )
     sink, parts = AlertSink(settings, alerts_topic), _Partitions(c, topic, from_beginning)
     dead = DeadLetterCount(settings, dead_letter_topic).start() if dead_letter_topic else None
+    waiting = JoinWaiting(settings, join_state_topic).start() if join_state_topic else None
     ends = EndOffsets(
         settings, topic, every=min(every, 1.0), wait=min(2.0, stale_after / 2)
     ).start()  # see Staleness, above
@@ -792,6 +846,7 @@ def monitor(
             metrics.snapshot(lag)
             | health(answered, age, sum(lag.values()) if lag else None, stale_after)
             | ({"dead_letters": dead.poll()} if dead else {})
+            | ({"waiting": waiting.poll()} if waiting else {})
         )
         if callback:
             callback(Update(new, snap, alerts, done, rolling))
@@ -845,8 +900,9 @@ def monitor(
         sink.close()
         if inputs:
             inputs.close()
-        if dead:
-            dead.close()
+        for counter in (dead, waiting):
+            if counter:
+                counter.close()
     log.info(
         "monitor read %d records from %s (%d without an actual yet, %d not prediction messages), raised %s",
         n,
@@ -881,7 +937,7 @@ def stale_text(s: dict) -> str:
 
 
 def status_line(u: Update) -> str:
-    "One short line for the terminal: the count window's figures, the rate, lag, dead letters and alerts (the page shows more)."
+    "One short line for the terminal: the count window's figures, the rate, lag, dead letters, label delay, predictions waiting for their actual and alerts."
     s = u.snapshot
     last, recent, dead = s["last"], s["recent"], s.get("dead_letters")  # the time window's rate
     parts = [
@@ -897,6 +953,8 @@ def status_line(u: Update) -> str:
         )
     if d := s.get("label_delay_ms"):
         parts.append(f"label delay p50 {delay_text(d['p50'])} p95 {delay_text(d['p95'])}")
+    if w := s.get("waiting"):
+        parts.append(f"waiting for actual {w['predictions']:,}")
     if u.alerts:
         parts.append(f"ALERT {', '.join(a['reasons'][0] for a in u.alerts)}")
     if s.get("state") == "stale":
@@ -989,6 +1047,11 @@ def monitor_options(f):
             help="Dead letters counted by reason.",
         ),
         click.option(
+            "--join-state-topic",
+            default=None,
+            help=f"The join's changelog, read for the predictions still waiting for their actual; default: {JOIN_STATE_TOPIC} when --topic is {JOINED_TOPIC}, else none.",
+        ),
+        click.option(
             "--rearm",
             type=click.FloatRange(0, 1),
             default=0.8,
@@ -1061,6 +1124,7 @@ def monitor_kwargs(
     psi_limit=0.25,
     models_topic=MODELS_TOPIC,
     stale_after=STALE_AFTER,
+    join_state_topic=None,
     require_baseline: bool = True,  # False: when no run fits the events, go on without drift alerts (the dashboard)
 ) -> dict:
     "Keyword arguments for `monitor` from the command line's options."
@@ -1101,6 +1165,7 @@ def monitor_kwargs(
         max_records=max_records,
         timeout=timeout,
         stale_after=stale_after,
+        join_state_topic=join_state_topic or (JOIN_STATE_TOPIC if topic == JOINED_TOPIC else None),
     )
 
 # %% ../nbs/09_monitor.ipynb #0a368029
@@ -1120,10 +1185,8 @@ def monitor_command(every, **options):
 
     def show(u: Update):
         nonlocal state
-        before, state = (
-            state,
-            u.snapshot.get("state"),
-        )  # a line on each change of state, and each second while stale
+        # a line on each change of state, and each second while stale
+        before, state = (state, u.snapshot.get("state"))
         if u.records or u.alerts or u.done or state == "stale" or (before and state != before):
             click.echo(status_line(u))
 

@@ -53,3 +53,36 @@ def test_every_benchmark_section_has_its_results_file_and_the_sections_are_in_or
         if not results(body) or not all(p.exists() for p in results(body))
     }
     assert not missing, f"sections without their committed results: {missing}"
+
+
+def test_every_parameter_comment_stays_where_docments_reads_it():
+    "A parameter's comment trails its own first line or stands alone above it (not on a continuation or the `):` line)."
+    import ast, io, tokenize
+
+    misplaced = []
+    for path in sorted((ROOT / "sales_prediction_kafka").glob("*.py")):
+        src = path.read_text()
+        lines = src.splitlines()
+        toks = tokenize.generate_tokens(io.StringIO(src).readline)
+        trailing = {
+            t.start[0]
+            for t in toks
+            if t.type == tokenize.COMMENT and lines[t.start[0] - 1][: t.start[1]].strip()
+        }
+        for d in ast.walk(ast.parse(src)):
+            if not isinstance(d, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = d.args
+            starts = {
+                p.lineno for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg] if p
+            }
+            header = range(d.lineno, d.body[0].lineno)
+            returns = d.returns.lineno if d.returns else None
+            misplaced += [
+                f"{path.name}:{r}"
+                for r in header
+                if r in trailing and r not in starts and r != returns
+            ]
+    assert not misplaced, (
+        f"comments fastcore.docments attributes to no parameter or the wrong one: {misplaced}"
+    )

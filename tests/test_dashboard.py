@@ -138,6 +138,7 @@ def test_dashboard_live_in_chromium(chromium, dashboard, broker_settings, tmp_pa
                     | {
                         "label_delay_ms": {"p50": 172_800_000, "p95": 12_600_000, "n": 30},
                         "newest_record_at": 1_764_806_400.0,
+                        "waiting": {"predictions": 1234, "actuals": 5},
                     }
                 )
             )
@@ -145,6 +146,7 @@ def test_dashboard_live_in_chromium(chromium, dashboard, broker_settings, tmp_pa
             assert "label delay p50\t2.0 d" in figures and "label delay p95\t3.5 h" in figures, (
                 figures
             )
+            assert "label delay p95\t3.5 h\t-\nwaiting for actual\t1234\t-" in figures, figures
             assert (
                 page.locator("#newest").inner_text() == "error measured up to 2025-12-04T00:00:00Z"
             )

@@ -8,6 +8,7 @@ from helpers import read_all, report, start_worker, topics, wait_for
 from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.join import JoinTopics, actual_message, ensure_join_topics
 from sales_prediction_kafka.models import load_model
+from sales_prediction_kafka.monitor import monitor
 from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.clients import producer
 from sales_prediction_kafka.stream import ensure_topic
@@ -229,3 +230,86 @@ def test_joiner_sigkill_and_rebalances_join_every_actual_once(
     assert dead == [], (
         f"{len(dead)} dead letters: {[dict(d.headers).get('dlq.reason') for d in dead[:5]]}"
     )
+
+
+MONITOR = "from sales_prediction_kafka.monitor import monitor_command; monitor_command()"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_monitor_counts_predictions_waiting_for_their_actual(
+    broker_settings, tmp_path, exactly_once
+):
+    "A real joiner gets 70 forecasts (10 with their actual inside) and 40 actuals, 10 of them first: the monitor counts the 20 forecasts still waiting, in its snapshot and its terminal line, and 0 once their actuals come."
+    s, u = broker_settings, uuid.uuid4().hex[:6]
+    t = join_topics(f"pred-{u}")
+    ensure_join_topics(s, t, partitions=6)
+    joiner = start_joiner(tmp_path, s, t, f"joiners-{u}", "j", exactly_once)
+    p = producer(s, key_serializer=None, value_serializer=None)
+    send = lambda topic, i, v: p.send(topic, key=str(i).encode(), value=json.dumps(v).encode())
+    forecast = lambda i, actual=None: {
+        "prediction_index": i,
+        "predicted_sales": 100.0,
+        "actual_sales": actual,
+        "error": None,
+    }
+    snaps, stop_watch = [], threading.Event()
+    watch = threading.Thread(
+        target=monitor,
+        kwargs=dict(
+            settings=s,
+            topic=t.joined,
+            callback=lambda up: snaps.append(up.snapshot),
+            every=0.2,
+            from_beginning=True,
+            dead_letter_topic=None,
+            join_state_topic=t.state,
+            stop=stop_watch,
+        ),
+        daemon=True,
+    )
+    shows = lambda seen, waiting: (
+        bool(snaps)
+        and (
+            snaps[-1]["seen"],
+            (snaps[-1]["waiting"] or {}).get("predictions"),  # None: the changelog not read yet
+        )
+        == (seen, waiting)
+    )
+    joiner_waits = lambda: json.loads((tmp_path / "j.json").read_text())["waiting_predictions"]
+    try:
+        wait_for(lambda: len(owned(tmp_path, "j")) == 6, 90, "the joiner to start")
+        watch.start()
+        for i in range(10):  # the truth before its forecast
+            send(t.actuals, i, actual_message(i, 110.0))
+        for i in range(70):  # 60 to 69 carry their actual: joined at once, never waiting
+            send(t.predictions, i, forecast(i, 90.0 if i >= 60 else None))
+        for i in range(10, 40):
+            send(t.actuals, i, actual_message(i, 110.0))
+        p.flush()
+        wait_for(lambda: shows(50, 20), 60, f"the monitor to count 20 waiting: {snaps[-1:]}")
+        assert snaps[-1]["waiting"] == {"predictions": 20, "actuals": 0}
+        wait_for(lambda: joiner_waits() == 20, 30, "the joiner's own count to agree")
+        cli = subprocess.run(
+            [sys.executable, "-c", MONITOR, "--bootstrap-servers", s.bootstrap_servers]
+            + ["--topic", t.joined, "--join-state-topic", t.state, "--from-beginning"]
+            + ["--baseline", "10", "--dead-letter-topic", t.dead_letter, "--timeout", "8"]
+            + ["--alerts-topic", f"alerts-{u}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cli.returncode == 0, cli.stderr[-2000:]
+        last = cli.stdout.splitlines()[-1]
+        assert last.startswith("seen 50 |") and "| waiting for actual 20" in last, last
+        for i in range(40, 60):
+            send(t.actuals, i, actual_message(i, 120.0))
+        p.flush()
+        wait_for(lambda: shows(70, 0), 60, f"the count to drop to 0: {snaps[-1:]}")
+        assert snaps[-1]["waiting"] == {"predictions": 0, "actuals": 0}
+    finally:
+        stop_watch.set()
+        p.close()
+        stop(joiner)
+    watch.join(60)
+    assert not watch.is_alive()

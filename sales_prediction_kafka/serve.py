@@ -24,6 +24,7 @@ from sales_prediction_kafka.config import (
     kafka_settings,
     plain,
 )
+from .browse import newest_events
 from .cliutils import group_member_options, kafka_options, stop_on_signals
 from .broker import ensure_broker
 from .models import _missing, load_model
@@ -949,7 +950,6 @@ class ScoringWorker:
 
     def recent_events(self) -> list[dict]:
         "The JSON objects of the last batch, else the newest events of the topic."
-        from sales_prediction_kafka.browse import newest_events
 
         got = [
             e
@@ -1162,8 +1162,6 @@ def find_model(
 ) -> Path:
     "The model folder that `path` names, or that of the newest run whose model fits the newest events (logged)."
     if path is None:
-        from sales_prediction_kafka.browse import newest_events
-
         try:
             run, why = matching_run(
                 runs,
@@ -1198,7 +1196,6 @@ def serve(
     **worker,
 ) -> dict:  # more `ScoringWorker` arguments: group_id, worker_id, exactly_once, max_records, ...
     "Run a scoring worker until SIGTERM/Ctrl-C (or idle); its final metrics."
-    from sales_prediction_kafka.browse import newest_events
 
     # a bad path fails before the broker is asked
     folder = find_model(model, runs) if model is not None or not follow else None

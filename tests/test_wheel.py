@@ -143,7 +143,7 @@ def test_installed_library_is_not_the_checkout(installed):
         installed,
         "python",
         "-c",
-        "import sales_prediction_kafka.pipeline as p; print(p.__file__); print(p.PIPELINE_NOTEBOOK)",
+        "import sales_prediction_kafka.runfolder as p; print(p.__file__); print(p.PIPELINE_NOTEBOOK)",
     ).stdout.split()
     assert all(Path(f).is_relative_to(installed["bin"].parent) for f in out), out
     assert Path(out[1]).is_file(), out
@@ -169,7 +169,7 @@ def test_installed_notebook_runs_in_papermill(installed):
         installed,
         "python",
         "-c",
-        "from sales_prediction_kafka.pipeline import PIPELINE_NOTEBOOK; print(PIPELINE_NOTEBOOK)",
+        "from sales_prediction_kafka.runfolder import PIPELINE_NOTEBOOK; print(PIPELINE_NOTEBOOK)",
     ).stdout.strip()
     out = installed["work"] / "pm"
     out.mkdir()

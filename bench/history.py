@@ -333,7 +333,7 @@ def round_rates(each: list[dict]) -> dict:
 def latency(settings, dirs: dict, p: dict, tmp: Path) -> dict:
     "The rounds at `p['rate']`, both sides alternating; a row of latency figures per side and the workers' metrics."
     from sales_prediction_kafka.replay import replay_tuning
-    from sales_prediction_kafka.stream import close_producer, producer
+    from sales_prediction_kafka.clients import producer
 
     months = p["events"] // p["stream_series"]
     stream = monthly_panel(p["stream_series"], months * (p["rounds"] + 1), seed=3)
@@ -357,7 +357,7 @@ def latency(settings, dirs: dict, p: dict, tmp: Path) -> dict:
                     ids[s].append(range(r * per_round, r * per_round + n))
             log.info("history round %d of %d done", r, p["rounds"])
     finally:
-        close_producer(send)
+        send.close(5)
         for w, _ in sides.values():
             w.stop()
     rows, metrics = [], {}

@@ -65,10 +65,12 @@ class _Errors(logging.Handler):
         self.seen.append(record.getMessage())
 
     def why(self, default: str) -> str:
-        "The most telling message: an authentication failure, else the last connection error."
+        "The most telling message: a refused login, else another authentication error, else the last connection error."
+        # a refused login is the answer; a login that then timed out (the bootstrap's time ran out mid-attempt) is not
+        refused = [m for m in self.seen if "Authentication failed" in m]
         auth = [m for m in self.seen if "Authentication" in m]
         rest = [m for m in self.seen if not m.startswith("Bootstrap failed")]
-        return (auth or rest or [default])[-1]
+        return (refused or auth or rest or [default])[-1]
 
     def closed_by_broker(self) -> bool:
         "The broker accepted connections and then dropped them (how a SASL listener refuses a login), never refused one."

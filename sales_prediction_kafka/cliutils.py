@@ -12,11 +12,22 @@ from .config import ProducerSettings
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'BOOTSTRAP_SERVERS_HELP', 'M_MMAP_THRESHOLD', 'kafka_options', 'group_member_options', 'producer_options',
-           'set_seed', 'stop_on_signals', 'steady_memory', 'cli_args']
+__all__ = ['log', 'BOOTSTRAP_SERVERS_HELP', 'M_MMAP_THRESHOLD', 'apply_options', 'kafka_options', 'group_member_options',
+           'producer_options', 'set_seed', 'stop_on_signals', 'steady_memory', 'cli_args']
 
 # %% ../nbs/00a_cliutils.ipynb #69b6a820
 BOOTSTRAP_SERVERS_HELP = "Kafka cluster, host:port[,host:port] (default: $KAFKA_BOOTSTRAP_SERVERS, else the local broker, started if needed)."
+
+
+def apply_options(opts: list):
+    "A click decorator applying the options `opts` in their order, as if written one above the other."
+
+    def decorate(f):
+        for o in reversed(opts):
+            f = o(f)
+        return f
+
+    return decorate
 
 
 def kafka_options(
@@ -36,13 +47,7 @@ def kafka_options(
                 help=max_records,
             )
         )
-
-    def decorate(f):
-        for o in reversed(opts):
-            f = o(f)
-        return f
-
-    return decorate
+    return apply_options(opts)
 
 # %% ../nbs/00a_cliutils.ipynb #2d344901
 def group_member_options(
@@ -96,12 +101,7 @@ def group_member_options(
         ),
     ]
 
-    def decorate(f):
-        for o in reversed(opts):
-            f = o(f)
-        return f
-
-    return decorate
+    return apply_options(opts)
 
 # %% ../nbs/00a_cliutils.ipynb #b1f1a88d
 def producer_options(f):
@@ -133,9 +133,7 @@ def producer_options(f):
             help=f"Unacknowledged requests per broker, 1-5 (default: $KAFKA_MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION, else {defaults.max_in_flight_requests_per_connection}).",
         ),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    return apply_options(opts)(f)
 
 # %% ../nbs/00a_cliutils.ipynb #27beafc2
 def set_seed(seed: int = 42) -> int:

@@ -24,7 +24,12 @@ from sales_prediction_kafka.config import (
     KafkaSettings,
     kafka_settings,
 )
-from .cliutils import kafka_options, steady_memory, stop_on_signals
+from sales_prediction_kafka.cliutils import (
+    apply_options,
+    kafka_options,
+    steady_memory,
+    stop_on_signals,
+)
 from .evaluate import error_report
 from .clients import StreamError, consumer, producer
 from .stream import ensure_topic
@@ -1083,9 +1088,7 @@ def monitor_options(f):
             help="Events whose fields pick the run of the default baseline (the newest run whose model fits them).",
         ),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    return apply_options(opts)(f)
 
 
 def baseline_run(

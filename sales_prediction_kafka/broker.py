@@ -12,6 +12,7 @@ import click
 from .config import SalesKafkaError, KafkaSettings, cache_home, kafka_settings
 
 log = logging.getLogger(__name__)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'KAFKA_VERSION', 'LOG4J_VERSION', 'SLF4J_VERSION', 'LOG4J2', 'BrokerError', 'require_tool', 'pom_xml',
@@ -25,7 +26,7 @@ LOG4J_VERSION = "2.26.1"  # log4j-core and log4j-slf4j2-impl
 # pinned: Maven's nearest-wins would otherwise pick slf4j 1.7, which ignores log4j2
 SLF4J_VERSION = "2.0.17"
 
-
+# %% ../nbs/06_broker.ipynb #540a53e9
 class BrokerError(SalesKafkaError, RuntimeError):
     "The local broker could not be prepared, started or stopped."
 
@@ -35,7 +36,7 @@ _INSTALL = {
     "mvn": "Maven 3 (e.g. `apt-get install maven`)",
 }
 
-
+# %% ../nbs/06_broker.ipynb #eeb39be4
 def require_tool(
     name: str,  # `java` or `mvn`
     path: str | None = None,  # search path; `$PATH` by default
@@ -92,7 +93,7 @@ def file_lock(path: Path):
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
-
+# %% ../nbs/06_broker.ipynb #df2f8ebc
 def kafka_jars(
     cache: Path | None = None,  # folder for the jars; `cache_home()` by default
     version: str = KAFKA_VERSION,
@@ -137,19 +138,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         return s.getsockname()[1]
 
-
+# %% ../nbs/06_broker.ipynb #58843f36
 def _jaas(users: dict) -> str:
     (user, password), *_ = users.items()
     entries = " ".join(f'user_{u}="{p}"' for u, p in users.items())
     return f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{user}" password="{password}" {entries};'
 
-
+# %% ../nbs/06_broker.ipynb #0ce90225
 def replication(nodes: int) -> tuple[int, int]:
     "The replication factor and min.insync.replicas for a cluster of `nodes`: (1, 1) alone, (3, 2) from three nodes on."
     rf = min(nodes, 3)
     return rf, max(1, rf - 1)
 
-
+# %% ../nbs/06_broker.ipynb #384e0c19
 def broker_properties(
     data_dir: Path,  # log.dirs: where the records live
     port: int,  # the client listener's port
@@ -212,13 +213,13 @@ def broker_properties(
             props[f"listener.name.{n.lower()}.plain.sasl.jaas.config"] = _jaas(sasl_users)
     return props | {k: str(v) for k, v in (extra or {}).items()}
 
-
+# %% ../nbs/06_broker.ipynb #f0e6340a
 def write_properties(path: Path, props: dict) -> Path:
     "Write `props` as a Java properties file."
     path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     return path
 
-
+# %% ../nbs/06_broker.ipynb #a257618a
 def read_properties(path: Path) -> dict:
     "Read a Java properties file written by `write_properties`."
     return dict(
@@ -287,22 +288,6 @@ class LocalBroker:
         self.node_id, self.voters, self.cluster_id = (node_id, None, None)
         self._proc, self._fixed_port = None, port is not None
 
-    def _saved_ports(self) -> list[int]:
-        "The client and controller ports in this home's `server.properties`, if any."
-        old = read_properties(self.props_file) if self.props_file.exists() else {}
-        return [int(u.rsplit(":", 1)[1]) for u in old.get("listeners", "").split(",") if ":" in u]
-
-    def _saved(self, key: str) -> dict:
-        "{listener name: port} of `key` (`listeners` or `advertised.listeners`) in this home's `server.properties`."
-        old = read_properties(self.props_file) if self.props_file.exists() else {}
-        urls = [u.split("://") for u in old.get(key, "").split(",") if "://" in u]
-        return {name: int(a.rsplit(":", 1)[1]) for name, a in urls}
-
-    def link(self, name: str) -> str:
-        "host:port at which clients reach the broker through its link `name` (its advertised port)."
-        port, named = self.links[name]
-        return f"{self.host}:{named or port}"
-
     @property
     def bootstrap_servers(self) -> str:
         "host:port for clients: the advertised port (a proxy's, if one stands in front)."
@@ -333,108 +318,6 @@ class LocalBroker:
             "log_file": str(self.log_file),
         }
 
-    def _java(self, main: str, *args):
-        cp = ":".join(map(str, kafka_jars(self.cache)))
-        return [
-            require_tool("java"),
-            f"-Xmx{self.heap}",
-            f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
-            "-cp",
-            cp,
-            main,
-            *args,
-        ]
-
-    def _format(self):
-        if (self.data_dir / "meta.properties").exists():
-            return
-        res = subprocess.run(
-            self._java(
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                self.cluster_id or _cluster_id(),
-                "-c",
-                str(self.props_file),
-            ),
-            capture_output=True,
-            text=True,
-        )
-        if res.returncode:
-            raise BrokerError(
-                f"formatting {self.data_dir} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}"
-            )
-
-    def client_settings(self) -> dict:
-        "Kafka client settings that log in to this broker (its first SASL user), or none for a plain one."
-        if not self.sasl_users:
-            return {}
-        (user, password), *_ = self.sasl_users.items()
-        return {
-            "security_protocol": "SASL_PLAINTEXT",
-            "sasl_mechanism": "PLAIN",
-            "sasl_plain_username": user,
-            "sasl_plain_password": password,
-        }
-
-    def _launch(self):
-        "Write the configuration, format a new data directory and start the JVM, detached (hold the home's lock)."
-        write_properties(
-            self.props_file,
-            broker_properties(
-                self.data_dir,
-                self.port,
-                self.controller_port,
-                self.host,
-                self.sasl_users,
-                self.extra,
-                self.node_id,
-                self.voters,
-                self.advertised_port,
-                self.links,
-            ),
-        )
-        (self.home / "log4j2.properties").write_text(LOG4J2)
-        self._format()
-        with open(self.log_file, "ab") as out:
-            self._proc = subprocess.Popen(
-                self._java("kafka.Kafka", str(self.props_file)),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=self.home,
-            )
-        self.pid_file.write_text(str(self._proc.pid))
-
-    def _wait(
-        self,
-        t0: float,  # when the launch began
-        timeout: float,
-        # the cluster's metadata must list this many brokers
-        brokers: int = 1,
-    ):
-        "Wait until the launched node answers; `BrokerError` with the log's tail if its JVM exits or `timeout` passes."
-        while not broker_answers(self.bootstrap_servers, brokers=brokers, **self.client_settings()):
-            if self._proc.poll() is not None:
-                raise BrokerError(
-                    f"Kafka exited with code {self._proc.returncode}; see {self.log_file}:\n{_tail(self.log_file)}"
-                )
-            if time.monotonic() - t0 > timeout:
-                self.stop()
-                raise BrokerError(
-                    f"Kafka did not answer at {self.bootstrap_servers} within {timeout:.0f} s; see {self.log_file}:\n{_tail(self.log_file)}"
-                )
-            time.sleep(0.2)
-        log.info(
-            "Kafka %s answers at %s after %.1f s (data %s, log %s)",
-            KAFKA_VERSION,
-            self.bootstrap_servers,
-            time.monotonic() - t0,
-            self.data_dir,
-            self.log_file,
-        )
-
     def start(self, timeout: float = 60) -> LocalBroker:
         "Start the broker (or reuse the running one) and wait until it answers."
         self.home.mkdir(parents=True, exist_ok=True)
@@ -448,25 +331,6 @@ class LocalBroker:
             self._launch()
             self._wait(t0, timeout)
         return self
-
-    def _exited(self, pid: int, timeout: float) -> bool:
-        "Wait up to `timeout` seconds for process `pid` to exit (reaping it if it is our child); True if it did."
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            if self._proc is not None:
-                self._proc.poll()
-            time.sleep(0.1)
-        return not _alive(pid)
-
-    def kill(self, sig: int = signal.SIGKILL) -> bool:
-        "Send `sig` to the broker's process group (SIGKILL, as a crash would, also waits until it is gone); True if one ran."
-        pid = self.pid()
-        if pid is None:
-            return False
-        os.killpg(pid, sig)
-        if sig == signal.SIGKILL:
-            self._exited(pid, 10)
-        return True
 
     def stop(self, timeout: float = 30) -> bool:
         "Stop this home's broker; True if one was running."
@@ -489,6 +353,163 @@ class LocalBroker:
     def __exit__(self, *exc):
         self.stop()
 
+# %% ../nbs/06_broker.ipynb #4e6b9890
+@patch
+def _saved_ports(self: LocalBroker) -> list[int]:
+    "The client and controller ports in this home's `server.properties`, if any."
+    old = read_properties(self.props_file) if self.props_file.exists() else {}
+    return [int(u.rsplit(":", 1)[1]) for u in old.get("listeners", "").split(",") if ":" in u]
+
+# %% ../nbs/06_broker.ipynb #c3ea6902
+@patch
+def _saved(self: LocalBroker, key: str) -> dict:
+    "{listener name: port} of `key` (`listeners` or `advertised.listeners`) in this home's `server.properties`."
+    old = read_properties(self.props_file) if self.props_file.exists() else {}
+    urls = [u.split("://") for u in old.get(key, "").split(",") if "://" in u]
+    return {name: int(a.rsplit(":", 1)[1]) for name, a in urls}
+
+# %% ../nbs/06_broker.ipynb #140e708f
+@patch
+def link(self: LocalBroker, name: str) -> str:
+    "host:port at which clients reach the broker through its link `name` (its advertised port)."
+    port, named = self.links[name]
+    return f"{self.host}:{named or port}"
+
+# %% ../nbs/06_broker.ipynb #9616bc62
+@patch
+def _java(self: LocalBroker, main: str, *args):
+    cp = ":".join(map(str, kafka_jars(self.cache)))
+    return [
+        require_tool("java"),
+        f"-Xmx{self.heap}",
+        f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+        "-cp",
+        cp,
+        main,
+        *args,
+    ]
+
+# %% ../nbs/06_broker.ipynb #11cee8f8
+@patch
+def _format(self: LocalBroker):
+    if (self.data_dir / "meta.properties").exists():
+        return
+    res = subprocess.run(
+        self._java(
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            self.cluster_id or _cluster_id(),
+            "-c",
+            str(self.props_file),
+        ),
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode:
+        raise BrokerError(
+            f"formatting {self.data_dir} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}"
+        )
+
+# %% ../nbs/06_broker.ipynb #62e512c7
+@patch
+def client_settings(self: LocalBroker) -> dict:
+    "Kafka client settings that log in to this broker (its first SASL user), or none for a plain one."
+    if not self.sasl_users:
+        return {}
+    (user, password), *_ = self.sasl_users.items()
+    return {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": user,
+        "sasl_plain_password": password,
+    }
+
+# %% ../nbs/06_broker.ipynb #1bab65f6
+@patch
+def _launch(self: LocalBroker):
+    "Write the configuration, format a new data directory and start the JVM, detached (hold the home's lock)."
+    write_properties(
+        self.props_file,
+        broker_properties(
+            self.data_dir,
+            self.port,
+            self.controller_port,
+            self.host,
+            self.sasl_users,
+            self.extra,
+            self.node_id,
+            self.voters,
+            self.advertised_port,
+            self.links,
+        ),
+    )
+    (self.home / "log4j2.properties").write_text(LOG4J2)
+    self._format()
+    with open(self.log_file, "ab") as out:
+        self._proc = subprocess.Popen(
+            self._java("kafka.Kafka", str(self.props_file)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.home,
+        )
+    self.pid_file.write_text(str(self._proc.pid))
+
+# %% ../nbs/06_broker.ipynb #4ea0a431
+@patch
+def _wait(
+    self: LocalBroker,
+    t0: float,  # when the launch began
+    timeout: float,
+    # the cluster's metadata must list this many brokers
+    brokers: int = 1,
+):
+    "Wait until the launched node answers; `BrokerError` with the log's tail if its JVM exits or `timeout` passes."
+    while not broker_answers(self.bootstrap_servers, brokers=brokers, **self.client_settings()):
+        if self._proc.poll() is not None:
+            raise BrokerError(
+                f"Kafka exited with code {self._proc.returncode}; see {self.log_file}:\n{_tail(self.log_file)}"
+            )
+        if time.monotonic() - t0 > timeout:
+            self.stop()
+            raise BrokerError(
+                f"Kafka did not answer at {self.bootstrap_servers} within {timeout:.0f} s; see {self.log_file}:\n{_tail(self.log_file)}"
+            )
+        time.sleep(0.2)
+    log.info(
+        "Kafka %s answers at %s after %.1f s (data %s, log %s)",
+        KAFKA_VERSION,
+        self.bootstrap_servers,
+        time.monotonic() - t0,
+        self.data_dir,
+        self.log_file,
+    )
+
+# %% ../nbs/06_broker.ipynb #49e2ef1e
+@patch
+def _exited(self: LocalBroker, pid: int, timeout: float) -> bool:
+    "Wait up to `timeout` seconds for process `pid` to exit (reaping it if it is our child); True if it did."
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        if self._proc is not None:
+            self._proc.poll()
+        time.sleep(0.1)
+    return not _alive(pid)
+
+# %% ../nbs/06_broker.ipynb #66a781a8
+@patch
+def kill(self: LocalBroker, sig: int = signal.SIGKILL) -> bool:
+    "Send `sig` to the broker's process group (SIGKILL, as a crash would, also waits until it is gone); True if one ran."
+    pid = self.pid()
+    if pid is None:
+        return False
+    os.killpg(pid, sig)
+    if sig == signal.SIGKILL:
+        self._exited(pid, 10)
+    return True
+
 # %% ../nbs/06_broker.ipynb #889f7c82
 def _cmdline(pid: int) -> list[str]:
     try:
@@ -496,7 +517,7 @@ def _cmdline(pid: int) -> list[str]:
     except OSError:
         return []
 
-
+# %% ../nbs/06_broker.ipynb #59286c9c
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
@@ -512,7 +533,7 @@ def _cluster_id() -> str:
         pass
     return cid
 
-
+# %% ../nbs/06_broker.ipynb #ac2d9a50
 def _tail(path: Path, n: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -531,7 +552,7 @@ def accepts_connections(bootstrap_servers: str, timeout: float = 0.5) -> bool:
             continue
     return False
 
-
+# %% ../nbs/06_broker.ipynb #054ab696
 def broker_answers(
     bootstrap_servers: str,
     timeout: float = 2.0,
@@ -597,10 +618,6 @@ class LocalCluster:
         "Every node's host:port, comma-separated."
         return ",".join(b.bootstrap_servers for b in self.nodes)
 
-    def node(self, node_id: int) -> LocalBroker:
-        "The node with id `node_id` (1, 2, ...)."
-        return self.nodes[node_id - 1]
-
     def __repr__(self):
         return f"LocalCluster({self.bootstrap_servers}, home={self.home})"
 
@@ -643,36 +660,44 @@ class LocalCluster:
             "nodes": nodes,
         }
 
-    def leaders(self, topic: str, timeout: float = 30) -> dict:
-        "{partition: the node id of its leader (-1 if none)} of `topic`, asked of the running nodes."
-        from kafka import KafkaAdminClient
-        from kafka.errors import KafkaError
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                admin = KafkaAdminClient(
-                    bootstrap_servers=[b.bootstrap_servers for b in self.nodes if b.pid()]
-                )
-                try:
-                    (t,) = admin.describe_topics([topic])
-                finally:
-                    admin.close()
-                if t["partitions"]:
-                    return {p["partition_index"]: p["leader_id"] for p in t["partitions"]}
-                if time.monotonic() > deadline:
-                    return {}  # a node that does not know the topic yet describes it empty
-                time.sleep(0.5)
-            except KafkaError:  # the metadata request went to a node that just died: ask again
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
         self.stop()
+
+# %% ../nbs/06_broker.ipynb #4c113e92
+@patch
+def node(self: LocalCluster, node_id: int) -> LocalBroker:
+    "The node with id `node_id` (1, 2, ...)."
+    return self.nodes[node_id - 1]
+
+# %% ../nbs/06_broker.ipynb #577221ad
+@patch
+def leaders(self: LocalCluster, topic: str, timeout: float = 30) -> dict:
+    "{partition: the node id of its leader (-1 if none)} of `topic`, asked of the running nodes."
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=[b.bootstrap_servers for b in self.nodes if b.pid()]
+            )
+            try:
+                (t,) = admin.describe_topics([topic])
+            finally:
+                admin.close()
+            if t["partitions"]:
+                return {p["partition_index"]: p["leader_id"] for p in t["partitions"]}
+            if time.monotonic() > deadline:
+                return {}  # a node that does not know the topic yet describes it empty
+            time.sleep(0.5)
+        except KafkaError:  # the metadata request went to a node that just died: ask again
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 # %% ../nbs/06_broker.ipynb #2d16d522
 def local_kafka(
@@ -682,7 +707,7 @@ def local_kafka(
     home = Path(home or cache_home() / "broker")
     return LocalCluster(home) if (home / "node-1").is_dir() else LocalBroker(home)
 
-
+# %% ../nbs/06_broker.ipynb #1e97c276
 def ensure_broker(
     settings: KafkaSettings | None = None,  # settings; bootstrap_servers None means the local Kafka
     home: Path | None = None,  # the local Kafka's home; `cache_home()/'broker'` by default
@@ -704,12 +729,12 @@ _home = click.option(
     help="The broker's or cluster's folder (config, data, log); default: <cache>/broker.",
 )
 
-
+# %% ../nbs/06_broker.ipynb #903e61a1
 @click.group("broker")
 def broker_command():
     "Start, stop or inspect the local Apache Kafka broker or cluster."
 
-
+# %% ../nbs/06_broker.ipynb #3ccc9d80
 @broker_command.command("start")
 @_home
 @click.option(
@@ -746,7 +771,7 @@ def broker_start_command(home, nodes, port, timeout):
         raise click.ClickException(str(e))
     click.echo(json.dumps(kafka.status()))
 
-
+# %% ../nbs/06_broker.ipynb #b5c436af
 @broker_command.command("stop")
 @_home
 @click.option(
@@ -765,7 +790,7 @@ def broker_stop_command(home, timeout):
         else f"no Kafka running from {kafka.home}"
     )
 
-
+# %% ../nbs/06_broker.ipynb #82f50b3f
 @broker_command.command("status")
 @_home
 def broker_status_command(home):

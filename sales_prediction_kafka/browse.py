@@ -25,7 +25,7 @@ def _text(b: bytes | None) -> str | None:
     except UnicodeDecodeError:
         return "0x" + b.hex()
 
-
+# %% ../nbs/08b_browse.ipynb #4045d13e
 def message_view(m) -> dict:
     "A consumed message as JSON-ready fields: place, time, key, headers, the value pretty-printed if JSON, its raw bytes."
     import base64
@@ -182,7 +182,7 @@ def read_messages(
 def _header(view: dict, name: str) -> str | None:
     return next((v for k, v in view["headers"] if k == name), None)
 
-
+# %% ../nbs/08b_browse.ipynb #6c23d6f4
 def dead_letters(
     settings: KafkaSettings, topic: str = DEAD_LETTER_TOPIC, limit: int = 1000
 ) -> list[dict]:

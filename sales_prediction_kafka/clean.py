@@ -14,6 +14,7 @@ from .config import plain
 from .data import DataError
 
 log = logging.getLogger(__name__)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'OUTLIER_POLICIES', 'fill_values', 'impute', 'iqr_bounds', 'outside', 'CleaningReport', 'Cleaner']
@@ -36,7 +37,7 @@ def fill_values(
         }
     )
 
-
+# %% ../nbs/02_clean.ipynb #772946de
 def impute(df: pd.DataFrame, values: dict) -> pd.DataFrame:
     "A copy of `df` with the missing cells of each column in `values` set to its value."
     out = df.copy()
@@ -57,7 +58,7 @@ def iqr_bounds(df: pd.DataFrame, columns: list, k: float = 1.5) -> dict:
         c: [float(q1[c] - k * (q3[c] - q1[c])), float(q3[c] + k * (q3[c] - q1[c]))] for c in columns
     }
 
-
+# %% ../nbs/02_clean.ipynb #cc489851
 def outside(df: pd.DataFrame, bounds: dict) -> pd.DataFrame:
     "A boolean frame: True where a cell lies outside its column's bounds."
     return pd.DataFrame(
@@ -67,7 +68,7 @@ def outside(df: pd.DataFrame, bounds: dict) -> pd.DataFrame:
 # %% ../nbs/02_clean.ipynb #7a680c29
 OUTLIER_POLICIES = ("keep", "remove")  # what a model does with atypical training rows
 
-
+# %% ../nbs/02_clean.ipynb #64f0d557
 @dataclass
 class CleaningReport:
     "What cleaning did to the training rows, and the fill values and bounds it learned from them."
@@ -87,21 +88,6 @@ class CleaningReport:
         "The report as JSON-ready plain Python values."
         return plain(asdict(self))
 
-    def to_frame(self) -> pd.DataFrame:
-        "One row per column: cells imputed, the fill value, the IQR bounds and the rows outside them."
-        cols = list(dict.fromkeys([*self.fill_values, *self.bounds]))
-        no = [None, None]
-        return pd.DataFrame(
-            {
-                "imputed": [self.imputed.get(c, 0) for c in cols],
-                "fill_value": [self.fill_values.get(c) for c in cols],
-                "low": [self.bounds.get(c, no)[0] for c in cols],
-                "high": [self.bounds.get(c, no)[1] for c in cols],
-                "outside": [self.outside.get(c, 0) for c in cols],
-            },
-            index=pd.Index(cols, name="column"),
-        )
-
     def __str__(self):
         verb = "removed" if self.policy == "remove" else "kept"
         return (
@@ -110,10 +96,29 @@ class CleaningReport:
             f"{self.atypical} atypical rows (IQR, k={self.k}) {verb}"
         )
 
-    def _repr_html_(self):
-        return f"<p><b>Cleaning:</b> {self}</p>" + self.to_frame().to_html(
-            float_format="{:,.2f}".format, na_rep=""
-        )
+# %% ../nbs/02_clean.ipynb #b2a7357a
+@patch
+def to_frame(self: CleaningReport) -> pd.DataFrame:
+    "One row per column: cells imputed, the fill value, the IQR bounds and the rows outside them."
+    cols = list(dict.fromkeys([*self.fill_values, *self.bounds]))
+    no = [None, None]
+    return pd.DataFrame(
+        {
+            "imputed": [self.imputed.get(c, 0) for c in cols],
+            "fill_value": [self.fill_values.get(c) for c in cols],
+            "low": [self.bounds.get(c, no)[0] for c in cols],
+            "high": [self.bounds.get(c, no)[1] for c in cols],
+            "outside": [self.outside.get(c, 0) for c in cols],
+        },
+        index=pd.Index(cols, name="column"),
+    )
+
+# %% ../nbs/02_clean.ipynb #25a61519
+@patch
+def _repr_html_(self: CleaningReport):
+    return f"<p><b>Cleaning:</b> {self}</p>" + self.to_frame().to_html(
+        float_format="{:,.2f}".format, na_rep=""
+    )
 
 # %% ../nbs/02_clean.ipynb #b7a5b8bf
 @dataclass
@@ -127,55 +132,60 @@ class Cleaner:
     fill: dict = field(default_factory=dict)  # column -> fill value, learned by `fit`
     bounds: dict = field(default_factory=dict)  # column -> [low, high], learned by `fit`
 
-    def fit(self, df: pd.DataFrame) -> Cleaner:
-        "Learn fill values and the bounds of the target and numeric features from the training rows `df`."
-        if self.k < 0:
-            raise ValueError(f"k must be >= 0, got {self.k}")
-        if self.target not in df:
-            raise DataError(
-                f"no target column {self.target!r}; the columns are {', '.join(map(str, df.columns))}"
-            )
-        rows = df[df[self.target].notna()]
-        kinds = {
-            **{c: "numeric" for c in self.numeric},
-            **{c: "categorical" for c in self.categorical},
-        }
-        self.fill = fill_values(rows, kinds)
-        self.bounds = iqr_bounds(impute(rows, self.fill), [self.target, *self.numeric], self.k)
-        return self
-
     def impute(self, df: pd.DataFrame) -> pd.DataFrame:
         "A copy of `df` with the features' gaps filled by the training values."
         return impute(df, self.fill)
 
-    def typical(self, df: pd.DataFrame) -> pd.Series:
-        "True for the rows of `df` inside every training bound, after imputation."
-        return ~outside(self.impute(df), self.bounds).any(axis=1)
-
-    def apply(self, df: pd.DataFrame, policy: str = "keep") -> tuple[pd.DataFrame, CleaningReport]:
-        "The training rows `df` ready to learn from under `policy` ('keep' or 'remove'), and a report."
-        if policy not in OUTLIER_POLICIES:
-            raise ValueError(f"outlier policy must be one of {OUTLIER_POLICIES}, got {policy!r}")
-        rows = df[df[self.target].notna()]
-        full = self.impute(rows)
-        out = outside(full, self.bounds)
-        atypical = out.any(axis=1)
-        result = full[~atypical] if policy == "remove" else full
-        report = CleaningReport(
-            len(df),
-            len(result),
-            policy,
-            self.k,
-            len(df) - len(rows),
-            {c: int(rows[c].isna().sum()) for c in self.fill},
-            dict(self.fill),
-            dict(self.bounds),
-            {c: int(n) for c, n in out.sum().items()},
-            int(atypical.sum()),
-        )
-        log.info("cleaning: %s", report)
-        return result, report
-
     def to_dict(self) -> dict:
         "The fitted cleaner as JSON-ready data (`Cleaner(**d)` rebuilds it)."
         return plain(asdict(self))
+
+# %% ../nbs/02_clean.ipynb #144dfa0e
+@patch
+def fit(self: Cleaner, df: pd.DataFrame) -> Cleaner:
+    "Learn fill values and the bounds of the target and numeric features from the training rows `df`."
+    if self.k < 0:
+        raise ValueError(f"k must be >= 0, got {self.k}")
+    if self.target not in df:
+        raise DataError(
+            f"no target column {self.target!r}; the columns are {', '.join(map(str, df.columns))}"
+        )
+    rows = df[df[self.target].notna()]
+    kinds = {**{c: "numeric" for c in self.numeric}, **{c: "categorical" for c in self.categorical}}
+    self.fill = fill_values(rows, kinds)
+    self.bounds = iqr_bounds(impute(rows, self.fill), [self.target, *self.numeric], self.k)
+    return self
+
+# %% ../nbs/02_clean.ipynb #2d1481f5
+@patch
+def typical(self: Cleaner, df: pd.DataFrame) -> pd.Series:
+    "True for the rows of `df` inside every training bound, after imputation."
+    return ~outside(self.impute(df), self.bounds).any(axis=1)
+
+# %% ../nbs/02_clean.ipynb #4798cf45
+@patch
+def apply(
+    self: Cleaner, df: pd.DataFrame, policy: str = "keep"
+) -> tuple[pd.DataFrame, CleaningReport]:
+    "The training rows `df` ready to learn from under `policy` ('keep' or 'remove'), and a report."
+    if policy not in OUTLIER_POLICIES:
+        raise ValueError(f"outlier policy must be one of {OUTLIER_POLICIES}, got {policy!r}")
+    rows = df[df[self.target].notna()]
+    full = self.impute(rows)
+    out = outside(full, self.bounds)
+    atypical = out.any(axis=1)
+    result = full[~atypical] if policy == "remove" else full
+    report = CleaningReport(
+        len(df),
+        len(result),
+        policy,
+        self.k,
+        len(df) - len(rows),
+        {c: int(rows[c].isna().sum()) for c in self.fill},
+        dict(self.fill),
+        dict(self.bounds),
+        {c: int(n) for c, n in out.sum().items()},
+        int(atypical.sum()),
+    )
+    log.info("cleaning: %s", report)
+    return result, report

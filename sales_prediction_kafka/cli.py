@@ -10,6 +10,7 @@ import ast, importlib, importlib.util, logging
 from pathlib import Path
 import click
 from . import __version__
+from fastcore.basics import patch
 
 # %% ../nbs/11_cli.ipynb #d81c6462
 class KafkaClientNoise(logging.Filter):
@@ -36,7 +37,7 @@ COMMANDS = {  # name: (module, function) of each command; imported only when it 
     "dlq": ("dlq", "dlq_command"),
 }
 
-
+# %% ../nbs/11_cli.ipynb #76756bb9
 def source_docstring(
     module: str,  # a module of this package, e.g. "serve"
     name: str,  # a function defined at its top level
@@ -48,7 +49,7 @@ def source_docstring(
         ast.get_docstring(n) for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name
     )
 
-
+# %% ../nbs/11_cli.ipynb #b31cb9c4
 class LazyGroup(click.Group):
     "A click group whose commands in `lazy` ({name: (module, function)}) are imported on first use."
 
@@ -56,41 +57,49 @@ class LazyGroup(click.Group):
         super().__init__(*args, **kw)
         self.lazy = lazy
 
-    def list_commands(self, ctx) -> list[str]:
-        return sorted({*self.commands, *self.lazy})
+# %% ../nbs/11_cli.ipynb #9907569c
+@patch
+def list_commands(self: LazyGroup, ctx) -> list[str]:
+    return sorted({*self.commands, *self.lazy})
 
-    def invoke(self, ctx):
-        "Run the command; a `SalesKafkaError` it raises becomes click's one `Error:` line (exit 1), not a traceback."
-        # here, so that `--help` imports nothing more
-        from sales_prediction_kafka.config import SalesKafkaError
+# %% ../nbs/11_cli.ipynb #85bdf43b
+@patch
+def invoke(self: LazyGroup, ctx):
+    "Run the command; a `SalesKafkaError` it raises becomes click's one `Error:` line (exit 1), not a traceback."
+    # here, so that `--help` imports nothing more
+    from sales_prediction_kafka.config import SalesKafkaError
 
-        try:
-            return super().invoke(ctx)
-        except SalesKafkaError as e:
-            raise click.ClickException(str(e)) from None
+    try:
+        return super(LazyGroup, self).invoke(ctx)
+    except SalesKafkaError as e:
+        raise click.ClickException(str(e)) from None
 
-    def get_command(self, ctx, name: str) -> click.Command | None:
-        "The command `name`, importing its module the first time."
-        if name not in self.commands and name in self.lazy:
-            module, fn = self.lazy[name]
-            self.add_command(
-                getattr(importlib.import_module(f"sales_prediction_kafka.{module}"), fn), name
-            )
-        return self.commands.get(name)
-
-    def format_commands(self, ctx, formatter):
-        "The command list of `--help`, with each lazy command's help read from its source."
-        limit = formatter.width - 6 - max(map(len, self.list_commands(ctx)))
-        short = lambda n: (
-            click.Command(n, help=source_docstring(*self.lazy[n]))
-            if n not in self.commands
-            else self.commands[n]
+# %% ../nbs/11_cli.ipynb #3b065adb
+@patch
+def get_command(self: LazyGroup, ctx, name: str) -> click.Command | None:
+    "The command `name`, importing its module the first time."
+    if name not in self.commands and name in self.lazy:
+        module, fn = self.lazy[name]
+        self.add_command(
+            getattr(importlib.import_module(f"sales_prediction_kafka.{module}"), fn), name
         )
-        rows = [(n, short(n).get_short_help_str(limit)) for n in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+    return self.commands.get(name)
 
+# %% ../nbs/11_cli.ipynb #15c2b965
+@patch
+def format_commands(self: LazyGroup, ctx, formatter):
+    "The command list of `--help`, with each lazy command's help read from its source."
+    limit = formatter.width - 6 - max(map(len, self.list_commands(ctx)))
+    short = lambda n: (
+        click.Command(n, help=source_docstring(*self.lazy[n]))
+        if n not in self.commands
+        else self.commands[n]
+    )
+    rows = [(n, short(n).get_short_help_str(limit)) for n in self.list_commands(ctx)]
+    with formatter.section("Commands"):
+        formatter.write_dl(rows)
 
+# %% ../nbs/11_cli.ipynb #02035e03
 @click.group(
     cls=LazyGroup,
     lazy=COMMANDS,

@@ -20,6 +20,7 @@ from sales_prediction_kafka.config import (
 )
 
 log = logging.getLogger(__name__)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'CONNECT_TIMEOUT', 'StreamError', 'check_topic', 'BrokerUnreachable', 'AuthenticationFailed', 'admin_client',
@@ -29,7 +30,7 @@ __all__ = ['log', 'CONNECT_TIMEOUT', 'StreamError', 'check_topic', 'BrokerUnreac
 class StreamError(SalesKafkaError, ValueError):
     "Predictions could not be validated, sent or confirmed, or a topic could not be read."
 
-
+# %% ../nbs/06a_clients.ipynb #e0b660e1
 def check_topic(topic: str) -> str:
     "`topic` if Kafka accepts it as a topic name, else a `StreamError` that says why."
     if (
@@ -46,23 +47,20 @@ def check_topic(topic: str) -> str:
 class BrokerUnreachable(StreamError, ConnectionError):
     "No Kafka broker answered at the configured servers."
 
-
+# %% ../nbs/06a_clients.ipynb #1ef21459
 class AuthenticationFailed(StreamError, PermissionError):
     "The broker refused the client's credentials."
 
-
+# %% ../nbs/06a_clients.ipynb #832885e9
 CONNECT_TIMEOUT = 10.0  # seconds to wait for the first broker
 
-
+# %% ../nbs/06a_clients.ipynb #d04b269a
 class _Errors(logging.Handler):
     "Collects the warnings kafka-python logs while it retries (it then raises only a timeout)."
 
     def __init__(self):
         super().__init__(logging.WARNING)
         self.seen = []
-
-    def emit(self, record):
-        self.seen.append(record.getMessage())
 
     def why(self, default: str) -> str:
         "The most telling message: a refused login, else another authentication error, else the last connection error."
@@ -72,13 +70,20 @@ class _Errors(logging.Handler):
         rest = [m for m in self.seen if not m.startswith("Bootstrap failed")]
         return (refused or auth or rest or [default])[-1]
 
-    def closed_by_broker(self) -> bool:
-        "The broker accepted connections and then dropped them (how a SASL listener refuses a login), never refused one."
-        return any("disconnected" in m for m in self.seen) and not any(
-            "refused" in m.lower() for m in self.seen
-        )
+# %% ../nbs/06a_clients.ipynb #5b7c7ded
+@patch
+def emit(self: _Errors, record):
+    self.seen.append(record.getMessage())
 
+# %% ../nbs/06a_clients.ipynb #427fcbd7
+@patch
+def closed_by_broker(self: _Errors) -> bool:
+    "The broker accepted connections and then dropped them (how a SASL listener refuses a login), never refused one."
+    return any("disconnected" in m for m in self.seen) and not any(
+        "refused" in m.lower() for m in self.seen
+    )
 
+# %% ../nbs/06a_clients.ipynb #266729c5
 def _connect(cls, settings: KafkaSettings, timeout: float, **kw):
     "A kafka-python client of class `cls`, or a one-line error saying why the cluster did not answer."
     kafka_log, seen = logging.getLogger("kafka"), _Errors()
@@ -110,14 +115,14 @@ def _connect(cls, settings: KafkaSettings, timeout: float, **kw):
     finally:
         kafka_log.removeHandler(seen)
 
-
+# %% ../nbs/06a_clients.ipynb #53a80613
 def admin_client(
     settings: KafkaSettings, timeout: float = CONNECT_TIMEOUT, **kw
 ) -> KafkaAdminClient:
     "A connected admin client, or `BrokerUnreachable` after `timeout` seconds."
     return _connect(KafkaAdminClient, settings, timeout, **kw)
 
-
+# %% ../nbs/06a_clients.ipynb #43a58cfb
 def consumer(settings: KafkaSettings, timeout: float = CONNECT_TIMEOUT, **kw) -> KafkaConsumer:
     "A connected consumer (bytes in, bytes out), or `BrokerUnreachable` after `timeout` seconds."
     return _connect(KafkaConsumer, settings, timeout, **kw)
@@ -133,7 +138,7 @@ def deliver_before_close(sock_recv):
     recv.__wrapped__ = sock_recv
     return recv
 
-
+# %% ../nbs/06a_clients.ipynb #13cd5569
 # kafka-python 3.0.12: `KafkaTCPTransport._read_from_sock` aborts on `_sock_recv`'s error before it hands over the bytes
 if not hasattr(KafkaTCPTransport._sock_recv, "__wrapped__"):
     KafkaTCPTransport._sock_recv = deliver_before_close(KafkaTCPTransport._sock_recv)
@@ -142,30 +147,34 @@ if not hasattr(KafkaTCPTransport._sock_recv, "__wrapped__"):
 class Producer(KafkaProducer):
     "kafka-python's producer, with a close that abandons stuck records and transaction steps with a bounded wait."
 
-    def close(self, timeout: float | None = None, null_logger: bool = False):
-        "Close, abandoning the records not sent within `timeout` seconds (None: wait for them)."
-        try:
-            super().close(timeout, null_logger)
-        except KafkaTimeoutError:
-            # kafka-python 3.0.12: no public way to fail the stuck batches, so that the sender thread ends
-            self._sender.force_close()
-            super().close(timeout, null_logger)
+# %% ../nbs/06a_clients.ipynb #24e4bb4c
+@patch
+def close(self: Producer, timeout: float | None = None, null_logger: bool = False):
+    "Close, abandoning the records not sent within `timeout` seconds (None: wait for them)."
+    try:
+        super(Producer, self).close(timeout, null_logger)
+    except KafkaTimeoutError:
+        # kafka-python 3.0.12: no public way to fail the stuck batches, so that the sender thread ends
+        self._sender.force_close()
+        super(Producer, self).close(timeout, null_logger)
 
-    def within(
-        self,
-        step: str,  # 'send_offsets_to_transaction', 'begin_commit' or 'begin_abort'
-        *args,  # the step's arguments: (offsets, group metadata) for send_offsets_to_transaction
-        timeout_ms: int = 15_000,
-    ):
-        "Run transaction `step`, waiting at most `timeout_ms`; else `KafkaTimeoutError`."
-        # kafka-python 3.0.12: the public commit_transaction/abort_transaction/send_offsets_to_transaction wait
-        # without a limit; they are these two calls and `result.wait()`
-        result = getattr(self._transaction_manager, step)(*args)
-        self._sender.wakeup()
-        if not result.wait(timeout_ms):
-            raise KafkaTimeoutError(f"{step} took longer than {timeout_ms // 1000} s")
+# %% ../nbs/06a_clients.ipynb #7fc36d0a
+@patch
+def within(
+    self: Producer,
+    step: str,  # 'send_offsets_to_transaction', 'begin_commit' or 'begin_abort'
+    *args,  # the step's arguments: (offsets, group metadata) for send_offsets_to_transaction
+    timeout_ms: int = 15_000,
+):
+    "Run transaction `step`, waiting at most `timeout_ms`; else `KafkaTimeoutError`."
+    # kafka-python 3.0.12: the public commit_transaction/abort_transaction/send_offsets_to_transaction wait
+    # without a limit; they are these two calls and `result.wait()`
+    result = getattr(self._transaction_manager, step)(*args)
+    self._sender.wakeup()
+    if not result.wait(timeout_ms):
+        raise KafkaTimeoutError(f"{step} took longer than {timeout_ms // 1000} s")
 
-
+# %% ../nbs/06a_clients.ipynb #e5b061aa
 def producer(
     settings: KafkaSettings,
     timeout: float = CONNECT_TIMEOUT,
@@ -197,7 +206,7 @@ def producer(
 class ReadTimeout(StreamError, TimeoutError):
     "A read did not reach the end offsets it was given."
 
-
+# %% ../nbs/06a_clients.ipynb #816987f1
 def read_records(
     c: KafkaConsumer,
     # {TopicPartition: first offset}: assign `c` these and seek there; None: from where `c` stands
@@ -229,7 +238,7 @@ def read_records(
                 # `c` stays at `stop`: a reader that goes on later reads the rest
                 c.seek(tp, stop[tp])
 
-
+# %% ../nbs/06a_clients.ipynb #fe393274
 def _partitions(c: KafkaConsumer, settings: KafkaSettings, topic: str, wait: float | None) -> set:
     "The partitions of `topic`, waiting up to `wait` seconds (None: for ever) for it to exist; else a `StreamError`."
     parts, since = c.partitions_for_topic(check_topic(topic)), time.monotonic()
@@ -242,7 +251,7 @@ def _partitions(c: KafkaConsumer, settings: KafkaSettings, topic: str, wait: flo
         )
     return parts
 
-
+# %% ../nbs/06a_clients.ipynb #6149dcde
 def topic_records(
     settings: KafkaSettings,
     topic: str,

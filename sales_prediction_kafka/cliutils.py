@@ -18,7 +18,7 @@ __all__ = ['log', 'BOOTSTRAP_SERVERS_HELP', 'M_MMAP_THRESHOLD', 'apply_options',
 # %% ../nbs/00a_cliutils.ipynb #69b6a820
 BOOTSTRAP_SERVERS_HELP = "Kafka cluster, host:port[,host:port] (default: $KAFKA_BOOTSTRAP_SERVERS, else the local broker, started if needed)."
 
-
+# %% ../nbs/00a_cliutils.ipynb #7a1a1b67
 def apply_options(opts: list):
     "A click decorator applying the options `opts` in their order, as if written one above the other."
 
@@ -29,7 +29,7 @@ def apply_options(opts: list):
 
     return decorate
 
-
+# %% ../nbs/00a_cliutils.ipynb #8e166576
 def kafka_options(
     max_records: str | None = None,  # help of a `--max-records` option; None: the command has none
     # its default; None: no limit
@@ -177,7 +177,7 @@ def stop_on_signals(event: threading.Event, signals=(signal.SIGTERM, signal.SIGI
 # %% ../nbs/00a_cliutils.ipynb #71f23bbc
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
-
+# %% ../nbs/00a_cliutils.ipynb #348944cc
 def steady_memory(threshold: int = 128 * 1024) -> bool:
     "Fix glibc's mmap threshold at `threshold` bytes so large freed buffers go back to the system; False where it cannot."
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.libc_ver()[0] != "glibc":

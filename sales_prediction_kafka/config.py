@@ -36,7 +36,7 @@ class SalesKafkaError(Exception):
 # %% ../nbs/00_config.ipynb #2a0ded9e
 _SECRET = {"sasl_plain_password", "ssl_password"}
 
-
+# %% ../nbs/00_config.ipynb #a1048887
 @dataclass(frozen=True)
 class KafkaSettings:
     "Connection settings for a Kafka cluster, named as kafka-python names them."
@@ -68,7 +68,7 @@ def _parsed(var: str, text: str, kind: str):
     except ValueError:
         raise ValueError(f"{var}={text!r}: expected an integer") from None
 
-
+# %% ../nbs/00_config.ipynb #e15754a5
 def _from_env(
     base,  # a settings dataclass holding the defaults
     env: dict | None,
@@ -90,7 +90,7 @@ def _from_env(
     }
     return replace(base, **values | {k: v for k, v in overrides.items() if v is not None})
 
-
+# %% ../nbs/00_config.ipynb #716a52ae
 def kafka_settings(
     env: dict | None = None,  # environment to read; `os.environ` by default
     **overrides,
@@ -119,7 +119,7 @@ class ProducerSettings:
     # unacknowledged requests per broker; at most 5 with idempotence
     max_in_flight_requests_per_connection: int = 5
 
-
+# %% ../nbs/00_config.ipynb #21919858
 def producer_settings(
     env: dict | None = None,  # environment to read; `os.environ` by default
     # the defaults; None: `ProducerSettings()`, the throughput ones
@@ -129,7 +129,7 @@ def producer_settings(
     "Producer settings from `overrides`, then `env`, then `base`; `None` overrides are ignored."
     return _from_env(base or ProducerSettings(), env, overrides, "producer")
 
-
+# %% ../nbs/00_config.ipynb #5ff066f0
 def producer_kwargs(p: ProducerSettings) -> dict:
     "Keyword arguments for kafka-python's producer (compression `none` is its None)."
     return asdict(p) | {

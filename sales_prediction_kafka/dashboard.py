@@ -34,6 +34,7 @@ from .registry import MAX_MODEL_BYTES, MODELS_TOPIC, Registry, decision_alert
 from .clients import StreamError, consumer
 
 log = logging.getLogger(__name__)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'PAGE_BACKLOG', 'TOKEN_ENV', 'LOOPBACK', 'BROWSE_PAGES', 'sse', 'DashboardHub', 'VersionWatch', 'model_rows',
@@ -45,7 +46,7 @@ def _finite(x) -> float | None:
     "`x`, or None when it is missing or not finite."
     return float(x) if x is not None and math.isfinite(x) else None
 
-
+# %% ../nbs/09a_dashboard.ipynb #af02fa0d
 def _row(r: Record) -> dict:
     "A table row of the dashboard."
     return {
@@ -58,7 +59,7 @@ def _row(r: Record) -> dict:
         "error": r.error,
     }
 
-
+# %% ../nbs/09a_dashboard.ipynb #d638bfd4
 def _points(u: Update) -> dict:
     "The new chart points of `u`, column by column; x counts records in arrival order."
     first = u.snapshot["seen"] - len(u.records) + 1
@@ -69,7 +70,7 @@ def _points(u: Update) -> dict:
         **{k: [_finite(v[i]) for v in u.rolling] for i, k in enumerate(("mae", "rmse", "bias"))},
     }
 
-
+# %% ../nbs/09a_dashboard.ipynb #70261670
 def sse(event: str, data) -> str:
     "One Server-Sent Events message."
     return f"event: {event}\ndata: {json.dumps(data, allow_nan=False)}\n\n"
@@ -78,7 +79,7 @@ def sse(event: str, data) -> str:
 _COLUMNS = ("x", "actual", "predicted", "mae", "rmse", "bias")
 PAGE_BACKLOG = 100  # updates (one a second by default) a page may fall behind before it is dropped; it reconnects
 
-
+# %% ../nbs/09a_dashboard.ipynb #1ba785ba
 class DashboardHub:
     "The dashboard's recent history, and the queues of the pages that listen."
 
@@ -99,23 +100,6 @@ class DashboardHub:
         self.decided = 0  # the registry's decisions listed among the alerts so far
         # (partition, offset, x) of the charted records; unplaced swaps
         self.placed, self.pending = (deque(maxlen=points), [])
-
-    def state(self) -> dict:
-        "Everything a newly opened page shows."
-        return {
-            "topic": self.topic,
-            "limits": self.limits,
-            "max_rows": self.max_rows,
-            "max_points": self.max_points,
-            "rows": list(self.rows),
-            "points": {k: list(v) for k, v in self.points.items()},
-            "snapshot": self.snapshot,
-            "alerts": list(self.alerts),
-            "error": self.error,
-            "marks": list(self.marks),
-            "models": self.models,
-            "version": self.version,
-        }
 
     def publish(self, u: Update):
         "Take in `u` and queue it for every connected page."
@@ -138,74 +122,103 @@ class DashboardHub:
         if self.pending:
             self.note([])
 
-    def note(
-        self,
-        changes: list,  # (partition, offset, version, previous) where a partition's `model_version` changed
-        models: list | None = None,  # the registry's versions if they changed, from `model_rows`
-        # the registry's decisions, oldest first: those not seen yet join the alerts
-        decisions: list | None = None,
-    ):
-        "Take in model swaps and registry changes: a swap is marked at its first charted record, once per new version."
-        fresh = [decision_alert(d) for d in (decisions or [])[self.decided :]]
-        self.decided += len(fresh)
-        self.alerts.extend(fresh)
-        for p, o, v, prev in changes:
-            self.version = v
-            last = (
-                self.pending[-1][2]
-                if self.pending
-                else self.marks[-1]["version"]
-                if self.marks
-                else None
+# %% ../nbs/09a_dashboard.ipynb #41e534e1
+@patch
+def state(self: DashboardHub) -> dict:
+    "Everything a newly opened page shows."
+    return {
+        "topic": self.topic,
+        "limits": self.limits,
+        "max_rows": self.max_rows,
+        "max_points": self.max_points,
+        "rows": list(self.rows),
+        "points": {k: list(v) for k, v in self.points.items()},
+        "snapshot": self.snapshot,
+        "alerts": list(self.alerts),
+        "error": self.error,
+        "marks": list(self.marks),
+        "models": self.models,
+        "version": self.version,
+    }
+
+# %% ../nbs/09a_dashboard.ipynb #af357b1b
+@patch
+def note(
+    self: DashboardHub,
+    changes: list,  # (partition, offset, version, previous) where a partition's `model_version` changed
+    models: list | None = None,  # the registry's versions if they changed, from `model_rows`
+    # the registry's decisions, oldest first: those not seen yet join the alerts
+    decisions: list | None = None,
+):
+    "Take in model swaps and registry changes: a swap is marked at its first charted record, once per new version."
+    fresh = [decision_alert(d) for d in (decisions or [])[self.decided :]]
+    self.decided += len(fresh)
+    self.alerts.extend(fresh)
+    for p, o, v, prev in changes:
+        self.version = v
+        last = (
+            self.pending[-1][2]
+            if self.pending
+            else self.marks[-1]["version"]
+            if self.marks
+            else None
+        )
+        if prev is not None and v != last:
+            self.pending.append((p, o, v, prev))  # other workers' same swap: one mark
+    placed = []
+    for p, o, v, prev in list(self.pending):
+        x = next((x for pp, oo, x in self.placed if pp == p and oo >= o), None)
+        if x is not None:
+            placed.append({"x": x, "version": v, "previous": prev})
+            self.pending.remove((p, o, v, prev))
+    self.marks.extend(placed)
+    if models is not None:
+        self.models = models
+    if placed or changes or models is not None or fresh:
+        self._send(
+            sse(
+                "models",
+                {
+                    "marks": list(self.marks),
+                    "models": self.models,
+                    "version": self.version,
+                    "alerts": fresh,
+                },
             )
-            if prev is not None and v != last:
-                self.pending.append((p, o, v, prev))  # other workers' same swap: one mark
-        placed = []
-        for p, o, v, prev in list(self.pending):
-            x = next((x for pp, oo, x in self.placed if pp == p and oo >= o), None)
-            if x is not None:
-                placed.append({"x": x, "version": v, "previous": prev})
-                self.pending.remove((p, o, v, prev))
-        self.marks.extend(placed)
-        if models is not None:
-            self.models = models
-        if placed or changes or models is not None or fresh:
-            self._send(
-                sse(
-                    "models",
-                    {
-                        "marks": list(self.marks),
-                        "models": self.models,
-                        "version": self.version,
-                        "alerts": fresh,
-                    },
-                )
-            )
+        )
 
-    def fail(self, error: str):
-        "Tell the pages that the monitor stopped with `error`."
-        self.error = error
-        self._send(sse("failure", {"error": error}))
+# %% ../nbs/09a_dashboard.ipynb #188e8037
+@patch
+def fail(self: DashboardHub, error: str):
+    "Tell the pages that the monitor stopped with `error`."
+    self.error = error
+    self._send(sse("failure", {"error": error}))
 
-    def _send(self, text: str):
-        "Queue `text` for every page; drop a page whose queue is full."
-        for q in list(self.queues):
-            try:
-                q.put_nowait(text)
-            except QueueFull:
-                self.drop(q)
+# %% ../nbs/09a_dashboard.ipynb #75061709
+@patch
+def _send(self: DashboardHub, text: str):
+    "Queue `text` for every page; drop a page whose queue is full."
+    for q in list(self.queues):
+        try:
+            q.put_nowait(text)
+        except QueueFull:
+            self.drop(q)
 
-    def listen(self) -> Queue:
-        "A new page's queue."
-        q = Queue(maxsize=PAGE_BACKLOG)
-        self.queues.add(q)
-        return q
+# %% ../nbs/09a_dashboard.ipynb #01805992
+@patch
+def listen(self: DashboardHub) -> Queue:
+    "A new page's queue."
+    q = Queue(maxsize=PAGE_BACKLOG)
+    self.queues.add(q)
+    return q
 
-    def drop(self, q: Queue):
-        "Forget a page's queue, and wake its handler so it ends."
-        self.queues.discard(q)
-        if not q.full():
-            q.put_nowait(None)
+# %% ../nbs/09a_dashboard.ipynb #cc66cb54
+@patch
+def drop(self: DashboardHub, q: Queue):
+    "Forget a page's queue, and wake its handler so it ends."
+    self.queues.discard(q)
+    if not q.full():
+        q.put_nowait(None)
 
 # %% ../nbs/09a_dashboard.ipynb #4782cdcf
 def _assign(c, topic: str, beginning: bool = True) -> bool:
@@ -218,7 +231,7 @@ def _assign(c, topic: str, beginning: bool = True) -> bool:
     (c.seek_to_beginning if beginning else c.seek_to_end)(*tps)
     return True
 
-
+# %% ../nbs/09a_dashboard.ipynb #4030fdb6
 class VersionWatch:
     "Where the `model_version` header of `topic`'s records changes, partition by partition."
 
@@ -255,12 +268,12 @@ class VersionWatch:
     def close(self):
         self.c.close()
 
-
+# %% ../nbs/09a_dashboard.ipynb #530fd796
 def model_rows(reg: Registry) -> list[dict]:
     "One row per registry version, newest first: `Registry.rows` with every test figure."
     return [r | {"figures": reg.versions[r["version"]]["figures"]} for r in reversed(reg.rows())]
 
-
+# %% ../nbs/09a_dashboard.ipynb #6c13e014
 class RegistryWatch:
     "The registry's versions and champion, as they change."
 
@@ -289,7 +302,7 @@ class RegistryWatch:
     def close(self):
         self.c.close()
 
-
+# %% ../nbs/09a_dashboard.ipynb #4cdf3d29
 def _watch(
     hub: DashboardHub,
     loop,
@@ -338,7 +351,7 @@ def _int(args: dict, name: str, default=None, lo: int = 0) -> int | None:
         raise ValueError(f"{name} must be at least {lo}, not {n}")
     return n
 
-
+# %% ../nbs/09a_dashboard.ipynb #f772fbb3
 def browse_data(
     settings: KafkaSettings,
     page: str,  # one of `BROWSE_PAGES`
@@ -373,7 +386,7 @@ TOKEN_ENV = "SALES_KAFKA_DASHBOARD_TOKEN"  # the token the pages ask for, when s
 LOOPBACK = ("127.0.0.1", "::1", "localhost")  # addresses that need no token
 _COOKIE = "sales_kafka_token"
 
-
+# %% ../nbs/09a_dashboard.ipynb #1b93f733
 def access_token(host: str, env: dict | None = None) -> str | None:
     "The token requests must bear (from `env`, default `os.environ`); refuses a non-loopback `host` without a good one."
     token = (os.environ if env is None else env).get(TOKEN_ENV) or None
@@ -388,35 +401,37 @@ def access_token(host: str, env: dict | None = None) -> str | None:
         )
     return token
 
-
+# %% ../nbs/09a_dashboard.ipynb #ea1c44f6
 def _log_request(handler: web.RequestHandler):
     "One debug line per request: method, path and status; never the query, which may hold the token."
     log.debug("%s %s %d", handler.request.method, handler.request.path, handler.get_status())
 
-
+# %% ../nbs/09a_dashboard.ipynb #7baacc91
 class _Guarded(web.RequestHandler):
     "A handler that answers only requests bearing the app's token (when it has one)."
 
-    def prepare(self):
-        token = self.settings.get("token")
-        if token is None:
-            return
-        query = self.get_query_argument("token", "")
-        given = (
-            query
-            or self.get_cookie(_COOKIE, "")
-            or self.request.headers.get("Authorization", "").removeprefix("Bearer ")
-        )
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            self.set_status(401)
-            self.set_header("WWW-Authenticate", "Bearer")
-            self.finish()
-            return
-        if query:  # into a cookie, and out of the address bar
-            self.set_cookie(_COOKIE, token, httponly=True, samesite="Strict")
-            rest = {k: v[-1] for k, v in self.request.query_arguments.items() if k != "token"}
-            self.redirect(self.request.path + ("?" + urlencode(rest) if rest else ""))
-            return
+# %% ../nbs/09a_dashboard.ipynb #f6091007
+@patch
+def prepare(self: _Guarded):
+    token = self.settings.get("token")
+    if token is None:
+        return
+    query = self.get_query_argument("token", "")
+    given = (
+        query
+        or self.get_cookie(_COOKIE, "")
+        or self.request.headers.get("Authorization", "").removeprefix("Bearer ")
+    )
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        self.set_status(401)
+        self.set_header("WWW-Authenticate", "Bearer")
+        self.finish()
+        return
+    if query:  # into a cookie, and out of the address bar
+        self.set_cookie(_COOKIE, token, httponly=True, samesite="Strict")
+        rest = {k: v[-1] for k, v in self.request.query_arguments.items() if k != "token"}
+        self.redirect(self.request.path + ("?" + urlencode(rest) if rest else ""))
+        return
 
 # %% ../nbs/09a_dashboard.ipynb #9ac79ad1
 class _BrowsePage(_Guarded):
@@ -424,7 +439,7 @@ class _BrowsePage(_Guarded):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.write(static_page("browse.html"))
 
-
+# %% ../nbs/09a_dashboard.ipynb #278e2e5c
 class _Api(_Guarded):
     def initialize(self, settings, dead_letter_topic):
         self.kafka, self.dlq = settings, dead_letter_topic
@@ -453,14 +468,14 @@ class _Page(_Guarded):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.write(static_page(self.page))
 
-
+# %% ../nbs/09a_dashboard.ipynb #f1749c54
 class _PlotlyJS(_Guarded):
     def get(self):
         self.set_header("Content-Type", "application/javascript; charset=utf-8")
         self.set_header("Cache-Control", "max-age=86400")
         self.write(plotly_js())
 
-
+# %% ../nbs/09a_dashboard.ipynb #00e55153
 class _State(_Guarded):
     def initialize(self, hub):
         self.hub = hub
@@ -469,7 +484,7 @@ class _State(_Guarded):
         self.set_header("Content-Type", "application/json")
         self.write(json.dumps(self.hub.state(), allow_nan=False))
 
-
+# %% ../nbs/09a_dashboard.ipynb #51693792
 class _Events(_Guarded):
     "Server-Sent Events: the state first, then each update; a comment every 15 s keeps the connection open."
 
@@ -496,17 +511,19 @@ class _Events(_Guarded):
         finally:
             self.hub.drop(self.q)
 
-    def on_connection_close(self):
-        if hasattr(self, "q"):
-            self.hub.drop(self.q)
+# %% ../nbs/09a_dashboard.ipynb #4cc97327
+@patch
+def on_connection_close(self: _Events):
+    if hasattr(self, "q"):
+        self.hub.drop(self.q)
 
-
+# %% ../nbs/09a_dashboard.ipynb #4a686ec8
 @functools.cache
 def static_page(name: str = "dashboard.html") -> str:
     "A page shipped with the package in static/."
     return (resources.files("sales_prediction_kafka") / "static" / name).read_text(encoding="utf-8")
 
-
+# %% ../nbs/09a_dashboard.ipynb #285bef3a
 @functools.cache
 def plotly_js() -> str:
     "plotly.js as bundled in the plotly Python package."
@@ -514,11 +531,11 @@ def plotly_js() -> str:
 
     return get_plotlyjs()
 
-
+# %% ../nbs/09a_dashboard.ipynb #a5add6c2
 # the cluster pages, each at /<name>, its data at /api/<name>
 BROWSE_PAGES = ("topics", "groups", "messages", "dead-letters")
 
-
+# %% ../nbs/09a_dashboard.ipynb #72313189
 def dashboard_app(
     hub: DashboardHub,
     settings: KafkaSettings | None = None,  # the cluster the browse pages read
@@ -562,11 +579,11 @@ def _feed(hub: DashboardHub, loop, stop: threading.Event, kw: dict):
         log.error("the monitor stopped: %s", e)
         loop.call_soon_threadsafe(hub.fail, f"{type(e).__name__}: {e}")
 
-
+# %% ../nbs/09a_dashboard.ipynb #018008ae
 async def _call(f, *args):
     return f(*args)
 
-
+# %% ../nbs/09a_dashboard.ipynb #666eb953
 async def _serve(
     hub: DashboardHub,
     host: str,
@@ -614,7 +631,7 @@ async def _serve(
         for t in (worker, watcher):
             await loop.run_in_executor(None, t.join, 10)
 
-
+# %% ../nbs/09a_dashboard.ipynb #6f2cdff8
 def run_dashboard(
     host: str = "127.0.0.1",  # address to bind; loopback unless told otherwise
     port: int = 8050,  # 0: any free port

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from .config import SalesKafkaError
 
 log = logging.getLogger(__name__)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'SEASONS', 'GENDERS', 'TARGET', 'SALES_COLUMNS', 'SEASON_EFFECT', 'MISSING_COLUMNS', 'SAMPLE_CSV', 'DELIMITERS',
@@ -36,7 +37,7 @@ class Column:
     description: str
     values: tuple = ()  # the labels of a categorical column, in display order
 
-
+# %% ../nbs/01_data.ipynb #459b341d
 SEASONS = ("Winter", "Spring", "Summer", "Autumn")
 GENDERS = ("Male", "Female")
 TARGET = "Sales"
@@ -59,7 +60,7 @@ def column_kind(s: pd.Series) -> str:
         return "categorical"
     return "binary" if s.dropna().isin([0, 1]).all() and s.notna().any() else "numeric"
 
-
+# %% ../nbs/01_data.ipynb #8a8bf8d8
 def column_kinds(df: pd.DataFrame) -> dict:
     "The kind of every column of `df`."
     return {c: column_kind(df[c]) for c in df.columns}
@@ -76,7 +77,7 @@ MISSING_COLUMNS = (
     "Credit_Score",
 )
 
-
+# %% ../nbs/01_data.ipynb #0f7f91c4
 def _credit_scores(r, defaulted):
     "Credit scores, lower for defaulters, with 2.5% thin-file customers scoring 300-480."
     n = len(defaulted)
@@ -84,7 +85,7 @@ def _credit_scores(r, defaulted):
     cs = np.where(r.random(n) < 0.025, r.uniform(300, 480, n), cs)
     return np.clip(np.rint(cs), 300, 850)
 
-
+# %% ../nbs/01_data.ipynb #b1c5361e
 def _sales(r, spend, season, score, churn, credit):
     "Sales from the drivers, plus noise and 5% bulk buyers at 1.8-3x."
     n = len(spend)
@@ -134,7 +135,7 @@ def generate_sales(
 # %% ../nbs/01_data.ipynb #f18a4778
 SAMPLE_CSV = Path(str(files("sales_prediction_kafka"))) / "data" / "sales_sample.csv"
 
-
+# %% ../nbs/01_data.ipynb #59021253
 def write_table(df: pd.DataFrame, path, chunk: int = 500_000) -> Path:
     "Write `df` to the CSV `path` in chunks, with a progress bar for big tables."
     path = Path(path)
@@ -149,7 +150,7 @@ def write_table(df: pd.DataFrame, path, chunk: int = 500_000) -> Path:
             df.iloc[i : i + chunk].to_csv(f, index=False, header=i == 0, lineterminator="\n")
     return path
 
-
+# %% ../nbs/01_data.ipynb #ee95040b
 def write_sample(path=SAMPLE_CSV, n: int = 500, seed: int = 42) -> Path:
     "Write `generate_sales(n, seed)` to `path`."
     return write_table(generate_sales(n, seed), path)
@@ -158,11 +159,11 @@ def write_sample(path=SAMPLE_CSV, n: int = 500, seed: int = 42) -> Path:
 class DataError(SalesKafkaError, ValueError):
     "A data file that cannot be used, with what and where."
 
-
+# %% ../nbs/01_data.ipynb #992e8d87
 DELIMITERS = (",", ";", "\t", "|")
 SHOW_CELLS = 5  # bad cells shown per column; the rest are counted
 
-
+# %% ../nbs/01_data.ipynb #0e856c78
 def _header(path: Path, sep: str) -> list[str]:
     "The header of `path`, or a `DataError` if the file is missing, empty or mis-delimited."
     if not path.is_file():
@@ -222,7 +223,7 @@ def _bad_cells(
     more = bad.sum() - len(cells)
     return ", ".join(cells) + (f" and {more} more" if more else "")
 
-
+# %% ../nbs/01_data.ipynb #8e23ddb6
 def _parse_column(raw: pd.Series, is_target: bool) -> tuple[pd.Series, str | None]:
     "The parsed column and a description of its bad cells (None if all good)."
     name = raw.name
@@ -257,7 +258,7 @@ CSV_READ = dict(
     encoding="utf-8-sig", skip_blank_lines=False, skipinitialspace=True, index_col=False
 )
 
-
+# %% ../nbs/01_data.ipynb #66609016
 def load_table(
     path,  # CSV file
     target: str = TARGET,  # the column to predict; must be numeric
@@ -350,11 +351,13 @@ class _Codes:
         ids = np.array([self.code[u] for u in uniques] + [-1], dtype=np.int64)
         return ids[codes]  # code -1 (missing) picks the -1 at the end
 
-    def labels(self) -> pd.Series:
-        "The values by code, with the dtype they came in (so a categorical keeps its order)."
-        return pd.Series(self.values, dtype=self.dtype)
+# %% ../nbs/01_data.ipynb #870bdef1
+@patch
+def labels(self: _Codes) -> pd.Series:
+    "The values by code, with the dtype they came in (so a categorical keeps its order)."
+    return pd.Series(self.values, dtype=self.dtype)
 
-
+# %% ../nbs/01_data.ipynb #a0bf7d29
 def _plus(a: np.ndarray | None, b: np.ndarray) -> np.ndarray:
     "`a + b` for count arrays by code, the shorter padded with zeros (new codes appear chunk by chunk)."
     if a is None:
@@ -365,7 +368,7 @@ def _plus(a: np.ndarray | None, b: np.ndarray) -> np.ndarray:
 # %% ../nbs/01_data.ipynb #4e375fa0
 _EXP = 4096  # binary exponents of float64 (frexp: -1073 to 1024), shifted by 1100, fit below this
 
-
+# %% ../nbs/01_data.ipynb #639c65a7
 def _exact_parts(
     x: np.ndarray,  # finite floats
     g: np.ndarray,  # the group code of each value, >= 0
@@ -377,7 +380,7 @@ def _exact_parts(
     hi = mant >> 26
     return pd.DataFrame({"hi": hi, "lo": mant - (hi << 26)}).groupby(g * _EXP + e + 1100).sum()
 
-
+# %% ../nbs/01_data.ipynb #da884818
 def _exact_sums(parts: pd.DataFrame) -> dict:
     "The exact sum of each group of `_exact_parts` (added up over any number of chunks), as {group code: `Fraction`}."
     if parts.empty:
@@ -395,12 +398,12 @@ def _exact_sums(parts: pd.DataFrame) -> dict:
 # %% ../nbs/01_data.ipynb #b3e94d10
 FREQS = {"day": "D", "week": "W-SUN", "month": "M"}  # pandas periods; a week runs Monday to Sunday
 
-
+# %% ../nbs/01_data.ipynb #7038abfd
 def _periods(dates: pd.Series, freq: str) -> np.ndarray:
     "The period number of each date at `freq` ('day', 'week' or 'month'): consecutive integers, one a period."
     return dates.dt.to_period(FREQS[freq]).array.asi8
 
-
+# %% ../nbs/01_data.ipynb #7df30fe7
 def _period_starts(periods: np.ndarray, freq: str) -> pd.DatetimeIndex:
     "The first day of each period number: the day, a week's Monday, a month's 1st."
     return pd.PeriodIndex.from_ordinals(periods, freq=FREQS[freq]).start_time
@@ -436,13 +439,13 @@ def _numbers(s: pd.Series, lines: bool) -> np.ndarray:
         )
     return x
 
-
+# %% ../nbs/01_data.ipynb #9b290007
 def _modes(counts: pd.DataFrame) -> pd.Series:
     "The most frequent value of each group (the first in sorted order on a tie), from counts `n` of (`key`, `value`)."
     d = counts.sort_values(["key", "n", "value"], ascending=[True, False, True], kind="stable")
     return d.drop_duplicates("key").set_index("key")["value"]
 
-
+# %% ../nbs/01_data.ipynb #ccef969a
 class _Totals:
     "Running totals of transactions by month, customer, or series and period, chunk after chunk: counts, exact sums, value counts."
 
@@ -468,63 +471,6 @@ class _Totals:
         self.categorical = [c for c, k in kinds.items() if k == "categorical"]
         self.keys, self.values = _Codes(), {c: _Codes() for c in self.categorical}
         self.rows, self.given, self.parts, self.counts = None, {}, {}, {}
-
-    def _key(self, chunk: pd.DataFrame) -> np.ndarray:
-        "The group code of each row (its month, customer, or series and period; -1 for none), after checking the dates."
-        dates = pd.to_datetime(chunk[self.date_col], errors="coerce")
-        bad = dates.isna().to_numpy()
-        if bad.any():
-            raise DataError(
-                f"column {self.date_col!r} has {bad.sum()} value(s) that are not dates: "
-                + _bad_cells(chunk[self.date_col], bad, self.lines)
-            )
-        if self.freq is None:
-            return self.keys(
-                chunk[self.customer_col]
-                if self.by == "customer"
-                else dates.dt.year * 12 + dates.dt.month - 1
-            )
-        ids = [self.ids[c](chunk[c]) for c in self.series]
-        # a row missing an id is in no series
-        ok = (
-            np.logical_and.reduce([i >= 0 for i in ids]) if ids else np.ones(len(chunk), dtype=bool)
-        )
-        g = np.full(len(chunk), -1, dtype=np.int64)
-        g[ok] = self.keys(
-            pd.MultiIndex.from_arrays([i[ok] for i in ids] + [_periods(dates, self.freq)[ok]])
-        )
-        return g
-
-    def add(self, chunk: pd.DataFrame):
-        "Add the transactions of `chunk` to the totals."
-        g = self._key(chunk)
-        ok = g >= 0  # rows without a customer belong to no group
-        self.rows = _plus(self.rows, np.bincount(g[ok]))
-        for c in self.numeric:
-            x = _numbers(chunk[c], self.lines)
-            given = ok & ~np.isnan(x)
-            self.given[c] = _plus(self.given.get(c), np.bincount(g[given]))
-            part = _exact_parts(x[given], g[given])
-            self.parts[c] = (
-                part
-                if c not in self.parts
-                else pd.concat([self.parts[c], part]).groupby(level=0).sum()
-            )
-        for c in self.categorical:
-            v = self.values[c](chunk[c])
-            both = ok & (v >= 0)
-            part = pd.Series(g[both] * 2**32 + v[both]).value_counts()
-            self.counts[c] = (
-                part
-                if c not in self.counts
-                else pd.concat([self.counts[c], part]).groupby(level=0).sum()
-            )
-
-    def _mode(self, c: str) -> pd.Series:
-        "The mode of categorical feature `c` by group code."
-        g, v = np.divmod(self.counts[c].index.to_numpy(), 2**32)
-        values = self.values[c].labels().iloc[v].reset_index(drop=True)
-        return _modes(pd.DataFrame({"key": g, "value": values, "n": self.counts[c].to_numpy()}))
 
     def table(self, target: str) -> pd.DataFrame:
         "One row per group: `target` = summed amount, `Transactions` = count, features averaged or their mode."
@@ -554,37 +500,96 @@ class _Totals:
         out.insert(0, "Month" if self.by == "month" else self.customer_col, key)
         return out.sort_values(out.columns[0], kind="stable", ignore_index=True)
 
-    def _by_period(self, out: pd.DataFrame, target: str) -> pd.DataFrame:
-        "The groups' rows `out` dated and named by series, with a 0 row for each period without sales (see `_every_period`)."
-        codes = [f"_s{i}" for i in range(len(self.series))]
-        keys = pd.DataFrame(
-            np.array(self.keys.labels().tolist(), dtype=np.int64).reshape(len(out), len(codes) + 1),
-            columns=[*codes, "_p"],
+# %% ../nbs/01_data.ipynb #167d3658
+@patch
+def _key(self: _Totals, chunk: pd.DataFrame) -> np.ndarray:
+    "The group code of each row (its month, customer, or series and period; -1 for none), after checking the dates."
+    dates = pd.to_datetime(chunk[self.date_col], errors="coerce")
+    bad = dates.isna().to_numpy()
+    if bad.any():
+        raise DataError(
+            f"column {self.date_col!r} has {bad.sum()} value(s) that are not dates: "
+            + _bad_cells(chunk[self.date_col], bad, self.lines)
         )
-        full = _every_period(keys).merge(
-            pd.concat([keys, out], axis=1), how="left", on=[*codes, "_p"]
+    if self.freq is None:
+        return self.keys(
+            chunk[self.customer_col]
+            if self.by == "customer"
+            else dates.dt.year * 12 + dates.dt.month - 1
         )
-        full[target] = full[target].fillna(0.0)
-        full["Transactions"] = full["Transactions"].fillna(0).astype(np.int64)
-        head = {self.date_col: _period_starts(full["_p"].to_numpy(), self.freq)}
-        head.update(
-            {
-                c: self.ids[c].labels().iloc[full[s].to_numpy()].reset_index(drop=True)
-                for s, c in zip(codes, self.series)
-            }
+    ids = [self.ids[c](chunk[c]) for c in self.series]
+    # a row missing an id is in no series
+    ok = np.logical_and.reduce([i >= 0 for i in ids]) if ids else np.ones(len(chunk), dtype=bool)
+    g = np.full(len(chunk), -1, dtype=np.int64)
+    g[ok] = self.keys(
+        pd.MultiIndex.from_arrays([i[ok] for i in ids] + [_periods(dates, self.freq)[ok]])
+    )
+    return g
+
+# %% ../nbs/01_data.ipynb #d5466c83
+@patch
+def add(self: _Totals, chunk: pd.DataFrame):
+    "Add the transactions of `chunk` to the totals."
+    g = self._key(chunk)
+    ok = g >= 0  # rows without a customer belong to no group
+    self.rows = _plus(self.rows, np.bincount(g[ok]))
+    for c in self.numeric:
+        x = _numbers(chunk[c], self.lines)
+        given = ok & ~np.isnan(x)
+        self.given[c] = _plus(self.given.get(c), np.bincount(g[given]))
+        part = _exact_parts(x[given], g[given])
+        self.parts[c] = (
+            part if c not in self.parts else pd.concat([self.parts[c], part]).groupby(level=0).sum()
         )
-        table = pd.concat([pd.DataFrame(head), full.drop(columns=[*codes, "_p"])], axis=1)
-        return table.sort_values([*self.series, self.date_col], kind="stable", ignore_index=True)
+    for c in self.categorical:
+        v = self.values[c](chunk[c])
+        both = ok & (v >= 0)
+        part = pd.Series(g[both] * 2**32 + v[both]).value_counts()
+        self.counts[c] = (
+            part
+            if c not in self.counts
+            else pd.concat([self.counts[c], part]).groupby(level=0).sum()
+        )
+
+# %% ../nbs/01_data.ipynb #08714d92
+@patch
+def _mode(self: _Totals, c: str) -> pd.Series:
+    "The mode of categorical feature `c` by group code."
+    g, v = np.divmod(self.counts[c].index.to_numpy(), 2**32)
+    values = self.values[c].labels().iloc[v].reset_index(drop=True)
+    return _modes(pd.DataFrame({"key": g, "value": values, "n": self.counts[c].to_numpy()}))
+
+# %% ../nbs/01_data.ipynb #8d4af879
+@patch
+def _by_period(self: _Totals, out: pd.DataFrame, target: str) -> pd.DataFrame:
+    "The groups' rows `out` dated and named by series, with a 0 row for each period without sales (see `_every_period`)."
+    codes = [f"_s{i}" for i in range(len(self.series))]
+    keys = pd.DataFrame(
+        np.array(self.keys.labels().tolist(), dtype=np.int64).reshape(len(out), len(codes) + 1),
+        columns=[*codes, "_p"],
+    )
+    full = _every_period(keys).merge(pd.concat([keys, out], axis=1), how="left", on=[*codes, "_p"])
+    full[target] = full[target].fillna(0.0)
+    full["Transactions"] = full["Transactions"].fillna(0).astype(np.int64)
+    head = {self.date_col: _period_starts(full["_p"].to_numpy(), self.freq)}
+    head.update(
+        {
+            c: self.ids[c].labels().iloc[full[s].to_numpy()].reset_index(drop=True)
+            for s, c in zip(codes, self.series)
+        }
+    )
+    table = pd.concat([pd.DataFrame(head), full.drop(columns=[*codes, "_p"])], axis=1)
+    return table.sort_values([*self.series, self.date_col], kind="stable", ignore_index=True)
 
 # %% ../nbs/01_data.ipynb #82ae7e44
 KIND_ROWS = 10_000  # the first rows of a transactions file decide whether a feature is averaged (numeric) or takes its mode
 CHUNK_ROWS = 500_000  # rows of a transactions file in memory at a time: about 200 MiB at the peak
 
-
+# %% ../nbs/01_data.ipynb #275aba23
 class MissingColumns(DataError):
     "A transactions table without a column it was told to use."
 
-
+# %% ../nbs/01_data.ipynb #b004b7e1
 def _transaction_columns(
     columns: list,
     need: list,  # the date, amount, customer or series columns that must be there
@@ -599,7 +604,7 @@ def _transaction_columns(
         )
     return [c for c in columns if c not in need and c not in skip and c != ""]
 
-
+# %% ../nbs/01_data.ipynb #fa4c4832
 def _roles(
     by: str,
     freq: str | None,
@@ -628,7 +633,7 @@ def _roles(
         raise ValueError(f"the date or amount column cannot identify a series: {series}")
     return freq, series, [date_col, amount_col, *series], [customer_col]
 
-
+# %% ../nbs/01_data.ipynb #83618bc1
 def _csv_chunks(
     path: Path, sep: str, chunksize: int, date_col: str, text: list
 ) -> Iterator[pd.DataFrame]:
@@ -648,7 +653,7 @@ def _csv_chunks(
                 chunk = chunk[~no_date | chunk.notna().any(axis=1).to_numpy()]
             yield chunk
 
-
+# %% ../nbs/01_data.ipynb #66c27067
 def aggregate_transactions(
     # one row per transaction: a DataFrame, or a CSV file read in chunks
     data: pd.DataFrame | str | Path,
@@ -715,7 +720,7 @@ _out_option = click.option(
     help="CSV file to write.",
 )
 
-
+# %% ../nbs/01_data.ipynb #d4cffb23
 @click.command("generate-data")
 @click.option(
     "--rows",
@@ -759,7 +764,7 @@ def _column_list(ctx, param, value: str | None) -> list | None:
     "The comma-separated column names of a `--series` option (None if not given)."
     return None if value is None else [c.strip() for c in value.split(",") if c.strip()]
 
-
+# %% ../nbs/01_data.ipynb #39198dae
 @click.command("aggregate")
 @click.argument("transactions", type=click.Path(dir_okay=False))
 @click.option(

@@ -31,14 +31,14 @@ def letter_id(m) -> str:
     "A dead letter's name in the ledger: topic/partition/offset."
     return f"{m.topic}/{m.partition}/{m.offset}"
 
-
+# %% ../nbs/08c_dlq.ipynb #fef4681c
 def reason(m) -> str:
     "The `dlq.reason` header of dead letter `m` ('unknown' without one)."
     return next(
         (v.decode("utf-8", "replace") for k, v in (m.headers or []) if k == "dlq.reason"), "unknown"
     )
 
-
+# %% ../nbs/08c_dlq.ipynb #c1975c53
 def resent_headers(m) -> list[tuple[str, bytes]]:
     "The headers of the event sent back: the original ones, and where it was a dead letter."
     return [(k, v) for k, v in (m.headers or []) if not k.startswith("dlq.")] + [
@@ -50,7 +50,7 @@ def ledger_topic(dead_letter_topic: str = DEAD_LETTER_TOPIC) -> str:
     "The topic that records which dead letters of `dead_letter_topic` were replayed."
     return f"{dead_letter_topic}.replayed"
 
-
+# %% ../nbs/08c_dlq.ipynb #351fa291
 def ensure_ledger(settings: KafkaSettings, topic: str) -> bool:
     "Create the compacted ledger `topic` (one partition) if it is missing; True if it was created."
     admin = admin_client(settings)
@@ -75,7 +75,7 @@ def ensure_ledger(settings: KafkaSettings, topic: str) -> bool:
     finally:
         admin.close()
 
-
+# %% ../nbs/08c_dlq.ipynb #ee89d945
 def replayed(
     settings: KafkaSettings, dead_letter_topic: str = DEAD_LETTER_TOPIC
 ) -> dict[str, dict]:
@@ -89,7 +89,7 @@ def replayed(
 # %% ../nbs/08c_dlq.ipynb #272686a3
 REPLAY_ID = "sales-kafka-dlq-replay"  # the transactional id of every replay: one at a time
 
-
+# %% ../nbs/08c_dlq.ipynb #c171505e
 def replay(
     settings: KafkaSettings,
     reason_is: str | None = None,  # only dead letters with this `dlq.reason`; None: every reason
@@ -150,11 +150,11 @@ def _options(f):
     )(f)
     return kafka_options()(f)
 
-
+# %% ../nbs/08c_dlq.ipynb #08f892cd
 def _settings(bootstrap_servers) -> KafkaSettings:
     return ensure_broker(kafka_settings(bootstrap_servers=bootstrap_servers))
 
-
+# %% ../nbs/08c_dlq.ipynb #b1e44cc0
 def list_lines(
     groups: list[dict],  # from `browse.dead_letters`
     done: dict,  # from `replayed`
@@ -169,12 +169,12 @@ def list_lines(
             out.append(f"  {m['partition']}@{m['offset']} key {m['key']}: {detail}{mark}")
     return out
 
-
+# %% ../nbs/08c_dlq.ipynb #04e6a044
 @click.group("dlq")
 def dlq_command():
     "Dead letters: list them by reason, replay them to the events topic exactly once."
 
-
+# %% ../nbs/08c_dlq.ipynb #6284d025
 @dlq_command.command("list")
 @_options
 @click.option(
@@ -196,7 +196,7 @@ def dlq_list_command(bootstrap_servers, topic, to_topic, limit):
     if not groups:
         click.echo(f"no dead letters on {topic}", err=True)
 
-
+# %% ../nbs/08c_dlq.ipynb #c8e05d6e
 @dlq_command.command("replay")
 @_options
 @click.option(

@@ -28,7 +28,7 @@ def _axes(width: float = 7, height: float = 4.5):
         fig = Figure(figsize=(width, height), layout="constrained")
         return fig, fig.add_subplot()
 
-
+# %% ../nbs/03_eda.ipynb #2a9647a6
 def _need(df: pd.DataFrame, *cols):
     "Raise KeyError naming the columns of `cols` that `df` lacks."
     missing = [c for c in cols if c not in df]
@@ -88,7 +88,7 @@ def sales_by_season(df: pd.DataFrame, target: str = TARGET, season: str = "Seaso
 # pairs framed on the heatmap
 CALLOUTS = (("Sales", "Marketing_Spend"), ("Credit_Score", "Defaulted"))
 
-
+# %% ../nbs/03_eda.ipynb #e539d971
 def correlations(df: pd.DataFrame, callouts=CALLOUTS) -> Figure:
     "Heatmap of the correlations between numeric and binary columns, with `callouts` framed."
     cols = [c for c, k in column_kinds(df).items() if k != "categorical"]
@@ -180,7 +180,7 @@ EDA_PLOTS = {  # name -> (function, the columns it needs)
     "credit_by_default": (credit_by_default, ("Credit_Score", "Defaulted")),
 }
 
-
+# %% ../nbs/03_eda.ipynb #120cefe1
 def missing_for_eda(df: pd.DataFrame, target: str = TARGET) -> dict:
     "`{plot name: [what is missing]}` for the plots `df` cannot make."
     need = {n: [c.format(target=target) for c in cols] for n, (_, cols) in EDA_PLOTS.items()}
@@ -189,7 +189,7 @@ def missing_for_eda(df: pd.DataFrame, target: str = TARGET) -> dict:
         out["correlations"] = ["two numeric columns"]
     return out
 
-
+# %% ../nbs/03_eda.ipynb #dd9badfb
 def eda_figures(df: pd.DataFrame, target: str = TARGET) -> dict:
     "`{name: Figure}` for each of the five EDA plots that `df`'s columns allow."
     skip = missing_for_eda(df, target)

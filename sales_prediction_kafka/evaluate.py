@@ -69,7 +69,7 @@ def _count(mask: np.ndarray) -> dict:
     "How many rows `mask` selects, and their percentage."
     return {"count": int(mask.sum()), "pct": float(mask.mean() * 100)}
 
-
+# %% ../nbs/05_evaluate.ipynb #92de3c87
 def _rows(idx: np.ndarray, a: np.ndarray, p: np.ndarray, index: list) -> list[dict]:
     "The rows at positions `idx` as records."
     return [
@@ -186,7 +186,7 @@ _HEADLINE = {
     "R²": ("r2", "{:.3f}"),
 }
 
-
+# %% ../nbs/05_evaluate.ipynb #7da8b73a
 def compare_reports(
     reports: dict,  # {label: error_report output}
 ) -> pd.DataFrame:
@@ -201,7 +201,7 @@ def compare_reports(
     }
     return pd.DataFrame(rows, index=list(reports)).T
 
-
+# %% ../nbs/05_evaluate.ipynb #d82b81d8
 def prediction_frame(
     rows,  # each prediction's row in the source (e.g. its CSV line)
     actual,
@@ -235,12 +235,12 @@ def fmt_num(
         return "-" if not isinstance(x, str) else x
     return f"{x:,.{decimals}f}{unit}"
 
-
+# %% ../nbs/05_evaluate.ipynb #dd3b9596
 def fmt_pct(x, decimals: int = 1) -> str:
     "`x` percent, e.g. '14.4 %'."
     return fmt_num(x, decimals, " %")
 
-
+# %% ../nbs/05_evaluate.ipynb #60ace8e3
 def fmt_pm(
     mean,
     std,  # a figure and its spread
@@ -263,7 +263,7 @@ _CV = {
     "r2": ("CV R²", 3, ""),
 }
 
-
+# %% ../nbs/05_evaluate.ipynb #3b335a28
 def readable_comparison(
     table: pd.DataFrame,  # one row per model; columns <figure>_mean and <figure>_std
 ) -> pd.DataFrame:

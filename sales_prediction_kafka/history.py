@@ -27,6 +27,7 @@ from sales_prediction_kafka.timeseries import (
 )
 
 log = logging.getLogger(__name__)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'HISTORY_PERIODS', 'HISTORY_CONFIGS', 'series_key', 'periods_needed', 'history_value', 'history_items',
@@ -50,7 +51,7 @@ def periods_needed(axis: TimeAxis) -> int:
 # %% ../nbs/08e_history.ipynb #96f9b58f
 HISTORY_PERIODS = 60  # rows of actuals a history record keeps by default: a weekly season and some
 
-
+# %% ../nbs/08e_history.ipynb #2f3ccc57
 def history_value(
     event: dict,
     series: list,
@@ -60,7 +61,7 @@ def history_value(
     "The history record of `event`'s series: its series fields, its last (time, actual) rows and how many it keeps."
     return {"series": {c: event[c] for c in series}, "rows": [list(r) for r in rows], "keep": keep}
 
-
+# %% ../nbs/08e_history.ipynb #4c0e9e23
 def history_items(
     items,  # ('event', event) and ('actual', actual message) pairs, e.g. from `replay.lag_actuals`
     series: list,  # the fields that identify a series
@@ -104,13 +105,13 @@ def period_of(
         memo.update(zip(new, made.tolist()))
     return np.array([memo[t] for t in times], np.int64)
 
-
+# %% ../nbs/08e_history.ipynb #3e8c4fc5
 def derived_columns(model) -> list:
     "The features of `model` (a `SalesModel` with a time axis) that `TimeAxis.derive` makes from earlier actuals."
     made = {*model.axis.lag_columns(model.target), *map(baseline_column, BASELINES)}
     return [c for c in model.features if c in made]
 
-
+# %% ../nbs/08e_history.ipynb #9cc6cac6
 def event_features(
     axis: TimeAxis,
     target: str,
@@ -134,7 +135,7 @@ def event_features(
     got = zip(*(made[c].tolist() for c in columns))
     return [ev | dict(zip(columns, v)) for ev, v in zip(events, got)]
 
-
+# %% ../nbs/08e_history.ipynb #f3134915
 def derive_events(
     axis: TimeAxis,
     target: str,
@@ -152,7 +153,7 @@ def derive_events(
 class HistoryError(SalesKafkaError, RuntimeError):
     "The per-series state cannot serve the model: topics that do not line up, records that keep too few periods."
 
-
+# %% ../nbs/08e_history.ipynb #f7f7af0a
 # compacted within minutes
 HISTORY_CONFIGS = {
     "cleanup.policy": "compact",
@@ -160,7 +161,7 @@ HISTORY_CONFIGS = {
     "min.cleanable.dirty.ratio": "0.1",
 }
 
-
+# %% ../nbs/08e_history.ipynb #e9af80d9
 def _partition_count(settings: KafkaSettings, topic: str) -> int | None:
     c = consumer(settings, enable_auto_commit=False)
     try:
@@ -168,7 +169,7 @@ def _partition_count(settings: KafkaSettings, topic: str) -> int | None:
     finally:
         c.close()
 
-
+# %% ../nbs/08e_history.ipynb #e5e4c70a
 def ensure_history_topic(
     settings: KafkaSettings,
     topic: str = HISTORY_TOPIC,
@@ -227,103 +228,111 @@ class SeriesHistory:
     def series(self) -> int:
         return sum(map(len, self.latest.values()))
 
-    def close(self):
-        self.consumer.close()
+# %% ../nbs/08e_history.ipynb #ccd9f8e3
+@patch
+def close(self: SeriesHistory):
+    self.consumer.close()
 
-    def sync(
-        self,
-        partitions,  # the events partitions the worker owns now
-        # read every owned partition to its end; False: only the ones just arrived
-        catch_up: bool = True,
-    ):
-        "Own the history of `partitions`: restore the new ones from the beginning, forget the others, read on to the ends."
-        new, gone = set(partitions) - set(self.latest), set(self.latest) - set(partitions)
-        for p in gone:
-            del self.latest[p]
-        if new or gone:
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-            at = {tp: self.consumer.position(tp) for tp in self.consumer.assignment() if tp in tps}
-            self.consumer.assign(tps)
-            for tp in tps:
-                self.consumer.seek(
-                    tp, at.get(tp, 0)
-                ) if tp in at else self.consumer.seek_to_beginning(tp)
-            for p in new:
-                self.latest[p] = {}
-        if new or catch_up:
-            t0, n = time.monotonic(), self.read_to_end()
-            if new:
-                self.restores.append(
-                    {
-                        "partitions": sorted(new),
-                        "records": n,
-                        "series": self.series,
-                        "seconds": round(time.monotonic() - t0, 3),
-                    }
-                )
-                log.info(
-                    "%r restored partitions %s: %d records in %.2f s",
-                    self,
-                    sorted(new),
-                    n,
-                    time.monotonic() - t0,
-                )
-
-    def read_to_end(self, timeout: float = 60) -> int:
-        "Read every owned partition up to its end offset now; the records read."
-        tps, n = sorted(self.consumer.assignment()), 0
-        if not tps:
-            return 0
-        try:
-            ends = self.consumer.end_offsets(tps)
-            for r in read_records(self.consumer, None, ends, timeout, True, max_records=10_000):
-                d, k = self.latest[r.partition], r.key.decode() if r.key is not None else ""
-                if r.value is None:
-                    d.pop(k, None)
-                else:
-                    d[k] = r.value
-                n += 1
-        except ReadTimeout:
-            raise HistoryError(
-                f"could not read {self.topic!r} to its end in {timeout:.0f} s"
-            ) from None
-        return n
-
-    def value(self, key: str) -> dict | None:
-        "The latest history record of series `key`, decoded (None if it has none)."
-        for d in self.latest.values():
-            if (v := d.get(key)) is not None:
-                if isinstance(v, bytes):
-                    v = d[key] = json.loads(v)
-                return v
-        return None
-
-    def features(self, model, events: list[dict]) -> list[dict]:
-        "`events` with the features `model` derives from earlier actuals, made from their series' history."
-        a, need = model.axis, periods_needed(model.axis)
-        values = {
-            k: v
-            for k in dict.fromkeys(series_key(ev, a.series) for ev in events)
-            if (v := self.value(k)) is not None
-        }
-        if short := next((v for v in values.values() if v.get("keep", need) < need), None):
-            raise HistoryError(
-                f"the history records on {self.topic!r} keep {short['keep']} periods, but model {model.name!r} reads "
-                f"{need} periods back: publish them with more (sales-kafka replay --history-periods {need})"
+# %% ../nbs/08e_history.ipynb #395df6b1
+@patch
+def sync(
+    self: SeriesHistory,
+    partitions,  # the events partitions the worker owns now
+    # read every owned partition to its end; False: only the ones just arrived
+    catch_up: bool = True,
+):
+    "Own the history of `partitions`: restore the new ones from the beginning, forget the others, read on to the ends."
+    new, gone = set(partitions) - set(self.latest), set(self.latest) - set(partitions)
+    for p in gone:
+        del self.latest[p]
+    if new or gone:
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        at = {tp: self.consumer.position(tp) for tp in self.consumer.assignment() if tp in tps}
+        self.consumer.assign(tps)
+        for tp in tps:
+            self.consumer.seek(tp, at.get(tp, 0)) if tp in at else self.consumer.seek_to_beginning(
+                tp
             )
-        cols = derived_columns(model)
-        rows = {k: v["rows"] for k, v in values.items()}
-        made = event_features(a, model.target, events, rows, cols, self.periods)
-        filled = sum(
-            any(np.isnan(ev[c]) for c in cols) for ev in made if series_key(ev, a.series) in values
+        for p in new:
+            self.latest[p] = {}
+    if new or catch_up:
+        t0, n = time.monotonic(), self.read_to_end()
+        if new:
+            self.restores.append(
+                {
+                    "partitions": sorted(new),
+                    "records": n,
+                    "series": self.series,
+                    "seconds": round(time.monotonic() - t0, 3),
+                }
+            )
+            log.info(
+                "%r restored partitions %s: %d records in %.2f s",
+                self,
+                sorted(new),
+                n,
+                time.monotonic() - t0,
+            )
+
+# %% ../nbs/08e_history.ipynb #b4ddd956
+@patch
+def read_to_end(self: SeriesHistory, timeout: float = 60) -> int:
+    "Read every owned partition up to its end offset now; the records read."
+    tps, n = sorted(self.consumer.assignment()), 0
+    if not tps:
+        return 0
+    try:
+        ends = self.consumer.end_offsets(tps)
+        for r in read_records(self.consumer, None, ends, timeout, True, max_records=10_000):
+            d, k = self.latest[r.partition], r.key.decode() if r.key is not None else ""
+            if r.value is None:
+                d.pop(k, None)
+            else:
+                d[k] = r.value
+            n += 1
+    except ReadTimeout:
+        raise HistoryError(f"could not read {self.topic!r} to its end in {timeout:.0f} s") from None
+    return n
+
+# %% ../nbs/08e_history.ipynb #37c20cc4
+@patch
+def value(self: SeriesHistory, key: str) -> dict | None:
+    "The latest history record of series `key`, decoded (None if it has none)."
+    for d in self.latest.values():
+        if (v := d.get(key)) is not None:
+            if isinstance(v, bytes):
+                v = d[key] = json.loads(v)
+            return v
+    return None
+
+# %% ../nbs/08e_history.ipynb #bbb3f505
+@patch
+def features(self: SeriesHistory, model, events: list[dict]) -> list[dict]:
+    "`events` with the features `model` derives from earlier actuals, made from their series' history."
+    a, need = model.axis, periods_needed(model.axis)
+    values = {
+        k: v
+        for k in dict.fromkeys(series_key(ev, a.series) for ev in events)
+        if (v := self.value(k)) is not None
+    }
+    if short := next((v for v in values.values() if v.get("keep", need) < need), None):
+        raise HistoryError(
+            f"the history records on {self.topic!r} keep {short['keep']} periods, but model {model.name!r} reads "
+            f"{need} periods back: publish them with more (sales-kafka replay --history-periods {need})"
         )
-        if filled:  # a series with history, and still a lag missing: a late actual, or a record that no longer reaches back
-            self.filled += filled
-            log.warning(
-                "%d event(s) of series with history lack a lag on %r: their actual had not arrived when they were scored, "
-                "or the record's %s rows no longer reach back to it (replay --history-periods); filled in with training values",
-                filled,
-                self.topic,
-                next(iter(values.values()))["keep"] if values else "?",
-            )
-        return made
+    cols = derived_columns(model)
+    rows = {k: v["rows"] for k, v in values.items()}
+    made = event_features(a, model.target, events, rows, cols, self.periods)
+    filled = sum(
+        any(np.isnan(ev[c]) for c in cols) for ev in made if series_key(ev, a.series) in values
+    )
+    if filled:  # a series with history, and still a lag missing: a late actual, or a record that no longer reaches back
+        self.filled += filled
+        log.warning(
+            "%d event(s) of series with history lack a lag on %r: their actual had not arrived when they were scored, "
+            "or the record's %s rows no longer reach back to it (replay --history-periods); filled in with training values",
+            filled,
+            self.topic,
+            next(iter(values.values()))["keep"] if values else "?",
+        )
+    return made

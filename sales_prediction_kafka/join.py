@@ -28,6 +28,7 @@ from .stream import PARTITIONS, ensure_topic, messages
 from .serve import Metrics, Outgoing, ScoringWorker, ServeError
 
 log = logging.getLogger(__name__)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'JOIN_REASONS', 'MARKER', 'DEFAULT_WINDOW', 'BadMessage', 'actual_message', 'parse_actual', 'parse_prediction',
@@ -43,7 +44,7 @@ class BadMessage(ValueError):
         super().__init__(detail)
         self.reason = reason
 
-
+# %% ../nbs/08d_join.ipynb #5ecc150e
 def actual_message(
     event_id: int,  # the event whose actual sales these are
     actual: float,  # the sales that happened
@@ -54,11 +55,11 @@ def actual_message(
         {"sold_at": sold_at} if sold_at else {}
     )
 
-
+# %% ../nbs/08d_join.ipynb #dcbbaf2b
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-
+# %% ../nbs/08d_join.ipynb #21d601a5
 def parse_actual(value: bytes | None) -> dict:
     "An actual's value as a dict, or `BadMessage` saying what is wrong with it."
     try:
@@ -74,7 +75,7 @@ def parse_actual(value: bytes | None) -> dict:
         )
     return v
 
-
+# %% ../nbs/08d_join.ipynb #9450c3ea
 def parse_prediction(value: bytes | None) -> dict:
     "A prediction's four fields as a dict (`actual_sales` may be null), or `BadMessage`."
     try:
@@ -99,12 +100,14 @@ class Half:
     time: int  # the record's timestamp (ms): the event time of the join
     headers: dict = field(default_factory=dict)  # the message's headers, as text
 
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {"side": self.side, "value": self.value, "time": self.time, "headers": self.headers}
-        ).encode()
+# %% ../nbs/08d_join.ipynb #611cabce
+@patch
+def to_json(self: Half) -> bytes:
+    return json.dumps(
+        {"side": self.side, "value": self.value, "time": self.time, "headers": self.headers}
+    ).encode()
 
-
+# %% ../nbs/08d_join.ipynb #183a0c52
 @dataclass(frozen=True)
 class Effect:
     "What one record did to the join."
@@ -127,7 +130,7 @@ def joined_record(prediction: Half, actual: Half | None) -> tuple[dict, dict]:
     }
     return prediction_record(p["prediction_index"], a, float(p["predicted_sales"])), headers
 
-
+# %% ../nbs/08d_join.ipynb #f36c37af
 class PartitionJoin:
     "The open halves and recently joined keys of one partition, and the effects of each new record."
 
@@ -136,52 +139,58 @@ class PartitionJoin:
         # key -> Half; key -> (time, actual) of recent joins; keys to tombstone
         self.open, self.done, self.stale = ({}, {}, [])
 
-    def _again(self, key: str, half: Half, actual) -> Effect:
-        "A half whose key was seen: the same one redelivered, a second prediction, or a different actual."
-        if half.side == "prediction":
-            return Effect("duplicate", key, half)
-        same = actual == half.value["actual_sales"]
-        return Effect("redelivered" if same else "duplicate_actual", key, half)
-
-    def add(self, key: str, half: Half) -> list[Effect]:
-        "The effects of one record."
-        self.watermark = max(self.watermark, half.time)
-        if key in self.done:
-            return [self._again(key, half, self.done[key][1])]
-        other = self.open.get(key)
-        if other is not None and other.side == half.side:
-            return [
-                Effect("redelivered", key, half)
-                if other == half
-                else self._again(key, half, other.value.get("actual_sales"))
-            ]
-        if half.side == "prediction" and half.value.get("actual_sales") is not None:
-            pred, act = half, None
-        elif other is None:
-            self.open[key] = half
-            return [Effect("open", key, half)]
-        else:
-            pred, act = (half, other) if half.side == "prediction" else (other, half)
-        record, headers = joined_record(pred, act)
-        self.done[key] = (half.time, record["actual_sales"])
-        return [Effect("joined", key, None, record, headers)] + (
-            [Effect("close", key)] if self.open.pop(key, None) else []
-        )
-
-    def expire(self) -> list[Effect]:
-        "Expire the halves and joined keys older than the watermark minus the window."
-        cut = self.watermark - self.window_ms
-        for k in [k for k, (t, _) in self.done.items() if t < cut]:
-            del self.done[k]
-        return [
-            e
-            for k in [k for k, h in self.open.items() if h.time < cut]
-            for e in (Effect("expired", k, self.open.pop(k)), Effect("close", k))
-        ]
-
     def counts(self) -> Counter:
         "How many predictions and actuals wait for their other half."
         return Counter(h.side for h in self.open.values())
+
+# %% ../nbs/08d_join.ipynb #6f0d203e
+@patch
+def _again(self: PartitionJoin, key: str, half: Half, actual) -> Effect:
+    "A half whose key was seen: the same one redelivered, a second prediction, or a different actual."
+    if half.side == "prediction":
+        return Effect("duplicate", key, half)
+    same = actual == half.value["actual_sales"]
+    return Effect("redelivered" if same else "duplicate_actual", key, half)
+
+# %% ../nbs/08d_join.ipynb #54790e61
+@patch
+def add(self: PartitionJoin, key: str, half: Half) -> list[Effect]:
+    "The effects of one record."
+    self.watermark = max(self.watermark, half.time)
+    if key in self.done:
+        return [self._again(key, half, self.done[key][1])]
+    other = self.open.get(key)
+    if other is not None and other.side == half.side:
+        return [
+            Effect("redelivered", key, half)
+            if other == half
+            else self._again(key, half, other.value.get("actual_sales"))
+        ]
+    if half.side == "prediction" and half.value.get("actual_sales") is not None:
+        pred, act = half, None
+    elif other is None:
+        self.open[key] = half
+        return [Effect("open", key, half)]
+    else:
+        pred, act = (half, other) if half.side == "prediction" else (other, half)
+    record, headers = joined_record(pred, act)
+    self.done[key] = (half.time, record["actual_sales"])
+    return [Effect("joined", key, None, record, headers)] + (
+        [Effect("close", key)] if self.open.pop(key, None) else []
+    )
+
+# %% ../nbs/08d_join.ipynb #f877b368
+@patch
+def expire(self: PartitionJoin) -> list[Effect]:
+    "Expire the halves and joined keys older than the watermark minus the window."
+    cut = self.watermark - self.window_ms
+    for k in [k for k, (t, _) in self.done.items() if t < cut]:
+        del self.done[k]
+    return [
+        e
+        for k in [k for k, h in self.open.items() if h.time < cut]
+        for e in (Effect("expired", k, self.open.pop(k)), Effect("close", k))
+    ]
 
 # %% ../nbs/08d_join.ipynb #1c438182
 JOIN_REASONS = {  # join.reason of a dead letter on JOIN_DEAD_LETTER_TOPIC
@@ -195,7 +204,7 @@ JOIN_REASONS = {  # join.reason of a dead letter on JOIN_DEAD_LETTER_TOPIC
     "wrong_key": "the message's key is not its event id, so it may be on another partition than its other half",
 }
 
-
+# %% ../nbs/08d_join.ipynb #75edeed4
 @dataclass(frozen=True)
 class JoinTopics:
     "The topics of a join: its two inputs, its output, its changelog and its dead letters."
@@ -206,18 +215,18 @@ class JoinTopics:
     state: str = JOIN_STATE_TOPIC
     dead_letter: str = JOIN_DEAD_LETTER_TOPIC
 
-
+# %% ../nbs/08d_join.ipynb #dff35c32
 @dataclass(frozen=True)
 class Routed(Outgoing):
     "A message for one partition: the partition of the record it comes from."
 
     partition: int | None = None
 
-
+# %% ../nbs/08d_join.ipynb #fb915ed8
 def _headers(d: dict) -> list[tuple[str, bytes]]:
     return [(k, str(v).encode()) for k, v in d.items()]
 
-
+# %% ../nbs/08d_join.ipynb #3e7cf24c
 def effect_messages(effects: list[Effect], partition: int, topics: JoinTopics) -> list[Routed]:
     "The messages of `effects`, all to `partition` of their topics."
     out = []
@@ -259,7 +268,7 @@ def effect_messages(effects: list[Effect], partition: int, topics: JoinTopics) -
             )
     return out
 
-
+# %% ../nbs/08d_join.ipynb #9bc89290
 def bad_message(
     record,  # the consumed message (kafka-python ConsumerRecord)
     error: BadMessage,
@@ -298,7 +307,7 @@ def coalesce(out: list[Routed], state_topic: str, opened: set) -> list[Routed]:
 # %% ../nbs/08d_join.ipynb #9b322f19
 MARKER = "__joined_since__"  # the changelog key of a partition's marker (its value: {"since": ms})
 
-
+# %% ../nbs/08d_join.ipynb #d850ac96
 def _offsets_at(settings: KafkaSettings, topic: str, since: dict) -> dict:
     "{partition: the first offset of `topic` at or after time `since[partition]` (ms), or its end}."
     c = consumer(settings, enable_auto_commit=False)
@@ -312,7 +321,7 @@ def _offsets_at(settings: KafkaSettings, topic: str, since: dict) -> dict:
     finally:
         c.close()
 
-
+# %% ../nbs/08d_join.ipynb #ecebe036
 def restore_partitions(
     settings: KafkaSettings,
     topics: JoinTopics,
@@ -353,7 +362,7 @@ def restore_partitions(
 class JoinError(ServeError):
     "The join cannot run: topics that do not line up, a window that is not a duration."
 
-
+# %% ../nbs/08d_join.ipynb #330ef87c
 def partition_count(settings: KafkaSettings, topic: str) -> int | None:
     "The number of partitions of `topic`, or None if it does not exist."
     c = consumer(settings, enable_auto_commit=False)
@@ -362,7 +371,7 @@ def partition_count(settings: KafkaSettings, topic: str) -> int | None:
     finally:
         c.close()
 
-
+# %% ../nbs/08d_join.ipynb #342cf98a
 def ensure_join_topics(
     settings: KafkaSettings, topics: JoinTopics, partitions: int = PARTITIONS
 ) -> int:
@@ -390,37 +399,43 @@ class JoinMetrics(Metrics):
         super().__init__(*args, **info)
         self.delays, self.waiting = deque(maxlen=10_000), Counter()
 
-    def snapshot(self) -> dict:
-        "The metrics now, as a JSON-ready dict."
-        d = sorted(self.delays)
-        q = lambda f: d[min(len(d) - 1, int(f * len(d)))] if d else None
-        return super().snapshot() | {
-            "joined": self.counts["joined"],
-            "waiting_predictions": self.waiting["prediction"],
-            "waiting_actuals": self.waiting["actual"],
-            "label_delay_ms": {"p50": q(0.5), "p95": q(0.95)},
-            "outcomes": dict(sorted(self.counts.items())),
-        }
+# %% ../nbs/08d_join.ipynb #9534fbfc
+@patch
+def snapshot(self: JoinMetrics) -> dict:
+    "The metrics now, as a JSON-ready dict."
+    d = sorted(self.delays)
+    q = lambda f: d[min(len(d) - 1, int(f * len(d)))] if d else None
+    return super(JoinMetrics, self).snapshot() | {
+        "joined": self.counts["joined"],
+        "waiting_predictions": self.waiting["prediction"],
+        "waiting_actuals": self.waiting["actual"],
+        "label_delay_ms": {"p50": q(0.5), "p95": q(0.95)},
+        "outcomes": dict(sorted(self.counts.items())),
+    }
 
-    def line(self, s: dict) -> str:
-        "The report's log line."
-        return (
-            f"joined {s['joined']}, waiting: {s['waiting_predictions']} predictions, {s['waiting_actuals']} actuals; "
-            f"label delay p50 {s['label_delay_ms']['p50']} ms, p95 {s['label_delay_ms']['p95']} ms; outcomes {s['outcomes']}"
+# %% ../nbs/08d_join.ipynb #8d4b0df5
+@patch
+def line(self: JoinMetrics, s: dict) -> str:
+    "The report's log line."
+    return (
+        f"joined {s['joined']}, waiting: {s['waiting_predictions']} predictions, {s['waiting_actuals']} actuals; "
+        f"label delay p50 {s['label_delay_ms']['p50']} ms, p95 {s['label_delay_ms']['p95']} ms; outcomes {s['outcomes']}"
+    )
+
+# %% ../nbs/08d_join.ipynb #b7cf4d30
+@patch
+def warn_rejections(self: JoinMetrics, share: float = 0.1, at_least: int = 20):
+    "Warn when more than `share` of this interval's messages (at least `at_least`) could not be joined."
+    new = self.counts - self._last_counts
+    n, bad = sum(new.values()), sum(v for k, v in new.items() if k in JOIN_REASONS)
+    if n >= at_least and bad > share * n:
+        log.warning(
+            "%d of the last %d messages could not be joined: see the dead letters on the join's dead-letter topic",
+            bad,
+            n,
         )
 
-    def warn_rejections(self, share: float = 0.1, at_least: int = 20):
-        "Warn when more than `share` of this interval's messages (at least `at_least`) could not be joined."
-        new = self.counts - self._last_counts
-        n, bad = sum(new.values()), sum(v for k, v in new.items() if k in JOIN_REASONS)
-        if n >= at_least and bad > share * n:
-            log.warning(
-                "%d of the last %d messages could not be joined: see the dead letters on the join's dead-letter topic",
-                bad,
-                n,
-            )
-
-
+# %% ../nbs/08d_join.ipynb #c9046a92
 class JoinRebalance(ConsumerRebalanceListener):
     "Drop the state of revoked partitions; the worker restores assigned ones before it joins their records."
 
@@ -438,7 +453,7 @@ class JoinRebalance(ConsumerRebalanceListener):
 # %% ../nbs/08d_join.ipynb #6c8fce8c
 DEFAULT_WINDOW = "7d"  # how long a half waits for its other half, in event time
 
-
+# %% ../nbs/08d_join.ipynb #aef067ad
 class JoinWorker(ScoringWorker):
     "A joining process in group `group_id`: predictions and actuals in, complete records out, its state on the changelog."
 
@@ -455,9 +470,6 @@ class JoinWorker(ScoringWorker):
         super().__init__(None, settings, group_id, **worker)
         if not isinstance(self.metrics, JoinMetrics):
             self.metrics = JoinMetrics(worker=self.worker_id, group=group_id, mode=self.mode)
-
-    def use(self, model):
-        "A join has no model."
 
     def __repr__(self):
         return f"JoinWorker({self.worker_id!r}, group={self.group_id!r}, {self.mode})"
@@ -496,114 +508,126 @@ class JoinWorker(ScoringWorker):
     def isolation(self) -> str:
         return "read_committed" if self.exactly_once else "read_uncommitted"
 
-    def restore(self, partitions: list[int]):
-        "Rebuild the state of `partitions` from Kafka."
-        t0 = time.monotonic()
-        self.parts |= restore_partitions(
-            self.settings, self.join_topics, sorted(partitions), self.window_ms, self.isolation
+# %% ../nbs/08d_join.ipynb #cd50119d
+@patch
+def use(self: JoinWorker, model):
+    "A join has no model."
+
+# %% ../nbs/08d_join.ipynb #5d12da0c
+@patch
+def restore(self: JoinWorker, partitions: list[int]):
+    "Rebuild the state of `partitions` from Kafka."
+    t0 = time.monotonic()
+    self.parts |= restore_partitions(
+        self.settings, self.join_topics, sorted(partitions), self.window_ms, self.isolation
+    )
+    log.info(
+        "%r restored partitions %s in %.1f s: %s waiting",
+        self,
+        sorted(partitions),
+        time.monotonic() - t0,
+        dict(sum((self.parts[p].counts() for p in partitions), Counter())) or "nothing",
+    )
+
+# %% ../nbs/08d_join.ipynb #39f5549c
+@patch
+def waiting(self: JoinWorker) -> Counter:
+    "The halves waiting in all owned partitions, by side."
+    return sum((j.counts() for j in self.parts.values()), Counter())
+
+# %% ../nbs/08d_join.ipynb #cf55bcc7
+@patch
+def _send(self: JoinWorker, out: list[Routed]) -> list:
+    "Send `out`, each to its partition; the futures."
+    return [
+        self.producer.send(
+            o.topic, key=o.key, value=o.value, headers=o.headers, partition=o.partition
         )
-        log.info(
-            "%r restored partitions %s in %.1f s: %s waiting",
-            self,
-            sorted(partitions),
-            time.monotonic() - t0,
-            dict(sum((self.parts[p].counts() for p in partitions), Counter())) or "nothing",
+        for o in out
+    ]
+
+# %% ../nbs/08d_join.ipynb #b951d24b
+@patch
+def poll(self: JoinWorker, timeout: float = 0.5) -> list:
+    "The next micro-batch; first, the state of newly assigned partitions (here, not in the rebalance callback, which blocks heartbeats)."
+    records = super(JoinWorker, self).poll(timeout)
+    if missing := {tp.partition for tp in self.consumer.assignment()} - set(self.parts):
+        self.restore(missing)
+    return records
+
+# %% ../nbs/08d_join.ipynb #30ad8c37
+@patch
+def plan(self: JoinWorker, records: list) -> tuple[list[Routed], Counter, list[int]]:
+    "The messages of one batch, the count of its outcomes, and the label delays of its joins."
+    touched = sorted({r.partition for r in records})
+    t, now, out, counts, delays, opened = (
+        self.join_topics,
+        int(time.time() * 1000),
+        [],
+        Counter(),
+        [],
+        set(),
+    )
+    for p in touched:
+        out.append(Routed(t.state, MARKER.encode(), json.dumps({"since": now}).encode(), [], p))
+        out += [Routed(t.state, k.encode(), None, [], p) for k in self.parts[p].stale]
+        self.parts[p].stale = []
+    for r in records:
+        side = "prediction" if r.topic == t.predictions else "actual"
+        try:
+            v = (parse_prediction if side == "prediction" else parse_actual)(r.value)
+            key = str(v["prediction_index"] if side == "prediction" else v["event_id"])
+            if (r.key or b"").decode(errors="replace") != key:
+                raise BadMessage(
+                    "wrong_key",
+                    f"keyed {r.key!r} but for event {key}: key {side}s by their event id",
+                )
+        except BadMessage as e:
+            out.append(bad_message(r, e, t.dead_letter))
+            counts[e.reason] += 1
+            continue
+        effects = self.parts[r.partition].add(
+            key,
+            Half(side, v, r.timestamp, {k: b.decode(errors="replace") for k, b in r.headers or []}),
         )
-
-    def waiting(self) -> Counter:
-        "The halves waiting in all owned partitions, by side."
-        return sum((j.counts() for j in self.parts.values()), Counter())
-
-    def _send(self, out: list[Routed]) -> list:
-        "Send `out`, each to its partition; the futures."
-        return [
-            self.producer.send(
-                o.topic, key=o.key, value=o.value, headers=o.headers, partition=o.partition
-            )
-            for o in out
-        ]
-
-    def poll(self, timeout: float = 0.5) -> list:
-        "The next micro-batch; first, the state of newly assigned partitions (here, not in the rebalance callback, which blocks heartbeats)."
-        records = super().poll(timeout)
-        if missing := {tp.partition for tp in self.consumer.assignment()} - set(self.parts):
-            self.restore(missing)
-        return records
-
-    def plan(self, records: list) -> tuple[list[Routed], Counter, list[int]]:
-        "The messages of one batch, the count of its outcomes, and the label delays of its joins."
-        touched = sorted({r.partition for r in records})
-        t, now, out, counts, delays, opened = (
-            self.join_topics,
-            int(time.time() * 1000),
-            [],
-            Counter(),
-            [],
-            set(),
+        out += effect_messages(effects, r.partition, t)
+        for e in effects:
+            if e.kind == "joined":
+                delays.append(int(e.headers["label_delay_ms"]))
+            if e.kind == "open":
+                opened.add((r.partition, key))
+            if e.kind != "close":
+                counts[e.kind] += 1
+    for p in touched:
+        expired = self.parts[p].expire()
+        out += effect_messages(expired, p, t)
+        counts.update(
+            ("no_actual" if e.half.side == "prediction" else "no_prediction")
+            for e in expired
+            if e.kind == "expired"
         )
-        for p in touched:
-            out.append(Routed(t.state, MARKER.encode(), json.dumps({"since": now}).encode(), [], p))
-            out += [Routed(t.state, k.encode(), None, [], p) for k in self.parts[p].stale]
-            self.parts[p].stale = []
-        for r in records:
-            side = "prediction" if r.topic == t.predictions else "actual"
-            try:
-                v = (parse_prediction if side == "prediction" else parse_actual)(r.value)
-                key = str(v["prediction_index"] if side == "prediction" else v["event_id"])
-                if (r.key or b"").decode(errors="replace") != key:
-                    raise BadMessage(
-                        "wrong_key",
-                        f"keyed {r.key!r} but for event {key}: key {side}s by their event id",
-                    )
-            except BadMessage as e:
-                out.append(bad_message(r, e, t.dead_letter))
-                counts[e.reason] += 1
-                continue
-            effects = self.parts[r.partition].add(
-                key,
-                Half(
-                    side,
-                    v,
-                    r.timestamp,
-                    {k: b.decode(errors="replace") for k, b in r.headers or []},
-                ),
-            )
-            out += effect_messages(effects, r.partition, t)
-            for e in effects:
-                if e.kind == "joined":
-                    delays.append(int(e.headers["label_delay_ms"]))
-                if e.kind == "open":
-                    opened.add((r.partition, key))
-                if e.kind != "close":
-                    counts[e.kind] += 1
-        for p in touched:
-            expired = self.parts[p].expire()
-            out += effect_messages(expired, p, t)
-            counts.update(
-                ("no_actual" if e.half.side == "prediction" else "no_prediction")
-                for e in expired
-                if e.kind == "expired"
-            )
-        return coalesce(out, t.state, opened), counts, delays
+    return coalesce(out, t.state, opened), counts, delays
 
-    def process(self, records: list) -> Counter:
-        "Join, dead-letter and commit one batch; the outcome counts (empty if the transaction was aborted)."
-        t0 = time.monotonic()
-        out, counts, delays = self.plan(records)
-        deliver = self._deliver_exactly_once if self.exactly_once else self._deliver_at_least_once
-        if not deliver(out, records):
-            for p in {r.partition for r in records}:
-                self.parts.pop(p, None)  # memory had moved past the aborted batch: restore again
-            return Counter()
-        self.metrics.delays.extend(delays)
-        self.metrics.waiting = self.waiting()
-        self.metrics.add(counts, time.monotonic() - t0)
-        return counts
+# %% ../nbs/08d_join.ipynb #5e02d032
+@patch
+def process(self: JoinWorker, records: list) -> Counter:
+    "Join, dead-letter and commit one batch; the outcome counts (empty if the transaction was aborted)."
+    t0 = time.monotonic()
+    out, counts, delays = self.plan(records)
+    deliver = self._deliver_exactly_once if self.exactly_once else self._deliver_at_least_once
+    if not deliver(out, records):
+        for p in {r.partition for r in records}:
+            self.parts.pop(p, None)  # memory had moved past the aborted batch: restore again
+        return Counter()
+    self.metrics.delays.extend(delays)
+    self.metrics.waiting = self.waiting()
+    self.metrics.add(counts, time.monotonic() - t0)
+    return counts
 
 # %% ../nbs/08d_join.ipynb #f29145a7
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
-
+# %% ../nbs/08d_join.ipynb #4d969183
 def duration_ms(text: str) -> int:
     "Milliseconds in a duration such as '250ms', '30s', '15m', '2h' or '7d'; `JoinError` naming the text otherwise."
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*", str(text))

@@ -36,7 +36,7 @@ def actuals_by_event(
         got.setdefault(a["event_id"], a["actual_sales"])
     return got, bad
 
-
+# %% ../nbs/08f_labelled.ipynb #b1d5e1d3
 def labelled(
     msgs: list[dict],  # messages of the events topic
     actuals: dict,  # {event_id: actual_sales}, e.g. from `actuals_by_event`
@@ -61,7 +61,7 @@ def _partitions(c, topic: str) -> list[TopicPartition]:
         TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(check_topic(topic)) or ())
     ]
 
-
+# %% ../nbs/08f_labelled.ipynb #8d10c90f
 def _at_time(
     c,
     tps: list,
@@ -73,7 +73,7 @@ def _at_time(
     at = c.offsets_for_times({tp: ms for tp in tps})
     return {tp: at[tp].offset if at[tp] else ends[tp] for tp in tps}
 
-
+# %% ../nbs/08f_labelled.ipynb #5091c143
 def _start_offsets(
     c,
     tps: list,
@@ -92,7 +92,7 @@ def _start_offsets(
         return {tp: max(firsts[tp], ends[tp] - last) for tp in tps}
     return firsts
 
-
+# %% ../nbs/08f_labelled.ipynb #2b0758ba
 def read_range(
     settings: KafkaSettings,
     topic: str,
@@ -111,7 +111,7 @@ def read_range(
     )
     return sorted(got, key=lambda m: (m["timestamp"], m["partition"], m["offset"]))
 
-
+# %% ../nbs/08f_labelled.ipynb #de61ce26
 def arrived_actuals(
     c,
     settings: KafkaSettings,
@@ -157,7 +157,7 @@ def _ranges(kept: list[tuple[dict, dict]]) -> dict:
         r[0], r[1] = min(r[0], m["offset"]), max(r[1], m["offset"] + 1)
     return {str(p): r for p, r in sorted(ranges.items())}
 
-
+# %% ../nbs/08f_labelled.ipynb #3107642e
 def labelled_events(
     settings: KafkaSettings,
     topic: str = EVENTS_TOPIC,
@@ -217,7 +217,7 @@ def labelled_events(
     }
     return [ev for _, ev in kept], source
 
-
+# %% ../nbs/08f_labelled.ipynb #28c4d40d
 def events_table(events: list[dict]) -> pd.DataFrame:
     "The events as a table in event-id order, without their `event_id` and `schema_version`."
     # its fields in the order they were sent: an event with a gap has one fewer
@@ -228,7 +228,7 @@ def events_table(events: list[dict]) -> pd.DataFrame:
         drop=True
     )
 
-
+# %% ../nbs/08f_labelled.ipynb #5c7ef120
 def topic_training_data(
     settings: KafkaSettings,
     topic: str,
@@ -267,7 +267,7 @@ def topic_training_data(
     )
     return Path(path), source
 
-
+# %% ../nbs/08f_labelled.ipynb #fe2193a9
 def record_source(run: Path | str, source: dict):
     "Add where the training events came from to the run's params.json, so the run can be reproduced."
     p = Path(run) / PARAMS_JSON

@@ -43,6 +43,7 @@ from .clients import StreamError, check_topic, consumer, producer
 from .stream import PARTITIONS, ensure_topic
 
 log = logging.getLogger(__name__)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'DRIFT_ALERTS', 'Trigger', 'alert_trigger', 'Triggers', 'LearnError', 'retrain_args', 'train', 'fresh_events',
@@ -57,10 +58,10 @@ class Trigger(NamedTuple):
     # train on labelled events written since this time (ISO 8601); None: the last `window`
     since: str | None = None
 
-
+# %% ../nbs/09b_learn.ipynb #237e3e26
 DRIFT_ALERTS = ("drift", "input_drift")  # the monitor's alerts that start a retrain
 
-
+# %% ../nbs/09b_learn.ipynb #dcc0a3b2
 def alert_trigger(
     alert,  # a decoded message of the alerts topic
     # the registry's champion record: its `version` and when it was promoted (`at`)
@@ -113,48 +114,53 @@ class Triggers:
         )
         self.restart()
 
-    def restart(self):
-        "Count from now on: what arrived before (during a retrain, too) is passed over."
-        self.c.seek_to_end()
-        for tp in self.c.assignment():
-            # settles each position at its end now (a poll may not: a topic just made)
-            self.c.position(tp)
-        self.labelled, self.t0 = 0, time.monotonic()
+# %% ../nbs/09b_learn.ipynb #b35bd89d
+@patch
+def restart(self: Triggers):
+    "Count from now on: what arrived before (during a retrain, too) is passed over."
+    self.c.seek_to_end()
+    for tp in self.c.assignment():
+        # settles each position at its end now (a poll may not: a topic just made)
+        self.c.position(tp)
+    self.labelled, self.t0 = 0, time.monotonic()
 
-    def poll(
-        self,
-        champion: dict | None,  # the champion record, to tell stale alerts
-        timeout: float = 0.5,
-    ) -> Trigger | None:
-        "The reason to retrain now, if there is one."
-        for m in (m for ms in self.c.poll(timeout_ms=int(timeout * 1000)).values() for m in ms):
-            try:
-                v = json.loads(m.value)
-            except ValueError:
-                continue
-            if m.topic == self.alerts_topic:
-                if t := alert_trigger(v, champion):
-                    return t
-            elif (
-                isinstance(v, dict)
-                and v.get("actual_sales" if m.topic == self.actuals_topic else self.target)
-                is not None
-            ):
-                self.labelled += 1
-        if self.every_events and self.labelled >= self.every_events:
-            return Trigger("events", f"{self.labelled:,} new labelled events")
-        if self.every_seconds and time.monotonic() - self.t0 >= self.every_seconds:
-            return Trigger("schedule", f"{self.every_seconds:g} s since the last retrain")
-        return None
+# %% ../nbs/09b_learn.ipynb #49d06332
+@patch
+def poll(
+    self: Triggers,
+    champion: dict | None,  # the champion record, to tell stale alerts
+    timeout: float = 0.5,
+) -> Trigger | None:
+    "The reason to retrain now, if there is one."
+    for m in (m for ms in self.c.poll(timeout_ms=int(timeout * 1000)).values() for m in ms):
+        try:
+            v = json.loads(m.value)
+        except ValueError:
+            continue
+        if m.topic == self.alerts_topic:
+            if t := alert_trigger(v, champion):
+                return t
+        elif (
+            isinstance(v, dict)
+            and v.get("actual_sales" if m.topic == self.actuals_topic else self.target) is not None
+        ):
+            self.labelled += 1
+    if self.every_events and self.labelled >= self.every_events:
+        return Trigger("events", f"{self.labelled:,} new labelled events")
+    if self.every_seconds and time.monotonic() - self.t0 >= self.every_seconds:
+        return Trigger("schedule", f"{self.every_seconds:g} s since the last retrain")
+    return None
 
-    def close(self):
-        self.c.close()
+# %% ../nbs/09b_learn.ipynb #437c5c12
+@patch
+def close(self: Triggers):
+    self.c.close()
 
 # %% ../nbs/09b_learn.ipynb #19683379
 class LearnError(SalesKafkaError, RuntimeError):
     "A retrain could not be done (the pipeline failed)."
 
-
+# %% ../nbs/09b_learn.ipynb #39077d49
 def retrain_args(
     settings: KafkaSettings,
     events_topic: str,
@@ -186,7 +192,7 @@ def retrain_args(
         + [a for k, v in params.items() for a in ("-p", k, str(v))]
     )
 
-
+# %% ../nbs/09b_learn.ipynb #f4fc7687
 def train(cmd: list[str], log_file: Path, stop: threading.Event) -> Path | None:
     "Run a retrain in a process of its own; its run folder, or None if `stop` was set first."
     with open(log_file, "ab") as err, tempfile.TemporaryFile("w+") as out:
@@ -284,107 +290,6 @@ class Learner:
             threading.Event(),
         )
 
-    def labelled(self, **window) -> tuple[list[dict], dict]:
-        "The labelled events in `window` (`labelled_events`' last, since, after), joined with the learner's actuals."
-        return labelled_events(
-            self.settings,
-            self.events_topic,
-            self.target,
-            actuals_topic=self.actuals_topic,
-            **window,
-        )
-
-    def enough_since(self, since: str) -> bool:
-        "Wait until `min_events` labelled events were written since `since`; False if they did not come in time."
-        deadline, said = time.monotonic() + self.wait, 0.0
-        while (n := len(self.labelled(since=since)[0])) < self.min_events:
-            if time.monotonic() > deadline or self.stop.wait(1.0):
-                return False
-            if time.monotonic() - said > 10:
-                log.info("%d of %d labelled events since the alert", n, self.min_events)
-                said = time.monotonic()
-        return True
-
-    def retrain(self, trigger: Trigger) -> dict | None:
-        "One round for `trigger`: train, publish, judge, record, maybe promote, announce; the decision (None if none was made)."
-        if trigger.since and not self.enough_since(trigger.since):
-            log.warning(
-                "not retraining: fewer than %d labelled events since %s",
-                self.min_events,
-                trigger.since,
-            )
-            return None
-        log.info("retraining (%s: %s) in a child process", trigger.why, trigger.detail)
-        self.runs.mkdir(parents=True, exist_ok=True)
-        t0 = time.monotonic()
-        cmd = retrain_args(
-            self.settings,
-            self.events_topic,
-            trigger,
-            self.window,
-            self.runs,
-            self.params,
-            self.actuals_topic,
-        )
-        if (run := train(cmd, self.runs / "learn.log", self.stop)) is None:
-            return None
-        rec, took = (
-            publish(self.settings, version_record(run), self.models_topic),
-            time.monotonic() - t0,
-        )
-        log.info(
-            "trained %s in %.0f s (run %s); judging it on %d fresh labelled events",
-            rec["version"],
-            took,
-            run.name,
-            self.holdout,
-        )
-        events, where = fresh_events(self.settings, run, self.holdout, self.wait, self.stop)
-        reg = read_registry(self.settings, self.models_topic)
-        champ = reg.versions.get(reg.champion_version) if reg.champion_version else None
-        verdict = (
-            judge(
-                champ and record_model(champ),
-                load_model(run / MODEL_DIR),
-                events,
-                self.margin,
-                self.target,
-            )
-            if events
-            else {
-                "decision": "rejected",
-                "reason": "no labelled events after its training window to judge it on",
-            }
-        )
-        d = {
-            "challenger": rec["version"],
-            "champion": reg.champion_version,
-            "run": run.name,
-            "trigger": trigger.why,
-            "detail": trigger.detail,
-            "train_seconds": round(took, 1),
-            "judged_on": where["partitions"],
-            "judged_joined": where["actuals"]["joined"]
-            if where["actuals"]
-            else 0,  # of them, labelled by an actual that came later
-        } | verdict
-        record_decision(self.settings, d, self.models_topic)
-        if d["decision"] == "promoted":
-            promote(self.settings, rec["version"], describe_decision(d), self.models_topic)
-        self.announce(d)
-        log.info(describe_decision(d))
-        return d
-
-    def announce(self, d: dict):
-        "Write the decision to the alerts topic, beside the drift alerts."
-        p = producer(self.settings)
-        try:
-            p.send(
-                self.alerts_topic, key=self.models_topic, value=decision_alert(d, self.models_topic)
-            ).get(timeout=30)
-        finally:
-            p.close(timeout=5)
-
     def run(
         self,
         triggers: Triggers,
@@ -410,6 +315,109 @@ class Learner:
         finally:
             follower.stop()
         return decisions
+
+# %% ../nbs/09b_learn.ipynb #b0742bca
+@patch
+def labelled(self: Learner, **window) -> tuple[list[dict], dict]:
+    "The labelled events in `window` (`labelled_events`' last, since, after), joined with the learner's actuals."
+    return labelled_events(
+        self.settings, self.events_topic, self.target, actuals_topic=self.actuals_topic, **window
+    )
+
+# %% ../nbs/09b_learn.ipynb #d1c16fab
+@patch
+def enough_since(self: Learner, since: str) -> bool:
+    "Wait until `min_events` labelled events were written since `since`; False if they did not come in time."
+    deadline, said = time.monotonic() + self.wait, 0.0
+    while (n := len(self.labelled(since=since)[0])) < self.min_events:
+        if time.monotonic() > deadline or self.stop.wait(1.0):
+            return False
+        if time.monotonic() - said > 10:
+            log.info("%d of %d labelled events since the alert", n, self.min_events)
+            said = time.monotonic()
+    return True
+
+# %% ../nbs/09b_learn.ipynb #485ae1aa
+@patch
+def retrain(self: Learner, trigger: Trigger) -> dict | None:
+    "One round for `trigger`: train, publish, judge, record, maybe promote, announce; the decision (None if none was made)."
+    if trigger.since and not self.enough_since(trigger.since):
+        log.warning(
+            "not retraining: fewer than %d labelled events since %s", self.min_events, trigger.since
+        )
+        return None
+    log.info("retraining (%s: %s) in a child process", trigger.why, trigger.detail)
+    self.runs.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    cmd = retrain_args(
+        self.settings,
+        self.events_topic,
+        trigger,
+        self.window,
+        self.runs,
+        self.params,
+        self.actuals_topic,
+    )
+    if (run := train(cmd, self.runs / "learn.log", self.stop)) is None:
+        return None
+    rec, took = (
+        publish(self.settings, version_record(run), self.models_topic),
+        time.monotonic() - t0,
+    )
+    log.info(
+        "trained %s in %.0f s (run %s); judging it on %d fresh labelled events",
+        rec["version"],
+        took,
+        run.name,
+        self.holdout,
+    )
+    events, where = fresh_events(self.settings, run, self.holdout, self.wait, self.stop)
+    reg = read_registry(self.settings, self.models_topic)
+    champ = reg.versions.get(reg.champion_version) if reg.champion_version else None
+    verdict = (
+        judge(
+            champ and record_model(champ),
+            load_model(run / MODEL_DIR),
+            events,
+            self.margin,
+            self.target,
+        )
+        if events
+        else {
+            "decision": "rejected",
+            "reason": "no labelled events after its training window to judge it on",
+        }
+    )
+    d = {
+        "challenger": rec["version"],
+        "champion": reg.champion_version,
+        "run": run.name,
+        "trigger": trigger.why,
+        "detail": trigger.detail,
+        "train_seconds": round(took, 1),
+        "judged_on": where["partitions"],
+        "judged_joined": where["actuals"]["joined"]
+        if where["actuals"]
+        else 0,  # of them, labelled by an actual that came later
+    } | verdict
+    record_decision(self.settings, d, self.models_topic)
+    if d["decision"] == "promoted":
+        promote(self.settings, rec["version"], describe_decision(d), self.models_topic)
+    self.announce(d)
+    log.info(describe_decision(d))
+    return d
+
+# %% ../nbs/09b_learn.ipynb #47c3f913
+@patch
+def announce(self: Learner, d: dict):
+    "Write the decision to the alerts topic, beside the drift alerts."
+    p = producer(self.settings)
+    try:
+        p.send(
+            self.alerts_topic, key=self.models_topic, value=decision_alert(d, self.models_topic)
+        ).get(timeout=30)
+    finally:
+        p.close(timeout=5)
 
 # %% ../nbs/09b_learn.ipynb #52bfada3
 @click.command("learn")

@@ -52,7 +52,7 @@ PREDICTION_HEADERS = {  # Kafka record headers of a prediction (UTF-8 text); abs
     "imputed": "the feature fields that were absent or null in the event and got the model's fill value, comma-separated (`sales-kafka serve`)",
 }
 
-
+# %% ../nbs/06b_message.ipynb #aa9d9797
 def prediction_record(
     index: int,
     actual: float | None,  # None: not known (yet), so the error is None too
@@ -83,7 +83,7 @@ def _type_text(p: dict) -> str:
     t = p.get("type", "")
     return " or ".join(t) if isinstance(t, list) else t
 
-
+# %% ../nbs/06b_message.ipynb #fb162c33
 def _allowed_text(p: dict) -> str:
     if "const" in p:
         return f"`{p['const']}`"
@@ -93,7 +93,7 @@ def _allowed_text(p: dict) -> str:
         return f"{p['minimum']} to {p['maximum']}" if "maximum" in p else f">= {p['minimum']}"
     return "finite" if "number" in _type_text(p) else ""
 
-
+# %% ../nbs/06b_message.ipynb #e567f728
 def schema_markdown(schema: dict) -> str:
     "A Markdown table of the fields of JSON Schema `schema`: type, required, allowed values, meaning."
     rows = ["| field | type | required | allowed | meaning |", "|---|---|---|---|---|"]
@@ -103,7 +103,7 @@ def schema_markdown(schema: dict) -> str:
         )
     return "\n".join(rows)
 
-
+# %% ../nbs/06b_message.ipynb #ab8eb716
 def names_markdown(
     names: dict,  # name -> meaning, e.g. `PREDICTION_HEADERS`
     head: str = "name",  # the first column's heading
@@ -137,7 +137,7 @@ def _check(i: int, r: dict):
             f"record {i} (prediction_index={idx}): error {r['error']} != actual_sales - predicted_sales"
         )
 
-
+# %% ../nbs/06b_message.ipynb #f8c8a901
 def check_records(records: list[dict]) -> list[dict]:
     "`records` if every one is a valid prediction message with a unique index, else a `StreamError` naming the first bad one."
     seen = set()
@@ -148,7 +148,7 @@ def check_records(records: list[dict]) -> list[dict]:
         seen.add(r["prediction_index"])
     return records
 
-
+# %% ../nbs/06b_message.ipynb #5b0418d4
 def prediction_records(
     index: Iterable[int],  # one id per prediction (e.g. the test set's row index)
     actual: Iterable[float],  # the actual sales
@@ -173,7 +173,7 @@ _JSON_NO_ACTUAL = (
     '{"prediction_index": %d, "predicted_sales": %r, "actual_sales": null, "error": null}'
 )
 
-
+# %% ../nbs/06b_message.ipynb #ea9701a7
 def prediction_json(r: dict) -> bytes:
     "The JSON value of prediction message `r` (checked, or without an actual), byte for byte as `json.dumps` writes it."
     if r["actual_sales"] is None:
@@ -228,7 +228,7 @@ class Record(NamedTuple):
 class NoActual(ValueError):
     "A prediction whose actual is not known yet: there is no error to measure."
 
-
+# %% ../nbs/06b_message.ipynb #d2e01d24
 def parse_record(
     value: bytes | dict,  # the message value: its JSON, or decoded
     partition: int,
@@ -265,14 +265,14 @@ def parse_record(
             f"{topic}[{partition}]@{offset}: not a prediction message ({type(e).__name__}: {e})"
         ) from None
 
-
+# %% ../nbs/06b_message.ipynb #ff4668e0
 def record_from_message(msg) -> Record:
     "A `Record` from a consumed message whose value is the four-field JSON object."
     key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else msg.key
     delay = dict(getattr(msg, "headers", None) or []).get("label_delay_ms")
     return parse_record(msg.value, msg.partition, msg.offset, msg.timestamp, key, delay, msg.topic)
 
-
+# %% ../nbs/06b_message.ipynb #804eee9c
 def as_record(m) -> Record:
     "A `Record` from a `Record` or a message dict of `stream.messages`."
     if isinstance(m, Record):

@@ -58,12 +58,12 @@ def split(
 # %% ../nbs/04_models.ipynb #c8c51d3f
 _ID_NAME = re.compile(r"(?i:^(id|uuid|key)$|[_\s.-](id|uuid|key)$)|[a-z0-9](Id|ID)$")
 
-
+# %% ../nbs/04_models.ipynb #524d5332
 def _whole(v: np.ndarray) -> bool:
     "Are all values whole numbers?"
     return bool(np.all(v == np.round(v)))
 
-
+# %% ../nbs/04_models.ipynb #9423e356
 def is_categorical(s: pd.Series, max_levels: int = 10) -> bool:
     "Text, bool or category values, or whole numbers with at most `max_levels` distinct values."
     if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
@@ -71,7 +71,7 @@ def is_categorical(s: pd.Series, max_levels: int = 10) -> bool:
     v = s.dropna().to_numpy(dtype=np.float64)
     return len(np.unique(v)) <= max_levels and _whole(v)
 
-
+# %% ../nbs/04_models.ipynb #e88a44c0
 def is_id_like(s: pd.Series) -> bool:
     "A different text on every row, or distinct whole numbers named like an ID or running consecutively."
     v = s.dropna()
@@ -98,7 +98,7 @@ class FeaturePlan:
     def columns(self) -> list:
         return self.numeric + self.categorical
 
-
+# %% ../nbs/04_models.ipynb #c91bf8b0
 def _check_overrides(features: list, categorical: list, numeric: list):
     "Refuse override columns that are not features, or are named both ways."
     both = sorted(set(categorical) & set(numeric))
@@ -110,7 +110,7 @@ def _check_overrides(features: list, categorical: list, numeric: list):
             f"column(s) {stray} given as categorical or numeric are not features; features: {features}"
         )
 
-
+# %% ../nbs/04_models.ipynb #993b044a
 def _treat(
     plan: FeaturePlan, c: str, s: pd.Series, max_levels: int, categorical: list, numeric: list
 ):
@@ -148,7 +148,7 @@ def _treat(
     ) or plan.treatment[c].endswith("as asked"):
         plan.notes.append(f"{c}: {plan.treatment[c]}")
 
-
+# %% ../nbs/04_models.ipynb #7d9b945b
 def plan_features(
     df: pd.DataFrame,
     target: str,  # column to predict (numeric)
@@ -185,7 +185,7 @@ class FeatureError(ValueError):
         super().__init__(msg + (f" (row {row!r})" if row is not None else ""))
         self.column, self.row = column, row
 
-
+# %% ../nbs/04_models.ipynb #1d5f1881
 class UnknownCategory(FeatureError):
     "A categorical value that was not seen in training."
 
@@ -223,16 +223,6 @@ class Preprocessor:
         )
         self._index()
 
-    def _index(self):
-        "Lookup tables for fast encoding."
-        self.lookup = {
-            c: {v: i for i, v in enumerate(self.categories.get(c, []))} for c in self.categorical
-        }
-        self.offsets, o = {}, len(self.numeric)
-        for c in self.categorical:
-            self.offsets[c], o = o, o + len(self.categories.get(c, []))
-        self.width = o
-
     @property
     def columns(self) -> list:
         return self.numeric + self.categorical
@@ -252,72 +242,90 @@ class Preprocessor:
         self._index()
         return self
 
-    def transform(
-        self,
-        df: pd.DataFrame,
-        unknown: str = "error",  # 'error' raises `UnknownCategory`; 'ignore' encodes an unseen level as all zeros
-    ) -> np.ndarray:
-        "The model matrix for the rows of `df`."
-        missing = [c for c in self.columns if c not in df.columns]
-        if missing:
-            raise FeatureError(f"feature column(s) {missing} missing", missing[0])
-        X = np.zeros((len(df), self.width))
-        if self.numeric:
-            X[:, : len(self.numeric)] = (_numeric(df, self.numeric) - self.mean) / self.scale
-        rows = np.arange(len(df))
+# %% ../nbs/04_models.ipynb #96b20982
+@patch
+def _index(self: Preprocessor):
+    "Lookup tables for fast encoding."
+    self.lookup = {
+        c: {v: i for i, v in enumerate(self.categories.get(c, []))} for c in self.categorical
+    }
+    self.offsets, o = {}, len(self.numeric)
+    for c in self.categorical:
+        self.offsets[c], o = o, o + len(self.categories.get(c, []))
+    self.width = o
+
+# %% ../nbs/04_models.ipynb #2cb3ad38
+@patch
+def transform(
+    self: Preprocessor,
+    df: pd.DataFrame,
+    unknown: str = "error",  # 'error' raises `UnknownCategory`; 'ignore' encodes an unseen level as all zeros
+) -> np.ndarray:
+    "The model matrix for the rows of `df`."
+    missing = [c for c in self.columns if c not in df.columns]
+    if missing:
+        raise FeatureError(f"feature column(s) {missing} missing", missing[0])
+    X = np.zeros((len(df), self.width))
+    if self.numeric:
+        X[:, : len(self.numeric)] = (_numeric(df, self.numeric) - self.mean) / self.scale
+    rows = np.arange(len(df))
+    for c in self.categorical:
+        s = df[c]
+        if s.isna().any():
+            raise FeatureError(
+                f"column {c!r} has {int(s.isna().sum())} missing values",
+                c,
+                plain(s.index[s.isna().argmax()]),
+            )
+        codes = pd.Index(self.categories[c]).get_indexer(s)
+        bad = codes < 0
+        if bad.any() and unknown == "error":
+            raise UnknownCategory(c, plain(s.iloc[bad.argmax()]), plain(s.index[bad.argmax()]))
+        X[rows[~bad], self.offsets[c] + codes[~bad]] = 1
+    return X
+
+# %% ../nbs/04_models.ipynb #c65a60c8
+@patch
+def transform_records(self: Preprocessor, records: list) -> np.ndarray:
+    "The model matrix for a list of dicts; a `FeatureError` names the first bad record's position."
+    n, k = len(records), len(self.numeric)
+    X = np.zeros((n, self.width))
+    try:
+        for j, c in enumerate(self.numeric):
+            X[:, j] = [r[c] for r in records]
         for c in self.categorical:
-            s = df[c]
-            if s.isna().any():
-                raise FeatureError(
-                    f"column {c!r} has {int(s.isna().sum())} missing values",
-                    c,
-                    plain(s.index[s.isna().argmax()]),
-                )
-            codes = pd.Index(self.categories[c]).get_indexer(s)
-            bad = codes < 0
-            if bad.any() and unknown == "error":
-                raise UnknownCategory(c, plain(s.iloc[bad.argmax()]), plain(s.index[bad.argmax()]))
-            X[rows[~bad], self.offsets[c] + codes[~bad]] = 1
-        return X
+            lk = self.lookup[c]
+            X[
+                np.arange(n), np.fromiter((self.offsets[c] + lk[r[c]] for r in records), np.intp, n)
+            ] = 1
+        ok = np.isfinite(X[:, :k]).all()
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        problems = ((i, p) for i, r in enumerate(records) if (p := _why_unusable(self, r)))
+        i, (c, why) = next(problems, (None, ("", "records cannot be encoded")))
+        raise FeatureError(why, c, i)
+    X[:, :k] -= self.mean
+    X[:, :k] /= self.scale
+    return X
 
-    def transform_records(self, records: list) -> np.ndarray:
-        "The model matrix for a list of dicts; a `FeatureError` names the first bad record's position."
-        n, k = len(records), len(self.numeric)
-        X = np.zeros((n, self.width))
-        try:
-            for j, c in enumerate(self.numeric):
-                X[:, j] = [r[c] for r in records]
-            for c in self.categorical:
-                lk = self.lookup[c]
-                X[
-                    np.arange(n),
-                    np.fromiter((self.offsets[c] + lk[r[c]] for r in records), np.intp, n),
-                ] = 1
-            ok = np.isfinite(X[:, :k]).all()
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            problems = ((i, p) for i, r in enumerate(records) if (p := _why_unusable(self, r)))
-            i, (c, why) = next(problems, (None, ("", "records cannot be encoded")))
-            raise FeatureError(why, c, i)
-        X[:, :k] -= self.mean
-        X[:, :k] /= self.scale
-        return X
+# %% ../nbs/04_models.ipynb #ffa9e4a1
+@patch
+def to_dict(self: Preprocessor) -> dict:
+    "The fitted preprocessing as JSON-ready data."
+    return {
+        "numeric": self.numeric,
+        "categorical": self.categorical,
+        "categories": self.categories,
+        "mean": self.mean.tolist(),
+        "scale": self.scale.tolist(),
+    }
 
-    def to_dict(self) -> dict:
-        "The fitted preprocessing as JSON-ready data."
-        return {
-            "numeric": self.numeric,
-            "categorical": self.categorical,
-            "categories": self.categories,
-            "mean": self.mean.tolist(),
-            "scale": self.scale.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocessor:
-        "A preprocessor from `to_dict` output."
-        return cls(d["numeric"], d["categorical"], d["categories"], d["mean"], d["scale"])
+# %% ../nbs/04_models.ipynb #ba4aa43c
+@patch(cls_method=True)
+def from_dict(cls: Preprocessor, d: dict) -> Preprocessor:
+    "A preprocessor from `to_dict` output."
+    return cls(d["numeric"], d["categorical"], d["categories"], d["mean"], d["scale"])
 
 # %% ../nbs/04_models.ipynb #2fd15f93
 def _numeric(df: pd.DataFrame, cols: list) -> np.ndarray:
@@ -377,7 +385,7 @@ def _keras():
 # %% ../nbs/04_models.ipynb #bfde8733
 STEPS_PER_CALL = 32  # training steps per call of the compiled training function (an epoch of the sample is 8-10 steps)
 
-
+# %% ../nbs/04_models.ipynb #6515a1fc
 def build_net(
     n_inputs: int,
     hidden_units=(32, 16),  # sizes of the relu layers
@@ -404,14 +412,14 @@ def net_layers(net) -> list:
     "The Dense layers' (kernel, bias) as float32 numpy arrays."
     return [tuple(np.asarray(w, np.float32) for w in l.get_weights()) for l in net.layers]
 
-
+# %% ../nbs/04_models.ipynb #978a655b
 def keras_net(layers: list, learning_rate: float = 1e-3):
     "A compiled Keras net holding `layers` (`net_layers` output): the way back from numpy weights."
     net = build_net(layers[0][0].shape[0], [W.shape[1] for W, _ in layers[:-1]], learning_rate)
     net.set_weights([w for layer in layers for w in layer])
     return net
 
-
+# %% ../nbs/04_models.ipynb #88d3dca3
 def forward(
     layers: list,
     X: np.ndarray,
@@ -438,7 +446,7 @@ def _numpy_val_loss(keras, net, X: np.ndarray, y: np.ndarray):
 # %% ../nbs/04_models.ipynb #7b2e4c02
 _TRAINERS = {}  # (inputs, hidden units, learning rate) -> (compiled net, its optimizer's variables as built)
 
-
+# %% ../nbs/04_models.ipynb #d3bb9c7e
 def _trainer(
     n_inputs: int,
     hidden_units,
@@ -460,7 +468,7 @@ def _trainer(
 # %% ../nbs/04_models.ipynb #a0b1d29b
 KINDS = {}  # model kind -> its class: a subclass of `Model` that sets `kind` registers itself here
 
-
+# %% ../nbs/04_models.ipynb #d1a6dd49
 class Model:
     "Features, cleaning and preprocessing behind fit/predict/save, for every kind; a subclass per kind adds its estimator."
 
@@ -516,25 +524,6 @@ class Model:
         derived = set(self.axis.lag_columns(self.target)) if self.time else set()
         return bool(derived & set(self.features or []))
 
-    @property
-    def inputs(self) -> list:
-        "The fields a record must carry: the features, the time column in place of those made from it or from earlier actuals, and the series' fields when the model needs history."
-        if not self.time:
-            return self.features
-        a = self.axis
-        made = {
-            *calendar_columns(a.column, a.freq),
-            *a.lag_columns(self.target),
-            *map(baseline_column, BASELINES),
-        }
-        series = [c for c in a.series if c not in self.features] if self.needs_history else []
-        return [a.column] + [c for c in self.features if c not in made] + series
-
-    @property
-    def fill_values(self) -> dict:
-        "The training values that fill a missing feature, by column."
-        return self.cleaner.fill if self.cleaner else {}
-
     def __repr__(self):
         return (
             f"SalesModel({self.name!r}, kind={self.kind!r}, target={self.target!r}, features={self.features}, "
@@ -558,46 +547,6 @@ class Model:
 
     def _restore(self, folder: Path, meta: dict, weights: str):
         "Read back what `_save_weights` wrote and what the kind added to `meta`: nothing without an estimator."
-
-    def _with_calendar(self, df: pd.DataFrame) -> pd.DataFrame:
-        "`df` with the calendar features of its time column that it lacks (unchanged without a time axis)."
-        if not self.time:
-            return df
-        a = self.axis
-        missing = [c for c in calendar_columns(a.column, a.freq) if c not in df.columns]
-        if not missing:
-            return df
-        if a.column not in df.columns:
-            raise FeatureError(f"time column {a.column!r} missing", a.column)
-        return df.assign(**calendar_features(parse_times(df[a.column]), a.freq, a.column)[missing])
-
-    def _plan(self, df: pd.DataFrame) -> FeaturePlan:
-        "The feature plan: a time axis adds its calendar and (where the table has them) lag columns, as numeric; the time column and baselines are no feature."
-        p, a, requested, numeric = (
-            self.params,
-            self.axis,
-            self.requested,
-            list(self.params["numeric"]),
-        )
-        if a is not None:
-            cal = calendar_columns(a.column, a.freq)
-            skip = {self.target, a.column, *map(baseline_column, BASELINES)}
-            requested = (
-                [c for c in df.columns if c not in skip]
-                if requested is None
-                else list(requested)
-                + [
-                    c
-                    for c in cal + a.lag_columns(self.target)
-                    if c in df.columns and c not in requested
-                ]
-            )
-            numeric += [
-                c
-                for c in cal + a.lag_columns(self.target)
-                if c in requested and c not in numeric and c not in p["categorical"]
-            ]
-        return plan_features(df, self.target, requested, p["max_levels"], p["categorical"], numeric)
 
     def fit(self, df: pd.DataFrame) -> Model:
         "Plan features, then learn cleaning, preprocessing and the estimator from the training rows `df` only."
@@ -626,75 +575,6 @@ class Model:
         )
         return self
 
-    def predict(
-        self,
-        df: pd.DataFrame,
-        unknown: str = "error",  # 'error' raises `UnknownCategory` for an unseen level; 'ignore' encodes it as all zeros
-    ) -> np.ndarray:
-        "Predicted target for the rows of `df`, gaps filled with the training values, as float64."
-        if self.prep is None:
-            raise RuntimeError(f"model {self.name!r} is not fitted")
-        return self.predict_matrix(
-            self.prep.transform(self.cleaner.impute(self._with_calendar(df)), unknown)
-        )
-
-    def impute_records(self, records: list) -> tuple[list, list]:
-        "Copies of `records` with absent or null features filled by the training values, and the fields filled in each."
-        fill, out, filled = self.fill_values, [], []
-        # from the date, never filled
-        derived = set(calendar_columns(self.axis.column, self.axis.freq)) if self.time else set()
-        for r in records:
-            gaps = (
-                [c for c in fill if c not in derived and _missing(r.get(c))]
-                if isinstance(r, dict)
-                else []
-            )
-            out.append({**r, **{c: fill[c] for c in gaps}} if gaps else r)
-            filled.append(gaps)
-        return out, filled
-
-    def calendar_records(self, records: list) -> list:
-        "Copies of `records` with the calendar features of their time field; a `FeatureError` names a record without a date."
-        a = self.axis
-        if a is None or not calendar_columns(a.column, a.freq):
-            return records
-        raw = [r.get(a.column) if isinstance(r, dict) else None for r in records]
-        times = pd.to_datetime(
-            pd.Series([str(v).strip() if isinstance(v, str) else None for v in raw], dtype=object),
-            errors="coerce",
-            format="mixed",
-        )
-        if times.isna().any():
-            i = int(times.isna().argmax())
-            raise FeatureError(f"field {a.column!r} must be a date, got {raw[i]!r}", a.column, i)
-        cal = calendar_features(
-            times.dt.tz_localize(None) if times.dt.tz else times, a.freq, a.column
-        )
-        return [{**r, **c} for r, c in zip(records, cal.to_dict("records"))]
-
-    def predict_records(self, records: list) -> np.ndarray:
-        "Predicted target for a list of dicts (e.g. decoded events), gaps filled with the training values, as float64."
-        if self.prep is None:
-            raise RuntimeError(f"model {self.name!r} is not fitted")
-        return self.predict_matrix(
-            self.prep.transform_records(self.impute_records(self.calendar_records(records))[0])
-        )
-
-    def typical(self, df: pd.DataFrame) -> pd.Series:
-        "True for the rows of `df` inside every outlier bound learned from the training rows."
-        return self.cleaner.typical(self._with_calendar(df))
-
-    def _hash(self) -> str:
-        "A short hash of what decides the predictions."
-        meta = {
-            k: v
-            for k, v in self.meta().items()
-            if k not in ("version", "train_mae", "history", "best_epoch", "cleaning")
-        }
-        return hashlib.sha256(
-            json.dumps(meta, sort_keys=True).encode() + self._state_bytes()
-        ).hexdigest()[:12]
-
     def meta(self) -> dict:
         "Everything about the fitted model except its weights, JSON-ready."
         return {
@@ -719,15 +599,161 @@ class Model:
             ),  # absent without a time axis: earlier models' versions stand
         }
 
-    def save(self, folder) -> Path:
-        "Write the model to `folder` (created if needed)."
-        if self.prep is None:
-            raise RuntimeError(f"model {self.name!r} is not fitted")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self._save_weights(folder)
-        (folder / MODEL_JSON).write_text(json.dumps(self.meta(), indent=1))
-        return folder
+# %% ../nbs/04_models.ipynb #eca77841
+@patch(as_prop=True)
+def inputs(self: Model) -> list:
+    "The fields a record must carry: the features, the time column in place of those made from it or from earlier actuals, and the series' fields when the model needs history."
+    if not self.time:
+        return self.features
+    a = self.axis
+    made = {
+        *calendar_columns(a.column, a.freq),
+        *a.lag_columns(self.target),
+        *map(baseline_column, BASELINES),
+    }
+    series = [c for c in a.series if c not in self.features] if self.needs_history else []
+    return [a.column] + [c for c in self.features if c not in made] + series
+
+# %% ../nbs/04_models.ipynb #ed9a0a7c
+@patch(as_prop=True)
+def fill_values(self: Model) -> dict:
+    "The training values that fill a missing feature, by column."
+    return self.cleaner.fill if self.cleaner else {}
+
+# %% ../nbs/04_models.ipynb #d91568f7
+@patch
+def _with_calendar(self: Model, df: pd.DataFrame) -> pd.DataFrame:
+    "`df` with the calendar features of its time column that it lacks (unchanged without a time axis)."
+    if not self.time:
+        return df
+    a = self.axis
+    missing = [c for c in calendar_columns(a.column, a.freq) if c not in df.columns]
+    if not missing:
+        return df
+    if a.column not in df.columns:
+        raise FeatureError(f"time column {a.column!r} missing", a.column)
+    return df.assign(**calendar_features(parse_times(df[a.column]), a.freq, a.column)[missing])
+
+# %% ../nbs/04_models.ipynb #a4b1e226
+@patch
+def _plan(self: Model, df: pd.DataFrame) -> FeaturePlan:
+    "The feature plan: a time axis adds its calendar and (where the table has them) lag columns, as numeric; the time column and baselines are no feature."
+    p, a, requested, numeric = (
+        self.params,
+        self.axis,
+        self.requested,
+        list(self.params["numeric"]),
+    )
+    if a is not None:
+        cal = calendar_columns(a.column, a.freq)
+        skip = {self.target, a.column, *map(baseline_column, BASELINES)}
+        requested = (
+            [c for c in df.columns if c not in skip]
+            if requested is None
+            else list(requested)
+            + [
+                c
+                for c in cal + a.lag_columns(self.target)
+                if c in df.columns and c not in requested
+            ]
+        )
+        numeric += [
+            c
+            for c in cal + a.lag_columns(self.target)
+            if c in requested and c not in numeric and c not in p["categorical"]
+        ]
+    return plan_features(df, self.target, requested, p["max_levels"], p["categorical"], numeric)
+
+# %% ../nbs/04_models.ipynb #bb049dcb
+@patch
+def predict(
+    self: Model,
+    df: pd.DataFrame,
+    unknown: str = "error",  # 'error' raises `UnknownCategory` for an unseen level; 'ignore' encodes it as all zeros
+) -> np.ndarray:
+    "Predicted target for the rows of `df`, gaps filled with the training values, as float64."
+    if self.prep is None:
+        raise RuntimeError(f"model {self.name!r} is not fitted")
+    return self.predict_matrix(
+        self.prep.transform(self.cleaner.impute(self._with_calendar(df)), unknown)
+    )
+
+# %% ../nbs/04_models.ipynb #ed04fec9
+@patch
+def impute_records(self: Model, records: list) -> tuple[list, list]:
+    "Copies of `records` with absent or null features filled by the training values, and the fields filled in each."
+    fill, out, filled = self.fill_values, [], []
+    # from the date, never filled
+    derived = set(calendar_columns(self.axis.column, self.axis.freq)) if self.time else set()
+    for r in records:
+        gaps = (
+            [c for c in fill if c not in derived and _missing(r.get(c))]
+            if isinstance(r, dict)
+            else []
+        )
+        out.append({**r, **{c: fill[c] for c in gaps}} if gaps else r)
+        filled.append(gaps)
+    return out, filled
+
+# %% ../nbs/04_models.ipynb #6433d114
+@patch
+def calendar_records(self: Model, records: list) -> list:
+    "Copies of `records` with the calendar features of their time field; a `FeatureError` names a record without a date."
+    a = self.axis
+    if a is None or not calendar_columns(a.column, a.freq):
+        return records
+    raw = [r.get(a.column) if isinstance(r, dict) else None for r in records]
+    times = pd.to_datetime(
+        pd.Series([str(v).strip() if isinstance(v, str) else None for v in raw], dtype=object),
+        errors="coerce",
+        format="mixed",
+    )
+    if times.isna().any():
+        i = int(times.isna().argmax())
+        raise FeatureError(f"field {a.column!r} must be a date, got {raw[i]!r}", a.column, i)
+    cal = calendar_features(times.dt.tz_localize(None) if times.dt.tz else times, a.freq, a.column)
+    return [{**r, **c} for r, c in zip(records, cal.to_dict("records"))]
+
+# %% ../nbs/04_models.ipynb #f23003a4
+@patch
+def predict_records(self: Model, records: list) -> np.ndarray:
+    "Predicted target for a list of dicts (e.g. decoded events), gaps filled with the training values, as float64."
+    if self.prep is None:
+        raise RuntimeError(f"model {self.name!r} is not fitted")
+    return self.predict_matrix(
+        self.prep.transform_records(self.impute_records(self.calendar_records(records))[0])
+    )
+
+# %% ../nbs/04_models.ipynb #5d0fe787
+@patch
+def typical(self: Model, df: pd.DataFrame) -> pd.Series:
+    "True for the rows of `df` inside every outlier bound learned from the training rows."
+    return self.cleaner.typical(self._with_calendar(df))
+
+# %% ../nbs/04_models.ipynb #7435a48d
+@patch
+def _hash(self: Model) -> str:
+    "A short hash of what decides the predictions."
+    meta = {
+        k: v
+        for k, v in self.meta().items()
+        if k not in ("version", "train_mae", "history", "best_epoch", "cleaning")
+    }
+    return hashlib.sha256(
+        json.dumps(meta, sort_keys=True).encode() + self._state_bytes()
+    ).hexdigest()[:12]
+
+# %% ../nbs/04_models.ipynb #dc6fd8b8
+@patch
+def save(self: Model, folder) -> Path:
+    "Write the model to `folder` (created if needed)."
+    if self.prep is None:
+        raise RuntimeError(f"model {self.name!r} is not fitted")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    self._save_weights(folder)
+    (folder / MODEL_JSON).write_text(json.dumps(self.meta(), indent=1))
+    return folder
 
 # %% ../nbs/04_models.ipynb #7d03ee4b
 def _missing(v) -> bool:
@@ -758,7 +784,7 @@ class SklearnModel(Model):
         probe = np.random.default_rng(0).normal(size=(64, self.prep.width))
         return np.asarray(self.estimator.predict(probe), np.float64).tobytes()
 
-
+# %% ../nbs/04_models.ipynb #afc22807
 class Linear(SklearnModel):
     "Least squares: scikit-learn's `LinearRegression`."
 
@@ -770,7 +796,7 @@ class Linear(SklearnModel):
 
         return LinearRegression()
 
-
+# %% ../nbs/04_models.ipynb #3f231642
 class Trees(SklearnModel):
     "A seeded gradient-boosted tree ensemble: scikit-learn's `HistGradientBoostingRegressor`."
 
@@ -901,7 +927,7 @@ def SalesModel(
         raise ValueError(f"unknown model kind {kind!r}; choose from {tuple(KINDS)}")
     return KINDS[kind](*args, **kwargs)
 
-
+# %% ../nbs/04_models.ipynb #a70d7dd6
 def _settings(cls: type, settings: dict) -> dict:
     "The entries of `settings` that `cls` takes; a `TypeError` names those no kind takes."
     takes = lambda c: inspect.signature(c).parameters
@@ -938,7 +964,7 @@ def plot_training(model: SalesModel):
 MODEL_JSON = "model.json"
 NET_NPZ = "model.npz"  # a net's (kernel, bias) arrays in layer order: what `forward` needs, read without TensorFlow
 
-
+# %% ../nbs/04_models.ipynb #7dab6325
 def _quiet_absl(f):
     "Run `f` with absl's warnings (Keras' legacy-format notice) silenced."
     import absl.logging
@@ -950,7 +976,7 @@ def _quiet_absl(f):
     finally:
         absl.logging.set_verbosity(level)
 
-
+# %% ../nbs/04_models.ipynb #e61f25a4
 def save_model(model: SalesModel, folder) -> Path:
     "Write `model` to `folder`: model.json plus its weights."
     return model.save(folder)
@@ -966,14 +992,14 @@ def _save_weights(self: Net, folder: Path):
         warnings.simplefilter("ignore")
         _quiet_absl(lambda: net.save(folder / "model.h5"))
 
-
+# %% ../nbs/04_models.ipynb #8559f47b
 def _read_layers(path: Path) -> list:
     "The (kernel, bias) pairs saved in `path` by `Net._save_weights`."
     with np.load(path) as z:
         ws = [z[f"arr_{i}"] for i in range(len(z.files))]
     return list(zip(ws[::2], ws[1::2]))
 
-
+# %% ../nbs/04_models.ipynb #54664b2b
 @patch
 def _restore(self: Net, folder: Path, meta: dict, weights: str):
     "The target's standardisation, and the weights from model.npz, or as a Keras net from model.keras or model.h5."
@@ -988,7 +1014,7 @@ def _restore(self: Net, folder: Path, meta: dict, weights: str):
         )
         self.layers = net_layers(self.net)
 
-
+# %% ../nbs/04_models.ipynb #5c065821
 @patch
 def _save_weights(self: SklearnModel, folder: Path):
     "Write the estimator to estimator.joblib."
@@ -996,7 +1022,7 @@ def _save_weights(self: SklearnModel, folder: Path):
 
     joblib.dump(self.estimator, folder / "estimator.joblib")
 
-
+# %% ../nbs/04_models.ipynb #25b3cae7
 @patch
 def _restore(self: SklearnModel, folder: Path, meta: dict, weights: str):
     "Read the estimator from estimator.joblib."
@@ -1059,7 +1085,7 @@ CANDIDATES = {
 }
 CANDIDATE_ALIASES = {"seed_net": "original_net"}  # names that earlier versions used
 
-
+# %% ../nbs/04_models.ipynb #33170f6f
 def candidate_name(name: str) -> str:
     "The candidate `name` stands for, or a clear error."
     name = CANDIDATE_ALIASES.get(name, name)
@@ -1067,7 +1093,7 @@ def candidate_name(name: str) -> str:
         raise ValueError(f"unknown model {name!r}; candidates are {list(CANDIDATES)}")
     return name
 
-
+# %% ../nbs/04_models.ipynb #77b62165
 def make_model(
     name: str,  # a key of `CANDIDATES`
     *,
@@ -1086,7 +1112,7 @@ def make_model(
         **_settings(cls, dict(target=target, features=features, seed=seed, name=name, **params))
     )
 
-
+# %% ../nbs/04_models.ipynb #f5b7cd17
 def default_candidates(df: pd.DataFrame, original_features: list = ORIGINAL_FEATURES) -> list:
     "All candidates, without 'original_net' when `df` lacks its features, and baselines only when it has their forecasts."
     present = lambda n: (
@@ -1107,7 +1133,7 @@ def outlier_policies(outliers: str) -> list:
         raise ValueError(f"outliers must be 'auto' or one of {OUTLIER_POLICIES}, got {outliers!r}")
     return [outliers]
 
-
+# %% ../nbs/04_models.ipynb #b72abf59
 def cv_scores(
     df: pd.DataFrame,  # the training split
     *,
@@ -1166,7 +1192,7 @@ def cv_scores(
                 bar.update()
     return pd.DataFrame(rows)
 
-
+# %% ../nbs/04_models.ipynb #9030db1a
 def summarise_cv(folds: pd.DataFrame) -> pd.DataFrame:
     "Mean and spread (std) of each score per model and outlier policy, the fold count, best CV RMSE first."
     g = folds.groupby(["model", "outliers"], sort=False)
@@ -1174,7 +1200,7 @@ def summarise_cv(folds: pd.DataFrame) -> pd.DataFrame:
     t.columns = [f"{s}_{a}" for s, a in t.columns]
     return t.assign(folds=g.size()).sort_values("rmse_mean")
 
-
+# %% ../nbs/04_models.ipynb #caa160bc
 @delegates(cv_scores)
 def compare_models(train_df: pd.DataFrame, **kwargs) -> pd.DataFrame:
     "The cross-validated comparison table: one row per candidate and outlier policy, best CV RMSE first."
@@ -1210,7 +1236,7 @@ def plot_cv_training(
 # simplest first: a near-tie in CV goes to the simpler model
 SIMPLICITY = ("linear", "trees", "net", "original_net")
 
-
+# %% ../nbs/04_models.ipynb #5d8f7267
 def select_model(
     table: pd.DataFrame,
     override: str | None = None,  # a model name to use instead of the best
@@ -1234,10 +1260,10 @@ def select_model(
     )
     return tuple(min(close, key=simplest))
 
-
+# %% ../nbs/04_models.ipynb #fdeeb28e
 _KEPT = {"keep": "outliers kept", "remove": "outliers removed"}
 
-
+# %% ../nbs/04_models.ipynb #8451834e
 def selection_reason(table: pd.DataFrame, choice: tuple, override: str | None = None) -> str:
     "Which model and outlier policy were chosen and why, with the other policy's figure when both were tried."
     (name, policy), r = choice, table.loc[choice]
@@ -1288,7 +1314,7 @@ class Selection:
     # the original notebook's net refit on the training split (or the chosen model)
     original_net: SalesModel | None
 
-
+# %% ../nbs/04_models.ipynb #0b1cc628
 @delegates(cv_scores)
 def choose_model(
     train: pd.DataFrame,
@@ -1352,7 +1378,7 @@ def permutation_importance(
         )
     return pd.DataFrame(rows).sort_values("rmse_increase", ascending=False, ignore_index=True)
 
-
+# %% ../nbs/04_models.ipynb #adf5c918
 def plot_importance(imp: pd.DataFrame, title: str = "Permutation importance (test split)"):
     "A matplotlib figure of horizontal bars of `permutation_importance` output, largest on top."
     import matplotlib.pyplot as plt

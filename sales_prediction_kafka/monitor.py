@@ -54,6 +54,7 @@ from .config import JOIN_STATE_TOPIC, JOINED_TOPIC
 from .join import MARKER
 
 log = logging.getLogger(__name__)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'BANDS', 'STALE_AFTER', 'error_stats', 'Window', 'RollingMetrics', 'baseline_from_run', 'resolve_baseline',
@@ -65,17 +66,17 @@ __all__ = ['log', 'BANDS', 'STALE_AFTER', 'error_stats', 'Window', 'RollingMetri
 # %% ../nbs/09_monitor.ipynb #d8518b7d
 BANDS = (10, 25, 50)  # accuracy bands: |error| within this percentage of |actual|
 
-
+# %% ../nbs/09_monitor.ipynb #68a3cb4a
 def _num(x) -> float | None:
     "`x` as a float, or None when it is missing or not finite."
     return float(x) if x is not None and math.isfinite(x) else None
 
-
+# %% ../nbs/09_monitor.ipynb #3d59074d
 def _rate(n: int, t0: float, t1: float) -> float | None:
     "Records per second between the first and last timestamps."
     return (n - 1) / (t1 - t0) if n > 1 and t1 > t0 else None
 
-
+# %% ../nbs/09_monitor.ipynb #d83cdf03
 def error_stats(records: list[Record]) -> dict:
     "MAE, RMSE, bias, MAPE (%), share within each band (%) and throughput of `records`, computed offline."
     if not records:
@@ -114,7 +115,7 @@ def _parts(r: Record) -> tuple:
         *(1.0 if abs(e) <= b / 100 * abs(a) else 0.0 for b in BANDS),
     )
 
-
+# %% ../nbs/09_monitor.ipynb #dc7a83a9
 class Window:
     "The latest records (at most `size`, within `seconds` of the newest), as running sums of their errors."
 
@@ -154,20 +155,6 @@ class Window:
             self._drop()
         return self
 
-    def _drop(self):
-        "Remove the oldest entry; rebuild the sums exactly once as many records have left as remain."
-        _, k, parts = self.entries.popleft()
-        self.n -= k
-        self._sums = [s - p for s, p in zip(self._sums, parts)]
-        self._dropped += k
-        if self._dropped >= max(self.n, 1):
-            self._sums = (
-                [math.fsum(col) for col in zip(*(e[2] for e in self.entries))]
-                if self.entries
-                else [0.0] * len(self._sums)
-            )
-            self._dropped = 0
-
     def error_stats(self) -> dict:
         "The window's MAE, RMSE, bias, MAPE (%), share within each band (%) and throughput."
         n = self.n
@@ -183,6 +170,22 @@ class Window:
             "within": {str(b): w / n * 100 for b, w in zip(BANDS, within)},
             "throughput": _rate(n, self.entries[0][0], self.entries[-1][0]),
         }
+
+# %% ../nbs/09_monitor.ipynb #da3bf728
+@patch
+def _drop(self: Window):
+    "Remove the oldest entry; rebuild the sums exactly once as many records have left as remain."
+    _, k, parts = self.entries.popleft()
+    self.n -= k
+    self._sums = [s - p for s, p in zip(self._sums, parts)]
+    self._dropped += k
+    if self._dropped >= max(self.n, 1):
+        self._sums = (
+            [math.fsum(col) for col in zip(*(e[2] for e in self.entries))]
+            if self.entries
+            else [0.0] * len(self._sums)
+        )
+        self._dropped = 0
 
 # %% ../nbs/09_monitor.ipynb #e7774f92
 class RollingMetrics:
@@ -200,26 +203,6 @@ class RollingMetrics:
         self.seen = 0
         self.delays = deque(maxlen=window)  # label delays (ms) of the count window's joined records
         self.newest = None  # timestamp of the newest record: where the measured error stops
-
-    def update(self, r: Record) -> RollingMetrics:
-        "Take one record into both windows."
-        self.last.add(r)
-        self.recent.add(r)
-        self.offsets[r.partition] = r.offset
-        self.seen += 1
-        if r.label_delay_ms is not None:
-            self.delays.append(r.label_delay_ms)
-        self.newest = r.timestamp if self.newest is None else max(self.newest, r.timestamp)
-        return self
-
-    def label_delay(self) -> dict | None:
-        "The p50 and p95 label delay (ms) of the count window's joined records; None when none was joined."
-        d = sorted(self.delays)
-        return (
-            {"p50": d[len(d) // 2], "p95": d[min(len(d) - 1, int(0.95 * len(d)))], "n": len(d)}
-            if d
-            else None
-        )
 
     def snapshot(
         self,
@@ -241,6 +224,30 @@ class RollingMetrics:
             "newest_record_at": self.newest,
         }
 
+# %% ../nbs/09_monitor.ipynb #3babbd00
+@patch
+def update(self: RollingMetrics, r: Record) -> RollingMetrics:
+    "Take one record into both windows."
+    self.last.add(r)
+    self.recent.add(r)
+    self.offsets[r.partition] = r.offset
+    self.seen += 1
+    if r.label_delay_ms is not None:
+        self.delays.append(r.label_delay_ms)
+    self.newest = r.timestamp if self.newest is None else max(self.newest, r.timestamp)
+    return self
+
+# %% ../nbs/09_monitor.ipynb #17fd06d9
+@patch
+def label_delay(self: RollingMetrics) -> dict | None:
+    "The p50 and p95 label delay (ms) of the count window's joined records; None when none was joined."
+    d = sorted(self.delays)
+    return (
+        {"p50": d[len(d) // 2], "p95": d[min(len(d) - 1, int(0.95 * len(d)))], "n": len(d)}
+        if d
+        else None
+    )
+
 # %% ../nbs/09_monitor.ipynb #38bebe9c
 def baseline_from_run(
     run_dir: Path | str,  # a run folder holding metrics.json
@@ -260,7 +267,7 @@ def baseline_from_run(
             return float(v)
     raise KeyError(f"{path} has no positive MAE under {' or '.join('.'.join(k) for k in keys)}")
 
-
+# %% ../nbs/09_monitor.ipynb #f44074a5
 def resolve_baseline(
     baseline: str | float | None,  # a MAE, a run folder, or None for the newest run under `base`
     base: Path | str = RUNS_BASE,
@@ -303,17 +310,6 @@ class DriftDetector:
         self.calm = 0
         self.alerts = 0
 
-    @property
-    def limits(self) -> dict:
-        "The MAE threshold and the bias band."
-        return {
-            "baseline_mae": self.baseline_mae,
-            "mae_above": self.factor * self.baseline_mae,
-            "bias_beyond": self.band * self.baseline_mae,
-            "factor": self.factor,
-            "band": self.band,
-        }
-
     def reasons(
         self,
         f: dict,  # a window's statistics
@@ -331,18 +327,32 @@ class DriftDetector:
             if bad
         ]
 
-    def check(self, f: dict) -> list[str] | None:
-        "The reasons if `f` starts a new episode of drift, else None; an episode ends when the figures fall clearly back."
-        if self.active:
-            self.calm = 0 if self.reasons(f, self.rearm) else self.calm + 1
-            self.active = self.calm < self.min_records  # a whole window of calm, not one lucky one
-            return None
-        reasons = self.reasons(f)
-        if not reasons:
-            return None
-        self.active = True
-        self.alerts += 1
-        return reasons
+# %% ../nbs/09_monitor.ipynb #8a90a760
+@patch(as_prop=True)
+def limits(self: DriftDetector) -> dict:
+    "The MAE threshold and the bias band."
+    return {
+        "baseline_mae": self.baseline_mae,
+        "mae_above": self.factor * self.baseline_mae,
+        "bias_beyond": self.band * self.baseline_mae,
+        "factor": self.factor,
+        "band": self.band,
+    }
+
+# %% ../nbs/09_monitor.ipynb #108cef2c
+@patch
+def check(self: DriftDetector, f: dict) -> list[str] | None:
+    "The reasons if `f` starts a new episode of drift, else None; an episode ends when the figures fall clearly back."
+    if self.active:
+        self.calm = 0 if self.reasons(f, self.rearm) else self.calm + 1
+        self.active = self.calm < self.min_records  # a whole window of calm, not one lucky one
+        return None
+    reasons = self.reasons(f)
+    if not reasons:
+        return None
+    self.active = True
+    self.alerts += 1
+    return reasons
 
 # %% ../nbs/09_monitor.ipynb #f4b822c8
 def psi(expected, actual, floor: float = 1e-4) -> float:
@@ -352,7 +362,7 @@ def psi(expected, actual, floor: float = 1e-4) -> float:
         e = np.append(e, [floor] * (len(a) - len(e)))
     return float(np.sum((a - e) * np.log(a / e)))
 
-
+# %% ../nbs/09_monitor.ipynb #753e55cc
 def input_psi(
     profile: dict,  # from `feature_profile`
     events: list[dict],  # events (or rows as dicts) with the features
@@ -393,16 +403,6 @@ class InputDrift:
         )
         self.reset(profile)
 
-    def reset(self, profile: dict):
-        "Compare with `profile` from now on (a new champion): an empty window, no episode."
-        self.profile, self.events, self.active, self.n, self.last = (
-            profile,
-            deque(maxlen=self.window),
-            False,
-            0,
-            {},
-        )
-
     def add(self, event: dict) -> dict | None:
         "Take one event; the features above the limit and their PSI if they start an episode, else None."
         self.events.append(event)
@@ -419,7 +419,19 @@ class InputDrift:
         self.active, self.alerts = True, self.alerts + 1
         return high
 
+# %% ../nbs/09_monitor.ipynb #347d762f
+@patch
+def reset(self: InputDrift, profile: dict):
+    "Compare with `profile` from now on (a new champion): an empty window, no episode."
+    self.profile, self.events, self.active, self.n, self.last = (
+        profile,
+        deque(maxlen=self.window),
+        False,
+        0,
+        {},
+    )
 
+# %% ../nbs/09_monitor.ipynb #2d1817aa
 def input_alert(
     high: dict,
     drift: InputDrift,
@@ -467,7 +479,7 @@ def alert_message(
         "seen": snapshot["seen"],
     }
 
-
+# %% ../nbs/09_monitor.ipynb #461a8825
 def describe_alert(a: dict) -> str:
     "One line for the log."
     if a["alert"] == "input_drift":
@@ -489,22 +501,22 @@ class _Partitions:
     def __init__(self, c, topic: str, from_beginning: bool):
         self.c, self.topic, self.from_beginning, self.known = c, topic, from_beginning, set()
 
-    def refresh(self):
-        "Assign the partitions that appeared since the last call."
-        new = {
-            TopicPartition(self.topic, p) for p in self.c.partitions_for_topic(self.topic) or ()
-        } - self.known
-        if not new:
-            return
-        self.c.assign(sorted(self.known | new))
-        (self.c.seek_to_beginning if self.from_beginning or self.known else self.c.seek_to_end)(
-            *new
+# %% ../nbs/09_monitor.ipynb #444039ff
+@patch
+def refresh(self: _Partitions):
+    "Assign the partitions that appeared since the last call."
+    new = {
+        TopicPartition(self.topic, p) for p in self.c.partitions_for_topic(self.topic) or ()
+    } - self.known
+    if not new:
+        return
+    self.c.assign(sorted(self.known | new))
+    (self.c.seek_to_beginning if self.from_beginning or self.known else self.c.seek_to_end)(*new)
+    if self.known:
+        log.info(
+            "monitoring new partitions %s of %s", sorted(tp.partition for tp in new), self.topic
         )
-        if self.known:
-            log.info(
-                "monitoring new partitions %s of %s", sorted(tp.partition for tp in new), self.topic
-            )
-        self.known |= new
+    self.known |= new
 
 # %% ../nbs/09_monitor.ipynb #52862113
 def consumer_lag(c) -> dict[int, int]:
@@ -518,7 +530,7 @@ def consumer_lag(c) -> dict[int, int]:
 # %% ../nbs/09_monitor.ipynb #6931a0a9
 STALE_AFTER = 10.0  # seconds without an answer from a partition's leader (or without records while some wait): 'stale'
 
-
+# %% ../nbs/09_monitor.ipynb #37f59585
 def health(
     answered: dict,  # partition -> seconds since its leader last answered
     last_record: float | None,  # seconds since the last record arrived; None: none yet
@@ -536,7 +548,7 @@ def health(
         "stale_after": stale_after,
     }
 
-
+# %% ../nbs/09_monitor.ipynb #1bc3638c
 class EndOffsets:
     "The end offset of each partition of `topic`, asked in a thread of its own with a bounded wait per partition, and when each last answered."
 
@@ -584,22 +596,24 @@ class EndOffsets:
             except KafkaError as e:
                 log.debug("end offsets of %s: %r", self.topic, e)
 
-    def read(self, partitions) -> tuple[dict, dict]:
-        "For `partitions`: their end offsets (those known), and the seconds since each last answered."
-        now = time.monotonic()
-        with self.lock:
-            return (
-                {p: self.ends[p] for p in partitions if p in self.ends},
-                {p: now - self.answered.get(p, self.since) for p in partitions},
-            )
-
     def close(self):
         "Stop asking (after at most one wait) and close the consumer."
         self.stop.set()
         self.thread.join(self.wait + 10)
         self.c.close()
 
+# %% ../nbs/09_monitor.ipynb #e88d186b
+@patch
+def read(self: EndOffsets, partitions) -> tuple[dict, dict]:
+    "For `partitions`: their end offsets (those known), and the seconds since each last answered."
+    now = time.monotonic()
+    with self.lock:
+        return (
+            {p: self.ends[p] for p in partitions if p in self.ends},
+            {p: now - self.answered.get(p, self.since) for p in partitions},
+        )
 
+# %% ../nbs/09_monitor.ipynb #9dbc5e82
 def lag_from(c, ends: dict) -> dict[int, int]:
     "Partition -> end offset (from `ends`) minus the position of consumer `c`, for its assigned partitions where both are known; never waits."
     out = {}
@@ -628,15 +642,6 @@ class DeadLetterCount:
         self.parts, self.reasons = _Partitions(self.c, topic, from_beginning=True), Counter()
         self.lock, self.stop = threading.Lock(), threading.Event()
         self.thread = threading.Thread(target=self._run, name="dead-letters", daemon=True)
-
-    def count(self):
-        "Take in what arrived since the last call."
-        self.parts.refresh()
-        if not self.parts.known:
-            return
-        for ms in self.c.poll(timeout_ms=0).values():
-            with self.lock:
-                self.take(ms)
 
     def take(self, ms: list):
         "Count the reasons of the dead letters `ms` (called under the lock)."
@@ -669,6 +674,17 @@ class DeadLetterCount:
         if self.thread.is_alive():
             self.thread.join(40)  # a metadata request in flight ends by its 30 s request timeout
         self.c.close()
+
+# %% ../nbs/09_monitor.ipynb #fd09c0e8
+@patch
+def count(self: DeadLetterCount):
+    "Take in what arrived since the last call."
+    self.parts.refresh()
+    if not self.parts.known:
+        return
+    for ms in self.c.poll(timeout_ms=0).values():
+        with self.lock:
+            self.take(ms)
 
 # %% ../nbs/09_monitor.ipynb #5c58204e
 class JoinWaiting(DeadLetterCount):
@@ -923,7 +939,7 @@ def _f(x, decimals: int = 2, sign: str = "") -> str:
     "`x` with thousands separators, or '-' when missing."
     return "-" if x is None else format(x, f"{sign},.{decimals}f")
 
-
+# %% ../nbs/09_monitor.ipynb #23883f3b
 def delay_text(ms: float) -> str:
     "A label delay for people: '850 ms', '42 s', '3.5 h', '2.0 d'."
     for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000)):
@@ -931,7 +947,7 @@ def delay_text(ms: float) -> str:
             return f"{ms / size:.1f} {unit}"
     return f"{ms / 1000:.0f} s" if abs(ms) >= 1000 else f"{ms:.0f} ms"
 
-
+# %% ../nbs/09_monitor.ipynb #04f1130b
 def stale_text(s: dict) -> str:
     "What a stale snapshot says: which partitions have not answered for how long, or how long records have waited."
     if s["silent"]:
@@ -940,7 +956,7 @@ def stale_text(s: dict) -> str:
         f"STALE: {_f(s['lag'], 0)} records waiting, none arrived for {_f(s['last_record_s'], 0)} s"
     )
 
-
+# %% ../nbs/09_monitor.ipynb #3c8f4b27
 def status_line(u: Update) -> str:
     "One short line for the terminal: the count window's figures, the rate, lag, dead letters, label delay, predictions waiting for their actual and alerts."
     s = u.snapshot
@@ -1090,7 +1106,7 @@ def monitor_options(f):
     ]
     return apply_options(opts)(f)
 
-
+# %% ../nbs/09_monitor.ipynb #7fa133fd
 def baseline_run(
     settings: KafkaSettings, events_topic: str = EVENTS_TOPIC, runs: Path | str = RUNS_BASE
 ) -> str | None:
@@ -1105,7 +1121,7 @@ def baseline_run(
     log.info("baseline MAE from %s", why)
     return str(run)
 
-
+# %% ../nbs/09_monitor.ipynb #1ce2ef45
 def monitor_kwargs(
     bootstrap_servers,
     topic,

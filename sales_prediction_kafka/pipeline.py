@@ -52,25 +52,25 @@ __all__ = ['log', 'VERSIONED', 'ParameterError', 'PipelineError', 'parse_value',
 # %% ../nbs/10_pipeline.ipynb #9ae0090d
 import sales_prediction_kafka
 
-
+# %% ../nbs/10_pipeline.ipynb #fe08b59a
 class ParameterError(SalesKafkaError, ValueError):
     "A pipeline parameter that is unknown or out of range."
 
-
+# %% ../nbs/10_pipeline.ipynb #d1bb9be9
 class PipelineError(SalesKafkaError, RuntimeError):
     "A pipeline run that stopped in one of its cells."
 
 # %% ../nbs/10_pipeline.ipynb #ef206ba4
 _CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "bool": click.BOOL, "str": click.STRING}
 
-
+# %% ../nbs/10_pipeline.ipynb #083e4316
 def _items(text: str) -> list:
     "The items of a comma-separated list, or of a Python list literal."
     if text.strip().startswith("["):
         return [str(v) for v in ast.literal_eval(text)]
     return [v.strip() for v in text.split(",") if v.strip()]
 
-
+# %% ../nbs/10_pipeline.ipynb #a3533053
 def parse_value(text, param: Parameter):
     "A command-line `text` as `param`'s type, converted by click; 'none' (or nothing) means None."
     if not isinstance(text, str):
@@ -102,7 +102,7 @@ _RULES = {  # name: (check, what it must be); types are already right, these are
     "cv_gap": (lambda v: v >= 0, "an integer >= 0"),
 }
 
-
+# %% ../nbs/10_pipeline.ipynb #5668ac56
 def _parse(name: str, value, param: Parameter, problems: list):
     "`value` parsed as `param`, or None with the problem noted."
     try:
@@ -110,7 +110,7 @@ def _parse(name: str, value, param: Parameter, problems: list):
     except (click.BadParameter, ValueError, SyntaxError) as e:
         problems.append(f"parameter {name!r}: {getattr(e, 'message', e)}")
 
-
+# %% ../nbs/10_pipeline.ipynb #9db30a9c
 def validate_params(given: dict, spec: dict | None = None) -> dict:
     "`given` parsed and checked against the pipeline's parameters; all problems are reported at once."
     spec = pipeline_parameters() if spec is None else spec
@@ -140,7 +140,7 @@ VERSIONED = (
     "nbdev",
 )
 
-
+# %% ../nbs/10_pipeline.ipynb #b2a36689
 def package_versions(names=VERSIONED) -> dict:
     "Installed versions of `names`, plus Python's."
 
@@ -152,7 +152,7 @@ def package_versions(names=VERSIONED) -> dict:
 
     return {"python": sys.version.split()[0], **{n: v(n) for n in names}}
 
-
+# %% ../nbs/10_pipeline.ipynb #f40ec949
 def file_sha256(path) -> str:
     "The SHA-256 of the file at `path`."
     h = hashlib.sha256()
@@ -205,7 +205,7 @@ _NATIVE_LOG = re.compile(
     re.M,
 )
 
-
+# %% ../nbs/10_pipeline.ipynb #17df066f
 def export_html(notebook_path, html_path=None) -> Path:
     "Write a self-contained HTML report of an executed notebook: outputs only, no CDN links, no native TF log lines."
     import nbformat

@@ -35,6 +35,7 @@ from sales_prediction_kafka.clients import (
 )
 
 log = logging.getLogger(__name__)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'MODELS_TOPIC', 'MAX_MODEL_BYTES', 'FIGURES', 'CHAMPION', 'model_bytes', 'unpack_model', 'feature_profile',
@@ -49,7 +50,7 @@ MODELS_TOPIC = "sales_models"
 # the largest record the registry topic accepts (a saved net is ~100 kB)
 MAX_MODEL_BYTES = 8 * 2**20
 
-
+# %% ../nbs/07a_registry.ipynb #b0e83de4
 def model_bytes(folder: Path | str) -> bytes:
     "The files of saved model `folder` as one gzipped tar, the same bytes for the same files."
     buf, folder = io.BytesIO(), Path(folder)
@@ -61,7 +62,7 @@ def model_bytes(folder: Path | str) -> bytes:
                 tar.addfile(info, f)
     return buf.getvalue()
 
-
+# %% ../nbs/07a_registry.ipynb #e88cf77d
 def unpack_model(data: bytes, folder: Path | str) -> Path:
     "Write the model folder packed in `data` to `folder`."
     folder = Path(folder)
@@ -93,7 +94,7 @@ def feature_profile(
         }
     return out
 
-
+# %% ../nbs/07a_registry.ipynb #aae7ca7f
 def numeric_shares(edges: list, values) -> np.ndarray:
     "The share of `values` in each bin cut at `edges` (one more bin than edges)."
     v = np.asarray(values, float)
@@ -101,7 +102,7 @@ def numeric_shares(edges: list, values) -> np.ndarray:
         len(v), 1
     )
 
-
+# %% ../nbs/07a_registry.ipynb #fec88b6a
 def categorical_shares(levels: list, values: list) -> np.ndarray:
     "The share of `values` at each of `levels`, and last the share of any other value."
     index = {v: i for i, v in enumerate(levels)}
@@ -111,11 +112,11 @@ def categorical_shares(levels: list, values: list) -> np.ndarray:
 # %% ../nbs/07a_registry.ipynb #619518ed
 FIGURES = ("n", "mae", "rmse", "r2", "bias")  # the test figures a version record carries
 
-
+# %% ../nbs/07a_registry.ipynb #f6319769
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
-
+# %% ../nbs/07a_registry.ipynb #f6505d3d
 def training_rows(run: Path) -> pd.DataFrame:
     "The training rows of run folder `run`: its data loaded again and split with its seed."
     saved = json.loads((run / PARAMS_JSON).read_text())
@@ -124,7 +125,7 @@ def training_rows(run: Path) -> pd.DataFrame:
     raw = load_table(path, p["target"], p.get("features"))
     return split(raw[raw[p["target"]].notna()], p["test_size"], p["seed"])[0]
 
-
+# %% ../nbs/07a_registry.ipynb #1aa98375
 def model_record(
     folder: Path | str,  # a saved model folder
     run: str | None = None,  # the run it came from
@@ -150,7 +151,7 @@ def model_record(
         "model": base64.b64encode(data).decode(),
     }
 
-
+# %% ../nbs/07a_registry.ipynb #9c1c4c0c
 def version_record(run: Path | str) -> dict:
     "The registry record of the model in run folder `run`: its test figures, data source and training profile too."
     run = Path(run)
@@ -164,7 +165,7 @@ def version_record(run: Path | str) -> dict:
         data.get("source") or {"path": data.get("path")},
     )
 
-
+# %% ../nbs/07a_registry.ipynb #dbd7b3b7
 def record_model(record: dict) -> SalesModel:
     "The model packed in version `record`."
     data = base64.b64decode(record["model"])
@@ -173,14 +174,14 @@ def record_model(record: dict) -> SalesModel:
     with tempfile.TemporaryDirectory() as d:
         return load_model(unpack_model(data, d))
 
-
+# %% ../nbs/07a_registry.ipynb #bc1b6677
 class RegistryError(SalesKafkaError, RuntimeError):
     "The registry cannot do what was asked (an unknown version, nothing to roll back to)."
 
 # %% ../nbs/07a_registry.ipynb #3f216795
 CHAMPION = "champion"  # the key of the champion records
 
-
+# %% ../nbs/07a_registry.ipynb #fa3db7d0
 @dataclass
 class Registry:
     "What the registry topic says: versions by id, the champion record, the decisions, in the order they were written."
@@ -189,54 +190,61 @@ class Registry:
     champion: dict | None = None  # the latest champion record
     decisions: list = field(default_factory=list)  # decision records, oldest first
 
-    def apply(self, key: str, value: dict | None) -> Registry:
-        "Take one record of the topic into the state."
-        if value is None:
-            return self
-        if key == CHAMPION:
-            self.champion = value
-        elif key.startswith("version/"):
-            self.versions[value["version"]] = value
-        elif key.startswith("decision/"):
-            self.decisions.append(value)
+# %% ../nbs/07a_registry.ipynb #47623b8c
+@patch
+def apply(self: Registry, key: str, value: dict | None) -> Registry:
+    "Take one record of the topic into the state."
+    if value is None:
         return self
+    if key == CHAMPION:
+        self.champion = value
+    elif key.startswith("version/"):
+        self.versions[value["version"]] = value
+    elif key.startswith("decision/"):
+        self.decisions.append(value)
+    return self
 
-    @property
-    def champion_version(self) -> str | None:
-        return self.champion and self.champion["version"]
+# %% ../nbs/07a_registry.ipynb #8f713684
+@patch(as_prop=True)
+def champion_version(self: Registry) -> str | None:
+    return self.champion and self.champion["version"]
 
-    def get(self, version: str) -> dict:
-        "The record of `version` (a unique prefix will do)."
-        found = [v for k, v in self.versions.items() if k.startswith(version)]
-        if len(found) != 1:
-            raise RegistryError(
-                f"{'no' if not found else 'more than one'} version matches {version!r}; "
-                f"known: {', '.join(self.versions) or 'none'}"
-            )
-        return found[0]
+# %% ../nbs/07a_registry.ipynb #67bf1fab
+@patch
+def get(self: Registry, version: str) -> dict:
+    "The record of `version` (a unique prefix will do)."
+    found = [v for k, v in self.versions.items() if k.startswith(version)]
+    if len(found) != 1:
+        raise RegistryError(
+            f"{'no' if not found else 'more than one'} version matches {version!r}; "
+            f"known: {', '.join(self.versions) or 'none'}"
+        )
+    return found[0]
 
-    def rows(self) -> list[dict]:
-        "One row per version, oldest first: id, kind, run, test MAE, whether it is the champion and why, the learner's verdict."
-        verdict = {d["challenger"]: d for d in self.decisions}
-        return [
-            {
-                "version": v,
-                "kind": r["kind"],
-                "run": r["run"],
-                "created_at": r["created_at"],
-                "mae": r["figures"].get("mae"),
-                "champion": v == self.champion_version,
-                "promotion": self.champion.get("reason") if v == self.champion_version else None,
-                "decision": verdict[v]["decision"] if v in verdict else None,
-            }
-            for v, r in self.versions.items()
-        ]
+# %% ../nbs/07a_registry.ipynb #de4ea742
+@patch
+def rows(self: Registry) -> list[dict]:
+    "One row per version, oldest first: id, kind, run, test MAE, whether it is the champion and why, the learner's verdict."
+    verdict = {d["challenger"]: d for d in self.decisions}
+    return [
+        {
+            "version": v,
+            "kind": r["kind"],
+            "run": r["run"],
+            "created_at": r["created_at"],
+            "mae": r["figures"].get("mae"),
+            "champion": v == self.champion_version,
+            "promotion": self.champion.get("reason") if v == self.champion_version else None,
+            "decision": verdict[v]["decision"] if v in verdict else None,
+        }
+        for v, r in self.versions.items()
+    ]
 
 # %% ../nbs/07a_registry.ipynb #9501fe41
 def _mae(x) -> str:
     return "-" if x is None else f"{x:,.2f}"
 
-
+# %% ../nbs/07a_registry.ipynb #3e151a70
 def describe_decision(d: dict) -> str:
     "One line on a decision of the learner: challenger and champion, both MAEs, on how many events, the margin, the verdict."
     if d.get("challenger_mae") is None:
@@ -253,7 +261,7 @@ def describe_decision(d: dict) -> str:
         f"labelled events: {d['decision']} (margin {d['margin']:.0%})"
     )
 
-
+# %% ../nbs/07a_registry.ipynb #d3fa593c
 def registry_lines(reg: Registry) -> list[str]:
     "The versions, oldest first (* the champion, with how it was promoted), then the learner's decisions, oldest first."
     decided = {d["challenger"]: d for d in reg.decisions}
@@ -311,7 +319,7 @@ def ensure_models_topic(settings: KafkaSettings, topic: str = MODELS_TOPIC) -> b
     finally:
         admin.close()
 
-
+# %% ../nbs/07a_registry.ipynb #3a81424d
 def _registry_consumer(settings: KafkaSettings, topic: str):
     "A group-less consumer of the registry's partition, at its beginning."
     c = consumer(
@@ -325,19 +333,19 @@ def _registry_consumer(settings: KafkaSettings, topic: str):
     c.seek_to_beginning(tp)
     return c, tp
 
-
+# %% ../nbs/07a_registry.ipynb #295394ae
 def _apply(reg: Registry, r) -> str:
     "Apply consumed record `r` to `reg`; its key."
     key = r.key.decode() if r.key else ""
     reg.apply(key, json.loads(r.value) if r.value else None)
     return key
 
-
+# %% ../nbs/07a_registry.ipynb #23318553
 def _apply_polled(reg: Registry, polled: dict) -> list[str]:
     "Apply polled records to `reg`; the keys seen."
     return [_apply(reg, r) for recs in polled.values() for r in recs]
 
-
+# %% ../nbs/07a_registry.ipynb #4b4635c9
 def read_registry(
     settings: KafkaSettings | None = None, topic: str = MODELS_TOPIC, timeout: float = 30
 ) -> Registry:
@@ -356,7 +364,7 @@ def read_registry(
         c.close()
     return reg
 
-
+# %% ../nbs/07a_registry.ipynb #f05cfa76
 def _write(settings: KafkaSettings, topic: str, key: str, value: dict) -> dict:
     "Write one registry record and wait for the acknowledgement."
     ensure_models_topic(settings, topic)
@@ -385,7 +393,7 @@ def publish(
     )
     return rec
 
-
+# %% ../nbs/07a_registry.ipynb #fb4857ea
 def promote(
     settings: KafkaSettings,
     version: str,
@@ -407,7 +415,7 @@ def promote(
     log.info("version %s is the champion (%s)", v, reason)
     return rec
 
-
+# %% ../nbs/07a_registry.ipynb #d7d3602e
 def rollback(
     settings: KafkaSettings, reason: str = "rolled back by hand", topic: str = MODELS_TOPIC
 ) -> dict:
@@ -425,7 +433,7 @@ def rollback(
     log.info("rolled back from %s to %s (%s)", reg.champion_version, back, reason)
     return rec
 
-
+# %% ../nbs/07a_registry.ipynb #f47c5d00
 def record_decision(settings: KafkaSettings, decision: dict, topic: str = MODELS_TOPIC) -> dict:
     "Write the learner's verdict on a challenger (a dict with at least `challenger` and `decision`)."
     return _write(
@@ -462,66 +470,76 @@ class ChampionFollower:
         v = self.registry.champion_version
         return self.registry.versions.get(v) if v else None
 
-    def start(
-        self,
-        in_use: str | None = None,  # the version the caller holds already; None: nothing yet
-        timeout: float = 30,
-    ) -> ChampionFollower:
-        "Read the registry to its end, then follow it in a thread."
-        ensure_models_topic(self.settings, self.topic)
-        self.current, self._consumer = in_use, None
-        self.registry = read_registry(self.settings, self.topic, timeout)
-        self._thread = threading.Thread(target=self._follow, name="champion-follower", daemon=True)
-        self._thread.start()
-        return self
+# %% ../nbs/07a_registry.ipynb #00a1311b
+@patch
+def start(
+    self: ChampionFollower,
+    in_use: str | None = None,  # the version the caller holds already; None: nothing yet
+    timeout: float = 30,
+) -> ChampionFollower:
+    "Read the registry to its end, then follow it in a thread."
+    ensure_models_topic(self.settings, self.topic)
+    self.current, self._consumer = in_use, None
+    self.registry = read_registry(self.settings, self.topic, timeout)
+    self._thread = threading.Thread(target=self._follow, name="champion-follower", daemon=True)
+    self._thread.start()
+    return self
 
-    def _follow(self):
-        c, tp = _registry_consumer(self.settings, self.topic)
-        try:
-            c.seek(tp, c.end_offsets([tp])[tp])
-            while not self.stopping.is_set():
-                if CHAMPION in _apply_polled(
-                    self.registry, c.poll(timeout_ms=int(self.poll_timeout * 1000))
-                ):
-                    self._offer()
-        except Exception as e:
-            log.error("stopped following the registry %s: %s", self.topic, e)
-        finally:
-            c.close()
+# %% ../nbs/07a_registry.ipynb #23e8d142
+@patch
+def _follow(self: ChampionFollower):
+    c, tp = _registry_consumer(self.settings, self.topic)
+    try:
+        c.seek(tp, c.end_offsets([tp])[tp])
+        while not self.stopping.is_set():
+            if CHAMPION in _apply_polled(
+                self.registry, c.poll(timeout_ms=int(self.poll_timeout * 1000))
+            ):
+                self._offer()
+    except Exception as e:
+        log.error("stopped following the registry %s: %s", self.topic, e)
+    finally:
+        c.close()
 
-    def _offer(self):
-        "Load the new champion (if asked) and keep it for `take`."
-        rec = self.champion
-        if rec is None or rec["version"] == self.current:
-            return
-        try:
-            model = record_model(rec) if self.load else None
-        except Exception as e:
-            log.error("cannot load champion %s: %s; keeping %s", rec["version"], e, self.current)
-            return
-        with self._lock:
-            self._pending, self.current = (rec, model), rec["version"]
-        log.info("champion %s ready to swap in", rec["version"])
+# %% ../nbs/07a_registry.ipynb #925300e9
+@patch
+def _offer(self: ChampionFollower):
+    "Load the new champion (if asked) and keep it for `take`."
+    rec = self.champion
+    if rec is None or rec["version"] == self.current:
+        return
+    try:
+        model = record_model(rec) if self.load else None
+    except Exception as e:
+        log.error("cannot load champion %s: %s; keeping %s", rec["version"], e, self.current)
+        return
+    with self._lock:
+        self._pending, self.current = (rec, model), rec["version"]
+    log.info("champion %s ready to swap in", rec["version"])
 
-    def take(self) -> tuple[dict, SalesModel | None] | None:
-        "The new champion's record and model if one arrived since the last call, else None."
-        if self._pending is None:
-            return None
-        with self._lock:
-            got, self._pending = self._pending, None
-        return got
+# %% ../nbs/07a_registry.ipynb #26b1504e
+@patch
+def take(self: ChampionFollower) -> tuple[dict, SalesModel | None] | None:
+    "The new champion's record and model if one arrived since the last call, else None."
+    if self._pending is None:
+        return None
+    with self._lock:
+        got, self._pending = self._pending, None
+    return got
 
-    def stop(self):
-        "Stop following."
-        self.stopping.set()
-        if self._thread:
-            self._thread.join(timeout=5)
+# %% ../nbs/07a_registry.ipynb #8a32bef2
+@patch
+def stop(self: ChampionFollower):
+    "Stop following."
+    self.stopping.set()
+    if self._thread:
+        self._thread.join(timeout=5)
 
 # %% ../nbs/07a_registry.ipynb #bdc95719
 def _settings(bootstrap_servers) -> KafkaSettings:
     return ensure_broker(kafka_settings(bootstrap_servers=bootstrap_servers))
 
-
+# %% ../nbs/07a_registry.ipynb #641c636d
 def _newest_run(runs: Path) -> Path:
     "The newest run under `runs` that holds a model; a clear error if none does."
     if found := newest_run(runs, MODEL_FILE):
@@ -530,7 +548,7 @@ def _newest_run(runs: Path) -> Path:
         f"no run with a model in {Path(runs).absolute()}; train one with `sales-kafka run`"
     )
 
-
+# %% ../nbs/07a_registry.ipynb #20f8280e
 def _registry_options(f):
     "The options every `models` subcommand shares."
     f = click.option(
@@ -538,12 +556,12 @@ def _registry_options(f):
     )(f)
     return kafka_options()(f)
 
-
+# %% ../nbs/07a_registry.ipynb #7c9d8fb5
 @click.group("models")
 def models_command():
     "The model registry on Kafka: list versions, publish a run's model, promote or roll back the champion."
 
-
+# %% ../nbs/07a_registry.ipynb #314b21b1
 @models_command.command("list")
 @_registry_options
 @click.option(
@@ -565,7 +583,7 @@ def models_list_command(bootstrap_servers, topic, as_json):
             f"no versions in {topic} yet: publish one with `sales-kafka models publish`", err=True
         )
 
-
+# %% ../nbs/07a_registry.ipynb #906d60b5
 @models_command.command("publish")
 @click.argument("run", required=False, type=click.Path(exists=True, file_okay=False))
 @_registry_options
@@ -588,7 +606,7 @@ def models_publish_command(run, bootstrap_servers, topic, runs, and_promote):
         raise click.ClickException(str(e))
     click.echo(rec["version"])
 
-
+# %% ../nbs/07a_registry.ipynb #f5b2172f
 @models_command.command("promote")
 @click.argument("version")
 @_registry_options
@@ -602,7 +620,7 @@ def models_promote_command(version, bootstrap_servers, topic, reason):
     except (StreamError, RegistryError) as e:
         raise click.ClickException(str(e))
 
-
+# %% ../nbs/07a_registry.ipynb #4df3212d
 @models_command.command("rollback")
 @_registry_options
 @click.option(

@@ -44,7 +44,7 @@ def _field_value(v):
     "A table cell as an event field's value: None when missing, else plain Python."
     return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else plain(v)
 
-
+# %% ../nbs/08a_replay.ipynb #5dbd461e
 def table_events(
     df: pd.DataFrame,  # one row per event: feature columns and, optionally, the target
     first_id: int = 0,  # the first event id; the others count up from it
@@ -77,7 +77,7 @@ def shift_events(
 # %% ../nbs/08a_replay.ipynb #70f35900
 PACED = ProducerSettings(linger_ms=0)  # a paced replay's defaults: each event leaves at once
 
-
+# %% ../nbs/08a_replay.ipynb #27f9b881
 def replay_tuning(
     rate: float | None,  # events per second; None: as fast as possible
     **overrides,
@@ -104,7 +104,7 @@ def lag_actuals(
     while held:
         yield "actual", held.popleft()[1]
 
-
+# %% ../nbs/08a_replay.ipynb #6cf86a0c
 def replay(
     events,  # event dicts, e.g. from `table_events`
     # the cluster; None: from the environment, else the local broker
@@ -198,7 +198,7 @@ def _dated(df: pd.DataFrame, target: str, series: str, time_column: str | None) 
         )
     return {"series": cols, "time_column": column}
 
-
+# %% ../nbs/08a_replay.ipynb #ef3e8769
 @click.command("replay")
 @click.argument("csv", type=click.Path(exists=True, dir_okay=False))
 @kafka_options()

@@ -48,7 +48,7 @@ def run_folders(
     "The run folders under `base` that hold `holding`, oldest first."
     return sorted(d for d in Path(base).glob("*") if (d / holding).is_file())
 
-
+# %% ../nbs/05a_runfolder.ipynb #ee49377a
 def newest_run(base: Path | str = RUNS_BASE, holding: str = METRICS_JSON) -> Path | None:
     "The newest run folder under `base` that holds `holding`, or None."
     found = run_folders(base, holding)
@@ -67,11 +67,11 @@ def run_data(run: Path) -> str:
     saved = json.loads(p.read_text()) if p.exists() else {}
     return Path(str(saved.get("data", {}).get("path", "?"))).name
 
-
+# %% ../nbs/05a_runfolder.ipynb #a5937703
 class NoMatchingRun(LookupError):
     "No run folder holds a model that can score the events on the topic."
 
-
+# %% ../nbs/05a_runfolder.ipynb #55d5bd05
 def matching_run(
     runs: Path | str,  # the folder of run folders
     events: list[dict],  # recent events; empty: take the newest run
@@ -104,7 +104,7 @@ PIPELINE_NOTEBOOK = (
     Path(sales_prediction_kafka.__file__).resolve().parent / "pipelines" / "sales_pipeline.ipynb"
 )
 
-
+# %% ../nbs/05a_runfolder.ipynb #c3357b93
 class Parameter(NamedTuple):
     "One pipeline parameter, as its notebook declares it."
 
@@ -112,7 +112,7 @@ class Parameter(NamedTuple):
     type: str  # the annotation: 'int', 'float', 'bool', 'str' or 'list'
     help: str
 
-
+# %% ../nbs/05a_runfolder.ipynb #0b3ba3b7
 def pipeline_parameters(notebook: Path = PIPELINE_NOTEBOOK) -> dict:
     "The pipeline's parameters as {name: Parameter}, read from its `parameters` cell."
     import papermill as pm

@@ -29,14 +29,14 @@ __all__ = ['log', 'COLUMNS', 'run_row', 'runs_table', 'shown', 'runs_text', 'run
 # %% ../nbs/10a_runs.ipynb #207dd8c8
 _OWN_COLUMN = ("data_path", "run_dir")  # shown in their own column, or different in every run
 
-
+# %% ../nbs/10a_runs.ipynb #66836e41
 def _at(d: dict, *keys):
     "The value at `keys` in nested dicts, or None."
     for k in keys:
         d = d.get(k) if isinstance(d, dict) else None
     return d
 
-
+# %% ../nbs/10a_runs.ipynb #94f32843
 def run_row(
     run: Path,  # a run folder
     defaults: dict,  # {parameter: default value}
@@ -69,7 +69,7 @@ def run_row(
         "report": f"{run.name}/{REPORT_HTML}" if (run / REPORT_HTML).exists() else None,
     }
 
-
+# %% ../nbs/10a_runs.ipynb #2cbc2214
 def runs_table(
     base: Path | str = RUNS_BASE,  # the folder of run folders
     defaults: dict | None = None,  # {parameter: default}; None: the pipeline notebook's
@@ -96,12 +96,12 @@ COLUMNS = {  # key: (heading, how a value is shown)
     ),
 }
 
-
+# %% ../nbs/10a_runs.ipynb #d8f745ce
 def shown(row: dict) -> dict:
     "The cells of `row` as text, by heading."
     return {head: ("-" if row[k] is None else show(row[k])) for k, (head, show) in COLUMNS.items()}
 
-
+# %% ../nbs/10a_runs.ipynb #5e3c1957
 def runs_text(rows: list[dict]) -> str:
     "The runs as an aligned text table, one line per run."
     cells = [shown(r) for r in rows]
@@ -118,10 +118,10 @@ def runs_page() -> str:
         encoding="utf-8"
     )
 
-
+# %% ../nbs/10a_runs.ipynb #76a1c8eb
 _NUMERIC = ("rows", "mape_pct", "rmse", "r2", "streamed")
 
-
+# %% ../nbs/10a_runs.ipynb #fef2ad74
 def _cell(key: str, row: dict, text: str) -> str:
     "One table cell: numbers carry their raw value for sorting; the time links to the run's report."
     if key in _NUMERIC:
@@ -130,7 +130,7 @@ def _cell(key: str, row: dict, text: str) -> str:
         return f'<td><a href="{html.escape(row["report"])}">{html.escape(text)}</a></td>'
     return f"<td>{html.escape(text)}</td>"
 
-
+# %% ../nbs/10a_runs.ipynb #443b0533
 def runs_html(rows: list[dict], base: Path | str = RUNS_BASE) -> str:
     "The runs overview page, newest run first."
     body = [
@@ -146,7 +146,7 @@ def runs_html(rows: list[dict], base: Path | str = RUNS_BASE) -> str:
     }
     return re.sub(r"<!--(count|base|heads|rows)-->", lambda m: fill[m[1]], runs_page())
 
-
+# %% ../nbs/10a_runs.ipynb #9059894f
 def write_index(base: Path | str = RUNS_BASE) -> Path:
     "Rewrite `base/index.html` from the runs in `base`."
     path = Path(base) / INDEX_HTML

@@ -47,6 +47,7 @@ from .message import prediction_headers, prediction_json, prediction_message
 from .stream import PARTITIONS, ensure_topic
 
 log = logging.getLogger(__name__)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVENT_ID', 'MAX_IMPUTED', 'REASONS',
@@ -63,7 +64,7 @@ MAX_EVENT_BYTES = 64 * 1024  # default limit on one event's size
 SERVE_TUNING = ProducerSettings(linger_ms=5)
 MAX_EVENT_ID = 2**63 - 1  # event ids must fit a signed 64-bit integer
 
-
+# %% ../nbs/08_serve.ipynb #63534060
 def _feature_property(
     levels: list | None,  # the categories of a categorical feature; None: numeric
     fill=None,  # the model's fill value; None: the field is required
@@ -86,7 +87,7 @@ def _feature_property(
         | ({} if levels is None else {"enum": [*levels, None]})
     )
 
-
+# %% ../nbs/08_serve.ipynb #96621a84
 def event_schema(model) -> dict:
     "The JSON Schema of the events `model` (a `SalesModel`) can score."
     cats, fills = model.prep.categories, model.fill_values
@@ -163,7 +164,7 @@ REASONS = {
     "prediction_failed": "the model raised, or returned a non-finite number, for this event",
 }
 
-
+# %% ../nbs/08_serve.ipynb #72cf07dd
 @dataclass(frozen=True)
 class Rejection:
     "Why an event cannot be scored."
@@ -186,13 +187,13 @@ def _json_type(v) -> str:
         return "number"
     return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
 
-
+# %% ../nbs/08_serve.ipynb #0f5442ff
 def _short(v, n: int = 80) -> str:
     "`v` as text, cut to `n` characters."
     s = json.dumps(v) if not isinstance(v, str) else v
     return s if len(s) <= n else s[:n] + "..."
 
-
+# %% ../nbs/08_serve.ipynb #17fa4472
 def parse_event(
     value: bytes | None,  # the message value as consumed
     max_bytes: int = MAX_EVENT_BYTES,  # larger messages are rejected unparsed
@@ -224,7 +225,7 @@ _is_number = lambda checker, v: (
     and (isinstance(v, int) or math.isfinite(v))
 )
 
-
+# %% ../nbs/08_serve.ipynb #d38581c6
 @functools.cache
 def json_validator_class() -> type:
     "jsonschema's 2020-12 validator whose JSON numbers are finite and never booleans (jsonschema is imported on first call)."
@@ -236,7 +237,7 @@ def json_validator_class() -> type:
         type_checker=Draft202012Validator.TYPE_CHECKER.redefine("number", _is_number),
     )
 
-
+# %% ../nbs/08_serve.ipynb #be0ef913
 def _rejection(e, schema: dict) -> Rejection:
     "The dead-letter `Rejection` for jsonschema error `e` about a top-level field."
     if e.validator == "required":
@@ -280,7 +281,7 @@ def _rejection(e, schema: dict) -> Rejection:
         )
     return Rejection("wrong_type", f"field {name!r}: {e.message}", name, _short(v))
 
-
+# %% ../nbs/08_serve.ipynb #ab6b6a48
 def event_rejection(
     event: dict,  # a parsed JSON object
     schema: dict,  # from `event_schema`
@@ -312,7 +313,7 @@ _QUICK_KEYWORDS = {
 }
 _SIMPLE = {int: ("integer", "number"), float: ("number",), str: ("string",)}
 
-
+# %% ../nbs/08_serve.ipynb #55024167
 def _quick_plan(schema: dict) -> list | None:
     "Per field: (name, types, enum, const, minimum, maximum, required); None if a keyword is beyond the quick check."
     props, req = schema["properties"], set(schema["required"])
@@ -332,7 +333,7 @@ def _quick_plan(schema: dict) -> list | None:
         for n, p in props.items()
     ]
 
-
+# %% ../nbs/08_serve.ipynb #9f90809f
 def _quick_field(v, types: set, enum, const, lo, hi) -> bool:
     "Whether present, non-null `v` certainly fits: a JSON type of `types`, in `enum`, equal to `const`, within `lo`..`hi`."
     kinds = _SIMPLE.get(type(v))
@@ -347,7 +348,7 @@ def _quick_field(v, types: set, enum, const, lo, hi) -> bool:
         and (hi is None or v <= hi)
     )
 
-
+# %% ../nbs/08_serve.ipynb #c1f1b887
 class EventValidator:
     "Validates events against `schema`: a quick check lets the usual good event through; jsonschema judges the rest."
 
@@ -358,19 +359,6 @@ class EventValidator:
     def jsonschema(self):
         "jsonschema's validator of the schema, for the events the quick check does not accept (made on first use)."
         return json_validator_class()(self.schema)
-
-    def quick_ok(self, event: dict) -> bool:
-        "True if `event` certainly fits the schema; False means: ask jsonschema."
-        if self.plan is None:
-            return False
-        for name, types, enum, const, lo, hi, required in self.plan:
-            v = event.get(name)
-            if v is None:
-                if (name in event and "null" not in types) or (name not in event and required):
-                    return False
-            elif not _quick_field(v, types, enum, const, lo, hi):
-                return False
-        return True
 
     def __call__(
         self,
@@ -384,6 +372,21 @@ class EventValidator:
         return event_rejection(event, self.schema, self.jsonschema) or event | {
             "event_id": int(event["event_id"])
         }
+
+# %% ../nbs/08_serve.ipynb #a2e65971
+@patch
+def quick_ok(self: EventValidator, event: dict) -> bool:
+    "True if `event` certainly fits the schema; False means: ask jsonschema."
+    if self.plan is None:
+        return False
+    for name, types, enum, const, lo, hi, required in self.plan:
+        v = event.get(name)
+        if v is None:
+            if (name in event and "null" not in types) or (name not in event and required):
+                return False
+        elif not _quick_field(v, types, enum, const, lo, hi):
+            return False
+    return True
 
 # %% ../nbs/08_serve.ipynb #77c8f7aa
 def example_events(schema: dict, event_id: int = 7) -> dict:
@@ -432,7 +435,7 @@ def _score_one(model, event: dict) -> float | Rejection:
         return Rejection("prediction_failed", f"the model raised {type(e).__name__}: {e}")
     return y if math.isfinite(y) else Rejection("prediction_failed", f"the model predicted {y}")
 
-
+# %% ../nbs/08_serve.ipynb #daf867ae
 def score_events(model, events: list[dict]) -> list[float | Rejection]:
     "A prediction or a `Rejection` for each of `events`, from one call of the fast path when all goes well."
     if not events:
@@ -461,7 +464,7 @@ DEAD_LETTER_HEADERS = {  # headers a dead letter gets besides its original ones 
     "dlq.worker": "id of the worker that set it aside",
 }
 
-
+# %% ../nbs/08_serve.ipynb #a169b61d
 def dead_letter_headers(
     record,  # the consumed message (kafka-python ConsumerRecord)
     rejection: Rejection,
@@ -487,7 +490,7 @@ def lacking(model, event: dict) -> list[str]:
     "The inputs of `model` that `event` lacks (absent or null): those the worker would fill in."
     return [f for f in model.inputs if _missing(event.get(f))]
 
-
+# %% ../nbs/08_serve.ipynb #bca60676
 def too_imputed(model, event: dict, max_imputed: float = MAX_IMPUTED) -> Rejection | None:
     "The `too_imputed` rejection of `event` if it lacks more than `max_imputed` of the model's inputs, else None."
     gaps, n = lacking(model, event), len(model.inputs)
@@ -500,7 +503,7 @@ def too_imputed(model, event: dict, max_imputed: float = MAX_IMPUTED) -> Rejecti
         gaps[0],
     )
 
-
+# %% ../nbs/08_serve.ipynb #fc4e0aa2
 def fit_problem(
     model,
     events: list[dict],  # recent events; none: nothing to judge by, the model fits
@@ -525,7 +528,7 @@ class Outgoing:
     value: bytes | None
     headers: list
 
-
+# %% ../nbs/08_serve.ipynb #4e4d35cc
 def plan_batch(
     records: list,  # consumed messages, in order
     model,  # a `SalesModel` (features, target, fill_values, impute_records, predict_records)
@@ -575,7 +578,7 @@ def _ms(xs: list, q: float) -> float | None:
     "The `q` quantile of `xs` seconds, in milliseconds."
     return round(1000 * sorted(xs)[min(len(xs) - 1, int(q * len(xs)))], 2) if xs else None
 
-
+# %% ../nbs/08_serve.ipynb #5109ec4d
 class Metrics:
     "Counts, rates and batch latencies of one worker, logged and written to a JSON file periodically."
 
@@ -607,118 +610,132 @@ class Metrics:
     def events(self) -> int:
         return sum(self.counts.values())
 
-    def add(
-        self,
-        counts: Counter,
-        seconds: float,
-        imputed: Counter | None = None,  # how often each feature was filled in, from `plan_batch`
-        # the model's inputs per event
-        inputs: int = 0,
-    ):
-        "Record one batch's outcomes, its filled-in features and its latency."
-        self.counts.update(counts)
-        self.batches += 1
-        self.latencies.append(seconds)
-        self.imputed.update(imputed or {})
-        self.values += counts.get("scored", 0) * inputs
-        self.tick()
+# %% ../nbs/08_serve.ipynb #bb7399a3
+@patch
+def add(
+    self: Metrics,
+    counts: Counter,
+    seconds: float,
+    imputed: Counter | None = None,  # how often each feature was filled in, from `plan_batch`
+    # the model's inputs per event
+    inputs: int = 0,
+):
+    "Record one batch's outcomes, its filled-in features and its latency."
+    self.counts.update(counts)
+    self.batches += 1
+    self.latencies.append(seconds)
+    self.imputed.update(imputed or {})
+    self.values += counts.get("scored", 0) * inputs
+    self.tick()
 
-    def tick(self):
-        "Report if the interval is over: after a batch, and between polls while idle, so the progress line stays current."
-        if time.monotonic() - self._last_t >= self.every:
-            self.report()
+# %% ../nbs/08_serve.ipynb #28e5e8f0
+@patch
+def tick(self: Metrics):
+    "Report if the interval is over: after a batch, and between polls while idle, so the progress line stays current."
+    if time.monotonic() - self._last_t >= self.every:
+        self.report()
 
-    def snapshot(self) -> dict:
-        "The metrics now, as a JSON-ready dict."
-        now, lat = time.monotonic(), list(self.latencies)
-        up = now - self.started
-        return self.info | {
-            "partitions": self.partitions,
-            "uptime_s": round(up, 2),
-            "batches": self.batches,
-            "events": self.events,
-            "scored": self.counts["scored"],
-            "dead_lettered": self.events - self.counts["scored"],
-            "dead_letter_reasons": {k: v for k, v in sorted(self.counts.items()) if k != "scored"},
-            "imputed": dict(sorted(self.imputed.items())),
-            "imputed_share": round(self.imputed.total() / self.values, 4) if self.values else 0.0,
-            "events_per_s": round(self.events / up, 1) if up else 0.0,
-            "recent_events_per_s": round(
-                (self.events - self._last_n) / max(now - self._last_t, 1e-9), 1
-            ),
-            "batch_latency_ms": {"p50": _ms(lat, 0.5), "p95": _ms(lat, 0.95), "max": _ms(lat, 1.0)},
-            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+# %% ../nbs/08_serve.ipynb #3e0c0614
+@patch
+def snapshot(self: Metrics) -> dict:
+    "The metrics now, as a JSON-ready dict."
+    now, lat = time.monotonic(), list(self.latencies)
+    up = now - self.started
+    return self.info | {
+        "partitions": self.partitions,
+        "uptime_s": round(up, 2),
+        "batches": self.batches,
+        "events": self.events,
+        "scored": self.counts["scored"],
+        "dead_lettered": self.events - self.counts["scored"],
+        "dead_letter_reasons": {k: v for k, v in sorted(self.counts.items()) if k != "scored"},
+        "imputed": dict(sorted(self.imputed.items())),
+        "imputed_share": round(self.imputed.total() / self.values, 4) if self.values else 0.0,
+        "events_per_s": round(self.events / up, 1) if up else 0.0,
+        "recent_events_per_s": round(
+            (self.events - self._last_n) / max(now - self._last_t, 1e-9), 1
+        ),
+        "batch_latency_ms": {"p50": _ms(lat, 0.5), "p95": _ms(lat, 0.95), "max": _ms(lat, 1.0)},
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
-    def report(self) -> dict:
-        "Log the metrics and rewrite the file; start a new interval."
-        s = self.snapshot()
-        log.info("%s", self.line(s))
-        self.warn_rejections()
-        self.warn_imputed()
-        if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(s, indent=1))
-            tmp.replace(self.path)
-        self._last_t, self._last_n, self._last_counts = (
-            time.monotonic(),
-            self.events,
-            self.counts.copy(),
-        )
-        self._last_imputed, self._last_values = self.imputed.copy(), self.values
-        return s
+# %% ../nbs/08_serve.ipynb #066f258d
+@patch
+def report(self: Metrics) -> dict:
+    "Log the metrics and rewrite the file; start a new interval."
+    s = self.snapshot()
+    log.info("%s", self.line(s))
+    self.warn_rejections()
+    self.warn_imputed()
+    if self.path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(s, indent=1))
+        tmp.replace(self.path)
+    self._last_t, self._last_n, self._last_counts = (
+        time.monotonic(),
+        self.events,
+        self.counts.copy(),
+    )
+    self._last_imputed, self._last_values = self.imputed.copy(), self.values
+    return s
 
-    def line(self, s: dict) -> str:
-        "The report's log line, from snapshot `s`."
-        ms = [
-            f"{v:.1f} ms" if v is not None else "- (no batch yet)"
-            for v in s["batch_latency_ms"].values()
-        ]
-        return (
-            f"scored {s['scored']}, dead-lettered {s['dead_lettered']}, {s['events_per_s']:.1f} events/s "
-            f"(now {s['recent_events_per_s']:.1f}), batch p50 {ms[0]}, p95 {ms[1]}"
-        )
+# %% ../nbs/08_serve.ipynb #5eba99c6
+@patch
+def line(self: Metrics, s: dict) -> str:
+    "The report's log line, from snapshot `s`."
+    ms = [
+        f"{v:.1f} ms" if v is not None else "- (no batch yet)"
+        for v in s["batch_latency_ms"].values()
+    ]
+    return (
+        f"scored {s['scored']}, dead-lettered {s['dead_lettered']}, {s['events_per_s']:.1f} events/s "
+        f"(now {s['recent_events_per_s']:.1f}), batch p50 {ms[0]}, p95 {ms[1]}"
+    )
 
-    def warn_rejections(self, share: float = 0.1, at_least: int = 20):
-        "Warn when more than `share` of this interval's events (at least `at_least` of them) were dead-lettered."
-        new = self.counts - self._last_counts
-        n, bad = sum(new.values()), sum(new.values()) - new["scored"]
-        if n < at_least or bad <= share * n:
-            return
-        top = ", ".join(
-            f"{r} {c}"
-            for r, c in Counter({k: v for k, v in new.items() if k != "scored"}).most_common(3)
-        )
-        log.warning(
-            "%d of the last %d events (%.0f %%) were dead-lettered (%s): is the model right for these events? "
-            "See `sales-kafka dlq list`",
-            bad,
-            n,
-            100 * bad / n,
-            top,
-        )
+# %% ../nbs/08_serve.ipynb #e398bf7e
+@patch
+def warn_rejections(self: Metrics, share: float = 0.1, at_least: int = 20):
+    "Warn when more than `share` of this interval's events (at least `at_least` of them) were dead-lettered."
+    new = self.counts - self._last_counts
+    n, bad = sum(new.values()), sum(new.values()) - new["scored"]
+    if n < at_least or bad <= share * n:
+        return
+    top = ", ".join(
+        f"{r} {c}"
+        for r, c in Counter({k: v for k, v in new.items() if k != "scored"}).most_common(3)
+    )
+    log.warning(
+        "%d of the last %d events (%.0f %%) were dead-lettered (%s): is the model right for these events? "
+        "See `sales-kafka dlq list`",
+        bad,
+        n,
+        100 * bad / n,
+        top,
+    )
 
-    def warn_imputed(self, share: float = 0.1, at_least: int = 20):
-        "Warn when more than `share` of the feature values of this interval's scored events (at least `at_least`) were filled in."
-        new, values = self.imputed - self._last_imputed, self.values - self._last_values
-        if (self.counts - self._last_counts)["scored"] < at_least or new.total() <= share * values:
-            return
-        log.warning(
-            "%d of the %d feature values of the last %d scored events (%.0f %%) were filled in with training values (%s): "
-            "do the events carry the model's features? Each prediction's `imputed` header names its filled features",
-            new.total(),
-            values,
-            (self.counts - self._last_counts)["scored"],
-            100 * new.total() / values,
-            ", ".join(f"{f} {c}" for f, c in new.most_common(3)),
-        )
+# %% ../nbs/08_serve.ipynb #aa462fbb
+@patch
+def warn_imputed(self: Metrics, share: float = 0.1, at_least: int = 20):
+    "Warn when more than `share` of the feature values of this interval's scored events (at least `at_least`) were filled in."
+    new, values = self.imputed - self._last_imputed, self.values - self._last_values
+    if (self.counts - self._last_counts)["scored"] < at_least or new.total() <= share * values:
+        return
+    log.warning(
+        "%d of the %d feature values of the last %d scored events (%.0f %%) were filled in with training values (%s): "
+        "do the events carry the model's features? Each prediction's `imputed` header names its filled features",
+        new.total(),
+        values,
+        (self.counts - self._last_counts)["scored"],
+        100 * new.total() / values,
+        ", ".join(f"{f} {c}" for f, c in new.most_common(3)),
+    )
 
 # %% ../nbs/08_serve.ipynb #4c21fd92
 class ServeError(SalesKafkaError, RuntimeError):
     "The scoring worker cannot go on (a model that will not load, records the broker did not acknowledge)."
 
-
+# %% ../nbs/08_serve.ipynb #b1362546
 def next_offsets(records: list) -> dict:
     "The offsets to commit after `records`: one past the last message of each partition."
     return {
@@ -726,7 +743,7 @@ def next_offsets(records: list) -> dict:
         for r in records
     }
 
-
+# %% ../nbs/08_serve.ipynb #71000213
 def first_offsets(records: list) -> dict:
     "The offset of the first of `records` in each partition."
     out = {}
@@ -767,7 +784,7 @@ def _lag_features(model, history, events: list[dict]) -> list[dict | Rejection]:
             )
         ]
 
-
+# %% ../nbs/08_serve.ipynb #c223ced5
 def add_history(
     checked: list,  # (record, event or Rejection) pairs, as `plan_batch` validates them
     model,
@@ -864,10 +881,6 @@ class ScoringWorker:
         self.stopping = threading.Event()
         self.consumer = self.producer = None
 
-    @property
-    def mode(self) -> str:
-        return "exactly-once" if self.exactly_once else "at-least-once"
-
     def __repr__(self):
         return f"ScoringWorker({self.worker_id!r}, group={self.group_id!r}, {self.mode})"
 
@@ -899,235 +912,11 @@ class ScoringWorker:
         log.info("%r consuming %s at %s", self, self.topics[0], self.settings.bootstrap_servers)
         return self
 
-    def _new_producer(self):
-        "The worker's producer; in exactly-once mode transactional, its transactions initialised (fencing an older producer of this id)."
-        txn = {
-            "transactional_id": f"{self.group_id}-{self.worker_id}",
-            "transaction_timeout_ms": self.transaction_timeout_ms,
-        }
-        return producer(
-            self.settings,
-            tuning=producer_settings(base=SERVE_TUNING),
-            value_serializer=DefaultSerializer(),
-            **(txn if self.exactly_once else {}),
-        )
-
-    def close(self):
-        "Leave the group and close the clients (offsets were committed batch by batch)."
-        if self.consumer is not None:
-            self.consumer.close(autocommit=False)
-            self.consumer = None
-        if self.producer is not None:
-            self.producer.close()
-            self.producer = None
-        if self.history is not None:
-            self.history.close()
-            self.history = None
-        log.info("%r closed", self)
-
-    def use(self, model, events: list[dict] = ()):  # recent events it must fit
-        "Score with `model` (a `SalesModel`) from the next micro-batch on; a `ServeError` if it cannot be served."
-        check_servable(model, events, self.max_imputed)
-        self.model, self.validate = model, EventValidator(event_schema(model))
-        self.metrics.info |= {"model_version": model.version, "swaps": self.swaps}
-
-    def swap(self) -> bool:
-        "Switch to a newly promoted champion, if one is ready; called between micro-batches, so between transactions."
-        got = self.follower.take() if self.follower else None
-        if got is None:
-            return False
-        old = self.model.version
-        try:
-            check_servable(got[1], self.recent_events(), self.max_imputed)
-        except ServeError as e:
-            log.error("%r keeps model %s, refusing the champion: %s", self, old, e)
-            return False
-        self.swaps += 1
-        self.use(got[1])
-        gc.freeze()
-        log.info("%r swapped model %s for the champion %s", self, old, self.model.version)
-        return True
-
-    def recent_events(self) -> list[dict]:
-        "The JSON objects of the last batch, else the newest events of the topic."
-
-        got = [
-            e
-            for r in self.recent
-            if isinstance(e := parse_event(r.value, self.max_event_bytes), dict)
-        ]
-        return got or newest_events(self.settings, self.topics[0])
-
     def __enter__(self):
         return self.open()
 
     def __exit__(self, *exc):
         self.close()
-
-    def _send(self, out: list[Outgoing]) -> list:
-        "Send `out`; the futures."
-        return [
-            self.producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in out
-        ]
-
-    def _committed(self, offsets: dict, result):
-        "Log a failed asynchronous commit: the partitions' next owner scores those events again."
-        if isinstance(result, Exception):
-            log.warning(
-                "%r: commit of %s failed (%s); those events will be scored again",
-                self,
-                {f"{tp.topic}-{tp.partition}": o.offset for tp, o in offsets.items()},
-                result,
-            )
-
-    def _deliver_at_least_once(self, out: list[Outgoing], records: list) -> bool:
-        "Send, flush, check every acknowledgement, then commit without waiting."
-        futures = self._send(out)
-        self.producer.flush()
-        failed = [f.exception for f in futures if f.failed()]
-        if failed:
-            raise ServeError(
-                f"{len(failed)} of {len(futures)} records were not acknowledged (first: {failed[0]!r}); offsets not committed"
-            )
-        self.consumer.commit_async(next_offsets(records), callback=self._committed)
-        return True
-
-    def _rewind(self, records: list):
-        "Seek back to the start of `records` in each partition this worker still owns."
-        owned = self.consumer.assignment()
-        for tp, o in first_offsets(records).items():
-            if tp in owned:
-                self.consumer.seek(tp, o)
-
-    def _within(self, step: str, *args):
-        "Run transaction `step` of the producer (`clients.Producer.within`), waiting at most half the transaction timeout."
-        self.producer.within(step, *args, timeout_ms=self.transaction_timeout_ms // 2)
-
-    def _deliver_exactly_once(self, out: list[Outgoing], records: list) -> bool:
-        "Send and commit the offsets in one transaction; on failure abort (or renew the producer) and read the events again."
-        self.producer.begin_transaction()
-        try:
-            self._send(out)
-            self._within(
-                "send_offsets_to_transaction",
-                next_offsets(records),
-                self.polled_in or self.consumer.group_metadata(),
-            )
-            self._within("begin_commit")
-            return True
-        except KafkaError as e:
-            log.warning(
-                "%r: transaction of %d events failed (%r); aborting it and reading them again",
-                self,
-                len(records),
-                e,
-            )
-        try:
-            self._within("begin_abort")
-            self._rewind(records)
-        except KafkaError as e:
-            self._renew_producer(e)
-            self._rewind_to_committed(records)
-        return False
-
-    def _renew_producer(self, why: Exception):
-        "Replace a producer whose transaction cannot end; the new one, with the same id, completes or aborts it on the broker."
-        log.warning(
-            "%r: the transaction could not be aborted (%r); replacing the producer", self, why
-        )
-        self.producer.close(timeout=1)
-        self.producer = None
-        while self.producer is None and not self.stopping.is_set():
-            try:
-                self.producer = self._new_producer()
-            except (KafkaError, StreamError) as e:
-                log.warning("%r: no new transactional producer yet (%r); trying again", self, e)
-
-    def _rewind_to_committed(self, records: list):
-        "Seek each owned partition to the group's committed offset (the batch's start where none is committed yet)."
-        firsts = first_offsets(records)
-        for tp in self.consumer.assignment():
-            o = self._committed_offset(tp)
-            if self.stopping.is_set():
-                return  # nothing was committed past the group's offsets: the next owner starts there
-            if o is not None or tp in firsts:
-                self.consumer.seek(tp, o if o is not None else firsts[tp])
-
-    def _committed_offset(self, tp: TopicPartition) -> int | None:
-        "The group's committed offset of `tp`, asked again (with a warning) while the broker holds it as unstable."
-        while not self.stopping.is_set():
-            try:
-                return self.consumer.committed(tp, timeout_ms=self.transaction_timeout_ms // 2)
-            except KafkaTimeoutError:
-                log.warning(
-                    "%r: the group's offset of %s-%d is still unstable after %d s (a transaction the broker has not "
-                    "completed; kafka-transactions find-hanging lists them); asking again",
-                    self,
-                    tp.topic,
-                    tp.partition,
-                    self.transaction_timeout_ms // 2000,
-                )
-
-    def process(self, records: list) -> Counter:
-        "Score, dead-letter and commit one batch; the outcome counts (empty if the transaction was aborted)."
-        t0 = time.monotonic()
-        _, pred, dlq = self.topics
-        out, counts, imputed = plan_batch(
-            records,
-            self.model,
-            self.validate,
-            pred,
-            dlq,
-            self.max_event_bytes,
-            self.worker_id,
-            self.max_imputed,
-            self.history if getattr(self.model, "needs_history", False) else None,
-        )
-        done = (self._deliver_exactly_once if self.exactly_once else self._deliver_at_least_once)(
-            out, records
-        )
-        self.recent = records[-20:]
-        if not done:
-            return Counter()
-        self.metrics.add(counts, time.monotonic() - t0, imputed, len(self.model.inputs))
-        return counts
-
-    def poll(self, timeout: float = 0.5) -> list:
-        "The next micro-batch of messages (at most `max_records`), in partition order."
-        try:
-            batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=self.max_records)
-            # the membership the batch was read in, for its transaction
-            self.polled_in = self.consumer.group_metadata()
-        except (
-            KafkaConnectionError
-        ) as e:  # kafka-python 3.0.12 raises a connection reset met while it refreshes metadata to
-            # find the group coordinator, instead of retrying
-            log.warning("%r: %r while polling; polling again", self, e)
-            return []  # (tests/test_network_faults.py: resets every 2 s crashed a worker); the next poll looks it up again
-        records = [r for tp in sorted(batch, key=lambda tp: tp.partition) for r in batch[tp]]
-        if getattr(self.model, "needs_history", False):
-            self.sync_history(catch_up=bool(records))
-        return records
-
-    def sync_history(
-        self,
-        catch_up: bool = True,  # read the owned history to its end (before a batch); False: only restore
-    ):
-        "Hold the history of the events partitions owned now: restore those just assigned, forget those taken away."
-        if self.history is None:
-            ensure_history_topic(self.settings, self.history_topic, self.topics[0])
-            self.history = SeriesHistory(
-                self.settings,
-                self.history_topic,
-                "read_committed" if self.exactly_once else "read_uncommitted",
-            )
-        self.history.sync({tp.partition for tp in self.consumer.assignment()}, catch_up)
-        self.metrics.info["history"] = {
-            "topic": self.history_topic,
-            "series": self.history.series,
-            "restores": self.history.restores[-3:],
-            "filled": self.history.filled,
-        }
 
     def run(
         self,
@@ -1149,6 +938,263 @@ class ScoringWorker:
                 log.info("%r: no events for %.0f s; stopping", self, idle_exit)
                 break
         return self.metrics.report()
+
+# %% ../nbs/08_serve.ipynb #37ed0a12
+@patch(as_prop=True)
+def mode(self: ScoringWorker) -> str:
+    return "exactly-once" if self.exactly_once else "at-least-once"
+
+# %% ../nbs/08_serve.ipynb #87a92e9c
+@patch
+def _new_producer(self: ScoringWorker):
+    "The worker's producer; in exactly-once mode transactional, its transactions initialised (fencing an older producer of this id)."
+    txn = {
+        "transactional_id": f"{self.group_id}-{self.worker_id}",
+        "transaction_timeout_ms": self.transaction_timeout_ms,
+    }
+    return producer(
+        self.settings,
+        tuning=producer_settings(base=SERVE_TUNING),
+        value_serializer=DefaultSerializer(),
+        **(txn if self.exactly_once else {}),
+    )
+
+# %% ../nbs/08_serve.ipynb #9206a23e
+@patch
+def close(self: ScoringWorker):
+    "Leave the group and close the clients (offsets were committed batch by batch)."
+    if self.consumer is not None:
+        self.consumer.close(autocommit=False)
+        self.consumer = None
+    if self.producer is not None:
+        self.producer.close()
+        self.producer = None
+    if self.history is not None:
+        self.history.close()
+        self.history = None
+    log.info("%r closed", self)
+
+# %% ../nbs/08_serve.ipynb #6695f913
+@patch
+def use(self: ScoringWorker, model, events: list[dict] = ()):  # recent events it must fit
+    "Score with `model` (a `SalesModel`) from the next micro-batch on; a `ServeError` if it cannot be served."
+    check_servable(model, events, self.max_imputed)
+    self.model, self.validate = model, EventValidator(event_schema(model))
+    self.metrics.info |= {"model_version": model.version, "swaps": self.swaps}
+
+# %% ../nbs/08_serve.ipynb #6c12c37a
+@patch
+def swap(self: ScoringWorker) -> bool:
+    "Switch to a newly promoted champion, if one is ready; called between micro-batches, so between transactions."
+    got = self.follower.take() if self.follower else None
+    if got is None:
+        return False
+    old = self.model.version
+    try:
+        check_servable(got[1], self.recent_events(), self.max_imputed)
+    except ServeError as e:
+        log.error("%r keeps model %s, refusing the champion: %s", self, old, e)
+        return False
+    self.swaps += 1
+    self.use(got[1])
+    gc.freeze()
+    log.info("%r swapped model %s for the champion %s", self, old, self.model.version)
+    return True
+
+# %% ../nbs/08_serve.ipynb #d25959b5
+@patch
+def recent_events(self: ScoringWorker) -> list[dict]:
+    "The JSON objects of the last batch, else the newest events of the topic."
+
+    got = [
+        e for r in self.recent if isinstance(e := parse_event(r.value, self.max_event_bytes), dict)
+    ]
+    return got or newest_events(self.settings, self.topics[0])
+
+# %% ../nbs/08_serve.ipynb #804b9c7e
+@patch
+def _send(self: ScoringWorker, out: list[Outgoing]) -> list:
+    "Send `out`; the futures."
+    return [self.producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in out]
+
+# %% ../nbs/08_serve.ipynb #e5eb4996
+@patch
+def _committed(self: ScoringWorker, offsets: dict, result):
+    "Log a failed asynchronous commit: the partitions' next owner scores those events again."
+    if isinstance(result, Exception):
+        log.warning(
+            "%r: commit of %s failed (%s); those events will be scored again",
+            self,
+            {f"{tp.topic}-{tp.partition}": o.offset for tp, o in offsets.items()},
+            result,
+        )
+
+# %% ../nbs/08_serve.ipynb #f5d72c5d
+@patch
+def _deliver_at_least_once(self: ScoringWorker, out: list[Outgoing], records: list) -> bool:
+    "Send, flush, check every acknowledgement, then commit without waiting."
+    futures = self._send(out)
+    self.producer.flush()
+    failed = [f.exception for f in futures if f.failed()]
+    if failed:
+        raise ServeError(
+            f"{len(failed)} of {len(futures)} records were not acknowledged (first: {failed[0]!r}); offsets not committed"
+        )
+    self.consumer.commit_async(next_offsets(records), callback=self._committed)
+    return True
+
+# %% ../nbs/08_serve.ipynb #a0a6808a
+@patch
+def _rewind(self: ScoringWorker, records: list):
+    "Seek back to the start of `records` in each partition this worker still owns."
+    owned = self.consumer.assignment()
+    for tp, o in first_offsets(records).items():
+        if tp in owned:
+            self.consumer.seek(tp, o)
+
+# %% ../nbs/08_serve.ipynb #c9d57fc8
+@patch
+def _within(self: ScoringWorker, step: str, *args):
+    "Run transaction `step` of the producer (`clients.Producer.within`), waiting at most half the transaction timeout."
+    self.producer.within(step, *args, timeout_ms=self.transaction_timeout_ms // 2)
+
+# %% ../nbs/08_serve.ipynb #e6ff4997
+@patch
+def _deliver_exactly_once(self: ScoringWorker, out: list[Outgoing], records: list) -> bool:
+    "Send and commit the offsets in one transaction; on failure abort (or renew the producer) and read the events again."
+    self.producer.begin_transaction()
+    try:
+        self._send(out)
+        self._within(
+            "send_offsets_to_transaction",
+            next_offsets(records),
+            self.polled_in or self.consumer.group_metadata(),
+        )
+        self._within("begin_commit")
+        return True
+    except KafkaError as e:
+        log.warning(
+            "%r: transaction of %d events failed (%r); aborting it and reading them again",
+            self,
+            len(records),
+            e,
+        )
+    try:
+        self._within("begin_abort")
+        self._rewind(records)
+    except KafkaError as e:
+        self._renew_producer(e)
+        self._rewind_to_committed(records)
+    return False
+
+# %% ../nbs/08_serve.ipynb #6611c7b5
+@patch
+def _renew_producer(self: ScoringWorker, why: Exception):
+    "Replace a producer whose transaction cannot end; the new one, with the same id, completes or aborts it on the broker."
+    log.warning("%r: the transaction could not be aborted (%r); replacing the producer", self, why)
+    self.producer.close(timeout=1)
+    self.producer = None
+    while self.producer is None and not self.stopping.is_set():
+        try:
+            self.producer = self._new_producer()
+        except (KafkaError, StreamError) as e:
+            log.warning("%r: no new transactional producer yet (%r); trying again", self, e)
+
+# %% ../nbs/08_serve.ipynb #458667cd
+@patch
+def _rewind_to_committed(self: ScoringWorker, records: list):
+    "Seek each owned partition to the group's committed offset (the batch's start where none is committed yet)."
+    firsts = first_offsets(records)
+    for tp in self.consumer.assignment():
+        o = self._committed_offset(tp)
+        if self.stopping.is_set():
+            return  # nothing was committed past the group's offsets: the next owner starts there
+        if o is not None or tp in firsts:
+            self.consumer.seek(tp, o if o is not None else firsts[tp])
+
+# %% ../nbs/08_serve.ipynb #161fa373
+@patch
+def _committed_offset(self: ScoringWorker, tp: TopicPartition) -> int | None:
+    "The group's committed offset of `tp`, asked again (with a warning) while the broker holds it as unstable."
+    while not self.stopping.is_set():
+        try:
+            return self.consumer.committed(tp, timeout_ms=self.transaction_timeout_ms // 2)
+        except KafkaTimeoutError:
+            log.warning(
+                "%r: the group's offset of %s-%d is still unstable after %d s (a transaction the broker has not "
+                "completed; kafka-transactions find-hanging lists them); asking again",
+                self,
+                tp.topic,
+                tp.partition,
+                self.transaction_timeout_ms // 2000,
+            )
+
+# %% ../nbs/08_serve.ipynb #f4136789
+@patch
+def process(self: ScoringWorker, records: list) -> Counter:
+    "Score, dead-letter and commit one batch; the outcome counts (empty if the transaction was aborted)."
+    t0 = time.monotonic()
+    _, pred, dlq = self.topics
+    out, counts, imputed = plan_batch(
+        records,
+        self.model,
+        self.validate,
+        pred,
+        dlq,
+        self.max_event_bytes,
+        self.worker_id,
+        self.max_imputed,
+        self.history if getattr(self.model, "needs_history", False) else None,
+    )
+    done = (self._deliver_exactly_once if self.exactly_once else self._deliver_at_least_once)(
+        out, records
+    )
+    self.recent = records[-20:]
+    if not done:
+        return Counter()
+    self.metrics.add(counts, time.monotonic() - t0, imputed, len(self.model.inputs))
+    return counts
+
+# %% ../nbs/08_serve.ipynb #f60a98e5
+@patch
+def poll(self: ScoringWorker, timeout: float = 0.5) -> list:
+    "The next micro-batch of messages (at most `max_records`), in partition order."
+    try:
+        batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=self.max_records)
+        # the membership the batch was read in, for its transaction
+        self.polled_in = self.consumer.group_metadata()
+    except (
+        KafkaConnectionError
+    ) as e:  # kafka-python 3.0.12 raises a connection reset met while it refreshes metadata to
+        # find the group coordinator, instead of retrying
+        log.warning("%r: %r while polling; polling again", self, e)
+        return []  # (tests/test_network_faults.py: resets every 2 s crashed a worker); the next poll looks it up again
+    records = [r for tp in sorted(batch, key=lambda tp: tp.partition) for r in batch[tp]]
+    if getattr(self.model, "needs_history", False):
+        self.sync_history(catch_up=bool(records))
+    return records
+
+# %% ../nbs/08_serve.ipynb #2d15af18
+@patch
+def sync_history(
+    self: ScoringWorker,
+    catch_up: bool = True,  # read the owned history to its end (before a batch); False: only restore
+):
+    "Hold the history of the events partitions owned now: restore those just assigned, forget those taken away."
+    if self.history is None:
+        ensure_history_topic(self.settings, self.history_topic, self.topics[0])
+        self.history = SeriesHistory(
+            self.settings,
+            self.history_topic,
+            "read_committed" if self.exactly_once else "read_uncommitted",
+        )
+    self.history.sync({tp.partition for tp in self.consumer.assignment()}, catch_up)
+    self.metrics.info["history"] = {
+        "topic": self.history_topic,
+        "series": self.history.series,
+        "restores": self.history.restores[-3:],
+        "filled": self.history.filled,
+    }
 
 # %% ../nbs/08_serve.ipynb #cf7519e1
 def find_model(

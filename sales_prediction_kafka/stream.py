@@ -35,6 +35,7 @@ from sales_prediction_kafka.clients import (
 )
 
 log = logging.getLogger(__name__)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'PARTITIONS', 'REPLICATION', 'require_broker', 'ensure_topic', 'key_partitions', 'gc_paused', 'StreamSummary',
@@ -54,7 +55,7 @@ def require_broker(
 PARTITIONS = 3  # partitions of a topic this project creates
 REPLICATION = None  # its replication factor; None: the cluster's default.replication.factor (3 on a LocalCluster)
 
-
+# %% ../nbs/07_stream.ipynb #fb61bbfe
 def _replication_error(
     e: Exception, topic: str, replication: int | None, admin, servers: str
 ) -> StreamError:
@@ -69,7 +70,7 @@ def _replication_error(
         f"has {brokers} broker(s) available; ask for at most {brokers} replicas or start more brokers"
     )
 
-
+# %% ../nbs/07_stream.ipynb #b60da201
 def ensure_topic(
     settings: KafkaSettings,
     topic: str,
@@ -111,7 +112,7 @@ def key_partitions(
     "The partition of each key as Kafka's default partitioner picks it: murmur2 of the key, as in the Java client."
     return [(murmur2(k) & 0x7FFFFFFF) % partitions for k in keys]
 
-
+# %% ../nbs/07_stream.ipynb #716840d4
 @contextmanager
 def gc_paused():
     "Pause Python's cyclic garbage collector while the block runs (a bulk send), then restore it as it was."
@@ -139,19 +140,6 @@ class StreamSummary:
     # the actuals a replay sent after their events (`replay(actuals_lag=...)`)
     actuals: StreamSummary | None = None
 
-    @property
-    def rate(self) -> float:
-        "Records per second."
-        return self.total / self.elapsed if self.elapsed else float("inf")
-
-    def as_dict(self) -> dict:
-        "A JSON-ready dict (partitions as string keys), with the rate."
-        return asdict(self) | {
-            "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
-            "rate": round(self.rate, 1),
-            "actuals": self.actuals.as_dict() if self.actuals else None,
-        }
-
     def __str__(self):
         ranges = ", ".join(f"p{p}: {a}-{b}" for p, (a, b) in sorted(self.offsets.items()))
         return (
@@ -161,6 +149,22 @@ class StreamSummary:
             + (f"; then {self.actuals}" if self.actuals else "")
         )
 
+# %% ../nbs/07_stream.ipynb #8031c67e
+@patch(as_prop=True)
+def rate(self: StreamSummary) -> float:
+    "Records per second."
+    return self.total / self.elapsed if self.elapsed else float("inf")
+
+# %% ../nbs/07_stream.ipynb #be5189b7
+@patch
+def as_dict(self: StreamSummary) -> dict:
+    "A JSON-ready dict (partitions as string keys), with the rate."
+    return asdict(self) | {
+        "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
+        "rate": round(self.rate, 1),
+        "actuals": self.actuals.as_dict() if self.actuals else None,
+    }
+
 # %% ../nbs/07_stream.ipynb #4db6c806
 class StreamIncomplete(StreamError):
     "Some records of a stream were not acknowledged; `unacknowledged` holds their keys."
@@ -169,7 +173,7 @@ class StreamIncomplete(StreamError):
         super().__init__(message)
         self.unacknowledged = unacknowledged
 
-
+# %% ../nbs/07_stream.ipynb #1a581e08
 _MEANING = {
     "NotEnoughReplicasError": "fewer in-sync replicas than min.insync.replicas",
     "NotEnoughReplicasAfterAppendError": "fewer in-sync replicas than min.insync.replicas",
@@ -178,7 +182,7 @@ _MEANING = {
     "NotLeaderForPartitionError": "a partition's leader had moved or was gone",
 }
 
-
+# %% ../nbs/07_stream.ipynb #fedc7c5c
 def retry_reasons(warnings: list[str]) -> str:
     "The errors kafka-python retried on, from its log `warnings`, most frequent first, each with what it means."
     errors = Counter(
@@ -189,23 +193,12 @@ def retry_reasons(warnings: list[str]) -> str:
         for e, n in errors.most_common()
     )
 
-
+# %% ../nbs/07_stream.ipynb #d6c73909
 class Sends:
     "Sent records, folded into a count and offset ranges as they are acknowledged, so only those in flight are held."
 
     def __init__(self):
         self.pending, self.acknowledged, self.offsets = deque(), 0, {}
-
-    def add(self, future, key=None):  # `key` names the record if it is never acknowledged
-        "Track one sent record's future; fold the acknowledged ones at the head."
-        self.pending.append((future, key))
-        while self.pending and self.pending[0][0].succeeded():
-            self._fold(self.pending.popleft()[0].value)
-
-    def _fold(self, md):
-        self.acknowledged += 1
-        lo, hi = self.offsets.get(md.partition, (md.offset, md.offset))
-        self.offsets[md.partition] = [min(lo, md.offset), max(hi, md.offset)]
 
     def summary(
         self,
@@ -235,7 +228,22 @@ class Sends:
             )
         return StreamSummary(topic, servers, self.acknowledged, self.offsets, elapsed, **meta)
 
+# %% ../nbs/07_stream.ipynb #aa151865
+@patch
+def add(self: Sends, future, key=None):  # `key` names the record if it is never acknowledged
+    "Track one sent record's future; fold the acknowledged ones at the head."
+    self.pending.append((future, key))
+    while self.pending and self.pending[0][0].succeeded():
+        self._fold(self.pending.popleft()[0].value)
 
+# %% ../nbs/07_stream.ipynb #bc9eff00
+@patch
+def _fold(self: Sends, md):
+    self.acknowledged += 1
+    lo, hi = self.offsets.get(md.partition, (md.offset, md.offset))
+    self.offsets[md.partition] = [min(lo, md.offset), max(hi, md.offset)]
+
+# %% ../nbs/07_stream.ipynb #39caa2da
 def stream_predictions(
     records: list[dict],  # prediction messages, e.g. from `prediction_records`
     # the cluster; None: from the environment, else the local broker
@@ -336,7 +344,7 @@ def _decode(b: bytes | None):
     except ValueError:
         return b.decode("utf-8", errors="replace")
 
-
+# %% ../nbs/07_stream.ipynb #c36fbafe
 def _message(m) -> dict:
     return {
         "topic": m.topic,
@@ -348,7 +356,7 @@ def _message(m) -> dict:
         "timestamp": m.timestamp,
     }
 
-
+# %% ../nbs/07_stream.ipynb #328659bc
 def messages(
     settings: KafkaSettings,
     topic: str = PREDICTIONS_TOPIC,
@@ -373,7 +381,7 @@ def read_back(summary: StreamSummary, settings: KafkaSettings, timeout: float = 
         )
     )
 
-
+# %% ../nbs/07_stream.ipynb #d13b89f0
 def verify_stream(
     summary: StreamSummary, records: list[dict], settings: KafkaSettings, timeout: float = 30
 ) -> int:
@@ -417,7 +425,7 @@ def run_values(settings: KafkaSettings, topic: str, run_id: str, timeout: float 
             got.setdefault(v["prediction_index"], []).append(v)
     return got
 
-
+# %% ../nbs/07_stream.ipynb #dc6ebbf0
 def wait_in_sync(settings: KafkaSettings, topic: str, timeout: float = 60):
     "Wait until every replica of `topic` is in sync, so that no record hides above a high watermark; else `StreamError`."
     admin, deadline = admin_client(settings), time.monotonic() + timeout
@@ -436,7 +444,7 @@ def wait_in_sync(settings: KafkaSettings, topic: str, timeout: float = 60):
     finally:
         admin.close()
 
-
+# %% ../nbs/07_stream.ipynb #16b05d03
 def verify_run(
     records: list[dict], settings: KafkaSettings, topic: str, run_id: str, timeout: float = 30
 ) -> int:

@@ -61,7 +61,7 @@ def _dates(s: pd.Series) -> bool:
     t = pd.to_datetime(v, errors="coerce", format="mixed")
     return bool(t.notna().all() and t.nunique() > 1)
 
-
+# %% ../nbs/03a_timeseries.ipynb #56d7ed3e
 def detect_time_column(df: pd.DataFrame, target: str) -> str | None:
     "The first column other than `target` whose every value is a date, or None."
     return next((c for c in df.columns if c != target and _dates(df[c])), None)
@@ -81,7 +81,7 @@ SEASON = {"h": 24, "D": 7, "W": 52, "M": 12, "Q": 4, "Y": 1, None: 1}
 # typical gap up to this many days -> frequency
 _GAP_DAYS = [(0.5, "h"), (1.5, "D"), (8, "W"), (35, "M"), (100, "Q")]
 
-
+# %% ../nbs/03a_timeseries.ipynb #6d2f8915
 def infer_freq(times: pd.Series) -> str | None:
     "The pandas period alias of the typical gap between distinct `times` ('h', 'D', 'W', 'M', 'Q', 'Y'), None for steps."
     if not pd.api.types.is_datetime64_any_dtype(times):
@@ -94,7 +94,7 @@ def infer_freq(times: pd.Series) -> str | None:
     gap = float(np.median(np.diff(u)) / np.timedelta64(1, "D"))
     return next((f for days, f in _GAP_DAYS if gap <= days), "Y")
 
-
+# %% ../nbs/03a_timeseries.ipynb #f7d4da97
 def period_numbers(times: pd.Series, freq: str | None) -> np.ndarray:
     "Consecutive integers, one per step of `freq`, for each time (steps are their own numbers)."
     if freq is None:
@@ -120,12 +120,12 @@ _PARTS = {
     "hour": lambda d: d.hour,
 }
 
-
+# %% ../nbs/03a_timeseries.ipynb #ee06f4f7
 def calendar_columns(column: str, freq: str | None) -> list:
     "The names of the calendar features of time column `column` at frequency `freq`."
     return [f"{column}_{p}" for p in CALENDAR[freq]]
 
-
+# %% ../nbs/03a_timeseries.ipynb #cb38d073
 def calendar_features(times: pd.Series, freq: str | None, column: str) -> pd.DataFrame:
     "The calendar features of `times` (parsed), as float columns named by `calendar_columns`."
     d = pd.DatetimeIndex(times) if freq else None
@@ -181,16 +181,16 @@ def lag_columns(self, target: str) -> list:
     "The names of the lag and rolling-mean features of `target`."
     return [f"{target}_lag_{k}" for k in self.lags] + [f"{target}_mean_{w}" for w in self.windows]
 
-
+# %% ../nbs/03a_timeseries.ipynb #3b5cb976
 # forecasts anyone can make: the last value, and the same period one season ago
 BASELINES = ("naive", "seasonal_naive")
 
-
+# %% ../nbs/03a_timeseries.ipynb #a131eec0
 def baseline_column(name: str) -> str:
     "The column that holds baseline `name`'s forecast."
     return f"{name}_forecast"
 
-
+# %% ../nbs/03a_timeseries.ipynb #29eb659f
 def time_axis(
     df: pd.DataFrame,
     target: str,
@@ -220,7 +220,7 @@ def _keys(df: pd.DataFrame, axis: TimeAxis, periods: np.ndarray) -> pd.Index:
         [df[c].astype(str).to_numpy() for c in axis.series] + [periods]
     )
 
-
+# %% ../nbs/03a_timeseries.ipynb #a38273a4
 def _history(df: pd.DataFrame, axis: TimeAxis, target: str, periods: np.ndarray) -> pd.Series:
     "The known target by (series..., period), refusing two rows with the same key."
     known = df[target].notna().to_numpy()
@@ -242,7 +242,7 @@ def _history(df: pd.DataFrame, axis: TimeAxis, target: str, periods: np.ndarray)
         )
     return pd.Series(df[target].to_numpy()[known], index=keys)
 
-
+# %% ../nbs/03a_timeseries.ipynb #dfc271b5
 def _shifted(
     history: pd.Series, df: pd.DataFrame, axis: TimeAxis, periods: np.ndarray, k: int
 ) -> np.ndarray:
@@ -267,7 +267,7 @@ def _as_of(history: pd.Series, df: pd.DataFrame, axis: TimeAxis, periods: np.nda
     )
     return m.sort_values("_row")["_y"].to_numpy(dtype=np.float64)
 
-
+# %% ../nbs/03a_timeseries.ipynb #1b072e48
 @patch_to(TimeAxis)
 def derive(self, df: pd.DataFrame, target: str) -> pd.DataFrame:
     "`df` with its lag, rolling-mean and baseline columns, every one from targets at least `horizon` periods older."
@@ -295,7 +295,7 @@ def periods(self, df: pd.DataFrame) -> np.ndarray:
     "The period number of each row of `df`."
     return period_numbers(parse_times(df[self.column]), self.freq)
 
-
+# %% ../nbs/03a_timeseries.ipynb #eeefdf21
 @patch_to(TimeAxis)
 def holdout(self, df: pd.DataFrame, test_size: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Train and test rows: the test rows are those of the latest `test_size` share of distinct periods."
@@ -436,7 +436,7 @@ def _by_period(frame: pd.DataFrame, column: str, values: list) -> pd.DataFrame:
         .sort_index()
     )
 
-
+# %% ../nbs/03a_timeseries.ipynb #d33559f9
 def plot_forecast(
     frame: pd.DataFrame,  # `prediction_frame` output with the time column, and any baseline columns
     column: str,  # the time column
@@ -483,7 +483,7 @@ def series_errors(
     )
     return t.sort_values("_total", ascending=False).drop(columns="_total")
 
-
+# %% ../nbs/03a_timeseries.ipynb #1522d18e
 def plot_series(frame: pd.DataFrame, column: str, series: list, top: int = 12):
     "A matplotlib figure of actual and forecast per series, the `top` worst series (by total absolute error) first."
     import matplotlib.pyplot as plt
@@ -579,7 +579,7 @@ def to_dict(self) -> dict:
     "The time axis as JSON-ready data."
     return asdict(self)
 
-
+# %% ../nbs/03a_timeseries.ipynb #fecf5899
 def axis_from_dict(d: dict | None) -> TimeAxis | None:
     "A `TimeAxis` from `TimeAxis.to_dict` output (None stays None)."
     return None if d is None else TimeAxis(**d)

@@ -113,7 +113,7 @@ def restore(settings, model_dir: Path, n: int, rounds: int) -> dict:
     "Fill a history topic with `n` series, put events of 60 of them on the events topic, time `rounds` fresh workers taking it all over (median)."
     from sales_prediction_kafka.history import ensure_history_topic
     from sales_prediction_kafka.replay import replay, table_events
-    from sales_prediction_kafka.stream import ensure_topic
+    from sales_prediction_kafka.clients import ensure_topic
 
     t = {k: tag(f"bench-hist-{k}") for k in ("events", "history", "out", "dlq")}
     ensure_topic(settings, t["events"], 3)
@@ -225,7 +225,7 @@ def start_side(side: str, settings, model_dir: Path, tmp: Path) -> tuple:
     "A `bench.live_worker` serving `side`'s model on topics of its own (history topic given either way); (worker, topics)."
     from sales_prediction_kafka.history import ensure_history_topic
     from sales_prediction_kafka.replay import replay, table_events
-    from sales_prediction_kafka.stream import ensure_topic
+    from sales_prediction_kafka.clients import ensure_topic
 
     t = {
         k: tag(f"bench-hist-{side}-{k}")

@@ -203,7 +203,7 @@ def java_floor(settings, records: int, record_size: int) -> dict:
 def start_worker(mode: str, settings, model_dir: Path, df, backlog_n: int, tmp: Path) -> tuple:
     "A `mode` worker that drained a backlog of `backlog_n` events and serves its own live topic; (worker, topics, drain)."
     from sales_prediction_kafka.replay import replay, table_events
-    from sales_prediction_kafka.stream import ensure_topic
+    from sales_prediction_kafka.clients import ensure_topic
 
     t = {
         k: tag(f"bench-live-{mode}-{k}") for k in ("backlog", "backlog_out", "events", "out", "dlq")

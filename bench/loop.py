@@ -141,7 +141,7 @@ def shift_scenario(
     from sales_prediction_kafka.data import generate_sales
     from sales_prediction_kafka.registry import read_registry
     from sales_prediction_kafka.replay import replay, shift_events, table_events
-    from sales_prediction_kafka.stream import ensure_topic
+    from sales_prediction_kafka.clients import ensure_topic
 
     u = tag("loop")
     names = ("events", "predictions", "dlq", "alerts", "models", "group")

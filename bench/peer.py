@@ -72,7 +72,7 @@ def start(
     side: str, settings, model_dir: Path, backlog: str, n: int, tmp: Path, drain_only: bool = False
 ) -> tuple:
     "A `side` worker process that drained `n` events of `backlog` (a new group) and then serves its own live topic; (worker, topics, drain)."
-    from sales_prediction_kafka.stream import ensure_topic
+    from sales_prediction_kafka.clients import ensure_topic
 
     t = {k: tag(f"bench-peer-{side}-{k}") for k in ("backlog_out", "events", "out", "dlq")}
     for topic in t.values():
@@ -122,7 +122,7 @@ def rotated(r: int) -> tuple:
 def capacity(settings, model_dir: Path, df, p: dict, tmp: Path) -> dict:
     "Rounds of drains of one pre-filled backlog, a fresh process and group per side and round; side -> drains."
     from sales_prediction_kafka.replay import replay, table_events
-    from sales_prediction_kafka.stream import ensure_topic
+    from sales_prediction_kafka.clients import ensure_topic
 
     backlog = tag("bench-peer-backlog")
     ensure_topic(settings, backlog)
@@ -140,7 +140,7 @@ def capacity(settings, model_dir: Path, df, p: dict, tmp: Path) -> dict:
 def latency(settings, model_dir: Path, df, p: dict, tmp: Path) -> dict:
     "One live worker per side; rounds at the paced rate, the side order rotating, the Java floor once a round."
     from sales_prediction_kafka.replay import replay, table_events
-    from sales_prediction_kafka.stream import ensure_topic
+    from sales_prediction_kafka.clients import ensure_topic
 
     backlog = tag("bench-peer-warm")
     ensure_topic(settings, backlog)

@@ -167,7 +167,7 @@ def run(
 ) -> dict:
     "Run the streaming benchmark; write streaming.json; return its results."
     from sales_prediction_kafka.config import producer_settings
-    from sales_prediction_kafka.stream import ensure_topic
+    from sales_prediction_kafka.clients import ensure_topic
 
     n, reps = n or (2_000 if quick else 100_000), reps or (1 if quick else 5)
     records = make_records(n)

@@ -10,9 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 import click
 from .config import SalesKafkaError, KafkaSettings, cache_home, kafka_settings
+from fastcore.basics import patch
 
 log = logging.getLogger(__name__)
-from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'KAFKA_VERSION', 'LOG4J_VERSION', 'SLF4J_VERSION', 'LOG4J2', 'BrokerError', 'require_tool', 'pom_xml',

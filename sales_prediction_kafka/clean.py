@@ -12,9 +12,9 @@ import pandas as pd
 
 from .config import plain
 from .data import DataError
+from fastcore.basics import patch
 
 log = logging.getLogger(__name__)
-from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'OUTLIER_POLICIES', 'fill_values', 'impute', 'iqr_bounds', 'outside', 'CleaningReport', 'Cleaner']

@@ -7,7 +7,13 @@ from __future__ import annotations
 import logging, re, time
 from collections.abc import Iterator
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from kafka.errors import (
+    InvalidReplicationFactorError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
 from kafka.net.transport import KafkaTCPTransport
 from kafka.serializer import DefaultSerializer, JsonSerializer
 from sales_prediction_kafka.config import (
@@ -21,10 +27,12 @@ from sales_prediction_kafka.config import (
 
 log = logging.getLogger(__name__)
 from fastcore.basics import patch
+from .broker import ensure_broker
 
 # %% auto #0
-__all__ = ['log', 'CONNECT_TIMEOUT', 'StreamError', 'check_topic', 'BrokerUnreachable', 'AuthenticationFailed', 'admin_client',
-           'consumer', 'deliver_before_close', 'Producer', 'producer', 'ReadTimeout', 'read_records', 'topic_records']
+__all__ = ['log', 'CONNECT_TIMEOUT', 'PARTITIONS', 'REPLICATION', 'StreamError', 'check_topic', 'BrokerUnreachable',
+           'AuthenticationFailed', 'admin_client', 'consumer', 'deliver_before_close', 'Producer', 'producer',
+           'require_broker', 'ensure_topic', 'ReadTimeout', 'read_records', 'topic_records']
 
 # %% ../nbs/06a_clients.ipynb #e13a95a9
 class StreamError(SalesKafkaError, ValueError):
@@ -201,6 +209,68 @@ def producer(
             p.close(timeout=1)
             raise
     return p
+
+# %% ../nbs/06a_clients.ipynb #9fa681d2
+def require_broker(
+    settings: KafkaSettings | None = None, timeout: float = CONNECT_TIMEOUT
+) -> KafkaSettings:
+    "`settings` of a cluster that answers (the local broker, started if none is named), else `BrokerUnreachable`."
+    settings = ensure_broker(settings)
+    admin_client(settings, timeout).close()
+    return settings
+
+# %% ../nbs/06a_clients.ipynb #e951280d
+PARTITIONS = 3  # partitions of a topic this project creates
+REPLICATION = None  # its replication factor; None: the cluster's default.replication.factor (3 on a LocalCluster)
+
+# %% ../nbs/06a_clients.ipynb #fb61bbfe
+def _replication_error(
+    e: Exception, topic: str, replication: int | None, admin, servers: str
+) -> StreamError:
+    asked = replication or (
+        m.group(1)
+        if (m := re.search(r"replication factor of (\d+)", str(e)))
+        else "default.replication.factor"
+    )
+    brokers = len(admin.describe_cluster()["brokers"])
+    return StreamError(
+        f"cannot create topic {topic!r} with replication factor {asked}: the cluster at {servers} "
+        f"has {brokers} broker(s) available; ask for at most {brokers} replicas or start more brokers"
+    )
+
+# %% ../nbs/06a_clients.ipynb #b60da201
+def ensure_topic(
+    settings: KafkaSettings,
+    topic: str,
+    partitions: int = PARTITIONS,
+    replication: int | None = REPLICATION,  # replicas per partition; None: the cluster's default
+    configs: dict | None = None,  # topic configs of a new topic, e.g. {"cleanup.policy": "compact"}
+) -> bool:
+    "Create `topic` if it is missing; True if it was created."
+    admin = admin_client(settings)
+    try:
+        if check_topic(topic) in admin.list_topics():
+            return False
+        new = {"num_partitions": partitions, "replication_factor": replication or -1} | (
+            {"configs": configs} if configs else {}
+        )
+        try:
+            admin.create_topics({topic: new}, wait_for_metadata=True)
+        except TopicAlreadyExistsError:
+            return False
+        except InvalidReplicationFactorError as e:
+            raise _replication_error(
+                e, topic, replication, admin, settings.bootstrap_servers
+            ) from None
+        log.info(
+            "created topic %s (%d partitions, replication %s)",
+            topic,
+            partitions,
+            replication or "the cluster's default",
+        )
+        return True
+    finally:
+        admin.close()
 
 # %% ../nbs/06a_clients.ipynb #88f2e465
 class ReadTimeout(StreamError, TimeoutError):

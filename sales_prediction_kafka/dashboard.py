@@ -32,9 +32,9 @@ from .message import Record
 from .monitor import Update, monitor, monitor_kwargs, monitor_options
 from .registry import MAX_MODEL_BYTES, MODELS_TOPIC, Registry, decision_alert
 from .clients import StreamError, consumer
+from fastcore.basics import patch
 
 log = logging.getLogger(__name__)
-from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'PAGE_BACKLOG', 'TOKEN_ENV', 'LOOPBACK', 'BROWSE_PAGES', 'sse', 'DashboardHub', 'VersionWatch', 'model_rows',

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 from .config import SalesKafkaError
+from fastcore.basics import patch
 
 log = logging.getLogger(__name__)
-from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'SEASONS', 'GENDERS', 'TARGET', 'SALES_COLUMNS', 'SEASON_EFFECT', 'MISSING_COLUMNS', 'SAMPLE_CSV', 'DELIMITERS',

@@ -17,7 +17,7 @@ from sales_prediction_kafka.config import (
 )
 from .data import TARGET
 from .clients import ReadTimeout, consumer, read_records
-from .stream import PARTITIONS, ensure_topic
+from .clients import PARTITIONS, ensure_topic
 from sales_prediction_kafka.timeseries import (
     BASELINES,
     TimeAxis,
@@ -25,9 +25,9 @@ from sales_prediction_kafka.timeseries import (
     parse_times,
     period_numbers,
 )
+from fastcore.basics import patch
 
 log = logging.getLogger(__name__)
-from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'HISTORY_PERIODS', 'HISTORY_CONFIGS', 'series_key', 'periods_needed', 'history_value', 'history_items',

@@ -24,11 +24,12 @@ from .cliutils import group_member_options, kafka_options, stop_on_signals
 from .broker import ensure_broker
 from .clients import StreamError, consumer
 from .message import prediction_json, prediction_record
-from .stream import PARTITIONS, ensure_topic, messages
+from .stream import messages
+from .clients import PARTITIONS, ensure_topic
 from .serve import Metrics, Outgoing, ScoringWorker, ServeError
+from fastcore.basics import patch
 
 log = logging.getLogger(__name__)
-from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'JOIN_REASONS', 'MARKER', 'DEFAULT_WINDOW', 'BadMessage', 'actual_message', 'parse_actual', 'parse_prediction',

@@ -40,10 +40,10 @@ from sales_prediction_kafka.registry import (
 from .labelled import labelled_events
 from .runfolder import MODEL_DIR, PARAMS_JSON, RUNS_BASE
 from .clients import StreamError, check_topic, consumer, producer
-from .stream import PARTITIONS, ensure_topic
+from .clients import PARTITIONS, ensure_topic
+from fastcore.basics import patch
 
 log = logging.getLogger(__name__)
-from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'DRIFT_ALERTS', 'Trigger', 'alert_trigger', 'Triggers', 'LearnError', 'retrain_args', 'train', 'fresh_events',

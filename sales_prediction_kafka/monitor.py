@@ -32,7 +32,7 @@ from sales_prediction_kafka.cliutils import (
 )
 from .evaluate import error_report
 from .clients import StreamError, consumer, producer
-from .stream import ensure_topic
+from .clients import ensure_topic
 from .message import NoActual, Record, as_record, record_from_message
 from .broker import ensure_broker
 from sales_prediction_kafka.registry import (
@@ -52,9 +52,9 @@ from sales_prediction_kafka.runfolder import (
 from .serve import fit_problem
 from .config import JOIN_STATE_TOPIC, JOINED_TOPIC
 from .join import MARKER
+from fastcore.basics import patch
 
 log = logging.getLogger(__name__)
-from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'BANDS', 'STALE_AFTER', 'error_stats', 'Window', 'RollingMetrics', 'baseline_from_run', 'resolve_baseline',

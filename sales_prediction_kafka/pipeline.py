@@ -40,7 +40,8 @@ from sales_prediction_kafka.runfolder import (
 from .runs import run_summary, runs_table, runs_text, write_index
 from .clients import StreamError
 from .message import prediction_records
-from .stream import PARTITIONS, require_broker, stream_predictions, verify_run
+from .stream import stream_predictions, verify_run
+from .clients import PARTITIONS, require_broker
 
 log = logging.getLogger(__name__)
 

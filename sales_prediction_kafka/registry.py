@@ -33,9 +33,9 @@ from sales_prediction_kafka.clients import (
     producer,
     read_records,
 )
+from fastcore.basics import patch
 
 log = logging.getLogger(__name__)
-from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'MODELS_TOPIC', 'MAX_MODEL_BYTES', 'FIGURES', 'CHAMPION', 'model_bytes', 'unpack_model', 'feature_profile',

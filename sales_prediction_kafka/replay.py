@@ -32,7 +32,8 @@ from sales_prediction_kafka.history import (
 )
 from kafka.errors import KafkaTimeoutError
 from .clients import StreamError, check_topic, producer
-from .stream import PARTITIONS, StreamSummary, ensure_topic, Sends
+from .stream import StreamSummary, Sends
+from .clients import PARTITIONS, ensure_topic
 
 log = logging.getLogger(__name__)
 

@@ -44,10 +44,10 @@ from sales_prediction_kafka.runfolder import (
 )
 from .clients import StreamError, consumer, producer
 from .message import prediction_headers, prediction_json, prediction_message
-from .stream import PARTITIONS, ensure_topic
+from .clients import PARTITIONS, ensure_topic
+from fastcore.basics import patch
 
 log = logging.getLogger(__name__)
-from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVENT_ID', 'MAX_IMPUTED', 'REASONS',

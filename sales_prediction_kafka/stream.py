@@ -13,7 +13,7 @@ from itertools import islice
 from datetime import datetime, timezone
 import click
 from tqdm import tqdm
-from kafka.errors import InvalidReplicationFactorError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import KafkaTimeoutError
 from kafka.partitioner.default import murmur2
 from sales_prediction_kafka.config import (
     PREDICTIONS_TOPIC,
@@ -25,84 +25,24 @@ from .cliutils import kafka_options
 from .broker import ensure_broker
 from .message import check_records, prediction_headers, prediction_json
 from sales_prediction_kafka.clients import (
-    CONNECT_TIMEOUT,
     StreamError,
     _Errors,
     admin_client,
     check_topic,
+    ensure_topic,
+    PARTITIONS,
+    REPLICATION,
     producer,
     topic_records,
 )
-
-log = logging.getLogger(__name__)
 from fastcore.basics import patch
 
+log = logging.getLogger(__name__)
+
 # %% auto #0
-__all__ = ['log', 'PARTITIONS', 'REPLICATION', 'require_broker', 'ensure_topic', 'key_partitions', 'gc_paused', 'StreamSummary',
-           'StreamIncomplete', 'retry_reasons', 'Sends', 'stream_predictions', 'messages', 'read_back', 'verify_stream',
-           'run_values', 'wait_in_sync', 'verify_run', 'consume_command']
-
-# %% ../nbs/07_stream.ipynb #9fa681d2
-def require_broker(
-    settings: KafkaSettings | None = None, timeout: float = CONNECT_TIMEOUT
-) -> KafkaSettings:
-    "`settings` of a cluster that answers (the local broker, started if none is named), else `BrokerUnreachable`."
-    settings = ensure_broker(settings)
-    admin_client(settings, timeout).close()
-    return settings
-
-# %% ../nbs/07_stream.ipynb #e951280d
-PARTITIONS = 3  # partitions of a topic this project creates
-REPLICATION = None  # its replication factor; None: the cluster's default.replication.factor (3 on a LocalCluster)
-
-# %% ../nbs/07_stream.ipynb #fb61bbfe
-def _replication_error(
-    e: Exception, topic: str, replication: int | None, admin, servers: str
-) -> StreamError:
-    asked = replication or (
-        m.group(1)
-        if (m := re.search(r"replication factor of (\d+)", str(e)))
-        else "default.replication.factor"
-    )
-    brokers = len(admin.describe_cluster()["brokers"])
-    return StreamError(
-        f"cannot create topic {topic!r} with replication factor {asked}: the cluster at {servers} "
-        f"has {brokers} broker(s) available; ask for at most {brokers} replicas or start more brokers"
-    )
-
-# %% ../nbs/07_stream.ipynb #b60da201
-def ensure_topic(
-    settings: KafkaSettings,
-    topic: str,
-    partitions: int = PARTITIONS,
-    replication: int | None = REPLICATION,  # replicas per partition; None: the cluster's default
-    configs: dict | None = None,  # topic configs of a new topic, e.g. {"cleanup.policy": "compact"}
-) -> bool:
-    "Create `topic` if it is missing; True if it was created."
-    admin = admin_client(settings)
-    try:
-        if check_topic(topic) in admin.list_topics():
-            return False
-        new = {"num_partitions": partitions, "replication_factor": replication or -1} | (
-            {"configs": configs} if configs else {}
-        )
-        try:
-            admin.create_topics({topic: new}, wait_for_metadata=True)
-        except TopicAlreadyExistsError:
-            return False
-        except InvalidReplicationFactorError as e:
-            raise _replication_error(
-                e, topic, replication, admin, settings.bootstrap_servers
-            ) from None
-        log.info(
-            "created topic %s (%d partitions, replication %s)",
-            topic,
-            partitions,
-            replication or "the cluster's default",
-        )
-        return True
-    finally:
-        admin.close()
+__all__ = ['log', 'key_partitions', 'gc_paused', 'StreamSummary', 'StreamIncomplete', 'retry_reasons', 'Sends',
+           'stream_predictions', 'messages', 'read_back', 'verify_stream', 'run_values', 'wait_in_sync', 'verify_run',
+           'consume_command']
 
 # %% ../nbs/07_stream.ipynb #0eb5b528
 def key_partitions(

@@ -12,7 +12,7 @@ from sales_prediction_kafka.pipeline import run_command
 from sales_prediction_kafka.replay import table_events
 from sales_prediction_kafka.serve import MAX_EVENT_BYTES
 from sales_prediction_kafka.clients import producer
-from sales_prediction_kafka.stream import ensure_topic
+from sales_prediction_kafka.clients import ensure_topic
 from helpers import SALES_KAFKA, read_all, topics, run_folder
 
 # --- CSV files ------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from playwright.sync_api import sync_playwright
 from sales_prediction_kafka.clients import producer
-from sales_prediction_kafka.stream import ensure_topic
+from sales_prediction_kafka.clients import ensure_topic
 from helpers import CHROMIUM_ARGS, SALES_KAFKA, read_all, topics
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.kafka]

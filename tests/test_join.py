@@ -11,7 +11,7 @@ from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.monitor import monitor
 from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.clients import producer
-from sales_prediction_kafka.stream import ensure_topic
+from sales_prediction_kafka.clients import ensure_topic
 
 pytestmark = pytest.mark.kafka
 

@@ -9,7 +9,7 @@ from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.models import SalesModel, load_model, save_model
 from sales_prediction_kafka.registry import ensure_models_topic, model_record, promote, publish
 from sales_prediction_kafka.replay import replay, table_events
-from sales_prediction_kafka.stream import ensure_topic
+from sales_prediction_kafka.clients import ensure_topic
 from helpers import ROOT, SERVE, metrics, read_all, topics, wait_for
 
 # the shift scenario is the loop benchmark's, run here for its outcome rather than its timings

@@ -21,13 +21,8 @@ from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.serve import ScoringWorker
-from sales_prediction_kafka.stream import (
-    ensure_topic,
-    messages,
-    run_values,
-    stream_predictions,
-    verify_run,
-)
+from sales_prediction_kafka.clients import ensure_topic
+from sales_prediction_kafka.stream import messages, run_values, stream_predictions, verify_run
 from helpers import (
     CHROMIUM_ARGS,
     SALES_KAFKA,

@@ -9,7 +9,8 @@ from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import SAMPLE_CSV, generate_sales
 from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.clients import StreamError
-from sales_prediction_kafka.stream import ensure_topic, messages
+from sales_prediction_kafka.stream import messages
+from sales_prediction_kafka.clients import ensure_topic
 from helpers import (
     SALES_KAFKA,
     failed_stream,

@@ -12,7 +12,7 @@ from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.replay import replay, replay_command, table_events
 from sales_prediction_kafka.serve import REASONS, event_schema, example_events, serve_command
 from sales_prediction_kafka.clients import producer
-from sales_prediction_kafka.stream import ensure_topic
+from sales_prediction_kafka.clients import ensure_topic
 from helpers import metrics, open_worker, read_all, scored, start_worker, topics, wait_for
 
 pytestmark = pytest.mark.kafka

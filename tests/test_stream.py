@@ -11,12 +11,8 @@ from sales_prediction_kafka.config import KafkaSettings, ProducerSettings
 from sales_prediction_kafka.replay import replay_command
 from sales_prediction_kafka.clients import BrokerUnreachable, StreamError
 from sales_prediction_kafka.message import prediction_records
-from sales_prediction_kafka.stream import (
-    consume_command,
-    ensure_topic,
-    stream_predictions,
-    verify_stream,
-)
+from sales_prediction_kafka.clients import ensure_topic
+from sales_prediction_kafka.stream import consume_command, stream_predictions, verify_stream
 
 # all but one use the broker; that one waits out the 10 s connect timeout
 pytestmark = pytest.mark.kafka

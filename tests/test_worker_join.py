@@ -13,7 +13,7 @@ import pytest
 from helpers import topics
 from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.serve import ScoringWorker
-from sales_prediction_kafka.stream import ensure_topic
+from sales_prediction_kafka.clients import ensure_topic
 
 pytestmark = pytest.mark.kafka
 

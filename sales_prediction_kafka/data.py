@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 from .config import SalesKafkaError
+from .cliutils import apply_options
 from fastcore.basics import patch
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'SEASONS', 'GENDERS', 'TARGET', 'SALES_COLUMNS', 'SEASON_EFFECT', 'MISSING_COLUMNS', 'SAMPLE_CSV', 'DELIMITERS',
            'SHOW_CELLS', 'CSV_READ', 'FREQS', 'KIND_ROWS', 'CHUNK_ROWS', 'Column', 'column_kind', 'column_kinds',
            'generate_sales', 'write_table', 'write_sample', 'DataError', 'load_table', 'generate_transactions',
-           'MissingColumns', 'aggregate_transactions', 'generate_data_command', 'aggregate_command']
+           'MissingColumns', 'aggregate_transactions', 'generate_data_command', 'aggregate_grouping_options',
+           'aggregate_column_options', 'aggregate_file_options', 'aggregate_command']
 
 # %% ../nbs/01_data.ipynb #909005de
 @dataclass(frozen=True)
@@ -764,54 +766,81 @@ def _column_list(ctx, param, value: str | None) -> list | None:
     "The comma-separated column names of a `--series` option (None if not given)."
     return None if value is None else [c.strip() for c in value.split(",") if c.strip()]
 
+# %% ../nbs/01_data.ipynb #9f6e2821
+def aggregate_grouping_options(f):
+    "A click decorator adding `sales-kafka aggregate`'s options that say what one row totals: `--by`, `--freq`, `--series`."
+    opts = [
+        click.option(
+            "--by",
+            type=click.Choice(["month", "customer"]),
+            default="month",
+            show_default=True,
+            help="Without --freq or --series: one row per month (a YYYY-MM Month column) or per customer, "
+            "over all dates. With --freq: 'customer' makes the customer column the series.",
+        ),
+        click.option(
+            "--freq",
+            type=click.Choice(list(FREQS)),
+            default=None,
+            help="One row per series per period, dated by the period's first day (a week runs Monday to Sunday "
+            "and is dated by its Monday); a period without sales from a series' first to the file's last "
+            "period is a 0 row. Default with --series: month.",
+        ),
+        click.option(
+            "--series",
+            metavar="COL[,COL]",
+            default=None,
+            callback=_column_list,
+            help="Column(s) that identify one series, comma-separated (a shop, a customer); implies --freq. "
+            "An empty value: the whole file is one series.",
+        ),
+    ]
+    return apply_options(opts)(f)
+
+# %% ../nbs/01_data.ipynb #16da1700
+def aggregate_column_options(f):
+    "A click decorator adding `sales-kafka aggregate`'s options that name the file's columns: date, amount, customer."
+    opts = [
+        click.option(
+            "--date-column",
+            default="Date",
+            show_default=True,
+            help="Column with the transaction date.",
+        ),
+        click.option(
+            "--amount-column", default="Amount", show_default=True, help="Column summed into Sales."
+        ),
+        click.option(
+            "--customer-column",
+            default="Customer_ID",
+            show_default=True,
+            help="Column with the customer id (needed by --by customer, never a feature).",
+        ),
+    ]
+    return apply_options(opts)(f)
+
+# %% ../nbs/01_data.ipynb #2d08698c
+def aggregate_file_options(f):
+    "A click decorator adding `sales-kafka aggregate`'s options on the files: `--out`, and how the input is read."
+    opts = [
+        _out_option,
+        click.option(
+            "--chunksize",
+            default=CHUNK_ROWS,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Rows of the file in memory at a time.",
+        ),
+        click.option("--sep", default=",", show_default=True, help="Field delimiter."),
+    ]
+    return apply_options(opts)(f)
+
 # %% ../nbs/01_data.ipynb #39198dae
 @click.command("aggregate")
 @click.argument("transactions", type=click.Path(dir_okay=False))
-@click.option(
-    "--by",
-    type=click.Choice(["month", "customer"]),
-    default="month",
-    show_default=True,
-    help="Without --freq or --series: one row per month (a YYYY-MM Month column) or per customer, "
-    "over all dates. With --freq: 'customer' makes the customer column the series.",
-)
-@click.option(
-    "--freq",
-    type=click.Choice(list(FREQS)),
-    default=None,
-    help="One row per series per period, dated by the period's first day (a week runs Monday to Sunday "
-    "and is dated by its Monday); a period without sales from a series' first to the file's last "
-    "period is a 0 row. Default with --series: month.",
-)
-@click.option(
-    "--series",
-    metavar="COL[,COL]",
-    default=None,
-    callback=_column_list,
-    help="Column(s) that identify one series, comma-separated (a shop, a customer); implies --freq. "
-    "An empty value: the whole file is one series.",
-)
-@click.option(
-    "--date-column", default="Date", show_default=True, help="Column with the transaction date."
-)
-@click.option(
-    "--amount-column", default="Amount", show_default=True, help="Column summed into Sales."
-)
-@click.option(
-    "--customer-column",
-    default="Customer_ID",
-    show_default=True,
-    help="Column with the customer id (needed by --by customer, never a feature).",
-)
-@_out_option
-@click.option(
-    "--chunksize",
-    default=CHUNK_ROWS,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Rows of the file in memory at a time.",
-)
-@click.option("--sep", default=",", show_default=True, help="Field delimiter.")
+@aggregate_grouping_options
+@aggregate_column_options
+@aggregate_file_options
 def aggregate_command(
     transactions, by, freq, series, date_column, amount_column, customer_column, out, chunksize, sep
 ):

@@ -40,9 +40,9 @@ from fastcore.basics import patch
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'key_partitions', 'gc_paused', 'StreamSummary', 'StreamIncomplete', 'retry_reasons', 'Sends',
-           'stream_predictions', 'messages', 'read_back', 'verify_stream', 'run_values', 'wait_in_sync', 'verify_run',
-           'consume_command']
+__all__ = ['log', 'key_partitions', 'gc_paused', 'StreamSummary', 'StreamIncomplete', 'retry_reasons', 'Sends', 'unsent_records',
+           'send_records', 'send_and_wait', 'stream_predictions', 'messages', 'read_back', 'verify_stream',
+           'run_values', 'wait_in_sync', 'verify_run', 'consume_command']
 
 # %% ../nbs/07_stream.ipynb #0eb5b528
 def key_partitions(
@@ -183,6 +183,91 @@ def _fold(self: Sends, md):
     lo, hi = self.offsets.get(md.partition, (md.offset, md.offset))
     self.offsets[md.partition] = [min(lo, md.offset), max(hi, md.offset)]
 
+# %% ../nbs/07_stream.ipynb #12980b48
+def unsent_records(
+    settings: KafkaSettings,
+    topic: str,
+    records: list[dict],  # prediction messages of run `run_id`
+    run_id: str,
+    created: bool,  # the topic was just created: nothing of the run is on it yet
+) -> tuple[list[dict], int]:
+    "The `records` of `run_id` not yet on `topic` (read once its replicas are in sync), and how many were there."
+    if not created:
+        wait_in_sync(settings, topic)
+    there = set() if created else set(run_values(settings, topic, run_id))
+    todo = [r for r in records if r["prediction_index"] not in there]
+    skipped = len(records) - len(todo)
+    log.info(
+        "resuming run %s: %d records already on %s, %d to send", run_id, skipped, topic, len(todo)
+    )
+    return todo, skipped
+
+# %% ../nbs/07_stream.ipynb #955720f2
+def send_records(
+    p,  # the producer, sending keys and values as bytes
+    topic: str,
+    records: list[dict],  # prediction messages
+    headers: list,  # every record's headers, `prediction_headers`
+    progress: bool = True,  # show a progress bar
+) -> Sends:
+    "Send `records` keyed by prediction_index, each to its key's partition, without waiting; their `Sends`."
+    keys = [str(r["prediction_index"]).encode() for r in records]
+    values = [prediction_json(r) for r in records]
+    todo = zip(
+        keys,
+        values,
+        key_partitions(keys, len(p.partitions_for(topic))),
+        (r["prediction_index"] for r in records),
+    )
+    sends = Sends()
+    with gc_paused():
+        for k, v, part, idx in tqdm(
+            todo,
+            total=len(keys),
+            desc=f"streaming to {topic}",
+            unit="rec",
+            disable=not progress,
+            mininterval=0.5,
+        ):
+            sends.add(p.send(topic, key=k, value=v, headers=headers, partition=part), idx)
+    return sends
+
+# %% ../nbs/07_stream.ipynb #a26dd379
+def send_and_wait(
+    settings: KafkaSettings,
+    topic: str,
+    records: list[dict],  # prediction messages
+    headers: list,  # every record's headers, `prediction_headers`
+    timeout: float = 120,  # seconds each record may take to be acknowledged, retries included
+    tuning: ProducerSettings | None = None,  # batching and compression; None: `producer_settings()`
+    progress: bool = True,  # show a progress bar
+) -> tuple[Sends, float, str]:
+    "Send `records` with a producer of their own and wait for the acknowledgements: the `Sends`, the seconds, and what kafka-python retried on."
+    ms = int(timeout * 1000)
+    p = producer(
+        settings,
+        tuning=tuning,
+        key_serializer=None,
+        value_serializer=None,
+        delivery_timeout_ms=ms,
+        request_timeout_ms=min(30_000, ms // 2),
+    )
+    kafka_log, seen = logging.getLogger("kafka"), _Errors()
+    kafka_log.addHandler(seen)
+    try:
+        t0 = time.monotonic()
+        sends = send_records(p, topic, records, headers, progress)
+        try:
+            # kafka-python may not expire a batch whose leader is gone: never wait longer
+            p.flush(timeout + 10)
+        except KafkaTimeoutError:
+            pass  # the unacknowledged records are reported by the `Sends`
+        elapsed = time.monotonic() - t0
+    finally:
+        p.close(5)
+        kafka_log.removeHandler(seen)
+    return sends, elapsed, retry_reasons(seen.seen)
+
 # %% ../nbs/07_stream.ipynb #39caa2da
 def stream_predictions(
     records: list[dict],  # prediction messages, e.g. from `prediction_records`
@@ -207,65 +292,17 @@ def stream_predictions(
     settings = ensure_broker(settings)
     created, skipped = ensure_topic(settings, topic, partitions, replication), 0
     if resume:
-        if not created:
-            wait_in_sync(settings, topic)
-        there = set() if created else set(run_values(settings, topic, run_id))
-        todo = [r for r in records if r["prediction_index"] not in there]
-        skipped, records = len(records) - len(todo), todo
-        log.info(
-            "resuming run %s: %d records already on %s, %d to send",
-            run_id,
-            skipped,
-            topic,
-            len(records),
-        )
+        records, skipped = unsent_records(settings, topic, records, run_id, created)
     now = datetime.now(timezone.utc).isoformat()
-    headers, ms = prediction_headers(None, run_id, model_version, now), int(timeout * 1000)
-    p = producer(
-        settings,
-        tuning=tuning,
-        key_serializer=None,
-        value_serializer=None,
-        delivery_timeout_ms=ms,
-        request_timeout_ms=min(30_000, ms // 2),
+    headers = prediction_headers(None, run_id, model_version, now)
+    sends, elapsed, why = send_and_wait(
+        settings, topic, records, headers, timeout, tuning, progress
     )
-    kafka_log, seen = logging.getLogger("kafka"), _Errors()
-    kafka_log.addHandler(seen)
-    try:
-        t0 = time.monotonic()
-        keys = [str(r["prediction_index"]).encode() for r in records]
-        values = [prediction_json(r) for r in records]
-        todo = zip(
-            keys,
-            values,
-            key_partitions(keys, len(p.partitions_for(topic))),
-            (r["prediction_index"] for r in records),
-        )
-        sends = Sends()
-        with gc_paused():
-            for k, v, part, idx in tqdm(
-                todo,
-                total=len(keys),
-                desc=f"streaming to {topic}",
-                unit="rec",
-                disable=not progress,
-                mininterval=0.5,
-            ):
-                sends.add(p.send(topic, key=k, value=v, headers=headers, partition=part), idx)
-        try:
-            # kafka-python may not expire a batch whose leader is gone: never wait longer
-            p.flush(timeout + 10)
-        except KafkaTimeoutError:
-            pass  # the unacknowledged records are reported below
-        elapsed = time.monotonic() - t0
-    finally:
-        p.close(5)
-        kafka_log.removeHandler(seen)
     summary = sends.summary(
         topic,
         settings.bootstrap_servers,
         elapsed,
-        retry_reasons(seen.seen),
+        why,
         "running the same stream again with resume=True sends only those "
         "(for a pipeline run: `sales-kafka run --resume RUN_DIR`)",
         run_id=run_id,

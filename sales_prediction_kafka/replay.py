@@ -19,7 +19,7 @@ from sales_prediction_kafka.config import (
     plain,
     producer_settings,
 )
-from .cliutils import kafka_options, producer_options
+from .cliutils import apply_options, kafka_options, producer_options
 from .broker import ensure_broker
 from .data import TARGET, DataError, load_table
 from .serve import SCHEMA_VERSION
@@ -38,7 +38,9 @@ from .clients import PARTITIONS, ensure_topic
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PACED', 'table_events', 'shift_events', 'replay_tuning', 'lag_actuals', 'replay', 'replay_command']
+__all__ = ['log', 'PACED', 'table_events', 'shift_events', 'replay_tuning', 'lag_actuals', 'replay_items', 'send_items', 'replay',
+           'repeated_events', 'replay_pace_options', 'replay_table_options', 'replay_producer_options',
+           'replay_learning_options', 'replay_series_options', 'replay_command']
 
 # %% ../nbs/08a_replay.ipynb #798a38ae
 def _field_value(v):
@@ -105,6 +107,60 @@ def lag_actuals(
     while held:
         yield "actual", held.popleft()[1]
 
+# %% ../nbs/08a_replay.ipynb #7498eb09
+def replay_items(
+    events,  # event dicts carrying their actual in `target`
+    actuals_lag: int = 0,  # N > 0: events without their actual, each actual N events later
+    target: str = TARGET,
+    series: list | None = None,  # fields of a series: its history follows each actual
+    time_column: str | None = None,  # with `series`: the events' time field
+    history_periods: int = HISTORY_PERIODS,  # with `series`: rows of actuals per history record
+):
+    "The (kind, message) pairs a replay sends: 'event's, lagged 'actual's, and the 'history' of each series."
+    items = (
+        lag_actuals(events, actuals_lag, target)
+        if actuals_lag
+        else (("event", ev) for ev in events)
+    )
+    if series is not None:
+        items = history_items(items, series, time_column, target, history_periods)
+    return items
+
+# %% ../nbs/08a_replay.ipynb #b75aeb85
+def send_items(
+    p,  # the producer
+    items,  # (kind, message) pairs, from `replay_items`
+    topics: dict,  # {kind: its topic}; 'event' names the replay's
+    rate: float | None = None,  # events per second; None: as fast as possible
+    series: list | None = None,  # key each event by these fields; None: by its id
+    total: int | None = None,  # the number of items, for the progress bar
+    progress: bool = True,  # show a progress bar
+) -> dict:
+    "Send each item to its kind's topic, events paced to `rate`, without waiting for acknowledgements; {kind: `Sends`}."
+    sends, t0, n = {kind: Sends() for kind in topics}, time.monotonic(), 0
+    for kind, msg in tqdm(
+        items,
+        total=total,
+        desc=f"replaying to {topics['event']}",
+        unit="msg",
+        disable=not progress,
+        mininterval=0.5,
+    ):
+        if kind == "history":
+            sends[kind].add(p.send(topics[kind], key=msg[0], value=msg[1]), msg[0])
+            continue
+        if kind == "event":
+            if rate and (ahead := t0 + n / rate - time.monotonic()) > 0:
+                time.sleep(ahead)
+            n += 1
+        key = (
+            series_key(msg, series)
+            if kind == "event" and series is not None
+            else str(msg["event_id"])
+        )
+        sends[kind].add(p.send(topics[kind], key=key, value=msg), msg["event_id"])
+    return sends
+
 # %% ../nbs/08a_replay.ipynb #6cf86a0c
 def replay(
     events,  # event dicts, e.g. from `table_events`
@@ -132,57 +188,25 @@ def replay(
         ensure_topic(settings, check_topic(t), partitions)
     if series is not None:
         ensure_history_topic(settings, check_topic(history_topic), topic, partitions)
-    items = (
-        lag_actuals(events, actuals_lag, target)
-        if actuals_lag
-        else (("event", ev) for ev in events)
-    )
-    if series is not None:
-        items = history_items(items, series, time_column, target, history_periods)
+    items = replay_items(events, actuals_lag, target, series, time_column, history_periods)
+    topics = {"event": topic, "actual": actuals_topic, "history": history_topic}
     p = producer(settings, tuning=tuning or replay_tuning(rate))
-    sends, t0, n = {"event": Sends(), "actual": Sends(), "history": Sends()}, time.monotonic(), 0
+    total = total and total * (2 if actuals_lag else 1)  # the events, and as many actuals
+    t0 = time.monotonic()
     try:
-        for kind, msg in tqdm(
-            items,
-            total=total and total * (2 if actuals_lag else 1),
-            desc=f"replaying to {topic}",
-            unit="msg",
-            disable=not progress,
-            mininterval=0.5,
-        ):
-            if kind == "history":
-                sends[kind].add(p.send(history_topic, key=msg[0], value=msg[1]), msg[0])
-                continue
-            if kind == "event":
-                if rate and (ahead := t0 + n / rate - time.monotonic()) > 0:
-                    time.sleep(ahead)
-                n += 1
-            key = (
-                series_key(msg, series)
-                if kind == "event" and series is not None
-                else str(msg["event_id"])
-            )
-            sends[kind].add(
-                p.send(topic if kind == "event" else actuals_topic, key=key, value=msg),
-                msg["event_id"],
-            )
+        sends = send_items(p, items, topics, rate, series, total, progress)
         try:
             p.flush(timeout)
         except KafkaTimeoutError:
             pass  # the summary counts the events not acknowledged
     finally:
         p.close(5)
-    elapsed = time.monotonic() - t0
-    summary = sends["event"].summary(topic, settings.bootstrap_servers, elapsed)
+    elapsed, servers = time.monotonic() - t0, settings.bootstrap_servers
+    summary = sends["event"].summary(topic, servers, elapsed)
     if actuals_lag:
-        summary.actuals = sends["actual"].summary(
-            actuals_topic, settings.bootstrap_servers, elapsed
-        )
+        summary.actuals = sends["actual"].summary(actuals_topic, servers, elapsed)
     if series is not None:
-        log.info(
-            "history: %s",
-            sends["history"].summary(history_topic, settings.bootstrap_servers, elapsed),
-        )
+        log.info("history: %s", sends["history"].summary(history_topic, servers, elapsed))
     log.debug("replayed %s", summary)  # the caller shows it: `sales-kafka replay` prints it once
     return summary
 
@@ -199,90 +223,147 @@ def _dated(df: pd.DataFrame, target: str, series: str, time_column: str | None) 
         )
     return {"series": cols, "time_column": column}
 
+# %% ../nbs/08a_replay.ipynb #f13683c7
+def repeated_events(
+    df: pd.DataFrame,  # the table
+    first_id: int = 0,  # the first event's id; the others count up, through every repeat
+    repeat: int = 1,  # send the table this many times
+    limit: int | None = None,  # only the first N events
+    shift_after: int | None = None,  # from the K-th event on, `shift_events`
+    target: str = TARGET,
+) -> tuple:
+    "The events `sales-kafka replay` sends for `df` (one copy of the table, however many repeats), and their number."
+    total = min(len(df) * repeat, limit or len(df) * repeat)
+    rounds = (table_events(df, first_id + k * len(df)) for k in range(repeat))
+    events = itertools.islice(itertools.chain.from_iterable(rounds), total)
+    if shift_after is not None:
+        events = shift_events(events, shift_after, target=target)
+    return events, total
+
+# %% ../nbs/08a_replay.ipynb #fa3548c4
+def replay_pace_options(f):
+    "A click decorator adding `sales-kafka replay`'s options on where the events go and how fast: `--topic`, `--rate`."
+    opts = [
+        click.option(
+            "--topic", default=EVENTS_TOPIC, show_default=True, help="Topic to send the events to."
+        ),
+        click.option(
+            "--rate",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Events per second (default: as fast as possible).",
+        ),
+    ]
+    return apply_options(opts)(f)
+
+# %% ../nbs/08a_replay.ipynb #58f92910
+def replay_table_options(f):
+    "A click decorator adding `sales-kafka replay`'s options on which rows become which events: ids, limit, repeats, target, delimiter."
+    opts = [
+        click.option(
+            "--first-id",
+            type=click.IntRange(0),
+            default=0,
+            show_default=True,
+            help="Event id of the first row; the others count up.",
+        ),
+        click.option("--limit", type=click.IntRange(1), help="Send only the first N rows."),
+        click.option(
+            "--repeat",
+            type=click.IntRange(1),
+            default=1,
+            show_default=True,
+            help="Send the table this many times (ids keep counting up).",
+        ),
+        click.option(
+            "--target",
+            default=TARGET,
+            show_default=True,
+            help="The actual-sales column (sent when present).",
+        ),
+        click.option("--sep", default=",", show_default=True, help="Field delimiter of the CSV."),
+    ]
+    return apply_options(opts)(f)
+
+# %% ../nbs/08a_replay.ipynb #4a542f34
+def replay_producer_options(f):
+    "A click decorator adding `sales-kafka replay`'s options on the topic it creates and its producer: `--partitions`, `producer_options`."
+    opts = [
+        click.option(
+            "--partitions",
+            type=int,
+            default=PARTITIONS,
+            show_default=True,
+            help="Partitions of the topic, if this command creates it.",
+        ),
+        producer_options,
+    ]
+    return apply_options(opts)(f)
+
+# %% ../nbs/08a_replay.ipynb #082450c7
+def replay_learning_options(f):
+    "A click decorator adding `sales-kafka replay`'s options for the continual-learning demo: a shift, and actuals sent after their events."
+    opts = [
+        click.option(
+            "--shift-after",
+            type=click.IntRange(0),
+            help="From the K-th event on, double the marketing spend and add $300 per spending-score point to sales (the continual-learning demo).",
+        ),
+        click.option(
+            "--actuals-lag",
+            type=click.IntRange(0),
+            default=0,
+            show_default=True,
+            help="N > 0: send events without their actual, and each actual N events later to --actuals-topic (0: the actual inside the event).",
+        ),
+        click.option(
+            "--actuals-topic",
+            default=ACTUALS_TOPIC,
+            show_default=True,
+            help="Topic of the lagged actuals, keyed by event id.",
+        ),
+    ]
+    return apply_options(opts)(f)
+
+# %% ../nbs/08a_replay.ipynb #99b84250
+def replay_series_options(f):
+    "A click decorator adding `sales-kafka replay`'s options for dated events of several series and their history topic."
+    opts = [
+        click.option(
+            "--series",
+            metavar="COL[,COL]",
+            help="Dated events of several series (or '' for one): key each event by its series and publish "
+            "each series' recent actuals to --history-topic, the state a lag model's workers restore.",
+        ),
+        click.option(
+            "--time-column",
+            metavar="NAME",
+            help="With --series: the events' time column (default: the first column of dates).",
+        ),
+        click.option(
+            "--history-topic",
+            default=HISTORY_TOPIC,
+            show_default=True,
+            help="With --series: topic of each series' recent actuals (compacted).",
+        ),
+        click.option(
+            "--history-periods",
+            type=click.IntRange(1),
+            default=HISTORY_PERIODS,
+            show_default=True,
+            help="With --series: rows of actuals each history record keeps; at least as many periods back as the model's longest lag.",
+        ),
+    ]
+    return apply_options(opts)(f)
+
 # %% ../nbs/08a_replay.ipynb #ef3e8769
 @click.command("replay")
 @click.argument("csv", type=click.Path(exists=True, dir_okay=False))
 @kafka_options()
-@click.option(
-    "--topic", default=EVENTS_TOPIC, show_default=True, help="Topic to send the events to."
-)
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Events per second (default: as fast as possible).",
-)
-@click.option(
-    "--first-id",
-    type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="Event id of the first row; the others count up.",
-)
-@click.option("--limit", type=click.IntRange(1), help="Send only the first N rows.")
-@click.option(
-    "--repeat",
-    type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="Send the table this many times (ids keep counting up).",
-)
-@click.option(
-    "--target",
-    default=TARGET,
-    show_default=True,
-    help="The actual-sales column (sent when present).",
-)
-@click.option("--sep", default=",", show_default=True, help="Field delimiter of the CSV.")
-@click.option(
-    "--partitions",
-    type=int,
-    default=PARTITIONS,
-    show_default=True,
-    help="Partitions of the topic, if this command creates it.",
-)
-@producer_options
-@click.option(
-    "--shift-after",
-    type=click.IntRange(0),
-    help="From the K-th event on, double the marketing spend and add $300 per spending-score point to sales (the continual-learning demo).",
-)
-@click.option(
-    "--actuals-lag",
-    type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="N > 0: send events without their actual, and each actual N events later to --actuals-topic (0: the actual inside the event).",
-)
-@click.option(
-    "--actuals-topic",
-    default=ACTUALS_TOPIC,
-    show_default=True,
-    help="Topic of the lagged actuals, keyed by event id.",
-)
-@click.option(
-    "--series",
-    metavar="COL[,COL]",
-    help="Dated events of several series (or '' for one): key each event by its series and publish "
-    "each series' recent actuals to --history-topic, the state a lag model's workers restore.",
-)
-@click.option(
-    "--time-column",
-    metavar="NAME",
-    help="With --series: the events' time column (default: the first column of dates).",
-)
-@click.option(
-    "--history-topic",
-    default=HISTORY_TOPIC,
-    show_default=True,
-    help="With --series: topic of each series' recent actuals (compacted).",
-)
-@click.option(
-    "--history-periods",
-    type=click.IntRange(1),
-    default=HISTORY_PERIODS,
-    show_default=True,
-    help="With --series: rows of actuals each history record keeps; at least as many periods back as the model's longest lag.",
-)
+@replay_pace_options
+@replay_table_options
+@replay_producer_options
+@replay_learning_options
+@replay_series_options
 def replay_command(
     csv,
     bootstrap_servers,
@@ -309,12 +390,7 @@ def replay_command(
     except DataError as e:
         raise click.ClickException(str(e))
     dated = _dated(df, target, series, time_column) if series is not None else {}
-    total = min(len(df) * repeat, limit or len(df) * repeat)
-    # one copy of the table, however many repeats
-    rounds = (table_events(df, first_id + k * len(df)) for k in range(repeat))
-    events = itertools.islice(itertools.chain.from_iterable(rounds), total)
-    if shift_after is not None:
-        events = shift_events(events, shift_after, target=target)
+    events, total = repeated_events(df, first_id, repeat, limit, shift_after, target)
     try:
         s = replay(
             events,

@@ -20,7 +20,7 @@ from sales_prediction_kafka.config import (
 )
 from .data import SAMPLE_CSV, DataError, load_table
 from .broker import BrokerError
-from .cliutils import kafka_options
+from .cliutils import apply_options, kafka_options
 from sales_prediction_kafka.runfolder import (
     INDEX_HTML,
     KERNEL_LOG,
@@ -47,8 +47,10 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'VERSIONED', 'ParameterError', 'PipelineError', 'parse_value', 'validate_params', 'package_versions',
-           'file_sha256', 'write_json', 'start_run', 'report_figures', 'export_html', 'report_headline', 'quiet_kernel',
-           'portable_paths', 'run_pipeline', 'grid_params', 'resume_run', 'run_command']
+           'file_sha256', 'write_json', 'start_run', 'report_figures', 'export_html', 'headline_data_rows',
+           'headline_result_rows', 'report_headline', 'quiet_kernel', 'portable_paths', 'run_pipeline', 'grid_params',
+           'resume_run', 'run_data_options', 'run_model_options', 'run_time_options', 'run_stream_options',
+           'run_control_options', 'run_command']
 
 # %% ../nbs/10_pipeline.ipynb #9ae0090d
 import sales_prediction_kafka
@@ -229,14 +231,12 @@ def export_html(notebook_path, html_path=None) -> Path:
     html_path.write_text(body, encoding="utf-8")
     return html_path
 
-# %% ../nbs/10_pipeline.ipynb #7483b757
-def report_headline(metrics: dict) -> str:
-    "The HTML box at the top of a report, from the run's `metrics.json` content."
-    from sales_prediction_kafka.evaluate import fmt_num, fmt_pct
+# %% ../nbs/10_pipeline.ipynb #0907de23
+def headline_data_rows(metrics: dict) -> list[tuple[str, str]]:
+    "The report headline's rows on the data: the file and its rows, the training rows kept by cleaning, the time axis."
+    from sales_prediction_kafka.evaluate import fmt_num
 
-    d, t, c, s, tm = (metrics.get(k) or {} for k in ("data", "test", "cleaning", "stream", "time"))
-    chosen = metrics.get("selected", "-")
-    naive = (metrics.get("baselines") or {}).get("seasonal_naive") or {}
+    d, c, tm = (metrics.get(k) or {} for k in ("data", "cleaning", "time"))
     rows = [
         ("data", f"{Path(str(d.get('path', '-'))).name}: {fmt_num(d.get('rows'), 0)} rows"),
         (
@@ -248,17 +248,26 @@ def report_headline(metrics: dict) -> str:
                 else fmt_num(d.get("train_rows"), 0)
             ),
         ),
-        *(
-            [
-                (
-                    "time axis",
-                    f"{tm.get('column')} ({tm.get('frequency')}{', found by itself' if tm.get('detected') else ''}); "
-                    f"test: the latest {fmt_num(tm.get('test_periods'), 0)} periods, from {tm.get('test_from')}",
-                )
-            ]
-            if tm
-            else []
-        ),
+    ]
+    if tm:
+        rows.append(
+            (
+                "time axis",
+                f"{tm.get('column')} ({tm.get('frequency')}{', found by itself' if tm.get('detected') else ''}); "
+                f"test: the latest {fmt_num(tm.get('test_periods'), 0)} periods, from {tm.get('test_from')}",
+            )
+        )
+    return rows
+
+# %% ../nbs/10_pipeline.ipynb #e9d71ef8
+def headline_result_rows(metrics: dict) -> list[tuple[str, str]]:
+    "The report headline's rows on the result: the chosen model, its test figures (and the seasonal naive's), the stream."
+    from sales_prediction_kafka.evaluate import fmt_num, fmt_pct
+
+    t, s = (metrics.get(k) or {} for k in ("test", "stream"))
+    chosen = metrics.get("selected", "-")
+    naive = (metrics.get("baselines") or {}).get("seasonal_naive") or {}
+    rows = [
         (
             "chosen model",
             f"{chosen} (outliers {(metrics.get('outliers') or {}).get('chosen', '-')})"
@@ -276,26 +285,26 @@ def report_headline(metrics: dict) -> str:
             + (f" · MASE {fmt_num(t['mase'], 3)}" if "mase" in t else "")
             + f" · R² {fmt_num(t.get('r2'), 3)}",
         ),
-        *(
-            [
-                (
-                    "seasonal naive, same rows",
-                    f"RMSE {fmt_num(naive.get('rmse'))} · WAPE {fmt_pct(naive.get('wape_pct'))}",
-                )
-            ]
-            if naive
-            else []
-        ),
-        (
-            "records streamed",
-            (
-                "not streamed"
-                if not s
-                else f"{fmt_num(s.get('total'), 0)} to {s.get('topic')}"
-                + (", each verified by reading it back" if s.get("verified") else ", NOT verified")
-            ),
-        ),
     ]
+    if naive:
+        rows.append(
+            (
+                "seasonal naive, same rows",
+                f"RMSE {fmt_num(naive.get('rmse'))} · WAPE {fmt_pct(naive.get('wape_pct'))}",
+            )
+        )
+    streamed = (
+        "not streamed"
+        if not s
+        else f"{fmt_num(s.get('total'), 0)} to {s.get('topic')}"
+        + (", each verified by reading it back" if s.get("verified") else ", NOT verified")
+    )
+    return rows + [("records streamed", streamed)]
+
+# %% ../nbs/10_pipeline.ipynb #7483b757
+def report_headline(metrics: dict) -> str:
+    "The HTML box at the top of a report, from the run's `metrics.json` content."
+    rows = headline_data_rows(metrics) + headline_result_rows(metrics)
     cells = "".join(
         f"<tr><th style='text-align:left;padding:2px 12px 2px 0'>{escape(k)}</th><td style='text-align:left'>"
         f"{escape(v)}</td></tr>"
@@ -457,103 +466,152 @@ def resume_run(
     )
     return metrics["stream"]
 
+# %% ../nbs/10_pipeline.ipynb #21c5e2d4
+def run_data_options(f):
+    "A click decorator adding `sales-kafka run`'s options on the data: a CSV or a topic, and what to predict from which columns."
+    opts = [
+        click.option(
+            "--data",
+            "data_path",
+            type=click.Path(dir_okay=False),
+            help="CSV to learn from (default: the embedded 500-row sample).",
+        ),
+        click.option(
+            "--from-topic",
+            help="Learn from the labelled events on this Kafka topic instead of a CSV: those carrying the target, and those whose actual "
+            "arrived on -p actuals_topic (default: sales_actuals), joined by event id.",
+        ),
+        click.option(
+            "--from-last",
+            type=click.IntRange(min=1),
+            help="With --from-topic: only the last N labelled events.",
+        ),
+        click.option(
+            "--from-since",
+            help="With --from-topic: only events written since this time (ISO 8601, UTC if no zone).",
+        ),
+        click.option("--target", help="Column to predict (default: Sales)."),
+        click.option(
+            "--features", help="Comma-separated feature columns (default: all other columns)."
+        ),
+    ]
+    return apply_options(opts)(f)
+
+# %% ../nbs/10_pipeline.ipynb #a427d929
+def run_model_options(f):
+    "A click decorator adding `sales-kafka run`'s options on the model: epochs, seed, which model, outliers, column kinds."
+    opts = [
+        click.option(
+            "--epochs",
+            type=click.IntRange(min=1),
+            help="Training epochs cap for the nets (default: 50).",
+        ),
+        click.option(
+            "--seed",
+            type=click.IntRange(min=0),
+            help="Random seed for splits, folds and weights (default: 42).",
+        ),
+        click.option(
+            "--model",
+            "model_override",
+            help="Use this model instead of the best by CV RMSE (original_net, net, linear or trees).",
+        ),
+        click.option(
+            "--outliers",
+            type=click.Choice(["auto", "keep", "remove"]),
+            help="Training rows outside the IQR bounds: chosen by CV (auto, the default), kept, or removed as the original notebook did.",
+        ),
+        click.option("--categorical", help="Comma-separated columns always one-hot encoded."),
+        click.option(
+            "--numeric",
+            help="Comma-separated columns always numeric (e.g. ordinal codes with few levels).",
+        ),
+    ]
+    return apply_options(opts)(f)
+
+# %% ../nbs/10_pipeline.ipynb #69db95f6
+def run_time_options(f):
+    "A click decorator adding `sales-kafka run`'s options on the time axis: its column, the series, the horizon."
+    opts = [
+        click.option(
+            "--time-column",
+            metavar="NAME",
+            help="The time axis: a column of dates or whole-number steps; the test is then the latest periods (default: auto, the first column of dates; 'none' for a shuffled split).",
+        ),
+        click.option(
+            "--series",
+            metavar="COL[,COL]",
+            help="With a time axis: the columns that identify one series (store, department, customer).",
+        ),
+        click.option(
+            "--horizon",
+            type=click.IntRange(min=1),
+            help="With a time axis: forecast this many periods ahead (default: 1); no feature is newer.",
+        ),
+    ]
+    return apply_options(opts)(f)
+
+# %% ../nbs/10_pipeline.ipynb #bed1363a
+def run_stream_options(f):
+    "A click decorator adding `sales-kafka run`'s options on the stream: the cluster, the topic, or none."
+    opts = [
+        kafka_options(),  # the --bootstrap-servers every command shares
+        click.option(
+            "--topic", help="Topic for the prediction records (default: sales_predictions)."
+        ),
+        click.option(
+            "--no-stream", is_flag=True, help="Train and report only; do not stream to Kafka."
+        ),
+    ]
+    return apply_options(opts)(f)
+
+# %% ../nbs/10_pipeline.ipynb #736769de
+def run_control_options(f):
+    "A click decorator adding `sales-kafka run`'s options on the runs: any parameter, the folder, a grid, the parameter list, a resume."
+    opts = [
+        click.option(
+            "-p",
+            "--param",
+            "extra",
+            nargs=2,
+            multiple=True,
+            metavar="NAME VALUE",
+            help="Any pipeline parameter (see --list-params); repeatable.",
+        ),
+        click.option(
+            "--out",
+            default=str(RUNS_BASE),
+            show_default=True,
+            type=click.Path(file_okay=False),
+            help="Folder that receives the run folder.",
+        ),
+        click.option(
+            "--grid",
+            is_flag=True,
+            help="Each -p value is a comma-separated list (';' between values of a list parameter): run every combination as its own run, then print the comparison.",
+        ),
+        click.option(
+            "--list-params",
+            is_flag=True,
+            help="List every pipeline parameter with its default and meaning, then exit.",
+        ),
+        click.option(
+            "--resume",
+            "resume_dir",
+            type=click.Path(exists=True, file_okay=False),
+            metavar="RUN_DIR",
+            help="Finish the stream of an earlier run: send only its predictions not yet on the topic.",
+        ),
+    ]
+    return apply_options(opts)(f)
+
 # %% ../nbs/10_pipeline.ipynb #61e2ae60
 @click.command("run")
-@click.option(
-    "--data",
-    "data_path",
-    type=click.Path(dir_okay=False),
-    help="CSV to learn from (default: the embedded 500-row sample).",
-)
-@click.option(
-    "--from-topic",
-    help="Learn from the labelled events on this Kafka topic instead of a CSV: those carrying the target, and those whose actual "
-    "arrived on -p actuals_topic (default: sales_actuals), joined by event id.",
-)
-@click.option(
-    "--from-last",
-    type=click.IntRange(min=1),
-    help="With --from-topic: only the last N labelled events.",
-)
-@click.option(
-    "--from-since",
-    help="With --from-topic: only events written since this time (ISO 8601, UTC if no zone).",
-)
-@click.option("--target", help="Column to predict (default: Sales).")
-@click.option("--features", help="Comma-separated feature columns (default: all other columns).")
-@click.option(
-    "--epochs", type=click.IntRange(min=1), help="Training epochs cap for the nets (default: 50)."
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    help="Random seed for splits, folds and weights (default: 42).",
-)
-@click.option(
-    "--model",
-    "model_override",
-    help="Use this model instead of the best by CV RMSE (original_net, net, linear or trees).",
-)
-@click.option(
-    "--outliers",
-    type=click.Choice(["auto", "keep", "remove"]),
-    help="Training rows outside the IQR bounds: chosen by CV (auto, the default), kept, or removed as the original notebook did.",
-)
-@click.option("--categorical", help="Comma-separated columns always one-hot encoded.")
-@click.option(
-    "--numeric", help="Comma-separated columns always numeric (e.g. ordinal codes with few levels)."
-)
-@click.option(
-    "--time-column",
-    metavar="NAME",
-    help="The time axis: a column of dates or whole-number steps; the test is then the latest periods (default: auto, the first column of dates; 'none' for a shuffled split).",
-)
-@click.option(
-    "--series",
-    metavar="COL[,COL]",
-    help="With a time axis: the columns that identify one series (store, department, customer).",
-)
-@click.option(
-    "--horizon",
-    type=click.IntRange(min=1),
-    help="With a time axis: forecast this many periods ahead (default: 1); no feature is newer.",
-)
-@kafka_options()  # the --bootstrap-servers every command shares
-@click.option("--topic", help="Topic for the prediction records (default: sales_predictions).")
-@click.option("--no-stream", is_flag=True, help="Train and report only; do not stream to Kafka.")
-@click.option(
-    "-p",
-    "--param",
-    "extra",
-    nargs=2,
-    multiple=True,
-    metavar="NAME VALUE",
-    help="Any pipeline parameter (see --list-params); repeatable.",
-)
-@click.option(
-    "--out",
-    default=str(RUNS_BASE),
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Folder that receives the run folder.",
-)
-@click.option(
-    "--grid",
-    is_flag=True,
-    help="Each -p value is a comma-separated list (';' between values of a list parameter): run every combination as its own run, then print the comparison.",
-)
-@click.option(
-    "--list-params",
-    is_flag=True,
-    help="List every pipeline parameter with its default and meaning, then exit.",
-)
-@click.option(
-    "--resume",
-    "resume_dir",
-    type=click.Path(exists=True, file_okay=False),
-    metavar="RUN_DIR",
-    help="Finish the stream of an earlier run: send only its predictions not yet on the topic.",
-)
+@run_data_options
+@run_model_options
+@run_time_options
+@run_stream_options
+@run_control_options
 def run_command(extra, out, grid, list_params, no_stream, resume_dir, **options):
     "Train, evaluate and stream: execute the pipeline notebook into a new run folder."
     if list_params:

@@ -10,15 +10,16 @@ from dataclasses import replace
 from pathlib import Path
 import click
 from .config import SalesKafkaError, KafkaSettings, cache_home, kafka_settings
-from fastcore.basics import patch
+from fastcore.basics import patch, store_attr
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'KAFKA_VERSION', 'LOG4J_VERSION', 'SLF4J_VERSION', 'LOG4J2', 'BrokerError', 'require_tool', 'pom_xml',
-           'file_lock', 'kafka_jars', 'free_port', 'replication', 'broker_properties', 'write_properties',
-           'read_properties', 'LocalBroker', 'accepts_connections', 'broker_answers', 'LocalCluster', 'local_kafka',
-           'ensure_broker', 'broker_command', 'broker_start_command', 'broker_stop_command', 'broker_status_command']
+           'file_lock', 'kafka_jars', 'free_port', 'replication', 'listener_properties', 'sasl_properties',
+           'broker_properties', 'write_properties', 'read_properties', 'LocalBroker', 'accepts_connections',
+           'broker_answers', 'LocalCluster', 'local_kafka', 'ensure_broker', 'broker_command', 'broker_start_command',
+           'broker_stop_command', 'broker_status_command']
 
 # %% ../nbs/06_broker.ipynb #8d7eef3a
 KAFKA_VERSION = "4.3.1"  # org.apache.kafka:kafka_2.13 and kafka-tools
@@ -150,6 +151,41 @@ def replication(nodes: int) -> tuple[int, int]:
     rf = min(nodes, 3)
     return rf, max(1, rf - 1)
 
+# %% ../nbs/06_broker.ipynb #333ca179
+def listener_properties(
+    proto: str,  # the client listener's protocol: PLAINTEXT or SASL_PLAINTEXT
+    host: str,  # listeners bind here
+    port: int,  # the client listener's port
+    controller_port: int,  # the KRaft controller's port
+    # the client port named to clients (a proxy's in front of `port`); `port` by default
+    advertised_port: int | None = None,
+    # more listeners {NAME: (port, advertised port)}; a link named REPLICATION carries replication
+    links: dict | None = None,
+) -> dict:
+    "The listeners of a node: the client's, the controller's and `links`, each named to clients at its advertised port."
+    links = links or {}
+    more = "".join(f",{n}://{host}:{p}" for n, (p, _) in links.items())
+    named = "".join(f",{n}://{host}:{a or p}" for n, (p, a) in links.items())
+    return {
+        "listeners": f"{proto}://{host}:{port},CONTROLLER://{host}:{controller_port}{more}",
+        "advertised.listeners": f"{proto}://{host}:{advertised_port or port}{named}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "REPLICATION" if "REPLICATION" in links else proto,
+        "listener.security.protocol.map": f"{proto}:{proto},CONTROLLER:PLAINTEXT"
+        + "".join(f",{n}:{proto}" for n in links),
+    }
+
+# %% ../nbs/06_broker.ipynb #408dd77f
+def sasl_properties(
+    users: dict,  # {user: password}; the first is the broker's own identity between its listeners
+    links: dict | None = None,  # more listeners {NAME: (port, advertised port)}, which log in alike
+) -> dict:
+    "SASL/PLAIN with `users` on the client listener and on every link."
+    listeners = ["SASL_PLAINTEXT", *(links or {})]
+    return {"sasl.enabled.mechanisms": "PLAIN", "sasl.mechanism.inter.broker.protocol": "PLAIN"} | {
+        f"listener.name.{n.lower()}.plain.sasl.jaas.config": _jaas(users) for n in listeners
+    }
+
 # %% ../nbs/06_broker.ipynb #384e0c19
 def broker_properties(
     data_dir: Path,  # log.dirs: where the records live
@@ -170,19 +206,11 @@ def broker_properties(
     proto = "SASL_PLAINTEXT" if sasl_users else "PLAINTEXT"
     voters = voters or {node_id: controller_port}
     rf, isr = map(str, replication(len(voters)))
-    links = links or {}
-    more = "".join(f",{n}://{host}:{p}" for n, (p, _) in links.items())
-    named = "".join(f",{n}://{host}:{a or p}" for n, (p, a) in links.items())
     props = {
         "process.roles": "broker,controller",
         "node.id": str(node_id),
         "controller.quorum.voters": ",".join(f"{i}@{host}:{p}" for i, p in sorted(voters.items())),
-        "listeners": f"{proto}://{host}:{port},CONTROLLER://{host}:{controller_port}{more}",
-        "advertised.listeners": f"{proto}://{host}:{advertised_port or port}{named}",
-        "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "REPLICATION" if "REPLICATION" in links else proto,
-        "listener.security.protocol.map": f"{proto}:{proto},CONTROLLER:PLAINTEXT"
-        + "".join(f",{n}:{proto}" for n in links),
+        **listener_properties(proto, host, port, controller_port, advertised_port, links),
         "log.dirs": str(data_dir),
         "num.partitions": "1",
         "default.replication.factor": rf,
@@ -202,15 +230,7 @@ def broker_properties(
         "log.cleaner.dedupe.buffer.size": str(16 * 2**20),
     }
     if sasl_users:
-        props.update(
-            {
-                "sasl.enabled.mechanisms": "PLAIN",
-                "sasl.mechanism.inter.broker.protocol": "PLAIN",
-                f"listener.name.{proto.lower()}.plain.sasl.jaas.config": _jaas(sasl_users),
-            }
-        )
-        for n in links:
-            props[f"listener.name.{n.lower()}.plain.sasl.jaas.config"] = _jaas(sasl_users)
+        props.update(sasl_properties(sasl_users, links))
     return props | {k: str(v) for k, v in (extra or {}).items()}
 
 # %% ../nbs/06_broker.ipynb #f0e6340a
@@ -258,14 +278,8 @@ class LocalBroker:
         # more listeners {NAME: (port, advertised port)}, see `broker_properties`
         links: dict | None = None,
     ):
+        store_attr("host,sasl_users,heap,cache,extra,node_id")
         self.home = Path(home or cache_home() / "broker").absolute()
-        self.host, self.sasl_users, self.heap, self.cache, self.extra = (
-            host,
-            sasl_users,
-            heap,
-            cache,
-            extra,
-        )
         self.props_file, self.log_file, self.pid_file = (
             self.home / "server.properties",
             self.home / "server.log",
@@ -285,7 +299,7 @@ class LocalBroker:
         # a restart keeps them
         self.links = links or {n: (p, named.get(n)) for n, p in list(mine.items())[2:]}
         # a LocalCluster sets the quorum and the cluster id
-        self.node_id, self.voters, self.cluster_id = (node_id, None, None)
+        self.voters, self.cluster_id = None, None
         self._proc, self._fixed_port = None, port is not None
 
     @property
@@ -295,57 +309,6 @@ class LocalBroker:
 
     def __repr__(self):
         return f"LocalBroker({self.bootstrap_servers}, home={self.home})"
-
-    def pid(self) -> int | None:
-        "The pid of this home's running broker, or None."
-        try:
-            pid = int(self.pid_file.read_text())
-        except (OSError, ValueError):
-            return None
-        cmd = _cmdline(pid)
-        return pid if "kafka.Kafka" in cmd and str(self.props_file) in cmd and _alive(pid) else None
-
-    def status(self) -> dict:
-        "Whether the broker runs, and where its address, data and log are."
-        pid = self.pid()
-        return {
-            "running": pid is not None,
-            "pid": pid,
-            "bootstrap_servers": self.bootstrap_servers,
-            "security_protocol": "SASL_PLAINTEXT" if self.sasl_users else "PLAINTEXT",
-            "home": str(self.home),
-            "data_dir": str(self.data_dir),
-            "log_file": str(self.log_file),
-        }
-
-    def start(self, timeout: float = 60) -> LocalBroker:
-        "Start the broker (or reuse the running one) and wait until it answers."
-        self.home.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.home / ".lock"):
-            saved = self._saved_ports()  # another process may have set this home up since __init__
-            if saved and (self.pid() or not self._fixed_port):
-                self.port, self.controller_port = saved[:2]
-            if self.pid():
-                return self
-            t0 = time.monotonic()
-            self._launch()
-            self._wait(t0, timeout)
-        return self
-
-    def stop(self, timeout: float = 30) -> bool:
-        "Stop this home's broker; True if one was running."
-        pid = self.pid()
-        if pid is None:
-            return False
-        os.killpg(pid, signal.SIGTERM)
-        if not self._exited(pid, timeout):
-            log.warning("Kafka (pid %d) ignored SIGTERM for %.0f s; killing it", pid, timeout)
-            os.killpg(pid, signal.SIGKILL)
-        if self._proc is not None:
-            self._proc.wait(timeout=10)
-        self.pid_file.unlink(missing_ok=True)
-        log.info("stopped Kafka at %s (pid %d)", self.bootstrap_servers, pid)
-        return True
 
     def __enter__(self):
         return self.start()
@@ -524,6 +487,32 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
 
+# %% ../nbs/06_broker.ipynb #100aa3fa
+@patch
+def pid(self: LocalBroker) -> int | None:
+    "The pid of this home's running broker, or None."
+    try:
+        pid = int(self.pid_file.read_text())
+    except (OSError, ValueError):
+        return None
+    cmd = _cmdline(pid)
+    return pid if "kafka.Kafka" in cmd and str(self.props_file) in cmd and _alive(pid) else None
+
+# %% ../nbs/06_broker.ipynb #d0bea368
+@patch
+def status(self: LocalBroker) -> dict:
+    "Whether the broker runs, and where its address, data and log are."
+    pid = self.pid()
+    return {
+        "running": pid is not None,
+        "pid": pid,
+        "bootstrap_servers": self.bootstrap_servers,
+        "security_protocol": "SASL_PLAINTEXT" if self.sasl_users else "PLAINTEXT",
+        "home": str(self.home),
+        "data_dir": str(self.data_dir),
+        "log_file": str(self.log_file),
+    }
+
 # %% ../nbs/06_broker.ipynb #b335194c
 def _cluster_id() -> str:
     "A random Kafka Uuid in base64; like Kafka's own, never starting with '-' (it would read as an option)."
@@ -580,6 +569,39 @@ def broker_answers(
     finally:
         admin.close()
 
+# %% ../nbs/06_broker.ipynb #7a2507c5
+@patch
+def start(self: LocalBroker, timeout: float = 60) -> LocalBroker:
+    "Start the broker (or reuse the running one) and wait until it answers."
+    self.home.mkdir(parents=True, exist_ok=True)
+    with file_lock(self.home / ".lock"):
+        saved = self._saved_ports()  # another process may have set this home up since __init__
+        if saved and (self.pid() or not self._fixed_port):
+            self.port, self.controller_port = saved[:2]
+        if self.pid():
+            return self
+        t0 = time.monotonic()
+        self._launch()
+        self._wait(t0, timeout)
+    return self
+
+# %% ../nbs/06_broker.ipynb #685e9ed9
+@patch
+def stop(self: LocalBroker, timeout: float = 30) -> bool:
+    "Stop this home's broker; True if one was running."
+    pid = self.pid()
+    if pid is None:
+        return False
+    os.killpg(pid, signal.SIGTERM)
+    if not self._exited(pid, timeout):
+        log.warning("Kafka (pid %d) ignored SIGTERM for %.0f s; killing it", pid, timeout)
+        os.killpg(pid, signal.SIGKILL)
+    if self._proc is not None:
+        self._proc.wait(timeout=10)
+    self.pid_file.unlink(missing_ok=True)
+    log.info("stopped Kafka at %s (pid %d)", self.bootstrap_servers, pid)
+    return True
+
 # %% ../nbs/06_broker.ipynb #f9d031de
 class LocalCluster:
     "`nodes` Kafka nodes on loopback, each broker and controller (one quorum of `nodes`), in `home/node-<id>`."
@@ -613,33 +635,13 @@ class LocalCluster:
         for b in self.nodes:
             b.voters, b.cluster_id = voters, cluster_id
 
-    @property
-    def bootstrap_servers(self) -> str:
-        "Every node's host:port, comma-separated."
-        return ",".join(b.bootstrap_servers for b in self.nodes)
-
-    def __repr__(self):
-        return f"LocalCluster({self.bootstrap_servers}, home={self.home})"
-
     def start(self, timeout: float = 120) -> LocalCluster:
         "Start every node that is not running and wait until each answers with all the nodes in its metadata."
         if (self.home / "server.properties").exists():
             raise BrokerError(
                 f"{self.home} holds a single broker: stop it and remove the folder, or give the cluster another --home"
             )
-        with ExitStack() as locks:
-            for b in self.nodes:
-                b.home.mkdir(parents=True, exist_ok=True)
-                locks.enter_context(file_lock(b.home / ".lock"))
-            t0, down = time.monotonic(), [b for b in self.nodes if not b.pid()]
-            for b in down:
-                b._launch()
-            try:
-                for b in down:
-                    b._wait(t0, timeout, brokers=len(self.nodes))
-            except BrokerError:
-                self.stop()
-                raise
+        self._launch_nodes(timeout)
         return self
 
     def stop(self, timeout: float = 30) -> bool:
@@ -660,11 +662,44 @@ class LocalCluster:
             "nodes": nodes,
         }
 
-    def __enter__(self):
-        return self.start()
+# %% ../nbs/06_broker.ipynb #3f082940
+@patch(as_prop=True)
+def bootstrap_servers(self: LocalCluster) -> str:
+    "Every node's host:port, comma-separated."
+    return ",".join(b.bootstrap_servers for b in self.nodes)
 
-    def __exit__(self, *exc):
-        self.stop()
+# %% ../nbs/06_broker.ipynb #daf23a36
+@patch
+def __repr__(self: LocalCluster):
+    return f"LocalCluster({self.bootstrap_servers}, home={self.home})"
+
+# %% ../nbs/06_broker.ipynb #5e7ff0c1
+@patch
+def __enter__(self: LocalCluster):
+    return self.start()
+
+# %% ../nbs/06_broker.ipynb #79fb2629
+@patch
+def __exit__(self: LocalCluster, *exc):
+    self.stop()
+
+# %% ../nbs/06_broker.ipynb #6cbd6beb
+@patch
+def _launch_nodes(self: LocalCluster, timeout: float = 120):
+    "Launch every stopped node at once, each home locked, and wait until each answers with all the nodes; on failure stop them all."
+    with ExitStack() as locks:
+        for b in self.nodes:
+            b.home.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(file_lock(b.home / ".lock"))
+        t0, down = time.monotonic(), [b for b in self.nodes if not b.pid()]
+        for b in down:
+            b._launch()
+        try:
+            for b in down:
+                b._wait(t0, timeout, brokers=len(self.nodes))
+        except BrokerError:
+            self.stop()
+            raise
 
 # %% ../nbs/06_broker.ipynb #4c113e92
 @patch

@@ -168,6 +168,13 @@ class Sends:
             )
         return StreamSummary(topic, servers, self.acknowledged, self.offsets, elapsed, **meta)
 
+# %% ../nbs/07_stream.ipynb #bc9eff00
+@patch
+def _fold(self: Sends, md):
+    self.acknowledged += 1
+    lo, hi = self.offsets.get(md.partition, (md.offset, md.offset))
+    self.offsets[md.partition] = [min(lo, md.offset), max(hi, md.offset)]
+
 # %% ../nbs/07_stream.ipynb #aa151865
 @patch
 def add(self: Sends, future, key=None):  # `key` names the record if it is never acknowledged
@@ -175,13 +182,6 @@ def add(self: Sends, future, key=None):  # `key` names the record if it is never
     self.pending.append((future, key))
     while self.pending and self.pending[0][0].succeeded():
         self._fold(self.pending.popleft()[0].value)
-
-# %% ../nbs/07_stream.ipynb #bc9eff00
-@patch
-def _fold(self: Sends, md):
-    self.acknowledged += 1
-    lo, hi = self.offsets.get(md.partition, (md.offset, md.offset))
-    self.offsets[md.partition] = [min(lo, md.offset), max(hi, md.offset)]
 
 # %% ../nbs/07_stream.ipynb #12980b48
 def unsent_records(

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_clients.ipynb #e2f9186f
 from __future__ import annotations
-import logging, re, threading, time
+import logging, math, re, threading, time
 from collections.abc import Callable, Iterator
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import (
@@ -387,9 +387,11 @@ class Follower:
             **kw,
         )
         self.group_id, self.known, self.last_record = group_id, set(), None
+        self.refreshed = (
+            -math.inf
+        )  # the first poll assigns the partitions (or `refresh`, called earlier)
         if group_id:
             self.consumer.subscribe(self.topics)
-        self.refresh()
 
     def close(self):
         "Close the consumer."

@@ -61,7 +61,8 @@ __all__ = ['log', 'BANDS', 'STALE_AFTER', 'error_stats', 'Window', 'RollingMetri
            'DriftDetector', 'psi', 'input_psi', 'InputDrift', 'input_alert', 'alert_message', 'describe_alert',
            'consumer_lag', 'health', 'EndOffsets', 'lag_from', 'DeadLetterCount', 'JoinWaiting', 'AlertSink',
            'InputWatch', 'Update', 'stream_snapshot', 'monitor', 'delay_text', 'stale_text', 'status_line',
-           'monitor_options', 'baseline_run', 'monitor_kwargs', 'monitor_command', 'plot_error_by_offset']
+           'monitor_options', 'baseline_run', 'baseline_mae', 'monitor_kwargs', 'monitor_command',
+           'plot_error_by_offset']
 
 # %% ../nbs/09_monitor.ipynb #d8518b7d
 BANDS = (10, 25, 50)  # accuracy bands: |error| within this percentage of |actual|
@@ -969,9 +970,9 @@ def status_line(u: Update) -> str:
     return " | ".join(parts)
 
 # %% ../nbs/09_monitor.ipynb #8b3f5c86
-def monitor_options(f):
-    "Decorate a click command with the monitor's options."
-    opts = [
+# the cluster (with --max-records) and the prediction topic to watch
+_stream_options = apply_options(
+    [
         kafka_options("Stop after this many records."),
         click.option(
             "--topic",
@@ -979,6 +980,13 @@ def monitor_options(f):
             show_default=True,
             help="Prediction topic to watch.",
         ),
+    ]
+)
+
+# %% ../nbs/09_monitor.ipynb #6aeb5227
+# the count and time windows of the rolling figures
+_window_options = apply_options(
+    [
         click.option(
             "--window",
             "-n",
@@ -995,6 +1003,13 @@ def monitor_options(f):
             show_default=True,
             help="Span of the time window, in seconds.",
         ),
+    ]
+)
+
+# %% ../nbs/09_monitor.ipynb #6f9341b0
+# when the rolling error raises a drift alert: the baseline MAE and the limits
+_error_drift_options = apply_options(
+    [
         click.option(
             "--baseline",
             default=None,
@@ -1020,6 +1035,13 @@ def monitor_options(f):
             default=None,
             help="Records the window must hold before alerting; default: the window size.",
         ),
+    ]
+)
+
+# %% ../nbs/09_monitor.ipynb #9a8123fa
+# how to read, where alerts go, when to say 'stale', and the topics counted beside
+_reading_options = apply_options(
+    [
         click.option(
             "--from-beginning", is_flag=True, help="Start at the oldest record instead of the end."
         ),
@@ -1058,6 +1080,13 @@ def monitor_options(f):
             default=None,
             help=f"The join's changelog, read for the predictions still waiting for their actual; default: {JOIN_STATE_TOPIC} when --topic is {JOINED_TOPIC}, else none.",
         ),
+    ]
+)
+
+# %% ../nbs/09_monitor.ipynb #980be863
+# when a drift episode ends, and input drift against the champion's training rows
+_input_drift_options = apply_options(
+    [
         click.option(
             "--rearm",
             type=click.FloatRange(0, 1),
@@ -1090,7 +1119,19 @@ def monitor_options(f):
             help="Events whose fields pick the run of the default baseline (the newest run whose model fits them).",
         ),
     ]
-    return apply_options(opts)(f)
+)
+
+# %% ../nbs/09_monitor.ipynb #fdeb0899
+def monitor_options(f):
+    "Decorate a click command with the monitor's options."
+    groups = [
+        _stream_options,
+        _window_options,
+        _error_drift_options,
+        _reading_options,
+        _input_drift_options,
+    ]
+    return apply_options(groups)(f)
 
 # %% ../nbs/09_monitor.ipynb #7fa133fd
 def baseline_run(
@@ -1106,6 +1147,37 @@ def baseline_run(
         raise click.UsageError(f"{e}; or give --baseline") from None
     log.info("baseline MAE from %s", why)
     return str(run)
+
+# %% ../nbs/09_monitor.ipynb #8925cf15
+def baseline_mae(
+    settings: KafkaSettings,
+    baseline: str
+    | None,  # `--baseline`: a number or a run folder; None: the run `baseline_run` picks
+    events_topic: str = EVENTS_TOPIC,
+    require_baseline: bool = True,  # False: when no run fits the events, go on without drift alerts (the dashboard)
+) -> float | None:
+    "The baseline MAE of the drift alerts; None (logged) when there is none."
+    unfit = None
+    if baseline is None:
+        try:
+            baseline = baseline_run(settings, events_topic)
+        except click.UsageError as e:
+            if require_baseline:
+                raise
+            unfit = e.message
+            log.warning(
+                "no baseline MAE for the live page, so no error-drift alerts (%s); the other pages do not need one",
+                unfit,
+            )
+    try:
+        mae = None if unfit else resolve_baseline(baseline)
+    except (OSError, KeyError, ValueError) as e:
+        raise click.BadParameter(str(e), param_hint="--baseline")
+    if mae is None:
+        log.info(
+            f"no baseline MAE (no --baseline and no run under {RUNS_BASE}): drift alerts are off"
+        )
+    return mae
 
 # %% ../nbs/09_monitor.ipynb #1ce2ef45
 def monitor_kwargs(
@@ -1133,26 +1205,8 @@ def monitor_kwargs(
     require_baseline: bool = True,  # False: when no run fits the events, go on without drift alerts (the dashboard)
 ) -> dict:
     "Keyword arguments for `monitor` from the command line's options."
-    settings, unfit = kafka_settings(bootstrap_servers=bootstrap_servers), None
-    if baseline is None:
-        try:
-            baseline = baseline_run(settings, events_topic)
-        except click.UsageError as e:
-            if require_baseline:
-                raise
-            unfit = e.message
-            log.warning(
-                "no baseline MAE for the live page, so no error-drift alerts (%s); the other pages do not need one",
-                unfit,
-            )
-    try:
-        mae = None if unfit else resolve_baseline(baseline)
-    except (OSError, KeyError, ValueError) as e:
-        raise click.BadParameter(str(e), param_hint="--baseline")
-    if mae is None:
-        log.info(
-            f"no baseline MAE (no --baseline and no run under {RUNS_BASE}): drift alerts are off"
-        )
+    settings = kafka_settings(bootstrap_servers=bootstrap_servers)
+    mae = baseline_mae(settings, baseline, events_topic, require_baseline)
     return dict(
         settings=settings,
         topic=topic,

@@ -17,7 +17,7 @@ from sales_prediction_kafka.config import (
     KafkaSettings,
     kafka_settings,
 )
-from .cliutils import cli_args, kafka_options, stop_on_signals
+from .cliutils import apply_options, cli_args, kafka_options, stop_on_signals
 from .broker import ensure_broker
 from .data import TARGET
 from .models import SalesModel, load_model
@@ -408,116 +408,130 @@ def announce(self: Learner, d: dict):
         p.close(timeout=5)
 
 # %% ../nbs/09b_learn.ipynb #52bfada3
-@click.command("learn")
-@kafka_options()
-@click.option(
-    "--events-topic",
-    default=EVENTS_TOPIC,
-    show_default=True,
-    help="The labelled events to learn from, counted for --every-events.",
+# where the learner reads and writes: the cluster, its topics and the retrains' run folders
+_learn_topic_options = apply_options(
+    [
+        kafka_options(),
+        click.option(
+            "--events-topic",
+            default=EVENTS_TOPIC,
+            show_default=True,
+            help="The labelled events to learn from, counted for --every-events.",
+        ),
+        click.option(
+            "--actuals-topic",
+            default=ACTUALS_TOPIC,
+            show_default=True,
+            help="The events' actuals, keyed by event id: an event is labelled once its actual is here (or if it carries its sales); 'none': only the latter.",
+        ),
+        click.option(
+            "--alerts-topic",
+            default=ALERTS_TOPIC,
+            show_default=True,
+            help="Drift alerts start a retrain; decisions are written here too.",
+        ),
+        click.option(
+            "--models-topic",
+            default=MODELS_TOPIC,
+            show_default=True,
+            help="The model registry: challengers, decisions, the champion.",
+        ),
+        click.option(
+            "--runs",
+            type=click.Path(file_okay=False),
+            default=str(RUNS_BASE),
+            show_default=True,
+            help="Folder of the retrains' run folders.",
+        ),
+    ]
 )
-@click.option(
-    "--actuals-topic",
-    default=ACTUALS_TOPIC,
-    show_default=True,
-    help="The events' actuals, keyed by event id: an event is labelled once its actual is here (or if it carries its sales); 'none': only the latter.",
+
+# %% ../nbs/09b_learn.ipynb #ad37c161
+# the reasons to retrain besides drift alerts: a count of labelled events, a schedule
+_trigger_options = apply_options(
+    [
+        click.option(
+            "--every-events",
+            type=click.IntRange(1),
+            help="Also retrain after this many new labelled events (default: not on a count).",
+        ),
+        click.option(
+            "--every-seconds",
+            type=click.FloatRange(0, min_open=True),
+            help="Also retrain this often (default: not on a schedule).",
+        ),
+    ]
 )
-@click.option(
-    "--alerts-topic",
-    default=ALERTS_TOPIC,
-    show_default=True,
-    help="Drift alerts start a retrain; decisions are written here too.",
+
+# %% ../nbs/09b_learn.ipynb #e3c00c97
+# what one retrain trains on, and how its challenger is judged against the champion
+_round_options = apply_options(
+    [
+        click.option(
+            "--window",
+            type=click.IntRange(1),
+            default=1000,
+            show_default=True,
+            help="Train on at most this many labelled events, the newest.",
+        ),
+        click.option(
+            "--min-events",
+            type=click.IntRange(1),
+            default=300,
+            show_default=True,
+            help="After a drift alert, train once this many labelled events arrived since it.",
+        ),
+        click.option(
+            "--holdout",
+            type=click.IntRange(1),
+            default=300,
+            show_default=True,
+            help="Judge challenger and champion on this many labelled events newer than the training window.",
+        ),
+        click.option(
+            "--margin",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=0.05,
+            show_default=True,
+            help="Promote only if the challenger's MAE is below (1 - margin) x the champion's.",
+        ),
+        click.option(
+            "--wait",
+            type=click.FloatRange(0),
+            default=300,
+            show_default=True,
+            help="Seconds to wait for the events of --min-events and --holdout.",
+        ),
+    ]
 )
-@click.option(
-    "--models-topic",
-    default=MODELS_TOPIC,
-    show_default=True,
-    help="The model registry: challengers, decisions, the champion.",
+
+# %% ../nbs/09b_learn.ipynb #cca94c0a
+# the pipeline parameters of every retrain, and when the learner stops
+_run_options = apply_options(
+    [
+        click.option(
+            "-p",
+            "--param",
+            "params",
+            nargs=2,
+            multiple=True,
+            metavar="NAME VALUE",
+            help="A pipeline parameter of every retrain, e.g. -p candidates linear,trees -p epochs 10; repeatable.",
+        ),
+        click.option(
+            "--max-retrains",
+            type=click.IntRange(1),
+            help="Stop after this many decisions (default: run until stopped).",
+        ),
+    ]
 )
-@click.option(
-    "--runs",
-    type=click.Path(file_okay=False),
-    default=str(RUNS_BASE),
-    show_default=True,
-    help="Folder of the retrains' run folders.",
-)
-@click.option(
-    "--every-events",
-    type=click.IntRange(1),
-    help="Also retrain after this many new labelled events (default: not on a count).",
-)
-@click.option(
-    "--every-seconds",
-    type=click.FloatRange(0, min_open=True),
-    help="Also retrain this often (default: not on a schedule).",
-)
-@click.option(
-    "--window",
-    type=click.IntRange(1),
-    default=1000,
-    show_default=True,
-    help="Train on at most this many labelled events, the newest.",
-)
-@click.option(
-    "--min-events",
-    type=click.IntRange(1),
-    default=300,
-    show_default=True,
-    help="After a drift alert, train once this many labelled events arrived since it.",
-)
-@click.option(
-    "--holdout",
-    type=click.IntRange(1),
-    default=300,
-    show_default=True,
-    help="Judge challenger and champion on this many labelled events newer than the training window.",
-)
-@click.option(
-    "--margin",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.05,
-    show_default=True,
-    help="Promote only if the challenger's MAE is below (1 - margin) x the champion's.",
-)
-@click.option(
-    "--wait",
-    type=click.FloatRange(0),
-    default=300,
-    show_default=True,
-    help="Seconds to wait for the events of --min-events and --holdout.",
-)
-@click.option(
-    "-p",
-    "--param",
-    "params",
-    nargs=2,
-    multiple=True,
-    metavar="NAME VALUE",
-    help="A pipeline parameter of every retrain, e.g. -p candidates linear,trees -p epochs 10; repeatable.",
-)
-@click.option(
-    "--max-retrains",
-    type=click.IntRange(1),
-    help="Stop after this many decisions (default: run until stopped).",
-)
-def learn_command(
-    bootstrap_servers,
-    events_topic,
-    actuals_topic,
-    alerts_topic,
-    models_topic,
-    runs,
-    every_events,
-    every_seconds,
-    window,
-    min_events,
-    holdout,
-    margin,
-    wait,
-    params,
-    max_retrains,
-):
-    "Retrain on labelled events when drift is seen, N arrive or a schedule says so; promote a challenger only if it is better."
+
+# %% ../nbs/09b_learn.ipynb #b59cc844
+def _labelling_topic(
+    actuals_topic: str,  # `--actuals-topic`; 'none': events are labelled by their own target only
+    params: tuple,  # `-p` (name, value) pairs
+) -> str | None:
+    "The actuals topic of `--actuals-topic` (None for 'none'), once it and the pipeline parameters of `-p` are checked."
     try:
         validate_params(dict(params))
     except ParameterError as e:
@@ -531,21 +545,36 @@ def learn_command(
         actuals_topic and check_topic(actuals_topic)
     except StreamError as e:
         raise click.BadParameter(str(e), param_hint="--actuals-topic")
+    return actuals_topic
+
+# %% ../nbs/09b_learn.ipynb #4664e683
+@click.command("learn")
+@_learn_topic_options
+@_trigger_options
+@_round_options
+@_run_options
+def learn_command(
+    bootstrap_servers,
+    events_topic,
+    actuals_topic,
+    alerts_topic,
+    every_events,
+    every_seconds,
+    params,
+    max_retrains,
+    **rounds,  # the `Learner`'s models_topic, runs, window, min_events, holdout, margin and wait
+):
+    "Retrain on labelled events when drift is seen, N arrive or a schedule says so; promote a challenger only if it is better."
+    actuals_topic = _labelling_topic(actuals_topic, params)
     try:
         settings = ensure_broker(kafka_settings(bootstrap_servers=bootstrap_servers))
         learner = Learner(
             settings,
             events_topic,
             alerts_topic,
-            models_topic,
-            runs,
-            window,
-            min_events,
-            holdout,
-            margin,
-            wait,
-            dict(params),
+            params=dict(params),
             actuals_topic=actuals_topic,
+            **rounds,
         )
         triggers = Triggers(
             settings,

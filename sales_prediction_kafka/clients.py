@@ -404,6 +404,8 @@ def refresh(self: Follower):
     self.refreshed = time.monotonic()
     if self.group_id:
         return
+    # kafka-python 3.0.12: partitions_for_topic gives an empty set for a missing topic (after asking the cluster), and
+    # the cached partitions of a known one (its metadata is refreshed every metadata_max_age_ms)
     found = {
         TopicPartition(t, p) for t in self.topics for p in self.consumer.partitions_for_topic(t)
     }

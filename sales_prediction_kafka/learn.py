@@ -276,8 +276,6 @@ def run(
     decisions, follower = [], ChampionFollower(self.settings, self.models_topic, load=False).start()
     try:
         for ms in triggers.follow.batches(self.stop, timeout=0.5):
-            if max_retrains is not None and len(decisions) >= max_retrains:
-                break
             if (t := triggers.reason(ms, follower.registry.champion)) is None:
                 continue
             try:
@@ -285,6 +283,8 @@ def run(
                     decisions.append(d)
             except (LearnError, StreamError, RegistryError) as e:
                 log.error("retrain (%s) failed: %s", t.why, e)
+            if max_retrains is not None and len(decisions) >= max_retrains:
+                break
             triggers.restart()
     finally:
         follower.stop()

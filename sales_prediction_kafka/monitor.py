@@ -795,9 +795,8 @@ class _Seen:
             sink,
             callback,
         )
-        self.n = self.no_actual = self.bad = (
-            0  # measured; without an actual yet; not prediction messages
-        )
+        # records measured; without an actual yet; not prediction messages
+        self.n = self.no_actual = self.bad = 0
         self.new, self.rolling, self.alerts, self.updated = [], [], [], time.monotonic()
 
 # %% ../nbs/09_monitor.ipynb #6c8f13ca

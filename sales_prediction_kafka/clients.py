@@ -425,8 +425,8 @@ def refresh(self: Follower):
 def poll(
     self: Follower,
     timeout: float = POLL_TIMEOUT,  # seconds to wait for records
-    max_records: int
-    | None = None,  # the most records to return; None: the consumer's max_poll_records
+    # the most records to return; None: the consumer's max_poll_records
+    max_records: int | None = None,
 ) -> list:
     "The records (kafka-python `ConsumerRecord`s) that arrived since the last call; [] while no partition is assigned."
     if time.monotonic() - self.refreshed >= REFRESH_EVERY:
@@ -443,11 +443,11 @@ def poll(
 @patch
 def batches(
     self: Follower,
-    stop: threading.Event
-    | None = None,  # set it to end the loop (from another thread or from the loop's body)
+    # set it to end the loop (from another thread or from the loop's body)
+    stop: threading.Event | None = None,
     idle_timeout: float | None = None,  # end after this many seconds without a record; None: never
-    limit: Callable[[], int | None]
-    | None = None,  # how many more records are wanted (0: end); None: any number
+    # how many more records are wanted (0: end); None: any number
+    limit: Callable[[], int | None] | None = None,
     timeout: float = POLL_TIMEOUT,  # seconds one poll waits
     # on a `KafkaError`, log this warning (with the error as %r) and poll again a second later; None: raise it
     retry: str | None = None,

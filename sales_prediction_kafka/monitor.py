@@ -1150,8 +1150,8 @@ def baseline_run(
 # %% ../nbs/09_monitor.ipynb #8925cf15
 def baseline_mae(
     settings: KafkaSettings,
-    baseline: str
-    | None,  # `--baseline`: a number or a run folder; None: the run `baseline_run` picks
+    # `--baseline`: a number or a run folder; None: the run `baseline_run` picks
+    baseline: str | None,
     events_topic: str = EVENTS_TOPIC,
     require_baseline: bool = True,  # False: when no run fits the events, go on without drift alerts (the dashboard)
 ) -> float | None:

@@ -661,7 +661,7 @@ class JoinWaiting(DeadLetterCount):
         self,
         settings: KafkaSettings,
         topic: str = JOIN_STATE_TOPIC,
-        every: float = 1.0,  # seconds between reads, once started
+        every: float = 1.0,  # the longest wait of one poll, once started
     ):
         super().__init__(settings, topic, every)
         self.thread.name = "join-waiting"

@@ -11,7 +11,6 @@ from importlib import resources
 from typing import Callable
 from urllib.parse import urlencode
 import click
-from kafka import TopicPartition
 from kafka.errors import KafkaError
 from tornado import web
 from tornado.httpserver import HTTPServer
@@ -30,8 +29,8 @@ from .cliutils import steady_memory, stop_on_signals
 from .dlq import replayed
 from .message import Record
 from .monitor import Update, monitor, monitor_kwargs, monitor_options
-from .registry import MAX_MODEL_BYTES, MODELS_TOPIC, Registry, decision_alert
-from .clients import StreamError, consumer
+from .registry import MODEL_FETCH, MODELS_TOPIC, Registry, decision_alert
+from .clients import Follower, StreamError
 from fastcore.basics import patch
 
 log = logging.getLogger(__name__)
@@ -220,53 +219,27 @@ def drop(self: DashboardHub, q: Queue):
     if not q.full():
         q.put_nowait(None)
 
-# %% ../nbs/09a_dashboard.ipynb #4782cdcf
-def _assign(c, topic: str, beginning: bool = True) -> bool:
-    "Assign every partition of `topic` to consumer `c` at its beginning (or end); False while the topic does not exist."
-    parts = c.partitions_for_topic(topic)
-    if not parts:
-        return False
-    tps = [TopicPartition(topic, p) for p in sorted(parts)]
-    c.assign(tps)
-    (c.seek_to_beginning if beginning else c.seek_to_end)(*tps)
-    return True
-
 # %% ../nbs/09a_dashboard.ipynb #4030fdb6
 class VersionWatch:
     "Where the `model_version` header of `topic`'s records changes, partition by partition."
 
-    def __init__(
-        self, settings: KafkaSettings, topic: str = PREDICTIONS_TOPIC, from_beginning: bool = False
-    ):
-        self.c, self.topic, self.from_beginning = (
-            consumer(settings, enable_auto_commit=False, allow_auto_create_topics=False),
-            topic,
-            from_beginning,
-        )
-        self.assigned, self.last = False, {}  # partition -> the version of its latest record
+    def __init__(self, topic: str = PREDICTIONS_TOPIC):
+        self.topic, self.last = topic, {}  # partition -> the version of its latest record
 
-    def poll(self) -> list[tuple]:
-        "(partition, offset, version, previous version) of each change since the last call; the first record of a partition counts."
-        self.assigned = self.assigned or _assign(self.c, self.topic, self.from_beginning)
+    def take(self, records: list) -> list[tuple]:
+        "(partition, offset, version, previous version) of each change in `records` of `topic`; a partition's first record counts."
         out = []
-        for m in (
-            m for ms in (self.c.poll(timeout_ms=200).values() if self.assigned else []) for m in ms
-        ):
-            v = next(
-                (
-                    v.decode("utf-8", "replace")
-                    for k, v in (m.headers or [])
-                    if k == "model_version"
-                ),
-                None,
+        for m in (m for m in records if m.topic == self.topic):
+            headers = dict(m.headers or [])
+            v = (
+                headers["model_version"].decode("utf-8", "replace")
+                if "model_version" in headers
+                else None
             )
             if v is not None and v != self.last.get(m.partition):
                 out.append((m.partition, m.offset, v, self.last.get(m.partition)))
                 self.last[m.partition] = v
         return out
-
-    def close(self):
-        self.c.close()
 
 # %% ../nbs/09a_dashboard.ipynb #530fd796
 def model_rows(reg: Registry) -> list[dict]:
@@ -277,30 +250,15 @@ def model_rows(reg: Registry) -> list[dict]:
 class RegistryWatch:
     "The registry's versions and champion, as they change."
 
-    def __init__(self, settings: KafkaSettings, topic: str = MODELS_TOPIC):
-        self.c = consumer(
-            settings,
-            enable_auto_commit=False,
-            allow_auto_create_topics=False,
-            max_partition_fetch_bytes=MAX_MODEL_BYTES,
-            fetch_max_bytes=MAX_MODEL_BYTES,
-        )
-        self.topic, self.assigned, self.reg = topic, False, Registry()
+    def __init__(self, topic: str = MODELS_TOPIC):
+        self.topic, self.reg = topic, Registry()
 
-    def poll(self) -> list[dict] | None:
-        "The versions' rows if registry records arrived since the last call, else None."
-        self.assigned = self.assigned or _assign(self.c, self.topic)
-        polled = [
-            m for ms in (self.c.poll(timeout_ms=200).values() if self.assigned else []) for m in ms
-        ]
-        for m in polled:
-            self.reg.apply(
-                m.key.decode() if m.key else "", json.loads(m.value) if m.value else None
-            )
-        return model_rows(self.reg) if polled else None
-
-    def close(self):
-        self.c.close()
+    def take(self, records: list) -> list[dict] | None:
+        "The versions' rows if `records` hold records of the registry, else None."
+        mine = [m for m in records if m.topic == self.topic]
+        for m in mine:
+            self.reg.apply_record(m)
+        return model_rows(self.reg) if mine else None
 
 # %% ../nbs/09a_dashboard.ipynb #4cdf3d29
 def _watch(
@@ -313,29 +271,21 @@ def _watch(
     models_topic: str,
 ):
     "Pass the model swaps on `topic` and the registry's changes to `hub` on `loop` until `stop` is set."
+    starts = {topic: "beginning" if from_beginning else "end", models_topic: "beginning"}
     try:
-        versions, registry = (
-            VersionWatch(settings, topic, from_beginning),
-            RegistryWatch(settings, models_topic),
-        )
-    except StreamError as e:
+        follow = Follower(settings, [topic, models_topic], starts, **MODEL_FETCH)
+    except (StreamError, KafkaError) as e:
         log.warning("not following model versions: %s", e)
         return
+    versions, registry = VersionWatch(topic), RegistryWatch(models_topic)
     try:
-        while not stop.is_set():
-            try:
-                changes, models = versions.poll(), registry.poll()
-            except KafkaError as e:  # e.g. a metadata request to a broker that stopped answering: try again, never give up
-                log.warning("model versions not followed for now: %r", e)
-                stop.wait(1)
-                continue
+        # e.g. a metadata request to a broker that stopped answering: try again, never give up
+        for records in follow.batches(stop, retry="model versions not followed for now: %r"):
+            changes, models = versions.take(records), registry.take(records)
             if changes or models is not None:
                 loop.call_soon_threadsafe(hub.note, changes, models, list(registry.reg.decisions))
-            elif not (versions.assigned and registry.assigned):
-                stop.wait(1)
     finally:
-        versions.close()
-        registry.close()
+        follow.close()
 
 # %% ../nbs/09a_dashboard.ipynb #60fe959d
 def _int(args: dict, name: str, default=None, lo: int = 0) -> int | None:

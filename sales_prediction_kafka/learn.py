@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import NamedTuple
 import click
 import numpy as np
-from kafka import TopicPartition
 from sales_prediction_kafka.config import (
     SalesKafkaError,
     ACTUALS_TOPIC,
@@ -18,7 +17,7 @@ from sales_prediction_kafka.config import (
     KafkaSettings,
     kafka_settings,
 )
-from .cliutils import cli_args, kafka_options, stop_on_signals
+from .cliutils import apply_options, cli_args, kafka_options, stop_on_signals
 from .broker import ensure_broker
 from .data import TARGET
 from .models import SalesModel, load_model
@@ -39,9 +38,9 @@ from sales_prediction_kafka.registry import (
 )
 from .labelled import labelled_events
 from .runfolder import MODEL_DIR, PARAMS_JSON, RUNS_BASE
-from .clients import StreamError, check_topic, consumer, producer
+from .clients import Follower, StreamError, check_topic, producer
 from .clients import PARTITIONS, ensure_topic
-from fastcore.basics import patch
+from fastcore.basics import patch, store_attr
 
 log = logging.getLogger(__name__)
 
@@ -104,35 +103,26 @@ class Triggers:
         ensure_topic(settings, alerts_topic, partitions=1)
         for t in watched:
             ensure_topic(settings, t, PARTITIONS)
-        self.c = consumer(settings, enable_auto_commit=False, isolation_level="read_committed")
-        self.c.assign(
-            [
-                TopicPartition(t, p)
-                for t in (alerts_topic, *watched)
-                for p in sorted(self.c.partitions_for_topic(t))
-            ]
-        )
+        self.follow = Follower(settings, [alerts_topic, *watched], isolation_level="read_committed")
+        self.follow.refresh()
         self.restart()
 
 # %% ../nbs/09b_learn.ipynb #b35bd89d
 @patch
 def restart(self: Triggers):
     "Count from now on: what arrived before (during a retrain, too) is passed over."
-    self.c.seek_to_end()
-    for tp in self.c.assignment():
-        # settles each position at its end now (a poll may not: a topic just made)
-        self.c.position(tp)
+    self.follow.skip_to_end()
     self.labelled, self.t0 = 0, time.monotonic()
 
 # %% ../nbs/09b_learn.ipynb #49d06332
 @patch
-def poll(
+def reason(
     self: Triggers,
+    ms: list,  # the records that arrived since the last call (`Follower.poll`)
     champion: dict | None,  # the champion record, to tell stale alerts
-    timeout: float = 0.5,
 ) -> Trigger | None:
     "The reason to retrain now, if there is one."
-    for m in (m for ms in self.c.poll(timeout_ms=int(timeout * 1000)).values() for m in ms):
+    for m in ms:
         try:
             v = json.loads(m.value)
         except ValueError:
@@ -154,7 +144,7 @@ def poll(
 # %% ../nbs/09b_learn.ipynb #437c5c12
 @patch
 def close(self: Triggers):
-    self.c.close()
+    self.follow.close()
 
 # %% ../nbs/09b_learn.ipynb #19683379
 class LearnError(SalesKafkaError, RuntimeError):
@@ -269,52 +259,36 @@ class Learner:
         # events are labelled by their actuals here; None: only by `target`
         actuals_topic: str | None = ACTUALS_TOPIC,
     ):
-        (
-            self.settings,
-            self.events_topic,
-            self.alerts_topic,
-            self.models_topic,
-            self.actuals_topic,
-        ) = (settings, events_topic, alerts_topic, models_topic, actuals_topic)
-        self.runs, self.window, self.min_events, self.holdout = (
-            Path(runs),
-            window,
-            min_events,
-            holdout,
+        store_attr(
+            "settings,events_topic,alerts_topic,models_topic,window,min_events,holdout,margin,wait"
         )
-        self.margin, self.wait, self.params, self.target, self.stop = (
-            margin,
-            wait,
-            params or {},
-            target,
-            threading.Event(),
-        )
+        store_attr("target,actuals_topic")
+        self.runs, self.params, self.stop = Path(runs), params or {}, threading.Event()
 
-    def run(
-        self,
-        triggers: Triggers,
-        max_retrains: int | None = None,  # stop after this many decisions; None: until stopped
-    ) -> list[dict]:
-        "Retrain whenever `triggers` gives a reason, until stopped; the decisions."
-        decisions, follower = (
-            [],
-            ChampionFollower(self.settings, self.models_topic, load=False).start(),
-        )
-        try:
-            while not self.stop.is_set() and (
-                max_retrains is None or len(decisions) < max_retrains
-            ):
-                if (t := triggers.poll(follower.registry.champion)) is None:
-                    continue
-                try:
-                    if d := self.retrain(t):
-                        decisions.append(d)
-                except (LearnError, StreamError, RegistryError) as e:
-                    log.error("retrain (%s) failed: %s", t.why, e)
-                triggers.restart()
-        finally:
-            follower.stop()
-        return decisions
+# %% ../nbs/09b_learn.ipynb #5d71ba31
+@patch
+def run(
+    self: Learner,
+    triggers: Triggers,
+    max_retrains: int | None = None,  # stop after this many decisions; None: until stopped
+) -> list[dict]:
+    "Retrain whenever `triggers` gives a reason, until stopped; the decisions."
+    decisions, follower = [], ChampionFollower(self.settings, self.models_topic, load=False).start()
+    try:
+        for ms in triggers.follow.batches(self.stop, timeout=0.5):
+            if (t := triggers.reason(ms, follower.registry.champion)) is None:
+                continue
+            try:
+                if d := self.retrain(t):
+                    decisions.append(d)
+            except (LearnError, StreamError, RegistryError) as e:
+                log.error("retrain (%s) failed: %s", t.why, e)
+            if max_retrains is not None and len(decisions) >= max_retrains:
+                break
+            triggers.restart()
+    finally:
+        follower.stop()
+    return decisions
 
 # %% ../nbs/09b_learn.ipynb #b0742bca
 @patch
@@ -339,13 +313,8 @@ def enough_since(self: Learner, since: str) -> bool:
 
 # %% ../nbs/09b_learn.ipynb #485ae1aa
 @patch
-def retrain(self: Learner, trigger: Trigger) -> dict | None:
-    "One round for `trigger`: train, publish, judge, record, maybe promote, announce; the decision (None if none was made)."
-    if trigger.since and not self.enough_since(trigger.since):
-        log.warning(
-            "not retraining: fewer than %d labelled events since %s", self.min_events, trigger.since
-        )
-        return None
+def challenger(self: Learner, trigger: Trigger) -> tuple[Path, str, float] | None:
+    "Train on the trigger's window in a child process and publish the model: its run, version and seconds; None if stopped."
     log.info("retraining (%s: %s) in a child process", trigger.why, trigger.detail)
     self.runs.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -371,6 +340,12 @@ def retrain(self: Learner, trigger: Trigger) -> dict | None:
         run.name,
         self.holdout,
     )
+    return run, rec["version"], took
+
+# %% ../nbs/09b_learn.ipynb #7054f3e4
+@patch
+def decide(self: Learner, trigger: Trigger, run: Path, version: str, took: float) -> dict:
+    "The decision on challenger `version` (trained in `run` in `took` s): judged against the champion on fresh events."
     events, where = fresh_events(self.settings, run, self.holdout, self.wait, self.stop)
     reg = read_registry(self.settings, self.models_topic)
     champ = reg.versions.get(reg.champion_version) if reg.champion_version else None
@@ -388,8 +363,8 @@ def retrain(self: Learner, trigger: Trigger) -> dict | None:
             "reason": "no labelled events after its training window to judge it on",
         }
     )
-    d = {
-        "challenger": rec["version"],
+    return {
+        "challenger": version,
         "champion": reg.champion_version,
         "run": run.name,
         "trigger": trigger.why,
@@ -400,9 +375,22 @@ def retrain(self: Learner, trigger: Trigger) -> dict | None:
         if where["actuals"]
         else 0,  # of them, labelled by an actual that came later
     } | verdict
+
+# %% ../nbs/09b_learn.ipynb #870ac807
+@patch
+def retrain(self: Learner, trigger: Trigger) -> dict | None:
+    "One round for `trigger`: train, publish, judge, record, maybe promote, announce; the decision (None if none was made)."
+    if trigger.since and not self.enough_since(trigger.since):
+        log.warning(
+            "not retraining: fewer than %d labelled events since %s", self.min_events, trigger.since
+        )
+        return None
+    if (trained := self.challenger(trigger)) is None:
+        return None
+    d = self.decide(trigger, *trained)
     record_decision(self.settings, d, self.models_topic)
     if d["decision"] == "promoted":
-        promote(self.settings, rec["version"], describe_decision(d), self.models_topic)
+        promote(self.settings, d["challenger"], describe_decision(d), self.models_topic)
     self.announce(d)
     log.info(describe_decision(d))
     return d
@@ -420,116 +408,130 @@ def announce(self: Learner, d: dict):
         p.close(timeout=5)
 
 # %% ../nbs/09b_learn.ipynb #52bfada3
-@click.command("learn")
-@kafka_options()
-@click.option(
-    "--events-topic",
-    default=EVENTS_TOPIC,
-    show_default=True,
-    help="The labelled events to learn from, counted for --every-events.",
+# where the learner reads and writes: the cluster, its topics and the retrains' run folders
+_learn_topic_options = apply_options(
+    [
+        kafka_options(),
+        click.option(
+            "--events-topic",
+            default=EVENTS_TOPIC,
+            show_default=True,
+            help="The labelled events to learn from, counted for --every-events.",
+        ),
+        click.option(
+            "--actuals-topic",
+            default=ACTUALS_TOPIC,
+            show_default=True,
+            help="The events' actuals, keyed by event id: an event is labelled once its actual is here (or if it carries its sales); 'none': only the latter.",
+        ),
+        click.option(
+            "--alerts-topic",
+            default=ALERTS_TOPIC,
+            show_default=True,
+            help="Drift alerts start a retrain; decisions are written here too.",
+        ),
+        click.option(
+            "--models-topic",
+            default=MODELS_TOPIC,
+            show_default=True,
+            help="The model registry: challengers, decisions, the champion.",
+        ),
+        click.option(
+            "--runs",
+            type=click.Path(file_okay=False),
+            default=str(RUNS_BASE),
+            show_default=True,
+            help="Folder of the retrains' run folders.",
+        ),
+    ]
 )
-@click.option(
-    "--actuals-topic",
-    default=ACTUALS_TOPIC,
-    show_default=True,
-    help="The events' actuals, keyed by event id: an event is labelled once its actual is here (or if it carries its sales); 'none': only the latter.",
+
+# %% ../nbs/09b_learn.ipynb #ad37c161
+# the reasons to retrain besides drift alerts: a count of labelled events, a schedule
+_trigger_options = apply_options(
+    [
+        click.option(
+            "--every-events",
+            type=click.IntRange(1),
+            help="Also retrain after this many new labelled events (default: not on a count).",
+        ),
+        click.option(
+            "--every-seconds",
+            type=click.FloatRange(0, min_open=True),
+            help="Also retrain this often (default: not on a schedule).",
+        ),
+    ]
 )
-@click.option(
-    "--alerts-topic",
-    default=ALERTS_TOPIC,
-    show_default=True,
-    help="Drift alerts start a retrain; decisions are written here too.",
+
+# %% ../nbs/09b_learn.ipynb #e3c00c97
+# what one retrain trains on, and how its challenger is judged against the champion
+_round_options = apply_options(
+    [
+        click.option(
+            "--window",
+            type=click.IntRange(1),
+            default=1000,
+            show_default=True,
+            help="Train on at most this many labelled events, the newest.",
+        ),
+        click.option(
+            "--min-events",
+            type=click.IntRange(1),
+            default=300,
+            show_default=True,
+            help="After a drift alert, train once this many labelled events arrived since it.",
+        ),
+        click.option(
+            "--holdout",
+            type=click.IntRange(1),
+            default=300,
+            show_default=True,
+            help="Judge challenger and champion on this many labelled events newer than the training window.",
+        ),
+        click.option(
+            "--margin",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=0.05,
+            show_default=True,
+            help="Promote only if the challenger's MAE is below (1 - margin) x the champion's.",
+        ),
+        click.option(
+            "--wait",
+            type=click.FloatRange(0),
+            default=300,
+            show_default=True,
+            help="Seconds to wait for the events of --min-events and --holdout.",
+        ),
+    ]
 )
-@click.option(
-    "--models-topic",
-    default=MODELS_TOPIC,
-    show_default=True,
-    help="The model registry: challengers, decisions, the champion.",
+
+# %% ../nbs/09b_learn.ipynb #cca94c0a
+# the pipeline parameters of every retrain, and when the learner stops
+_run_options = apply_options(
+    [
+        click.option(
+            "-p",
+            "--param",
+            "params",
+            nargs=2,
+            multiple=True,
+            metavar="NAME VALUE",
+            help="A pipeline parameter of every retrain, e.g. -p candidates linear,trees -p epochs 10; repeatable.",
+        ),
+        click.option(
+            "--max-retrains",
+            type=click.IntRange(1),
+            help="Stop after this many decisions (default: run until stopped).",
+        ),
+    ]
 )
-@click.option(
-    "--runs",
-    type=click.Path(file_okay=False),
-    default=str(RUNS_BASE),
-    show_default=True,
-    help="Folder of the retrains' run folders.",
-)
-@click.option(
-    "--every-events",
-    type=click.IntRange(1),
-    help="Also retrain after this many new labelled events (default: not on a count).",
-)
-@click.option(
-    "--every-seconds",
-    type=click.FloatRange(0, min_open=True),
-    help="Also retrain this often (default: not on a schedule).",
-)
-@click.option(
-    "--window",
-    type=click.IntRange(1),
-    default=1000,
-    show_default=True,
-    help="Train on at most this many labelled events, the newest.",
-)
-@click.option(
-    "--min-events",
-    type=click.IntRange(1),
-    default=300,
-    show_default=True,
-    help="After a drift alert, train once this many labelled events arrived since it.",
-)
-@click.option(
-    "--holdout",
-    type=click.IntRange(1),
-    default=300,
-    show_default=True,
-    help="Judge challenger and champion on this many labelled events newer than the training window.",
-)
-@click.option(
-    "--margin",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.05,
-    show_default=True,
-    help="Promote only if the challenger's MAE is below (1 - margin) x the champion's.",
-)
-@click.option(
-    "--wait",
-    type=click.FloatRange(0),
-    default=300,
-    show_default=True,
-    help="Seconds to wait for the events of --min-events and --holdout.",
-)
-@click.option(
-    "-p",
-    "--param",
-    "params",
-    nargs=2,
-    multiple=True,
-    metavar="NAME VALUE",
-    help="A pipeline parameter of every retrain, e.g. -p candidates linear,trees -p epochs 10; repeatable.",
-)
-@click.option(
-    "--max-retrains",
-    type=click.IntRange(1),
-    help="Stop after this many decisions (default: run until stopped).",
-)
-def learn_command(
-    bootstrap_servers,
-    events_topic,
-    actuals_topic,
-    alerts_topic,
-    models_topic,
-    runs,
-    every_events,
-    every_seconds,
-    window,
-    min_events,
-    holdout,
-    margin,
-    wait,
-    params,
-    max_retrains,
-):
-    "Retrain on labelled events when drift is seen, N arrive or a schedule says so; promote a challenger only if it is better."
+
+# %% ../nbs/09b_learn.ipynb #b59cc844
+def _labelling_topic(
+    actuals_topic: str,  # `--actuals-topic`; 'none': events are labelled by their own target only
+    params: tuple,  # `-p` (name, value) pairs
+) -> str | None:
+    "The actuals topic of `--actuals-topic` (None for 'none'), once it and the pipeline parameters of `-p` are checked."
     try:
         validate_params(dict(params))
     except ParameterError as e:
@@ -543,21 +545,36 @@ def learn_command(
         actuals_topic and check_topic(actuals_topic)
     except StreamError as e:
         raise click.BadParameter(str(e), param_hint="--actuals-topic")
+    return actuals_topic
+
+# %% ../nbs/09b_learn.ipynb #4664e683
+@click.command("learn")
+@_learn_topic_options
+@_trigger_options
+@_round_options
+@_run_options
+def learn_command(
+    bootstrap_servers,
+    events_topic,
+    actuals_topic,
+    alerts_topic,
+    every_events,
+    every_seconds,
+    params,
+    max_retrains,
+    **rounds,  # the `Learner`'s models_topic, runs, window, min_events, holdout, margin and wait
+):
+    "Retrain on labelled events when drift is seen, N arrive or a schedule says so; promote a challenger only if it is better."
+    actuals_topic = _labelling_topic(actuals_topic, params)
     try:
         settings = ensure_broker(kafka_settings(bootstrap_servers=bootstrap_servers))
         learner = Learner(
             settings,
             events_topic,
             alerts_topic,
-            models_topic,
-            runs,
-            window,
-            min_events,
-            holdout,
-            margin,
-            wait,
-            dict(params),
+            params=dict(params),
             actuals_topic=actuals_topic,
+            **rounds,
         )
         triggers = Triggers(
             settings,

@@ -31,7 +31,7 @@ from sales_prediction_kafka.cliutils import (
     stop_on_signals,
 )
 from .evaluate import error_report
-from .clients import StreamError, consumer, producer
+from .clients import Follower, StreamError, consumer, producer
 from .clients import ensure_topic
 from .message import NoActual, Record, as_record, record_from_message
 from .broker import ensure_broker
@@ -60,8 +60,9 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'BANDS', 'STALE_AFTER', 'error_stats', 'Window', 'RollingMetrics', 'baseline_from_run', 'resolve_baseline',
            'DriftDetector', 'psi', 'input_psi', 'InputDrift', 'input_alert', 'alert_message', 'describe_alert',
            'consumer_lag', 'health', 'EndOffsets', 'lag_from', 'DeadLetterCount', 'JoinWaiting', 'AlertSink',
-           'InputWatch', 'Update', 'monitor', 'delay_text', 'stale_text', 'status_line', 'monitor_options',
-           'baseline_run', 'monitor_kwargs', 'monitor_command', 'plot_error_by_offset']
+           'InputWatch', 'Update', 'stream_snapshot', 'monitor', 'delay_text', 'stale_text', 'status_line',
+           'monitor_options', 'baseline_run', 'baseline_mae', 'monitor_kwargs', 'monitor_command',
+           'plot_error_by_offset']
 
 # %% ../nbs/09_monitor.ipynb #d8518b7d
 BANDS = (10, 25, 50)  # accuracy bands: |error| within this percentage of |actual|
@@ -494,30 +495,6 @@ def describe_alert(a: dict) -> str:
         f"(last {a['last']['n']} records)"
     )
 
-# %% ../nbs/09_monitor.ipynb #aeec28f1
-class _Partitions:
-    "Keeps a group-less consumer assigned to every partition of `topic`."
-
-    def __init__(self, c, topic: str, from_beginning: bool):
-        self.c, self.topic, self.from_beginning, self.known = c, topic, from_beginning, set()
-
-# %% ../nbs/09_monitor.ipynb #444039ff
-@patch
-def refresh(self: _Partitions):
-    "Assign the partitions that appeared since the last call."
-    new = {
-        TopicPartition(self.topic, p) for p in self.c.partitions_for_topic(self.topic) or ()
-    } - self.known
-    if not new:
-        return
-    self.c.assign(sorted(self.known | new))
-    (self.c.seek_to_beginning if self.from_beginning or self.known else self.c.seek_to_end)(*new)
-    if self.known:
-        log.info(
-            "monitoring new partitions %s of %s", sorted(tp.partition for tp in new), self.topic
-        )
-    self.known |= new
-
 # %% ../nbs/09_monitor.ipynb #52862113
 def consumer_lag(c) -> dict[int, int]:
     "Partition -> end offset minus position, for the consumer's assigned partitions."
@@ -630,16 +607,10 @@ class DeadLetterCount:
         self,
         settings: KafkaSettings,
         topic: str = DEAD_LETTER_TOPIC,
-        every: float = 1.0,  # seconds between counts, once started
+        every: float = 1.0,  # the longest wait of one poll, once started
     ):
-        self.c = consumer(
-            settings,
-            enable_auto_commit=False,
-            allow_auto_create_topics=False,
-            isolation_level="read_committed",
-        )
-        self.topic, self.every = topic, every
-        self.parts, self.reasons = _Partitions(self.c, topic, from_beginning=True), Counter()
+        self.follow = Follower(settings, topic, "beginning", isolation_level="read_committed")
+        self.topic, self.every, self.reasons = topic, every, Counter()
         self.lock, self.stop = threading.Lock(), threading.Event()
         self.thread = threading.Thread(target=self._run, name="dead-letters", daemon=True)
 
@@ -656,11 +627,10 @@ class DeadLetterCount:
         return self
 
     def _run(self):
-        while not self.stop.wait(self.every):
-            try:
-                self.count()
-            except KafkaError as e:
-                log.warning("dead letters of %s not counted this time: %r", self.topic, e)
+        retry = f"dead letters of {self.topic} not counted this time: %r"
+        for ms in self.follow.batches(self.stop, timeout=self.every, retry=retry):
+            with self.lock:
+                self.take(ms)
 
     def poll(self, top: int = 3) -> dict:
         "{'total': n, 'top': {reason: count}} of the `top` commonest reasons (counted now, unless the thread counts)."
@@ -673,18 +643,15 @@ class DeadLetterCount:
         self.stop.set()
         if self.thread.is_alive():
             self.thread.join(40)  # a metadata request in flight ends by its 30 s request timeout
-        self.c.close()
+        self.follow.close()
 
 # %% ../nbs/09_monitor.ipynb #fd09c0e8
 @patch
 def count(self: DeadLetterCount):
     "Take in what arrived since the last call."
-    self.parts.refresh()
-    if not self.parts.known:
-        return
-    for ms in self.c.poll(timeout_ms=0).values():
-        with self.lock:
-            self.take(ms)
+    ms = self.follow.poll(0)
+    with self.lock:
+        self.take(ms)
 
 # %% ../nbs/09_monitor.ipynb #5c58204e
 class JoinWaiting(DeadLetterCount):
@@ -694,7 +661,7 @@ class JoinWaiting(DeadLetterCount):
         self,
         settings: KafkaSettings,
         topic: str = JOIN_STATE_TOPIC,
-        every: float = 1.0,  # seconds between reads, once started
+        every: float = 1.0,  # the longest wait of one poll, once started
     ):
         super().__init__(settings, topic, every)
         self.thread.name = "join-waiting"
@@ -714,7 +681,7 @@ class JoinWaiting(DeadLetterCount):
         "{'predictions': n, 'actuals': m} waiting now (read now, unless the thread reads); None while there is no changelog."
         if not self.thread.is_alive():
             self.count()
-        if not self.parts.known:
+        if not self.follow.known:
             return None
         with self.lock:
             sides = Counter(self.open.values())
@@ -767,8 +734,8 @@ class InputWatch:
             events_topic,
         )
         ensure_topic(settings, events_topic)
-        self.c = consumer(settings, enable_auto_commit=False)
-        _Partitions(self.c, events_topic, from_beginning=False).refresh()
+        self.follow = Follower(settings, events_topic)
+        self.follow.refresh()
 
     def poll(self) -> list[dict]:
         "The input-drift alerts raised by the events that arrived since the last call."
@@ -777,7 +744,7 @@ class InputWatch:
             self.version = got[0]["version"]
             log.info("input drift now measured against champion %s", self.version)
         alerts = []
-        for m in (m for ms in self.c.poll(timeout_ms=0).values() for m in ms):
+        for m in self.follow.poll(0):
             try:
                 ev = json.loads(m.value)
             except ValueError:
@@ -789,7 +756,7 @@ class InputWatch:
         return alerts
 
     def close(self):
-        self.c.close()
+        self.follow.close()
         self.follower.stop()
 
 # %% ../nbs/09_monitor.ipynb #65fd9009
@@ -808,6 +775,92 @@ class Update:
 def _count(n: int, noun: str) -> str:
     "'1 alert', '2 alerts'."
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+# %% ../nbs/09_monitor.ipynb #7c782b96
+class _Seen:
+    "What `monitor` saw since its last update, and its counts: it measures the records and raises the alerts."
+
+    def __init__(
+        self,
+        topic: str,
+        metrics: RollingMetrics,
+        detector: DriftDetector | None,
+        sink: Callable[[dict], None],  # sends each alert
+        callback: Callable[[Update], None] | None,  # receives each update
+    ):
+        self.topic, self.metrics, self.detector, self.sink, self.callback = (
+            topic,
+            metrics,
+            detector,
+            sink,
+            callback,
+        )
+        # records measured; without an actual yet; not prediction messages
+        self.n = self.no_actual = self.bad = 0
+        self.new, self.rolling, self.alerts, self.updated = [], [], [], time.monotonic()
+
+# %% ../nbs/09_monitor.ipynb #6c8f13ca
+@patch
+def add_alert(self: _Seen, alert: dict):
+    "Send `alert` and keep it for the next update."
+    self.alerts.append(alert)
+    self.sink(alert)
+
+# %% ../nbs/09_monitor.ipynb #ee155039
+@patch
+def measure(self: _Seen, ms: list):
+    "Feed the prediction messages among `ms` to the metrics and the detector; count the others."
+    for msg in ms:
+        try:
+            r = record_from_message(msg)
+        except NoActual as e:
+            self.no_actual += 1
+            log.debug("not measured: %s", e)
+            continue
+        except ValueError as e:
+            self.bad += 1
+            log.warning("skipped: %s", e)
+            continue
+        self.new.append(r)
+        self.metrics.update(r)
+        self.n += 1
+        f = self.metrics.last.error_stats()
+        self.rolling.append((f["mae"], f["rmse"], f["bias"]))
+        if self.detector and (reasons := self.detector.check(f)):
+            self.add_alert(
+                alert_message(reasons, self.detector, self.metrics.snapshot(), r, self.topic)
+            )
+
+# %% ../nbs/09_monitor.ipynb #96df5ecd
+@patch
+def report(self: _Seen, snapshot: dict, done: bool = False):
+    "Hand the callback an `Update` of what was seen since the last one, with `snapshot`."
+    if self.callback:
+        self.callback(Update(self.new, snapshot, self.alerts, done, self.rolling))
+    self.new, self.rolling, self.alerts, self.updated = [], [], [], time.monotonic()
+
+# %% ../nbs/09_monitor.ipynb #ab5de8b5
+@patch
+def describe(self: _Seen) -> str:
+    "The monitor's last log line: what it read and raised."
+    return (
+        f"monitor read {self.n} records from {self.topic} ({self.no_actual} without an actual yet, "
+        f"{self.bad} not prediction messages), raised {_count(self.detector.alerts if self.detector else 0, 'alert')}"
+    )
+
+# %% ../nbs/09_monitor.ipynb #b64743ac
+def stream_snapshot(
+    follow: Follower, ends: EndOffsets, metrics: RollingMetrics, stale_after: float = STALE_AFTER
+) -> dict:
+    "The metrics' snapshot with the lag and health of the partitions `follow` reads (those that appeared since, too)."
+    follow.refresh()
+    mine = sorted(tp.partition for tp in follow.consumer.assignment())
+    known, answered = ends.read(mine)
+    lag = lag_from(follow.consumer, known)
+    age = None if follow.last_record is None else time.monotonic() - follow.last_record
+    return metrics.snapshot(lag) | health(
+        answered, age, sum(lag.values()) if lag else None, stale_after
+    )
 
 # %% ../nbs/09_monitor.ipynb #daafac9c
 def monitor(
@@ -836,102 +889,35 @@ def monitor(
 ) -> RollingMetrics:
     "Feed the records of `topic` to `metrics` and `detector`, reporting to `callback`, until told to stop."
     settings, metrics = ensure_broker(settings), metrics or RollingMetrics()
-    c = consumer(
-        settings,
-        group_id=group_id,
-        enable_auto_commit=group_id is not None,
-        allow_auto_create_topics=False,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-    )
-    sink, parts = AlertSink(settings, alerts_topic), _Partitions(c, topic, from_beginning)
+    follow = Follower(settings, topic, "beginning" if from_beginning else "end", group_id)
+    sink = AlertSink(settings, alerts_topic)
+    seen = _Seen(topic, metrics, detector, sink, callback)
     dead = DeadLetterCount(settings, dead_letter_topic).start() if dead_letter_topic else None
     waiting = JoinWaiting(settings, join_state_topic).start() if join_state_topic else None
     ends = EndOffsets(
         settings, topic, every=min(every, 1.0), wait=min(2.0, stale_after / 2)
     ).start()  # see Staleness, above
-    if group_id:
-        c.subscribe([topic])
-    new, rolling, alerts, n, bad, no_actual = [], [], [], 0, 0, 0
-    last_record = last_update = time.monotonic()
-    record_at = None  # when the last record arrived
+    counts = {"dead_letters": dead, "waiting": waiting}
 
     def report(done=False):
-        nonlocal new, rolling, alerts, last_update
-        if not group_id:
-            parts.refresh()
-        mine = sorted(tp.partition for tp in c.assignment())
-        known, answered = ends.read(mine)
-        lag = lag_from(c, known)
-        age = None if record_at is None else time.monotonic() - record_at
-        snap = (
-            metrics.snapshot(lag)
-            | health(answered, age, sum(lag.values()) if lag else None, stale_after)
-            | ({"dead_letters": dead.poll()} if dead else {})
-            | ({"waiting": waiting.poll()} if waiting else {})
-        )
-        if callback:
-            callback(Update(new, snap, alerts, done, rolling))
-        new, rolling, alerts, last_update = [], [], [], time.monotonic()
+        snap = stream_snapshot(follow, ends, metrics, stale_after)
+        seen.report(snap | {name: c.poll() for name, c in counts.items() if c}, done)
 
     try:
         report()
-        while not (stop and stop.is_set()) and (max_records is None or n < max_records):
-            if not (group_id or parts.known):  # the topic does not exist yet
-                time.sleep(0.2)
-                polled = {}
-            else:
-                polled = c.poll(
-                    timeout_ms=200, max_records=None if max_records is None else max_records - n
-                )
-            for msg in (m for ms in polled.values() for m in ms):
-                try:
-                    r = record_from_message(msg)
-                except NoActual as e:
-                    no_actual += 1
-                    log.debug("not measured: %s", e)
-                    continue
-                except ValueError as e:
-                    bad += 1
-                    log.warning("skipped: %s", e)
-                    continue
-                new.append(r)
-                metrics.update(r)
-                n += 1
-                f = metrics.last.error_stats()
-                rolling.append((f["mae"], f["rmse"], f["bias"]))
-                if detector and (reasons := detector.check(f)):
-                    alerts.append(
-                        alert := alert_message(reasons, detector, metrics.snapshot(), r, topic)
-                    )
-                    sink(alert)
+        wanted = None if max_records is None else lambda: max_records - seen.n
+        for ms in follow.batches(stop, timeout, wanted):
+            seen.measure(ms)
             for alert in inputs.poll() if inputs else []:
-                alerts.append(alert)
-                sink(alert)
-            now = time.monotonic()
-            if polled:
-                last_record = record_at = now
-            elif timeout is not None and now - last_record > timeout:
-                break
-            if now - last_update >= every:
+                seen.add_alert(alert)
+            if time.monotonic() - seen.updated >= every:
                 report()
         report(done=True)
     finally:
-        ends.close()
-        c.close()
-        sink.close()
-        if inputs:
-            inputs.close()
-        for counter in (dead, waiting):
-            if counter:
-                counter.close()
-    log.info(
-        "monitor read %d records from %s (%d without an actual yet, %d not prediction messages), raised %s",
-        n,
-        topic,
-        no_actual,
-        bad,
-        _count(detector.alerts if detector else 0, "alert"),
-    )
+        for part in (ends, follow, sink, inputs, dead, waiting):
+            if part:
+                part.close()
+    log.info(seen.describe())
     return metrics
 
 # %% ../nbs/09_monitor.ipynb #e236752f
@@ -983,9 +969,9 @@ def status_line(u: Update) -> str:
     return " | ".join(parts)
 
 # %% ../nbs/09_monitor.ipynb #8b3f5c86
-def monitor_options(f):
-    "Decorate a click command with the monitor's options."
-    opts = [
+# the cluster (with --max-records) and the prediction topic to watch
+_stream_options = apply_options(
+    [
         kafka_options("Stop after this many records."),
         click.option(
             "--topic",
@@ -993,6 +979,13 @@ def monitor_options(f):
             show_default=True,
             help="Prediction topic to watch.",
         ),
+    ]
+)
+
+# %% ../nbs/09_monitor.ipynb #6aeb5227
+# the count and time windows of the rolling figures
+_window_options = apply_options(
+    [
         click.option(
             "--window",
             "-n",
@@ -1009,6 +1002,13 @@ def monitor_options(f):
             show_default=True,
             help="Span of the time window, in seconds.",
         ),
+    ]
+)
+
+# %% ../nbs/09_monitor.ipynb #6f9341b0
+# when the rolling error raises a drift alert: the baseline MAE and the limits
+_error_drift_options = apply_options(
+    [
         click.option(
             "--baseline",
             default=None,
@@ -1034,6 +1034,13 @@ def monitor_options(f):
             default=None,
             help="Records the window must hold before alerting; default: the window size.",
         ),
+    ]
+)
+
+# %% ../nbs/09_monitor.ipynb #9a8123fa
+# how to read, where alerts go, when to say 'stale', and the topics counted beside
+_reading_options = apply_options(
+    [
         click.option(
             "--from-beginning", is_flag=True, help="Start at the oldest record instead of the end."
         ),
@@ -1072,6 +1079,13 @@ def monitor_options(f):
             default=None,
             help=f"The join's changelog, read for the predictions still waiting for their actual; default: {JOIN_STATE_TOPIC} when --topic is {JOINED_TOPIC}, else none.",
         ),
+    ]
+)
+
+# %% ../nbs/09_monitor.ipynb #980be863
+# when a drift episode ends, and input drift against the champion's training rows
+_input_drift_options = apply_options(
+    [
         click.option(
             "--rearm",
             type=click.FloatRange(0, 1),
@@ -1104,7 +1118,19 @@ def monitor_options(f):
             help="Events whose fields pick the run of the default baseline (the newest run whose model fits them).",
         ),
     ]
-    return apply_options(opts)(f)
+)
+
+# %% ../nbs/09_monitor.ipynb #fdeb0899
+def monitor_options(f):
+    "Decorate a click command with the monitor's options."
+    groups = [
+        _stream_options,
+        _window_options,
+        _error_drift_options,
+        _reading_options,
+        _input_drift_options,
+    ]
+    return apply_options(groups)(f)
 
 # %% ../nbs/09_monitor.ipynb #7fa133fd
 def baseline_run(
@@ -1120,6 +1146,37 @@ def baseline_run(
         raise click.UsageError(f"{e}; or give --baseline") from None
     log.info("baseline MAE from %s", why)
     return str(run)
+
+# %% ../nbs/09_monitor.ipynb #8925cf15
+def baseline_mae(
+    settings: KafkaSettings,
+    # `--baseline`: a number or a run folder; None: the run `baseline_run` picks
+    baseline: str | None,
+    events_topic: str = EVENTS_TOPIC,
+    require_baseline: bool = True,  # False: when no run fits the events, go on without drift alerts (the dashboard)
+) -> float | None:
+    "The baseline MAE of the drift alerts; None (logged) when there is none."
+    unfit = None
+    if baseline is None:
+        try:
+            baseline = baseline_run(settings, events_topic)
+        except click.UsageError as e:
+            if require_baseline:
+                raise
+            unfit = e.message
+            log.warning(
+                "no baseline MAE for the live page, so no error-drift alerts (%s); the other pages do not need one",
+                unfit,
+            )
+    try:
+        mae = None if unfit else resolve_baseline(baseline)
+    except (OSError, KeyError, ValueError) as e:
+        raise click.BadParameter(str(e), param_hint="--baseline")
+    if mae is None:
+        log.info(
+            f"no baseline MAE (no --baseline and no run under {RUNS_BASE}): drift alerts are off"
+        )
+    return mae
 
 # %% ../nbs/09_monitor.ipynb #1ce2ef45
 def monitor_kwargs(
@@ -1147,26 +1204,8 @@ def monitor_kwargs(
     require_baseline: bool = True,  # False: when no run fits the events, go on without drift alerts (the dashboard)
 ) -> dict:
     "Keyword arguments for `monitor` from the command line's options."
-    settings, unfit = kafka_settings(bootstrap_servers=bootstrap_servers), None
-    if baseline is None:
-        try:
-            baseline = baseline_run(settings, events_topic)
-        except click.UsageError as e:
-            if require_baseline:
-                raise
-            unfit = e.message
-            log.warning(
-                "no baseline MAE for the live page, so no error-drift alerts (%s); the other pages do not need one",
-                unfit,
-            )
-    try:
-        mae = None if unfit else resolve_baseline(baseline)
-    except (OSError, KeyError, ValueError) as e:
-        raise click.BadParameter(str(e), param_hint="--baseline")
-    if mae is None:
-        log.info(
-            f"no baseline MAE (no --baseline and no run under {RUNS_BASE}): drift alerts are off"
-        )
+    settings = kafka_settings(bootstrap_servers=bootstrap_servers)
+    mae = baseline_mae(settings, baseline, events_topic, require_baseline)
     return dict(
         settings=settings,
         topic=topic,

@@ -11,7 +11,6 @@ from pathlib import Path
 import click
 import numpy as np
 import pandas as pd
-from kafka import TopicPartition
 from .config import SalesKafkaError, KafkaSettings, kafka_settings
 from .cliutils import kafka_options
 from .broker import ensure_broker
@@ -26,23 +25,24 @@ from sales_prediction_kafka.runfolder import (
     newest_run,
 )
 from sales_prediction_kafka.clients import (
+    Follower,
     ReadTimeout,
     StreamError,
     admin_client,
-    consumer,
     producer,
-    read_records,
+    topic_records,
 )
 from fastcore.basics import patch
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MODELS_TOPIC', 'MAX_MODEL_BYTES', 'FIGURES', 'CHAMPION', 'model_bytes', 'unpack_model', 'feature_profile',
-           'numeric_shares', 'categorical_shares', 'training_rows', 'model_record', 'version_record', 'record_model',
-           'RegistryError', 'Registry', 'describe_decision', 'registry_lines', 'decision_alert', 'ensure_models_topic',
-           'read_registry', 'publish', 'promote', 'rollback', 'record_decision', 'ChampionFollower', 'models_command',
-           'models_list_command', 'models_publish_command', 'models_promote_command', 'models_rollback_command']
+__all__ = ['log', 'MODELS_TOPIC', 'MAX_MODEL_BYTES', 'FIGURES', 'CHAMPION', 'MODEL_FETCH', 'model_bytes', 'unpack_model',
+           'feature_profile', 'numeric_shares', 'categorical_shares', 'training_rows', 'model_record', 'version_record',
+           'record_model', 'RegistryError', 'Registry', 'describe_decision', 'registry_lines', 'decision_alert',
+           'ensure_models_topic', 'read_registry', 'publish', 'promote', 'rollback', 'record_decision',
+           'ChampionFollower', 'models_command', 'models_list_command', 'models_publish_command',
+           'models_promote_command', 'models_rollback_command']
 
 # %% ../nbs/07a_registry.ipynb #3cc31ad6
 # the registry: compacted, one partition, so its records have one order
@@ -320,30 +320,16 @@ def ensure_models_topic(settings: KafkaSettings, topic: str = MODELS_TOPIC) -> b
         admin.close()
 
 # %% ../nbs/07a_registry.ipynb #3a81424d
-def _registry_consumer(settings: KafkaSettings, topic: str):
-    "A group-less consumer of the registry's partition, at its beginning."
-    c = consumer(
-        settings,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=MAX_MODEL_BYTES,
-        fetch_max_bytes=MAX_MODEL_BYTES,
-    )
-    tp = TopicPartition(topic, 0)
-    c.assign([tp])
-    c.seek_to_beginning(tp)
-    return c, tp
+# consumer settings that fetch the largest model record whole
+MODEL_FETCH = {"max_partition_fetch_bytes": MAX_MODEL_BYTES, "fetch_max_bytes": MAX_MODEL_BYTES}
 
 # %% ../nbs/07a_registry.ipynb #295394ae
-def _apply(reg: Registry, r) -> str:
-    "Apply consumed record `r` to `reg`; its key."
+@patch
+def apply_record(self: Registry, r) -> str:
+    "Apply consumed record `r` (a kafka-python `ConsumerRecord`, bytes key and value); its key."
     key = r.key.decode() if r.key else ""
-    reg.apply(key, json.loads(r.value) if r.value else None)
+    self.apply(key, json.loads(r.value) if r.value else None)
     return key
-
-# %% ../nbs/07a_registry.ipynb #23318553
-def _apply_polled(reg: Registry, polled: dict) -> list[str]:
-    "Apply polled records to `reg`; the keys seen."
-    return [_apply(reg, r) for recs in polled.values() for r in recs]
 
 # %% ../nbs/07a_registry.ipynb #4b4635c9
 def read_registry(
@@ -352,16 +338,16 @@ def read_registry(
     "The registry's state: every record of `topic` up to its end now."
     settings = ensure_broker(settings)
     ensure_models_topic(settings, topic)
-    (c, tp), reg = _registry_consumer(settings, topic), Registry()
+    reg = Registry()
     try:
-        for r in read_records(c, None, c.end_offsets([tp]), timeout, strict=True):
-            _apply(reg, r)
+        for r in topic_records(
+            settings, topic, idle_timeout=timeout, partitions=[0], strict=True, **MODEL_FETCH
+        ):
+            reg.apply_record(r)
     except ReadTimeout:
         raise StreamError(
             f"timed out reading the registry {topic} at {settings.bootstrap_servers}"
         ) from None
-    finally:
-        c.close()
     return reg
 
 # %% ../nbs/07a_registry.ipynb #f05cfa76
@@ -479,7 +465,7 @@ def start(
 ) -> ChampionFollower:
     "Read the registry to its end, then follow it in a thread."
     ensure_models_topic(self.settings, self.topic)
-    self.current, self._consumer = in_use, None
+    self.current = in_use
     self.registry = read_registry(self.settings, self.topic, timeout)
     self._thread = threading.Thread(target=self._follow, name="champion-follower", daemon=True)
     self._thread.start()
@@ -488,18 +474,16 @@ def start(
 # %% ../nbs/07a_registry.ipynb #23e8d142
 @patch
 def _follow(self: ChampionFollower):
-    c, tp = _registry_consumer(self.settings, self.topic)
+    "Apply the registry's records as they arrive (in the thread), and offer each new champion."
+    follow = Follower(self.settings, self.topic, **MODEL_FETCH)
     try:
-        c.seek(tp, c.end_offsets([tp])[tp])
-        while not self.stopping.is_set():
-            if CHAMPION in _apply_polled(
-                self.registry, c.poll(timeout_ms=int(self.poll_timeout * 1000))
-            ):
+        for records in follow.batches(self.stopping, timeout=self.poll_timeout):
+            if CHAMPION in [self.registry.apply_record(r) for r in records]:
                 self._offer()
     except Exception as e:
         log.error("stopped following the registry %s: %s", self.topic, e)
     finally:
-        c.close()
+        follow.close()
 
 # %% ../nbs/07a_registry.ipynb #925300e9
 @patch

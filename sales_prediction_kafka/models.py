@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'STEPS_PER_CALL', 'KINDS', 'MODEL_JSON', 'NET_NPZ', 'ORIGINAL_FEATURES', 'CANDIDATES', 'CANDIDATE_ALIASES',
            'SIMPLICITY', 'split', 'is_categorical', 'is_id_like', 'FeaturePlan', 'plan_features', 'FeatureError',
-           'UnknownCategory', 'Preprocessor', 'build_net', 'net_layers', 'keras_net', 'forward', 'Model',
-           'SklearnModel', 'Linear', 'Trees', 'Net', 'Baseline', 'SalesModel', 'plot_training', 'save_model',
-           'load_model', 'original_baseline_r2', 'candidate_name', 'make_model', 'default_candidates',
+           'UnknownCategory', 'Preprocessor', 'Rejection', 'unusable', 'build_net', 'net_layers', 'keras_net',
+           'forward', 'Model', 'SklearnModel', 'Linear', 'Trees', 'Net', 'Baseline', 'SalesModel', 'plot_training',
+           'save_model', 'load_model', 'original_baseline_r2', 'candidate_name', 'make_model', 'default_candidates',
            'outlier_policies', 'cv_scores', 'summarise_cv', 'compare_models', 'plot_cv_training', 'select_model',
            'selection_reason', 'Selection', 'choose_model', 'permutation_importance', 'plot_importance']
 
@@ -303,8 +303,8 @@ def transform_records(self: Preprocessor, records: list) -> np.ndarray:
         ok = False
     if not ok:
         problems = ((i, p) for i, r in enumerate(records) if (p := _why_unusable(self, r)))
-        i, (c, why) = next(problems, (None, ("", "records cannot be encoded")))
-        raise FeatureError(why, c, i)
+        i, p = next(problems, (None, Rejection("", "records cannot be encoded")))
+        raise FeatureError(p.detail, p.field or "", i)
     X[:, :k] -= self.mean
     X[:, :k] /= self.scale
     return X
@@ -345,25 +345,81 @@ def _numeric(df: pd.DataFrame, cols: list) -> np.ndarray:
             )
     return X
 
+# %% ../nbs/04_models.ipynb #3c56d4b0
+@dataclass(frozen=True)
+class Rejection:
+    "Why an event cannot be scored."
+
+    reason: str  # one word: `unusable`'s reasons here, and the serving worker's `REASONS`
+    detail: str  # a sentence naming what and where
+    field: str | None = None  # the offending field, if one is to blame
+    value: str | None = None  # the offending value, shortened, if there is one
+
+# %% ../nbs/04_models.ipynb #a3f47448
+def _json_type(v) -> str:
+    "The JSON type name of parsed value `v`."
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
+
+# %% ../nbs/04_models.ipynb #416134b9
+def _short(v, n: int = 80) -> str:
+    "`v` as text, cut to `n` characters."
+    s = json.dumps(v, default=str) if not isinstance(v, str) else v
+    return s if len(s) <= n else s[:n] + "..."
+
+# %% ../nbs/04_models.ipynb #7e5b8ebc
+def unusable(
+    reason: str,  # not_an_object, missing_field, wrong_type, not_finite, schema_version, out_of_range or unknown_category
+    field: str | None = None,  # the field to blame; None for not_an_object
+    value=...,  # the event (not_an_object) or the field's value; `...` when the event lacks the field
+    allowed=None,  # the JSON types (wrong_type), the version read (schema_version), (lowest, highest) (out_of_range), the known categories (unknown_category)
+) -> Rejection:
+    "Why an event, or its `field`, is unusable: the one wording of the dead letters and of the model's errors."
+    if reason == "not_an_object":
+        return Rejection(reason, f"the JSON is {_json_type(value)}, not an object")
+    if reason == "missing_field":
+        return Rejection(
+            reason, f"required field {field!r} is {'absent' if value is ... else 'null'}", field
+        )
+    if reason in ("not_finite", "out_of_range"):
+        where = "" if reason == "not_finite" else f", outside {allowed[0]} to {allowed[1]}"
+        return Rejection(reason, f"field {field!r} is {value}{where}", field, str(value))
+    shown = _short(value)
+    if reason == "wrong_type":
+        got = f"{' or '.join(allowed)}, got {_json_type(value)} {shown}"
+        return Rejection(reason, f"field {field!r} must be {got}", field, shown)
+    if reason == "schema_version":
+        return Rejection(
+            reason, f"field {field!r} is {shown}, this worker reads {allowed}", field, shown
+        )
+    known = ", ".join(_short(c) for c in allowed if c is not None)
+    return Rejection(
+        reason, f"field {field!r} has unknown category {shown}; known: {known}", field, shown
+    )
+
 # %% ../nbs/04_models.ipynb #ec5a0005
-def _why_unusable(self: Preprocessor, r: dict) -> tuple[str, str] | None:
-    "The first (column, reason) why record `r` cannot be encoded, or None if it can."
+def _why_unusable(self: Preprocessor, r: dict) -> Rejection | None:
+    "The first reason why record `r` cannot be encoded (`unusable`), or None if it can."
     if not isinstance(r, dict):
-        return "", f"expected an object, got {type(r).__name__}"
-    for c in self.numeric:
-        if c not in r:
-            return c, f"missing field {c!r}"
-        v = r[c]
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return c, f"field {c!r} must be a number, got {type(v).__name__}"
-        if not math.isfinite(v):
-            return c, f"field {c!r} is not finite ({v})"
-    for c in self.categorical:
-        if c not in r:
-            return c, f"missing field {c!r}"
-        v = r[c]
-        if not isinstance(v, (str, int, float, bool)) or v not in self.lookup[c]:
-            return c, str(UnknownCategory(c, v))
+        return unusable("not_an_object", value=r)
+    for c in self.columns:
+        v = r.get(c, ...)
+        if v is ... or v is None:
+            return unusable("missing_field", c, v)
+        if c in self.lookup:
+            if not isinstance(v, (str, int, float, bool)) or v not in self.lookup[c]:
+                return unusable("unknown_category", c, v, self.categories[c])
+        elif isinstance(v, bool) or not isinstance(v, (int, float)):
+            return unusable("wrong_type", c, v, ["number"])
+        elif not math.isfinite(v):
+            return unusable("not_finite", c, v)
     return None
 
 # %% ../nbs/04_models.ipynb #0eada506
@@ -716,13 +772,17 @@ def calendar_records(self: Model, records: list) -> list:
 
 # %% ../nbs/04_models.ipynb #f23003a4
 @patch
-def predict_records(self: Model, records: list) -> np.ndarray:
-    "Predicted target for a list of dicts (e.g. decoded events), gaps filled with the training values, as float64."
+def predict_filled(self: Model, records: list) -> np.ndarray:
+    "Predicted target for a list of dicts whose gaps `impute_records` already filled, as float64."
     if self.prep is None:
         raise RuntimeError(f"model {self.name!r} is not fitted")
-    return self.predict_matrix(
-        self.prep.transform_records(self.impute_records(self.calendar_records(records))[0])
-    )
+    return self.predict_matrix(self.prep.transform_records(self.calendar_records(records)))
+
+# %% ../nbs/04_models.ipynb #90c92f60
+@patch
+def predict_records(self: Model, records: list) -> np.ndarray:
+    "Predicted target for a list of dicts (e.g. decoded events), gaps filled with the training values, as float64."
+    return self.predict_filled(self.impute_records(records)[0])
 
 # %% ../nbs/04_models.ipynb #5d0fe787
 @patch

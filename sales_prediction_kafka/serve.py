@@ -27,7 +27,7 @@ from sales_prediction_kafka.config import (
 from .browse import newest_events
 from .cliutils import group_member_options, kafka_options, stop_on_signals
 from .broker import ensure_broker
-from .models import _missing, load_model
+from .models import Rejection, _missing, _short, load_model, unusable
 from sales_prediction_kafka.history import (
     HISTORY_TOPIC,
     SeriesHistory,
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVENT_ID', 'MAX_IMPUTED', 'REASONS',
-           'DEAD_LETTER_HEADERS', 'event_schema', 'Rejection', 'parse_event', 'json_validator_class', 'event_rejection',
+           'DEAD_LETTER_HEADERS', 'event_schema', 'parse_event', 'json_validator_class', 'event_rejection',
            'EventValidator', 'example_events', 'score_events', 'dead_letter_headers', 'lacking', 'too_imputed',
            'fit_problem', 'Outgoing', 'plan_batch', 'Metrics', 'ServeError', 'next_offsets', 'first_offsets',
            'check_servable', 'add_history', 'AssignmentReporter', 'ScoringWorker', 'find_model', 'serve',
@@ -164,35 +164,6 @@ REASONS = {
     "prediction_failed": "the model raised, or returned a non-finite number, for this event",
 }
 
-# %% ../nbs/08_serve.ipynb #72cf07dd
-@dataclass(frozen=True)
-class Rejection:
-    "Why an event cannot be scored."
-
-    reason: str  # one of `REASONS`
-    detail: str  # a sentence naming what and where
-    field: str | None = None  # the offending field, if one is to blame
-    value: str | None = None  # the offending value, shortened, if there is one
-
-# %% ../nbs/08_serve.ipynb #433f2a6e
-def _json_type(v) -> str:
-    "The JSON type name of parsed value `v`."
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
-
-# %% ../nbs/08_serve.ipynb #0f5442ff
-def _short(v, n: int = 80) -> str:
-    "`v` as text, cut to `n` characters."
-    s = json.dumps(v) if not isinstance(v, str) else v
-    return s if len(s) <= n else s[:n] + "..."
-
 # %% ../nbs/08_serve.ipynb #17fa4472
 def parse_event(
     value: bytes | None,  # the message value as consumed
@@ -215,7 +186,7 @@ def parse_event(
     except json.JSONDecodeError as e:
         return Rejection("invalid_json", f"the value is not JSON: {e}")
     if not isinstance(event, dict):
-        return Rejection("not_an_object", f"the JSON is {_json_type(event)}, not an object")
+        return unusable("not_an_object", value=event)
     return event
 
 # %% ../nbs/08_serve.ipynb #17f77713
@@ -239,46 +210,24 @@ def json_validator_class() -> type:
 
 # %% ../nbs/08_serve.ipynb #be0ef913
 def _rejection(e, schema: dict) -> Rejection:
-    "The dead-letter `Rejection` for jsonschema error `e` about a top-level field."
+    "The dead-letter `Rejection` for jsonschema error `e` about a top-level field, worded by `unusable`."
     if e.validator == "required":
-        name = next(f for f in e.validator_value if f not in e.instance)
-        return Rejection("missing_field", f"required field {name!r} is absent", name)
+        return unusable("missing_field", next(f for f in e.validator_value if f not in e.instance))
     name, v, kw = e.path[0], e.instance, e.validator
     if v is None and name in schema["required"]:
-        return Rejection("missing_field", f"required field {name!r} is null", name)
+        return unusable("missing_field", name, v)
     if kw == "type" and isinstance(v, float) and not math.isfinite(v):
-        return Rejection("not_finite", f"field {name!r} is {v}", name, str(v))
+        return unusable("not_finite", name, v)
     if kw == "type":
-        allowed = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
-        return Rejection(
-            "wrong_type",
-            f"field {name!r} must be {' or '.join(allowed)}, got {_json_type(v)} {_short(v)}",
-            name,
-            _short(v),
-        )
+        types = e.validator_value
+        return unusable("wrong_type", name, v, types if isinstance(types, list) else [types])
     if kw == "const" and name == "schema_version":
-        return Rejection(
-            "schema_version",
-            f"field {name!r} is {_short(v)}, this worker reads {e.validator_value}",
-            name,
-            _short(v),
-        )
+        return unusable("schema_version", name, v, e.validator_value)
     if kw in ("minimum", "maximum"):
         p = schema["properties"][name]
-        return Rejection(
-            "out_of_range",
-            f"field {name!r} is {v}, outside {p.get('minimum')} to {p.get('maximum')}",
-            name,
-            str(v),
-        )
+        return unusable("out_of_range", name, v, (p.get("minimum"), p.get("maximum")))
     if kw == "enum":
-        known = ", ".join(_short(c) for c in e.validator_value if c is not None)
-        return Rejection(
-            "unknown_category",
-            f"field {name!r} has unknown category {_short(v)}; known: {known}",
-            name,
-            _short(v),
-        )
+        return unusable("unknown_category", name, v, e.validator_value)
     return Rejection("wrong_type", f"field {name!r}: {e.message}", name, _short(v))
 
 # %% ../nbs/08_serve.ipynb #ab6b6a48
@@ -430,18 +379,18 @@ def example_events(schema: dict, event_id: int = 7) -> dict:
 # %% ../nbs/08_serve.ipynb #4fc1b68f
 def _score_one(model, event: dict) -> float | Rejection:
     try:
-        y = float(model.predict_records([event])[0])
+        y = float(model.predict_filled([event])[0])
     except Exception as e:
         return Rejection("prediction_failed", f"the model raised {type(e).__name__}: {e}")
     return y if math.isfinite(y) else Rejection("prediction_failed", f"the model predicted {y}")
 
 # %% ../nbs/08_serve.ipynb #daf867ae
 def score_events(model, events: list[dict]) -> list[float | Rejection]:
-    "A prediction or a `Rejection` for each of `events`, from one call of the fast path when all goes well."
+    "A prediction or a `Rejection` for each of `events` (gaps already filled), from one call of the fast path when all goes well."
     if not events:
         return []
     try:
-        ys = [float(y) for y in model.predict_records(events)]
+        ys = [float(y) for y in model.predict_filled(events)]
     except Exception as e:
         log.warning(
             "batch of %d events failed to score (%s: %s); scoring them one by one",
@@ -531,7 +480,7 @@ class Outgoing:
 # %% ../nbs/08_serve.ipynb #4e4d35cc
 def plan_batch(
     records: list,  # consumed messages, in order
-    model,  # a `SalesModel` (features, target, fill_values, impute_records, predict_records)
+    model,  # a `SalesModel` (features, target, fill_values, impute_records, predict_filled)
     validate: EventValidator,  # of `event_schema(model)`
     predictions_topic: str = PREDICTIONS_TOPIC,
     dead_letter_topic: str = DEAD_LETTER_TOPIC,
@@ -581,6 +530,10 @@ def _ms(xs: list, q: float) -> float | None:
 # %% ../nbs/08_serve.ipynb #5109ec4d
 class Metrics:
     "Counts, rates and batch latencies of one worker, logged and written to a JSON file periodically."
+
+    reasons = REASONS  # the outcomes that set a message aside (`warn_rejections`)
+    # the warning's words after "N of the last M", with the share and the commonest reasons
+    set_aside = "events (%.0f %%) were dead-lettered (%s): is the model right for these events? See `sales-kafka dlq list`"
 
     def __init__(
         self,
@@ -696,23 +649,13 @@ def line(self: Metrics, s: dict) -> str:
 # %% ../nbs/08_serve.ipynb #e398bf7e
 @patch
 def warn_rejections(self: Metrics, share: float = 0.1, at_least: int = 20):
-    "Warn when more than `share` of this interval's events (at least `at_least` of them) were dead-lettered."
+    "Warn when more than `share` of this interval's messages (at least `at_least` of them) were set aside for one of `reasons`."
     new = self.counts - self._last_counts
-    n, bad = sum(new.values()), sum(new.values()) - new["scored"]
-    if n < at_least or bad <= share * n:
+    n, bad = new.total(), Counter({k: v for k, v in new.items() if k in self.reasons})
+    if n < at_least or bad.total() <= share * n:
         return
-    top = ", ".join(
-        f"{r} {c}"
-        for r, c in Counter({k: v for k, v in new.items() if k != "scored"}).most_common(3)
-    )
-    log.warning(
-        "%d of the last %d events (%.0f %%) were dead-lettered (%s): is the model right for these events? "
-        "See `sales-kafka dlq list`",
-        bad,
-        n,
-        100 * bad / n,
-        top,
-    )
+    top = ", ".join(f"{r} {c}" for r, c in bad.most_common(3))
+    log.warning("%d of the last %d " + self.set_aside, bad.total(), n, 100 * bad.total() / n, top)
 
 # %% ../nbs/08_serve.ipynb #aa462fbb
 @patch

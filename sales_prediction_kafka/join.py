@@ -20,7 +20,12 @@ from sales_prediction_kafka.config import (
     KafkaSettings,
     kafka_settings,
 )
-from .cliutils import group_member_options, kafka_options, stop_on_signals
+from sales_prediction_kafka.cliutils import (
+    apply_options,
+    group_member_options,
+    kafka_options,
+    stop_on_signals,
+)
 from .broker import ensure_broker
 from .clients import StreamError, consumer
 from sales_prediction_kafka.message import (
@@ -650,54 +655,71 @@ def join(
     with stop_on_signals(w.stopping), w:
         return w.run(idle_exit)
 
+# %% ../nbs/08d_join.ipynb #92921a7a
+_join_topic_options = apply_options(  # the join's five topics and their partitions
+    [
+        click.option(
+            "--predictions-topic",
+            default=PREDICTIONS_TOPIC,
+            show_default=True,
+            help="Topic of the predictions.",
+        ),
+        click.option(
+            "--actuals-topic",
+            default=ACTUALS_TOPIC,
+            show_default=True,
+            help="Topic of the actuals, keyed by event id.",
+        ),
+        click.option(
+            "--joined-topic",
+            default=JOINED_TOPIC,
+            show_default=True,
+            help="Topic of the complete records.",
+        ),
+        click.option(
+            "--state-topic",
+            default=JOIN_STATE_TOPIC,
+            show_default=True,
+            help="The join's changelog (compacted).",
+        ),
+        click.option(
+            "--dead-letter-topic",
+            default=JOIN_DEAD_LETTER_TOPIC,
+            show_default=True,
+            help="Topic of what could not be joined.",
+        ),
+        click.option(
+            "--partitions",
+            type=int,
+            default=PARTITIONS,
+            show_default=True,
+            help="Partitions of topics this command creates, unless the predictions topic exists.",
+        ),
+    ]
+)
+
+# %% ../nbs/08d_join.ipynb #84d7004e
+_join_options = apply_options(  # how long halves wait, and the delivery
+    [
+        click.option(
+            "--join-window",
+            default=DEFAULT_WINDOW,
+            show_default=True,
+            help="How long a prediction waits for its actual (and an actual for its prediction), in event time: 30s, 15m, 2h, 7d.",
+        ),
+        click.option(
+            "--exactly-once",
+            is_flag=True,
+            help="Each batch's output, changelog and offsets in one Kafka transaction (readers must use read_committed).",
+        ),
+    ]
+)
+
 # %% ../nbs/08d_join.ipynb #ab46ca0b
 @click.command("join")
 @kafka_options("Most records in one batch.", 500)
-@click.option(
-    "--join-window",
-    default=DEFAULT_WINDOW,
-    show_default=True,
-    help="How long a prediction waits for its actual (and an actual for its prediction), in event time: 30s, 15m, 2h, 7d.",
-)
-@click.option(
-    "--exactly-once",
-    is_flag=True,
-    help="Each batch's output, changelog and offsets in one Kafka transaction (readers must use read_committed).",
-)
-@click.option(
-    "--predictions-topic",
-    default=PREDICTIONS_TOPIC,
-    show_default=True,
-    help="Topic of the predictions.",
-)
-@click.option(
-    "--actuals-topic",
-    default=ACTUALS_TOPIC,
-    show_default=True,
-    help="Topic of the actuals, keyed by event id.",
-)
-@click.option(
-    "--joined-topic", default=JOINED_TOPIC, show_default=True, help="Topic of the complete records."
-)
-@click.option(
-    "--state-topic",
-    default=JOIN_STATE_TOPIC,
-    show_default=True,
-    help="The join's changelog (compacted).",
-)
-@click.option(
-    "--dead-letter-topic",
-    default=JOIN_DEAD_LETTER_TOPIC,
-    show_default=True,
-    help="Topic of what could not be joined.",
-)
-@click.option(
-    "--partitions",
-    type=int,
-    default=PARTITIONS,
-    show_default=True,
-    help="Partitions of topics this command creates, unless the predictions topic exists.",
-)
+@_join_options
+@_join_topic_options
 @group_member_options("joiner", "records", "sales-joiners")
 def join_command(
     bootstrap_servers,

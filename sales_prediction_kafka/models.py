@@ -538,8 +538,7 @@ class Model:
     def __init__(
         self,
         target: str = TARGET,  # column to predict
-        # candidate feature columns; None means all other usable columns
-        features: list | None = None,
+        features: list | None = None,  # candidate feature columns; None: all other usable columns
         seed: int = 42,  # seeds the estimator
         max_levels: int = 10,  # whole-number columns with at most this many values are categorical
         categorical: list | None = None,  # columns always one-hot encoded
@@ -565,26 +564,9 @@ class Model:
         self.notes, self.treatment = [], {}
 
     @property
-    def features(self) -> list:
-        "The input columns: those used after fitting, else those requested."
-        return self.prep.columns if self.prep else self.requested
-
-    @property
     def axis(self):
         "The model's `TimeAxis`, or None."
         return axis_from_dict(self.time)
-
-    @property
-    def needs_history(self) -> bool:
-        "Does the model read features made from earlier actuals (lags, rolling means, a naive forecast)?"
-        derived = set(self.axis.lag_columns(self.target)) if self.time else set()
-        return bool(derived & set(self.features or []))
-
-    def __repr__(self):
-        return (
-            f"SalesModel({self.name!r}, kind={self.kind!r}, target={self.target!r}, features={self.features}, "
-            f"outliers={self.params['outliers']!r}, version={self.version})"
-        )
 
     # what a kind defines: its estimator's fitting, scoring, bytes for the version, files
     def _fit(self, X: np.ndarray, y: np.ndarray):
@@ -604,56 +586,82 @@ class Model:
     def _restore(self, folder: Path, meta: dict, weights: str):
         "Read back what `_save_weights` wrote and what the kind added to `meta`: nothing without an estimator."
 
-    def fit(self, df: pd.DataFrame) -> Model:
-        "Plan features, then learn cleaning, preprocessing and the estimator from the training rows `df` only."
-        p = self.params
-        df = self._with_calendar(df)
-        plan = self._plan(df)
-        self.notes, self.treatment = plan.notes, plan.treatment
-        self.cleaner = Cleaner(self.target, plan.numeric, plan.categorical, p["iqr_k"]).fit(df)
-        # a date is never an outlier: its calendar features get fill values but no bounds
-        if self.time:
-            for c in calendar_columns(self.axis.column, self.axis.freq):
-                self.cleaner.bounds.pop(c, None)
-        rows, self.cleaning = self.cleaner.apply(df, p["outliers"])
-        self.prep = Preprocessor(plan.numeric, plan.categorical).fit(rows)
-        X, y = self.prep.transform(rows), _numeric(rows, [self.target])[:, 0]
-        self._fit(X, y)
-        self.train_mae = float(np.mean(np.abs(y - self.predict_matrix(X))))
-        self.version = self._hash()
-        log.info(
-            "fitted %s on %d of %d rows: training MAE %.2f, version %s",
-            self.name,
-            len(rows),
-            len(df),
-            self.train_mae,
-            self.version,
-        )
-        return self
+# %% ../nbs/04_models.ipynb #28250aa5
+@patch(as_prop=True)
+def features(self: Model) -> list:
+    "The input columns: those used after fitting, else those requested."
+    return self.prep.columns if self.prep else self.requested
 
-    def meta(self) -> dict:
-        "Everything about the fitted model except its weights, JSON-ready."
-        return {
-            "format": 2,
-            "name": self.name,
-            "kind": self.kind,
-            "target": self.target,
-            "features": self.features,
-            "seed": self.seed,
-            "params": self.params,
-            "cleaner": self.cleaner.to_dict(),
-            "cleaning": self.cleaning and self.cleaning.to_dict(),
-            "preprocessing": self.prep.to_dict(),
-            "notes": self.notes,
-            "treatment": self.treatment,
-            "train_mae": self.train_mae,
-            "version": self.version,
-            "history": self.history,
-            "best_epoch": self.best_epoch,
-            **(
-                {"time": self.time} if self.time else {}
-            ),  # absent without a time axis: earlier models' versions stand
-        }
+# %% ../nbs/04_models.ipynb #0cabcd59
+@patch(as_prop=True)
+def needs_history(self: Model) -> bool:
+    "Does the model read features made from earlier actuals (lags, rolling means, a naive forecast)?"
+    derived = set(self.axis.lag_columns(self.target)) if self.time else set()
+    return bool(derived & set(self.features or []))
+
+# %% ../nbs/04_models.ipynb #e6914541
+@patch
+def __repr__(self: Model):
+    "The model's name, kind, target, features, outlier policy and version."
+    return (
+        f"SalesModel({self.name!r}, kind={self.kind!r}, target={self.target!r}, features={self.features}, "
+        f"outliers={self.params['outliers']!r}, version={self.version})"
+    )
+
+# %% ../nbs/04_models.ipynb #70d4f790
+@patch
+def fit(self: Model, df: pd.DataFrame) -> Model:
+    "Plan features, then learn cleaning, preprocessing and the estimator from the training rows `df` only."
+    p = self.params
+    df = self._with_calendar(df)
+    plan = self._plan(df)
+    self.notes, self.treatment = plan.notes, plan.treatment
+    self.cleaner = Cleaner(self.target, plan.numeric, plan.categorical, p["iqr_k"]).fit(df)
+    # a date is never an outlier: its calendar features get fill values but no bounds
+    if self.time:
+        for c in calendar_columns(self.axis.column, self.axis.freq):
+            self.cleaner.bounds.pop(c, None)
+    rows, self.cleaning = self.cleaner.apply(df, p["outliers"])
+    self.prep = Preprocessor(plan.numeric, plan.categorical).fit(rows)
+    X, y = self.prep.transform(rows), _numeric(rows, [self.target])[:, 0]
+    self._fit(X, y)
+    self.train_mae = float(np.mean(np.abs(y - self.predict_matrix(X))))
+    self.version = self._hash()
+    log.info(
+        "fitted %s on %d of %d rows: training MAE %.2f, version %s",
+        self.name,
+        len(rows),
+        len(df),
+        self.train_mae,
+        self.version,
+    )
+    return self
+
+# %% ../nbs/04_models.ipynb #73c1aea7
+@patch
+def meta(self: Model) -> dict:
+    "Everything about the fitted model except its weights, JSON-ready."
+    return {
+        "format": 2,
+        "name": self.name,
+        "kind": self.kind,
+        "target": self.target,
+        "features": self.features,
+        "seed": self.seed,
+        "params": self.params,
+        "cleaner": self.cleaner.to_dict(),
+        "cleaning": self.cleaning and self.cleaning.to_dict(),
+        "preprocessing": self.prep.to_dict(),
+        "notes": self.notes,
+        "treatment": self.treatment,
+        "train_mae": self.train_mae,
+        "version": self.version,
+        "history": self.history,
+        "best_epoch": self.best_epoch,
+        **(
+            {"time": self.time} if self.time else {}
+        ),  # absent without a time axis: earlier models' versions stand
+    }
 
 # %% ../nbs/04_models.ipynb #eca77841
 @patch(as_prop=True)
@@ -902,53 +910,59 @@ class Net(Model):
             **self.params,
         )
 
-    def _fit(self, X: np.ndarray, y: np.ndarray):
-        "Train the Keras net on standardised `y`, with early stopping on seeded validation rows."
-        keras, p = _keras(), self.params
-        set_seed(self.seed)
-        self.y_mean, self.y_scale = float(y.mean()), float(y.std()) or 1.0
-        ys = ((y - self.y_mean) / self.y_scale).astype(np.float32)
-        order = np.random.default_rng(self.seed).permutation(len(y))
-        n_val = int(round(len(y) * p["val_fraction"])) if p["patience"] and len(y) >= 10 else 0
-        val, tr = order[:n_val], order[n_val:]
-        # the seeded initial weights
-        self.net = build_net(X.shape[1], p["hidden_units"], p["learning_rate"])
-        net = _trainer(X.shape[1], p["hidden_units"], p["learning_rate"], self.net.get_weights())
-        stop = [
-            _numpy_val_loss(keras, net, X[val], ys[val]),  # before EarlyStopping reads val_loss
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=p["patience"], restore_best_weights=True
-            ),
-        ]
-        h = net.fit(
-            X[tr].astype(np.float32),
-            ys[tr],
-            epochs=p["epochs"],
-            batch_size=p["batch_size"],
-            steps_per_epoch=math.ceil(
-                len(tr) / p["batch_size"]
-            ),  # every batch, as without it, but one data iterator per epoch, not two
-            shuffle=True,
-            verbose=0,
-            callbacks=stop if n_val else [],
-        )
-        self.history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
-        self.best_epoch = int(stop[1].best_epoch) + 1 if n_val else len(self.history["loss"])
-        # the model keeps its own net; the trainer goes on to the next fit
-        self.net.set_weights(net.get_weights())
-        self.layers = net_layers(self.net)
-
-    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
-        "Predictions for an already preprocessed model matrix (`self.prep.transform` output), as float64."
-        return forward(self.layers, X).astype(np.float64) * self.y_scale + self.y_mean
-
-    def _state_bytes(self) -> bytes:
-        "The weights, as bytes."
-        return b"".join(w.tobytes() for layer in self.layers for w in layer)
-
     def meta(self) -> dict:
         "Everything about the fitted net except its weights, the target's standardisation included, JSON-ready."
         return {**super().meta(), "y_mean": self.y_mean, "y_scale": self.y_scale}
+
+# %% ../nbs/04_models.ipynb #855e0dc2
+@patch
+def _fit(self: Net, X: np.ndarray, y: np.ndarray):
+    "Train the Keras net on standardised `y`, with early stopping on seeded validation rows."
+    keras, p = _keras(), self.params
+    set_seed(self.seed)
+    self.y_mean, self.y_scale = float(y.mean()), float(y.std()) or 1.0
+    ys = ((y - self.y_mean) / self.y_scale).astype(np.float32)
+    order = np.random.default_rng(self.seed).permutation(len(y))
+    n_val = int(round(len(y) * p["val_fraction"])) if p["patience"] and len(y) >= 10 else 0
+    val, tr = order[:n_val], order[n_val:]
+    # the seeded initial weights
+    self.net = build_net(X.shape[1], p["hidden_units"], p["learning_rate"])
+    net = _trainer(X.shape[1], p["hidden_units"], p["learning_rate"], self.net.get_weights())
+    stop = [
+        _numpy_val_loss(keras, net, X[val], ys[val]),  # before EarlyStopping reads val_loss
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=p["patience"], restore_best_weights=True
+        ),
+    ]
+    h = net.fit(
+        X[tr].astype(np.float32),
+        ys[tr],
+        epochs=p["epochs"],
+        batch_size=p["batch_size"],
+        steps_per_epoch=math.ceil(
+            len(tr) / p["batch_size"]
+        ),  # every batch, as without it, but one data iterator per epoch, not two
+        shuffle=True,
+        verbose=0,
+        callbacks=stop if n_val else [],
+    )
+    self.history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
+    self.best_epoch = int(stop[1].best_epoch) + 1 if n_val else len(self.history["loss"])
+    # the model keeps its own net; the trainer goes on to the next fit
+    self.net.set_weights(net.get_weights())
+    self.layers = net_layers(self.net)
+
+# %% ../nbs/04_models.ipynb #82ef5d50
+@patch
+def predict_matrix(self: Net, X: np.ndarray) -> np.ndarray:
+    "Predictions for an already preprocessed model matrix (`self.prep.transform` output), as float64."
+    return forward(self.layers, X).astype(np.float64) * self.y_scale + self.y_mean
+
+# %% ../nbs/04_models.ipynb #abe73088
+@patch
+def _state_bytes(self: Net) -> bytes:
+    "The weights, as bytes."
+    return b"".join(w.tobytes() for layer in self.layers for w in layer)
 
 # %% ../nbs/04_models.ipynb #2d4f3940
 class Baseline(Model):

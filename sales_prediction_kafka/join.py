@@ -463,17 +463,7 @@ class JoinWorker(ScoringWorker):
     def open(self) -> JoinWorker:
         "Subscribe to both inputs (range assignment: the same partition numbers of each) and ready the producer."
         t = self.join_topics
-        self.consumer = consumer(
-            self.settings,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.max_records,
-            isolation_level=self.isolation,
-            session_timeout_ms=self.session_timeout_ms,
-            heartbeat_interval_ms=max(500, self.session_timeout_ms // 3),
-            partition_assignment_strategy=[RangePartitionAssignor],
-        )
+        self.consumer = self._group_consumer(partition_assignment_strategy=[RangePartitionAssignor])
         self.consumer.subscribe([t.predictions, t.actuals], listener=JoinRebalance(self))
         # known before the first join, and read after subscribing, as `ScoringWorker.open` does (a leader that assigned
         # from the metadata read before re-joined at once, and a poll that timed out in that join never finished it)

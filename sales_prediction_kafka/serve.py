@@ -836,22 +836,30 @@ class ScoringWorker:
     def __exit__(self, *exc):
         self.close()
 
-# %% ../nbs/08_serve.ipynb #0469f17f
+# %% ../nbs/08_serve.ipynb #3c1a63f4
 @patch
-def _subscribe(self: ScoringWorker):
-    "Make the consumer and subscribe it to the events topic, its partitions known before the group's first join."
-    iso = "read_committed" if self.exactly_once else "read_uncommitted"
-    self.consumer = consumer(
+def _group_consumer(
+    self: ScoringWorker, **more
+):  # more consumer settings, e.g. the assignment strategy
+    "A consumer in the worker's group: no auto-commit, from the earliest offset, read_committed when exactly once."
+    return consumer(
         self.settings,
         group_id=self.group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=self.max_records,
-        isolation_level=iso,
+        isolation_level="read_committed" if self.exactly_once else "read_uncommitted",
         session_timeout_ms=self.session_timeout_ms,
         heartbeat_interval_ms=max(500, self.session_timeout_ms // 3),
         max_poll_interval_ms=self.max_poll_interval_ms,
+        **more,
     )
+
+# %% ../nbs/08_serve.ipynb #0469f17f
+@patch
+def _subscribe(self: ScoringWorker):
+    "Make the consumer and subscribe it to the events topic, its partitions known before the group's first join."
+    self.consumer = self._group_consumer()
     self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
     # known before the first join, else it assigns nothing until the next metadata refresh (5 min); read after
     # subscribing, so the group leader assigns from the metadata it holds afterwards: read before, it re-joined

@@ -839,8 +839,9 @@ class ScoringWorker:
 # %% ../nbs/08_serve.ipynb #3c1a63f4
 @patch
 def _group_consumer(
-    self: ScoringWorker, **more
-):  # more consumer settings, e.g. the assignment strategy
+    self: ScoringWorker,
+    **more,  # more consumer settings, e.g. the assignment strategy
+):
     "A consumer in the worker's group: no auto-commit, from the earliest offset, read_committed when exactly once."
     return consumer(
         self.settings,

@@ -20,10 +20,20 @@ from sales_prediction_kafka.config import (
     KafkaSettings,
     kafka_settings,
 )
-from .cliutils import group_member_options, kafka_options, stop_on_signals
+from sales_prediction_kafka.cliutils import (
+    apply_options,
+    group_member_options,
+    kafka_options,
+    stop_on_signals,
+)
 from .broker import ensure_broker
 from .clients import StreamError, consumer
-from .message import prediction_json, prediction_record
+from sales_prediction_kafka.message import (
+    NotAPrediction,
+    parse_prediction,
+    prediction_json,
+    prediction_record,
+)
 from .stream import messages
 from .clients import PARTITIONS, ensure_topic
 from .serve import Metrics, Outgoing, ScoringWorker, ServeError
@@ -32,10 +42,10 @@ from fastcore.basics import patch
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'JOIN_REASONS', 'MARKER', 'DEFAULT_WINDOW', 'BadMessage', 'actual_message', 'parse_actual', 'parse_prediction',
-           'Half', 'Effect', 'joined_record', 'PartitionJoin', 'JoinTopics', 'Routed', 'effect_messages', 'bad_message',
-           'coalesce', 'restore_partitions', 'JoinError', 'partition_count', 'ensure_join_topics', 'JoinMetrics',
-           'JoinRebalance', 'JoinWorker', 'duration_ms', 'join', 'join_command']
+__all__ = ['log', 'JOIN_REASONS', 'MARKER', 'DEFAULT_WINDOW', 'BadMessage', 'actual_message', 'parse_actual', 'Half', 'Effect',
+           'joined_record', 'PartitionJoin', 'JoinTopics', 'Routed', 'effect_messages', 'bad_message', 'coalesce',
+           'restore_partitions', 'JoinError', 'partition_count', 'ensure_join_topics', 'JoinMetrics', 'JoinRebalance',
+           'JoinWorker', 'duration_ms', 'join', 'join_command']
 
 # %% ../nbs/08d_join.ipynb #917cb252
 class BadMessage(ValueError):
@@ -74,21 +84,6 @@ def parse_actual(value: bytes | None) -> dict:
             "not_a_number",
             f"actual_sales of event {v['event_id']} is {v.get('actual_sales')!r}, not a finite number",
         )
-    return v
-
-# %% ../nbs/08d_join.ipynb #9450c3ea
-def parse_prediction(value: bytes | None) -> dict:
-    "A prediction's four fields as a dict (`actual_sales` may be null), or `BadMessage`."
-    try:
-        v = json.loads(value)
-    except (TypeError, ValueError) as e:
-        raise BadMessage("not_json", f"the prediction is not JSON ({e})") from None
-    if (
-        not isinstance(v, dict)
-        or not isinstance(v.get("prediction_index"), int)
-        or not _finite(v.get("predicted_sales"))
-    ):
-        raise BadMessage("not_a_prediction", f"not a prediction record: {str(v)[:80]}")
     return v
 
 # %% ../nbs/08d_join.ipynb #d6fd57cb
@@ -272,7 +267,7 @@ def effect_messages(effects: list[Effect], partition: int, topics: JoinTopics) -
 # %% ../nbs/08d_join.ipynb #9bc89290
 def bad_message(
     record,  # the consumed message (kafka-python ConsumerRecord)
-    error: BadMessage,
+    error: BadMessage | NotAPrediction,  # `reason` and a sentence
     topic: str,
 ) -> Routed:
     "A dead letter for a message that cannot be joined, naming where it was and what is wrong."
@@ -396,6 +391,9 @@ def ensure_join_topics(
 class JoinMetrics(Metrics):
     "A joiner's counts, label delays (p50, p95) and the halves waiting, logged and written like a worker's metrics."
 
+    reasons = JOIN_REASONS  # the outcomes that set a message aside (`Metrics.warn_rejections`)
+    set_aside = "messages (%.0f %%) could not be joined (%s): see the dead letters on the join's dead-letter topic"
+
     def __init__(self, *args, **info):
         super().__init__(*args, **info)
         self.delays, self.waiting = deque(maxlen=10_000), Counter()
@@ -422,19 +420,6 @@ def line(self: JoinMetrics, s: dict) -> str:
         f"joined {s['joined']}, waiting: {s['waiting_predictions']} predictions, {s['waiting_actuals']} actuals; "
         f"label delay p50 {s['label_delay_ms']['p50']} ms, p95 {s['label_delay_ms']['p95']} ms; outcomes {s['outcomes']}"
     )
-
-# %% ../nbs/08d_join.ipynb #b7cf4d30
-@patch
-def warn_rejections(self: JoinMetrics, share: float = 0.1, at_least: int = 20):
-    "Warn when more than `share` of this interval's messages (at least `at_least`) could not be joined."
-    new = self.counts - self._last_counts
-    n, bad = sum(new.values()), sum(v for k, v in new.items() if k in JOIN_REASONS)
-    if n >= at_least and bad > share * n:
-        log.warning(
-            "%d of the last %d messages could not be joined: see the dead letters on the join's dead-letter topic",
-            bad,
-            n,
-        )
 
 # %% ../nbs/08d_join.ipynb #c9046a92
 class JoinRebalance(ConsumerRebalanceListener):
@@ -478,17 +463,7 @@ class JoinWorker(ScoringWorker):
     def open(self) -> JoinWorker:
         "Subscribe to both inputs (range assignment: the same partition numbers of each) and ready the producer."
         t = self.join_topics
-        self.consumer = consumer(
-            self.settings,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.max_records,
-            isolation_level=self.isolation,
-            session_timeout_ms=self.session_timeout_ms,
-            heartbeat_interval_ms=max(500, self.session_timeout_ms // 3),
-            partition_assignment_strategy=[RangePartitionAssignor],
-        )
+        self.consumer = self._group_consumer(partition_assignment_strategy=[RangePartitionAssignor])
         self.consumer.subscribe([t.predictions, t.actuals], listener=JoinRebalance(self))
         # known before the first join, and read after subscribing, as `ScoringWorker.open` does (a leader that assigned
         # from the metadata read before re-joined at once, and a poll that timed out in that join never finished it)
@@ -583,7 +558,7 @@ def plan(self: JoinWorker, records: list) -> tuple[list[Routed], Counter, list[i
                     "wrong_key",
                     f"keyed {r.key!r} but for event {key}: key {side}s by their event id",
                 )
-        except BadMessage as e:
+        except (BadMessage, NotAPrediction) as e:
             out.append(bad_message(r, e, t.dead_letter))
             counts[e.reason] += 1
             continue
@@ -670,54 +645,71 @@ def join(
     with stop_on_signals(w.stopping), w:
         return w.run(idle_exit)
 
+# %% ../nbs/08d_join.ipynb #92921a7a
+_join_topic_options = apply_options(  # the join's five topics and their partitions
+    [
+        click.option(
+            "--predictions-topic",
+            default=PREDICTIONS_TOPIC,
+            show_default=True,
+            help="Topic of the predictions.",
+        ),
+        click.option(
+            "--actuals-topic",
+            default=ACTUALS_TOPIC,
+            show_default=True,
+            help="Topic of the actuals, keyed by event id.",
+        ),
+        click.option(
+            "--joined-topic",
+            default=JOINED_TOPIC,
+            show_default=True,
+            help="Topic of the complete records.",
+        ),
+        click.option(
+            "--state-topic",
+            default=JOIN_STATE_TOPIC,
+            show_default=True,
+            help="The join's changelog (compacted).",
+        ),
+        click.option(
+            "--dead-letter-topic",
+            default=JOIN_DEAD_LETTER_TOPIC,
+            show_default=True,
+            help="Topic of what could not be joined.",
+        ),
+        click.option(
+            "--partitions",
+            type=int,
+            default=PARTITIONS,
+            show_default=True,
+            help="Partitions of topics this command creates, unless the predictions topic exists.",
+        ),
+    ]
+)
+
+# %% ../nbs/08d_join.ipynb #84d7004e
+_join_options = apply_options(  # how long halves wait, and the delivery
+    [
+        click.option(
+            "--join-window",
+            default=DEFAULT_WINDOW,
+            show_default=True,
+            help="How long a prediction waits for its actual (and an actual for its prediction), in event time: 30s, 15m, 2h, 7d.",
+        ),
+        click.option(
+            "--exactly-once",
+            is_flag=True,
+            help="Each batch's output, changelog and offsets in one Kafka transaction (readers must use read_committed).",
+        ),
+    ]
+)
+
 # %% ../nbs/08d_join.ipynb #ab46ca0b
 @click.command("join")
 @kafka_options("Most records in one batch.", 500)
-@click.option(
-    "--join-window",
-    default=DEFAULT_WINDOW,
-    show_default=True,
-    help="How long a prediction waits for its actual (and an actual for its prediction), in event time: 30s, 15m, 2h, 7d.",
-)
-@click.option(
-    "--exactly-once",
-    is_flag=True,
-    help="Each batch's output, changelog and offsets in one Kafka transaction (readers must use read_committed).",
-)
-@click.option(
-    "--predictions-topic",
-    default=PREDICTIONS_TOPIC,
-    show_default=True,
-    help="Topic of the predictions.",
-)
-@click.option(
-    "--actuals-topic",
-    default=ACTUALS_TOPIC,
-    show_default=True,
-    help="Topic of the actuals, keyed by event id.",
-)
-@click.option(
-    "--joined-topic", default=JOINED_TOPIC, show_default=True, help="Topic of the complete records."
-)
-@click.option(
-    "--state-topic",
-    default=JOIN_STATE_TOPIC,
-    show_default=True,
-    help="The join's changelog (compacted).",
-)
-@click.option(
-    "--dead-letter-topic",
-    default=JOIN_DEAD_LETTER_TOPIC,
-    show_default=True,
-    help="Topic of what could not be joined.",
-)
-@click.option(
-    "--partitions",
-    type=int,
-    default=PARTITIONS,
-    show_default=True,
-    help="Partitions of topics this command creates, unless the predictions topic exists.",
-)
+@_join_options
+@_join_topic_options
 @group_member_options("joiner", "records", "sales-joiners")
 def join_command(
     bootstrap_servers,

@@ -12,7 +12,7 @@ from .clients import StreamError
 # %% auto #0
 __all__ = ['PREDICTION_SCHEMA', 'FIELDS', 'PREDICTION_HEADERS', 'prediction_record', 'prediction_message', 'schema_markdown',
            'names_markdown', 'check_records', 'prediction_records', 'prediction_json', 'prediction_headers', 'Record',
-           'NoActual', 'parse_record', 'record_from_message', 'as_record']
+           'NoActual', 'NotAPrediction', 'parse_prediction', 'parse_record', 'record_from_message', 'as_record']
 
 # %% ../nbs/06b_message.ipynb #ce4272c1
 PREDICTION_SCHEMA = {
@@ -228,6 +228,38 @@ class Record(NamedTuple):
 class NoActual(ValueError):
     "A prediction whose actual is not known yet: there is no error to measure."
 
+# %% ../nbs/06b_message.ipynb #720774b1
+class NotAPrediction(ValueError):
+    "A message value that is no prediction message; `reason` is `not_json` or `not_a_prediction`."
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+# %% ../nbs/06b_message.ipynb #e3c9bd6b
+def _finite_or_null(v) -> bool:
+    "Is `v` None or a finite number (never a boolean)?"
+    return v is None or (
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    )
+
+# %% ../nbs/06b_message.ipynb #b6f7d75a
+def parse_prediction(value: bytes | str | dict) -> dict:  # the message value: its JSON, or decoded
+    "The four fields of a prediction message as a dict (`actual_sales` and `error` may be null), or `NotAPrediction`."
+    try:
+        v = value if isinstance(value, dict) else json.loads(value)
+    except (TypeError, ValueError) as e:
+        raise NotAPrediction("not_json", f"the prediction is not JSON ({e})") from None
+    index = v.get("prediction_index") if isinstance(v, dict) else None
+    if (
+        not isinstance(index, int)
+        or isinstance(index, bool)
+        or v.get("predicted_sales") is None
+        or not all(k in v and _finite_or_null(v[k]) for k in FIELDS[1:])
+    ):
+        raise NotAPrediction("not_a_prediction", f"not a prediction record: {str(v)[:80]}")
+    return v
+
 # %% ../nbs/06b_message.ipynb #d2e01d24
 def parse_record(
     value: bytes | dict,  # the message value: its JSON, or decoded
@@ -238,29 +270,19 @@ def parse_record(
     delay=None,  # the `label_delay_ms` header of a joined record (text or bytes), if it has one
     topic: str | None = None,  # named in the errors
 ) -> Record:
-    "A `Record` of a prediction message; the error is recomputed as actual - predicted. `NoActual`, or a `ValueError` naming the message."
+    "A `Record` of a prediction message (`parse_prediction`); the error is recomputed as actual - predicted. `NoActual`, or a `ValueError` naming the message."
     try:
-        v = json.loads(value) if isinstance(value, (bytes, str)) else value
-        if v.get("actual_sales", 0) is None:
+        v = parse_prediction(value)
+        if v["actual_sales"] is None:
             raise NoActual(
-                f"{topic}[{partition}]@{offset}: prediction {v.get('prediction_index')} has no actual yet"
+                f"{topic}[{partition}]@{offset}: prediction {v['prediction_index']} has no actual yet"
             )
         p, a = float(v["predicted_sales"]), float(v["actual_sales"])
-        i = int(v["prediction_index"])
-        return Record(
-            partition,
-            offset,
-            timestamp_ms / 1000,
-            key,
-            i,
-            p,
-            a,
-            a - p,
-            None if delay is None else float(delay),
-        )
+        i, late = v["prediction_index"], None if delay is None else float(delay)
+        return Record(partition, offset, timestamp_ms / 1000, key, i, p, a, a - p, late)
     except NoActual:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
+    except (ValueError, TypeError) as e:
         raise ValueError(
             f"{topic}[{partition}]@{offset}: not a prediction message ({type(e).__name__}: {e})"
         ) from None

@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'STEPS_PER_CALL', 'KINDS', 'MODEL_JSON', 'NET_NPZ', 'ORIGINAL_FEATURES', 'CANDIDATES', 'CANDIDATE_ALIASES',
            'SIMPLICITY', 'split', 'is_categorical', 'is_id_like', 'FeaturePlan', 'plan_features', 'FeatureError',
-           'UnknownCategory', 'Preprocessor', 'build_net', 'net_layers', 'keras_net', 'forward', 'Model',
-           'SklearnModel', 'Linear', 'Trees', 'Net', 'Baseline', 'SalesModel', 'plot_training', 'save_model',
-           'load_model', 'original_baseline_r2', 'candidate_name', 'make_model', 'default_candidates',
+           'UnknownCategory', 'Preprocessor', 'Rejection', 'unusable', 'build_net', 'net_layers', 'keras_net',
+           'forward', 'Model', 'SklearnModel', 'Linear', 'Trees', 'Net', 'Baseline', 'SalesModel', 'plot_training',
+           'save_model', 'load_model', 'original_baseline_r2', 'candidate_name', 'make_model', 'default_candidates',
            'outlier_policies', 'cv_scores', 'summarise_cv', 'compare_models', 'plot_cv_training', 'select_model',
            'selection_reason', 'Selection', 'choose_model', 'permutation_importance', 'plot_importance']
 
@@ -303,8 +303,8 @@ def transform_records(self: Preprocessor, records: list) -> np.ndarray:
         ok = False
     if not ok:
         problems = ((i, p) for i, r in enumerate(records) if (p := _why_unusable(self, r)))
-        i, (c, why) = next(problems, (None, ("", "records cannot be encoded")))
-        raise FeatureError(why, c, i)
+        i, p = next(problems, (None, Rejection("", "records cannot be encoded")))
+        raise FeatureError(p.detail, p.field or "", i)
     X[:, :k] -= self.mean
     X[:, :k] /= self.scale
     return X
@@ -345,25 +345,81 @@ def _numeric(df: pd.DataFrame, cols: list) -> np.ndarray:
             )
     return X
 
+# %% ../nbs/04_models.ipynb #3c56d4b0
+@dataclass(frozen=True)
+class Rejection:
+    "Why an event cannot be scored."
+
+    reason: str  # one word: `unusable`'s reasons here, and the serving worker's `REASONS`
+    detail: str  # a sentence naming what and where
+    field: str | None = None  # the offending field, if one is to blame
+    value: str | None = None  # the offending value, shortened, if there is one
+
+# %% ../nbs/04_models.ipynb #a3f47448
+def _json_type(v) -> str:
+    "The JSON type name of parsed value `v`."
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
+
+# %% ../nbs/04_models.ipynb #416134b9
+def _short(v, n: int = 80) -> str:
+    "`v` as text, cut to `n` characters."
+    s = json.dumps(v, default=str) if not isinstance(v, str) else v
+    return s if len(s) <= n else s[:n] + "..."
+
+# %% ../nbs/04_models.ipynb #7e5b8ebc
+def unusable(
+    reason: str,  # not_an_object, missing_field, wrong_type, not_finite, schema_version, out_of_range or unknown_category
+    field: str | None = None,  # the field to blame; None for not_an_object
+    value=...,  # the event (not_an_object) or the field's value; `...` when the event lacks the field
+    allowed=None,  # the JSON types (wrong_type), the version read (schema_version), (lowest, highest) (out_of_range), the known categories (unknown_category)
+) -> Rejection:
+    "Why an event, or its `field`, is unusable: the one wording of the dead letters and of the model's errors."
+    if reason == "not_an_object":
+        return Rejection(reason, f"the JSON is {_json_type(value)}, not an object")
+    if reason == "missing_field":
+        return Rejection(
+            reason, f"required field {field!r} is {'absent' if value is ... else 'null'}", field
+        )
+    if reason in ("not_finite", "out_of_range"):
+        where = "" if reason == "not_finite" else f", outside {allowed[0]} to {allowed[1]}"
+        return Rejection(reason, f"field {field!r} is {value}{where}", field, str(value))
+    shown = _short(value)
+    if reason == "wrong_type":
+        got = f"{' or '.join(allowed)}, got {_json_type(value)} {shown}"
+        return Rejection(reason, f"field {field!r} must be {got}", field, shown)
+    if reason == "schema_version":
+        return Rejection(
+            reason, f"field {field!r} is {shown}, this worker reads {allowed}", field, shown
+        )
+    known = ", ".join(_short(c) for c in allowed if c is not None)
+    return Rejection(
+        reason, f"field {field!r} has unknown category {shown}; known: {known}", field, shown
+    )
+
 # %% ../nbs/04_models.ipynb #ec5a0005
-def _why_unusable(self: Preprocessor, r: dict) -> tuple[str, str] | None:
-    "The first (column, reason) why record `r` cannot be encoded, or None if it can."
+def _why_unusable(self: Preprocessor, r: dict) -> Rejection | None:
+    "The first reason why record `r` cannot be encoded (`unusable`), or None if it can."
     if not isinstance(r, dict):
-        return "", f"expected an object, got {type(r).__name__}"
-    for c in self.numeric:
-        if c not in r:
-            return c, f"missing field {c!r}"
-        v = r[c]
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return c, f"field {c!r} must be a number, got {type(v).__name__}"
-        if not math.isfinite(v):
-            return c, f"field {c!r} is not finite ({v})"
-    for c in self.categorical:
-        if c not in r:
-            return c, f"missing field {c!r}"
-        v = r[c]
-        if not isinstance(v, (str, int, float, bool)) or v not in self.lookup[c]:
-            return c, str(UnknownCategory(c, v))
+        return unusable("not_an_object", value=r)
+    for c in self.columns:
+        v = r.get(c, ...)
+        if v is ... or v is None:
+            return unusable("missing_field", c, v)
+        if c in self.lookup:
+            if not isinstance(v, (str, int, float, bool)) or v not in self.lookup[c]:
+                return unusable("unknown_category", c, v, self.categories[c])
+        elif isinstance(v, bool) or not isinstance(v, (int, float)):
+            return unusable("wrong_type", c, v, ["number"])
+        elif not math.isfinite(v):
+            return unusable("not_finite", c, v)
     return None
 
 # %% ../nbs/04_models.ipynb #0eada506
@@ -482,8 +538,7 @@ class Model:
     def __init__(
         self,
         target: str = TARGET,  # column to predict
-        # candidate feature columns; None means all other usable columns
-        features: list | None = None,
+        features: list | None = None,  # candidate feature columns; None: all other usable columns
         seed: int = 42,  # seeds the estimator
         max_levels: int = 10,  # whole-number columns with at most this many values are categorical
         categorical: list | None = None,  # columns always one-hot encoded
@@ -509,26 +564,9 @@ class Model:
         self.notes, self.treatment = [], {}
 
     @property
-    def features(self) -> list:
-        "The input columns: those used after fitting, else those requested."
-        return self.prep.columns if self.prep else self.requested
-
-    @property
     def axis(self):
         "The model's `TimeAxis`, or None."
         return axis_from_dict(self.time)
-
-    @property
-    def needs_history(self) -> bool:
-        "Does the model read features made from earlier actuals (lags, rolling means, a naive forecast)?"
-        derived = set(self.axis.lag_columns(self.target)) if self.time else set()
-        return bool(derived & set(self.features or []))
-
-    def __repr__(self):
-        return (
-            f"SalesModel({self.name!r}, kind={self.kind!r}, target={self.target!r}, features={self.features}, "
-            f"outliers={self.params['outliers']!r}, version={self.version})"
-        )
 
     # what a kind defines: its estimator's fitting, scoring, bytes for the version, files
     def _fit(self, X: np.ndarray, y: np.ndarray):
@@ -548,56 +586,82 @@ class Model:
     def _restore(self, folder: Path, meta: dict, weights: str):
         "Read back what `_save_weights` wrote and what the kind added to `meta`: nothing without an estimator."
 
-    def fit(self, df: pd.DataFrame) -> Model:
-        "Plan features, then learn cleaning, preprocessing and the estimator from the training rows `df` only."
-        p = self.params
-        df = self._with_calendar(df)
-        plan = self._plan(df)
-        self.notes, self.treatment = plan.notes, plan.treatment
-        self.cleaner = Cleaner(self.target, plan.numeric, plan.categorical, p["iqr_k"]).fit(df)
-        # a date is never an outlier: its calendar features get fill values but no bounds
-        if self.time:
-            for c in calendar_columns(self.axis.column, self.axis.freq):
-                self.cleaner.bounds.pop(c, None)
-        rows, self.cleaning = self.cleaner.apply(df, p["outliers"])
-        self.prep = Preprocessor(plan.numeric, plan.categorical).fit(rows)
-        X, y = self.prep.transform(rows), _numeric(rows, [self.target])[:, 0]
-        self._fit(X, y)
-        self.train_mae = float(np.mean(np.abs(y - self.predict_matrix(X))))
-        self.version = self._hash()
-        log.info(
-            "fitted %s on %d of %d rows: training MAE %.2f, version %s",
-            self.name,
-            len(rows),
-            len(df),
-            self.train_mae,
-            self.version,
-        )
-        return self
+# %% ../nbs/04_models.ipynb #28250aa5
+@patch(as_prop=True)
+def features(self: Model) -> list:
+    "The input columns: those used after fitting, else those requested."
+    return self.prep.columns if self.prep else self.requested
 
-    def meta(self) -> dict:
-        "Everything about the fitted model except its weights, JSON-ready."
-        return {
-            "format": 2,
-            "name": self.name,
-            "kind": self.kind,
-            "target": self.target,
-            "features": self.features,
-            "seed": self.seed,
-            "params": self.params,
-            "cleaner": self.cleaner.to_dict(),
-            "cleaning": self.cleaning and self.cleaning.to_dict(),
-            "preprocessing": self.prep.to_dict(),
-            "notes": self.notes,
-            "treatment": self.treatment,
-            "train_mae": self.train_mae,
-            "version": self.version,
-            "history": self.history,
-            "best_epoch": self.best_epoch,
-            **(
-                {"time": self.time} if self.time else {}
-            ),  # absent without a time axis: earlier models' versions stand
-        }
+# %% ../nbs/04_models.ipynb #0cabcd59
+@patch(as_prop=True)
+def needs_history(self: Model) -> bool:
+    "Does the model read features made from earlier actuals (lags, rolling means, a naive forecast)?"
+    derived = set(self.axis.lag_columns(self.target)) if self.time else set()
+    return bool(derived & set(self.features or []))
+
+# %% ../nbs/04_models.ipynb #e6914541
+@patch
+def __repr__(self: Model):
+    "The model's name, kind, target, features, outlier policy and version."
+    return (
+        f"SalesModel({self.name!r}, kind={self.kind!r}, target={self.target!r}, features={self.features}, "
+        f"outliers={self.params['outliers']!r}, version={self.version})"
+    )
+
+# %% ../nbs/04_models.ipynb #70d4f790
+@patch
+def fit(self: Model, df: pd.DataFrame) -> Model:
+    "Plan features, then learn cleaning, preprocessing and the estimator from the training rows `df` only."
+    p = self.params
+    df = self._with_calendar(df)
+    plan = self._plan(df)
+    self.notes, self.treatment = plan.notes, plan.treatment
+    self.cleaner = Cleaner(self.target, plan.numeric, plan.categorical, p["iqr_k"]).fit(df)
+    # a date is never an outlier: its calendar features get fill values but no bounds
+    if self.time:
+        for c in calendar_columns(self.axis.column, self.axis.freq):
+            self.cleaner.bounds.pop(c, None)
+    rows, self.cleaning = self.cleaner.apply(df, p["outliers"])
+    self.prep = Preprocessor(plan.numeric, plan.categorical).fit(rows)
+    X, y = self.prep.transform(rows), _numeric(rows, [self.target])[:, 0]
+    self._fit(X, y)
+    self.train_mae = float(np.mean(np.abs(y - self.predict_matrix(X))))
+    self.version = self._hash()
+    log.info(
+        "fitted %s on %d of %d rows: training MAE %.2f, version %s",
+        self.name,
+        len(rows),
+        len(df),
+        self.train_mae,
+        self.version,
+    )
+    return self
+
+# %% ../nbs/04_models.ipynb #73c1aea7
+@patch
+def meta(self: Model) -> dict:
+    "Everything about the fitted model except its weights, JSON-ready."
+    return {
+        "format": 2,
+        "name": self.name,
+        "kind": self.kind,
+        "target": self.target,
+        "features": self.features,
+        "seed": self.seed,
+        "params": self.params,
+        "cleaner": self.cleaner.to_dict(),
+        "cleaning": self.cleaning and self.cleaning.to_dict(),
+        "preprocessing": self.prep.to_dict(),
+        "notes": self.notes,
+        "treatment": self.treatment,
+        "train_mae": self.train_mae,
+        "version": self.version,
+        "history": self.history,
+        "best_epoch": self.best_epoch,
+        **(
+            {"time": self.time} if self.time else {}
+        ),  # absent without a time axis: earlier models' versions stand
+    }
 
 # %% ../nbs/04_models.ipynb #eca77841
 @patch(as_prop=True)
@@ -716,13 +780,17 @@ def calendar_records(self: Model, records: list) -> list:
 
 # %% ../nbs/04_models.ipynb #f23003a4
 @patch
-def predict_records(self: Model, records: list) -> np.ndarray:
-    "Predicted target for a list of dicts (e.g. decoded events), gaps filled with the training values, as float64."
+def predict_filled(self: Model, records: list) -> np.ndarray:
+    "Predicted target for a list of dicts whose gaps `impute_records` already filled, as float64."
     if self.prep is None:
         raise RuntimeError(f"model {self.name!r} is not fitted")
-    return self.predict_matrix(
-        self.prep.transform_records(self.impute_records(self.calendar_records(records))[0])
-    )
+    return self.predict_matrix(self.prep.transform_records(self.calendar_records(records)))
+
+# %% ../nbs/04_models.ipynb #90c92f60
+@patch
+def predict_records(self: Model, records: list) -> np.ndarray:
+    "Predicted target for a list of dicts (e.g. decoded events), gaps filled with the training values, as float64."
+    return self.predict_filled(self.impute_records(records)[0])
 
 # %% ../nbs/04_models.ipynb #5d0fe787
 @patch
@@ -842,53 +910,59 @@ class Net(Model):
             **self.params,
         )
 
-    def _fit(self, X: np.ndarray, y: np.ndarray):
-        "Train the Keras net on standardised `y`, with early stopping on seeded validation rows."
-        keras, p = _keras(), self.params
-        set_seed(self.seed)
-        self.y_mean, self.y_scale = float(y.mean()), float(y.std()) or 1.0
-        ys = ((y - self.y_mean) / self.y_scale).astype(np.float32)
-        order = np.random.default_rng(self.seed).permutation(len(y))
-        n_val = int(round(len(y) * p["val_fraction"])) if p["patience"] and len(y) >= 10 else 0
-        val, tr = order[:n_val], order[n_val:]
-        # the seeded initial weights
-        self.net = build_net(X.shape[1], p["hidden_units"], p["learning_rate"])
-        net = _trainer(X.shape[1], p["hidden_units"], p["learning_rate"], self.net.get_weights())
-        stop = [
-            _numpy_val_loss(keras, net, X[val], ys[val]),  # before EarlyStopping reads val_loss
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=p["patience"], restore_best_weights=True
-            ),
-        ]
-        h = net.fit(
-            X[tr].astype(np.float32),
-            ys[tr],
-            epochs=p["epochs"],
-            batch_size=p["batch_size"],
-            steps_per_epoch=math.ceil(
-                len(tr) / p["batch_size"]
-            ),  # every batch, as without it, but one data iterator per epoch, not two
-            shuffle=True,
-            verbose=0,
-            callbacks=stop if n_val else [],
-        )
-        self.history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
-        self.best_epoch = int(stop[1].best_epoch) + 1 if n_val else len(self.history["loss"])
-        # the model keeps its own net; the trainer goes on to the next fit
-        self.net.set_weights(net.get_weights())
-        self.layers = net_layers(self.net)
-
-    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
-        "Predictions for an already preprocessed model matrix (`self.prep.transform` output), as float64."
-        return forward(self.layers, X).astype(np.float64) * self.y_scale + self.y_mean
-
-    def _state_bytes(self) -> bytes:
-        "The weights, as bytes."
-        return b"".join(w.tobytes() for layer in self.layers for w in layer)
-
     def meta(self) -> dict:
         "Everything about the fitted net except its weights, the target's standardisation included, JSON-ready."
         return {**super().meta(), "y_mean": self.y_mean, "y_scale": self.y_scale}
+
+# %% ../nbs/04_models.ipynb #855e0dc2
+@patch
+def _fit(self: Net, X: np.ndarray, y: np.ndarray):
+    "Train the Keras net on standardised `y`, with early stopping on seeded validation rows."
+    keras, p = _keras(), self.params
+    set_seed(self.seed)
+    self.y_mean, self.y_scale = float(y.mean()), float(y.std()) or 1.0
+    ys = ((y - self.y_mean) / self.y_scale).astype(np.float32)
+    order = np.random.default_rng(self.seed).permutation(len(y))
+    n_val = int(round(len(y) * p["val_fraction"])) if p["patience"] and len(y) >= 10 else 0
+    val, tr = order[:n_val], order[n_val:]
+    # the seeded initial weights
+    self.net = build_net(X.shape[1], p["hidden_units"], p["learning_rate"])
+    net = _trainer(X.shape[1], p["hidden_units"], p["learning_rate"], self.net.get_weights())
+    stop = [
+        _numpy_val_loss(keras, net, X[val], ys[val]),  # before EarlyStopping reads val_loss
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=p["patience"], restore_best_weights=True
+        ),
+    ]
+    h = net.fit(
+        X[tr].astype(np.float32),
+        ys[tr],
+        epochs=p["epochs"],
+        batch_size=p["batch_size"],
+        steps_per_epoch=math.ceil(
+            len(tr) / p["batch_size"]
+        ),  # every batch, as without it, but one data iterator per epoch, not two
+        shuffle=True,
+        verbose=0,
+        callbacks=stop if n_val else [],
+    )
+    self.history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
+    self.best_epoch = int(stop[1].best_epoch) + 1 if n_val else len(self.history["loss"])
+    # the model keeps its own net; the trainer goes on to the next fit
+    self.net.set_weights(net.get_weights())
+    self.layers = net_layers(self.net)
+
+# %% ../nbs/04_models.ipynb #82ef5d50
+@patch
+def predict_matrix(self: Net, X: np.ndarray) -> np.ndarray:
+    "Predictions for an already preprocessed model matrix (`self.prep.transform` output), as float64."
+    return forward(self.layers, X).astype(np.float64) * self.y_scale + self.y_mean
+
+# %% ../nbs/04_models.ipynb #abe73088
+@patch
+def _state_bytes(self: Net) -> bytes:
+    "The weights, as bytes."
+    return b"".join(w.tobytes() for layer in self.layers for w in layer)
 
 # %% ../nbs/04_models.ipynb #2d4f3940
 class Baseline(Model):

@@ -25,9 +25,14 @@ from sales_prediction_kafka.config import (
     plain,
 )
 from .browse import newest_events
-from .cliutils import group_member_options, kafka_options, stop_on_signals
+from sales_prediction_kafka.cliutils import (
+    apply_options,
+    group_member_options,
+    kafka_options,
+    stop_on_signals,
+)
 from .broker import ensure_broker
-from .models import _missing, load_model
+from .models import Rejection, _missing, _short, load_model, unusable
 from sales_prediction_kafka.history import (
     HISTORY_TOPIC,
     SeriesHistory,
@@ -45,13 +50,13 @@ from sales_prediction_kafka.runfolder import (
 from .clients import StreamError, consumer, producer
 from .message import prediction_headers, prediction_json, prediction_message
 from .clients import PARTITIONS, ensure_topic
-from fastcore.basics import patch
+from fastcore.basics import patch, store_attr
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'SCHEMA_VERSION', 'MAX_EVENT_BYTES', 'SERVE_TUNING', 'MAX_EVENT_ID', 'MAX_IMPUTED', 'REASONS',
-           'DEAD_LETTER_HEADERS', 'event_schema', 'Rejection', 'parse_event', 'json_validator_class', 'event_rejection',
+           'DEAD_LETTER_HEADERS', 'event_schema', 'parse_event', 'json_validator_class', 'event_rejection',
            'EventValidator', 'example_events', 'score_events', 'dead_letter_headers', 'lacking', 'too_imputed',
            'fit_problem', 'Outgoing', 'plan_batch', 'Metrics', 'ServeError', 'next_offsets', 'first_offsets',
            'check_servable', 'add_history', 'AssignmentReporter', 'ScoringWorker', 'find_model', 'serve',
@@ -164,35 +169,6 @@ REASONS = {
     "prediction_failed": "the model raised, or returned a non-finite number, for this event",
 }
 
-# %% ../nbs/08_serve.ipynb #72cf07dd
-@dataclass(frozen=True)
-class Rejection:
-    "Why an event cannot be scored."
-
-    reason: str  # one of `REASONS`
-    detail: str  # a sentence naming what and where
-    field: str | None = None  # the offending field, if one is to blame
-    value: str | None = None  # the offending value, shortened, if there is one
-
-# %% ../nbs/08_serve.ipynb #433f2a6e
-def _json_type(v) -> str:
-    "The JSON type name of parsed value `v`."
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
-
-# %% ../nbs/08_serve.ipynb #0f5442ff
-def _short(v, n: int = 80) -> str:
-    "`v` as text, cut to `n` characters."
-    s = json.dumps(v) if not isinstance(v, str) else v
-    return s if len(s) <= n else s[:n] + "..."
-
 # %% ../nbs/08_serve.ipynb #17fa4472
 def parse_event(
     value: bytes | None,  # the message value as consumed
@@ -215,7 +191,7 @@ def parse_event(
     except json.JSONDecodeError as e:
         return Rejection("invalid_json", f"the value is not JSON: {e}")
     if not isinstance(event, dict):
-        return Rejection("not_an_object", f"the JSON is {_json_type(event)}, not an object")
+        return unusable("not_an_object", value=event)
     return event
 
 # %% ../nbs/08_serve.ipynb #17f77713
@@ -239,46 +215,24 @@ def json_validator_class() -> type:
 
 # %% ../nbs/08_serve.ipynb #be0ef913
 def _rejection(e, schema: dict) -> Rejection:
-    "The dead-letter `Rejection` for jsonschema error `e` about a top-level field."
+    "The dead-letter `Rejection` for jsonschema error `e` about a top-level field, worded by `unusable`."
     if e.validator == "required":
-        name = next(f for f in e.validator_value if f not in e.instance)
-        return Rejection("missing_field", f"required field {name!r} is absent", name)
+        return unusable("missing_field", next(f for f in e.validator_value if f not in e.instance))
     name, v, kw = e.path[0], e.instance, e.validator
     if v is None and name in schema["required"]:
-        return Rejection("missing_field", f"required field {name!r} is null", name)
+        return unusable("missing_field", name, v)
     if kw == "type" and isinstance(v, float) and not math.isfinite(v):
-        return Rejection("not_finite", f"field {name!r} is {v}", name, str(v))
+        return unusable("not_finite", name, v)
     if kw == "type":
-        allowed = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
-        return Rejection(
-            "wrong_type",
-            f"field {name!r} must be {' or '.join(allowed)}, got {_json_type(v)} {_short(v)}",
-            name,
-            _short(v),
-        )
+        types = e.validator_value
+        return unusable("wrong_type", name, v, types if isinstance(types, list) else [types])
     if kw == "const" and name == "schema_version":
-        return Rejection(
-            "schema_version",
-            f"field {name!r} is {_short(v)}, this worker reads {e.validator_value}",
-            name,
-            _short(v),
-        )
+        return unusable("schema_version", name, v, e.validator_value)
     if kw in ("minimum", "maximum"):
         p = schema["properties"][name]
-        return Rejection(
-            "out_of_range",
-            f"field {name!r} is {v}, outside {p.get('minimum')} to {p.get('maximum')}",
-            name,
-            str(v),
-        )
+        return unusable("out_of_range", name, v, (p.get("minimum"), p.get("maximum")))
     if kw == "enum":
-        known = ", ".join(_short(c) for c in e.validator_value if c is not None)
-        return Rejection(
-            "unknown_category",
-            f"field {name!r} has unknown category {_short(v)}; known: {known}",
-            name,
-            _short(v),
-        )
+        return unusable("unknown_category", name, v, e.validator_value)
     return Rejection("wrong_type", f"field {name!r}: {e.message}", name, _short(v))
 
 # %% ../nbs/08_serve.ipynb #ab6b6a48
@@ -430,18 +384,18 @@ def example_events(schema: dict, event_id: int = 7) -> dict:
 # %% ../nbs/08_serve.ipynb #4fc1b68f
 def _score_one(model, event: dict) -> float | Rejection:
     try:
-        y = float(model.predict_records([event])[0])
+        y = float(model.predict_filled([event])[0])
     except Exception as e:
         return Rejection("prediction_failed", f"the model raised {type(e).__name__}: {e}")
     return y if math.isfinite(y) else Rejection("prediction_failed", f"the model predicted {y}")
 
 # %% ../nbs/08_serve.ipynb #daf867ae
 def score_events(model, events: list[dict]) -> list[float | Rejection]:
-    "A prediction or a `Rejection` for each of `events`, from one call of the fast path when all goes well."
+    "A prediction or a `Rejection` for each of `events` (gaps already filled), from one call of the fast path when all goes well."
     if not events:
         return []
     try:
-        ys = [float(y) for y in model.predict_records(events)]
+        ys = [float(y) for y in model.predict_filled(events)]
     except Exception as e:
         log.warning(
             "batch of %d events failed to score (%s: %s); scoring them one by one",
@@ -531,7 +485,7 @@ class Outgoing:
 # %% ../nbs/08_serve.ipynb #4e4d35cc
 def plan_batch(
     records: list,  # consumed messages, in order
-    model,  # a `SalesModel` (features, target, fill_values, impute_records, predict_records)
+    model,  # a `SalesModel` (features, target, fill_values, impute_records, predict_filled)
     validate: EventValidator,  # of `event_schema(model)`
     predictions_topic: str = PREDICTIONS_TOPIC,
     dead_letter_topic: str = DEAD_LETTER_TOPIC,
@@ -581,6 +535,10 @@ def _ms(xs: list, q: float) -> float | None:
 # %% ../nbs/08_serve.ipynb #5109ec4d
 class Metrics:
     "Counts, rates and batch latencies of one worker, logged and written to a JSON file periodically."
+
+    reasons = REASONS  # the outcomes that set a message aside (`warn_rejections`)
+    # the warning's words after "N of the last M", with the share and the commonest reasons
+    set_aside = "events (%.0f %%) were dead-lettered (%s): is the model right for these events? See `sales-kafka dlq list`"
 
     def __init__(
         self,
@@ -696,23 +654,13 @@ def line(self: Metrics, s: dict) -> str:
 # %% ../nbs/08_serve.ipynb #e398bf7e
 @patch
 def warn_rejections(self: Metrics, share: float = 0.1, at_least: int = 20):
-    "Warn when more than `share` of this interval's events (at least `at_least` of them) were dead-lettered."
+    "Warn when more than `share` of this interval's messages (at least `at_least` of them) were set aside for one of `reasons`."
     new = self.counts - self._last_counts
-    n, bad = sum(new.values()), sum(new.values()) - new["scored"]
-    if n < at_least or bad <= share * n:
+    n, bad = new.total(), Counter({k: v for k, v in new.items() if k in self.reasons})
+    if n < at_least or bad.total() <= share * n:
         return
-    top = ", ".join(
-        f"{r} {c}"
-        for r, c in Counter({k: v for k, v in new.items() if k != "scored"}).most_common(3)
-    )
-    log.warning(
-        "%d of the last %d events (%.0f %%) were dead-lettered (%s): is the model right for these events? "
-        "See `sales-kafka dlq list`",
-        bad,
-        n,
-        100 * bad / n,
-        top,
-    )
+    top = ", ".join(f"{r} {c}" for r, c in bad.most_common(3))
+    log.warning("%d of the last %d " + self.set_aside, bad.total(), n, 100 * bad.total() / n, top)
 
 # %% ../nbs/08_serve.ipynb #aa462fbb
 @patch
@@ -856,55 +804,25 @@ class ScoringWorker:
         # each series' recent actuals, for a model with lags (chapter 08e)
         history_topic: str = HISTORY_TOPIC,
     ):
-        # the last batch's messages: what a new champion must fit
-        self.max_imputed, self.recent = (max_imputed, [])
-        # the per-series state, made when a model needs it
-        self.history_topic, self.history, self.model = (history_topic, None, None)
-        self.settings, self.group_id, self.exactly_once, self.follower, self.swaps = (
-            settings,
-            group_id,
-            exactly_once,
-            follower,
-            0,
+        store_attr(
+            "settings,group_id,exactly_once,follower,max_records,max_event_bytes,session_timeout_ms,"
+            "transaction_timeout_ms,max_poll_interval_ms,max_imputed,history_topic"
         )
+        # the last batch's messages (what a new champion must fit), the per-series state (made when a model
+        # needs it), the group membership of the last poll
+        self.recent, self.history, self.model, self.polled_in, self.swaps = [], None, None, None, 0
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.topics = (events_topic, predictions_topic, dead_letter_topic)
-        self.max_records, self.max_event_bytes = max_records, max_event_bytes
-        self.session_timeout_ms, self.transaction_timeout_ms = (
-            session_timeout_ms,
-            transaction_timeout_ms,
-        )
-        # polled_in: the group membership of the last poll
-        self.max_poll_interval_ms, self.polled_in = (max_poll_interval_ms, None)
         self.metrics = metrics or Metrics(worker=self.worker_id, group=group_id, mode=self.mode)
         self.use(model)
         self.stopping = threading.Event()
         self.consumer = self.producer = None
 
-    def __repr__(self):
-        return f"ScoringWorker({self.worker_id!r}, group={self.group_id!r}, {self.mode})"
-
     def open(self) -> ScoringWorker:
         "Freeze the heap (see below); connect: subscribe the consumer to the events topic and ready the producer."
         gc.collect()
         gc.freeze()  # the model's long-lived objects leave the collector's view
-        iso = "read_committed" if self.exactly_once else "read_uncommitted"
-        self.consumer = consumer(
-            self.settings,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.max_records,
-            isolation_level=iso,
-            session_timeout_ms=self.session_timeout_ms,
-            heartbeat_interval_ms=max(500, self.session_timeout_ms // 3),
-            max_poll_interval_ms=self.max_poll_interval_ms,
-        )
-        self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
-        # known before the first join, else it assigns nothing until the next metadata refresh (5 min);
-        self.consumer.partitions_for_topic(self.topics[0])
-        # read after subscribing, so the group leader assigns from the metadata it holds afterwards: read before, it
-        # re-joined at once, and a poll that timed out in that second join never finished it (tests/test_worker_join.py)
+        self._subscribe()
         self.producer = self._new_producer()
         threading.Thread(
             target=json_validator_class, name="import-jsonschema", daemon=True
@@ -918,26 +836,65 @@ class ScoringWorker:
     def __exit__(self, *exc):
         self.close()
 
-    def run(
-        self,
-        idle_exit: float | None = None,  # stop after this many seconds without events; None: never
-        poll_timeout: float = 0.5,  # seconds one poll waits for messages
-    ) -> dict:
-        "Score batches until `stopping` is set (or, with partitions assigned, idle for `idle_exit` s); the final metrics."
-        last = time.monotonic()
-        while not self.stopping.is_set():
-            self.swap()
-            records, now = self.poll(poll_timeout), time.monotonic()
-            self.metrics.tick()
-            if records:
-                self.process(records)
-                last = time.monotonic()
-            elif not self.consumer.assignment():
-                last = now  # idle time counts from the first assignment
-            elif idle_exit is not None and now - last > idle_exit:
-                log.info("%r: no events for %.0f s; stopping", self, idle_exit)
-                break
-        return self.metrics.report()
+# %% ../nbs/08_serve.ipynb #3c1a63f4
+@patch
+def _group_consumer(
+    self: ScoringWorker,
+    **more,  # more consumer settings, e.g. the assignment strategy
+):
+    "A consumer in the worker's group: no auto-commit, from the earliest offset, read_committed when exactly once."
+    return consumer(
+        self.settings,
+        group_id=self.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=self.max_records,
+        isolation_level="read_committed" if self.exactly_once else "read_uncommitted",
+        session_timeout_ms=self.session_timeout_ms,
+        heartbeat_interval_ms=max(500, self.session_timeout_ms // 3),
+        max_poll_interval_ms=self.max_poll_interval_ms,
+        **more,
+    )
+
+# %% ../nbs/08_serve.ipynb #0469f17f
+@patch
+def _subscribe(self: ScoringWorker):
+    "Make the consumer and subscribe it to the events topic, its partitions known before the group's first join."
+    self.consumer = self._group_consumer()
+    self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
+    # known before the first join, else it assigns nothing until the next metadata refresh (5 min); read after
+    # subscribing, so the group leader assigns from the metadata it holds afterwards: read before, it re-joined
+    # at once, and a poll that timed out in that second join never finished it (tests/test_worker_join.py)
+    self.consumer.partitions_for_topic(self.topics[0])
+
+# %% ../nbs/08_serve.ipynb #3f66ffba
+@patch
+def __repr__(self: ScoringWorker):
+    "The worker's id, group and delivery mode."
+    return f"ScoringWorker({self.worker_id!r}, group={self.group_id!r}, {self.mode})"
+
+# %% ../nbs/08_serve.ipynb #566e324b
+@patch
+def run(
+    self: ScoringWorker,
+    idle_exit: float | None = None,  # stop after this many seconds without events; None: never
+    poll_timeout: float = 0.5,  # seconds one poll waits for messages
+) -> dict:
+    "Score batches until `stopping` is set (or, with partitions assigned, idle for `idle_exit` s); the final metrics."
+    last = time.monotonic()
+    while not self.stopping.is_set():
+        self.swap()
+        records, now = self.poll(poll_timeout), time.monotonic()
+        self.metrics.tick()
+        if records:
+            self.process(records)
+            last = time.monotonic()
+        elif not self.consumer.assignment():
+            last = now  # idle time counts from the first assignment
+        elif idle_exit is not None and now - last > idle_exit:
+            log.info("%r: no events for %.0f s; stopping", self, idle_exit)
+            break
+    return self.metrics.report()
 
 # %% ../nbs/08_serve.ipynb #37ed0a12
 @patch(as_prop=True)
@@ -1224,6 +1181,43 @@ def find_model(
         f"{path} is neither a model folder (with model.json) nor a run folder with a model/ in it"
     )
 
+# %% ../nbs/08_serve.ipynb #c8ae15ad
+def _model_to_serve(
+    model: Path | str | None,  # the model or run folder `serve` was given, if any
+    folder: Path | None,  # the model folder already found for it, if any
+    settings: KafkaSettings,
+    runs: Path | str,  # where to look for the newest run
+    follower: ChampionFollower | None,  # the registry's follower; None: no champion
+    events: list[dict],  # the newest events: the model must fit them
+    models_topic: str,
+    events_topic: str,
+    max_imputed: float,
+) -> tuple:
+    "The model to serve and where it came from: the registry's champion if it fits the events, else a run's model that does."
+    champion = follower.champion if follower and model is None else None
+    m, refused = (record_model(champion), None) if champion else (None, None)
+    if m and (refused := fit_problem(m, events, max_imputed)):
+        log.error(
+            "refusing the champion %s of %s: %s; looking for a run that fits",
+            m.version,
+            models_topic,
+            refused,
+        )
+        m = None
+    if m:
+        return m, f"{models_topic} (champion)"
+    try:
+        folder = folder or find_model(model, runs, settings, events_topic, max_imputed)
+    except ServeError as e:
+        if follower:
+            follower.stop()
+        raise ServeError(
+            f"the champion {champion['version']} does not fit the events: {refused}; and {e}"
+            if refused
+            else str(e)
+        ) from None
+    return load_model(folder), str(folder)
+
 # %% ../nbs/08_serve.ipynb #f69e146b
 def serve(
     # model folder or run folder; None: the registry's champion, else the newest run under `runs`
@@ -1249,30 +1243,9 @@ def serve(
     events_topic = worker.get("events_topic", EVENTS_TOPIC)
     events = newest_events(settings, events_topic)
     follower = ChampionFollower(settings, models_topic).start() if follow else None
-    champion = follower.champion if follower and model is None else None
-    m, refused = (record_model(champion), None) if champion else (None, None)
-    if m and (refused := fit_problem(m, events, max_imputed)):
-        log.error(
-            "refusing the champion %s of %s: %s; looking for a run that fits",
-            m.version,
-            models_topic,
-            refused,
-        )
-        m = None
-    if m:
-        source = f"{models_topic} (champion)"
-    else:
-        try:
-            folder = folder or find_model(model, runs, settings, events_topic, max_imputed)
-        except ServeError as e:
-            if follower:
-                follower.stop()
-            raise ServeError(
-                f"the champion {champion['version']} does not fit the events: {refused}; and {e}"
-                if refused
-                else str(e)
-            ) from None
-        m, source = load_model(folder), str(folder)
+    m, source = _model_to_serve(
+        model, folder, settings, runs, follower, events, models_topic, events_topic, max_imputed
+    )
     log.info(
         "loaded %s model %s from %s", getattr(m, "kind", "?"), getattr(m, "version", "?"), source
     )
@@ -1292,70 +1265,112 @@ def serve(
         if follower:
             follower.stop()
 
+# %% ../nbs/08_serve.ipynb #42375109
+_model_choice_options = apply_options(  # where `serve` finds its model
+    [
+        click.option(
+            "--model",
+            "model",
+            type=click.Path(exists=True, file_okay=False),
+            help="Model folder or run folder (default: the registry's champion, else the newest run under --runs).",
+        ),
+        click.option(
+            "--runs",
+            type=click.Path(file_okay=False),
+            default=str(RUNS_BASE),
+            show_default=True,
+            help="Folder of run folders, searched when --model is not given.",
+        ),
+    ]
+)
+
+# %% ../nbs/08_serve.ipynb #c5fbfd58
+_event_options = apply_options(  # how events are consumed and judged
+    [
+        click.option(
+            "--exactly-once",
+            is_flag=True,
+            help="Consume-transform-produce in Kafka transactions (readers must use read_committed).",
+        ),
+        click.option(
+            "--max-event-bytes",
+            type=click.IntRange(1),
+            default=MAX_EVENT_BYTES,
+            show_default=True,
+            help="Larger events are dead-lettered as oversized.",
+        ),
+        click.option(
+            "--max-imputed",
+            type=click.FloatRange(0, 1),
+            default=MAX_IMPUTED,
+            show_default=True,
+            help="An event lacking more than this share of the model's features is dead-lettered (too_imputed); "
+            "a model most of the newest events lack that much of is refused.",
+        ),
+    ]
+)
+
+# %% ../nbs/08_serve.ipynb #d7a0121f
+_serve_topic_options = apply_options(  # the topics a worker reads and writes, and their partitions
+    [
+        click.option(
+            "--events-topic",
+            default=EVENTS_TOPIC,
+            show_default=True,
+            help="Topic of the sales events.",
+        ),
+        click.option(
+            "--predictions-topic",
+            default=PREDICTIONS_TOPIC,
+            show_default=True,
+            help="Topic of the prediction records.",
+        ),
+        click.option(
+            "--dead-letter-topic",
+            default=DEAD_LETTER_TOPIC,
+            show_default=True,
+            help="Topic of the events that could not be scored.",
+        ),
+        click.option(
+            "--history-topic",
+            default=HISTORY_TOPIC,
+            show_default=True,
+            help="Each series' recent actuals (compacted, keyed by series): the state a lag model's features are made from.",
+        ),
+        click.option(
+            "--partitions",
+            type=int,
+            default=PARTITIONS,
+            show_default=True,
+            help="Partitions of topics this command creates.",
+        ),
+    ]
+)
+
+# %% ../nbs/08_serve.ipynb #bbb134e0
+_champion_options = apply_options(  # the registry's champion, followed
+    [
+        click.option(
+            "--models-topic",
+            default=MODELS_TOPIC,
+            show_default=True,
+            help="The model registry whose champion is followed.",
+        ),
+        click.option(
+            "--follow/--no-follow",
+            default=True,
+            show_default=True,
+            help="Swap in each champion promoted while running, between micro-batches.",
+        ),
+    ]
+)
+
 # %% ../nbs/08_serve.ipynb #82de7b56
 @click.command("serve")
-@click.option(
-    "--model",
-    "model",
-    type=click.Path(exists=True, file_okay=False),
-    help="Model folder or run folder (default: the registry's champion, else the newest run under --runs).",
-)
-@click.option(
-    "--runs",
-    type=click.Path(file_okay=False),
-    default=str(RUNS_BASE),
-    show_default=True,
-    help="Folder of run folders, searched when --model is not given.",
-)
+@_model_choice_options
 @kafka_options("Most events in one micro-batch.", 500)
-@click.option(
-    "--exactly-once",
-    is_flag=True,
-    help="Consume-transform-produce in Kafka transactions (readers must use read_committed).",
-)
-@click.option(
-    "--max-event-bytes",
-    type=click.IntRange(1),
-    default=MAX_EVENT_BYTES,
-    show_default=True,
-    help="Larger events are dead-lettered as oversized.",
-)
-@click.option(
-    "--max-imputed",
-    type=click.FloatRange(0, 1),
-    default=MAX_IMPUTED,
-    show_default=True,
-    help="An event lacking more than this share of the model's features is dead-lettered (too_imputed); "
-    "a model most of the newest events lack that much of is refused.",
-)
-@click.option(
-    "--events-topic", default=EVENTS_TOPIC, show_default=True, help="Topic of the sales events."
-)
-@click.option(
-    "--predictions-topic",
-    default=PREDICTIONS_TOPIC,
-    show_default=True,
-    help="Topic of the prediction records.",
-)
-@click.option(
-    "--dead-letter-topic",
-    default=DEAD_LETTER_TOPIC,
-    show_default=True,
-    help="Topic of the events that could not be scored.",
-)
-@click.option(
-    "--history-topic",
-    default=HISTORY_TOPIC,
-    show_default=True,
-    help="Each series' recent actuals (compacted, keyed by series): the state a lag model's features are made from.",
-)
-@click.option(
-    "--partitions",
-    type=int,
-    default=PARTITIONS,
-    show_default=True,
-    help="Partitions of topics this command creates.",
-)
+@_event_options
+@_serve_topic_options
 @group_member_options("worker", "events", "sales-scorers")
 @click.option(
     "--max-poll-interval",
@@ -1365,18 +1380,7 @@ def serve(
     help="Seconds a worker may take between two polls (Kafka's max.poll.interval.ms); a slower one leaves the group, "
     "its partitions go to the others, and it rejoins at its next poll.",
 )
-@click.option(
-    "--models-topic",
-    default=MODELS_TOPIC,
-    show_default=True,
-    help="The model registry whose champion is followed.",
-)
-@click.option(
-    "--follow/--no-follow",
-    default=True,
-    show_default=True,
-    help="Swap in each champion promoted while running, between micro-batches.",
-)
+@_champion_options
 def serve_command(
     model,
     runs,

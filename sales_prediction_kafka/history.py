@@ -328,11 +328,17 @@ def lacking(self: SeriesHistory, model, events: list[dict]) -> list[str]:
 
 # %% ../nbs/08e_history.ipynb #0b9e4f72
 @patch
-def absorb(self: SeriesHistory) -> int:
+def absorb(
+    self: SeriesHistory,
+    most: int = 10_000,  # records per poll; a poll that returns fewer has emptied what was fetched
+) -> int:
     "Hold the history records the consumer has fetched already, without waiting for more; how many."
-    n = 0
-    while self.latest and (got := self.consumer.poll(timeout_ms=0, max_records=10_000)):
-        n += self.hold(r for rs in got.values() for r in rs)
+    n, more = 0, bool(self.latest)
+    while (
+        more
+    ):  # one poll in the common case: each costs about as much as an end-offsets request under load
+        got = [r for rs in self.consumer.poll(timeout_ms=0, max_records=most).values() for r in rs]
+        n, more = n + self.hold(got), len(got) == most
     return n
 
 # %% ../nbs/08e_history.ipynb #7d2c6e19

@@ -1159,6 +1159,9 @@ def process(self: ScoringWorker, records: list) -> Counter:
 @patch
 def poll(self: ScoringWorker, timeout: float = 0.5) -> list:
     "The next micro-batch of messages (at most `max_records`), in partition order."
+    if self.history is not None:
+        # the history's next fetch, sent now, is answered while this poll waits: the batch finds it held (chapter 08e)
+        self.history.absorb()
     try:
         batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=self.max_records)
         # the membership the batch was read in, for its transaction

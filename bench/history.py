@@ -386,6 +386,11 @@ def latency(settings, dirs: dict, p: dict, tmp: Path) -> dict:
             metrics[s] = json.loads(w.expect("DONE", 10))
         except RuntimeError:
             metrics[s] = None
+        # over the live run, warm-up included: batches, and those that read on to the history's end
+        rows[-1] |= {
+            "batches": (metrics[s] or {}).get("batches"),
+            "catch_ups": ((metrics[s] or {}).get("history") or {}).get("catch_ups"),
+        }
     return {"rows": rows, "worker_metrics": metrics}
 
 
@@ -475,6 +480,8 @@ def run(
                 "wait_p99_ms",
                 "work_p50_ms",
                 "work_p99_ms",
+                "batches",
+                "catch_ups",
             ],
         )
     )

@@ -30,9 +30,9 @@ from fastcore.basics import patch
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'HISTORY_PERIODS', 'HISTORY_CONFIGS', 'series_key', 'periods_needed', 'history_value', 'history_items',
-           'period_of', 'derived_columns', 'event_features', 'derive_events', 'HistoryError', 'ensure_history_topic',
-           'SeriesHistory']
+__all__ = ['log', 'HISTORY_PERIODS', 'HISTORY_CONFIGS', 'series_key', 'periods_read', 'periods_needed', 'history_value',
+           'history_items', 'period_of', 'derived_columns', 'event_features', 'derive_events', 'HistoryError',
+           'ensure_history_topic', 'SeriesHistory']
 
 # %% ../nbs/08e_history.ipynb #fb205636
 def series_key(event: dict, series: list) -> str:
@@ -42,11 +42,17 @@ def series_key(event: dict, series: list) -> str:
         raise KeyError(f"event {event.get('event_id')} has no series field(s) {', '.join(missing)}")
     return "|".join(str(event[c]) for c in series)
 
+# %% ../nbs/08e_history.ipynb #a3d1c2e7
+def periods_read(axis: TimeAxis) -> list:
+    "The periods back from a row whose actuals its lag, rolling-mean and baseline features read (as `TimeAxis.derive_from` reads them)."
+    season_back = axis.season * math.ceil(axis.horizon / axis.season)
+    windows = range(axis.horizon, axis.horizon + max(axis.windows, default=0))
+    return sorted({axis.horizon, season_back, *axis.lags, *windows})
+
 # %% ../nbs/08e_history.ipynb #4c21bb56
 def periods_needed(axis: TimeAxis) -> int:
     "How many periods back a row's lag, rolling-mean and baseline features reach."
-    back = axis.season * math.ceil(axis.horizon / axis.season)
-    return max([axis.horizon, back, *axis.lags, *(axis.horizon + w - 1 for w in axis.windows)])
+    return max(periods_read(axis))
 
 # %% ../nbs/08e_history.ipynb #96f9b58f
 HISTORY_PERIODS = 60  # rows of actuals a history record keeps by default: a weekly season and some
@@ -191,7 +197,7 @@ def ensure_history_topic(
 
 # %% ../nbs/08e_history.ipynb #5d67db45
 class SeriesHistory:
-    "The latest history record of each series on the partitions a worker owns: restored when a partition arrives, caught up before each batch."
+    "The latest history record of each series on the partitions a worker owns: restored when a partition arrives, read on when a batch needs it."
 
     def __init__(
         self,
@@ -209,6 +215,8 @@ class SeriesHistory:
             0,
         )
         self.periods = {}  # time value -> period number, parsed once (`period_of`)
+        # batches that lacked an actual in the held records and read on (`catch_up`)
+        self.catch_ups = 0
         # a catch-up waits for a fetch: 500 ms (the default) made its p99 179 ms, 10 ms makes it 11 ms
         self.consumer = consumer(
             settings,
@@ -238,61 +246,54 @@ def close(self: SeriesHistory):
 def sync(
     self: SeriesHistory,
     partitions,  # the events partitions the worker owns now
-    # read every owned partition to its end; False: only the ones just arrived
-    catch_up: bool = True,
 ):
-    "Own the history of `partitions`: restore the new ones from the beginning, forget the others, read on to the ends."
+    "Own the history of `partitions`: restore the new ones from the beginning to their end offsets, forget the others."
     new, gone = set(partitions) - set(self.latest), set(self.latest) - set(partitions)
+    if not (new or gone):
+        return
     for p in gone:
         del self.latest[p]
-    if new or gone:
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        at = {tp: self.consumer.position(tp) for tp in self.consumer.assignment() if tp in tps}
-        self.consumer.assign(tps)
-        for tp in tps:
-            self.consumer.seek(tp, at.get(tp, 0)) if tp in at else self.consumer.seek_to_beginning(
-                tp
-            )
-        for p in new:
-            self.latest[p] = {}
-    if new or catch_up:
+    tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+    at = {tp: self.consumer.position(tp) for tp in self.consumer.assignment() if tp in tps}
+    self.consumer.assign(tps)
+    for tp in tps:
+        self.consumer.seek(tp, at[tp]) if tp in at else self.consumer.seek_to_beginning(tp)
+    for p in new:
+        self.latest[p] = {}
+    if new:
         t0, n = time.monotonic(), self.read_to_end()
-        if new:
-            self.restores.append(
-                {
-                    "partitions": sorted(new),
-                    "records": n,
-                    "series": self.series,
-                    "seconds": round(time.monotonic() - t0, 3),
-                }
-            )
-            log.info(
-                "%r restored partitions %s: %d records in %.2f s",
-                self,
-                sorted(new),
-                n,
-                time.monotonic() - t0,
-            )
+        took = round(time.monotonic() - t0, 3)
+        self.restores.append(
+            {"partitions": sorted(new), "records": n, "series": self.series, "seconds": took}
+        )
+        log.info("%r restored partitions %s: %d records in %.2f s", self, sorted(new), n, took)
+
+# %% ../nbs/08e_history.ipynb #c41f0a2b
+@patch
+def hold(self: SeriesHistory, records) -> int:
+    "Hold each of `records` (the history topic's) as its series' latest record (a tombstone forgets it); how many."
+    n = 0
+    for r in records:
+        d, k = self.latest[r.partition], r.key.decode() if r.key is not None else ""
+        if r.value is None:
+            d.pop(k, None)
+        else:
+            d[k] = r.value
+        n += 1
+    return n
 
 # %% ../nbs/08e_history.ipynb #b4ddd956
 @patch
 def read_to_end(self: SeriesHistory, timeout: float = 60) -> int:
     "Read every owned partition up to its end offset now; the records read."
-    tps, n = sorted(self.consumer.assignment()), 0
+    tps = sorted(self.consumer.assignment())
     if not tps:
         return 0
     try:
         ends = self.consumer.end_offsets(tps)
-        for r in read_records(self.consumer, None, ends, timeout, True, max_records=10_000):
-            d, k = self.latest[r.partition], r.key.decode() if r.key is not None else ""
-            if r.value is None:
-                d.pop(k, None)
-            else:
-                d[k] = r.value
-            n += 1
+        return self.hold(read_records(self.consumer, None, ends, timeout, True, max_records=10_000))
     except ReadTimeout:
         raise HistoryError(f"could not read {self.topic!r} to its end in {timeout:.0f} s") from None
-    return n
 
 # %% ../nbs/08e_history.ipynb #37c20cc4
 @patch
@@ -305,10 +306,63 @@ def value(self: SeriesHistory, key: str) -> dict | None:
             return v
     return None
 
+# %% ../nbs/08e_history.ipynb #f5a8c3d1
+@patch
+def lacking(self: SeriesHistory, model, events: list[dict]) -> list[str]:
+    "The series of `events` whose held record lacks (or that have no record holding) an actual their features read."
+    a = model.axis
+    back = np.array(periods_read(a))
+    read = {}  # series key -> the periods its events read
+    at = period_of(a, [ev[a.column] for ev in events], self.periods)
+    for ev, p in zip(events, at.tolist()):
+        read.setdefault(series_key(ev, a.series), set()).update((p - back).tolist())
+    values = {k: self.value(k) for k in read}
+    known = {  # series key -> the times of its held actuals
+        k: [t for t, y in v["rows"] if y is not None and y == y] for k, v in values.items() if v
+    }
+    flat = period_of(a, [t for ts in known.values() for t in ts], self.periods).tolist()
+    have, i = {}, 0
+    for k, ts in known.items():
+        have[k], i = set(flat[i : i + len(ts)]), i + len(ts)
+    return [k for k, need in read.items() if not need <= have.get(k, set())]
+
+# %% ../nbs/08e_history.ipynb #0b9e4f72
+@patch
+def absorb(
+    self: SeriesHistory,
+    most: int = 10_000,  # records per poll; a poll that returns fewer has emptied what was fetched
+) -> int:
+    "Hold the history records the consumer has fetched already, without waiting for more; how many."
+    n, more = 0, bool(self.latest)
+    while (
+        more
+    ):  # one poll in the common case: each costs about as much as an end-offsets request under load
+        got = [r for rs in self.consumer.poll(timeout_ms=0, max_records=most).values() for r in rs]
+        n, more = n + self.hold(got), len(got) == most
+    return n
+
+# %% ../nbs/08e_history.ipynb #7d2c6e19
+@patch
+def catch_up(self: SeriesHistory, model, events: list[dict], timeout: float = 60) -> int:
+    "Hold every record `events` need: those fetched already, and if an actual they read is still lacking, all up to the end offsets now; the records read."
+    n = self.absorb()
+    tps = sorted(self.consumer.assignment())
+    if not tps or not self.lacking(model, events):
+        return n
+    self.catch_ups += 1
+    ends, t0 = self.consumer.end_offsets(tps), time.monotonic()
+    while any(self.consumer.position(tp) < ends[tp] for tp in tps) and self.lacking(model, events):
+        if time.monotonic() - t0 > timeout:
+            raise HistoryError(f"could not read {self.topic!r} to its end in {timeout:.0f} s")
+        got = self.consumer.poll(timeout_ms=200, max_records=10_000)
+        n += self.hold(r for rs in got.values() for r in rs)
+    return n
+
 # %% ../nbs/08e_history.ipynb #bbb3f505
 @patch
 def features(self: SeriesHistory, model, events: list[dict]) -> list[dict]:
-    "`events` with the features `model` derives from earlier actuals, made from their series' history."
+    "`events` with the features `model` derives from earlier actuals, made from their series' history (caught up for them first)."
+    self.catch_up(model, events)
     a, need = model.axis, periods_needed(model.axis)
     values = {
         k: v

@@ -1116,6 +1116,9 @@ def process(self: ScoringWorker, records: list) -> Counter:
 @patch
 def poll(self: ScoringWorker, timeout: float = 0.5) -> list:
     "The next micro-batch of messages (at most `max_records`), in partition order."
+    if self.history is not None:
+        # the history's next fetch, sent now, is answered while this poll waits: the batch finds it held (chapter 08e)
+        self.history.absorb()
     try:
         batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=self.max_records)
         # the membership the batch was read in, for its transaction
@@ -1128,15 +1131,12 @@ def poll(self: ScoringWorker, timeout: float = 0.5) -> list:
         return []  # (tests/test_network_faults.py: resets every 2 s crashed a worker); the next poll looks it up again
     records = [r for tp in sorted(batch, key=lambda tp: tp.partition) for r in batch[tp]]
     if getattr(self.model, "needs_history", False):
-        self.sync_history(catch_up=bool(records))
+        self.sync_history()  # the batch's own catch-up is `SeriesHistory.features`
     return records
 
 # %% ../nbs/08_serve.ipynb #2d15af18
 @patch
-def sync_history(
-    self: ScoringWorker,
-    catch_up: bool = True,  # read the owned history to its end (before a batch); False: only restore
-):
+def sync_history(self: ScoringWorker):
     "Hold the history of the events partitions owned now: restore those just assigned, forget those taken away."
     if self.history is None:
         ensure_history_topic(self.settings, self.history_topic, self.topics[0])
@@ -1145,12 +1145,13 @@ def sync_history(
             self.history_topic,
             "read_committed" if self.exactly_once else "read_uncommitted",
         )
-    self.history.sync({tp.partition for tp in self.consumer.assignment()}, catch_up)
+    self.history.sync({tp.partition for tp in self.consumer.assignment()})
     self.metrics.info["history"] = {
         "topic": self.history_topic,
         "series": self.history.series,
         "restores": self.history.restores[-3:],
         "filled": self.history.filled,
+        "catch_ups": self.history.catch_ups,
     }
 
 # %% ../nbs/08_serve.ipynb #cf7519e1

@@ -12,6 +12,7 @@ import hashlib, inspect, json, logging, math, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from functools import cached_property
 import numpy as np
 import pandas as pd
 from fastcore.basics import patch, store_attr
@@ -563,9 +564,9 @@ class Model:
         self.version = self.train_mae = None
         self.notes, self.treatment = [], {}
 
-    @property
+    @cached_property
     def axis(self):
-        "The model's `TimeAxis`, or None."
+        "The model's `TimeAxis`, or None: made once, since scoring reads it for every event."
         return axis_from_dict(self.time)
 
     # what a kind defines: its estimator's fitting, scoring, bytes for the version, files

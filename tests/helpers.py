@@ -1,6 +1,6 @@
 "Plain helpers shared by the test files (`from helpers import ...`); fixtures live in conftest.py."
 
-import json, subprocess, sys, time, uuid
+import json, os, subprocess, sys, time, uuid
 from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 from sales_prediction_kafka.models import load_model
@@ -58,39 +58,44 @@ def read_all(
         c.close()
 
 
+def broker_and_topics(settings, t: dict) -> list[str]:
+    "The options that point a serve-like command at the broker of `settings` and at the group and topics of `t`."
+    return [
+        *("--bootstrap-servers", settings.bootstrap_servers, "--group-id", t["group"]),
+        *("--events-topic", t["events"], "--predictions-topic", t["predictions"]),
+        *("--dead-letter-topic", t["dlq"]),
+    ]
+
+
 def start_worker(
-    tmp: Path, model_dir: Path, settings, t: dict, worker: str, exactly_once: bool
+    tmp: Path,
+    model_dir: Path | None,
+    settings,
+    t: dict,
+    worker: str,
+    exactly_once: bool,
+    *extra: str,
+    partitions: int = 6,
+    max_records: int = 200,
+    env: dict | None = None,
 ) -> subprocess.Popen:
-    "A `serve` worker process; its logs go to <tmp>/<worker>.log, its metrics to <tmp>/<worker>.json."
+    """A `serve` worker process on the group and topics of `t`, with more options `extra` and more environment `env`; its logs
+    go to <tmp>/<worker>.log, its metrics to <tmp>/<worker>.json. No `model_dir`: `extra` says where its model comes from."""
+    metrics_file = str(tmp / f"{worker}.json")
     args = [
-        "--model",
-        str(model_dir),
-        "--bootstrap-servers",
-        settings.bootstrap_servers,
-        "--group-id",
-        t["group"],
-        "--worker-id",
-        worker,
-        "--events-topic",
-        t["events"],
-        "--predictions-topic",
-        t["predictions"],
-        "--dead-letter-topic",
-        t["dlq"],
-        "--partitions",
-        "6",
-        "--max-records",
-        "200",
-        "--session-timeout",
-        "6",
-        "--metrics-file",
-        str(tmp / f"{worker}.json"),
-        "--metrics-every",
-        "0.2",
-    ] + (["--exactly-once"] if exactly_once else [])
-    log = open(tmp / f"{worker}.log", "ab")
+        *(["--model", str(model_dir)] if model_dir else []),
+        *broker_and_topics(settings, t),
+        *("--worker-id", worker, "--partitions", str(partitions)),
+        *("--max-records", str(max_records), "--session-timeout", "6"),
+        *("--metrics-file", metrics_file, "--metrics-every", "0.2"),
+        *(["--exactly-once"] if exactly_once else []),
+        *extra,
+    ]
     return subprocess.Popen(
-        [sys.executable, "-c", SERVE, *args], stdout=subprocess.PIPE, stderr=log
+        [sys.executable, "-c", SERVE, *args],
+        stdout=subprocess.PIPE,
+        stderr=open(tmp / f"{worker}.log", "ab"),
+        env=os.environ | (env or {}),
     )
 
 

@@ -10,7 +10,7 @@ from sales_prediction_kafka.models import SalesModel, load_model, save_model
 from sales_prediction_kafka.registry import ensure_models_topic, model_record, promote, publish
 from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.clients import ensure_topic
-from helpers import ROOT, SERVE, metrics, read_all, topics, wait_for
+from helpers import ROOT, metrics, read_all, start_worker, topics, wait_for
 
 # the shift scenario is the loop benchmark's, run here for its outcome rather than its timings
 sys.path.insert(0, str(ROOT))
@@ -23,39 +23,17 @@ def start_follower_worker(
     tmp: Path, settings, t: dict, worker: str, models_topic: str, group: str | None = None
 ) -> subprocess.Popen:
     "An exactly-once `serve` worker told no model path: it loads the registry's champion and follows it."
-    args = [
-        "--runs",
-        str(tmp / "no-runs"),
-        "--models-topic",
-        models_topic,
-        "--bootstrap-servers",
-        settings.bootstrap_servers,
-        "--group-id",
-        group or t["group"],
-        "--worker-id",
+    follow = ("--runs", str(tmp / "no-runs"), "--models-topic", models_topic)
+    return start_worker(
+        tmp,
+        None,
+        settings,
+        t | {"group": group or t["group"]},
         worker,
-        "--events-topic",
-        t["events"],
-        "--predictions-topic",
-        t["predictions"],
-        "--dead-letter-topic",
-        t["dlq"],
-        "--partitions",
-        "4",
-        "--max-records",
-        "100",
-        "--session-timeout",
-        "6",
-        "--exactly-once",
-        "--metrics-file",
-        str(tmp / f"{worker}.json"),
-        "--metrics-every",
-        "0.2",
-    ]
-    return subprocess.Popen(
-        [sys.executable, "-c", SERVE, *args],
-        stdout=subprocess.PIPE,
-        stderr=open(tmp / f"{worker}.log", "ab"),
+        True,
+        *follow,
+        partitions=4,
+        max_records=100,
     )
 
 

@@ -8,7 +8,7 @@ network, for the one client a scenario treats differently) and `CHECK`, unproxie
 three-node cluster has each node's client listener and its REPLICATION listener (the other nodes' replica fetches) behind
 proxies, the controller quorum direct, plus a `CHECK` listener. Each scenario prints a `RELIABILITY` line (RELIABILITY.md)."""
 
-import json, os, signal, subprocess, sys, threading, time, urllib.request
+import json, signal, subprocess, threading, time, urllib.request
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +26,6 @@ from sales_prediction_kafka.stream import messages, run_values, stream_predictio
 from helpers import (
     CHROMIUM_ARGS,
     SALES_KAFKA,
-    SERVE,
     describe,
     metrics,
     open_worker,
@@ -425,44 +424,6 @@ def test_worker_past_max_poll_interval_commits_nothing(healthy, model_dir):
 N_SLOW, SLOW_RATE, POLL_S, DASH_ROWS, DASH_POINTS = 10_000, 64, 3, 20, 500
 
 
-def serve_process(
-    tmp: Path, model_dir: Path, settings, t: dict, worker: str, *extra: str, env: dict | None = None
-) -> subprocess.Popen:
-    "An exactly-once `serve` worker process as `helpers.start_worker` starts one, with more options `extra` and environment `env`."
-    args = [
-        "--model",
-        str(model_dir),
-        "--bootstrap-servers",
-        settings.bootstrap_servers,
-        "--group-id",
-        t["group"],
-        "--worker-id",
-        worker,
-        "--events-topic",
-        t["events"],
-        "--predictions-topic",
-        t["predictions"],
-        "--dead-letter-topic",
-        t["dlq"],
-        "--partitions",
-        "6",
-        "--session-timeout",
-        "6",
-        "--exactly-once",
-        "--metrics-file",
-        str(tmp / f"{worker}.json"),
-        "--metrics-every",
-        "0.2",
-        *extra,
-    ]
-    return subprocess.Popen(
-        [sys.executable, "-c", SERVE, *args],
-        stdout=subprocess.PIPE,
-        stderr=open(tmp / f"{worker}.log", "ab"),
-        env=os.environ | (env or {}),
-    )
-
-
 def start_dashboard(settings, topic: str, cwd: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     "A `sales-kafka dashboard` process on a free port, watching `topic` from its end (no run folder: baseline 10); it and its URL."
     proc = subprocess.Popen(
@@ -566,29 +527,21 @@ def test_slow_link_to_the_dashboard_and_a_scorer(healthy, model_dir, tmp_path, c
         ensure_topic(net.check, topic, 6)
     for stream in ("upstream", "downstream"):
         net.side.add("bandwidth", stream, rate=SLOW_RATE)
+    poll = ("--max-poll-interval", str(POLL_S))
     # uncompressed: the link, not zstd, decides its pace
     workers = {
-        "w0": serve_process(
-            tmp_path,
-            model_dir,
-            net.settings,
-            t,
-            "w0",
-            "--max-records",
-            "500",
-            "--max-poll-interval",
-            str(POLL_S),
+        "w0": start_worker(
+            tmp_path, model_dir, net.settings, t, "w0", True, *poll, max_records=500
         ),
-        "w1": serve_process(
+        "w1": start_worker(
             tmp_path,
             model_dir,
             net.side_settings,
             t,
             "w1",
-            "--max-records",
-            "4000",
-            "--max-poll-interval",
-            str(POLL_S),
+            True,
+            *poll,
+            max_records=4000,
             env={"KAFKA_COMPRESSION_TYPE": "none"},
         ),
     }

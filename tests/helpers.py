@@ -58,10 +58,10 @@ def read_all(
         c.close()
 
 
-def broker_and_topics(settings, t: dict) -> list[str]:
-    "The options that point a serve-like command at the broker of `settings` and at the group and topics of `t`."
+def broker_and_topics(servers: str, t: dict) -> list[str]:
+    "The options that point a `serve` command at the brokers `servers` and at the group and topics of `t`."
     return [
-        *("--bootstrap-servers", settings.bootstrap_servers, "--group-id", t["group"]),
+        *("--bootstrap-servers", servers, "--group-id", t["group"]),
         *("--events-topic", t["events"], "--predictions-topic", t["predictions"]),
         *("--dead-letter-topic", t["dlq"]),
     ]
@@ -84,7 +84,7 @@ def start_worker(
     metrics_file = str(tmp / f"{worker}.json")
     args = [
         *(["--model", str(model_dir)] if model_dir else []),
-        *broker_and_topics(settings, t),
+        *broker_and_topics(settings.bootstrap_servers, t),
         *("--worker-id", worker, "--partitions", str(partitions)),
         *("--max-records", str(max_records), "--session-timeout", "6"),
         *("--metrics-file", metrics_file, "--metrics-every", "0.2"),

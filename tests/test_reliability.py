@@ -12,6 +12,7 @@ from sales_prediction_kafka.clients import StreamError
 from sales_prediction_kafka.stream import messages
 from sales_prediction_kafka.clients import ensure_topic
 from helpers import (
+    broker_and_topics,
     SALES_KAFKA,
     failed_stream,
     landed,
@@ -386,16 +387,7 @@ def test_slow_broker_is_waited_for(broker_settings, model_dir, tmp_path):
             "serve",
             "--model",
             model_dir,
-            "--bootstrap-servers",
-            f"127.0.0.1:{proxy.port}",
-            "--group-id",
-            t["group"],
-            "--events-topic",
-            t["events"],
-            "--predictions-topic",
-            t["predictions"],
-            "--dead-letter-topic",
-            t["dlq"],
+            *broker_and_topics(f"127.0.0.1:{proxy.port}", t),
             "--idle-exit",
             "2",
         )

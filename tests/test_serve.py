@@ -13,7 +13,16 @@ from sales_prediction_kafka.replay import replay, replay_command, table_events
 from sales_prediction_kafka.serve import REASONS, event_schema, example_events, serve_command
 from sales_prediction_kafka.clients import producer
 from sales_prediction_kafka.clients import ensure_topic
-from helpers import metrics, open_worker, read_all, scored, start_worker, topics, wait_for
+from helpers import (
+    broker_and_topics,
+    metrics,
+    open_worker,
+    read_all,
+    scored,
+    start_worker,
+    topics,
+    wait_for,
+)
 
 pytestmark = pytest.mark.kafka
 N_EVENTS = 10_000
@@ -147,16 +156,7 @@ def test_dead_letters_and_replay(broker_settings, model_dir, tmp_path):
         [
             "--model",
             str(model_dir),
-            "--bootstrap-servers",
-            settings.bootstrap_servers,
-            "--group-id",
-            t["group"],
-            "--events-topic",
-            t["events"],
-            "--predictions-topic",
-            t["predictions"],
-            "--dead-letter-topic",
-            t["dlq"],
+            *broker_and_topics(settings.bootstrap_servers, t),
             "--idle-exit",
             "2",
             "--max-records",
@@ -208,16 +208,7 @@ def test_sample_gaps_are_imputed_not_dead_lettered(broker_settings, model_dir, t
         [
             "--model",
             str(model_dir),
-            "--bootstrap-servers",
-            settings.bootstrap_servers,
-            "--group-id",
-            t["group"],
-            "--events-topic",
-            t["events"],
-            "--predictions-topic",
-            t["predictions"],
-            "--dead-letter-topic",
-            t["dlq"],
+            *broker_and_topics(settings.bootstrap_servers, t),
             "--idle-exit",
             "2",
         ],
@@ -305,17 +296,8 @@ def test_a_dated_model_scores_weeks_it_never_saw_and_a_lag_model_needs_events_ke
         [
             "--model",
             str(folder),
-            "--bootstrap-servers",
-            settings.bootstrap_servers,
-            "--group-id",
-            group,
+            *broker_and_topics(settings.bootstrap_servers, t | {"group": group}),
             "--no-follow",
-            "--events-topic",
-            t["events"],
-            "--predictions-topic",
-            t["predictions"],
-            "--dead-letter-topic",
-            t["dlq"],
             "--history-topic",
             f"hist-{t['group']}",
             "--idle-exit",
@@ -371,18 +353,9 @@ def test_a_champion_that_fits_no_event_is_refused_at_start_and_at_a_swap(
         topic=reg,
     )
     args = [
-        "--bootstrap-servers",
-        settings.bootstrap_servers,
+        *broker_and_topics(settings.bootstrap_servers, t),
         "--models-topic",
         reg,
-        "--group-id",
-        t["group"],
-        "--events-topic",
-        t["events"],
-        "--predictions-topic",
-        t["predictions"],
-        "--dead-letter-topic",
-        t["dlq"],
         "--idle-exit",
         "2",
     ]

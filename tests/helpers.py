@@ -99,6 +99,34 @@ def start_worker(
     )
 
 
+def start_dashboard(
+    servers: str,
+    *options: str,
+    flags: tuple[str, ...] = (),
+    log: Path | None = None,
+    cwd: Path | None = None,
+    env: dict | None = None,
+) -> tuple[subprocess.Popen, str]:
+    """`sales-kafka FLAGS dashboard --port 0 --bootstrap-servers SERVERS OPTIONS` (on a free loopback port); the process and
+    the URL it prints. Its stderr goes to the file `log`, else to a pipe."""
+    proc = subprocess.Popen(
+        [SALES_KAFKA, *flags, "dashboard", "--port", "0", "--bootstrap-servers", servers, *options],
+        stdout=subprocess.PIPE,
+        stderr=open(log, "ab") if log else subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=os.environ | (env or {}),
+    )
+    # the host it is told, else its default
+    host = options[options.index("--host") + 1] if "--host" in options else "127.0.0.1"
+    line = proc.stdout.readline()
+    assert line.startswith(f"dashboard at http://{host}:"), (
+        line,
+        log.read_text()[-3000:] if log else proc.stderr.read() if proc.poll() is not None else "",
+    )
+    return proc, line.split(" at ", 1)[1].strip()
+
+
 def open_worker(model_dir: Path, settings, t: dict, **kw):
     'An opened exactly-once `ScoringWorker` "w1" in this process, on the topics and group of `t`; `kw` for the rest.'
     return ScoringWorker(

@@ -8,7 +8,7 @@ from kafka import KafkaConsumer, TopicPartition
 from playwright.sync_api import sync_playwright
 from sales_prediction_kafka.clients import producer
 from sales_prediction_kafka.clients import ensure_topic
-from helpers import CHROMIUM_ARGS, SALES_KAFKA, read_all, topics
+from helpers import CHROMIUM_ARGS, SALES_KAFKA, read_all, start_dashboard, topics
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.kafka]
 REASONS = [
@@ -139,40 +139,16 @@ def test_second_replay_sends_nothing(replayed, broker_settings):
     assert listed[0] == "missing_field: 3" and sum("(replayed)" in l for l in listed) == 3, listed
 
 
-def start_dashboard(settings, t, *extra, env=None):
-    "`sales-kafka -v dashboard` on a free port; the process and the URL it prints."
-    proc = subprocess.Popen(
-        [
-            SALES_KAFKA,
-            "-v",
-            "dashboard",
-            "--port",
-            "0",
-            "--bootstrap-servers",
-            settings.bootstrap_servers,
-            "--topic",
-            t["predictions"],
-            "--dead-letter-topic",
-            t["dlq"],
-            "--baseline",
-            "10",
-            "--models-topic",
-            f"models-{t['group']}",
-            "--alerts-topic",
-            f"alerts-{t['group']}",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
+def start_browse_dashboard(settings, t, *extra, env=None):
+    "`sales-kafka -v dashboard` on the dead letters and models of `t`; the process and the URL it prints."
+    return start_dashboard(
+        settings.bootstrap_servers,
+        *("--topic", t["predictions"], "--dead-letter-topic", t["dlq"], "--baseline", "10"),
+        *("--models-topic", f"models-{t['group']}", "--alerts-topic", f"alerts-{t['group']}"),
+        *extra,
+        flags=("-v",),
+        env=env,
     )
-    line = proc.stdout.readline()
-    assert line.startswith("dashboard at http://"), (
-        line,
-        proc.stderr.read() if proc.poll() is not None else "",
-    )
-    return proc, line.split(" at ", 1)[1].strip()
 
 
 def stop(proc) -> str:
@@ -187,7 +163,7 @@ def stop(proc) -> str:
 def test_pages_in_chromium(chromium, replayed, broker_settings, tmp_path):
     t, before, committed = replayed
     end = end_offsets(broker_settings, t["events"])
-    proc, url = start_dashboard(broker_settings, t)
+    proc, url = start_browse_dashboard(broker_settings, t)
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
@@ -304,7 +280,7 @@ ROUTES = [
 
 def test_token_guards_every_route(replayed, broker_settings):
     t, _, _ = replayed
-    proc, url = start_dashboard(
+    proc, url = start_browse_dashboard(
         broker_settings, t, "--host", "127.0.0.2", env={"SALES_KAFKA_DASHBOARD_TOKEN": TOKEN}
     )
     try:

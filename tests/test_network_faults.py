@@ -32,6 +32,7 @@ from helpers import (
     read_all,
     report,
     scored,
+    start_dashboard,
     start_stream,
     start_worker,
     stream_records,
@@ -424,35 +425,16 @@ def test_worker_past_max_poll_interval_commits_nothing(healthy, model_dir):
 N_SLOW, SLOW_RATE, POLL_S, DASH_ROWS, DASH_POINTS = 10_000, 64, 3, 20, 500
 
 
-def start_dashboard(settings, topic: str, cwd: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    "A `sales-kafka dashboard` process on a free port, watching `topic` from its end (no run folder: baseline 10); it and its URL."
-    proc = subprocess.Popen(
-        [
-            SALES_KAFKA,
-            "dashboard",
-            "--port",
-            "0",
-            "--bootstrap-servers",
-            settings.bootstrap_servers,
-            "--topic",
-            topic,
-            "--baseline",
-            "10",
-            "--alerts-topic",
-            f"{topic}-alerts",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=open(cwd / "dashboard.log", "ab"),
-        text=True,
-        cwd=cwd,
+def watching(topic: str) -> tuple[str, ...]:
+    "The options of a dashboard or a monitor that watches `topic` from its end (no run folder: baseline 10)."
+    return ("--topic", topic, "--baseline", "10", "--alerts-topic", f"{topic}-alerts")
+
+
+def dashboard_on(settings, topic: str, cwd: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    "A `sales-kafka dashboard` process in `cwd` that watches `topic` (logs to <cwd>/dashboard.log); it and its URL."
+    return start_dashboard(
+        settings.bootstrap_servers, *watching(topic), *extra, log=cwd / "dashboard.log", cwd=cwd
     )
-    line = proc.stdout.readline()
-    assert line.startswith("dashboard at http://127.0.0.1:"), (
-        line,
-        (cwd / "dashboard.log").read_text()[-3000:],
-    )
-    return proc, line.split(" at ", 1)[1].strip()
 
 
 def stop_dashboard(proc: subprocess.Popen) -> int | str:
@@ -548,7 +530,7 @@ def test_slow_link_to_the_dashboard_and_a_scorer(healthy, model_dir, tmp_path, c
     dash = sampler = None
     page_figures = {}
     try:
-        dash, url = start_dashboard(
+        dash, url = dashboard_on(
             net.side_settings,
             t["predictions"],
             tmp_path,
@@ -968,12 +950,7 @@ def test_leader_silent_to_clients_for_30_s(mesh, tmp_path, chromium):
             "monitor",
             "--bootstrap-servers",
             c.settings.bootstrap_servers,
-            "--topic",
-            topic,
-            "--baseline",
-            "10",
-            "--alerts-topic",
-            f"{topic}-alerts",
+            *watching(topic),
         ],
         stdout=subprocess.PIPE,
         stderr=open(tmp_path / "monitor.log", "ab"),
@@ -984,7 +961,7 @@ def test_leader_silent_to_clients_for_30_s(mesh, tmp_path, chromium):
     printed.start()
     dash, sampler, proc, browser_figures = None, None, None, {}
     try:
-        dash, url = start_dashboard(c.settings, topic, tmp_path)
+        dash, url = dashboard_on(c.settings, topic, tmp_path)
         sampler = StateSampler(url, dash.pid)
         sampler.start()
         wait_for(

@@ -9,7 +9,7 @@ from sales_prediction_kafka.config import kafka_settings, redacted
 from sales_prediction_kafka.data import SAMPLE_CSV
 from sales_prediction_kafka.message import prediction_records
 from sales_prediction_kafka.stream import messages, stream_predictions
-from helpers import SALES_KAFKA, kafka_warnings, run_folder
+from helpers import SALES_KAFKA, kafka_warnings, run_folder, start_dashboard
 
 PASSWORD = "pw-" + secrets.token_urlsafe(12)  # random: if it shows up anywhere, this run wrote it
 ADMIN_PASSWORD = "adm-" + secrets.token_urlsafe(12)
@@ -253,14 +253,9 @@ def test_dashboard_listens_on_loopback_only_by_default(broker_settings):
         partitions=1,
         progress=False,
     )
-    proc = subprocess.Popen(
-        [
-            SALES_KAFKA,
-            "dashboard",
-            "--port",
-            "0",
-            "--bootstrap-servers",
-            broker_settings.bootstrap_servers,
+    proc, url = start_dashboard(
+        broker_settings.bootstrap_servers,
+        *(
             "--topic",
             topic,
             "--from-beginning",
@@ -268,20 +263,12 @@ def test_dashboard_listens_on_loopback_only_by_default(broker_settings):
             "1",
             "--alerts-topic",
             f"{topic}_alerts",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        ),
     )
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("dashboard at http://127.0.0.1:"), (
-            line,
-            proc.stderr.read() if proc.poll() is not None else "",
-        )
         socks = listening(proc.pid)
         assert socks and all(is_loopback(a) for a, _ in socks), socks
-        assert int(line.strip().rstrip("/").rsplit(":", 1)[1]) in {p for _, p in socks}
+        assert int(url.rstrip("/").rsplit(":", 1)[1]) in {p for _, p in socks}
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)

@@ -58,6 +58,16 @@ def read_all(
         c.close()
 
 
+def indexes(records) -> set[int]:
+    "The events that the prediction records `records` score (their prediction_index)."
+    return {json.loads(r.value)["prediction_index"] for r in records}
+
+
+def wait_for_predictions(settings, topic: str, n: int, timeout: float = 60) -> list:
+    "The committed records of `topic` once `n` events have a prediction there; fails after `timeout` seconds."
+    return read_all(settings, topic, until=lambda recs: len(indexes(recs)) >= n, timeout=timeout)
+
+
 def broker_and_topics(servers: str, t: dict) -> list[str]:
     "The options that point a `serve` command at the brokers `servers` and at the group and topics of `t`."
     return [

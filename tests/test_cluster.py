@@ -15,6 +15,7 @@ from sales_prediction_kafka.clients import StreamError
 from sales_prediction_kafka.clients import ensure_topic
 from sales_prediction_kafka.stream import messages, run_values, stream_predictions, verify_run
 from helpers import (
+    indexes,
     SALES_KAFKA,
     describe,
     failed_stream,
@@ -233,7 +234,6 @@ def test_scorers_exactly_once_across_a_broker_loss(cluster, settings, model_dir,
                 crashes.append((w, p.returncode))
                 workers[w] = start_worker(tmp_path, model_dir, settings, t, w, True)
 
-    ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
     try:
         wait_for(
             lambda: all(len(metrics(tmp_path, w).get("partitions", [])) == 3 for w in workers),
@@ -258,7 +258,7 @@ def test_scorers_exactly_once_across_a_broker_loss(cluster, settings, model_dir,
                 settings,
                 t["predictions"],
                 "read_committed",
-                until=lambda recs: supervise() or len(ids(recs)) >= N_EVENTS,
+                until=lambda recs: supervise() or len(indexes(recs)) >= N_EVENTS,
                 timeout=60,
             )
         except AssertionError:

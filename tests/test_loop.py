@@ -10,7 +10,7 @@ from sales_prediction_kafka.models import SalesModel, load_model, save_model
 from sales_prediction_kafka.registry import ensure_models_topic, model_record, promote, publish
 from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.clients import ensure_topic
-from helpers import ROOT, metrics, read_all, start_worker, topics, wait_for
+from helpers import ROOT, metrics, read_all, start_worker, topics, wait_for, wait_for_predictions
 
 # the shift scenario is the loop benchmark's, run here for its outcome rather than its timings
 sys.path.insert(0, str(ROOT))
@@ -89,14 +89,7 @@ def test_hot_swap_exactly_once_with_sigkill(broker_settings, two_models, tmp_pat
         workers["w1"] = start_follower_worker(tmp_path, settings, t, "w1", reg)
         wait_for(lambda: metrics(tmp_path, "w0").get("swaps") == 1, 30, "w0 to swap")
         feeder.join()
-        ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
-        read_all(
-            settings,
-            t["predictions"],
-            "read_committed",
-            until=lambda recs: len(ids(recs)) >= n,
-            timeout=120,
-        )
+        wait_for_predictions(settings, t["predictions"], n, 120)
         # a new group, started after
         late = start_follower_worker(tmp_path, settings, t, "late", reg, group=t["group"] + "-late")
         workers["late"] = late

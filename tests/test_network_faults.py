@@ -38,6 +38,7 @@ from helpers import (
     stream_records,
     topics,
     wait_for,
+    wait_for_predictions,
 )
 from toxiproxy import Toxiproxy
 
@@ -300,14 +301,7 @@ def test_connection_resets_duplicate_nothing(healthy, model_dir, tmp_path):
                 progress=False,
             )
         code, summary = finish(proc)
-        ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
-        read_all(
-            net.check,
-            t["predictions"],
-            "read_committed",
-            until=lambda recs: len(ids(recs)) >= EVENTS_RESETS,
-            timeout=180,
-        )
+        wait_for_predictions(net.check, t["predictions"], EVENTS_RESETS, 180)
         complete = time.monotonic() - t0
     finally:
         resets.stop.set()
@@ -586,14 +580,7 @@ def test_slow_link_to_the_dashboard_and_a_scorer(healthy, model_dir, tmp_path, c
             finally:
                 browser.close()
         feeder.join(120)
-        ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
-        read_all(
-            net.check,
-            t["predictions"],
-            "read_committed",
-            until=lambda recs: len(ids(recs)) >= N_SLOW,
-            timeout=300,
-        )
+        wait_for_predictions(net.check, t["predictions"], N_SLOW, 300)
         complete = time.monotonic() - t0
     finally:
         if sampler is not None:

@@ -24,6 +24,7 @@ from helpers import (
     start_worker,
     topics,
     wait_for,
+    wait_for_predictions,
 )
 
 
@@ -149,14 +150,7 @@ def test_scorer_sigkill_mid_replay(broker_settings, model_dir, tmp_path, exactly
         # same id: an exactly-once worker fences its predecessor
         w = start_worker(tmp_path, model_dir, settings, t, "w", exactly_once)
         feeder.join()
-        ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
-        read_all(
-            settings,
-            t["predictions"],
-            "read_committed",
-            until=lambda recs: len(ids(recs)) >= N_EVENTS,
-            timeout=180,
-        )
+        wait_for_predictions(settings, t["predictions"], N_EVENTS, 180)
         recovery = time.monotonic() - t_kill
     finally:
         w.send_signal(signal.SIGTERM)

@@ -7,7 +7,16 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import SALES_KAFKA, metrics, read_all, run_offline, start_worker, topics, wait_for
+from helpers import (
+    SALES_KAFKA,
+    metrics,
+    read_all,
+    run_offline,
+    start_worker,
+    topics,
+    wait_for,
+    wait_for_predictions,
+)
 from sales_prediction_kafka.data import load_table
 from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.timeseries import generate_panel
@@ -130,13 +139,7 @@ def test_live_lag_predictions_equal_batch_across_sigkill_and_rebalance(tmp_path,
         )
         out, err = replay.communicate(timeout=60)
         assert replay.returncode == 0, err[-2000:]
-        preds = read_all(
-            broker_settings,
-            t["predictions"],
-            until=lambda got: (
-                len({json.loads(r.value)["prediction_index"] for r in got}) >= len(table)
-            ),
-        )
+        wait_for_predictions(broker_settings, t["predictions"], len(table))
         # to the end now: a duplicate written after the last id would be here
         preds = read_all(broker_settings, t["predictions"])
     finally:

@@ -22,6 +22,7 @@ from helpers import (
     start_worker,
     topics,
     wait_for,
+    wait_for_predictions,
 )
 
 pytestmark = pytest.mark.kafka
@@ -60,14 +61,7 @@ def test_workers_survive_sigkill(kafka_broker, broker_settings, model_dir, tmp_p
         # same id: fences its predecessor
         workers["w1"] = start_worker(tmp_path, model_dir, settings, t, "w1", exactly_once)
         feeder.join()
-        ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
-        read_all(
-            settings,
-            t["predictions"],
-            "read_committed",
-            until=lambda recs: len(ids(recs)) >= N_EVENTS,
-            timeout=120,
-        )
+        wait_for_predictions(settings, t["predictions"], N_EVENTS, 120)
         # w0 and w2 may finish first
         wait_for(lambda: (tmp_path / "w1.json").exists(), 120, "the restarted w1 to run")
     finally:

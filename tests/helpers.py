@@ -1,9 +1,12 @@
 "Plain helpers shared by the test files (`from helpers import ...`); fixtures live in conftest.py."
 
-import json, os, subprocess, sys, time, uuid
+import json, os, signal, subprocess, sys, threading, time, uuid
+from collections import Counter
 from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 from sales_prediction_kafka.models import load_model
+from sales_prediction_kafka.replay import replay
+from sales_prediction_kafka.stream import messages
 from sales_prediction_kafka.serve import ScoringWorker
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
@@ -161,6 +164,73 @@ def wait_for(cond, timeout: float, what: str):
         time.sleep(0.1)
 
 
+def params(**values) -> list[str]:
+    "The pipeline parameters `values` as a command line's `-p NAME VALUE` options."
+    return [a for name, value in values.items() for a in ("-p", name, str(value))]
+
+
+def sales_kafka(
+    *args, timeout: float = 300, env: dict | None = None, cwd=None
+) -> tuple[subprocess.CompletedProcess, float]:
+    "Run `sales-kafka args` to its end; what it did and the seconds it took."
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [SALES_KAFKA, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+    )
+    return r, time.monotonic() - t0
+
+
+def feed(events, settings, topic: str, rate: float, daemon: bool = False) -> threading.Thread:
+    "A started thread that replays `events` to `topic` at `rate` events a second."
+    feeder = threading.Thread(
+        target=replay,
+        args=(events, settings, topic, rate),
+        kwargs={"progress": False},
+        daemon=daemon,
+    )
+    feeder.start()
+    return feeder
+
+
+def stop_workers(workers: dict, grace: float = 30) -> dict:
+    "SIGTERM every worker; their exit codes ('hung' for one still running after `grace` s, then SIGKILLed)."
+    for p in workers.values():
+        p.send_signal(signal.SIGTERM)
+    codes, deadline = {}, time.monotonic() + grace
+    for w, p in workers.items():
+        try:
+            codes[w] = p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            codes[w] = "hung"
+    return codes
+
+
+def index_counts(settings, topic: str) -> Counter:
+    "How often each prediction_index is on `topic`."
+    return Counter(
+        m["value"]["prediction_index"] for m in messages(settings, topic, idle_timeout=30)
+    )
+
+
+def prediction_counts(settings, topic: str, isolation: str = "read_committed") -> Counter:
+    "How often each event has a prediction on `topic`, for an `isolation` reader."
+    return Counter(
+        json.loads(r.value)["prediction_index"] for r in read_all(settings, topic, isolation)
+    )
+
+
+def lost_and_duplicated(got: Counter, n: int) -> tuple[int, int]:
+    "How many of 0..n-1 are missing from `got`, and how many beyond one per index it holds."
+    return len(set(range(n)) - set(got)), sum(c - 1 for c in got.values())
+
+
 def metrics(tmp: Path, worker: str) -> dict:
     "The metrics file a worker started by `start_worker` writes ({} until it has written one)."
     try:
@@ -218,11 +288,12 @@ def report(scenario: str, **figures):
     )
 
 
-def landed(servers: str, topic: str, partitions: int) -> int:
-    "The number of records in `topic` now (sum of its end offsets)."
+def landed(servers: str, topic: str, partitions: int | None = None) -> int:
+    "The number of records in `topic` now (sum of the end offsets of its first `partitions`, else of all it has now)."
     c = KafkaConsumer(bootstrap_servers=servers, request_timeout_ms=5000)
     try:
-        return sum(c.end_offsets([TopicPartition(topic, p) for p in range(partitions)]).values())
+        parts = range(partitions) if partitions else c.partitions_for_topic(topic) or ()
+        return sum(c.end_offsets([TopicPartition(topic, p) for p in parts]).values())
     finally:
         c.close()
 

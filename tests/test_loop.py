@@ -10,7 +10,16 @@ from sales_prediction_kafka.models import SalesModel, load_model, save_model
 from sales_prediction_kafka.registry import ensure_models_topic, model_record, promote, publish
 from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.clients import ensure_topic
-from helpers import ROOT, metrics, read_all, start_worker, topics, wait_for, wait_for_predictions
+from helpers import (
+    ROOT,
+    feed,
+    metrics,
+    read_all,
+    start_worker,
+    topics,
+    wait_for,
+    wait_for_predictions,
+)
 
 # the shift scenario is the loop benchmark's, run here for its outcome rather than its timings
 sys.path.insert(0, str(ROOT))
@@ -65,17 +74,9 @@ def test_hot_swap_exactly_once_with_sigkill(broker_settings, two_models, tmp_pat
         assert {metrics(tmp_path, w)["model_version"] for w in workers} == {a["version"]}, (
             "a worker told no path scores with the champion"
         )
-        feeder = threading.Thread(
-            target=replay,
-            args=(
-                table_events(generate_sales(n, seed=12, missing=0.0)),
-                settings,
-                t["events"],
-                1500.0,
-            ),
-            kwargs={"progress": False},
+        feeder = feed(
+            table_events(generate_sales(n, seed=12, missing=0.0)), settings, t["events"], 1500.0
         )
-        feeder.start()
         wait_for(
             lambda: all(metrics(tmp_path, w).get("scored", 0) > 200 for w in workers),
             60,
@@ -349,13 +350,7 @@ def test_a_worse_challenger_is_not_promoted(broker_settings, tmp_path):
     )
     stop, sent = threading.Event(), [0]
     events = stoppable(table_events(generate_sales(100_000, seed=31, missing=0.0)), stop, sent)
-    feeder = threading.Thread(
-        target=replay,
-        args=(events, settings, t["events"], 100.0),
-        kwargs={"progress": False},
-        daemon=True,
-    )
-    feeder.start()
+    feeder = feed(events, settings, t["events"], 100.0, daemon=True)
     try:
         assert learn.wait(timeout=300) == 0, (tmp_path / "learn.log").read_text()[-3000:]
     finally:

@@ -27,14 +27,19 @@ from helpers import (
     CHROMIUM_ARGS,
     SALES_KAFKA,
     describe,
+    feed,
+    index_counts,
+    landed,
+    lost_and_duplicated,
     metrics,
     open_worker,
-    read_all,
+    prediction_counts,
     report,
     scored,
     start_dashboard,
     start_stream,
     start_worker,
+    stop_workers,
     stream_records,
     topics,
     wait_for,
@@ -97,55 +102,6 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, dict]:
             proc.wait()
     assert out.strip(), f"the stream printed nothing (exit {proc.returncode}):\n{err[-3000:]}"
     return proc.returncode, json.loads(out.strip().splitlines()[-1])
-
-
-def landed(servers: str, topic: str) -> int:
-    "The number of records in `topic` now (sum of its end offsets)."
-    c = KafkaConsumer(bootstrap_servers=servers, request_timeout_ms=5000)
-    try:
-        return sum(
-            c.end_offsets(
-                [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
-            ).values()
-        )
-    finally:
-        c.close()
-
-
-def index_counts(settings: KafkaSettings, topic: str) -> Counter:
-    "How often each prediction_index is on `topic`."
-    return Counter(
-        m["value"]["prediction_index"] for m in messages(settings, topic, idle_timeout=30)
-    )
-
-
-def prediction_counts(
-    settings: KafkaSettings, topic: str, isolation: str = "read_committed"
-) -> Counter:
-    "How often each event has a prediction on `topic`, for an `isolation` reader."
-    return Counter(
-        json.loads(r.value)["prediction_index"] for r in read_all(settings, topic, isolation)
-    )
-
-
-def lost_and_duplicated(got: Counter, n: int) -> tuple[int, int]:
-    "How many of 0..n-1 are missing from `got`, and how many beyond one per index it holds."
-    return len(set(range(n)) - set(got)), sum(c - 1 for c in got.values())
-
-
-def stop_workers(workers: dict) -> dict:
-    "SIGTERM every worker; their exit codes ('hung' for one still running after 30 s, then SIGKILLed)."
-    for p in workers.values():
-        p.send_signal(signal.SIGTERM)
-    codes, deadline = {}, time.monotonic() + 30
-    for w, p in workers.items():
-        try:
-            codes[w] = p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            codes[w] = "hung"
-    return codes
 
 
 # --- 1. latency on every client link -------------------------------------------------------------------------------------
@@ -541,13 +497,7 @@ def test_slow_link_to_the_dashboard_and_a_scorer(healthy, model_dir, tmp_path, c
             "the workers to share 6 partitions",
         )
         events = list(table_events(generate_sales(N_SLOW, seed=47, missing=0.0)))
-        feeder = threading.Thread(
-            target=replay,
-            args=(events, net.settings, t["events"], 2000.0),
-            kwargs={"progress": False},
-            daemon=True,
-        )
-        feeder.start()
+        feeder = feed(events, net.settings, t["events"], 2000.0, daemon=True)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=chromium, headless=True, args=CHROMIUM_ARGS

@@ -13,13 +13,16 @@ from sales_prediction_kafka.stream import messages
 from sales_prediction_kafka.clients import ensure_topic
 from helpers import (
     broker_and_topics,
-    SALES_KAFKA,
     failed_stream,
+    feed,
     landed,
+    lost_and_duplicated,
     metrics,
     open_worker,
+    prediction_counts,
     read_all,
     report,
+    sales_kafka,
     scored,
     start_worker,
     topics,
@@ -136,12 +139,7 @@ def test_scorer_sigkill_mid_replay(broker_settings, model_dir, tmp_path, exactly
             90,
             "the worker to get all 6 partitions",
         )
-        feeder = threading.Thread(
-            target=replay,
-            args=(table_events(df), settings, t["events"], 4000.0),
-            kwargs={"progress": False},
-        )
-        feeder.start()  # 5 s of events
+        feeder = feed(table_events(df), settings, t["events"], 4000.0)  # 5 s of events
         wait_for(lambda: scored(tmp_path, "w") >= 2000, 90, "the worker to score 2,000 events")
         w.send_signal(signal.SIGKILL)
         w.wait()
@@ -155,13 +153,9 @@ def test_scorer_sigkill_mid_replay(broker_settings, model_dir, tmp_path, exactly
     finally:
         w.send_signal(signal.SIGTERM)
         assert w.wait(timeout=60) == 0
-    committed = Counter(
-        json.loads(r.value)["prediction_index"]
-        for r in read_all(settings, t["predictions"], "read_committed")
-    )
+    committed = prediction_counts(settings, t["predictions"])
     uncommitted = len(read_all(settings, t["predictions"], "read_uncommitted"))
-    unscored = len(set(range(N_EVENTS)) - set(committed))
-    dupes = sum(c - 1 for c in committed.values())
+    unscored, dupes = lost_and_duplicated(committed, N_EVENTS)
     report(
         f"scorer-crash {'exactly' if exactly_once else 'at-least'}-once",
         sent=N_EVENTS,
@@ -285,22 +279,6 @@ class LateProxy:
         self.sock.close()
 
 
-def run_cli(
-    *args, timeout: float = 300, env: dict | None = None, cwd=None
-) -> tuple[subprocess.CompletedProcess, float]:
-    "Run `sales-kafka args` and time it."
-    t0 = time.monotonic()
-    r = subprocess.run(
-        [SALES_KAFKA, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=cwd,
-    )
-    return r, time.monotonic() - t0
-
-
 def assert_clean_failure(r, address: str, limit: float, took: float):
     "A non-zero exit with one clear message naming `address`, no traceback, within `limit` seconds."
     assert r.returncode != 0, f"exit code 0 without a broker:\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
@@ -317,7 +295,7 @@ def absent() -> str:
 
 @pytest.mark.slow  # each absent-broker case waits out the connect window: 15-20 s
 def test_serve_without_broker_fails_cleanly(model_dir, absent):
-    r, took = run_cli(
+    r, took = sales_kafka(
         "serve", "--model", model_dir, "--bootstrap-servers", absent, "--idle-exit", "1"
     )
     report("absent-broker serve", exit_code=r.returncode, seconds=took)
@@ -327,7 +305,7 @@ def test_serve_without_broker_fails_cleanly(model_dir, absent):
 
 @pytest.mark.slow
 def test_replay_without_broker_fails_cleanly(absent):
-    r, took = run_cli("replay", SAMPLE_CSV, "--bootstrap-servers", absent, "--limit", "10")
+    r, took = sales_kafka("replay", SAMPLE_CSV, "--bootstrap-servers", absent, "--limit", "10")
     report("absent-broker replay", exit_code=r.returncode, seconds=took)
     assert_clean_failure(r, absent, 60, took)
     assert r.returncode == 1
@@ -336,7 +314,7 @@ def test_replay_without_broker_fails_cleanly(absent):
 @pytest.mark.slow
 def test_run_without_broker_fails_cleanly(absent, tmp_path):
     "The main job against a closed port: a clear error and a non-zero exit, not a traceback or a hang."
-    r, took = run_cli(
+    r, took = sales_kafka(
         "run",
         "--bootstrap-servers",
         absent,
@@ -361,7 +339,7 @@ def test_slow_broker_is_waited_for(broker_settings, model_dir, tmp_path):
     ensure_topic(broker_settings, t["events"], partitions=6)
     proxy = LateProxy(broker_settings.bootstrap_servers, delay=4)
     try:
-        r, took_replay = run_cli(
+        r, took_replay = sales_kafka(
             "replay",
             SAMPLE_CSV,
             "--bootstrap-servers",
@@ -377,7 +355,7 @@ def test_slow_broker_is_waited_for(broker_settings, model_dir, tmp_path):
     assert took_replay >= 4 and "50 records" in r.stdout, (took_replay, r.stdout)
     proxy = LateProxy(broker_settings.bootstrap_servers, delay=4)
     try:
-        r, took_serve = run_cli(
+        r, took_serve = sales_kafka(
             "serve",
             "--model",
             model_dir,
@@ -454,7 +432,7 @@ def test_outage_longer_than_delivery_timeout_is_resumed(crash_broker, tmp_path):
     LocalBroker(b.home).start(timeout=120)
     outage = time.monotonic() - t_kill
     assert outage > DELIVERY_TIMEOUT
-    r, took = run_cli("run", "--resume", run)
+    r, took = sales_kafka("run", "--resume", run)
     assert r.returncode == 0, r.stderr[-3000:]
     stream = json.loads(r.stdout.strip().splitlines()[-1])
     assert (
@@ -470,7 +448,7 @@ def test_outage_longer_than_delivery_timeout_is_resumed(crash_broker, tmp_path):
         if m["headers"].get("run_id") == run.name
     ]
     counts = Counter(m["value"]["prediction_index"] for m in ours)
-    lost, dupes = len(set(range(N_RESUMED)) - set(counts)), sum(c - 1 for c in counts.values())
+    lost, dupes = lost_and_duplicated(counts, N_RESUMED)
     report(
         "outage longer than the delivery timeout, resumed",
         sent=N_RESUMED,

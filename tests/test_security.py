@@ -9,7 +9,7 @@ from sales_prediction_kafka.config import kafka_settings, redacted
 from sales_prediction_kafka.data import SAMPLE_CSV
 from sales_prediction_kafka.message import prediction_records
 from sales_prediction_kafka.stream import messages, stream_predictions
-from helpers import SALES_KAFKA, kafka_warnings, run_folder, start_dashboard
+from helpers import SALES_KAFKA, kafka_warnings, run_folder, sales_kafka, start_dashboard
 
 PASSWORD = "pw-" + secrets.token_urlsafe(12)  # random: if it shows up anywhere, this run wrote it
 ADMIN_PASSWORD = "adm-" + secrets.token_urlsafe(12)
@@ -35,21 +35,6 @@ def sasl_env(broker: LocalBroker, user: str = "app", password: str = PASSWORD) -
         "KAFKA_SASL_PLAIN_USERNAME": user,
         "KAFKA_SASL_PLAIN_PASSWORD": password,
     }
-
-
-def sales_kafka(
-    *args, env: dict, cwd=None, timeout: float = 120
-) -> tuple[subprocess.CompletedProcess, float]:
-    t0 = time.monotonic()
-    r = subprocess.run(
-        [SALES_KAFKA, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=timeout,
-    )
-    return r, time.monotonic() - t0
 
 
 # --- settings ------------------------------------------------------------------------------------------------------------

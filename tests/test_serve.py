@@ -15,6 +15,7 @@ from sales_prediction_kafka.clients import producer
 from sales_prediction_kafka.clients import ensure_topic
 from helpers import (
     broker_and_topics,
+    feed,
     metrics,
     open_worker,
     read_all,
@@ -45,12 +46,9 @@ def test_workers_survive_sigkill(kafka_broker, broker_settings, model_dir, tmp_p
             90,
             "the group to share the partitions",
         )
-        feeder = threading.Thread(
-            target=replay,
-            args=(table_events(df), settings, t["events"], 2500.0),
-            kwargs={"progress": False},
-        )
-        feeder.start()  # 4 s of events at 2,500/s: the kill below lands mid-stream
+        feeder = feed(
+            table_events(df), settings, t["events"], 2500.0
+        )  # 4 s of events at 2,500/s: the kill below lands mid-stream
         wait_for(lambda: scored(tmp_path, "w1") > 0, 60, "w1 to score its first batch")
         workers["w1"].send_signal(signal.SIGKILL)
         workers["w1"].wait()

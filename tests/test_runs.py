@@ -2,7 +2,7 @@
 
 import json, re, subprocess
 import pytest
-from helpers import CHROMIUM_ARGS, ROOT, SALES_KAFKA
+from helpers import CHROMIUM_ARGS, ROOT, SALES_KAFKA, params
 
 pytestmark = [pytest.mark.slow]
 
@@ -10,15 +10,7 @@ GRID = [
     "run",
     "--no-stream",
     "--grid",
-    "-p",
-    "epochs",
-    "2,3",
-    "-p",
-    "cv_folds",
-    "2",
-    "-p",
-    "candidates",
-    "linear,original_net",
+    *params(epochs="2,3", cv_folds=2, candidates="linear,original_net"),
 ]
 NOISE = ("ERROR", "WARNING", "Traceback", "cuda", "absl", "without encryption", "ECONNREFUSED")
 

@@ -9,7 +9,7 @@ from sales_prediction_kafka.config import kafka_settings, redacted
 from sales_prediction_kafka.data import SAMPLE_CSV
 from sales_prediction_kafka.message import prediction_records
 from sales_prediction_kafka.stream import messages, stream_predictions
-from helpers import SALES_KAFKA, kafka_warnings, run_folder, sales_kafka, start_dashboard
+from helpers import SALES_KAFKA, kafka_warnings, params, run_folder, sales_kafka, start_dashboard
 
 PASSWORD = "pw-" + secrets.token_urlsafe(12)  # random: if it shows up anywhere, this run wrote it
 ADMIN_PASSWORD = "adm-" + secrets.token_urlsafe(12)
@@ -148,12 +148,7 @@ def test_pipeline_never_writes_the_password(sasl_broker, tmp_path):
     r, took = sales_kafka(
         "-v",
         "run",
-        "-p",
-        "epochs",
-        "2",
-        "-p",
-        "cv_folds",
-        "2",
+        *params(epochs=2, cv_folds=2),
         "--topic",
         "sasl_predictions",
         "--out",

@@ -10,6 +10,7 @@ import pytest
 from helpers import (
     SALES_KAFKA,
     metrics,
+    params,
     read_all,
     run_offline,
     start_worker,
@@ -50,12 +51,7 @@ def test_live_lag_predictions_equal_batch_across_sigkill_and_rebalance(tmp_path,
         str(csv),
         "--series",
         "Dept",
-        "-p",
-        "candidates",
-        "linear",
-        "-p",
-        "cv_folds",
-        "3",
+        *params(candidates="linear", cv_folds=3),
     )
     model = load_model(run / "model")
     assert model.needs_history and {"Sales_lag_1", "Sales_lag_52", "Sales_mean_3"} <= set(

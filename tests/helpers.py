@@ -140,13 +140,13 @@ def start_dashboard(
     return proc, line.split(" at ", 1)[1].strip()
 
 
-def open_worker(model_dir: Path, settings, t: dict, **kw):
-    'An opened exactly-once `ScoringWorker` "w1" in this process, on the topics and group of `t`; `kw` for the rest.'
+def open_worker(model_dir: Path, settings, t: dict, worker_id: str = "w1", **kw):
+    "An opened exactly-once `ScoringWorker` in this process, on the topics and group of `t`; `kw` for the rest."
     return ScoringWorker(
         load_model(model_dir),
         settings,
         group_id=t["group"],
-        worker_id="w1",
+        worker_id=worker_id,
         exactly_once=True,
         events_topic=t["events"],
         predictions_topic=t["predictions"],

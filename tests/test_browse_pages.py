@@ -45,6 +45,14 @@ def dlq(*args, settings) -> str:
     return r.stdout
 
 
+def replay_missing_fields(t: dict, settings) -> str:
+    "`sales-kafka dlq replay` of the dead letters of `t` for a missing field back to its events topic; what it prints."
+    return dlq(
+        *("replay", "--topic", t["dlq"], "--to-topic", t["events"], "--reason", "missing_field"),
+        settings=settings,
+    )
+
+
 @pytest.fixture(scope="module")
 def replayed(broker_settings):
     "Six events and six dead letters (three reasons, one value not UTF-8), a group that read the events, then a replay of one reason."
@@ -92,16 +100,7 @@ def replayed(broker_settings):
     c.commit()
     c.close()
     before = end_offsets(broker_settings, t["events"])
-    out = dlq(
-        "replay",
-        "--topic",
-        t["dlq"],
-        "--to-topic",
-        t["events"],
-        "--reason",
-        "missing_field",
-        settings=broker_settings,
-    )
+    out = replay_missing_fields(t, broker_settings)
     assert out.strip() == f"replayed 3 dead letters to {t['events']}: missing_field 3", out
     return t, before, {m.partition: m.offset + 1 for m in got}
 
@@ -122,16 +121,7 @@ def test_second_replay_sends_nothing(replayed, broker_settings):
         p: before[p] + sum(m.partition == p for m in back) + (p in touched) for p in (0, 1)
     }
     assert (
-        dlq(
-            "replay",
-            "--topic",
-            t["dlq"],
-            "--to-topic",
-            t["events"],
-            "--reason",
-            "missing_field",
-            settings=broker_settings,
-        ).strip()
+        replay_missing_fields(t, broker_settings).strip()
         == f"replayed 0 dead letters to {t['events']} (none left to replay)"
     )
     assert end_offsets(broker_settings, t["events"]) == after

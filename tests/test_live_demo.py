@@ -46,14 +46,15 @@ def test_newest_matching_run_is_chosen(runs, broker_settings, caplog):
     )
 
 
-def test_no_matching_run_is_refused_clearly(runs, broker_settings):
+def unfit_events(settings) -> str:
+    "A new topic holding one event that no run's model can score; its name."
     topic = f"ev-{uuid.uuid4().hex[:6]}"
-    replay(
-        [{"event_id": 1, "schema_version": 1, "colour": "red"}],
-        broker_settings,
-        topic,
-        progress=False,
-    )
+    replay([{"event_id": 1, "schema_version": 1, "colour": "red"}], settings, topic, progress=False)
+    return topic
+
+
+def test_no_matching_run_is_refused_clearly(runs, broker_settings):
+    topic = unfit_events(broker_settings)
     with pytest.raises(
         ServeError,
         match=r"none of the 2 runs .* has a model for these events: they carry colour, event_id, "
@@ -76,13 +77,7 @@ def test_dashboard_opens_when_no_run_fits_the_events(runs, broker_settings, tmp_
     import signal, urllib.request
     from helpers import start_dashboard
 
-    topic = f"ev-{uuid.uuid4().hex[:6]}"
-    replay(
-        [{"event_id": 1, "schema_version": 1, "colour": "red"}],
-        broker_settings,
-        topic,
-        progress=False,
-    )
+    topic = unfit_events(broker_settings)
     shutil.copytree(runs, tmp_path / "outputs" / "runs")  # the default --runs of a user's checkout
     proc, url = start_dashboard(
         broker_settings.bootstrap_servers,

@@ -18,9 +18,7 @@ from playwright.sync_api import sync_playwright
 from sales_prediction_kafka.broker import LocalBroker, LocalCluster, free_port
 from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import generate_sales
-from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.replay import replay, table_events
-from sales_prediction_kafka.serve import ScoringWorker
 from sales_prediction_kafka.clients import ensure_topic
 from sales_prediction_kafka.stream import messages, run_values, stream_predictions, verify_run
 from helpers import (
@@ -102,6 +100,18 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, dict]:
             proc.wait()
     assert out.strip(), f"the stream printed nothing (exit {proc.returncode}):\n{err[-3000:]}"
     return proc.returncode, json.loads(out.strip().splitlines()[-1])
+
+
+def replayed_on_three_partitions(net, t: dict, n: int, seed: int):
+    "The topics of `t` made with 3 partitions, and `n` generated events (`seed`) replayed onto its events topic."
+    for topic in (t["events"], t["predictions"], t["dlq"]):
+        ensure_topic(net.check, topic, 3)
+    replay(
+        table_events(generate_sales(n, seed=seed, missing=0.0)),
+        net.check,
+        t["events"],
+        progress=False,
+    )
 
 
 # --- 1. latency on every client link -------------------------------------------------------------------------------------
@@ -304,14 +314,7 @@ def test_worker_past_max_poll_interval_commits_nothing(healthy, model_dir):
     so the broker refuses its offsets and it aborts: every event once. At its next poll the late worker joins again.
     (Without `ScoringWorker.polled_in` the offsets named no member, the broker took them, and the late batch was scored twice.)"""
     net, t, n = healthy, topics("pastpoll"), 600
-    for topic in (t["events"], t["predictions"], t["dlq"]):
-        ensure_topic(net.check, topic, 3)
-    replay(
-        table_events(generate_sales(n, seed=43, missing=0.0)),
-        net.check,
-        t["events"],
-        progress=False,
-    )
+    replayed_on_three_partitions(net, t, n, seed=43)
     late = open_worker(model_dir, net.settings, t, max_records=200, max_poll_interval_ms=3000)
     other = None
     try:
@@ -323,17 +326,7 @@ def test_worker_past_max_poll_interval_commits_nothing(healthy, model_dir):
             "the late worker's heartbeat thread to leave the group",
         )
         left_s = time.monotonic() - t_polled
-        other = ScoringWorker(
-            load_model(model_dir),
-            net.settings,
-            group_id=t["group"],
-            worker_id="w0",
-            exactly_once=True,
-            events_topic=t["events"],
-            predictions_topic=t["predictions"],
-            dead_letter_topic=t["dlq"],
-            max_records=200,
-        ).open()
+        other = open_worker(model_dir, net.settings, t, "w0", max_records=200)
         scored_by_other = other.run(idle_exit=4)["scored"]
         counted = late.process(batch)  # the late batch, after the others scored it
         other.close()
@@ -595,14 +588,7 @@ def test_half_open_commit_is_ended_and_the_worker_fenced(healthy, model_dir, tmp
     """An exactly-once worker's link stops passing bytes, connection left open, just as it commits: its bounded waits end the
     commit, the abort and its producer; a new worker with the same transactional id fences it and scores each event once."""
     net, t, n = healthy, topics("halfopen"), 900
-    for topic in (t["events"], t["predictions"], t["dlq"]):
-        ensure_topic(net.check, topic, 3)
-    replay(
-        table_events(generate_sales(n, seed=41, missing=0.0)),
-        net.check,
-        t["events"],
-        progress=False,
-    )
+    replayed_on_three_partitions(net, t, n, seed=41)
     old = open_worker(model_dir, net.side_settings, t, max_records=300, transaction_timeout_ms=4000)
     cut_at, within = {}, old._within
 

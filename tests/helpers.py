@@ -80,6 +80,17 @@ def broker_and_topics(servers: str, t: dict) -> list[str]:
     ]
 
 
+def serve_until_idle(settings, t: dict, *options: str):
+    "`sales-kafka serve OPTIONS` in this process on the group and topics of `t`, until no event has come for 2 s; click's result."
+    from click.testing import CliRunner
+    from sales_prediction_kafka.serve import serve_command
+
+    return CliRunner().invoke(
+        serve_command,
+        [*broker_and_topics(settings.bootstrap_servers, t), "--idle-exit", "2", *options],
+    )
+
+
 def start_worker(
     tmp: Path,
     model_dir: Path | None,

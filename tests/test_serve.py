@@ -10,16 +10,16 @@ from kafka.structs import OffsetAndMetadata
 from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.replay import replay, replay_command, table_events
-from sales_prediction_kafka.serve import REASONS, event_schema, example_events, serve_command
+from sales_prediction_kafka.serve import REASONS, event_schema, example_events
 from sales_prediction_kafka.clients import producer
 from sales_prediction_kafka.clients import ensure_topic
 from helpers import (
-    broker_and_topics,
     feed,
     metrics,
     open_worker,
     read_all,
     scored,
+    serve_until_idle,
     start_worker,
     topics,
     wait_for,
@@ -143,18 +143,7 @@ def test_dead_letters_and_replay(broker_settings, model_dir, tmp_path):
     p.close()
     # good events after the bad ones
     replay(table_events(df.tail(20), first_id=5020), settings, t["events"], progress=False)
-    r = CliRunner().invoke(
-        serve_command,
-        [
-            "--model",
-            str(model_dir),
-            *broker_and_topics(settings.bootstrap_servers, t),
-            "--idle-exit",
-            "2",
-            "--max-records",
-            "7",
-        ],
-    )
+    r = serve_until_idle(settings, t, "--model", str(model_dir), "--max-records", "7")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.strip().splitlines()[-1])
     assert (summary["scored"], summary["dead_lettered"]) == (40, len(bad)), summary
@@ -195,16 +184,7 @@ def test_sample_gaps_are_imputed_not_dead_lettered(broker_settings, model_dir, t
         ],
     )
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(
-        serve_command,
-        [
-            "--model",
-            str(model_dir),
-            *broker_and_topics(settings.bootstrap_servers, t),
-            "--idle-exit",
-            "2",
-        ],
-    )
+    r = serve_until_idle(settings, t, "--model", str(model_dir))
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.strip().splitlines()[-1])
     df = load_table(SAMPLE_CSV)
@@ -283,18 +263,14 @@ def test_a_dated_model_scores_weeks_it_never_saw_and_a_lag_model_needs_events_ke
         1000.0,
         progress=False,
     )
-    serve = lambda folder, group: CliRunner().invoke(
-        serve_command,
-        [
-            "--model",
-            str(folder),
-            *broker_and_topics(settings.bootstrap_servers, t | {"group": group}),
-            "--no-follow",
-            "--history-topic",
-            f"hist-{t['group']}",
-            "--idle-exit",
-            "2",
-        ],
+    serve = lambda folder, group: serve_until_idle(
+        settings,
+        t | {"group": group},
+        "--model",
+        str(folder),
+        "--no-follow",
+        "--history-topic",
+        f"hist-{t['group']}",
     )
     r = serve(save_model(model, tmp_path / "dated"), t["group"])
     assert r.exit_code == 0, r.output
@@ -344,14 +320,7 @@ def test_a_champion_that_fits_no_event_is_refused_at_start_and_at_a_swap(
         publish(settings, model_record(save_model(alien, tmp_path / "alien")), reg)["version"],
         topic=reg,
     )
-    args = [
-        *broker_and_topics(settings.bootstrap_servers, t),
-        "--models-topic",
-        reg,
-        "--idle-exit",
-        "2",
-    ]
-    r = CliRunner().invoke(serve_command, [*args, "--runs", str(tmp_path / "no-runs")])
+    r = serve_until_idle(settings, t, "--models-topic", reg, "--runs", str(tmp_path / "no-runs"))
     assert r.exit_code == 1, r.output
     assert (
         f"the champion {alien.version} does not fit the events: model 'linear' ({alien.version}) reads CompPrice, Income, but 20 "

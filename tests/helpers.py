@@ -26,6 +26,22 @@ CHROMIUM_ARGS = [
 SERVE = "import logging; logging.basicConfig(level=logging.INFO); from sales_prediction_kafka.serve import serve_command; serve_command()"
 
 
+def launch_chromium(playwright, chromium: str):
+    "Headless Chromium at `chromium`, started by `playwright` with the project's flags."
+    return playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+
+
+def page_with_errors(browser, *kinds: str, **page_options) -> tuple:
+    """A new page of `browser`, and the list that collects its errors of `kinds`: "console" (console errors) and
+    "pageerror" (uncaught exceptions)."""
+    page, errors = browser.new_page(**page_options), []
+    if "console" in kinds:
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    if "pageerror" in kinds:
+        page.on("pageerror", lambda e: errors.append(str(e)))
+    return page, errors
+
+
 def topics(tag: str) -> dict:
     "Fresh topic names and group id, so tests never see each other's records."
     u = f"{tag}-{uuid.uuid4().hex[:6]}"

@@ -8,7 +8,14 @@ from kafka import KafkaConsumer, TopicPartition
 from playwright.sync_api import sync_playwright
 from sales_prediction_kafka.clients import producer
 from sales_prediction_kafka.clients import ensure_topic
-from helpers import CHROMIUM_ARGS, SALES_KAFKA, read_all, start_dashboard, topics
+from helpers import (
+    SALES_KAFKA,
+    launch_chromium,
+    page_with_errors,
+    read_all,
+    start_dashboard,
+    topics,
+)
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.kafka]
 REASONS = [
@@ -156,13 +163,10 @@ def test_pages_in_chromium(chromium, replayed, broker_settings, tmp_path):
     proc, url = start_browse_dashboard(broker_settings, t)
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=chromium, headless=True, args=CHROMIUM_ARGS
+            browser = launch_chromium(pw, chromium)
+            page, errors = page_with_errors(
+                browser, "console", "pageerror", viewport={"width": 1280, "height": 1200}
             )
-            page = browser.new_page(viewport={"width": 1280, "height": 1200})
-            errors = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
 
             def load(path):
                 page.goto(url + path)

@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 from sales_prediction_kafka.message import prediction_records
 from sales_prediction_kafka.stream import stream_predictions
-from helpers import CHROMIUM_ARGS, start_dashboard
+from helpers import launch_chromium, page_with_errors, start_dashboard
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.kafka]
 
@@ -55,7 +55,7 @@ def test_dashboard_live_in_chromium(chromium, dashboard, broker_settings, tmp_pa
         assert time.monotonic() < deadline, st
         time.sleep(0.2)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(pw, chromium)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1500})
             requests = []
@@ -201,12 +201,10 @@ def test_model_swaps_and_versions_in_chromium(chromium, broker_settings):
     marks = "document.getElementById('pva').layout.shapes.map(s => s.x0)"
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=chromium, headless=True, args=CHROMIUM_ARGS
+            browser = launch_chromium(pw, chromium)
+            page, errors = page_with_errors(
+                browser, "console", viewport={"width": 1280, "height": 1800}
             )
-            page = browser.new_page(viewport={"width": 1280, "height": 1800})
-            errors = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.goto(url)
             page.wait_for_function(
                 "document.querySelectorAll('#models tbody tr').length === 2", timeout=30_000

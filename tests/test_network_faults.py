@@ -22,15 +22,16 @@ from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.clients import ensure_topic
 from sales_prediction_kafka.stream import messages, run_values, stream_predictions, verify_run
 from helpers import (
-    CHROMIUM_ARGS,
     SALES_KAFKA,
     describe,
     feed,
     index_counts,
     landed,
+    launch_chromium,
     lost_and_duplicated,
     metrics,
     open_worker,
+    page_with_errors,
     prediction_counts,
     report,
     scored,
@@ -492,13 +493,9 @@ def test_slow_link_to_the_dashboard_and_a_scorer(healthy, model_dir, tmp_path, c
         events = list(table_events(generate_sales(N_SLOW, seed=47, missing=0.0)))
         feeder = feed(events, net.settings, t["events"], 2000.0, daemon=True)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=chromium, headless=True, args=CHROMIUM_ARGS
-            )
+            browser = launch_chromium(pw, chromium)
             try:
-                page = browser.new_page()
-                errors = []
-                page.on("pageerror", lambda e: errors.append(str(e)))
+                page, errors = page_with_errors(browser, "pageerror")
                 t_open = time.monotonic()
                 page.goto(url)
                 page.wait_for_selector("body[data-ready='1']", timeout=60_000)
@@ -904,13 +901,9 @@ def test_leader_silent_to_clients_for_30_s(mesh, tmp_path, chromium):
         )
         t_cut = time.monotonic()
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=chromium, headless=True, args=CHROMIUM_ARGS
-            )
+            browser = launch_chromium(pw, chromium)
             try:
-                page = browser.new_page()
-                errors = []
-                page.on("pageerror", lambda e: errors.append(str(e)))
+                page, errors = page_with_errors(browser, "pageerror")
                 page.goto(url)
                 page.wait_for_selector("body[data-ready='1']", timeout=20_000)
                 page.wait_for_selector(

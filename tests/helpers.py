@@ -258,6 +258,15 @@ def lost_and_duplicated(got: Counter, n: int) -> tuple[int, int]:
     return len(set(range(n)) - set(got)), sum(c - 1 for c in got.values())
 
 
+def report_delivery(scenario: str, got: Counter, n: int, **figures) -> tuple[int, int]:
+    "`report` the scenario's events 0..n-1 sent, predictions `got` received, lost and duplicated, then `figures`; lost and duplicated."
+    lost, duplicated = lost_and_duplicated(got, n)
+    report(
+        scenario, sent=n, received=sum(got.values()), lost=lost, duplicated=duplicated, **figures
+    )
+    return lost, duplicated
+
+
 def metrics(tmp: Path, worker: str) -> dict:
     "The metrics file a worker started by `start_worker` writes ({} until it has written one)."
     try:

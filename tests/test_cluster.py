@@ -27,6 +27,7 @@ from helpers import (
     prediction_counts,
     read_all,
     report,
+    report_delivery,
     scored,
     start_stream,
     start_worker,
@@ -265,13 +266,10 @@ def test_scorers_exactly_once_across_a_broker_loss(cluster, settings, model_dir,
     finally:
         codes = stop_workers(workers, grace=20)
     got = prediction_counts(settings, t["predictions"])
-    unscored, dupes = lost_and_duplicated(got, N_EVENTS)
-    report(
+    unscored, dupes = report_delivery(
         "cluster scorers exactly-once, broker lost",
-        sent=N_EVENTS,
-        received=sum(got.values()),
-        lost=unscored,
-        duplicated=dupes,
+        got,
+        N_EVENTS,
         killed_node=victim,
         scored_before_kill=at_kill,
         broker_down_s=down,

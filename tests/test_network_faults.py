@@ -34,6 +34,7 @@ from helpers import (
     page_with_errors,
     prediction_counts,
     report,
+    report_delivery,
     scored,
     start_dashboard,
     start_stream,
@@ -340,13 +341,10 @@ def test_worker_past_max_poll_interval_commits_nothing(healthy, model_dir):
             other.close()
         late.close()
     got = prediction_counts(net.check, t["predictions"])
-    lost, dupes = lost_and_duplicated(got, n)
-    report(
+    lost, dupes = report_delivery(
         "worker past max.poll.interval.ms (3 s)",
-        sent=n,
-        received=sum(got.values()),
-        lost=lost,
-        duplicated=dupes,
+        got,
+        n,
         late_batch=len(batch),
         left_group_after_s=left_s,
         scored_by_other=scored_by_other,
@@ -529,18 +527,15 @@ def test_slow_link_to_the_dashboard_and_a_scorer(healthy, model_dir, tmp_path, c
         codes = stop_workers(workers)
         dash_code = stop_dashboard(dash) if dash is not None else None
     got = prediction_counts(net.check, t["predictions"])
-    lost, dupes = lost_and_duplicated(got, N_SLOW)
     w1_log = (tmp_path / "w1.log").read_text(errors="replace")
     left = w1_log.count("Consumer poll timeout has expired")
     aborted = w1_log.count("transaction of")
     took, samples = [s["took"] for s in sampler.samples], sampler.samples
     rss = [s["rss"] for s in samples if s["rss"]]
-    report(
+    lost, dupes = report_delivery(
         "slow link 64 KB/s to the dashboard and scorer w1",
-        sent=N_SLOW,
-        received=sum(got.values()),
-        lost=lost,
-        duplicated=dupes,
+        got,
+        N_SLOW,
         w0_scored=scored(tmp_path, "w0"),
         w1_scored=scored(tmp_path, "w1"),
         w1_left_group=left,
@@ -631,13 +626,10 @@ def test_half_open_commit_is_ended_and_the_worker_fenced(healthy, model_dir, tmp
         if new is not None:
             new.close()
     got = prediction_counts(net.check, t["predictions"])
-    lost, dupes = lost_and_duplicated(got, n)
-    report(
+    lost, dupes = report_delivery(
         "half-open connection during a commit",
-        sent=n,
-        received=sum(got.values()),
-        lost=lost,
-        duplicated=dupes,
+        got,
+        n,
         healthy_batch=healthy_batch,
         cut_batch=len(cut),
         old_worker_counted=sum(ended.get("counts", Counter()).values()),

@@ -23,6 +23,7 @@ from helpers import (
     prediction_counts,
     read_all,
     report,
+    report_delivery,
     sales_kafka,
     scored,
     start_worker,
@@ -156,13 +157,10 @@ def test_scorer_sigkill_mid_replay(broker_settings, model_dir, tmp_path, exactly
         assert w.wait(timeout=60) == 0
     committed = prediction_counts(settings, t["predictions"])
     uncommitted = len(read_all(settings, t["predictions"], "read_uncommitted"))
-    unscored, dupes = lost_and_duplicated(committed, N_EVENTS)
-    report(
+    unscored, dupes = report_delivery(
         f"scorer-crash {'exactly' if exactly_once else 'at-least'}-once",
-        sent=N_EVENTS,
-        received=sum(committed.values()),
-        lost=unscored,
-        duplicated=dupes,
+        committed,
+        N_EVENTS,
         in_log_uncommitted=uncommitted,
         killed_after_scoring=killed_after,
         recovery_s=recovery,

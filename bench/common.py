@@ -126,6 +126,14 @@ def tag(prefix: str) -> str:
 
 
 @contextmanager
+def serve_topics(t: dict) -> list[str]:
+    "The options that name a `serve` worker's events, predictions and dead-letter topics from `t`."
+    return [
+        *("--events-topic", t["events"], "--predictions-topic", t["predictions"]),
+        *("--dead-letter-topic", t["dlq"]),
+    ]
+
+
 def kafka(bootstrap_servers: str | None = None):
     "KafkaSettings for the given cluster, else for a fresh LocalBroker in a temporary home (stopped afterwards)."
     from sales_prediction_kafka.config import KafkaSettings

@@ -15,7 +15,7 @@ import json, signal, subprocess, tempfile, threading, time
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
-from .common import kafka, load, table, tag, write_result, targets_line
+from .common import kafka, load, serve_topics, table, tag, write_result, targets_line
 
 NAME = "loop"
 
@@ -174,12 +174,7 @@ def shift_scenario(
             t["group"],
             "--worker-id",
             w,
-            "--events-topic",
-            t["events"],
-            "--predictions-topic",
-            t["predictions"],
-            "--dead-letter-topic",
-            t["dlq"],
+            *serve_topics(t),
             "--max-records",
             "100",
             "--session-timeout",

@@ -31,6 +31,17 @@ def sales_kafka(tmp: Path, name: str, *args) -> subprocess.Popen:
     )
 
 
+def start_learner(
+    tmp: Path, settings, events: str, alerts: str, models: str, *options
+) -> subprocess.Popen:
+    "`sales-kafka learn` on these topics with `options`, as `sales_kafka` process learn; its runs go under <tmp>/runs."
+    return sales_kafka(
+        *(tmp, "learn", "learn", "--bootstrap-servers", settings.bootstrap_servers),
+        *("--events-topic", events, "--alerts-topic", alerts, "--models-topic", models),
+        *("--runs", str(tmp / "runs"), *options),
+    )
+
+
 def worker_state(tmp: Path, worker: str) -> dict:
     "The metrics file of a worker ({} until it wrote one)."
     try:
@@ -240,19 +251,12 @@ def shift_scenario(
         "--every",
         "5",
     )
-    procs["learn"] = sales_kafka(
+    procs["learn"] = start_learner(
         tmp,
-        "learn",
-        "learn",
-        *bs,
-        "--events-topic",
+        settings,
         t["events"],
-        "--alerts-topic",
         t["alerts"],
-        "--models-topic",
         t["models"],
-        "--runs",
-        str(tmp / "runs"),
         "--max-retrains",
         "1",
         "--min-events",

@@ -12,7 +12,7 @@ from sales_prediction_kafka.replay import replay, table_events
 from helpers import ROOT, params, topics
 
 sys.path.insert(0, str(ROOT))
-from bench.loop import champion_before_shift, sales_kafka, wait_for
+from bench.loop import champion_before_shift, start_learner, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -41,22 +41,14 @@ def test_learn_trains_and_judges_on_joined_events(broker_settings, tmp_path):
         t["events"],
         progress=False,
     )
-    learn = sales_kafka(
+    learn = start_learner(
         tmp_path,
-        "learn",
-        "learn",
-        "--bootstrap-servers",
-        s.bootstrap_servers,
-        "--events-topic",
+        s,
         t["events"],
+        alerts,
+        reg,
         "--actuals-topic",
         actuals,
-        "--alerts-topic",
-        alerts,
-        "--models-topic",
-        reg,
-        "--runs",
-        str(tmp_path / "runs"),
         "--every-seconds",
         "1",
         "--window",

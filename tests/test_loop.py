@@ -24,7 +24,7 @@ from helpers import (
 
 # the shift scenario is the loop benchmark's, run here for its outcome rather than its timings
 sys.path.insert(0, str(ROOT))
-from bench.loop import champion_before_shift, loop_figures, sales_kafka, shift_scenario, stoppable
+from bench.loop import champion_before_shift, loop_figures, shift_scenario, start_learner, stoppable
 
 pytestmark = pytest.mark.kafka
 
@@ -312,20 +312,12 @@ def test_a_worse_challenger_is_not_promoted(broker_settings, tmp_path):
     ensure_topic(settings, t["events"], 4)
     champion = champion_before_shift(settings, reg).record
     # 200 rows alone made a challenger only a few % worse, or better
-    learn = sales_kafka(
+    learn = start_learner(
         tmp_path,
-        "learn",
-        "learn",
-        "--bootstrap-servers",
-        settings.bootstrap_servers,
-        "--events-topic",
+        settings,
         t["events"],
-        "--alerts-topic",
         alerts,
-        "--models-topic",
         reg,
-        "--runs",
-        str(tmp_path / "runs"),
         "--every-events",
         "300",
         "--window",

@@ -125,7 +125,6 @@ def tag(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@contextmanager
 def serve_topics(t: dict) -> list[str]:
     "The options that name a `serve` worker's events, predictions and dead-letter topics from `t`."
     return [
@@ -134,6 +133,7 @@ def serve_topics(t: dict) -> list[str]:
     ]
 
 
+@contextmanager
 def kafka(bootstrap_servers: str | None = None):
     "KafkaSettings for the given cluster, else for a fresh LocalBroker in a temporary home (stopped afterwards)."
     from sales_prediction_kafka.config import KafkaSettings

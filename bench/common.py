@@ -125,6 +125,14 @@ def tag(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def serve_topics(t: dict) -> list[str]:
+    "The options that name a `serve` worker's events, predictions and dead-letter topics from `t`."
+    return [
+        *("--events-topic", t["events"], "--predictions-topic", t["predictions"]),
+        *("--dead-letter-topic", t["dlq"]),
+    ]
+
+
 @contextmanager
 def kafka(bootstrap_servers: str | None = None):
     "KafkaSettings for the given cluster, else for a fresh LocalBroker in a temporary home (stopped afterwards)."

@@ -80,16 +80,19 @@ def total_records(settings, topic: str) -> int:
 
 
 class Worker:
-    "A `bench.live_worker` subprocess whose stdout lines arrive on a queue."
+    "A worker subprocess (`python -m module args`, `bench.live_worker` unless told) whose stdout lines arrive on a queue."
 
-    def __init__(self, args: list, log_file: Path):
+    def __init__(
+        self, args: list, log_file: Path, module: str = "bench.live_worker", env: dict | None = None
+    ):
         self.err = open(log_file, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.live_worker", *args],
+            [sys.executable, "-m", module, *args],
             stdout=subprocess.PIPE,
             stderr=self.err,
             text=True,
             cwd=Path(__file__).parent.parent,
+            env=env,
         )
         self.lines = queue.Queue()
         threading.Thread(
@@ -120,6 +123,18 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait()
         self.err.close()
+
+
+# the latency figures of `stats`, in the order the tables show them
+LATENCY_COLUMNS = [
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "wait_p50_ms",
+    "wait_p99_ms",
+    "work_p50_ms",
+    "work_p99_ms",
+]
 
 
 def stats(ids: list, ev: dict, out: dict, polled: dict | None = None) -> dict:
@@ -200,6 +215,29 @@ def java_floor(settings, records: int, record_size: int) -> dict:
     }
 
 
+def worker_args(
+    mode: str, model_dir: Path, settings, group: str, backlog: str, n: int, t: dict, polled: Path
+) -> list:
+    "The options of a worker (bench.live_worker, bench.peer_quix) that drains `n` events of `backlog`, then serves the topics of `t`."
+    return [
+        *("--mode", mode, "--model", str(model_dir)),
+        *("--bootstrap-servers", settings.bootstrap_servers, "--group", group),
+        *("--backlog-topic", backlog, "--backlog-out", t["backlog_out"], "--backlog-n", str(n)),
+        *("--events-topic", t["events"], "--out-topic", t["out"], "--dlq-topic", t["dlq"]),
+        *("--polled-file", str(polled)),
+    ]
+
+
+def java_summary(r: dict) -> dict:
+    "The Java floor runs of a latency result `r` (its `java` and `record_size`), with their median p50 and p99 (ms)."
+    return {
+        "runs": r["java"],
+        "record_size": r["record_size"],
+        "p50_ms": statistics.median(j["p50_ms"] for j in r["java"]),
+        "p99_ms": statistics.median(j["p99_ms"] for j in r["java"]),
+    }
+
+
 def start_worker(mode: str, settings, model_dir: Path, df, backlog_n: int, tmp: Path) -> tuple:
     "A `mode` worker that drained a backlog of `backlog_n` events and serves its own live topic; (worker, topics, drain)."
     from sales_prediction_kafka.replay import replay, table_events
@@ -212,30 +250,16 @@ def start_worker(mode: str, settings, model_dir: Path, df, backlog_n: int, tmp: 
         ensure_topic(settings, topic)
     replay(table_events(df.head(backlog_n), first_id=10**9), settings, t["backlog"], progress=False)
     w = Worker(
-        [
-            "--mode",
+        worker_args(
             mode,
-            "--model",
-            str(model_dir),
-            "--bootstrap-servers",
-            settings.bootstrap_servers,
-            "--group",
+            model_dir,
+            settings,
             tag(f"bench-{mode}"),
-            "--backlog-topic",
             t["backlog"],
-            "--backlog-out",
-            t["backlog_out"],
-            "--backlog-n",
-            str(backlog_n),
-            "--events-topic",
-            t["events"],
-            "--out-topic",
-            t["out"],
-            "--dlq-topic",
-            t["dlq"],
-            "--polled-file",
-            str(tmp / f"polled-{mode}.json"),
-        ],
+            backlog_n,
+            t,
+            tmp / f"polled-{mode}.json",
+        ),
         tmp / f"worker-{mode}.log",
     )
     drained = json.loads(w.expect("DRAIN", 300))
@@ -355,13 +379,8 @@ def run(
         }
     by = {(x["mode"], x["phase"]): x for x in rows}
     cap = {m: r["workers"][m][2]["per_s"] for m in MODES}
-    java_p99 = statistics.median(j["p99_ms"] for j in r["java"])
-    java = {
-        "runs": r["java"],
-        "record_size": r["record_size"],
-        "p50_ms": statistics.median(j["p50_ms"] for j in r["java"]),
-        "p99_ms": java_p99,
-    }
+    java = java_summary(r)
+    java_p99 = java["p99_ms"]
     ratios = {
         "drain_model_vs_passthrough": cap["model"] / cap["passthrough"],
         "max_phase_model_vs_passthrough": by[("model", "max")]["throughput_per_s"]
@@ -421,13 +440,7 @@ def run(
                 "delivered",
                 "replay_per_s",
                 "throughput_per_s",
-                "p50_ms",
-                "p99_ms",
-                "max_ms",
-                "wait_p50_ms",
-                "wait_p99_ms",
-                "work_p50_ms",
-                "work_p99_ms",
+                *LATENCY_COLUMNS,
             ],
         )
     )

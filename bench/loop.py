@@ -15,7 +15,7 @@ import json, signal, subprocess, tempfile, threading, time
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
-from .common import kafka, load, table, tag, write_result, targets_line
+from .common import kafka, load, serve_topics, table, tag, write_result, targets_line
 
 NAME = "loop"
 
@@ -28,6 +28,17 @@ def sales_kafka(tmp: Path, name: str, *args) -> subprocess.Popen:
         cli_args(*args),
         stdout=open(tmp / f"{name}.out", "ab"),
         stderr=open(tmp / f"{name}.log", "ab"),
+    )
+
+
+def start_learner(
+    tmp: Path, settings, events: str, alerts: str, models: str, *options
+) -> subprocess.Popen:
+    "`sales-kafka learn` on these topics with `options`, as `sales_kafka` process learn; its runs go under <tmp>/runs."
+    return sales_kafka(
+        *(tmp, "learn", "learn", "--bootstrap-servers", settings.bootstrap_servers),
+        *("--events-topic", events, "--alerts-topic", alerts, "--models-topic", models),
+        *("--runs", str(tmp / "runs"), *options),
     )
 
 
@@ -174,12 +185,7 @@ def shift_scenario(
             t["group"],
             "--worker-id",
             w,
-            "--events-topic",
-            t["events"],
-            "--predictions-topic",
-            t["predictions"],
-            "--dead-letter-topic",
-            t["dlq"],
+            *serve_topics(t),
             "--max-records",
             "100",
             "--session-timeout",
@@ -245,19 +251,12 @@ def shift_scenario(
         "--every",
         "5",
     )
-    procs["learn"] = sales_kafka(
+    procs["learn"] = start_learner(
         tmp,
-        "learn",
-        "learn",
-        *bs,
-        "--events-topic",
+        settings,
         t["events"],
-        "--alerts-topic",
         t["alerts"],
-        "--models-topic",
         t["models"],
-        "--runs",
-        str(tmp / "runs"),
         "--max-retrains",
         "1",
         "--min-events",

@@ -7,11 +7,21 @@ a process without TensorFlow, `plan_batch` on batches of one (what a Quix step r
 micro-batches."""
 
 from __future__ import annotations
-import gc, importlib.util, json, os, statistics, subprocess, sys, tempfile, threading, queue
+import gc, importlib.util, json, os, statistics, subprocess, sys, tempfile
 from pathlib import Path
 import numpy as np
 from .common import kafka, load, log, run_worker, tag, table, targets_line, write_result
-from .live import Worker, events_table, java_floor, read_timestamps, send_phase, stats
+from .live import (
+    LATENCY_COLUMNS,
+    Worker,
+    events_table,
+    java_floor,
+    java_summary,
+    read_timestamps,
+    send_phase,
+    stats,
+    worker_args,
+)
 
 NAME = "peer"
 # serve and passthrough run bench.live_worker, quix and quix_passthrough bench.peer_quix
@@ -40,32 +50,13 @@ def plan(quick: bool) -> dict:
 
 
 def quix_env() -> dict:
-    "The environment of a Quix worker: this one if quixstreams is installed here (`make bench`), else $BENCH_QUIX_SITE."
+    "The environment of a `bench.peer_quix` worker: this one if quixstreams is installed here (`make bench`), else $BENCH_QUIX_SITE."
     if importlib.util.find_spec("quixstreams") is None and not os.environ.get("BENCH_QUIX_SITE"):
         raise RuntimeError(
             "quixstreams is not installed: `make bench` (the bench extra), or set BENCH_QUIX_SITE to a "
             "`pip install --target` folder holding it (BENCHMARKS.md section 13)"
         )
     return dict(os.environ)
-
-
-class QuixWorker(Worker):
-    "A `bench.peer_quix` subprocess; `expect` and `stop` as bench/live's `Worker`."
-
-    def __init__(self, args: list, log_file: Path):
-        self.err = open(log_file, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.peer_quix", *args],
-            stdout=subprocess.PIPE,
-            stderr=self.err,
-            text=True,
-            cwd=Path(__file__).parent.parent,
-            env=quix_env(),
-        )
-        self.lines = queue.Queue()
-        threading.Thread(
-            target=lambda: [self.lines.put(l.strip()) for l in self.proc.stdout], daemon=True
-        ).start()
 
 
 def start(
@@ -77,33 +68,13 @@ def start(
     t = {k: tag(f"bench-peer-{side}-{k}") for k in ("backlog_out", "events", "out", "dlq")}
     for topic in t.values():
         ensure_topic(settings, topic)
-    args = [
-        "--mode",
-        "passthrough" if side.endswith("passthrough") else "model",
-        "--model",
-        str(model_dir),
-        "--bootstrap-servers",
-        settings.bootstrap_servers,
-        "--group",
-        tag(f"bench-peer-{side}"),
-        "--backlog-topic",
-        backlog,
-        "--backlog-out",
-        t["backlog_out"],
-        "--backlog-n",
-        str(n),
-        "--events-topic",
-        t["events"],
-        "--out-topic",
-        t["out"],
-        "--dlq-topic",
-        t["dlq"],
-        "--polled-file",
-        str(tmp / f"polled-{side}.json"),
-    ]
+    mode = "passthrough" if side.endswith("passthrough") else "model"
+    group, polled = tag(f"bench-peer-{side}"), tmp / f"polled-{side}.json"
+    args = worker_args(mode, model_dir, settings, group, backlog, n, t, polled)
     quix = side.startswith("quix")
     args += ["--drain-only"] if quix and drain_only else []
-    w = (QuixWorker if quix else Worker)(args, tmp / f"worker-{side}.log")
+    log_file = tmp / f"worker-{side}.log"
+    w = Worker(args, log_file, "bench.peer_quix", quix_env()) if quix else Worker(args, log_file)
     d = json.loads(w.expect("DRAIN", 300))
     return w, t, {**d, "per_s": d["events"] / d["seconds"]}
 
@@ -266,13 +237,8 @@ def run(
         }
         for s, ds in cap.items()
     }
-    java_p99 = statistics.median(j["p99_ms"] for j in lat["java"])
-    java = {
-        "runs": lat["java"],
-        "record_size": lat["record_size"],
-        "p50_ms": statistics.median(j["p50_ms"] for j in lat["java"]),
-        "p99_ms": java_p99,
-    }
+    java = java_summary(lat)
+    java_p99 = java["p99_ms"]
     dr = lambda a, b: drain[a]["per_s_median"] / drain[b]["per_s_median"]
     pr = lambda a, b: by[a]["p99_ms"] / by[b]["p99_ms"]
     ratios = {
@@ -349,13 +315,7 @@ def run(
                 "events",
                 "delivered",
                 "replay_per_s",
-                "p50_ms",
-                "p99_ms",
-                "max_ms",
-                "wait_p50_ms",
-                "wait_p99_ms",
-                "work_p50_ms",
-                "work_p99_ms",
+                *LATENCY_COLUMNS,
                 "cpu_us_per_event",
             ],
         )

@@ -6,7 +6,7 @@ compared with the Keras-loaded model's."""
 from __future__ import annotations
 import json, queue, shutil, signal, subprocess, sys, tempfile, threading, time
 from pathlib import Path
-from .common import log, kafka, tag, table, write_result, load, targets_line
+from .common import log, kafka, serve_topics, tag, table, write_result, load, targets_line
 
 NAME = "serving_start"
 SALES_KAFKA = str(Path(sys.executable).parent / "sales-kafka")
@@ -87,12 +87,7 @@ def start_worker(folder: Path, prelude: str | None, servers: str, t: dict, log_f
         str(folder),
         "--bootstrap-servers",
         servers,
-        "--events-topic",
-        t["events"],
-        "--predictions-topic",
-        t["predictions"],
-        "--dead-letter-topic",
-        t["dlq"],
+        *serve_topics(t),
         "--group-id",
         t["group"],
         "--models-topic",

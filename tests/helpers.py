@@ -1,9 +1,12 @@
 "Plain helpers shared by the test files (`from helpers import ...`); fixtures live in conftest.py."
 
-import json, subprocess, sys, time, uuid
+import json, os, signal, subprocess, sys, threading, time, uuid
+from collections import Counter
 from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 from sales_prediction_kafka.models import load_model
+from sales_prediction_kafka.replay import replay
+from sales_prediction_kafka.stream import messages
 from sales_prediction_kafka.serve import ScoringWorker
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
@@ -21,6 +24,22 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SERVE = "import logging; logging.basicConfig(level=logging.INFO); from sales_prediction_kafka.serve import serve_command; serve_command()"
+
+
+def launch_chromium(playwright, chromium: str):
+    "Headless Chromium at `chromium`, started by `playwright` with the project's flags."
+    return playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+
+
+def page_with_errors(browser, *kinds: str, **page_options) -> tuple:
+    """A new page of `browser`, and the list that collects its errors of `kinds`: "console" (console errors) and
+    "pageerror" (uncaught exceptions)."""
+    page, errors = browser.new_page(**page_options), []
+    if "console" in kinds:
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    if "pageerror" in kinds:
+        page.on("pageerror", lambda e: errors.append(str(e)))
+    return page, errors
 
 
 def topics(tag: str) -> dict:
@@ -58,49 +77,103 @@ def read_all(
         c.close()
 
 
-def start_worker(
-    tmp: Path, model_dir: Path, settings, t: dict, worker: str, exactly_once: bool
-) -> subprocess.Popen:
-    "A `serve` worker process; its logs go to <tmp>/<worker>.log, its metrics to <tmp>/<worker>.json."
-    args = [
-        "--model",
-        str(model_dir),
-        "--bootstrap-servers",
-        settings.bootstrap_servers,
-        "--group-id",
-        t["group"],
-        "--worker-id",
-        worker,
-        "--events-topic",
-        t["events"],
-        "--predictions-topic",
-        t["predictions"],
-        "--dead-letter-topic",
-        t["dlq"],
-        "--partitions",
-        "6",
-        "--max-records",
-        "200",
-        "--session-timeout",
-        "6",
-        "--metrics-file",
-        str(tmp / f"{worker}.json"),
-        "--metrics-every",
-        "0.2",
-    ] + (["--exactly-once"] if exactly_once else [])
-    log = open(tmp / f"{worker}.log", "ab")
-    return subprocess.Popen(
-        [sys.executable, "-c", SERVE, *args], stdout=subprocess.PIPE, stderr=log
+def indexes(records) -> set[int]:
+    "The events that the prediction records `records` score (their prediction_index)."
+    return {json.loads(r.value)["prediction_index"] for r in records}
+
+
+def wait_for_predictions(settings, topic: str, n: int, timeout: float = 60) -> list:
+    "The committed records of `topic` once `n` events have a prediction there; fails after `timeout` seconds."
+    return read_all(settings, topic, until=lambda recs: len(indexes(recs)) >= n, timeout=timeout)
+
+
+def broker_and_topics(servers: str, t: dict) -> list[str]:
+    "The options that point a `serve` command at the brokers `servers` and at the group and topics of `t`."
+    return [
+        *("--bootstrap-servers", servers, "--group-id", t["group"]),
+        *("--events-topic", t["events"], "--predictions-topic", t["predictions"]),
+        *("--dead-letter-topic", t["dlq"]),
+    ]
+
+
+def serve_until_idle(settings, t: dict, *options: str):
+    "`sales-kafka serve OPTIONS` in this process on the group and topics of `t`, until no event has come for 2 s; click's result."
+    from click.testing import CliRunner
+    from sales_prediction_kafka.serve import serve_command
+
+    return CliRunner().invoke(
+        serve_command,
+        [*broker_and_topics(settings.bootstrap_servers, t), "--idle-exit", "2", *options],
     )
 
 
-def open_worker(model_dir: Path, settings, t: dict, **kw):
-    'An opened exactly-once `ScoringWorker` "w1" in this process, on the topics and group of `t`; `kw` for the rest.'
+def start_worker(
+    tmp: Path,
+    model_dir: Path | None,
+    settings,
+    t: dict,
+    worker: str,
+    exactly_once: bool,
+    *extra: str,
+    partitions: int = 6,
+    max_records: int = 200,
+    env: dict | None = None,
+) -> subprocess.Popen:
+    """A `serve` worker process on the group and topics of `t`, with more options `extra` and more environment `env`; its logs
+    go to <tmp>/<worker>.log, its metrics to <tmp>/<worker>.json. No `model_dir`: `extra` says where its model comes from."""
+    metrics_file = str(tmp / f"{worker}.json")
+    args = [
+        *(["--model", str(model_dir)] if model_dir else []),
+        *broker_and_topics(settings.bootstrap_servers, t),
+        *("--worker-id", worker, "--partitions", str(partitions)),
+        *("--max-records", str(max_records), "--session-timeout", "6"),
+        *("--metrics-file", metrics_file, "--metrics-every", "0.2"),
+        *(["--exactly-once"] if exactly_once else []),
+        *extra,
+    ]
+    return subprocess.Popen(
+        [sys.executable, "-c", SERVE, *args],
+        stdout=subprocess.PIPE,
+        stderr=open(tmp / f"{worker}.log", "ab"),
+        env=os.environ | (env or {}),
+    )
+
+
+def start_dashboard(
+    servers: str,
+    *options: str,
+    flags: tuple[str, ...] = (),
+    log: Path | None = None,
+    cwd: Path | None = None,
+    env: dict | None = None,
+) -> tuple[subprocess.Popen, str]:
+    """`sales-kafka FLAGS dashboard --port 0 --bootstrap-servers SERVERS OPTIONS` (on a free loopback port); the process and
+    the URL it prints. Its stderr goes to the file `log`, else to a pipe."""
+    proc = subprocess.Popen(
+        [SALES_KAFKA, *flags, "dashboard", "--port", "0", "--bootstrap-servers", servers, *options],
+        stdout=subprocess.PIPE,
+        stderr=open(log, "ab") if log else subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=os.environ | (env or {}),
+    )
+    # the host it is told, else its default
+    host = options[options.index("--host") + 1] if "--host" in options else "127.0.0.1"
+    line = proc.stdout.readline()
+    assert line.startswith(f"dashboard at http://{host}:"), (
+        line,
+        log.read_text()[-3000:] if log else proc.stderr.read() if proc.poll() is not None else "",
+    )
+    return proc, line.split(" at ", 1)[1].strip()
+
+
+def open_worker(model_dir: Path, settings, t: dict, worker_id: str = "w1", **kw):
+    "An opened exactly-once `ScoringWorker` in this process, on the topics and group of `t`; `kw` for the rest."
     return ScoringWorker(
         load_model(model_dir),
         settings,
         group_id=t["group"],
-        worker_id="w1",
+        worker_id=worker_id,
         exactly_once=True,
         events_topic=t["events"],
         predictions_topic=t["predictions"],
@@ -116,6 +189,82 @@ def wait_for(cond, timeout: float, what: str):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def params(**values) -> list[str]:
+    "The pipeline parameters `values` as a command line's `-p NAME VALUE` options."
+    return [a for name, value in values.items() for a in ("-p", name, str(value))]
+
+
+def sales_kafka(
+    *args, timeout: float = 300, env: dict | None = None, cwd=None
+) -> tuple[subprocess.CompletedProcess, float]:
+    "Run `sales-kafka args` to its end; what it did and the seconds it took."
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [SALES_KAFKA, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+    )
+    return r, time.monotonic() - t0
+
+
+def feed(events, settings, topic: str, rate: float, daemon: bool = False) -> threading.Thread:
+    "A started thread that replays `events` to `topic` at `rate` events a second."
+    feeder = threading.Thread(
+        target=replay,
+        args=(events, settings, topic, rate),
+        kwargs={"progress": False},
+        daemon=daemon,
+    )
+    feeder.start()
+    return feeder
+
+
+def stop_workers(workers: dict, grace: float = 30) -> dict:
+    "SIGTERM every worker; their exit codes ('hung' for one still running after `grace` s, then SIGKILLed)."
+    for p in workers.values():
+        p.send_signal(signal.SIGTERM)
+    codes, deadline = {}, time.monotonic() + grace
+    for w, p in workers.items():
+        try:
+            codes[w] = p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            codes[w] = "hung"
+    return codes
+
+
+def index_counts(settings, topic: str) -> Counter:
+    "How often each prediction_index is on `topic`."
+    return Counter(
+        m["value"]["prediction_index"] for m in messages(settings, topic, idle_timeout=30)
+    )
+
+
+def prediction_counts(settings, topic: str, isolation: str = "read_committed") -> Counter:
+    "How often each event has a prediction on `topic`, for an `isolation` reader."
+    return Counter(
+        json.loads(r.value)["prediction_index"] for r in read_all(settings, topic, isolation)
+    )
+
+
+def lost_and_duplicated(got: Counter, n: int) -> tuple[int, int]:
+    "How many of 0..n-1 are missing from `got`, and how many beyond one per index it holds."
+    return len(set(range(n)) - set(got)), sum(c - 1 for c in got.values())
+
+
+def report_delivery(scenario: str, got: Counter, n: int, **figures) -> tuple[int, int]:
+    "`report` the scenario's events 0..n-1 sent, predictions `got` received, lost and duplicated, then `figures`; lost and duplicated."
+    lost, duplicated = lost_and_duplicated(got, n)
+    report(
+        scenario, sent=n, received=sum(got.values()), lost=lost, duplicated=duplicated, **figures
+    )
+    return lost, duplicated
 
 
 def metrics(tmp: Path, worker: str) -> dict:
@@ -175,11 +324,12 @@ def report(scenario: str, **figures):
     )
 
 
-def landed(servers: str, topic: str, partitions: int) -> int:
-    "The number of records in `topic` now (sum of its end offsets)."
+def landed(servers: str, topic: str, partitions: int | None = None) -> int:
+    "The number of records in `topic` now (sum of the end offsets of its first `partitions`, else of all it has now)."
     c = KafkaConsumer(bootstrap_servers=servers, request_timeout_ms=5000)
     try:
-        return sum(c.end_offsets([TopicPartition(topic, p) for p in range(partitions)]).values())
+        parts = range(partitions) if partitions else c.partitions_for_topic(topic) or ()
+        return sum(c.end_offsets([TopicPartition(topic, p) for p in parts]).values())
     finally:
         c.close()
 

@@ -13,7 +13,7 @@ from sales_prediction_kafka.replay import table_events
 from sales_prediction_kafka.serve import MAX_EVENT_BYTES
 from sales_prediction_kafka.clients import producer
 from sales_prediction_kafka.clients import ensure_topic
-from helpers import SALES_KAFKA, read_all, topics, run_folder
+from helpers import SALES_KAFKA, broker_and_topics, params, read_all, run_folder, topics
 
 # --- CSV files ------------------------------------------------------------------------------------------------------------
 
@@ -106,15 +106,7 @@ def test_run_on_bom_file_by_relative_path(tmp_path):
             "--data",
             "bom.csv",
             "--no-stream",
-            "-p",
-            "epochs",
-            "2",
-            "-p",
-            "cv_folds",
-            "2",
-            "-p",
-            "outliers",
-            "keep",
+            *params(epochs=2, cv_folds=2, outliers="keep"),
             "--out",
             "runs",
         ],
@@ -298,16 +290,7 @@ def served(broker_settings, model_dir, tmp_path_factory) -> dict:
             "serve",
             "--model",
             model_dir,
-            "--bootstrap-servers",
-            settings.bootstrap_servers,
-            "--group-id",
-            t["group"],
-            "--events-topic",
-            t["events"],
-            "--predictions-topic",
-            t["predictions"],
-            "--dead-letter-topic",
-            t["dlq"],
+            *broker_and_topics(settings.bootstrap_servers, t),
             "--partitions",
             "3",
             "--max-records",

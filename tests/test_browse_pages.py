@@ -8,7 +8,14 @@ from kafka import KafkaConsumer, TopicPartition
 from playwright.sync_api import sync_playwright
 from sales_prediction_kafka.clients import producer
 from sales_prediction_kafka.clients import ensure_topic
-from helpers import CHROMIUM_ARGS, SALES_KAFKA, read_all, topics
+from helpers import (
+    SALES_KAFKA,
+    launch_chromium,
+    page_with_errors,
+    read_all,
+    start_dashboard,
+    topics,
+)
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.kafka]
 REASONS = [
@@ -43,6 +50,14 @@ def dlq(*args, settings) -> str:
     )
     assert r.returncode == 0, r.stderr
     return r.stdout
+
+
+def replay_missing_fields(t: dict, settings) -> str:
+    "`sales-kafka dlq replay` of the dead letters of `t` for a missing field back to its events topic; what it prints."
+    return dlq(
+        *("replay", "--topic", t["dlq"], "--to-topic", t["events"], "--reason", "missing_field"),
+        settings=settings,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,16 +107,7 @@ def replayed(broker_settings):
     c.commit()
     c.close()
     before = end_offsets(broker_settings, t["events"])
-    out = dlq(
-        "replay",
-        "--topic",
-        t["dlq"],
-        "--to-topic",
-        t["events"],
-        "--reason",
-        "missing_field",
-        settings=broker_settings,
-    )
+    out = replay_missing_fields(t, broker_settings)
     assert out.strip() == f"replayed 3 dead letters to {t['events']}: missing_field 3", out
     return t, before, {m.partition: m.offset + 1 for m in got}
 
@@ -122,16 +128,7 @@ def test_second_replay_sends_nothing(replayed, broker_settings):
         p: before[p] + sum(m.partition == p for m in back) + (p in touched) for p in (0, 1)
     }
     assert (
-        dlq(
-            "replay",
-            "--topic",
-            t["dlq"],
-            "--to-topic",
-            t["events"],
-            "--reason",
-            "missing_field",
-            settings=broker_settings,
-        ).strip()
+        replay_missing_fields(t, broker_settings).strip()
         == f"replayed 0 dead letters to {t['events']} (none left to replay)"
     )
     assert end_offsets(broker_settings, t["events"]) == after
@@ -139,40 +136,16 @@ def test_second_replay_sends_nothing(replayed, broker_settings):
     assert listed[0] == "missing_field: 3" and sum("(replayed)" in l for l in listed) == 3, listed
 
 
-def start_dashboard(settings, t, *extra, env=None):
-    "`sales-kafka -v dashboard` on a free port; the process and the URL it prints."
-    proc = subprocess.Popen(
-        [
-            SALES_KAFKA,
-            "-v",
-            "dashboard",
-            "--port",
-            "0",
-            "--bootstrap-servers",
-            settings.bootstrap_servers,
-            "--topic",
-            t["predictions"],
-            "--dead-letter-topic",
-            t["dlq"],
-            "--baseline",
-            "10",
-            "--models-topic",
-            f"models-{t['group']}",
-            "--alerts-topic",
-            f"alerts-{t['group']}",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
+def start_browse_dashboard(settings, t, *extra, env=None):
+    "`sales-kafka -v dashboard` on the dead letters and models of `t`; the process and the URL it prints."
+    return start_dashboard(
+        settings.bootstrap_servers,
+        *("--topic", t["predictions"], "--dead-letter-topic", t["dlq"], "--baseline", "10"),
+        *("--models-topic", f"models-{t['group']}", "--alerts-topic", f"alerts-{t['group']}"),
+        *extra,
+        flags=("-v",),
+        env=env,
     )
-    line = proc.stdout.readline()
-    assert line.startswith("dashboard at http://"), (
-        line,
-        proc.stderr.read() if proc.poll() is not None else "",
-    )
-    return proc, line.split(" at ", 1)[1].strip()
 
 
 def stop(proc) -> str:
@@ -187,16 +160,13 @@ def stop(proc) -> str:
 def test_pages_in_chromium(chromium, replayed, broker_settings, tmp_path):
     t, before, committed = replayed
     end = end_offsets(broker_settings, t["events"])
-    proc, url = start_dashboard(broker_settings, t)
+    proc, url = start_browse_dashboard(broker_settings, t)
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=chromium, headless=True, args=CHROMIUM_ARGS
+            browser = launch_chromium(pw, chromium)
+            page, errors = page_with_errors(
+                browser, "console", "pageerror", viewport={"width": 1280, "height": 1200}
             )
-            page = browser.new_page(viewport={"width": 1280, "height": 1200})
-            errors = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
 
             def load(path):
                 page.goto(url + path)
@@ -304,7 +274,7 @@ ROUTES = [
 
 def test_token_guards_every_route(replayed, broker_settings):
     t, _, _ = replayed
-    proc, url = start_dashboard(
+    proc, url = start_browse_dashboard(
         broker_settings, t, "--host", "127.0.0.2", env={"SALES_KAFKA_DASHBOARD_TOKEN": TOKEN}
     )
     try:

@@ -2,7 +2,7 @@
 mid-stream, scorers across a broker loss, writes refused while two of three brokers are down and the stream resumed.
 Each scenario prints a `RELIABILITY` line with its counts and times (see RELIABILITY.md)."""
 
-import json, os, signal, subprocess, threading, time
+import json, os, subprocess, time
 from collections import Counter
 from pathlib import Path
 import pytest
@@ -10,7 +10,7 @@ from kafka import KafkaAdminClient
 from sales_prediction_kafka.broker import LocalCluster
 from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import generate_sales
-from sales_prediction_kafka.replay import replay, table_events
+from sales_prediction_kafka.replay import table_events
 from sales_prediction_kafka.clients import StreamError
 from sales_prediction_kafka.clients import ensure_topic
 from sales_prediction_kafka.stream import messages, run_values, stream_predictions, verify_run
@@ -18,13 +18,20 @@ from helpers import (
     SALES_KAFKA,
     describe,
     failed_stream,
+    feed,
+    index_counts,
+    indexes,
     landed,
+    lost_and_duplicated,
     metrics,
+    prediction_counts,
     read_all,
     report,
+    report_delivery,
     scored,
     start_stream,
     start_worker,
+    stop_workers,
     stream_records,
     topics,
     wait_for,
@@ -58,10 +65,8 @@ def rss_mb(c: LocalCluster) -> list[int]:
 
 def counts(settings: KafkaSettings, topic: str, n: int) -> tuple[Counter, int, int]:
     "How often each prediction_index is on `topic`, and how many of 0..n-1 are lost and duplicated."
-    got = Counter(
-        m["value"]["prediction_index"] for m in messages(settings, topic, idle_timeout=30)
-    )
-    return got, len(set(range(n)) - set(got)), sum(c - 1 for c in got.values())
+    got = index_counts(settings, topic)
+    return got, *lost_and_duplicated(got, n)
 
 
 @pytest.fixture(scope="module")
@@ -233,19 +238,13 @@ def test_scorers_exactly_once_across_a_broker_loss(cluster, settings, model_dir,
                 crashes.append((w, p.returncode))
                 workers[w] = start_worker(tmp_path, model_dir, settings, t, w, True)
 
-    ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
     try:
         wait_for(
             lambda: all(len(metrics(tmp_path, w).get("partitions", [])) == 3 for w in workers),
             120,
             "the workers to share 6 partitions",
         )
-        feeder = threading.Thread(
-            target=replay,
-            args=(table_events(df), settings, t["events"], 2000.0),
-            kwargs={"progress": False},
-        )
-        feeder.start()  # 5 s of events
+        feeder = feed(table_events(df), settings, t["events"], 2000.0)  # 5 s of events
         wait_for(lambda: total() >= 2000, 120, "the workers to score 2,000 events")
         victim, at_kill, t_kill = busiest(cluster, t["events"]), total(), time.monotonic()
         cluster.node(victim).kill()
@@ -258,34 +257,19 @@ def test_scorers_exactly_once_across_a_broker_loss(cluster, settings, model_dir,
                 settings,
                 t["predictions"],
                 "read_committed",
-                until=lambda recs: supervise() or len(ids(recs)) >= N_EVENTS,
+                until=lambda recs: supervise() or len(indexes(recs)) >= N_EVENTS,
                 timeout=60,
             )
         except AssertionError:
             pass  # what is missing is counted below
         complete = time.monotonic() - t_kill
     finally:
-        for p in workers.values():
-            p.send_signal(signal.SIGTERM)
-        deadline, codes = time.monotonic() + 20, {}
-        for w, p in workers.items():
-            try:
-                codes[w] = p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-                codes[w] = "hung"
-    got = Counter(
-        json.loads(r.value)["prediction_index"]
-        for r in read_all(settings, t["predictions"], "read_committed")
-    )
-    unscored, dupes = len(set(range(N_EVENTS)) - set(got)), sum(c - 1 for c in got.values())
-    report(
+        codes = stop_workers(workers, grace=20)
+    got = prediction_counts(settings, t["predictions"])
+    unscored, dupes = report_delivery(
         "cluster scorers exactly-once, broker lost",
-        sent=N_EVENTS,
-        received=sum(got.values()),
-        lost=unscored,
-        duplicated=dupes,
+        got,
+        N_EVENTS,
         killed_node=victim,
         scored_before_kill=at_kill,
         broker_down_s=down,

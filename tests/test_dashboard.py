@@ -1,12 +1,12 @@
 "The dashboard in real headless Chromium: it loads offline, updates live without a reload, and shows the right offsets."
 
-import json, signal, socket, subprocess, sys, time, urllib.request, uuid
+import json, signal, socket, subprocess, time, urllib.request, uuid
 import numpy as np
 import pytest
 from playwright.sync_api import sync_playwright
 from sales_prediction_kafka.message import prediction_records
 from sales_prediction_kafka.stream import stream_predictions
-from helpers import CHROMIUM_ARGS
+from helpers import launch_chromium, page_with_errors, start_dashboard
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.kafka]
 
@@ -27,38 +27,13 @@ def dashboard(broker_settings):
     stream_predictions(
         predictions(0, 100), broker_settings, topic=topic, partitions=1, progress=False
     )
-    code = "from sales_prediction_kafka.dashboard import dashboard_command; dashboard_command()"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "--port",
-            "0",
-            "--bootstrap-servers",
-            broker_settings.bootstrap_servers,
-            "--topic",
-            topic,
-            "--from-beginning",
-            "--window",
-            "30",
-            "--baseline",
-            "10",
-            "--rows",
-            "10",
-            "--alerts-topic",
-            f"{topic}_alerts",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc, url = start_dashboard(
+        broker_settings.bootstrap_servers,
+        *("--topic", topic, "--from-beginning", "--window", "30", "--baseline", "10"),
+        *("--rows", "10", "--alerts-topic", f"{topic}_alerts"),
+        flags=("-q",),  # warnings only: nobody reads the pipe until the end
     )
-    line = proc.stdout.readline()
-    assert line.startswith("dashboard at http://127.0.0.1:"), (
-        line,
-        proc.stderr.read() if proc.poll() is not None else "",
-    )
-    yield line.split(" at ", 1)[1].strip(), topic
+    yield url, topic
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0, proc.stderr.read()
 
@@ -80,7 +55,7 @@ def test_dashboard_live_in_chromium(chromium, dashboard, broker_settings, tmp_pa
         assert time.monotonic() < deadline, st
         time.sleep(0.2)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(pw, chromium)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1500})
             requests = []
@@ -217,40 +192,19 @@ def test_model_swaps_and_versions_in_chromium(chromium, broker_settings):
     )
     send(0, 60, "v1-aaaa")
     send(60, 120, "v2-bbbb")
-    code = "from sales_prediction_kafka.dashboard import dashboard_command; dashboard_command()"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "--port",
-            "0",
-            "--bootstrap-servers",
-            broker_settings.bootstrap_servers,
-            "--topic",
-            topic,
-            "--from-beginning",
-            "--baseline",
-            "10",
-            "--models-topic",
-            models,
-            "--alerts-topic",
-            f"{topic}_alerts",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc, url = start_dashboard(
+        broker_settings.bootstrap_servers,
+        *("--topic", topic, "--from-beginning", "--baseline", "10", "--models-topic", models),
+        *("--alerts-topic", f"{topic}_alerts"),
+        flags=("-q",),
     )
-    url = proc.stdout.readline().split(" at ", 1)[1].strip()
     marks = "document.getElementById('pva').layout.shapes.map(s => s.x0)"
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=chromium, headless=True, args=CHROMIUM_ARGS
+            browser = launch_chromium(pw, chromium)
+            page, errors = page_with_errors(
+                browser, "console", viewport={"width": 1280, "height": 1800}
             )
-            page = browser.new_page(viewport={"width": 1280, "height": 1800})
-            errors = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.goto(url)
             page.wait_for_function(
                 "document.querySelectorAll('#models tbody tr').length === 2", timeout=30_000

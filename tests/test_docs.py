@@ -7,7 +7,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from helpers import CHROMIUM_ARGS, ROOT
+from helpers import ROOT, launch_chromium
 
 
 def _load_builder():
@@ -87,7 +87,7 @@ def browser(chromium):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        b = launch_chromium(p, chromium)
         yield b
         b.close()
 

@@ -9,10 +9,10 @@ import pytest
 from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.registry import read_registry, record_model
 from sales_prediction_kafka.replay import replay, table_events
-from helpers import ROOT, topics
+from helpers import ROOT, params, topics
 
 sys.path.insert(0, str(ROOT))
-from bench.loop import champion_before_shift, sales_kafka, wait_for
+from bench.loop import champion_before_shift, start_learner, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -41,22 +41,14 @@ def test_learn_trains_and_judges_on_joined_events(broker_settings, tmp_path):
         t["events"],
         progress=False,
     )
-    learn = sales_kafka(
+    learn = start_learner(
         tmp_path,
-        "learn",
-        "learn",
-        "--bootstrap-servers",
-        s.bootstrap_servers,
-        "--events-topic",
+        s,
         t["events"],
+        alerts,
+        reg,
         "--actuals-topic",
         actuals,
-        "--alerts-topic",
-        alerts,
-        "--models-topic",
-        reg,
-        "--runs",
-        str(tmp_path / "runs"),
         "--every-seconds",
         "1",
         "--window",
@@ -67,12 +59,7 @@ def test_learn_trains_and_judges_on_joined_events(broker_settings, tmp_path):
         "20",
         "--max-retrains",
         "1",
-        "-p",
-        "candidates",
-        "linear",
-        "-p",
-        "cv_folds",
-        "3",
+        *params(candidates="linear", cv_folds=3),
     )
     try:
         wait_for(

@@ -46,14 +46,15 @@ def test_newest_matching_run_is_chosen(runs, broker_settings, caplog):
     )
 
 
-def test_no_matching_run_is_refused_clearly(runs, broker_settings):
+def unfit_events(settings) -> str:
+    "A new topic holding one event that no run's model can score; its name."
     topic = f"ev-{uuid.uuid4().hex[:6]}"
-    replay(
-        [{"event_id": 1, "schema_version": 1, "colour": "red"}],
-        broker_settings,
-        topic,
-        progress=False,
-    )
+    replay([{"event_id": 1, "schema_version": 1, "colour": "red"}], settings, topic, progress=False)
+    return topic
+
+
+def test_no_matching_run_is_refused_clearly(runs, broker_settings):
+    topic = unfit_events(broker_settings)
     with pytest.raises(
         ServeError,
         match=r"none of the 2 runs .* has a model for these events: they carry colour, event_id, "
@@ -73,45 +74,18 @@ def test_no_events_yet_takes_the_newest(runs, broker_settings):
 
 def test_dashboard_opens_when_no_run_fits_the_events(runs, broker_settings, tmp_path):
     "Events that fit no run folder: `dashboard` still starts, its cluster pages open, and the live page has no baseline (issue 22)."
-    import signal, subprocess, sys, urllib.request
+    import signal, urllib.request
+    from helpers import start_dashboard
 
-    topic = f"ev-{uuid.uuid4().hex[:6]}"
-    replay(
-        [{"event_id": 1, "schema_version": 1, "colour": "red"}],
-        broker_settings,
-        topic,
-        progress=False,
-    )
+    topic = unfit_events(broker_settings)
     shutil.copytree(runs, tmp_path / "outputs" / "runs")  # the default --runs of a user's checkout
-    code = "from sales_prediction_kafka.dashboard import dashboard_command; dashboard_command()"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "--port",
-            "0",
-            "--bootstrap-servers",
-            broker_settings.bootstrap_servers,
-            "--events-topic",
-            topic,
-            "--topic",
-            f"pred-{topic}",
-            "--alerts-topic",
-            f"alerts-{topic}",
-        ],
+    proc, url = start_dashboard(
+        broker_settings.bootstrap_servers,
+        *("--events-topic", topic, "--topic", f"pred-{topic}", "--alerts-topic", f"alerts-{topic}"),
+        flags=("-q",),
         cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("dashboard at http://127.0.0.1:"), (
-            line,
-            proc.stderr.read() if proc.poll() is not None else "",
-        )
-        url = line.split(" at ", 1)[1].strip()
         assert (
             json.loads(urllib.request.urlopen(url + "state", timeout=10).read())["limits"] is None
         )

@@ -10,11 +10,21 @@ from sales_prediction_kafka.models import SalesModel, load_model, save_model
 from sales_prediction_kafka.registry import ensure_models_topic, model_record, promote, publish
 from sales_prediction_kafka.replay import replay, table_events
 from sales_prediction_kafka.clients import ensure_topic
-from helpers import ROOT, SERVE, metrics, read_all, topics, wait_for
+from helpers import (
+    ROOT,
+    feed,
+    metrics,
+    params,
+    read_all,
+    start_worker,
+    topics,
+    wait_for,
+    wait_for_predictions,
+)
 
 # the shift scenario is the loop benchmark's, run here for its outcome rather than its timings
 sys.path.insert(0, str(ROOT))
-from bench.loop import champion_before_shift, loop_figures, sales_kafka, shift_scenario, stoppable
+from bench.loop import champion_before_shift, loop_figures, shift_scenario, start_learner, stoppable
 
 pytestmark = pytest.mark.kafka
 
@@ -23,39 +33,17 @@ def start_follower_worker(
     tmp: Path, settings, t: dict, worker: str, models_topic: str, group: str | None = None
 ) -> subprocess.Popen:
     "An exactly-once `serve` worker told no model path: it loads the registry's champion and follows it."
-    args = [
-        "--runs",
-        str(tmp / "no-runs"),
-        "--models-topic",
-        models_topic,
-        "--bootstrap-servers",
-        settings.bootstrap_servers,
-        "--group-id",
-        group or t["group"],
-        "--worker-id",
+    follow = ("--runs", str(tmp / "no-runs"), "--models-topic", models_topic)
+    return start_worker(
+        tmp,
+        None,
+        settings,
+        t | {"group": group or t["group"]},
         worker,
-        "--events-topic",
-        t["events"],
-        "--predictions-topic",
-        t["predictions"],
-        "--dead-letter-topic",
-        t["dlq"],
-        "--partitions",
-        "4",
-        "--max-records",
-        "100",
-        "--session-timeout",
-        "6",
-        "--exactly-once",
-        "--metrics-file",
-        str(tmp / f"{worker}.json"),
-        "--metrics-every",
-        "0.2",
-    ]
-    return subprocess.Popen(
-        [sys.executable, "-c", SERVE, *args],
-        stdout=subprocess.PIPE,
-        stderr=open(tmp / f"{worker}.log", "ab"),
+        True,
+        *follow,
+        partitions=4,
+        max_records=100,
     )
 
 
@@ -87,17 +75,9 @@ def test_hot_swap_exactly_once_with_sigkill(broker_settings, two_models, tmp_pat
         assert {metrics(tmp_path, w)["model_version"] for w in workers} == {a["version"]}, (
             "a worker told no path scores with the champion"
         )
-        feeder = threading.Thread(
-            target=replay,
-            args=(
-                table_events(generate_sales(n, seed=12, missing=0.0)),
-                settings,
-                t["events"],
-                1500.0,
-            ),
-            kwargs={"progress": False},
+        feeder = feed(
+            table_events(generate_sales(n, seed=12, missing=0.0)), settings, t["events"], 1500.0
         )
-        feeder.start()
         wait_for(
             lambda: all(metrics(tmp_path, w).get("scored", 0) > 200 for w in workers),
             60,
@@ -111,14 +91,7 @@ def test_hot_swap_exactly_once_with_sigkill(broker_settings, two_models, tmp_pat
         workers["w1"] = start_follower_worker(tmp_path, settings, t, "w1", reg)
         wait_for(lambda: metrics(tmp_path, "w0").get("swaps") == 1, 30, "w0 to swap")
         feeder.join()
-        ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
-        read_all(
-            settings,
-            t["predictions"],
-            "read_committed",
-            until=lambda recs: len(ids(recs)) >= n,
-            timeout=120,
-        )
+        wait_for_predictions(settings, t["predictions"], n, 120)
         # a new group, started after
         late = start_follower_worker(tmp_path, settings, t, "late", reg, group=t["group"] + "-late")
         workers["late"] = late
@@ -185,12 +158,7 @@ def test_training_from_a_topic(broker_settings, tmp_path):
             "--no-stream",
             "--bootstrap-servers",
             settings.bootstrap_servers,
-            "-p",
-            "candidates",
-            "linear,trees",
-            "-p",
-            "cv_folds",
-            "3",
+            *params(candidates="linear,trees", cv_folds=3),
             "--out",
             str(tmp_path),
         ],
@@ -344,20 +312,12 @@ def test_a_worse_challenger_is_not_promoted(broker_settings, tmp_path):
     ensure_topic(settings, t["events"], 4)
     champion = champion_before_shift(settings, reg).record
     # 200 rows alone made a challenger only a few % worse, or better
-    learn = sales_kafka(
+    learn = start_learner(
         tmp_path,
-        "learn",
-        "learn",
-        "--bootstrap-servers",
-        settings.bootstrap_servers,
-        "--events-topic",
+        settings,
         t["events"],
-        "--alerts-topic",
         alerts,
-        "--models-topic",
         reg,
-        "--runs",
-        str(tmp_path / "runs"),
         "--every-events",
         "300",
         "--window",
@@ -366,25 +326,11 @@ def test_a_worse_challenger_is_not_promoted(broker_settings, tmp_path):
         "300",
         "--max-retrains",
         "1",
-        "-p",
-        "candidates",
-        "linear,trees",
-        "-p",
-        "cv_folds",
-        "3",
-        "-p",
-        "features",
-        "Marketing_Spend,Seasonality",
+        *params(candidates="linear,trees", cv_folds=3, features="Marketing_Spend,Seasonality"),
     )
     stop, sent = threading.Event(), [0]
     events = stoppable(table_events(generate_sales(100_000, seed=31, missing=0.0)), stop, sent)
-    feeder = threading.Thread(
-        target=replay,
-        args=(events, settings, t["events"], 100.0),
-        kwargs={"progress": False},
-        daemon=True,
-    )
-    feeder.start()
+    feeder = feed(events, settings, t["events"], 100.0, daemon=True)
     try:
         assert learn.wait(timeout=300) == 0, (tmp_path / "learn.log").read_text()[-3000:]
     finally:

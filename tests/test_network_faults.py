@@ -8,7 +8,7 @@ network, for the one client a scenario treats differently) and `CHECK`, unproxie
 three-node cluster has each node's client listener and its REPLICATION listener (the other nodes' replica fetches) behind
 proxies, the controller quorum direct, plus a `CHECK` listener. Each scenario prints a `RELIABILITY` line (RELIABILITY.md)."""
 
-import json, os, signal, subprocess, sys, threading, time, urllib.request
+import json, signal, subprocess, threading, time, urllib.request
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,26 +18,32 @@ from playwright.sync_api import sync_playwright
 from sales_prediction_kafka.broker import LocalBroker, LocalCluster, free_port
 from sales_prediction_kafka.config import KafkaSettings
 from sales_prediction_kafka.data import generate_sales
-from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.replay import replay, table_events
-from sales_prediction_kafka.serve import ScoringWorker
 from sales_prediction_kafka.clients import ensure_topic
 from sales_prediction_kafka.stream import messages, run_values, stream_predictions, verify_run
 from helpers import (
-    CHROMIUM_ARGS,
     SALES_KAFKA,
-    SERVE,
     describe,
+    feed,
+    index_counts,
+    landed,
+    launch_chromium,
+    lost_and_duplicated,
     metrics,
     open_worker,
-    read_all,
+    page_with_errors,
+    prediction_counts,
     report,
+    report_delivery,
     scored,
+    start_dashboard,
     start_stream,
     start_worker,
+    stop_workers,
     stream_records,
     topics,
     wait_for,
+    wait_for_predictions,
 )
 from toxiproxy import Toxiproxy
 
@@ -98,53 +104,16 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, dict]:
     return proc.returncode, json.loads(out.strip().splitlines()[-1])
 
 
-def landed(servers: str, topic: str) -> int:
-    "The number of records in `topic` now (sum of its end offsets)."
-    c = KafkaConsumer(bootstrap_servers=servers, request_timeout_ms=5000)
-    try:
-        return sum(
-            c.end_offsets(
-                [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
-            ).values()
-        )
-    finally:
-        c.close()
-
-
-def index_counts(settings: KafkaSettings, topic: str) -> Counter:
-    "How often each prediction_index is on `topic`."
-    return Counter(
-        m["value"]["prediction_index"] for m in messages(settings, topic, idle_timeout=30)
+def replayed_on_three_partitions(net, t: dict, n: int, seed: int):
+    "The topics of `t` made with 3 partitions, and `n` generated events (`seed`) replayed onto its events topic."
+    for topic in (t["events"], t["predictions"], t["dlq"]):
+        ensure_topic(net.check, topic, 3)
+    replay(
+        table_events(generate_sales(n, seed=seed, missing=0.0)),
+        net.check,
+        t["events"],
+        progress=False,
     )
-
-
-def prediction_counts(
-    settings: KafkaSettings, topic: str, isolation: str = "read_committed"
-) -> Counter:
-    "How often each event has a prediction on `topic`, for an `isolation` reader."
-    return Counter(
-        json.loads(r.value)["prediction_index"] for r in read_all(settings, topic, isolation)
-    )
-
-
-def lost_and_duplicated(got: Counter, n: int) -> tuple[int, int]:
-    "How many of 0..n-1 are missing from `got`, and how many beyond one per index it holds."
-    return len(set(range(n)) - set(got)), sum(c - 1 for c in got.values())
-
-
-def stop_workers(workers: dict) -> dict:
-    "SIGTERM every worker; their exit codes ('hung' for one still running after 30 s, then SIGKILLed)."
-    for p in workers.values():
-        p.send_signal(signal.SIGTERM)
-    codes, deadline = {}, time.monotonic() + 30
-    for w, p in workers.items():
-        try:
-            codes[w] = p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            codes[w] = "hung"
-    return codes
 
 
 # --- 1. latency on every client link -------------------------------------------------------------------------------------
@@ -300,14 +269,7 @@ def test_connection_resets_duplicate_nothing(healthy, model_dir, tmp_path):
                 progress=False,
             )
         code, summary = finish(proc)
-        ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
-        read_all(
-            net.check,
-            t["predictions"],
-            "read_committed",
-            until=lambda recs: len(ids(recs)) >= EVENTS_RESETS,
-            timeout=180,
-        )
+        wait_for_predictions(net.check, t["predictions"], EVENTS_RESETS, 180)
         complete = time.monotonic() - t0
     finally:
         resets.stop.set()
@@ -354,14 +316,7 @@ def test_worker_past_max_poll_interval_commits_nothing(healthy, model_dir):
     so the broker refuses its offsets and it aborts: every event once. At its next poll the late worker joins again.
     (Without `ScoringWorker.polled_in` the offsets named no member, the broker took them, and the late batch was scored twice.)"""
     net, t, n = healthy, topics("pastpoll"), 600
-    for topic in (t["events"], t["predictions"], t["dlq"]):
-        ensure_topic(net.check, topic, 3)
-    replay(
-        table_events(generate_sales(n, seed=43, missing=0.0)),
-        net.check,
-        t["events"],
-        progress=False,
-    )
+    replayed_on_three_partitions(net, t, n, seed=43)
     late = open_worker(model_dir, net.settings, t, max_records=200, max_poll_interval_ms=3000)
     other = None
     try:
@@ -373,17 +328,7 @@ def test_worker_past_max_poll_interval_commits_nothing(healthy, model_dir):
             "the late worker's heartbeat thread to leave the group",
         )
         left_s = time.monotonic() - t_polled
-        other = ScoringWorker(
-            load_model(model_dir),
-            net.settings,
-            group_id=t["group"],
-            worker_id="w0",
-            exactly_once=True,
-            events_topic=t["events"],
-            predictions_topic=t["predictions"],
-            dead_letter_topic=t["dlq"],
-            max_records=200,
-        ).open()
+        other = open_worker(model_dir, net.settings, t, "w0", max_records=200)
         scored_by_other = other.run(idle_exit=4)["scored"]
         counted = late.process(batch)  # the late batch, after the others scored it
         other.close()
@@ -396,13 +341,10 @@ def test_worker_past_max_poll_interval_commits_nothing(healthy, model_dir):
             other.close()
         late.close()
     got = prediction_counts(net.check, t["predictions"])
-    lost, dupes = lost_and_duplicated(got, n)
-    report(
+    lost, dupes = report_delivery(
         "worker past max.poll.interval.ms (3 s)",
-        sent=n,
-        received=sum(got.values()),
-        lost=lost,
-        duplicated=dupes,
+        got,
+        n,
         late_batch=len(batch),
         left_group_after_s=left_s,
         scored_by_other=scored_by_other,
@@ -425,73 +367,16 @@ def test_worker_past_max_poll_interval_commits_nothing(healthy, model_dir):
 N_SLOW, SLOW_RATE, POLL_S, DASH_ROWS, DASH_POINTS = 10_000, 64, 3, 20, 500
 
 
-def serve_process(
-    tmp: Path, model_dir: Path, settings, t: dict, worker: str, *extra: str, env: dict | None = None
-) -> subprocess.Popen:
-    "An exactly-once `serve` worker process as `helpers.start_worker` starts one, with more options `extra` and environment `env`."
-    args = [
-        "--model",
-        str(model_dir),
-        "--bootstrap-servers",
-        settings.bootstrap_servers,
-        "--group-id",
-        t["group"],
-        "--worker-id",
-        worker,
-        "--events-topic",
-        t["events"],
-        "--predictions-topic",
-        t["predictions"],
-        "--dead-letter-topic",
-        t["dlq"],
-        "--partitions",
-        "6",
-        "--session-timeout",
-        "6",
-        "--exactly-once",
-        "--metrics-file",
-        str(tmp / f"{worker}.json"),
-        "--metrics-every",
-        "0.2",
-        *extra,
-    ]
-    return subprocess.Popen(
-        [sys.executable, "-c", SERVE, *args],
-        stdout=subprocess.PIPE,
-        stderr=open(tmp / f"{worker}.log", "ab"),
-        env=os.environ | (env or {}),
-    )
+def watching(topic: str) -> tuple[str, ...]:
+    "The options of a dashboard or a monitor that watches `topic` from its end (no run folder: baseline 10)."
+    return ("--topic", topic, "--baseline", "10", "--alerts-topic", f"{topic}-alerts")
 
 
-def start_dashboard(settings, topic: str, cwd: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    "A `sales-kafka dashboard` process on a free port, watching `topic` from its end (no run folder: baseline 10); it and its URL."
-    proc = subprocess.Popen(
-        [
-            SALES_KAFKA,
-            "dashboard",
-            "--port",
-            "0",
-            "--bootstrap-servers",
-            settings.bootstrap_servers,
-            "--topic",
-            topic,
-            "--baseline",
-            "10",
-            "--alerts-topic",
-            f"{topic}-alerts",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=open(cwd / "dashboard.log", "ab"),
-        text=True,
-        cwd=cwd,
+def dashboard_on(settings, topic: str, cwd: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    "A `sales-kafka dashboard` process in `cwd` that watches `topic` (logs to <cwd>/dashboard.log); it and its URL."
+    return start_dashboard(
+        settings.bootstrap_servers, *watching(topic), *extra, log=cwd / "dashboard.log", cwd=cwd
     )
-    line = proc.stdout.readline()
-    assert line.startswith("dashboard at http://127.0.0.1:"), (
-        line,
-        (cwd / "dashboard.log").read_text()[-3000:],
-    )
-    return proc, line.split(" at ", 1)[1].strip()
 
 
 def stop_dashboard(proc: subprocess.Popen) -> int | str:
@@ -566,36 +451,28 @@ def test_slow_link_to_the_dashboard_and_a_scorer(healthy, model_dir, tmp_path, c
         ensure_topic(net.check, topic, 6)
     for stream in ("upstream", "downstream"):
         net.side.add("bandwidth", stream, rate=SLOW_RATE)
+    poll = ("--max-poll-interval", str(POLL_S))
     # uncompressed: the link, not zstd, decides its pace
     workers = {
-        "w0": serve_process(
-            tmp_path,
-            model_dir,
-            net.settings,
-            t,
-            "w0",
-            "--max-records",
-            "500",
-            "--max-poll-interval",
-            str(POLL_S),
+        "w0": start_worker(
+            tmp_path, model_dir, net.settings, t, "w0", True, *poll, max_records=500
         ),
-        "w1": serve_process(
+        "w1": start_worker(
             tmp_path,
             model_dir,
             net.side_settings,
             t,
             "w1",
-            "--max-records",
-            "4000",
-            "--max-poll-interval",
-            str(POLL_S),
+            True,
+            *poll,
+            max_records=4000,
             env={"KAFKA_COMPRESSION_TYPE": "none"},
         ),
     }
     dash = sampler = None
     page_figures = {}
     try:
-        dash, url = start_dashboard(
+        dash, url = dashboard_on(
             net.side_settings,
             t["predictions"],
             tmp_path,
@@ -612,21 +489,11 @@ def test_slow_link_to_the_dashboard_and_a_scorer(healthy, model_dir, tmp_path, c
             "the workers to share 6 partitions",
         )
         events = list(table_events(generate_sales(N_SLOW, seed=47, missing=0.0)))
-        feeder = threading.Thread(
-            target=replay,
-            args=(events, net.settings, t["events"], 2000.0),
-            kwargs={"progress": False},
-            daemon=True,
-        )
-        feeder.start()
+        feeder = feed(events, net.settings, t["events"], 2000.0, daemon=True)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=chromium, headless=True, args=CHROMIUM_ARGS
-            )
+            browser = launch_chromium(pw, chromium)
             try:
-                page = browser.new_page()
-                errors = []
-                page.on("pageerror", lambda e: errors.append(str(e)))
+                page, errors = page_with_errors(browser, "pageerror")
                 t_open = time.monotonic()
                 page.goto(url)
                 page.wait_for_selector("body[data-ready='1']", timeout=60_000)
@@ -651,14 +518,7 @@ def test_slow_link_to_the_dashboard_and_a_scorer(healthy, model_dir, tmp_path, c
             finally:
                 browser.close()
         feeder.join(120)
-        ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
-        read_all(
-            net.check,
-            t["predictions"],
-            "read_committed",
-            until=lambda recs: len(ids(recs)) >= N_SLOW,
-            timeout=300,
-        )
+        wait_for_predictions(net.check, t["predictions"], N_SLOW, 300)
         complete = time.monotonic() - t0
     finally:
         if sampler is not None:
@@ -667,18 +527,15 @@ def test_slow_link_to_the_dashboard_and_a_scorer(healthy, model_dir, tmp_path, c
         codes = stop_workers(workers)
         dash_code = stop_dashboard(dash) if dash is not None else None
     got = prediction_counts(net.check, t["predictions"])
-    lost, dupes = lost_and_duplicated(got, N_SLOW)
     w1_log = (tmp_path / "w1.log").read_text(errors="replace")
     left = w1_log.count("Consumer poll timeout has expired")
     aborted = w1_log.count("transaction of")
     took, samples = [s["took"] for s in sampler.samples], sampler.samples
     rss = [s["rss"] for s in samples if s["rss"]]
-    report(
+    lost, dupes = report_delivery(
         "slow link 64 KB/s to the dashboard and scorer w1",
-        sent=N_SLOW,
-        received=sum(got.values()),
-        lost=lost,
-        duplicated=dupes,
+        got,
+        N_SLOW,
         w0_scored=scored(tmp_path, "w0"),
         w1_scored=scored(tmp_path, "w1"),
         w1_left_group=left,
@@ -723,14 +580,7 @@ def test_half_open_commit_is_ended_and_the_worker_fenced(healthy, model_dir, tmp
     """An exactly-once worker's link stops passing bytes, connection left open, just as it commits: its bounded waits end the
     commit, the abort and its producer; a new worker with the same transactional id fences it and scores each event once."""
     net, t, n = healthy, topics("halfopen"), 900
-    for topic in (t["events"], t["predictions"], t["dlq"]):
-        ensure_topic(net.check, topic, 3)
-    replay(
-        table_events(generate_sales(n, seed=41, missing=0.0)),
-        net.check,
-        t["events"],
-        progress=False,
-    )
+    replayed_on_three_partitions(net, t, n, seed=41)
     old = open_worker(model_dir, net.side_settings, t, max_records=300, transaction_timeout_ms=4000)
     cut_at, within = {}, old._within
 
@@ -776,13 +626,10 @@ def test_half_open_commit_is_ended_and_the_worker_fenced(healthy, model_dir, tmp
         if new is not None:
             new.close()
     got = prediction_counts(net.check, t["predictions"])
-    lost, dupes = lost_and_duplicated(got, n)
-    report(
+    lost, dupes = report_delivery(
         "half-open connection during a commit",
-        sent=n,
-        received=sum(got.values()),
-        lost=lost,
-        duplicated=dupes,
+        got,
+        n,
         healthy_batch=healthy_batch,
         cut_batch=len(cut),
         old_worker_counted=sum(ended.get("counts", Counter()).values()),
@@ -1015,12 +862,7 @@ def test_leader_silent_to_clients_for_30_s(mesh, tmp_path, chromium):
             "monitor",
             "--bootstrap-servers",
             c.settings.bootstrap_servers,
-            "--topic",
-            topic,
-            "--baseline",
-            "10",
-            "--alerts-topic",
-            f"{topic}-alerts",
+            *watching(topic),
         ],
         stdout=subprocess.PIPE,
         stderr=open(tmp_path / "monitor.log", "ab"),
@@ -1031,7 +873,7 @@ def test_leader_silent_to_clients_for_30_s(mesh, tmp_path, chromium):
     printed.start()
     dash, sampler, proc, browser_figures = None, None, None, {}
     try:
-        dash, url = start_dashboard(c.settings, topic, tmp_path)
+        dash, url = dashboard_on(c.settings, topic, tmp_path)
         sampler = StateSampler(url, dash.pid)
         sampler.start()
         wait_for(
@@ -1051,13 +893,9 @@ def test_leader_silent_to_clients_for_30_s(mesh, tmp_path, chromium):
         )
         t_cut = time.monotonic()
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=chromium, headless=True, args=CHROMIUM_ARGS
-            )
+            browser = launch_chromium(pw, chromium)
             try:
-                page = browser.new_page()
-                errors = []
-                page.on("pageerror", lambda e: errors.append(str(e)))
+                page, errors = page_with_errors(browser, "pageerror")
                 page.goto(url)
                 page.wait_for_selector("body[data-ready='1']", timeout=20_000)
                 page.wait_for_selector(

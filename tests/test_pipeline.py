@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import SALES_KAFKA, run_folder
+from helpers import SALES_KAFKA, params, run_folder
 from sales_prediction_kafka.data import SAMPLE_CSV, generate_sales, load_table
 from sales_prediction_kafka.evaluate import error_report
 from sales_prediction_kafka.models import split
@@ -186,18 +186,7 @@ def test_original_notebook_path_still_runs(tmp_path):
             "--no-stream",
             "--out",
             str(tmp_path),
-            "-p",
-            "outliers",
-            "remove",
-            "-p",
-            "model_override",
-            "seed_net",
-            "-p",
-            "epochs",
-            "8",
-            "-p",
-            "cv_folds",
-            "3",
+            *params(outliers="remove", model_override="seed_net", epochs=8, cv_folds=3),
         ],
         capture_output=True,
         text=True,
@@ -235,12 +224,7 @@ def test_planted_extremes_in_the_test_rows_are_counted(tmp_path):
             str(csv),
             "--out",
             str(tmp_path / "runs"),
-            "-p",
-            "candidates",
-            "linear,trees",
-            "-p",
-            "cv_folds",
-            "3",
+            *params(candidates="linear,trees", cv_folds=3),
         ],
         capture_output=True,
         text=True,

@@ -18,7 +18,7 @@ from sales_prediction_kafka.config import KafkaSettings, cache_home
 from sales_prediction_kafka.data import load_table
 from sales_prediction_kafka.models import SalesModel, load_model, save_model
 from sales_prediction_kafka.registry import model_record, promote, publish, read_registry
-from helpers import ROOT, read_all
+from helpers import ROOT, launch_chromium, read_all
 
 sys.path.insert(0, str(ROOT))  # the loop benchmark's measure of the same customers before the shift
 from bench.loop import unshifted_mae
@@ -209,10 +209,9 @@ def page_problems(chromium: str, url: str, kinds: set, champion: str, shot: Path
     """Open the live page in headless Chromium: its page errors, empty panels and charts, the alert kinds of `kinds` it does not
     list, and where it does not show the promotion of `champion` (header, versions table, swap mark); a picture in `shot`."""
     from playwright.sync_api import sync_playwright
-    from helpers import CHROMIUM_ARGS
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(pw, chromium)
         try:
             page, errors = browser.new_page(viewport={"width": 1280, "height": 1500}), []
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -276,10 +275,9 @@ def page_problems(chromium: str, url: str, kinds: set, champion: str, shot: Path
 def joined_figures(chromium: str, url: str) -> tuple[list[str], str]:
     "The live page's rolling figures (rows of text) and what it says about where the measured error stops, once it shows a label delay."
     from playwright.sync_api import sync_playwright
-    from helpers import CHROMIUM_ARGS
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(pw, chromium)
         try:
             page = browser.new_page()
             page.goto(url)

@@ -12,17 +12,24 @@ from sales_prediction_kafka.clients import StreamError
 from sales_prediction_kafka.stream import messages
 from sales_prediction_kafka.clients import ensure_topic
 from helpers import (
-    SALES_KAFKA,
+    broker_and_topics,
     failed_stream,
+    feed,
     landed,
+    lost_and_duplicated,
     metrics,
     open_worker,
+    params,
+    prediction_counts,
     read_all,
     report,
+    report_delivery,
+    sales_kafka,
     scored,
     start_worker,
     topics,
     wait_for,
+    wait_for_predictions,
 )
 
 
@@ -134,12 +141,7 @@ def test_scorer_sigkill_mid_replay(broker_settings, model_dir, tmp_path, exactly
             90,
             "the worker to get all 6 partitions",
         )
-        feeder = threading.Thread(
-            target=replay,
-            args=(table_events(df), settings, t["events"], 4000.0),
-            kwargs={"progress": False},
-        )
-        feeder.start()  # 5 s of events
+        feeder = feed(table_events(df), settings, t["events"], 4000.0)  # 5 s of events
         wait_for(lambda: scored(tmp_path, "w") >= 2000, 90, "the worker to score 2,000 events")
         w.send_signal(signal.SIGKILL)
         w.wait()
@@ -148,31 +150,17 @@ def test_scorer_sigkill_mid_replay(broker_settings, model_dir, tmp_path, exactly
         # same id: an exactly-once worker fences its predecessor
         w = start_worker(tmp_path, model_dir, settings, t, "w", exactly_once)
         feeder.join()
-        ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
-        read_all(
-            settings,
-            t["predictions"],
-            "read_committed",
-            until=lambda recs: len(ids(recs)) >= N_EVENTS,
-            timeout=180,
-        )
+        wait_for_predictions(settings, t["predictions"], N_EVENTS, 180)
         recovery = time.monotonic() - t_kill
     finally:
         w.send_signal(signal.SIGTERM)
         assert w.wait(timeout=60) == 0
-    committed = Counter(
-        json.loads(r.value)["prediction_index"]
-        for r in read_all(settings, t["predictions"], "read_committed")
-    )
+    committed = prediction_counts(settings, t["predictions"])
     uncommitted = len(read_all(settings, t["predictions"], "read_uncommitted"))
-    unscored = len(set(range(N_EVENTS)) - set(committed))
-    dupes = sum(c - 1 for c in committed.values())
-    report(
+    unscored, dupes = report_delivery(
         f"scorer-crash {'exactly' if exactly_once else 'at-least'}-once",
-        sent=N_EVENTS,
-        received=sum(committed.values()),
-        lost=unscored,
-        duplicated=dupes,
+        committed,
+        N_EVENTS,
         in_log_uncommitted=uncommitted,
         killed_after_scoring=killed_after,
         recovery_s=recovery,
@@ -290,22 +278,6 @@ class LateProxy:
         self.sock.close()
 
 
-def run_cli(
-    *args, timeout: float = 300, env: dict | None = None, cwd=None
-) -> tuple[subprocess.CompletedProcess, float]:
-    "Run `sales-kafka args` and time it."
-    t0 = time.monotonic()
-    r = subprocess.run(
-        [SALES_KAFKA, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=cwd,
-    )
-    return r, time.monotonic() - t0
-
-
 def assert_clean_failure(r, address: str, limit: float, took: float):
     "A non-zero exit with one clear message naming `address`, no traceback, within `limit` seconds."
     assert r.returncode != 0, f"exit code 0 without a broker:\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
@@ -322,7 +294,7 @@ def absent() -> str:
 
 @pytest.mark.slow  # each absent-broker case waits out the connect window: 15-20 s
 def test_serve_without_broker_fails_cleanly(model_dir, absent):
-    r, took = run_cli(
+    r, took = sales_kafka(
         "serve", "--model", model_dir, "--bootstrap-servers", absent, "--idle-exit", "1"
     )
     report("absent-broker serve", exit_code=r.returncode, seconds=took)
@@ -332,7 +304,7 @@ def test_serve_without_broker_fails_cleanly(model_dir, absent):
 
 @pytest.mark.slow
 def test_replay_without_broker_fails_cleanly(absent):
-    r, took = run_cli("replay", SAMPLE_CSV, "--bootstrap-servers", absent, "--limit", "10")
+    r, took = sales_kafka("replay", SAMPLE_CSV, "--bootstrap-servers", absent, "--limit", "10")
     report("absent-broker replay", exit_code=r.returncode, seconds=took)
     assert_clean_failure(r, absent, 60, took)
     assert r.returncode == 1
@@ -341,16 +313,11 @@ def test_replay_without_broker_fails_cleanly(absent):
 @pytest.mark.slow
 def test_run_without_broker_fails_cleanly(absent, tmp_path):
     "The main job against a closed port: a clear error and a non-zero exit, not a traceback or a hang."
-    r, took = run_cli(
+    r, took = sales_kafka(
         "run",
         "--bootstrap-servers",
         absent,
-        "-p",
-        "epochs",
-        "2",
-        "-p",
-        "cv_folds",
-        "2",
+        *params(epochs=2, cv_folds=2),
         "--out",
         tmp_path,
         timeout=600,
@@ -366,7 +333,7 @@ def test_slow_broker_is_waited_for(broker_settings, model_dir, tmp_path):
     ensure_topic(broker_settings, t["events"], partitions=6)
     proxy = LateProxy(broker_settings.bootstrap_servers, delay=4)
     try:
-        r, took_replay = run_cli(
+        r, took_replay = sales_kafka(
             "replay",
             SAMPLE_CSV,
             "--bootstrap-servers",
@@ -382,20 +349,11 @@ def test_slow_broker_is_waited_for(broker_settings, model_dir, tmp_path):
     assert took_replay >= 4 and "50 records" in r.stdout, (took_replay, r.stdout)
     proxy = LateProxy(broker_settings.bootstrap_servers, delay=4)
     try:
-        r, took_serve = run_cli(
+        r, took_serve = sales_kafka(
             "serve",
             "--model",
             model_dir,
-            "--bootstrap-servers",
-            f"127.0.0.1:{proxy.port}",
-            "--group-id",
-            t["group"],
-            "--events-topic",
-            t["events"],
-            "--predictions-topic",
-            t["predictions"],
-            "--dead-letter-topic",
-            t["dlq"],
+            *broker_and_topics(f"127.0.0.1:{proxy.port}", t),
             "--idle-exit",
             "2",
         )
@@ -468,7 +426,7 @@ def test_outage_longer_than_delivery_timeout_is_resumed(crash_broker, tmp_path):
     LocalBroker(b.home).start(timeout=120)
     outage = time.monotonic() - t_kill
     assert outage > DELIVERY_TIMEOUT
-    r, took = run_cli("run", "--resume", run)
+    r, took = sales_kafka("run", "--resume", run)
     assert r.returncode == 0, r.stderr[-3000:]
     stream = json.loads(r.stdout.strip().splitlines()[-1])
     assert (
@@ -484,7 +442,7 @@ def test_outage_longer_than_delivery_timeout_is_resumed(crash_broker, tmp_path):
         if m["headers"].get("run_id") == run.name
     ]
     counts = Counter(m["value"]["prediction_index"] for m in ours)
-    lost, dupes = len(set(range(N_RESUMED)) - set(counts)), sum(c - 1 for c in counts.values())
+    lost, dupes = lost_and_duplicated(counts, N_RESUMED)
     report(
         "outage longer than the delivery timeout, resumed",
         sent=N_RESUMED,

@@ -2,7 +2,7 @@
 
 import json, re, subprocess
 import pytest
-from helpers import CHROMIUM_ARGS, ROOT, SALES_KAFKA
+from helpers import ROOT, SALES_KAFKA, launch_chromium, params
 
 pytestmark = [pytest.mark.slow]
 
@@ -10,15 +10,7 @@ GRID = [
     "run",
     "--no-stream",
     "--grid",
-    "-p",
-    "epochs",
-    "2,3",
-    "-p",
-    "cv_folds",
-    "2",
-    "-p",
-    "candidates",
-    "linear,original_net",
+    *params(epochs="2,3", cv_folds=2, candidates="linear,original_net"),
 ]
 NOISE = ("ERROR", "WARNING", "Traceback", "cuda", "absl", "without encryption", "ECONNREFUSED")
 
@@ -94,7 +86,7 @@ def test_index_sorts_in_chromium(grid, chromium):
 
     out, _ = grid
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        browser = launch_chromium(p, chromium)
         page, problems = browser.new_page(), []
         page.on("console", lambda m: m.type == "error" and problems.append(m.text))
         page.on("pageerror", lambda e: problems.append(str(e)))

@@ -1,7 +1,7 @@
 """Security on the real broker: SASL/PLAIN credentials from the environment, a clear error for wrong ones, passwords never
 written anywhere, and every listening socket on loopback unless told otherwise."""
 
-import ipaddress, json, os, re, secrets, signal, subprocess, time, uuid
+import ipaddress, json, os, re, secrets, signal, time, uuid
 from pathlib import Path
 import pytest
 from sales_prediction_kafka.broker import LocalBroker
@@ -9,7 +9,15 @@ from sales_prediction_kafka.config import kafka_settings, redacted
 from sales_prediction_kafka.data import SAMPLE_CSV
 from sales_prediction_kafka.message import prediction_records
 from sales_prediction_kafka.stream import messages, stream_predictions
-from helpers import SALES_KAFKA, kafka_warnings, run_folder
+from helpers import (
+    kafka_warnings,
+    params,
+    run_folder,
+    sales_kafka,
+    start_dashboard,
+    start_worker,
+    topics,
+)
 
 PASSWORD = "pw-" + secrets.token_urlsafe(12)  # random: if it shows up anywhere, this run wrote it
 ADMIN_PASSWORD = "adm-" + secrets.token_urlsafe(12)
@@ -35,21 +43,6 @@ def sasl_env(broker: LocalBroker, user: str = "app", password: str = PASSWORD) -
         "KAFKA_SASL_PLAIN_USERNAME": user,
         "KAFKA_SASL_PLAIN_PASSWORD": password,
     }
-
-
-def sales_kafka(
-    *args, env: dict, cwd=None, timeout: float = 120
-) -> tuple[subprocess.CompletedProcess, float]:
-    t0 = time.monotonic()
-    r = subprocess.run(
-        [SALES_KAFKA, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=timeout,
-    )
-    return r, time.monotonic() - t0
 
 
 # --- settings ------------------------------------------------------------------------------------------------------------
@@ -163,12 +156,7 @@ def test_pipeline_never_writes_the_password(sasl_broker, tmp_path):
     r, took = sales_kafka(
         "-v",
         "run",
-        "-p",
-        "epochs",
-        "2",
-        "-p",
-        "cv_folds",
-        "2",
+        *params(epochs=2, cv_folds=2),
         "--topic",
         "sasl_predictions",
         "--out",
@@ -253,14 +241,9 @@ def test_dashboard_listens_on_loopback_only_by_default(broker_settings):
         partitions=1,
         progress=False,
     )
-    proc = subprocess.Popen(
-        [
-            SALES_KAFKA,
-            "dashboard",
-            "--port",
-            "0",
-            "--bootstrap-servers",
-            broker_settings.bootstrap_servers,
+    proc, url = start_dashboard(
+        broker_settings.bootstrap_servers,
+        *(
             "--topic",
             topic,
             "--from-beginning",
@@ -268,20 +251,12 @@ def test_dashboard_listens_on_loopback_only_by_default(broker_settings):
             "1",
             "--alerts-topic",
             f"{topic}_alerts",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        ),
     )
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("dashboard at http://127.0.0.1:"), (
-            line,
-            proc.stderr.read() if proc.poll() is not None else "",
-        )
         socks = listening(proc.pid)
         assert socks and all(is_loopback(a) for a, _ in socks), socks
-        assert int(line.strip().rstrip("/").rsplit(":", 1)[1]) in {p for _, p in socks}
+        assert int(url.rstrip("/").rsplit(":", 1)[1]) in {p for _, p in socks}
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
@@ -296,32 +271,14 @@ def test_serve_worker_listens_on_nothing(broker_settings, tmp_path):
     model = save_model(
         SalesModel("linear").fit(generate_sales(200, seed=3).dropna()), tmp_path / "model"
     )
-    proc = subprocess.Popen(
-        [
-            SALES_KAFKA,
-            "serve",
-            "--model",
-            model,
-            "--bootstrap-servers",
-            broker_settings.bootstrap_servers,
-            "--group-id",
-            f"sec-{uuid.uuid4().hex[:6]}",
-            "--events-topic",
-            f"sec-ev-{uuid.uuid4().hex[:6]}",
-            "--metrics-file",
-            tmp_path / "m.json",
-            "--metrics-every",
-            "0.2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_worker(tmp_path, model, broker_settings, topics("sec"), "w", False)
     try:
         deadline = time.monotonic() + 90
-        while not (tmp_path / "m.json").exists():
+        while not (tmp_path / "w.json").exists():
             assert proc.poll() is None and time.monotonic() < deadline, (
-                proc.stderr.read() if proc.poll() is not None else "no metrics yet"
+                (tmp_path / "w.log").read_text()[-3000:]
+                if proc.poll() is not None
+                else "no metrics yet"
             )
             time.sleep(0.2)
         assert listening(proc.pid) == []

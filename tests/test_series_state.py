@@ -2,12 +2,22 @@
 exactly-once workers from each series' history on Kafka, one SIGKILLed mid-stream and restarted (a rebalance). Every
 live prediction equals the pipeline's batch prediction for the same row to 1e-9, and no event is lost or scored twice."""
 
-import json, os, signal, subprocess, sys
+import json, os, signal, subprocess
 from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import SALES_KAFKA, SERVE, read_all, run_offline, topics, wait_for
+from helpers import (
+    SALES_KAFKA,
+    metrics,
+    params,
+    read_all,
+    run_offline,
+    start_worker,
+    topics,
+    wait_for,
+    wait_for_predictions,
+)
 from sales_prediction_kafka.data import load_table
 from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.timeseries import generate_panel
@@ -19,51 +29,9 @@ SERIES, WEEKS, LAG, RATE = (4, 120, 3, 40)
 
 
 def start(tmp, run, settings, t: dict, worker: str) -> subprocess.Popen:
-    "An exactly-once `serve` worker of the lag model; logs to <tmp>/<worker>.log, metrics to <tmp>/<worker>.json."
-    args = [
-        "--model",
-        str(run),
-        "--no-follow",
-        "--bootstrap-servers",
-        settings.bootstrap_servers,
-        "--group-id",
-        t["group"],
-        "--worker-id",
-        worker,
-        "--events-topic",
-        t["events"],
-        "--predictions-topic",
-        t["predictions"],
-        "--dead-letter-topic",
-        t["dlq"],
-        "--history-topic",
-        t["history"],
-        "--partitions",
-        "3",
-        "--max-records",
-        "50",
-        "--session-timeout",
-        "6",
-        "--transaction-timeout",
-        "10",
-        "--exactly-once",
-        "--metrics-file",
-        str(tmp / f"{worker}.json"),
-        "--metrics-every",
-        "0.2",
-    ]
-    return subprocess.Popen(
-        [sys.executable, "-c", SERVE, *args],
-        stdout=subprocess.PIPE,
-        stderr=open(tmp / f"{worker}.log", "ab"),
-    )
-
-
-def metrics(tmp, worker: str) -> dict:
-    try:
-        return json.loads((tmp / f"{worker}.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    "An exactly-once `serve` worker of the lag model, reading and writing the series' history on `t`'s history topic."
+    history = ("--no-follow", "--history-topic", t["history"], "--transaction-timeout", "10")
+    return start_worker(tmp, run, settings, t, worker, True, *history, partitions=3, max_records=50)
 
 
 @pytest.mark.kafka
@@ -83,12 +51,7 @@ def test_live_lag_predictions_equal_batch_across_sigkill_and_rebalance(tmp_path,
         str(csv),
         "--series",
         "Dept",
-        "-p",
-        "candidates",
-        "linear",
-        "-p",
-        "cv_folds",
-        "3",
+        *params(candidates="linear", cv_folds=3),
     )
     model = load_model(run / "model")
     assert model.needs_history and {"Sales_lag_1", "Sales_lag_52", "Sales_mean_3"} <= set(
@@ -172,13 +135,7 @@ def test_live_lag_predictions_equal_batch_across_sigkill_and_rebalance(tmp_path,
         )
         out, err = replay.communicate(timeout=60)
         assert replay.returncode == 0, err[-2000:]
-        preds = read_all(
-            broker_settings,
-            t["predictions"],
-            until=lambda got: (
-                len({json.loads(r.value)["prediction_index"] for r in got}) >= len(table)
-            ),
-        )
+        wait_for_predictions(broker_settings, t["predictions"], len(table))
         # to the end now: a duplicate written after the last id would be here
         preds = read_all(broker_settings, t["predictions"])
     finally:

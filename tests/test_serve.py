@@ -10,10 +10,21 @@ from kafka.structs import OffsetAndMetadata
 from sales_prediction_kafka.data import generate_sales
 from sales_prediction_kafka.models import load_model
 from sales_prediction_kafka.replay import replay, replay_command, table_events
-from sales_prediction_kafka.serve import REASONS, event_schema, example_events, serve_command
+from sales_prediction_kafka.serve import REASONS, event_schema, example_events
 from sales_prediction_kafka.clients import producer
 from sales_prediction_kafka.clients import ensure_topic
-from helpers import metrics, open_worker, read_all, scored, start_worker, topics, wait_for
+from helpers import (
+    feed,
+    metrics,
+    open_worker,
+    read_all,
+    scored,
+    serve_until_idle,
+    start_worker,
+    topics,
+    wait_for,
+    wait_for_predictions,
+)
 
 pytestmark = pytest.mark.kafka
 N_EVENTS = 10_000
@@ -35,12 +46,9 @@ def test_workers_survive_sigkill(kafka_broker, broker_settings, model_dir, tmp_p
             90,
             "the group to share the partitions",
         )
-        feeder = threading.Thread(
-            target=replay,
-            args=(table_events(df), settings, t["events"], 2500.0),
-            kwargs={"progress": False},
-        )
-        feeder.start()  # 4 s of events at 2,500/s: the kill below lands mid-stream
+        feeder = feed(
+            table_events(df), settings, t["events"], 2500.0
+        )  # 4 s of events at 2,500/s: the kill below lands mid-stream
         wait_for(lambda: scored(tmp_path, "w1") > 0, 60, "w1 to score its first batch")
         workers["w1"].send_signal(signal.SIGKILL)
         workers["w1"].wait()
@@ -51,14 +59,7 @@ def test_workers_survive_sigkill(kafka_broker, broker_settings, model_dir, tmp_p
         # same id: fences its predecessor
         workers["w1"] = start_worker(tmp_path, model_dir, settings, t, "w1", exactly_once)
         feeder.join()
-        ids = lambda recs: {json.loads(r.value)["prediction_index"] for r in recs}
-        read_all(
-            settings,
-            t["predictions"],
-            "read_committed",
-            until=lambda recs: len(ids(recs)) >= N_EVENTS,
-            timeout=120,
-        )
+        wait_for_predictions(settings, t["predictions"], N_EVENTS, 120)
         # w0 and w2 may finish first
         wait_for(lambda: (tmp_path / "w1.json").exists(), 120, "the restarted w1 to run")
     finally:
@@ -142,27 +143,7 @@ def test_dead_letters_and_replay(broker_settings, model_dir, tmp_path):
     p.close()
     # good events after the bad ones
     replay(table_events(df.tail(20), first_id=5020), settings, t["events"], progress=False)
-    r = CliRunner().invoke(
-        serve_command,
-        [
-            "--model",
-            str(model_dir),
-            "--bootstrap-servers",
-            settings.bootstrap_servers,
-            "--group-id",
-            t["group"],
-            "--events-topic",
-            t["events"],
-            "--predictions-topic",
-            t["predictions"],
-            "--dead-letter-topic",
-            t["dlq"],
-            "--idle-exit",
-            "2",
-            "--max-records",
-            "7",
-        ],
-    )
+    r = serve_until_idle(settings, t, "--model", str(model_dir), "--max-records", "7")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.strip().splitlines()[-1])
     assert (summary["scored"], summary["dead_lettered"]) == (40, len(bad)), summary
@@ -203,25 +184,7 @@ def test_sample_gaps_are_imputed_not_dead_lettered(broker_settings, model_dir, t
         ],
     )
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(
-        serve_command,
-        [
-            "--model",
-            str(model_dir),
-            "--bootstrap-servers",
-            settings.bootstrap_servers,
-            "--group-id",
-            t["group"],
-            "--events-topic",
-            t["events"],
-            "--predictions-topic",
-            t["predictions"],
-            "--dead-letter-topic",
-            t["dlq"],
-            "--idle-exit",
-            "2",
-        ],
-    )
+    r = serve_until_idle(settings, t, "--model", str(model_dir))
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.strip().splitlines()[-1])
     df = load_table(SAMPLE_CSV)
@@ -300,27 +263,14 @@ def test_a_dated_model_scores_weeks_it_never_saw_and_a_lag_model_needs_events_ke
         1000.0,
         progress=False,
     )
-    serve = lambda folder, group: CliRunner().invoke(
-        serve_command,
-        [
-            "--model",
-            str(folder),
-            "--bootstrap-servers",
-            settings.bootstrap_servers,
-            "--group-id",
-            group,
-            "--no-follow",
-            "--events-topic",
-            t["events"],
-            "--predictions-topic",
-            t["predictions"],
-            "--dead-letter-topic",
-            t["dlq"],
-            "--history-topic",
-            f"hist-{t['group']}",
-            "--idle-exit",
-            "2",
-        ],
+    serve = lambda folder, group: serve_until_idle(
+        settings,
+        t | {"group": group},
+        "--model",
+        str(folder),
+        "--no-follow",
+        "--history-topic",
+        f"hist-{t['group']}",
     )
     r = serve(save_model(model, tmp_path / "dated"), t["group"])
     assert r.exit_code == 0, r.output
@@ -370,23 +320,7 @@ def test_a_champion_that_fits_no_event_is_refused_at_start_and_at_a_swap(
         publish(settings, model_record(save_model(alien, tmp_path / "alien")), reg)["version"],
         topic=reg,
     )
-    args = [
-        "--bootstrap-servers",
-        settings.bootstrap_servers,
-        "--models-topic",
-        reg,
-        "--group-id",
-        t["group"],
-        "--events-topic",
-        t["events"],
-        "--predictions-topic",
-        t["predictions"],
-        "--dead-letter-topic",
-        t["dlq"],
-        "--idle-exit",
-        "2",
-    ]
-    r = CliRunner().invoke(serve_command, [*args, "--runs", str(tmp_path / "no-runs")])
+    r = serve_until_idle(settings, t, "--models-topic", reg, "--runs", str(tmp_path / "no-runs"))
     assert r.exit_code == 1, r.output
     assert (
         f"the champion {alien.version} does not fit the events: model 'linear' ({alien.version}) reads CompPrice, Income, but 20 "

@@ -8,10 +8,11 @@ from kafka import KafkaConsumer, TopicPartition
 from playwright.sync_api import sync_playwright
 from sales_prediction_kafka.data import SAMPLE_CSV
 from helpers import (
-    CHROMIUM_ARGS,
     SALES_KAFKA,
     landed,
+    launch_chromium,
     metrics,
+    page_with_errors,
     report,
     scored,
     start_worker,
@@ -156,12 +157,8 @@ def test_a_million_events_leave_every_process_flat(broker_settings, model_dir, c
         )
         url = dash.stdout.readline().split(" at ", 1)[1].strip()
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=chromium, headless=True, args=CHROMIUM_ARGS
-            )
-            page = browser.new_page()
-            errors = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            browser = launch_chromium(pw, chromium)
+            page, errors = page_with_errors(browser, "console")
             page.goto(url)
             page.wait_for_selector("body[data-ready='1']", timeout=30_000)
             processed = lambda: scored(tmp_path, "w1") + scored(tmp_path, "w2")

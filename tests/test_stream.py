@@ -124,16 +124,11 @@ def test_non_finite_value_sends_nothing(kafka_broker, broker_settings):
 def test_consume_command_prints_json_lines(broker_settings):
     name, recs = topic(), predictions(20)
     stream_predictions(recs, broker_settings, topic=name, run_id="cli", progress=False)
-    r = CliRunner().invoke(
+    consume = lambda *extra: CliRunner().invoke(
         consume_command,
-        [
-            "--bootstrap-servers",
-            broker_settings.bootstrap_servers,
-            "--topic",
-            name,
-            "--from-beginning",
-        ],
+        ["--bootstrap-servers", broker_settings.bootstrap_servers, "--topic", name, *extra],
     )
+    r = consume("--from-beginning")
     assert r.exit_code == 0, r.output
     lines = [json.loads(l) for l in r.output.splitlines()]
     assert sorted(l["value"]["prediction_index"] for l in lines) == list(range(20))
@@ -141,18 +136,7 @@ def test_consume_command_prints_json_lines(broker_settings):
         l["key"] == str(l["value"]["prediction_index"]) and l["headers"]["run_id"] == "cli"
         for l in lines
     )
-    r = CliRunner().invoke(
-        consume_command,
-        [
-            "--bootstrap-servers",
-            broker_settings.bootstrap_servers,
-            "--topic",
-            name,
-            "--from-beginning",
-            "--max-records",
-            "5",
-        ],
-    )
+    r = consume("--from-beginning", "--max-records", "5")
     assert len(r.output.splitlines()) == 5
 
 

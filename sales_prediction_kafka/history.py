@@ -334,9 +334,8 @@ def absorb(
 ) -> int:
     "Hold the history records the consumer has fetched already, without waiting for more; how many."
     n, more = 0, bool(self.latest)
-    while (
-        more
-    ):  # one poll in the common case: each costs about as much as an end-offsets request under load
+    # one poll in the common case: each costs about as much as an end-offsets request under load
+    while more:
         got = [r for rs in self.consumer.poll(timeout_ms=0, max_records=most).values() for r in rs]
         n, more = n + self.hold(got), len(got) == most
     return n
@@ -344,10 +343,12 @@ def absorb(
 # %% ../nbs/08e_history.ipynb #7d2c6e19
 @patch
 def catch_up(self: SeriesHistory, model, events: list[dict], timeout: float = 60) -> int:
-    "Hold every record `events` need: those fetched already, and if an actual they read is still lacking, all up to the end offsets now; the records read."
-    n = self.absorb()
+    "Hold every record `events` need: if an actual they read is lacking, those fetched already, then all up to the end offsets now; the records read."
     tps = sorted(self.consumer.assignment())
     if not tps or not self.lacking(model, events):
+        return 0  # what is held answers every event: no newer record can change their features
+    n = self.absorb()  # what the consumer fetched since the events were polled
+    if not self.lacking(model, events):
         return n
     self.catch_ups += 1
     ends, t0 = self.consumer.end_offsets(tps), time.monotonic()

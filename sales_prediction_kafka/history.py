@@ -343,7 +343,7 @@ def absorb(
 # %% ../nbs/08e_history.ipynb #7d2c6e19
 @patch
 def catch_up(self: SeriesHistory, model, events: list[dict], timeout: float = 60) -> int:
-    "Hold every record `events` need: if an actual they read is lacking, those fetched already, then all up to the end offsets now; the records read."
+    "Hold every record `events` need: if an actual they read is lacking, those fetched already, then all up to the end offsets now (`read_to_end`); the records read."
     tps = sorted(self.consumer.assignment())
     if not tps or not self.lacking(model, events):
         return 0  # what is held answers every event: no newer record can change their features
@@ -351,13 +351,7 @@ def catch_up(self: SeriesHistory, model, events: list[dict], timeout: float = 60
     if not self.lacking(model, events):
         return n
     self.catch_ups += 1
-    ends, t0 = self.consumer.end_offsets(tps), time.monotonic()
-    while any(self.consumer.position(tp) < ends[tp] for tp in tps) and self.lacking(model, events):
-        if time.monotonic() - t0 > timeout:
-            raise HistoryError(f"could not read {self.topic!r} to its end in {timeout:.0f} s")
-        got = self.consumer.poll(timeout_ms=200, max_records=10_000)
-        n += self.hold(r for rs in got.values() for r in rs)
-    return n
+    return n + self.read_to_end(timeout)
 
 # %% ../nbs/08e_history.ipynb #bbb3f505
 @patch

@@ -387,9 +387,8 @@ class Follower:
             **kw,
         )
         self.group_id, self.known, self.last_record = group_id, set(), None
-        self.refreshed = (
-            -math.inf
-        )  # the first poll assigns the partitions (or `refresh`, called earlier)
+        # the first poll assigns the partitions (or `refresh`, called earlier)
+        self.refreshed = -math.inf
         if group_id:
             self.consumer.subscribe(self.topics)
 

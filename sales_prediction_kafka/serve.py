@@ -1123,12 +1123,11 @@ def poll(self: ScoringWorker, timeout: float = 0.5) -> list:
         batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=self.max_records)
         # the membership the batch was read in, for its transaction
         self.polled_in = self.consumer.group_metadata()
-    except (
-        KafkaConnectionError
-    ) as e:  # kafka-python 3.0.12 raises a connection reset met while it refreshes metadata to
-        # find the group coordinator, instead of retrying
+    except KafkaConnectionError as e:
+        # kafka-python 3.0.12 raises a connection reset met while it refreshes metadata to find the group
+        # coordinator, instead of retrying (tests/test_network_faults.py: resets every 2 s crashed a worker)
         log.warning("%r: %r while polling; polling again", self, e)
-        return []  # (tests/test_network_faults.py: resets every 2 s crashed a worker); the next poll looks it up again
+        return []  # the next poll looks the coordinator up again
     records = [r for tp in sorted(batch, key=lambda tp: tp.partition) for r in batch[tp]]
     if getattr(self.model, "needs_history", False):
         self.sync_history()  # the batch's own catch-up is `SeriesHistory.features`

@@ -344,8 +344,7 @@ def absorb(
 @patch
 def catch_up(self: SeriesHistory, model, events: list[dict], timeout: float = 60) -> int:
     "Hold every record `events` need: if an actual they read is lacking, those fetched already, then all up to the end offsets now (`read_to_end`); the records read."
-    tps = sorted(self.consumer.assignment())
-    if not tps or not self.lacking(model, events):
+    if not self.consumer.assignment() or not self.lacking(model, events):
         return 0  # what is held answers every event: no newer record can change their features
     n = self.absorb()  # what the consumer fetched since the events were polled
     if not self.lacking(model, events):

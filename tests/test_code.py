@@ -86,3 +86,52 @@ def test_every_parameter_comment_stays_where_docments_reads_it():
     assert not misplaced, (
         f"comments fastcore.docments attributes to no parameter or the wrong one: {misplaced}"
     )
+
+
+def unshown_methods(notebook: Path) -> list[str]:
+    "The `@patch` methods of `notebook` whose export cell is not followed at once by a code cell that names them."
+    import json, re
+
+    export = lambda s: re.match(r"#\|\s*export", s)
+    cells = [
+        "".join(c["source"])
+        for c in json.loads(notebook.read_text())["cells"]
+        if c["cell_type"] == "code"
+    ]
+    unshown = []
+    for s, after in zip(cells, [*cells[1:], ""]):
+        if export(s) and re.search(r"^@patch", s, re.M):
+            name = re.search(r"^def (\w+)", s, re.M)[1]
+            if export(after) or not re.search(rf"\b{name}\b", after):
+                unshown.append(f"{notebook.name}: {name}")
+    return unshown
+
+
+def test_unshown_methods_finds_a_method_without_its_example(tmp_path):
+    "The check below can fail: a patched method followed by another export cell, or by a cell that never names it, is listed."
+    import json
+
+    cell = lambda s: {
+        "cell_type": "code",
+        "source": s,
+        "metadata": {},
+        "outputs": [],
+        "execution_count": None,
+    }
+    nb = tmp_path / "x.ipynb"
+    patched = lambda name: cell(f"#| export\n@patch\ndef {name}(self: A):\n    pass")
+    cells = [
+        patched("shown"),
+        cell("a.shown()"),
+        patched("alone"),
+        patched("unnamed"),
+        cell("a.other()"),
+    ]
+    nb.write_text(json.dumps({"cells": cells}))
+    assert unshown_methods(nb) == ["x.ipynb: alone", "x.ipynb: unnamed"]
+
+
+def test_every_patched_method_is_followed_by_the_cell_that_shows_it():
+    "fastcore's rhythm: each `@patch` method's cell is followed at once by a cell that calls (or names) it."
+    unshown = [m for nb in sorted((ROOT / "nbs").glob("*.ipynb")) for m in unshown_methods(nb)]
+    assert not unshown, f"{len(unshown)} methods without the cell that shows them: {unshown}"

@@ -236,10 +236,43 @@ class SeriesHistory:
     def series(self) -> int:
         return sum(map(len, self.latest.values()))
 
-# %% ../nbs/08e_history.ipynb #ccd9f8e3
+# %% ../nbs/08e_history.ipynb #c41f0a2b
 @patch
-def close(self: SeriesHistory):
-    self.consumer.close()
+def hold(self: SeriesHistory, records) -> int:
+    "Hold each of `records` (the history topic's) as its series' latest record (a tombstone forgets it); how many."
+    n = 0
+    for r in records:
+        d, k = self.latest[r.partition], r.key.decode() if r.key is not None else ""
+        if r.value is None:
+            d.pop(k, None)
+        else:
+            d[k] = r.value
+        n += 1
+    return n
+
+# %% ../nbs/08e_history.ipynb #37c20cc4
+@patch
+def value(self: SeriesHistory, key: str) -> dict | None:
+    "The latest history record of series `key`, decoded (None if it has none)."
+    for d in self.latest.values():
+        if (v := d.get(key)) is not None:
+            if isinstance(v, bytes):
+                v = d[key] = json.loads(v)
+            return v
+    return None
+
+# %% ../nbs/08e_history.ipynb #b4ddd956
+@patch
+def read_to_end(self: SeriesHistory, timeout: float = 60) -> int:
+    "Read every owned partition up to its end offset now; the records read."
+    tps = sorted(self.consumer.assignment())
+    if not tps:
+        return 0
+    try:
+        ends = self.consumer.end_offsets(tps)
+        return self.hold(read_records(self.consumer, None, ends, timeout, True, max_records=10_000))
+    except ReadTimeout:
+        raise HistoryError(f"could not read {self.topic!r} to its end in {timeout:.0f} s") from None
 
 # %% ../nbs/08e_history.ipynb #395df6b1
 @patch
@@ -267,44 +300,6 @@ def sync(
             {"partitions": sorted(new), "records": n, "series": self.series, "seconds": took}
         )
         log.info("%r restored partitions %s: %d records in %.2f s", self, sorted(new), n, took)
-
-# %% ../nbs/08e_history.ipynb #c41f0a2b
-@patch
-def hold(self: SeriesHistory, records) -> int:
-    "Hold each of `records` (the history topic's) as its series' latest record (a tombstone forgets it); how many."
-    n = 0
-    for r in records:
-        d, k = self.latest[r.partition], r.key.decode() if r.key is not None else ""
-        if r.value is None:
-            d.pop(k, None)
-        else:
-            d[k] = r.value
-        n += 1
-    return n
-
-# %% ../nbs/08e_history.ipynb #b4ddd956
-@patch
-def read_to_end(self: SeriesHistory, timeout: float = 60) -> int:
-    "Read every owned partition up to its end offset now; the records read."
-    tps = sorted(self.consumer.assignment())
-    if not tps:
-        return 0
-    try:
-        ends = self.consumer.end_offsets(tps)
-        return self.hold(read_records(self.consumer, None, ends, timeout, True, max_records=10_000))
-    except ReadTimeout:
-        raise HistoryError(f"could not read {self.topic!r} to its end in {timeout:.0f} s") from None
-
-# %% ../nbs/08e_history.ipynb #37c20cc4
-@patch
-def value(self: SeriesHistory, key: str) -> dict | None:
-    "The latest history record of series `key`, decoded (None if it has none)."
-    for d in self.latest.values():
-        if (v := d.get(key)) is not None:
-            if isinstance(v, bytes):
-                v = d[key] = json.loads(v)
-            return v
-    return None
 
 # %% ../nbs/08e_history.ipynb #f5a8c3d1
 @patch
@@ -384,3 +379,8 @@ def features(self: SeriesHistory, model, events: list[dict]) -> list[dict]:
             next(iter(values.values()))["keep"] if values else "?",
         )
     return made
+
+# %% ../nbs/08e_history.ipynb #ccd9f8e3
+@patch
+def close(self: SeriesHistory):
+    self.consumer.close()

@@ -9,7 +9,10 @@
    with the two sides alternating, so a load burst on this shared machine hits both alike. The stream is encoded
    before the clock starts (as `replay` would send it, one continuous stream cut into rounds) and sent as bytes by one
    producer: three records per event at 2,000 events/s. Rates are per round (the median of the rounds): over all rounds
-   they would count the other side's rounds in between."""
+   they would count the other side's rounds in between.
+3. Work: the same stream's batches scored in one process with nothing between (`serve.plan_batch`, the history's records
+   held as they come, a real history consumer that is asked for more only when a batch lacks an actual), with lag state
+   and without, alternating batch by batch: the Python work a lag batch adds, apart from Kafka and the network."""
 
 from __future__ import annotations
 import json, subprocess, sys, tempfile, time
@@ -25,6 +28,7 @@ RESTORE_TARGET_S = 5.0  # a worker given partitions with 100,000 series' history
 LAG = 50  # each actual follows its event by this many events: fewer than the stream's series, so a period's actuals come before the next period's events
 KEEP = 13  # rows per history record in the restore: the monthly model reaches 12 periods back
 STREAM_KEEP = 36  # rows per record in the latency stream: 2 years of slack, as the replay packs ~7-20 months into a second (chapter 08e)
+WORK_BATCH = 16  # events per batch in the work phase: the live lag worker's mean batch at 2,000/s (12,000 events in 738 batches)
 LINGER_MS = 5  # the sender batches what it sends within 5 ms, instead of one produce request per record (6,000/s)
 
 
@@ -394,6 +398,59 @@ def latency(settings, dirs: dict, p: dict, tmp: Path) -> dict:
     return {"rows": rows, "worker_metrics": metrics}
 
 
+def batch_work(settings, dirs: dict, p: dict, batch: int = WORK_BATCH) -> dict:
+    "ms per `plan_batch` of `batch` events of the latency stream (after its warm-up round), with lag state and without, alternating."
+    from kafka.consumer.fetcher import ConsumerRecord
+    from sales_prediction_kafka.history import SeriesHistory, ensure_history_topic
+    from sales_prediction_kafka.models import load_model
+    from sales_prediction_kafka.serve import EventValidator, event_schema, plan_batch
+
+    months = p["events"] // p["stream_series"]
+    stream = monthly_panel(p["stream_series"], months * (p["rounds"] + 1), seed=3)
+    names = {"events": "events", "actuals": "actuals", "history": "history"}
+    items = [x for r in encoded_rounds(stream, names, months * p["stream_series"]) for x in r]
+    topic = tag("bench-hist-work")
+    ensure_history_topic(settings, topic, tag("bench-hist-work-events"), partitions=1)
+    h = SeriesHistory(settings, topic)
+    h.sync([0])  # assigned, at its (empty) end: asked for more only when a batch lacks an actual
+    models = {s: load_model(dirs[s]) for s in dirs}
+    check = {s: EventValidator(event_schema(m)) for s, m in models.items()}
+    record = lambda i, key, value: ConsumerRecord(
+        "events", 0, None, i, 0, 0, key, value, [], None, len(key), len(value), 0
+    )
+    held = lambda key, value: ConsumerRecord(topic, 0, None, 0, 0, 0, key, value, [], None, 0, 0, 0)
+    ms, events, seen, warm = {s: [] for s in dirs}, [], 0, None
+    for i, (t, key, value, is_event) in enumerate(items):
+        if t == "history":
+            h.hold([held(key, value)])
+        elif is_event:
+            events.append(record(i, key, value))
+        if len(events) == batch:
+            seen += batch
+            for s in list(dirs) if seen // batch % 2 else list(dirs)[::-1]:
+                t0 = time.perf_counter()
+                plan_batch(events, models[s], check[s], history=h if s == "state" else None)
+                if seen > months * p["stream_series"]:  # the warm-up round is not counted
+                    ms[s].append((time.perf_counter() - t0) * 1e3)
+                    warm = h.catch_ups if warm is None else warm
+            events = []
+    h.close()
+    row = lambda s: {
+        "side": s,
+        "batches": len(ms[s]),
+        "events_per_batch": batch,
+        "work_p50_ms": float(np.percentile(ms[s], 50)),
+        "work_p99_ms": float(np.percentile(ms[s], 99)),
+    }
+    rows = [row(s) for s in dirs]
+    # catch-ups after the warm-up, whose first year lacks lag 12 for good
+    return {
+        "rows": rows,
+        "catch_ups": h.catch_ups - (warm or 0),
+        "ratio_p50": rows[0]["work_p50_ms"] / rows[1]["work_p50_ms"],
+    }
+
+
 def run(
     quick: bool = False, bootstrap_servers: str | None = None, out: Path | None = None, **_
 ) -> dict:
@@ -406,6 +463,7 @@ def run(
         dirs = models(Path(tmp))
         r = restore(settings, dirs["state"], p["restore_series"], p["restore_rounds"])
         lat = latency(settings, dirs, p, Path(tmp))
+        work = batch_work(settings, dirs, p)
     by = {x["side"]: x for x in lat["rows"]}
     ratio = by["state"]["p99_ms"] / by["no_state"]["p99_ms"]
     took = r["assigned_to_first_scored_s"]
@@ -421,7 +479,11 @@ def run(
         "plan": p,
         "restore": r,
         "latency": lat,
-        "ratios": {f"p99_state_vs_no_state_{p['rate']}/s": ratio},
+        "work": work,
+        "ratios": {
+            f"p99_state_vs_no_state_{p['rate']}/s": ratio,
+            "work_p50_state_vs_no_state_in_process": work["ratio_p50"],
+        },
         "targets": targets,
         "load_before": load_before,
         "load_after": load(),
@@ -436,6 +498,8 @@ def run(
             f"into rounds, encoded before the clock starts and sent as bytes by one producer (a {LINGER_MS} ms linger); rates are per round (median)",
             "state side: linear model on price, calendar, lags 1, 2, 12 and a 3-month mean (TimeAxis.derive_from per batch); "
             "no-state side: the same model without lags (calendar and price)",
+            f"work: serve.plan_batch of {WORK_BATCH}-event batches of the latency stream in this process, the sides alternating "
+            "batch by batch, the history records held as the stream brings them; perf_counter around each call",
         ],
     }
     path = write_result(NAME, result, out)
@@ -487,6 +551,11 @@ def run(
     )
     print(
         f"\np99 at {p['rate']}/s: with lag state / without {ratio:.2f} (target <= {TARGET_RATIO})"
+    )
+    print("\nThe same batches' work in one process, no Kafka between:\n")
+    print(table(work["rows"]))
+    print(
+        f"work p50 with lag state / without: {work['ratio_p50']:.2f} ({work['catch_ups']} catch-ups)"
     )
     print(targets_line(targets, path))
     return result

@@ -203,6 +203,24 @@ def _levels(s: pd.Series) -> list:
     except TypeError:
         return sorted(v, key=str)
 
+# %% ../nbs/04_models.ipynb #2fd15f93
+def _numeric(df: pd.DataFrame, cols: list) -> np.ndarray:
+    "The columns `cols` of `df` as a finite float64 matrix, or a `FeatureError` naming the bad column and row."
+    X = np.empty((len(df), len(cols)))
+    for j, c in enumerate(cols):
+        try:
+            X[:, j] = df[c].to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError):
+            raise FeatureError(f"column {c!r} is not numeric ({df[c].dtype})", c) from None
+        bad = ~np.isfinite(X[:, j])
+        if bad.any():
+            raise FeatureError(
+                f"column {c!r} has {int(bad.sum())} missing or infinite values",
+                c,
+                plain(df.index[bad.argmax()]),
+            )
+    return X
+
 # %% ../nbs/04_models.ipynb #3beec87b
 class Preprocessor:
     "Standardised numerics, then one-hot categoricals, as one float64 matrix."
@@ -327,24 +345,6 @@ def to_dict(self: Preprocessor) -> dict:
 def from_dict(cls: Preprocessor, d: dict) -> Preprocessor:
     "A preprocessor from `to_dict` output."
     return cls(d["numeric"], d["categorical"], d["categories"], d["mean"], d["scale"])
-
-# %% ../nbs/04_models.ipynb #2fd15f93
-def _numeric(df: pd.DataFrame, cols: list) -> np.ndarray:
-    "The columns `cols` of `df` as a finite float64 matrix, or a `FeatureError` naming the bad column and row."
-    X = np.empty((len(df), len(cols)))
-    for j, c in enumerate(cols):
-        try:
-            X[:, j] = df[c].to_numpy(dtype=np.float64, na_value=np.nan)
-        except (TypeError, ValueError):
-            raise FeatureError(f"column {c!r} is not numeric ({df[c].dtype})", c) from None
-        bad = ~np.isfinite(X[:, j])
-        if bad.any():
-            raise FeatureError(
-                f"column {c!r} has {int(bad.sum())} missing or infinite values",
-                c,
-                plain(df.index[bad.argmax()]),
-            )
-    return X
 
 # %% ../nbs/04_models.ipynb #3c56d4b0
 @dataclass(frozen=True)
@@ -587,6 +587,54 @@ class Model:
     def _restore(self, folder: Path, meta: dict, weights: str):
         "Read back what `_save_weights` wrote and what the kind added to `meta`: nothing without an estimator."
 
+# %% ../nbs/04_models.ipynb #aeb07e1d
+class SklearnModel(Model):
+    "A scikit-learn estimator, made by the subclass's `make_estimator()`."
+
+    estimator = None  # fitted by `fit`
+
+    def _fit(self, X: np.ndarray, y: np.ndarray):
+        "Fit the estimator."
+        from threadpoolctl import threadpool_limits
+
+        # one OpenMP thread: the same trees (each feature's histogram is summed by one thread either way), and no
+        # spinning threads fighting TensorFlow and each other on a busy machine (10 fits of the sample: 0.65 s, not 3-7 s)
+        with threadpool_limits(1, user_api="openmp"):
+            self.estimator = self.make_estimator().fit(X, y)
+
+    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
+        "Predictions for an already preprocessed model matrix (`self.prep.transform` output), as float64."
+        return np.asarray(self.estimator.predict(X), np.float64)
+
+    def _state_bytes(self) -> bytes:
+        "The predictions on a fixed probe matrix (pickles vary), as bytes."
+        probe = np.random.default_rng(0).normal(size=(64, self.prep.width))
+        return np.asarray(self.estimator.predict(probe), np.float64).tobytes()
+
+# %% ../nbs/04_models.ipynb #afc22807
+class Linear(SklearnModel):
+    "Least squares: scikit-learn's `LinearRegression`."
+
+    kind = "linear"
+
+    def make_estimator(self):
+        "An unfitted `LinearRegression`."
+        from sklearn.linear_model import LinearRegression
+
+        return LinearRegression()
+
+# %% ../nbs/04_models.ipynb #3f231642
+class Trees(SklearnModel):
+    "A seeded gradient-boosted tree ensemble: scikit-learn's `HistGradientBoostingRegressor`."
+
+    kind = "trees"
+
+    def make_estimator(self):
+        "An unfitted `HistGradientBoostingRegressor`, seeded."
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        return HistGradientBoostingRegressor(random_state=self.seed)
+
 # %% ../nbs/04_models.ipynb #28250aa5
 @patch(as_prop=True)
 def features(self: Model) -> list:
@@ -608,82 +656,6 @@ def __repr__(self: Model):
         f"SalesModel({self.name!r}, kind={self.kind!r}, target={self.target!r}, features={self.features}, "
         f"outliers={self.params['outliers']!r}, version={self.version})"
     )
-
-# %% ../nbs/04_models.ipynb #70d4f790
-@patch
-def fit(self: Model, df: pd.DataFrame) -> Model:
-    "Plan features, then learn cleaning, preprocessing and the estimator from the training rows `df` only."
-    p = self.params
-    df = self._with_calendar(df)
-    plan = self._plan(df)
-    self.notes, self.treatment = plan.notes, plan.treatment
-    self.cleaner = Cleaner(self.target, plan.numeric, plan.categorical, p["iqr_k"]).fit(df)
-    # a date is never an outlier: its calendar features get fill values but no bounds
-    if self.time:
-        for c in calendar_columns(self.axis.column, self.axis.freq):
-            self.cleaner.bounds.pop(c, None)
-    rows, self.cleaning = self.cleaner.apply(df, p["outliers"])
-    self.prep = Preprocessor(plan.numeric, plan.categorical).fit(rows)
-    X, y = self.prep.transform(rows), _numeric(rows, [self.target])[:, 0]
-    self._fit(X, y)
-    self.train_mae = float(np.mean(np.abs(y - self.predict_matrix(X))))
-    self.version = self._hash()
-    log.info(
-        "fitted %s on %d of %d rows: training MAE %.2f, version %s",
-        self.name,
-        len(rows),
-        len(df),
-        self.train_mae,
-        self.version,
-    )
-    return self
-
-# %% ../nbs/04_models.ipynb #73c1aea7
-@patch
-def meta(self: Model) -> dict:
-    "Everything about the fitted model except its weights, JSON-ready."
-    return {
-        "format": 2,
-        "name": self.name,
-        "kind": self.kind,
-        "target": self.target,
-        "features": self.features,
-        "seed": self.seed,
-        "params": self.params,
-        "cleaner": self.cleaner.to_dict(),
-        "cleaning": self.cleaning and self.cleaning.to_dict(),
-        "preprocessing": self.prep.to_dict(),
-        "notes": self.notes,
-        "treatment": self.treatment,
-        "train_mae": self.train_mae,
-        "version": self.version,
-        "history": self.history,
-        "best_epoch": self.best_epoch,
-        **(
-            {"time": self.time} if self.time else {}
-        ),  # absent without a time axis: earlier models' versions stand
-    }
-
-# %% ../nbs/04_models.ipynb #eca77841
-@patch(as_prop=True)
-def inputs(self: Model) -> list:
-    "The fields a record must carry: the features, the time column in place of those made from it or from earlier actuals, and the series' fields when the model needs history."
-    if not self.time:
-        return self.features
-    a = self.axis
-    made = {
-        *calendar_columns(a.column, a.freq),
-        *a.lag_columns(self.target),
-        *map(baseline_column, BASELINES),
-    }
-    series = [c for c in a.series if c not in self.features] if self.needs_history else []
-    return [a.column] + [c for c in self.features if c not in made] + series
-
-# %% ../nbs/04_models.ipynb #ed9a0a7c
-@patch(as_prop=True)
-def fill_values(self: Model) -> dict:
-    "The training values that fill a missing feature, by column."
-    return self.cleaner.fill if self.cleaner else {}
 
 # %% ../nbs/04_models.ipynb #d91568f7
 @patch
@@ -729,6 +701,95 @@ def _plan(self: Model, df: pd.DataFrame) -> FeaturePlan:
         ]
     return plan_features(df, self.target, requested, p["max_levels"], p["categorical"], numeric)
 
+# %% ../nbs/04_models.ipynb #73c1aea7
+@patch
+def meta(self: Model) -> dict:
+    "Everything about the fitted model except its weights, JSON-ready."
+    return {
+        "format": 2,
+        "name": self.name,
+        "kind": self.kind,
+        "target": self.target,
+        "features": self.features,
+        "seed": self.seed,
+        "params": self.params,
+        "cleaner": self.cleaner.to_dict(),
+        "cleaning": self.cleaning and self.cleaning.to_dict(),
+        "preprocessing": self.prep.to_dict(),
+        "notes": self.notes,
+        "treatment": self.treatment,
+        "train_mae": self.train_mae,
+        "version": self.version,
+        "history": self.history,
+        "best_epoch": self.best_epoch,
+        **(
+            {"time": self.time} if self.time else {}
+        ),  # absent without a time axis: earlier models' versions stand
+    }
+
+# %% ../nbs/04_models.ipynb #7435a48d
+@patch
+def _hash(self: Model) -> str:
+    "A short hash of what decides the predictions."
+    meta = {
+        k: v
+        for k, v in self.meta().items()
+        if k not in ("version", "train_mae", "history", "best_epoch", "cleaning")
+    }
+    return hashlib.sha256(
+        json.dumps(meta, sort_keys=True).encode() + self._state_bytes()
+    ).hexdigest()[:12]
+
+# %% ../nbs/04_models.ipynb #70d4f790
+@patch
+def fit(self: Model, df: pd.DataFrame) -> Model:
+    "Plan features, then learn cleaning, preprocessing and the estimator from the training rows `df` only."
+    p = self.params
+    df = self._with_calendar(df)
+    plan = self._plan(df)
+    self.notes, self.treatment = plan.notes, plan.treatment
+    self.cleaner = Cleaner(self.target, plan.numeric, plan.categorical, p["iqr_k"]).fit(df)
+    # a date is never an outlier: its calendar features get fill values but no bounds
+    if self.time:
+        for c in calendar_columns(self.axis.column, self.axis.freq):
+            self.cleaner.bounds.pop(c, None)
+    rows, self.cleaning = self.cleaner.apply(df, p["outliers"])
+    self.prep = Preprocessor(plan.numeric, plan.categorical).fit(rows)
+    X, y = self.prep.transform(rows), _numeric(rows, [self.target])[:, 0]
+    self._fit(X, y)
+    self.train_mae = float(np.mean(np.abs(y - self.predict_matrix(X))))
+    self.version = self._hash()
+    log.info(
+        "fitted %s on %d of %d rows: training MAE %.2f, version %s",
+        self.name,
+        len(rows),
+        len(df),
+        self.train_mae,
+        self.version,
+    )
+    return self
+
+# %% ../nbs/04_models.ipynb #eca77841
+@patch(as_prop=True)
+def inputs(self: Model) -> list:
+    "The fields a record must carry: the features, the time column in place of those made from it or from earlier actuals, and the series' fields when the model needs history."
+    if not self.time:
+        return self.features
+    a = self.axis
+    made = {
+        *calendar_columns(a.column, a.freq),
+        *a.lag_columns(self.target),
+        *map(baseline_column, BASELINES),
+    }
+    series = [c for c in a.series if c not in self.features] if self.needs_history else []
+    return [a.column] + [c for c in self.features if c not in made] + series
+
+# %% ../nbs/04_models.ipynb #ed9a0a7c
+@patch(as_prop=True)
+def fill_values(self: Model) -> dict:
+    "The training values that fill a missing feature, by column."
+    return self.cleaner.fill if self.cleaner else {}
+
 # %% ../nbs/04_models.ipynb #bb049dcb
 @patch
 def predict(
@@ -742,6 +803,11 @@ def predict(
     return self.predict_matrix(
         self.prep.transform(self.cleaner.impute(self._with_calendar(df)), unknown)
     )
+
+# %% ../nbs/04_models.ipynb #7d03ee4b
+def _missing(v) -> bool:
+    "Is `v` absent from a record: None or a float NaN?"
+    return v is None or (isinstance(v, float) and v != v)
 
 # %% ../nbs/04_models.ipynb #ed04fec9
 @patch
@@ -798,84 +864,6 @@ def predict_records(self: Model, records: list) -> np.ndarray:
 def typical(self: Model, df: pd.DataFrame) -> pd.Series:
     "True for the rows of `df` inside every outlier bound learned from the training rows."
     return self.cleaner.typical(self._with_calendar(df))
-
-# %% ../nbs/04_models.ipynb #7435a48d
-@patch
-def _hash(self: Model) -> str:
-    "A short hash of what decides the predictions."
-    meta = {
-        k: v
-        for k, v in self.meta().items()
-        if k not in ("version", "train_mae", "history", "best_epoch", "cleaning")
-    }
-    return hashlib.sha256(
-        json.dumps(meta, sort_keys=True).encode() + self._state_bytes()
-    ).hexdigest()[:12]
-
-# %% ../nbs/04_models.ipynb #dc6fd8b8
-@patch
-def save(self: Model, folder) -> Path:
-    "Write the model to `folder` (created if needed)."
-    if self.prep is None:
-        raise RuntimeError(f"model {self.name!r} is not fitted")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    self._save_weights(folder)
-    (folder / MODEL_JSON).write_text(json.dumps(self.meta(), indent=1))
-    return folder
-
-# %% ../nbs/04_models.ipynb #7d03ee4b
-def _missing(v) -> bool:
-    "Is `v` absent from a record: None or a float NaN?"
-    return v is None or (isinstance(v, float) and v != v)
-
-# %% ../nbs/04_models.ipynb #aeb07e1d
-class SklearnModel(Model):
-    "A scikit-learn estimator, made by the subclass's `make_estimator()`."
-
-    estimator = None  # fitted by `fit`
-
-    def _fit(self, X: np.ndarray, y: np.ndarray):
-        "Fit the estimator."
-        from threadpoolctl import threadpool_limits
-
-        # one OpenMP thread: the same trees (each feature's histogram is summed by one thread either way), and no
-        # spinning threads fighting TensorFlow and each other on a busy machine (10 fits of the sample: 0.65 s, not 3-7 s)
-        with threadpool_limits(1, user_api="openmp"):
-            self.estimator = self.make_estimator().fit(X, y)
-
-    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
-        "Predictions for an already preprocessed model matrix (`self.prep.transform` output), as float64."
-        return np.asarray(self.estimator.predict(X), np.float64)
-
-    def _state_bytes(self) -> bytes:
-        "The predictions on a fixed probe matrix (pickles vary), as bytes."
-        probe = np.random.default_rng(0).normal(size=(64, self.prep.width))
-        return np.asarray(self.estimator.predict(probe), np.float64).tobytes()
-
-# %% ../nbs/04_models.ipynb #afc22807
-class Linear(SklearnModel):
-    "Least squares: scikit-learn's `LinearRegression`."
-
-    kind = "linear"
-
-    def make_estimator(self):
-        "An unfitted `LinearRegression`."
-        from sklearn.linear_model import LinearRegression
-
-        return LinearRegression()
-
-# %% ../nbs/04_models.ipynb #3f231642
-class Trees(SklearnModel):
-    "A seeded gradient-boosted tree ensemble: scikit-learn's `HistGradientBoostingRegressor`."
-
-    kind = "trees"
-
-    def make_estimator(self):
-        "An unfitted `HistGradientBoostingRegressor`, seeded."
-        from sklearn.ensemble import HistGradientBoostingRegressor
-
-        return HistGradientBoostingRegressor(random_state=self.seed)
 
 # %% ../nbs/04_models.ipynb #5e41e068
 class Net(Model):
@@ -1104,6 +1092,18 @@ def _restore(self: SklearnModel, folder: Path, meta: dict, weights: str):
     import joblib
 
     self.estimator = joblib.load(folder / "estimator.joblib")
+
+# %% ../nbs/04_models.ipynb #dc6fd8b8
+@patch
+def save(self: Model, folder) -> Path:
+    "Write the model to `folder` (created if needed)."
+    if self.prep is None:
+        raise RuntimeError(f"model {self.name!r} is not fitted")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    self._save_weights(folder)
+    (folder / MODEL_JSON).write_text(json.dumps(self.meta(), indent=1))
+    return folder
 
 # %% ../nbs/04_models.ipynb #4644c34e
 def load_model(

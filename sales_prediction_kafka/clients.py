@@ -155,33 +155,6 @@ if not hasattr(KafkaTCPTransport._sock_recv, "__wrapped__"):
 class Producer(KafkaProducer):
     "kafka-python's producer, with a close that abandons stuck records and transaction steps with a bounded wait."
 
-# %% ../nbs/06a_clients.ipynb #24e4bb4c
-@patch
-def close(self: Producer, timeout: float | None = None, null_logger: bool = False):
-    "Close, abandoning the records not sent within `timeout` seconds (None: wait for them)."
-    try:
-        super(Producer, self).close(timeout, null_logger)
-    except KafkaTimeoutError:
-        # kafka-python 3.0.12: no public way to fail the stuck batches, so that the sender thread ends
-        self._sender.force_close()
-        super(Producer, self).close(timeout, null_logger)
-
-# %% ../nbs/06a_clients.ipynb #7fc36d0a
-@patch
-def within(
-    self: Producer,
-    step: str,  # 'send_offsets_to_transaction', 'begin_commit' or 'begin_abort'
-    *args,  # the step's arguments: (offsets, group metadata) for send_offsets_to_transaction
-    timeout_ms: int = 15_000,
-):
-    "Run transaction `step`, waiting at most `timeout_ms`; else `KafkaTimeoutError`."
-    # kafka-python 3.0.12: the public commit_transaction/abort_transaction/send_offsets_to_transaction wait
-    # without a limit; they are these two calls and `result.wait()`
-    result = getattr(self._transaction_manager, step)(*args)
-    self._sender.wakeup()
-    if not result.wait(timeout_ms):
-        raise KafkaTimeoutError(f"{step} took longer than {timeout_ms // 1000} s")
-
 # %% ../nbs/06a_clients.ipynb #e5b061aa
 def producer(
     settings: KafkaSettings,
@@ -209,6 +182,33 @@ def producer(
             p.close(timeout=1)
             raise
     return p
+
+# %% ../nbs/06a_clients.ipynb #24e4bb4c
+@patch
+def close(self: Producer, timeout: float | None = None, null_logger: bool = False):
+    "Close, abandoning the records not sent within `timeout` seconds (None: wait for them)."
+    try:
+        super(Producer, self).close(timeout, null_logger)
+    except KafkaTimeoutError:
+        # kafka-python 3.0.12: no public way to fail the stuck batches, so that the sender thread ends
+        self._sender.force_close()
+        super(Producer, self).close(timeout, null_logger)
+
+# %% ../nbs/06a_clients.ipynb #7fc36d0a
+@patch
+def within(
+    self: Producer,
+    step: str,  # 'send_offsets_to_transaction', 'begin_commit' or 'begin_abort'
+    *args,  # the step's arguments: (offsets, group metadata) for send_offsets_to_transaction
+    timeout_ms: int = 15_000,
+):
+    "Run transaction `step`, waiting at most `timeout_ms`; else `KafkaTimeoutError`."
+    # kafka-python 3.0.12: the public commit_transaction/abort_transaction/send_offsets_to_transaction wait
+    # without a limit; they are these two calls and `result.wait()`
+    result = getattr(self._transaction_manager, step)(*args)
+    self._sender.wakeup()
+    if not result.wait(timeout_ms):
+        raise KafkaTimeoutError(f"{step} took longer than {timeout_ms // 1000} s")
 
 # %% ../nbs/06a_clients.ipynb #9fa681d2
 def require_broker(

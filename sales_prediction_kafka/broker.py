@@ -338,6 +338,62 @@ def link(self: LocalBroker, name: str) -> str:
     port, named = self.links[name]
     return f"{self.host}:{named or port}"
 
+# %% ../nbs/06_broker.ipynb #b335194c
+def _cluster_id() -> str:
+    "A random Kafka Uuid in base64; like Kafka's own, never starting with '-' (it would read as an option)."
+    while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith(
+        "-"
+    ):
+        pass
+    return cid
+
+# %% ../nbs/06_broker.ipynb #ac2d9a50
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+# %% ../nbs/06_broker.ipynb #bf0b806e
+def accepts_connections(bootstrap_servers: str, timeout: float = 0.5) -> bool:
+    "True when some host:port of `bootstrap_servers` accepts a TCP connection."
+    for server in bootstrap_servers.split(","):
+        host, port = server.strip().rsplit(":", 1)
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout):
+                return True
+        except OSError:
+            continue
+    return False
+
+# %% ../nbs/06_broker.ipynb #054ab696
+def broker_answers(
+    bootstrap_servers: str,
+    timeout: float = 2.0,
+    brokers: int = 1,  # how many brokers the cluster's metadata must list
+    **client,
+) -> bool:
+    "True when a Kafka broker at `bootstrap_servers` returns cluster metadata listing at least `brokers` brokers."
+    from kafka import KafkaAdminClient
+
+    if not accepts_connections(bootstrap_servers, timeout):
+        return False  # quietly: a client would log every refused connection
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            bootstrap_timeout_ms=int(timeout * 1000),
+            request_timeout_ms=int(timeout * 1000),
+            **client,
+        )
+    except Exception:
+        return False
+    try:
+        return len(admin.describe_cluster()["brokers"]) >= brokers
+    except Exception:
+        return False
+    finally:
+        admin.close()
+
 # %% ../nbs/06_broker.ipynb #9616bc62
 @patch
 def _java(self: LocalBroker, main: str, *args):
@@ -450,29 +506,6 @@ def _wait(
         self.log_file,
     )
 
-# %% ../nbs/06_broker.ipynb #49e2ef1e
-@patch
-def _exited(self: LocalBroker, pid: int, timeout: float) -> bool:
-    "Wait up to `timeout` seconds for process `pid` to exit (reaping it if it is our child); True if it did."
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        if self._proc is not None:
-            self._proc.poll()
-        time.sleep(0.1)
-    return not _alive(pid)
-
-# %% ../nbs/06_broker.ipynb #66a781a8
-@patch
-def kill(self: LocalBroker, sig: int = signal.SIGKILL) -> bool:
-    "Send `sig` to the broker's process group (SIGKILL, as a crash would, also waits until it is gone); True if one ran."
-    pid = self.pid()
-    if pid is None:
-        return False
-    os.killpg(pid, sig)
-    if sig == signal.SIGKILL:
-        self._exited(pid, 10)
-    return True
-
 # %% ../nbs/06_broker.ipynb #889f7c82
 def _cmdline(pid: int) -> list[str]:
     try:
@@ -498,6 +531,29 @@ def pid(self: LocalBroker) -> int | None:
     cmd = _cmdline(pid)
     return pid if "kafka.Kafka" in cmd and str(self.props_file) in cmd and _alive(pid) else None
 
+# %% ../nbs/06_broker.ipynb #49e2ef1e
+@patch
+def _exited(self: LocalBroker, pid: int, timeout: float) -> bool:
+    "Wait up to `timeout` seconds for process `pid` to exit (reaping it if it is our child); True if it did."
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        if self._proc is not None:
+            self._proc.poll()
+        time.sleep(0.1)
+    return not _alive(pid)
+
+# %% ../nbs/06_broker.ipynb #66a781a8
+@patch
+def kill(self: LocalBroker, sig: int = signal.SIGKILL) -> bool:
+    "Send `sig` to the broker's process group (SIGKILL, as a crash would, also waits until it is gone); True if one ran."
+    pid = self.pid()
+    if pid is None:
+        return False
+    os.killpg(pid, sig)
+    if sig == signal.SIGKILL:
+        self._exited(pid, 10)
+    return True
+
 # %% ../nbs/06_broker.ipynb #d0bea368
 @patch
 def status(self: LocalBroker) -> dict:
@@ -512,62 +568,6 @@ def status(self: LocalBroker) -> dict:
         "data_dir": str(self.data_dir),
         "log_file": str(self.log_file),
     }
-
-# %% ../nbs/06_broker.ipynb #b335194c
-def _cluster_id() -> str:
-    "A random Kafka Uuid in base64; like Kafka's own, never starting with '-' (it would read as an option)."
-    while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith(
-        "-"
-    ):
-        pass
-    return cid
-
-# %% ../nbs/06_broker.ipynb #ac2d9a50
-def _tail(path: Path, n: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-# %% ../nbs/06_broker.ipynb #bf0b806e
-def accepts_connections(bootstrap_servers: str, timeout: float = 0.5) -> bool:
-    "True when some host:port of `bootstrap_servers` accepts a TCP connection."
-    for server in bootstrap_servers.split(","):
-        host, port = server.strip().rsplit(":", 1)
-        try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout):
-                return True
-        except OSError:
-            continue
-    return False
-
-# %% ../nbs/06_broker.ipynb #054ab696
-def broker_answers(
-    bootstrap_servers: str,
-    timeout: float = 2.0,
-    brokers: int = 1,  # how many brokers the cluster's metadata must list
-    **client,
-) -> bool:
-    "True when a Kafka broker at `bootstrap_servers` returns cluster metadata listing at least `brokers` brokers."
-    from kafka import KafkaAdminClient
-
-    if not accepts_connections(bootstrap_servers, timeout):
-        return False  # quietly: a client would log every refused connection
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers,
-            bootstrap_timeout_ms=int(timeout * 1000),
-            request_timeout_ms=int(timeout * 1000),
-            **client,
-        )
-    except Exception:
-        return False
-    try:
-        return len(admin.describe_cluster()["brokers"]) >= brokers
-    except Exception:
-        return False
-    finally:
-        admin.close()
 
 # %% ../nbs/06_broker.ipynb #7a2507c5
 @patch
@@ -673,16 +673,6 @@ def bootstrap_servers(self: LocalCluster) -> str:
 def __repr__(self: LocalCluster):
     return f"LocalCluster({self.bootstrap_servers}, home={self.home})"
 
-# %% ../nbs/06_broker.ipynb #5e7ff0c1
-@patch
-def __enter__(self: LocalCluster):
-    return self.start()
-
-# %% ../nbs/06_broker.ipynb #79fb2629
-@patch
-def __exit__(self: LocalCluster, *exc):
-    self.stop()
-
 # %% ../nbs/06_broker.ipynb #6cbd6beb
 @patch
 def _launch_nodes(self: LocalCluster, timeout: float = 120):
@@ -733,6 +723,16 @@ def leaders(self: LocalCluster, topic: str, timeout: float = 30) -> dict:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+# %% ../nbs/06_broker.ipynb #5e7ff0c1
+@patch
+def __enter__(self: LocalCluster):
+    return self.start()
+
+# %% ../nbs/06_broker.ipynb #79fb2629
+@patch
+def __exit__(self: LocalCluster, *exc):
+    self.stop()
 
 # %% ../nbs/06_broker.ipynb #2d16d522
 def local_kafka(

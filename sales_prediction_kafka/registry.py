@@ -456,21 +456,6 @@ class ChampionFollower:
         v = self.registry.champion_version
         return self.registry.versions.get(v) if v else None
 
-# %% ../nbs/07a_registry.ipynb #00a1311b
-@patch
-def start(
-    self: ChampionFollower,
-    in_use: str | None = None,  # the version the caller holds already; None: nothing yet
-    timeout: float = 30,
-) -> ChampionFollower:
-    "Read the registry to its end, then follow it in a thread."
-    ensure_models_topic(self.settings, self.topic)
-    self.current = in_use
-    self.registry = read_registry(self.settings, self.topic, timeout)
-    self._thread = threading.Thread(target=self._follow, name="champion-follower", daemon=True)
-    self._thread.start()
-    return self
-
 # %% ../nbs/07a_registry.ipynb #23e8d142
 @patch
 def _follow(self: ChampionFollower):
@@ -510,6 +495,21 @@ def take(self: ChampionFollower) -> tuple[dict, SalesModel | None] | None:
     with self._lock:
         got, self._pending = self._pending, None
     return got
+
+# %% ../nbs/07a_registry.ipynb #00a1311b
+@patch
+def start(
+    self: ChampionFollower,
+    in_use: str | None = None,  # the version the caller holds already; None: nothing yet
+    timeout: float = 30,
+) -> ChampionFollower:
+    "Read the registry to its end, then follow it in a thread."
+    ensure_models_topic(self.settings, self.topic)
+    self.current = in_use
+    self.registry = read_registry(self.settings, self.topic, timeout)
+    self._thread = threading.Thread(target=self._follow, name="champion-follower", daemon=True)
+    self._thread.start()
+    return self
 
 # %% ../nbs/07a_registry.ipynb #8a32bef2
 @patch

@@ -370,7 +370,8 @@ class Follower:
         self,
         settings: KafkaSettings,
         topics: str | list[str],
-        # where a topic's partitions start, "beginning" or "end", or {topic: either}; later ones start at their beginning
+        # where a topic's partitions start: "beginning", "end", or {topic: either, or {partition: offset}};
+        # partitions added later start at their beginning
         start: str | dict = "end",
         # a consumer group: read its share of the partitions and commit; None: every partition, nothing committed
         group_id: str | None = None,
@@ -383,7 +384,9 @@ class Follower:
             group_id=group_id,
             enable_auto_commit=group_id is not None,
             allow_auto_create_topics=False,
-            auto_offset_reset="earliest" if set(self.start.values()) == {"beginning"} else "latest",
+            auto_offset_reset="earliest"
+            if all(s == "beginning" for s in self.start.values())
+            else "latest",
             **kw,
         )
         self.group_id, self.known, self.last_record = group_id, set(), None
@@ -413,8 +416,13 @@ def refresh(self: Follower):
     seen = {tp.topic for tp in self.known}
     self.consumer.assign(sorted(self.known | new))
     for tp in sorted(new):
-        later = tp.topic in seen or self.start[tp.topic] == "beginning"
-        (self.consumer.seek_to_beginning if later else self.consumer.seek_to_end)(tp)
+        at = "beginning" if tp.topic in seen else self.start[tp.topic]
+        if isinstance(at, dict):
+            self.consumer.seek(tp, at.get(tp.partition, 0))
+        else:
+            (self.consumer.seek_to_beginning if at == "beginning" else self.consumer.seek_to_end)(
+                tp
+            )
     if added := sorted(tp for tp in new if tp.topic in seen):
         log.info("following new partitions %s", ", ".join(f"{t}[{p}]" for t, p in added))
     self.known |= new

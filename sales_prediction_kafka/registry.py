@@ -189,6 +189,7 @@ class Registry:
     versions: dict = field(default_factory=dict)  # version id -> version record
     champion: dict | None = None  # the latest champion record
     decisions: list = field(default_factory=list)  # decision records, oldest first
+    read_to: int = 0  # the offset after the last record applied: where a follower goes on
 
 # %% ../nbs/07a_registry.ipynb #47623b8c
 @patch
@@ -329,6 +330,7 @@ def apply_record(self: Registry, r) -> str:
     "Apply consumed record `r` (a kafka-python `ConsumerRecord`, bytes key and value); its key."
     key = r.key.decode() if r.key else ""
     self.apply(key, json.loads(r.value) if r.value else None)
+    self.read_to = r.offset + 1
     return key
 
 # %% ../nbs/07a_registry.ipynb #4b4635c9
@@ -460,7 +462,10 @@ class ChampionFollower:
 @patch
 def _follow(self: ChampionFollower):
     "Apply the registry's records as they arrive (in the thread), and offer each new champion."
-    follow = Follower(self.settings, self.topic, **MODEL_FETCH)
+    # on from where the registry was read to: a record written since is not missed
+    follow = Follower(
+        self.settings, self.topic, start={self.topic: {0: self.registry.read_to}}, **MODEL_FETCH
+    )
     try:
         for records in follow.batches(self.stopping, timeout=self.poll_timeout):
             if CHAMPION in [self.registry.apply_record(r) for r in records]:

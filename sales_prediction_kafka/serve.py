@@ -568,6 +568,13 @@ class Metrics:
     def events(self) -> int:
         return sum(self.counts.values())
 
+# %% ../nbs/08_serve.ipynb #28e5e8f0
+@patch
+def tick(self: Metrics):
+    "Report if the interval is over: after a batch, and between polls while idle, so the progress line stays current."
+    if time.monotonic() - self._last_t >= self.every:
+        self.report()
+
 # %% ../nbs/08_serve.ipynb #bb7399a3
 @patch
 def add(
@@ -585,13 +592,6 @@ def add(
     self.imputed.update(imputed or {})
     self.values += counts.get("scored", 0) * inputs
     self.tick()
-
-# %% ../nbs/08_serve.ipynb #28e5e8f0
-@patch
-def tick(self: Metrics):
-    "Report if the interval is over: after a batch, and between polls while idle, so the progress line stays current."
-    if time.monotonic() - self._last_t >= self.every:
-        self.report()
 
 # %% ../nbs/08_serve.ipynb #3e0c0614
 @patch
@@ -616,27 +616,6 @@ def snapshot(self: Metrics) -> dict:
         "batch_latency_ms": {"p50": _ms(lat, 0.5), "p95": _ms(lat, 0.95), "max": _ms(lat, 1.0)},
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-# %% ../nbs/08_serve.ipynb #066f258d
-@patch
-def report(self: Metrics) -> dict:
-    "Log the metrics and rewrite the file; start a new interval."
-    s = self.snapshot()
-    log.info("%s", self.line(s))
-    self.warn_rejections()
-    self.warn_imputed()
-    if self.path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(s, indent=1))
-        tmp.replace(self.path)
-    self._last_t, self._last_n, self._last_counts = (
-        time.monotonic(),
-        self.events,
-        self.counts.copy(),
-    )
-    self._last_imputed, self._last_values = self.imputed.copy(), self.values
-    return s
 
 # %% ../nbs/08_serve.ipynb #5eba99c6
 @patch
@@ -678,6 +657,27 @@ def warn_imputed(self: Metrics, share: float = 0.1, at_least: int = 20):
         100 * new.total() / values,
         ", ".join(f"{f} {c}" for f, c in new.most_common(3)),
     )
+
+# %% ../nbs/08_serve.ipynb #066f258d
+@patch
+def report(self: Metrics) -> dict:
+    "Log the metrics and rewrite the file; start a new interval."
+    s = self.snapshot()
+    log.info("%s", self.line(s))
+    self.warn_rejections()
+    self.warn_imputed()
+    if self.path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(s, indent=1))
+        tmp.replace(self.path)
+    self._last_t, self._last_n, self._last_counts = (
+        time.monotonic(),
+        self.events,
+        self.counts.copy(),
+    )
+    self._last_imputed, self._last_values = self.imputed.copy(), self.values
+    return s
 
 # %% ../nbs/08_serve.ipynb #4c21fd92
 class ServeError(SalesKafkaError, RuntimeError):

@@ -836,11 +836,6 @@ class ScoringWorker:
     def __exit__(self, *exc):
         self.close()
 
-# %% ../nbs/08_serve.ipynb #37ed0a12
-@patch(as_prop=True)
-def mode(self: ScoringWorker) -> str:
-    return "exactly-once" if self.exactly_once else "at-least-once"
-
 # %% ../nbs/08_serve.ipynb #6695f913
 @patch
 def use(self: ScoringWorker, model, events: list[dict] = ()):  # recent events it must fit
@@ -848,6 +843,11 @@ def use(self: ScoringWorker, model, events: list[dict] = ()):  # recent events i
     check_servable(model, events, self.max_imputed)
     self.model, self.validate = model, EventValidator(event_schema(model))
     self.metrics.info |= {"model_version": model.version, "swaps": self.swaps}
+
+# %% ../nbs/08_serve.ipynb #37ed0a12
+@patch(as_prop=True)
+def mode(self: ScoringWorker) -> str:
+    return "exactly-once" if self.exactly_once else "at-least-once"
 
 # %% ../nbs/08_serve.ipynb #3f66ffba
 @patch

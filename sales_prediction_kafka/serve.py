@@ -568,6 +568,13 @@ class Metrics:
     def events(self) -> int:
         return sum(self.counts.values())
 
+# %% ../nbs/08_serve.ipynb #28e5e8f0
+@patch
+def tick(self: Metrics):
+    "Report if the interval is over: after a batch, and between polls while idle, so the progress line stays current."
+    if time.monotonic() - self._last_t >= self.every:
+        self.report()
+
 # %% ../nbs/08_serve.ipynb #bb7399a3
 @patch
 def add(
@@ -585,13 +592,6 @@ def add(
     self.imputed.update(imputed or {})
     self.values += counts.get("scored", 0) * inputs
     self.tick()
-
-# %% ../nbs/08_serve.ipynb #28e5e8f0
-@patch
-def tick(self: Metrics):
-    "Report if the interval is over: after a batch, and between polls while idle, so the progress line stays current."
-    if time.monotonic() - self._last_t >= self.every:
-        self.report()
 
 # %% ../nbs/08_serve.ipynb #3e0c0614
 @patch
@@ -616,27 +616,6 @@ def snapshot(self: Metrics) -> dict:
         "batch_latency_ms": {"p50": _ms(lat, 0.5), "p95": _ms(lat, 0.95), "max": _ms(lat, 1.0)},
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-# %% ../nbs/08_serve.ipynb #066f258d
-@patch
-def report(self: Metrics) -> dict:
-    "Log the metrics and rewrite the file; start a new interval."
-    s = self.snapshot()
-    log.info("%s", self.line(s))
-    self.warn_rejections()
-    self.warn_imputed()
-    if self.path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(s, indent=1))
-        tmp.replace(self.path)
-    self._last_t, self._last_n, self._last_counts = (
-        time.monotonic(),
-        self.events,
-        self.counts.copy(),
-    )
-    self._last_imputed, self._last_values = self.imputed.copy(), self.values
-    return s
 
 # %% ../nbs/08_serve.ipynb #5eba99c6
 @patch
@@ -678,6 +657,27 @@ def warn_imputed(self: Metrics, share: float = 0.1, at_least: int = 20):
         100 * new.total() / values,
         ", ".join(f"{f} {c}" for f, c in new.most_common(3)),
     )
+
+# %% ../nbs/08_serve.ipynb #066f258d
+@patch
+def report(self: Metrics) -> dict:
+    "Log the metrics and rewrite the file; start a new interval."
+    s = self.snapshot()
+    log.info("%s", self.line(s))
+    self.warn_rejections()
+    self.warn_imputed()
+    if self.path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(s, indent=1))
+        tmp.replace(self.path)
+    self._last_t, self._last_n, self._last_counts = (
+        time.monotonic(),
+        self.events,
+        self.counts.copy(),
+    )
+    self._last_imputed, self._last_values = self.imputed.copy(), self.values
+    return s
 
 # %% ../nbs/08_serve.ipynb #4c21fd92
 class ServeError(SalesKafkaError, RuntimeError):
@@ -836,6 +836,54 @@ class ScoringWorker:
     def __exit__(self, *exc):
         self.close()
 
+# %% ../nbs/08_serve.ipynb #6695f913
+@patch
+def use(self: ScoringWorker, model, events: list[dict] = ()):  # recent events it must fit
+    "Score with `model` (a `SalesModel`) from the next micro-batch on; a `ServeError` if it cannot be served."
+    check_servable(model, events, self.max_imputed)
+    self.model, self.validate = model, EventValidator(event_schema(model))
+    self.metrics.info |= {"model_version": model.version, "swaps": self.swaps}
+
+# %% ../nbs/08_serve.ipynb #37ed0a12
+@patch(as_prop=True)
+def mode(self: ScoringWorker) -> str:
+    return "exactly-once" if self.exactly_once else "at-least-once"
+
+# %% ../nbs/08_serve.ipynb #3f66ffba
+@patch
+def __repr__(self: ScoringWorker):
+    "The worker's id, group and delivery mode."
+    return f"ScoringWorker({self.worker_id!r}, group={self.group_id!r}, {self.mode})"
+
+# %% ../nbs/08_serve.ipynb #d25959b5
+@patch
+def recent_events(self: ScoringWorker) -> list[dict]:
+    "The JSON objects of the last batch, else the newest events of the topic."
+
+    got = [
+        e for r in self.recent if isinstance(e := parse_event(r.value, self.max_event_bytes), dict)
+    ]
+    return got or newest_events(self.settings, self.topics[0])
+
+# %% ../nbs/08_serve.ipynb #6c12c37a
+@patch
+def swap(self: ScoringWorker) -> bool:
+    "Switch to a newly promoted champion, if one is ready; called between micro-batches, so between transactions."
+    got = self.follower.take() if self.follower else None
+    if got is None:
+        return False
+    old = self.model.version
+    try:
+        check_servable(got[1], self.recent_events(), self.max_imputed)
+    except ServeError as e:
+        log.error("%r keeps model %s, refusing the champion: %s", self, old, e)
+        return False
+    self.swaps += 1
+    self.use(got[1])
+    gc.freeze()
+    log.info("%r swapped model %s for the champion %s", self, old, self.model.version)
+    return True
+
 # %% ../nbs/08_serve.ipynb #3c1a63f4
 @patch
 def _group_consumer(
@@ -867,40 +915,6 @@ def _subscribe(self: ScoringWorker):
     # at once, and a poll that timed out in that second join never finished it (tests/test_worker_join.py)
     self.consumer.partitions_for_topic(self.topics[0])
 
-# %% ../nbs/08_serve.ipynb #3f66ffba
-@patch
-def __repr__(self: ScoringWorker):
-    "The worker's id, group and delivery mode."
-    return f"ScoringWorker({self.worker_id!r}, group={self.group_id!r}, {self.mode})"
-
-# %% ../nbs/08_serve.ipynb #566e324b
-@patch
-def run(
-    self: ScoringWorker,
-    idle_exit: float | None = None,  # stop after this many seconds without events; None: never
-    poll_timeout: float = 0.5,  # seconds one poll waits for messages
-) -> dict:
-    "Score batches until `stopping` is set (or, with partitions assigned, idle for `idle_exit` s); the final metrics."
-    last = time.monotonic()
-    while not self.stopping.is_set():
-        self.swap()
-        records, now = self.poll(poll_timeout), time.monotonic()
-        self.metrics.tick()
-        if records:
-            self.process(records)
-            last = time.monotonic()
-        elif not self.consumer.assignment():
-            last = now  # idle time counts from the first assignment
-        elif idle_exit is not None and now - last > idle_exit:
-            log.info("%r: no events for %.0f s; stopping", self, idle_exit)
-            break
-    return self.metrics.report()
-
-# %% ../nbs/08_serve.ipynb #37ed0a12
-@patch(as_prop=True)
-def mode(self: ScoringWorker) -> str:
-    return "exactly-once" if self.exactly_once else "at-least-once"
-
 # %% ../nbs/08_serve.ipynb #87a92e9c
 @patch
 def _new_producer(self: ScoringWorker):
@@ -930,43 +944,6 @@ def close(self: ScoringWorker):
         self.history.close()
         self.history = None
     log.info("%r closed", self)
-
-# %% ../nbs/08_serve.ipynb #6695f913
-@patch
-def use(self: ScoringWorker, model, events: list[dict] = ()):  # recent events it must fit
-    "Score with `model` (a `SalesModel`) from the next micro-batch on; a `ServeError` if it cannot be served."
-    check_servable(model, events, self.max_imputed)
-    self.model, self.validate = model, EventValidator(event_schema(model))
-    self.metrics.info |= {"model_version": model.version, "swaps": self.swaps}
-
-# %% ../nbs/08_serve.ipynb #6c12c37a
-@patch
-def swap(self: ScoringWorker) -> bool:
-    "Switch to a newly promoted champion, if one is ready; called between micro-batches, so between transactions."
-    got = self.follower.take() if self.follower else None
-    if got is None:
-        return False
-    old = self.model.version
-    try:
-        check_servable(got[1], self.recent_events(), self.max_imputed)
-    except ServeError as e:
-        log.error("%r keeps model %s, refusing the champion: %s", self, old, e)
-        return False
-    self.swaps += 1
-    self.use(got[1])
-    gc.freeze()
-    log.info("%r swapped model %s for the champion %s", self, old, self.model.version)
-    return True
-
-# %% ../nbs/08_serve.ipynb #d25959b5
-@patch
-def recent_events(self: ScoringWorker) -> list[dict]:
-    "The JSON objects of the last batch, else the newest events of the topic."
-
-    got = [
-        e for r in self.recent if isinstance(e := parse_event(r.value, self.max_event_bytes), dict)
-    ]
-    return got or newest_events(self.settings, self.topics[0])
 
 # %% ../nbs/08_serve.ipynb #804b9c7e
 @patch
@@ -1057,18 +1034,6 @@ def _renew_producer(self: ScoringWorker, why: Exception):
         except (KafkaError, StreamError) as e:
             log.warning("%r: no new transactional producer yet (%r); trying again", self, e)
 
-# %% ../nbs/08_serve.ipynb #458667cd
-@patch
-def _rewind_to_committed(self: ScoringWorker, records: list):
-    "Seek each owned partition to the group's committed offset (the batch's start where none is committed yet)."
-    firsts = first_offsets(records)
-    for tp in self.consumer.assignment():
-        o = self._committed_offset(tp)
-        if self.stopping.is_set():
-            return  # nothing was committed past the group's offsets: the next owner starts there
-        if o is not None or tp in firsts:
-            self.consumer.seek(tp, o if o is not None else firsts[tp])
-
 # %% ../nbs/08_serve.ipynb #161fa373
 @patch
 def _committed_offset(self: ScoringWorker, tp: TopicPartition) -> int | None:
@@ -1085,6 +1050,18 @@ def _committed_offset(self: ScoringWorker, tp: TopicPartition) -> int | None:
                 tp.partition,
                 self.transaction_timeout_ms // 2000,
             )
+
+# %% ../nbs/08_serve.ipynb #458667cd
+@patch
+def _rewind_to_committed(self: ScoringWorker, records: list):
+    "Seek each owned partition to the group's committed offset (the batch's start where none is committed yet)."
+    firsts = first_offsets(records)
+    for tp in self.consumer.assignment():
+        o = self._committed_offset(tp)
+        if self.stopping.is_set():
+            return  # nothing was committed past the group's offsets: the next owner starts there
+        if o is not None or tp in firsts:
+            self.consumer.seek(tp, o if o is not None else firsts[tp])
 
 # %% ../nbs/08_serve.ipynb #f4136789
 @patch
@@ -1152,6 +1129,29 @@ def sync_history(self: ScoringWorker):
         "filled": self.history.filled,
         "catch_ups": self.history.catch_ups,
     }
+
+# %% ../nbs/08_serve.ipynb #566e324b
+@patch
+def run(
+    self: ScoringWorker,
+    idle_exit: float | None = None,  # stop after this many seconds without events; None: never
+    poll_timeout: float = 0.5,  # seconds one poll waits for messages
+) -> dict:
+    "Score batches until `stopping` is set (or, with partitions assigned, idle for `idle_exit` s); the final metrics."
+    last = time.monotonic()
+    while not self.stopping.is_set():
+        self.swap()
+        records, now = self.poll(poll_timeout), time.monotonic()
+        self.metrics.tick()
+        if records:
+            self.process(records)
+            last = time.monotonic()
+        elif not self.consumer.assignment():
+            last = now  # idle time counts from the first assignment
+        elif idle_exit is not None and now - last > idle_exit:
+            log.info("%r: no events for %.0f s; stopping", self, idle_exit)
+            break
+    return self.metrics.report()
 
 # %% ../nbs/08_serve.ipynb #cf7519e1
 def find_model(

@@ -140,6 +140,16 @@ def state(self: DashboardHub) -> dict:
         "version": self.version,
     }
 
+# %% ../nbs/09a_dashboard.ipynb #75061709
+@patch
+def _send(self: DashboardHub, text: str):
+    "Queue `text` for every page; drop a page whose queue is full."
+    for q in list(self.queues):
+        try:
+            q.put_nowait(text)
+        except QueueFull:
+            self.drop(q)
+
 # %% ../nbs/09a_dashboard.ipynb #af357b1b
 @patch
 def note(
@@ -192,16 +202,6 @@ def fail(self: DashboardHub, error: str):
     "Tell the pages that the monitor stopped with `error`."
     self.error = error
     self._send(sse("failure", {"error": error}))
-
-# %% ../nbs/09a_dashboard.ipynb #75061709
-@patch
-def _send(self: DashboardHub, text: str):
-    "Queue `text` for every page; drop a page whose queue is full."
-    for q in list(self.queues):
-        try:
-            q.put_nowait(text)
-        except QueueFull:
-            self.drop(q)
 
 # %% ../nbs/09a_dashboard.ipynb #01805992
 @patch

@@ -376,6 +376,18 @@ def decide(self: Learner, trigger: Trigger, run: Path, version: str, took: float
         else 0,  # of them, labelled by an actual that came later
     } | verdict
 
+# %% ../nbs/09b_learn.ipynb #47c3f913
+@patch
+def announce(self: Learner, d: dict):
+    "Write the decision to the alerts topic, beside the drift alerts."
+    p = producer(self.settings)
+    try:
+        p.send(
+            self.alerts_topic, key=self.models_topic, value=decision_alert(d, self.models_topic)
+        ).get(timeout=30)
+    finally:
+        p.close(timeout=5)
+
 # %% ../nbs/09b_learn.ipynb #870ac807
 @patch
 def retrain(self: Learner, trigger: Trigger) -> dict | None:
@@ -394,18 +406,6 @@ def retrain(self: Learner, trigger: Trigger) -> dict | None:
     self.announce(d)
     log.info(describe_decision(d))
     return d
-
-# %% ../nbs/09b_learn.ipynb #47c3f913
-@patch
-def announce(self: Learner, d: dict):
-    "Write the decision to the alerts topic, beside the drift alerts."
-    p = producer(self.settings)
-    try:
-        p.send(
-            self.alerts_topic, key=self.models_topic, value=decision_alert(d, self.models_topic)
-        ).get(timeout=30)
-    finally:
-        p.close(timeout=5)
 
 # %% ../nbs/09b_learn.ipynb #52bfada3
 # where the learner reads and writes: the cluster, its topics and the retrains' run folders

@@ -140,6 +140,16 @@ def state(self: DashboardHub) -> dict:
         "version": self.version,
     }
 
+# %% ../nbs/09a_dashboard.ipynb #75061709
+@patch
+def _send(self: DashboardHub, text: str):
+    "Queue `text` for every page; drop a page whose queue is full."
+    for q in list(self.queues):
+        try:
+            q.put_nowait(text)
+        except QueueFull:
+            self.drop(q)
+
 # %% ../nbs/09a_dashboard.ipynb #af357b1b
 @patch
 def note(
@@ -192,16 +202,6 @@ def fail(self: DashboardHub, error: str):
     "Tell the pages that the monitor stopped with `error`."
     self.error = error
     self._send(sse("failure", {"error": error}))
-
-# %% ../nbs/09a_dashboard.ipynb #75061709
-@patch
-def _send(self: DashboardHub, text: str):
-    "Queue `text` for every page; drop a page whose queue is full."
-    for q in list(self.queues):
-        try:
-            q.put_nowait(text)
-        except QueueFull:
-            self.drop(q)
 
 # %% ../nbs/09a_dashboard.ipynb #01805992
 @patch
@@ -360,29 +360,6 @@ def _log_request(handler: web.RequestHandler):
 class _Guarded(web.RequestHandler):
     "A handler that answers only requests bearing the app's token (when it has one)."
 
-# %% ../nbs/09a_dashboard.ipynb #f6091007
-@patch
-def prepare(self: _Guarded):
-    token = self.settings.get("token")
-    if token is None:
-        return
-    query = self.get_query_argument("token", "")
-    given = (
-        query
-        or self.get_cookie(_COOKIE, "")
-        or self.request.headers.get("Authorization", "").removeprefix("Bearer ")
-    )
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        self.set_status(401)
-        self.set_header("WWW-Authenticate", "Bearer")
-        self.finish()
-        return
-    if query:  # into a cookie, and out of the address bar
-        self.set_cookie(_COOKIE, token, httponly=True, samesite="Strict")
-        rest = {k: v[-1] for k, v in self.request.query_arguments.items() if k != "token"}
-        self.redirect(self.request.path + ("?" + urlencode(rest) if rest else ""))
-        return
-
 # %% ../nbs/09a_dashboard.ipynb #9ac79ad1
 class _BrowsePage(_Guarded):
     def get(self, page):
@@ -461,12 +438,6 @@ class _Events(_Guarded):
         finally:
             self.hub.drop(self.q)
 
-# %% ../nbs/09a_dashboard.ipynb #4cc97327
-@patch
-def on_connection_close(self: _Events):
-    if hasattr(self, "q"):
-        self.hub.drop(self.q)
-
 # %% ../nbs/09a_dashboard.ipynb #4a686ec8
 @functools.cache
 def static_page(name: str = "dashboard.html") -> str:
@@ -510,6 +481,35 @@ def dashboard_app(
         token=token,
         log_function=_log_request,
     )
+
+# %% ../nbs/09a_dashboard.ipynb #f6091007
+@patch
+def prepare(self: _Guarded):
+    token = self.settings.get("token")
+    if token is None:
+        return
+    query = self.get_query_argument("token", "")
+    given = (
+        query
+        or self.get_cookie(_COOKIE, "")
+        or self.request.headers.get("Authorization", "").removeprefix("Bearer ")
+    )
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        self.set_status(401)
+        self.set_header("WWW-Authenticate", "Bearer")
+        self.finish()
+        return
+    if query:  # into a cookie, and out of the address bar
+        self.set_cookie(_COOKIE, token, httponly=True, samesite="Strict")
+        rest = {k: v[-1] for k, v in self.request.query_arguments.items() if k != "token"}
+        self.redirect(self.request.path + ("?" + urlencode(rest) if rest else ""))
+        return
+
+# %% ../nbs/09a_dashboard.ipynb #4cc97327
+@patch
+def on_connection_close(self: _Events):
+    if hasattr(self, "q"):
+        self.hub.drop(self.q)
 
 # %% ../nbs/09a_dashboard.ipynb #9fc57f48
 def _feed(hub: DashboardHub, loop, stop: threading.Event, kw: dict):

@@ -265,31 +265,6 @@ class Learner:
         store_attr("target,actuals_topic")
         self.runs, self.params, self.stop = Path(runs), params or {}, threading.Event()
 
-# %% ../nbs/09b_learn.ipynb #5d71ba31
-@patch
-def run(
-    self: Learner,
-    triggers: Triggers,
-    max_retrains: int | None = None,  # stop after this many decisions; None: until stopped
-) -> list[dict]:
-    "Retrain whenever `triggers` gives a reason, until stopped; the decisions."
-    decisions, follower = [], ChampionFollower(self.settings, self.models_topic, load=False).start()
-    try:
-        for ms in triggers.follow.batches(self.stop, timeout=0.5):
-            if (t := triggers.reason(ms, follower.registry.champion)) is None:
-                continue
-            try:
-                if d := self.retrain(t):
-                    decisions.append(d)
-            except (LearnError, StreamError, RegistryError) as e:
-                log.error("retrain (%s) failed: %s", t.why, e)
-            if max_retrains is not None and len(decisions) >= max_retrains:
-                break
-            triggers.restart()
-    finally:
-        follower.stop()
-    return decisions
-
 # %% ../nbs/09b_learn.ipynb #b0742bca
 @patch
 def labelled(self: Learner, **window) -> tuple[list[dict], dict]:
@@ -376,6 +351,18 @@ def decide(self: Learner, trigger: Trigger, run: Path, version: str, took: float
         else 0,  # of them, labelled by an actual that came later
     } | verdict
 
+# %% ../nbs/09b_learn.ipynb #47c3f913
+@patch
+def announce(self: Learner, d: dict):
+    "Write the decision to the alerts topic, beside the drift alerts."
+    p = producer(self.settings)
+    try:
+        p.send(
+            self.alerts_topic, key=self.models_topic, value=decision_alert(d, self.models_topic)
+        ).get(timeout=30)
+    finally:
+        p.close(timeout=5)
+
 # %% ../nbs/09b_learn.ipynb #870ac807
 @patch
 def retrain(self: Learner, trigger: Trigger) -> dict | None:
@@ -395,17 +382,30 @@ def retrain(self: Learner, trigger: Trigger) -> dict | None:
     log.info(describe_decision(d))
     return d
 
-# %% ../nbs/09b_learn.ipynb #47c3f913
+# %% ../nbs/09b_learn.ipynb #5d71ba31
 @patch
-def announce(self: Learner, d: dict):
-    "Write the decision to the alerts topic, beside the drift alerts."
-    p = producer(self.settings)
+def run(
+    self: Learner,
+    triggers: Triggers,
+    max_retrains: int | None = None,  # stop after this many decisions; None: until stopped
+) -> list[dict]:
+    "Retrain whenever `triggers` gives a reason, until stopped; the decisions."
+    decisions, follower = [], ChampionFollower(self.settings, self.models_topic, load=False).start()
     try:
-        p.send(
-            self.alerts_topic, key=self.models_topic, value=decision_alert(d, self.models_topic)
-        ).get(timeout=30)
+        for ms in triggers.follow.batches(self.stop, timeout=0.5):
+            if (t := triggers.reason(ms, follower.registry.champion)) is None:
+                continue
+            try:
+                if d := self.retrain(t):
+                    decisions.append(d)
+            except (LearnError, StreamError, RegistryError) as e:
+                log.error("retrain (%s) failed: %s", t.why, e)
+            if max_retrains is not None and len(decisions) >= max_retrains:
+                break
+            triggers.restart()
     finally:
-        p.close(timeout=5)
+        follower.stop()
+    return decisions
 
 # %% ../nbs/09b_learn.ipynb #52bfada3
 # where the learner reads and writes: the cluster, its topics and the retrains' run folders

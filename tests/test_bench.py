@@ -152,7 +152,15 @@ def test_history_restore_and_latency_sides(results):
     assert (
         h["latency"]["worker_metrics"]["state"]["history"]["series"] == h["plan"]["stream_series"]
     )
-    assert "## Per-series state" in results["_stdout"]
+    work = {x["side"]: x for x in h["work"]["rows"]}
+    p, k = h["plan"], work["state"]["events_per_batch"]
+    # both sides scored the same batches: every whole batch but those that end within the warm-up round
+    counted = p["events"] * (p["rounds"] + 1) // k - p["events"] // k
+    assert work["state"]["batches"] == work["no_state"]["batches"] == counted, work
+    assert positive(
+        work["state"]["work_p50_ms"], work["no_state"]["work_p50_ms"], h["work"]["ratio_p50"]
+    )
+    assert "## Per-series state" in results["_stdout"] and "in one process" in results["_stdout"]
 
 
 def test_scale_sizes_time_and_memory(results):

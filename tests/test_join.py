@@ -205,7 +205,17 @@ def test_joiner_sigkill_and_rebalances_join_every_actual_once(
             "the surviving joiner to take over all partitions",
         )
         # same id: an exactly-once joiner fences its predecessor
+        (tmp_path / "j1.json").unlink()  # the killed joiner's last report
         j1 = start_joiner(tmp_path, s, t, group, "j1", exactly_once)
+        # the second rebalance, before the rest of the stream: under load the survivor could otherwise join it all
+        # while the new process still imports, and the SIGTERM at the end would find it before its handler
+        wait_for(
+            lambda: (
+                owned(tmp_path, "j1") and len(owned(tmp_path, "j1") + owned(tmp_path, "j2")) == 6
+            ),
+            120,
+            "the restarted joiner to take its share back",
+        )
         resume.set()
         feeder.join()
         read_all(s, t.joined, isolation, until=lambda recs: len(keys(recs)) >= N_PAIRS, timeout=180)

@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'HISTORY_PERIODS', 'HISTORY_CONFIGS', 'series_key', 'periods_read', 'periods_needed', 'history_value',
-           'history_items', 'period_of', 'derived_columns', 'derive_known', 'event_features', 'derive_events',
-           'HistoryError', 'ensure_history_topic', 'SeriesHistory']
+           'history_items', 'period_of', 'derived_columns', 'derive_known', 'known_rows', 'event_features',
+           'derive_events', 'HistoryError', 'ensure_history_topic', 'SeriesHistory']
 
 # %% ../nbs/08e_history.ipynb #fb205636
 def series_key(event: dict, series: list) -> str:
@@ -103,9 +103,8 @@ def period_of(
     memo: dict,  # frequency -> {time value: period number}, kept between calls
 ) -> np.ndarray:
     "The period number of each of `times` at `axis.freq`, parsing (with `parse_times`) only those not yet in `memo`."
-    seen = memo.setdefault(
-        axis.freq, {}
-    )  # a model swapped for one of another frequency numbers periods anew
+    # a model swapped for one of another frequency numbers periods anew
+    seen = memo.setdefault(axis.freq, {})
     new = [t for t in dict.fromkeys(times) if t not in seen]
     if new:
         if len(seen) > 100_000:
@@ -144,6 +143,15 @@ def derive_known(
     got = zip(*(made[c].tolist() for c in columns))
     return [ev | dict(zip(columns, v)) for ev, v in zip(events, got)]
 
+# %% ../nbs/08e_history.ipynb #4f05eff6
+def known_rows(
+    axis: TimeAxis,
+    rows,  # (time, actual) pairs, as a history record holds them
+    memo: dict,  # `period_of`'s parsed times
+) -> tuple:
+    "`rows` as the arrays `derive_known` reads: (period numbers, actuals), a missing actual NaN."
+    return period_of(axis, [t for t, _ in rows], memo), np.array([y for _, y in rows], np.float64)
+
 # %% ../nbs/08e_history.ipynb #9cc6cac6
 def event_features(
     axis: TimeAxis,
@@ -155,15 +163,8 @@ def event_features(
 ) -> list[dict]:
     "`derive_known` from the series' (time, actual) `rows`, parsing the times."
     memo = {} if memo is None else memo
-    mine = {
-        k: r
-        for k in dict.fromkeys(series_key(ev, axis.series) for ev in events)
-        if (r := rows.get(k))
-    }
-    flat = period_of(axis, [t for r in mine.values() for t, _ in r], memo)
-    known, i = {}, 0
-    for k, r in mine.items():
-        known[k], i = (flat[i : i + len(r)], np.array([y for _, y in r], np.float64)), i + len(r)
+    keys = dict.fromkeys(series_key(ev, axis.series) for ev in events)
+    known = {k: known_rows(axis, rows[k], memo) for k in keys if rows.get(k)}
     at = period_of(axis, [ev[axis.column] for ev in events], memo)
     return derive_known(axis, target, events, at, known, columns)
 
@@ -297,8 +298,7 @@ def known(self: SeriesHistory, axis: TimeAxis, key: str) -> tuple | None:
     if got is None or got[0] != axis.freq:
         if (v := self.value(key)) is None:
             return None
-        y = np.array([r[1] for r in v["rows"]], np.float64)
-        p = period_of(axis, [r[0] for r in v["rows"]], self.periods)
+        p, y = known_rows(axis, v["rows"], self.periods)
         got = self.parsed[key] = (axis.freq, p, y, set(p[~np.isnan(y)].tolist()))
     return got[1:]
 

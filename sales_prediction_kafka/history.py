@@ -105,13 +105,16 @@ def period_of(
     "The period number of each of `times` at `axis.freq`, parsing (with `parse_times`) only those not yet in `memo`."
     # a model swapped for one of another frequency numbers periods anew
     seen = memo.setdefault(axis.freq, {})
+    try:  # the common case, every time seen before: a lookup each (a held record is read once per actual)
+        return np.fromiter(map(seen.__getitem__, times), np.int64, len(times))
+    except KeyError:
+        pass
+    if len(seen) > 100_000:
+        seen.clear()  # a bound for streams whose times never repeat
     new = [t for t in dict.fromkeys(times) if t not in seen]
-    if new:
-        if len(seen) > 100_000:
-            seen.clear()  # a bound for streams whose times never repeat
-        made = period_numbers(parse_times(pd.Series(new, name=axis.column)), axis.freq)
-        seen.update(zip(new, made.tolist()))
-    return np.array([seen[t] for t in times], np.int64)
+    made = period_numbers(parse_times(pd.Series(new, name=axis.column)), axis.freq)
+    seen.update(zip(new, made.tolist()))
+    return np.fromiter(map(seen.__getitem__, times), np.int64, len(times))
 
 # %% ../nbs/08e_history.ipynb #3e8c4fc5
 def derived_columns(model) -> list:
@@ -150,7 +153,8 @@ def known_rows(
     memo: dict,  # `period_of`'s parsed times
 ) -> tuple:
     "`rows` as the arrays `derive_known` reads: (period numbers, actuals), a missing actual NaN."
-    return period_of(axis, [t for t, _ in rows], memo), np.array([y for _, y in rows], np.float64)
+    times, actuals = zip(*rows) if len(rows) else ((), ())
+    return period_of(axis, times, memo), np.array(actuals, np.float64)
 
 # %% ../nbs/08e_history.ipynb #9cc6cac6
 def event_features(
@@ -283,23 +287,22 @@ def hold(self: SeriesHistory, records) -> int:
 @patch
 def value(self: SeriesHistory, key: str) -> dict | None:
     "The latest history record of series `key`, decoded (None if it has none)."
+    # held as bytes: a decoded record is some forty objects for the garbage collector to scan (`known` keeps arrays)
     for d in self.latest.values():
         if (v := d.get(key)) is not None:
-            if isinstance(v, bytes):
-                v = d[key] = json.loads(v)
-            return v
+            return json.loads(v) if isinstance(v, bytes) else v
     return None
 
 # %% ../nbs/08e_history.ipynb #59bbdb311c014d738909a11f9e486628
 @patch
 def known(self: SeriesHistory, axis: TimeAxis, key: str) -> tuple | None:
-    "Series `key`'s held actuals as (period numbers, actuals, the periods with an actual), parsed once per record (None if it has none)."
+    "Series `key`'s held actuals as (period numbers, actuals, the periods with an actual, the rows its record keeps), parsed once per record (None if it has none)."
     got = self.parsed.get(key)
     if got is None or got[0] != axis.freq:
         if (v := self.value(key)) is None:
             return None
         p, y = known_rows(axis, v["rows"], self.periods)
-        got = self.parsed[key] = (axis.freq, p, y, set(p[~np.isnan(y)].tolist()))
+        got = self.parsed[key] = (axis.freq, p, y, set(p[~np.isnan(y)].tolist()), v.get("keep"))
     return got[1:]
 
 # %% ../nbs/08e_history.ipynb #b4ddd956
@@ -388,22 +391,21 @@ def features(self: SeriesHistory, model, events: list[dict]) -> list[dict]:
     "`events` with the features `model` derives from earlier actuals, made from their series' history (caught up for them first)."
     self.catch_up(model, events)
     a, need = model.axis, periods_needed(model.axis)
-    values = {
+    known = {
         k: v
         for k in dict.fromkeys(series_key(ev, a.series) for ev in events)
-        if (v := self.value(k)) is not None
+        if (v := self.known(a, k)) is not None
     }
-    if short := next((v for v in values.values() if v.get("keep", need) < need), None):
+    if short := next((keep for *_, keep in known.values() if (keep or need) < need), None):
         raise HistoryError(
-            f"the history records on {self.topic!r} keep {short['keep']} periods, but model {model.name!r} reads "
+            f"the history records on {self.topic!r} keep {short} periods, but model {model.name!r} reads "
             f"{need} periods back: publish them with more (sales-kafka replay --history-periods {need})"
         )
     cols = derived_columns(model)
-    known = {k: self.known(a, k)[:2] for k in values}
     at = period_of(a, [ev[a.column] for ev in events], self.periods)
-    made = derive_known(a, model.target, events, at, known, cols)
+    made = derive_known(a, model.target, events, at, {k: v[:2] for k, v in known.items()}, cols)
     filled = sum(
-        any(np.isnan(ev[c]) for c in cols) for ev in made if series_key(ev, a.series) in values
+        any(math.isnan(ev[c]) for c in cols) for ev in made if series_key(ev, a.series) in known
     )
     if filled:  # a series with history, and still a lag missing: a late actual, or a record that no longer reaches back
         self.filled += filled
@@ -412,7 +414,7 @@ def features(self: SeriesHistory, model, events: list[dict]) -> list[dict]:
             "or the record's %s rows no longer reach back to it (replay --history-periods); filled in with training values",
             filled,
             self.topic,
-            next(iter(values.values()))["keep"] if values else "?",
+            next(iter(known.values()))[3] if known else "?",
         )
     return made
 

@@ -10,6 +10,13 @@ log = logging.getLogger("bench")
 RESULTS = Path(__file__).parent / "results"  # where `write_result` puts <name>.json by default
 
 
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    "User + system CPU seconds of process `pid` so far, all its threads (librdkafka's and kafka-python's included), or of its thread `thread` alone."
+    stat = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_model() -> str:
     "The CPU model name from /proc/cpuinfo."
     try:

@@ -19,7 +19,7 @@ import json, subprocess, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .common import kafka, load, log, tag, table, targets_line, write_result
+from .common import cpu_seconds, kafka, load, log, tag, table, targets_line, write_result
 from .live import Worker, read_timestamps, stats, total_records
 
 NAME = "history"
@@ -352,13 +352,18 @@ def latency(settings, dirs: dict, p: dict, tmp: Path) -> dict:
         value_serializer=None,
     )
     ids = {s: [] for s in sides}
+    # CPU seconds of each worker in its own counted rounds: (the whole process, its main thread)
+    cpu = {s: np.zeros(2) for s in sides}
+    used = lambda s: np.array([cpu_seconds(pid := sides[s][0].proc.pid), cpu_seconds(pid, pid)])
     try:
         # round 0 warms both up (and gives the lag side a year of history): not counted
         for r in range(p["rounds"] + 1):
             for s in list(sides) if r % 2 == 0 else list(sides)[::-1]:
+                before = used(s)
                 n = send_round(settings, send, rounds[s][r], sides[s][1], p["rate"])
                 if r:
                     ids[s].append(range(r * per_round, r * per_round + n))
+                    cpu[s] += used(s) - before
             log.info("history round %d of %d done", r, p["rounds"])
     finally:
         send.close(5)
@@ -384,6 +389,9 @@ def latency(settings, dirs: dict, p: dict, tmp: Path) -> dict:
                 ),
                 **round_rates(each),
                 "dead_letters": total_records(settings, t["dlq"]),
+                # per event sent in the counted rounds; the other threads are kafka-python's
+                "cpu_us_per_event": 1e6 * cpu[s][0] / sum(map(len, ids[s])),
+                "main_thread_cpu_us_per_event": 1e6 * cpu[s][1] / sum(map(len, ids[s])),
             }
         )
         try:
@@ -483,6 +491,8 @@ def run(
         "ratios": {
             f"p99_state_vs_no_state_{p['rate']}/s": ratio,
             "work_p50_state_vs_no_state_in_process": work["ratio_p50"],
+            "cpu_per_event_state_vs_no_state": by["state"]["cpu_us_per_event"]
+            / by["no_state"]["cpu_us_per_event"],
         },
         "targets": targets,
         "load_before": load_before,
@@ -498,6 +508,8 @@ def run(
             f"into rounds, encoded before the clock starts and sent as bytes by one producer (a {LINGER_MS} ms linger); rates are per round (median)",
             "state side: linear model on price, calendar, lags 1, 2, 12 and a 3-month mean (TimeAxis.derive_from per batch); "
             "no-state side: the same model without lags (calendar and price)",
+            "cpu_us_per_event: each worker process's user+system CPU (all threads; main_thread: the thread that polls, "
+            "scores and sends) during its own counted rounds, from /proc/<pid>/stat and /proc/<pid>/task/<pid>/stat",
             f"work: serve.plan_batch of {WORK_BATCH}-event batches of the latency stream in this process, the sides alternating "
             "batch by batch, the history records held as the stream brings them; perf_counter around each call",
         ],
@@ -546,11 +558,14 @@ def run(
                 "work_p99_ms",
                 "batches",
                 "catch_ups",
+                "cpu_us_per_event",
+                "main_thread_cpu_us_per_event",
             ],
         )
     )
     print(
-        f"\np99 at {p['rate']}/s: with lag state / without {ratio:.2f} (target <= {TARGET_RATIO})"
+        f"\np99 at {p['rate']}/s: with lag state / without {ratio:.2f} (target <= {TARGET_RATIO}); "
+        f"CPU per event {result['ratios']['cpu_per_event_state_vs_no_state']:.2f}"
     )
     print("\nThe same batches' work in one process, no Kafka between:\n")
     print(table(work["rows"]))

@@ -10,7 +10,17 @@ from __future__ import annotations
 import gc, importlib.util, json, os, statistics, subprocess, sys, tempfile
 from pathlib import Path
 import numpy as np
-from .common import kafka, load, log, run_worker, tag, table, targets_line, write_result
+from .common import (
+    cpu_seconds,
+    kafka,
+    load,
+    log,
+    run_worker,
+    tag,
+    table,
+    targets_line,
+    write_result,
+)
 from .live import (
     LATENCY_COLUMNS,
     Worker,
@@ -77,12 +87,6 @@ def start(
     w = Worker(args, log_file, "bench.peer_quix", quix_env()) if quix else Worker(args, log_file)
     d = json.loads(w.expect("DRAIN", 300))
     return w, t, {**d, "per_s": d["events"] / d["seconds"]}
-
-
-def cpu_seconds(pid: int) -> float:
-    "User + system CPU seconds of process `pid` so far, all its threads (librdkafka's and kafka-python's included)."
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rotated(r: int) -> tuple:

@@ -149,6 +149,7 @@ def test_history_restore_and_latency_sides(results):
             and x["dead_letters"] == 0
         ), x
         assert 0 <= x["p50_ms"] <= x["p99_ms"] <= x["max_ms"], x
+        assert 0 < x["main_thread_cpu_us_per_event"] < x["cpu_us_per_event"], x
     assert (
         h["latency"]["worker_metrics"]["state"]["history"]["series"] == h["plan"]["stream_series"]
     )

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json, logging, math, time
 from collections import deque
+from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from kafka import TopicPartition
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'HISTORY_PERIODS', 'HISTORY_CONFIGS', 'series_key', 'periods_read', 'periods_needed', 'history_value',
            'history_items', 'period_of', 'derived_columns', 'derive_known', 'known_rows', 'event_features',
-           'derive_events', 'HistoryError', 'ensure_history_topic', 'SeriesHistory']
+           'derive_events', 'HistoryError', 'ensure_history_topic', 'SeriesHistory', 'Known']
 
 # %% ../nbs/08e_history.ipynb #fb205636
 def series_key(event: dict, series: list) -> str:
@@ -246,7 +247,7 @@ class SeriesHistory:
             0,
         )
         self.periods = {}  # time value -> period number, parsed once (`period_of`)
-        self.parsed = {}  # series key -> its held actuals as numbers (`known`), until a newer record
+        self.parsed = {}  # series key -> (frequency, `Known`) of its held record (`known`), until a newer record
         # batches that lacked an actual in the held records and read on (`catch_up`)
         self.catch_ups = 0
         # a catch-up waits for a fetch: 500 ms (the default) made its p99 179 ms, 10 ms makes it 11 ms
@@ -293,17 +294,29 @@ def value(self: SeriesHistory, key: str) -> dict | None:
             return json.loads(v) if isinstance(v, bytes) else v
     return None
 
+# %% ../nbs/08e_history.ipynb #5a1c0e2b
+class Known(NamedTuple):
+    "A series' held actuals as numbers: what `SeriesHistory.known` parses a history record into."
+
+    periods: np.ndarray  # the period number of each row
+    actuals: np.ndarray  # each row's actual, NaN where missing
+    have: set  # the periods with an actual
+    keep: int | None  # the rows the record keeps (None: not said)
+
 # %% ../nbs/08e_history.ipynb #59bbdb311c014d738909a11f9e486628
 @patch
-def known(self: SeriesHistory, axis: TimeAxis, key: str) -> tuple | None:
-    "Series `key`'s held actuals as (period numbers, actuals, the periods with an actual, the rows its record keeps), parsed once per record (None if it has none)."
+def known(self: SeriesHistory, axis: TimeAxis, key: str) -> Known | None:
+    "Series `key`'s held actuals as numbers (`Known`), parsed once per record (None if it has none)."
     got = self.parsed.get(key)
     if got is None or got[0] != axis.freq:
         if (v := self.value(key)) is None:
             return None
         p, y = known_rows(axis, v["rows"], self.periods)
-        got = self.parsed[key] = (axis.freq, p, y, set(p[~np.isnan(y)].tolist()), v.get("keep"))
-    return got[1:]
+        got = self.parsed[key] = (
+            axis.freq,
+            Known(p, y, set(p[~np.isnan(y)].tolist()), v.get("keep")),
+        )
+    return got[1]
 
 # %% ../nbs/08e_history.ipynb #b4ddd956
 @patch
@@ -356,7 +369,7 @@ def lacking(self: SeriesHistory, model, events: list[dict]) -> list[str]:
     at = period_of(a, [ev[a.column] for ev in events], self.periods)
     for ev, p in zip(events, at.tolist()):
         read.setdefault(series_key(ev, a.series), set()).update((p - back).tolist())
-    have = lambda k: (self.known(a, k) or (None, None, set()))[2]
+    have = lambda k: got.have if (got := self.known(a, k)) else set()
     return [k for k, need in read.items() if not need <= have(k)]
 
 # %% ../nbs/08e_history.ipynb #0b9e4f72
@@ -396,14 +409,16 @@ def features(self: SeriesHistory, model, events: list[dict]) -> list[dict]:
         for k in dict.fromkeys(series_key(ev, a.series) for ev in events)
         if (v := self.known(a, k)) is not None
     }
-    if short := next((keep for *_, keep in known.values() if (keep or need) < need), None):
+    if short := next((v.keep for v in known.values() if (v.keep or need) < need), None):
         raise HistoryError(
             f"the history records on {self.topic!r} keep {short} periods, but model {model.name!r} reads "
             f"{need} periods back: publish them with more (sales-kafka replay --history-periods {need})"
         )
     cols = derived_columns(model)
     at = period_of(a, [ev[a.column] for ev in events], self.periods)
-    made = derive_known(a, model.target, events, at, {k: v[:2] for k, v in known.items()}, cols)
+    made = derive_known(
+        a, model.target, events, at, {k: (v.periods, v.actuals) for k, v in known.items()}, cols
+    )
     filled = sum(
         any(math.isnan(ev[c]) for c in cols) for ev in made if series_key(ev, a.series) in known
     )
@@ -414,7 +429,7 @@ def features(self: SeriesHistory, model, events: list[dict]) -> list[dict]:
             "or the record's %s rows no longer reach back to it (replay --history-periods); filled in with training values",
             filled,
             self.topic,
-            next(iter(known.values()))[3] if known else "?",
+            next(iter(known.values())).keep if known else "?",
         )
     return made
 

@@ -250,6 +250,8 @@ class SeriesHistory:
         self.parsed = {}  # series key -> (frequency, `Known`) of its held record (`known`), until a newer record
         # batches that lacked an actual in the held records and read on (`catch_up`)
         self.catch_ups = 0
+        self.next = {}  # partition -> the offset after the newest record held, whichever consumer read it
+        self.moved = set()  # partitions this consumer read on since the last `follow`
         # a catch-up waits for a fetch: 500 ms (the default) made its p99 179 ms, 10 ms makes it 11 ms
         self.consumer = consumer(
             settings,
@@ -272,17 +274,29 @@ class SeriesHistory:
 # %% ../nbs/08e_history.ipynb #c41f0a2b
 @patch
 def hold(self: SeriesHistory, records) -> int:
-    "Hold each of `records` (the history topic's) as its series' latest record (a tombstone forgets it); how many."
+    "Hold each of `records` (the history topic's) newer than those held as its series' latest record (a tombstone forgets it); how many."
     n = 0
     for r in records:
-        d, k = self.latest[r.partition], r.key.decode() if r.key is not None else ""
+        d = self.latest.get(r.partition)
+        if d is None or r.offset < self.next.get(r.partition, 0):
+            continue  # a partition not owned, or a record held already (the other consumer read it)
+        k = r.key.decode() if r.key is not None else ""
         if r.value is None:
             d.pop(k, None)
         else:
             d[k] = r.value
         self.parsed.pop(k, None)
+        self.next[r.partition] = r.offset + 1
         n += 1
     return n
+
+# %% ../nbs/08e_history.ipynb #d497e4ae
+@patch
+def take(self: SeriesHistory, records: list) -> list:
+    "Hold the records of the history topic among `records` (a worker's poll reads it beside the events); the others."
+    mine = [r for r in records if r.topic == self.topic]
+    self.hold(mine)
+    return [r for r in records if r.topic != self.topic] if mine else records
 
 # %% ../nbs/08e_history.ipynb #37c20cc4
 @patch
@@ -325,11 +339,18 @@ def read_to_end(self: SeriesHistory, timeout: float = 60) -> int:
     tps = sorted(self.consumer.assignment())
     if not tps:
         return 0
+    for tp in tps:
+        if tp.partition in self.next:  # on from the newest record held, whichever consumer read it
+            self.consumer.seek(tp, self.next[tp.partition])
     try:
         ends = self.consumer.end_offsets(tps)
-        return self.hold(read_records(self.consumer, None, ends, timeout, True, max_records=10_000))
+        n = self.hold(read_records(self.consumer, None, ends, timeout, True, max_records=10_000))
     except ReadTimeout:
         raise HistoryError(f"could not read {self.topic!r} to its end in {timeout:.0f} s") from None
+    for tp, end in ends.items():  # past a transaction's marker too
+        self.next[tp.partition] = max(self.next.get(tp.partition, 0), end)
+    self.moved.update(tp.partition for tp in tps)
+    return n
 
 # %% ../nbs/08e_history.ipynb #395df6b1
 @patch
@@ -344,13 +365,12 @@ def sync(
     for p in gone:
         for k in self.latest.pop(p):
             self.parsed.pop(k, None)
-    tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-    at = {tp: self.consumer.position(tp) for tp in self.consumer.assignment() if tp in tps}
-    self.consumer.assign(tps)
-    for tp in tps:
-        self.consumer.seek(tp, at[tp]) if tp in at else self.consumer.seek_to_beginning(tp)
+        self.next.pop(p, None), self.moved.discard(p)
+    # the partitions kept are read on from `next` (`read_to_end`)
+    self.consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
     for p in new:
         self.latest[p] = {}
+        self.consumer.seek_to_beginning(TopicPartition(self.topic, p))
     if new:
         t0, n = time.monotonic(), self.read_to_end()
         took = round(time.monotonic() - t0, 3)
@@ -358,6 +378,20 @@ def sync(
             {"partitions": sorted(new), "records": n, "series": self.series, "seconds": took}
         )
         log.info("%r restored partitions %s: %d records in %.2f s", self, sorted(new), n, took)
+
+# %% ../nbs/08e_history.ipynb #2865c6f3
+@patch
+def follow(
+    self: SeriesHistory,
+    live,  # the worker's group consumer, reading this topic beside the events
+) -> list:
+    "Seek `live` to the newest record held in each owned partition this consumer read on (a restore, a catch-up); those partitions."
+    owned = live.assignment()
+    done = [p for p in sorted(self.moved) if TopicPartition(self.topic, p) in owned]
+    for p in done:
+        live.seek(TopicPartition(self.topic, p), self.next[p])
+    self.moved -= set(done)
+    return done
 
 # %% ../nbs/08e_history.ipynb #f5a8c3d1
 @patch
@@ -372,31 +406,14 @@ def lacking(self: SeriesHistory, model, events: list[dict]) -> list[str]:
     have = lambda k: got.have if (got := self.known(a, k)) else set()
     return [k for k, need in read.items() if not need <= have(k)]
 
-# %% ../nbs/08e_history.ipynb #0b9e4f72
-@patch
-def absorb(
-    self: SeriesHistory,
-    most: int = 10_000,  # records per poll; a poll that returns fewer has emptied what was fetched
-) -> int:
-    "Hold the history records the consumer has fetched already, without waiting for more; how many."
-    n, more = 0, bool(self.latest)
-    # one poll in the common case: each costs about as much as an end-offsets request under load
-    while more:
-        got = [r for rs in self.consumer.poll(timeout_ms=0, max_records=most).values() for r in rs]
-        n, more = n + self.hold(got), len(got) == most
-    return n
-
 # %% ../nbs/08e_history.ipynb #7d2c6e19
 @patch
 def catch_up(self: SeriesHistory, model, events: list[dict], timeout: float = 60) -> int:
-    "Hold every record `events` need: if an actual they read is lacking, those fetched already, then all up to the end offsets now (`read_to_end`); the records read."
+    "Hold every record `events` need: if an actual they read is lacking, all up to the end offsets now (`read_to_end`); the records read."
     if not self.consumer.assignment() or not self.lacking(model, events):
         return 0  # what is held answers every event: no newer record can change their features
-    n = self.absorb()  # what the consumer fetched since the events were polled
-    if not self.lacking(model, events):
-        return n
     self.catch_ups += 1
-    return n + self.read_to_end(timeout)
+    return self.read_to_end(timeout)
 
 # %% ../nbs/08e_history.ipynb #bbb3f505
 @patch

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import click
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from kafka.serializer import DefaultSerializer
 from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -774,7 +775,8 @@ class AssignmentReporter(ConsumerRebalanceListener):
         pass  # batches are delivered before the next poll; a commit in flight may be lost: redelivery
 
     def on_partitions_assigned(self, assigned):
-        self.worker.metrics.partitions = sorted(tp.partition for tp in assigned)
+        # a lag model's worker owns the same numbers of the history topic too
+        self.worker.metrics.partitions = sorted({tp.partition for tp in assigned})
         log.info("%r now owns partitions %s", self.worker, self.worker.metrics.partitions)
         self.worker.metrics.report()
 
@@ -814,9 +816,9 @@ class ScoringWorker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.topics = (events_topic, predictions_topic, dead_letter_topic)
         self.metrics = metrics or Metrics(worker=self.worker_id, group=group_id, mode=self.mode)
+        self.consumer = self.producer = None
         self.use(model)
         self.stopping = threading.Event()
-        self.consumer = self.producer = None
 
     def open(self) -> ScoringWorker:
         "Freeze the heap (see below); connect: subscribe the consumer to the events topic and ready the producer."
@@ -843,6 +845,8 @@ def use(self: ScoringWorker, model, events: list[dict] = ()):  # recent events i
     check_servable(model, events, self.max_imputed)
     self.model, self.validate = model, EventValidator(event_schema(model))
     self.metrics.info |= {"model_version": model.version, "swaps": self.swaps}
+    if self.consumer is not None:
+        self._subscribe()  # a model with lags reads the history topic too
 
 # %% ../nbs/08_serve.ipynb #37ed0a12
 @patch(as_prop=True)
@@ -907,13 +911,22 @@ def _group_consumer(
 # %% ../nbs/08_serve.ipynb #0469f17f
 @patch
 def _subscribe(self: ScoringWorker):
-    "Make the consumer and subscribe it to the events topic, its partitions known before the group's first join."
-    self.consumer = self._group_consumer()
-    self.consumer.subscribe([self.topics[0]], listener=AssignmentReporter(self))
+    "Subscribe the consumer (made first) to the events topic, and the history topic when the model needs it, their partitions known before the group's first join."
+    topics = [self.topics[0]]
+    if getattr(self.model, "needs_history", False):
+        ensure_history_topic(self.settings, self.history_topic, self.topics[0])
+        topics.append(self.history_topic)
+    if self.consumer is None:
+        # range assignment: history partition n goes with events partition n, read in the same fetch (chapter 08e)
+        self.consumer = self._group_consumer(partition_assignment_strategy=[RangePartitionAssignor])
+    elif set(topics) <= self.consumer.subscription():
+        return  # a model without lags keeps reading the history: `SeriesHistory.take` sets it apart
+    self.consumer.subscribe(topics, listener=AssignmentReporter(self))
     # known before the first join, else it assigns nothing until the next metadata refresh (5 min); read after
     # subscribing, so the group leader assigns from the metadata it holds afterwards: read before, it re-joined
     # at once, and a poll that timed out in that second join never finished it (tests/test_worker_join.py)
-    self.consumer.partitions_for_topic(self.topics[0])
+    for topic in topics:
+        self.consumer.partitions_for_topic(topic)
 
 # %% ../nbs/08_serve.ipynb #87a92e9c
 @patch
@@ -1093,9 +1106,6 @@ def process(self: ScoringWorker, records: list) -> Counter:
 @patch
 def poll(self: ScoringWorker, timeout: float = 0.5) -> list:
     "The next micro-batch of messages (at most `max_records`), in partition order."
-    if self.history is not None:
-        # the history's next fetch, sent now, is answered while this poll waits: the batch finds it held (chapter 08e)
-        self.history.absorb()
     try:
         batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=self.max_records)
         # the membership the batch was read in, for its transaction
@@ -1108,6 +1118,8 @@ def poll(self: ScoringWorker, timeout: float = 0.5) -> list:
     records = [r for tp in sorted(batch, key=lambda tp: tp.partition) for r in batch[tp]]
     if getattr(self.model, "needs_history", False):
         self.sync_history()  # the batch's own catch-up is `SeriesHistory.features`
+    if self.history is not None:
+        records = self.history.take(records)  # the history records polled with the events, held
     return records
 
 # %% ../nbs/08_serve.ipynb #2d15af18
@@ -1115,13 +1127,15 @@ def poll(self: ScoringWorker, timeout: float = 0.5) -> list:
 def sync_history(self: ScoringWorker):
     "Hold the history of the events partitions owned now: restore those just assigned, forget those taken away."
     if self.history is None:
-        ensure_history_topic(self.settings, self.history_topic, self.topics[0])
         self.history = SeriesHistory(
             self.settings,
             self.history_topic,
             "read_committed" if self.exactly_once else "read_uncommitted",
         )
-    self.history.sync({tp.partition for tp in self.consumer.assignment()})
+    self.history.sync(
+        {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topics[0]}
+    )
+    self.history.follow(self.consumer)  # its polls go on where the restore (or a catch-up) stopped
     self.metrics.info["history"] = {
         "topic": self.history_topic,
         "series": self.history.series,

@@ -365,7 +365,8 @@ def sync(
     for p in gone:
         for k in self.latest.pop(p):
             self.parsed.pop(k, None)
-        self.next.pop(p, None), self.moved.discard(p)
+        self.next.pop(p, None)
+        self.moved.discard(p)
     # the partitions kept are read on from `next` (`read_to_end`)
     self.consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
     for p in new:

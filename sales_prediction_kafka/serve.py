@@ -821,7 +821,7 @@ class ScoringWorker:
         self.stopping = threading.Event()
 
     def open(self) -> ScoringWorker:
-        "Freeze the heap (see below); connect: subscribe the consumer to the events topic and ready the producer."
+        "Freeze the heap (see below); connect: subscribe the consumer to the events topic (and the history topic for a lag model) and ready the producer."
         gc.collect()
         gc.freeze()  # the model's long-lived objects leave the collector's view
         self._subscribe()

@@ -422,7 +422,9 @@ def batch_work(settings, dirs: dict, p: dict, batch: int = WORK_BATCH) -> dict:
     record = lambda i, key, value: ConsumerRecord(
         "events", 0, None, i, 0, 0, key, value, [], None, len(key), len(value), 0
     )
-    held = lambda i, key, value: ConsumerRecord(topic, 0, None, i, 0, 0, key, value, [], None, 0, 0, 0)
+    held = lambda i, key, value: ConsumerRecord(
+        topic, 0, None, i, 0, 0, key, value, [], None, 0, 0, 0
+    )
     ms, events, seen, warm = {s: [] for s in dirs}, [], 0, None
     for i, (t, key, value, is_event) in enumerate(items):
         if t == "history":

@@ -419,18 +419,16 @@ def batch_work(settings, dirs: dict, p: dict, batch: int = WORK_BATCH) -> dict:
     h.sync([0])  # assigned, at its (empty) end: asked for more only when a batch lacks an actual
     models = {s: load_model(dirs[s]) for s in dirs}
     check = {s: EventValidator(event_schema(m)) for s, m in models.items()}
-    record = lambda i, key, value: ConsumerRecord(
-        "events", 0, None, i, 0, 0, key, value, [], None, len(key), len(value), 0
-    )
-    held = lambda i, key, value: ConsumerRecord(
-        topic, 0, None, i, 0, 0, key, value, [], None, 0, 0, 0
+    # a consumed record of partition 0 at offset i
+    record = lambda to, i, key, value: ConsumerRecord(
+        to, 0, None, i, 0, 0, key, value, [], None, len(key), len(value), 0
     )
     ms, events, seen, warm = {s: [] for s in dirs}, [], 0, None
     for i, (t, key, value, is_event) in enumerate(items):
         if t == "history":
-            h.hold([held(i, key, value)])
+            h.hold([record(topic, i, key, value)])
         elif is_event:
-            events.append(record(i, key, value))
+            events.append(record("events", i, key, value))
         if len(events) == batch:
             seen += batch
             for s in list(dirs) if seen // batch % 2 else list(dirs)[::-1]:

@@ -912,15 +912,15 @@ def _group_consumer(
 @patch
 def _subscribe(self: ScoringWorker):
     "Subscribe the consumer (made first) to the events topic, and the history topic when the model needs it, their partitions known before the group's first join."
-    topics = [self.topics[0]]
-    if getattr(self.model, "needs_history", False):
-        ensure_history_topic(self.settings, self.history_topic, self.topics[0])
-        topics.append(self.history_topic)
+    history = getattr(self.model, "needs_history", False)
+    topics = [self.topics[0], *([self.history_topic] if history else [])]
     if self.consumer is None:
         # range assignment: history partition n goes with events partition n, read in the same fetch (chapter 08e)
         self.consumer = self._group_consumer(partition_assignment_strategy=[RangePartitionAssignor])
     elif set(topics) <= self.consumer.subscription():
-        return  # a model without lags keeps reading the history: `SeriesHistory.take` sets it apart
+        return  # a swap that needs no new topic; a model without lags keeps reading the history (`take` sets it apart)
+    if history:
+        ensure_history_topic(self.settings, self.history_topic, self.topics[0])
     self.consumer.subscribe(topics, listener=AssignmentReporter(self))
     # known before the first join, else it assigns nothing until the next metadata refresh (5 min); read after
     # subscribing, so the group leader assigns from the metadata it holds afterwards: read before, it re-joined
